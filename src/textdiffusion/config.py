@@ -1,0 +1,225 @@
+"""Configuration as plain data: dataclasses, named presets and ``--set key=value`` overrides.
+
+A run is fully described by one :class:`Config`. It is written to ``config.json`` in the run directory,
+so a run can be reproduced (or resumed) from that file alone. Presets are just partial dictionaries
+merged over the defaults; nothing is hidden in module-level constants.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import types
+import typing
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+
+class ConfigError(ValueError):
+    """A configuration problem the user can fix; the CLI prints it as one line."""
+
+
+@dataclass
+class ModelConfig:
+    """Shape of the one transformer backbone (see :mod:`textdiffusion.nn.transformer`)."""
+
+    n_layer: int = 4
+    n_head: int = 4
+    n_embd: int = 128
+    context: int = 64
+    mlp_ratio: int = 4
+    activation: str = "gelu"  # gelu | silu
+    dropout: float = 0.0
+    rope_base: float = 10000.0
+
+
+@dataclass
+class TrainConfig:
+    """The one trainer's knobs (see :mod:`textdiffusion.train`)."""
+
+    steps: int = 2000
+    batch_size: int = 12
+    grad_accum: int = 1
+    lr: float = 1e-3
+    min_lr: float = 1e-4
+    warmup: int = 100
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.99
+    grad_clip: float = 1.0
+    ema_decay: float = 0.999
+    ema_warmup: bool = True
+    eval_every: int = 250
+    eval_windows: int = 256
+    final_eval_windows: int = 0  # 0 = the whole validation split
+    sample_every_eval: bool = True
+    device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
+    compile: str = "auto"  # auto (on for CUDA) | on | off
+    amp: str = "auto"  # auto (bf16 on CUDA) | bf16 | off
+    threads: int = 0  # CPU threads; 0 leaves torch's default
+
+
+@dataclass
+class MethodConfig:
+    """Method-specific options. Every method reads only the fields it knows about."""
+
+    name: str = "masked"
+    # masked diffusion (MDLM)
+    schedule: str = "loglinear"  # loglinear | linear
+    sigma_max: float = 10.0  # for the linear (in sigma) schedule
+    antithetic: bool = True
+    time_conditioning: bool = False
+    eval_time_samples: int = 16
+    eval_seed: int = 1234
+    confidence: float = 0.9  # threshold of the `confidence` sampler
+    # sampling defaults
+    sampler: str = ""  # "" = the method's default
+    sample_steps: int = 0  # 0 = the method's default (sequence length for masked)
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 1.0
+
+
+@dataclass
+class DataConfig:
+    corpus: str = "tinyshakespeare"
+    val_fraction: float = 0.1
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    method: MethodConfig = field(default_factory=MethodConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    preset: str = "cpu"
+    seed: int = 1337
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Config:
+        cfg = cls()
+        for key, value in d.items():
+            if key in ("model", "train", "method", "data"):
+                section = getattr(cfg, key)
+                known = {f.name for f in fields(section)}
+                for k, v in value.items():
+                    if k in known:  # tolerate fields from newer versions
+                        setattr(section, k, v)
+            elif key in ("preset", "seed"):
+                setattr(cfg, key, value)
+        return cfg
+
+
+# --------------------------------------------------------------------------------------------------
+# Presets. `cpu` is the shape nanoGPT suggests for a CPU run of shakespeare_char, `base` is the shape of
+# nanoGPT's shakespeare_char (and tiny-diffusion), so numbers compare one to one.
+PRESETS: dict[str, dict[str, dict[str, Any]]] = {
+    "tiny": {
+        "model": {"n_layer": 2, "n_head": 2, "n_embd": 32, "context": 32},
+        "train": {"steps": 60, "batch_size": 8, "lr": 3e-3, "min_lr": 3e-4, "warmup": 5, "eval_every": 30,
+                  "eval_windows": 32, "final_eval_windows": 64, "ema_decay": 0.9},
+        "method": {"eval_time_samples": 4},
+    },
+    "cpu": {
+        "model": {"n_layer": 4, "n_head": 4, "n_embd": 128, "context": 64},
+        "train": {"steps": 2000, "batch_size": 12, "lr": 1e-3, "min_lr": 1e-4, "warmup": 100,
+                  "eval_every": 250, "ema_decay": 0.99},
+    },
+    "base": {
+        "model": {"n_layer": 6, "n_head": 6, "n_embd": 384, "context": 256, "dropout": 0.2},
+        "train": {"steps": 5000, "batch_size": 64, "lr": 1e-3, "min_lr": 1e-4, "warmup": 100,
+                  "eval_every": 500, "ema_decay": 0.999},
+    },
+}
+
+# Per-method adjustments on top of a preset, each one measured (see BENCHMARKS.md).
+METHOD_PRESETS: dict[tuple[str, str], dict[str, dict[str, Any]]] = {}
+
+
+def _merge(cfg: Config, partial: dict[str, dict[str, Any]]) -> None:
+    for section, values in partial.items():
+        for k, v in values.items():
+            setattr(getattr(cfg, section), k, v)
+
+
+def make_config(method: str, preset: str, overrides: list[str] | None = None) -> Config:
+    """Defaults <- preset <- method-specific preset <- ``--set`` overrides."""
+    if preset not in PRESETS:
+        raise ConfigError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
+    cfg = Config(preset=preset)
+    cfg.method.name = method
+    _merge(cfg, PRESETS[preset])
+    _merge(cfg, METHOD_PRESETS.get((method, preset), {}))
+    apply_overrides(cfg, overrides or [])
+    return cfg
+
+
+def _coerce(value: str, typ: Any, key: str) -> Any:
+    if isinstance(typ, str):  # postponed annotations
+        typ = {"int": int, "float": float, "bool": bool, "str": str}.get(typ, str)
+    if isinstance(typ, types.UnionType) or typing.get_origin(typ) is typing.Union:
+        typ = next(a for a in typing.get_args(typ) if a is not type(None))
+    try:
+        if typ is bool:
+            low = value.lower()
+            if low in ("1", "true", "yes", "on"):
+                return True
+            if low in ("0", "false", "no", "off"):
+                return False
+            raise ValueError
+        if typ is int:
+            return int(float(value)) if "e" in value.lower() else int(value)
+        if typ is float:
+            return float(value)
+    except ValueError:
+        raise ConfigError(f"--set {key}={value}: expected a {typ.__name__}") from None
+    return value
+
+
+def apply_overrides(cfg: Config, overrides: list[str]) -> Config:
+    """Apply ``section.field=value`` strings, type-checked against the dataclass fields."""
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"--set expects key=value (e.g. model.n_layer=8), got {item!r}")
+        key, value = item.split("=", 1)
+        key = key.strip()
+        if key in ("seed", "preset"):
+            setattr(cfg, key, int(value) if key == "seed" else value)
+            continue
+        if "." not in key:
+            raise ConfigError(f"--set key must look like section.field (model, train, method, data), got {key!r}")
+        section_name, name = key.split(".", 1)
+        section = getattr(cfg, section_name, None)
+        if section is None or not dataclasses.is_dataclass(section):
+            raise ConfigError(f"--set {key}: unknown section {section_name!r}; use model, train, method or data")
+        ftypes = {f.name: f.type for f in fields(section)}
+        if name not in ftypes:
+            raise ConfigError(
+                f"--set {key}: unknown field {name!r}; {section_name} has {', '.join(sorted(ftypes))}"
+            )
+        setattr(section, name, _coerce(value.strip(), ftypes[name], key))
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: Config) -> None:
+    m, t = cfg.model, cfg.train
+    if m.n_embd % m.n_head:
+        raise ConfigError(f"model.n_embd={m.n_embd} must be divisible by model.n_head={m.n_head}")
+    if (m.n_embd // m.n_head) % 2:
+        raise ConfigError("the head width (n_embd / n_head) must be even for rotary embeddings")
+    for name, value in (("model.n_layer", m.n_layer), ("model.context", m.context),
+                        ("train.steps", t.steps), ("train.batch_size", t.batch_size),
+                        ("train.grad_accum", t.grad_accum), ("train.eval_every", t.eval_every)):
+        if value < 1:
+            raise ConfigError(f"{name} must be >= 1, got {value}")
+    if not 0.0 <= t.ema_decay < 1.0:
+        raise ConfigError(f"train.ema_decay must be in [0, 1), got {t.ema_decay}")
+    if not 0.0 < cfg.data.val_fraction < 1.0:
+        raise ConfigError(f"data.val_fraction must be in (0, 1), got {cfg.data.val_fraction}")

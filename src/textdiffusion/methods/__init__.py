@@ -1,0 +1,13 @@
+"""Methods, registered by name. Importing this package registers every built-in method."""
+
+from textdiffusion.methods import ar, masked  # noqa: F401  (registration side effect)
+from textdiffusion.methods.base import (
+    REGISTRY,
+    Method,
+    NLLResult,
+    SampleRequest,
+    SampleResult,
+    get_method,
+)
+
+__all__ = ["REGISTRY", "Method", "NLLResult", "SampleRequest", "SampleResult", "get_method"]

@@ -1,0 +1,192 @@
+"""What a method is: a corruption process, its loss, its likelihood (exact or a bound) and its samplers.
+
+A method never owns a training loop or a network class. It tells the backbone which attention mode and
+conditioning it needs (:meth:`Method.build_model`), turns a batch of clean windows into a scalar loss
+(:meth:`Method.loss`), scores held-out windows (:meth:`Method.nll`) and generates (:meth:`Method.sample`).
+Adding a method is one file with a ``@register``-ed subclass.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+
+from textdiffusion.config import ConfigError, MethodConfig, ModelConfig
+from textdiffusion.data.tokenizer import Tokenizer
+from textdiffusion.nn.transformer import Transformer
+
+# on_step(step, state, info): state is (n, length) ids with tokenizer.mask_id where still unknown
+StepCallback = Callable[[int, torch.Tensor, dict[str, Any]], None]
+
+
+@dataclass
+class SampleRequest:
+    """What the user asked for. ``length`` counts every character of the output, prompt included."""
+
+    n: int = 1
+    length: int = 0  # 0 = the model's context
+    prompt: str = ""
+    infill: str | None = None
+    placeholder: str = "_"
+    sampler: str = ""
+    steps: int = 0
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 1.0
+
+
+@dataclass
+class SampleResult:
+    ids: torch.Tensor  # (n, length)
+    nfe: int  # network evaluations spent on the whole batch (one forward of the batch = 1)
+    fixed: torch.Tensor | None = None  # (n, length) bool: positions the user gave (prompt/infill)
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class NLLResult:
+    """Validation negative log-likelihood in nats per character.
+
+    ``kind`` is "exact" when it is the model's true likelihood, "bound" when it is an upper bound on it
+    (the number can only overstate the true bits-per-char)."""
+
+    nats_per_char: float
+    kind: str
+    windows: int
+    chars: int
+    details: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def bits_per_char(self) -> float:
+        return self.nats_per_char / 0.6931471805599453
+
+
+REGISTRY: dict[str, type[Method]] = {}
+
+
+def register(cls: type[Method]) -> type[Method]:
+    REGISTRY[cls.name] = cls
+    return cls
+
+
+def get_method(name: str) -> type[Method]:
+    if name not in REGISTRY:
+        raise ConfigError(f"unknown method {name!r}; choose one of {', '.join(sorted(REGISTRY))}")
+    return REGISTRY[name]
+
+
+class Method(ABC):
+    name: ClassVar[str]
+    attention: ClassVar[str]
+    samplers: ClassVar[tuple[str, ...]]
+    likelihood_kind: ClassVar[str]
+
+    def __init__(self, cfg: MethodConfig, model_cfg: ModelConfig, tokenizer: Tokenizer):
+        self.cfg = cfg
+        self.model_cfg = model_cfg
+        self.tok = tokenizer
+
+    # ---- shape of the problem -------------------------------------------------------------------
+    @property
+    def window(self) -> int:
+        """Length of the clean training crops."""
+        return self.model_cfg.context
+
+    @property
+    def time_conditioning(self) -> bool:
+        return False
+
+    def build_model(self) -> Transformer:
+        # Inputs include the special tokens; outputs are ordinary symbols only, so a method can never
+        # predict a mask/pad/bos (for masked diffusion this *is* SUBS's "zero masking probabilities").
+        return Transformer(self.model_cfg, self.tok.vocab_size, out_dim=self.tok.n_symbols,
+                           attention=self.attention, time_conditioning=self.time_conditioning)
+
+    # ---- training and likelihood -----------------------------------------------------------------
+    @abstractmethod
+    def loss(self, model: Transformer, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """Scalar training loss for clean windows ``x`` (B, window)."""
+
+    @abstractmethod
+    def nll(self, model: Transformer, windows: torch.Tensor, batch_size: int = 64) -> NLLResult:
+        """Validation nats per character on fixed windows (deterministic given the config)."""
+
+    # ---- generation ----------------------------------------------------------------------------------
+    @abstractmethod
+    def sample(self, model: Transformer, req: SampleRequest, generator: torch.Generator,
+               on_step: StepCallback | None = None) -> SampleResult: ...
+
+    def check_sampler(self, req: SampleRequest) -> str:
+        sampler = req.sampler or self.cfg.sampler or self.samplers[0]
+        if sampler not in self.samplers:
+            raise ConfigError(f"method {self.name} has no sampler {sampler!r}; choose one of "
+                              f"{', '.join(self.samplers)}")
+        return sampler
+
+    def prepare(self, req: SampleRequest, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """Build the initial state from prompt / infill: (n, length) ids with masks at unknown positions,
+        and a bool tensor of the positions that are fixed by the user."""
+        length = req.length or self.model_cfg.context
+        if req.infill is not None:
+            length = req.length or len(req.infill)  # an infill's output is the filled template
+            if req.prompt:
+                raise ConfigError("use either --prompt or --infill, not both (a prompt is an infill template "
+                                  "whose blanks are all at the end)")
+            if not req.placeholder or len(req.placeholder) != 1:
+                raise ConfigError("--placeholder must be exactly one character")
+            template = req.infill
+            if req.placeholder not in template:
+                raise ConfigError(f"the --infill text has no {req.placeholder!r} placeholders to fill; mark the "
+                                  f"characters to generate with {req.placeholder!r} (or pick --placeholder)")
+            if len(template) > length:
+                raise ConfigError(f"the infill template has {len(template)} characters but --length is {length}")
+            known = template.replace(req.placeholder, "")
+            self.tok.encode(known)  # one clear error for unseen characters
+            ids = [self.tok.mask_id if c == req.placeholder else self.tok.encode(c)[0] for c in template]
+            ids += [self.tok.mask_id] * (length - len(template))
+        else:
+            prompt_ids = self.tok.encode(req.prompt) if req.prompt else []
+            if len(prompt_ids) >= length:
+                raise ConfigError(f"the prompt has {len(prompt_ids)} characters, so nothing is left to generate "
+                                  f"in --length {length}; use a shorter prompt or a larger --length")
+            ids = prompt_ids + [self.tok.mask_id] * (length - len(prompt_ids))
+        state = torch.tensor(ids, dtype=torch.long, device=device).repeat(req.n, 1)
+        return state, state != self.tok.mask_id
+
+
+def filter_logits(logits: torch.Tensor, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0) -> torch.Tensor:
+    """Temperature, then top-k, then nucleus (top-p, Holtzman et al. 2020) filtering on the last dim."""
+    if temperature <= 0:
+        raise ConfigError("--temperature must be > 0")
+    logits = logits.float() / temperature
+    if top_k and top_k < logits.shape[-1]:
+        kth = torch.topk(logits, top_k, dim=-1).values[..., -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p < 1.0:
+        if not 0.0 < top_p <= 1.0:
+            raise ConfigError("--top-p must be in (0, 1]")
+        sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
+        probs = sorted_logits.softmax(-1)
+        # drop a token when the mass strictly before it already reaches top_p (keeps at least one)
+        drop_sorted = (probs.cumsum(-1) - probs) >= top_p
+        drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
+        logits = logits.masked_fill(drop, float("-inf"))
+    return logits
+
+
+def gumbel_sample(logits: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Categorical sample by the Gumbel-max trick: argmax(logits + Gumbel noise).
+
+    It consumes a fixed amount of randomness per call whatever the logits are, which keeps two samplers
+    that share a generator (e.g. cached and uncached) in lock-step."""
+    u = torch.rand(logits.shape, generator=generator, device=logits.device).clamp_(1e-20, 1.0)
+    return (logits - torch.log(-torch.log(u))).argmax(-1)
+
+
+def cross_entropy_per_token(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    return F.cross_entropy(logits.float().flatten(0, -2), target.flatten(), reduction="none").view(target.shape)

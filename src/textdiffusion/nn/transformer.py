@@ -1,0 +1,247 @@
+"""The one transformer backbone every text method uses.
+
+Pre-norm blocks with RMSNorm, rotary position embeddings (RoPE, Su et al. 2021) and PyTorch's fused
+``scaled_dot_product_attention``. What differs between methods is *not* the network but three switches:
+
+* ``attention``: ``causal`` (autoregressive) or ``bidirectional`` (diffusion); :func:`attention_bias`
+  is the single place where a mode becomes a mask, so a ``block-causal`` mode is one more branch there;
+* ``time_conditioning``: adaLN modulation (Peebles & Xie 2023, "DiT") from a noise level, for methods
+  whose denoiser must know how noisy its input is;
+* the input adapter: token ids now (an embedding table); continuous vectors plug in the same way later.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from textdiffusion.config import ModelConfig
+
+ATTENTION_MODES = ("causal", "bidirectional")
+ACTIVATIONS = {"gelu": F.gelu, "silu": F.silu}
+
+
+def attention_bias(mode: str, q_len: int, k_len: int, device: torch.device) -> tuple[torch.Tensor | None, bool]:
+    """Return ``(attn_mask, is_causal)`` for SDPA.
+
+    With a KV cache the queries are the *last* ``q_len`` of ``k_len`` positions, so causal masking is
+    an explicit lower-triangular band rather than SDPA's ``is_causal`` (which assumes q_len == k_len).
+    """
+    if mode == "bidirectional":
+        return None, False
+    if mode == "causal":
+        if q_len == k_len:
+            return None, True
+        if q_len == 1:
+            return None, False  # a single new query may see every cached key
+        offset = k_len - q_len
+        mask = torch.ones(q_len, k_len, dtype=torch.bool, device=device).tril(diagonal=offset)
+        return mask, False
+    raise ValueError(f"unknown attention mode {mode!r}; expected one of {ATTENTION_MODES}")
+
+
+class RMSNorm(nn.Module):
+    """Root-mean-square layer norm (Zhang & Sennrich 2019): no mean subtraction, no bias."""
+
+    def __init__(self, dim: int, eps: float = 1e-6):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.rms_norm(x, (x.shape[-1],), self.weight, self.eps)
+
+
+class Rotary(nn.Module):
+    """RoPE: rotate each (even, odd) feature pair of q and k by an angle proportional to position.
+
+    The attention score q_m . k_n then depends only on m - n, which is also why a sliding KV cache
+    stays exact when old positions are dropped. ``tables`` is computed once per forward and shared by
+    every layer.
+    """
+
+    def __init__(self, head_dim: int, base: float):
+        super().__init__()
+        inv_freq = 1.0 / (base ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))
+        self.register_buffer("inv_freq", inv_freq, persistent=False)
+
+    def tables(self, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        angles = positions.to(torch.float32)[:, None] * self.inv_freq[None, :]  # (L, D/2)
+        return angles.cos().to(dtype), angles.sin().to(dtype)
+
+
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate pairs (x[2i], x[2i+1]) of x (B, H, L, D) by the angles whose cos/sin are (L, D/2)."""
+    x1, x2 = x[..., 0::2], x[..., 1::2]
+    return torch.stack((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1).flatten(-2)
+
+
+@dataclass
+class KVCache:
+    """Per-layer keys/values for incremental causal decoding; keeps at most ``max_len`` positions."""
+
+    max_len: int
+    keys: list[torch.Tensor | None]
+    values: list[torch.Tensor | None]
+    next_pos: int = 0
+
+    @classmethod
+    def empty(cls, n_layer: int, max_len: int) -> KVCache:
+        return cls(max_len, [None] * n_layer, [None] * n_layer)
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        old_k, old_v = self.keys[layer], self.values[layer]
+        if old_k is not None:
+            k = torch.cat((old_k, k), dim=2)
+            v = torch.cat((old_v, v), dim=2)
+        k, v = k[:, :, -self.max_len:], v[:, :, -self.max_len:]
+        self.keys[layer], self.values[layer] = k, v
+        return k, v
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.n_head = cfg.n_head
+        self.head_dim = cfg.n_embd // cfg.n_head
+        self.qkv = nn.Linear(cfg.n_embd, 3 * cfg.n_embd, bias=False)
+        self.proj = nn.Linear(cfg.n_embd, cfg.n_embd, bias=False)
+        self.dropout = cfg.dropout
+
+    def forward(self, x: torch.Tensor, mode: str, rope: tuple[torch.Tensor, torch.Tensor],
+                cache: KVCache | None = None, layer: int = 0) -> torch.Tensor:
+        B, L, C = x.shape
+        qkv = self.qkv(x).view(B, L, 3, self.n_head, self.head_dim).permute(2, 0, 3, 1, 4)
+        q, k = apply_rotary(qkv[:2], *rope).unbind(0)  # one rotation call for q and k together
+        v = qkv[2]
+        if cache is not None:
+            k, v = cache.update(layer, k, v)
+        mask, is_causal = attention_bias(mode, q.shape[2], k.shape[2], x.device)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal,
+                                           dropout_p=self.dropout if self.training else 0.0)
+        return self.proj(y.transpose(1, 2).reshape(B, L, C))
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.fc = nn.Linear(cfg.n_embd, cfg.mlp_ratio * cfg.n_embd, bias=False)
+        self.proj = nn.Linear(cfg.mlp_ratio * cfg.n_embd, cfg.n_embd, bias=False)
+        if cfg.activation not in ACTIVATIONS:
+            raise ValueError(f"unknown activation {cfg.activation!r}; choose one of {', '.join(ACTIVATIONS)}")
+        self.act = ACTIVATIONS[cfg.activation]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj(self.act(self.fc(x)))
+
+
+class Block(nn.Module):
+    """Pre-norm residual block; with time conditioning, adaLN-Zero shifts/scales/gates both branches."""
+
+    def __init__(self, cfg: ModelConfig, time_dim: int | None):
+        super().__init__()
+        self.norm1, self.norm2 = RMSNorm(cfg.n_embd), RMSNorm(cfg.n_embd)
+        self.attn, self.mlp = Attention(cfg), MLP(cfg)
+        self.drop = nn.Dropout(cfg.dropout)
+        self.modulation = None
+        if time_dim is not None:
+            # zeroed after the backbone's init (see Transformer), so a fresh block ignores t: adaLN-Zero
+            self.modulation = nn.Linear(time_dim, 6 * cfg.n_embd)
+
+    def forward(self, x: torch.Tensor, mode: str, rope: tuple[torch.Tensor, torch.Tensor],
+                temb: torch.Tensor | None, cache: KVCache | None, layer: int) -> torch.Tensor:
+        if self.modulation is None or temb is None:
+            x = x + self.drop(self.attn(self.norm1(x), mode, rope, cache, layer))
+            return x + self.drop(self.mlp(self.norm2(x)))
+        shift1, scale1, gate1, shift2, scale2, gate2 = self.modulation(temb)[:, None, :].chunk(6, dim=-1)
+        h = self.norm1(x) * (1 + scale1) + shift1
+        x = x + (1 + gate1) * self.drop(self.attn(h, mode, rope, cache, layer))
+        h = self.norm2(x) * (1 + scale2) + shift2
+        return x + (1 + gate2) * self.drop(self.mlp(h))
+
+
+class TimeEmbedding(nn.Module):
+    """Sinusoidal features of a noise level t in [0, 1], then an MLP (Vaswani et al. / Ho et al. 2020)."""
+
+    def __init__(self, dim: int, freq_dim: int = 128):
+        super().__init__()
+        self.freq_dim = freq_dim
+        self.mlp = nn.Sequential(nn.Linear(freq_dim, dim), nn.SiLU(), nn.Linear(dim, dim))
+
+    def forward(self, t: torch.Tensor) -> torch.Tensor:
+        half = self.freq_dim // 2
+        freqs = torch.exp(-math.log(10000.0) * torch.arange(half, device=t.device, dtype=torch.float32) / half)
+        args = (t.float() * 1000.0)[:, None] * freqs[None, :]
+        return self.mlp(torch.cat((args.cos(), args.sin()), dim=-1))
+
+
+class TokenInput(nn.Module):
+    """Input adapter for discrete methods: ids -> vectors."""
+
+    def __init__(self, vocab_size: int, dim: int):
+        super().__init__()
+        self.embed = nn.Embedding(vocab_size, dim)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.embed(ids)
+
+
+class Transformer(nn.Module):
+    """Input adapter -> N pre-norm blocks -> RMSNorm -> linear head over ``out_dim`` outputs."""
+
+    def __init__(self, cfg: ModelConfig, vocab_size: int, out_dim: int | None = None,
+                 attention: str = "causal", time_conditioning: bool = False):
+        super().__init__()
+        if attention not in ATTENTION_MODES:
+            raise ValueError(f"unknown attention mode {attention!r}; expected one of {ATTENTION_MODES}")
+        self.cfg = cfg
+        self.attention = attention
+        self.input = TokenInput(vocab_size, cfg.n_embd)
+        self.time = TimeEmbedding(cfg.n_embd) if time_conditioning else None
+        self.blocks = nn.ModuleList(Block(cfg, cfg.n_embd if time_conditioning else None)
+                                    for _ in range(cfg.n_layer))
+        self.norm = RMSNorm(cfg.n_embd)
+        self.rotary = Rotary(cfg.n_embd // cfg.n_head, cfg.rope_base)
+        self.head = nn.Linear(cfg.n_embd, out_dim or vocab_size, bias=False)
+        self.apply(self._init)
+        # GPT-2 style: scale residual projections by depth so the residual stream starts well-conditioned
+        for name, p in self.named_parameters():
+            if name.endswith("proj.weight"):
+                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * cfg.n_layer))
+        for block in self.blocks:
+            if block.modulation is not None:
+                nn.init.zeros_(block.modulation.weight)
+                nn.init.zeros_(block.modulation.bias)
+
+    @staticmethod
+    def _init(module: nn.Module) -> None:
+        if isinstance(module, nn.Linear):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor | None = None, cache: KVCache | None = None) -> torch.Tensor:
+        """``x``: (B, L) ids. ``t``: (B,) noise levels when time-conditioned. Returns (B, L, out_dim)."""
+        h = self.input(x)
+        start = cache.next_pos if cache is not None else 0
+        positions = torch.arange(start, start + h.shape[1], device=h.device)
+        rope = self.rotary.tables(positions, h.dtype)
+        temb = None
+        if self.time is not None:
+            if t is None:
+                raise ValueError("this backbone is time-conditioned: pass t")
+            temb = F.silu(self.time(t))
+        for i, block in enumerate(self.blocks):
+            h = block(h, self.attention, rope, temb, cache, i)
+        if cache is not None:
+            cache.next_pos += h.shape[1]
+        return self.head(self.norm(h))

@@ -1,0 +1,69 @@
+"""Opening a run directory for sampling and evaluation (the read side of :mod:`textdiffusion.checkpoint`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from textdiffusion.checkpoint import CheckpointError, read_json, read_tensors
+from textdiffusion.config import Config
+from textdiffusion.data.tokenizer import Tokenizer, load_tokenizer
+from textdiffusion.methods import Method, get_method
+from textdiffusion.nn.transformer import Transformer
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        return torch.device("cpu")
+    try:
+        dev = torch.device(name)
+    except RuntimeError:
+        raise CheckpointError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise CheckpointError("device cuda requested but no CUDA GPU is visible; use --set train.device=cpu")
+    return dev
+
+
+def build(cfg: Config, tokenizer: Tokenizer) -> tuple[Method, Transformer]:
+    method = get_method(cfg.method.name)(cfg.method, cfg.model, tokenizer)
+    return method, method.build_model()
+
+
+@dataclass
+class LoadedRun:
+    path: Path
+    cfg: Config
+    meta: dict[str, Any]
+    tokenizer: Tokenizer
+    method: Method
+    model: Transformer
+    step: int
+    device: torch.device
+
+
+def open_run(path: str | Path, weights: str = "ema", device: str = "auto") -> LoadedRun:
+    """Load config, tokenizer and weights (EMA by default: what eval and sampling use)."""
+    run = Path(path)
+    if not run.is_dir():
+        raise CheckpointError(f"run directory {run} does not exist; pass the directory `textdiffusion train` "
+                              f"printed (it holds config.json)")
+    meta = read_json(run / "config.json")
+    if "config" not in meta:
+        raise CheckpointError(f"{run / 'config.json'} has no 'config' section; it was not written by textdiffusion")
+    cfg = Config.from_dict(meta["config"])
+    tok = load_tokenizer(run / "tokenizer.json")
+    method, model = build(cfg, tok)
+    tensors, step = read_tensors(run / f"{weights}.safetensors")
+    missing, unexpected = model.load_state_dict(tensors, strict=False)
+    if missing or unexpected:
+        raise CheckpointError(f"{run / (weights + '.safetensors')} does not match the model in config.json "
+                              f"(missing {len(missing)}, unexpected {len(unexpected)} tensors); the files are "
+                              f"from different runs")
+    dev = pick_device(device)
+    model.to(dev).eval()
+    return LoadedRun(run, cfg, meta, tok, method, model, step, dev)
