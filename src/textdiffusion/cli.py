@@ -58,7 +58,6 @@ def cmd_train(args: argparse.Namespace) -> int:
             overrides.append(f"train.device={args.device}")
         cfg = make_config(args.method, args.preset, overrides)
         run_dir = Path(args.run_dir) if args.run_dir else default_run_dir(cfg)
-        print(f"run directory: {run_dir}", file=sys.stderr)
         summary = run_training(cfg, run_dir, progress=not args.no_progress)
     _print_train_summary(summary)
     return 130 if summary["interrupted"] else 0

@@ -52,6 +52,7 @@ class TrainConfig:
     eval_every: int = 250
     eval_windows: int = 256
     final_eval_windows: int = 0  # 0 = the whole validation split
+    final_eval_raw: bool = False  # also score the raw (non-EMA) weights at the end
     sample_every_eval: bool = True
     device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
     compile: str = "auto"  # auto (on for CUDA) | on | off

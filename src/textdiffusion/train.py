@@ -14,6 +14,7 @@ import copy
 import json
 import math
 import signal
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -115,9 +116,10 @@ class _StopFlag:
 
 class Trainer:
     def __init__(self, cfg: Config, run_dir: Path, resume: bool = False, progress: bool = True,
-                 data: TextData | None = None, log: Callable[[str], None] = print):
+                 data: TextData | None = None, log: Callable[[str], None] | None = None):
         validate(cfg)
-        self.cfg, self.run_dir, self.progress, self.log = cfg, Path(run_dir), progress, log
+        self.cfg, self.run_dir, self.progress = cfg, Path(run_dir), progress
+        self.log = log or (lambda msg: print(msg, file=sys.stderr))
         self.device = pick_device(cfg.train.device)
         if cfg.train.threads > 0:
             torch.set_num_threads(cfg.train.threads)
@@ -172,6 +174,8 @@ class Trainer:
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         })
         self.data.tokenizer.save(rd / "tokenizer.json")
+        if self.progress:
+            self.log(f"run directory: {rd} ({self.model.num_parameters():,} parameters, {self.device})")
 
     def save(self) -> None:
         rd = self.run_dir
@@ -298,11 +302,12 @@ class Trainer:
         if self.step == t.steps and not interrupted:
             full = TextData.tiled_windows(self.data.val_ids, self.method.window, t.final_eval_windows).to(self.device)
             ema_val = self.evaluate(full)
-            raw_val = self.evaluate(full, self.model)
             summary.update({"val_bpc": ema_val.bits_per_char, "val_nats": ema_val.nats_per_char,
                             "val_kind": ema_val.kind, "val_windows": ema_val.windows,
-                            "val_bpc_raw": raw_val.bits_per_char, "val_nats_raw": raw_val.nats_per_char,
                             "val_details": ema_val.details})
+            if t.final_eval_raw:
+                raw_val = self.evaluate(full, self.model)
+                summary.update({"val_bpc_raw": raw_val.bits_per_char, "val_nats_raw": raw_val.nats_per_char})
             write_json(self.run_dir / "final.json", summary)
         return summary
 

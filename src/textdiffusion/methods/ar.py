@@ -65,10 +65,11 @@ class AutoRegressive(Method):
         state, fixed = self.prepare(req, device)
         n, length = state.shape
         start = int(fixed[0].sum())  # prompt length
-        cache = KVCache.empty(len(model.blocks), self.model_cfg.context)
+        ctx = self.model_cfg.context
+        cache = KVCache.empty(len(model.blocks), ctx)
         bos = torch.full((n, 1), self.tok.bos_id, dtype=torch.long, device=device)
         # prefill: BOS + prompt in one forward, then one token per forward with the KV cache
-        prefix = torch.cat((bos, state[:, :start]), dim=1)[:, -self.model_cfg.context:]
+        prefix = torch.cat((bos, state[:, :start]), dim=1)[:, -ctx:]
         logits = model(prefix, cache=cache)[:, -1]
         nfe = 1
         if on_step:
@@ -79,6 +80,12 @@ class AutoRegressive(Method):
             if on_step:
                 on_step(pos - start + 1, state.clone(), {"nfe": nfe})
             if pos + 1 < length:
-                logits = model(state[:, pos:pos + 1], cache=cache)[:, -1]
+                if cache.full:
+                    # past the context: re-encode the latest half window (so every prediction still sees
+                    # between context/2 and context characters), then go on incrementally
+                    cache = KVCache.empty(len(model.blocks), ctx)
+                    logits = model(state[:, pos + 1 - ctx // 2:pos + 1], cache=cache)[:, -1]
+                else:
+                    logits = model(state[:, pos:pos + 1], cache=cache)[:, -1]
                 nfe += 1
         return SampleResult(state, nfe, fixed, {"sampler": "ancestral", "kv_cache": True})

@@ -59,9 +59,8 @@ class RMSNorm(nn.Module):
 class Rotary(nn.Module):
     """RoPE: rotate each (even, odd) feature pair of q and k by an angle proportional to position.
 
-    The attention score q_m . k_n then depends only on m - n, which is also why a sliding KV cache
-    stays exact when old positions are dropped. ``tables`` is computed once per forward and shared by
-    every layer.
+    The attention score q_m . k_n then depends only on m - n. ``tables`` is computed once per forward
+    and shared by every layer.
     """
 
     def __init__(self, head_dim: int, base: float):
@@ -82,7 +81,10 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
 
 @dataclass
 class KVCache:
-    """Per-layer keys/values for incremental causal decoding; keeps at most ``max_len`` positions."""
+    """Per-layer keys/values for incremental causal decoding.
+
+    Deeper layers' keys depend on everything earlier in the sequence, so old entries cannot simply be
+    dropped; the caller starts a fresh cache (re-encoding a recent window) once ``full``."""
 
     max_len: int
     keys: list[torch.Tensor | None]
@@ -98,9 +100,14 @@ class KVCache:
         if old_k is not None:
             k = torch.cat((old_k, k), dim=2)
             v = torch.cat((old_v, v), dim=2)
-        k, v = k[:, :, -self.max_len:], v[:, :, -self.max_len:]
+        if k.shape[2] > self.max_len:
+            raise ValueError(f"KV cache holds at most {self.max_len} positions; start a new cache")
         self.keys[layer], self.values[layer] = k, v
         return k, v
+
+    @property
+    def full(self) -> bool:
+        return self.next_pos >= self.max_len
 
 
 class Attention(nn.Module):

@@ -1,0 +1,19 @@
+"""Small builders shared by the tests (tiny preset, in-process, no progress bars)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from textdiffusion.config import Config, make_config
+from textdiffusion.train import Trainer
+
+
+def tiny_config(method: str, corpus: Path | str, steps: int = 40, **overrides: object) -> Config:
+    sets = [f"data.corpus={corpus}", f"train.steps={steps}"] + [f"{k}={v}" for k, v in overrides.items()]
+    return make_config(method, "tiny", sets)
+
+
+def train_tiny(method: str, corpus: Path | str, run_dir: Path, steps: int = 40, **overrides: object) -> Trainer:
+    trainer = Trainer(tiny_config(method, corpus, steps, **overrides), run_dir, progress=False)
+    trainer.train()
+    return trainer

@@ -1,0 +1,105 @@
+"""The CLI contract: spellings from the issue, output on stdout, one-line errors with exit code 2."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from textdiffusion.cli import main
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory, shakespeare):
+    root = tmp_path_factory.mktemp("cli")
+    corpus = root / "c.txt"
+    corpus.write_text(shakespeare[:60_000], encoding="utf-8")
+    for method in ("ar", "masked"):
+        code = main(["train", "--method", method, "--preset", "tiny", "--data", str(corpus), "--steps", "30",
+                     "--run-dir", str(root / method), "--seed", "3", "--set", "train.eval_every=15",
+                     "--no-progress"])
+        assert code == 0
+    return root
+
+
+def test_train_records_the_overrides(runs):
+    cfg = json.loads((runs / "masked" / "config.json").read_text())
+    assert cfg["config"]["train"]["eval_every"] == 15 and cfg["seed"] == 3
+
+
+def test_sample_prints_samples_to_stdout(runs, capsys):
+    assert main(["sample", str(runs / "masked"), "--n", "2", "--prompt", "KING", "--length", "20",
+                 "--sampler", "topk", "--steps", "5", "--temperature", "0.8", "--seed", "1"]) == 0
+    out = capsys.readouterr().out.split("\n" + "=" * 40 + "\n")
+    assert len(out) == 2 and all(s.startswith("KING") for s in out)
+
+
+def test_sample_show_and_trajectory(runs, tmp_path, capsys):
+    traj = tmp_path / "t.json"
+    assert main(["sample", str(runs / "masked"), "--infill", "ROMEO:\nO ____ art thou", "--show", "--delay", "0",
+                 "--trajectory", str(traj), "--steps", "4"]) == 0
+    captured = capsys.readouterr()
+    assert "step" in captured.err and "░" in captured.err  # frames with masked positions visible
+    data = json.loads(traj.read_text())
+    frames = data["frames"]
+    assert frames[0]["masked"][0] == [9, 10, 11, 12] and frames[-1]["masked"][0] == []
+    assert sum(f["changed"][0] for f in frames) == 4
+    assert captured.out.strip().startswith("ROMEO:\nO ") and captured.out.strip().endswith(" art thou")
+
+
+def test_ar_sample_and_resume_contract(runs, capsys):
+    assert main(["sample", str(runs / "ar"), "--prompt", "First", "--length", "40", "--show", "--delay", "0"]) == 0
+    assert capsys.readouterr().out.startswith("First")
+    assert main(["train", "--resume", str(runs / "ar"), "--steps", "40", "--no-progress"]) == 0
+    assert json.loads((runs / "ar" / "trainer.json").read_text())["step"] == 40
+
+
+def test_eval_prints_a_table(runs, capsys):
+    assert main(["eval", str(runs / "ar"), "--samples", "4", "--val-windows", "8"]) == 0
+    out = capsys.readouterr().out
+    assert "val bits/char" in out and "exact" in out and (runs / "ar" / "eval.json").exists()
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["train", "--method", "masked", "--preset", "tiny", "--data", "/no/such/file.txt"], "no such corpus"),
+    (["train", "--method", "masked", "--preset", "tiny", "--set", "model.n_layers=3"], "unknown field 'n_layers'"),
+    (["train", "--method", "masked", "--preset", "tiny", "--set", "train.lr=fast"], "expected a float"),
+    (["train", "--method", "masked", "--preset", "tiny", "--set", "oops"], "key=value"),
+    (["train", "--preset", "tiny"], "needs --method"),
+    (["sample", "/no/such/run"], "does not exist"),
+])
+def test_bad_input_is_one_line(argv, message, capsys):
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error:") and message in err and "\n" not in err and "Traceback" not in err
+
+
+def test_bad_sample_requests(runs, capsys):
+    cases = [
+        (["--prompt", "Ω"], "never seen"),
+        (["--infill", "no blanks"], "placeholders"),
+        (["--sampler", "beam"], "no sampler"),
+        (["--length", "999"], "exceeds the model's context"),
+    ]
+    for extra, message in cases:
+        assert main(["sample", str(runs / "masked"), *extra]) == 2
+        err = capsys.readouterr().err.strip()
+        assert message in err and "\n" not in err
+
+
+def test_corrupt_checkpoint_is_one_line(runs, tmp_path, capsys):
+    import shutil
+
+    broken = tmp_path / "broken"
+    shutil.copytree(runs / "masked", broken)
+    (broken / "ema.safetensors").write_bytes(b"\x00" * 10)
+    assert main(["sample", str(broken)]) == 2
+    assert "corrupt" in capsys.readouterr().err
+
+
+def test_context_longer_than_corpus(tmp_path, capsys):
+    tiny = tmp_path / "t.txt"
+    tiny.write_text("a short corpus\n" * 2, encoding="utf-8")
+    assert main(["train", "--method", "ar", "--preset", "tiny", "--data", str(tiny), "--run-dir",
+                 str(tmp_path / "r")]) == 2
+    assert "smaller context" in capsys.readouterr().err

@@ -1,0 +1,65 @@
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+from helpers import train_tiny
+
+from textdiffusion.evaluate import CharNgramJudge, TrainingReference, evaluate_run, format_table, words_of
+
+
+@pytest.fixture(scope="module")
+def judge_text(shakespeare):
+    return shakespeare[:200_000]
+
+
+def test_judge_is_a_normalised_distribution(judge_text):
+    judge = CharNgramJudge(judge_text, order=4)
+    context = "ROMEO:\nO Rome"
+    total = sum(math.exp(-judge.char_nll(context + c)[-1]) for c in judge.alphabet)
+    # the leftover mass belongs to the "never seen" code the judge reserves
+    assert 0.99 < total <= 1.0 + 1e-9
+
+
+def test_judge_prefers_real_text_to_shuffled_text(judge_text, shakespeare):
+    judge = CharNgramJudge(judge_text)
+    real = shakespeare[300_000:302_000]
+    rng = np.random.default_rng(0)
+    shuffled = "".join(rng.permutation(list(real)))
+    assert judge.perplexity([real]) < 8 < judge.perplexity([shuffled])
+
+
+def test_judge_is_deterministic(judge_text):
+    a, b = CharNgramJudge(judge_text), CharNgramJudge(judge_text)
+    assert a.perplexity(["To be or not"]) == b.perplexity(["To be or not"])
+
+
+def test_sample_statistics(judge_text):
+    ref = TrainingReference(judge_text)
+    copied = judge_text[1000:1100]
+    q = ref.quality([copied])
+    assert q["copy_rate"] == 1.0 and q["word_validity"] == 1.0
+    looped = ref.quality(["the king the king the king the king the king"])
+    assert looped["repetition"] > 0.5 and looped["distinct_2"] < 0.5
+    junk = ref.quality(["xq zzkv qqrf wplm vbnx trrq xq zzkv qqrf wplm"])
+    assert junk["word_validity"] < 0.3 and junk["copy_rate"] == 0.0
+
+
+def test_words_drop_window_edges():
+    assert words_of("ng of the king's men wal") == ["of", "the", "king's", "men"]
+
+
+def test_eval_writes_the_documented_schema(small_corpus, tmp_path):
+    run = tmp_path / "run"
+    train_tiny("masked", small_corpus, run, steps=20)
+    result = evaluate_run(run, samples=8, val_windows=16)
+    on_disk = json.loads((run / "eval.json").read_text())
+    assert on_disk == json.loads(json.dumps(result))
+    assert {"run", "method", "preset", "step", "val", "samples", "quality", "reference", "speed", "judge"} <= set(result)
+    assert result["val"]["kind"] == "bound" and result["val"]["time_samples_per_window"] == 4
+    assert {"judge_ppl", "word_validity", "distinct_2", "repetition", "copy_rate"} <= set(result["quality"])
+    assert result["speed"]["nfe_per_sample"] > 0 and result["speed"]["sample_chars_per_s"] > 0
+    table = format_table(result)
+    assert "upper bound" in table and "judge perplexity" in table

@@ -1,0 +1,176 @@
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from conftest import markov_text
+from helpers import tiny_config, train_tiny
+
+from textdiffusion.config import ConfigError
+from textdiffusion.data import TextData
+from textdiffusion.methods.base import SampleRequest, filter_logits
+from textdiffusion.train import Trainer
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, shakespeare):
+    """One tiny ar and one tiny masked model on 60k characters, trained once for the module."""
+    root = tmp_path_factory.mktemp("trained")
+    corpus = root / "small.txt"
+    corpus.write_text(shakespeare[:60_000], encoding="utf-8")
+    return {m: train_tiny(m, corpus, root / m, steps=150) for m in ("ar", "masked")}
+
+
+@pytest.mark.parametrize("method", ["ar", "masked"])
+def test_loss_decreases(method, small_corpus, tmp_path):
+    trainer = Trainer(tiny_config(method, small_corpus, steps=80), tmp_path / method, progress=False)
+    before = trainer.evaluate(trainer.val_windows, trainer.model).nats_per_char
+    trainer.train()
+    after = trainer.evaluate(trainer.val_windows, trainer.model).nats_per_char
+    assert after < before - 0.5, (before, after)
+
+
+def _window_entropy(P: np.ndarray, pi: np.ndarray, L: int) -> float:
+    """Entropy (nats) of L consecutive symbols of the stationary chain, per symbol."""
+    h0 = -(pi * np.log(pi)).sum()
+    rate = -(pi[:, None] * P * np.log(P)).sum()
+    return (h0 + (L - 1) * rate) / L
+
+
+def _true_nll(windows: torch.Tensor, P: np.ndarray, pi: np.ndarray) -> float:
+    """-log p(window) / L under the true chain, on exactly the windows the model is scored on."""
+    x = windows.numpy()
+    nll = -np.log(pi[x[:, 0]]) - np.log(P[x[:, :-1], x[:, 1:]]).sum(1)
+    return float(nll.sum() / x.size)
+
+
+@pytest.mark.parametrize("schedule", ["loglinear", "linear"])
+def test_masked_nelbo_is_an_upper_bound_on_the_true_entropy(schedule, tmp_path):
+    corpus, P, pi = _markov_corpus(tmp_path)
+    trainer = Trainer(tiny_config("masked", corpus, steps=200, **{"method.schedule": schedule,
+                                                                  "method.eval_time_samples": 8}),
+                      tmp_path / "run", progress=False)
+    trainer.train()
+    L = trainer.method.window
+    windows = TextData.tiled_windows(trainer.data.val_ids, L)
+    floor = _true_nll(windows, P, pi)  # the best any model can do on these windows, in expectation
+    assert abs(floor - _window_entropy(P, pi, L)) < 0.03  # and it is close to the analytic entropy
+    res = trainer.evaluate(windows, trainer.model)
+    assert res.kind == "bound"
+    assert res.nats_per_char >= floor - 3 * res.details["stderr_nats"], (res.nats_per_char, floor)
+    # and the model did learn: the bound is far below a uniform guess over four symbols
+    assert res.nats_per_char < math.log(4) - 0.1
+
+
+def test_ar_exact_likelihood_respects_the_same_floor(tmp_path):
+    corpus, P, pi = _markov_corpus(tmp_path)
+    ar = Trainer(tiny_config("ar", corpus, steps=200), tmp_path / "ar", progress=False)
+    ar.train()
+    windows = TextData.tiled_windows(ar.data.val_ids, ar.method.window)
+    floor = _true_nll(windows, P, pi)
+    exact = ar.evaluate(windows, ar.model).nats_per_char
+    assert floor - 0.01 <= exact < floor + 0.15
+
+
+def _markov_corpus(tmp_path):
+    text, P, pi = markov_text(200_000, seed=1)  # 20k validation characters keep the floor's noise small
+    corpus = tmp_path / "markov.txt"
+    corpus.write_text(text, encoding="utf-8")
+    return corpus, P, pi
+
+
+def test_masked_nelbo_estimate_is_deterministic(trained):
+    tr = trained["masked"]
+    a = tr.evaluate(tr.val_windows).nats_per_char
+    b = tr.evaluate(tr.val_windows).nats_per_char
+    assert a == b
+
+
+def _sample(trainer, seed=0, **kw):
+    g = torch.Generator().manual_seed(seed)
+    return trainer.method.sample(trainer.ema.model, SampleRequest(**kw), g)
+
+
+@pytest.mark.parametrize("method", ["ar", "masked"])
+def test_prompt_is_kept_exactly(trained, method):
+    tr = trained[method]
+    res = _sample(tr, n=3, prompt="KING RICHARD", length=30)
+    texts = [tr.data.tokenizer.decode(r.tolist()) for r in res.ids]
+    assert all(t.startswith("KING RICHARD") and len(t) == 30 for t in texts)
+    assert int(res.fixed[0].sum()) == len("KING RICHARD")
+
+
+@pytest.mark.parametrize("sampler", ["ancestral", "cached", "confidence", "topk"])
+def test_infill_holds_known_characters_and_fills_every_blank(trained, sampler):
+    tr = trained["masked"]
+    template = "ROMEO:\nO ____ art thou? Ro__o!"
+    res = _sample(tr, n=4, infill=template, sampler=sampler, steps=8)
+    for row in res.ids:
+        text = tr.data.tokenizer.decode(row.tolist())
+        assert len(text) == len(template)
+        assert all(a == b for a, b in zip(text, template, strict=True) if b != "_")
+        assert tr.data.tokenizer.mask_id not in row.tolist()
+    # a configurable placeholder
+    res = _sample(tr, n=1, infill="To be, or not to **", placeholder="*")
+    assert tr.data.tokenizer.decode(res.ids[0].tolist()).startswith("To be, or not to ")
+
+
+def test_cached_sampler_is_identical_with_fewer_network_calls(trained):
+    tr = trained["masked"]
+    plain = _sample(tr, seed=3, n=2, sampler="ancestral", steps=200)
+    cached = _sample(tr, seed=3, n=2, sampler="cached", steps=200)
+    assert torch.equal(plain.ids, cached.ids)
+    assert cached.nfe < plain.nfe
+    # the network runs again only after a step that revealed something (in either sample of the batch)
+    assert cached.nfe <= 2 * tr.method.window + 1
+
+
+@pytest.mark.parametrize("sampler", ["confidence", "topk"])
+def test_parallel_decoders_finish_within_the_step_budget(trained, sampler):
+    tr = trained["masked"]
+    res = _sample(tr, n=3, sampler=sampler, steps=4)
+    assert res.nfe <= 4
+    assert tr.data.tokenizer.mask_id not in res.ids.flatten().tolist()
+
+
+def test_sampling_is_reproducible_given_the_seed(trained):
+    for tr in trained.values():
+        assert torch.equal(_sample(tr, seed=5, n=2).ids, _sample(tr, seed=5, n=2).ids)
+
+
+def test_ar_generates_past_its_context(trained):
+    tr = trained["ar"]
+    length = 3 * tr.method.window + 5
+    res = _sample(tr, n=2, length=length, prompt="First")
+    assert res.ids.shape == (2, length) and res.nfe == length - len("First")
+
+
+def test_clear_errors_for_impossible_requests(trained):
+    ar, masked = trained["ar"], trained["masked"]
+    with pytest.raises(ConfigError, match="bidirectional"):
+        _sample(ar, infill="a _ b")
+    with pytest.raises(ConfigError, match="exceeds the model's context"):
+        _sample(masked, length=masked.method.window + 1)
+    with pytest.raises(ConfigError, match="no sampler"):
+        _sample(masked, sampler="beam")
+    with pytest.raises(ConfigError, match="nothing is left"):
+        _sample(masked, prompt="x" * 40, length=20)
+    with pytest.raises(ConfigError, match="placeholders"):
+        _sample(masked, infill="no blanks here")
+    from textdiffusion.data import DataError
+
+    with pytest.raises(DataError, match="never seen"):
+        _sample(masked, prompt="Ω")
+
+
+def test_filter_logits_top_k_and_top_p():
+    logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]]))
+    assert torch.isinf(filter_logits(logits, top_k=2)[0, 2:]).all()
+    kept = ~torch.isinf(filter_logits(logits, top_p=0.7))
+    assert kept.tolist() == [[True, True, False, False]]
+    kept = ~torch.isinf(filter_logits(logits, top_p=0.5))
+    assert kept.tolist() == [[True, False, False, False]]
+    with pytest.raises(ConfigError):
+        filter_logits(logits, temperature=0)

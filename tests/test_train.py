@@ -1,0 +1,107 @@
+from __future__ import annotations
+
+import json
+import os
+import signal
+
+import pytest
+import torch
+from helpers import tiny_config
+
+from textdiffusion.checkpoint import CheckpointError, read_tensors
+from textdiffusion.train import Trainer, lr_at, resume_training
+
+
+def _weights(run_dir, name="model"):
+    return read_tensors(run_dir / f"{name}.safetensors")[0]
+
+
+def _same(a, b):
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize("method", ["ar", "masked"])
+def test_resume_after_ctrl_c_ends_bit_identical(method, small_corpus, tmp_path):
+    cfg = lambda: tiny_config(method, small_corpus, steps=24, **{"train.eval_every": 10})  # noqa: E731
+    whole = tmp_path / "whole"
+    Trainer(cfg(), whole, progress=False).train()
+
+    parts = tmp_path / "parts"
+    trainer = Trainer(cfg(), parts, progress=False)
+
+    def ctrl_c(step):
+        if step == 7:  # a real SIGINT, handled like a user's Ctrl-C: finish the step, save, stop
+            os.kill(os.getpid(), signal.SIGINT)
+
+    summary = trainer.train(on_step=ctrl_c)
+    assert summary["interrupted"] and summary["step"] == 7
+    assert read_tensors(parts / "model.safetensors")[1] == 7
+    resume_training(parts, progress=False)
+
+    for name in ("model", "ema"):
+        assert _same(_weights(whole, name), _weights(parts, name)), name
+    rows = [json.loads(line) for line in (parts / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [10, 20, 24]
+
+
+def test_resume_from_a_killed_run_replays_from_the_last_checkpoint(small_corpus, tmp_path):
+    cfg = lambda: tiny_config("masked", small_corpus, steps=20, **{"train.eval_every": 10})  # noqa: E731
+    Trainer(cfg(), tmp_path / "whole", progress=False).train()
+    killed = Trainer(cfg(), tmp_path / "killed", progress=False)
+    killed.train(stop_at=10)  # checkpoint at 10 ...
+    # ... then metrics from steps that never made it into a checkpoint, as after a SIGKILL
+    with open(tmp_path / "killed" / "metrics.jsonl", "a") as f:
+        f.write(json.dumps({"step": 15, "val_bpc": 9.9}) + "\n")
+    resume_training(tmp_path / "killed", progress=False)
+    assert _same(_weights(tmp_path / "whole"), _weights(tmp_path / "killed"))
+    steps = [json.loads(x)["step"] for x in (tmp_path / "killed" / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [10, 20]
+
+
+def test_run_directory_contents(small_corpus, tmp_path):
+    run = tmp_path / "run"
+    Trainer(tiny_config("masked", small_corpus, steps=30), run, progress=False).train()
+    for name in ("config.json", "tokenizer.json", "model.safetensors", "ema.safetensors", "trainer.safetensors",
+                 "trainer.json", "metrics.jsonl", "final.json"):
+        assert (run / name).exists(), name
+    meta = json.loads((run / "config.json").read_text())
+    assert meta["seed"] == 1337 and meta["config"]["method"]["name"] == "masked"
+    assert {"torch", "textdiffusion", "python"} <= meta["versions"].keys()
+    assert len(meta["corpus"]["sha256"]) == 64
+    row = json.loads((run / "metrics.jsonl").read_text().splitlines()[0])
+    assert {"step", "train_loss", "val_bpc", "lr", "chars_per_s", "elapsed"} <= row.keys()
+    assert sorted(p.name for p in (run / "samples").iterdir()) == ["step_000030.txt"]
+    assert not [p for p in run.iterdir() if p.name.endswith(".tmp")]  # atomic writes leave no debris
+
+
+def test_existing_run_dir_is_not_overwritten(small_corpus, tmp_path):
+    Trainer(tiny_config("ar", small_corpus, steps=2), tmp_path / "r", progress=False).train()
+    with pytest.raises(CheckpointError, match="--resume"):
+        Trainer(tiny_config("ar", small_corpus, steps=2), tmp_path / "r", progress=False)
+
+
+def test_corrupt_and_mismatched_checkpoints_are_refused(small_corpus, tmp_path):
+    run = tmp_path / "r"
+    Trainer(tiny_config("ar", small_corpus, steps=4, **{"train.eval_every": 2}), run, progress=False).train(stop_at=2)
+    (run / "model.safetensors").write_bytes(b"garbage")
+    with pytest.raises(CheckpointError, match="corrupt"):
+        resume_training(run, progress=False)
+
+
+def test_lr_schedule_warms_up_then_decays_to_min():
+    cfg = tiny_config("ar", "unused", steps=100, **{"train.warmup": 10, "train.lr": 1e-3, "train.min_lr": 1e-4})
+    assert lr_at(0, cfg) == pytest.approx(1e-4)
+    assert lr_at(9, cfg) == pytest.approx(1e-3)
+    assert lr_at(100, cfg) == pytest.approx(1e-4)
+    assert lr_at(40, cfg) > lr_at(60, cfg)
+
+
+def test_gradient_accumulation_matches_the_big_batch(small_corpus, tmp_path):
+    """Two micro-batches of 4 give (to rounding) the step of one batch of 8 drawn the same way."""
+    big = Trainer(tiny_config("ar", small_corpus, steps=1), tmp_path / "a", progress=False)
+    small = Trainer(tiny_config("ar", small_corpus, steps=1, **{"train.batch_size": 4, "train.grad_accum": 2}),
+                    tmp_path / "b", progress=False)
+    big.train()
+    small.train()
+    a, b = big.model.state_dict(), small.model.state_dict()
+    assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
