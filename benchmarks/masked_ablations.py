@@ -23,6 +23,8 @@ VARIANTS: dict[str, list[str]] = {
     "linear schedule (sigma_max 10)": ["method.schedule=linear"],
     "time conditioning on": ["method.time_conditioning=true"],
     "EMA 0.999": ["train.ema_decay=0.999"],
+    "lr 6e-4": ["train.lr=6e-4", "train.min_lr=6e-5"],
+    "count estimator (t integrated out)": ["method.estimator=count"],
 }
 
 

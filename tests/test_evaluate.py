@@ -5,8 +5,8 @@ import math
 
 import numpy as np
 import pytest
-from helpers import train_tiny
 
+from helpers import train_tiny
 from textdiffusion.evaluate import CharNgramJudge, TrainingReference, evaluate_run, format_table, words_of
 
 

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from textdiffusion.diffusion.masking import corrupt, make_schedule, sample_times
+from textdiffusion.diffusion.masking import corrupt, corrupt_exactly, make_schedule, sample_counts, sample_times
 
 
 @pytest.mark.parametrize("name", ["loglinear", "linear"])
@@ -38,6 +38,17 @@ def test_antithetic_times_are_stratified():
     assert bool(((t > 0) & (t <= 1)).all())
     # exactly one time in each eighth of [0, 1]
     assert sorted((t * 8).ceil().long().clamp(1, 8).tolist()) == list(range(1, 9))
+
+
+def test_exact_count_corruption_and_stratified_counts():
+    g = torch.Generator().manual_seed(0)
+    x = torch.arange(10).repeat(5, 1)
+    k = torch.tensor([1, 3, 5, 9, 10])
+    z, masked = corrupt_exactly(x, k, mask_id=99, generator=g)
+    assert masked.sum(1).tolist() == k.tolist()
+    assert bool((z[masked] == 99).all()) and bool((z[~masked] == x[~masked]).all())
+    counts = sample_counts(10, 10, True, g, torch.device("cpu"))
+    assert sorted(counts.tolist()) == list(range(1, 11))  # one per stratum
 
 
 def test_corrupt_masks_at_the_expected_rate():

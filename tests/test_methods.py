@@ -5,9 +5,9 @@ import math
 import numpy as np
 import pytest
 import torch
+
 from conftest import markov_text
 from helpers import tiny_config, train_tiny
-
 from textdiffusion.config import ConfigError
 from textdiffusion.data import TextData
 from textdiffusion.methods.base import SampleRequest, filter_logits
@@ -46,10 +46,11 @@ def _true_nll(windows: torch.Tensor, P: np.ndarray, pi: np.ndarray) -> float:
     return float(nll.sum() / x.size)
 
 
-@pytest.mark.parametrize("schedule", ["loglinear", "linear"])
-def test_masked_nelbo_is_an_upper_bound_on_the_true_entropy(schedule, tmp_path):
+@pytest.mark.parametrize("schedule, estimator", [("loglinear", "time"), ("linear", "time"), ("loglinear", "count")])
+def test_masked_nelbo_is_an_upper_bound_on_the_true_entropy(schedule, estimator, tmp_path):
     corpus, P, pi = _markov_corpus(tmp_path)
     trainer = Trainer(tiny_config("masked", corpus, steps=200, **{"method.schedule": schedule,
+                                                                  "method.estimator": estimator,
                                                                   "method.eval_time_samples": 8}),
                       tmp_path / "run", progress=False)
     trainer.train()
@@ -79,6 +80,28 @@ def _markov_corpus(tmp_path):
     corpus = tmp_path / "markov.txt"
     corpus.write_text(text, encoding="utf-8")
     return corpus, P, pi
+
+
+def test_time_and_count_estimators_agree(trained):
+    """Two unbiased estimators of one NELBO: t sampled with weight w(t), or t integrated out in closed form."""
+    tr = trained["masked"]
+    windows = TextData.tiled_windows(tr.data.val_ids, tr.method.window, 200)
+    tr.method.cfg.eval_time_samples = 16
+    try:
+        by_time = tr.method.nll(tr.ema.model, windows)
+        tr.method.cfg.estimator = "count"
+        by_count = tr.method.nll(tr.ema.model, windows)
+    finally:
+        tr.method.cfg.estimator, tr.method.cfg.eval_time_samples = "time", 4
+    se = (by_time.details["stderr_nats"] ** 2 + by_count.details["stderr_nats"] ** 2) ** 0.5
+    assert abs(by_time.nats_per_char - by_count.nats_per_char) < 4 * se
+    assert by_count.details["stderr_nats"] < by_time.details["stderr_nats"]
+
+
+def test_count_estimator_needs_a_schedule_that_masks_everything(small_corpus):
+    with pytest.raises(ConfigError, match="alpha"):
+        Trainer(tiny_config("masked", small_corpus, **{"method.estimator": "count", "method.schedule": "linear"}),
+                "unused", progress=False)
 
 
 def test_masked_nelbo_estimate_is_deterministic(trained):

@@ -6,8 +6,8 @@ import signal
 
 import pytest
 import torch
-from helpers import tiny_config
 
+from helpers import tiny_config
 from textdiffusion.checkpoint import CheckpointError, read_tensors
 from textdiffusion.train import Trainer, lr_at, resume_training
 

@@ -69,6 +69,7 @@ class MethodConfig:
     schedule: str = "loglinear"  # loglinear | linear
     sigma_max: float = 10.0  # for the linear (in sigma) schedule
     antithetic: bool = True
+    estimator: str = "time"  # time (sample t, weight w(t)) | count (t integrated out: uniform mask count)
     time_conditioning: bool = False
     eval_time_samples: int = 16
     eval_seed: int = 1234

@@ -26,7 +26,7 @@ import math
 import torch
 
 from textdiffusion.config import ConfigError
-from textdiffusion.diffusion.masking import corrupt, make_schedule, sample_times
+from textdiffusion.diffusion.masking import corrupt, corrupt_exactly, make_schedule, sample_counts, sample_times
 from textdiffusion.methods.base import (
     Method,
     NLLResult,
@@ -54,6 +54,11 @@ class MaskedDiffusion(Method):
             self.schedule = make_schedule(cfg.schedule, cfg.sigma_max)
         except ValueError as e:
             raise ConfigError(f"method.schedule: {e}") from None
+        if cfg.estimator not in ("time", "count"):
+            raise ConfigError(f"method.estimator must be time or count, got {cfg.estimator!r}")
+        if cfg.estimator == "count" and self.schedule.alpha_one() > 0:
+            raise ConfigError("method.estimator=count integrates t out in closed form, which needs alpha(1) = 0; "
+                              "use method.schedule=loglinear or method.estimator=time")
 
     @property
     def time_conditioning(self) -> bool:
@@ -69,9 +74,23 @@ class MaskedDiffusion(Method):
         ce = cross_entropy_per_token(self._forward(model, z, t), x)
         return self.schedule.weight(t) * (ce * masked).sum(-1)
 
+    def _count_terms(self, model: Transformer, x: torch.Tensor, k: torch.Tensor,
+                     generator: torch.Generator) -> torch.Tensor:
+        """Per-window L * (1/k) * sum of cross-entropies over exactly k masked positions (nats): the NELBO
+        with t integrated out (see :mod:`textdiffusion.diffusion.masking`). The network is given the t
+        whose alpha matches the mask fraction, for the time-conditioned variant."""
+        z, masked = corrupt_exactly(x, k, self.tok.mask_id, generator)
+        t = k.float() / x.shape[1]
+        ce = cross_entropy_per_token(self._forward(model, z, t), x)
+        return x.shape[1] * (ce * masked).sum(-1) / k
+
     def loss(self, model: Transformer, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        t = sample_times(x.shape[0], self.cfg.antithetic, generator, x.device)
-        return self._nelbo_terms(model, x, t, generator).mean() / x.shape[1]
+        n, L = x.shape
+        if self.cfg.estimator == "count":
+            k = sample_counts(n, L, self.cfg.antithetic, generator, x.device)
+            return self._count_terms(model, x, k, generator).mean() / L
+        t = sample_times(n, self.cfg.antithetic, generator, x.device)
+        return self._nelbo_terms(model, x, t, generator).mean() / L
 
     @torch.no_grad()
     def nll(self, model: Transformer, windows: torch.Tensor, batch_size: int = 64) -> NLLResult:
@@ -79,18 +98,23 @@ class MaskedDiffusion(Method):
         device = windows.device
         gen = torch.Generator(device=device).manual_seed(self.cfg.eval_seed)
         n, L = windows.shape
-        # K stratified times per window: t_k = 1 - ((u + k/K) mod 1), u drawn per window
+        # K stratified draws per window: t_k = 1 - ((u + k/K) mod 1), u drawn per window
         u = torch.rand(n, 1, generator=gen, device=device)
-        t = (1.0 - torch.remainder(u + torch.arange(K, device=device) / K, 1.0)).clamp_min(1e-6)
+        strata = torch.remainder(u + torch.arange(K, device=device) / K, 1.0).flatten()
         rows = windows.repeat_interleave(K, dim=0)
-        terms = torch.cat([self._nelbo_terms(model, xb, tb, gen)
-                           for xb, tb in zip(rows.split(batch_size), t.flatten().split(batch_size), strict=True)])
+        if self.cfg.estimator == "count":
+            draws, term = (strata * L).long().clamp_(0, L - 1) + 1, self._count_terms
+        else:
+            draws, term = (1.0 - strata).clamp_min(1e-6), self._nelbo_terms
+        terms = torch.cat([term(model, xb, db, gen)
+                           for xb, db in zip(rows.split(batch_size), draws.split(batch_size), strict=True)])
         per_window = terms.double().view(n, K).mean(1).cpu() / L
         prior = self.schedule.prior_kl_per_token(self.tok.n_symbols)
         stderr = float(per_window.std() / math.sqrt(n)) if n > 1 else float("nan")
         return NLLResult(
             nats_per_char=float(per_window.mean()) + prior, kind="bound", windows=n, chars=n * L,
             details={"time_samples_per_window": K, "seed": self.cfg.eval_seed, "schedule": self.schedule.name,
+                     "estimator": self.cfg.estimator,
                      "prior_kl_per_char": prior, "stderr_nats": stderr,
                      "note": "Monte-Carlo estimate of the continuous-time NELBO (an upper bound on NLL)"},
         )
