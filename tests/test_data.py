@@ -65,7 +65,7 @@ def test_directory_of_txt_files(tmp_path):
 
 
 def test_directory_without_txt(tmp_path):
-    with pytest.raises(DataError, match="no .txt files"):
+    with pytest.raises(DataError, match=r"no \.txt files"):
         load_corpus(str(tmp_path))
 
 

@@ -57,7 +57,8 @@ def test_eval_writes_the_documented_schema(small_corpus, tmp_path):
     result = evaluate_run(run, samples=8, val_windows=16)
     on_disk = json.loads((run / "eval.json").read_text())
     assert on_disk == json.loads(json.dumps(result))
-    assert {"run", "method", "preset", "step", "val", "samples", "quality", "reference", "speed", "judge"} <= set(result)
+    keys = {"run", "method", "preset", "step", "val", "samples", "quality", "reference", "speed", "judge"}
+    assert keys <= set(result)
     assert result["val"]["kind"] == "bound" and result["val"]["time_samples_per_window"] == 4
     assert {"judge_ppl", "word_validity", "distinct_2", "repetition", "copy_rate"} <= set(result["quality"])
     assert result["speed"]["nfe_per_sample"] > 0 and result["speed"]["sample_chars_per_s"] > 0
