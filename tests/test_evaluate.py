@@ -64,3 +64,13 @@ def test_eval_writes_the_documented_schema(small_corpus, tmp_path):
     assert result["speed"]["nfe_per_sample"] > 0 and result["speed"]["sample_chars_per_s"] > 0
     table = format_table(result)
     assert "upper bound" in table and "judge perplexity" in table
+
+
+def test_eval_refuses_a_corpus_that_changed_since_training(small_corpus, tmp_path):
+    from textdiffusion.data import DataError
+
+    run = tmp_path / "run"
+    train_tiny("ar", small_corpus, run, steps=2)
+    small_corpus.write_text(small_corpus.read_text(encoding="utf-8")[::-1], encoding="utf-8")
+    with pytest.raises(DataError, match="changed since"):
+        evaluate_run(run, samples=2, val_windows=2)

@@ -29,7 +29,7 @@ import torch
 
 from textdiffusion.checkpoint import write_json
 from textdiffusion.data.batches import TextData
-from textdiffusion.data.corpus import load_corpus
+from textdiffusion.data.corpus import DataError, load_corpus, sha256_of
 from textdiffusion.methods.base import SampleRequest
 from textdiffusion.runs import open_run
 
@@ -194,6 +194,11 @@ def evaluate_run(run_dir: str | Path, samples: int = 64, length: int = 0, sample
     run = open_run(run_dir, device=device)
     cfg = run.cfg
     text, source = load_corpus(cfg.data.corpus)
+    recorded = run.meta.get("corpus", {}).get("sha256")
+    path = Path(source)
+    if recorded and path.is_file() and sha256_of(path) != recorded:
+        raise DataError(f"{source} has changed since {run_dir} was trained (sha256 differs); evaluate on the "
+                        f"original corpus so the numbers mean what they say")
     data = TextData.from_text(text, run.tokenizer, cfg.data.val_fraction, source)
     windows = TextData.tiled_windows(data.val_ids, run.method.window, val_windows).to(run.device)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if run.device.type == "cuda" else torch.no_grad()

@@ -340,10 +340,12 @@ def resume_training(run_dir: Path, progress: bool = True, steps: int | None = No
     """Continue a run from its last checkpoint (``textdiffusion train --resume``)."""
     meta = read_json(Path(run_dir) / "config.json")
     cfg = Config.from_dict(meta["config"])
-    if steps is not None:
+    if steps is not None and steps != cfg.train.steps:
         if steps < 1:
             raise ConfigError("--steps must be >= 1")
         cfg.train.steps = steps
+        meta["config"] = cfg.to_dict()  # the run's record must describe the schedule it now follows
+        write_json(Path(run_dir) / "config.json", meta)
     trainer = Trainer(cfg, Path(run_dir), resume=True, progress=progress)
     if trainer.step >= cfg.train.steps:
         raise ConfigError(f"{run_dir} already finished its {cfg.train.steps} steps; pass --steps N to train further")

@@ -1,0 +1,36 @@
+from __future__ import annotations
+
+import pytest
+
+from textdiffusion.cli import main
+from textdiffusion.data import corpus as corpus_mod
+
+
+def test_demo_trains_animates_and_prints_the_run(small_corpus, tmp_path, capsys):
+    rd = tmp_path / "demo"
+    assert main(["demo", "--preset", "tiny", "--steps", "20", "--data", str(small_corpus), "--run-dir", str(rd)]) == 0
+    captured = capsys.readouterr()
+    assert "step" in captured.err and "░" in captured.err  # the denoising animation
+    assert f"run directory: {rd}" in captured.err
+    assert "Sample:" in captured.out
+    assert (rd / "ema.safetensors").exists()
+
+
+def test_demo_offline_says_how_to_provide_the_corpus(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("TEXTDIFFUSION_DATA", str(tmp_path / "nothing-here"))
+
+    def offline(*a, **k):
+        raise OSError("no network")
+
+    monkeypatch.setattr(corpus_mod.urllib.request, "urlopen", offline)
+    assert main(["demo", "--preset", "tiny", "--run-dir", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err
+    assert "TEXTDIFFUSION_DATA" in err and "tinyshakespeare.txt" in err
+    assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize("bad", [["--steps", "0"], ["--preset", "huge"]])
+def test_demo_rejects_nonsense_flags(bad, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["demo", *bad])
+    assert e.value.code == 2
