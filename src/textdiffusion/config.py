@@ -29,6 +29,7 @@ class ModelConfig:
     context: int = 64
     mlp_ratio: int = 4
     activation: str = "gelu"  # gelu | silu
+    tie_embeddings: bool = False  # output head reuses the input embedding rows of the ordinary symbols
     dropout: float = 0.0
     rope_base: float = 10000.0
 

@@ -213,7 +213,9 @@ class Transformer(nn.Module):
                                     for _ in range(cfg.n_layer))
         self.norm = RMSNorm(cfg.n_embd)
         self.rotary = Rotary(cfg.n_embd // cfg.n_head, cfg.rope_base)
-        self.head = nn.Linear(cfg.n_embd, out_dim or vocab_size, bias=False)
+        self.out_dim = out_dim or vocab_size
+        # with tie_embeddings the head is the first out_dim rows of the input table (Press & Wolf 2017)
+        self.head = None if cfg.tie_embeddings else nn.Linear(cfg.n_embd, self.out_dim, bias=False)
         self.apply(self._init)
         # GPT-2 style: scale residual projections by depth so the residual stream starts well-conditioned
         for name, p in self.named_parameters():
@@ -251,4 +253,7 @@ class Transformer(nn.Module):
             h = block(h, self.attention, rope, temb, cache, i)
         if cache is not None:
             cache.next_pos += h.shape[1]
-        return self.head(self.norm(h))
+        h = self.norm(h)
+        if self.head is None:
+            return F.linear(h, self.input.embed.weight[: self.out_dim])
+        return self.head(h)
