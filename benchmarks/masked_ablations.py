@@ -30,6 +30,9 @@ VARIANTS: dict[str, list[str]] = {
     "baseline, seed 2": ["seed=2"],
     "no antithetic, seed 2": ["method.antithetic=false", "seed=2"],
     "tied embeddings": ["model.tie_embeddings=true"],
+    "count, seed 2": ["method.estimator=count", "seed=2"],
+    "count, lr 2e-3": ["method.estimator=count", "train.lr=2e-3", "train.min_lr=2e-4"],
+    "count, tied embeddings": ["method.estimator=count", "model.tie_embeddings=true"],
 }
 
 

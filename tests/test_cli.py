@@ -52,6 +52,8 @@ def test_ar_sample_and_resume_contract(runs, capsys):
     assert capsys.readouterr().out.startswith("First")
     assert main(["train", "--resume", str(runs / "ar"), "--steps", "40", "--no-progress"]) == 0
     assert json.loads((runs / "ar" / "trainer.json").read_text())["step"] == 40
+    assert json.loads((runs / "ar" / "config.json").read_text())["config"]["train"]["steps"] == 40
+    assert main(["train", "--resume", str(runs / "ar"), "--no-progress"]) == 2  # nothing left to do
 
 
 def test_eval_prints_a_table(runs, capsys):

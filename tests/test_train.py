@@ -105,3 +105,12 @@ def test_gradient_accumulation_matches_the_big_batch(small_corpus, tmp_path):
     small.train()
     a, b = big.model.state_dict(), small.model.state_dict()
     assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+
+
+def test_time_budget_stops_training_and_still_scores(small_corpus, tmp_path):
+    trainer = Trainer(tiny_config("ar", small_corpus, steps=100_000, **{"train.time_budget_s": 0.5}),
+                      tmp_path / "r", progress=False)
+    summary = trainer.train()
+    assert summary["out_of_time"] and not summary["interrupted"]
+    assert 0 < summary["step"] < 100_000 and summary["elapsed"] >= 0.5
+    assert (tmp_path / "r" / "final.json").exists() and "val_bpc" in summary

@@ -59,6 +59,7 @@ class TrainConfig:
     compile: str = "auto"  # auto (on for CUDA) | on | off
     amp: str = "auto"  # auto (bf16 on CUDA) | bf16 | off
     threads: int = 0  # CPU threads; 0 leaves torch's default
+    time_budget_s: float = 0.0  # > 0: also stop (and score) once this many seconds of training are spent
 
 
 @dataclass
@@ -132,7 +133,7 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     "cpu": {
         "model": {"n_layer": 4, "n_head": 4, "n_embd": 128, "context": 64},
         "train": {"steps": 2000, "batch_size": 12, "lr": 1e-3, "min_lr": 1e-4, "warmup": 100,
-                  "eval_every": 250, "ema_decay": 0.99},
+                  "eval_every": 250, "eval_windows": 128, "ema_decay": 0.99},
     },
     "base": {
         "model": {"n_layer": 6, "n_head": 6, "n_embd": 384, "context": 256, "dropout": 0.2},

@@ -239,9 +239,12 @@ class Trainer:
                    desc=f"{cfg.method.name}/{cfg.preset}", unit="step")
         smooth_loss, val_text, rate = None, "-", 0.0
         interval_chars, interval_time = 0, 0.0
-        interrupted = False
+        interrupted = out_of_time = False
         with _StopFlag() as stop:
             while self.step < target:
+                if t.time_budget_s > 0 and self.elapsed >= t.time_budget_s:
+                    out_of_time = True
+                    break
                 if stop.requested:
                     interrupted = True
                     break
@@ -294,12 +297,14 @@ class Trainer:
                 if on_step:
                     on_step(self.step)
         bar.close()
-        if (self.step % t.eval_every != 0 and self.step != t.steps) or interrupted:
+        if (self.step % t.eval_every != 0 and self.step != t.steps) or interrupted or out_of_time:
             self.save()
         summary: dict[str, Any] = {"run_dir": str(self.run_dir), "step": self.step, "steps": t.steps,
-                                   "elapsed": self.elapsed, "interrupted": interrupted,
+                                   "elapsed": self.elapsed, "interrupted": interrupted, "out_of_time": out_of_time,
                                    "chars_per_s": self.chars_seen / max(self.elapsed, 1e-9)}
-        if self.step == t.steps and not interrupted:
+        if (self.step == t.steps or out_of_time) and not interrupted:
+            if self.progress:
+                self.log("scoring the validation split with the EMA weights ...")
             full = TextData.tiled_windows(self.data.val_ids, self.method.window, t.final_eval_windows).to(self.device)
             ema_val = self.evaluate(full)
             summary.update({"val_bpc": ema_val.bits_per_char, "val_nats": ema_val.nats_per_char,
