@@ -146,8 +146,8 @@ def test_cached_sampler_is_identical_with_fewer_network_calls(trained):
     cached = _sample(tr, seed=3, n=2, sampler="cached", steps=200)
     assert torch.equal(plain.ids, cached.ids)
     assert cached.nfe < plain.nfe
-    # the network runs again only after a step that revealed something (in either sample of the batch)
-    assert cached.nfe <= 2 * tr.method.window + 1
+    # a row is re-encoded only after a step that revealed something in it: at most once per position
+    assert cached.nfe <= tr.method.window + 1
 
 
 @pytest.mark.parametrize("sampler", ["confidence", "topk"])

@@ -114,7 +114,8 @@ def cmd_sample(args: argparse.Namespace) -> int:
                        final=texts)
     print(f"\n{'=' * 40}\n".join(texts))
     print(f"[{run.cfg.method.name} step {run.step}: {len(texts)} x {res.ids.shape[1]} chars, "
-          f"sampler {res.info.get('sampler')}, {res.nfe} network evaluations, {seconds:.2f}s]", file=sys.stderr)
+          f"sampler {res.info.get('sampler')}, {res.nfe:g} network evaluations per sample, {seconds:.2f}s]",
+          file=sys.stderr)
     return 0
 
 

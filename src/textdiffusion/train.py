@@ -224,7 +224,7 @@ class Trainer:
         with self.autocast():
             res = self.method.sample(self.ema.model, SampleRequest(n=2), gen)
         texts = [self.data.tokenizer.decode(row.tolist()) for row in res.ids.cpu()]
-        body = f"# step {self.step}, EMA weights, default sampler, {res.nfe} network evaluations\n\n"
+        body = f"# step {self.step}, EMA weights, default sampler, {res.nfe:g} network evaluations per sample\n\n"
         body += "\n\n----\n\n".join(texts) + "\n"
         (self.run_dir / "samples").mkdir(exist_ok=True)
         (self.run_dir / "samples" / f"step_{self.step:06d}.txt").write_text(body, encoding="utf-8")
@@ -235,8 +235,10 @@ class Trainer:
         target = min(t.steps, stop_at) if stop_at else t.steps
         window, batch = self.method.window, t.batch_size
         chars_per_step = batch * window * t.grad_accum
+        # redraw a few times a second on a terminal, rarely into a log file
         bar = tqdm(total=t.steps, initial=self.step, disable=not self.progress, dynamic_ncols=True,
-                   desc=f"{cfg.method.name}/{cfg.preset}", unit="step")
+                   desc=f"{cfg.method.name}/{cfg.preset}", unit="step",
+                   mininterval=0.25 if sys.stderr.isatty() else 15.0)
         smooth_loss, val_text, rate = None, "-", 0.0
         interval_chars, interval_time = 0, 0.0
         interrupted = out_of_time = False
@@ -293,7 +295,7 @@ class Trainer:
                 elif interval_time > 0:
                     rate = interval_chars / interval_time
                 bar.update(1)
-                bar.set_postfix_str(f"loss {smooth_loss:.3f} | val bpc {val_text} | {rate:,.0f} chars/s")
+                bar.set_postfix_str(f"loss {smooth_loss:.3f} | val bpc {val_text} | {rate:,.0f} chars/s", refresh=False)
                 if on_step:
                     on_step(self.step)
         bar.close()

@@ -43,7 +43,7 @@ class SampleRequest:
 @dataclass
 class SampleResult:
     ids: torch.Tensor  # (n, length)
-    nfe: int  # network evaluations spent on the whole batch (one forward of the batch = 1)
+    nfe: float  # network evaluations per sequence (a forward of the whole batch counts 1)
     fixed: torch.Tensor | None = None  # (n, length) bool: positions the user gave (prompt/infill)
     info: dict[str, Any] = field(default_factory=dict)
 

@@ -34,7 +34,7 @@ class TerminalAnimation:
         width = max(20, shutil.get_terminal_size((100, 24)).columns - 2)
         rows = state[: self.max_rows].cpu()
         masked = int((rows == self.tok.mask_id).sum())
-        head = f"step {step:>4}  masked {masked:>5}  nfe {info.get('nfe', 0):>4}"
+        head = f"step {step:>4}  masked {masked:>5}  nfe {info.get('nfe', 0):>6.1f}"
         if "t" in info:
             head += f"  t={info['t']:.3f}"
         lines = [head]
