@@ -13,7 +13,6 @@ import json
 
 from common import machine
 from cpu_ar_vs_masked import ROOT, write_section
-
 from textdiffusion.data import TextData
 from textdiffusion.evaluate import TrainingReference, generate
 from textdiffusion.methods.base import SampleRequest
