@@ -29,7 +29,7 @@ import torch
 
 from textdiffusion.checkpoint import write_json
 from textdiffusion.data.batches import TextData
-from textdiffusion.data.corpus import DataError, load_corpus, sha256_of
+from textdiffusion.data.corpus import DataError, read_corpus, resolve_corpus, sha256_of
 from textdiffusion.methods.base import SampleRequest
 from textdiffusion.runs import open_run
 
@@ -193,9 +193,9 @@ def evaluate_run(run_dir: str | Path, samples: int = 64, length: int = 0, sample
     """Score a run and write ``RUN/eval.json``. Uses the EMA weights, like sampling."""
     run = open_run(run_dir, device=device)
     cfg = run.cfg
-    text, source = load_corpus(cfg.data.corpus)
+    path = resolve_corpus(cfg.data.corpus)
+    text, source = read_corpus(path)
     recorded = run.meta.get("corpus", {}).get("sha256")
-    path = Path(source)
     if recorded and path.is_file() and sha256_of(path) != recorded:
         raise DataError(f"{source} has changed since {run_dir} was trained (sha256 differs); evaluate on the "
                         f"original corpus so the numbers mean what they say")

@@ -163,11 +163,10 @@ class Trainer:
                                   f"or pick another --run-dir")
         rd.mkdir(parents=True, exist_ok=True)
         (rd / "samples").mkdir(exist_ok=True)
-        corpus_path = Path(self.data.source.split(" (")[0])
         corpus = {"source": self.data.source, "train_chars": int(self.data.train_ids.numel()),
                   "val_chars": int(self.data.val_ids.numel())}
-        if corpus_path.is_file():
-            corpus["sha256"] = sha256_of(corpus_path)
+        if self.data.path is not None and self.data.path.is_file():
+            corpus["sha256"] = sha256_of(self.data.path)
         write_json(rd / "config.json", {
             "config": self.cfg.to_dict(), "seed": self.cfg.seed, "versions": versions(), "corpus": corpus,
             "parameters": self.model.num_parameters(), "device": str(self.device),

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
 
-from textdiffusion.data.corpus import DataError, load_corpus
+from textdiffusion.data.corpus import DataError, read_corpus, resolve_corpus
 from textdiffusion.data.tokenizer import CharTokenizer, Tokenizer
 
 
@@ -20,6 +21,7 @@ class TextData:
     tokenizer: Tokenizer
     source: str
     train_text: str
+    path: Path | None = None  # the resolved corpus file or directory, when it came from disk
 
     @classmethod
     def from_text(cls, text: str, tokenizer: Tokenizer | None = None, val_fraction: float = 0.1,
@@ -32,8 +34,11 @@ class TextData:
 
     @classmethod
     def load(cls, corpus: str, tokenizer: Tokenizer | None = None, val_fraction: float = 0.1) -> TextData:
-        text, source = load_corpus(corpus)
-        return cls.from_text(text, tokenizer, val_fraction, source)
+        path = resolve_corpus(corpus)
+        text, source = read_corpus(path)
+        data = cls.from_text(text, tokenizer, val_fraction, source)
+        data.path = path
+        return data
 
     def check_window(self, window: int) -> None:
         """Both splits must hold at least one full window of ``window`` tokens."""

@@ -113,7 +113,11 @@ def _read_utf8(path: Path) -> str:
 
 def load_corpus(name_or_path: str, download: bool = True) -> tuple[str, str]:
     """Return ``(text, source)`` where source is a human-readable description of where it came from."""
-    path = resolve_corpus(name_or_path, download=download)
+    return read_corpus(resolve_corpus(name_or_path, download=download))
+
+
+def read_corpus(path: Path) -> tuple[str, str]:
+    """Read a resolved corpus file or directory of ``.txt`` files: ``(text, source)``."""
     if path.is_dir():
         files = sorted(path.glob("*.txt"))
         if not files:
