@@ -101,26 +101,38 @@ def make_schedule(name: str, sigma_max: float = 10.0) -> MaskSchedule:
 T_MIN = 1e-6  # keeps weight(t) finite; a t this small masks nothing in practice, so its term is ~0 either way
 
 
-def sample_times(n: int, antithetic: bool, generator: torch.Generator, device: torch.device) -> torch.Tensor:
-    """Times in (0, 1]. Antithetic (MDLM's low-discrepancy sampler): one uniform offset u and
-    t_i = 1 - ((u + i / n) mod 1), so the batch covers [0, 1] evenly and the loss variance drops."""
+def stratified(offset: torch.Tensor, n: int) -> torch.Tensor:
+    """(offset + i / n) mod 1 for i < n along the last axis: n points covering [0, 1) evenly
+    (MDLM's low-discrepancy sampler). ``offset`` broadcasts, e.g. (B, 1) for n draws per row."""
+    return torch.remainder(offset + torch.arange(n, device=offset.device) / n, 1.0)
+
+
+def uniforms(n: int, antithetic: bool, generator: torch.Generator, device: torch.device) -> torch.Tensor:
+    """n draws from U[0, 1): stratified from one shared offset when ``antithetic``, else independent."""
     if antithetic:
-        u = torch.rand(1, generator=generator, device=device)
-        t = 1.0 - torch.remainder(u + torch.arange(n, device=device) / n, 1.0)
-    else:
-        t = 1.0 - torch.rand(n, generator=generator, device=device)
-    return t.clamp_min(T_MIN)
+        return stratified(torch.rand(1, generator=generator, device=device), n)
+    return torch.rand(n, generator=generator, device=device)
+
+
+def times_from(u: torch.Tensor) -> torch.Tensor:
+    """Uniforms in [0, 1) -> times in (0, 1]."""
+    return (1.0 - u).clamp_min(T_MIN)
+
+
+def counts_from(u: torch.Tensor, length: int) -> torch.Tensor:
+    """Uniforms in [0, 1) -> numbers of masked positions k, uniform on {1..length}."""
+    return (u * length).long().clamp_(0, length - 1) + 1
+
+
+def sample_times(n: int, antithetic: bool, generator: torch.Generator, device: torch.device) -> torch.Tensor:
+    """Times in (0, 1]; antithetic sampling covers [0, 1] evenly so the loss variance drops."""
+    return times_from(uniforms(n, antithetic, generator, device))
 
 
 def sample_counts(n: int, length: int, antithetic: bool, generator: torch.Generator,
                   device: torch.device) -> torch.Tensor:
-    """Numbers of masked positions k in {1..L}, uniform; antithetic = one offset, stratified over the batch."""
-    if antithetic:
-        u = torch.rand(1, generator=generator, device=device)
-        frac = torch.remainder(u + torch.arange(n, device=device) / n, 1.0)
-    else:
-        frac = torch.rand(n, generator=generator, device=device)
-    return (frac * length).long().clamp_(0, length - 1) + 1
+    """Numbers of masked positions k in {1..L}, uniform; antithetic = stratified over the batch."""
+    return counts_from(uniforms(n, antithetic, generator, device), length)
 
 
 def corrupt_exactly(x: torch.Tensor, k: torch.Tensor, mask_id: int,

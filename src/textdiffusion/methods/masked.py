@@ -26,7 +26,16 @@ import math
 import torch
 
 from textdiffusion.config import ConfigError
-from textdiffusion.diffusion.masking import corrupt, corrupt_exactly, make_schedule, sample_counts, sample_times
+from textdiffusion.diffusion.masking import (
+    corrupt,
+    corrupt_exactly,
+    counts_from,
+    make_schedule,
+    sample_counts,
+    sample_times,
+    stratified,
+    times_from,
+)
 from textdiffusion.methods.base import (
     Method,
     NLLResult,
@@ -98,14 +107,13 @@ class MaskedDiffusion(Method):
         device = windows.device
         gen = torch.Generator(device=device).manual_seed(self.cfg.eval_seed)
         n, L = windows.shape
-        # K stratified draws per window: t_k = 1 - ((u + k/K) mod 1), u drawn per window
-        u = torch.rand(n, 1, generator=gen, device=device)
-        strata = torch.remainder(u + torch.arange(K, device=device) / K, 1.0).flatten()
+        # K stratified draws per window, from an offset drawn per window
+        strata = stratified(torch.rand(n, 1, generator=gen, device=device), K).flatten()
         rows = windows.repeat_interleave(K, dim=0)
         if self.cfg.estimator == "count":
-            draws, term = (strata * L).long().clamp_(0, L - 1) + 1, self._count_terms
+            draws, term = counts_from(strata, L), self._count_terms
         else:
-            draws, term = (1.0 - strata).clamp_min(1e-6), self._nelbo_terms
+            draws, term = times_from(strata), self._nelbo_terms
         terms = torch.cat([term(model, xb, db, gen)
                            for xb, db in zip(rows.split(batch_size), draws.split(batch_size), strict=True)])
         per_window = terms.double().view(n, K).mean(1).cpu() / L
