@@ -197,3 +197,5 @@ def test_filter_logits_top_k_and_top_p():
     assert kept.tolist() == [[True, False, False, False]]
     with pytest.raises(ConfigError):
         filter_logits(logits, temperature=0)
+    with pytest.raises(ConfigError, match="top-k"):
+        filter_logits(logits, top_k=-1)

@@ -163,6 +163,8 @@ def filter_logits(logits: torch.Tensor, temperature: float = 1.0, top_k: int = 0
     """Temperature, then top-k, then nucleus (top-p, Holtzman et al. 2020) filtering on the last dim."""
     if temperature <= 0:
         raise ConfigError("--temperature must be > 0")
+    if top_k < 0:
+        raise ConfigError("--top-k must be >= 0 (0 keeps every character)")
     logits = logits.float() / temperature
     if top_k and top_k < logits.shape[-1]:
         kth = torch.topk(logits, top_k, dim=-1).values[..., -1:]
