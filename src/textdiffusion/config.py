@@ -32,6 +32,7 @@ class ModelConfig:
     tie_embeddings: bool = False  # output head reuses the input embedding rows of the ordinary symbols
     dropout: float = 0.0
     rope_base: float = 10000.0
+    positions: str = "rope"  # rope | none (no positional information at all: only for reproducing a failure)
 
 
 @dataclass
@@ -82,12 +83,36 @@ class MethodConfig:
     temperature: float = 1.0
     top_k: int = 0
     top_p: float = 1.0
+    # Gaussian diffusion on embeddings (Diffusion-LM line); see methods/embedding.py
+    embeddings: str = "learned"  # learned (jointly with the denoiser) | pretrained (frozen MiniLM table)
+    embed_dim: int = 64  # width of the learned embedding space (the pretrained table has its own: 384)
+    embed_norm: str = "fixed"  # fixed (every row rescaled to norm sqrt(dim) * embed_scale) | none
+    embed_scale: float = 1.0  # per-coordinate RMS of a fixed-norm embedding, relative to the unit noise
+    noise_schedule: str = "sqrt"  # linear | cosine | sqrt
+    timesteps: int = 2000  # T of the discrete process; 0 = continuous time
+    target: str = "x0"  # eps | x0 | v | probs (decoder distribution -> expected embedding, trained by CE)
+    decoder: str = "head"  # cosine | l2 | head (a learned softmax rounding head)
+    rounding_weight: float = 1.0  # Diffusion-LM's rounding term -log p(w | x_0)
+    x0_ce_weight: float = 0.0  # cross-entropy of the decoder on the *predicted* x0 at every t
+    self_condition: bool = False  # Chen et al. 2022: feed the previous x0 estimate back in
+    clamp: bool = False  # snap x0_hat to its nearest embedding at every sampling step
+    eta: float = 0.0  # DDIM noise (ddim sampler only; ddpm is eta = 1)
+    time_difference: float = 0.0  # asymmetric time intervals (Chen et al. 2022), in steps
+    guide_run: str = ""  # guided sampler: the `ar` run whose logits are mixed with the plan's
+    guide_weight: float = 0.5  # guided sampler: weight w of the diffusion plan (0 = pure ar)
+
+
+# What `data.tokenizer` may name (see textdiffusion.data.tokenizer.make_tokenizer).
+TOKENIZER_KINDS = ("char", "bpe", "wordpiece")
+BPE_MIN_VOCAB = 256  # a byte-level BPE starts from all 256 bytes, so it can never be smaller
 
 
 @dataclass
 class DataConfig:
     corpus: str = "tinyshakespeare"
     val_fraction: float = 0.1
+    tokenizer: str = "char"  # char | bpe (byte-level, trained on the training split) | wordpiece (MiniLM's)
+    vocab_size: int = 512  # BPE vocabulary size (bytes + merges); only read by tokenizer=bpe
 
 
 @dataclass
@@ -212,6 +237,23 @@ def apply_overrides(cfg: Config, overrides: list[str]) -> Config:
     return cfg
 
 
+# Method fields that only steer sampling, so `sample`/`eval --set` may change them on a trained run; every
+# other field shaped the network or its training and is fixed once the run exists.
+SAMPLING_FIELDS = ("sampler", "sample_steps", "temperature", "top_k", "top_p", "confidence", "clamp", "eta",
+                   "time_difference", "guide_run", "guide_weight", "eval_time_samples", "eval_seed")
+
+
+def apply_sampling_overrides(cfg: Config, overrides: list[str]) -> Config:
+    """``--set method.field=value`` for ``sample`` and ``eval``: only :data:`SAMPLING_FIELDS` may change."""
+    for item in overrides:
+        key = item.split("=", 1)[0].strip()
+        section, _, name = key.partition(".")
+        if section != "method" or name not in SAMPLING_FIELDS:
+            raise ConfigError(f"--set {key}: a trained run can only change sampling options "
+                              f"(method.{', method.'.join(SAMPLING_FIELDS)}); retrain to change anything else")
+    return apply_overrides(cfg, overrides)
+
+
 def validate(cfg: Config) -> None:
     m, t = cfg.model, cfg.train
     if m.n_embd % m.n_head:
@@ -223,7 +265,14 @@ def validate(cfg: Config) -> None:
                         ("train.grad_accum", t.grad_accum), ("train.eval_every", t.eval_every)):
         if value < 1:
             raise ConfigError(f"{name} must be >= 1, got {value}")
+    if m.positions not in ("rope", "none"):
+        raise ConfigError(f"model.positions must be rope or none, got {m.positions!r}")
     if not 0.0 <= t.ema_decay < 1.0:
         raise ConfigError(f"train.ema_decay must be in [0, 1), got {t.ema_decay}")
     if not 0.0 < cfg.data.val_fraction < 1.0:
         raise ConfigError(f"data.val_fraction must be in (0, 1), got {cfg.data.val_fraction}")
+    if cfg.data.tokenizer not in TOKENIZER_KINDS:
+        raise ConfigError(f"data.tokenizer must be one of {', '.join(TOKENIZER_KINDS)}, got {cfg.data.tokenizer!r}")
+    if cfg.data.tokenizer == "bpe" and cfg.data.vocab_size < BPE_MIN_VOCAB:
+        raise ConfigError(f"data.vocab_size must be >= {BPE_MIN_VOCAB} for a byte-level BPE (it starts from the "
+                          f"256 bytes), got {cfg.data.vocab_size}")

@@ -189,9 +189,11 @@ def generate(run, req: SampleRequest, seed: int, batch: int = 64) -> tuple[list[
 
 def evaluate_run(run_dir: str | Path, samples: int = 64, length: int = 0, sampler: str = "", steps: int = 0,
                  temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, seed: int = 0,
-                 val_windows: int = 0, device: str = "auto", batch: int = 64) -> dict[str, Any]:
-    """Score a run and write ``RUN/eval.json``. Uses the EMA weights, like sampling."""
-    run = open_run(run_dir, device=device)
+                 val_windows: int = 0, device: str = "auto", batch: int = 64,
+                 overrides: list[str] | None = None) -> dict[str, Any]:
+    """Score a run and write ``RUN/eval.json``. Uses the EMA weights, like sampling. ``overrides`` are
+    sampling options (``method.field=value``), recorded in the result."""
+    run = open_run(run_dir, device=device, overrides=overrides)
     cfg = run.cfg
     path = resolve_corpus(cfg.data.corpus)
     text, source = read_corpus(path)
@@ -212,8 +214,9 @@ def evaluate_run(run_dir: str | Path, samples: int = 64, length: int = 0, sample
     quality = ref.quality(texts)
     # real text of the same length, evenly spread over the validation split, for scale
     val_text = text[len(data.train_text):]
-    starts = np.linspace(0, max(0, len(val_text) - length), samples).astype(int)
-    reference = ref.quality([val_text[s:s + length] for s in starts])
+    ref_len = round(float(np.mean([len(t) for t in texts]))) if texts else length  # tokens may be > 1 char
+    starts = np.linspace(0, max(0, len(val_text) - ref_len), samples).astype(int)
+    reference = ref.quality([val_text[s:s + ref_len] for s in starts])
     result = {
         "run": str(run.path), "method": cfg.method.name, "preset": cfg.preset, "step": run.step,
         "weights": "ema", "parameters": run.model.num_parameters(), "device": str(run.device),
@@ -222,9 +225,10 @@ def evaluate_run(run_dir: str | Path, samples: int = 64, length: int = 0, sample
         "samples": {"n": samples, "length": length, "sampler": run.method.check_sampler(req),
                     "steps": steps or cfg.method.sample_steps or length,
                     "temperature": temperature, "top_k": top_k, "top_p": top_p, "seed": seed,
+                    "overrides": list(overrides or []),
                     "examples": texts[:3]},
         "quality": quality,
-        "reference": {**reference, "what": f"{samples} real validation windows of {length} characters"},
+        "reference": {**reference, "what": f"{samples} real validation windows of {ref_len} characters"},
         "speed": speed,
         "judge": {"kind": f"character {ref.judge.order}-gram, interpolated Witten-Bell",
                   "fitted_on": f"training split of {source}", "chars": len(data.train_text)},

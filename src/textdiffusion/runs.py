@@ -9,7 +9,7 @@ from typing import Any
 import torch
 
 from textdiffusion.checkpoint import CheckpointError, read_json, read_tensors
-from textdiffusion.config import Config
+from textdiffusion.config import Config, apply_sampling_overrides
 from textdiffusion.data.tokenizer import Tokenizer, load_tokenizer
 from textdiffusion.methods import Method, get_method
 from textdiffusion.nn.transformer import Transformer
@@ -46,8 +46,10 @@ class LoadedRun:
     device: torch.device
 
 
-def open_run(path: str | Path, weights: str = "ema", device: str = "auto") -> LoadedRun:
-    """Load config, tokenizer and weights (EMA by default: what eval and sampling use)."""
+def open_run(path: str | Path, weights: str = "ema", device: str = "auto",
+             overrides: list[str] | None = None) -> LoadedRun:
+    """Load config, tokenizer and weights (EMA by default: what eval and sampling use). ``overrides`` are
+    ``method.field=value`` sampling options (see :data:`textdiffusion.config.SAMPLING_FIELDS`)."""
     run = Path(path)
     if not run.is_dir():
         raise CheckpointError(f"run directory {run} does not exist; pass the directory `textdiffusion train` "
@@ -56,6 +58,8 @@ def open_run(path: str | Path, weights: str = "ema", device: str = "auto") -> Lo
     if "config" not in meta:
         raise CheckpointError(f"{run / 'config.json'} has no 'config' section; it was not written by textdiffusion")
     cfg = Config.from_dict(meta["config"])
+    if overrides:
+        apply_sampling_overrides(cfg, overrides)
     tok = load_tokenizer(run / "tokenizer.json")
     method, model = build(cfg, tok)
     tensors, step = read_tensors(run / f"{weights}.safetensors")

@@ -126,7 +126,8 @@ class Trainer:
         torch.manual_seed(cfg.seed)
         tokenizer = load_tokenizer(self.run_dir / "tokenizer.json") if resume else None
         if data is None:
-            data = TextData.load(cfg.data.corpus, tokenizer, cfg.data.val_fraction)
+            data = TextData.load(cfg.data.corpus, tokenizer, cfg.data.val_fraction, cfg.data.tokenizer,
+                                 cfg.data.vocab_size)
         elif tokenizer is not None and tokenizer.to_dict() != data.tokenizer.to_dict():
             raise CheckpointError("the corpus tokenises differently from the run's tokenizer.json")
         self.data = data
@@ -219,7 +220,9 @@ class Trainer:
             return self.method.nll(model, windows, batch_size=max(self.cfg.train.batch_size, 64))
 
     def write_samples(self) -> None:
-        gen = torch.Generator(device=self.device).manual_seed(self.cfg.seed)
+        # not cfg.seed itself: the weights were initialised from that stream, and a sampler whose starting
+        # noise equals a freshly initialised embedding table "decodes" it (ids 0, 1, 2, ... in order)
+        gen = torch.Generator(device=self.device).manual_seed(self.cfg.seed + 7919)
         with self.autocast():
             res = self.method.sample(self.ema.model, SampleRequest(n=2), gen)
         texts = [self.data.tokenizer.decode(row.tolist()) for row in res.ids.cpu()]

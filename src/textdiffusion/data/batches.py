@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from textdiffusion.data.corpus import DataError, read_corpus, resolve_corpus
-from textdiffusion.data.tokenizer import CharTokenizer, Tokenizer
+from textdiffusion.data.tokenizer import Tokenizer, make_tokenizer
 
 
 @dataclass
@@ -25,27 +25,44 @@ class TextData:
 
     @classmethod
     def from_text(cls, text: str, tokenizer: Tokenizer | None = None, val_fraction: float = 0.1,
-                  source: str = "<text>") -> TextData:
-        tok = tokenizer or CharTokenizer.from_text(text)
-        n = len(text)
-        split = int(n * (1.0 - val_fraction))
-        ids = torch.from_numpy(tok.encode_array(text))
-        return cls(ids[:split].clone(), ids[split:].clone(), tok, source, text[:split])
+                  source: str = "<text>", tokenizer_kind: str = "char", vocab_size: int = 512) -> TextData:
+        """Split ``text`` and tokenise each part. A given ``tokenizer`` is used as is (a resumed or
+        evaluated run must reuse its own); otherwise one of ``tokenizer_kind`` is built.
+
+        The split is made on the *text*, at the character ``int(len(text) * (1 - val_fraction))``, and the
+        two parts are encoded separately: for a multi-character tokenizer a character index is not a
+        token index, and a token must not straddle the boundary. Consequently the split is the same
+        characters whatever the tokenizer, which keeps bits-per-character comparable across tokenizers.
+        """
+        split = int(len(text) * (1.0 - val_fraction))
+        train_text, val_text = text[:split], text[split:]
+        tok = tokenizer
+        if tok is None:
+            # A char vocabulary is the corpus alphabet (nanoGPT's convention; an unseen validation
+            # character would be unencodable), whereas BPE merges are statistics that must not see the
+            # validation text, so BPE is trained on the training split only.
+            tok = make_tokenizer(tokenizer_kind, text if tokenizer_kind == "char" else train_text, vocab_size)
+        train_ids = torch.from_numpy(tok.encode_array(train_text))
+        val_ids = torch.from_numpy(tok.encode_array(val_text))
+        return cls(train_ids, val_ids, tok, source, train_text)
 
     @classmethod
-    def load(cls, corpus: str, tokenizer: Tokenizer | None = None, val_fraction: float = 0.1) -> TextData:
+    def load(cls, corpus: str, tokenizer: Tokenizer | None = None, val_fraction: float = 0.1,
+             tokenizer_kind: str = "char", vocab_size: int = 512) -> TextData:
+        """Resolve and read ``corpus`` (a path or a named corpus), then :meth:`from_text`."""
         path = resolve_corpus(corpus)
         text, source = read_corpus(path)
-        data = cls.from_text(text, tokenizer, val_fraction, source)
+        data = cls.from_text(text, tokenizer, val_fraction, source, tokenizer_kind, vocab_size)
         data.path = path
         return data
 
     def check_window(self, window: int) -> None:
         """Both splits must hold at least one full window of ``window`` tokens."""
+        unit = "characters" if self.tokenizer.kind == "char" else "tokens"
         for name, ids in (("training", self.train_ids), ("validation", self.val_ids)):
             if ids.numel() < window:
                 raise DataError(
-                    f"the {name} split has {ids.numel()} characters but one training window needs {window}; "
+                    f"the {name} split has {ids.numel()} {unit} but one training window needs {window}; "
                     f"use a longer corpus or a smaller context (--set model.context=N)"
                 )
 

@@ -26,7 +26,8 @@ StepCallback = Callable[[int, torch.Tensor, dict[str, Any]], None]
 
 @dataclass
 class SampleRequest:
-    """What the user asked for. ``length`` counts every character of the output, prompt included."""
+    """What the user asked for. ``length`` counts every token of the output (characters for the char
+    tokenizer), prompt included."""
 
     n: int = 1
     length: int = 0  # 0 = the model's context
@@ -130,10 +131,15 @@ class Method(ABC):
 
     def prepare(self, req: SampleRequest, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         """Build the initial state from prompt / infill: (n, length) ids with masks at unknown positions,
-        and a bool tensor of the positions that are fixed by the user."""
+        and a bool tensor of the positions that are fixed by the user.
+
+        Lengths count tokens (characters for a char tokenizer). In an infill template every placeholder
+        character is one masked token, and each run of known text between placeholders is encoded as a
+        whole: a multi-character tokenizer (BPE, WordPiece) can only tokenise text, not single characters.
+        """
+        unit = "characters" if self.tok.kind == "char" else "tokens"
         length = req.length or self.model_cfg.context
         if req.infill is not None:
-            length = req.length or len(req.infill)  # an infill's output is the filled template
             if req.prompt:
                 raise ConfigError("use either --prompt or --infill, not both (a prompt is an infill template "
                                   "whose blanks are all at the end)")
@@ -143,20 +149,36 @@ class Method(ABC):
             if req.placeholder not in template:
                 raise ConfigError(f"the --infill text has no {req.placeholder!r} placeholders to fill; mark the "
                                   f"characters to generate with {req.placeholder!r} (or pick --placeholder)")
-            if len(template) > length:
-                raise ConfigError(f"the infill template has {len(template)} characters but --length is {length}")
             known = template.replace(req.placeholder, "")
             self.tok.encode(known)  # one clear error for unseen characters
-            ids = [self.tok.mask_id if c == req.placeholder else self.tok.encode(c)[0] for c in template]
-            ids += [self.tok.mask_id] * (length - len(template))
+            ids = self._encode_template(template, req.placeholder)
+            length = req.length or len(ids)  # an infill's output is the filled template
+            if len(ids) > length:
+                raise ConfigError(f"the infill template has {len(ids)} {unit} but --length is {length}")
+            ids += [self.tok.mask_id] * (length - len(ids))
         else:
             prompt_ids = self.tok.encode(req.prompt) if req.prompt else []
             if len(prompt_ids) >= length:
-                raise ConfigError(f"the prompt has {len(prompt_ids)} characters, so nothing is left to generate "
+                raise ConfigError(f"the prompt has {len(prompt_ids)} {unit}, so nothing is left to generate "
                                   f"in --length {length}; use a shorter prompt or a larger --length")
             ids = prompt_ids + [self.tok.mask_id] * (length - len(prompt_ids))
         state = torch.tensor(ids, dtype=torch.long, device=device).repeat(req.n, 1)
         return state, state != self.tok.mask_id
+
+    def _encode_template(self, template: str, placeholder: str) -> list[int]:
+        """Ids of an infill template: each known run encoded whole, each placeholder one mask id."""
+        ids: list[int] = []
+        start = 0
+        while start < len(template):
+            if template[start] == placeholder:
+                ids.append(self.tok.mask_id)
+                start += 1
+                continue
+            end = template.find(placeholder, start)
+            end = len(template) if end < 0 else end
+            ids += self.tok.encode(template[start:end])
+            start = end
+        return ids
 
 
 def filter_logits(logits: torch.Tensor, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0) -> torch.Tensor:

@@ -7,7 +7,11 @@ Pre-norm blocks with RMSNorm, rotary position embeddings (RoPE, Su et al. 2021) 
   is the single place where a mode becomes a mask, so a ``block-causal`` mode is one more branch there;
 * ``time_conditioning``: adaLN modulation (Peebles & Xie 2023, "DiT") from a noise level, for methods
   whose denoiser must know how noisy its input is;
-* the input adapter: token ids now (an embedding table); continuous vectors plug in the same way later.
+* the input adapter: token ids (an embedding table, :class:`TokenInput`) or continuous vectors (a linear
+  map, :class:`VectorInput`) for Gaussian diffusion on embeddings, bits or pixels.
+
+``model.positions=none`` switches RoPE off; a bidirectional transformer then sees a *set* of vectors, the
+bug behind a published failure that :mod:`textdiffusion.methods.embedding` reproduces on purpose.
 """
 
 from __future__ import annotations
@@ -119,11 +123,14 @@ class Attention(nn.Module):
         self.proj = nn.Linear(cfg.n_embd, cfg.n_embd, bias=False)
         self.dropout = cfg.dropout
 
-    def forward(self, x: torch.Tensor, mode: str, rope: tuple[torch.Tensor, torch.Tensor],
+    def forward(self, x: torch.Tensor, mode: str, rope: tuple[torch.Tensor, torch.Tensor] | None,
                 cache: KVCache | None = None, layer: int = 0) -> torch.Tensor:
         B, L, C = x.shape
         qkv = self.qkv(x).view(B, L, 3, self.n_head, self.head_dim).permute(2, 0, 3, 1, 4)
-        q, k = apply_rotary(qkv[:2], *rope).unbind(0)  # one rotation call for q and k together
+        if rope is None:
+            q, k = qkv[0], qkv[1]
+        else:
+            q, k = apply_rotary(qkv[:2], *rope).unbind(0)  # one rotation call for q and k together
         v = qkv[2]
         if cache is not None:
             k, v = cache.update(layer, k, v)
@@ -159,7 +166,7 @@ class Block(nn.Module):
             # zeroed after the backbone's init (see Transformer), so a fresh block ignores t: adaLN-Zero
             self.modulation = nn.Linear(time_dim, 6 * cfg.n_embd)
 
-    def forward(self, x: torch.Tensor, mode: str, rope: tuple[torch.Tensor, torch.Tensor],
+    def forward(self, x: torch.Tensor, mode: str, rope: tuple[torch.Tensor, torch.Tensor] | None,
                 temb: torch.Tensor | None, cache: KVCache | None, layer: int) -> torch.Tensor:
         if self.modulation is None or temb is None:
             x = x + self.drop(self.attn(self.norm1(x), mode, rope, cache, layer))
@@ -197,17 +204,32 @@ class TokenInput(nn.Module):
         return self.embed(ids)
 
 
+class VectorInput(nn.Module):
+    """Input adapter for continuous methods: (B, L, in_dim) vectors -> the model width."""
+
+    def __init__(self, in_dim: int, dim: int):
+        super().__init__()
+        self.proj = nn.Linear(in_dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj(x)
+
+
 class Transformer(nn.Module):
-    """Input adapter -> N pre-norm blocks -> RMSNorm -> linear head over ``out_dim`` outputs."""
+    """Input adapter -> N pre-norm blocks -> RMSNorm -> linear head over ``out_dim`` outputs.
+
+    ``input_dim`` > 0 selects the continuous adapter (inputs are vectors of that width, not ids)."""
 
     def __init__(self, cfg: ModelConfig, vocab_size: int, out_dim: int | None = None,
-                 attention: str = "causal", time_conditioning: bool = False):
+                 attention: str = "causal", time_conditioning: bool = False, input_dim: int = 0):
         super().__init__()
         if attention not in ATTENTION_MODES:
             raise ValueError(f"unknown attention mode {attention!r}; expected one of {ATTENTION_MODES}")
+        if input_dim and cfg.tie_embeddings:
+            raise ValueError("tied embeddings need token inputs; set model.tie_embeddings=false")
         self.cfg = cfg
         self.attention = attention
-        self.input = TokenInput(vocab_size, cfg.n_embd)
+        self.input = VectorInput(input_dim, cfg.n_embd) if input_dim else TokenInput(vocab_size, cfg.n_embd)
         self.time = TimeEmbedding(cfg.n_embd) if time_conditioning else None
         self.blocks = nn.ModuleList(Block(cfg, cfg.n_embd if time_conditioning else None)
                                     for _ in range(cfg.n_layer))
@@ -239,11 +261,12 @@ class Transformer(nn.Module):
         return sum(p.numel() for p in self.parameters())
 
     def forward(self, x: torch.Tensor, t: torch.Tensor | None = None, cache: KVCache | None = None) -> torch.Tensor:
-        """``x``: (B, L) ids. ``t``: (B,) noise levels when time-conditioned. Returns (B, L, out_dim)."""
+        """``x``: (B, L) ids, or (B, L, input_dim) vectors.
+        ``t``: (B,) noise levels when time-conditioned. Returns (B, L, out_dim)."""
         h = self.input(x)
         start = cache.next_pos if cache is not None else 0
         positions = torch.arange(start, start + h.shape[1], device=h.device)
-        rope = self.rotary.tables(positions, h.dtype)
+        rope = self.rotary.tables(positions, h.dtype) if self.cfg.positions != "none" else None
         temb = None
         if self.time is not None:
             if t is None:

@@ -1,0 +1,443 @@
+r"""Gaussian diffusion on token embeddings: Diffusion-LM (Li et al. 2022) and the ways it fails.
+
+Tokens w_1..w_L become vectors x_0 = E[w] (a learned table, or a frozen pretrained one), the vectors are
+noised with the shared Gaussian process of :mod:`textdiffusion.diffusion.gaussian`
+
+    x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps,
+
+and the bidirectional backbone (continuous input adapter, time-conditioned) learns to undo it. Generation
+runs DDPM or DDIM from pure noise and finally maps each vector back to a token ("rounding").
+
+Training loss (Li et al. 2022, Eq. 2 and App. F, "e2e" when E is learned):
+
+    L = || f_theta(x_t, t) - target ||^2                  the denoising term (eps, x0 or v)
+        + rounding_weight * -log p(w | x_0)                rounding: keeps embeddings decodable
+        + x0_ce_weight    * -log p(w | x0_hat(x_t, t))     the decoder applied to the *prediction*
+
+The rounding term is what stops jointly learned embeddings from collapsing: the denoising term alone is
+minimised by shrinking every embedding towards one point (then x_0 is trivially predictable and carries no
+information). ``embed_norm=fixed`` rules collapse out by construction, every row having norm
+sqrt(dim) * embed_scale. ``docs/embedding-diffusion.md`` has the measurements.
+
+Decoders (vector -> token): cosine nearest neighbour, L2 nearest neighbour, or a learned softmax head.
+``clamp`` snaps the predicted x0 to its decoded embedding at each sampling step (Li et al. 2022, Sec. 4.2).
+
+Likelihood: the training loss is not a likelihood. :meth:`EmbeddingDiffusion.nll` estimates a true upper
+bound on -log p(w), the variational bound of VDM (Kingma et al. 2021, Eqs. 11-17) with the embedding
+playing the role of the data:
+
+    -log p(w) <= E[-log p(w | z_0)]                        reconstruction at the first training time
+               + KL(q(z_1 | w) || N(0, I))                 prior
+               + 1/2 E_t [ -SNR'(t) || x_0 - x0_hat(z_t, t) ||^2 ]   diffusion (continuous time)
+
+(with T discrete steps the last term is sum_i 1/2 (SNR(s_i) - SNR(t_i)) ||x_0 - x0_hat||^2). The decoder
+p(w | z_0) is the rounding head, or for the similarity decoders the exact Gaussian posterior
+softmax_w(-||z_0 - sqrt(abar_0) E_w||^2 / 2(1 - abar_0)). Reported in nats per character.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from textdiffusion.config import ConfigError, ModelConfig
+from textdiffusion.diffusion.gaussian import (
+    SCHEDULES,
+    TARGETS,
+    GaussianSampler,
+    eps_from_x0,
+    gaussian_prior_kl,
+    make_noise_schedule,
+    q_sample,
+    split_prediction,
+    training_target,
+)
+from textdiffusion.diffusion.masking import stratified
+from textdiffusion.methods.base import (
+    Method,
+    NLLResult,
+    SampleRequest,
+    SampleResult,
+    StepCallback,
+    cross_entropy_per_token,
+    filter_logits,
+    gumbel_sample,
+    register,
+)
+from textdiffusion.nn.transformer import KVCache, Transformer
+
+DECODERS = ("cosine", "l2", "head")
+COSINE_TEMPERATURE = 0.1  # cosine similarities in [-1, 1] -> logits with a usable spread
+
+
+class EmbeddingDenoiser(nn.Module):
+    """Everything this method trains: the embedding table (unless frozen), the backbone and the rounding
+    head. A frozen pretrained table is a non-persistent buffer, re-read from its package on load, so
+    checkpoints stay small."""
+
+    def __init__(self, model_cfg: ModelConfig, n_symbols: int, dim: int, frozen: torch.Tensor | None,
+                 norm: str, scale: float, self_condition: bool, head: bool):
+        super().__init__()
+        self.norm, self.scale, self.dim = norm, scale, dim
+        self.self_condition = self_condition
+        if frozen is None:
+            self.embed = nn.Parameter(torch.randn(n_symbols, dim))
+        else:
+            self.embed = None
+            self.register_buffer("frozen", frozen.float().clone(), persistent=False)
+        self.backbone = Transformer(model_cfg, vocab_size=0, out_dim=dim, attention="bidirectional",
+                                    time_conditioning=True, input_dim=dim * (2 if self_condition else 1))
+        self.head = nn.Linear(dim, n_symbols) if head else None
+        if self.head is not None:
+            nn.init.normal_(self.head.weight, std=0.02)
+            nn.init.zeros_(self.head.bias)
+
+    def table(self) -> torch.Tensor:
+        """The (n_symbols, dim) embeddings the diffusion runs on, after normalisation."""
+        e = self.embed if self.embed is not None else self.frozen
+        if self.norm == "fixed":
+            e = F.normalize(e, dim=-1) * (math.sqrt(self.dim) * self.scale)
+        return e
+
+    def forward(self, x_t: torch.Tensor, t: torch.Tensor, x0_prev: torch.Tensor | None = None) -> torch.Tensor:
+        if self.self_condition:
+            x_t = torch.cat((x_t, x0_prev if x0_prev is not None else torch.zeros_like(x_t)), dim=-1)
+        return self.backbone(x_t, t)
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+
+@register
+class EmbeddingDiffusion(Method):
+    name = "embedding"
+    attention = "bidirectional"
+    samplers = ("ddim", "ddpm", "guided")
+    likelihood_kind = "bound"
+
+    def __init__(self, cfg, model_cfg, tokenizer):
+        super().__init__(cfg, model_cfg, tokenizer)
+        if cfg.noise_schedule not in SCHEDULES:
+            raise ConfigError(f"method.noise_schedule must be one of {', '.join(SCHEDULES)}, "
+                              f"got {cfg.noise_schedule!r}")
+        if cfg.target not in (*TARGETS, "probs"):
+            raise ConfigError(f"method.target must be one of {', '.join(TARGETS)} or probs, got {cfg.target!r}")
+        if cfg.decoder not in DECODERS:
+            raise ConfigError(f"method.decoder must be one of {', '.join(DECODERS)}, got {cfg.decoder!r}")
+        if cfg.embeddings not in ("learned", "pretrained"):
+            raise ConfigError(f"method.embeddings must be learned or pretrained, got {cfg.embeddings!r}")
+        if cfg.embed_norm not in ("fixed", "none"):
+            raise ConfigError(f"method.embed_norm must be fixed or none, got {cfg.embed_norm!r}")
+        if cfg.embeddings == "pretrained" and tokenizer.kind != "wordpiece":
+            raise ConfigError(f"method.embeddings=pretrained is the MiniLM table, indexed by WordPiece ids, but the "
+                              f"data uses the {tokenizer.kind} tokenizer; add --set data.tokenizer=wordpiece")
+        if cfg.embeddings == "learned" and cfg.embed_dim < 1:
+            raise ConfigError(f"method.embed_dim must be >= 1, got {cfg.embed_dim}")
+        if cfg.timesteps < 0:
+            raise ConfigError("method.timesteps must be >= 0 (0 = continuous time)")
+        if cfg.embed_scale <= 0:
+            raise ConfigError("method.embed_scale must be > 0")
+        self.schedule = make_noise_schedule(cfg.noise_schedule)
+        # the first time on the training grid: where the bound's reconstruction term sits
+        self.t_min = 1.0 / cfg.timesteps if cfg.timesteps else 1e-3
+
+    @property
+    def time_conditioning(self) -> bool:
+        return True
+
+    def build_model(self) -> EmbeddingDenoiser:
+        frozen = None
+        if self.cfg.embeddings == "pretrained":
+            from textdiffusion.data.pretrained import load_minilm_embeddings
+
+            frozen = load_minilm_embeddings()
+            if frozen.shape[0] != self.tok.n_symbols:
+                raise ConfigError(f"the pretrained table has {frozen.shape[0]} rows but the tokenizer "
+                                  f"{self.tok.n_symbols} symbols")
+        dim = frozen.shape[1] if frozen is not None else self.cfg.embed_dim
+        return EmbeddingDenoiser(self.model_cfg, self.tok.n_symbols, dim, frozen, self.cfg.embed_norm,
+                                 self.cfg.embed_scale, self.cfg.self_condition, self.cfg.decoder == "head")
+
+    # ---- vectors -> tokens -------------------------------------------------------------------------
+    def decoder_logits(self, model: EmbeddingDenoiser, x: torch.Tensor) -> torch.Tensor:
+        """(..., dim) vectors -> (..., n_symbols) scores whose argmax is the decoded token."""
+        if self.cfg.decoder == "head":
+            return model.head(x)
+        table = model.table()
+        if self.cfg.decoder == "cosine":
+            return F.normalize(x.float(), dim=-1) @ F.normalize(table.float(), dim=-1).T / COSINE_TEMPERATURE
+        # -||x - e||^2 up to a per-row constant: 2 x.e - ||e||^2
+        return 2.0 * x.float() @ table.float().T - table.float().pow(2).sum(-1)
+
+    def round_to_ids(self, model: EmbeddingDenoiser, x: torch.Tensor) -> torch.Tensor:
+        return self.decoder_logits(model, x).argmax(-1)
+
+    # ---- training ----------------------------------------------------------------------------------
+    def _sample_t(self, n: int, generator: torch.Generator, device: torch.device) -> torch.Tensor:
+        """Stratified uniform times (one offset per batch); on the grid {1/T, ..., 1} when T > 0."""
+        u = stratified(torch.rand(1, generator=generator, device=device), n)
+        u = u[torch.randperm(n, generator=generator, device=device)] if n > 1 else u
+        T = self.cfg.timesteps
+        if T:
+            return (torch.floor(u * T) + 1.0) / T
+        return (1.0 - u).clamp_min(self.t_min)
+
+    def _denoise(self, model: EmbeddingDenoiser, x_t: torch.Tensor, t: torch.Tensor,
+                 x0_prev: torch.Tensor | None,
+                 temperature: float = 1.0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Network output plus the (x0_hat, eps_hat) it implies.
+
+        With ``target=probs`` the output is read by the decoder as a distribution over tokens and x0_hat is
+        its expected embedding, sum_w p(w | x_t) E[w]: "score interpolation" (Dieleman et al. 2022, CDCD,
+        Sec. 3). The network then only ever proposes mixtures of real embeddings, and is trained by
+        cross-entropy, the loss of a classifier, instead of a regression onto a point. When sampling,
+        ``temperature`` sharpens (< 1) or flattens that distribution before the expectation."""
+        out = model(x_t, t, x0_prev)
+        abar = self.schedule.alpha_bar(t)
+        if self.cfg.target == "probs":
+            probs = (self.decoder_logits(model, out).float() / temperature).softmax(-1)
+            x0_hat = probs @ model.table().float()
+            return out, x0_hat, eps_from_x0(x_t.float(), x0_hat, abar)
+        x0_hat, eps_hat = split_prediction(out.float(), x_t.float(), abar, self.cfg.target)
+        return out, x0_hat, eps_hat
+
+    def _self_condition(self, model: EmbeddingDenoiser, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """Self-conditioning's first pass (Chen et al. 2022, Sec. 3.2): an x0 estimate from no estimate."""
+        with torch.no_grad():
+            _, x0_hat, _ = self._denoise(model, x_t, t, None)
+        return x0_hat.detach().to(x_t.dtype)
+
+    def loss_terms(self, model: EmbeddingDenoiser, x: torch.Tensor,
+                   generator: torch.Generator) -> dict[str, torch.Tensor]:
+        n = x.shape[0]
+        dev = x.device
+        x0 = model.table()[x]
+        t = self._sample_t(n, generator, dev)
+        abar = self.schedule.alpha_bar(t)
+        eps = torch.randn(x0.shape, generator=generator, device=dev, dtype=x0.dtype)
+        x_t = q_sample(x0, abar, eps)
+        x0_prev = None
+        if self.cfg.self_condition:
+            # half the rows get the model's own first estimate, half get zeros (so both modes are learned)
+            use = (torch.rand(n, generator=generator, device=dev) < 0.5)[:, None, None]
+            x0_prev = torch.where(use, self._self_condition(model, x_t, t), torch.zeros_like(x_t))
+        out, x0_hat, _ = self._denoise(model, x_t, t, x0_prev)
+        if self.cfg.target == "probs":
+            terms = {"mse": (x0_hat - x0.float()).pow(2).mean().detach(),  # reported, not trained on
+                     "ce": cross_entropy_per_token(self.decoder_logits(model, out), x).mean()}
+        else:
+            target = training_target(x0, eps, abar, self.cfg.target)
+            terms = {"mse": (out.float() - target.float()).pow(2).mean()}
+        trainable_decoder = self.cfg.decoder == "head" or model.embed is not None
+        if self.cfg.rounding_weight > 0 and trainable_decoder:
+            # x_0 ~ q(x_0 | w): the embedding with the first training step's noise, in embedding units
+            a0 = self.schedule.alpha_bar(torch.tensor(self.t_min, device=dev))
+            noisy = x0 + ((1.0 - a0) / a0).sqrt() * torch.randn(x0.shape, generator=generator, device=dev,
+                                                                 dtype=x0.dtype)
+            terms["rounding"] = cross_entropy_per_token(self.decoder_logits(model, noisy), x).mean()
+        if self.cfg.x0_ce_weight > 0:
+            terms["x0_ce"] = cross_entropy_per_token(self.decoder_logits(model, x0_hat), x).mean()
+        return terms
+
+    def loss(self, model: EmbeddingDenoiser, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        terms = self.loss_terms(model, x, generator)
+        total = terms["ce"] if "ce" in terms else terms["mse"]
+        if "rounding" in terms:
+            total = total + self.cfg.rounding_weight * terms["rounding"]
+        if "x0_ce" in terms:
+            total = total + self.cfg.x0_ce_weight * terms["x0_ce"]
+        return total
+
+    # ---- the likelihood bound ----------------------------------------------------------------------
+    def _reconstruction_nats(self, model: EmbeddingDenoiser, x: torch.Tensor, x0: torch.Tensor,
+                             gen: torch.Generator) -> torch.Tensor:
+        """-log p(w | z_0) summed over positions, z_0 ~ q(z_0 | w) at the first training time."""
+        a0 = self.schedule.alpha_bar(torch.tensor(self.t_min, device=x.device))
+        z0 = q_sample(x0, a0, torch.randn(x0.shape, generator=gen, device=x.device))
+        if self.cfg.decoder == "head":
+            logits = model.head(z0 / a0.sqrt())
+        else:  # the exact posterior over tokens of a Gaussian centred on each scaled embedding
+            table = model.table().float()
+            d2 = (z0.float().pow(2).sum(-1, keepdim=True) - 2.0 * a0.sqrt() * z0.float() @ table.T
+                  + a0 * table.pow(2).sum(-1))
+            logits = -d2 / (2.0 * (1.0 - a0))
+        return cross_entropy_per_token(logits, x).sum(-1)
+
+    def _diffusion_nats(self, model: EmbeddingDenoiser, x0: torch.Tensor, u: torch.Tensor,
+                        gen: torch.Generator) -> torch.Tensor:
+        """One-sample estimate of the diffusion term per window, at times drawn from uniforms ``u``."""
+        T = self.cfg.timesteps
+        if T:  # sum over i = 2..T of 1/2 (SNR(s) - SNR(t)) ||x0 - x0_hat||^2, i drawn uniformly
+            i = torch.floor(u * (T - 1)) + 2.0
+            t, s = i / T, (i - 1.0) / T
+            weight = (T - 1) * 0.5 * (self.schedule.snr(s) - self.schedule.snr(t))
+        else:  # t uniform on [t_min, 1]: 1/2 (1 - t_min) (-SNR'(t)) ||x0 - x0_hat||^2
+            t = self.t_min + (1.0 - self.t_min) * u
+            weight = 0.5 * (1.0 - self.t_min) * -self.schedule.snr_derivative(t)
+        abar = self.schedule.alpha_bar(t)
+        x_t = q_sample(x0, abar, torch.randn(x0.shape, generator=gen, device=x0.device))
+        x0_prev = self._self_condition(model, x_t, t) if self.cfg.self_condition else None
+        _, x0_hat, _ = self._denoise(model, x_t, t, x0_prev)
+        return weight * (x0.float() - x0_hat).pow(2).sum((-1, -2))
+
+    @torch.no_grad()
+    def nll(self, model: EmbeddingDenoiser, windows: torch.Tensor, batch_size: int = 64) -> NLLResult:
+        K = max(1, self.cfg.eval_time_samples)
+        dev = windows.device
+        gen = torch.Generator(device=dev).manual_seed(self.cfg.eval_seed)
+        n, _L = windows.shape
+        table = model.table()
+        recon, prior, diff, mse, rounding = [], [], [], [], []
+        abar_one = self.schedule.alpha_bar(torch.tensor(1.0, device=dev))
+        for xb in windows.split(batch_size):
+            x0 = table[xb].float()
+            recon.append(self._reconstruction_nats(model, xb, x0, gen))
+            prior.append(gaussian_prior_kl(x0, abar_one).sum(-1))
+            u = stratified(torch.rand(xb.shape[0], 1, generator=gen, device=dev), K)  # (b, K)
+            diff.append(torch.stack([self._diffusion_nats(model, x0, u[:, k], gen) for k in range(K)], 1).mean(1))
+            terms = self.loss_terms(model, xb, gen)
+            mse.append(float(terms["mse"]) * xb.shape[0])
+            if "rounding" in terms:
+                rounding.append(float(terms["rounding"]) * xb.shape[0])
+        chars = sum(len(self.tok.decode(row.tolist())) for row in windows.cpu())
+        rec, pri, dif = (torch.cat(v).double().sum().item() for v in (recon, prior, diff))
+        per_window = (torch.cat(recon) + torch.cat(prior) + torch.cat(diff)).double().cpu()
+        stderr = float(per_window.std() / math.sqrt(n)) / (chars / n) if n > 1 else float("nan")
+        details: dict[str, Any] = {
+            "reconstruction_nats_per_char": rec / chars, "prior_nats_per_char": pri / chars,
+            "diffusion_nats_per_char": dif / chars, "stderr_nats": stderr, "time_samples_per_window": K,
+            "denoising_mse": sum(mse) / n, "seed": self.cfg.eval_seed, "schedule": self.schedule.name,
+            "note": "VDM variational bound through the decoder (an upper bound on NLL); denoising_mse and "
+                    "rounding_ce are the training loss terms, not likelihoods",
+        }
+        if rounding:
+            details["rounding_ce_per_token"] = sum(rounding) / n
+        details.update(embedding_geometry(table))
+        return NLLResult(nats_per_char=(rec + pri + dif) / chars, kind="bound", windows=n, chars=chars,
+                         details=details)
+
+    # ---- samplers ----------------------------------------------------------------------------------
+    def _sampler(self, kind: str, steps: int) -> GaussianSampler:
+        try:
+            return GaussianSampler(self.schedule, kind, steps, self.cfg.timesteps, self.cfg.eta,
+                                   self.cfg.time_difference)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
+
+    @torch.no_grad()
+    def sample(self, model: EmbeddingDenoiser, req: SampleRequest, generator: torch.Generator,
+               on_step: StepCallback | None = None) -> SampleResult:
+        sampler = self.check_sampler(req)
+        dev = next(model.parameters()).device
+        state, fixed = self.prepare(req, dev)
+        _n, L = state.shape
+        if self.model_cfg.context < L:
+            raise ConfigError(f"--length {L} exceeds the model's context of {self.model_cfg.context} tokens; "
+                              f"embedding diffusion denoises one window at a time")
+        T = self.cfg.timesteps
+        steps = req.steps or self.cfg.sample_steps or (min(T, 200) if T else 200)
+        if req.temperature <= 0:
+            raise ConfigError("--temperature must be > 0")
+        gs = self._sampler("ddpm" if sampler == "ddpm" else "ddim", steps)
+        # the temperature acts on the decoder distribution inside the denoiser (target=probs); the guided
+        # sampler applies it to the mixed per-position distribution instead
+        plan, nfe = self._diffuse(model, state, fixed, gs, generator, on_step,
+                                  req.temperature if sampler != "guided" else 1.0)
+        info: dict[str, Any] = {"sampler": sampler, "steps": steps, "decoder": self.cfg.decoder,
+                                "clamp": self.cfg.clamp}
+        if sampler == "guided":
+            ids, ar_nfe = self._guided(model, plan, state, fixed, req, generator)
+            nfe += ar_nfe
+            info["guide_weight"] = self.cfg.guide_weight
+        else:
+            ids = torch.where(fixed, state, self.round_to_ids(model, plan))
+        return SampleResult(ids, float(nfe), fixed, info)
+
+    def _diffuse(self, model: EmbeddingDenoiser, state: torch.Tensor, fixed: torch.Tensor,
+                 gs: GaussianSampler, generator: torch.Generator, on_step: StepCallback | None,
+                 temperature: float = 1.0) -> tuple[torch.Tensor, int]:
+        """The reverse process from N(0, I) to x_0. Prompt/infill positions are *replaced*: their x0 is the
+        true embedding and their x_s a fresh draw from q(x_s | x_0) (Song et al. 2021's imputation)."""
+        n, L = state.shape
+        table = model.table()
+        dtype = table.dtype
+        known = table[state.clamp(max=self.tok.n_symbols - 1)]
+        fixed3 = fixed[..., None]
+        x = torch.randn((n, L, table.shape[1]), generator=generator, device=state.device, dtype=dtype)
+        x0_prev = torch.zeros_like(x) if self.cfg.self_condition else None
+        x0_hat = x
+        times = gs.times()
+        for i, (t, s) in enumerate(times):
+            tt = torch.full((n,), t, device=state.device)
+            _, x0_hat, eps_hat = self._denoise(model, x, tt, x0_prev, temperature)
+            if self.cfg.clamp:
+                x0_hat = table[self.round_to_ids(model, x0_hat)].float()
+            x0_hat = torch.where(fixed3, known.float(), x0_hat)
+            if self.cfg.clamp or fixed.any():
+                eps_hat = eps_from_x0(x.float(), x0_hat, self.schedule.alpha_bar(tt))
+            x = gs.step(x.float(), x0_hat, eps_hat, t, s, generator).to(dtype)
+            if fixed.any() and s > 0:
+                abar_s = self.schedule.alpha_bar(torch.tensor(s, device=state.device))
+                redraw = q_sample(known, abar_s, torch.randn(x.shape, generator=generator, device=x.device,
+                                                              dtype=dtype))
+                x = torch.where(fixed3, redraw, x)
+            if x0_prev is not None:
+                x0_prev = x0_hat.to(dtype)
+            if on_step:
+                guess = torch.where(fixed, state, self.round_to_ids(model, x0_hat))
+                on_step(i + 1, guess, {"t": s, "nfe": i + 1})
+        return x0_hat.to(dtype), len(times)
+
+    def _guided(self, model: EmbeddingDenoiser, plan: torch.Tensor, state: torch.Tensor, fixed: torch.Tensor,
+                req: SampleRequest, generator: torch.Generator) -> tuple[torch.Tensor, int]:
+        r"""Decode left to right with a trained ``ar`` model, mixing at position i
+
+            log p(w_i) = (1 - w) log p_ar(w_i | w_<i) + w log p_plan(w_i | plan_i)      (renormalised)
+
+        where p_plan is the decoder's softmax at the diffusion plan's vector. w = 0 is the ar model alone,
+        w = 1 ignores it and samples each position from the plan independently."""
+        from textdiffusion.runs import open_run  # runs imports the method registry; import lazily
+
+        w = self.cfg.guide_weight
+        if not 0.0 <= w <= 1.0:
+            raise ConfigError(f"method.guide_weight must be in [0, 1], got {w}")
+        if not self.cfg.guide_run:
+            raise ConfigError("the guided sampler needs a trained ar run: --set method.guide_run=runs/ar-...")
+        ar = open_run(self.cfg.guide_run, device=str(state.device))
+        if ar.cfg.method.name != "ar":
+            raise ConfigError(f"method.guide_run {self.cfg.guide_run} is a {ar.cfg.method.name} run; it must be ar")
+        if ar.tokenizer.to_dict() != self.tok.to_dict():
+            raise ConfigError("the guide run's tokenizer differs from this run's; train both on the same data "
+                              "and tokenizer")
+        n, L = state.shape
+        if ar.cfg.model.context < L:
+            raise ConfigError(f"--length {L} exceeds the guide model's context of {ar.cfg.model.context}")
+        plan_logp = F.log_softmax(self.decoder_logits(model, plan).float(), dim=-1)
+        out = state.clone()
+        cache = KVCache.empty(ar.cfg.model.n_layer, ar.cfg.model.context)
+        token = torch.full((n, 1), self.tok.bos_id, dtype=torch.long, device=state.device)
+        for i in range(L):
+            ar_logp = F.log_softmax(ar.model(token, cache=cache)[:, -1].float(), dim=-1)
+            mixed = (1.0 - w) * ar_logp + w * plan_logp[:, i]
+            drawn = gumbel_sample(filter_logits(mixed, req.temperature, req.top_k, req.top_p), generator)
+            out[:, i] = torch.where(fixed[:, i], state[:, i], drawn)
+            token = out[:, i : i + 1]
+        return out, L
+
+
+def embedding_geometry(table: torch.Tensor, max_rows: int = 4096) -> dict[str, float]:
+    """How spread out the embeddings are, in units of the unit-variance noise: the numbers behind
+    "collapse" (all rows close together) and "scale" (rows tiny next to the noise)."""
+    e = table.detach().float()
+    if e.shape[0] > max_rows:  # a fixed subset of a large vocabulary
+        e = e[torch.linspace(0, e.shape[0] - 1, max_rows).long()]
+    d = torch.cdist(e, e)
+    d.fill_diagonal_(float("inf"))
+    nearest = d.min(1).values
+    return {"embed_rms": float(e.pow(2).mean().sqrt()), "embed_mean_norm": float(e.norm(dim=-1).mean()),
+            "embed_nn_dist_mean": float(nearest.mean()), "embed_nn_dist_min": float(nearest.min()),
+            "embed_dim": int(e.shape[1])}
