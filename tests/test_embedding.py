@@ -193,3 +193,16 @@ def test_pretrained_minilm_embeddings_train_frozen(small_corpus, tmp_path):
     res = run.method.sample(run.model, SampleRequest(n=1, length=8, steps=3), torch.Generator())
     assert res.ids.shape == (1, 8) and int(res.ids.max()) < 30522
     assert isinstance(run.method, EmbeddingDiffusion)
+
+
+def test_bpe_tokens_train_sample_and_score_per_character(small_corpus, tmp_path):
+    trainer = train_tiny("embedding", small_corpus, tmp_path / "bpe", steps=4,
+                         **{"data.tokenizer": "bpe", "data.vocab_size": 300})
+    assert trainer.data.tokenizer.kind == "bpe"
+    run = open_run(tmp_path / "bpe", device="cpu")
+    res = run.method.sample(run.model, SampleRequest(n=2, length=16, prompt="ROMEO:", steps=3), torch.Generator())
+    assert all(run.tokenizer.decode(row.tolist()).startswith("ROMEO:") for row in res.ids)
+    windows = TextData.tiled_windows(trainer.data.val_ids, 32, 3)
+    nll = run.method.nll(run.model, windows)
+    # bits per *character*: BPE windows of 32 tokens hold more than 32 characters
+    assert nll.chars == sum(len(run.tokenizer.decode(w.tolist())) for w in windows) > 3 * 32

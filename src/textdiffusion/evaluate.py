@@ -167,6 +167,7 @@ def generate(run, req: SampleRequest, seed: int, batch: int = 64) -> tuple[list[
     gen = torch.Generator(device=run.device).manual_seed(seed)
     texts: list[str] = []
     nfe_total, generated_chars, seconds = 0, 0, 0.0
+    steps = None
     remaining = req.n
     while remaining > 0:
         b = min(batch, remaining)
@@ -181,10 +182,11 @@ def generate(run, req: SampleRequest, seed: int, batch: int = 64) -> tuple[list[
         ids = res.ids.cpu()
         texts += [run.tokenizer.decode(row.tolist()) for row in ids]
         nfe_total += res.nfe * b
+        steps = res.info.get("steps", steps)
         generated_chars += int((~res.fixed.cpu()).sum()) if res.fixed is not None else ids.numel()
         remaining -= b
     return texts, {"seconds": seconds, "sample_chars_per_s": generated_chars / max(seconds, 1e-9),
-                   "nfe_per_sample": nfe_total / req.n}
+                   "nfe_per_sample": nfe_total / req.n, "steps": steps}
 
 
 def evaluate_run(run_dir: str | Path, samples: int = 64, length: int = 0, sampler: str = "", steps: int = 0,
@@ -223,7 +225,7 @@ def evaluate_run(run_dir: str | Path, samples: int = 64, length: int = 0, sample
         "val": {"bpc": nll.bits_per_char, "nats_per_char": nll.nats_per_char, "kind": nll.kind,
                 "windows": nll.windows, "chars": nll.chars, **nll.details},
         "samples": {"n": samples, "length": length, "sampler": run.method.check_sampler(req),
-                    "steps": steps or cfg.method.sample_steps or length,
+                    "steps": speed.pop("steps", None) or steps or cfg.method.sample_steps or length,
                     "temperature": temperature, "top_k": top_k, "top_p": top_p, "seed": seed,
                     "overrides": list(overrides or []),
                     "examples": texts[:3]},
