@@ -17,8 +17,8 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from cpu_ar_vs_masked import ROOT, write_section
 
+from cpu_ar_vs_masked import ROOT, write_section
 from textdiffusion.data.corpus import read_corpus, resolve_corpus
 from textdiffusion.data.pretrained import load_minilm_embeddings
 from textdiffusion.data.tokenizer import CharTokenizer, WordPieceTokenizer

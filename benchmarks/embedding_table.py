@@ -77,6 +77,7 @@ def main() -> None:
     p.add_argument("--runs", default="runs/bench-embedding")
     p.add_argument("--out", default="benchmarks/results")
     p.add_argument("--table", action="store_true", help="only rebuild the BENCHMARKS.md section")
+    p.add_argument("--eval-only", action="store_true", help="re-score existing runs, do not retrain")
     args = p.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -91,6 +92,11 @@ def main() -> None:
             if isinstance(training, str):
                 run_dir, info = Path(args.runs) / slug(training), None
                 command = f"(the run of '{training}') textdiffusion eval --set {' '.join(sampling)}"
+            elif args.eval_only:
+                run_dir = Path(args.runs) / slug(name)
+                old = results["rows"].get(name, {})
+                info = {"elapsed": old.get("train_s")} if old.get("train_s") else None
+                command = old.get("command", "")
             else:
                 run_dir = Path(args.runs) / slug(name)
                 shutil.rmtree(run_dir, ignore_errors=True)

@@ -99,7 +99,8 @@ def test_samplers_keep_prompt_and_infill(trained, sampler):
 
 
 def test_clamping_and_ddim_steps_are_sampling_options(trained):
-    run = open_run(trained["emb"], device="cpu", overrides=["method.clamp=true", "method.eta=0.5"])
+    run = open_run(trained["emb"], device="cpu",
+                   overrides=["method.clamp=true", "method.eta=0.5", "method.time_difference=0.5"])
     assert run.cfg.method.clamp and run.cfg.method.eta == 0.5
     res = run.method.sample(run.model, SampleRequest(n=2, steps=4), torch.Generator().manual_seed(1))
     assert res.info["clamp"] and res.nfe == 4

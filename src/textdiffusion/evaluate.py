@@ -183,7 +183,10 @@ def generate(run, req: SampleRequest, seed: int, batch: int = 64) -> tuple[list[
         texts += [run.tokenizer.decode(row.tolist()) for row in ids]
         nfe_total += res.nfe * b
         steps = res.info.get("steps", steps)
-        generated_chars += int((~res.fixed.cpu()).sum()) if res.fixed is not None else ids.numel()
+        # characters, not tokens: a BPE or WordPiece token stands for several characters
+        free = (~res.fixed.cpu()) if res.fixed is not None else torch.ones_like(ids, dtype=torch.bool)
+        generated_chars += sum(len(run.tokenizer.decode(row[keep].tolist()))
+                               for row, keep in zip(ids, free, strict=True))
         remaining -= b
     return texts, {"seconds": seconds, "sample_chars_per_s": generated_chars / max(seconds, 1e-9),
                    "nfe_per_sample": nfe_total / req.n, "steps": steps}
