@@ -199,3 +199,15 @@ def test_filter_logits_top_k_and_top_p():
         filter_logits(logits, temperature=0)
     with pytest.raises(ConfigError, match="top-k"):
         filter_logits(logits, top_k=-1)
+
+
+@pytest.mark.parametrize("method", ["ar", "masked"])
+def test_likelihoods_are_per_character_for_multi_character_tokens(method, small_corpus, tmp_path):
+    """With BPE a 32-token window holds more than 32 characters; the denominator must be characters."""
+    from textdiffusion.data.batches import TextData
+
+    trainer = train_tiny(method, small_corpus, tmp_path / method, steps=2,
+                         **{"data.tokenizer": "bpe", "data.vocab_size": 300})
+    windows = TextData.tiled_windows(trainer.data.val_ids, 32, 4)
+    res = trainer.method.nll(trainer.model, windows)
+    assert res.chars == sum(len(trainer.data.tokenizer.decode(w.tolist())) for w in windows) > windows.numel()

@@ -249,6 +249,9 @@ def format_table(result: dict[str, Any]) -> str:
     rows = [
         ("val bits/char", f"{v['bpc']:.4f}", f"{kind}; {v['windows']} windows, {v['chars']:,} chars"),
         ("val nats/char", f"{v['nats_per_char']:.4f}", ""),
+        *[(label, f"{v[key]:.4f}", "a training-loss term on validation windows, not a likelihood")
+          for key, label in (("denoising_mse", "denoising MSE"), ("rounding_ce_per_token", "rounding CE/token"))
+          if key in v],
         ("judge perplexity", f"{q['judge_ppl']:.3f}", f"real text: {r['judge_ppl']:.3f}"),
         ("word validity", f"{q['word_validity']:.3f}", f"real text: {r['word_validity']:.3f}"),
         ("distinct-2", f"{q['distinct_2']:.3f}", f"real text: {r['distinct_2']:.3f}"),

@@ -48,9 +48,10 @@ class AutoRegressive(Method):
             total += ce.sum()
             tail += ce[:, 1:].sum()
         n, L = windows.shape
+        chars = self.chars_in(windows)
         return NLLResult(
-            nats_per_char=float(total) / (n * L), kind="exact", windows=n, chars=n * L,
-            details={"nats_per_char_nanogpt": float(tail) / (n * (L - 1)) if L > 1 else float("nan"),
+            nats_per_char=float(total) / chars, kind="exact", windows=n, chars=chars,
+            details={"nats_per_char_nanogpt": float(tail) / (n * (L - 1)) * (n * L) / chars if L > 1 else float("nan"),
                      "note": "exact -log p(window) / chars; the nanogpt figure drops each window's first char"},
         )
 

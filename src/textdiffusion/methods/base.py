@@ -109,6 +109,13 @@ class Method(ABC):
                            attention=self.attention, time_conditioning=self.time_conditioning)
 
     # ---- training and likelihood -----------------------------------------------------------------
+    def chars_in(self, windows: torch.Tensor) -> int:
+        """Characters the windows stand for: the per-character denominator of every likelihood. One per
+        token for the char tokenizer; the decoded length for BPE or WordPiece tokens."""
+        if self.tok.kind == "char":
+            return windows.numel()
+        return sum(len(self.tok.decode(row.tolist())) for row in windows.cpu())
+
     @abstractmethod
     def loss(self, model: Transformer, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         """Scalar training loss for clean windows ``x`` (B, window)."""

@@ -303,7 +303,7 @@ class EmbeddingDiffusion(Method):
             mse.append(float(terms["mse"]) * xb.shape[0])
             if "rounding" in terms:
                 rounding.append(float(terms["rounding"]) * xb.shape[0])
-        chars = sum(len(self.tok.decode(row.tolist())) for row in windows.cpu())
+        chars = self.chars_in(windows)
         rec, pri, dif = (torch.cat(v).double().sum().item() for v in (recon, prior, diff))
         per_window = (torch.cat(recon) + torch.cat(prior) + torch.cat(diff)).double().cpu()
         stderr = float(per_window.std() / math.sqrt(n)) / (chars / n) if n > 1 else float("nan")

@@ -119,8 +119,10 @@ class MaskedDiffusion(Method):
         per_window = terms.double().view(n, K).mean(1).cpu() / L
         prior = self.schedule.prior_kl_per_token(self.tok.n_symbols)
         stderr = float(per_window.std() / math.sqrt(n)) if n > 1 else float("nan")
+        chars = self.chars_in(windows)
+        per_char = (n * L) / chars  # tokens per character: 1 for the char tokenizer
         return NLLResult(
-            nats_per_char=float(per_window.mean()) + prior, kind="bound", windows=n, chars=n * L,
+            nats_per_char=(float(per_window.mean()) + prior) * per_char, kind="bound", windows=n, chars=chars,
             details={"time_samples_per_window": K, "seed": self.cfg.eval_seed, "schedule": self.schedule.name,
                      "estimator": self.cfg.estimator,
                      "prior_kl_per_char": prior, "stderr_nats": stderr,
