@@ -6,6 +6,7 @@ and word statistics of :mod:`textdiffusion.evaluate`, and the VDM bound on 128 v
 that differ only in a sampling option reuse the trained run of the row they name.
 
     python benchmarks/embedding_table.py [--only NAME ...] [--table] [--guide runs/bench/ar-cpu-2000]
+        [--ar-wordpiece RUN]     (an `ar` run trained with --set data.tokenizer=wordpiece, then evaluated)
 """
 
 from __future__ import annotations
@@ -78,12 +79,15 @@ def main() -> None:
     p.add_argument("--out", default="benchmarks/results")
     p.add_argument("--table", action="store_true", help="only rebuild the BENCHMARKS.md section")
     p.add_argument("--eval-only", action="store_true", help="re-score existing runs, do not retrain")
+    p.add_argument("--ar-wordpiece", default="", help="an evaluated ar run on WordPiece tokens, as a second reference")
     args = p.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     path = out / "embedding_table.json"
     results = json.loads(path.read_text()) if path.exists() else {"rows": {}, "guided": {}}
     results["machine"] = machine()
+    if args.ar_wordpiece:
+        results["ar_wordpiece"] = reference_of(Path(args.ar_wordpiece))
     if not args.table:
         for name, (training, sampling) in ROWS.items():
             if args.only is not None and name not in args.only:
@@ -113,15 +117,17 @@ def main() -> None:
                                         f"method.guide_weight={w}"], args.samples)
                 results["guided"][str(w)] = row_of(f"guided w={w}", ev, None, f"guided w={w}")
                 path.write_text(json.dumps(results, indent=1))
-            ar_eval = json.loads((Path(args.guide) / "eval.json").read_text())
-            results["ar"] = {"judge_ppl": ar_eval["quality"]["judge_ppl"],
-                             "word_validity": ar_eval["quality"]["word_validity"],
-                             "distinct_2": ar_eval["quality"]["distinct_2"],
-                             "repetition": ar_eval["quality"]["repetition"],
-                             "copy_rate": ar_eval["quality"]["copy_rate"],
-                             "sample_chars_per_s": ar_eval["speed"]["sample_chars_per_s"], "run": args.guide}
+            results["ar"] = reference_of(Path(args.guide))
             path.write_text(json.dumps(results, indent=1))
     write_table(results)
+
+
+def reference_of(run_dir: Path) -> dict:
+    """The numbers of an evaluated `ar` run (its eval.json), for the reference rows."""
+    ev = json.loads((run_dir / "eval.json").read_text())
+    keep = ("judge_ppl", "word_validity", "distinct_2", "repetition", "copy_rate")
+    return {**{k: ev["quality"][k] for k in keep}, "sample_chars_per_s": ev["speed"]["sample_chars_per_s"],
+            "bound_nats": ev["val"]["nats_per_char"], "run": str(run_dir)}
 
 
 def fmt(x, spec: str) -> str:
@@ -135,11 +141,13 @@ def write_table(results: dict) -> None:
              f"embedding_table.py` rebuilds everything.", "",
              "| row | judge ppl | word validity | distinct-2 | repetition | copy rate | sample chars/s | "
              "bound nats/char | train s |", "|---|---|---|---|---|---|---|---|---|"]
-    if "ar" in results:
-        a = results["ar"]
-        lines.append(f"| `ar` reference (same preset and steps) | {a['judge_ppl']:.1f} | {a['word_validity']:.3f} | "
-                     f"{a['distinct_2']:.3f} | {a['repetition']:.3f} | {a['copy_rate']:.3f} | "
-                     f"{a['sample_chars_per_s']:,.0f} | 1.792 (exact) | |")
+    for key, label in (("ar", "`ar` reference, char (same preset and steps)"),
+                       ("ar_wordpiece", "`ar` reference, WordPiece (same preset and steps)")):
+        if key in results:
+            a = results[key]
+            lines.append(f"| {label} | {a['judge_ppl']:.1f} | {a['word_validity']:.3f} | {a['distinct_2']:.3f} | "
+                         f"{a['repetition']:.3f} | {a['copy_rate']:.3f} | {a['sample_chars_per_s']:,.0f} | "
+                         f"{a.get('bound_nats', 1.792):.3f} (exact) | |")
     for r in results["rows"].values():
         se = f" ± {r['bound_stderr']:.2f}" if r.get("bound_stderr") is not None else ""
         lines.append(f"| {r['name']} | {r['judge_ppl']:.1f} | {r['word_validity']:.3f} | {r['distinct_2']:.3f} | "
