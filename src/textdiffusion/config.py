@@ -100,6 +100,8 @@ class MethodConfig:
     time_difference: float = 0.0  # asymmetric time intervals (Chen et al. 2022), in steps
     guide_run: str = ""  # guided sampler: the `ar` run whose logits are mixed with the plan's
     guide_weight: float = 0.5  # guided sampler: weight w of the diffusion plan (0 = pure ar)
+    # analog bits (Bit Diffusion); shares the Gaussian options above
+    bit_scale: float = 1.0  # bits are written as {-bit_scale, +bit_scale}
 
 
 # What `data.tokenizer` may name (see textdiffusion.data.tokenizer.make_tokenizer).
@@ -168,7 +170,11 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
 }
 
 # Per-method adjustments on top of a preset, each one measured (see BENCHMARKS.md).
-METHOD_PRESETS: dict[tuple[str, str], dict[str, dict[str, Any]]] = {}
+METHOD_PRESETS: dict[tuple[str, str], dict[str, dict[str, Any]]] = {
+    # Bit Diffusion's own recipe: continuous time, cosine schedule, self-conditioning (Chen et al. 2022)
+    **{("bits", p): {"method": {"timesteps": 0, "noise_schedule": "cosine", "self_condition": True}}
+       for p in ("tiny", "cpu", "base")},
+}
 
 
 def _merge(cfg: Config, partial: dict[str, dict[str, Any]]) -> None:

@@ -168,6 +168,7 @@ def generate(run, req: SampleRequest, seed: int, batch: int = 64) -> tuple[list[
     texts: list[str] = []
     nfe_total, generated_chars, seconds = 0, 0, 0.0
     steps = None
+    invalid = None if run.cfg.method.name != "bits" else 0.0
     remaining = req.n
     while remaining > 0:
         b = min(batch, remaining)
@@ -183,13 +184,16 @@ def generate(run, req: SampleRequest, seed: int, batch: int = 64) -> tuple[list[
         texts += [run.tokenizer.decode(row.tolist()) for row in ids]
         nfe_total += res.nfe * b
         steps = res.info.get("steps", steps)
+        if "invalid_id_rate" in res.info:  # bits: decoded patterns that name no symbol
+            invalid += res.info["invalid_id_rate"] * b
         # characters, not tokens: a BPE or WordPiece token stands for several characters
         free = (~res.fixed.cpu()) if res.fixed is not None else torch.ones_like(ids, dtype=torch.bool)
         generated_chars += sum(len(run.tokenizer.decode(row[keep].tolist()))
                                for row, keep in zip(ids, free, strict=True))
         remaining -= b
     return texts, {"seconds": seconds, "sample_chars_per_s": generated_chars / max(seconds, 1e-9),
-                   "nfe_per_sample": nfe_total / req.n, "steps": steps}
+                   "nfe_per_sample": nfe_total / req.n, "steps": steps,
+                   **({"invalid_id_rate": invalid / req.n} if invalid is not None else {})}
 
 
 def evaluate_run(run_dir: str | Path, samples: int = 64, length: int = 0, sampler: str = "", steps: int = 0,
@@ -259,6 +263,8 @@ def format_table(result: dict[str, Any]) -> str:
         ("copy rate (32 chars)", f"{q['copy_rate']:.3f}", f"real text: {r['copy_rate']:.3f}"),
         ("sample chars/s", f"{s['sample_chars_per_s']:,.0f}", f"{result['device']}"),
         ("network evals/sample", f"{s['nfe_per_sample']:.1f}", ""),
+        *([("invalid-id rate", f"{s['invalid_id_rate']:.4f}", "bit patterns naming no symbol (snapped to the nearest)")]
+          if "invalid_id_rate" in s else []),
     ]
     smp = result["samples"]
     head = (f"{result['method']} ({result['preset']}, step {result['step']}, {result['parameters']:,} params) — "

@@ -80,7 +80,7 @@ class EmbeddingDenoiser(nn.Module):
     checkpoints stay small."""
 
     def __init__(self, model_cfg: ModelConfig, n_symbols: int, dim: int, frozen: torch.Tensor | None,
-                 norm: str, scale: float, self_condition: bool, head: bool):
+                 norm: str, scale: float, self_condition: bool, head: bool, out_dim: int = 0):
         super().__init__()
         self.norm, self.scale, self.dim = norm, scale, dim
         self.self_condition = self_condition
@@ -89,7 +89,8 @@ class EmbeddingDenoiser(nn.Module):
         else:
             self.embed = None
             self.register_buffer("frozen", frozen.float().clone(), persistent=False)
-        self.backbone = Transformer(model_cfg, vocab_size=0, out_dim=dim, attention="bidirectional",
+        # out_dim > 0: the backbone emits that many numbers per position (logits over symbols) instead of a vector
+        self.backbone = Transformer(model_cfg, vocab_size=0, out_dim=out_dim or dim, attention="bidirectional",
                                     time_conditioning=True, input_dim=dim * (2 if self_condition else 1))
         self.head = nn.Linear(dim, n_symbols) if head else None
         if self.head is not None:
@@ -149,6 +150,10 @@ class EmbeddingDiffusion(Method):
     def time_conditioning(self) -> bool:
         return True
 
+    @property
+    def decoder(self) -> str:
+        return self.cfg.decoder
+
     def build_model(self) -> EmbeddingDenoiser:
         frozen = None
         if self.cfg.embeddings == "pretrained":
@@ -160,21 +165,29 @@ class EmbeddingDiffusion(Method):
                                   f"{self.tok.n_symbols} symbols")
         dim = frozen.shape[1] if frozen is not None else self.cfg.embed_dim
         return EmbeddingDenoiser(self.model_cfg, self.tok.n_symbols, dim, frozen, self.cfg.embed_norm,
-                                 self.cfg.embed_scale, self.cfg.self_condition, self.cfg.decoder == "head")
+                                 self.cfg.embed_scale, self.cfg.self_condition, self.decoder == "head")
 
     # ---- vectors -> tokens -------------------------------------------------------------------------
     def decoder_logits(self, model: EmbeddingDenoiser, x: torch.Tensor) -> torch.Tensor:
         """(..., dim) vectors -> (..., n_symbols) scores whose argmax is the decoded token."""
-        if self.cfg.decoder == "head":
+        if self.decoder == "head":
             return model.head(x)
         table = model.table()
-        if self.cfg.decoder == "cosine":
+        if self.decoder == "cosine":
             return F.normalize(x.float(), dim=-1) @ F.normalize(table.float(), dim=-1).T / COSINE_TEMPERATURE
         # -||x - e||^2 up to a per-row constant: 2 x.e - ||e||^2
         return 2.0 * x.float() @ table.float().T - table.float().pow(2).sum(-1)
 
     def round_to_ids(self, model: EmbeddingDenoiser, x: torch.Tensor) -> torch.Tensor:
         return self.decoder_logits(model, x).argmax(-1)
+
+    def output_logits(self, model: EmbeddingDenoiser, out: torch.Tensor) -> torch.Tensor:
+        """``target=probs``: how the network's output becomes logits over symbols (here: via the decoder)."""
+        return self.decoder_logits(model, out)
+
+    def final_ids(self, model: EmbeddingDenoiser, plan: torch.Tensor) -> tuple[torch.Tensor, dict[str, Any]]:
+        """The sampler's last step: x_0 vectors -> ids, plus anything worth reporting about it."""
+        return self.round_to_ids(model, plan), {}
 
     # ---- training ----------------------------------------------------------------------------------
     def _sample_t(self, n: int, generator: torch.Generator, device: torch.device) -> torch.Tensor:
@@ -199,7 +212,7 @@ class EmbeddingDiffusion(Method):
         out = model(x_t, t, x0_prev)
         abar = self.schedule.alpha_bar(t)
         if self.cfg.target == "probs":
-            probs = (self.decoder_logits(model, out).float() / temperature).softmax(-1)
+            probs = (self.output_logits(model, out).float() / temperature).softmax(-1)
             x0_hat = probs @ model.table().float()
             return out, x0_hat, eps_from_x0(x_t.float(), x0_hat, abar)
         x0_hat, eps_hat = split_prediction(out.float(), x_t.float(), abar, self.cfg.target)
@@ -228,11 +241,11 @@ class EmbeddingDiffusion(Method):
         out, x0_hat, _ = self._denoise(model, x_t, t, x0_prev)
         if self.cfg.target == "probs":
             terms = {"mse": (x0_hat - x0.float()).pow(2).mean().detach(),  # reported, not trained on
-                     "ce": cross_entropy_per_token(self.decoder_logits(model, out), x).mean()}
+                     "ce": cross_entropy_per_token(self.output_logits(model, out), x).mean()}
         else:
             target = training_target(x0, eps, abar, self.cfg.target)
             terms = {"mse": (out.float() - target.float()).pow(2).mean()}
-        trainable_decoder = self.cfg.decoder == "head" or model.embed is not None
+        trainable_decoder = self.decoder == "head" or model.embed is not None
         if self.cfg.rounding_weight > 0 and trainable_decoder:
             # x_0 ~ q(x_0 | w): the embedding with the first training step's noise, in embedding units
             a0 = self.schedule.alpha_bar(torch.tensor(self.t_min, device=dev))
@@ -258,7 +271,7 @@ class EmbeddingDiffusion(Method):
         """-log p(w | z_0) summed over positions, z_0 ~ q(z_0 | w) at the first training time."""
         a0 = self.schedule.alpha_bar(torch.tensor(self.t_min, device=x.device))
         z0 = q_sample(x0, a0, torch.randn(x0.shape, generator=gen, device=x.device))
-        if self.cfg.decoder == "head":
+        if self.decoder == "head":
             logits = model.head(z0 / a0.sqrt())
         else:  # the exact posterior over tokens of a Gaussian centred on each scaled embedding
             table = model.table().float()
@@ -347,14 +360,16 @@ class EmbeddingDiffusion(Method):
         # sampler applies it to the mixed per-position distribution instead
         plan, nfe = self._diffuse(model, state, fixed, gs, generator, on_step,
                                   req.temperature if sampler != "guided" else 1.0)
-        info: dict[str, Any] = {"sampler": sampler, "steps": steps, "decoder": self.cfg.decoder,
+        info: dict[str, Any] = {"sampler": sampler, "steps": steps, "decoder": self.decoder,
                                 "clamp": self.cfg.clamp}
         if sampler == "guided":
             ids, ar_nfe = self._guided(model, plan, state, fixed, req, generator)
             nfe += ar_nfe
             info["guide_weight"] = self.cfg.guide_weight
         else:
-            ids = torch.where(fixed, state, self.round_to_ids(model, plan))
+            ids, extra = self.final_ids(model, plan)
+            ids = torch.where(fixed, state, ids)
+            info.update(extra)
         return SampleResult(ids, float(nfe), fixed, info)
 
     def _diffuse(self, model: EmbeddingDenoiser, state: torch.Tensor, fixed: torch.Tensor,

@@ -1,0 +1,94 @@
+r"""Analog-bit diffusion: Bit Diffusion (Chen, Zhang & Hinton 2022, "Analog Bits") on tokens.
+
+Each token id becomes its ceil(log2 V) binary digits, written as real numbers {-s, +s} (``method.bit_scale``
+= s). Ordinary Gaussian diffusion runs on those vectors and the result is thresholded at 0 back into bits.
+In the language of :mod:`textdiffusion.methods.embedding` this is embedding diffusion with a *fixed*
+embedding table, the bit codes, so everything else is shared: the schedules and DDPM/DDIM steps of
+:mod:`textdiffusion.diffusion.gaussian`, self-conditioning (Chen et al. 2022, Sec. 3.2), asymmetric time
+intervals (``method.time_difference``, their ``td``; Sec. 3.3), prompts and infilling by replacement, and
+the VDM bound used for validation.
+
+What differs:
+
+* **decoding** thresholds every coordinate at 0. With V not a power of two some bit patterns name no
+  symbol; such an id is replaced by the valid symbol whose code is nearest (fewest differing bits) and
+  counted, so ``eval`` reports the invalid-id rate;
+* **softmax factorisation** (``method.target=probs``, Chen et al. 2022, Sec. 3.4): the backbone emits V
+  logits per position and x0_hat = sum_w p(w) code(w), the probability-weighted average of the bit codes,
+  trained by cross-entropy on the symbol.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+
+from textdiffusion.config import ConfigError
+from textdiffusion.methods.base import register
+from textdiffusion.methods.embedding import EmbeddingDenoiser, EmbeddingDiffusion
+
+
+def n_bits(vocab: int) -> int:
+    """ceil(log2 V), at least 1."""
+    return max(1, math.ceil(math.log2(max(vocab, 2))))
+
+
+def bit_codes(vocab: int, scale: float = 1.0) -> torch.Tensor:
+    """(V, ceil(log2 V)) table: row w is w in binary, most significant bit first, as {-scale, +scale}."""
+    nb = n_bits(vocab)
+    ids = torch.arange(vocab)[:, None]
+    bits = (ids >> torch.arange(nb - 1, -1, -1)) & 1
+    return (bits.float() * 2.0 - 1.0) * scale
+
+
+def bits_to_ids(x: torch.Tensor) -> torch.Tensor:
+    """Threshold at 0 and read the bits as a binary number (may exceed the vocabulary)."""
+    nb = x.shape[-1]
+    weights = 2 ** torch.arange(nb - 1, -1, -1, device=x.device)
+    return ((x > 0).long() * weights).sum(-1)
+
+
+@register
+class BitDiffusion(EmbeddingDiffusion):
+    name = "bits"
+    samplers = ("ddim", "ddpm")
+
+    def __init__(self, cfg, model_cfg, tokenizer):
+        if cfg.embeddings == "pretrained":
+            raise ConfigError("method.embeddings=pretrained does not apply to bits: the table is the fixed bit code")
+        if cfg.bit_scale <= 0:
+            raise ConfigError(f"method.bit_scale must be > 0, got {cfg.bit_scale}")
+        super().__init__(cfg, model_cfg, tokenizer)
+        self.codes = bit_codes(tokenizer.n_symbols, cfg.bit_scale)
+
+    @property
+    def decoder(self) -> str:
+        return "l2"  # fixed codes: nearest corner (what thresholding computes) and the exact posterior
+
+    def build_model(self) -> EmbeddingDenoiser:
+        softmax = self.cfg.target == "probs"
+        return EmbeddingDenoiser(self.model_cfg, self.tok.n_symbols, self.codes.shape[1], self.codes, "none", 1.0,
+                                 self.cfg.self_condition, head=False, out_dim=self.tok.n_symbols if softmax else 0)
+
+    def decoder_logits(self, model: EmbeddingDenoiser, x: torch.Tensor) -> torch.Tensor:
+        """Scores whose argmax is the valid symbol nearest to x (L2), used for the x0 cross-entropy term and
+        the bound's exact Gaussian-posterior decoder."""
+        table = model.table().float()
+        return 2.0 * x.float() @ table.T - table.pow(2).sum(-1)
+
+    def output_logits(self, model: EmbeddingDenoiser, out: torch.Tensor) -> torch.Tensor:
+        return out  # softmax factorisation: the backbone's output already is V logits
+
+    def round_to_ids(self, model: EmbeddingDenoiser, x: torch.Tensor) -> torch.Tensor:
+        ids = bits_to_ids(x)
+        invalid = ids >= self.tok.n_symbols
+        if invalid.any():  # nearest valid code in Hamming distance = nearest in L2 among the corners
+            snapped = torch.sign(x).clamp_min(0) * 2.0 - 1.0
+            ids = torch.where(invalid, self.decoder_logits(model, snapped * self.cfg.bit_scale).argmax(-1), ids)
+        return ids
+
+    def final_ids(self, model: EmbeddingDenoiser, plan: torch.Tensor) -> tuple[torch.Tensor, dict[str, Any]]:
+        raw = bits_to_ids(plan)
+        return self.round_to_ids(model, plan), {"invalid_id_rate": float((raw >= self.tok.n_symbols).float().mean())}
