@@ -42,9 +42,15 @@ def test_softmax_factorisation_averages_the_codes():
     out, x0_hat, _ = method._denoise(model, x_t, torch.full((2,), 0.5), None)
     assert out.shape == (2, 6, 5)  # V logits per position, straight from the backbone
     assert torch.allclose(x0_hat, out.float().softmax(-1) @ method.codes, atol=1e-6)
-    loss = method.loss(model, torch.randint(0, 5, (3, 8)), torch.Generator().manual_seed(0))
+    x = torch.randint(0, 5, (3, 8))
+    terms = method.loss_terms(model, x, torch.Generator().manual_seed(0))
+    loss = method.loss(model, x, torch.Generator().manual_seed(0))
+    assert loss.item() == pytest.approx(terms["ce"].item())  # cross-entropy on the symbol only, by default
     loss.backward()
     assert torch.isfinite(loss)
+    method.cfg.probs_mse_weight = 2.0  # optionally plus the bit MSE
+    both = method.loss(model, x, torch.Generator().manual_seed(0))
+    assert both.item() == pytest.approx((terms["ce"] + 2.0 * terms["mse"]).item(), rel=1e-5)
 
 
 def test_self_conditioning_feeds_the_previous_estimate():

@@ -102,6 +102,7 @@ class MethodConfig:
     guide_weight: float = 0.5  # guided sampler: weight w of the diffusion plan (0 = pure ar)
     # analog bits (Bit Diffusion); shares the Gaussian options above
     bit_scale: float = 1.0  # bits are written as {-bit_scale, +bit_scale}
+    probs_mse_weight: float = 0.0  # target=probs: add this times the MSE of the averaged x0 to the cross-entropy
 
 
 # What `data.tokenizer` may name (see textdiffusion.data.tokenizer.make_tokenizer).

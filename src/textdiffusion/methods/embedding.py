@@ -240,7 +240,8 @@ class EmbeddingDiffusion(Method):
             x0_prev = torch.where(use, self._self_condition(model, x_t, t), torch.zeros_like(x_t))
         out, x0_hat, _ = self._denoise(model, x_t, t, x0_prev)
         if self.cfg.target == "probs":
-            terms = {"mse": (x0_hat - x0.float()).pow(2).mean().detach(),  # reported, not trained on
+            # the MSE of the averaged x0 is reported, and trained on only with method.probs_mse_weight > 0
+            terms = {"mse": (x0_hat - x0.float()).pow(2).mean(),
                      "ce": cross_entropy_per_token(self.output_logits(model, out), x).mean()}
         else:
             target = training_target(x0, eps, abar, self.cfg.target)
@@ -258,7 +259,9 @@ class EmbeddingDiffusion(Method):
 
     def loss(self, model: EmbeddingDenoiser, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         terms = self.loss_terms(model, x, generator)
-        total = terms["ce"] if "ce" in terms else terms["mse"]
+        total = terms["mse"]
+        if "ce" in terms:
+            total = terms["ce"] + self.cfg.probs_mse_weight * terms["mse"] if self.cfg.probs_mse_weight else terms["ce"]
         if "rounding" in terms:
             total = total + self.cfg.rounding_weight * terms["rounding"]
         if "x0_ce" in terms:
