@@ -71,6 +71,11 @@ def test_asymmetric_intervals_shift_the_target_time():
     assert times[-1][1] == 0.0
 
 
+def test_time_delta_is_accepted_as_the_papers_name_for_time_difference():
+    cfg = make_config("bits", "tiny", ["method.time_delta=5"])
+    assert cfg.method.time_difference == 5.0
+
+
 def test_bits_preset_is_bit_diffusions_recipe():
     cfg = make_config("bits", "cpu")
     assert (cfg.method.timesteps, cfg.method.noise_schedule, cfg.method.self_condition) == (0, "cosine", True)

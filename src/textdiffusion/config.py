@@ -218,13 +218,22 @@ def _coerce(value: str, typ: Any, key: str) -> Any:
     return value
 
 
+# Other names users bring from the papers and ports they know; ``--set`` accepts them as the field on the right.
+FIELD_ALIASES = {"method.time_delta": "method.time_difference"}
+
+
+def _canonical(item: str) -> str:
+    key, sep, value = item.partition("=")
+    key = key.strip()
+    return FIELD_ALIASES.get(key, key) + sep + value
+
+
 def apply_overrides(cfg: Config, overrides: list[str]) -> Config:
     """Apply ``section.field=value`` strings, type-checked against the dataclass fields."""
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"--set expects key=value (e.g. model.n_layer=8), got {item!r}")
-        key, value = item.split("=", 1)
-        key = key.strip()
+        key, value = _canonical(item).split("=", 1)
         if key in ("seed", "preset"):
             setattr(cfg, key, int(value) if key == "seed" else value)
             continue
@@ -253,7 +262,7 @@ SAMPLING_FIELDS = ("sampler", "sample_steps", "temperature", "top_k", "top_p", "
 def apply_sampling_overrides(cfg: Config, overrides: list[str]) -> Config:
     """``--set method.field=value`` for ``sample`` and ``eval``: only :data:`SAMPLING_FIELDS` may change."""
     for item in overrides:
-        key = item.split("=", 1)[0].strip()
+        key = _canonical(item).split("=", 1)[0]
         section, _, name = key.partition(".")
         if section != "method" or name not in SAMPLING_FIELDS:
             raise ConfigError(f"--set {key}: a trained run can only change sampling options "
