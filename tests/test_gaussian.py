@@ -119,3 +119,13 @@ def test_prior_kl_is_zero_only_without_signal():
     x0 = torch.randn(3, 8)
     assert float(gaussian_prior_kl(x0, torch.tensor(0.0)).abs().max()) < 1e-6
     assert (gaussian_prior_kl(x0, torch.tensor(0.5)) > 0).all()
+
+
+@pytest.mark.parametrize("abar", [0.9, 0.5, 0.01])
+def test_q_sample_has_the_forward_process_moments(abar):
+    """x_t | x_0 ~ N(sqrt(abar) x_0, (1 - abar) I), checked on 200k draws."""
+    gen = torch.Generator().manual_seed(0)
+    x0 = torch.full((200_000,), 0.7)
+    xt = q_sample(x0, torch.tensor(abar), torch.randn(x0.shape, generator=gen))
+    assert float(xt.mean()) == pytest.approx(math.sqrt(abar) * 0.7, abs=5e-3)
+    assert float(xt.var()) == pytest.approx(1.0 - abar, rel=2e-2)

@@ -7,6 +7,7 @@
                         [--temperature T] [--seed S] [--show] [--trajectory FILE]
     textdiffusion eval RUN_DIR [--samples N]
     textdiffusion demo
+    textdiffusion mnist train|sample|eval|demo ...   (image diffusion on MNIST, same trainer and run layout)
 """
 
 from __future__ import annotations
@@ -67,8 +68,15 @@ def cmd_train(args: argparse.Namespace) -> int:
 def _print_train_summary(summary: dict) -> None:
     rd = summary["run_dir"]
     if summary["interrupted"]:
+        image = summary.get("unit") == "images"
         print(f"stopped at step {summary['step']}/{summary['steps']}; saved. Continue with: "
-              f"textdiffusion train --resume {rd}", file=sys.stderr)
+              f"textdiffusion {'mnist ' if image else ''}train --resume {rd}", file=sys.stderr)
+        return
+    if "val_bpd" in summary:
+        print(f"done: {summary['step']} steps in {summary['elapsed']:.1f}s of training, "
+              f"{summary['images_per_s']:,.0f} images/s; val {summary['val_bpd']:.4f} bits/dim (upper bound, "
+              f"EMA weights, {summary['val_windows']} test images)")
+        print(f"run: {rd}\n  sample: textdiffusion mnist sample {rd}\n  eval:   textdiffusion mnist eval {rd}")
         return
     if "val_bpc" in summary:
         kind = "exact" if summary["val_kind"] == "exact" else "upper bound"
@@ -80,6 +88,14 @@ def _print_train_summary(summary: dict) -> None:
     print(f"run: {rd}\n  sample: textdiffusion sample {rd} --show\n  eval:   textdiffusion eval {rd}")
 
 
+def _refuse_image_run(run_dir: str, command: str) -> None:
+    from textdiffusion.checkpoint import read_json
+
+    cfg = Path(run_dir) / "config.json"
+    if cfg.exists() and read_json(cfg).get("config", {}).get("method", {}).get("name") == "image":
+        raise ConfigError(f"{run_dir} is an image run; use `textdiffusion mnist {command} {run_dir}`")
+
+
 def cmd_sample(args: argparse.Namespace) -> int:
     import torch
 
@@ -88,6 +104,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
     from textdiffusion.viz import TerminalAnimation, TrajectoryRecorder
 
     overrides = [item for group in args.overrides for item in group]
+    _refuse_image_run(args.run_dir, "sample")
     run = open_run(args.run_dir, weights=args.weights, device=args.device, overrides=overrides)
     req = SampleRequest(n=args.n, length=args.length or 0, prompt=args.prompt or "", infill=args.infill,
                         placeholder=args.placeholder, sampler=args.sampler or "", steps=args.steps or 0,
@@ -124,6 +141,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
 def cmd_eval(args: argparse.Namespace) -> int:
     from textdiffusion.evaluate import evaluate_run, format_table
 
+    _refuse_image_run(args.run_dir, "eval")
     result = evaluate_run(args.run_dir, samples=args.samples, length=args.length or 0, sampler=args.sampler or "",
                           steps=args.steps or 0, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
                           seed=args.seed, val_windows=args.val_windows, device=args.device,
@@ -137,6 +155,106 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from textdiffusion.demo import run_demo
 
     return run_demo(steps=args.steps, data=args.data, run_dir=args.run_dir, preset=args.preset)
+
+
+def cmd_mnist_train(args: argparse.Namespace) -> int:
+    args.method = None if args.resume else "image"
+    if args.resume:
+        return cmd_train(args)
+    from textdiffusion.config import make_config
+    from textdiffusion.train import default_run_dir, run_training
+
+    overrides = [item for group in args.overrides for item in group]
+    for flag, key in ((args.data, "data.corpus"), (args.steps, "train.steps"), (args.seed, "seed"),
+                      (args.device, "train.device")):
+        if flag is not None:
+            overrides.append(f"{key}={flag}")
+    cfg = make_config("image", args.preset, overrides)
+    run_dir = Path(args.run_dir) if args.run_dir else default_run_dir(cfg)
+    summary = run_training(cfg, run_dir, progress=not args.no_progress)
+    _print_train_summary(summary)
+    return 130 if summary["interrupted"] else 0
+
+
+def cmd_mnist_sample(args: argparse.Namespace) -> int:
+    from textdiffusion.mnist import check_digit, sample_images
+
+    check_digit(args.digit)
+    res = sample_images(args.run_dir, out=args.out, n=args.n or 0, digit=args.digit, sampler=args.sampler or "",
+                        steps=args.steps or 0, eta=args.eta, guidance=args.guidance, seed=args.seed,
+                        device=args.device, weights=args.weights, gif=not args.no_gif)
+    for kind, path in res["files"].items():
+        print(f"{kind}: {path}")
+    print(f"[{res['n']} images, sampler {res['sampler']} {res['steps']} steps, {res['nfe']:g} network evaluations "
+          f"per image, {res['seconds']:.2f}s]", file=sys.stderr)
+    return 0
+
+
+def cmd_mnist_eval(args: argparse.Namespace) -> int:
+    from textdiffusion.mnist import evaluate_images, format_eval
+
+    row = evaluate_images(args.run_dir, samples=args.samples, sampler=args.sampler or "", steps=args.steps or 0,
+                          eta=args.eta, guidance=args.guidance, seed=args.seed, device=args.device)
+    print(format_eval(row))
+    print(f"wrote {Path(args.run_dir) / 'eval.json'} (and appended to evals.jsonl)")
+    return 0
+
+
+def cmd_mnist_demo(args: argparse.Namespace) -> int:
+    from textdiffusion.mnist import run_demo
+
+    return run_demo(steps=args.steps, data=args.data, run_dir=args.run_dir, preset=args.preset)
+
+
+def _mnist_parser(sub) -> None:
+    m = sub.add_parser("mnist", help="image diffusion on MNIST: train | sample | eval | demo")
+    msub = m.add_subparsers(dest="mnist_command", required=True)
+    t = msub.add_parser("train", help="train a DDPM U-Net (or --resume one)")
+    t.add_argument("--preset", choices=sorted(PRESETS), default="cpu", help="model/trainer size (default cpu)")
+    t.add_argument("--data", help="mnist (default: data dir or download), digits (offline 8x8), a mnist.npz "
+                                  "or a directory of the four IDX files")
+    t.add_argument("--steps", type=_positive(int))
+    t.add_argument("--run-dir")
+    t.add_argument("--seed", type=int)
+    t.add_argument("--device")
+    t.add_argument("--set", dest="overrides", action="append", nargs="+", default=[], metavar="KEY=VALUE",
+                   help="e.g. --set unet.base_channels=32 method.noise_schedule=cosine method.target=v")
+    t.add_argument("--resume", metavar="RUN_DIR")
+    t.add_argument("--no-progress", action="store_true")
+    t.set_defaults(func=cmd_mnist_train)
+
+    s = msub.add_parser("sample", help="write a sample grid, a denoising strip and a GIF of the reverse process")
+    s.add_argument("run_dir")
+    s.add_argument("--out", help="output folder (default RUN/samples)")
+    s.add_argument("--n", type=_positive(int), help="images (default 8 per digit, or 64 unconditional)")
+    s.add_argument("--digit", type=int, help="generate only this digit (class-conditional runs)")
+    s.add_argument("--sampler", choices=("ddpm", "ddim"))
+    s.add_argument("--steps", type=_positive(int), help="network evaluations (<= the T of training)")
+    s.add_argument("--eta", type=float, help="DDIM noise in [0, 1] (0 = deterministic)")
+    s.add_argument("--guidance", type=float, help="classifier-free guidance scale (1 = plain conditional)")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--device", default="auto")
+    s.add_argument("--weights", choices=("ema", "model"), default="ema")
+    s.add_argument("--no-gif", action="store_true")
+    s.set_defaults(func=cmd_mnist_sample)
+
+    e = msub.add_parser("eval", help="FID and class accuracy in a trained classifier's feature space")
+    e.add_argument("run_dir")
+    e.add_argument("--samples", type=_positive(int), default=1000)
+    e.add_argument("--sampler", choices=("ddpm", "ddim"))
+    e.add_argument("--steps", type=_positive(int))
+    e.add_argument("--eta", type=float)
+    e.add_argument("--guidance", type=float)
+    e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--device", default="auto")
+    e.set_defaults(func=cmd_mnist_eval)
+
+    d = msub.add_parser("demo", help="train a small class-conditional model and write its samples (CPU minutes)")
+    d.add_argument("--steps", type=_positive(int), help="training steps (default 1500)")
+    d.add_argument("--data", default="mnist", help="mnist (falls back to the offline digits) or digits")
+    d.add_argument("--preset", choices=sorted(PRESETS), default="cpu")
+    d.add_argument("--run-dir")
+    d.set_defaults(func=cmd_mnist_demo)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -204,6 +322,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--preset", choices=sorted(PRESETS), default="cpu")
     d.add_argument("--run-dir")
     d.set_defaults(func=cmd_demo)
+    _mnist_parser(sub)
     return p
 
 

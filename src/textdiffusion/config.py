@@ -103,6 +103,23 @@ class MethodConfig:
     # analog bits (Bit Diffusion); shares the Gaussian options above
     bit_scale: float = 1.0  # bits are written as {-bit_scale, +bit_scale}
     probs_mse_weight: float = 0.0  # target=probs: add this times the MSE of the averaged x0 to the cross-entropy
+    # image diffusion (MNIST); shares the Gaussian options above
+    guidance: float = 1.0  # classifier-free guidance scale w: eps = eps_uncond + w (eps_cond - eps_uncond)
+
+
+@dataclass
+class UNetConfig:
+    """Shape of the image denoiser (see :mod:`textdiffusion.nn.unet`); only the ``image`` method reads it."""
+
+    base_channels: int = 32
+    channel_mult: str = "1,2,2"  # width multiplier per resolution; each level after the first halves H and W
+    num_res_blocks: int = 1  # residual blocks per level (the up path has one more, for the extra skip)
+    attention: bool = True  # self-attention at the lowest resolution (the middle block always has it)
+    heads: int = 4
+    dropout: float = 0.1
+    groups: int = 8  # group-norm groups (reduced to a divisor of the width where needed)
+    class_conditional: bool = True  # learn p(x | digit) as well as p(x), for classifier-free guidance
+    label_dropout: float = 0.1  # fraction of training labels replaced by "no label" (Ho & Salimans 2022)
 
 
 # What `data.tokenizer` may name (see textdiffusion.data.tokenizer.make_tokenizer).
@@ -124,6 +141,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     method: MethodConfig = field(default_factory=MethodConfig)
     data: DataConfig = field(default_factory=DataConfig)
+    unet: UNetConfig = field(default_factory=UNetConfig)
     preset: str = "cpu"
     seed: int = 1337
 
@@ -137,7 +155,7 @@ class Config:
     def from_dict(cls, d: dict[str, Any]) -> Config:
         cfg = cls()
         for key, value in d.items():
-            if key in ("model", "train", "method", "data"):
+            if key in SECTIONS:
                 section = getattr(cfg, key)
                 known = {f.name for f in fields(section)}
                 for k, v in value.items():
@@ -146,6 +164,9 @@ class Config:
             elif key in ("preset", "seed"):
                 setattr(cfg, key, value)
         return cfg
+
+
+SECTIONS = ("model", "train", "method", "data", "unet")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -175,6 +196,25 @@ METHOD_PRESETS: dict[tuple[str, str], dict[str, dict[str, Any]]] = {
     # Bit Diffusion's own recipe: continuous time, cosine schedule, self-conditioning (Chen et al. 2022)
     **{("bits", p): {"method": {"timesteps": 0, "noise_schedule": "cosine", "self_condition": True}}
        for p in ("tiny", "cpu", "base")},
+    # DDPM on MNIST (Ho et al. 2020): linear betas, T = 1000, eps-prediction; the U-Net shapes are sized
+    # for each preset's machine (cpu: ~0.3 M parameters, minutes on a laptop; base: a GPU run)
+    **{("image", p): {
+        "data": {"corpus": "mnist"},
+        "method": {"noise_schedule": "linear", "timesteps": 1000, "target": "eps", "sampler": "ddpm",
+                   "eval_time_samples": 4},
+        "train": {"weight_decay": 0.0, **extra_train},
+        "unet": unet,
+    } for p, unet, extra_train in (
+        ("tiny", {"base_channels": 8, "channel_mult": "1,2", "heads": 2, "groups": 4, "dropout": 0.0},
+         {"batch_size": 16, "final_eval_windows": 32}),
+        ("cpu", {"base_channels": 16, "channel_mult": "1,2,2", "heads": 4, "groups": 8, "dropout": 0.0},
+         {"steps": 4000, "batch_size": 64, "lr": 2e-3, "min_lr": 2e-4, "warmup": 200, "eval_every": 500,
+          "eval_windows": 256, "final_eval_windows": 2000, "ema_decay": 0.995}),
+        ("base", {"base_channels": 64, "channel_mult": "1,2,2", "num_res_blocks": 2, "heads": 4, "groups": 32,
+                  "dropout": 0.1},
+         {"steps": 20000, "batch_size": 128, "lr": 2e-4, "min_lr": 2e-5, "warmup": 500, "eval_every": 2000,
+          "eval_windows": 512, "final_eval_windows": 0, "ema_decay": 0.9995}),
+    )},
 }
 
 
@@ -238,11 +278,11 @@ def apply_overrides(cfg: Config, overrides: list[str]) -> Config:
             setattr(cfg, key, int(value) if key == "seed" else value)
             continue
         if "." not in key:
-            raise ConfigError(f"--set key must look like section.field (model, train, method, data), got {key!r}")
+            raise ConfigError(f"--set key must look like section.field ({', '.join(SECTIONS)}), got {key!r}")
         section_name, name = key.split(".", 1)
         section = getattr(cfg, section_name, None)
         if section is None or not dataclasses.is_dataclass(section):
-            raise ConfigError(f"--set {key}: unknown section {section_name!r}; use model, train, method or data")
+            raise ConfigError(f"--set {key}: unknown section {section_name!r}; use {', '.join(SECTIONS)}")
         ftypes = {f.name: f.type for f in fields(section)}
         if name not in ftypes:
             raise ConfigError(
@@ -256,7 +296,7 @@ def apply_overrides(cfg: Config, overrides: list[str]) -> Config:
 # Method fields that only steer sampling, so `sample`/`eval --set` may change them on a trained run; every
 # other field shaped the network or its training and is fixed once the run exists.
 SAMPLING_FIELDS = ("sampler", "sample_steps", "temperature", "top_k", "top_p", "confidence", "clamp", "eta",
-                   "time_difference", "guide_run", "guide_weight", "eval_time_samples", "eval_seed")
+                   "time_difference", "guide_run", "guide_weight", "eval_time_samples", "eval_seed", "guidance")
 
 
 def apply_sampling_overrides(cfg: Config, overrides: list[str]) -> Config:

@@ -10,9 +10,9 @@ import torch
 
 from textdiffusion.checkpoint import CheckpointError, read_json, read_tensors
 from textdiffusion.config import Config, apply_sampling_overrides
-from textdiffusion.data.tokenizer import Tokenizer, load_tokenizer
+from textdiffusion.data.sources import load_vocab
+from textdiffusion.data.tokenizer import Tokenizer
 from textdiffusion.methods import Method, get_method
-from textdiffusion.nn.transformer import Transformer
 
 
 def pick_device(name: str = "auto") -> torch.device:
@@ -29,8 +29,10 @@ def pick_device(name: str = "auto") -> torch.device:
     return dev
 
 
-def build(cfg: Config, tokenizer: Tokenizer) -> tuple[Method, Transformer]:
-    method = get_method(cfg.method.name)(cfg.method, cfg.model, tokenizer)
+def build(cfg: Config, vocab: Any) -> tuple[Method, torch.nn.Module]:
+    """The method and its untrained network. ``vocab`` is what the data defines: the tokenizer for text
+    methods, the :class:`~textdiffusion.methods.image.ImageSpec` for images."""
+    method = get_method(cfg.method.name).from_config(cfg, vocab)
     return method, method.build_model()
 
 
@@ -39,11 +41,12 @@ class LoadedRun:
     path: Path
     cfg: Config
     meta: dict[str, Any]
-    tokenizer: Tokenizer
+    tokenizer: Tokenizer | None  # None for image runs (see ``vocab``)
     method: Method
-    model: Transformer
+    model: torch.nn.Module
     step: int
     device: torch.device
+    vocab: Any = None
 
 
 def open_run(path: str | Path, weights: str = "ema", device: str = "auto",
@@ -60,8 +63,8 @@ def open_run(path: str | Path, weights: str = "ema", device: str = "auto",
     cfg = Config.from_dict(meta["config"])
     if overrides:
         apply_sampling_overrides(cfg, overrides)
-    tok = load_tokenizer(run / "tokenizer.json")
-    method, model = build(cfg, tok)
+    vocab = load_vocab(run)
+    method, model = build(cfg, vocab)
     tensors, step = read_tensors(run / f"{weights}.safetensors")
     missing, unexpected = model.load_state_dict(tensors, strict=False)
     if missing or unexpected:
@@ -70,4 +73,5 @@ def open_run(path: str | Path, weights: str = "ema", device: str = "auto",
                               f"from different runs")
     dev = pick_device(device)
     model.to(dev).eval()
-    return LoadedRun(run, cfg, meta, tok, method, model, step, dev)
+    tok = vocab if isinstance(vocab, Tokenizer) else None
+    return LoadedRun(run, cfg, meta, tok, method, model, step, dev, vocab)

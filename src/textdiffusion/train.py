@@ -35,10 +35,7 @@ from textdiffusion.checkpoint import (
     write_tensors,
 )
 from textdiffusion.config import Config, ConfigError, validate
-from textdiffusion.data.batches import TextData
-from textdiffusion.data.corpus import sha256_of
-from textdiffusion.data.tokenizer import load_tokenizer
-from textdiffusion.methods.base import SampleRequest
+from textdiffusion.data.sources import Source, as_source, load_source
 from textdiffusion.runs import build, pick_device
 
 
@@ -116,7 +113,8 @@ class _StopFlag:
 
 class Trainer:
     def __init__(self, cfg: Config, run_dir: Path, resume: bool = False, progress: bool = True,
-                 data: TextData | None = None, log: Callable[[str], None] | None = None):
+                 data: Any = None, log: Callable[[str], None] | None = None):
+        """``data``: a TextData or ImageData already loaded (tests, benchmarks), else read from the config."""
         validate(cfg)
         self.cfg, self.run_dir, self.progress = cfg, Path(run_dir), progress
         self.log = log or (lambda msg: print(msg, file=sys.stderr))
@@ -124,15 +122,11 @@ class Trainer:
         if cfg.train.threads > 0:
             torch.set_num_threads(cfg.train.threads)
         torch.manual_seed(cfg.seed)
-        tokenizer = load_tokenizer(self.run_dir / "tokenizer.json") if resume else None
-        if data is None:
-            data = TextData.load(cfg.data.corpus, tokenizer, cfg.data.val_fraction, cfg.data.tokenizer,
-                                 cfg.data.vocab_size)
-        elif tokenizer is not None and tokenizer.to_dict() != data.tokenizer.to_dict():
-            raise CheckpointError("the corpus tokenises differently from the run's tokenizer.json")
-        self.data = data
-        self.method, model = build(cfg, data.tokenizer)
-        data.check_window(self.method.window)
+        saved = self.run_dir if resume else None
+        self.source: Source = load_source(cfg, saved) if data is None else as_source(data, saved)
+        self.data = getattr(self.source, "data", data)
+        self.method, model = build(cfg, self.source.vocab)
+        self.source.check(self.method)
         self.model = model.to(self.device)
         self.ema = EMA(self.model, cfg.train.ema_decay, cfg.train.ema_warmup)
         self.opt = make_optimizer(self.model, cfg, self.device)
@@ -140,10 +134,8 @@ class Trainer:
         self.noise_gen = torch.Generator(device=self.device).manual_seed(cfg.seed + 1)
         self.step = 0
         self.elapsed = 0.0  # training seconds, summed over resumes, evaluation excluded
-        self.chars_seen = 0
-        val_tiles = TextData.tiled_windows(data.val_ids, self.method.window, cfg.train.eval_windows)
-        self.val_windows = val_tiles.to(self.device)
-        self.train_ids = data.train_ids  # batches are cut on the CPU generator, then moved
+        self.chars_seen = 0  # units seen: characters for text, images for images
+        self.val_windows = self.source.val_set(self.method.window, cfg.train.eval_windows).to(self.device)
         self.forward_model = self.model
         use_compile = cfg.train.compile == "on" or (cfg.train.compile == "auto" and self.device.type == "cuda")
         if use_compile:
@@ -164,16 +156,13 @@ class Trainer:
                                   f"or pick another --run-dir")
         rd.mkdir(parents=True, exist_ok=True)
         (rd / "samples").mkdir(exist_ok=True)
-        corpus = {"source": self.data.source, "train_chars": int(self.data.train_ids.numel()),
-                  "val_chars": int(self.data.val_ids.numel())}
-        if self.data.path is not None and self.data.path.is_file():
-            corpus["sha256"] = sha256_of(self.data.path)
+        corpus = self.source.record()
         write_json(rd / "config.json", {
             "config": self.cfg.to_dict(), "seed": self.cfg.seed, "versions": versions(), "corpus": corpus,
             "parameters": self.model.num_parameters(), "device": str(self.device),
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         })
-        self.data.tokenizer.save(rd / "tokenizer.json")
+        self.source.save_vocab(rd)
         if self.progress:
             self.log(f"run directory: {rd} ({self.model.num_parameters():,} parameters, {self.device})")
 
@@ -224,19 +213,16 @@ class Trainer:
         # noise equals a freshly initialised embedding table "decodes" it (ids 0, 1, 2, ... in order)
         gen = torch.Generator(device=self.device).manual_seed(self.cfg.seed + 7919)
         with self.autocast():
-            res = self.method.sample(self.ema.model, SampleRequest(n=2), gen)
-        texts = [self.data.tokenizer.decode(row.tolist()) for row in res.ids.cpu()]
-        body = f"# step {self.step}, EMA weights, default sampler, {res.nfe:g} network evaluations per sample\n\n"
-        body += "\n\n----\n\n".join(texts) + "\n"
-        (self.run_dir / "samples").mkdir(exist_ok=True)
-        (self.run_dir / "samples" / f"step_{self.step:06d}.txt").write_text(body, encoding="utf-8")
+            self.source.write_samples(self.method, self.ema.model, gen, self.run_dir, self.step)
 
     # ---- the loop --------------------------------------------------------------------------------------
     def train(self, stop_at: int | None = None, on_step: Callable[[int], None] | None = None) -> dict[str, Any]:
         cfg, t = self.cfg, self.cfg.train
         target = min(t.steps, stop_at) if stop_at else t.steps
         window, batch = self.method.window, t.batch_size
-        chars_per_step = batch * window * t.grad_accum
+        chars_per_step = self.source.units(batch, window) * t.grad_accum
+        rate_key = f"{self.source.unit}_per_s"
+        unit_short = "chars" if self.source.unit == "chars" else "img"
         # redraw a few times a second on a terminal, rarely into a log file
         bar = tqdm(total=t.steps, initial=self.step, disable=not self.progress, dynamic_ncols=True,
                    desc=f"{cfg.method.name}/{cfg.preset}", unit="step",
@@ -259,8 +245,8 @@ class Trainer:
                 self.model.train()
                 total = 0.0
                 for _ in range(t.grad_accum):
-                    x = TextData.random_windows(self.train_ids, batch, window, self.data_gen)
-                    x = x.to(self.device, non_blocking=True)
+                    # batches are cut on the CPU generator, then moved
+                    x = self.source.train_batch(batch, window, self.data_gen).to(self.device, non_blocking=True)
                     with self.autocast():
                         loss = self.method.loss(self.forward_model, x, self.noise_gen) / t.grad_accum
                     loss.backward()
@@ -286,9 +272,9 @@ class Trainer:
                     rate = interval_chars / max(interval_time, 1e-9)
                     val = self.evaluate(self.val_windows)
                     val_text = f"{val.bits_per_char:.3f}"
-                    self._log_metrics({"step": self.step, "train_loss": smooth_loss, "val_bpc": val.bits_per_char,
-                                       "val_nats": val.nats_per_char, "val_kind": val.kind,
-                                       "val_windows": val.windows, "lr": lr, "chars_per_s": rate,
+                    self._log_metrics({"step": self.step, "train_loss": smooth_loss,
+                                       bits_key(val.unit): val.bits_per_char, "val_nats": val.nats_per_char,
+                                       "val_kind": val.kind, "val_windows": val.windows, "lr": lr, rate_key: rate,
                                        "elapsed": self.elapsed})
                     if t.sample_every_eval:
                         self.write_samples()
@@ -297,7 +283,8 @@ class Trainer:
                 elif interval_time > 0:
                     rate = interval_chars / interval_time
                 bar.update(1)
-                bar.set_postfix_str(f"loss {smooth_loss:.3f} | val bpc {val_text} | {rate:,.0f} chars/s", refresh=False)
+                bar.set_postfix_str(f"loss {smooth_loss:.3f} | val {bits_key(self.method.unit)[4:]} {val_text} | "
+                                    f"{rate:,.0f} {unit_short}/s", refresh=False)
                 if on_step:
                     on_step(self.step)
         bar.close()
@@ -305,24 +292,30 @@ class Trainer:
             self.save()
         summary: dict[str, Any] = {"run_dir": str(self.run_dir), "step": self.step, "steps": t.steps,
                                    "elapsed": self.elapsed, "interrupted": interrupted, "out_of_time": out_of_time,
-                                   "chars_per_s": self.chars_seen / max(self.elapsed, 1e-9)}
+                                   rate_key: self.chars_seen / max(self.elapsed, 1e-9), "unit": self.source.unit}
         if (self.step == t.steps or out_of_time) and not interrupted:
             if self.progress:
                 self.log("scoring the validation split with the EMA weights ...")
-            full = TextData.tiled_windows(self.data.val_ids, self.method.window, t.final_eval_windows).to(self.device)
+            full = self.source.val_set(self.method.window, t.final_eval_windows).to(self.device)
             ema_val = self.evaluate(full)
-            summary.update({"val_bpc": ema_val.bits_per_char, "val_nats": ema_val.nats_per_char,
+            summary.update({bits_key(ema_val.unit): ema_val.bits_per_char, "val_nats": ema_val.nats_per_char,
                             "val_kind": ema_val.kind, "val_windows": ema_val.windows,
                             "val_details": ema_val.details})
             if t.final_eval_raw:
                 raw_val = self.evaluate(full, self.model)
-                summary.update({"val_bpc_raw": raw_val.bits_per_char, "val_nats_raw": raw_val.nats_per_char})
+                summary.update({bits_key(raw_val.unit) + "_raw": raw_val.bits_per_char,
+                                "val_nats_raw": raw_val.nats_per_char})
             write_json(self.run_dir / "final.json", summary)
         return summary
 
     def _log_metrics(self, row: dict[str, Any]) -> None:
         with open(self.run_dir / "metrics.jsonl", "a", encoding="utf-8") as f:
             f.write(json.dumps(row) + "\n")
+
+
+def bits_key(unit: str) -> str:
+    """Metric name of a validation number: ``val_bpc`` (bits per character) or ``val_bpd`` (per dimension)."""
+    return "val_bpc" if unit == "char" else "val_bpd"
 
 
 def write_json_lines(path: Path, lines: list[str]) -> None:

@@ -156,6 +156,23 @@ def gaussian_prior_kl(x0: torch.Tensor, abar_one: torch.Tensor) -> torch.Tensor:
     return 0.5 * (a * x0.pow(2) + (1.0 - a) - 1.0 - torch.log1p(-a)).sum(-1)
 
 
+def diffusion_term_weights(schedule: NoiseSchedule, u: torch.Tensor, timesteps: int,
+                           t_min: float) -> tuple[torch.Tensor, torch.Tensor]:
+    r"""Times t and weights for a one-sample estimate of the diffusion term of the VDM bound (Kingma et al.
+    2021), from uniforms ``u``: the term is ``weight * ||x0 - x0_hat(x_t, t)||^2`` (summed over dimensions).
+
+    Discrete T (Eq. 13): sum over i = 2..T of 1/2 (SNR(s_i) - SNR(t_i)) ||.||^2 with s_i = (i - 1)/T; one
+    i drawn uniformly, so the weight carries the factor T - 1. (Step 1 is the reconstruction term's.)
+    Continuous time (Eq. 17): 1/2 E_t[-SNR'(t) ||.||^2] for t uniform on [t_min, 1].
+    Shared by every Gaussian method so their bounds are the same estimator."""
+    if timesteps:
+        i = torch.floor(u * (timesteps - 1)) + 2.0
+        t, s = i / timesteps, (i - 1.0) / timesteps
+        return t, (timesteps - 1) * 0.5 * (schedule.snr(s) - schedule.snr(t))
+    t = t_min + (1.0 - t_min) * u
+    return t, 0.5 * (1.0 - t_min) * -schedule.snr_derivative(t)
+
+
 # ---- sampling ---------------------------------------------------------------------------------------
 SAMPLERS = ("ddpm", "ddim")
 

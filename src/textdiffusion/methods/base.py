@@ -16,7 +16,7 @@ from typing import Any, ClassVar
 import torch
 import torch.nn.functional as F
 
-from textdiffusion.config import ConfigError, MethodConfig, ModelConfig
+from textdiffusion.config import Config, ConfigError, MethodConfig, ModelConfig
 from textdiffusion.data.tokenizer import Tokenizer
 from textdiffusion.nn.transformer import Transformer
 
@@ -59,8 +59,9 @@ class NLLResult:
     nats_per_char: float
     kind: str
     windows: int
-    chars: int
+    chars: int  # the denominator: characters, or pixel dimensions when unit == "dim"
     details: dict[str, Any] = field(default_factory=dict)
+    unit: str = "char"  # "char" for text; "dim" for images (then the numbers are per pixel dimension)
 
     @property
     def bits_per_char(self) -> float:
@@ -87,10 +88,17 @@ class Method(ABC):
     samplers: ClassVar[tuple[str, ...]]
     likelihood_kind: ClassVar[str]
 
+    unit: ClassVar[str] = "char"  # what likelihoods are divided by
+
     def __init__(self, cfg: MethodConfig, model_cfg: ModelConfig, tokenizer: Tokenizer):
         self.cfg = cfg
         self.model_cfg = model_cfg
         self.tok = tokenizer
+
+    @classmethod
+    def from_config(cls, cfg: Config, vocab: Any) -> Method:
+        """Build from a whole run config and what the data defines (a tokenizer for text methods)."""
+        return cls(cfg.method, cfg.model, vocab)
 
     # ---- shape of the problem -------------------------------------------------------------------
     @property

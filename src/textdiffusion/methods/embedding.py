@@ -49,6 +49,7 @@ from textdiffusion.diffusion.gaussian import (
     SCHEDULES,
     TARGETS,
     GaussianSampler,
+    diffusion_term_weights,
     eps_from_x0,
     gaussian_prior_kl,
     make_noise_schedule,
@@ -286,14 +287,7 @@ class EmbeddingDiffusion(Method):
     def _diffusion_nats(self, model: EmbeddingDenoiser, x0: torch.Tensor, u: torch.Tensor,
                         gen: torch.Generator) -> torch.Tensor:
         """One-sample estimate of the diffusion term per window, at times drawn from uniforms ``u``."""
-        T = self.cfg.timesteps
-        if T:  # sum over i = 2..T of 1/2 (SNR(s) - SNR(t)) ||x0 - x0_hat||^2, i drawn uniformly
-            i = torch.floor(u * (T - 1)) + 2.0
-            t, s = i / T, (i - 1.0) / T
-            weight = (T - 1) * 0.5 * (self.schedule.snr(s) - self.schedule.snr(t))
-        else:  # t uniform on [t_min, 1]: 1/2 (1 - t_min) (-SNR'(t)) ||x0 - x0_hat||^2
-            t = self.t_min + (1.0 - self.t_min) * u
-            weight = 0.5 * (1.0 - self.t_min) * -self.schedule.snr_derivative(t)
+        t, weight = diffusion_term_weights(self.schedule, u, self.cfg.timesteps, self.t_min)
         abar = self.schedule.alpha_bar(t)
         x_t = q_sample(x0, abar, torch.randn(x0.shape, generator=gen, device=x0.device))
         x0_prev = self._self_condition(model, x_t, t) if self.cfg.self_condition else None

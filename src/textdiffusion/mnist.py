@@ -1,0 +1,212 @@
+"""``textdiffusion mnist ...``: image diffusion, run through the same trainer and run directories as text.
+
+Training is :func:`textdiffusion.train.run_training` with ``--method image``; this module adds what is
+particular to pictures: writing sample grids, denoising strips and GIFs (:func:`sample_images`), scoring
+samples with FID and class accuracy in a trained classifier's feature space (:func:`evaluate_images`) and
+the offline-capable demo (:func:`run_demo`).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from textdiffusion.checkpoint import CheckpointError, write_json
+from textdiffusion.config import ConfigError, make_config
+from textdiffusion.data.corpus import DataError, data_dir
+from textdiffusion.methods.image import ImageDiffusion, ImageRequest, to_unit_range
+from textdiffusion.runs import LoadedRun, open_run
+from textdiffusion.viz.images import ReverseProcessRecorder, save_grid
+
+DEMO_STEPS = 1500
+
+
+def open_image_run(path: str | Path, weights: str = "ema", device: str = "auto",
+                   overrides: list[str] | None = None) -> LoadedRun:
+    run = open_run(path, weights=weights, device=device, overrides=overrides)
+    if not isinstance(run.method, ImageDiffusion):
+        raise CheckpointError(f"{path} is a {run.cfg.method.name} (text) run; use `textdiffusion sample` for it")
+    return run
+
+
+def _labels_for(method: ImageDiffusion, n: int, digit: int | None) -> list[int] | None:
+    if digit is not None:
+        return [digit] * n
+    if method.conditional:  # a balanced set: 0, 1, ..., 9, 0, 1, ...
+        return [i % method.spec.num_classes for i in range(n)]
+    return None
+
+
+def sample_images(run_dir: str | Path, out: str | Path | None = None, n: int = 0, digit: int | None = None,
+                  sampler: str = "", steps: int = 0, eta: float | None = None, guidance: float | None = None,
+                  seed: int = 0, device: str = "auto", weights: str = "ema", strip_rows: int = 6,
+                  gif: bool = True) -> dict[str, Any]:
+    """Generate and write ``samples.png`` (a row per digit for a class-conditional model), ``denoising.png``
+    (x_t at evenly spaced t for the first ``strip_rows`` samples) and ``reverse.gif`` into ``out``."""
+    run = open_image_run(run_dir, weights=weights, device=device)
+    method: ImageDiffusion = run.method  # type: ignore[assignment]
+    k = method.spec.num_classes
+    per_class = method.conditional and digit is None
+    n = n or (8 * k if per_class else 64)
+    labels = _labels_for(method, n, digit)
+    if per_class:  # one row per digit: order the batch digit-major
+        labels = sorted(labels or [])
+    out_dir = Path(out) if out else run.path / "samples"
+    recorder = ReverseProcessRecorder(keep=max(strip_rows, 16))
+    gen = torch.Generator(device=run.device).manual_seed(seed)
+    tic = time.perf_counter()
+    res = method.sample(run.model, ImageRequest(n=n, labels=labels, sampler=sampler, steps=steps, eta=eta,
+                                                guidance=guidance), gen, recorder)
+    seconds = time.perf_counter() - tic
+    nrow = n // k if per_class else 8
+    row_labels = [str(d) for d in range(k)] if per_class else None
+    written = {"grid": str(save_grid(res.images, out_dir / "samples.png", nrow=nrow, row_labels=row_labels))}
+    keep = recorder.x_t[0].shape[0]
+    rows = min(strip_rows, keep)
+    recorder.x_t = [x[:rows] for x in recorder.x_t]
+    written["strip"] = str(recorder.save_strip(out_dir / "denoising.png"))
+    if gif:
+        written["gif"] = str(recorder.save_gif(out_dir / "reverse.gif", nrow=rows))
+    return {"n": n, "seconds": seconds, "seconds_per_image": seconds / n, "nfe": res.nfe, **res.info,
+            "files": written}
+
+
+# ---- evaluation: FID and class accuracy in a trained classifier's feature space --------------------------
+def _data_key(data: Any) -> str:
+    if getattr(data, "sha256", None):
+        return f"{data.name}-{data.sha256[:16]}"
+    import hashlib
+
+    h = hashlib.sha256(data.x_train.numpy().tobytes()).hexdigest()
+    return f"{data.name}-{h[:16]}"
+
+
+def classifier_for_data(data: Any, device: torch.device, progress: bool = True):
+    """The evaluation classifier for this dataset: trained once (a minute or two on a CPU) and cached in the
+    data directory, keyed by the data's fingerprint."""
+    from textdiffusion.image_metrics import classifier_for, train_classifier
+
+    def train():
+        if progress:
+            print("training the evaluation classifier once (cached afterwards) ...", file=sys.stderr)
+        return train_classifier(data.x_train, data.y_train, data.x_test, data.y_test, device=device,
+                                progress=progress, num_classes=data.num_classes)
+
+    return classifier_for(_data_key(data), train, data_dir(), {"data": data.record()})
+
+
+def evaluate_images(run_dir: str | Path, samples: int = 1000, sampler: str = "", steps: int = 0,
+                    eta: float | None = None, guidance: float | None = None, seed: int = 0, device: str = "auto",
+                    batch_size: int = 500, progress: bool = True, write: bool = True) -> dict[str, Any]:
+    """FID (generated vs the test set, in the classifier's feature space), the classifier's accuracy on the
+    digits it was asked for (class-conditional runs), and the sampling time per image.
+
+    Appends the row to ``RUN/evals.jsonl`` and writes it as ``RUN/eval.json``."""
+    from textdiffusion.data.images import load_images
+    from textdiffusion.image_metrics import fid_and_accuracy
+
+    run = open_image_run(run_dir, device=device)
+    method: ImageDiffusion = run.method  # type: ignore[assignment]
+    data = load_images(run.cfg.data.corpus)
+    if data.image_size != method.spec.size:
+        raise DataError(f"the run was trained on {method.spec.size}x{method.spec.size} images but "
+                        f"{run.cfg.data.corpus} holds {data.image_size}x{data.image_size}")
+    clf, clf_info = classifier_for_data(data, run.device, progress)
+    labels = _labels_for(method, samples, None)
+    gen = torch.Generator(device=run.device).manual_seed(seed)
+    images, seconds, info, nfe = [], 0.0, {}, 0.0
+    for start in range(0, samples, batch_size):
+        part = labels[start: start + batch_size] if labels else None
+        m = min(batch_size, samples - start)
+        tic = time.perf_counter()
+        res = method.sample(run.model, ImageRequest(n=m, labels=part, sampler=sampler, steps=steps, eta=eta,
+                                                    guidance=guidance), gen)
+        if run.device.type == "cuda":
+            torch.cuda.synchronize()
+        seconds += time.perf_counter() - tic
+        images.append(res.images.cpu())
+        info, nfe = res.info, res.nfe
+        if progress:
+            print(f"  sampled {start + m}/{samples}", file=sys.stderr)
+    generated = torch.cat(images)
+    reference = to_unit_range(data.x_test)[:, :, :, :]
+    scores = fid_and_accuracy(clf.to(run.device), generated.to(run.device), reference.to(run.device),
+                              torch.tensor(labels) if labels else None)
+    row = {"run": str(run.path), "step": run.step, "samples": samples, "seed": seed, **info, "nfe": nfe,
+           **scores, "classifier_test_accuracy": clf_info.get("test_accuracy"),
+           "seconds": seconds, "seconds_per_image": seconds / samples, "device": str(run.device),
+           "data": data.record()["source"], "offline_fallback": data.offline_fallback,
+           "fid_feature_space": "penultimate layer of the evaluation classifier (FID computed there, not in "
+                                "Inception features: compare only within this project)"}
+    if write:
+        write_json(run.path / "eval.json", row)
+        with open(run.path / "evals.jsonl", "a", encoding="utf-8") as f:
+            f.write(json.dumps(row) + "\n")
+    return row
+
+
+def format_eval(row: dict[str, Any]) -> str:
+    acc = row.get("class_accuracy")
+    acc_text = f"{acc:.4f}" if acc is not None else "n/a (unconditional)"
+    lines = [
+        f"{row['sampler']} {row['steps']} steps" + (f", guidance {row['guidance']:g}" if row.get("guidance") is not None
+                                                    else "") + f", {row['samples']} samples",
+        f"  FID (classifier features) {row['fid']:.3f}",
+        f"  class accuracy            {acc_text}",
+        f"  classifier test accuracy  {row['classifier_test_accuracy']:.4f}",
+        f"  sampling                  {row['seconds_per_image'] * 1000:.1f} ms/image on {row['device']}",
+    ]
+    return "\n".join(lines)
+
+
+# ---- demo ----------------------------------------------------------------------------------------------
+def resolve_demo_data(data: str) -> tuple[str, str | None]:
+    """MNIST if it can be found or downloaded, else the offline 8x8 digits (and why)."""
+    from textdiffusion.data.images import load_images
+
+    if data != "mnist":
+        return data, None
+    try:
+        load_images("mnist")
+        return "mnist", None
+    except DataError as e:
+        return "digits", str(e)
+
+
+def run_demo(steps: int | None = None, data: str = "mnist", run_dir: str | None = None, preset: str = "cpu") -> int:
+    from textdiffusion.train import default_run_dir, run_training
+
+    source, why = resolve_demo_data(data)
+    if why:
+        print(f"MNIST is not available ({why.split(';')[0]}); using scikit-learn's 8x8 digits instead "
+              f"(offline fallback, recorded in the run's config)", file=sys.stderr)
+    overrides = [f"data.corpus={source}", f"train.steps={steps or DEMO_STEPS}", "train.final_eval_windows=500"]
+    if source == "digits":
+        overrides.append("unet.channel_mult=1,2")
+    cfg = make_config("image", preset, overrides)
+    rd = Path(run_dir) if run_dir else default_run_dir(cfg)
+    print(f"Training a class-conditional DDPM U-Net on {source} for {cfg.train.steps} steps "
+          f"({cfg.train.batch_size} images per step); Ctrl-C stops early and keeps the checkpoint.", file=sys.stderr)
+    summary = run_training(cfg, rd)
+    if summary.get("interrupted"):
+        print(f"stopped; continue with: textdiffusion mnist train --resume {rd}", file=sys.stderr)
+        return 130
+    result = sample_images(rd, sampler="ddim", steps=100)
+    print(f"\nsamples (a row per digit, DDIM 100 steps): {result['files']['grid']}\n"
+          f"denoising strip: {result['files']['strip']}\nreverse process: {result['files']['gif']}")
+    if "val_bpd" in summary:
+        print(f"validation: {summary['val_bpd']:.3f} bits/dim (an upper bound) on {summary['val_windows']} "
+              f"test images", file=sys.stderr)
+    print(f"\nrun directory: {rd}\n  more samples: textdiffusion mnist sample {rd} --digit 7 --guidance 3\n"
+          f"  evaluate:     textdiffusion mnist eval {rd} --samples 1000 --steps 50", file=sys.stderr)
+    return 0
+
+
+def check_digit(digit: int | None) -> None:
+    if digit is not None and not 0 <= digit <= 9:
+        raise ConfigError(f"--digit must be 0..9, got {digit}")
