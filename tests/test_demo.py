@@ -34,3 +34,24 @@ def test_demo_rejects_nonsense_flags(bad, capsys):
     with pytest.raises(SystemExit) as e:
         main(["demo", *bad])
     assert e.value.code == 2
+
+
+def test_mnist_demo_falls_back_to_the_offline_digits(tmp_path, monkeypatch, capsys):
+    import json
+
+    from textdiffusion.data import images as images_mod
+
+    monkeypatch.setenv("TEXTDIFFUSION_DATA", str(tmp_path / "empty"))
+
+    def offline(url):
+        raise OSError("no network")
+
+    monkeypatch.setattr(images_mod, "_fetch", offline)
+    rd = tmp_path / "mnist-demo"
+    assert main(["mnist", "demo", "--preset", "tiny", "--steps", "10", "--run-dir", str(rd)]) == 0
+    captured = capsys.readouterr()
+    assert "offline fallback" in captured.err and "samples" in captured.out
+    corpus = json.loads((rd / "config.json").read_text())["corpus"]
+    assert corpus["name"] == "digits" and corpus["offline_fallback"] is True and corpus["image_size"] == 8
+    for name in ("samples.png", "denoising.png", "reverse.gif"):
+        assert (rd / "samples" / name).stat().st_size > 0

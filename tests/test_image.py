@@ -186,7 +186,8 @@ def test_mnist_cli_sample_writes_grid_strip_and_gif(image_run: Path, tmp_path, c
         arr = np.asarray(grid)
         assert arr.std() > 0  # not blank
     with Image.open(out / "denoising.png") as strip:
-        assert strip.size[0] > strip.size[1]  # time runs left to right
+        # ten time columns (noise to sample) by one row per digit, 28 px + 2 px padding, scaled 3x
+        assert strip.size == ((10 * 30 + 2) * 3, (10 * 30 + 2) * 3)
     with Image.open(out / "reverse.gif") as gif:
         assert gif.n_frames > 5
     assert main(["mnist", "sample", str(image_run), "--out", str(out), "--digit", "3", "--n", "4", "--steps",
@@ -209,12 +210,13 @@ def test_mnist_eval_reports_fid_and_class_accuracy(image_run: Path, tmp_path, mo
     from textdiffusion.image_metrics import classifier_for, train_classifier
     from textdiffusion.mnist import _data_key, evaluate_images
 
-    monkeypatch.setenv("TEXTDIFFUSION_DATA", str(tmp_path))  # the classifier cache goes here, not shared data
+    monkeypatch.setenv("TEXTDIFFUSION_CACHE", str(tmp_path))  # the classifier cache goes here
     cfg = json.loads((image_run / "config.json").read_text())["config"]
     data = load_images(cfg["data"]["corpus"])
     quick = lambda: train_classifier(data.x_train, data.y_train, data.x_test, data.y_test,  # noqa: E731
                                      steps=20, batch_size=64, progress=False)
-    classifier_for(_data_key(data), quick, tmp_path, {"note": "test"})  # pre-fill the cache: no long training
+    # pre-fill the cache, so the evaluation does not train the full classifier
+    classifier_for(_data_key(data), quick, tmp_path / "classifiers", {"note": "test"})
     row = evaluate_images(image_run, samples=20, sampler="ddim", steps=5, batch_size=10, progress=False)
     assert row["fid"] > 0 and 0.0 <= row["class_accuracy"] <= 1.0 and row["samples"] == 20
     assert 0.0 < row["classifier_test_accuracy"] <= 1.0 and row["steps"] == 5

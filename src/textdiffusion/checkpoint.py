@@ -44,6 +44,9 @@ def _atomic(path: Path, write) -> None:
         write(tmp)
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
+        mask = os.umask(0)
+        os.umask(mask)
+        os.chmod(tmp, 0o666 & ~mask)  # mkstemp makes 0600 files; a run directory should be shareable
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

@@ -18,7 +18,7 @@ import torch
 
 from textdiffusion.checkpoint import CheckpointError, write_json
 from textdiffusion.config import ConfigError, make_config
-from textdiffusion.data.corpus import DataError, data_dir
+from textdiffusion.data.corpus import DataError, cache_dir
 from textdiffusion.methods.image import ImageDiffusion, ImageRequest, to_unit_range
 from textdiffusion.runs import LoadedRun, open_run
 from textdiffusion.viz.images import ReverseProcessRecorder, save_grid
@@ -44,7 +44,7 @@ def _labels_for(method: ImageDiffusion, n: int, digit: int | None) -> list[int] 
 
 def sample_images(run_dir: str | Path, out: str | Path | None = None, n: int = 0, digit: int | None = None,
                   sampler: str = "", steps: int = 0, eta: float | None = None, guidance: float | None = None,
-                  seed: int = 0, device: str = "auto", weights: str = "ema", strip_rows: int = 6,
+                  seed: int = 0, device: str = "auto", weights: str = "ema", strip_rows: int = 10,
                   gif: bool = True) -> dict[str, Any]:
     """Generate and write ``samples.png`` (a row per digit for a class-conditional model), ``denoising.png``
     (x_t at evenly spaced t for the first ``strip_rows`` samples) and ``reverse.gif`` into ``out``."""
@@ -57,21 +57,21 @@ def sample_images(run_dir: str | Path, out: str | Path | None = None, n: int = 0
     if per_class:  # one row per digit: order the batch digit-major
         labels = sorted(labels or [])
     out_dir = Path(out) if out else run.path / "samples"
-    recorder = ReverseProcessRecorder(keep=max(strip_rows, 16))
+    per_row = n // k if per_class else 1
+    # the strip shows different digits when there are rows per digit: the first sample of each row
+    indices = [d * per_row for d in range(min(strip_rows, k))] if per_class else list(range(min(strip_rows, n)))
+    recorder = ReverseProcessRecorder(indices=indices)
     gen = torch.Generator(device=run.device).manual_seed(seed)
     tic = time.perf_counter()
     res = method.sample(run.model, ImageRequest(n=n, labels=labels, sampler=sampler, steps=steps, eta=eta,
                                                 guidance=guidance), gen, recorder)
     seconds = time.perf_counter() - tic
-    nrow = n // k if per_class else 8
+    nrow = per_row if per_class else 8
     row_labels = [str(d) for d in range(k)] if per_class else None
     written = {"grid": str(save_grid(res.images, out_dir / "samples.png", nrow=nrow, row_labels=row_labels))}
-    keep = recorder.x_t[0].shape[0]
-    rows = min(strip_rows, keep)
-    recorder.x_t = [x[:rows] for x in recorder.x_t]
     written["strip"] = str(recorder.save_strip(out_dir / "denoising.png"))
     if gif:
-        written["gif"] = str(recorder.save_gif(out_dir / "reverse.gif", nrow=rows))
+        written["gif"] = str(recorder.save_gif(out_dir / "reverse.gif", nrow=len(indices)))
     return {"n": n, "seconds": seconds, "seconds_per_image": seconds / n, "nfe": res.nfe, **res.info,
             "files": written}
 
@@ -87,8 +87,8 @@ def _data_key(data: Any) -> str:
 
 
 def classifier_for_data(data: Any, device: torch.device, progress: bool = True):
-    """The evaluation classifier for this dataset: trained once (a minute or two on a CPU) and cached in the
-    data directory, keyed by the data's fingerprint."""
+    """The evaluation classifier for this dataset: trained once (minutes on a CPU) and cached under
+    ``$TEXTDIFFUSION_CACHE/classifiers`` (default ~/.cache/textdiffusion), keyed by the data's fingerprint."""
     from textdiffusion.image_metrics import classifier_for, train_classifier
 
     def train():
@@ -97,7 +97,7 @@ def classifier_for_data(data: Any, device: torch.device, progress: bool = True):
         return train_classifier(data.x_train, data.y_train, data.x_test, data.y_test, device=device,
                                 progress=progress, num_classes=data.num_classes)
 
-    return classifier_for(_data_key(data), train, data_dir(), {"data": data.record()})
+    return classifier_for(_data_key(data), train, cache_dir() / "classifiers", {"data": data.record()})
 
 
 def evaluate_images(run_dir: str | Path, samples: int = 1000, sampler: str = "", steps: int = 0,

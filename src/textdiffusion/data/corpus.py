@@ -47,6 +47,16 @@ def data_dir() -> Path:
     return Path(cache) / "textdiffusion"
 
 
+def cache_dir() -> Path:
+    """Where derived artefacts (e.g. the evaluation classifier) are kept: ``$TEXTDIFFUSION_CACHE`` or
+    ``~/.cache/textdiffusion``. Separate from the data directory, which may be read-only or shared."""
+    env = os.environ.get("TEXTDIFFUSION_CACHE")
+    if env:
+        return Path(env).expanduser()
+    cache = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(cache) / "textdiffusion"
+
+
 def sha256_of(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:

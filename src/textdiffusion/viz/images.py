@@ -49,6 +49,12 @@ def _to_image(arr: np.ndarray, scale: int) -> Image.Image:
     return img.resize((arr.shape[1] * scale, arr.shape[0] * scale), Image.NEAREST) if scale > 1 else img
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def _save_atomic(path: Path, save: Any) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -56,6 +62,7 @@ def _save_atomic(path: Path, save: Any) -> Path:
     os.close(fd)
     try:
         save(tmp)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600 files; give the usual permissions
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -83,18 +90,22 @@ def save_grid(images: torch.Tensor | np.ndarray, path: Path, nrow: int = 8, scal
 
 class ReverseProcessRecorder:
     """An ``on_step`` callback for :meth:`ImageDiffusion.sample` that keeps x_t (and the model's x0
-    estimate) after every step (step 0 is the starting noise), for the strip and the GIF. Keeps the first
-    ``keep`` samples only."""
+    estimate) after every step (step 0 is the starting noise), for the strip and the GIF."""
 
-    def __init__(self, keep: int = 8):
+    def __init__(self, keep: int = 8, indices: Sequence[int] | None = None):
+        """Keep samples ``indices`` (e.g. one per digit), else the first ``keep``."""
+        self.index = torch.tensor(list(indices)) if indices is not None else None
         self.keep = keep
         self.x_t: list[np.ndarray] = []
         self.x0: list[np.ndarray] = []
         self.t: list[float] = []
 
+    def _pick(self, x: torch.Tensor) -> np.ndarray:
+        return _as_uint8(x[self.index.to(x.device)] if self.index is not None else x[: self.keep])
+
     def __call__(self, step: int, x_t: torch.Tensor, x0_hat: torch.Tensor, info: dict[str, Any]) -> None:
-        self.x_t.append(_as_uint8(x_t[: self.keep]))
-        self.x0.append(_as_uint8(x0_hat[: self.keep]))
+        self.x_t.append(self._pick(x_t))
+        self.x0.append(self._pick(x0_hat))
         self.t.append(float(info.get("t", 0.0)))
 
     def frame_indices(self, columns: int) -> list[int]:
