@@ -1,7 +1,7 @@
 """Image-model metrics: FID in a small MNIST classifier's feature space, and class-conditional accuracy.
 
 Fréchet Inception Distance (Heusel et al. 2017, "GANs Trained by a Two Time-Scale Update Rule Converge to a
-Local Nash Equilibrium", eq. 6) fits a Gaussian to the features of real and of generated images and reports
+Local Nash Equilibrium") fits a Gaussian to the features of real and of generated images and reports
 the Fréchet (2-Wasserstein) distance between the two Gaussians (Dowson & Landau 1982)::
 
     d^2 = ||mu_a - mu_b||^2 + Tr(S_a + S_b - 2 (S_a S_b)^{1/2})
@@ -36,9 +36,9 @@ WEIGHTS_FILE = "classifier.safetensors"
 META_FILE = "classifier.json"
 FORMAT = "textdiffusion-digit-classifier-v1"
 
-# The default budget: ~4 epochs of MNIST at batch 128, about two minutes on two CPU cores (see
-# benchmarks/mnist_classifier.py for the measured time and accuracy).
-DEFAULT_STEPS = 2000
+# The default budget: 1500 x 128 images, 3.2 epochs of MNIST (see benchmarks/mnist_classifier.py for the
+# measured time and accuracy).
+DEFAULT_STEPS = 1500
 DEFAULT_BATCH_SIZE = 128
 DEFAULT_LR = 3e-3
 
@@ -54,7 +54,7 @@ def _psd_sqrt(mat: Tensor) -> Tensor:
 def frechet_distance(feats_a: Tensor, feats_b: Tensor) -> float:
     """Fréchet distance between Gaussians fitted to two feature sets ``(N_a, F)`` and ``(N_b, F)``.
 
-    Heusel et al. 2017, eq. 6. Covariances are the unbiased sample estimates (divide by N - 1), as in the
+    Heusel et al. 2017. Covariances are the unbiased sample estimates (divide by N - 1), as in the
     reference implementation. ``Tr (S_a S_b)^{1/2}`` is computed as the sum of square roots of the eigenvalues
     of ``S_a^{1/2} S_b S_a^{1/2}``: that matrix is similar to ``S_a S_b`` (so has the same spectrum) but is
     symmetric PSD, so ``eigh`` applies and the result is real, and it stays well defined when the

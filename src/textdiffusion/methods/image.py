@@ -241,9 +241,9 @@ class ImageDiffusion(Method):
             "diffusion_nats_per_dim": dif / dims, "stderr_nats": stderr, "time_samples_per_image": K,
             "denoising_mse": sum(mse) / len(mse), "seed": self.cfg.eval_seed, "schedule": self.schedule.name,
             "conditional_on_label": self.conditional,
-            "note": "VDM variational bound on the 8-bit pixels (an upper bound on -log P, per dimension); "
-                    "denoising_mse is the training loss at uniform t, not a likelihood"
-                    + (", conditioned on the true label" if self.conditional else ""),
+            "note": "VDM variational bound on the 8-bit pixels (an upper bound on -log P, per dimension"
+                    + (", conditioned on the true label" if self.conditional else "")
+                    + "); denoising_mse is the training loss at uniform t, not a likelihood",
         }
         return NLLResult(nats_per_char=(rec + pri + dif) / dims, kind="bound", windows=n, chars=dims,
                          details=details, unit="dim")
