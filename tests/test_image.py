@@ -222,3 +222,28 @@ def test_mnist_eval_reports_fid_and_class_accuracy(image_run: Path, tmp_path, mo
     assert 0.0 < row["classifier_test_accuracy"] <= 1.0 and row["steps"] == 5
     saved = json.loads((image_run / "eval.json").read_text())
     assert saved["fid"] == row["fid"]
+
+
+@pytest.mark.parametrize("target", ["eps", "x0", "v"])
+@pytest.mark.parametrize("schedule", ["linear", "cosine"])
+def test_every_target_and_schedule_trains_and_samples(target, schedule):
+    method, net = _method(**{"method.target": target, "method.noise_schedule": schedule})
+    gen = torch.Generator().manual_seed(0)
+    batch = ImageBatch(torch.randint(0, 256, (4, 28, 28), dtype=torch.uint8), torch.tensor([0, 1, 2, 3]))
+    loss = method.loss(net, batch, gen)
+    loss.backward()
+    assert torch.isfinite(loss) and any(p.grad is not None and p.grad.abs().sum() > 0 for p in net.parameters())
+    net.eval()
+    res = method.sample(net, ImageRequest(n=2, labels=[3, 4], sampler="ddim", steps=4), gen)
+    assert res.images.shape == (2, 1, 28, 28) and res.images.abs().max() <= 1.0
+
+
+def test_x0_clipping_is_a_sampling_option(image_run: Path):
+    gen = lambda: torch.Generator().manual_seed(2)  # noqa: E731
+    req = ImageRequest(n=2, labels=[0, 1], sampler="ddim", steps=6)
+    clipped = open_run(image_run)
+    raw = open_run(image_run, overrides=["method.clamp=false"])
+    a = clipped.method.sample(clipped.model, req, gen())
+    b = raw.method.sample(raw.model, req, gen())
+    assert a.info["clip"] and not b.info["clip"]
+    assert not torch.equal(a.images, b.images)

@@ -182,7 +182,8 @@ def cmd_mnist_sample(args: argparse.Namespace) -> int:
     check_digit(args.digit)
     res = sample_images(args.run_dir, out=args.out, n=args.n or 0, digit=args.digit, sampler=args.sampler or "",
                         steps=args.steps or 0, eta=args.eta, guidance=args.guidance, seed=args.seed,
-                        device=args.device, weights=args.weights, gif=not args.no_gif)
+                        device=args.device, weights=args.weights, gif=not args.no_gif,
+                        overrides=[item for group in args.overrides for item in group])
     for kind, path in res["files"].items():
         print(f"{kind}: {path}")
     print(f"[{res['n']} images, sampler {res['sampler']} {res['steps']} steps, {res['nfe']:g} network evaluations "
@@ -194,7 +195,8 @@ def cmd_mnist_eval(args: argparse.Namespace) -> int:
     from textdiffusion.mnist import evaluate_images, format_eval
 
     row = evaluate_images(args.run_dir, samples=args.samples, sampler=args.sampler or "", steps=args.steps or 0,
-                          eta=args.eta, guidance=args.guidance, seed=args.seed, device=args.device)
+                          eta=args.eta, guidance=args.guidance, seed=args.seed, device=args.device,
+                          overrides=[item for group in args.overrides for item in group])
     print(format_eval(row))
     print(f"wrote {Path(args.run_dir) / 'eval.json'} (and appended to evals.jsonl)")
     return 0
@@ -236,6 +238,8 @@ def _mnist_parser(sub) -> None:
     s.add_argument("--device", default="auto")
     s.add_argument("--weights", choices=("ema", "model"), default="ema")
     s.add_argument("--no-gif", action="store_true")
+    s.add_argument("--set", dest="overrides", action="append", nargs="+", default=[], metavar="KEY=VALUE",
+                   help="sampling options, e.g. --set method.clamp=false (no x0 clipping)")
     s.set_defaults(func=cmd_mnist_sample)
 
     e = msub.add_parser("eval", help="FID and class accuracy in a trained classifier's feature space")
@@ -247,6 +251,8 @@ def _mnist_parser(sub) -> None:
     e.add_argument("--guidance", type=float)
     e.add_argument("--seed", type=int, default=0)
     e.add_argument("--device", default="auto")
+    e.add_argument("--set", dest="overrides", action="append", nargs="+", default=[], metavar="KEY=VALUE",
+                   help="sampling options, e.g. --set method.clamp=false (no x0 clipping)")
     e.set_defaults(func=cmd_mnist_eval)
 
     d = msub.add_parser("demo", help="train a small class-conditional model and write its samples (CPU minutes)")

@@ -201,7 +201,7 @@ METHOD_PRESETS: dict[tuple[str, str], dict[str, dict[str, Any]]] = {
     **{("image", p): {
         "data": {"corpus": "mnist"},
         "method": {"noise_schedule": "linear", "timesteps": 1000, "target": "eps", "sampler": "ddpm",
-                   "eval_time_samples": 4},
+                   "eval_time_samples": 4, "clamp": True},  # clamp = clip x0_hat to the pixel range
         "train": {"weight_decay": 0.0, **extra_train},
         "unet": unet,
     } for p, unet, extra_train in (

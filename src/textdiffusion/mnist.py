@@ -45,10 +45,10 @@ def _labels_for(method: ImageDiffusion, n: int, digit: int | None) -> list[int] 
 def sample_images(run_dir: str | Path, out: str | Path | None = None, n: int = 0, digit: int | None = None,
                   sampler: str = "", steps: int = 0, eta: float | None = None, guidance: float | None = None,
                   seed: int = 0, device: str = "auto", weights: str = "ema", strip_rows: int = 10,
-                  gif: bool = True) -> dict[str, Any]:
+                  gif: bool = True, overrides: list[str] | None = None) -> dict[str, Any]:
     """Generate and write ``samples.png`` (a row per digit for a class-conditional model), ``denoising.png``
     (x_t at evenly spaced t for the first ``strip_rows`` samples) and ``reverse.gif`` into ``out``."""
-    run = open_image_run(run_dir, weights=weights, device=device)
+    run = open_image_run(run_dir, weights=weights, device=device, overrides=overrides)
     method: ImageDiffusion = run.method  # type: ignore[assignment]
     k = method.spec.num_classes
     per_class = method.conditional and digit is None
@@ -102,7 +102,8 @@ def classifier_for_data(data: Any, device: torch.device, progress: bool = True):
 
 def evaluate_images(run_dir: str | Path, samples: int = 1000, sampler: str = "", steps: int = 0,
                     eta: float | None = None, guidance: float | None = None, seed: int = 0, device: str = "auto",
-                    batch_size: int = 500, progress: bool = True, write: bool = True) -> dict[str, Any]:
+                    batch_size: int = 500, progress: bool = True, write: bool = True,
+                    overrides: list[str] | None = None) -> dict[str, Any]:
     """FID (generated vs the test set, in the classifier's feature space), the classifier's accuracy on the
     digits it was asked for (class-conditional runs), and the sampling time per image.
 
@@ -110,7 +111,7 @@ def evaluate_images(run_dir: str | Path, samples: int = 1000, sampler: str = "",
     from textdiffusion.data.images import load_images
     from textdiffusion.image_metrics import fid_and_accuracy
 
-    run = open_image_run(run_dir, device=device)
+    run = open_image_run(run_dir, device=device, overrides=overrides)
     method: ImageDiffusion = run.method  # type: ignore[assignment]
     data = load_images(run.cfg.data.corpus)
     if data.image_size != method.spec.size:

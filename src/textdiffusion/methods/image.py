@@ -304,14 +304,14 @@ class ImageDiffusion(Method):
                 x0_hat = (x - sd * eps_hat) / a
             else:
                 x0_hat, eps_hat = split_prediction(model(x, tt, labels).float(), x, abar, self.cfg.target)
-            # pixels live in [-1, 1]: clipping x0_hat (Ho et al. 2020's sampler) stops drift at high noise
-            clipped = x0_hat.clamp(-1.0, 1.0)
-            eps_hat = eps_from_x0(x, clipped, abar)
-            x = gs.step(x, clipped, eps_hat, t, s, generator)
-            x0_hat = clipped
+            if self.cfg.clamp:
+                # pixels live in [-1, 1]: clipping x0_hat (Ho et al. 2020's sampler) stops drift at high noise
+                x0_hat = x0_hat.clamp(-1.0, 1.0)
+                eps_hat = eps_from_x0(x, x0_hat, abar)
+            x = gs.step(x, x0_hat, eps_hat, t, s, generator)
             if on_step:
                 on_step(i + 1, x, x0_hat, {"t": s, "nfe": i + 1})
         nfe = len(gs.times()) * (2 if guided else 1)
-        info = {"sampler": sampler, "steps": steps, "eta": 1.0 if sampler == "ddpm" else eta,
+        info = {"sampler": sampler, "steps": steps, "eta": 1.0 if sampler == "ddpm" else eta, "clip": self.cfg.clamp,
                 "guidance": w if labels is not None else None}
         return ImageResult(x0_hat.clamp(-1.0, 1.0), labels, float(nfe), info)
