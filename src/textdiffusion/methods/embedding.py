@@ -56,6 +56,7 @@ from textdiffusion.diffusion.gaussian import (
     q_sample,
     split_prediction,
     training_target,
+    training_times,
 )
 from textdiffusion.diffusion.masking import stratified
 from textdiffusion.methods.base import (
@@ -192,13 +193,7 @@ class EmbeddingDiffusion(Method):
 
     # ---- training ----------------------------------------------------------------------------------
     def _sample_t(self, n: int, generator: torch.Generator, device: torch.device) -> torch.Tensor:
-        """Stratified uniform times (one offset per batch); on the grid {1/T, ..., 1} when T > 0."""
-        u = stratified(torch.rand(1, generator=generator, device=device), n)
-        u = u[torch.randperm(n, generator=generator, device=device)] if n > 1 else u
-        T = self.cfg.timesteps
-        if T:
-            return (torch.floor(u * T) + 1.0) / T
-        return (1.0 - u).clamp_min(self.t_min)
+        return training_times(n, self.cfg.timesteps, self.t_min, generator, device)
 
     def _denoise(self, model: EmbeddingDenoiser, x_t: torch.Tensor, t: torch.Tensor,
                  x0_prev: torch.Tensor | None,

@@ -52,6 +52,7 @@ from textdiffusion.diffusion.gaussian import (
     q_sample,
     split_prediction,
     training_target,
+    training_times,
 )
 from textdiffusion.diffusion.masking import stratified
 from textdiffusion.methods.base import Method, NLLResult, register
@@ -173,14 +174,7 @@ class ImageDiffusion(Method):
 
     # ---- training ----------------------------------------------------------------------------------
     def _sample_t(self, n: int, generator: torch.Generator, device: torch.device) -> torch.Tensor:
-        """Stratified uniform times on the training grid {1/T, ..., 1} (or [t_min, 1] in continuous time):
-        one random offset per batch lowers the variance of the batch loss at no cost."""
-        u = stratified(torch.rand(1, generator=generator, device=device), n)
-        u = u[torch.randperm(n, generator=generator, device=device)] if n > 1 else u
-        T = self.cfg.timesteps
-        if T:
-            return (torch.floor(u * T) + 1.0) / T
-        return (1.0 - u).clamp_min(self.t_min)
+        return training_times(n, self.cfg.timesteps, self.t_min, generator, device)
 
     def _train_labels(self, labels: torch.Tensor, generator: torch.Generator) -> torch.Tensor | None:
         if not self.conditional:
