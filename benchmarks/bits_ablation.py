@@ -12,13 +12,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import sys
 from pathlib import Path
 
-from common import machine, train
+from common import machine
 from cpu_ar_vs_masked import ROOT, write_section
-from embedding_table import evaluate, row_of, slug
+from embedding_table import evaluate, row_of, row_run
 
 BASE = "base (cosine, self-conditioning, x0, EMA)"
 ROWS: dict[str, tuple[list[str] | str, list[str]]] = {
@@ -49,6 +48,7 @@ def main() -> None:
     p.add_argument("--table", action="store_true")
     args = p.parse_args()
     path = Path(args.out) / "bits_ablation.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
     results = json.loads(path.read_text()) if path.exists() else {"rows": {}}
     results["machine"] = machine()
     if not args.table:
@@ -56,15 +56,7 @@ def main() -> None:
             if args.only is not None and name not in args.only:
                 continue
             print(f"== {name}", file=sys.stderr, flush=True)
-            if isinstance(training, str):
-                run_dir, info = Path(args.runs) / slug(training), None
-                command = f"(the run of '{training}') textdiffusion eval --set {' '.join(sampling)}"
-            else:
-                run_dir = Path(args.runs) / slug(name)
-                shutil.rmtree(run_dir, ignore_errors=True)
-                info = train("bits", "cpu", run_dir, args.steps,
-                             [*training, "train.final_eval_windows=128", "method.eval_time_samples=4"])
-                command = info["command"]
+            run_dir, info, command = row_run("bits", name, training, sampling, Path(args.runs), args.steps)
             ev = evaluate(run_dir, sampling, args.samples)
             row = row_of(name, ev, info, command)
             row["invalid_id_rate"] = ev["speed"].get("invalid_id_rate")

@@ -48,6 +48,25 @@ def slug(name: str) -> str:
     return "".join(c if c.isalnum() else "-" for c in name.lower()).strip("-")[:48]
 
 
+def row_run(method: str, name: str, training: list[str] | str, sampling: list[str], runs: Path, steps: int,
+            reuse: dict | None = None) -> tuple[Path, dict | None, str]:
+    """The run a table row is evaluated on: (run dir, training info or None, the command behind it).
+
+    ``training`` as a string names the row whose run is reused with other sampling options; as a list it is
+    the ``--set`` options of a fresh 2,000-step ``cpu`` training, unless ``reuse`` (the row's earlier
+    result) says to evaluate the run already on disk."""
+    if isinstance(training, str):
+        return runs / slug(training), None, f"(the run of '{training}') textdiffusion eval --set {' '.join(sampling)}"
+    run_dir = runs / slug(name)
+    if reuse is not None:
+        info = {"elapsed": reuse.get("train_s")} if reuse.get("train_s") else None
+        return run_dir, info, reuse.get("command", "")
+    shutil.rmtree(run_dir, ignore_errors=True)
+    info = train(method, "cpu", run_dir, steps, [*training, "train.final_eval_windows=128",
+                                                 "method.eval_time_samples=4"])
+    return run_dir, info, info["command"]
+
+
 def evaluate(run_dir: Path, sets: list[str], samples: int) -> dict:
     cmd = [sys.executable, "-m", "textdiffusion.cli", "eval", str(run_dir), "--samples", str(samples),
            "--val-windows", "128"]
@@ -93,20 +112,8 @@ def main() -> None:
             if args.only is not None and name not in args.only:
                 continue
             print(f"== {name}", file=sys.stderr, flush=True)
-            if isinstance(training, str):
-                run_dir, info = Path(args.runs) / slug(training), None
-                command = f"(the run of '{training}') textdiffusion eval --set {' '.join(sampling)}"
-            elif args.eval_only:
-                run_dir = Path(args.runs) / slug(name)
-                old = results["rows"].get(name, {})
-                info = {"elapsed": old.get("train_s")} if old.get("train_s") else None
-                command = old.get("command", "")
-            else:
-                run_dir = Path(args.runs) / slug(name)
-                shutil.rmtree(run_dir, ignore_errors=True)
-                info = train("embedding", "cpu", run_dir, args.steps,
-                             [*training, "train.final_eval_windows=128", "method.eval_time_samples=4"])
-                command = info["command"]
+            old = results["rows"].get(name, {}) if args.eval_only else None
+            run_dir, info, command = row_run("embedding", name, training, sampling, Path(args.runs), args.steps, old)
             results["rows"][name] = row_of(name, evaluate(run_dir, sampling, args.samples), info, command)
             path.write_text(json.dumps(results, indent=1))
         if args.guide:

@@ -135,7 +135,7 @@ def evaluate_images(run_dir: str | Path, samples: int = 1000, sampler: str = "",
         if progress:
             print(f"  sampled {start + m}/{samples}", file=sys.stderr)
     generated = torch.cat(images)
-    reference = to_unit_range(data.x_test)[:, :, :, :]
+    reference = to_unit_range(data.x_test)
     scores = fid_and_accuracy(clf.to(run.device), generated.to(run.device), reference.to(run.device),
                               torch.tensor(labels) if labels else None)
     row = {"run": str(run.path), "step": run.step, "samples": samples, "seed": seed, **info, "nfe": nfe,

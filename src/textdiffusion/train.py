@@ -124,7 +124,7 @@ class Trainer:
         torch.manual_seed(cfg.seed)
         saved = self.run_dir if resume else None
         self.source: Source = load_source(cfg, saved) if data is None else as_source(data, saved)
-        self.data = getattr(self.source, "data", data)
+        self.data = self.source.data  # the TextData / ImageData behind the source
         self.method, model = build(cfg, self.source.vocab)
         self.source.check(self.method)
         self.model = model.to(self.device)

@@ -22,6 +22,7 @@ from textdiffusion.data.tokenizer import load_tokenizer
 
 class Source(Protocol):
     unit: str  # "chars" or "images": names the throughput ("chars_per_s") and the counts
+    data: Any  # the loaded TextData or ImageData
     vocab: Any  # what the method is built from: a Tokenizer, or an ImageSpec
 
     def check(self, method: Any) -> None: ...

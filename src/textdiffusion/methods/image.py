@@ -285,7 +285,8 @@ class ImageDiffusion(Method):
         x0_hat = x
         if on_step:
             on_step(0, x, torch.zeros_like(x), {"t": 1.0, "nfe": 0})
-        for i, (t, s) in enumerate(gs.times()):
+        times = gs.times()
+        for i, (t, s) in enumerate(times):
             tt = torch.full((req.n,), t, device=dev)
             abar = self.schedule.alpha_bar(tt)
             if guided:
@@ -294,8 +295,7 @@ class ImageDiffusion(Method):
                 _, eps_c = split_prediction(out[: req.n], x, abar, self.cfg.target)
                 _, eps_u = split_prediction(out[req.n :], x, abar, self.cfg.target)
                 eps_hat = eps_u + w * (eps_c - eps_u)
-                a, sd = abar.sqrt().view(-1, 1, 1, 1), (1.0 - abar).sqrt().view(-1, 1, 1, 1)
-                x0_hat = (x - sd * eps_hat) / a
+                x0_hat, _ = split_prediction(eps_hat, x, abar, "eps")
             else:
                 x0_hat, eps_hat = split_prediction(model(x, tt, labels).float(), x, abar, self.cfg.target)
             if self.cfg.clamp:
@@ -305,7 +305,7 @@ class ImageDiffusion(Method):
             x = gs.step(x, x0_hat, eps_hat, t, s, generator)
             if on_step:
                 on_step(i + 1, x, x0_hat, {"t": s, "nfe": i + 1})
-        nfe = len(gs.times()) * (2 if guided else 1)
+        nfe = len(times) * (2 if guided else 1)
         info = {"sampler": sampler, "steps": steps, "eta": 1.0 if sampler == "ddpm" else eta, "clip": self.cfg.clamp,
                 "guidance": w if labels is not None else None}
         return ImageResult(x0_hat.clamp(-1.0, 1.0), labels, float(nfe), info)

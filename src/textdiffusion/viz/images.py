@@ -1,14 +1,12 @@
 """Pictures of image diffusion: sample grids, denoising strips and an animated GIF of the reverse process.
 
 Plain Pillow (a dependency of matplotlib, so always installed): a grid is a numpy mosaic, upscaled with
-nearest-neighbour so 28x28 digits stay crisp. Every writer is atomic (temp file + rename) like the rest
-of a run directory.
+nearest-neighbour so 28x28 digits stay crisp. Every writer goes through the checkpoint module's atomic
+write (temp file + rename), like the rest of a run directory.
 """
 
 from __future__ import annotations
 
-import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -17,6 +15,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
+from textdiffusion.checkpoint import _atomic
 from textdiffusion.methods.image import to_pixels
 
 
@@ -49,26 +48,9 @@ def _to_image(arr: np.ndarray, scale: int) -> Image.Image:
     return img.resize((arr.shape[1] * scale, arr.shape[0] * scale), Image.NEAREST) if scale > 1 else img
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
 def _save_atomic(path: Path, save: Any) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=path.suffix)
-    os.close(fd)
-    try:
-        save(tmp)
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600 files; give the usual permissions
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
+    _atomic(Path(path), save)
+    return Path(path)
 
 
 def save_grid(images: torch.Tensor | np.ndarray, path: Path, nrow: int = 8, scale: int = 3,
