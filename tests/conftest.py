@@ -50,3 +50,14 @@ def markov_text(n: int, seed: int = 0) -> tuple[str, np.ndarray, np.ndarray]:
     for i in range(1, n):
         states[i] = np.searchsorted(cum[states[i - 1]], u[i])
     return "".join("abcd"[s] for s in states), P, pi
+
+
+@pytest.fixture(scope="session")
+def browser():
+    """One headless Chromium for the session's page tests (see tests/browser.py)."""
+    from browser import start_chromium
+
+    driver = start_chromium()
+    driver.set_page_load_timeout(30)
+    yield driver
+    driver.quit()

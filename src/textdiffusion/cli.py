@@ -7,6 +7,8 @@
                         [--temperature T] [--seed S] [--show] [--trajectory FILE]
     textdiffusion eval RUN_DIR [--samples N]
     textdiffusion demo
+    textdiffusion compare RUN_DIR... --out DIR   (HTML report + comparison.md + comparison.json)
+    textdiffusion serve RUN_DIR... [--port 8000]   (live sampling page on http://127.0.0.1:8000)
     textdiffusion mnist train|sample|eval|demo ...   (image diffusion on MNIST, same trainer and run layout)
 """
 
@@ -155,6 +157,24 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from textdiffusion.demo import run_demo
 
     return run_demo(steps=args.steps, data=args.data, run_dir=args.run_dir, preset=args.preset)
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from textdiffusion.compare import compare_runs
+
+    paths = compare_runs(args.run_dirs, args.out, samples=args.samples, length=args.length or 0,
+                         sweep=args.sweep, seed=args.seed, device=args.device, evaluate=args.evaluate,
+                         progress=not args.no_progress, refresh=args.refresh)
+    for kind, path in paths.items():
+        print(f"{kind}: {path}")
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from textdiffusion.serve import serve
+
+    return serve(args.run_dirs, host=args.host, port=args.port, device=args.device, max_steps=args.max_steps,
+                 max_concurrent=args.max_concurrent)
 
 
 def cmd_mnist_train(args: argparse.Namespace) -> int:
@@ -328,6 +348,31 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--preset", choices=sorted(PRESETS), default="cpu")
     d.add_argument("--run-dir")
     d.set_defaults(func=cmd_demo)
+
+    c = sub.add_parser("compare", help="compare runs: a self-contained HTML report, comparison.md and .json")
+    c.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run directories (text and image runs mix)")
+    c.add_argument("--out", required=True, help="folder for report.html, comparison.md, comparison.json")
+    c.add_argument("--samples", type=_positive(int), default=16,
+                   help="samples per point of the quality-vs-speed sweep (default 16)")
+    c.add_argument("--length", type=_positive(int), help="characters per sample (default: each run's context)")
+    c.add_argument("--sweep", default="4,16,64,256",
+                   help="comma-separated sampler step counts for the quality-vs-speed plot ('' = none)")
+    c.add_argument("--seed", type=int, default=0)
+    c.add_argument("--evaluate", action="store_true",
+                   help="run `eval` on runs whose eval.json is missing or older than the checkpoint")
+    c.add_argument("--refresh", action="store_true", help="recompute sweeps instead of reusing RUN/sweep.json")
+    c.add_argument("--device", default="auto")
+    c.add_argument("--no-progress", action="store_true")
+    c.set_defaults(func=cmd_compare)
+
+    v = sub.add_parser("serve", help="a local web page to sample and infill interactively, denoising streamed live")
+    v.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="text run directories to offer")
+    v.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1: this machine only)")
+    v.add_argument("--port", type=int, default=8000)
+    v.add_argument("--device", default="auto")
+    v.add_argument("--max-steps", type=_positive(int), default=1000, help="largest step count a request may ask")
+    v.add_argument("--max-concurrent", type=_positive(int), default=4, help="samplings running at once")
+    v.set_defaults(func=cmd_serve)
     _mnist_parser(sub)
     return p
 
