@@ -352,8 +352,8 @@ def build_parser() -> argparse.ArgumentParser:
     c = sub.add_parser("compare", help="compare runs: a self-contained HTML report, comparison.md and .json")
     c.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run directories (text and image runs mix)")
     c.add_argument("--out", required=True, help="folder for report.html, comparison.md, comparison.json")
-    c.add_argument("--samples", type=_positive(int), default=16,
-                   help="samples per point of the quality-vs-speed sweep (default 16)")
+    c.add_argument("--samples", type=_positive(int), default=32,
+                   help="samples per point of the quality-vs-speed sweep (default 32)")
     c.add_argument("--length", type=_positive(int), help="characters per sample (default: each run's context)")
     c.add_argument("--sweep", default="4,16,64,256",
                    help="comma-separated sampler step counts for the quality-vs-speed plot ('' = none)")

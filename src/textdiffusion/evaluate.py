@@ -196,6 +196,24 @@ def generate(run, req: SampleRequest, seed: int, batch: int = 64) -> tuple[list[
                    **({"invalid_id_rate": invalid / req.n} if invalid is not None else {})}
 
 
+def run_corpus(run) -> tuple[TextData, str, str]:
+    """The run's corpus split exactly as in training (train/val), refusing a corpus that has changed since."""
+    path = resolve_corpus(run.cfg.data.corpus)
+    text, source = read_corpus(path)
+    recorded = run.meta.get("corpus", {}).get("sha256")
+    if recorded and path.is_file() and sha256_of(path) != recorded:
+        raise DataError(f"{source} has changed since {run.path} was trained (sha256 differs); evaluate on the "
+                        f"original corpus so the numbers mean what they say")
+    return TextData.from_text(text, run.tokenizer, run.cfg.data.val_fraction, source), text, source
+
+
+def reference_windows(text: str, train_chars: int, length: int, n: int) -> list[str]:
+    """``n`` real validation windows of ``length`` characters, evenly spread over the validation split."""
+    val_text = text[train_chars:]
+    starts = np.linspace(0, max(0, len(val_text) - length), n).astype(int)
+    return [val_text[s:s + length] for s in starts]
+
+
 def evaluate_run(run_dir: str | Path, samples: int = 64, length: int = 0, sampler: str = "", steps: int = 0,
                  temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, seed: int = 0,
                  val_windows: int = 0, device: str = "auto", batch: int = 64,
@@ -204,13 +222,7 @@ def evaluate_run(run_dir: str | Path, samples: int = 64, length: int = 0, sample
     sampling options (``method.field=value``), recorded in the result."""
     run = open_run(run_dir, device=device, overrides=overrides)
     cfg = run.cfg
-    path = resolve_corpus(cfg.data.corpus)
-    text, source = read_corpus(path)
-    recorded = run.meta.get("corpus", {}).get("sha256")
-    if recorded and path.is_file() and sha256_of(path) != recorded:
-        raise DataError(f"{source} has changed since {run_dir} was trained (sha256 differs); evaluate on the "
-                        f"original corpus so the numbers mean what they say")
-    data = TextData.from_text(text, run.tokenizer, cfg.data.val_fraction, source)
+    data, text, source = run_corpus(run)
     windows = TextData.tiled_windows(data.val_ids, run.method.window, val_windows).to(run.device)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if run.device.type == "cuda" else torch.no_grad()
     with autocast:
@@ -222,10 +234,8 @@ def evaluate_run(run_dir: str | Path, samples: int = 64, length: int = 0, sample
     ref = TrainingReference(data.train_text)
     quality = ref.quality(texts)
     # real text of the same length, evenly spread over the validation split, for scale
-    val_text = text[len(data.train_text):]
     ref_len = round(float(np.mean([len(t) for t in texts]))) if texts else length  # tokens may be > 1 char
-    starts = np.linspace(0, max(0, len(val_text) - ref_len), samples).astype(int)
-    reference = ref.quality([val_text[s:s + ref_len] for s in starts])
+    reference = ref.quality(reference_windows(text, len(data.train_text), ref_len, samples))
     result = {
         "run": str(run.path), "method": cfg.method.name, "preset": cfg.preset, "step": run.step,
         "weights": "ema", "parameters": run.model.num_parameters(), "device": str(run.device),

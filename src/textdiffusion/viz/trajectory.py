@@ -16,6 +16,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from textdiffusion.checkpoint import write_json
@@ -23,22 +24,49 @@ from textdiffusion.data.tokenizer import Tokenizer
 
 
 class TrajectoryRecorder:
-    def __init__(self, tokenizer: Tokenizer, mask_char: str = "_"):
+    """An ``on_step`` callback. With ``keep_states`` it also keeps the raw ids of every step, so that
+    :meth:`thinned` can later pick a few hundred frames out of a 1000-step sampler for a web page while
+    still counting the changes between the frames it keeps."""
+
+    def __init__(self, tokenizer: Tokenizer, mask_char: str = "_", keep_states: bool = False):
         self.tok, self.mask_char = tokenizer, mask_char
         self.frames: list[dict[str, Any]] = []
+        self.states: list[torch.Tensor] | None = [] if keep_states else None
         self._prev: torch.Tensor | None = None
 
-    def __call__(self, step: int, state: torch.Tensor, info: dict[str, Any]) -> None:
-        state = state.cpu()
+    def _frame(self, step: int, state: torch.Tensor, prev: torch.Tensor | None,
+               info: dict[str, Any]) -> dict[str, Any]:
         masked = state == self.tok.mask_id
-        changed = (state != self._prev).sum(1).tolist() if self._prev is not None else [0] * state.shape[0]
-        self._prev = state
-        self.frames.append({
+        changed = (state != prev).sum(1).tolist() if prev is not None else [0] * state.shape[0]
+        return {
             "step": step, **{k: v for k, v in info.items() if isinstance(v, (int, float, str))},
             "texts": [self.tok.decode(row.tolist(), self.mask_char) for row in state],
             "masked": [row.nonzero().flatten().tolist() for row in masked],
             "changed": changed,
-        })
+        }
+
+    def __call__(self, step: int, state: torch.Tensor, info: dict[str, Any]) -> None:
+        state = state.cpu()
+        self.frames.append(self._frame(step, state, self._prev, info))
+        self._prev = state
+        if self.states is not None:
+            self.states.append(state)
+
+    def thinned(self, max_frames: int) -> list[dict[str, Any]]:
+        """At most ``max_frames`` frames, evenly spread and always with the first and the last; ``changed``
+        then counts the positions that differ from the previous *kept* frame."""
+        if len(self.frames) <= max_frames:
+            return self.frames
+        if self.states is None:
+            raise ValueError("thinning needs TrajectoryRecorder(keep_states=True)")
+        keep = np.unique(np.linspace(0, len(self.frames) - 1, max(2, max_frames)).round().astype(int)).tolist()
+        out, prev = [], None
+        for i in keep:
+            frame = self.frames[i]
+            out.append({k: v for k, v in frame.items() if k not in ("texts", "masked", "changed")}
+                       | self._frame(frame["step"], self.states[i], prev, {}))
+            prev = self.states[i]
+        return out
 
     def to_dict(self, **meta: Any) -> dict[str, Any]:
         return {"format": "textdiffusion-trajectory/1", "mask_char": self.mask_char, **meta, "frames": self.frames}

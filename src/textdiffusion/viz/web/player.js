@@ -31,7 +31,7 @@
       this.live = !!opts.live;
       this.index = -1;
       this.timer = null;
-      this.delay = 100;
+      this.delay = opts.delay || 100;
       root.classList.add("td-player");
       root.innerHTML = "";
       const bar = el("div", "td-controls");

@@ -30,7 +30,8 @@
           if (v >= lo * 0.999 && v <= hi * 1.001) out.push(v);
         }
       }
-      return out.length >= 2 ? out : [lo, hi];
+      if (out.length >= 3) return out;
+      return ticks(lo, hi, false).filter((v) => v > 0);  // a narrow range: evenly spaced ticks read better
     }
     const step = niceStep(hi - lo, 5);
     const out = [];
@@ -109,7 +110,7 @@
     }
 
     const hits = [];
-    const legend = S("g", {class: "legend"});
+    const legend = TD.el("div", "td-legend");
     let npoints = 0;
     series.forEach((s, i) => {
       const color = s.color || TD.PALETTE[i % TD.PALETTE.length];
@@ -125,17 +126,20 @@
       }
       for (const p of pts) hits.push({x: X(p[0]), y: Y(p[1]), p, s, g});
       svg.appendChild(g);
-      const row = S("g", {transform: `translate(${M.l + 8}, ${M.t + 8 + i * 15})`});
-      row.appendChild(S("rect", {width: 10, height: 10, y: -9, fill: color}));
-      row.appendChild(S("text", {x: 14, y: 0}, s.name));
-      row.addEventListener("click", () => {
+      const item = TD.el("button", "td-legend-item");
+      item.type = "button";
+      item.title = "show or hide this run";
+      const swatch = TD.el("span", "td-swatch");
+      swatch.style.background = color;
+      item.append(swatch, document.createTextNode(s.name));
+      item.addEventListener("click", () => {
         const off = g.style.display !== "none";
         g.style.display = off ? "none" : "";
-        row.classList.toggle("off", off);
+        item.classList.toggle("off", off);
       });
-      legend.appendChild(row);
+      legend.appendChild(item);
     });
-    svg.appendChild(legend);
+    fig.appendChild(legend);
     fig.dataset.points = npoints;
     fig.dataset.series = series.length;
 

@@ -1,0 +1,233 @@
+/* TextDiffusion live page: the form, the request and the stream (served by `textdiffusion serve`).
+ *
+ * The request is a POST to /api/sample read with fetch rather than an EventSource: fetch can read the JSON
+ * of a refused request (HTTP 400/503 {"error": ...}) and can be aborted by the Stop button, which also
+ * stops the sampling on the server. The body is server-sent events: start, frame..., done | error.
+ * Every user-supplied text goes into the page with textContent only.
+ */
+(function () {
+  "use strict";
+  const $ = (id) => document.getElementById(id);
+  const form = $("form"), runSel = $("run"), runInfo = $("run-info"), text = $("text"), textLabel = $("text-label");
+  const samplerSel = $("sampler"), steps = $("steps"), length = $("length"), temperature = $("temperature");
+  const seed = $("seed"), pace = $("pace"), sampleBtn = $("sample"), stopBtn = $("stop");
+  const status = $("status"), message = $("message"), playerRoot = $("player"), result = $("result"), stats = $("stats");
+  const modePrompt = $("mode-prompt"), modeInfill = $("mode-infill");
+
+  let runs = [];
+  let controller = null;
+  let player = null;
+
+  function setState(state, line) {
+    document.body.dataset.state = state;
+    if (line !== undefined) status.textContent = line;
+  }
+
+  function showMessage(text) {
+    message.textContent = text;
+    message.hidden = !text;
+  }
+
+  function current() {
+    return runs.find((r) => r.name === runSel.value) || runs[0];
+  }
+
+  function mode() {
+    return modeInfill.checked ? "infill" : "prompt";
+  }
+
+  function compact(n) {
+    return n >= 1e6 ? `${(n / 1e6).toFixed(1)}M` : n >= 1e3 ? `${(n / 1e3).toFixed(1)}k` : String(n);
+  }
+
+  function describe(run) {
+    const parts = [run.method, `step ${run.step}`, `${compact(run.parameters)} params`, `${run.preset} preset`,
+                   `${run.tokenizer} tokenizer`, `context ${run.context}`];
+    if (run.val_bpc !== null && run.val_bpc !== undefined) {
+      parts.push(`val ${(+run.val_bpc).toFixed(3)} bits/char${run.val_kind ? ` (${run.val_kind})` : ""}`);
+    }
+    return parts.join(" · ");
+  }
+
+  function onRunChange() {
+    const run = current();
+    if (!run) return;
+    runInfo.textContent = describe(run);
+    samplerSel.replaceChildren(...run.samplers.map((s) => {
+      const o = TD.el("option", "", s);
+      o.value = s;
+      o.selected = s === run.sampler;
+      return o;
+    }));
+    steps.disabled = run.steps_fixed;
+    steps.max = run.max_steps;
+    steps.value = run.steps_fixed ? "" : run.steps;
+    steps.title = run.steps_fixed ? "an ar model writes one character per step" : `1 to ${run.max_steps}`;
+    length.max = run.max_length;
+    length.value = run.length;
+    temperature.value = run.temperature;
+    modeInfill.disabled = !run.infill;
+    if (!run.infill) modePrompt.checked = true;
+    onModeChange();
+  }
+
+  function onModeChange() {
+    const infill = mode() === "infill";
+    textLabel.textContent = infill ? "Text with blanks" : "Prompt";
+    text.placeholder = infill ? "ROMEO:\nO ____ art thou" : "ROMEO:";
+    length.disabled = infill; // an infill's length is its text's
+    precheck();
+  }
+
+  /* Instant feedback while typing; the server checks again and is the authority. */
+  function precheck() {
+    const run = current();
+    if (!run) return;
+    const value = text.value;
+    let problem = "";
+    if (value.length > run.max_chars) {
+      problem = `the text has ${value.length} characters but run ${run.name} takes at most ${run.max_chars}; shorten it`;
+    } else if (run.alphabet !== null && run.alphabet !== undefined) {
+      const known = new Set(Array.from(run.alphabet));
+      const blank = mode() === "infill" ? run.placeholder : null;
+      const unknown = [...new Set(Array.from(value).filter((c) => c !== blank && !known.has(c)))];
+      if (unknown.length) {
+        const shown = unknown.slice(0, 5).map((c) => JSON.stringify(c)).join(", ");
+        problem = `run ${run.name} never saw ${unknown.length === 1 ? "the character" : "the characters"} ${shown} ` +
+                  `in training; remove or replace ${unknown.length === 1 ? "it" : "them"}`;
+      }
+    }
+    showMessage(problem);
+  }
+
+  function params() {
+    const run = current();
+    const p = {run: run.name, sampler: samplerSel.value, temperature: temperature.value, pace: pace.value};
+    p[mode()] = text.value;
+    if (!steps.disabled && steps.value !== "") p.steps = steps.value;
+    if (!length.disabled && length.value !== "") p.length = length.value;
+    if (seed.value !== "") p.seed = seed.value;
+    // number inputs give "" for text they cannot parse: send what was typed so the server can name it
+    for (const [name, input] of [["steps", steps], ["length", length], ["seed", seed], ["temperature", temperature],
+                                 ["pace", pace]]) {
+      if (!input.disabled && input.value === "" && input.validity && input.validity.badInput) p[name] = "not a number";
+    }
+    return p;
+  }
+
+  function busy(on) {
+    sampleBtn.disabled = on;
+    stopBtn.disabled = !on;
+    runSel.disabled = on;
+  }
+
+  function handle(event, data, expected) {
+    if (event === "start") {
+      player = new TD.Player(playerRoot, {frames: [], fixed: data.fixed, maskChar: data.mask_char, live: true});
+      expected.steps = data.steps;
+      setState("running", `sampling with ${data.sampler}, ${data.steps} steps, seed ${data.seed}…`);
+    } else if (event === "frame") {
+      player.push(data);
+      setState("running", `step ${data.step} / ${expected.steps}`);
+    } else if (event === "done") {
+      result.textContent = data.text;
+      stats.textContent = `${(+data.seconds).toFixed(2)} s · ${(+data.nfe).toFixed(0)} network evaluations · ` +
+                          `${data.steps} steps · sampler ${data.sampler} · seed ${data.seed}`;
+      setState("done", "done");
+      return true;
+    } else if (event === "error") {
+      showMessage(data.error);
+      setState("error", "failed");
+      return true;
+    }
+    return false;
+  }
+
+  /* Parse server-sent events from the response body: blocks separated by a blank line. */
+  async function readEvents(response, expected) {
+    const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
+    let buffer = "";
+    for (;;) {
+      const {value, done} = await reader.read();
+      if (done) return false;
+      buffer += value.replace(/\r\n?/g, "\n");
+      let cut;
+      while ((cut = buffer.indexOf("\n\n")) >= 0) {
+        const block = buffer.slice(0, cut);
+        buffer = buffer.slice(cut + 2);
+        let event = "message";
+        const data = [];
+        for (const line of block.split("\n")) {
+          if (line.startsWith("event:")) event = line.slice(6).trim();
+          else if (line.startsWith("data:")) data.push(line.slice(5).replace(/^ /, ""));
+        }
+        if (data.length && handle(event, JSON.parse(data.join("\n")), expected)) return true;
+      }
+    }
+  }
+
+  async function sample(ev) {
+    ev.preventDefault();
+    if (!current() || controller) return;
+    showMessage("");
+    result.textContent = "";
+    stats.textContent = "";
+    controller = new AbortController();
+    busy(true);
+    setState("running", "starting…");
+    try {
+      const response = await fetch("/api/sample", {
+        method: "POST", headers: {"Content-Type": "application/json"}, body: JSON.stringify(params()),
+        signal: controller.signal,
+      });
+      if (!response.ok) {
+        let error = `the server answered ${response.status} ${response.statusText}`;
+        try { error = (await response.json()).error || error; } catch (e) { /* not JSON */ }
+        showMessage(error);
+        setState("error", "refused");
+        return;
+      }
+      if (!(await readEvents(response, {steps: 0}))) {
+        showMessage("the connection closed before the sampling finished; is the server still running?");
+        setState("error", "connection lost");
+      }
+    } catch (e) {
+      if (e.name === "AbortError") {
+        setState("stopped", "stopped");
+      } else {
+        showMessage(`cannot reach the server (${e.message}); is \`textdiffusion serve\` still running?`);
+        setState("error", "connection failed");
+      }
+    } finally {
+      controller = null;
+      busy(false);
+    }
+  }
+
+  async function loadRuns() {
+    try {
+      const response = await fetch("/api/runs");
+      runs = await response.json();
+    } catch (e) {
+      showMessage(`cannot load the runs (${e.message}); is \`textdiffusion serve\` still running?`);
+      setState("error", "no runs");
+      return;
+    }
+    runSel.replaceChildren(...runs.map((r) => {
+      const o = TD.el("option", "", `${r.name} (${r.method})`);
+      o.value = r.name;
+      return o;
+    }));
+    onRunChange();
+    setState("idle", `${runs.length} run${runs.length === 1 ? "" : "s"} loaded`);
+  }
+
+  runSel.addEventListener("change", onRunChange);
+  modePrompt.addEventListener("change", onModeChange);
+  modeInfill.addEventListener("change", onModeChange);
+  text.addEventListener("input", precheck);
+  form.addEventListener("submit", sample);
+  stopBtn.addEventListener("click", () => controller && controller.abort());
+  setState("loading");
+  loadRuns();
+})();
