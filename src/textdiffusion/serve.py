@@ -22,8 +22,12 @@ Endpoints
     (a text whose ``placeholder`` characters, ``_`` by default, are the blanks to fill), ``sampler``,
     ``steps``, ``length``, ``temperature``, ``top_k``, ``top_p``, ``seed`` (default: random, reported back)
     and ``pace`` (milliseconds to wait after each frame, at most 1000, so that a fast model can be
-    watched). GET exists so that ``EventSource`` and curl work (an EventSource must be closed on ``done``
-    or ``error``, or it reconnects and samples again); the page POSTs with ``fetch`` and reads the stream
+    watched). Empty values mean the run's defaults. ``steps`` is checked but not used for ``ar`` runs,
+    which take one step per generated character; ``length`` counts tokens (characters for a char
+    tokenizer) and is the template's own length for an infill.
+
+    GET exists so that ``EventSource`` and curl work (an EventSource must be closed on ``done`` or
+    ``error``, or it reconnects and samples again); the page POSTs with ``fetch`` and reads the stream
     itself, which also lets it read the JSON of a refused request and abort with its Stop button.
 
     Every parameter is checked before anything streams. A bad one gives HTTP 400 (413 for a body over
@@ -34,7 +38,8 @@ Endpoints
       character positions the user gave, ``mask_char``);
     * ``frame``: one per sampler step, ``{step, t, nfe, text, masked: [positions], changed}``, the format
       of ``TD.Player`` (step 0 is the initial, fully masked state);
-    * ``done``: ``{text, seconds, nfe, steps, frames, sampler, seed}``;
+    * ``done``: ``{text, seconds, nfe, steps, frames, sampler, seed}`` (seconds of sampling, pace waits left
+      out; steps can be fewer than asked when a sampler finishes early, e.g. masked ancestral);
     * ``error``: ``{error}`` if the sampling fails after it started.
 
 Concurrency and cancellation
@@ -60,6 +65,7 @@ import sys
 import threading
 import time
 import traceback
+import unicodedata
 from collections.abc import AsyncIterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
@@ -81,6 +87,7 @@ from starlette.types import Receive, Scope, Send
 from textdiffusion.checkpoint import CheckpointError, read_json
 from textdiffusion.config import ConfigError
 from textdiffusion.data.corpus import DataError
+from textdiffusion.data.tokenizer import CharTokenizer
 from textdiffusion.methods.base import SampleRequest
 from textdiffusion.runs import LoadedRun, open_run
 
@@ -145,7 +152,9 @@ def _offered_samplers(run: LoadedRun) -> tuple[str, ...]:
     return tuple(out)
 
 
-def _describe_run(path: Path) -> str:
+def _check_run_dir(path: Path) -> str:
+    """The run's display name, after the checks that need no loading: a missing directory or an image run
+    is a one-line error naming the command to use instead."""
     cfg_path = path / "config.json"
     if not path.is_dir():
         raise CheckpointError(f"run directory {path} does not exist; pass the directory `textdiffusion train` "
@@ -155,7 +164,7 @@ def _describe_run(path: Path) -> str:
         if method == "image":
             raise ConfigError(f"{path} is an image run and the live page is for text; use "
                               f"`textdiffusion mnist sample {path}`")
-    return path.name
+    return path.resolve().name
 
 
 def _serve_run(name: str, run: LoadedRun, max_steps: int, max_chars: int | None) -> ServedRun:
@@ -194,7 +203,7 @@ def _serve_run(name: str, run: LoadedRun, max_steps: int, max_chars: int | None)
         "steps": default_steps, "steps_fixed": default_steps is None, "max_steps": run_max_steps,
         "context": context, "length": context, "max_length": max_length, "max_chars": chars,
         "tokenizer": tok.kind, "unit": "characters" if tok.kind == "char" else "tokens",
-        "alphabet": "".join(tok.chars) if tok.kind == "char" else None,  # type: ignore[attr-defined]
+        "alphabet": "".join(tok.chars) if isinstance(tok, CharTokenizer) else None,
         "prompt": True, "infill": method.name != "ar", "placeholder": "_",
         "temperature": method.temperature, "top_k": method.top_k, "top_p": method.top_p,
     }
@@ -211,12 +220,12 @@ def load_runs(run_dirs: Sequence[str | Path], device: str = "auto", max_steps: i
     seen: set[Path] = set()
     for given in run_dirs:
         path = Path(given)
-        name = _describe_run(path)
+        name = _check_run_dir(path)
         if path.resolve() in seen:
             continue
         seen.add(path.resolve())
         if name in runs:
-            name = f"{path.resolve().parent.name}/{path.name}"
+            name = f"{path.resolve().parent.name}/{name}"
         base, k = name, 2
         while name in runs:
             name, k = f"{base}#{k}", k + 1
@@ -307,8 +316,6 @@ def _show(value: Any) -> str:
 
 
 def _describe_chars(chars: list[str]) -> str:
-    import unicodedata
-
     def one(c: str) -> str:
         name = unicodedata.name(c, "")
         return f"{c!r} (U+{ord(c):04X}{' ' + name if name else ''})"
@@ -319,7 +326,8 @@ def _describe_chars(chars: list[str]) -> str:
 
 def check_request(params: Mapping[str, Any], runs: Mapping[str, ServedRun], max_steps: int) -> Settings:
     """Turn raw parameters (query strings or JSON values) into :class:`Settings`, or raise
-    :class:`RequestError` with one sentence that names the problem and the fix. Cheap: no network runs."""
+    :class:`RequestError` with one sentence that names the problem and the fix. Cheap: nothing runs the
+    model, so the event loop can do it inline."""
     unknown = sorted(k for k in params if k not in PARAMETERS)
     if unknown:
         raise RequestError(f"unknown parameter {unknown[0]!r}; the parameters are {', '.join(PARAMETERS)}")
@@ -354,9 +362,9 @@ def check_request(params: Mapping[str, Any], runs: Mapping[str, ServedRun], max_
         if placeholder not in infill:
             raise RequestError(f"the infill text has no {placeholder!r} placeholders; mark each character to "
                                f"generate with {placeholder!r}")
-    if tok.kind == "char":
+    if isinstance(tok, CharTokenizer):
         known = text.replace(placeholder, "") if infill is not None else text
-        unseen = tok.unknown_chars(known)  # type: ignore[attr-defined]
+        unseen = tok.unknown_chars(known)
         if unseen:
             raise RequestError(f"the {label} contains {'a character' if len(unseen) == 1 else 'characters'} run "
                                f"{name} never saw in training: {_describe_chars(unseen)}; remove or replace "
@@ -391,8 +399,9 @@ def check_request(params: Mapping[str, Any], runs: Mapping[str, ServedRun], max_
                         top_p=method_cfg.top_p if top_p is None else top_p)
     # sizes in tokens, which only the tokenizer knows for BPE / WordPiece
     try:
-        if infill is not None:
-            n_text = len(run.method._encode_template(infill, placeholder))
+        if infill is not None:  # the method's own template encoding: each blank one token, known runs whole
+            probe = SampleRequest(n=1, infill=infill, placeholder=placeholder)
+            n_text = int(run.method.prepare(probe, torch.device("cpu"))[0].shape[1])
         else:
             n_text = len(tok.encode(prompt)) if prompt else 0
     except (ConfigError, DataError) as e:
@@ -418,11 +427,9 @@ def check_request(params: Mapping[str, Any], runs: Mapping[str, ServedRun], max_
         if generated > max_steps:
             raise RequestError(f"an ar run writes one {unit[:-1]} per step, and {generated} steps exceed the "
                                f"server's --max-steps {max_steps}; lower the length")
-        steps = generated
+        steps = generated  # any `steps` asked for is not used: ar takes one step per token
     else:
-        steps = steps or served.default_steps or 1
-    if served.method_name != "ar":
-        req.steps = steps
+        steps = req.steps = steps or served.default_steps or 1
     try:  # the method's own checks, last, so that anything the checks above missed is still one sentence
         initial, fixed = run.method.prepare(req, torch.device("cpu"))
     except (ConfigError, DataError) as e:
@@ -490,6 +497,7 @@ class Job:
         self.loop = loop
         self.queue: asyncio.Queue[tuple[str, dict[str, Any]]] = asyncio.Queue()
         self.cancel = threading.Event()
+        self.reason = "the sampling was stopped"  # what the client is told, if it is still listening
         self.frames = 0
 
     def emit(self, event: str, data: dict[str, Any]) -> None:
@@ -583,8 +591,10 @@ class SamplingService:
         run = s.served.run
         frames = _Frames(s.served, s.req.placeholder)
         pace = s.pace_ms / 1000
+        paced = 0.0  # seconds spent waiting for the pace, left out of the reported sampling time
 
         def on_step(step: int, state: torch.Tensor, info: dict[str, Any]) -> None:
+            nonlocal paced
             if job.cancel.is_set():
                 raise _Cancelled()
             if job.frames == 0 and step > 0:  # samplers that report no initial state (embedding, bits)
@@ -592,8 +602,11 @@ class SamplingService:
                 job.frames += 1
             job.emit("frame", frames(step, state[0], info))
             job.frames += 1
-            if pace and job.cancel.wait(pace):
-                raise _Cancelled()
+            if pace:
+                waited = time.perf_counter()
+                if job.cancel.wait(pace):
+                    raise _Cancelled()
+                paced += time.perf_counter() - waited
 
         # the slot is given back *before* the last event goes out, so a client that has seen done or error
         # can start its next sampling at once without finding its own finished one still counted
@@ -603,7 +616,7 @@ class SamplingService:
                 gen = torch.Generator(device=run.device).manual_seed(s.seed)
                 tic = time.perf_counter()
                 res = run.method.sample(run.model, s.req, gen, on_step)
-                seconds = time.perf_counter() - tic
+                seconds = time.perf_counter() - tic - paced
             tok = run.tokenizer
             assert tok is not None
             last = ("done", {"text": tok.decode(res.ids[0].cpu().tolist(), s.req.placeholder),
@@ -612,7 +625,7 @@ class SamplingService:
                              "seed": s.seed})
             outcome = "completed"
         except _Cancelled:
-            outcome, last = "cancelled", ("error", {"error": "the sampling was stopped"})
+            outcome, last = "cancelled", ("error", {"error": job.reason})
         except (ConfigError, DataError, CheckpointError) as e:
             last = ("error", {"error": str(e)})
         except Exception as e:  # a bug: keep the server up, say where to look
@@ -625,11 +638,15 @@ class SamplingService:
                 with contextlib.suppress(_Cancelled):
                     job.emit(*last)
 
-    def shutdown(self) -> None:
-        with self._lock:
-            jobs = list(self.jobs)
-        for job in jobs:
+    def stop_all(self, reason: str) -> None:
+        """Stop every sampling, telling the clients why. Takes no lock, so that a signal handler may call
+        it (copying the set is one step under the GIL)."""
+        for job in tuple(self.jobs):
+            job.reason = reason
             job.cancel.set()
+
+    def shutdown(self) -> None:
+        self.stop_all("the server is shutting down")
         if self._executor is not None:
             self._executor.shutdown(wait=False, cancel_futures=True)
             self._executor = None
@@ -755,7 +772,17 @@ def serve(run_dirs: Sequence[str | Path], host: str = "127.0.0.1", port: int = 8
     if not loopback:
         print(f"warning: {host} is reachable from other machines; anyone who can reach it can use this CPU/GPU",
               file=sys.stderr)
-    # a short grace period: open streams are cancelled, not waited for, when the user stops the server
-    config = uvicorn.Config(app, log_level="warning", access_log=False, timeout_graceful_shutdown=2)
-    uvicorn.Server(config).run(sockets=[sock])
+    service: SamplingService = app.state.service
+
+    class Server(uvicorn.Server):
+        def handle_exit(self, sig: int, frame: Any) -> None:
+            # uvicorn waits for open responses before it shuts down: end the streams now (each gets an
+            # error event and closes) instead of waiting for the grace period and cancelling them
+            service.stop_all("the server is shutting down")
+            super().handle_exit(sig, frame)
+
+    config = uvicorn.Config(app, log_level="warning", access_log=False, timeout_graceful_shutdown=5)
+    with contextlib.suppress(KeyboardInterrupt):  # uvicorn shuts down cleanly, then re-raises the signal
+        Server(config).run(sockets=[sock])
+    print("stopped", file=sys.stderr)
     return 0

@@ -76,6 +76,9 @@
     textLabel.textContent = infill ? "Text with blanks" : "Prompt";
     text.placeholder = infill ? "ROMEO:\nO ____ art thou" : "ROMEO:";
     length.disabled = infill; // an infill's length is its text's
+    if (infill) length.value = "";
+    else if (length.value === "") length.value = current().length;
+    length.placeholder = infill ? "= text" : "";
     precheck();
   }
 
@@ -172,6 +175,11 @@
     showMessage("");
     result.textContent = "";
     stats.textContent = "";
+    player = null;
+    playerRoot.replaceChildren(); // no frames of the previous sampling may pass for this one's
+    playerRoot.className = "";
+    delete playerRoot.dataset.frames;
+    delete playerRoot.dataset.frame;
     controller = new AbortController();
     busy(true);
     setState("running", "starting…");

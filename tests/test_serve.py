@@ -1,0 +1,399 @@
+"""`textdiffusion serve`: the real app under uvicorn on a free loopback port, driven over HTTP and in headless
+Chromium. Two tiny runs (masked, ar) are trained once for the module; every sampling is a few steps."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import shutil
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlencode
+
+import pytest
+import uvicorn
+
+from helpers import train_tiny
+from textdiffusion.cli import main
+from textdiffusion.serve import create_app, load_runs
+
+MAX_CONCURRENT = 2
+SLOW = {"run": "masked", "sampler": "cached", "steps": 1000, "pace": 20}  # ~20 s unless cancelled
+
+
+@dataclass
+class Server:
+    host: str
+    port: int
+    app: Any
+    root: Path
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def status(self) -> dict[str, int]:
+        return self.app.state.service.status()
+
+    def wait_for(self, predicate, timeout: float = 10.0) -> dict[str, int]:
+        deadline = time.monotonic() + timeout
+        while not predicate(status := self.status()):
+            assert time.monotonic() < deadline, f"server status stayed {status}"
+            time.sleep(0.02)
+        return status
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, shakespeare) -> Iterator[Server]:
+    root = tmp_path_factory.mktemp("serve")
+    corpus = root / "c.txt"
+    corpus.write_text(shakespeare[:60_000], encoding="utf-8")
+    for method in ("masked", "ar"):
+        train_tiny(method, corpus, root / method, steps=30, **{"train.eval_every": 15})
+    app = create_app([root / "masked", root / "ar"], device="cpu", max_steps=1000, max_concurrent=MAX_CONCURRENT)
+    sock = socket.create_server(("127.0.0.1", 0))
+    srv = uvicorn.Server(uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=1))
+    thread = threading.Thread(target=srv.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not srv.started:
+        assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
+        time.sleep(0.01)
+    yield Server("127.0.0.1", sock.getsockname()[1], app, root)
+    srv.should_exit = True
+    thread.join(10)
+
+
+# ---- a tiny HTTP / server-sent-events client -------------------------------------------------------------
+
+
+class Stream:
+    """One request to /api/sample; iterate for (event, data) pairs as they arrive."""
+
+    def __init__(self, server: Server, params: dict[str, Any], post: bool = False,
+                 headers: dict[str, str] | None = None):
+        self.conn = http.client.HTTPConnection(server.host, server.port, timeout=30)
+        if post:
+            self.conn.request("POST", "/api/sample", body=json.dumps(params),
+                              headers={"Content-Type": "application/json", **(headers or {})})
+        else:
+            self.conn.request("GET", "/api/sample?" + urlencode(params), headers=headers or {})
+        self.response = self.conn.getresponse()
+        self.status = self.response.status
+
+    def json(self) -> Any:
+        return json.loads(self.response.read())
+
+    def __iter__(self) -> Iterator[tuple[str, dict[str, Any]]]:
+        event, data = "message", []
+        while line := self.response.readline():
+            line = line.decode("utf-8").rstrip("\n")
+            if line.startswith("event:"):
+                event = line[6:].strip()
+            elif line.startswith("data:"):
+                data.append(line[5:].strip())
+            elif not line and data:
+                yield event, json.loads("\n".join(data))
+                event, data = "message", []
+
+    def events(self) -> list[tuple[str, dict[str, Any]]]:
+        try:
+            return list(self)
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        self.response.close()
+        self.conn.close()
+
+
+def get_json(server: Server, path: str) -> Any:
+    conn = http.client.HTTPConnection(server.host, server.port, timeout=10)
+    try:
+        conn.request("GET", path)
+        response = conn.getresponse()
+        assert response.status == 200
+        return json.loads(response.read())
+    finally:
+        conn.close()
+
+
+def by_kind(events: list[tuple[str, dict[str, Any]]]) -> dict[str, list[dict[str, Any]]]:
+    out: dict[str, list[dict[str, Any]]] = {}
+    for event, data in events:
+        out.setdefault(event, []).append(data)
+    return out
+
+
+# ---- the API ----------------------------------------------------------------------------------------------
+
+
+def test_runs_describe_what_the_page_needs(server):
+    runs = {r["name"]: r for r in get_json(server, "/api/runs")}
+    assert set(runs) == {"masked", "ar"}
+    masked, ar = runs["masked"], runs["ar"]
+    assert masked["method"] == "masked" and masked["step"] == 30 and masked["parameters"] > 0
+    assert masked["samplers"] == ["ancestral", "cached", "confidence", "topk"] and masked["sampler"] == "ancestral"
+    assert masked["context"] == masked["max_length"] == 32 and masked["steps"] == 32 and not masked["steps_fixed"]
+    assert masked["infill"] and masked["tokenizer"] == "char" and "R" in masked["alphabet"]
+    assert ar["steps_fixed"] and not ar["infill"] and ar["prompt"] and ar["max_length"] > ar["context"]
+    assert get_json(server, "/api/status")["max_concurrent"] == MAX_CONCURRENT
+
+
+def test_stream_has_every_frame_and_a_done_event(server):
+    params = {"run": "masked", "prompt": "ROMEO:", "length": 24, "sampler": "topk", "steps": 6, "seed": 7}
+    stream = Stream(server, params)
+    assert stream.status == 200 and stream.response.getheader("content-type").startswith("text/event-stream")
+    events = stream.events()
+    assert [e for e, _ in events] == ["start"] + ["frame"] * 7 + ["done"]
+    kinds = by_kind(events)
+    start, frames, done = kinds["start"][0], kinds["frame"], kinds["done"][0]
+    assert start["steps"] == 6 and start["length"] == 24 and start["seed"] == 7 and start["fixed"] == list(range(6))
+    assert [f["step"] for f in frames] == list(range(7))
+    assert frames[0]["text"] == "ROMEO:" + "_" * 18 and frames[0]["masked"] == list(range(6, 24))
+    assert frames[-1]["masked"] == [] and sum(f["changed"] for f in frames) == 18
+    assert len(done["text"]) == 24 and done["text"].startswith("ROMEO:") and done["text"] == frames[-1]["text"]
+    assert done["steps"] == 6 and done["sampler"] == "topk" and done["nfe"] == 6 and done["seconds"] >= 0
+    # the seed makes it reproducible, POST or GET
+    again = by_kind(Stream(server, params, post=True).events())
+    assert again["done"][0]["text"] == done["text"]
+
+
+def test_infill_keeps_the_known_characters(server):
+    template = "ROMEO:\nO ____ art thou"
+    kinds = by_kind(Stream(server, {"run": "masked", "infill": template, "steps": 4, "seed": 1}, post=True).events())
+    text = kinds["done"][0]["text"]
+    assert kinds["start"][0]["mode"] == "infill" and len(text) == len(template)
+    assert all(t == c for t, c in zip(text, template, strict=True) if c != "_")
+    assert kinds["frame"][0]["masked"] == [9, 10, 11, 12]
+
+
+def test_ar_writes_one_character_per_frame(server):
+    kinds = by_kind(Stream(server, {"run": "ar", "prompt": "First", "length": 16, "seed": 0}).events())
+    frames, done = kinds["frame"], kinds["done"][0]
+    assert kinds["start"][0]["steps"] == 11 and [f["step"] for f in frames] == list(range(12))
+    assert len(done["text"]) == 16 and done["text"].startswith("First")
+
+
+@pytest.mark.parametrize("params, words", [
+    ({"run": "masked", "prompt": "ROMEO " * 1000}, ["6,000 characters", "at most 32", "shorten"]),
+    ({"run": "masked", "prompt": "ROMEO €"}, ["'€'", "U+20AC", "never saw"]),
+    ({"run": "masked", "infill": "€ and ¥ __"}, ["'€'", "'¥'"]),
+    ({"run": "masked", "steps": 0}, ["steps must be a whole number from 1 to 1000", "got "]),
+    ({"run": "masked", "steps": 10**9}, ["steps", "from 1 to 1000", "--max-steps"]),
+    ({"run": "masked", "steps": "abc"}, ["steps must be a whole number", "'abc'"]),
+    ({"run": "nope"}, ["unknown run 'nope'", "masked, ar"]),
+    ({"run": "masked", "sampler": "ddim"}, ["no sampler 'ddim'", "ancestral, cached, confidence, topk"]),
+    ({"run": "masked", "prompt": "RO", "infill": "R_"}, ["either a prompt or an infill"]),
+    ({"run": "masked", "infill": "ROMEO"}, ["no '_' placeholders"]),
+    ({"run": "ar", "infill": "RO__"}, ["can only continue a prompt"]),
+    ({"run": "masked", "length": 33}, ["length", "from 1 to 32"]),
+    ({"run": "masked", "prompt": "ROMEO", "length": 5}, ["leaves nothing to generate"]),
+    ({"run": "masked", "temperature": "-1"}, ["temperature must be a number above 0"]),
+    ({"run": "masked", "temperature": "nan"}, ["temperature"]),
+    ({"run": "masked", "top_p": 2}, ["top_p must be a number above 0 and at most 1"]),
+    ({"run": "masked", "top_k": -3}, ["top_k"]),
+    ({"run": "masked", "pace": 60_000}, ["pace", "milliseconds"]),
+    ({"run": "masked", "stepz": 5}, ["unknown parameter 'stepz'"]),
+])
+def test_bad_requests_get_one_clear_sentence(server, params, words):
+    for post in (False, True):
+        stream = Stream(server, params, post=post)
+        try:
+            assert stream.status == 400
+            error = stream.json()["error"]
+        finally:
+            stream.close()
+        assert all(w in error for w in words), error
+        assert "\n" not in error and "Traceback" not in error and len(error) < 300
+
+
+def test_bad_bodies_and_hosts_are_refused(server):
+    conn = http.client.HTTPConnection(server.host, server.port, timeout=10)
+    try:
+        conn.request("POST", "/api/sample", body="{not json", headers={"Content-Type": "application/json"})
+        response = conn.getresponse()
+        assert response.status == 400 and "JSON object" in json.loads(response.read())["error"]
+        conn.request("GET", "/api/runs", headers={"Host": "attacker.example"})  # DNS rebinding
+        response = conn.getresponse()
+        assert response.status == 400
+        response.read()
+        conn.request("GET", "/nothing/here")
+        response = conn.getresponse()
+        assert response.status == 404 and "the live page is at /" in json.loads(response.read())["error"]
+    finally:
+        conn.close()
+
+
+# ---- concurrency and cancellation ---------------------------------------------------------------------------
+
+
+def test_a_slow_sampling_blocks_nothing_and_stops_when_its_client_leaves(server):
+    before = server.wait_for(lambda s: s["active"] == 0)
+    slow = Stream(server, SLOW)
+    try:
+        assert slow.status == 200
+        events = iter(slow)
+        assert next(events)[0] == "start" and next(events)[0] == "frame"
+        # a quick request runs to its end while the slow one is mid-way
+        fast = by_kind(Stream(server, {"run": "masked", "prompt": "KING", "steps": 3, "sampler": "topk"}).events())
+        assert len(fast["frame"]) == 4 and fast["done"][0]["text"].startswith("KING")
+        event, frame = next(events)
+        assert event == "frame" and frame["step"] < SLOW["steps"]  # ... and the slow one is still streaming
+        assert server.status()["active"] == 1
+    finally:
+        slow.close()
+    # the server notices the closed connection and stops the sampler instead of running it to the end
+    after = server.wait_for(lambda s: s["active"] == 0)
+    assert after["cancelled"] == before["cancelled"] + 1
+    assert after["completed"] == before["completed"] + 1  # the fast one
+
+
+def test_requests_beyond_the_limit_get_503(server):
+    server.wait_for(lambda s: s["active"] == 0)
+    streams = [Stream(server, SLOW) for _ in range(MAX_CONCURRENT)]
+    try:
+        assert all(s.status == 200 for s in streams)
+        extra = Stream(server, {"run": "masked", "steps": 2})
+        assert extra.status == 503 and "--max-concurrent 2" in extra.json()["error"]
+        extra.close()
+    finally:
+        for s in streams:
+            s.close()
+    server.wait_for(lambda s: s["active"] == 0)
+
+
+# ---- the page in headless Chromium --------------------------------------------------------------------------
+
+
+def _wait_state(browser, states: tuple[str, ...], timeout: float = 20) -> str:
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    def state(driver) -> str:
+        return driver.find_element("tag name", "body").get_attribute("data-state")
+
+    WebDriverWait(browser, timeout, poll_frequency=0.05).until(lambda d: state(d) in states)
+    return state(browser)
+
+
+def _fill(browser, element_id: str, value: str) -> None:
+    element = browser.find_element("id", element_id)
+    element.clear()
+    element.send_keys(value)
+
+
+def test_page_streams_a_whole_denoising(server, browser):
+    from selenium.webdriver.support.ui import Select
+
+    from browser import ink_fraction
+
+    browser.get(server.url + "/")
+    _wait_state(browser, ("idle",))
+    Select(browser.find_element("id", "run")).select_by_value("masked")
+    assert "masked" in browser.find_element("id", "run-info").text
+    _fill(browser, "text", "ROMEO:")
+    Select(browser.find_element("id", "sampler")).select_by_value("topk")
+    _fill(browser, "steps", "6")
+    _fill(browser, "pace", "20")
+    browser.find_element("id", "sample").click()
+    assert _wait_state(browser, ("done", "error")) == "done", browser.find_element("id", "message").text
+    player = browser.find_element("id", "player")
+    assert player.get_attribute("data-frames") == "7" and player.get_attribute("data-frame") == "6"
+    result = browser.find_element("id", "result").get_attribute("textContent")  # .text trims trailing spaces
+    assert result.startswith("ROMEO:") and len(result) == 32
+    assert "6 steps" in browser.find_element("id", "stats").text
+    assert not browser.find_element("id", "message").is_displayed()
+    assert ink_fraction(player.screenshot_as_png) > 0.01  # the player, not the page: ink_fraction is slow on 1280x1000
+
+
+def test_page_fills_blanks_and_stops_on_request(server, browser):
+    from selenium.webdriver.support.ui import Select, WebDriverWait
+
+    browser.get(server.url + "/")
+    _wait_state(browser, ("idle",))
+    Select(browser.find_element("id", "run")).select_by_value("masked")
+    browser.find_element("id", "mode-infill").click()
+    assert not browser.find_element("id", "length").is_enabled()  # an infill is as long as its text
+    template = "ROMEO:\nO ____ art thou"
+    _fill(browser, "text", template)
+    Select(browser.find_element("id", "sampler")).select_by_value("topk")  # exactly `steps` steps
+    _fill(browser, "steps", "4")
+    browser.find_element("id", "sample").click()
+    assert _wait_state(browser, ("done", "error")) == "done", browser.find_element("id", "message").text
+    result = browser.find_element("id", "result").get_attribute("textContent")
+    assert len(result) == len(template) and all(r == c for r, c in zip(result, template, strict=True) if c != "_")
+    assert browser.find_element("id", "player").get_attribute("data-frames") == "5"
+
+    # Stop aborts the request, and the server stops sampling
+    server.wait_for(lambda s: s["active"] == 0)
+    before = server.status()["cancelled"]
+    browser.find_element("id", "mode-prompt").click()
+    _fill(browser, "text", "KING")  # 28 blanks: ancestral sampling over 1000 steps takes ~1000 frames
+    Select(browser.find_element("id", "sampler")).select_by_value("ancestral")
+    _fill(browser, "steps", "1000")
+    _fill(browser, "pace", "20")
+    browser.find_element("id", "sample").click()
+    player = browser.find_element("id", "player")
+    WebDriverWait(browser, 20, poll_frequency=0.05).until(lambda d: int(player.get_attribute("data-frames") or 0) >= 3)
+    browser.find_element("id", "stop").click()
+    assert _wait_state(browser, ("stopped",)) == "stopped"
+    assert server.wait_for(lambda s: s["active"] == 0)["cancelled"] == before + 1
+    # the ar run offers no infill: the page switches back to a prompt
+    Select(browser.find_element("id", "run")).select_by_value("ar")
+    assert not browser.find_element("id", "mode-infill").is_enabled()
+    assert browser.find_element("id", "mode-prompt").is_selected()
+    assert not browser.find_element("id", "steps").is_enabled()
+
+
+@pytest.mark.parametrize("field, value, words", [
+    ("steps", "100000", "steps must be a whole number from 1 to 1000"),
+    ("text", "ROMEO €", "U+20AC"),
+])
+def test_page_shows_the_servers_message(server, browser, field, value, words):
+    from selenium.webdriver.support.ui import Select
+
+    browser.get(server.url + "/")
+    _wait_state(browser, ("idle",))
+    Select(browser.find_element("id", "run")).select_by_value("masked")
+    _fill(browser, "text", "ROMEO")
+    _fill(browser, field, value)
+    browser.find_element("id", "sample").click()
+    assert _wait_state(browser, ("error", "done")) == "error"
+    message = browser.find_element("id", "message")
+    assert message.is_displayed() and "error" in message.get_attribute("class").split()
+    assert words in message.text
+    assert browser.find_element("id", "result").text == ""
+
+
+# ---- startup errors through the CLI -------------------------------------------------------------------------
+
+
+def test_runs_with_the_same_name_are_told_apart(server, tmp_path):
+    twin = tmp_path / "other" / "masked"
+    shutil.copytree(server.root / "masked", twin)
+    runs = load_runs([server.root / "masked", twin, server.root / "masked" / "."], device="cpu")
+    assert list(runs) == ["masked", "other/masked"]  # the same directory twice is served once
+
+
+def test_serve_refuses_what_it_cannot_serve(server, tmp_path, capsys):
+    image = tmp_path / "mnist-run"
+    image.mkdir()
+    (image / "config.json").write_text(json.dumps({"config": {"method": {"name": "image"}}}))
+    taken = socket.create_server(("127.0.0.1", 0))
+    try:
+        cases = [
+            (["serve", "/no/such/run"], "does not exist"),
+            (["serve", str(image)], "textdiffusion mnist sample"),
+            (["serve", str(server.root / "masked"), "--port", str(taken.getsockname()[1])], "cannot listen"),
+        ]
+        for argv, words in cases:
+            assert main(argv) == 2
+            err = capsys.readouterr().err.strip()
+            assert err.startswith("error:") and words in err and "\n" not in err, err
+    finally:
+        taken.close()
