@@ -236,7 +236,7 @@ def _trajectory(run, length: int, seed: int) -> dict[str, Any]:
         res = run.method.sample(run.model, SampleRequest(n=1, length=length), gen, rec)
     frames = rec.thinned(MAX_FRAMES)
     return {"sampler": res.info.get("sampler") or run.method.check_sampler(SampleRequest()), "nfe": res.nfe,
-            "steps_total": len(rec.frames) - 1, "frames_kept": len(frames), "mask_char": "_",
+            "steps_total": rec.frames[-1]["step"], "frames_kept": len(frames), "mask_char": "_",
             "frames": [{"step": f["step"], "t": f.get("t"), "nfe": f.get("nfe"), "text": f["texts"][0],
                         "masked": f["masked"][0], "changed": f["changed"][0]} for f in frames],
             "final": run.tokenizer.decode(res.ids[0].tolist())}

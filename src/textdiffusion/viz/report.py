@@ -95,8 +95,8 @@ TEXT_COLUMNS = [
      "high"),
     ("distinct_2", "distinct-2", "distinct word bigrams / all word bigrams (diversity)", "high"),
     ("repetition", "repetition", "within-sample repeated word bigrams (loops); lower is better", "low"),
-    ("steps", "sample steps", "sampler steps used for the quality columns", None),
-    ("nfe", "NFE", "network evaluations per sample", "low"),
+    ("nfe", "NFE", "network evaluations per sample at the method's default step count (the quality columns)",
+     "low"),
     ("train_speed", "train chars/s", "training throughput recorded by the trainer", "high"),
     ("sample_speed", "sample chars/s", "generated characters per second, measured with the quality columns", "high"),
     ("provenance", "samples × seeds", "how many samples and seeds the quality columns average over", None),
@@ -131,8 +131,8 @@ def text_row(run: dict[str, Any]) -> dict[str, tuple[str, Any, str]]:
         "parameters": (f"{run['parameters']:,}" if run.get("parameters") else "—", run.get("parameters"), ""),
         "step": (f"{run['step']:,}", run["step"], f"of {run.get('train_steps')} configured"),
         "val": (_val_text(val), val["value"] if val else None, _val_title(val)),
-        "steps": (str(q.get("steps", "—")), q.get("steps"), f"sampler {q.get('sampler')}" if q else ""),
-        "nfe": (_fmt(q.get("nfe"), 1), q.get("nfe"), ""),
+        "nfe": (_fmt(q.get("nfe"), 1), q.get("nfe"),
+                f"sampler {q.get('sampler')}, {q.get('steps')} steps" if q else ""),
         "train_speed": (_fmt(run["train_speed"]["value"], 0), run["train_speed"]["value"], ""),
         "sample_speed": (_fmt(q.get("sample_chars_per_s"), 0), q.get("sample_chars_per_s"),
                          f"batch of {q.get('n')} on {run.get('device_measured', '?')}"),
@@ -285,7 +285,8 @@ def _data_uri(path: Path) -> str:
 
 
 def _run_card(i: int, r: dict[str, Any], out: Path) -> str:
-    head = (f'<section class="run-card" id="run-{i}" data-kind="{r["kind"]}"><h3>{_e(r["name"])} '
+    head = (f'<section class="run-card" id="run-{i}" data-kind="{r["kind"]}" data-method="{_e(r["method"])}">'
+            f'<h3>{_e(r["name"])} '
             f'<span class="tag">{_e(r["method"])}</span><span class="tag">{_e(r["preset"])}</span></h3>'
             f'<p class="muted mono">{_e(r["path"])} · step {r["step"]:,}'
             + (f" · {r['parameters']:,} parameters" if r.get("parameters") else "")
