@@ -224,7 +224,8 @@ def _sweep_point(run, judge, length: int, steps: int, samples: int, seed: int) -
     return {"requested_steps": steps, "steps": speed.get("steps") or steps or length,
             "sampler": run.method.check_sampler(req), "nfe": speed["nfe_per_sample"],
             "sample_chars_per_s": speed["sample_chars_per_s"], "seconds": speed["seconds"], **quality,
-            "n": samples, "seeds": 1, "seed": seed, "length": length, "examples": texts[:EXAMPLES]}
+            "n": samples, "seeds": 1, "seed": seed, "length": length,
+            "chars_per_sample": sum(len(t) for t in texts) / max(1, len(texts)), "examples": texts[:EXAMPLES]}
 
 
 def _trajectory(run, length: int, seed: int) -> dict[str, Any]:
@@ -253,7 +254,6 @@ def measure_text_run(record: dict[str, Any], judges: _Judges, length: int, sweep
                           f"({run.method.window}); use --length {run.method.window} or less")
     judge, judge_key, source, _ = judges.get(run)
     record["judge_corpus"] = source
-    record["reference"] = judges.real_text(run, length, samples)
     run_dir = Path(record["path"])
     cached = [] if refresh else _load_cache(run_dir, run.step)
     base_key = {"samples": samples, "length": length, "seed": seed, "judge": judge_key}
@@ -270,6 +270,9 @@ def measure_text_run(record: dict[str, Any], judges: _Judges, length: int, sweep
 
     default = point(0)
     default["default"] = True
+    # real text as long as the samples are in characters (a BPE or WordPiece token stands for several)
+    ref_chars = round(default.get("chars_per_sample") or length)
+    record["reference"] = {**judges.real_text(run, ref_chars, samples), "chars": ref_chars}
     points = [default]
     bar.update(1)
     if run.method.name != "ar":  # ar ignores the step count: one network evaluation per character
