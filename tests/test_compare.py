@@ -216,3 +216,15 @@ def test_report_renders_in_chromium(report, browser):
     browser.execute_script("window.scrollTo(0, 0)")
     time.sleep(0.1)
     assert ink_fraction(browser.get_screenshot_as_png()) > 0.02
+
+
+def test_interrupted_run_takes_val_from_the_last_evaluation(runs, tmp_path):
+    import shutil
+
+    run = tmp_path / "stopped"
+    shutil.copytree(runs / "masked", run)
+    (run / "final.json").unlink()  # as after Ctrl-C before the final evaluation
+    (run / "sweep.json").unlink(missing_ok=True)
+    record = compare_module.read_run(run)
+    assert record["val"]["source"] == "metrics.jsonl (step 20)" and record["val"]["kind"] == "bound"
+    assert record["step"] == 20
