@@ -11,6 +11,7 @@ Layout of a run directory::
     metrics.jsonl             one line per evaluation
     samples/step_NNNNNN.txt   samples written at each evaluation
     eval.json                 written by ``textdiffusion eval``
+    sweep.json                ``textdiffusion compare``'s cache of its quality-vs-speed points
 
 Every file is written to a temporary name in the same directory and renamed over the old one, so a
 crash or Ctrl-C leaves either the old or the new file, never half of one.
