@@ -79,6 +79,13 @@ def eval_summary(run: dict[str, Any]) -> str | None:
             f"distinct-2 {_fmt(q.get('distinct_2'))}, {_fmt(ev['speed'].get('sample_chars_per_s'), 0)} sample chars/s")
 
 
+def _length(data: dict[str, Any]) -> str:
+    """The common sample length in its unit: tokens stand for several characters with BPE or WordPiece."""
+    n = data["settings"]["length"]
+    kinds = {r.get("tokenizer") for r in data["runs"] if r["kind"] == "text"}
+    return f"{n} characters" if kinds <= {"char", None} else f"{n} tokens (characters for char-tokenizer runs)"
+
+
 # ---- tables (shared by the page and the markdown) --------------------------------------------------------
 TEXT_COLUMNS = [
     # key, header, tooltip, better
@@ -202,7 +209,7 @@ def render_markdown(data: dict[str, Any]) -> str:
                         f"word validity {_fmt(ref['word_validity'])}, distinct-2 {_fmt(ref['distinct_2'])}, "
                         f"repetition {_fmt(ref['repetition'])}."]
         out += ["", "### Quality vs sampling steps", "",
-                f"{s['samples']} samples × {s['seeds']} seed (seed {s['seed']}) of {s['length']} characters per "
+                f"{s['samples']} samples × {s['seeds']} seed (seed {s['seed']}) of {_length(data)} per "
                 f"point; `ar` has one point (one network evaluation per character).", "",
                 "| run | steps | NFE | judge ppl | word validity | distinct-2 | sample chars/s |",
                 "|---|---:|---:|---:|---:|---:|---:|"]
@@ -240,7 +247,7 @@ def render_markdown(data: dict[str, Any]) -> str:
                     f"{im['n']} images, {im['sampler']} {im['steps']} steps, seed {im['seed']}.", ""]
     out += ["## Settings", "", f"- sweep step counts: {', '.join(map(str, s['sweep'])) or 'none'} (plus each "
             f"method's default)", f"- samples per point: {s['samples']}, seeds: {s['seeds']} (seed {s['seed']}), "
-            f"length {s['length']} characters", f"- judge: {data['judge']['kind']}, fitted on the training split of "
+            f"length {_length(data)}", f"- judge: {data['judge']['kind']}, fitted on the training split of "
             f"{', '.join(data['judge']['corpora']) or '—'}",
             f"- image runs: {s['image_sampler']['sampler']} {s['image_sampler']['steps']} steps for the grids",
             f"- measured in {s['seconds']:.1f} s", ""]
@@ -354,7 +361,7 @@ def render_html(data: dict[str, Any], out: Path) -> str:
         '<span class="tag bound">bound</span> an upper bound on it (the diffusion NELBO), a Monte-Carlo '
         "estimate shown ± one standard error: the true bits/char can only be lower. Judge perplexity, word "
         "validity, distinct-2 and repetition are <i>estimates</i> from the samples × seeds in the last column "
-        f"(the sweep uses {s['samples']} samples × {s['seeds']} seed of {s['length']} characters per point). "
+        f"(the sweep uses {s['samples']} samples × {s['seeds']} seed of {_length(data)} per point). "
         "Hover a header or a cell for what it is and where it comes from; click a header to sort.</div>")
     if text_ids:
         q0 = quality_of(runs[text_ids[0]]) or {}
@@ -397,7 +404,7 @@ def render_html(data: dict[str, Any], out: Path) -> str:
         + f"<li>judge: {_e(data['judge']['kind'])}, fitted on the training split of "
           f"{_e(', '.join(data['judge']['corpora']) or '—')}</li>"
         + f"<li>samples per sweep point: {s['samples']}, seeds: {s['seeds']} (seed {s['seed']}), length "
-          f"{s['length']} characters; device {_e(s['device'])}</li>"
+          f"{_length(data)}; device {_e(s['device'])}</li>"
         + f"<li>image grids: {_e(s['image_sampler']['sampler'])} {s['image_sampler']['steps']} steps</li>"
         + f"<li>versions: {_e(', '.join(f'{k} {val}' for k, val in v.items()))}</li></ul>"
     )
