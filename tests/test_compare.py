@@ -17,9 +17,9 @@ from textdiffusion import compare as compare_module
 from textdiffusion.cli import main
 from textdiffusion.compare import compare_runs, parse_sweep
 from textdiffusion.config import ConfigError, make_config
-from textdiffusion.data.tokenizer import CharTokenizer
+from textdiffusion.data.tokenizer import BPETokenizer, CharTokenizer
 from textdiffusion.train import Trainer
-from textdiffusion.viz.trajectory import TrajectoryRecorder
+from textdiffusion.viz.trajectory import TrajectoryRecorder, decode_masked
 
 SWEEP = "2,4"
 
@@ -228,3 +228,14 @@ def test_interrupted_run_takes_val_from_the_last_evaluation(runs, tmp_path):
     record = compare_module.read_run(run)
     assert record["val"]["source"] == "metrics.jsonl (step 20)" and record["val"]["kind"] == "bound"
     assert record["step"] == 20
+
+
+def test_masked_positions_are_character_positions_for_multi_character_tokens(shakespeare):
+    tok = BPETokenizer.train(shakespeare[:30_000], 300)
+    ids = tok.encode("ROMEO: the king")
+    ids[2] = ids[-1] = tok.mask_id
+    text, masked = decode_masked(tok, ids, "_")
+    assert [text[i] for i in masked] == ["_", "_"] and masked[-1] == len(text) - 1
+    rec = TrajectoryRecorder(tok)
+    rec(0, torch.tensor([ids]), {})
+    assert rec.frames[0]["masked"] == [masked] and rec.frames[0]["texts"] == [text]

@@ -70,7 +70,6 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -90,6 +89,8 @@ from textdiffusion.data.corpus import DataError
 from textdiffusion.data.tokenizer import CharTokenizer
 from textdiffusion.methods.base import SampleRequest
 from textdiffusion.runs import LoadedRun, open_run
+from textdiffusion.viz import web_asset
+from textdiffusion.viz.trajectory import decode_masked
 
 MAX_PACE_MS = 1000  # a slower pace is no longer "watching", it is waiting
 MAX_TEMPERATURE = 10.0
@@ -100,9 +101,6 @@ LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 PARAMETERS = ("run", "prompt", "infill", "placeholder", "sampler", "steps", "length", "temperature", "top_k",
               "top_p", "seed", "pace")
 STATIC = {"td.css": "text/css", "player.js": "text/javascript", "live.js": "text/javascript"}
-# a private-use character stands in for the mask while decoding, to find masked character positions in
-# text made by multi-character tokenizers (where token positions are not character positions)
-_SENTINEL = "\ue000"
 # the page needs nothing but itself: no CDN, no inline script
 CSP = "default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; connect-src 'self'"
 
@@ -447,9 +445,8 @@ def _fixed_chars(served: ServedRun, state: torch.Tensor, fixed: torch.Tensor) ->
     assert tok is not None
     if tok.kind == "char":
         return fixed.nonzero().flatten().tolist()
-    text = tok.decode(state.tolist(), _SENTINEL)
-    head = text.split(_SENTINEL, 1)[0]
-    return list(range(len(head)))
+    _, masked = decode_masked(tok, state.tolist())
+    return list(range(masked[0] if masked else len(tok.decode(state.tolist()))))
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -468,14 +465,7 @@ class _Frames:
         tok = self.tok
         assert tok is not None
         ids = ids.detach().cpu()
-        row = ids.tolist()
-        if tok.kind == "char":
-            text = tok.decode(row, self.mask_char)
-            masked = (ids == tok.mask_id).nonzero().flatten().tolist()
-        else:
-            raw = tok.decode(row, _SENTINEL)
-            masked = [i for i, c in enumerate(raw) if c == _SENTINEL]
-            text = raw.replace(_SENTINEL, self.mask_char)
+        text, masked = decode_masked(tok, ids.tolist(), self.mask_char)
         changed = int((ids != self.prev).sum()) if self.prev is not None and self.prev.shape == ids.shape else 0
         self.prev = ids
         frame: dict[str, Any] = {"step": step, "t": None, "nfe": None, "text": text, "masked": masked,
@@ -656,10 +646,6 @@ class SamplingService:
 # the app
 
 
-def _asset(name: str) -> str:
-    return resources.files("textdiffusion.viz").joinpath("web", name).read_text(encoding="utf-8")
-
-
 def _error(message: str, status: int = 400) -> JSONResponse:
     return JSONResponse({"error": message}, status_code=status)
 
@@ -696,8 +682,8 @@ def create_app(run_dirs: Sequence[str | Path], device: str = "auto", max_steps: 
     if max_steps < 1 or max_concurrent < 1:
         raise ConfigError("--max-steps and --max-concurrent must be >= 1")
     service = SamplingService(load_runs(run_dirs, device, max_steps, max_chars), max_steps, max_concurrent)
-    page = _asset("live.html")
-    static = {name: _asset(name) for name in STATIC}
+    page = web_asset("live.html")
+    static = {name: web_asset(name) for name in STATIC}
 
     async def index(request: Request) -> Response:
         return Response(page, media_type="text/html; charset=utf-8", headers={"Content-Security-Policy": CSP})

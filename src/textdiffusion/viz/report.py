@@ -12,16 +12,12 @@ import base64
 import html
 import json
 import math
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from textdiffusion.viz import web_asset
+
 WEB_ASSETS = ("player.js", "plot.js", "report.js")
-
-
-def web_asset(name: str) -> str:
-    """A file of ``textdiffusion/viz/web`` (package data) as text."""
-    return (resources.files("textdiffusion.viz") / "web" / name).read_text(encoding="utf-8")
 
 
 def _num(v: Any) -> float | None:

@@ -7,8 +7,9 @@ File format (``textdiffusion sample --trajectory FILE``)::
      "frames": [{"step": 0, "t": 1.0, "nfe": 0, "texts": [...], "masked": [[positions], ...],
                  "changed": [count per sample]}, ...]}
 
-``texts`` shows still-masked positions as ``mask_char``; ``masked`` lists them exactly (the corpus may
-contain ``mask_char`` itself), and ``changed`` counts positions that differ from the previous frame.
+``texts`` shows still-masked positions as ``mask_char``; ``masked`` lists them exactly as character
+positions of that text (the corpus may contain ``mask_char`` itself), and ``changed`` counts token
+positions that differ from the previous frame.
 """
 
 from __future__ import annotations
@@ -21,6 +22,18 @@ import torch
 
 from textdiffusion.checkpoint import write_json
 from textdiffusion.data.tokenizer import Tokenizer
+
+# a private-use character stands in for the mask while decoding: with multi-character tokenizers (BPE,
+# WordPiece) token positions are not character positions, so masked positions are found in the text itself
+MASK_SENTINEL = "\ue000"
+
+
+def decode_masked(tok: Tokenizer, ids: list[int], mask_char: str = "_") -> tuple[str, list[int]]:
+    """The decoded text with masks shown as ``mask_char``, and the character positions of those masks."""
+    if tok.kind == "char":  # one character per token: positions agree, and the corpus may hold mask_char
+        return tok.decode(ids, mask_char), [i for i, t in enumerate(ids) if t == tok.mask_id]
+    raw = tok.decode(ids, MASK_SENTINEL)
+    return raw.replace(MASK_SENTINEL, mask_char), [i for i, c in enumerate(raw) if c == MASK_SENTINEL]
 
 
 class TrajectoryRecorder:
@@ -36,12 +49,12 @@ class TrajectoryRecorder:
 
     def _frame(self, step: int, state: torch.Tensor, prev: torch.Tensor | None,
                info: dict[str, Any]) -> dict[str, Any]:
-        masked = state == self.tok.mask_id
         changed = (state != prev).sum(1).tolist() if prev is not None else [0] * state.shape[0]
+        decoded = [decode_masked(self.tok, row.tolist(), self.mask_char) for row in state]
         return {
             "step": step, **{k: v for k, v in info.items() if isinstance(v, (int, float, str))},
-            "texts": [self.tok.decode(row.tolist(), self.mask_char) for row in state],
-            "masked": [row.nonzero().flatten().tolist() for row in masked],
+            "texts": [text for text, _ in decoded],
+            "masked": [masked for _, masked in decoded],
             "changed": changed,
         }
 

@@ -160,14 +160,5 @@
     return e;
   };
 
-  /* Trajectory frames as written by TrajectoryRecorder (several samples per frame) -> one sample's. */
-  TD.framesOf = function (traj, sample) {
-    sample = sample || 0;
-    return traj.frames.map((f) => ({
-      step: f.step, t: f.t, nfe: f.nfe, text: f.texts[sample],
-      masked: (f.masked || [])[sample] || [], changed: (f.changed || [])[sample] || 0,
-    }));
-  };
-
   TD.Player = Player;
 })();
