@@ -30,7 +30,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from textdiffusion.checkpoint import CheckpointError, read_json, versions, write_json
+from textdiffusion.checkpoint import CheckpointError, _atomic, read_json, versions, write_json
 from textdiffusion.config import ConfigError
 from textdiffusion.methods.base import SampleRequest
 
@@ -173,29 +173,35 @@ def _unique_names(records: list[dict[str, Any]]) -> None:
 
 # ---- measured here ---------------------------------------------------------------------------------
 class _Judges:
-    """One :class:`~textdiffusion.evaluate.TrainingReference` per corpus (fitting one takes a second or two)."""
+    """One :class:`~textdiffusion.evaluate.TrainingReference` per corpus (fitting one takes a second or two),
+    and the real-text scores per corpus, length and count. A corpus is read, checked and split once."""
 
     def __init__(self) -> None:
-        self._refs: dict[str, Any] = {}
+        self._corpora: dict[str, tuple[Any, str, str, int]] = {}  # key -> (judge, text, source, train chars)
         self._real: dict[tuple[str, int, int], dict[str, float]] = {}
 
-    def get(self, run) -> tuple[Any, str, str, int]:
+    @staticmethod
+    def key(run) -> str:
+        return f"{run.meta.get('corpus', {}).get('sha256') or run.cfg.data.corpus}:{run.cfg.data.val_fraction}"
+
+    def get(self, run) -> tuple[Any, str, str]:
+        """(judge, its cache key, the corpus source)."""
         from textdiffusion.evaluate import TrainingReference, run_corpus
 
-        data, text, source = run_corpus(run)
-        key = f"{run.meta.get('corpus', {}).get('sha256', source)}:{run.cfg.data.val_fraction}"
-        if key not in self._refs:
-            self._refs[key] = (TrainingReference(data.train_text), text, source, len(data.train_text))
-        ref, text, source, train_chars = self._refs[key]
-        return ref, key, source, train_chars
+        key = self.key(run)
+        if key not in self._corpora:
+            data, text, source = run_corpus(run)
+            self._corpora[key] = (TrainingReference(data.train_text), text, source, len(data.train_text))
+        judge, _text, source, _train_chars = self._corpora[key]
+        return judge, key, source
 
-    def real_text(self, run, length: int, n: int) -> dict[str, float]:
+    def real_text(self, key: str, length: int, n: int) -> dict[str, float]:
+        """Scores of ``n`` real validation windows of ``length`` characters of corpus ``key`` (see :meth:`get`)."""
         from textdiffusion.evaluate import reference_windows
 
-        ref, key, _source, train_chars = self.get(run)
         if (key, length, n) not in self._real:
-            text = self._refs[key][1]
-            self._real[(key, length, n)] = ref.quality(reference_windows(text, train_chars, length, n))
+            judge, text, _source, train_chars = self._corpora[key]
+            self._real[(key, length, n)] = judge.quality(reference_windows(text, train_chars, length, n))
         return self._real[(key, length, n)]
 
 
@@ -252,7 +258,7 @@ def measure_text_run(record: dict[str, Any], judges: _Judges, length: int, sweep
     if length > run.method.window:
         raise ConfigError(f"--length {length} is longer than the context of {record['path']} "
                           f"({run.method.window}); use --length {run.method.window} or less")
-    judge, judge_key, source, _ = judges.get(run)
+    judge, judge_key, source = judges.get(run)
     record["judge_corpus"] = source
     run_dir = Path(record["path"])
     cached = [] if refresh else _load_cache(run_dir, run.step)
@@ -272,7 +278,7 @@ def measure_text_run(record: dict[str, Any], judges: _Judges, length: int, sweep
     default["default"] = True
     # real text as long as the samples are in characters (a BPE or WordPiece token stands for several)
     ref_chars = round(default.get("chars_per_sample") or length)
-    record["reference"] = {**judges.real_text(run, ref_chars, samples), "chars": ref_chars}
+    record["reference"] = {**judges.real_text(judge_key, ref_chars, samples), "chars": ref_chars}
     points = [default]
     bar.update(1)
     if run.method.name != "ar":  # ar ignores the step count: one network evaluation per character
@@ -380,7 +386,5 @@ def compare_runs(run_dirs: list[str], out: str | Path, samples: int = 32, length
     md = render_markdown(data)
     html = render_html(data, out)
     for key, content in (("markdown", md), ("report", html)):
-        from textdiffusion.checkpoint import _atomic
-
         _atomic(paths[key], lambda tmp, c=content: Path(tmp).write_text(c, encoding="utf-8"))
     return paths

@@ -134,6 +134,7 @@ def text_row(run: dict[str, Any]) -> dict[str, tuple[str, Any, str]]:
         "parameters": (f"{run['parameters']:,}" if run.get("parameters") else "—", run.get("parameters"), ""),
         "step": (f"{run['step']:,}", run["step"], f"of {run.get('train_steps')} configured"),
         "val": (_val_text(val), val["value"] if val else None, _val_title(val)),
+        "val_kind": ("", (val or {}).get("kind"), ""),  # not a column: the exact/bound tag beside val
         "nfe": (_fmt(q.get("nfe"), 1), q.get("nfe"),
                 f"sampler {q.get('sampler')}, {q.get('steps')} steps" if q else ""),
         "train_speed": (_fmt(run["train_speed"]["value"], 0), run["train_speed"]["value"], ""),
@@ -157,6 +158,7 @@ def image_row(run: dict[str, Any]) -> dict[str, tuple[str, Any, str]]:
         "parameters": (f"{run['parameters']:,}" if run.get("parameters") else "—", run.get("parameters"), ""),
         "step": (f"{run['step']:,}", run["step"], ""),
         "val": (_val_text(val), val["value"] if val else None, _val_title(val)),
+        "val_kind": ("", (val or {}).get("kind"), ""),  # not a column: the exact/bound tag beside val
         "fid": (_fmt(ev.get("fid")), ev.get("fid"), run.get("eval_note") or "eval.json"),
         "class_accuracy": (_fmt(ev.get("class_accuracy")), ev.get("class_accuracy"), ""),
         "eval_sampler": (f"{ev.get('sampler', '—')} {ev.get('steps', '')}".strip() if ev else "—",
@@ -175,8 +177,8 @@ def _md_table(columns, rows) -> list[str]:
         cells = []
         for key, *_ in columns:
             text = row[key][0]
-            if key == "val" and row["val"][1] is not None:
-                text += " (exact)" if "exact negative" in row["val"][2] else " (bound)"
+            if key == "val" and row["val_kind"][1]:
+                text += f" ({row['val_kind'][1]})"
             cells.append(text.replace("|", "\\|"))
         lines.append("| " + " | ".join(cells) + " |")
     return lines
@@ -273,8 +275,8 @@ def _html_table(table_id: str, columns, rows, run_ids: list[int], caption: str) 
             shown = _e(text)
             if key == "run":
                 shown = f'<a href="#run-{rid}">{shown}</a>'
-            if key == "val" and row["val"][1] is not None:
-                kind = "exact" if "exact negative" in row["val"][2] else "bound"
+            if key == "val" and row["val_kind"][1]:
+                kind = row["val_kind"][1]
                 shown += f'<span class="tag {kind}">{kind}</span>'
             cells.append(f'<td class="{" ".join(cls)}" data-v="{_e(sort)}" title="{_e(tip)}">{shown}</td>')
         body.append(f'<tr data-run="{rid}">{"".join(cells)}</tr>')
