@@ -42,7 +42,7 @@ def run(cmd: list[str]) -> dict:
 
 
 def train(method: str, preset: str, run_dir: Path, steps: int, sets: list[str], seed: int = 1337) -> dict:
-    cmd = [sys.executable, "-m", "textdiffusion.cli", "train", "--method", method, "--preset", preset,
+    cmd = [sys.executable, "-m", "textdiffusion", "train", "--method", method, "--preset", preset,
            "--steps", str(steps), "--run-dir", str(run_dir), "--seed", str(seed), "--no-progress"]
     if sets:
         cmd += ["--set", *sets]

@@ -68,7 +68,7 @@ def row_run(method: str, name: str, training: list[str] | str, sampling: list[st
 
 
 def evaluate(run_dir: Path, sets: list[str], samples: int) -> dict:
-    cmd = [sys.executable, "-m", "textdiffusion.cli", "eval", str(run_dir), "--samples", str(samples),
+    cmd = [sys.executable, "-m", "textdiffusion", "eval", str(run_dir), "--samples", str(samples),
            "--val-windows", "128"]
     if sets:
         cmd += ["--set", *sets]

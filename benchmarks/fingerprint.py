@@ -54,7 +54,7 @@ SAMPLES: dict[str, list[tuple[str, list[str]]]] = {
 
 
 def cli(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:
-    proc = subprocess.run([sys.executable, "-m", "textdiffusion.cli", *args], capture_output=True, text=True, env=env)
+    proc = subprocess.run([sys.executable, "-m", "textdiffusion", *args], capture_output=True, text=True, env=env)
     if proc.returncode != 0:
         raise SystemExit(f"failed: textdiffusion {' '.join(args)}\n{proc.stdout}{proc.stderr}")
     return proc

@@ -49,7 +49,7 @@ def _free_port() -> int:
 
 def shoot_live(driver, runs: list[str], out: Path, prompt: str, steps: int, pace: int) -> None:
     port = _free_port()
-    server = subprocess.Popen([sys.executable, "-m", "textdiffusion.cli", "serve", *runs, "--port", str(port)])
+    server = subprocess.Popen([sys.executable, "-m", "textdiffusion", "serve", *runs, "--port", str(port)])
     try:
         url = f"http://127.0.0.1:{port}"
         for _ in range(120):

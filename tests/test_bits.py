@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from helpers import train_tiny
-from textdiffusion.cli import main
+from textdiffusion.apps.cli import main
 from textdiffusion.config import make_config
 from textdiffusion.data.tokenizer import CharTokenizer
 from textdiffusion.methods.base import SampleRequest

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from textdiffusion.cli import main
+from textdiffusion.apps.cli import main
 
 
 @pytest.fixture(scope="module")

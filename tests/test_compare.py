@@ -13,9 +13,9 @@ import pytest
 import torch
 
 from helpers import train_tiny
-from textdiffusion import compare as compare_module
-from textdiffusion.cli import main
-from textdiffusion.compare import compare_runs, parse_sweep
+from textdiffusion.apps import compare as compare_module
+from textdiffusion.apps.cli import main
+from textdiffusion.apps.compare import compare_runs, parse_sweep
 from textdiffusion.config import ConfigError, make_config
 from textdiffusion.data.tokenizer import BPETokenizer, CharTokenizer
 from textdiffusion.train import Trainer

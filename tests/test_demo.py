@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from textdiffusion.cli import main
+from textdiffusion.apps.cli import main
 from textdiffusion.data import corpus as corpus_mod
 
 

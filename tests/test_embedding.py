@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from helpers import tiny_config, train_tiny
-from textdiffusion.cli import main
+from textdiffusion.apps.cli import main
 from textdiffusion.config import ConfigError, make_config
 from textdiffusion.data.batches import TextData
 from textdiffusion.data.tokenizer import CharTokenizer

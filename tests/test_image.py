@@ -11,7 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
-from textdiffusion.cli import main
+from textdiffusion.apps.cli import main
 from textdiffusion.config import ConfigError, UNetConfig, make_config
 from textdiffusion.methods.image import ImageBatch, ImageDiffusion, ImageRequest, ImageSpec, to_pixels, to_unit_range
 from textdiffusion.nn.unet import UNet
@@ -208,7 +208,7 @@ def test_mnist_cli_errors(image_run: Path, tmp_path, capsys):
 def test_mnist_eval_reports_fid_and_class_accuracy(image_run: Path, tmp_path, monkeypatch):
     from textdiffusion.data.images import load_images
     from textdiffusion.image_metrics import classifier_for, train_classifier
-    from textdiffusion.mnist import _data_key, evaluate_images
+    from textdiffusion.apps.mnist import _data_key, evaluate_images
 
     monkeypatch.setenv("TEXTDIFFUSION_CACHE", str(tmp_path))  # the classifier cache goes here
     cfg = json.loads((image_run / "config.json").read_text())["config"]

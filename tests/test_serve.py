@@ -19,8 +19,8 @@ import pytest
 import uvicorn
 
 from helpers import train_tiny
-from textdiffusion.cli import main
-from textdiffusion.serve import create_app, load_runs
+from textdiffusion.apps.cli import main
+from textdiffusion.apps.serve import create_app, load_runs
 
 MAX_CONCURRENT = 2
 SLOW = {"run": "masked", "sampler": "cached", "steps": 1000, "pace": 20}  # ~20 s unless cancelled

@@ -1,4 +1,4 @@
-"""Turning a comparison (see :mod:`textdiffusion.compare`) into ``report.html`` and ``comparison.md``.
+"""Turning a comparison (see :mod:`textdiffusion.apps.compare`) into ``report.html`` and ``comparison.md``.
 
 The HTML page is one file with everything inline: the style sheet and scripts from ``viz/web`` and the image
 runs' pictures as data URIs, so it opens from ``file://`` on a machine with no network. The tables are written

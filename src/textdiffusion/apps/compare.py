@@ -303,7 +303,7 @@ def measure_text_run(record: dict[str, Any], judges: _Judges, length: int, sweep
 
 def measure_image_run(record: dict[str, Any], out: Path, seed: int, device: str, bar: tqdm) -> None:
     """Writes the sample grid, the denoising strip and the GIF of an image run into ``out/assets/NAME``."""
-    from textdiffusion.mnist import open_image_run, sample_images
+    from textdiffusion.apps.mnist import open_image_run, sample_images
 
     run = open_image_run(record["path"], device=device)
     per_class = run.method.conditional
@@ -321,7 +321,7 @@ def measure_image_run(record: dict[str, Any], out: Path, seed: int, device: str,
 
 def _evaluate_missing(records: list[dict[str, Any]], device: str) -> None:
     from textdiffusion.evaluate import evaluate_run
-    from textdiffusion.mnist import evaluate_images
+    from textdiffusion.apps.mnist import evaluate_images
 
     for r in records:
         if r["eval"] is None:

@@ -154,13 +154,13 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from textdiffusion.demo import run_demo
+    from textdiffusion.apps.demo import run_demo
 
     return run_demo(steps=args.steps, data=args.data, run_dir=args.run_dir, preset=args.preset)
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from textdiffusion.compare import compare_runs
+    from textdiffusion.apps.compare import compare_runs
 
     paths = compare_runs(args.run_dirs, args.out, samples=args.samples, length=args.length or 0,
                          sweep=args.sweep, seed=args.seed, device=args.device, evaluate=args.evaluate,
@@ -171,7 +171,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from textdiffusion.serve import serve
+    from textdiffusion.apps.serve import serve
 
     return serve(args.run_dirs, host=args.host, port=args.port, device=args.device, max_steps=args.max_steps,
                  max_concurrent=args.max_concurrent)
@@ -197,7 +197,7 @@ def cmd_mnist_train(args: argparse.Namespace) -> int:
 
 
 def cmd_mnist_sample(args: argparse.Namespace) -> int:
-    from textdiffusion.mnist import check_digit, sample_images
+    from textdiffusion.apps.mnist import check_digit, sample_images
 
     check_digit(args.digit)
     res = sample_images(args.run_dir, out=args.out, n=args.n or 0, digit=args.digit, sampler=args.sampler or "",
@@ -212,7 +212,7 @@ def cmd_mnist_sample(args: argparse.Namespace) -> int:
 
 
 def cmd_mnist_eval(args: argparse.Namespace) -> int:
-    from textdiffusion.mnist import evaluate_images, format_eval
+    from textdiffusion.apps.mnist import evaluate_images, format_eval
 
     row = evaluate_images(args.run_dir, samples=args.samples, sampler=args.sampler or "", steps=args.steps or 0,
                           eta=args.eta, guidance=args.guidance, seed=args.seed, device=args.device,
@@ -223,7 +223,7 @@ def cmd_mnist_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_mnist_demo(args: argparse.Namespace) -> int:
-    from textdiffusion.mnist import run_demo
+    from textdiffusion.apps.mnist import run_demo
 
     return run_demo(steps=args.steps, data=args.data, run_dir=args.run_dir, preset=args.preset)
 
