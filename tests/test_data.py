@@ -314,10 +314,11 @@ def test_minilm_embeddings_are_the_word_embedding_table(wordpiece):
 
 
 def _masked_method(tok):
-    from textdiffusion.config import MethodConfig, ModelConfig
+    from textdiffusion.config import ModelConfig
+    from textdiffusion.methods.masked import MaskedConfig
     from textdiffusion.methods import get_method
 
-    return get_method("masked")(MethodConfig(), ModelConfig(context=64), tok)
+    return get_method("masked")(MaskedConfig(), ModelConfig(context=64), tok)
 
 
 def test_prepare_encodes_known_runs_whole_with_bpe(bpe):

@@ -104,7 +104,7 @@ def test_clamping_and_ddim_steps_are_sampling_options(trained):
     assert run.cfg.method.clamp and run.cfg.method.eta == 0.5
     res = run.method.sample(run.model, SampleRequest(n=2, steps=4), torch.Generator().manual_seed(1))
     assert res.info["clamp"] and res.nfe == 4
-    with pytest.raises(ConfigError, match="only change sampling options"):
+    with pytest.raises(ConfigError, match="only change its sampling options"):
         open_run(trained["emb"], device="cpu", overrides=["method.embed_dim=8"])
 
 
@@ -132,9 +132,8 @@ def test_guided_needs_an_ar_run(trained):
     run = open_run(trained["emb"], device="cpu")
     with pytest.raises(ConfigError, match="needs a trained ar run"):
         run.method.sample(run.model, SampleRequest(sampler="guided", steps=2), torch.Generator())
-    run = open_run(trained["emb"], device="cpu", overrides=[f"method.guide_run={trained['emb']}"])
-    with pytest.raises(ConfigError, match="it must be ar"):
-        run.method.sample(run.model, SampleRequest(sampler="guided", steps=2), torch.Generator())
+    with pytest.raises(ConfigError, match="it must be ar"):  # checked when the run (and its guide) is opened
+        open_run(trained["emb"], device="cpu", overrides=[f"method.guide_run={trained['emb']}"])
 
 
 def test_validation_reports_a_bound_and_the_loss_terms(trained):
@@ -143,9 +142,9 @@ def test_validation_reports_a_bound_and_the_loss_terms(trained):
                               run.tokenizer)
     res = run.method.nll(run.model, TextData.tiled_windows(data.train_ids, 32, 4))
     d = res.details
-    assert res.kind == "bound" and res.chars == 4 * 32
+    assert res.kind == "bound" and res.units == 4 * 32
     total = d["reconstruction_nats_per_char"] + d["prior_nats_per_char"] + d["diffusion_nats_per_char"]
-    assert res.nats_per_char == pytest.approx(total)
+    assert res.nats_per_unit == pytest.approx(total)
     assert d["denoising_mse"] > 0 and "rounding_ce_per_token" in d and d["embed_mean_norm"] > 0
 
 
@@ -176,7 +175,7 @@ def test_cli_train_sample_eval(small_corpus, tmp_path, capsys):
     out = capsys.readouterr().out
     assert "upper bound" in out and "judge perplexity" in out
     assert main(["sample", str(run), "--set", "method.target=eps"]) == 2
-    assert "only change sampling options" in capsys.readouterr().err
+    assert "only change its sampling options" in capsys.readouterr().err
 
 
 def test_pretrained_minilm_embeddings_train_frozen(small_corpus, tmp_path):
@@ -206,4 +205,4 @@ def test_bpe_tokens_train_sample_and_score_per_character(small_corpus, tmp_path)
     windows = TextData.tiled_windows(trainer.data.val_ids, 32, 3)
     nll = run.method.nll(run.model, windows)
     # bits per *character*: BPE windows of 32 tokens hold more than 32 characters
-    assert nll.chars == sum(len(run.tokenizer.decode(w.tolist())) for w in windows) > 3 * 32
+    assert nll.units == sum(len(run.tokenizer.decode(w.tolist())) for w in windows) > 3 * 32

@@ -13,7 +13,8 @@ from PIL import Image
 
 from textdiffusion.apps.cli import main
 from textdiffusion.config import ConfigError, UNetConfig, make_config
-from textdiffusion.methods.image import ImageBatch, ImageDiffusion, ImageRequest, ImageSpec, to_pixels, to_unit_range
+from textdiffusion.data.images import ImageBatch, ImageSpec, to_pixels, to_unit_range
+from textdiffusion.methods.image import ImageDiffusion, ImageRequest
 from textdiffusion.nn.unet import UNet
 from textdiffusion.runs import open_run
 from textdiffusion.train import Trainer
@@ -171,10 +172,10 @@ def test_bound_is_deterministic_and_decomposes(image_run: Path, mnist_npz):
     with np.load(mnist_npz) as d:
         batch = ImageBatch(torch.from_numpy(d["x_test"][:16]), torch.from_numpy(d["y_test"][:16]).long())
     a, b = run.method.nll(run.model, batch), run.method.nll(run.model, batch)
-    assert a.nats_per_char == b.nats_per_char and a.unit == "dim" and a.chars == 16 * 28 * 28
+    assert a.nats_per_unit == b.nats_per_unit and a.unit == "dim" and a.units == 16 * 28 * 28
     d = a.details
     total = d["reconstruction_nats_per_dim"] + d["prior_nats_per_dim"] + d["diffusion_nats_per_dim"]
-    assert total == pytest.approx(a.nats_per_char)
+    assert total == pytest.approx(a.nats_per_unit)
     assert d["prior_nats_per_dim"] < 1e-3  # linear schedule: almost no signal left at t = 1
 
 

@@ -26,9 +26,9 @@ def trained(tmp_path_factory, shakespeare):
 @pytest.mark.parametrize("method", ["ar", "masked"])
 def test_loss_decreases(method, small_corpus, tmp_path):
     trainer = Trainer(tiny_config(method, small_corpus, steps=80), tmp_path / method, progress=False)
-    before = trainer.evaluate(trainer.val_windows, trainer.model).nats_per_char
+    before = trainer.evaluate(trainer.val_windows, trainer.model).nats_per_unit
     trainer.train()
-    after = trainer.evaluate(trainer.val_windows, trainer.model).nats_per_char
+    after = trainer.evaluate(trainer.val_windows, trainer.model).nats_per_unit
     assert after < before - 0.5, (before, after)
 
 
@@ -60,9 +60,9 @@ def test_masked_nelbo_is_an_upper_bound_on_the_true_entropy(schedule, estimator,
     assert abs(floor - _window_entropy(P, pi, L)) < 0.03  # and it is close to the analytic entropy
     res = trainer.evaluate(windows, trainer.model)
     assert res.kind == "bound"
-    assert res.nats_per_char >= floor - 3 * res.details["stderr_nats"], (res.nats_per_char, floor)
+    assert res.nats_per_unit >= floor - 3 * res.details["stderr_nats"], (res.nats_per_unit, floor)
     # and the model did learn: the bound is far below a uniform guess over four symbols
-    assert res.nats_per_char < math.log(4) - 0.1
+    assert res.nats_per_unit < math.log(4) - 0.1
 
 
 def test_ar_exact_likelihood_respects_the_same_floor(tmp_path):
@@ -71,7 +71,7 @@ def test_ar_exact_likelihood_respects_the_same_floor(tmp_path):
     ar.train()
     windows = TextData.tiled_windows(ar.data.val_ids, ar.method.window)
     floor = _true_nll(windows, P, pi)
-    exact = ar.evaluate(windows, ar.model).nats_per_char
+    exact = ar.evaluate(windows, ar.model).nats_per_unit
     assert floor - 0.01 <= exact < floor + 0.15
 
 
@@ -94,7 +94,7 @@ def test_time_and_count_estimators_agree(trained):
     finally:
         tr.method.cfg.estimator, tr.method.cfg.eval_time_samples = "time", 4
     se = (by_time.details["stderr_nats"] ** 2 + by_count.details["stderr_nats"] ** 2) ** 0.5
-    assert abs(by_time.nats_per_char - by_count.nats_per_char) < 4 * se
+    assert abs(by_time.nats_per_unit - by_count.nats_per_unit) < 4 * se
     assert by_count.details["stderr_nats"] < by_time.details["stderr_nats"]
 
 
@@ -106,8 +106,8 @@ def test_count_estimator_needs_a_schedule_that_masks_everything(small_corpus):
 
 def test_masked_nelbo_estimate_is_deterministic(trained):
     tr = trained["masked"]
-    a = tr.evaluate(tr.val_windows).nats_per_char
-    b = tr.evaluate(tr.val_windows).nats_per_char
+    a = tr.evaluate(tr.val_windows).nats_per_unit
+    b = tr.evaluate(tr.val_windows).nats_per_unit
     assert a == b
 
 
@@ -210,4 +210,4 @@ def test_likelihoods_are_per_character_for_multi_character_tokens(method, small_
                          **{"data.tokenizer": "bpe", "data.vocab_size": 300})
     windows = TextData.tiled_windows(trainer.data.val_ids, 32, 4)
     res = trainer.method.nll(trainer.model, windows)
-    assert res.chars == sum(len(trainer.data.tokenizer.decode(w.tolist())) for w in windows) > windows.numel()
+    assert res.units == sum(len(trainer.data.tokenizer.decode(w.tolist())) for w in windows) > windows.numel()

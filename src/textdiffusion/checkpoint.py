@@ -20,9 +20,7 @@ crash or Ctrl-C leaves either the old or the new file, never half of one.
 from __future__ import annotations
 
 import json
-import os
 import platform
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -31,28 +29,11 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from textdiffusion import __version__
+from textdiffusion.files import atomic_write
 
 
 class CheckpointError(ValueError):
     """A run directory that cannot be used; the message says what is wrong and what to do."""
-
-
-def _atomic(path: Path, write) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        mask = os.umask(0)
-        os.umask(mask)
-        os.chmod(tmp, 0o666 & ~mask)  # mkstemp makes 0600 files; a run directory should be shareable
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def write_json(path: Path, obj: Any) -> None:
@@ -61,7 +42,7 @@ def write_json(path: Path, obj: Any) -> None:
             json.dump(obj, f, indent=2, ensure_ascii=False)
             f.write("\n")
 
-    _atomic(path, write)
+    atomic_write(path, write)
 
 
 def read_json(path: Path) -> Any:
@@ -76,7 +57,7 @@ def read_json(path: Path) -> Any:
 
 def write_tensors(path: Path, tensors: dict[str, torch.Tensor], step: int) -> None:
     clean = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
-    _atomic(path, lambda tmp: save_file(clean, tmp, metadata={"step": str(step), "format": "pt"}))
+    atomic_write(path, lambda tmp: save_file(clean, tmp, metadata={"step": str(step), "format": "pt"}))
 
 
 def read_tensors(path: Path) -> tuple[dict[str, torch.Tensor], int]:

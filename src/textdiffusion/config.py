@@ -8,11 +8,12 @@ merged over the defaults; nothing is hidden in module-level constants.
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import json
 import types
 import typing
 from dataclasses import asdict, dataclass, field, fields
-from typing import Any
+from typing import Any, ClassVar
 
 
 class ConfigError(ValueError):
@@ -63,48 +64,77 @@ class TrainConfig:
     time_budget_s: float = 0.0  # > 0: also stop (and score) once this many seconds of training are spent
 
 
+def sampling(default: Any) -> Any:
+    """A method option that only steers sampling: ``sample``/``eval --set`` may change it on a trained run.
+
+    Every other option shaped the network or its training and is fixed once the run exists. The mark lives
+    on the field itself, so a method's config class is the one place that says which is which."""
+    return field(default=default, metadata={"sampling": True})
+
+
 @dataclass
 class MethodConfig:
-    """Method-specific options. Every method reads only the fields it knows about."""
+    """The options every method has. Each method declares a subclass next to its code (``MaskedConfig`` in
+    ``methods/masked.py``, ...) with its own fields, so a run's ``config.json`` records only what its method
+    reads. ``presets`` are the method's adjustments on top of a named preset, each one measured."""
 
-    name: str = "masked"
-    # masked diffusion (MDLM)
-    schedule: str = "loglinear"  # loglinear | linear
-    sigma_max: float = 10.0  # for the linear (in sigma) schedule
-    antithetic: bool = True
-    estimator: str = "time"  # time (sample t, weight w(t)) | count (t integrated out: uniform mask count)
-    time_conditioning: bool = False
-    eval_time_samples: int = 16
-    eval_seed: int = 1234
-    confidence: float = 0.9  # threshold of the `confidence` sampler
-    # sampling defaults
-    sampler: str = ""  # "" = the method's default
-    sample_steps: int = 0  # 0 = the method's default (sequence length for masked)
-    temperature: float = 1.0
-    top_k: int = 0
-    top_p: float = 1.0
-    # Gaussian diffusion on embeddings (Diffusion-LM line); see methods/embedding.py
-    embeddings: str = "learned"  # learned (jointly with the denoiser) | pretrained (frozen MiniLM table)
-    embed_dim: int = 64  # width of the learned embedding space (the pretrained table has its own: 384)
-    embed_norm: str = "fixed"  # fixed (every row rescaled to norm sqrt(dim) * embed_scale) | none
-    embed_scale: float = 1.0  # per-coordinate RMS of a fixed-norm embedding, relative to the unit noise
-    noise_schedule: str = "sqrt"  # linear | cosine | sqrt
-    timesteps: int = 2000  # T of the discrete process; 0 = continuous time
-    target: str = "x0"  # eps | x0 | v | probs (decoder distribution -> expected embedding, trained by CE)
-    decoder: str = "head"  # cosine | l2 | head (a learned softmax rounding head)
-    rounding_weight: float = 1.0  # Diffusion-LM's rounding term -log p(w | x_0)
-    x0_ce_weight: float = 0.0  # cross-entropy of the decoder on the *predicted* x0 at every t
-    self_condition: bool = False  # Chen et al. 2022: feed the previous x0 estimate back in
-    clamp: bool = False  # snap x0_hat to its nearest embedding at every sampling step
-    eta: float = 0.0  # DDIM noise (ddim sampler only; ddpm is eta = 1)
-    time_difference: float = 0.0  # asymmetric time intervals (Chen et al. 2022), in steps
-    guide_run: str = ""  # guided sampler: the `ar` run whose logits are mixed with the plan's
-    guide_weight: float = 0.5  # guided sampler: weight w of the diffusion plan (0 = pure ar)
-    # analog bits (Bit Diffusion); shares the Gaussian options above
-    bit_scale: float = 1.0  # bits are written as {-bit_scale, +bit_scale}
-    probs_mse_weight: float = 0.0  # target=probs: add this times the MSE of the averaged x0 to the cross-entropy
-    # image diffusion (MNIST); shares the Gaussian options above
-    guidance: float = 1.0  # classifier-free guidance scale w: eps = eps_uncond + w (eps_cond - eps_uncond)
+    name: str = ""
+    sampler: str = sampling("")  # "" = the method's default
+
+    # per preset: {section: {field: value}} merged after the preset itself (see make_config)
+    presets: ClassVar[dict[str, dict[str, dict[str, Any]]]] = {}
+    # the network section the method builds from: "model" (the transformer) or "unet"
+    network: ClassVar[str] = "model"
+
+    def check(self) -> None:
+        """Raise :class:`ConfigError` for a value the method cannot use (called by :func:`validate`)."""
+
+    @classmethod
+    def sampling_fields(cls) -> tuple[str, ...]:
+        return tuple(f.name for f in fields(cls) if f.metadata.get("sampling"))
+
+
+# Method name -> its config class; filled by ``textdiffusion.methods.base.register``.
+METHOD_CONFIGS: dict[str, type[MethodConfig]] = {}
+
+
+def method_config_class(name: str) -> type[MethodConfig]:
+    """The config class of a registered method (importing the built-in methods on first use)."""
+    if not METHOD_CONFIGS:
+        importlib.import_module("textdiffusion.methods")  # registers every built-in method
+    if name not in METHOD_CONFIGS:
+        raise ConfigError(f"unknown method {name!r}; choose one of {', '.join(sorted(METHOD_CONFIGS))}")
+    return METHOD_CONFIGS[name]
+
+
+# The single method section of textdiffusion 0.1.0, field by field: a run written then records every field of
+# every method. Loading such a run keeps its method's fields and drops the rest, which that method never read.
+LEGACY_METHOD_FIELDS = frozenset({
+    "name", "schedule", "sigma_max", "antithetic", "estimator", "time_conditioning", "eval_time_samples",
+    "eval_seed", "confidence", "sampler", "sample_steps", "temperature", "top_k", "top_p", "embeddings",
+    "embed_dim", "embed_norm", "embed_scale", "noise_schedule", "timesteps", "target", "decoder",
+    "rounding_weight", "x0_ce_weight", "self_condition", "clamp", "eta", "time_difference", "guide_run",
+    "guide_weight", "bit_scale", "probs_mse_weight", "guidance",
+})
+
+
+def method_config_from_dict(d: dict[str, Any]) -> MethodConfig:
+    """A method section read back from ``config.json``: the method's own fields are kept; fields of the
+    0.1.0 union that the method does not have are dropped (it never read them); anything else is refused,
+    because it may be an option this version would silently ignore."""
+    if not isinstance(d, dict) or not isinstance(d.get("name"), str):
+        raise ConfigError("the method section of config.json has no method name; the file is not a textdiffusion "
+                          "config")
+    cls = method_config_class(d["name"])
+    cfg = cls()
+    own = {f.name for f in fields(cls)}
+    for key, value in d.items():
+        if key in own:
+            setattr(cfg, key, value)
+        elif key not in LEGACY_METHOD_FIELDS:
+            raise ConfigError(f"config.json sets method.{key}, which the {cls().name} method does not have "
+                              f"(written by another version, or edited); remove the field to use the run")
+    return cfg
 
 
 @dataclass
@@ -137,6 +167,9 @@ class DataConfig:
 
 @dataclass
 class Config:
+    """A whole run. ``method`` is the method's own config class; only the network section the method builds
+    from (``model`` for the transformer, ``unet`` for images) is recorded beside it."""
+
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     method: MethodConfig = field(default_factory=MethodConfig)
@@ -145,21 +178,29 @@ class Config:
     preset: str = "cpu"
     seed: int = 1337
 
+    def sections(self) -> tuple[str, ...]:
+        """The sections this run uses: the trainer, the data, the method and its one network."""
+        return (self.method.network, "train", "method", "data")
+
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        out: dict[str, Any] = {name: asdict(getattr(self, name)) for name in self.sections()}
+        return {**out, "preset": self.preset, "seed": self.seed}
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Config:
-        cfg = cls()
+        """Read back a recorded config (see :func:`method_config_from_dict` for runs of 0.1.0)."""
+        if not isinstance(d, dict):
+            raise ConfigError("config.json's 'config' is not an object; the file is not a textdiffusion config")
+        cfg = cls(method=method_config_from_dict(d.get("method") or {}))
         for key, value in d.items():
-            if key in SECTIONS:
+            if key in SECTIONS and key != "method" and isinstance(value, dict):
                 section = getattr(cfg, key)
                 known = {f.name for f in fields(section)}
                 for k, v in value.items():
-                    if k in known:  # tolerate fields from newer versions
+                    if k in known:
                         setattr(section, k, v)
             elif key in ("preset", "seed"):
                 setattr(cfg, key, value)
@@ -191,47 +232,25 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     },
 }
 
-# Per-method adjustments on top of a preset, each one measured (see BENCHMARKS.md).
-METHOD_PRESETS: dict[tuple[str, str], dict[str, dict[str, Any]]] = {
-    # Bit Diffusion's own recipe: continuous time, cosine schedule, self-conditioning (Chen et al. 2022)
-    **{("bits", p): {"method": {"timesteps": 0, "noise_schedule": "cosine", "self_condition": True}}
-       for p in ("tiny", "cpu", "base")},
-    # DDPM on MNIST (Ho et al. 2020): linear betas, T = 1000, eps-prediction; the U-Net shapes are sized
-    # for each preset's machine (cpu: ~0.3 M parameters, minutes on a laptop; base: a GPU run)
-    **{("image", p): {
-        "data": {"corpus": "mnist"},
-        "method": {"noise_schedule": "linear", "timesteps": 1000, "target": "eps", "sampler": "ddpm",
-                   "eval_time_samples": 4, "clamp": True},  # clamp = clip x0_hat to the pixel range
-        "train": {"weight_decay": 0.0, **extra_train},
-        "unet": unet,
-    } for p, unet, extra_train in (
-        ("tiny", {"base_channels": 8, "channel_mult": "1,2", "heads": 2, "groups": 4, "dropout": 0.0},
-         {"batch_size": 16, "final_eval_windows": 32}),
-        ("cpu", {"base_channels": 16, "channel_mult": "1,2,2", "heads": 4, "groups": 8, "dropout": 0.0},
-         {"steps": 4000, "batch_size": 64, "lr": 2e-3, "min_lr": 2e-4, "warmup": 200, "eval_every": 500,
-          "eval_windows": 256, "final_eval_windows": 2000, "ema_decay": 0.995}),
-        ("base", {"base_channels": 64, "channel_mult": "1,2,2", "num_res_blocks": 2, "heads": 4, "groups": 32,
-                  "dropout": 0.1},
-         {"steps": 20000, "batch_size": 128, "lr": 2e-4, "min_lr": 2e-5, "warmup": 500, "eval_every": 2000,
-          "eval_windows": 512, "final_eval_windows": 0, "ema_decay": 0.9995}),
-    )},
-}
-
-
-def _merge(cfg: Config, partial: dict[str, dict[str, Any]]) -> None:
+def _merge(cfg: Config, partial: dict[str, dict[str, Any]], strict: bool = True) -> None:
+    """Set section fields from a partial dict. ``strict=False`` (the generic presets) skips method fields the
+    method does not have: ``eval_time_samples`` means nothing to ``ar``."""
     for section, values in partial.items():
+        target = getattr(cfg, section)
+        known = {f.name for f in fields(target)}
         for k, v in values.items():
-            setattr(getattr(cfg, section), k, v)
+            if strict or k in known:
+                setattr(target, k, v)
 
 
 def make_config(method: str, preset: str, overrides: list[str] | None = None) -> Config:
-    """Defaults <- preset <- method-specific preset <- ``--set`` overrides."""
+    """Defaults <- preset <- the method's own adjustments to that preset <- ``--set`` overrides."""
     if preset not in PRESETS:
         raise ConfigError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
-    cfg = Config(preset=preset)
-    cfg.method.name = method
-    _merge(cfg, PRESETS[preset])
-    _merge(cfg, METHOD_PRESETS.get((method, preset), {}))
+    method_cfg = method_config_class(method)()
+    cfg = Config(preset=preset, method=method_cfg)
+    _merge(cfg, PRESETS[preset], strict=False)
+    _merge(cfg, method_cfg.presets.get(preset, {}))
     apply_overrides(cfg, overrides or [])
     return cfg
 
@@ -278,35 +297,33 @@ def apply_overrides(cfg: Config, overrides: list[str]) -> Config:
             setattr(cfg, key, int(value) if key == "seed" else value)
             continue
         if "." not in key:
-            raise ConfigError(f"--set key must look like section.field ({', '.join(SECTIONS)}), got {key!r}")
+            raise ConfigError(f"--set key must look like section.field ({', '.join(cfg.sections())}), got {key!r}")
         section_name, name = key.split(".", 1)
         section = getattr(cfg, section_name, None)
-        if section is None or not dataclasses.is_dataclass(section):
-            raise ConfigError(f"--set {key}: unknown section {section_name!r}; use {', '.join(SECTIONS)}")
+        if section is None or not dataclasses.is_dataclass(section) or section_name not in SECTIONS:
+            raise ConfigError(f"--set {key}: unknown section {section_name!r}; use {', '.join(cfg.sections())}")
+        if section_name not in cfg.sections():
+            raise ConfigError(f"--set {key}: the {cfg.method.name} method does not use the {section_name} section; "
+                              f"use {', '.join(cfg.sections())}")
         ftypes = {f.name: f.type for f in fields(section)}
         if name not in ftypes:
-            raise ConfigError(
-                f"--set {key}: unknown field {name!r}; {section_name} has {', '.join(sorted(ftypes))}"
-            )
+            owner = f"the {cfg.method.name} method" if section_name == "method" else section_name
+            raise ConfigError(f"--set {key}: unknown field {name!r}; {owner} has {', '.join(sorted(ftypes))}")
         setattr(section, name, _coerce(value.strip(), ftypes[name], key))
     validate(cfg)
     return cfg
 
 
-# Method fields that only steer sampling, so `sample`/`eval --set` may change them on a trained run; every
-# other field shaped the network or its training and is fixed once the run exists.
-SAMPLING_FIELDS = ("sampler", "sample_steps", "temperature", "top_k", "top_p", "confidence", "clamp", "eta",
-                   "time_difference", "guide_run", "guide_weight", "eval_time_samples", "eval_seed", "guidance")
-
-
 def apply_sampling_overrides(cfg: Config, overrides: list[str]) -> Config:
-    """``--set method.field=value`` for ``sample`` and ``eval``: only :data:`SAMPLING_FIELDS` may change."""
+    """``--set method.field=value`` for ``sample`` and ``eval``: only the method's sampling fields (marked with
+    :func:`sampling` on its config class) may change."""
+    allowed = cfg.method.sampling_fields()
     for item in overrides:
         key = _canonical(item).split("=", 1)[0]
         section, _, name = key.partition(".")
-        if section != "method" or name not in SAMPLING_FIELDS:
-            raise ConfigError(f"--set {key}: a trained run can only change sampling options "
-                              f"(method.{', method.'.join(SAMPLING_FIELDS)}); retrain to change anything else")
+        if section != "method" or name not in allowed:
+            raise ConfigError(f"--set {key}: a trained {cfg.method.name} run can only change its sampling options "
+                              f"(method.{', method.'.join(allowed)}); retrain to change anything else")
     return apply_overrides(cfg, overrides)
 
 
@@ -332,3 +349,4 @@ def validate(cfg: Config) -> None:
     if cfg.data.tokenizer == "bpe" and cfg.data.vocab_size < BPE_MIN_VOCAB:
         raise ConfigError(f"data.vocab_size must be >= {BPE_MIN_VOCAB} for a byte-level BPE (it starts from the "
                           f"256 bytes), got {cfg.data.vocab_size}")
+    cfg.method.check()

@@ -30,7 +30,7 @@ import torch
 from textdiffusion.checkpoint import write_json
 from textdiffusion.data.batches import TextData
 from textdiffusion.data.corpus import DataError, read_corpus, resolve_corpus, sha256_of
-from textdiffusion.methods.base import SampleRequest
+from textdiffusion.methods.base import Method, SampleRequest
 from textdiffusion.runs import open_run
 
 WORD = re.compile(r"[A-Za-z]+(?:'[A-Za-z]+)*")
@@ -168,7 +168,7 @@ def generate(run, req: SampleRequest, seed: int, batch: int = 64) -> tuple[list[
     texts: list[str] = []
     nfe_total, generated_chars, seconds = 0, 0, 0.0
     steps = None
-    invalid = None if run.cfg.method.name != "bits" else 0.0
+    stats = dict.fromkeys(run.method.sample_stats, 0.0)  # per-sample numbers the method reports, averaged
     remaining = req.n
     while remaining > 0:
         b = min(batch, remaining)
@@ -184,8 +184,8 @@ def generate(run, req: SampleRequest, seed: int, batch: int = 64) -> tuple[list[
         texts += [run.tokenizer.decode(row.tolist()) for row in ids]
         nfe_total += res.nfe * b
         steps = res.info.get("steps", steps)
-        if "invalid_id_rate" in res.info:  # bits: decoded patterns that name no symbol
-            invalid += res.info["invalid_id_rate"] * b
+        for key in stats:
+            stats[key] += res.info[key] * b
         # characters, not tokens: a BPE or WordPiece token stands for several characters
         free = (~res.fixed.cpu()) if res.fixed is not None else torch.ones_like(ids, dtype=torch.bool)
         generated_chars += sum(len(run.tokenizer.decode(row[keep].tolist()))
@@ -193,7 +193,7 @@ def generate(run, req: SampleRequest, seed: int, batch: int = 64) -> tuple[list[
         remaining -= b
     return texts, {"seconds": seconds, "sample_chars_per_s": generated_chars / max(seconds, 1e-9),
                    "nfe_per_sample": nfe_total / req.n, "steps": steps,
-                   **({"invalid_id_rate": invalid / req.n} if invalid is not None else {})}
+                   **{key: total / req.n for key, total in stats.items()}}
 
 
 def run_corpus(run) -> tuple[TextData, str, str]:
@@ -239,10 +239,10 @@ def evaluate_run(run_dir: str | Path, samples: int = 64, length: int = 0, sample
     result = {
         "run": str(run.path), "method": cfg.method.name, "preset": cfg.preset, "step": run.step,
         "weights": "ema", "parameters": run.model.num_parameters(), "device": str(run.device),
-        "val": {"bpc": nll.bits_per_char, "nats_per_char": nll.nats_per_char, "kind": nll.kind,
-                "windows": nll.windows, "chars": nll.chars, **nll.details},
-        "samples": {"n": samples, "length": length, "sampler": run.method.check_sampler(req),
-                    "steps": speed.pop("steps", None) or steps or cfg.method.sample_steps or length,
+        "val": {"bpc": nll.bits_per_unit, "nats_per_char": nll.nats_per_unit, "kind": nll.kind,
+                "windows": nll.windows, "chars": nll.units, **nll.details},
+        "samples": {"n": samples, "length": length, "sampler": run.method.check_sampler(req.sampler),
+                    "steps": speed.pop("steps", None) or steps or run.method.default_steps(length) or length,
                     "temperature": temperature, "top_k": top_k, "top_p": top_p, "seed": seed,
                     "overrides": list(overrides or []),
                     "examples": texts[:3]},
@@ -256,16 +256,18 @@ def evaluate_run(run_dir: str | Path, samples: int = 64, length: int = 0, sample
     return result
 
 
-def format_table(result: dict[str, Any]) -> str:
-    """The human-readable table ``textdiffusion eval`` prints."""
+def format_table(result: dict[str, Any], method: type[Method] | None = None) -> str:
+    """The human-readable table ``textdiffusion eval`` prints; ``method`` adds its own rows (its
+    ``eval_terms`` from the validation details and its ``sample_stats`` from the samples)."""
+    terms = method.eval_terms if method else {}
+    stats = method.sample_stats if method else {}
     v, q, r, s = result["val"], result["quality"], result["reference"], result["speed"]
     kind = "exact" if v["kind"] == "exact" else f"upper bound, {v.get('time_samples_per_window', '?')} t-samples/window"
     rows = [
         ("val bits/char", f"{v['bpc']:.4f}", f"{kind}; {v['windows']} windows, {v['chars']:,} chars"),
         ("val nats/char", f"{v['nats_per_char']:.4f}", ""),
         *[(label, f"{v[key]:.4f}", "a training-loss term on validation windows, not a likelihood")
-          for key, label in (("denoising_mse", "denoising MSE"), ("rounding_ce_per_token", "rounding CE/token"))
-          if key in v],
+          for key, label in terms.items() if key in v],
         ("judge perplexity", f"{q['judge_ppl']:.3f}", f"real text: {r['judge_ppl']:.3f}"),
         ("word validity", f"{q['word_validity']:.3f}", f"real text: {r['word_validity']:.3f}"),
         ("distinct-2", f"{q['distinct_2']:.3f}", f"real text: {r['distinct_2']:.3f}"),
@@ -273,8 +275,7 @@ def format_table(result: dict[str, Any]) -> str:
         ("copy rate (32 chars)", f"{q['copy_rate']:.3f}", f"real text: {r['copy_rate']:.3f}"),
         ("sample chars/s", f"{s['sample_chars_per_s']:,.0f}", f"{result['device']}"),
         ("network evals/sample", f"{s['nfe_per_sample']:.1f}", ""),
-        *([("invalid-id rate", f"{s['invalid_id_rate']:.4f}", "bit patterns naming no symbol (snapped to the nearest)")]
-          if "invalid_id_rate" in s else []),
+        *[(label, f"{s[key]:.4f}", note) for key, (label, note) in stats.items() if key in s],
     ]
     smp = result["samples"]
     head = (f"{result['method']} ({result['preset']}, step {result['step']}, {result['parameters']:,} params) — "

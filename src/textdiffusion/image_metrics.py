@@ -18,7 +18,6 @@ stored with it and should be reported beside it.
 
 from __future__ import annotations
 
-import math
 import time
 import warnings
 from collections.abc import Callable
@@ -31,6 +30,7 @@ from torch import Tensor
 
 from textdiffusion.checkpoint import CheckpointError, read_json, read_tensors, versions, write_json, write_tensors
 from textdiffusion.nn.classifier import DigitClassifier, images_to_input
+from textdiffusion.optim import warmup_cosine
 
 WEIGHTS_FILE = "classifier.safetensors"
 META_FILE = "classifier.json"
@@ -100,14 +100,6 @@ def random_shift(x: Tensor, max_shift: int, generator: torch.Generator) -> Tenso
     return padded[batch, 0, rows[:, :, None], cols[:, None, :]].unsqueeze(1)
 
 
-def _lr_at(step: int, steps: int, lr: float, warmup: int) -> float:
-    """Linear warm-up then cosine decay to zero (Loshchilov & Hutter 2017 without restarts)."""
-    if step < warmup:
-        return lr * (step + 1) / warmup
-    progress = (step - warmup) / max(1, steps - warmup)
-    return lr * 0.5 * (1 + math.cos(math.pi * progress))
-
-
 def _check_data(x: Tensor, y: Tensor, name: str) -> None:
     if x.dtype != torch.uint8 or x.dim() != 3:
         raise ValueError(f"{name} images must be a uint8 tensor (N, H, W) of 0..255; got {x.dtype} "
@@ -160,7 +152,7 @@ def train_classifier(x_train: Tensor, y_train: Tensor, x_test: Tensor, y_test: T
             x = random_shift(images_to_input(xs[idx]), max_shift, gen)
             loss = F.cross_entropy(model(x), ys[idx])
             for group in opt.param_groups:
-                group["lr"] = _lr_at(step, steps, lr, warmup)
+                group["lr"] = warmup_cosine(step, steps, lr, 0.0, warmup)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

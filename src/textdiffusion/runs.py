@@ -12,7 +12,7 @@ from textdiffusion.checkpoint import CheckpointError, read_json, read_tensors
 from textdiffusion.config import Config, apply_sampling_overrides
 from textdiffusion.data.sources import load_vocab
 from textdiffusion.data.tokenizer import Tokenizer
-from textdiffusion.methods import Method, get_method
+from textdiffusion.methods import Method, TextMethod, get_method
 
 
 def pick_device(name: str = "auto") -> torch.device:
@@ -31,7 +31,7 @@ def pick_device(name: str = "auto") -> torch.device:
 
 def build(cfg: Config, vocab: Any) -> tuple[Method, torch.nn.Module]:
     """The method and its untrained network. ``vocab`` is what the data defines: the tokenizer for text
-    methods, the :class:`~textdiffusion.methods.image.ImageSpec` for images."""
+    methods, the :class:`~textdiffusion.data.images.ImageSpec` for images."""
     method = get_method(cfg.method.name).from_config(cfg, vocab)
     return method, method.build_model()
 
@@ -52,7 +52,9 @@ class LoadedRun:
 def open_run(path: str | Path, weights: str = "ema", device: str = "auto",
              overrides: list[str] | None = None) -> LoadedRun:
     """Load config, tokenizer and weights (EMA by default: what eval and sampling use). ``overrides`` are
-    ``method.field=value`` sampling options (see :data:`textdiffusion.config.SAMPLING_FIELDS`)."""
+    ``method.field=value`` sampling options (the fields marked ``sampling`` on the method's config class).
+    A method that samples with a second run (``embedding``'s guided sampler) is handed that run, opened on
+    the same device."""
     run = Path(path)
     if not run.is_dir():
         raise CheckpointError(f"run directory {run} does not exist; pass the directory `textdiffusion train` "
@@ -73,5 +75,7 @@ def open_run(path: str | Path, weights: str = "ema", device: str = "auto",
                               f"from different runs")
     dev = pick_device(device)
     model.to(dev).eval()
+    if isinstance(method, TextMethod) and method.guide_run():
+        method.set_guide(open_run(method.guide_run(), device=str(dev)))
     tok = vocab if isinstance(vocab, Tokenizer) else None
     return LoadedRun(run, cfg, meta, tok, method, model, step, dev, vocab)

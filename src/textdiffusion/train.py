@@ -36,16 +36,16 @@ from textdiffusion.checkpoint import (
 )
 from textdiffusion.config import Config, ConfigError, validate
 from textdiffusion.data.sources import Source, as_source, load_source
+from textdiffusion.files import write_text
+from textdiffusion.methods.base import bits_key
+from textdiffusion.optim import warmup_cosine
 from textdiffusion.runs import build, pick_device
 
 
 def lr_at(step: int, cfg: Config) -> float:
-    """Linear warmup to ``lr`` over ``warmup`` steps, then cosine decay to ``min_lr`` at ``steps``."""
+    """The run's learning rate at ``step`` (:func:`textdiffusion.optim.warmup_cosine`)."""
     t = cfg.train
-    if step < t.warmup:
-        return t.lr * (step + 1) / t.warmup
-    progress = min(1.0, (step - t.warmup) / max(1, t.steps - t.warmup))
-    return t.min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (t.lr - t.min_lr)
+    return warmup_cosine(step, t.steps, t.lr, t.min_lr, t.warmup)
 
 
 def make_optimizer(model: torch.nn.Module, cfg: Config, device: torch.device) -> torch.optim.AdamW:
@@ -271,9 +271,9 @@ class Trainer:
                 if self.step % t.eval_every == 0 or self.step == t.steps:
                     rate = interval_chars / max(interval_time, 1e-9)
                     val = self.evaluate(self.val_windows)
-                    val_text = f"{val.bits_per_char:.3f}"
+                    val_text = f"{val.bits_per_unit:.3f}"
                     self._log_metrics({"step": self.step, "train_loss": smooth_loss,
-                                       bits_key(val.unit): val.bits_per_char, "val_nats": val.nats_per_char,
+                                       bits_key(val.unit): val.bits_per_unit, "val_nats": val.nats_per_unit,
                                        "val_kind": val.kind, "val_windows": val.windows, "lr": lr, rate_key: rate,
                                        "elapsed": self.elapsed})
                     if t.sample_every_eval:
@@ -298,13 +298,13 @@ class Trainer:
                 self.log("scoring the validation split with the EMA weights ...")
             full = self.source.val_set(self.method.window, t.final_eval_windows).to(self.device)
             ema_val = self.evaluate(full)
-            summary.update({bits_key(ema_val.unit): ema_val.bits_per_char, "val_nats": ema_val.nats_per_char,
+            summary.update({bits_key(ema_val.unit): ema_val.bits_per_unit, "val_nats": ema_val.nats_per_unit,
                             "val_kind": ema_val.kind, "val_windows": ema_val.windows,
                             "val_details": ema_val.details})
             if t.final_eval_raw:
                 raw_val = self.evaluate(full, self.model)
-                summary.update({bits_key(raw_val.unit) + "_raw": raw_val.bits_per_char,
-                                "val_nats_raw": raw_val.nats_per_char})
+                summary.update({bits_key(raw_val.unit) + "_raw": raw_val.bits_per_unit,
+                                "val_nats_raw": raw_val.nats_per_unit})
             write_json(self.run_dir / "final.json", summary)
         return summary
 
@@ -313,18 +313,8 @@ class Trainer:
             f.write(json.dumps(row) + "\n")
 
 
-def bits_key(unit: str) -> str:
-    """Metric name of a validation number: ``val_bpc`` (bits per character) or ``val_bpd`` (per dimension)."""
-    return "val_bpc" if unit == "char" else "val_bpd"
-
-
 def write_json_lines(path: Path, lines: list[str]) -> None:
-    from textdiffusion.checkpoint import _atomic
-
-    def write(tmp: str) -> None:
-        Path(tmp).write_text("".join(ln + "\n" for ln in lines), encoding="utf-8")
-
-    _atomic(path, write)
+    write_text(path, "".join(ln + "\n" for ln in lines))
 
 
 def default_run_dir(cfg: Config) -> Path:

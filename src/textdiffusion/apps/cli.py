@@ -142,13 +142,14 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     from textdiffusion.evaluate import evaluate_run, format_table
+    from textdiffusion.methods import get_method
 
     _refuse_image_run(args.run_dir, "eval")
     result = evaluate_run(args.run_dir, samples=args.samples, length=args.length or 0, sampler=args.sampler or "",
                           steps=args.steps or 0, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
                           seed=args.seed, val_windows=args.val_windows, device=args.device,
                           overrides=[item for group in args.overrides for item in group])
-    print(format_table(result))
+    print(format_table(result, get_method(result["method"])))
     print(f"wrote {Path(args.run_dir) / 'eval.json'}")
     return 0
 

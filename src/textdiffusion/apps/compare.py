@@ -30,8 +30,9 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from textdiffusion.checkpoint import CheckpointError, _atomic, read_json, versions, write_json
+from textdiffusion.checkpoint import CheckpointError, read_json, versions, write_json
 from textdiffusion.config import ConfigError
+from textdiffusion.files import write_text
 from textdiffusion.methods.base import SampleRequest
 
 FORMAT = "textdiffusion-comparison/1"
@@ -228,7 +229,7 @@ def _sweep_point(run, judge, length: int, steps: int, samples: int, seed: int) -
         texts, speed = generate(run, req, seed, batch=min(samples, 64))
     quality = judge.quality(texts)
     return {"requested_steps": steps, "steps": speed.get("steps") or steps or length,
-            "sampler": run.method.check_sampler(req), "nfe": speed["nfe_per_sample"],
+            "sampler": run.method.check_sampler(req.sampler), "nfe": speed["nfe_per_sample"],
             "sample_chars_per_s": speed["sample_chars_per_s"], "seconds": speed["seconds"], **quality,
             "n": samples, "seeds": 1, "seed": seed, "length": length,
             "chars_per_sample": sum(len(t) for t in texts) / max(1, len(texts)), "examples": texts[:EXAMPLES]}
@@ -242,7 +243,7 @@ def _trajectory(run, length: int, seed: int) -> dict[str, Any]:
     with torch.no_grad():
         res = run.method.sample(run.model, SampleRequest(n=1, length=length), gen, rec)
     frames = rec.thinned(MAX_FRAMES)
-    return {"sampler": res.info.get("sampler") or run.method.check_sampler(SampleRequest()), "nfe": res.nfe,
+    return {"sampler": res.info.get("sampler") or run.method.default_sampler, "nfe": res.nfe,
             "steps_total": rec.frames[-1]["step"], "frames_kept": len(frames), "mask_char": "_",
             "frames": [{"step": f["step"], "t": f.get("t"), "nfe": f.get("nfe"), "text": f["texts"][0],
                         "masked": f["masked"][0], "changed": f["changed"][0]} for f in frames],
@@ -320,8 +321,8 @@ def measure_image_run(record: dict[str, Any], out: Path, seed: int, device: str,
 
 
 def _evaluate_missing(records: list[dict[str, Any]], device: str) -> None:
-    from textdiffusion.evaluate import evaluate_run
     from textdiffusion.apps.mnist import evaluate_images
+    from textdiffusion.evaluate import evaluate_run
 
     for r in records:
         if r["eval"] is None:
@@ -386,5 +387,5 @@ def compare_runs(run_dirs: list[str], out: str | Path, samples: int = 32, length
     md = render_markdown(data)
     html = render_html(data, out)
     for key, content in (("markdown", md), ("report", html)):
-        _atomic(paths[key], lambda tmp, c=content: Path(tmp).write_text(c, encoding="utf-8"))
+        write_text(paths[key], content)
     return paths

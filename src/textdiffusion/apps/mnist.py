@@ -19,7 +19,8 @@ import torch
 from textdiffusion.checkpoint import CheckpointError, write_json
 from textdiffusion.config import ConfigError, make_config
 from textdiffusion.data.corpus import DataError, cache_dir
-from textdiffusion.methods.image import ImageDiffusion, ImageRequest, to_unit_range
+from textdiffusion.data.images import to_unit_range
+from textdiffusion.methods.image import ImageDiffusion, ImageRequest
 from textdiffusion.runs import LoadedRun, open_run
 from textdiffusion.viz.images import ReverseProcessRecorder, save_grid
 

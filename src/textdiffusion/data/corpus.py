@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
+
+from textdiffusion.files import write_bytes
 
 
 class DataError(ValueError):
@@ -78,10 +79,7 @@ def _download(spec: NamedCorpus, dest: Path) -> None:
         ) from None
     if hashlib.sha256(payload).hexdigest() != spec.sha256:
         raise DataError(f"downloaded {spec.filename} has the wrong sha256; fetch {spec.url} by hand")
-    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=".download-")
-    with os.fdopen(fd, "wb") as f:
-        f.write(payload)
-    os.replace(tmp, dest)
+    write_bytes(dest, payload)
 
 
 def resolve_corpus(name_or_path: str, download: bool = True) -> Path:

@@ -14,8 +14,6 @@ from __future__ import annotations
 import gzip
 import hashlib
 import io
-import os
-import tempfile
 import urllib.request
 import zipfile
 import zlib
@@ -27,6 +25,7 @@ import numpy as np
 import torch
 
 from textdiffusion.data.corpus import DataError, data_dir
+from textdiffusion.files import atomic_write, write_bytes
 
 __all__ = [
     "DIGITS_SOURCE",
@@ -34,12 +33,16 @@ __all__ = [
     "MNIST_IDX_FILES",
     "MNIST_IDX_MIRROR",
     "MNIST_NPZ_URL",
+    "ImageBatch",
     "ImageData",
+    "ImageSpec",
     "is_canonical_mnist",
     "load_digits",
     "load_images",
     "load_mnist_idx",
     "load_mnist_npz",
+    "to_pixels",
+    "to_unit_range",
 ]
 
 KEYS = ("x_train", "y_train", "x_test", "y_test")
@@ -111,6 +114,52 @@ class ImageData:
             "n_test": int(self.x_test.shape[0]),
             "sha256": self.sha256,
         }
+
+
+# ---- what the image methods are built from and trained on -----------------------------------------------
+@dataclass(frozen=True)
+class ImageSpec:
+    """What the network needs to know about the images; saved as ``image.json`` in an image run (the
+    image counterpart of a text run's ``tokenizer.json``)."""
+
+    size: int
+    channels: int = 1
+    num_classes: int = 10
+
+    def to_dict(self) -> dict[str, int]:
+        return {"size": self.size, "channels": self.channels, "num_classes": self.num_classes}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ImageSpec:
+        return cls(int(d["size"]), int(d.get("channels", 1)), int(d.get("num_classes", 10)))
+
+
+@dataclass
+class ImageBatch:
+    """uint8 images (B, H, W) with their int64 labels (B,); ``to`` moves both (the trainer's only need)."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> ImageBatch:
+        return ImageBatch(self.images.to(device, non_blocking=non_blocking),
+                          self.labels.to(device, non_blocking=non_blocking))
+
+    def __len__(self) -> int:
+        return self.images.shape[0]
+
+    def split(self, size: int) -> list[ImageBatch]:
+        return [ImageBatch(x, y) for x, y in zip(self.images.split(size), self.labels.split(size), strict=True)]
+
+
+def to_unit_range(images: torch.Tensor) -> torch.Tensor:
+    """uint8 (B, H, W) -> float (B, 1, H, W) in [-1, 1]."""
+    return images.float().unsqueeze(1) / 127.5 - 1.0
+
+
+def to_pixels(x: torch.Tensor) -> torch.Tensor:
+    """float (B, 1, H, W) in [-1, 1] -> uint8 (B, H, W) (clipped, rounded to the nearest level)."""
+    return ((x.float().clamp(-1.0, 1.0) + 1.0) * 127.5).round().to(torch.uint8).squeeze(1)
 
 
 def _array_sha256(arr: np.ndarray) -> str:
@@ -336,18 +385,15 @@ def _write_atomically(dest: Path, arrays: dict[str, np.ndarray], payload: bytes 
     A verified npz download is kept byte-for-byte (its file hash then matches upstream's, and nothing is
     re-compressed); arrays from the IDX mirror are saved with ``np.savez_compressed``.
     """
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=".download-", suffix=".npz")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            if payload is not None:
-                f.write(payload)
-            else:
-                np.savez_compressed(f, **{k: arrays[k] for k in KEYS})
-        os.replace(tmp, dest)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    if payload is not None:
+        write_bytes(dest, payload)
+        return
+
+    def save(tmp: str) -> None:
+        with open(tmp, "wb") as f:
+            np.savez_compressed(f, **{k: arrays[k] for k in KEYS})
+
+    atomic_write(dest, save)
 
 
 def _download_mnist(dest: Path) -> ImageData:

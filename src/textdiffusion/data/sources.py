@@ -17,6 +17,7 @@ from textdiffusion.checkpoint import CheckpointError, read_json, write_json
 from textdiffusion.config import Config
 from textdiffusion.data.batches import TextData
 from textdiffusion.data.corpus import sha256_of
+from textdiffusion.data.images import ImageBatch, ImageSpec, load_images
 from textdiffusion.data.tokenizer import load_tokenizer
 
 
@@ -69,9 +70,7 @@ class TextSource:
 
     def write_samples(self, method: Any, model: torch.nn.Module, generator: torch.Generator, run_dir: Path,
                       step: int) -> None:
-        from textdiffusion.methods.base import SampleRequest
-
-        res = method.sample(model, SampleRequest(n=2), generator)
+        res = method.sample(model, method.training_samples(), generator)
         texts = [self.vocab.decode(row.tolist()) for row in res.ids.cpu()]
         body = f"# step {step}, EMA weights, default sampler, {res.nfe:g} network evaluations per sample\n\n"
         body += "\n\n----\n\n".join(texts) + "\n"
@@ -85,8 +84,6 @@ class ImageSource:
     unit = "images"
 
     def __init__(self, data: Any):  # textdiffusion.data.images.ImageData
-        from textdiffusion.methods.image import ImageSpec
-
         self.data = data
         self.vocab = ImageSpec(size=data.image_size, channels=1, num_classes=data.num_classes)
 
@@ -100,14 +97,10 @@ class ImageSource:
         write_json(run_dir / "image.json", {**self.vocab.to_dict(), "data": self.record()})
 
     def train_batch(self, batch: int, window: int, generator: torch.Generator) -> Any:
-        from textdiffusion.methods.image import ImageBatch
-
         idx = torch.randint(0, self.data.x_train.shape[0], (batch,), generator=generator)
         return ImageBatch(self.data.x_train[idx], self.data.y_train[idx])
 
     def val_set(self, window: int, limit: int) -> Any:
-        from textdiffusion.methods.image import ImageBatch
-
         n = self.data.x_test.shape[0] if limit <= 0 else min(limit, self.data.x_test.shape[0])
         return ImageBatch(self.data.x_test[:n], self.data.y_test[:n])
 
@@ -116,22 +109,16 @@ class ImageSource:
 
     def write_samples(self, method: Any, model: torch.nn.Module, generator: torch.Generator, run_dir: Path,
                       step: int) -> None:
-        from textdiffusion.methods.image import ImageRequest
         from textdiffusion.viz.images import save_grid
 
-        k = method.spec.num_classes
-        labels = list(range(k)) * 2 if method.conditional else None
-        res = method.sample(model, ImageRequest(n=2 * k, labels=labels, sampler="ddim",
-                                                steps=min(50, method.cfg.timesteps or 50)), generator)
-        save_grid(res.images, run_dir / "samples" / f"step_{step:06d}.png", nrow=k)
+        res = method.sample(model, method.training_samples(), generator)
+        save_grid(res.images, run_dir / "samples" / f"step_{step:06d}.png", nrow=self.vocab.num_classes)
 
 
 def load_source(cfg: Config, run_dir: Path | None = None) -> Source:
     """The data a run trains on. ``run_dir`` (when resuming) supplies the saved tokenizer, so a resumed run
     tokenises exactly as before."""
-    if cfg.method.name == "image":
-        from textdiffusion.data.images import load_images
-
+    if cfg.method.network == "unet":  # an image method
         return ImageSource(load_images(cfg.data.corpus))
     tokenizer = load_tokenizer(run_dir / "tokenizer.json") if run_dir is not None else None
     return TextSource(TextData.load(cfg.data.corpus, tokenizer, cfg.data.val_fraction, cfg.data.tokenizer,
@@ -156,8 +143,6 @@ def load_vocab(run_dir: Path) -> Any:
     if (run_dir / "tokenizer.json").exists():
         return load_tokenizer(run_dir / "tokenizer.json")
     if (run_dir / "image.json").exists():
-        from textdiffusion.methods.image import ImageSpec
-
         return ImageSpec.from_dict(read_json(run_dir / "image.json"))
     raise CheckpointError(f"{run_dir} has neither tokenizer.json nor image.json; it is not a complete run "
                           f"directory (copy the whole folder)")

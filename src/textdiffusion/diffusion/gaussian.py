@@ -3,7 +3,10 @@ r"""Gaussian diffusion, shared by every continuous method (text embeddings, anal
 The network never sees this module and this module never sees the network: a schedule says how much
 signal is left at time t, the parameterisation helpers convert between the three things a denoiser can
 predict, and :class:`GaussianSampler` is a short loop of :meth:`GaussianSampler.step` calls (the HF
-diffusers split between model and scheduler).
+diffusers split between model and scheduler). :func:`reverse_process` is the one reverse loop and
+:class:`VDMBound` the one likelihood bound: embedding, bits and image diffusion each supply only their
+denoiser, their projection of x0_hat (snap to an embedding, clip to the pixel range, impute known
+positions) and their decoder term.
 
 Forward process (Ho et al. 2020, Eq. 4), for t in [0, 1]:
 
@@ -15,15 +18,51 @@ Time is continuous; a *discrete* process with T steps simply restricts t to the 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import torch
+
+from textdiffusion.config import ConfigError, MethodConfig, sampling
+from textdiffusion.diffusion.stratified import per_row, stratified
 
 # abar is kept inside [ABAR_MIN, ABAR_MAX]: the clean end keeps a tiny noise (so q(x_0|w) is a proper
 # density and the likelihood bound is finite) and the noisy end keeps a tiny signal (so SNR > 0).
 ABAR_MIN, ABAR_MAX = 1e-6, 1.0 - 1e-6
 SCHEDULES = ("linear", "cosine", "sqrt")
 TARGETS = ("eps", "x0", "v")
+
+
+@dataclass
+class GaussianConfig(MethodConfig):
+    """Options shared by every method on this process (embedding, bits, image); each subclasses it."""
+
+    noise_schedule: str = "sqrt"  # linear | cosine | sqrt
+    timesteps: int = 2000  # T of the discrete process; 0 = continuous time
+    target: str = "x0"  # what the network predicts: eps | x0 | v (text methods add probs)
+    eval_time_samples: int = sampling(16)  # stratified time draws per example of the validation bound
+    eval_seed: int = sampling(1234)
+    sample_steps: int = sampling(0)  # 0 = the method's default
+    eta: float = sampling(0.0)  # DDIM noise (ddim sampler only; ddpm is eta = 1)
+    clamp: bool = sampling(False)  # project x0_hat at every sampling step (what onto is the method's choice)
+    time_difference: float = sampling(0.0)  # asymmetric time intervals (Chen et al. 2022), in steps
+
+    targets: ClassVar[tuple[str, ...]] = TARGETS
+
+    def check(self) -> None:
+        if self.noise_schedule not in SCHEDULES:
+            raise ConfigError(f"method.noise_schedule must be one of {', '.join(SCHEDULES)}, "
+                              f"got {self.noise_schedule!r}")
+        if self.target not in self.targets:
+            raise ConfigError(f"method.target must be one of {', '.join(self.targets)}, got {self.target!r}")
+        if self.timesteps < 0:
+            raise ConfigError("method.timesteps must be >= 0 (0 = continuous time)")
+
+    @property
+    def t_min(self) -> float:
+        """The first time of the training grid: where the bound's reconstruction term sits."""
+        return 1.0 / self.timesteps if self.timesteps else 1e-3
 
 
 class NoiseSchedule:
@@ -161,8 +200,7 @@ def training_times(n: int, timesteps: int, t_min: float, generator: torch.Genera
     """n training times, uniform but stratified (one random offset per batch, then shuffled): every batch
     covers [0, 1] evenly, which lowers the variance of the batch loss at no cost. On the grid {1/T, ..., 1}
     for a discrete process, in [t_min, 1] for a continuous one."""
-    offset = torch.rand(1, generator=generator, device=device)
-    u = torch.remainder(offset + torch.arange(n, device=device) / n, 1.0)  # n points covering [0, 1) evenly
+    u = stratified(torch.rand(1, generator=generator, device=device), n)  # n points covering [0, 1) evenly
     u = u[torch.randperm(n, generator=generator, device=device)] if n > 1 else u
     if timesteps:
         return (torch.floor(u * timesteps) + 1.0) / timesteps
@@ -267,3 +305,89 @@ def posterior_mean_var(x_t: torch.Tensor, x0: torch.Tensor, abar_t: torch.Tensor
     mean = (abar_s.sqrt() * beta_ts / (1.0 - abar_t)) * x0 + (alpha_ts.sqrt() * (1.0 - abar_s) / (1.0 - abar_t)) * x_t
     var = (1.0 - abar_s) / (1.0 - abar_t) * beta_ts
     return mean, var
+
+
+# on_step(step, x_s, x0_hat, s) after each reverse step; each method turns it into its own callback
+LoopCallback = Callable[[int, torch.Tensor, torch.Tensor, float], None]
+# (x_t, t (n,), x0_prev or None) -> (x0_hat, eps_hat), both float
+Denoiser = Callable[[torch.Tensor, torch.Tensor, "torch.Tensor | None"], tuple[torch.Tensor, torch.Tensor]]
+
+
+def reverse_process(sampler: GaussianSampler, x: torch.Tensor, denoise: Denoiser, generator: torch.Generator,
+                    project: Callable[[torch.Tensor], torch.Tensor] | None = None,
+                    renoise: Callable[[torch.Tensor, float], torch.Tensor] | None = None,
+                    on_step: LoopCallback | None = None) -> torch.Tensor:
+    r"""Run the reverse process from x = x_1 (pure noise) to x0; return the last x0_hat.
+
+    Each step asks the denoiser for (x0_hat, eps_hat) at time t, lets the method ``project`` x0_hat onto
+    what it knows data looks like (nearest embedding, the pixel range, the user's known tokens), re-derives
+    eps_hat from the projected x0_hat so the two stay consistent with x_t, and takes the sampler's step to
+    s. ``renoise(x_s, s)`` may then overwrite parts of x_s (imputation: known positions are redrawn from
+    q(x_s | x0), Song et al. 2021). The previous projected x0_hat is handed back to the denoiser, for
+    self-conditioning (Chen et al. 2022); a denoiser that does not self-condition ignores it.
+    """
+    n, dtype = x.shape[0], x.dtype
+    x0_prev: torch.Tensor | None = None
+    x0_hat = x
+    for i, (t, s) in enumerate(sampler.times()):
+        tt = torch.full((n,), t, device=x.device)
+        x0_hat, eps_hat = denoise(x, tt, x0_prev)
+        if project is not None:
+            x0_hat = project(x0_hat)
+            eps_hat = eps_from_x0(x.float(), x0_hat, sampler.schedule.alpha_bar(tt))
+        x = sampler.step(x.float(), x0_hat, eps_hat, t, s, generator).to(dtype)
+        if renoise is not None and s > 0:
+            x = renoise(x, s)
+        x0_prev = x0_hat.to(dtype)
+        if on_step:
+            on_step(i + 1, x, x0_hat, s)
+    return x0_hat
+
+
+class VDMBound:
+    r"""The variational bound of VDM (Kingma et al. 2021, Eqs. 11-17) on -log p(data), accumulated over
+    batches of examples and reported per unit (character or pixel dimension):
+
+        -log p(w) <= E[-log p(w | z_{t_min})]              reconstruction: the method's decoder term
+                   + KL(q(z_1 | x_0) || N(0, I))            prior
+                   + 1/2 E_t[-SNR'(t) ||x_0 - x0_hat(z_t, t)||^2]   diffusion (continuous time)
+
+    with T discrete steps the last term is sum_i 1/2 (SNR(s_i) - SNR(t_i)) ||x_0 - x0_hat||^2
+    (:func:`diffusion_term_weights`). The diffusion term is estimated with ``samples`` stratified times per
+    example. A method supplies x0 (B, ...), its decoder term and a function x_t, t -> x0_hat.
+    """
+
+    def __init__(self, schedule: NoiseSchedule, timesteps: int, t_min: float, samples: int):
+        self.schedule, self.timesteps, self.t_min, self.samples = schedule, timesteps, t_min, max(1, samples)
+        self.recon: list[torch.Tensor] = []
+        self.prior: list[torch.Tensor] = []
+        self.diffusion: list[torch.Tensor] = []
+
+    def add(self, x0: torch.Tensor, reconstruction: Callable[[torch.Tensor], torch.Tensor],
+            predict_x0: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor],
+            generator: torch.Generator) -> None:
+        """Score one batch of x0 (B, ...). ``reconstruction(x0)`` returns -log p(data | z_{t_min}) per example
+        (it draws its own z); ``predict_x0(x_t, t, eps)`` the denoiser's x0_hat (``eps`` is the noise in x_t,
+        for a method that also reports its training loss). Random numbers are drawn in a fixed order."""
+        dev = x0.device
+        self.recon.append(reconstruction(x0))
+        abar_one = self.schedule.alpha_bar(torch.tensor(1.0, device=dev))
+        prior = gaussian_prior_kl(x0, abar_one)
+        self.prior.append(prior.flatten(1).sum(1) if prior.dim() > 1 else prior)
+        u = per_row(x0.shape[0], self.samples, generator, dev)
+        terms = []
+        for k in range(self.samples):
+            t, weight = diffusion_term_weights(self.schedule, u[:, k], self.timesteps, self.t_min)
+            eps = torch.randn(x0.shape, generator=generator, device=dev)
+            x_t = q_sample(x0, self.schedule.alpha_bar(t), eps)
+            terms.append(weight * (x0 - predict_x0(x_t, t, eps)).pow(2).flatten(1).sum(1))
+        self.diffusion.append(torch.stack(terms, 1).mean(1))
+
+    def result(self, units: int) -> tuple[float, dict[str, Any]]:
+        """(nats per unit, the three terms per unit and the standard error of the total)."""
+        rec, pri, dif = (torch.cat(v).double().sum().item() for v in (self.recon, self.prior, self.diffusion))
+        per_example = (torch.cat(self.recon) + torch.cat(self.prior) + torch.cat(self.diffusion)).double().cpu()
+        n = per_example.numel()
+        stderr = float(per_example.std() / math.sqrt(n)) / (units / n) if n > 1 else float("nan")
+        return (rec + pri + dif) / units, {"reconstruction": rec / units, "prior": pri / units,
+                                           "diffusion": dif / units, "stderr_nats": stderr}

@@ -34,6 +34,8 @@ from abc import ABC, abstractmethod
 
 import torch
 
+from textdiffusion.diffusion.stratified import uniforms
+
 
 class MaskSchedule(ABC):
     name: str
@@ -99,19 +101,6 @@ def make_schedule(name: str, sigma_max: float = 10.0) -> MaskSchedule:
 
 
 T_MIN = 1e-6  # keeps weight(t) finite; a t this small masks nothing in practice, so its term is ~0 either way
-
-
-def stratified(offset: torch.Tensor, n: int) -> torch.Tensor:
-    """(offset + i / n) mod 1 for i < n along the last axis: n points covering [0, 1) evenly
-    (MDLM's low-discrepancy sampler). ``offset`` broadcasts, e.g. (B, 1) for n draws per row."""
-    return torch.remainder(offset + torch.arange(n, device=offset.device) / n, 1.0)
-
-
-def uniforms(n: int, antithetic: bool, generator: torch.Generator, device: torch.device) -> torch.Tensor:
-    """n draws from U[0, 1): stratified from one shared offset when ``antithetic``, else independent."""
-    if antithetic:
-        return stratified(torch.rand(1, generator=generator, device=device), n)
-    return torch.rand(n, generator=generator, device=device)
 
 
 def times_from(u: torch.Tensor) -> torch.Tensor:

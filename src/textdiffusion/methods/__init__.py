@@ -7,7 +7,8 @@ from textdiffusion.methods.base import (
     NLLResult,
     SampleRequest,
     SampleResult,
+    TextMethod,
     get_method,
 )
 
-__all__ = ["REGISTRY", "Method", "NLLResult", "SampleRequest", "SampleResult", "get_method"]
+__all__ = ["REGISTRY", "Method", "NLLResult", "SampleRequest", "SampleResult", "TextMethod", "get_method"]

@@ -8,15 +8,17 @@ variant too, as ``nats_per_char_nanogpt``, for the one-to-one comparison.)
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
-from textdiffusion.config import ConfigError
 from textdiffusion.methods.base import (
-    Method,
     NLLResult,
     SampleRequest,
     SampleResult,
     StepCallback,
+    TextMethod,
+    TextMethodConfig,
     cross_entropy_per_token,
     filter_logits,
     gumbel_sample,
@@ -25,12 +27,22 @@ from textdiffusion.methods.base import (
 from textdiffusion.nn.transformer import KVCache, Transformer
 
 
+@dataclass
+class ARConfig(TextMethodConfig):
+    """``ar`` has nothing of its own to configure: the backbone and the token draw say it all."""
+
+    name: str = "ar"
+
+
 @register
-class AutoRegressive(Method):
+class AutoRegressive(TextMethod):
     name = "ar"
+    config_class = ARConfig
     attention = "causal"
     samplers = ("ancestral",)
     likelihood_kind = "exact"
+    supports_infill = False
+    extends_past_context = True  # the KV cache slides: any --length
 
     def _inputs(self, x: torch.Tensor) -> torch.Tensor:
         bos = torch.full_like(x[:, :1], self.tok.bos_id)
@@ -50,7 +62,7 @@ class AutoRegressive(Method):
         n, L = windows.shape
         chars = self.chars_in(windows)
         return NLLResult(
-            nats_per_char=float(total) / chars, kind="exact", windows=n, chars=chars,
+            nats_per_unit=float(total) / chars, kind="exact", windows=n, units=chars,
             details={"nats_per_char_nanogpt": float(tail) / (n * (L - 1)) * (n * L) / chars if L > 1 else float("nan"),
                      "note": "exact -log p(window) / chars; the nanogpt figure drops each window's first char"},
         )
@@ -58,10 +70,7 @@ class AutoRegressive(Method):
     @torch.no_grad()
     def sample(self, model: Transformer, req: SampleRequest, generator: torch.Generator,
                on_step: StepCallback | None = None) -> SampleResult:
-        self.check_sampler(req)
-        if req.infill is not None:
-            raise ConfigError("the ar method only continues a prefix; --infill needs a bidirectional method "
-                              "such as --method masked (use --prompt here)")
+        self.check_sampler(req.sampler)
         device = next(model.parameters()).device
         state, fixed = self.prepare(req, device)
         n, length = state.shape

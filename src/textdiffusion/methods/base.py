@@ -1,9 +1,14 @@
 """What a method is: a corruption process, its loss, its likelihood (exact or a bound) and its samplers.
 
-A method never owns a training loop or a network class. It tells the backbone which attention mode and
-conditioning it needs (:meth:`Method.build_model`), turns a batch of clean windows into a scalar loss
-(:meth:`Method.loss`), scores held-out windows (:meth:`Method.nll`) and generates (:meth:`Method.sample`).
-Adding a method is one file with a ``@register``-ed subclass.
+A method never owns a training loop or a network class. It builds its network (:meth:`Method.build_model`),
+turns a batch of clean data into a scalar loss (:meth:`Method.loss`), scores held-out data
+(:meth:`Method.nll`) and generates (:meth:`Method.sample`). It also owns its defaults: which sampler and
+how many steps, which samplers the live page offers, which extra numbers ``eval`` shows. Nothing outside
+``methods/`` asks a method for its name to decide what to do.
+
+Two families share this interface: :class:`TextMethod` (a tokenizer, token windows, ``SampleRequest``) and
+``ImageMethod`` in :mod:`textdiffusion.methods.image` (an image spec, labelled image batches,
+``ImageRequest``). Adding a method is one file with a ``@register``-ed subclass and its config class.
 """
 
 from __future__ import annotations
@@ -11,17 +16,137 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Generic, TypeVar
 
 import torch
 import torch.nn.functional as F
 
-from textdiffusion.config import Config, ConfigError, MethodConfig, ModelConfig
+from textdiffusion.config import METHOD_CONFIGS, Config, ConfigError, MethodConfig, ModelConfig, sampling
 from textdiffusion.data.tokenizer import Tokenizer
 from textdiffusion.nn.transformer import Transformer
 
 # on_step(step, state, info): state is (n, length) ids with tokenizer.mask_id where still unknown
 StepCallback = Callable[[int, torch.Tensor, dict[str, Any]], None]
+
+LN2 = 0.6931471805599453
+
+
+@dataclass
+class NLLResult:
+    """A validation negative log-likelihood, per unit of data: per character for text, per pixel dimension
+    for images. ``unit`` says which, so bits per character can never be confused with bits per dimension.
+
+    ``kind`` is "exact" when it is the model's true likelihood, "bound" when it is an upper bound on it
+    (the number can only overstate the true bits per unit)."""
+
+    nats_per_unit: float
+    kind: str
+    windows: int  # held-out examples scored: text windows, or images
+    units: int  # the denominator: characters, or pixel dimensions
+    unit: str = "char"  # "char" | "dim"
+    details: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def bits_per_unit(self) -> float:
+        return self.nats_per_unit / LN2
+
+    @property
+    def metric(self) -> str:
+        """Its name in ``metrics.jsonl`` and ``final.json``: ``val_bpc`` or ``val_bpd``."""
+        return bits_key(self.unit)
+
+
+def bits_key(unit: str) -> str:
+    """Metric name of a validation number: ``val_bpc`` (bits per character) or ``val_bpd`` (per dimension)."""
+    return "val_bpc" if unit == "char" else "val_bpd"
+
+
+REGISTRY: dict[str, type[Method]] = {}
+
+
+def register(cls: type[Method]) -> type[Method]:
+    """Make a method available by name (``--method NAME``), with its config class."""
+    REGISTRY[cls.name] = cls
+    METHOD_CONFIGS[cls.name] = cls.config_class
+    return cls
+
+
+def get_method(name: str) -> type[Method]:
+    if name not in REGISTRY:
+        raise ConfigError(f"unknown method {name!r}; choose one of {', '.join(sorted(REGISTRY))}")
+    return REGISTRY[name]
+
+
+Request = TypeVar("Request")
+Result = TypeVar("Result")
+
+
+class Method(ABC, Generic[Request, Result]):
+    """The interface every method implements, text or image. ``Request``/``Result`` are what its sampler
+    takes and returns."""
+
+    name: ClassVar[str]
+    config_class: ClassVar[type[MethodConfig]]
+    samplers: ClassVar[tuple[str, ...]]  # the first is the default
+    likelihood_kind: ClassVar[str]  # "exact" | "bound"
+    unit: ClassVar[str]  # what likelihoods are divided by: "char" | "dim"
+    # per-sample numbers a sampler reports in ``info`` that ``eval`` averages, as key: (label, explanation)
+    sample_stats: ClassVar[dict[str, tuple[str, str]]] = {}
+    # validation ``details`` keys ``eval`` shows as rows, with their labels (training terms, not likelihoods)
+    eval_terms: ClassVar[dict[str, str]] = {}
+
+    cfg: Any  # the method's own config class
+
+    @classmethod
+    @abstractmethod
+    def from_config(cls, cfg: Config, vocab: Any) -> Method:
+        """Build from a whole run config and what the data defines (a tokenizer, an image spec)."""
+
+    @property
+    @abstractmethod
+    def window(self) -> int:
+        """Size of one training example: tokens per window, or the image side."""
+
+    @abstractmethod
+    def build_model(self) -> torch.nn.Module: ...
+
+    @abstractmethod
+    def loss(self, model: Any, x: Any, generator: torch.Generator) -> torch.Tensor:
+        """Scalar training loss for a batch of clean data."""
+
+    @abstractmethod
+    def nll(self, model: Any, windows: Any, batch_size: int = 64) -> NLLResult:
+        """Validation likelihood on fixed data (deterministic given the config)."""
+
+    @abstractmethod
+    def sample(self, model: Any, req: Request, generator: torch.Generator, on_step: Any = None) -> Result: ...
+
+    # ---- the method's own defaults ---------------------------------------------------------------------
+    @property
+    def default_sampler(self) -> str:
+        return self.cfg.sampler or self.samplers[0]
+
+    def check_sampler(self, sampler: str = "") -> str:
+        """The sampler a request gets: the one asked for, else the run's, else the method's first."""
+        sampler = sampler or self.default_sampler
+        if sampler not in self.samplers:
+            raise ConfigError(f"method {self.name} has no sampler {sampler!r}; choose one of "
+                              f"{', '.join(self.samplers)}")
+        return sampler
+
+    def default_steps(self, length: int, sampler: str = "") -> int | None:
+        """Network evaluations a sampling takes when no ``--steps`` is given, for ``length`` tokens; None when
+        the step count is not a choice (``ar`` writes one token per evaluation)."""
+        return None
+
+    @property
+    def max_steps(self) -> int | None:
+        """The most sampling steps the trained model allows (the training grid of a discrete process)."""
+        return None
+
+    def interactive_samplers(self) -> tuple[str, ...]:
+        """The samplers a request from the live page may pick (those that need nothing but the request)."""
+        return self.samplers
 
 
 @dataclass
@@ -50,54 +175,31 @@ class SampleResult:
 
 
 @dataclass
-class NLLResult:
-    """Validation negative log-likelihood in nats per character.
+class TextMethodConfig(MethodConfig):
+    """Options every text method has: the defaults of the token draw (temperature, top-k, nucleus)."""
 
-    ``kind`` is "exact" when it is the model's true likelihood, "bound" when it is an upper bound on it
-    (the number can only overstate the true bits-per-char)."""
-
-    nats_per_char: float
-    kind: str
-    windows: int
-    chars: int  # the denominator: characters, or pixel dimensions when unit == "dim"
-    details: dict[str, Any] = field(default_factory=dict)
-    unit: str = "char"  # "char" for text; "dim" for images (then the numbers are per pixel dimension)
-
-    @property
-    def bits_per_char(self) -> float:
-        return self.nats_per_char / 0.6931471805599453
+    temperature: float = sampling(1.0)
+    top_k: int = sampling(0)
+    top_p: float = sampling(1.0)
 
 
-REGISTRY: dict[str, type[Method]] = {}
+class TextMethod(Method[SampleRequest, SampleResult]):
+    """A method on token windows: built from a tokenizer, sampled with a :class:`SampleRequest`."""
 
+    unit = "char"
+    attention: ClassVar[str]  # the backbone's attention mode
+    supports_infill: ClassVar[bool] = True  # fills blanks anywhere (False: continues a prompt only)
+    extends_past_context: ClassVar[bool] = False  # can write more than one context window
 
-def register(cls: type[Method]) -> type[Method]:
-    REGISTRY[cls.name] = cls
-    return cls
-
-
-def get_method(name: str) -> type[Method]:
-    if name not in REGISTRY:
-        raise ConfigError(f"unknown method {name!r}; choose one of {', '.join(sorted(REGISTRY))}")
-    return REGISTRY[name]
-
-
-class Method(ABC):
-    name: ClassVar[str]
-    attention: ClassVar[str]
-    samplers: ClassVar[tuple[str, ...]]
-    likelihood_kind: ClassVar[str]
-
-    unit: ClassVar[str] = "char"  # what likelihoods are divided by
-
-    def __init__(self, cfg: MethodConfig, model_cfg: ModelConfig, tokenizer: Tokenizer):
+    def __init__(self, cfg: Any, model_cfg: ModelConfig, tokenizer: Tokenizer):
         self.cfg = cfg
         self.model_cfg = model_cfg
         self.tok = tokenizer
 
     @classmethod
-    def from_config(cls, cfg: Config, vocab: Any) -> Method:
-        """Build from a whole run config and what the data defines (a tokenizer for text methods)."""
+    def from_config(cls, cfg: Config, vocab: Any) -> TextMethod:
+        if not isinstance(vocab, Tokenizer):
+            raise ConfigError(f"the {cls.name} method trains on text; its data must be a text corpus")
         return cls(cfg.method, cfg.model, vocab)
 
     # ---- shape of the problem -------------------------------------------------------------------
@@ -125,24 +227,29 @@ class Method(ABC):
         return sum(len(self.tok.decode(row.tolist())) for row in windows.cpu())
 
     @abstractmethod
-    def loss(self, model: Transformer, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    def loss(self, model: Any, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         """Scalar training loss for clean windows ``x`` (B, window)."""
 
     @abstractmethod
-    def nll(self, model: Transformer, windows: torch.Tensor, batch_size: int = 64) -> NLLResult:
+    def nll(self, model: Any, windows: torch.Tensor, batch_size: int = 64) -> NLLResult:
         """Validation nats per character on fixed windows (deterministic given the config)."""
 
     # ---- generation ----------------------------------------------------------------------------------
     @abstractmethod
-    def sample(self, model: Transformer, req: SampleRequest, generator: torch.Generator,
+    def sample(self, model: Any, req: SampleRequest, generator: torch.Generator,
                on_step: StepCallback | None = None) -> SampleResult: ...
 
-    def check_sampler(self, req: SampleRequest) -> str:
-        sampler = req.sampler or self.cfg.sampler or self.samplers[0]
-        if sampler not in self.samplers:
-            raise ConfigError(f"method {self.name} has no sampler {sampler!r}; choose one of "
-                              f"{', '.join(self.samplers)}")
-        return sampler
+    def training_samples(self) -> SampleRequest:
+        """What the trainer draws at each evaluation, into ``samples/step_N.txt``."""
+        return SampleRequest(n=2)
+
+    def guide_run(self) -> str:
+        """A second run this method's sampler reads (``embedding``'s guided sampler: an ``ar`` run), or ""."""
+        return ""
+
+    def set_guide(self, guide: Any) -> None:
+        """Receive the opened :meth:`guide_run` (a loaded run); methods without one never get called."""
+        raise ConfigError(f"the {self.name} method takes no guide run")
 
     def prepare(self, req: SampleRequest, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         """Build the initial state from prompt / infill: (n, length) ids with masks at unknown positions,
@@ -155,6 +262,9 @@ class Method(ABC):
         unit = "characters" if self.tok.kind == "char" else "tokens"
         length = req.length or self.model_cfg.context
         if req.infill is not None:
+            if not self.supports_infill:
+                raise ConfigError(f"the {self.name} method only continues a prefix; --infill needs a bidirectional "
+                                  f"method such as --method masked (use --prompt here)")
             if req.prompt:
                 raise ConfigError("use either --prompt or --infill, not both (a prompt is an infill template "
                                   "whose blanks are all at the end)")
@@ -179,6 +289,14 @@ class Method(ABC):
             ids = prompt_ids + [self.tok.mask_id] * (length - len(prompt_ids))
         state = torch.tensor(ids, dtype=torch.long, device=device).repeat(req.n, 1)
         return state, state != self.tok.mask_id
+
+    def check_length(self, length: int) -> None:
+        """One window at a time, unless the method can slide past its context."""
+        ctx = self.model_cfg.context
+        if not self.extends_past_context and length > ctx:
+            unit = "characters" if self.tok.kind == "char" else "tokens"
+            raise ConfigError(f"--length {length} exceeds the model's context of {ctx} {unit}; the {self.name} "
+                              f"method denoises one window at a time, use --length <= {ctx}")
 
     def _encode_template(self, template: str, placeholder: str) -> list[int]:
         """Ids of an infill template: each known run encoded whole, each placeholder one mask id."""

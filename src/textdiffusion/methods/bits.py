@@ -21,13 +21,14 @@ What differs:
 from __future__ import annotations
 
 import math
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import torch
 
 from textdiffusion.config import ConfigError
 from textdiffusion.methods.base import register
-from textdiffusion.methods.embedding import EmbeddingDenoiser, EmbeddingDiffusion
+from textdiffusion.methods.embedding import EmbeddingDenoiser, EmbeddingDiffusion, GaussianTextConfig
 
 
 def n_bits(vocab: int) -> int:
@@ -50,22 +51,40 @@ def bits_to_ids(x: torch.Tensor) -> torch.Tensor:
     return ((x > 0).long() * weights).sum(-1)
 
 
+@dataclass
+class BitsConfig(GaussianTextConfig):
+    """Bit Diffusion's own recipe by default: continuous time, cosine schedule, self-conditioning."""
+
+    name: str = "bits"
+    timesteps: int = 0
+    noise_schedule: str = "cosine"
+    self_condition: bool = True
+    bit_scale: float = 1.0  # bits are written as {-bit_scale, +bit_scale}
+
+    def check(self) -> None:
+        super().check()
+        if self.bit_scale <= 0:
+            raise ConfigError(f"method.bit_scale must be > 0, got {self.bit_scale}")
+
+
 @register
 class BitDiffusion(EmbeddingDiffusion):
     name = "bits"
+    config_class = BitsConfig
     samplers = ("ddim", "ddpm")
+    sample_stats: ClassVar[dict[str, tuple[str, str]]] = {
+        "invalid_id_rate": ("invalid-id rate", "bit patterns naming no symbol (snapped to the nearest)")}
 
-    def __init__(self, cfg, model_cfg, tokenizer):
-        if cfg.embeddings == "pretrained":
-            raise ConfigError("method.embeddings=pretrained does not apply to bits: the table is the fixed bit code")
-        if cfg.bit_scale <= 0:
-            raise ConfigError(f"method.bit_scale must be > 0, got {cfg.bit_scale}")
+    def __init__(self, cfg: BitsConfig, model_cfg, tokenizer):
         super().__init__(cfg, model_cfg, tokenizer)
         self.codes = bit_codes(tokenizer.n_symbols, cfg.bit_scale)
 
     @property
     def decoder(self) -> str:
         return "l2"  # fixed codes: nearest corner (what thresholding computes) and the exact posterior
+
+    def rounding_weight(self, model: EmbeddingDenoiser) -> float:
+        return 0.0  # nothing to round: the code table is fixed and decoding is thresholding
 
     def build_model(self) -> EmbeddingDenoiser:
         softmax = self.cfg.target == "probs"

@@ -38,33 +38,34 @@ softmax_w(-||z_0 - sqrt(abar_0) E_w||^2 / 2(1 - abar_0)). Reported in nats per c
 from __future__ import annotations
 
 import math
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from textdiffusion.config import ConfigError, ModelConfig
+from textdiffusion.config import ConfigError, ModelConfig, sampling
 from textdiffusion.diffusion.gaussian import (
-    SCHEDULES,
     TARGETS,
+    GaussianConfig,
     GaussianSampler,
-    diffusion_term_weights,
+    VDMBound,
     eps_from_x0,
-    gaussian_prior_kl,
     make_noise_schedule,
     q_sample,
+    reverse_process,
     split_prediction,
     training_target,
     training_times,
 )
-from textdiffusion.diffusion.masking import stratified
 from textdiffusion.methods.base import (
-    Method,
     NLLResult,
     SampleRequest,
     SampleResult,
     StepCallback,
+    TextMethod,
+    TextMethodConfig,
     cross_entropy_per_token,
     filter_logits,
     gumbel_sample,
@@ -74,6 +75,48 @@ from textdiffusion.nn.transformer import KVCache, Transformer
 
 DECODERS = ("cosine", "l2", "head")
 COSINE_TEMPERATURE = 0.1  # cosine similarities in [-1, 1] -> logits with a usable spread
+
+
+@dataclass
+class GaussianTextConfig(GaussianConfig, TextMethodConfig):
+    """What the Gaussian text methods (embedding, bits) share on top of the Gaussian process."""
+
+    self_condition: bool = False  # Chen et al. 2022: feed the previous x0 estimate back in
+    x0_ce_weight: float = 0.0  # cross-entropy of the decoder on the *predicted* x0 at every t
+    probs_mse_weight: float = 0.0  # target=probs: add this times the MSE of the averaged x0 to the cross-entropy
+
+    # probs: the network emits a distribution over tokens and x0_hat is its expected embedding
+    targets = (*TARGETS, "probs")
+
+
+@dataclass
+class EmbeddingConfig(GaussianTextConfig):
+    """Options of embedding diffusion (Diffusion-LM); those marked ``sampling`` may change on a trained run."""
+
+    name: str = "embedding"
+    embeddings: str = "learned"  # learned (jointly with the denoiser) | pretrained (frozen MiniLM table)
+    embed_dim: int = 64  # width of the learned embedding space (the pretrained table has its own: 384)
+    embed_norm: str = "fixed"  # fixed (every row rescaled to norm sqrt(dim) * embed_scale) | none
+    embed_scale: float = 1.0  # per-coordinate RMS of a fixed-norm embedding, relative to the unit noise
+    decoder: str = "head"  # cosine | l2 | head (a learned softmax rounding head)
+    rounding_weight: float = 1.0  # Diffusion-LM's rounding term -log p(w | x_0)
+    guide_run: str = sampling("")  # guided sampler: the `ar` run whose logits are mixed with the plan's
+    guide_weight: float = sampling(0.5)  # guided sampler: weight w of the diffusion plan (0 = pure ar)
+
+    def check(self) -> None:
+        super().check()
+        if self.decoder not in DECODERS:
+            raise ConfigError(f"method.decoder must be one of {', '.join(DECODERS)}, got {self.decoder!r}")
+        if self.embeddings not in ("learned", "pretrained"):
+            raise ConfigError(f"method.embeddings must be learned or pretrained, got {self.embeddings!r}")
+        if self.embed_norm not in ("fixed", "none"):
+            raise ConfigError(f"method.embed_norm must be fixed or none, got {self.embed_norm!r}")
+        if self.embeddings == "learned" and self.embed_dim < 1:
+            raise ConfigError(f"method.embed_dim must be >= 1, got {self.embed_dim}")
+        if self.embed_scale <= 0:
+            raise ConfigError("method.embed_scale must be > 0")
+        if not 0.0 <= self.guide_weight <= 1.0:
+            raise ConfigError(f"method.guide_weight must be in [0, 1], got {self.guide_weight}")
 
 
 class EmbeddingDenoiser(nn.Module):
@@ -116,37 +159,21 @@ class EmbeddingDenoiser(nn.Module):
 
 
 @register
-class EmbeddingDiffusion(Method):
+class EmbeddingDiffusion(TextMethod):
     name = "embedding"
+    config_class = EmbeddingConfig
     attention = "bidirectional"
     samplers = ("ddim", "ddpm", "guided")
     likelihood_kind = "bound"
+    eval_terms: ClassVar[dict[str, str]] = {"denoising_mse": "denoising MSE",
+                                            "rounding_ce_per_token": "rounding CE/token"}
 
-    def __init__(self, cfg, model_cfg, tokenizer):
+    def __init__(self, cfg: GaussianTextConfig, model_cfg: ModelConfig, tokenizer):
         super().__init__(cfg, model_cfg, tokenizer)
-        if cfg.noise_schedule not in SCHEDULES:
-            raise ConfigError(f"method.noise_schedule must be one of {', '.join(SCHEDULES)}, "
-                              f"got {cfg.noise_schedule!r}")
-        if cfg.target not in (*TARGETS, "probs"):
-            raise ConfigError(f"method.target must be one of {', '.join(TARGETS)} or probs, got {cfg.target!r}")
-        if cfg.decoder not in DECODERS:
-            raise ConfigError(f"method.decoder must be one of {', '.join(DECODERS)}, got {cfg.decoder!r}")
-        if cfg.embeddings not in ("learned", "pretrained"):
-            raise ConfigError(f"method.embeddings must be learned or pretrained, got {cfg.embeddings!r}")
-        if cfg.embed_norm not in ("fixed", "none"):
-            raise ConfigError(f"method.embed_norm must be fixed or none, got {cfg.embed_norm!r}")
-        if cfg.embeddings == "pretrained" and tokenizer.kind != "wordpiece":
-            raise ConfigError(f"method.embeddings=pretrained is the MiniLM table, indexed by WordPiece ids, but the "
-                              f"data uses the {tokenizer.kind} tokenizer; add --set data.tokenizer=wordpiece")
-        if cfg.embeddings == "learned" and cfg.embed_dim < 1:
-            raise ConfigError(f"method.embed_dim must be >= 1, got {cfg.embed_dim}")
-        if cfg.timesteps < 0:
-            raise ConfigError("method.timesteps must be >= 0 (0 = continuous time)")
-        if cfg.embed_scale <= 0:
-            raise ConfigError("method.embed_scale must be > 0")
+        cfg.check()
         self.schedule = make_noise_schedule(cfg.noise_schedule)
-        # the first time on the training grid: where the bound's reconstruction term sits
-        self.t_min = 1.0 / cfg.timesteps if cfg.timesteps else 1e-3
+        self.t_min = cfg.t_min
+        self.guide: Any = None  # the ar run of the guided sampler (see set_guide)
 
     @property
     def time_conditioning(self) -> bool:
@@ -156,9 +183,36 @@ class EmbeddingDiffusion(Method):
     def decoder(self) -> str:
         return self.cfg.decoder
 
+    # ---- defaults ------------------------------------------------------------------------------------
+    def default_steps(self, length: int, sampler: str = "") -> int | None:
+        T = self.cfg.timesteps
+        return self.cfg.sample_steps or (min(T, 200) if T else 200)
+
+    @property
+    def max_steps(self) -> int | None:
+        return self.cfg.timesteps or None  # the sampler's grid is the training grid
+
+    def interactive_samplers(self) -> tuple[str, ...]:
+        return tuple(s for s in self.samplers if s != "guided")  # guided needs a second run
+
+    def guide_run(self) -> str:
+        return self.cfg.guide_run if "guided" in self.samplers else ""  # only the guided sampler reads it
+
+    def set_guide(self, guide: Any) -> None:
+        """The guided sampler's ``ar`` model: a loaded run with the same tokenizer as this one."""
+        if guide.method.name != "ar":
+            raise ConfigError(f"method.guide_run {self.cfg.guide_run} is a {guide.method.name} run; it must be ar")
+        if guide.tokenizer.to_dict() != self.tok.to_dict():
+            raise ConfigError("the guide run's tokenizer differs from this run's; train both on the same data "
+                              "and tokenizer")
+        self.guide = guide
+
     def build_model(self) -> EmbeddingDenoiser:
         frozen = None
         if self.cfg.embeddings == "pretrained":
+            if self.tok.kind != "wordpiece":
+                raise ConfigError(f"method.embeddings=pretrained is the MiniLM table, indexed by WordPiece ids, but "
+                                  f"the data uses the {self.tok.kind} tokenizer; add --set data.tokenizer=wordpiece")
             from textdiffusion.data.pretrained import load_minilm_embeddings
 
             frozen = load_minilm_embeddings()
@@ -220,6 +274,11 @@ class EmbeddingDiffusion(Method):
             _, x0_hat, _ = self._denoise(model, x_t, t, None)
         return x0_hat.detach().to(x_t.dtype)
 
+    def rounding_weight(self, model: EmbeddingDenoiser) -> float:
+        """Weight of the rounding term: only where the decoder or the table can learn from it."""
+        trainable_decoder = self.decoder == "head" or model.embed is not None
+        return self.cfg.rounding_weight if trainable_decoder else 0.0
+
     def loss_terms(self, model: EmbeddingDenoiser, x: torch.Tensor,
                    generator: torch.Generator) -> dict[str, torch.Tensor]:
         n = x.shape[0]
@@ -242,8 +301,7 @@ class EmbeddingDiffusion(Method):
         else:
             target = training_target(x0, eps, abar, self.cfg.target)
             terms = {"mse": (out.float() - target.float()).pow(2).mean()}
-        trainable_decoder = self.decoder == "head" or model.embed is not None
-        if self.cfg.rounding_weight > 0 and trainable_decoder:
+        if self.rounding_weight(model) > 0:
             # x_0 ~ q(x_0 | w): the embedding with the first training step's noise, in embedding units
             a0 = self.schedule.alpha_bar(torch.tensor(self.t_min, device=dev))
             noisy = x0 + ((1.0 - a0) / a0).sqrt() * torch.randn(x0.shape, generator=generator, device=dev,
@@ -259,7 +317,7 @@ class EmbeddingDiffusion(Method):
         if "ce" in terms:
             total = terms["ce"] + self.cfg.probs_mse_weight * terms["mse"] if self.cfg.probs_mse_weight else terms["ce"]
         if "rounding" in terms:
-            total = total + self.cfg.rounding_weight * terms["rounding"]
+            total = total + self.rounding_weight(model) * terms["rounding"]
         if "x0_ce" in terms:
             total = total + self.cfg.x0_ce_weight * terms["x0_ce"]
         return total
@@ -279,51 +337,39 @@ class EmbeddingDiffusion(Method):
             logits = -d2 / (2.0 * (1.0 - a0))
         return cross_entropy_per_token(logits, x).sum(-1)
 
-    def _diffusion_nats(self, model: EmbeddingDenoiser, x0: torch.Tensor, u: torch.Tensor,
-                        gen: torch.Generator) -> torch.Tensor:
-        """One-sample estimate of the diffusion term per window, at times drawn from uniforms ``u``."""
-        t, weight = diffusion_term_weights(self.schedule, u, self.cfg.timesteps, self.t_min)
-        abar = self.schedule.alpha_bar(t)
-        x_t = q_sample(x0, abar, torch.randn(x0.shape, generator=gen, device=x0.device))
+    def _predict_x0(self, model: EmbeddingDenoiser, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """x0_hat as the bound sees it: with the self-conditioning pass the sampler would make."""
         x0_prev = self._self_condition(model, x_t, t) if self.cfg.self_condition else None
-        _, x0_hat, _ = self._denoise(model, x_t, t, x0_prev)
-        return weight * (x0.float() - x0_hat).pow(2).sum((-1, -2))
+        return self._denoise(model, x_t, t, x0_prev)[1]
 
     @torch.no_grad()
     def nll(self, model: EmbeddingDenoiser, windows: torch.Tensor, batch_size: int = 64) -> NLLResult:
-        K = max(1, self.cfg.eval_time_samples)
-        dev = windows.device
-        gen = torch.Generator(device=dev).manual_seed(self.cfg.eval_seed)
-        n, _L = windows.shape
+        gen = torch.Generator(device=windows.device).manual_seed(self.cfg.eval_seed)
+        n = windows.shape[0]
         table = model.table()
-        recon, prior, diff, mse, rounding = [], [], [], [], []
-        abar_one = self.schedule.alpha_bar(torch.tensor(1.0, device=dev))
+        bound = VDMBound(self.schedule, self.cfg.timesteps, self.t_min, self.cfg.eval_time_samples)
+        mse, rounding = [], []
         for xb in windows.split(batch_size):
-            x0 = table[xb].float()
-            recon.append(self._reconstruction_nats(model, xb, x0, gen))
-            prior.append(gaussian_prior_kl(x0, abar_one).sum(-1))
-            u = stratified(torch.rand(xb.shape[0], 1, generator=gen, device=dev), K)  # (b, K)
-            diff.append(torch.stack([self._diffusion_nats(model, x0, u[:, k], gen) for k in range(K)], 1).mean(1))
-            terms = self.loss_terms(model, xb, gen)
+            bound.add(table[xb].float(), lambda x0, xb=xb: self._reconstruction_nats(model, xb, x0, gen),
+                      lambda x_t, t, _eps: self._predict_x0(model, x_t, t), gen)
+            terms = self.loss_terms(model, xb, gen)  # the training loss terms, for diagnosis
             mse.append(float(terms["mse"]) * xb.shape[0])
             if "rounding" in terms:
                 rounding.append(float(terms["rounding"]) * xb.shape[0])
         chars = self.chars_in(windows)
-        rec, pri, dif = (torch.cat(v).double().sum().item() for v in (recon, prior, diff))
-        per_window = (torch.cat(recon) + torch.cat(prior) + torch.cat(diff)).double().cpu()
-        stderr = float(per_window.std() / math.sqrt(n)) / (chars / n) if n > 1 else float("nan")
+        nats, parts = bound.result(chars)
         details: dict[str, Any] = {
-            "reconstruction_nats_per_char": rec / chars, "prior_nats_per_char": pri / chars,
-            "diffusion_nats_per_char": dif / chars, "stderr_nats": stderr, "time_samples_per_window": K,
-            "denoising_mse": sum(mse) / n, "seed": self.cfg.eval_seed, "schedule": self.schedule.name,
+            "reconstruction_nats_per_char": parts["reconstruction"], "prior_nats_per_char": parts["prior"],
+            "diffusion_nats_per_char": parts["diffusion"], "stderr_nats": parts["stderr_nats"],
+            "time_samples_per_window": bound.samples, "denoising_mse": sum(mse) / n, "seed": self.cfg.eval_seed,
+            "schedule": self.schedule.name,
             "note": "VDM variational bound through the decoder (an upper bound on NLL); denoising_mse and "
                     "rounding_ce are the training loss terms, not likelihoods",
         }
         if rounding:
             details["rounding_ce_per_token"] = sum(rounding) / n
         details.update(embedding_geometry(table))
-        return NLLResult(nats_per_char=(rec + pri + dif) / chars, kind="bound", windows=n, chars=chars,
-                         details=details)
+        return NLLResult(nats_per_unit=nats, kind="bound", windows=n, units=chars, details=details)
 
     # ---- samplers ----------------------------------------------------------------------------------
     def _sampler(self, kind: str, steps: int) -> GaussianSampler:
@@ -336,15 +382,11 @@ class EmbeddingDiffusion(Method):
     @torch.no_grad()
     def sample(self, model: EmbeddingDenoiser, req: SampleRequest, generator: torch.Generator,
                on_step: StepCallback | None = None) -> SampleResult:
-        sampler = self.check_sampler(req)
+        sampler = self.check_sampler(req.sampler)
         dev = next(model.parameters()).device
         state, fixed = self.prepare(req, dev)
-        _n, L = state.shape
-        if self.model_cfg.context < L:
-            raise ConfigError(f"--length {L} exceeds the model's context of {self.model_cfg.context} tokens; "
-                              f"embedding diffusion denoises one window at a time")
-        T = self.cfg.timesteps
-        steps = req.steps or self.cfg.sample_steps or (min(T, 200) if T else 200)
+        self.check_length(state.shape[1])
+        steps = req.steps or self.default_steps(state.shape[1])
         if req.temperature <= 0:
             raise ConfigError("--temperature must be > 0")
         gs = self._sampler("ddpm" if sampler == "ddpm" else "ddim", steps)
@@ -367,37 +409,36 @@ class EmbeddingDiffusion(Method):
     def _diffuse(self, model: EmbeddingDenoiser, state: torch.Tensor, fixed: torch.Tensor,
                  gs: GaussianSampler, generator: torch.Generator, on_step: StepCallback | None,
                  temperature: float = 1.0) -> tuple[torch.Tensor, int]:
-        """The reverse process from N(0, I) to x_0. Prompt/infill positions are *replaced*: their x0 is the
+        """The reverse process from N(0, I) to x_0 (:func:`reverse_process`). ``clamp`` snaps x0_hat to its
+        nearest embedding (Li et al. 2022, Sec. 4.2); prompt/infill positions are *replaced*: their x0 is the
         true embedding and their x_s a fresh draw from q(x_s | x_0) (Song et al. 2021's imputation)."""
         n, L = state.shape
         table = model.table()
-        dtype = table.dtype
         known = table[state.clamp(max=self.tok.n_symbols - 1)]
         fixed3 = fixed[..., None]
-        x = torch.randn((n, L, table.shape[1]), generator=generator, device=state.device, dtype=dtype)
-        x0_prev = torch.zeros_like(x) if self.cfg.self_condition else None
-        x0_hat = x
-        times = gs.times()
-        for i, (t, s) in enumerate(times):
-            tt = torch.full((n,), t, device=state.device)
-            _, x0_hat, eps_hat = self._denoise(model, x, tt, x0_prev, temperature)
+        imputing = bool(fixed.any())
+
+        def denoise(x_t: torch.Tensor, t: torch.Tensor, x0_prev: torch.Tensor | None):
+            return self._denoise(model, x_t, t, x0_prev if self.cfg.self_condition else None, temperature)[1:]
+
+        def project(x0_hat: torch.Tensor) -> torch.Tensor:
             if self.cfg.clamp:
                 x0_hat = table[self.round_to_ids(model, x0_hat)].float()
-            x0_hat = torch.where(fixed3, known.float(), x0_hat)
-            if self.cfg.clamp or fixed.any():
-                eps_hat = eps_from_x0(x.float(), x0_hat, self.schedule.alpha_bar(tt))
-            x = gs.step(x.float(), x0_hat, eps_hat, t, s, generator).to(dtype)
-            if fixed.any() and s > 0:
-                abar_s = self.schedule.alpha_bar(torch.tensor(s, device=state.device))
-                redraw = q_sample(known, abar_s, torch.randn(x.shape, generator=generator, device=x.device,
-                                                              dtype=dtype))
-                x = torch.where(fixed3, redraw, x)
-            if x0_prev is not None:
-                x0_prev = x0_hat.to(dtype)
-            if on_step:
-                guess = torch.where(fixed, state, self.round_to_ids(model, x0_hat))
-                on_step(i + 1, guess, {"t": s, "nfe": i + 1})
-        return x0_hat.to(dtype), len(times)
+            return torch.where(fixed3, known.float(), x0_hat)
+
+        def renoise(x: torch.Tensor, s: float) -> torch.Tensor:
+            abar_s = self.schedule.alpha_bar(torch.tensor(s, device=x.device))
+            noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+            return torch.where(fixed3, q_sample(known, abar_s, noise), x)
+
+        def report(step: int, x: torch.Tensor, x0_hat: torch.Tensor, s: float) -> None:
+            assert on_step is not None
+            on_step(step, torch.where(fixed, state, self.round_to_ids(model, x0_hat)), {"t": s, "nfe": step})
+
+        x = torch.randn((n, L, table.shape[1]), generator=generator, device=state.device, dtype=table.dtype)
+        x0_hat = reverse_process(gs, x, denoise, generator, project if self.cfg.clamp or imputing else None,
+                                 renoise if imputing else None, report if on_step else None)
+        return x0_hat.to(table.dtype), gs.steps
 
     def _guided(self, model: EmbeddingDenoiser, plan: torch.Tensor, state: torch.Tensor, fixed: torch.Tensor,
                 req: SampleRequest, generator: torch.Generator) -> tuple[torch.Tensor, int]:
@@ -407,19 +448,10 @@ class EmbeddingDiffusion(Method):
 
         where p_plan is the decoder's softmax at the diffusion plan's vector. w = 0 is the ar model alone,
         w = 1 ignores it and samples each position from the plan independently."""
-        from textdiffusion.runs import open_run  # runs imports the method registry; import lazily
-
         w = self.cfg.guide_weight
-        if not 0.0 <= w <= 1.0:
-            raise ConfigError(f"method.guide_weight must be in [0, 1], got {w}")
-        if not self.cfg.guide_run:
+        ar = self.guide
+        if ar is None:
             raise ConfigError("the guided sampler needs a trained ar run: --set method.guide_run=runs/ar-...")
-        ar = open_run(self.cfg.guide_run, device=str(state.device))
-        if ar.cfg.method.name != "ar":
-            raise ConfigError(f"method.guide_run {self.cfg.guide_run} is a {ar.cfg.method.name} run; it must be ar")
-        if ar.tokenizer.to_dict() != self.tok.to_dict():
-            raise ConfigError("the guide run's tokenizer differs from this run's; train both on the same data "
-                              "and tokenizer")
         n, L = state.shape
         if ar.cfg.model.context < L:
             raise ConfigError(f"--length {L} exceeds the guide model's context of {ar.cfg.model.context}")

@@ -32,78 +32,62 @@ softmax_k(-(z - sqrt(abar) v_k)^2 / 2(1 - abar)): the pixel analogue of the embe
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
 
-from textdiffusion.config import Config, ConfigError, MethodConfig, UNetConfig
+from textdiffusion.config import Config, ConfigError, UNetConfig, sampling
+from textdiffusion.data.images import ImageBatch, ImageSpec, to_unit_range
 from textdiffusion.diffusion.gaussian import (
-    SCHEDULES,
-    TARGETS,
+    GaussianConfig,
     GaussianSampler,
-    diffusion_term_weights,
-    eps_from_x0,
-    gaussian_prior_kl,
+    VDMBound,
     make_noise_schedule,
     q_sample,
+    reverse_process,
     split_prediction,
     training_target,
     training_times,
 )
-from textdiffusion.diffusion.masking import stratified
 from textdiffusion.methods.base import Method, NLLResult, register
 from textdiffusion.nn.unet import UNet
 
 LEVELS = 256  # 8-bit pixels
 
 
-@dataclass(frozen=True)
-class ImageSpec:
-    """What the network needs to know about the images; saved as ``image.json`` in an image run (the
-    image counterpart of a text run's ``tokenizer.json``)."""
-
-    size: int
-    channels: int = 1
-    num_classes: int = 10
-
-    def to_dict(self) -> dict[str, int]:
-        return {"size": self.size, "channels": self.channels, "num_classes": self.num_classes}
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> ImageSpec:
-        return cls(int(d["size"]), int(d.get("channels", 1)), int(d.get("num_classes", 10)))
-
-
 @dataclass
-class ImageBatch:
-    """uint8 images (B, H, W) with their int64 labels (B,); ``to`` moves both (the trainer's only need)."""
+class ImageConfig(GaussianConfig):
+    """DDPM on MNIST (Ho et al. 2020) by default: linear betas, T = 1000, eps-prediction, ancestral
+    sampling, x0_hat clipped to the pixel range (``clamp``)."""
 
-    images: torch.Tensor
-    labels: torch.Tensor
+    name: str = "image"
+    noise_schedule: str = "linear"
+    timesteps: int = 1000
+    target: str = "eps"
+    sampler: str = sampling("ddpm")
+    eval_time_samples: int = sampling(4)
+    clamp: bool = sampling(True)  # clip x0_hat to [-1, 1] at every step
+    guidance: float = sampling(1.0)  # classifier-free guidance scale w: eps = eps_uncond + w (eps_cond - eps_uncond)
 
-    def to(self, device: torch.device | str, non_blocking: bool = False) -> ImageBatch:
-        return ImageBatch(self.images.to(device, non_blocking=non_blocking),
-                          self.labels.to(device, non_blocking=non_blocking))
-
-    def __len__(self) -> int:
-        return self.images.shape[0]
-
-    def split(self, size: int) -> list[ImageBatch]:
-        return [ImageBatch(x, y) for x, y in zip(self.images.split(size), self.labels.split(size), strict=True)]
-
-
-def to_unit_range(images: torch.Tensor) -> torch.Tensor:
-    """uint8 (B, H, W) -> float (B, 1, H, W) in [-1, 1]."""
-    return images.float().unsqueeze(1) / 127.5 - 1.0
-
-
-def to_pixels(x: torch.Tensor) -> torch.Tensor:
-    """float (B, 1, H, W) in [-1, 1] -> uint8 (B, H, W) (clipped, rounded to the nearest level)."""
-    return ((x.float().clamp(-1.0, 1.0) + 1.0) * 127.5).round().to(torch.uint8).squeeze(1)
+    network = "unet"
+    # the U-Net shapes are sized for each preset's machine (cpu: ~0.3 M parameters, minutes on a laptop;
+    # base: a GPU run)
+    presets: ClassVar[dict[str, dict[str, dict[str, Any]]]] = {
+        p: {"data": {"corpus": "mnist"}, "train": {"weight_decay": 0.0, **extra_train}, "unet": unet}
+        for p, unet, extra_train in (
+        ("tiny", {"base_channels": 8, "channel_mult": "1,2", "heads": 2, "groups": 4, "dropout": 0.0},
+         {"batch_size": 16, "final_eval_windows": 32}),
+        ("cpu", {"base_channels": 16, "channel_mult": "1,2,2", "heads": 4, "groups": 8, "dropout": 0.0},
+         {"steps": 4000, "batch_size": 64, "lr": 2e-3, "min_lr": 2e-4, "warmup": 200, "eval_every": 500,
+          "eval_windows": 256, "final_eval_windows": 2000, "ema_decay": 0.995}),
+        ("base", {"base_channels": 64, "channel_mult": "1,2,2", "num_res_blocks": 2, "heads": 4, "groups": 32,
+                  "dropout": 0.1},
+         {"steps": 20000, "batch_size": 128, "lr": 2e-4, "min_lr": 2e-5, "warmup": 500, "eval_every": 2000,
+          "eval_windows": 512, "final_eval_windows": 0, "ema_decay": 0.9995}),
+    )}
 
 
 @dataclass
@@ -132,32 +116,26 @@ ImageStepCallback = Callable[[int, torch.Tensor, torch.Tensor, dict[str, Any]], 
 
 
 @register
-class ImageDiffusion(Method):
+class ImageDiffusion(Method[ImageRequest, ImageResult]):
     name = "image"
-    attention = "none"
+    config_class = ImageConfig
     samplers = ("ddpm", "ddim")
     likelihood_kind = "bound"
     unit = "dim"
 
-    def __init__(self, cfg: MethodConfig, unet_cfg: UNetConfig, spec: ImageSpec):
+    def __init__(self, cfg: ImageConfig, unet_cfg: UNetConfig, spec: ImageSpec):
         self.cfg, self.unet_cfg, self.spec = cfg, unet_cfg, spec
-        self.tok = None
-        if cfg.noise_schedule not in SCHEDULES:
-            raise ConfigError(f"unknown method.noise_schedule {cfg.noise_schedule!r}; choose {', '.join(SCHEDULES)}")
-        if cfg.target not in TARGETS:
-            raise ConfigError(f"method.target={cfg.target!r} is not available for images; choose "
-                              f"{', '.join(TARGETS)}")
-        if cfg.timesteps < 0:
-            raise ConfigError("method.timesteps must be >= 0 (0 = continuous time)")
+        cfg.check()
         if not 0.0 <= unet_cfg.label_dropout < 1.0:
             raise ConfigError(f"unet.label_dropout must be in [0, 1), got {unet_cfg.label_dropout}")
         self.schedule = make_noise_schedule(cfg.noise_schedule)
-        self.t_min = 1.0 / cfg.timesteps if cfg.timesteps else 1e-3
+        self.t_min = cfg.t_min
 
     @classmethod
     def from_config(cls, cfg: Config, vocab: Any) -> ImageDiffusion:
         if not isinstance(vocab, ImageSpec):
             raise ConfigError("the image method trains on images: use `textdiffusion mnist train`")
+        assert isinstance(cfg.method, ImageConfig)
         return cls(cfg.method, cfg.unet, vocab)
 
     @property
@@ -171,6 +149,23 @@ class ImageDiffusion(Method):
     def build_model(self) -> UNet:
         return UNet(self.unet_cfg, self.spec.size, self.spec.channels,
                     self.spec.num_classes if self.conditional else 0)
+
+    # ---- defaults ------------------------------------------------------------------------------------
+    def default_steps(self, length: int = 0, sampler: str = "") -> int | None:
+        """DDPM walks the whole training grid; DDIM skips through it in at most 250 steps."""
+        T = self.cfg.timesteps
+        sampler = sampler or self.default_sampler
+        return self.cfg.sample_steps or (T if sampler == "ddpm" and T else min(T or 250, 250))
+
+    @property
+    def max_steps(self) -> int | None:
+        return self.cfg.timesteps or None
+
+    def training_samples(self) -> ImageRequest:
+        """What the trainer draws at each evaluation: two of each digit (or 20 unconditional), DDIM 50."""
+        k = self.spec.num_classes
+        return ImageRequest(n=2 * k, labels=list(range(k)) * 2 if self.conditional else None, sampler="ddim",
+                            steps=min(50, self.cfg.timesteps or 50))
 
     # ---- training ----------------------------------------------------------------------------------
     def _sample_t(self, n: int, generator: torch.Generator, device: torch.device) -> torch.Tensor:
@@ -204,43 +199,34 @@ class ImageDiffusion(Method):
 
     @torch.no_grad()
     def nll(self, model: UNet, windows: ImageBatch, batch_size: int = 64) -> NLLResult:
-        K = max(1, self.cfg.eval_time_samples)
-        dev = windows.images.device
-        gen = torch.Generator(device=dev).manual_seed(self.cfg.eval_seed)
-        abar_one = self.schedule.alpha_bar(torch.tensor(1.0, device=dev))
-        recon, prior, diff, mse = [], [], [], []
+        gen = torch.Generator(device=windows.images.device).manual_seed(self.cfg.eval_seed)
+        bound = VDMBound(self.schedule, self.cfg.timesteps, self.t_min, self.cfg.eval_time_samples)
+        mse: list[float] = []
         for b in windows.split(batch_size):
             x0 = to_unit_range(b.images)
             labels = b.labels if self.conditional else None
-            recon.append(self._reconstruction_nats(x0, gen))
-            prior.append(gaussian_prior_kl(x0.flatten(1), abar_one))
-            u = stratified(torch.rand(x0.shape[0], 1, generator=gen, device=dev), K)
-            terms = []
-            for k in range(K):
-                t, weight = diffusion_term_weights(self.schedule, u[:, k], self.cfg.timesteps, self.t_min)
-                eps = torch.randn(x0.shape, generator=gen, device=dev)
-                abar = self.schedule.alpha_bar(t)
-                out = model(q_sample(x0, abar, eps), t, labels).float()
-                x0_hat, _ = split_prediction(out, q_sample(x0, abar, eps), abar, self.cfg.target)
-                terms.append(weight * (x0 - x0_hat).pow(2).flatten(1).sum(1))
+
+            def predict(x_t: torch.Tensor, t: torch.Tensor, eps: torch.Tensor, x0=x0, labels=labels) -> torch.Tensor:
+                x_t, eps, abar = x_t.view_as(x0), eps.view_as(x0), self.schedule.alpha_bar(t)
+                out = model(x_t, t, labels).float()
                 mse.append(float((out - training_target(x0, eps, abar, self.cfg.target)).pow(2).mean()))
-            diff.append(torch.stack(terms, 1).mean(1))
+                return split_prediction(out, x_t, abar, self.cfg.target)[0].flatten(1)
+
+            # the bound sees each image as one vector of pixels
+            bound.add(x0.flatten(1), lambda flat: self._reconstruction_nats(flat, gen), predict, gen)
         n = len(windows)
         dims = n * self.spec.channels * self.spec.size**2
-        per_image = (torch.cat(recon) + torch.cat(prior) + torch.cat(diff)).double().cpu()
-        rec, pri, dif = (torch.cat(v).double().sum().item() for v in (recon, prior, diff))
-        stderr = float(per_image.std() / math.sqrt(n)) / (dims / n) if n > 1 else float("nan")
+        nats, parts = bound.result(dims)
         details = {
-            "reconstruction_nats_per_dim": rec / dims, "prior_nats_per_dim": pri / dims,
-            "diffusion_nats_per_dim": dif / dims, "stderr_nats": stderr, "time_samples_per_image": K,
-            "denoising_mse": sum(mse) / len(mse), "seed": self.cfg.eval_seed, "schedule": self.schedule.name,
-            "conditional_on_label": self.conditional,
+            "reconstruction_nats_per_dim": parts["reconstruction"], "prior_nats_per_dim": parts["prior"],
+            "diffusion_nats_per_dim": parts["diffusion"], "stderr_nats": parts["stderr_nats"],
+            "time_samples_per_image": bound.samples, "denoising_mse": sum(mse) / len(mse),
+            "seed": self.cfg.eval_seed, "schedule": self.schedule.name, "conditional_on_label": self.conditional,
             "note": "VDM variational bound on the 8-bit pixels (an upper bound on -log P, per dimension"
                     + (", conditioned on the true label" if self.conditional else "")
                     + "); denoising_mse is the training loss at uniform t, not a likelihood",
         }
-        return NLLResult(nats_per_char=(rec + pri + dif) / dims, kind="bound", windows=n, chars=dims,
-                         details=details, unit="dim")
+        return NLLResult(nats_per_unit=nats, kind="bound", windows=n, units=dims, unit="dim", details=details)
 
     # ---- sampling ------------------------------------------------------------------------------------
     def _labels(self, req: ImageRequest, device: torch.device) -> torch.Tensor | None:
@@ -257,20 +243,17 @@ class ImageDiffusion(Method):
 
     def make_sampler(self, kind: str, steps: int, eta: float) -> GaussianSampler:
         try:
-            return GaussianSampler(self.schedule, kind, steps, self.cfg.timesteps, eta)
+            return GaussianSampler(self.schedule, kind, steps, self.cfg.timesteps, eta, self.cfg.time_difference)
         except ValueError as e:
             raise ConfigError(str(e)) from None
 
     @torch.no_grad()
-    def sample(self, model: UNet, req: ImageRequest, generator: torch.Generator,  # type: ignore[override]
+    def sample(self, model: UNet, req: ImageRequest, generator: torch.Generator,
                on_step: ImageStepCallback | None = None) -> ImageResult:
-        sampler = req.sampler or self.cfg.sampler or "ddpm"
-        if sampler not in self.samplers:
-            raise ConfigError(f"the image method has no sampler {sampler!r}; choose one of {', '.join(self.samplers)}")
+        sampler = self.check_sampler(req.sampler)
         if req.n < 1:
             raise ConfigError("the number of samples must be >= 1")
-        T = self.cfg.timesteps
-        steps = req.steps or self.cfg.sample_steps or (T if sampler == "ddpm" and T else min(T or 250, 250))
+        steps = req.steps or self.default_steps(sampler=sampler) or 1
         eta = self.cfg.eta if req.eta is None else req.eta
         gs = self.make_sampler(sampler, steps, eta)
         w = self.cfg.guidance if req.guidance is None else req.guidance
@@ -280,32 +263,31 @@ class ImageDiffusion(Method):
         labels = self._labels(req, dev)
         guided = labels is not None and w != 1.0
         null = torch.full((req.n,), self.spec.num_classes, dtype=torch.long, device=dev) if guided else None
-        shape = (req.n, self.spec.channels, self.spec.size, self.spec.size)
-        x = torch.randn(shape, generator=generator, device=dev)
-        x0_hat = x
+
+        def denoise(x: torch.Tensor, tt: torch.Tensor, _prev: torch.Tensor | None):
+            abar = self.schedule.alpha_bar(tt)
+            if not guided:
+                return split_prediction(model(x, tt, labels).float(), x, abar, self.cfg.target)
+            # one batched forward for both branches: the conditional and the "no label" prediction
+            out = model(torch.cat([x, x]), torch.cat([tt, tt]), torch.cat([labels, null])).float()
+            _, eps_c = split_prediction(out[: req.n], x, abar, self.cfg.target)
+            _, eps_u = split_prediction(out[req.n :], x, abar, self.cfg.target)
+            eps_hat = eps_u + w * (eps_c - eps_u)
+            return split_prediction(eps_hat, x, abar, "eps")[0], eps_hat
+
+        def clip(x0_hat: torch.Tensor) -> torch.Tensor:
+            # pixels live in [-1, 1]: clipping x0_hat (Ho et al. 2020's sampler) stops drift at high noise
+            return x0_hat.clamp(-1.0, 1.0)
+
+        def report(step: int, x: torch.Tensor, x0_hat: torch.Tensor, s: float) -> None:
+            assert on_step is not None
+            on_step(step, x, x0_hat, {"t": s, "nfe": step})
+
+        x = torch.randn((req.n, self.spec.channels, self.spec.size, self.spec.size), generator=generator, device=dev)
         if on_step:
             on_step(0, x, torch.zeros_like(x), {"t": 1.0, "nfe": 0})
-        times = gs.times()
-        for i, (t, s) in enumerate(times):
-            tt = torch.full((req.n,), t, device=dev)
-            abar = self.schedule.alpha_bar(tt)
-            if guided:
-                # one batched forward for both branches: the conditional and the "no label" prediction
-                out = model(torch.cat([x, x]), torch.cat([tt, tt]), torch.cat([labels, null])).float()
-                _, eps_c = split_prediction(out[: req.n], x, abar, self.cfg.target)
-                _, eps_u = split_prediction(out[req.n :], x, abar, self.cfg.target)
-                eps_hat = eps_u + w * (eps_c - eps_u)
-                x0_hat, _ = split_prediction(eps_hat, x, abar, "eps")
-            else:
-                x0_hat, eps_hat = split_prediction(model(x, tt, labels).float(), x, abar, self.cfg.target)
-            if self.cfg.clamp:
-                # pixels live in [-1, 1]: clipping x0_hat (Ho et al. 2020's sampler) stops drift at high noise
-                x0_hat = x0_hat.clamp(-1.0, 1.0)
-                eps_hat = eps_from_x0(x, x0_hat, abar)
-            x = gs.step(x, x0_hat, eps_hat, t, s, generator)
-            if on_step:
-                on_step(i + 1, x, x0_hat, {"t": s, "nfe": i + 1})
-        nfe = len(times) * (2 if guided else 1)
+        x0_hat = reverse_process(gs, x, denoise, generator, clip if self.cfg.clamp else None, None,
+                                 report if on_step else None)
         info = {"sampler": sampler, "steps": steps, "eta": 1.0 if sampler == "ddpm" else eta, "clip": self.cfg.clamp,
                 "guidance": w if labels is not None else None}
-        return ImageResult(x0_hat.clamp(-1.0, 1.0), labels, float(nfe), info)
+        return ImageResult(x0_hat.clamp(-1.0, 1.0), labels, float(gs.steps * (2 if guided else 1)), info)

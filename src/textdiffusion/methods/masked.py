@@ -22,26 +22,29 @@ time samples per window and a fixed seed: an unbiased estimate of an upper bound
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 
-from textdiffusion.config import ConfigError
+from textdiffusion.config import ConfigError, sampling
 from textdiffusion.diffusion.masking import (
+    SCHEDULES,
     corrupt,
     corrupt_exactly,
     counts_from,
     make_schedule,
     sample_counts,
     sample_times,
-    stratified,
     times_from,
 )
+from textdiffusion.diffusion.stratified import per_row
 from textdiffusion.methods.base import (
-    Method,
     NLLResult,
     SampleRequest,
     SampleResult,
     StepCallback,
+    TextMethod,
+    TextMethodConfig,
     cross_entropy_per_token,
     filter_logits,
     gumbel_sample,
@@ -50,24 +53,52 @@ from textdiffusion.methods.base import (
 from textdiffusion.nn.transformer import Transformer
 
 
+@dataclass
+class MaskedConfig(TextMethodConfig):
+    """Options of masked diffusion; those marked ``sampling`` may change on a trained run."""
+
+    name: str = "masked"
+    schedule: str = "loglinear"  # loglinear | linear (see diffusion/masking.py)
+    sigma_max: float = 10.0  # for the linear (in sigma) schedule
+    antithetic: bool = True  # stratify the batch's times (or mask counts) from one random offset
+    estimator: str = "time"  # time (sample t, weight w(t)) | count (t integrated out: uniform mask count)
+    time_conditioning: bool = False
+    eval_time_samples: int = sampling(16)  # stratified time draws per validation window
+    eval_seed: int = sampling(1234)
+    confidence: float = sampling(0.9)  # threshold of the `confidence` sampler
+    sample_steps: int = sampling(0)  # 0 = one step per token of the output
+
+    def check(self) -> None:
+        if self.schedule not in SCHEDULES:
+            raise ConfigError(f"method.schedule: unknown mask schedule {self.schedule!r}; choose one of "
+                              f"{', '.join(SCHEDULES)}")
+        if self.estimator not in ("time", "count"):
+            raise ConfigError(f"method.estimator must be time or count, got {self.estimator!r}")
+        if self.estimator == "count" and make_schedule(self.schedule, self.sigma_max).alpha_one() > 0:
+            raise ConfigError("method.estimator=count integrates t out in closed form, which needs alpha(1) = 0; "
+                              "use method.schedule=loglinear or method.estimator=time")
+
+
 @register
-class MaskedDiffusion(Method):
+class MaskedDiffusion(TextMethod):
     name = "masked"
+    config_class = MaskedConfig
     attention = "bidirectional"
     samplers = ("ancestral", "cached", "confidence", "topk")
     likelihood_kind = "bound"
 
-    def __init__(self, cfg, model_cfg, tokenizer):
+    def __init__(self, cfg: MaskedConfig, model_cfg, tokenizer):
         super().__init__(cfg, model_cfg, tokenizer)
-        try:
-            self.schedule = make_schedule(cfg.schedule, cfg.sigma_max)
-        except ValueError as e:
-            raise ConfigError(f"method.schedule: {e}") from None
-        if cfg.estimator not in ("time", "count"):
-            raise ConfigError(f"method.estimator must be time or count, got {cfg.estimator!r}")
-        if cfg.estimator == "count" and self.schedule.alpha_one() > 0:
-            raise ConfigError("method.estimator=count integrates t out in closed form, which needs alpha(1) = 0; "
-                              "use method.schedule=loglinear or method.estimator=time")
+        cfg.check()
+        self.schedule = make_schedule(cfg.schedule, cfg.sigma_max)
+
+    def default_steps(self, length: int, sampler: str = "") -> int | None:
+        """One step per token: every position can be revealed on its own step."""
+        return self.cfg.sample_steps or length
+
+    def interactive_samplers(self) -> tuple[str, ...]:
+        # cached reuses the network's output when nothing changed: exact only without time conditioning
+        return tuple(s for s in self.samplers if not (s == "cached" and self.time_conditioning))
 
     @property
     def time_conditioning(self) -> bool:
@@ -108,7 +139,7 @@ class MaskedDiffusion(Method):
         gen = torch.Generator(device=device).manual_seed(self.cfg.eval_seed)
         n, L = windows.shape
         # K stratified draws per window, from an offset drawn per window
-        strata = stratified(torch.rand(n, 1, generator=gen, device=device), K).flatten()
+        strata = per_row(n, K, gen, device).flatten()
         rows = windows.repeat_interleave(K, dim=0)
         if self.cfg.estimator == "count":
             draws, term = counts_from(strata, L), self._count_terms
@@ -122,7 +153,7 @@ class MaskedDiffusion(Method):
         chars = self.chars_in(windows)
         per_char = (n * L) / chars  # tokens per character: 1 for the char tokenizer
         return NLLResult(
-            nats_per_char=(float(per_window.mean()) + prior) * per_char, kind="bound", windows=n, chars=chars,
+            nats_per_unit=(float(per_window.mean()) + prior) * per_char, kind="bound", windows=n, units=chars,
             details={"time_samples_per_window": K, "seed": self.cfg.eval_seed, "schedule": self.schedule.name,
                      "estimator": self.cfg.estimator,
                      "prior_kl_per_char": prior, "stderr_nats": stderr,
@@ -133,15 +164,12 @@ class MaskedDiffusion(Method):
     @torch.no_grad()
     def sample(self, model: Transformer, req: SampleRequest, generator: torch.Generator,
                on_step: StepCallback | None = None) -> SampleResult:
-        sampler = self.check_sampler(req)
+        sampler = self.check_sampler(req.sampler)
         device = next(model.parameters()).device
         state, fixed = self.prepare(req, device)
         _n, L = state.shape
-        if self.model_cfg.context < L:
-            raise ConfigError(f"--length {L} exceeds the model's context of {self.model_cfg.context} characters; "
-                              f"masked diffusion denoises one window at a time, use --length <= "
-                              f"{self.model_cfg.context}")
-        steps = req.steps or self.cfg.sample_steps or L
+        self.check_length(L)
+        steps = req.steps or self.default_steps(L)
         if steps < 1:
             raise ConfigError("--steps must be >= 1")
         if sampler == "cached" and self.time_conditioning:

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from textdiffusion.config import ModelConfig
+from textdiffusion.nn.time_embedding import sinusoidal
 
 ATTENTION_MODES = ("causal", "bidirectional")
 ACTIVATIONS = {"gelu": F.gelu, "silu": F.silu}
@@ -187,10 +188,7 @@ class TimeEmbedding(nn.Module):
         self.mlp = nn.Sequential(nn.Linear(freq_dim, dim), nn.SiLU(), nn.Linear(dim, dim))
 
     def forward(self, t: torch.Tensor) -> torch.Tensor:
-        half = self.freq_dim // 2
-        freqs = torch.exp(-math.log(10000.0) * torch.arange(half, device=t.device, dtype=torch.float32) / half)
-        args = (t.float() * 1000.0)[:, None] * freqs[None, :]
-        return self.mlp(torch.cat((args.cos(), args.sin()), dim=-1))
+        return self.mlp(sinusoidal(t, self.freq_dim))
 
 
 class TokenInput(nn.Module):

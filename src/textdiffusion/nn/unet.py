@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from textdiffusion.config import ConfigError, UNetConfig
+from textdiffusion.nn.time_embedding import sinusoidal
 
 
 def parse_channel_mult(text: str) -> tuple[int, ...]:
@@ -36,15 +37,6 @@ def parse_channel_mult(text: str) -> tuple[int, ...]:
     if not mult or min(mult) < 1:
         raise ConfigError(f"unet.channel_mult needs at least one positive integer; got {text!r}")
     return mult
-
-
-def timestep_embedding(t: torch.Tensor, dim: int, scale: float = 1000.0) -> torch.Tensor:
-    """Sinusoids of t in [0, 1] (scaled to [0, 1000], the range of DDPM's integer steps), Vaswani et al.
-    2017's positional encoding with time in place of position."""
-    half = dim // 2
-    freqs = torch.exp(-math.log(10000.0) * torch.arange(half, device=t.device, dtype=torch.float32) / half)
-    args = scale * t.float()[:, None] * freqs[None]
-    return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
 
 
 def _norm(channels: int, groups: int) -> nn.GroupNorm:
@@ -155,7 +147,7 @@ class UNet(nn.Module):
         if x.dim() != 4 or x.shape[1:] != (self.in_channels, self.image_size, self.image_size):
             raise ValueError(f"the U-Net takes (B, {self.in_channels}, {self.image_size}, {self.image_size}) "
                              f"images, got {tuple(x.shape)}")
-        emb = self.time_mlp(timestep_embedding(t, self.base).to(x.dtype))
+        emb = self.time_mlp(sinusoidal(t, self.base).to(x.dtype))
         if self.label_emb is not None:
             if labels is None:
                 labels = torch.full((x.shape[0],), self.num_classes, dtype=torch.long, device=x.device)

@@ -15,8 +15,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-from textdiffusion.checkpoint import _atomic
-from textdiffusion.methods.image import to_pixels
+from textdiffusion.data.images import to_pixels
+from textdiffusion.files import atomic_write
 
 
 def _as_uint8(images: torch.Tensor | np.ndarray) -> np.ndarray:
@@ -49,7 +49,7 @@ def _to_image(arr: np.ndarray, scale: int) -> Image.Image:
 
 
 def _save_atomic(path: Path, save: Any) -> Path:
-    _atomic(Path(path), save)
+    atomic_write(Path(path), save)
     return Path(path)
 
 

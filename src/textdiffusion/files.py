@@ -1,0 +1,44 @@
+"""Writing files so that a crash never leaves half of one: the one atomic-write helper.
+
+Everything the package writes that someone will read back (checkpoints, JSON records, downloads, reports,
+pictures) goes through :func:`atomic_write`: the bytes go to a temporary file in the same folder, are
+flushed to disk, and the file is renamed over the target. A rename within one file system is atomic, so a
+reader (or a resume after Ctrl-C, a kill or a full disk) sees either the old file or the new one.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+
+def atomic_write(path: str | Path, write: Callable[[str], object]) -> None:
+    """Create or replace ``path`` with what ``write(tmp_path)`` writes to a temporary path beside it."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        mask = os.umask(0)
+        os.umask(mask)
+        os.chmod(tmp, 0o666 & ~mask)  # mkstemp makes 0600 files; a run directory should be shareable
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def write_text(path: str | Path, text: str) -> None:
+    """Atomically write UTF-8 text."""
+    atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+
+
+def write_bytes(path: str | Path, payload: bytes) -> None:
+    """Atomically write bytes."""
+    atomic_write(path, lambda tmp: Path(tmp).write_bytes(payload))
