@@ -1,0 +1,191 @@
+"""The package's shape: layers that point one way, no per-method branches outside ``methods/``, config
+records that hold only a method's own fields, and run directories written by 0.1.0 that still load and
+sample exactly as they did."""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import hashlib
+import json
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from textdiffusion.checkpoint import CheckpointError
+from textdiffusion.config import LEGACY_METHOD_FIELDS, Config, ConfigError, apply_sampling_overrides, make_config
+from textdiffusion.data.images import to_pixels
+from textdiffusion.methods import REGISTRY, SampleRequest
+from textdiffusion.methods.image import ImageRequest
+from textdiffusion.runs import open_run
+
+PACKAGE = Path(__file__).resolve().parents[1] / "src" / "textdiffusion"
+OLD_RUNS = Path(__file__).resolve().parent / "data" / "runs-0.1.0"
+
+
+# ---- imports ------------------------------------------------------------------------------------------------
+def _module_name(path: Path) -> str:
+    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _import_graph() -> dict[str, set[str]]:
+    """Module -> the package modules it imports, at any depth of the file (a lazy import inside a function
+    closes a circle just as well). Importing ``a.b.c`` also runs the package ``a.b``'s ``__init__``, except
+    for the importer's own packages, which are already running."""
+    modules = {_module_name(p): p for p in PACKAGE.rglob("*.py")}
+    graph: dict[str, set[str]] = {}
+    for name, path in modules.items():
+        own_packages = {".".join(name.split(".")[:i]) for i in range(1, name.count(".") + 1)}
+        targets: set[str] = set()
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Import):
+                targets |= {alias.name for alias in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                targets.add(node.module)
+                targets |= {f"{node.module}.{alias.name}" for alias in node.names}
+        edges = set()
+        for target in targets:
+            parts = target.split(".")
+            for i in range(2, len(parts) + 1):  # the module and the packages it runs on the way
+                prefix = ".".join(parts[:i])
+                if prefix in modules and prefix != name and prefix not in own_packages:
+                    edges.add(prefix)
+        graph[name] = edges
+    return graph
+
+
+def _find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    state: dict[str, int] = {}  # 1 = on the current path, 2 = done
+    path: list[str] = []
+
+    def visit(node: str) -> list[str] | None:
+        state[node] = 1
+        path.append(node)
+        for nxt in sorted(graph.get(node, ())):
+            if state.get(nxt) == 1:
+                return [*path[path.index(nxt):], nxt]
+            if nxt not in state and (found := visit(nxt)):
+                return found
+        path.pop()
+        state[node] = 2
+        return None
+
+    for node in sorted(graph):
+        if node not in state and (found := visit(node)):
+            return found
+    return None
+
+
+def test_the_graph_sees_imports():
+    graph = _import_graph()
+    assert "textdiffusion.methods.base" in graph["textdiffusion.methods.masked"]
+    assert "textdiffusion.config" in graph["textdiffusion.methods.base"]
+    assert _find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
+
+
+def test_no_import_circles():
+    cycle = _find_cycle(_import_graph())
+    assert cycle is None, "import circle: " + " -> ".join(cycle or [])
+
+
+def test_the_library_never_imports_the_entry_points():
+    for name, targets in _import_graph().items():
+        if not name.startswith("textdiffusion.apps") and name != "textdiffusion.__main__":
+            apps = sorted(t for t in targets if t.startswith("textdiffusion.apps"))
+            assert not apps, f"{name} imports {apps}: the library must not depend on the apps"
+
+
+def test_no_method_name_branches_outside_methods():
+    """Per-method behaviour belongs to the method: nothing else compares a method's name."""
+    # method.name == "x", method_name != "x", method in ("a", "b"), cfg["method"]["name"] == ..., .get("name") == ...
+    subject = r"""((?<!request\.)method(_name|\.name|\[["']name["']\])?|\.get\(["']name["']\))"""
+    pattern = re.compile(subject + r"""\s*(==|!=|\bin\b)\s*[("']""")
+    offenders = []
+    for path in PACKAGE.rglob("*.py"):
+        if "methods" in path.relative_to(PACKAGE).parts:
+            continue
+        for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+            if pattern.search(line):
+                offenders.append(f"{path.relative_to(PACKAGE)}:{i}: {line.strip()}")
+    assert not offenders, "\n".join(offenders)
+
+
+# ---- configs ------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("method", sorted(REGISTRY))
+def test_config_records_only_the_methods_own_fields(method):
+    cfg = make_config(method, "tiny")
+    recorded = cfg.to_dict()
+    own = {f for f in recorded["method"]}
+    assert own == {f.name for f in dataclasses.fields(cfg.method)}
+    assert recorded["method"]["name"] == method
+    network = cfg.method.network
+    assert network in recorded and ({"model", "unet"} - {network}).isdisjoint(recorded)
+    assert Config.from_dict(json.loads(json.dumps(recorded))).to_dict() == recorded  # round trip
+
+
+def test_ar_records_no_diffusion_options():
+    method = make_config("ar", "cpu").to_dict()["method"]
+    for field in ("noise_schedule", "decoder", "timesteps", "schedule", "guidance", "eval_time_samples"):
+        assert field not in method
+
+
+def test_sampling_fields_are_marked_on_the_class():
+    cfg = make_config("masked", "tiny")
+    assert set(cfg.method.sampling_fields()) >= {"sampler", "sample_steps", "temperature", "confidence"}
+    assert "schedule" not in cfg.method.sampling_fields()
+    apply_sampling_overrides(cfg, ["method.confidence=0.5"])
+    assert cfg.method.confidence == 0.5
+    with pytest.raises(ConfigError, match="can only change its sampling options"):
+        apply_sampling_overrides(cfg, ["method.schedule=linear"])
+    with pytest.raises(ConfigError, match="can only change its sampling options"):  # another method's field
+        apply_sampling_overrides(make_config("ar", "tiny"), ["method.eta=0.5"])
+
+
+def test_unknown_and_foreign_fields_are_one_line_errors():
+    with pytest.raises(ConfigError, match="unknown field 'noise_schedule'; the ar method has"):
+        make_config("ar", "tiny", ["method.noise_schedule=cosine"])
+    with pytest.raises(ConfigError, match="does not use the unet section"):
+        make_config("masked", "tiny", ["unet.base_channels=8"])
+    with pytest.raises(ConfigError, match="unknown method 'nope'"):
+        make_config("nope", "tiny")
+
+
+def test_a_0_1_0_config_drops_other_methods_fields_and_refuses_unknown_ones():
+    legacy = json.loads((OLD_RUNS / "ar" / "config.json").read_text())["config"]
+    assert set(legacy["method"]) == LEGACY_METHOD_FIELDS  # the 0.1.0 union, every method's fields
+    cfg = Config.from_dict(legacy)
+    assert set(cfg.to_dict()["method"]) == {"name", "sampler", "temperature", "top_k", "top_p"}
+    assert "unet" not in cfg.to_dict()
+    edited = {**legacy, "method": {**legacy["method"], "temperatur": 0.5}}
+    with pytest.raises(ConfigError, match=r"method\.temperatur, which the ar method does not have"):
+        Config.from_dict(edited)
+
+
+def test_an_edited_run_directory_is_refused_in_one_line(tmp_path):
+    run = tmp_path / "masked"
+    shutil.copytree(OLD_RUNS / "masked", run)
+    meta = json.loads((run / "config.json").read_text())
+    meta["config"]["method"]["mask_schedule"] = "cosine"  # a field no version had
+    (run / "config.json").write_text(json.dumps(meta))
+    with pytest.raises((ConfigError, CheckpointError), match="mask_schedule"):
+        open_run(run, device="cpu")
+
+
+# ---- run directories written by 0.1.0 -----------------------------------------------------------------------
+def test_runs_of_0_1_0_sample_exactly_as_they_did():
+    """Tiny runs trained and sampled with textdiffusion 0.1.0 (tests/data/runs-0.1.0, config.json with the
+    33-field method union); the same requests give the same samples today."""
+    expected = json.loads((OLD_RUNS / "samples.json").read_text())
+    for method, sampler in (("ar", ""), ("masked", "confidence"), ("embedding", "ddim"), ("bits", "ddpm")):
+        run = open_run(OLD_RUNS / method, device="cpu")
+        req = SampleRequest(n=2, length=24, sampler=sampler, steps=6)
+        res = run.method.sample(run.model, req, torch.Generator().manual_seed(11))
+        assert [run.tokenizer.decode(r.tolist()) for r in res.ids] == expected[method], method
+    run = open_run(OLD_RUNS / "image", device="cpu")
+    req = ImageRequest(n=3, labels=[1, 2, 3], sampler="ddim", steps=5, guidance=2.0)
+    res = run.method.sample(run.model, req, torch.Generator().manual_seed(11))
+    assert hashlib.sha256(to_pixels(res.images).numpy().tobytes()).hexdigest() == expected["image"]
