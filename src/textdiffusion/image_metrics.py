@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -109,6 +109,25 @@ def _check_data(x: Tensor, y: Tensor, name: str) -> None:
                          f"for {x.shape[0]} images")
 
 
+def _classifier_optimizer(model: DigitClassifier, lr: float) -> torch.optim.AdamW:
+    """AdamW with weight decay on the weight matrices and kernels only."""
+    decay = [p for p in model.parameters() if p.dim() > 1]
+    no_decay = [p for p in model.parameters() if p.dim() <= 1]
+    return torch.optim.AdamW([{"params": decay, "weight_decay": 5e-4}, {"params": no_decay, "weight_decay": 0.0}],
+                             lr=lr)
+
+
+def _epochs(n: int, batch_size: int, generator: torch.Generator) -> Iterator[Tensor]:
+    """Index batches of shuffled epochs, forever; a new permutation is drawn when the next batch would run
+    past the end of the current one (the leftover images wait for the next epoch)."""
+    order, cursor = torch.randperm(n, generator=generator), 0
+    while True:
+        if cursor + batch_size > n:
+            order, cursor = torch.randperm(n, generator=generator), 0
+        yield order[cursor:cursor + batch_size]
+        cursor += batch_size
+
+
 def train_classifier(x_train: Tensor, y_train: Tensor, x_test: Tensor, y_test: Tensor, *,
                      steps: int = DEFAULT_STEPS, batch_size: int = DEFAULT_BATCH_SIZE, lr: float = DEFAULT_LR,
                      seed: int = 0, device: str | torch.device = "cpu", progress: bool = True,
@@ -133,22 +152,15 @@ def train_classifier(x_train: Tensor, y_train: Tensor, x_test: Tensor, y_test: T
         torch.manual_seed(seed)
         model = DigitClassifier(num_classes=num_classes, width=width, feature_dim=feature_dim,
                                 image_size=int(x_train.shape[-1])).to(device)
-        decay = [p for p in model.parameters() if p.dim() > 1]
-        no_decay = [p for p in model.parameters() if p.dim() <= 1]
-        opt = torch.optim.AdamW([{"params": decay, "weight_decay": 5e-4}, {"params": no_decay, "weight_decay": 0.0}],
-                                lr=lr)
+        opt = _classifier_optimizer(model, lr)
         gen = torch.Generator().manual_seed(seed)
         xs, ys = x_train.to(device), y_train.to(device=device, dtype=torch.long)
-        n = xs.shape[0]
-        order, cursor = torch.randperm(n, generator=gen), 0
+        batches = _epochs(xs.shape[0], batch_size, gen)
         warmup = min(100, steps // 10 + 1)
         model.train()
         bar = tqdm(range(steps), disable=not progress, desc="digit classifier", dynamic_ncols=True, leave=False)
         for step in bar:
-            if cursor + batch_size > n:
-                order, cursor = torch.randperm(n, generator=gen), 0
-            idx = order[cursor:cursor + batch_size].to(device)
-            cursor += batch_size
+            idx = next(batches).to(device)
             x = random_shift(images_to_input(xs[idx]), max_shift, gen)
             loss = F.cross_entropy(model(x), ys[idx])
             for group in opt.param_groups:
