@@ -189,3 +189,16 @@ def test_runs_of_0_1_0_sample_exactly_as_they_did():
     req = ImageRequest(n=3, labels=[1, 2, 3], sampler="ddim", steps=5, guidance=2.0)
     res = run.method.sample(run.model, req, torch.Generator().manual_seed(11))
     assert hashlib.sha256(to_pixels(res.images).numpy().tobytes()).hexdigest() == expected["image"]
+
+
+@pytest.mark.slow
+def test_every_method_prints_what_0_1_0_printed():
+    """benchmarks/fingerprint.py retrains a tiny run of every method and compares its validation numbers,
+    metrics, training samples, CLI samples and eval.json with the record made on 0.1.0 (about 2 minutes)."""
+    import subprocess
+    import sys
+
+    repo = PACKAGE.parents[1]
+    proc = subprocess.run([sys.executable, str(repo / "benchmarks" / "fingerprint.py"), "--check",
+                           str(repo / "benchmarks" / "results" / "fingerprint.json")], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]

@@ -238,7 +238,7 @@ def evaluate_run(run_dir: str | Path, samples: int = 64, length: int = 0, sample
     reference = ref.quality(reference_windows(text, len(data.train_text), ref_len, samples))
     result = {
         "run": str(run.path), "method": cfg.method.name, "preset": cfg.preset, "step": run.step,
-        "weights": "ema", "parameters": run.model.num_parameters(), "device": str(run.device),
+        "weights": "ema", "parameters": sum(p.numel() for p in run.model.parameters()), "device": str(run.device),
         "val": {"bpc": nll.bits_per_unit, "nats_per_char": nll.nats_per_unit, "kind": nll.kind,
                 "windows": nll.windows, "chars": nll.units, **nll.details},
         "samples": {"n": samples, "length": length, "sampler": run.method.check_sampler(req.sampler),
