@@ -42,8 +42,8 @@ def time_rows(run_dir: str, plan: list, n: int, results: dict) -> None:
 
     import torch
 
-    from textdiffusion.methods.image import ImageRequest
     from textdiffusion.apps.mnist import open_image_run
+    from textdiffusion.methods.image import ImageRequest
 
     run = open_image_run(run_dir)
     labels = [i % 10 for i in range(n)]

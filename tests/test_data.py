@@ -315,8 +315,8 @@ def test_minilm_embeddings_are_the_word_embedding_table(wordpiece):
 
 def _masked_method(tok):
     from textdiffusion.config import ModelConfig
-    from textdiffusion.methods.masked import MaskedConfig
     from textdiffusion.methods import get_method
+    from textdiffusion.methods.masked import MaskedConfig
 
     return get_method("masked")(MaskedConfig(), ModelConfig(context=64), tok)
 

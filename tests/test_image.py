@@ -207,9 +207,9 @@ def test_mnist_cli_errors(image_run: Path, tmp_path, capsys):
 
 
 def test_mnist_eval_reports_fid_and_class_accuracy(image_run: Path, tmp_path, monkeypatch):
+    from textdiffusion.apps.mnist import _data_key, evaluate_images
     from textdiffusion.data.images import load_images
     from textdiffusion.image_metrics import classifier_for, train_classifier
-    from textdiffusion.apps.mnist import _data_key, evaluate_images
 
     monkeypatch.setenv("TEXTDIFFUSION_CACHE", str(tmp_path))  # the classifier cache goes here
     cfg = json.loads((image_run / "config.json").read_text())["config"]
