@@ -1,8 +1,10 @@
 """`textdiffusion serve`: the real app under uvicorn on a free loopback port, driven over HTTP and in headless
-Chromium. Two tiny runs (masked, ar) are trained once for the module; every sampling is a few steps."""
+Chromium, and its sampling service on its own. Two tiny runs (masked, ar) are trained once for the module;
+every sampling is a few steps."""
 
 from __future__ import annotations
 
+import asyncio
 import http.client
 import json
 import shutil
@@ -20,7 +22,7 @@ import uvicorn
 
 from helpers import train_tiny
 from textdiffusion.apps.cli import main
-from textdiffusion.apps.serve import create_app, load_runs
+from textdiffusion.apps.serve import RequestError, SamplingService, Settings, check_request, create_app, load_runs
 
 MAX_CONCURRENT = 2
 SLOW = {"run": "masked", "sampler": "cached", "steps": 1000, "pace": 20}  # ~20 s unless cancelled
@@ -49,12 +51,19 @@ class Server:
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory, shakespeare) -> Iterator[Server]:
+def trained(tmp_path_factory, shakespeare) -> Path:
+    """A directory with two tiny runs, `masked` and `ar`."""
     root = tmp_path_factory.mktemp("serve")
     corpus = root / "c.txt"
     corpus.write_text(shakespeare[:60_000], encoding="utf-8")
     for method in ("masked", "ar"):
         train_tiny(method, corpus, root / method, steps=30, **{"train.eval_every": 15})
+    return root
+
+
+@pytest.fixture(scope="module")
+def server(trained) -> Iterator[Server]:
+    root = trained
     app = create_app([root / "masked", root / "ar"], device="cpu", max_steps=1000, max_concurrent=MAX_CONCURRENT)
     sock = socket.create_server(("127.0.0.1", 0))
     srv = uvicorn.Server(uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=1))
@@ -266,6 +275,68 @@ def test_requests_beyond_the_limit_get_503(server):
         for s in streams:
             s.close()
     server.wait_for(lambda s: s["active"] == 0)
+
+
+# ---- the sampling service on its own: no Starlette, no sockets ---------------------------------------------
+
+
+def run_job(service: SamplingService, settings: Settings) -> list[tuple[str, dict]]:
+    """Every event of one job, read from a plain asyncio loop."""
+    async def read() -> list[tuple[str, dict]]:
+        job = service.start(settings)
+        return [event async for event in job.events()]
+
+    return asyncio.run(read())
+
+
+def test_service_runs_a_checked_request_to_its_end(trained):
+    runs = load_runs([trained / "masked", trained / "ar"], device="cpu")
+    service = SamplingService(runs, max_steps=1000, max_concurrent=1)
+    params = {"run": "masked", "prompt": "ROMEO:", "length": 20, "sampler": "topk", "steps": 5, "seed": 3}
+    settings = check_request(params, runs, max_steps=1000)
+    assert settings.steps == 5 and settings.fixed == list(range(6)) and tuple(settings.initial.shape) == (20,)
+    try:
+        events = run_job(service, settings)
+        assert [e for e, _ in events] == ["start"] + ["frame"] * 6 + ["done"]
+        frames, done = [d for e, d in events if e == "frame"], events[-1][1]
+        assert [f["step"] for f in frames] == list(range(6)) and frames[0]["masked"] == list(range(6, 20))
+        assert done["text"] == frames[-1]["text"] and done["text"].startswith("ROMEO:") and len(done["text"]) == 20
+        assert service.status() == {"active": 0, "max_concurrent": 1, "completed": 1, "cancelled": 0, "failed": 0}
+        again = run_job(service, check_request(params, runs, max_steps=1000))
+        assert again[-1] == ("done", {**done, "seconds": again[-1][1]["seconds"]})  # the seed decides the text
+    finally:
+        service.shutdown()
+    # ar's step count is not a choice: one step per generated character, whatever `steps` says
+    ar = check_request({"run": "ar", "prompt": "First", "length": 16, "steps": 3}, runs, max_steps=1000)
+    assert ar.steps == 11 and ar.req.steps == 0 and 0 <= ar.seed < 2**31
+
+
+def test_service_stops_a_job_at_once_and_refuses_beyond_its_limit(trained):
+    runs = load_runs([trained / "masked"], device="cpu")
+    service = SamplingService(runs, max_steps=1000, max_concurrent=1)
+    slow = check_request({**SLOW, "pace": 1000, "seed": 1}, runs, max_steps=1000)  # 1000 s unless stopped
+
+    async def read() -> tuple[list[tuple[str, dict]], float]:
+        job = service.start(slow)
+        with pytest.raises(RequestError) as refused:  # the only slot is taken
+            service.start(check_request({"steps": 2}, runs, max_steps=1000))
+        assert refused.value.status == 503 and "--max-concurrent 1" in str(refused.value)
+        events = []
+        async for event, data in job.events():
+            events.append((event, data))
+            if event == "frame":
+                stopped = time.perf_counter()
+                job.stop("stopped by the test")
+        return events, time.perf_counter() - stopped
+
+    try:
+        events, seconds = asyncio.run(read())
+    finally:
+        service.shutdown()
+    # the worker was in its 1 s pace wait after frame 0: the stop wakes it, so no second frame and no wait
+    assert [e for e, _ in events] == ["start", "frame", "error"] and events[-1][1] == {"error": "stopped by the test"}
+    assert seconds < 0.9
+    assert service.status() == {"active": 0, "max_concurrent": 1, "completed": 0, "cancelled": 1, "failed": 0}
 
 
 # ---- the page in headless Chromium --------------------------------------------------------------------------
