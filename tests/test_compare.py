@@ -226,8 +226,8 @@ def test_interrupted_run_takes_val_from_the_last_evaluation(runs, tmp_path):
     (run / "final.json").unlink()  # as after Ctrl-C before the final evaluation
     (run / "sweep.json").unlink(missing_ok=True)
     record = compare_module.read_run(run)
-    assert record["val"]["source"] == "metrics.jsonl (step 20)" and record["val"]["kind"] == "bound"
-    assert record["step"] == 20
+    assert record.val.source == "metrics.jsonl (step 20)" and record.val.kind == "bound"
+    assert record.step == 20
 
 
 def test_masked_positions_are_character_positions_for_multi_character_tokens(shakespeare):
