@@ -125,6 +125,24 @@ def test_sweep_is_cached_and_reused(runs, report, tmp_path, monkeypatch):
         compare_runs([str(runs / "masked")], tmp_path, samples=5, sweep=SWEEP, progress=False)
 
 
+def test_cached_point_of_another_shape_is_measured_again(runs, report, tmp_path, monkeypatch):
+    import shutil
+
+    run = tmp_path / "masked"
+    shutil.copytree(runs / "masked", run)
+    cache = json.loads((run / "sweep.json").read_text())
+    default = next(p for p in cache["points"] if p["key"]["steps"] == 0 and p["key"]["samples"] == 4)
+    del default["result"]["judge_ppl"]  # as if written by a version that scored differently
+    (run / "sweep.json").write_text(json.dumps(cache))
+    measured = []
+    real = compare_module._sweep_point
+    monkeypatch.setattr(compare_module, "_sweep_point", lambda *a: measured.append(a[3]) or real(*a))
+    compare_runs([str(run)], tmp_path / "out", samples=4, sweep=SWEEP, progress=False)
+    assert measured == [0]  # only the unreadable point; the sweep's own points came from the cache
+    again = [p for p in json.loads((run / "sweep.json").read_text())["points"] if p["key"] == default["key"]]
+    assert len(again) == 1 and again[0]["result"]["judge_ppl"] > 1
+
+
 def test_stale_eval_json_is_not_used(runs, tmp_path):
     ev = {"step": 1, "quality": {"judge_ppl": 1.0}, "samples": {"n": 1}, "speed": {}}
     (runs / "ar" / "eval.json").write_text(json.dumps(ev))
@@ -135,6 +153,37 @@ def test_stale_eval_json_is_not_used(runs, tmp_path):
     run = json.loads((tmp_path / "comparison.json").read_text())["runs"][0]
     assert run["eval"] is None and "from step 1" in run["eval_note"]
     assert run["val"]["source"].startswith("final.json")
+
+
+def test_legend_is_one_text_in_both_outputs(report):
+    from textdiffusion.viz.report import ESTIMATES, VAL_KINDS, inline_html, legend_markdown
+
+    md = (report / "comparison.md").read_text()
+    page = (report / "report.html").read_text()
+    assert legend_markdown() in md
+    legend = re.search(r'<div class="note" id="how-to-read">(.*?)</div>', page, re.S).group(1)
+    for text in (*VAL_KINDS.values(), ESTIMATES):
+        assert str(inline_html(text)) in legend
+
+
+def test_inline_markup_escapes_everything_else():
+    from textdiffusion.viz.report import inline_html
+
+    assert str(inline_html("a < `b&c` *d* <script>")) == "a &lt; <code>b&amp;c</code> <i>d</i> &lt;script&gt;"
+
+
+def test_page_escapes_run_names(runs, tmp_path):
+    import shutil
+
+    odd = tmp_path / '<script>x&"q'
+    shutil.copytree(runs / "ar", odd, ignore=shutil.ignore_patterns("sweep.json"))
+    compare_runs([str(odd)], tmp_path / "out", samples=2, sweep="", progress=False)
+    page = (tmp_path / "out" / "report.html").read_text()
+    # the page data is JSON (safe in its script element: no "</" or "<!--"); everything else is HTML-escaped
+    found = re.search(r'<script type="application/json" id="td-data">(.*?)</script>', page, re.S)
+    assert json.loads(found.group(1))["runs"][0]["name"] == odd.name
+    html = page[:found.start()] + page[found.end():]
+    assert "<script>x" not in html and html.count("&lt;script&gt;x&amp;&#34;q") >= 3  # table, card, title
 
 
 def test_parse_sweep():
@@ -226,8 +275,8 @@ def test_interrupted_run_takes_val_from_the_last_evaluation(runs, tmp_path):
     (run / "final.json").unlink()  # as after Ctrl-C before the final evaluation
     (run / "sweep.json").unlink(missing_ok=True)
     record = compare_module.read_run(run)
-    assert record["val"]["source"] == "metrics.jsonl (step 20)" and record["val"]["kind"] == "bound"
-    assert record["step"] == 20
+    assert record.val.source == "metrics.jsonl (step 20)" and record.val.kind == "bound"
+    assert record.step == 20
 
 
 def test_masked_positions_are_character_positions_for_multi_character_tokens(shakespeare):

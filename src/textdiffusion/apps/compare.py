@@ -24,6 +24,8 @@ import json
 import math
 import sys
 import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +35,8 @@ from tqdm.auto import tqdm
 from textdiffusion.checkpoint import CheckpointError, read_json, versions, write_json
 from textdiffusion.config import ConfigError
 from textdiffusion.files import write_text
-from textdiffusion.methods.base import SampleRequest
+from textdiffusion.methods import SampleRequest, TextMethod, get_method
+from textdiffusion.methods.base import bits_key
 
 FORMAT = "textdiffusion-comparison/1"
 SWEEP_FORMAT = "textdiffusion-sweep/1"
@@ -42,6 +45,7 @@ MAX_SWEEP_STEPS = 100_000
 EXAMPLES = 3  # samples shown per run
 IMAGE_SAMPLER = {"sampler": "ddim", "steps": 50, "eta": 0.0}  # grid + strip for image runs: seconds on a CPU
 IMAGES_PER_CLASS = 4
+JUDGE = "character 5-gram, interpolated Witten-Bell (textdiffusion.evaluate.CharNgramJudge)"
 
 
 def parse_sweep(text: str) -> list[int]:
@@ -59,6 +63,266 @@ def parse_sweep(text: str) -> list[int]:
             raise ConfigError(f"--sweep step counts must be between 1 and {MAX_SWEEP_STEPS:,}; got {steps}")
         out.append(steps)
     return sorted(set(out))
+
+
+# ---- the records ------------------------------------------------------------------------------------------
+# Field order is the key order of comparison.json, which users and the tests read: keep it.
+@dataclass
+class ValEntry:
+    """A run's validation number and what it is: the exact likelihood or an upper bound, where it was read."""
+
+    value: float
+    kind: str  # "exact" | "bound"
+    unit: str  # "bits/char" | "bits/dim"
+    stderr: float | None  # bits; one standard error of a Monte-Carlo bound, None when exact
+    windows: Any  # held-out text windows or images scored, as recorded
+    source: str  # the file it came from
+    time_samples: int | None  # diffusion times drawn per window or image (bounds only)
+    what: str  # the sentence the report's tooltip shows
+
+    @classmethod
+    def of(cls, value: float | None, kind: str | None, unit: str, source: str, windows: Any = None,
+           stderr_nats: float | None = None, details: dict[str, Any] | None = None) -> ValEntry | None:
+        """None unless the file recorded both the number and its kind: an unlabelled number is not shown."""
+        if value is None or kind not in ("exact", "bound"):
+            return None
+        stderr = stderr_nats / math.log(2) if stderr_nats is not None and math.isfinite(stderr_nats) else None
+        details = details or {}
+        samples = details.get("time_samples_per_window") or details.get("time_samples_per_image")
+        what = ("exact negative log-likelihood" if kind == "exact" else
+                "upper bound on the negative log-likelihood (NELBO), a Monte-Carlo estimate")
+        return cls(value, kind, unit, stderr, windows, source, samples, what)
+
+
+@dataclass
+class TrainSpeed:
+    value: float | None
+    unit: str  # "chars/s" | "images/s"
+
+
+@dataclass
+class Quality:
+    """The judge's scores of a set of texts (:meth:`textdiffusion.evaluate.TrainingReference.quality`)."""
+
+    judge_ppl: float
+    word_validity: float
+    distinct_2: float
+    repetition: float
+    copy_rate: float
+    words: int
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Quality:
+        return cls(**{f.name: data[f.name] for f in fields(cls)})
+
+
+@dataclass
+class Reference:
+    """Real validation text scored like the samples, ``chars`` characters per window."""
+
+    quality: Quality
+    chars: int
+
+    def to_json(self) -> dict[str, Any]:
+        return {**asdict(self.quality), "chars": self.chars}
+
+
+@dataclass
+class SweepPoint:
+    """One step count of the quality-vs-speed sweep: ``n`` samples, scored and timed."""
+
+    requested_steps: int  # 0: the method's default step count
+    steps: int  # the steps the sampler took
+    sampler: str
+    nfe: float  # network evaluations per sample
+    sample_chars_per_s: float
+    seconds: float
+    quality: Quality  # spliced flat into the JSON here
+    n: int
+    seeds: int
+    seed: int
+    length: int
+    chars_per_sample: float
+    examples: list[str]
+
+    @property
+    def default(self) -> bool:
+        return self.requested_steps == 0
+
+    def to_json(self) -> dict[str, Any]:
+        """Flat, as in comparison.json and sweep.json; the default point says so with ``"default": true``."""
+        out: dict[str, Any] = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            out.update(asdict(value) if f.name == "quality" else {f.name: value})
+        return {**out, "default": True} if self.default else out
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> SweepPoint:
+        """Raises KeyError or TypeError for a point written in another shape."""
+        return cls(**{f.name: Quality.from_json(data) if f.name == "quality" else data[f.name] for f in fields(cls)})
+
+
+@dataclass
+class SkippedPoint:
+    steps: int
+    why: str
+
+
+@dataclass
+class SampleSet:
+    """The samples shown for a text run: the first few of the default sweep point."""
+
+    texts: list[str]
+    sampler: str
+    steps: int
+    seed: int
+    length: int
+
+
+@dataclass
+class Frame:
+    """One step of a denoising trajectory: the decoded text, its still-masked character positions and how
+    many characters changed since the previous kept frame."""
+
+    step: int
+    t: float | None
+    nfe: float | None
+    text: str
+    masked: list[int]
+    changed: int
+
+
+@dataclass
+class Trajectory:
+    sampler: str
+    nfe: float
+    steps_total: int
+    frames_kept: int
+    mask_char: str
+    frames: list[Frame]
+    final: str
+
+
+@dataclass
+class TextResults:
+    """What ``compare`` measures for a text run."""
+
+    judge_corpus: str
+    reference: Reference
+    sweep: list[SweepPoint]  # by steps
+    samples: SampleSet
+    trajectory: Trajectory
+    device_measured: str
+    sweep_skipped: list[SkippedPoint] = field(default_factory=list)
+    # not in the JSON: the method takes no step count (ar writes one token per network evaluation), so the
+    # sweep has one point and the trajectory grows left to right
+    steps_fixed: bool = False
+
+    @property
+    def default_point(self) -> SweepPoint:
+        return next(p for p in self.sweep if p.default)
+
+    def to_json(self) -> dict[str, Any]:
+        skipped = {"sweep_skipped": [asdict(s) for s in self.sweep_skipped]} if self.sweep_skipped else {}
+        return {"judge_corpus": self.judge_corpus, "reference": self.reference.to_json(), **skipped,
+                "sweep": [p.to_json() for p in self.sweep], "samples": asdict(self.samples),
+                "trajectory": asdict(self.trajectory), "device_measured": self.device_measured}
+
+
+@dataclass
+class ImagePictures:
+    """What ``compare`` draws for an image run; ``files`` are relative to the output folder."""
+
+    files: dict[str, str]  # "grid" | "strip" | "gif" -> path
+    n: int
+    sampler: str | None
+    steps: int | None
+    seconds_per_image: float
+    seed: int
+    conditional: bool
+
+
+@dataclass
+class RunRecord:
+    """One run in the comparison: what its directory holds (:func:`read_run`), then what ``compare``
+    measured (``text_results`` or ``images``)."""
+
+    name: str
+    path: str
+    kind: str  # "text" | "image"
+    method: str
+    preset: str
+    parameters: int | None
+    step: int
+    train_steps: int | None
+    elapsed: float | None
+    seed: int | None
+    device: str | None
+    created: str | None
+    tokenizer: str | None  # text runs
+    context: int | None  # text runs
+    corpus: dict[str, Any]
+    sampling_config: dict[str, Any]
+    val: ValEntry | None
+    train_speed: TrainSpeed
+    curves: list[dict[str, float]]  # metrics.jsonl rows: step, elapsed, train_loss, curve_val_key
+    curve_val_key: str
+    eval: dict[str, Any] | None  # eval.json as written, when it is of this checkpoint
+    eval_note: str | None  # why there is no (current) eval.json
+    text_results: TextResults | None = None
+    images: ImagePictures | None = None
+
+    @property
+    def is_text(self) -> bool:
+        return self.kind == "text"
+
+    def to_json(self) -> dict[str, Any]:
+        out = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("text_results", "images")}
+        out.update(val=asdict(self.val) if self.val else None, train_speed=asdict(self.train_speed))
+        if self.text_results is not None:
+            out.update(self.text_results.to_json())
+        if self.images is not None:
+            out["images"] = asdict(self.images)
+        return out
+
+
+@dataclass
+class Settings:
+    samples: int
+    seeds: int
+    seed: int
+    length: int  # the common sample length (tokens of each run's tokenizer)
+    sweep: list[int]
+    device: str
+    image_sampler: dict[str, Any]
+    max_frames: int
+    seconds: float
+
+
+@dataclass
+class Comparison:
+    """Everything ``compare`` writes; :meth:`to_json` is ``comparison.json``."""
+
+    created: str
+    versions: dict[str, str]
+    settings: Settings
+    judge_corpora: list[str]
+    runs: list[RunRecord]
+    judge_kind: str = JUDGE
+
+    @property
+    def text_runs(self) -> list[RunRecord]:
+        return [r for r in self.runs if r.is_text]
+
+    @property
+    def image_runs(self) -> list[RunRecord]:
+        return [r for r in self.runs if not r.is_text]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"format": FORMAT, "created": self.created, "versions": self.versions,
+                "settings": asdict(self.settings), "judge": {"kind": self.judge_kind, "corpora": self.judge_corpora},
+                "runs": [r.to_json() for r in self.runs]}
 
 
 # ---- what a run directory already holds ----------------------------------------------------------------
@@ -83,22 +347,8 @@ def _optional_json(path: Path) -> dict[str, Any] | None:
         return None
 
 
-def _val_entry(value: float | None, kind: str | None, unit: str, source: str, windows: Any = None,
-               stderr_nats: float | None = None, details: dict[str, Any] | None = None) -> dict[str, Any] | None:
-    if value is None or kind not in ("exact", "bound"):
-        return None
-    stderr = stderr_nats / math.log(2) if stderr_nats is not None and math.isfinite(stderr_nats) else None
-    samples = (details or {}).get("time_samples_per_window") or (details or {}).get("time_samples_per_image")
-    what = ("exact negative log-likelihood" if kind == "exact" else
-            "upper bound on the negative log-likelihood (NELBO), a Monte-Carlo estimate")
-    return {"value": value, "kind": kind, "unit": unit, "stderr": stderr, "windows": windows, "source": source,
-            "time_samples": samples, "what": what}
-
-
-def read_run(path: str | Path) -> dict[str, Any]:
-    """Everything ``compare`` needs that is already on disk. Raises a one-line error for a directory that
-    is not a run."""
-    run = Path(path)
+def _read_meta(run: Path) -> dict[str, Any]:
+    """``config.json``, refusing a directory that is not a run."""
     if not run.is_dir():
         raise CheckpointError(f"run directory {run} does not exist; pass directories written by "
                               f"`textdiffusion train` (they hold config.json)")
@@ -108,9 +358,61 @@ def read_run(path: str | Path) -> dict[str, Any]:
     meta = read_json(run / "config.json")
     if "config" not in meta:
         raise CheckpointError(f"{run / 'config.json'} has no 'config' section; it was not written by textdiffusion")
+    return meta
+
+
+def _method_class(run: Path, name: str) -> type:
+    try:
+        return get_method(name)
+    except ConfigError as e:
+        raise CheckpointError(f"{run / 'config.json'}: {e} (was it written by another textdiffusion version?)") \
+            from None
+
+
+def _current_eval(run: Path, step: int, image: bool) -> tuple[dict[str, Any] | None, str | None]:
+    """``eval.json`` when it scored this checkpoint, else None and what to run instead."""
+    ev = _optional_json(run / "eval.json")
+    redo = f"run `textdiffusion {'mnist ' if image else ''}eval {run}` (or compare --evaluate)"
+    if ev is not None and ev.get("step") != step:
+        return None, f"eval.json is from step {ev.get('step')} but the checkpoint is at step {step}; {redo}"
+    if ev is None and image:  # FID and accuracy exist only in eval.json
+        return None, f"no eval.json; {redo}"
+    return ev, None
+
+
+def _read_val(ev: dict[str, Any] | None, final: dict[str, Any] | None, metrics: list[dict[str, Any]], step: int,
+              unit: str) -> ValEntry | None:
+    """The best-labelled validation number of checkpoint ``step``: a text run's eval.json, else final.json,
+    else the last evaluation in metrics.jsonl (a run stopped before its final evaluation)."""
+    val_key = bits_key(unit)
+    label = f"bits/{unit}"
+
+    def candidates():
+        if ev is not None and unit == "char" and "val" in ev:
+            v = ev["val"]
+            yield ValEntry.of(v.get("bpc"), v.get("kind"), label, "eval.json", v.get("windows"),
+                              v.get("stderr_nats"), v)
+        if final is not None and final.get("step") == step and val_key in final:
+            details = final.get("val_details")
+            yield ValEntry.of(final[val_key], final.get("val_kind"), label, "final.json (end of training)",
+                              final.get("val_windows"), (details or {}).get("stderr_nats"), details)
+        last = next((m for m in reversed(metrics) if val_key in m), None)
+        if last is not None:
+            yield ValEntry.of(last[val_key], last.get("val_kind"), label, f"metrics.jsonl (step {last['step']})",
+                              last.get("val_windows"))
+
+    return next((v for v in candidates() if v is not None), None)
+
+
+def read_run(path: str | Path) -> RunRecord:
+    """Everything ``compare`` needs that is already on disk. Raises a one-line error for a directory that
+    is not a run."""
+    run = Path(path)
+    meta = _read_meta(run)
     cfg = meta["config"]
     method = cfg.get("method", {}).get("name", "?")
-    image = method == "image"
+    method_class = _method_class(run, method)
+    image = not issubclass(method_class, TextMethod)
     final = _optional_json(run / "final.json")
     trainer = _optional_json(run / "trainer.json")
     metrics = _read_jsonl(run / "metrics.jsonl")
@@ -118,58 +420,36 @@ def read_run(path: str | Path) -> dict[str, Any]:
     if not (run / "ema.safetensors").exists():
         raise CheckpointError(f"{run} has no ema.safetensors (training never reached its first save); train it "
                               f"longer or leave it out")
-    val_key, unit = ("val_bpd", "bits/dim") if image else ("val_bpc", "bits/char")
-    ev = _optional_json(run / "eval.json")
-    eval_note = None
-    if ev is not None and ev.get("step") != step:
-        eval_note = (f"eval.json is from step {ev.get('step')} but the checkpoint is at step {step}; run "
-                     f"`textdiffusion {'mnist ' if image else ''}eval {run}` (or compare --evaluate)")
-        ev = None
-    elif ev is None and image:  # FID and accuracy exist only in eval.json
-        eval_note = f"no eval.json; run `textdiffusion {'mnist ' if image else ''}eval {run}` (or compare --evaluate)"
-
-    val = None
-    if ev is not None and not image and "val" in ev:
-        v = ev["val"]
-        val = _val_entry(v.get("bpc"), v.get("kind"), unit, "eval.json", v.get("windows"), v.get("stderr_nats"), v)
-    if val is None and final is not None and final.get("step") == step and val_key in final:
-        val = _val_entry(final[val_key], final.get("val_kind"), unit, "final.json (end of training)",
-                         final.get("val_windows"), (final.get("val_details") or {}).get("stderr_nats"),
-                         final.get("val_details"))
-    if val is None:
-        last = next((m for m in reversed(metrics) if val_key in m), None)
-        if last is not None:
-            val = _val_entry(last[val_key], last.get("val_kind"), unit, f"metrics.jsonl (step {last['step']})",
-                             last.get("val_windows"))
+    ev, eval_note = _current_eval(run, step, image)
+    val_key = bits_key(method_class.unit)
     speed_key = "images_per_s" if image else "chars_per_s"
     speeds = [m[speed_key] for m in metrics if speed_key in m]
-    train_speed = (final or {}).get(speed_key) or (speeds[-1] if speeds else None)
-    curves = [{k: m[k] for k in ("step", "elapsed", "train_loss", val_key) if k in m} for m in metrics]
     model = cfg.get("model", {})
-    return {
-        "name": run.name, "path": str(run), "kind": "image" if image else "text", "method": method,
-        "preset": cfg.get("preset", "?"), "parameters": meta.get("parameters"), "step": step,
-        "train_steps": cfg.get("train", {}).get("steps"), "elapsed": (trainer or final or {}).get("elapsed"),
-        "seed": meta.get("seed"), "device": meta.get("device"), "created": meta.get("created"),
-        "tokenizer": cfg.get("data", {}).get("tokenizer", "char") if not image else None,
-        "context": model.get("context") if not image else None,
-        "corpus": meta.get("corpus") or _optional_json(run / "image.json") or {},
-        "sampling_config": {k: cfg.get("method", {}).get(k) for k in ("sampler", "sample_steps", "timesteps")},
-        "val": val, "train_speed": {"value": train_speed, "unit": "images/s" if image else "chars/s"},
-        "curves": curves, "curve_val_key": val_key, "eval": ev, "eval_note": eval_note,
-    }
+    return RunRecord(
+        name=run.name, path=str(run), kind="image" if image else "text", method=method,
+        preset=cfg.get("preset", "?"), parameters=meta.get("parameters"), step=step,
+        train_steps=cfg.get("train", {}).get("steps"), elapsed=(trainer or final or {}).get("elapsed"),
+        seed=meta.get("seed"), device=meta.get("device"), created=meta.get("created"),
+        tokenizer=cfg.get("data", {}).get("tokenizer", "char") if not image else None,
+        context=model.get("context") if not image else None,
+        corpus=meta.get("corpus") or _optional_json(run / "image.json") or {},
+        sampling_config={k: cfg.get("method", {}).get(k) for k in ("sampler", "sample_steps", "timesteps")},
+        val=_read_val(ev, final, metrics, step, method_class.unit),
+        train_speed=TrainSpeed((final or {}).get(speed_key) or (speeds[-1] if speeds else None),
+                               "images/s" if image else "chars/s"),
+        curves=[{k: m[k] for k in ("step", "elapsed", "train_loss", val_key) if k in m} for m in metrics],
+        curve_val_key=val_key, eval=ev, eval_note=eval_note)
 
 
-def _unique_names(records: list[dict[str, Any]]) -> None:
+def _unique_names(records: list[RunRecord]) -> list[RunRecord]:
     """Directory names, widened with parent folders until they are unique."""
     depth = 1
     while True:
-        names = ["/".join(Path(r["path"]).resolve().parts[-depth:]) for r in records]
+        names = ["/".join(Path(r.path).resolve().parts[-depth:]) for r in records]
         if len(set(names)) == len(names) or depth > 8:
             break
         depth += 1
-    for r, n in zip(records, names, strict=True):
-        r["name"] = n
+    return [replace(r, name=n) for r, n in zip(records, names, strict=True)]
 
 
 # ---- measured here ---------------------------------------------------------------------------------
@@ -179,7 +459,7 @@ class _Judges:
 
     def __init__(self) -> None:
         self._corpora: dict[str, tuple[Any, str, str, int]] = {}  # key -> (judge, text, source, train chars)
-        self._real: dict[tuple[str, int, int], dict[str, float]] = {}
+        self._real: dict[tuple[str, int, int], Quality] = {}
 
     @staticmethod
     def key(run) -> str:
@@ -196,46 +476,64 @@ class _Judges:
         judge, _text, source, _train_chars = self._corpora[key]
         return judge, key, source
 
-    def real_text(self, key: str, length: int, n: int) -> dict[str, float]:
+    def real_text(self, key: str, length: int, n: int) -> Quality:
         """Scores of ``n`` real validation windows of ``length`` characters of corpus ``key`` (see :meth:`get`)."""
         from textdiffusion.evaluate import reference_windows
 
         if (key, length, n) not in self._real:
             judge, text, _source, train_chars = self._corpora[key]
-            self._real[(key, length, n)] = judge.quality(reference_windows(text, train_chars, length, n))
+            self._real[(key, length, n)] = Quality(**judge.quality(reference_windows(text, train_chars, length, n)))
         return self._real[(key, length, n)]
 
 
-def _load_cache(run_dir: Path, step: int) -> list[dict[str, Any]]:
-    cache = _optional_json(run_dir / "sweep.json")
-    if not cache or cache.get("format") != SWEEP_FORMAT or cache.get("step") != step:
-        return []
-    return cache.get("points", [])
+class _SweepCache:
+    """``RUN/sweep.json``: measured points keyed by everything that changes them. Entries for other settings
+    are kept, so switching between two sample counts measures each once."""
+
+    def __init__(self, run_dir: Path, step: int, key: dict[str, Any], refresh: bool) -> None:
+        self.run_dir, self.step, self.key = run_dir, step, key
+        cache = None if refresh else _optional_json(run_dir / "sweep.json")
+        fresh = not cache or cache.get("format") != SWEEP_FORMAT or cache.get("step") != step
+        self.entries: list[dict[str, Any]] = [] if fresh else cache.get("points", [])
+
+    def get(self, steps: int) -> SweepPoint | None:
+        key = {**self.key, "steps": steps}
+        for entry in self.entries:
+            if entry.get("key") == key:
+                try:
+                    return SweepPoint.from_json(entry["result"])
+                except (KeyError, TypeError):  # written in another shape: measure it again
+                    return None
+        return None
+
+    def add(self, steps: int, point: SweepPoint) -> None:
+        key = {**self.key, "steps": steps}
+        self.entries = [e for e in self.entries if e.get("key") != key]  # an unreadable entry is replaced
+        self.entries.append({"key": key, "result": point.to_json()})
+
+    def save(self) -> None:
+        try:
+            write_json(self.run_dir / "sweep.json", {"format": SWEEP_FORMAT, "step": self.step,
+                                                     "points": self.entries})
+        except OSError as e:  # a read-only run directory: the comparison still works, only slower next time
+            print(f"note: could not cache the sweep in {self.run_dir} ({e.strerror}); it will be recomputed "
+                  f"next time", file=sys.stderr)
 
 
-def _save_cache(run_dir: Path, step: int, points: list[dict[str, Any]]) -> None:
-    try:
-        write_json(run_dir / "sweep.json", {"format": SWEEP_FORMAT, "step": step, "points": points})
-    except OSError as e:  # a read-only run directory: the comparison still works, only slower next time
-        print(f"note: could not cache the sweep in {run_dir} ({e.strerror}); it will be recomputed next time",
-              file=sys.stderr)
-
-
-def _sweep_point(run, judge, length: int, steps: int, samples: int, seed: int) -> dict[str, Any]:
+def _sweep_point(run, judge, length: int, steps: int, samples: int, seed: int) -> SweepPoint:
     from textdiffusion.evaluate import generate
 
     req = SampleRequest(n=samples, length=length, steps=steps)
     with torch.no_grad():
         texts, speed = generate(run, req, seed, batch=min(samples, 64))
-    quality = judge.quality(texts)
-    return {"requested_steps": steps, "steps": speed.get("steps") or steps or length,
-            "sampler": run.method.check_sampler(req.sampler), "nfe": speed["nfe_per_sample"],
-            "sample_chars_per_s": speed["sample_chars_per_s"], "seconds": speed["seconds"], **quality,
-            "n": samples, "seeds": 1, "seed": seed, "length": length,
-            "chars_per_sample": sum(len(t) for t in texts) / max(1, len(texts)), "examples": texts[:EXAMPLES]}
+    return SweepPoint(requested_steps=steps, steps=speed.get("steps") or steps or length,
+                      sampler=run.method.check_sampler(req.sampler), nfe=speed["nfe_per_sample"],
+                      sample_chars_per_s=speed["sample_chars_per_s"], seconds=speed["seconds"],
+                      quality=Quality(**judge.quality(texts)), n=samples, seeds=1, seed=seed, length=length,
+                      chars_per_sample=sum(len(t) for t in texts) / max(1, len(texts)), examples=texts[:EXAMPLES])
 
 
-def _trajectory(run, length: int, seed: int) -> dict[str, Any]:
+def _trajectory(run, length: int, seed: int) -> Trajectory:
     from textdiffusion.viz.trajectory import TrajectoryRecorder
 
     rec = TrajectoryRecorder(run.tokenizer, "_", keep_states=True)
@@ -243,97 +541,129 @@ def _trajectory(run, length: int, seed: int) -> dict[str, Any]:
     with torch.no_grad():
         res = run.method.sample(run.model, SampleRequest(n=1, length=length), gen, rec)
     frames = rec.thinned(MAX_FRAMES)
-    return {"sampler": res.info.get("sampler") or run.method.default_sampler, "nfe": res.nfe,
-            "steps_total": rec.frames[-1]["step"], "frames_kept": len(frames), "mask_char": "_",
-            "frames": [{"step": f["step"], "t": f.get("t"), "nfe": f.get("nfe"), "text": f["texts"][0],
-                        "masked": f["masked"][0], "changed": f["changed"][0]} for f in frames],
-            "final": run.tokenizer.decode(res.ids[0].tolist())}
+    return Trajectory(sampler=res.info.get("sampler") or run.method.default_sampler, nfe=res.nfe,
+                      steps_total=rec.frames[-1]["step"], frames_kept=len(frames), mask_char="_",
+                      frames=[Frame(step=f["step"], t=f.get("t"), nfe=f.get("nfe"), text=f["texts"][0],
+                                    masked=f["masked"][0], changed=f["changed"][0]) for f in frames],
+                      final=run.tokenizer.decode(res.ids[0].tolist()))
 
 
-def measure_text_run(record: dict[str, Any], judges: _Judges, length: int, sweep: list[int], samples: int,
-                     seed: int, device: str, refresh: bool, bar: tqdm) -> None:
-    """Adds ``sweep``, ``reference`` and ``trajectory`` to a text run's record."""
+def _other_points(point: Callable[[int], SweepPoint], sweep: list[int], default: SweepPoint,
+                  bar: tqdm) -> tuple[list[SweepPoint], list[SkippedPoint]]:
+    """The sweep's step counts other than the default's; one the method refuses is left out, with why."""
+    points, skipped = [], []
+    for steps in sweep:
+        if steps != default.steps:
+            try:
+                points.append(point(steps))
+            except ConfigError as e:  # e.g. more steps than a discrete process has
+                skipped.append(SkippedPoint(steps, str(e)))
+        bar.update(1)
+    return points, skipped
+
+
+def measure_text_run(record: RunRecord, judges: _Judges, length: int, sweep: list[int], samples: int,
+                     seed: int, device: str, refresh: bool, bar: tqdm) -> TextResults:
+    """The sweep (cached in ``RUN/sweep.json``), real-text scores of the same length and a trajectory."""
     from textdiffusion.runs import open_run
 
-    run = open_run(record["path"], device=device)
+    run = open_run(record.path, device=device)
     if length > run.method.window:
-        raise ConfigError(f"--length {length} is longer than the context of {record['path']} "
+        raise ConfigError(f"--length {length} is longer than the context of {record.path} "
                           f"({run.method.window}); use --length {run.method.window} or less")
     judge, judge_key, source = judges.get(run)
-    record["judge_corpus"] = source
-    run_dir = Path(record["path"])
-    cached = [] if refresh else _load_cache(run_dir, run.step)
-    base_key = {"samples": samples, "length": length, "seed": seed, "judge": judge_key}
+    cache = _SweepCache(Path(record.path), run.step, {"samples": samples, "length": length, "seed": seed,
+                                                      "judge": judge_key}, refresh)
 
-    def point(steps: int) -> dict[str, Any]:
-        key = {**base_key, "steps": steps}
-        for c in cached:
-            if c.get("key") == key:
-                return c["result"]
-        bar.set_postfix_str(f"{record['name']}: {steps or 'default'} steps")
-        result = _sweep_point(run, judge, length, steps, samples, seed)
-        cached.append({"key": key, "result": result})
-        return result
+    def point(steps: int) -> SweepPoint:
+        found = cache.get(steps)
+        if found is None:
+            bar.set_postfix_str(f"{record.name}: {steps or 'default'} steps")
+            found = _sweep_point(run, judge, length, steps, samples, seed)
+            cache.add(steps, found)
+        return found
 
     default = point(0)
-    default["default"] = True
     # real text as long as the samples are in characters (a BPE or WordPiece token stands for several)
-    ref_chars = round(default.get("chars_per_sample") or length)
-    record["reference"] = {**judges.real_text(judge_key, ref_chars, samples), "chars": ref_chars}
-    points = [default]
+    ref_chars = round(default.chars_per_sample or length)
+    reference = Reference(judges.real_text(judge_key, ref_chars, samples), ref_chars)
     bar.update(1)
-    if run.method.name != "ar":  # ar ignores the step count: one network evaluation per character
-        for steps in sweep:
-            if steps != default["steps"]:
-                try:
-                    points.append(point(steps))
-                except ConfigError as e:  # e.g. more steps than a discrete process has: leave the point out
-                    record.setdefault("sweep_skipped", []).append({"steps": steps, "why": str(e)})
-            bar.update(1)
-    else:
+    steps_fixed = run.method.default_steps(length) is None
+    if steps_fixed:  # ar: one network evaluation per character, whatever the sweep asks
+        others, skipped = [], []
         bar.update(len(sweep))
-    _save_cache(run_dir, run.step, cached)
-    record["sweep"] = sorted(points, key=lambda p: p["steps"])
-    record["samples"] = {"texts": default["examples"], "sampler": default["sampler"], "steps": default["steps"],
-                         "seed": seed, "length": length}
-    bar.set_postfix_str(f"{record['name']}: trajectory")
-    record["trajectory"] = _trajectory(run, length, seed)
+    else:
+        others, skipped = _other_points(point, sweep, default, bar)
+    cache.save()
+    bar.set_postfix_str(f"{record.name}: trajectory")
+    trajectory = _trajectory(run, length, seed)
     bar.update(1)
-    record["device_measured"] = str(run.device)
+    return TextResults(judge_corpus=source, reference=reference,
+                       sweep=sorted([default, *others], key=lambda p: p.steps),
+                       samples=SampleSet(default.examples, default.sampler, default.steps, seed, length),
+                       trajectory=trajectory, device_measured=str(run.device), sweep_skipped=skipped,
+                       steps_fixed=steps_fixed)
 
 
-def measure_image_run(record: dict[str, Any], out: Path, seed: int, device: str, bar: tqdm) -> None:
+def measure_image_run(record: RunRecord, out: Path, seed: int, device: str, bar: tqdm) -> ImagePictures:
     """Writes the sample grid, the denoising strip and the GIF of an image run into ``out/assets/NAME``."""
     from textdiffusion.apps.mnist import open_image_run, sample_images
 
-    run = open_image_run(record["path"], device=device)
+    run = open_image_run(record.path, device=device)
     per_class = run.method.conditional
     n = IMAGES_PER_CLASS * run.method.spec.num_classes if per_class else 32
-    bar.set_postfix_str(f"{record['name']}: images")
-    res = sample_images(record["path"], out=out / "assets" / record["name"].replace("/", "__"), n=n,
+    bar.set_postfix_str(f"{record.name}: images")
+    res = sample_images(record.path, out=out / "assets" / record.name.replace("/", "__"), n=n,
                         sampler=IMAGE_SAMPLER["sampler"], steps=IMAGE_SAMPLER["steps"], eta=IMAGE_SAMPLER["eta"],
                         seed=seed, device=device)
-    record["images"] = {"files": {k: str(Path(v).relative_to(out)) for k, v in res["files"].items()},
-                        "n": res["n"], "sampler": res.get("sampler"), "steps": res.get("steps"),
-                        "seconds_per_image": res["seconds_per_image"], "seed": seed,
-                        "conditional": per_class}
     bar.update(1)
+    return ImagePictures(files={k: str(Path(v).relative_to(out)) for k, v in res["files"].items()}, n=res["n"],
+                         sampler=res.get("sampler"), steps=res.get("steps"),
+                         seconds_per_image=res["seconds_per_image"], seed=seed, conditional=per_class)
 
 
-def _evaluate_missing(records: list[dict[str, Any]], device: str) -> None:
+def _evaluate_missing(records: list[RunRecord], device: str) -> None:
     from textdiffusion.apps.mnist import evaluate_images
     from textdiffusion.evaluate import evaluate_run
 
     for r in records:
-        if r["eval"] is None:
-            print(f"evaluating {r['path']} ...", file=sys.stderr)
-            if r["kind"] == "image":
-                evaluate_images(r["path"], samples=1000, device=device, progress=False)
+        if r.eval is None:
+            print(f"evaluating {r.path} ...", file=sys.stderr)
+            if r.is_text:
+                evaluate_run(r.path, device=device)
             else:
-                evaluate_run(r["path"], device=device)
+                evaluate_images(r.path, samples=1000, device=device, progress=False)
 
 
 # ---- the whole command ------------------------------------------------------------------------------------
+def _read_runs(run_dirs: list[str], evaluate: bool, device: str) -> list[RunRecord]:
+    """One record per distinct directory, in the order given, with names that tell them apart."""
+    seen: set[Path] = set()
+    records = []
+    for d in run_dirs:
+        key = Path(d).resolve()
+        if key not in seen:
+            seen.add(key)
+            records.append(read_run(d))
+    if evaluate:
+        _evaluate_missing(records, device)
+        records = [read_run(r.path) for r in records]
+    return _unique_names(records)
+
+
+def _measure(records: list[RunRecord], out: Path, length: int, sweep: list[int], samples: int, seed: int,
+             device: str, progress: bool, refresh: bool) -> None:
+    """Fills in every record's ``text_results`` or ``images``."""
+    work = sum(2 + len(sweep) if r.is_text else 1 for r in records)
+    judges = _Judges()
+    with tqdm(total=work, desc="compare", unit="job", disable=not progress, file=sys.stderr) as bar:
+        for r in records:
+            if r.is_text:
+                r.text_results = measure_text_run(r, judges, length, sweep, samples, seed, device, refresh, bar)
+            else:
+                r.images = measure_image_run(r, out, seed, device, bar)
+
+
 def compare_runs(run_dirs: list[str], out: str | Path, samples: int = 32, length: int = 0,
                  sweep: str | list[int] = "4,16,64,256", seed: int = 0, device: str = "auto",
                  evaluate: bool = False, progress: bool = True, refresh: bool = False) -> dict[str, Path]:
@@ -348,44 +678,22 @@ def compare_runs(run_dirs: list[str], out: str | Path, samples: int = 32, length
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out {out} is a file; give a folder (it is created if missing)")
-    seen: set[Path] = set()
-    records = []
-    for d in run_dirs:
-        key = Path(d).resolve()
-        if key not in seen:
-            seen.add(key)
-            records.append(read_run(d))
-    if evaluate:
-        _evaluate_missing(records, device)
-        records = [read_run(r["path"]) for r in records]
-    _unique_names(records)
-    text = [r for r in records if r["kind"] == "text"]
-    contexts = [r["context"] for r in text if r["context"]]
+    records = _read_runs(run_dirs, evaluate, device)
+    contexts = [r.context for r in records if r.is_text and r.context]
     common = length or (min(contexts) if contexts else 0)
     out.mkdir(parents=True, exist_ok=True)
-    work = sum(2 + len(steps_list) for _ in text) + sum(1 for r in records if r["kind"] == "image")
     tic = time.perf_counter()
-    judges = _Judges()
-    with tqdm(total=work, desc="compare", unit="job", disable=not progress, file=sys.stderr) as bar:
-        for r in records:
-            if r["kind"] == "text":
-                measure_text_run(r, judges, common, steps_list, samples, seed, device, refresh, bar)
-            else:
-                measure_image_run(r, out, seed, device, bar)
-    corpora = sorted({r.get("judge_corpus", "") for r in text})
-    data = {
-        "format": FORMAT, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "versions": versions(),
-        "settings": {"samples": samples, "seeds": 1, "seed": seed, "length": common, "sweep": steps_list,
-                     "device": device, "image_sampler": IMAGE_SAMPLER, "max_frames": MAX_FRAMES,
-                     "seconds": round(time.perf_counter() - tic, 2)},
-        "judge": {"kind": "character 5-gram, interpolated Witten-Bell (textdiffusion.evaluate.CharNgramJudge)",
-                  "corpora": corpora},
-        "runs": records,
-    }
+    _measure(records, out, common, steps_list, samples, seed, device, progress, refresh)
+    settings = Settings(samples=samples, seeds=1, seed=seed, length=common, sweep=steps_list, device=device,
+                        image_sampler=IMAGE_SAMPLER, max_frames=MAX_FRAMES,
+                        seconds=round(time.perf_counter() - tic, 2))
+    comparison = Comparison(created=time.strftime("%Y-%m-%dT%H:%M:%S%z"), versions=versions(), settings=settings,
+                            judge_corpora=sorted({r.text_results.judge_corpus for r in records if r.text_results}),
+                            runs=records)
     paths = {"report": out / "report.html", "markdown": out / "comparison.md", "json": out / "comparison.json"}
-    write_json(paths["json"], data)
-    md = render_markdown(data)
-    html = render_html(data, out)
+    write_json(paths["json"], comparison.to_json())
+    md = render_markdown(comparison)
+    html = render_html(comparison, out)
     for key, content in (("markdown", md), ("report", html)):
         write_text(paths[key], content)
     return paths

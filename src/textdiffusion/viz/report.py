@@ -1,25 +1,69 @@
 """Turning a comparison (see :mod:`textdiffusion.apps.compare`) into ``report.html`` and ``comparison.md``.
 
 The HTML page is one file with everything inline: the style sheet and scripts from ``viz/web`` and the image
-runs' pictures as data URIs, so it opens from ``file://`` on a machine with no network. The tables are written
-here, in HTML, so they read even with scripts off; the scripts add sorting, draw the plots from the embedded
-JSON and play the denoising trajectories.
+runs' pictures as data URIs, so it opens from ``file://`` on a machine with no network. Its skeleton is the
+Jinja2 template ``viz/web/report.html.j2`` (autoescaped); this module prepares what it shows. The tables are
+HTML, so they read even with scripts off; the scripts add sorting, draw the plots from the embedded JSON and
+play the denoising trajectories.
+
+Text that explains the numbers is written once here and used by both outputs, so the page and the Markdown
+cannot drift apart. It uses a two-rule inline markup both understand: ```code``` and ``*emphasis*``.
 """
 
 from __future__ import annotations
 
 import base64
-import html
 import json
 import math
+import re
+from dataclasses import asdict, dataclass
+from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+import jinja2
+from markupsafe import Markup, escape
 
 from textdiffusion.viz import web_asset
 
+if TYPE_CHECKING:
+    from textdiffusion.apps.compare import Comparison, Reference, RunRecord, SweepPoint, ValEntry
+
 WEB_ASSETS = ("player.js", "plot.js", "report.js")
+TEMPLATE = "report.html.j2"
+NA = "—"  # a number that was not measured or recorded
+
+# ---- explanatory text, written once ----------------------------------------------------------------------
+LEGEND_TITLE = "How to read the numbers."
+VAL_KINDS = {  # the tag beside a validation number -> what it means
+    "exact": "the model's true negative log-likelihood (`ar`).",
+    "bound": "an upper bound on it (the diffusion NELBO), a Monte-Carlo estimate shown ± one standard error; "
+             "the true bits/char can only be lower.",
+}
+ESTIMATES = ("Judge perplexity, word validity, distinct-2 and repetition are *estimates* from the stated number of "
+             "samples and seeds; lower judge perplexity is better, real text scores shown as `real text` below. "
+             "Speeds depend on the device.")
+ONE_POINT = "`ar` has one point (one network evaluation per character)"
+GROWTH = {  # how a trajectory unfolds, shown above its player
+    "sequential": "left-to-right growth, one character per network evaluation",
+    "unmasking": "masked positions (grey) fill in",
+    "rewriting": "the decoded text at every step: everything is rewritten, highlighted characters changed",
+}
 
 
+def inline_html(text: str) -> Markup:
+    """The explanatory text's ```code``` and ``*emphasis*`` as HTML; everything else escaped."""
+    html = str(escape(text))
+    html = re.sub(r"`([^`]+)`", r"<code>\1</code>", html)
+    return Markup(re.sub(r"\*([^*]+)\*", r"<i>\1</i>", html))
+
+
+def legend_markdown() -> str:
+    kinds = " ".join(f"*{kind}*: {text}" for kind, text in VAL_KINDS.items())
+    return f"**{LEGEND_TITLE}** {kinds} {ESTIMATES}"
+
+
+# ---- numbers as text ---------------------------------------------------------------------------------------
 def _num(v: Any) -> float | None:
     return float(v) if isinstance(v, (int, float)) and math.isfinite(v) else None
 
@@ -27,45 +71,42 @@ def _num(v: Any) -> float | None:
 def _fmt(v: Any, digits: int = 3) -> str:
     x = _num(v)
     if x is None:
-        return "—"
+        return NA
     if abs(x) >= 1000:
         return f"{x:,.0f}"
     return f"{x:.{digits}f}"
 
 
-def _val_text(val: dict[str, Any] | None) -> str:
+def _val_text(val: ValEntry | None) -> str:
     if not val:
-        return "—"
-    err = f" ± {val['stderr']:.3f}" if val.get("stderr") else ""
-    return f"{val['value']:.3f}{err}"
+        return NA
+    err = f" ± {val.stderr:.3f}" if val.stderr else ""
+    return f"{val.value:.3f}{err}"
 
 
-def _val_title(val: dict[str, Any] | None) -> str:
+def _val_title(val: ValEntry | None) -> str:
     if not val:
         return "no validation number recorded"
-    parts = [val["what"], f"from {val['source']}"]
-    if val.get("windows"):
-        parts.append(f"{val['windows']:,} windows" if val["unit"] == "bits/char" else f"{val['windows']:,} images")
-    if val.get("time_samples"):
-        parts.append(f"{val['time_samples']} time samples each")
-    if val.get("stderr"):
+    parts = [val.what, f"from {val.source}"]
+    if val.windows:
+        parts.append(f"{val.windows:,} windows" if val.unit == "bits/char" else f"{val.windows:,} images")
+    if val.time_samples:
+        parts.append(f"{val.time_samples} time samples each")
+    if val.stderr:
         parts.append("± one standard error of the Monte-Carlo estimate")
     return "; ".join(parts)
 
 
-def quality_of(run: dict[str, Any]) -> dict[str, Any] | None:
+def default_point(run: RunRecord) -> SweepPoint | None:
     """The sample-quality numbers the tables show: the comparison's own measurement at the method's default
     step count, so every run is scored with the same samples, length, seed and judge. (An ``eval.json`` may
     have used other settings or sampling overrides; it is quoted in the run's card instead.)"""
-    default = next((p for p in run.get("sweep", []) if p.get("default")), None)
-    if default is None:
-        return None
-    return {**default, "source": "compare (default steps)", "reference": run.get("reference")}
+    return run.text_results.default_point if run.text_results else None
 
 
-def eval_summary(run: dict[str, Any]) -> str | None:
+def eval_summary(run: RunRecord) -> str | None:
     """One line quoting a text run's ``eval.json`` (its own sample count and settings)."""
-    ev = run.get("eval")
+    ev = run.eval
     if not ev or "quality" not in ev:
         return None
     s, q = ev["samples"], ev["quality"]
@@ -75,16 +116,75 @@ def eval_summary(run: dict[str, Any]) -> str | None:
             f"distinct-2 {_fmt(q.get('distinct_2'))}, {_fmt(ev['speed'].get('sample_chars_per_s'), 0)} sample chars/s")
 
 
-def _length(data: dict[str, Any]) -> str:
+def _length(c: Comparison) -> str:
     """The common sample length in its unit: tokens stand for several characters with BPE or WordPiece."""
-    n = data["settings"]["length"]
-    kinds = {r.get("tokenizer") for r in data["runs"] if r["kind"] == "text"}
+    n = c.settings.length
+    kinds = {r.tokenizer for r in c.text_runs}
     return f"{n} characters" if kinds <= {"char", None} else f"{n} tokens (characters for char-tokenizer runs)"
 
 
+def shared_reference(c: Comparison) -> Reference | None:
+    """Real text's scores when every text run was measured against the same real text (one corpus, one
+    sample length in characters); None when they differ, as each run's cells then say their own."""
+    refs = [r.text_results.reference for r in c.text_runs if r.text_results]
+    unique = {json.dumps(ref.to_json(), sort_keys=True) for ref in refs}
+    return refs[0] if len(refs) == len(c.text_runs) and len(unique) == 1 else None
+
+
+def real_text_line(ref: Reference) -> str:
+    q = ref.quality
+    return (f"Real text (validation windows of the same length): judge ppl {_fmt(q.judge_ppl)}, word validity "
+            f"{_fmt(q.word_validity)}, distinct-2 {_fmt(q.distinct_2)}, repetition {_fmt(q.repetition)}.")
+
+
+def sweep_line(c: Comparison) -> str:
+    s = c.settings
+    return f"{s.samples} samples × {s.seeds} seed (seed {s.seed}) of {_length(c)} per point; {ONE_POINT}."
+
+
+def settings_lines(c: Comparison) -> list[str]:
+    s = c.settings
+    return [f"sweep step counts: {', '.join(map(str, s.sweep)) or 'none'} (plus each method's default)",
+            f"samples per point: {s.samples}, seeds: {s.seeds} (seed {s.seed}), length {_length(c)}",
+            f"judge: {c.judge_kind}, fitted on the training split of "
+            f"{', '.join(c.judge_corpora) or NA}",
+            f"image runs: {s.image_sampler['sampler']} {s.image_sampler['steps']} steps for the grids",
+            f"measured in {s.seconds:.1f} s"]
+
+
+def _growth(run: RunRecord) -> str:
+    res = run.text_results
+    if res.steps_fixed:
+        return GROWTH["sequential"]
+    return GROWTH["unmasking" if res.trajectory.frames[0].masked else "rewriting"]
+
+
 # ---- tables (shared by the page and the markdown) --------------------------------------------------------
-TEXT_COLUMNS = [
-    # key, header, tooltip, better
+@dataclass(frozen=True)
+class Column:
+    key: str
+    header: str
+    tip: str
+    better: str | None  # "low" | "high" | None
+
+
+@dataclass(frozen=True)
+class Cell:
+    text: str  # shown
+    value: Any  # what the column sorts by
+    tip: str = ""
+
+
+@dataclass(frozen=True)
+class Row:
+    run_id: int
+    cells: dict[str, Cell]
+    val_kind: str | None  # the exact/bound tag beside the validation number
+
+
+LEFT_ALIGNED = 3  # the first columns hold names, not numbers
+
+TEXT_COLUMNS = [Column(*c) for c in (
     ("run", "run", "run directory", None),
     ("method", "method", "corruption process + loss + sampler", None),
     ("preset", "preset", "model/trainer size", None),
@@ -103,9 +203,9 @@ TEXT_COLUMNS = [
     ("train_speed", "train chars/s", "training throughput recorded by the trainer", "high"),
     ("sample_speed", "sample chars/s", "generated characters per second, measured with the quality columns", "high"),
     ("provenance", "samples × seeds", "how many samples and seeds the quality columns average over", None),
-]
+)]
 
-IMAGE_COLUMNS = [
+IMAGE_COLUMNS = [Column(*c) for c in (
     ("run", "run", "run directory", None),
     ("preset", "preset", "model/trainer size", None),
     ("parameters", "params", "trainable parameters", None),
@@ -117,171 +217,207 @@ IMAGE_COLUMNS = [
     ("train_speed", "train images/s", "training throughput recorded by the trainer", "high"),
     ("sample_speed", "sample ms/image", "from eval.json", "low"),
     ("provenance", "samples × seeds", "samples and seeds behind FID and accuracy", None),
-]
+)]
+
+QUALITY_COLUMNS = ("judge_ppl", "word_validity", "distinct_2", "repetition")
 
 
-def text_row(run: dict[str, Any]) -> dict[str, tuple[str, Any, str]]:
-    """column key -> (shown text, sort value, tooltip)."""
-    q = quality_of(run) or {}
-    val = run.get("val")
-    prov = f"{q['n']} × {q['seeds']}" if q else "—"
-    prov_title = (f"{q['source']}: {q['n']} samples of {q.get('length')} characters, {q['seeds']} seed"
-                  if q else run.get("eval_note") or "")
-    row = {
-        "run": (run["name"], run["name"], run["path"]),
-        "method": (run["method"], run["method"], ""),
-        "preset": (run["preset"], run["preset"], ""),
-        "parameters": (f"{run['parameters']:,}" if run.get("parameters") else "—", run.get("parameters"), ""),
-        "step": (f"{run['step']:,}", run["step"], f"of {run.get('train_steps')} configured"),
-        "val": (_val_text(val), val["value"] if val else None, _val_title(val)),
-        "val_kind": ("", (val or {}).get("kind"), ""),  # not a column: the exact/bound tag beside val
-        "nfe": (_fmt(q.get("nfe"), 1), q.get("nfe"),
-                f"sampler {q.get('sampler')}, {q.get('steps')} steps" if q else ""),
-        "train_speed": (_fmt(run["train_speed"]["value"], 0), run["train_speed"]["value"], ""),
-        "sample_speed": (_fmt(q.get("sample_chars_per_s"), 0), q.get("sample_chars_per_s"),
-                         f"batch of {q.get('n')} on {run.get('device_measured', '?')}"),
-        "provenance": (prov, q.get("n"), prov_title),
-    }
-    for key in ("judge_ppl", "word_validity", "distinct_2", "repetition"):
-        ref = (q.get("reference") or {}).get(key)
-        row[key] = (_fmt(q.get(key)), q.get(key), f"real text: {_fmt(ref)}" if ref is not None else "")
-    return row
-
-
-def image_row(run: dict[str, Any]) -> dict[str, tuple[str, Any, str]]:
-    ev = run.get("eval") or {}
-    val = run.get("val")
-    spi = ev.get("seconds_per_image")
+def _common_cells(run: RunRecord) -> dict[str, Cell]:
+    """The cells text and image tables share."""
+    params, val, speed = run.parameters, run.val, run.train_speed.value
     return {
-        "run": (run["name"], run["name"], run["path"]),
-        "preset": (run["preset"], run["preset"], ""),
-        "parameters": (f"{run['parameters']:,}" if run.get("parameters") else "—", run.get("parameters"), ""),
-        "step": (f"{run['step']:,}", run["step"], ""),
-        "val": (_val_text(val), val["value"] if val else None, _val_title(val)),
-        "val_kind": ("", (val or {}).get("kind"), ""),  # not a column: the exact/bound tag beside val
-        "fid": (_fmt(ev.get("fid")), ev.get("fid"), run.get("eval_note") or "eval.json"),
-        "class_accuracy": (_fmt(ev.get("class_accuracy")), ev.get("class_accuracy"), ""),
-        "eval_sampler": (f"{ev.get('sampler', '—')} {ev.get('steps', '')}".strip() if ev else "—",
-                         ev.get("steps"), f"eta {ev.get('eta')}, guidance {ev.get('guidance')}" if ev else ""),
-        "train_speed": (_fmt(run["train_speed"]["value"], 0), run["train_speed"]["value"], ""),
-        "sample_speed": (_fmt(spi * 1000 if spi else None, 1), spi * 1000 if spi else None, ""),
-        "provenance": (f"{ev['samples']} × 1" if ev else "—", ev.get("samples"), ""),
+        "run": Cell(run.name, run.name, run.path),
+        "preset": Cell(run.preset, run.preset),
+        "parameters": Cell(f"{params:,}" if params else NA, params),
+        "val": Cell(_val_text(val), val.value if val else None, _val_title(val)),
+        "train_speed": Cell(_fmt(speed, 0), speed),
     }
+
+
+def _quality_cells(q: SweepPoint | None, ref: Reference | None, device: str) -> dict[str, Cell]:
+    """The text table's sample columns, from the default sweep point (blank when there is none)."""
+    if q is None:
+        return {"nfe": Cell(NA, None), "sample_speed": Cell(NA, None),
+                **{key: Cell(NA, None) for key in QUALITY_COLUMNS}}
+    cells = {"nfe": Cell(_fmt(q.nfe, 1), q.nfe, f"sampler {q.sampler}, {q.steps} steps"),
+             "sample_speed": Cell(_fmt(q.sample_chars_per_s, 0), q.sample_chars_per_s,
+                                  f"batch of {q.n} on {device}")}
+    for key in QUALITY_COLUMNS:
+        value, real = getattr(q.quality, key), getattr(ref.quality, key) if ref else None
+        cells[key] = Cell(_fmt(value), value, f"real text: {_fmt(real)}" if real is not None else "")
+    return cells
+
+
+def text_row(run: RunRecord, run_id: int = 0) -> Row:
+    res = run.text_results
+    q = default_point(run)
+    provenance = (Cell(f"{q.n} × {q.seeds}", q.n,
+                       f"compare (default steps): {q.n} samples of {q.length} characters, {q.seeds} seed")
+                  if q else Cell(NA, None, run.eval_note or ""))
+    cells = {**_common_cells(run), "method": Cell(run.method, run.method),
+             "step": Cell(f"{run.step:,}", run.step, f"of {run.train_steps} configured"),
+             **_quality_cells(q, res.reference if res else None, res.device_measured if res else "?"),
+             "provenance": provenance}
+    return Row(run_id, cells, run.val.kind if run.val else None)
+
+
+def image_row(run: RunRecord, run_id: int = 0) -> Row:
+    ev = run.eval or {}
+    ms = ev["seconds_per_image"] * 1000 if ev.get("seconds_per_image") else None
+    sampler = (Cell(f"{ev.get('sampler', NA)} {ev.get('steps', '')}".strip(), ev.get("steps"),
+                    f"eta {ev.get('eta')}, guidance {ev.get('guidance')}") if ev else Cell(NA, None))
+    cells = {**_common_cells(run), "step": Cell(f"{run.step:,}", run.step),
+             "fid": Cell(_fmt(ev.get("fid")), ev.get("fid"), run.eval_note or "eval.json"),
+             "class_accuracy": Cell(_fmt(ev.get("class_accuracy")), ev.get("class_accuracy")),
+             "eval_sampler": sampler, "sample_speed": Cell(_fmt(ms, 1), ms),
+             "provenance": Cell(f"{ev['samples']} × 1" if ev else NA, ev.get("samples"))}
+    return Row(run_id, cells, run.val.kind if run.val else None)
+
+
+def _rows(c: Comparison, text: bool) -> list[Row]:
+    make = text_row if text else image_row
+    return [make(r, i) for i, r in enumerate(c.runs) if r.is_text == text]
 
 
 # ---- markdown ---------------------------------------------------------------------------------------------
-def _md_table(columns, rows) -> list[str]:
-    lines = ["| " + " | ".join(h for _, h, _, _ in columns) + " |",
-             "|" + "|".join("---" if i < 3 else "---:" for i in range(len(columns))) + "|"]
+def _md_table(columns: list[Column], rows: list[Row]) -> list[str]:
+    lines = ["| " + " | ".join(c.header for c in columns) + " |",
+             "|" + "|".join("---" if i < LEFT_ALIGNED else "---:" for i in range(len(columns))) + "|"]
     for row in rows:
         cells = []
-        for key, *_ in columns:
-            text = row[key][0]
-            if key == "val" and row["val_kind"][1]:
-                text += f" ({row['val_kind'][1]})"
+        for col in columns:
+            text = row.cells[col.key].text
+            if col.key == "val" and row.val_kind:
+                text += f" ({row.val_kind})"
             cells.append(text.replace("|", "\\|"))
         lines.append("| " + " | ".join(cells) + " |")
     return lines
 
 
-def render_markdown(data: dict[str, Any]) -> str:
-    runs = data["runs"]
-    text = [r for r in runs if r["kind"] == "text"]
-    images = [r for r in runs if r["kind"] == "image"]
-    s = data["settings"]
-    out = [f"# Comparison of {len(runs)} run{'s' if len(runs) != 1 else ''}", "",
-           f"Written by `textdiffusion compare` on {data['created']} (textdiffusion "
-           f"{data['versions']['textdiffusion']}, torch {data['versions']['torch']}). The page with plots and "
-           "animations is `report.html` beside this file.",
-           "", "**How to read the numbers.** *exact*: the model's true negative log-likelihood (`ar`). *bound*: an "
-           "upper bound on it (the diffusion NELBO), a Monte-Carlo estimate shown ± one standard error; the true "
-           "bits/char can only be lower. Judge perplexity, word validity, distinct-2 and repetition are *estimates* "
-           "from the stated number of samples and seeds; lower judge perplexity is better, real text scores "
-           "shown as `real text` below. Speeds depend on the device.", ""]
-    if text:
-        out += ["## Text runs", "", *_md_table(TEXT_COLUMNS, [text_row(r) for r in text])]
-        refs = {json.dumps((quality_of(r) or {}).get("reference"), sort_keys=True) for r in text}
-        ref = (quality_of(text[0]) or {}).get("reference")
-        if ref and len(refs) == 1:
-            out += ["", f"Real text (validation windows of the same length): judge ppl {_fmt(ref['judge_ppl'])}, "
-                        f"word validity {_fmt(ref['word_validity'])}, distinct-2 {_fmt(ref['distinct_2'])}, "
-                        f"repetition {_fmt(ref['repetition'])}."]
-        out += ["", "### Quality vs sampling steps", "",
-                f"{s['samples']} samples × {s['seeds']} seed (seed {s['seed']}) of {_length(data)} per "
-                f"point; `ar` has one point (one network evaluation per character).", "",
-                "| run | steps | NFE | judge ppl | word validity | distinct-2 | sample chars/s |",
-                "|---|---:|---:|---:|---:|---:|---:|"]
-        for r in text:
-            for p in r.get("sweep", []):
-                mark = " (default)" if p.get("default") else ""
-                out.append(f"| {r['name']} | {p['steps']}{mark} | {_fmt(p['nfe'], 1)} | {_fmt(p['judge_ppl'])} | "
-                           f"{_fmt(p['word_validity'])} | {_fmt(p['distinct_2'])} | "
-                           f"{_fmt(p['sample_chars_per_s'], 0)} |")
-            for sk in r.get("sweep_skipped", []):
-                out.append(f"| {r['name']} | {sk['steps']} | — | skipped: {sk['why']} | | | |")
-    if images:
-        out += ["", "## Image runs", "", *_md_table(IMAGE_COLUMNS, [image_row(r) for r in images])]
+def _md_sweep(c: Comparison) -> list[str]:
+    lines = ["### Quality vs sampling steps", "", sweep_line(c), "",
+             "| run | steps | NFE | judge ppl | word validity | distinct-2 | sample chars/s |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
+    for r in c.text_runs:
+        res = r.text_results
+        for p in res.sweep if res else []:
+            mark = " (default)" if p.default else ""
+            q = p.quality
+            lines.append(f"| {r.name} | {p.steps}{mark} | {_fmt(p.nfe, 1)} | {_fmt(q.judge_ppl)} | "
+                         f"{_fmt(q.word_validity)} | {_fmt(q.distinct_2)} | {_fmt(p.sample_chars_per_s, 0)} |")
+        for sk in res.sweep_skipped if res else []:
+            lines.append(f"| {r.name} | {sk.steps} | — | skipped: {sk.why} | | | |")
+    return lines
+
+
+def _md_text_section(c: Comparison) -> list[str]:
+    lines = ["## Text runs", "", *_md_table(TEXT_COLUMNS, _rows(c, text=True))]
+    ref = shared_reference(c)
+    if ref:
+        lines += ["", real_text_line(ref)]
+    return [*lines, "", *_md_sweep(c)]
+
+
+def _md_run(r: RunRecord) -> list[str]:
+    params = f", {r.parameters:,} parameters" if r.parameters else ""
+    lines = [f"### {r.name}", "", f"`{r.path}` — {r.method}, preset {r.preset}, step {r.step:,}{params}.", ""]
+    if r.eval_note:
+        lines += [f"Note: {r.eval_note}.", ""]
+    if eval_summary(r):
+        lines += [f"{eval_summary(r)}.", ""]
+    if r.text_results:
+        sm, tr = r.text_results.samples, r.text_results.trajectory
+        lines += [f"Samples ({sm.sampler}, {sm.steps} steps, seed {sm.seed}):", ""]
+        for t in sm.texts:
+            lines += ["```text", t, "```", ""]
+        lines += [f"Denoising trajectory: {tr.steps_total} steps ({tr.frames_kept} frames kept), played in "
+                  "`report.html`.", ""]
+    if r.images:
+        im = r.images
+        lines += [f"![samples of {r.name}]({im.files['grid']})", "",
+                  f"![denoising strip of {r.name}]({im.files['strip']})", "",
+                  f"{im.n} images, {im.sampler} {im.steps} steps, seed {im.seed}.", ""]
+    return lines
+
+
+def render_markdown(c: Comparison) -> str:
+    """``comparison.md``: the tables, the sweep and each run's samples, readable without the page."""
+    n = len(c.runs)
+    v = c.versions
+    out = [f"# Comparison of {n} run{'s' if n != 1 else ''}", "",
+           f"Written by `textdiffusion compare` on {c.created} (textdiffusion {v['textdiffusion']}, torch "
+           f"{v['torch']}). The page with plots and animations is `report.html` beside this file.",
+           "", legend_markdown(), ""]
+    if c.text_runs:
+        out += _md_text_section(c)
+    if c.image_runs:
+        out += ["", "## Image runs", "", *_md_table(IMAGE_COLUMNS, _rows(c, text=False))]
     out += ["", "## Runs", ""]
-    for r in runs:
-        out += [f"### {r['name']}", "", f"`{r['path']}` — {r['method']}, preset {r['preset']}, step {r['step']:,}"
-                + (f", {r['parameters']:,} parameters" if r.get("parameters") else "") + ".", ""]
-        if r.get("eval_note"):
-            out += [f"Note: {r['eval_note']}.", ""]
-        if eval_summary(r):
-            out += [f"{eval_summary(r)}.", ""]
-        if r["kind"] == "text" and r.get("samples"):
-            sm = r["samples"]
-            out += [f"Samples ({sm['sampler']}, {sm['steps']} steps, seed {sm['seed']}):", ""]
-            for t in sm["texts"]:
-                out += ["```text", t, "```", ""]
-            tr = r.get("trajectory")
-            if tr:
-                out += [f"Denoising trajectory: {tr['steps_total']} steps ({tr['frames_kept']} frames kept), "
-                        "played in `report.html`.", ""]
-        if r["kind"] == "image" and r.get("images"):
-            im = r["images"]
-            out += [f"![samples of {r['name']}]({im['files']['grid']})", "",
-                    f"![denoising strip of {r['name']}]({im['files']['strip']})", "",
-                    f"{im['n']} images, {im['sampler']} {im['steps']} steps, seed {im['seed']}.", ""]
-    out += ["## Settings", "", f"- sweep step counts: {', '.join(map(str, s['sweep'])) or 'none'} (plus each "
-            f"method's default)", f"- samples per point: {s['samples']}, seeds: {s['seeds']} (seed {s['seed']}), "
-            f"length {_length(data)}", f"- judge: {data['judge']['kind']}, fitted on the training split of "
-            f"{', '.join(data['judge']['corpora']) or '—'}",
-            f"- image runs: {s['image_sampler']['sampler']} {s['image_sampler']['steps']} steps for the grids",
-            f"- measured in {s['seconds']:.1f} s", ""]
+    for r in c.runs:
+        out += _md_run(r)
+    out += ["## Settings", "", *(f"- {line}" for line in settings_lines(c)), ""]
     return "\n".join(out)
 
 
 # ---- html -------------------------------------------------------------------------------------------------
-def _e(s: Any) -> str:
-    return html.escape(str(s), quote=True)
+@dataclass(frozen=True)
+class HtmlCell:
+    text: str
+    sort: str  # data-v: what the page's sorting compares ("" sorts last)
+    tip: str
+    classes: str
+    href: str | None = None  # the run column links to the run's card
+    tag: str | None = None  # the exact/bound tag
 
 
-def _html_table(table_id: str, columns, rows, run_ids: list[int], caption: str) -> str:
-    head = "".join(
-        f'<th scope="col" class="{"text" if i < 3 else ""}" title="{_e(tip)}" data-better="{better or ""}">'
-        f"{_e(h)}</th>" for i, (_, h, tip, better) in enumerate(columns))
-    body = []
-    for row, rid in zip(rows, run_ids, strict=True):
-        cells = []
-        for i, (key, *_rest) in enumerate(columns):
-            text, value, tip = row[key]
-            cls = ["text"] if i < 3 else []
-            if text == "—":
-                cls.append("na")
-            sort = value if isinstance(value, (int, float)) and math.isfinite(value) else ""
-            if isinstance(value, str):
-                sort = value
-            shown = _e(text)
-            if key == "run":
-                shown = f'<a href="#run-{rid}">{shown}</a>'
-            if key == "val" and row["val_kind"][1]:
-                kind = row["val_kind"][1]
-                shown += f'<span class="tag {kind}">{kind}</span>'
-            cells.append(f'<td class="{" ".join(cls)}" data-v="{_e(sort)}" title="{_e(tip)}">{shown}</td>')
-        body.append(f'<tr data-run="{rid}">{"".join(cells)}</tr>')
-    return (f'<div class="table-wrap"><table class="td-table sortable" id="{table_id}"><caption class="muted">'
-            f"{_e(caption)}</caption><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table></div>")
+@dataclass(frozen=True)
+class HtmlTable:
+    id: str
+    columns: list[Column]
+    rows: list[tuple[int, list[HtmlCell]]]  # (run id, cells)
+
+
+@dataclass(frozen=True)
+class Picture:
+    key: str  # "grid" | "strip" | "gif": the page's tests find pictures by it
+    caption: str
+    src: str  # a data URI
+
+
+@dataclass(frozen=True)
+class Card:
+    """A run's section of the page."""
+
+    id: int
+    run: RunRecord
+    facts: str  # path · step · parameters · seed
+    summary: str | None  # the eval.json quote
+    growth: str | None  # how the trajectory unfolds (text runs)
+    pictures: list[Picture]
+    images_line: str | None
+
+
+def _sort_text(value: Any) -> str:
+    if isinstance(value, str):
+        return value
+    return str(value) if isinstance(value, (int, float)) and math.isfinite(value) else ""
+
+
+def _html_cells(columns: list[Column], row: Row) -> list[HtmlCell]:
+    out = []
+    for i, col in enumerate(columns):
+        cell = row.cells[col.key]
+        classes = ["text"] if i < LEFT_ALIGNED else []
+        if cell.text == NA:
+            classes.append("na")
+        out.append(HtmlCell(cell.text, _sort_text(cell.value), cell.tip, " ".join(classes),
+                            href=f"#run-{row.run_id}" if col.key == "run" else None,
+                            tag=row.val_kind if col.key == "val" else None))
+    return out
+
+
+def _html_table(table_id: str, columns: list[Column], rows: list[Row]) -> HtmlTable:
+    return HtmlTable(table_id, columns, [(row.run_id, _html_cells(columns, row)) for row in rows])
 
 
 def _data_uri(path: Path) -> str:
@@ -289,45 +425,26 @@ def _data_uri(path: Path) -> str:
     return f"data:{mime};base64,{base64.b64encode(path.read_bytes()).decode('ascii')}"
 
 
-def _run_card(i: int, r: dict[str, Any], out: Path) -> str:
-    head = (f'<section class="run-card" id="run-{i}" data-kind="{r["kind"]}" data-method="{_e(r["method"])}">'
-            f'<h3>{_e(r["name"])} '
-            f'<span class="tag">{_e(r["method"])}</span><span class="tag">{_e(r["preset"])}</span></h3>'
-            f'<p class="muted mono">{_e(r["path"])} · step {r["step"]:,}'
-            + (f" · {r['parameters']:,} parameters" if r.get("parameters") else "")
-            + (f" · seed {r['seed']}" if r.get("seed") is not None else "") + "</p>")
-    body = []
-    if r.get("eval_note"):
-        body.append(f'<p class="muted">Note: {_e(r["eval_note"])}.</p>')
-    if eval_summary(r):
-        body.append(f'<p class="muted">{_e(eval_summary(r))}.</p>')
-    if r["kind"] == "text":
-        sm = r.get("samples") or {}
-        body.append(f'<div class="samples"><h4>Samples <span class="muted">({_e(sm.get("sampler"))}, '
-                    f'{_e(sm.get("steps"))} steps, seed {_e(sm.get("seed"))})</span></h4>'
-                    + "".join(f"<pre>{_e(t)}</pre>" for t in sm.get("texts", [])) + "</div>")
-        tr = r.get("trajectory")
-        if tr:
-            grow = "left-to-right growth, one character per network evaluation" if r["method"] == "ar" else (
-                "masked positions (grey) fill in" if tr["frames"][0]["masked"] else
-                "the decoded text at every step: everything is rewritten, highlighted characters changed")
-            body.append(f'<h4>Denoising <span class="muted">({_e(tr["sampler"])}, {tr["steps_total"]} steps, '
-                        f'{tr["frames_kept"]} frames shown; {grow})</span></h4>'
-                        f'<div class="td-player-slot" data-run="{i}"></div>')
-    elif r.get("images"):
-        im = r["images"]
-        pics = []
-        for key, caption in (("grid", "samples" + (", a row per digit" if im.get("conditional") else "")),
-                             ("strip", "denoising: x_t from noise (left) to the sample (right)"),
-                             ("gif", "the reverse process, animated")):
-            if key in im["files"]:
-                src = _data_uri(out / im["files"][key])
-                pics.append(f'<figure><img alt="{_e(caption)}" data-asset="{key}" src="{src}">'
-                            f"<figcaption>{_e(caption)}</figcaption></figure>")
-        body.append(f'<div class="images"><p class="muted">{im["n"]} images, {_e(im["sampler"])} {im["steps"]} '
-                    f'steps, seed {im["seed"]}, {im["seconds_per_image"] * 1000:.0f} ms per image.</p>'
-                    + '<div class="pics">' + "".join(pics) + "</div></div>")
-    return head + "".join(body) + "</section>"
+def _pictures(run: RunRecord, out: Path) -> list[Picture]:
+    im = run.images
+    captions = {"grid": "samples" + (", a row per digit" if im.conditional else ""),
+                "strip": "denoising: x_t from noise (left) to the sample (right)",
+                "gif": "the reverse process, animated"}
+    return [Picture(key, caption, _data_uri(out / im.files[key])) for key, caption in captions.items()
+            if key in im.files]
+
+
+def _card(i: int, run: RunRecord, out: Path) -> Card:
+    facts = [run.path, f"step {run.step:,}"]
+    if run.parameters:
+        facts.append(f"{run.parameters:,} parameters")
+    if run.seed is not None:
+        facts.append(f"seed {run.seed}")
+    im = run.images
+    images_line = (f"{im.n} images, {im.sampler} {im.steps} steps, seed {im.seed}, "
+                   f"{im.seconds_per_image * 1000:.0f} ms per image." if im else None)
+    return Card(i, run, " · ".join(facts), eval_summary(run), _growth(run) if run.text_results else None,
+                _pictures(run, out) if im else [], images_line)
 
 
 def _script_json(obj: Any) -> str:
@@ -335,80 +452,36 @@ def _script_json(obj: Any) -> str:
     return json.dumps(obj, ensure_ascii=False).replace("</", "<\\/").replace("<!--", "<\\!--")
 
 
-def _page_data(data: dict[str, Any]) -> dict[str, Any]:
+def _page_data(c: Comparison) -> dict[str, Any]:
     """What the scripts need: curves, sweeps and trajectories (not the pictures, which are inline already)."""
     runs = []
-    for i, r in enumerate(data["runs"]):
-        runs.append({"id": i, "name": r["name"], "kind": r["kind"], "method": r["method"],
-                     "val_kind": (r.get("val") or {}).get("kind"), "curves": r["curves"],
-                     "curve_val_key": r["curve_val_key"], "sweep": r.get("sweep", []),
-                     "reference": r.get("reference"), "trajectory": r.get("trajectory")})
-    return {"runs": runs, "settings": data["settings"]}
+    for i, r in enumerate(c.runs):
+        res = r.text_results
+        runs.append({"id": i, "name": r.name, "kind": r.kind, "method": r.method,
+                     "val_kind": r.val.kind if r.val else None, "curves": r.curves,
+                     "curve_val_key": r.curve_val_key, "sweep": [p.to_json() for p in res.sweep] if res else [],
+                     "reference": res.reference.to_json() if res else None,
+                     "trajectory": asdict(res.trajectory) if res else None})
+    return {"runs": runs, "settings": asdict(c.settings)}
 
 
-def render_html(data: dict[str, Any], out: Path) -> str:
-    runs = data["runs"]
-    s = data["settings"]
-    text_ids = [i for i, r in enumerate(runs) if r["kind"] == "text"]
-    image_ids = [i for i, r in enumerate(runs) if r["kind"] == "image"]
-    v = data["versions"]
-    sections = []
-    legend = (
-        '<div class="note" id="how-to-read"><b>How to read the numbers.</b> '
-        '<span class="tag exact">exact</span> the model\'s true negative log-likelihood (<code>ar</code>). '
-        '<span class="tag bound">bound</span> an upper bound on it (the diffusion NELBO), a Monte-Carlo '
-        "estimate shown ± one standard error: the true bits/char can only be lower. Judge perplexity, word "
-        "validity, distinct-2 and repetition are <i>estimates</i> from the samples × seeds in the last column "
-        f"(the sweep uses {s['samples']} samples × {s['seeds']} seed of {_length(data)} per point). "
-        "Hover a header or a cell for what it is and where it comes from; click a header to sort.</div>")
-    if text_ids:
-        q0 = quality_of(runs[text_ids[0]]) or {}
-        ref = q0.get("reference") or {}
-        cap = ("Text runs. Real validation text of the same length scores judge ppl "
-               f"{_fmt(ref.get('judge_ppl'))}, word validity {_fmt(ref.get('word_validity'))}, distinct-2 "
-               f"{_fmt(ref.get('distinct_2'))}." if ref else "Text runs.")
-        sections.append("<h3>Text</h3>" + _html_table("text-table", TEXT_COLUMNS,
-                                                      [text_row(runs[i]) for i in text_ids], text_ids, cap))
-    if image_ids:
-        sections.append("<h3>Images</h3>" + _html_table(
-            "image-table", IMAGE_COLUMNS, [image_row(runs[i]) for i in image_ids], image_ids,
-            "Image runs. FID and class accuracy come from eval.json (`textdiffusion mnist eval`); FID is computed "
-            "in the project's classifier features, comparable only within this project."))
-    curves = ('<h2 id="curves">Training curves</h2><p class="muted">Validation numbers are bits per character '
-              "(exact for ar, upper bounds for diffusion) on shared axes; training losses are each method's own "
-              "objective, so their levels compare only within a method. Click a legend entry to hide a run.</p>"
-              '<div class="plots"><figure id="plot-val-step"></figure><figure id="plot-val-time"></figure>'
-              '<figure id="plot-loss-step"></figure><figure id="plot-loss-time"></figure>'
-              + ('<figure id="plot-bpd-step"></figure>' if image_ids else "") + "</div>")
-    speed = ""
-    if text_ids:
-        speed = ('<h2 id="quality-speed">Quality vs speed</h2><p class="muted">Judge perplexity (lower is better) '
-                 f"of {s['samples']} samples × {s['seeds']} seed at each sampler step count "
-                 f"({', '.join(map(str, s['sweep'])) or 'defaults only'}, plus each method's default); "
-                 "ar samples one character per network evaluation, so it is one point. The dashed line is real "
-                 'text.</p><div class="plots"><figure id="plot-quality-steps"></figure>'
-                 '<figure id="plot-quality-speed"></figure></div>')
-    cards = "".join(_run_card(i, r, out) for i, r in enumerate(runs))
-    body = (
-        f"<header><h1>Comparison of {len(runs)} run{'s' if len(runs) != 1 else ''}</h1>"
-        f'<p class="lede">Written by <code>textdiffusion compare</code> on {_e(data["created"])} · textdiffusion '
-        f"{_e(v['textdiffusion'])} · torch {_e(v['torch'])} · measured in {s['seconds']:.0f} s</p>"
-        '<nav class="muted"><a href="#results">results</a> · <a href="#curves">training curves</a>'
-        + (' · <a href="#quality-speed">quality vs speed</a>' if text_ids else "")
-        + ' · <a href="#runs">runs and denoising</a> · <a href="#settings">settings</a></nav></header>'
-        + legend + '<h2 id="results">Results</h2>' + "".join(sections) + curves + speed
-        + '<h2 id="runs">Runs and denoising</h2>' + cards
-        + '<h2 id="settings">Settings</h2><ul class="muted">'
-        + f"<li>judge: {_e(data['judge']['kind'])}, fitted on the training split of "
-          f"{_e(', '.join(data['judge']['corpora']) or '—')}</li>"
-        + f"<li>samples per sweep point: {s['samples']}, seeds: {s['seeds']} (seed {s['seed']}), length "
-          f"{_length(data)}; device {_e(s['device'])}</li>"
-        + f"<li>image grids: {_e(s['image_sampler']['sampler'])} {s['image_sampler']['steps']} steps</li>"
-        + f"<li>versions: {_e(', '.join(f'{k} {val}' for k, val in v.items()))}</li></ul>"
-    )
-    scripts = "".join(f"<script>\n{web_asset(name)}\n</script>" for name in WEB_ASSETS)
-    return ("<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
-            "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"
-            f"<title>TextDiffusion comparison — {len(runs)} runs</title><style>\n{web_asset('td.css')}\n</style></head>"
-            f"<body>{body}<script type=\"application/json\" id=\"td-data\">{_script_json(_page_data(data))}</script>"
-            f"{scripts}</body></html>\n")
+@lru_cache(maxsize=1)
+def _template() -> jinja2.Template:
+    env = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined, trim_blocks=True,
+                             lstrip_blocks=True, keep_trailing_newline=True)
+    env.filters["inline"] = inline_html
+    return env.from_string(web_asset(TEMPLATE))
+
+
+def render_html(c: Comparison, out: Path) -> str:
+    """The page; ``out`` is the folder holding the image runs' pictures (they are inlined)."""
+    ref = shared_reference(c)
+    return _template().render(
+        c=c, legend_title=LEGEND_TITLE, legend_kinds=VAL_KINDS, estimates=ESTIMATES, sweep_line=sweep_line(c),
+        left_aligned=LEFT_ALIGNED, real_text=real_text_line(ref) if ref else None, settings_lines=settings_lines(c),
+        text_table=_html_table("text-table", TEXT_COLUMNS, _rows(c, text=True)) if c.text_runs else None,
+        image_table=_html_table("image-table", IMAGE_COLUMNS, _rows(c, text=False)) if c.image_runs else None,
+        cards=[_card(i, r, out) for i, r in enumerate(c.runs)],
+        # trusted package files and JSON made safe for a script element: inserted as they are
+        style=Markup(web_asset("td.css")), scripts=[Markup(web_asset(name)) for name in WEB_ASSETS],
+        page_data=Markup(_script_json(_page_data(c))))
