@@ -202,3 +202,17 @@ def test_every_method_prints_what_0_1_0_printed():
     proc = subprocess.run([sys.executable, str(repo / "benchmarks" / "fingerprint.py"), "--check",
                            str(repo / "benchmarks" / "results" / "fingerprint.json")], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
+
+
+def test_readme_layout_matches_the_tree():
+    """Every module of the package is named in README's layout block, and every file it names exists."""
+    readme = (PACKAGE.parents[1] / "README.md").read_text(encoding="utf-8")
+    block = readme.split("## Layout", 1)[1].split("```", 2)[1]
+    named = set(re.findall(r"[\w.]+\.(?:py|j2|html)\b", block))
+    files = {p.name for p in PACKAGE.rglob("*") if p.suffix in (".py", ".j2", ".html") and p.name != "__init__.py"}
+    files.discard("__main__.py")
+    assert files <= named, f"modules missing from README's layout: {sorted(files - named)}"
+    others = {"fingerprint.py", "report.html"}  # a benchmark script, and compare's output
+    assert named <= files | others, f"README names files that do not exist: {sorted(named - files - others)}"
+    folders = {p.name for p in PACKAGE.iterdir() if p.is_dir() and p.name != "__pycache__"}
+    assert all(f"{folder}/" in block for folder in folders), folders
