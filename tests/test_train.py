@@ -114,3 +114,48 @@ def test_time_budget_stops_training_and_still_scores(small_corpus, tmp_path):
     assert summary["out_of_time"] and not summary["interrupted"]
     assert 0 < summary["step"] < 100_000 and summary["elapsed"] >= 0.5
     assert (tmp_path / "r" / "final.json").exists() and "val_bpc" in summary
+
+
+def test_stopping_between_evaluations_checkpoints_that_step_but_does_not_score(small_corpus, tmp_path):
+    run = tmp_path / "r"
+    summary = Trainer(tiny_config("ar", small_corpus, steps=20, **{"train.eval_every": 10}), run,
+                      progress=False).train(stop_at=13)
+    assert summary["step"] == 13 and not summary["interrupted"] and not summary["out_of_time"]
+    assert "val_bpc" not in summary and not (run / "final.json").exists()  # not finished: resume, don't score
+    assert {read_tensors(run / f"{n}.safetensors")[1] for n in ("model", "ema", "trainer")} == {13}
+    assert json.loads((run / "trainer.json").read_text())["step"] == 13
+
+
+def test_progress_bar_shows_the_smoothed_loss_and_the_last_evaluation(small_corpus, tmp_path, monkeypatch):
+    import textdiffusion.train as train_module
+
+    bars = []
+
+    class Bar:  # stands in for tqdm: records what the bar would show
+        def __init__(self, **kw):
+            self.kw, self.updates, self.postfixes = kw, 0, []
+            bars.append(self)
+
+        def update(self, n):
+            self.updates += n
+
+        def set_postfix_str(self, text, refresh=True):
+            self.postfixes.append(text)
+
+        def close(self):
+            pass
+
+    monkeypatch.setattr(train_module, "tqdm", Bar)
+    logged = []
+    run = tmp_path / "r"
+    Trainer(tiny_config("ar", small_corpus, steps=4, **{"train.eval_every": 2}), run, log=logged.append).train()
+    (bar,) = bars
+    assert bar.kw["desc"] == "ar/tiny" and bar.kw["total"] == 4 and bar.updates == 4
+    row = json.loads((run / "metrics.jsonl").read_text().splitlines()[0])
+    assert row["step"] == 2
+    before, at_eval, after, _ = bar.postfixes  # steps 1 to 4; 2 and 4 evaluate
+    assert before.startswith("loss ") and " | val bpc - | " in before and before.endswith(" chars/s")
+    # the row logged at step 2 and the bar agree on the smoothed loss; the bar keeps the last validation number
+    assert at_eval.startswith(f"loss {row['train_loss']:.3f} | val bpc {row['val_bpc']:.3f} | ")
+    assert f" | val bpc {row['val_bpc']:.3f} | " in after
+    assert logged[0].startswith(f"run directory: {run} (") and logged[-1].startswith("scoring the validation split")
