@@ -21,11 +21,10 @@ stated number of samples and seeds.
 from __future__ import annotations
 
 import json
-import math
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -37,15 +36,29 @@ from textdiffusion.config import ConfigError
 from textdiffusion.files import write_text
 from textdiffusion.methods import SampleRequest, TextMethod, get_method
 from textdiffusion.methods.base import bits_key
+from textdiffusion.viz.records import (
+    Comparison,
+    Frame,
+    ImagePictures,
+    Quality,
+    Reference,
+    RunRecord,
+    SampleSet,
+    Settings,
+    SkippedPoint,
+    SweepPoint,
+    TextResults,
+    TrainSpeed,
+    Trajectory,
+    ValEntry,
+)
 
-FORMAT = "textdiffusion-comparison/1"
 SWEEP_FORMAT = "textdiffusion-sweep/1"
 MAX_FRAMES = 240  # trajectory frames kept per run for the page
 MAX_SWEEP_STEPS = 100_000
 EXAMPLES = 3  # samples shown per run
 IMAGE_SAMPLER = {"sampler": "ddim", "steps": 50, "eta": 0.0}  # grid + strip for image runs: seconds on a CPU
 IMAGES_PER_CLASS = 4
-JUDGE = "character 5-gram, interpolated Witten-Bell (textdiffusion.evaluate.CharNgramJudge)"
 
 
 def parse_sweep(text: str) -> list[int]:
@@ -65,267 +78,6 @@ def parse_sweep(text: str) -> list[int]:
     return sorted(set(out))
 
 
-# ---- the records ------------------------------------------------------------------------------------------
-# Field order is the key order of comparison.json, which users and the tests read: keep it.
-@dataclass
-class ValEntry:
-    """A run's validation number and what it is: the exact likelihood or an upper bound, where it was read."""
-
-    value: float
-    kind: str  # "exact" | "bound"
-    unit: str  # "bits/char" | "bits/dim"
-    stderr: float | None  # bits; one standard error of a Monte-Carlo bound, None when exact
-    windows: Any  # held-out text windows or images scored, as recorded
-    source: str  # the file it came from
-    time_samples: int | None  # diffusion times drawn per window or image (bounds only)
-    what: str  # the sentence the report's tooltip shows
-
-    @classmethod
-    def of(cls, value: float | None, kind: str | None, unit: str, source: str, windows: Any = None,
-           stderr_nats: float | None = None, details: dict[str, Any] | None = None) -> ValEntry | None:
-        """None unless the file recorded both the number and its kind: an unlabelled number is not shown."""
-        if value is None or kind not in ("exact", "bound"):
-            return None
-        stderr = stderr_nats / math.log(2) if stderr_nats is not None and math.isfinite(stderr_nats) else None
-        details = details or {}
-        samples = details.get("time_samples_per_window") or details.get("time_samples_per_image")
-        what = ("exact negative log-likelihood" if kind == "exact" else
-                "upper bound on the negative log-likelihood (NELBO), a Monte-Carlo estimate")
-        return cls(value, kind, unit, stderr, windows, source, samples, what)
-
-
-@dataclass
-class TrainSpeed:
-    value: float | None
-    unit: str  # "chars/s" | "images/s"
-
-
-@dataclass
-class Quality:
-    """The judge's scores of a set of texts (:meth:`textdiffusion.evaluate.TrainingReference.quality`)."""
-
-    judge_ppl: float
-    word_validity: float
-    distinct_2: float
-    repetition: float
-    copy_rate: float
-    words: int
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> Quality:
-        return cls(**{f.name: data[f.name] for f in fields(cls)})
-
-
-@dataclass
-class Reference:
-    """Real validation text scored like the samples, ``chars`` characters per window."""
-
-    quality: Quality
-    chars: int
-
-    def to_json(self) -> dict[str, Any]:
-        return {**asdict(self.quality), "chars": self.chars}
-
-
-@dataclass
-class SweepPoint:
-    """One step count of the quality-vs-speed sweep: ``n`` samples, scored and timed."""
-
-    requested_steps: int  # 0: the method's default step count
-    steps: int  # the steps the sampler took
-    sampler: str
-    nfe: float  # network evaluations per sample
-    sample_chars_per_s: float
-    seconds: float
-    quality: Quality  # spliced flat into the JSON here
-    n: int
-    seeds: int
-    seed: int
-    length: int
-    chars_per_sample: float
-    examples: list[str]
-
-    @property
-    def default(self) -> bool:
-        return self.requested_steps == 0
-
-    def to_json(self) -> dict[str, Any]:
-        """Flat, as in comparison.json and sweep.json; the default point says so with ``"default": true``."""
-        out: dict[str, Any] = {}
-        for f in fields(self):
-            value = getattr(self, f.name)
-            out.update(asdict(value) if f.name == "quality" else {f.name: value})
-        return {**out, "default": True} if self.default else out
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> SweepPoint:
-        """Raises KeyError or TypeError for a point written in another shape."""
-        return cls(**{f.name: Quality.from_json(data) if f.name == "quality" else data[f.name] for f in fields(cls)})
-
-
-@dataclass
-class SkippedPoint:
-    steps: int
-    why: str
-
-
-@dataclass
-class SampleSet:
-    """The samples shown for a text run: the first few of the default sweep point."""
-
-    texts: list[str]
-    sampler: str
-    steps: int
-    seed: int
-    length: int
-
-
-@dataclass
-class Frame:
-    """One step of a denoising trajectory: the decoded text, its still-masked character positions and how
-    many characters changed since the previous kept frame."""
-
-    step: int
-    t: float | None
-    nfe: float | None
-    text: str
-    masked: list[int]
-    changed: int
-
-
-@dataclass
-class Trajectory:
-    sampler: str
-    nfe: float
-    steps_total: int
-    frames_kept: int
-    mask_char: str
-    frames: list[Frame]
-    final: str
-
-
-@dataclass
-class TextResults:
-    """What ``compare`` measures for a text run."""
-
-    judge_corpus: str
-    reference: Reference
-    sweep: list[SweepPoint]  # by steps
-    samples: SampleSet
-    trajectory: Trajectory
-    device_measured: str
-    sweep_skipped: list[SkippedPoint] = field(default_factory=list)
-    # not in the JSON: the method takes no step count (ar writes one token per network evaluation), so the
-    # sweep has one point and the trajectory grows left to right
-    steps_fixed: bool = False
-
-    @property
-    def default_point(self) -> SweepPoint:
-        return next(p for p in self.sweep if p.default)
-
-    def to_json(self) -> dict[str, Any]:
-        skipped = {"sweep_skipped": [asdict(s) for s in self.sweep_skipped]} if self.sweep_skipped else {}
-        return {"judge_corpus": self.judge_corpus, "reference": self.reference.to_json(), **skipped,
-                "sweep": [p.to_json() for p in self.sweep], "samples": asdict(self.samples),
-                "trajectory": asdict(self.trajectory), "device_measured": self.device_measured}
-
-
-@dataclass
-class ImagePictures:
-    """What ``compare`` draws for an image run; ``files`` are relative to the output folder."""
-
-    files: dict[str, str]  # "grid" | "strip" | "gif" -> path
-    n: int
-    sampler: str | None
-    steps: int | None
-    seconds_per_image: float
-    seed: int
-    conditional: bool
-
-
-@dataclass
-class RunRecord:
-    """One run in the comparison: what its directory holds (:func:`read_run`), then what ``compare``
-    measured (``text_results`` or ``images``)."""
-
-    name: str
-    path: str
-    kind: str  # "text" | "image"
-    method: str
-    preset: str
-    parameters: int | None
-    step: int
-    train_steps: int | None
-    elapsed: float | None
-    seed: int | None
-    device: str | None
-    created: str | None
-    tokenizer: str | None  # text runs
-    context: int | None  # text runs
-    corpus: dict[str, Any]
-    sampling_config: dict[str, Any]
-    val: ValEntry | None
-    train_speed: TrainSpeed
-    curves: list[dict[str, float]]  # metrics.jsonl rows: step, elapsed, train_loss, curve_val_key
-    curve_val_key: str
-    eval: dict[str, Any] | None  # eval.json as written, when it is of this checkpoint
-    eval_note: str | None  # why there is no (current) eval.json
-    text_results: TextResults | None = None
-    images: ImagePictures | None = None
-
-    @property
-    def is_text(self) -> bool:
-        return self.kind == "text"
-
-    def to_json(self) -> dict[str, Any]:
-        out = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("text_results", "images")}
-        out.update(val=asdict(self.val) if self.val else None, train_speed=asdict(self.train_speed))
-        if self.text_results is not None:
-            out.update(self.text_results.to_json())
-        if self.images is not None:
-            out["images"] = asdict(self.images)
-        return out
-
-
-@dataclass
-class Settings:
-    samples: int
-    seeds: int
-    seed: int
-    length: int  # the common sample length (tokens of each run's tokenizer)
-    sweep: list[int]
-    device: str
-    image_sampler: dict[str, Any]
-    max_frames: int
-    seconds: float
-
-
-@dataclass
-class Comparison:
-    """Everything ``compare`` writes; :meth:`to_json` is ``comparison.json``."""
-
-    created: str
-    versions: dict[str, str]
-    settings: Settings
-    judge_corpora: list[str]
-    runs: list[RunRecord]
-    judge_kind: str = JUDGE
-
-    @property
-    def text_runs(self) -> list[RunRecord]:
-        return [r for r in self.runs if r.is_text]
-
-    @property
-    def image_runs(self) -> list[RunRecord]:
-        return [r for r in self.runs if not r.is_text]
-
-    def to_json(self) -> dict[str, Any]:
-        return {"format": FORMAT, "created": self.created, "versions": self.versions,
-                "settings": asdict(self.settings), "judge": {"kind": self.judge_kind, "corpora": self.judge_corpora},
-                "runs": [r.to_json() for r in self.runs]}
-
-
-# ---- what a run directory already holds ----------------------------------------------------------------
 def _read_jsonl(path: Path) -> list[dict[str, Any]]:
     if not path.exists():
         return []

@@ -19,15 +19,13 @@ import re
 from dataclasses import asdict, dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import jinja2
 from markupsafe import Markup, escape
 
 from textdiffusion.viz import web_asset
-
-if TYPE_CHECKING:
-    from textdiffusion.apps.compare import Comparison, Reference, RunRecord, SweepPoint, ValEntry
+from textdiffusion.viz.records import Comparison, Reference, RunRecord, SweepPoint, ValEntry
 
 WEB_ASSETS = ("player.js", "plot.js", "report.js")
 TEMPLATE = "report.html.j2"
