@@ -6,7 +6,10 @@ import json
 
 import pytest
 
-from textdiffusion.apps.cli import main
+from textdiffusion import __version__
+from textdiffusion.apps.cli import build_parser, main
+from textdiffusion.methods import REGISTRY, TextMethod
+from textdiffusion.methods.image import ImageDiffusion
 
 
 @pytest.fixture(scope="module")
@@ -105,3 +108,43 @@ def test_context_longer_than_corpus(tmp_path, capsys):
     assert main(["train", "--method", "ar", "--preset", "tiny", "--data", str(tiny), "--run-dir",
                  str(tmp_path / "r")]) == 2
     assert "smaller context" in capsys.readouterr().err
+
+
+def test_set_takes_one_setting_so_a_run_directory_may_follow(runs, capsys):
+    # `--set` used to swallow everything after it, so the run directory could not come last
+    assert main(["sample", "--set", "method.sample_steps=3", str(runs / "masked"), "--length", "12",
+                 "--sampler", "ancestral"]) == 0
+    assert "3 network evaluations per sample" in capsys.readouterr().err
+    # the older several-per-flag form still parses, with or without a positional after it
+    args = build_parser().parse_args(["sample", "--set", "method.sample_steps=3", "method.confidence=0.5", "RUN",
+                                      "--set", "method.eval_seed=1", "--n", "2"])
+    assert args.run_dir == "RUN" and args.n == 2
+    assert args.overrides == ["method.sample_steps=3", "method.confidence=0.5", "method.eval_seed=1"]
+    args = build_parser().parse_args(["train", "--method", "ar", "--set", "train.lr=1e-3", "model.n_layer=2"])
+    assert args.overrides == ["train.lr=1e-3", "model.n_layer=2"]
+
+
+def _help(argv: list[str], capsys) -> str:
+    with pytest.raises(SystemExit) as e:
+        main([*argv, "--help"])
+    assert e.value.code == 0
+    return " ".join(capsys.readouterr().out.split())  # argparse wraps lines: compare with single spaces
+
+
+def test_help_lists_every_registered_sampler(capsys):
+    text = {command: _help([command], capsys) for command in ("sample", "eval")}
+    for name, cls in REGISTRY.items():
+        if issubclass(cls, TextMethod):
+            for help_text in text.values():
+                assert f"{' | '.join(cls.samplers)} ({name})" in help_text
+    assert "ddim | ddpm (bits)" in text["sample"]
+    for command in ("sample", "eval"):
+        assert f"--sampler {{{','.join(ImageDiffusion.samplers)}}}" in _help(["mnist", command], capsys)
+
+
+def test_top_level_help_and_version(capsys):
+    text = _help([], capsys)
+    assert "parsing only" not in text and "Train, sample, evaluate and compare" in text
+    with pytest.raises(SystemExit) as e:
+        main(["--version"])
+    assert e.value.code == 0 and capsys.readouterr().out.strip() == f"textdiffusion {__version__}"

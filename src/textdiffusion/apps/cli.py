@@ -1,7 +1,7 @@
 """Command line: parsing only. Each subcommand calls one function of the package.
 
-    textdiffusion train --method {ar,masked} --preset {tiny,cpu,base} [--data X] [--steps N] [--run-dir D]
-                        [--seed S] [--set key=value ...]
+    textdiffusion train --method METHOD --preset {tiny,cpu,base} [--data X] [--steps N] [--run-dir D]
+                        [--seed S] [--set key=value]...
     textdiffusion train --resume RUN_DIR [--steps N]
     textdiffusion sample RUN_DIR [--prompt T | --infill T] [--n N] [--length L] [--steps S] [--sampler NAME]
                         [--temperature T] [--seed S] [--show] [--trajectory FILE]
@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 import time
 from pathlib import Path
@@ -42,27 +43,41 @@ def _positive(kind: type):
 def cmd_train(args: argparse.Namespace) -> int:
     from textdiffusion.config import make_config
     from textdiffusion.methods import REGISTRY
-    from textdiffusion.train import default_run_dir, resume_training, run_training
 
     if args.resume:
-        if args.method or args.overrides or args.data or args.run_dir:
-            raise ConfigError("--resume continues a run with its saved config; only --steps may be changed")
-        summary = resume_training(Path(args.resume), progress=not args.no_progress, steps=args.steps)
-    else:
-        if not args.method:
-            raise ConfigError(f"train needs --method ({' | '.join(sorted(REGISTRY))}) or --resume RUN_DIR")
-        overrides = [item for group in args.overrides for item in group]
-        if args.data:
-            overrides.append(f"data.corpus={args.data}")
-        if args.steps:
-            overrides.append(f"train.steps={args.steps}")
-        if args.seed is not None:
-            overrides.append(f"seed={args.seed}")
-        if args.device:
-            overrides.append(f"train.device={args.device}")
-        cfg = make_config(args.method, args.preset, overrides)
-        run_dir = Path(args.run_dir) if args.run_dir else default_run_dir(cfg)
-        summary = run_training(cfg, run_dir, progress=not args.no_progress)
+        return _resume_training(args)
+    if not args.method:
+        raise ConfigError(f"train needs --method ({' | '.join(sorted(REGISTRY))}) or --resume RUN_DIR")
+    overrides = list(args.overrides)
+    if args.data:
+        overrides.append(f"data.corpus={args.data}")
+    if args.steps:
+        overrides.append(f"train.steps={args.steps}")
+    if args.seed is not None:
+        overrides.append(f"seed={args.seed}")
+    if args.device:
+        overrides.append(f"train.device={args.device}")
+    return _train_new_run(make_config(args.method, args.preset, overrides), args)
+
+
+def _train_new_run(cfg, args: argparse.Namespace) -> int:
+    """Train ``cfg`` into ``--run-dir`` (or a fresh runs/ folder) and report; text and image alike."""
+    from textdiffusion.train import default_run_dir, run_training
+
+    run_dir = Path(args.run_dir) if args.run_dir else default_run_dir(cfg)
+    return _report_training(run_training(cfg, run_dir, progress=not args.no_progress))
+
+
+def _resume_training(args: argparse.Namespace) -> int:
+    """``train --resume RUN`` (text or image): the saved config decides everything but the step count."""
+    from textdiffusion.train import resume_training
+
+    if getattr(args, "method", None) or args.overrides or args.data or args.run_dir:
+        raise ConfigError("--resume continues a run with its saved config; only --steps may be changed")
+    return _report_training(resume_training(Path(args.resume), progress=not args.no_progress, steps=args.steps))
+
+
+def _report_training(summary: dict) -> int:
     _print_train_summary(summary)
     return 130 if summary["interrupted"] else 0
 
@@ -91,30 +106,32 @@ def _print_train_summary(summary: dict) -> None:
 
 
 def _refuse_image_run(run_dir: str, command: str) -> None:
+    """Point an image run at ``textdiffusion mnist`` before the text path tries (and fails) to open it.
+
+    Only the method recorded in config.json is read: nothing is loaded, and a missing or unknown run is left
+    to the text path, whose error says what is wrong with it."""
     from textdiffusion.checkpoint import read_json
+    from textdiffusion.methods import REGISTRY
+    from textdiffusion.methods.image import ImageDiffusion
 
     cfg = Path(run_dir) / "config.json"
-    if cfg.exists() and read_json(cfg).get("config", {}).get("method", {}).get("name") == "image":
+    if not cfg.exists():
+        return
+    name = read_json(cfg).get("config", {}).get("method", {}).get("name")
+    method = REGISTRY.get(name) if isinstance(name, str) else None
+    if method is not None and issubclass(method, ImageDiffusion):
         raise ConfigError(f"{run_dir} is an image run; use `textdiffusion mnist {command} {run_dir}`")
 
 
-def cmd_sample(args: argparse.Namespace) -> int:
-    import torch
-
-    from textdiffusion.methods.base import SampleRequest
-    from textdiffusion.runs import open_run
+def _sample_watchers(args: argparse.Namespace, tokenizer):
+    """The ``on_step`` callback for ``--show`` and ``--trajectory`` (None when neither is asked, so the sampler
+    does no per-step work), and the trajectory recorder to write afterwards (or None)."""
     from textdiffusion.viz import TerminalAnimation, TrajectoryRecorder
 
-    overrides = [item for group in args.overrides for item in group]
-    _refuse_image_run(args.run_dir, "sample")
-    run = open_run(args.run_dir, weights=args.weights, device=args.device, overrides=overrides)
-    req = SampleRequest(n=args.n, length=args.length or 0, prompt=args.prompt or "", infill=args.infill,
-                        placeholder=args.placeholder, sampler=args.sampler or "", steps=args.steps or 0,
-                        temperature=args.temperature, top_k=args.top_k, top_p=args.top_p)
     callbacks = []
     if args.show:
-        callbacks.append(TerminalAnimation(run.tokenizer, delay=args.delay))
-    recorder = TrajectoryRecorder(run.tokenizer, args.placeholder) if args.trajectory else None
+        callbacks.append(TerminalAnimation(tokenizer, delay=args.delay))
+    recorder = TrajectoryRecorder(tokenizer, args.placeholder) if args.trajectory else None
     if recorder:
         callbacks.append(recorder)
 
@@ -122,10 +139,25 @@ def cmd_sample(args: argparse.Namespace) -> int:
         for cb in callbacks:
             cb(step, state, info)
 
+    return (on_step if callbacks else None), recorder
+
+
+def cmd_sample(args: argparse.Namespace) -> int:
+    import torch
+
+    from textdiffusion.methods.base import SampleRequest
+    from textdiffusion.runs import open_run
+
+    _refuse_image_run(args.run_dir, "sample")
+    run = open_run(args.run_dir, weights=args.weights, device=args.device, overrides=args.overrides)
+    req = SampleRequest(n=args.n, length=args.length or 0, prompt=args.prompt or "", infill=args.infill,
+                        placeholder=args.placeholder, sampler=args.sampler or "", steps=args.steps or 0,
+                        temperature=args.temperature, top_k=args.top_k, top_p=args.top_p)
+    on_step, recorder = _sample_watchers(args, run.tokenizer)
     gen = torch.Generator(device=run.device).manual_seed(args.seed)
     tic = time.perf_counter()
     with torch.no_grad():
-        res = run.method.sample(run.model, req, gen, on_step if callbacks else None)
+        res = run.method.sample(run.model, req, gen, on_step)
     seconds = time.perf_counter() - tic
     texts = [run.tokenizer.decode(row.tolist()) for row in res.ids.cpu()]
     if recorder:
@@ -148,7 +180,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     result = evaluate_run(args.run_dir, samples=args.samples, length=args.length or 0, sampler=args.sampler or "",
                           steps=args.steps or 0, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
                           seed=args.seed, val_windows=args.val_windows, device=args.device,
-                          overrides=[item for group in args.overrides for item in group])
+                          overrides=args.overrides)
     print(format_table(result, get_method(result["method"])))
     print(f"wrote {Path(args.run_dir) / 'eval.json'}")
     return 0
@@ -179,22 +211,17 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_mnist_train(args: argparse.Namespace) -> int:
-    args.method = None if args.resume else "image"
-    if args.resume:
-        return cmd_train(args)
     from textdiffusion.config import make_config
-    from textdiffusion.train import default_run_dir, run_training
 
-    overrides = [item for group in args.overrides for item in group]
+    if args.resume:
+        return _resume_training(args)
+
+    overrides = list(args.overrides)
     for flag, key in ((args.data, "data.corpus"), (args.steps, "train.steps"), (args.seed, "seed"),
                       (args.device, "train.device")):
         if flag is not None:
             overrides.append(f"{key}={flag}")
-    cfg = make_config("image", args.preset, overrides)
-    run_dir = Path(args.run_dir) if args.run_dir else default_run_dir(cfg)
-    summary = run_training(cfg, run_dir, progress=not args.no_progress)
-    _print_train_summary(summary)
-    return 130 if summary["interrupted"] else 0
+    return _train_new_run(make_config("image", args.preset, overrides), args)
 
 
 def cmd_mnist_sample(args: argparse.Namespace) -> int:
@@ -204,7 +231,7 @@ def cmd_mnist_sample(args: argparse.Namespace) -> int:
     res = sample_images(args.run_dir, out=args.out, n=args.n or 0, digit=args.digit, sampler=args.sampler or "",
                         steps=args.steps or 0, eta=args.eta, guidance=args.guidance, seed=args.seed,
                         device=args.device, weights=args.weights, gif=not args.no_gif,
-                        overrides=[item for group in args.overrides for item in group])
+                        overrides=args.overrides)
     for kind, path in res["files"].items():
         print(f"{kind}: {path}")
     print(f"[{res['n']} images, sampler {res['sampler']} {res['steps']} steps, {res['nfe']:g} network evaluations "
@@ -217,7 +244,7 @@ def cmd_mnist_eval(args: argparse.Namespace) -> int:
 
     row = evaluate_images(args.run_dir, samples=args.samples, sampler=args.sampler or "", steps=args.steps or 0,
                           eta=args.eta, guidance=args.guidance, seed=args.seed, device=args.device,
-                          overrides=[item for group in args.overrides for item in group])
+                          overrides=args.overrides)
     print(format_eval(row))
     print(f"wrote {Path(args.run_dir) / 'eval.json'} (and appended to evals.jsonl)")
     return 0
@@ -229,66 +256,32 @@ def cmd_mnist_demo(args: argparse.Namespace) -> int:
     return run_demo(steps=args.steps, data=args.data, run_dir=args.run_dir, preset=args.preset)
 
 
-def _mnist_parser(sub) -> None:
-    m = sub.add_parser("mnist", help="image diffusion on MNIST: train | sample | eval | demo")
-    msub = m.add_subparsers(dest="mnist_command", required=True)
-    t = msub.add_parser("train", help="train a DDPM U-Net (or --resume one)")
-    t.add_argument("--preset", choices=sorted(PRESETS), default="cpu", help="model/trainer size (default cpu)")
-    t.add_argument("--data", help="mnist (default: data dir or download), digits (offline 8x8), a mnist.npz "
-                                  "or a directory of the four IDX files")
-    t.add_argument("--steps", type=_positive(int))
-    t.add_argument("--run-dir")
-    t.add_argument("--seed", type=int)
-    t.add_argument("--device")
-    t.add_argument("--set", dest="overrides", action="append", nargs="+", default=[], metavar="KEY=VALUE",
-                   help="e.g. --set unet.base_channels=32 method.noise_schedule=cosine method.target=v")
-    t.add_argument("--resume", metavar="RUN_DIR")
-    t.add_argument("--no-progress", action="store_true")
-    t.set_defaults(func=cmd_mnist_train)
-
-    s = msub.add_parser("sample", help="write a sample grid, a denoising strip and a GIF of the reverse process")
-    s.add_argument("run_dir")
-    s.add_argument("--out", help="output folder (default RUN/samples)")
-    s.add_argument("--n", type=_positive(int), help="images (default 8 per digit, or 64 unconditional)")
-    s.add_argument("--digit", type=int, help="generate only this digit (class-conditional runs)")
-    s.add_argument("--sampler", choices=("ddpm", "ddim"))
-    s.add_argument("--steps", type=_positive(int), help="network evaluations (<= the T of training)")
-    s.add_argument("--eta", type=float, help="DDIM noise in [0, 1] (0 = deterministic)")
-    s.add_argument("--guidance", type=float, help="classifier-free guidance scale (1 = plain conditional)")
-    s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--device", default="auto")
-    s.add_argument("--weights", choices=("ema", "model"), default="ema")
-    s.add_argument("--no-gif", action="store_true")
-    s.add_argument("--set", dest="overrides", action="append", nargs="+", default=[], metavar="KEY=VALUE",
-                   help="sampling options, e.g. --set method.clamp=false (no x0 clipping)")
-    s.set_defaults(func=cmd_mnist_sample)
-
-    e = msub.add_parser("eval", help="FID and class accuracy in a trained classifier's feature space")
-    e.add_argument("run_dir")
-    e.add_argument("--samples", type=_positive(int), default=1000)
-    e.add_argument("--sampler", choices=("ddpm", "ddim"))
-    e.add_argument("--steps", type=_positive(int))
-    e.add_argument("--eta", type=float)
-    e.add_argument("--guidance", type=float)
-    e.add_argument("--seed", type=int, default=0)
-    e.add_argument("--device", default="auto")
-    e.add_argument("--set", dest="overrides", action="append", nargs="+", default=[], metavar="KEY=VALUE",
-                   help="sampling options, e.g. --set method.clamp=false (no x0 clipping)")
-    e.set_defaults(func=cmd_mnist_eval)
-
-    d = msub.add_parser("demo", help="train a small class-conditional model and write its samples (CPU minutes)")
-    d.add_argument("--steps", type=_positive(int), help="training steps (default 1500)")
-    d.add_argument("--data", default="mnist", help="mnist (falls back to the offline digits) or digits")
-    d.add_argument("--preset", choices=sorted(PRESETS), default="cpu")
-    d.add_argument("--run-dir")
-    d.set_defaults(func=cmd_mnist_demo)
+_SET_HELP = "sampling options of the method, one per --set, e.g. --set method.clamp=true --set method.eta=0.5"
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _add_set(parser: argparse.ArgumentParser, help: str) -> None:
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help=help)
+
+
+def _add_decoding(parser: argparse.ArgumentParser) -> None:
+    """How text samples are drawn, shared by ``sample`` and ``eval`` so the two score the same thing."""
+    parser.add_argument("--temperature", type=_positive(float), default=1.0)
+    parser.add_argument("--top-k", type=int, default=0)
+    parser.add_argument("--top-p", type=_positive(float), default=1.0)
+    parser.add_argument("--seed", type=int, default=0)
+
+
+def _text_sampler_help() -> str:
+    """Each text method's samplers, read from the registry so a new method or sampler shows up unasked."""
+    from textdiffusion.methods import REGISTRY, TextMethod
+
+    groups = [f"{' | '.join(cls.samplers)} ({name})" for name, cls in sorted(REGISTRY.items())
+              if issubclass(cls, TextMethod)]
+    return "; ".join(groups) + "; the first listed is the default unless the run's config names another"
+
+
+def _train_parser(sub) -> None:
     from textdiffusion.methods import REGISTRY
-
-    p = argparse.ArgumentParser(prog="textdiffusion", description=__doc__.split("\n\n")[0])
-    sub = p.add_subparsers(dest="command", required=True)
 
     t = sub.add_parser("train", help="train a model (or --resume one)")
     t.add_argument("--method", choices=sorted(REGISTRY), help="what to train")
@@ -298,12 +291,13 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--run-dir", help="where to write the run (default runs/METHOD-PRESET-TIME)")
     t.add_argument("--seed", type=int, help="random seed (default 1337)")
     t.add_argument("--device", help="auto, cpu, cuda, cuda:N")
-    t.add_argument("--set", dest="overrides", action="append", nargs="+", default=[], metavar="KEY=VALUE",
-                   help="override any config field, e.g. --set model.n_layer=8 train.lr=2e-3")
+    _add_set(t, "override any config field, one per --set, e.g. --set model.n_layer=8 --set train.lr=2e-3")
     t.add_argument("--resume", metavar="RUN_DIR", help="continue a stopped run exactly where it left off")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
     t.set_defaults(func=cmd_train)
 
+
+def _sample_parser(sub) -> None:
     s = sub.add_parser("sample", help="generate text from a trained run")
     s.add_argument("run_dir")
     s.add_argument("--prompt", help="text the sample must start with")
@@ -312,37 +306,32 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--n", type=_positive(int), default=1, help="number of samples")
     s.add_argument("--length", type=_positive(int), help="characters per sample, prompt included (default: context)")
     s.add_argument("--steps", type=_positive(int), help="denoising steps (diffusion samplers)")
-    s.add_argument("--sampler", help="ancestral | cached | confidence | topk (masked); ancestral (ar); "
-                                     "ddim | ddpm | guided (embedding)")
-    s.add_argument("--temperature", type=_positive(float), default=1.0)
-    s.add_argument("--top-k", type=int, default=0)
-    s.add_argument("--top-p", type=_positive(float), default=1.0)
-    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--sampler", help=_text_sampler_help())
+    _add_decoding(s)
     s.add_argument("--show", action="store_true", help="animate the denoising in the terminal (on stderr)")
     s.add_argument("--delay", type=float, default=0.03, help="seconds per frame of --show")
     s.add_argument("--trajectory", metavar="FILE", help="write every intermediate state as JSON")
     s.add_argument("--weights", choices=("ema", "model"), default="ema", help="EMA (default) or raw weights")
     s.add_argument("--device", default="auto")
-    s.add_argument("--set", dest="overrides", action="append", nargs="+", default=[], metavar="KEY=VALUE",
-                   help="sampling options of the method, e.g. --set method.clamp=true method.eta=0.5")
+    _add_set(s, _SET_HELP)
     s.set_defaults(func=cmd_sample)
 
+
+def _eval_parser(sub) -> None:
     e = sub.add_parser("eval", help="validation bits/char, sample quality and speed; writes RUN_DIR/eval.json")
     e.add_argument("run_dir")
     e.add_argument("--samples", type=_positive(int), default=64, help="number of samples to score (default 64)")
     e.add_argument("--length", type=_positive(int), help="characters per sample (default: context)")
-    e.add_argument("--sampler")
+    e.add_argument("--sampler", help=_text_sampler_help())
     e.add_argument("--steps", type=_positive(int))
-    e.add_argument("--temperature", type=_positive(float), default=1.0)
-    e.add_argument("--top-k", type=int, default=0)
-    e.add_argument("--top-p", type=_positive(float), default=1.0)
-    e.add_argument("--seed", type=int, default=0)
+    _add_decoding(e)
     e.add_argument("--val-windows", type=int, default=0, help="validation windows to score (0 = all)")
     e.add_argument("--device", default="auto")
-    e.add_argument("--set", dest="overrides", action="append", nargs="+", default=[], metavar="KEY=VALUE",
-                   help="sampling options of the method, e.g. --set method.clamp=true method.eta=0.5")
+    _add_set(e, _SET_HELP)
     e.set_defaults(func=cmd_eval)
 
+
+def _demo_parser(sub) -> None:
     d = sub.add_parser("demo", help="train a small masked-diffusion model on Tiny Shakespeare and watch it write")
     d.add_argument("--steps", type=_positive(int), default=None, help="training steps (default 1500)")
     d.add_argument("--data", default="tinyshakespeare")
@@ -350,6 +339,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--run-dir")
     d.set_defaults(func=cmd_demo)
 
+
+def _compare_parser(sub) -> None:
     c = sub.add_parser("compare", help="compare runs: a self-contained HTML report, comparison.md and .json")
     c.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run directories (text and image runs mix)")
     c.add_argument("--out", required=True, help="folder for report.html, comparison.md, comparison.json")
@@ -366,6 +357,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--no-progress", action="store_true")
     c.set_defaults(func=cmd_compare)
 
+
+def _serve_parser(sub) -> None:
     v = sub.add_parser("serve", help="a local web page to sample and infill interactively, denoising streamed live")
     v.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="text run directories to offer")
     v.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1: this machine only)")
@@ -374,7 +367,121 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--max-steps", type=_positive(int), default=1000, help="largest step count a request may ask")
     v.add_argument("--max-concurrent", type=_positive(int), default=4, help="samplings running at once")
     v.set_defaults(func=cmd_serve)
-    _mnist_parser(sub)
+
+
+def _mnist_train_parser(msub) -> None:
+    t = msub.add_parser("train", help="train a DDPM U-Net (or --resume one)")
+    t.add_argument("--preset", choices=sorted(PRESETS), default="cpu", help="model/trainer size (default cpu)")
+    t.add_argument("--data", help="mnist (default: data dir or download), digits (offline 8x8), a mnist.npz "
+                                  "or a directory of the four IDX files")
+    t.add_argument("--steps", type=_positive(int))
+    t.add_argument("--run-dir")
+    t.add_argument("--seed", type=int)
+    t.add_argument("--device")
+    _add_set(t, "e.g. --set unet.base_channels=32 --set method.noise_schedule=cosine --set method.target=v")
+    t.add_argument("--resume", metavar="RUN_DIR")
+    t.add_argument("--no-progress", action="store_true")
+    t.set_defaults(func=cmd_mnist_train)
+
+
+def _add_image_sampling(parser: argparse.ArgumentParser) -> None:
+    """The image sampler's knobs, shared by ``mnist sample`` and ``mnist eval``; choices from the method."""
+    from textdiffusion.methods.image import ImageDiffusion
+
+    parser.add_argument("--sampler", choices=ImageDiffusion.samplers)
+    parser.add_argument("--steps", type=_positive(int), help="network evaluations (<= the T of training)")
+    parser.add_argument("--eta", type=float, help="DDIM noise in [0, 1] (0 = deterministic)")
+    parser.add_argument("--guidance", type=float, help="classifier-free guidance scale (1 = plain conditional)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="auto")
+
+
+_IMAGE_SET_HELP = "sampling options, e.g. --set method.clamp=false (no x0 clipping)"
+
+
+def _mnist_sample_parser(msub) -> None:
+    s = msub.add_parser("sample", help="write a sample grid, a denoising strip and a GIF of the reverse process")
+    s.add_argument("run_dir")
+    s.add_argument("--out", help="output folder (default RUN/samples)")
+    s.add_argument("--n", type=_positive(int), help="images (default 8 per digit, or 64 unconditional)")
+    s.add_argument("--digit", type=int, help="generate only this digit (class-conditional runs)")
+    _add_image_sampling(s)
+    s.add_argument("--weights", choices=("ema", "model"), default="ema")
+    s.add_argument("--no-gif", action="store_true")
+    _add_set(s, _IMAGE_SET_HELP)
+    s.set_defaults(func=cmd_mnist_sample)
+
+
+def _mnist_eval_parser(msub) -> None:
+    e = msub.add_parser("eval", help="FID and class accuracy in a trained classifier's feature space")
+    e.add_argument("run_dir")
+    e.add_argument("--samples", type=_positive(int), default=1000)
+    _add_image_sampling(e)
+    _add_set(e, _IMAGE_SET_HELP)
+    e.set_defaults(func=cmd_mnist_eval)
+
+
+def _mnist_demo_parser(msub) -> None:
+    d = msub.add_parser("demo", help="train a small class-conditional model and write its samples (CPU minutes)")
+    d.add_argument("--steps", type=_positive(int), help="training steps (default 1500)")
+    d.add_argument("--data", default="mnist", help="mnist (falls back to the offline digits) or digits")
+    d.add_argument("--preset", choices=sorted(PRESETS), default="cpu")
+    d.add_argument("--run-dir")
+    d.set_defaults(func=cmd_mnist_demo)
+
+
+def _mnist_parser(sub) -> None:
+    m = sub.add_parser("mnist", help="image diffusion on MNIST: train | sample | eval | demo")
+    msub = m.add_subparsers(dest="mnist_command", required=True)
+    for add in (_mnist_train_parser, _mnist_sample_parser, _mnist_eval_parser, _mnist_demo_parser):
+        add(msub)
+
+
+_KEY_VALUE = re.compile(r"\s*[A-Za-z_][\w.]*\s*=")
+
+
+def _one_setting_per_flag(argv: list[str]) -> list[str]:
+    """Rewrite ``--set a=1 b=2`` as ``--set a=1 --set b=2``.
+
+    ``--set`` takes one KEY=VALUE, so a run directory may follow it (``sample --set method.eta=0.5 RUN``);
+    command lines written for the older several-per-flag form keep working: the KEY=VALUE items that follow
+    a setting are given flags of their own. The first item after ``--set`` is left to argparse as before (a
+    malformed one is reported by the config, which says what a setting looks like)."""
+    out: list[str] = []
+    i = 0
+    while i < len(argv):
+        item = argv[i]
+        if item == "--":  # everything after it is positional
+            return out + argv[i:]
+        out.append(item)
+        i += 1
+        if item == "--set" and i < len(argv) and not argv[i].startswith("-"):
+            out.append(argv[i])
+            i += 1
+            while i < len(argv) and _KEY_VALUE.match(argv[i]):
+                out += ["--set", argv[i]]
+                i += 1
+    return out
+
+
+class _Parser(argparse.ArgumentParser):
+    """An ArgumentParser that accepts the several-settings-per ``--set`` form (:func:`_one_setting_per_flag`)."""
+
+    def parse_known_args(self, args=None, namespace=None):
+        args = sys.argv[1:] if args is None else list(args)
+        return super().parse_known_args(_one_setting_per_flag(args), namespace)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from textdiffusion import __version__
+
+    p = _Parser(prog="textdiffusion", description="Train, sample, evaluate and compare diffusion models on text "
+                                                  "and images, side by side with an autoregressive baseline.")
+    p.add_argument("--version", action="version", version=f"textdiffusion {__version__}")
+    sub = p.add_subparsers(dest="command", required=True)
+    for add in (_train_parser, _sample_parser, _eval_parser, _demo_parser, _compare_parser, _serve_parser,
+                _mnist_parser):
+        add(sub)
     return p
 
 
