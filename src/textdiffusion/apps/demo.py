@@ -40,10 +40,15 @@ def run_demo(steps: int | None = None, data: str = "tinyshakespeare", run_dir: s
     res = run.method.sample(run.model, SampleRequest(n=1), gen, TerminalAnimation(run.tokenizer, delay=0.05))
     print("\nSample:\n")
     print(run.tokenizer.decode(res.ids[0].tolist()))
+    _print_next_steps(rd, summary)
+    return 0
+
+
+def _print_next_steps(rd: Path, summary: dict) -> None:
+    """The demo's validation bound, where its run lives and the commands to try on it."""
     if "val_bpc" in summary:
         print(f"\nvalidation: {summary['val_bpc']:.3f} bits/char on {summary['val_windows']} windows "
               f"(an upper bound: the NELBO)", file=sys.stderr)
     print(f"\nrun directory: {rd}\n  more samples: textdiffusion sample {rd} --n 4 --show\n"
           f"  infilling:    textdiffusion sample {rd} --infill 'ROMEO:\\nO ____ art thou'\n"
           f"  evaluate:     textdiffusion eval {rd}", file=sys.stderr)
-    return 0

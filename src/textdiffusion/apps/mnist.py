@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +44,30 @@ def _labels_for(method: ImageDiffusion, n: int, digit: int | None) -> list[int] 
     return None
 
 
+@dataclass
+class _Layout:
+    """How a batch of samples is drawn and laid out: its size and labels, the grid's rows, the strip's samples."""
+
+    n: int
+    labels: list[int] | None
+    nrow: int  # images per grid row
+    row_labels: list[str] | None  # a caption per grid row (one row per digit)
+    strip: list[int]  # the samples shown in the denoising strip and the GIF
+
+
+def _layout(method: ImageDiffusion, n: int, digit: int | None, strip_rows: int) -> _Layout:
+    k = method.spec.num_classes
+    if not method.conditional or digit is not None:
+        n = n or 64
+        return _Layout(n, _labels_for(method, n, digit), 8, None, list(range(min(strip_rows, n))))
+    n = n or 8 * k
+    per_row = n // k
+    # one row per digit: order the batch digit-major, and let the strip show the first sample of each row,
+    # so its rows are different digits
+    return _Layout(n, sorted(_labels_for(method, n, None) or []), per_row, [str(d) for d in range(k)],
+                   [d * per_row for d in range(min(strip_rows, k))])
+
+
 def sample_images(run_dir: str | Path, out: str | Path | None = None, n: int = 0, digit: int | None = None,
                   sampler: str = "", steps: int = 0, eta: float | None = None, guidance: float | None = None,
                   seed: int = 0, device: str = "auto", weights: str = "ema", strip_rows: int = 10,
@@ -51,29 +76,20 @@ def sample_images(run_dir: str | Path, out: str | Path | None = None, n: int = 0
     (x_t at evenly spaced t for the first ``strip_rows`` samples) and ``reverse.gif`` into ``out``."""
     run = open_image_run(run_dir, weights=weights, device=device, overrides=overrides)
     method: ImageDiffusion = run.method  # type: ignore[assignment]
-    k = method.spec.num_classes
-    per_class = method.conditional and digit is None
-    n = n or (8 * k if per_class else 64)
-    labels = _labels_for(method, n, digit)
-    if per_class:  # one row per digit: order the batch digit-major
-        labels = sorted(labels or [])
-    out_dir = Path(out) if out else run.path / "samples"
-    per_row = n // k if per_class else 1
-    # the strip shows different digits when there are rows per digit: the first sample of each row
-    indices = [d * per_row for d in range(min(strip_rows, k))] if per_class else list(range(min(strip_rows, n)))
-    recorder = ReverseProcessRecorder(indices=indices)
+    layout = _layout(method, n, digit, strip_rows)
+    recorder = ReverseProcessRecorder(indices=layout.strip)
     gen = torch.Generator(device=run.device).manual_seed(seed)
     tic = time.perf_counter()
-    res = method.sample(run.model, ImageRequest(n=n, labels=labels, sampler=sampler, steps=steps, eta=eta,
-                                                guidance=guidance), gen, recorder)
+    res = method.sample(run.model, ImageRequest(n=layout.n, labels=layout.labels, sampler=sampler, steps=steps,
+                                                eta=eta, guidance=guidance), gen, recorder)
     seconds = time.perf_counter() - tic
-    nrow = per_row if per_class else 8
-    row_labels = [str(d) for d in range(k)] if per_class else None
-    written = {"grid": str(save_grid(res.images, out_dir / "samples.png", nrow=nrow, row_labels=row_labels))}
-    written["strip"] = str(recorder.save_strip(out_dir / "denoising.png"))
+    out_dir = Path(out) if out else run.path / "samples"
+    written = {"grid": str(save_grid(res.images, out_dir / "samples.png", nrow=layout.nrow,
+                                     row_labels=layout.row_labels)),
+               "strip": str(recorder.save_strip(out_dir / "denoising.png"))}
     if gif:
-        written["gif"] = str(recorder.save_gif(out_dir / "reverse.gif", nrow=len(indices)))
-    return {"n": n, "seconds": seconds, "seconds_per_image": seconds / n, "nfe": res.nfe, **res.info,
+        written["gif"] = str(recorder.save_gif(out_dir / "reverse.gif", nrow=len(layout.strip)))
+    return {"n": layout.n, "seconds": seconds, "seconds_per_image": seconds / layout.n, "nfe": res.nfe, **res.info,
             "files": written}
 
 
@@ -101,6 +117,39 @@ def classifier_for_data(data: Any, device: torch.device, progress: bool = True):
     return classifier_for(_data_key(data), train, cache_dir() / "classifiers", {"data": data.record()})
 
 
+def _sample_in_batches(run: LoadedRun, labels: list[int] | None, samples: int, batch_size: int,
+                       gen: torch.Generator, progress: bool, **request: Any) -> tuple[torch.Tensor, float, dict, float]:
+    """``samples`` images drawn ``batch_size`` at a time: the images (on the CPU), the seconds spent sampling
+    (CUDA synchronised, so the time is the sampling's), and the last batch's sampler info and NFE."""
+    method: ImageDiffusion = run.method  # type: ignore[assignment]
+    images, seconds, info, nfe = [], 0.0, {}, 0.0
+    for start in range(0, samples, batch_size):
+        part = labels[start: start + batch_size] if labels else None
+        m = min(batch_size, samples - start)
+        tic = time.perf_counter()
+        res = method.sample(run.model, ImageRequest(n=m, labels=part, **request), gen)
+        if run.device.type == "cuda":
+            torch.cuda.synchronize()
+        seconds += time.perf_counter() - tic
+        images.append(res.images.cpu())
+        info, nfe = res.info, res.nfe
+        if progress:
+            print(f"  sampled {start + m}/{samples}", file=sys.stderr)
+    return torch.cat(images), seconds, info, nfe
+
+
+def _reference_data(run: LoadedRun):
+    """The run's own dataset (its test split is what FID compares with), checked to hold the run's image size."""
+    from textdiffusion.data.images import load_images
+
+    size = run.method.spec.size  # type: ignore[attr-defined]
+    data = load_images(run.cfg.data.corpus)
+    if data.image_size != size:
+        raise DataError(f"the run was trained on {size}x{size} images but "
+                        f"{run.cfg.data.corpus} holds {data.image_size}x{data.image_size}")
+    return data
+
+
 def evaluate_images(run_dir: str | Path, samples: int = 1000, sampler: str = "", steps: int = 0,
                     eta: float | None = None, guidance: float | None = None, seed: int = 0, device: str = "auto",
                     batch_size: int = 500, progress: bool = True, write: bool = True,
@@ -109,33 +158,16 @@ def evaluate_images(run_dir: str | Path, samples: int = 1000, sampler: str = "",
     digits it was asked for (class-conditional runs), and the sampling time per image.
 
     Appends the row to ``RUN/evals.jsonl`` and writes it as ``RUN/eval.json``."""
-    from textdiffusion.data.images import load_images
     from textdiffusion.image_metrics import fid_and_accuracy
 
     run = open_image_run(run_dir, device=device, overrides=overrides)
     method: ImageDiffusion = run.method  # type: ignore[assignment]
-    data = load_images(run.cfg.data.corpus)
-    if data.image_size != method.spec.size:
-        raise DataError(f"the run was trained on {method.spec.size}x{method.spec.size} images but "
-                        f"{run.cfg.data.corpus} holds {data.image_size}x{data.image_size}")
+    data = _reference_data(run)
     clf, clf_info = classifier_for_data(data, run.device, progress)
     labels = _labels_for(method, samples, None)
     gen = torch.Generator(device=run.device).manual_seed(seed)
-    images, seconds, info, nfe = [], 0.0, {}, 0.0
-    for start in range(0, samples, batch_size):
-        part = labels[start: start + batch_size] if labels else None
-        m = min(batch_size, samples - start)
-        tic = time.perf_counter()
-        res = method.sample(run.model, ImageRequest(n=m, labels=part, sampler=sampler, steps=steps, eta=eta,
-                                                    guidance=guidance), gen)
-        if run.device.type == "cuda":
-            torch.cuda.synchronize()
-        seconds += time.perf_counter() - tic
-        images.append(res.images.cpu())
-        info, nfe = res.info, res.nfe
-        if progress:
-            print(f"  sampled {start + m}/{samples}", file=sys.stderr)
-    generated = torch.cat(images)
+    generated, seconds, info, nfe = _sample_in_batches(run, labels, samples, batch_size, gen, progress,
+                                                       sampler=sampler, steps=steps, eta=eta, guidance=guidance)
     reference = to_unit_range(data.x_test)
     scores = fid_and_accuracy(clf.to(run.device), generated.to(run.device), reference.to(run.device),
                               torch.tensor(labels) if labels else None)
@@ -180,6 +212,13 @@ def resolve_demo_data(data: str) -> tuple[str, str | None]:
         return "digits", str(e)
 
 
+def _demo_config(source: str, steps: int | None, preset: str):
+    overrides = [f"data.corpus={source}", f"train.steps={steps or DEMO_STEPS}", "train.final_eval_windows=500"]
+    if source == "digits":  # 8x8 pictures: one halving of the resolution instead of two
+        overrides.append("unet.channel_mult=1,2")
+    return make_config("image", preset, overrides)
+
+
 def run_demo(steps: int | None = None, data: str = "mnist", run_dir: str | None = None, preset: str = "cpu") -> int:
     from textdiffusion.train import default_run_dir, run_training
 
@@ -187,10 +226,7 @@ def run_demo(steps: int | None = None, data: str = "mnist", run_dir: str | None 
     if why:
         print(f"MNIST is not available ({why.split(';')[0]}); using scikit-learn's 8x8 digits instead "
               f"(offline fallback, recorded in the run's config)", file=sys.stderr)
-    overrides = [f"data.corpus={source}", f"train.steps={steps or DEMO_STEPS}", "train.final_eval_windows=500"]
-    if source == "digits":
-        overrides.append("unet.channel_mult=1,2")
-    cfg = make_config("image", preset, overrides)
+    cfg = _demo_config(source, steps, preset)
     rd = Path(run_dir) if run_dir else default_run_dir(cfg)
     print(f"Training a class-conditional DDPM U-Net on {source} for {cfg.train.steps} steps "
           f"({cfg.train.batch_size} images per step); Ctrl-C stops early and keeps the checkpoint.", file=sys.stderr)
@@ -198,7 +234,12 @@ def run_demo(steps: int | None = None, data: str = "mnist", run_dir: str | None 
     if summary.get("interrupted"):
         print(f"stopped; continue with: textdiffusion mnist train --resume {rd}", file=sys.stderr)
         return 130
-    result = sample_images(rd, sampler="ddim", steps=100)
+    _print_demo_report(rd, sample_images(rd, sampler="ddim", steps=100), summary)
+    return 0
+
+
+def _print_demo_report(rd: Path, result: dict[str, Any], summary: dict[str, Any]) -> None:
+    """Where the demo's pictures are, its validation bound, and the commands to try next."""
     print(f"\nsamples (a row per digit, DDIM 100 steps): {result['files']['grid']}\n"
           f"denoising strip: {result['files']['strip']}\nreverse process: {result['files']['gif']}")
     if "val_bpd" in summary:
@@ -206,7 +247,6 @@ def run_demo(steps: int | None = None, data: str = "mnist", run_dir: str | None 
               f"test images", file=sys.stderr)
     print(f"\nrun directory: {rd}\n  more samples: textdiffusion mnist sample {rd} --digit 7 --guidance 3\n"
           f"  evaluate:     textdiffusion mnist eval {rd} --samples 1000 --steps 50", file=sys.stderr)
-    return 0
 
 
 def check_digit(digit: int | None) -> None:
