@@ -259,43 +259,49 @@ class TextMethod(Method[SampleRequest, SampleResult]):
         character is one masked token, and each run of known text between placeholders is encoded as a
         whole: a multi-character tokenizer (BPE, WordPiece) can only tokenise text, not single characters.
         """
-        unit = "characters" if self.tok.kind == "char" else "tokens"
-        length = req.length or self.model_cfg.context
-        if req.infill is not None:
-            if not self.supports_infill:
-                raise ConfigError(f"the {self.name} method only continues a prefix; --infill needs a bidirectional "
-                                  f"method such as --method masked (use --prompt here)")
-            if req.prompt:
-                raise ConfigError("use either --prompt or --infill, not both (a prompt is an infill template "
-                                  "whose blanks are all at the end)")
-            if not req.placeholder or len(req.placeholder) != 1:
-                raise ConfigError("--placeholder must be exactly one character")
-            template = req.infill
-            if req.placeholder not in template:
-                raise ConfigError(f"the --infill text has no {req.placeholder!r} placeholders to fill; mark the "
-                                  f"characters to generate with {req.placeholder!r} (or pick --placeholder)")
-            known = template.replace(req.placeholder, "")
-            self.tok.encode(known)  # one clear error for unseen characters
-            ids = self._encode_template(template, req.placeholder)
-            length = req.length or len(ids)  # an infill's output is the filled template
-            if len(ids) > length:
-                raise ConfigError(f"the infill template has {len(ids)} {unit} but --length is {length}")
-            ids += [self.tok.mask_id] * (length - len(ids))
-        else:
-            prompt_ids = self.tok.encode(req.prompt) if req.prompt else []
-            if len(prompt_ids) >= length:
-                raise ConfigError(f"the prompt has {len(prompt_ids)} {unit}, so nothing is left to generate "
-                                  f"in --length {length}; use a shorter prompt or a larger --length")
-            ids = prompt_ids + [self.tok.mask_id] * (length - len(prompt_ids))
+        ids = self._infill_ids(req) if req.infill is not None else self._prompt_ids(req)
         state = torch.tensor(ids, dtype=torch.long, device=device).repeat(req.n, 1)
         return state, state != self.tok.mask_id
+
+    def _unit(self) -> str:
+        return "characters" if self.tok.kind == "char" else "tokens"
+
+    def _prompt_ids(self, req: SampleRequest) -> list[int]:
+        """The prompt's ids, then masks up to the length (the context by default)."""
+        length = req.length or self.model_cfg.context
+        prompt_ids = self.tok.encode(req.prompt) if req.prompt else []
+        if len(prompt_ids) >= length:
+            raise ConfigError(f"the prompt has {len(prompt_ids)} {self._unit()}, so nothing is left to generate "
+                              f"in --length {length}; use a shorter prompt or a larger --length")
+        return prompt_ids + [self.tok.mask_id] * (length - len(prompt_ids))
+
+    def _infill_ids(self, req: SampleRequest) -> list[int]:
+        """The template's ids with a mask per placeholder, then masks up to ``req.length`` if that is longer."""
+        assert req.infill is not None
+        if not self.supports_infill:
+            raise ConfigError(f"the {self.name} method only continues a prefix; --infill needs a bidirectional "
+                              f"method such as --method masked (use --prompt here)")
+        if req.prompt:
+            raise ConfigError("use either --prompt or --infill, not both (a prompt is an infill template "
+                              "whose blanks are all at the end)")
+        if not req.placeholder or len(req.placeholder) != 1:
+            raise ConfigError("--placeholder must be exactly one character")
+        template = req.infill
+        if req.placeholder not in template:
+            raise ConfigError(f"the --infill text has no {req.placeholder!r} placeholders to fill; mark the "
+                              f"characters to generate with {req.placeholder!r} (or pick --placeholder)")
+        self.tok.encode(template.replace(req.placeholder, ""))  # one clear error for unseen characters
+        ids = self._encode_template(template, req.placeholder)
+        length = req.length or len(ids)  # an infill's output is the filled template
+        if len(ids) > length:
+            raise ConfigError(f"the infill template has {len(ids)} {self._unit()} but --length is {length}")
+        return ids + [self.tok.mask_id] * (length - len(ids))
 
     def check_length(self, length: int) -> None:
         """One window at a time, unless the method can slide past its context."""
         ctx = self.model_cfg.context
         if not self.extends_past_context and length > ctx:
-            unit = "characters" if self.tok.kind == "char" else "tokens"
-            raise ConfigError(f"--length {length} exceeds the model's context of {ctx} {unit}; the {self.name} "
+            raise ConfigError(f"--length {length} exceeds the model's context of {ctx} {self._unit()}; the {self.name} "
                               f"method denoises one window at a time, use --length <= {ctx}")
 
     def _encode_template(self, template: str, placeholder: str) -> list[int]:
