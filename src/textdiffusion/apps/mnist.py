@@ -36,6 +36,12 @@ def open_image_run(path: str | Path, weights: str = "ema", device: str = "auto",
     return run
 
 
+def image_method(run: LoadedRun) -> ImageDiffusion:
+    """The image method of a run opened by :func:`open_image_run` (which refused any other)."""
+    assert isinstance(run.method, ImageDiffusion)
+    return run.method
+
+
 def _labels_for(method: ImageDiffusion, n: int, digit: int | None) -> list[int] | None:
     if digit is not None:
         return [digit] * n
@@ -75,7 +81,7 @@ def sample_images(run_dir: str | Path, out: str | Path | None = None, n: int = 0
     """Generate and write ``samples.png`` (a row per digit for a class-conditional model), ``denoising.png``
     (x_t at evenly spaced t for the first ``strip_rows`` samples) and ``reverse.gif`` into ``out``."""
     run = open_image_run(run_dir, weights=weights, device=device, overrides=overrides)
-    method: ImageDiffusion = run.method  # type: ignore[assignment]
+    method = image_method(run)
     layout = _layout(method, n, digit, strip_rows)
     recorder = ReverseProcessRecorder(indices=layout.strip)
     gen = torch.Generator(device=run.device).manual_seed(seed)
@@ -121,7 +127,7 @@ def _sample_in_batches(run: LoadedRun, labels: list[int] | None, samples: int, b
                        gen: torch.Generator, progress: bool, **request: Any) -> tuple[torch.Tensor, float, dict, float]:
     """``samples`` images drawn ``batch_size`` at a time: the images (on the CPU), the seconds spent sampling
     (CUDA synchronised, so the time is the sampling's), and the last batch's sampler info and NFE."""
-    method: ImageDiffusion = run.method  # type: ignore[assignment]
+    method = image_method(run)
     images, seconds, info, nfe = [], 0.0, {}, 0.0
     for start in range(0, samples, batch_size):
         part = labels[start: start + batch_size] if labels else None
@@ -142,7 +148,7 @@ def _reference_data(run: LoadedRun):
     """The run's own dataset (its test split is what FID compares with), checked to hold the run's image size."""
     from textdiffusion.data.images import load_images
 
-    size = run.method.spec.size  # type: ignore[attr-defined]
+    size = image_method(run).spec.size
     data = load_images(run.cfg.data.corpus)
     if data.image_size != size:
         raise DataError(f"the run was trained on {size}x{size} images but "
@@ -161,7 +167,7 @@ def evaluate_images(run_dir: str | Path, samples: int = 1000, sampler: str = "",
     from textdiffusion.image_metrics import fid_and_accuracy
 
     run = open_image_run(run_dir, device=device, overrides=overrides)
-    method: ImageDiffusion = run.method  # type: ignore[assignment]
+    method = image_method(run)
     data = _reference_data(run)
     clf, clf_info = classifier_for_data(data, run.device, progress)
     labels = _labels_for(method, samples, None)
