@@ -22,6 +22,7 @@ time samples per window and a fixed seed: an unbiased estimate of an upper bound
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -51,6 +52,9 @@ from textdiffusion.methods.base import (
     register,
 )
 from textdiffusion.nn.transformer import Transformer
+
+# forward(z, t, rows) -> logits: the network on a state, for the sequences ``rows`` of the batch (None = all)
+Denoiser = Callable[..., torch.Tensor]
 
 
 @dataclass
@@ -164,33 +168,52 @@ class MaskedDiffusion(TextMethod):
     @torch.no_grad()
     def sample(self, model: Transformer, req: SampleRequest, generator: torch.Generator,
                on_step: StepCallback | None = None) -> SampleResult:
-        sampler = self.check_sampler(req.sampler)
+        sampler = self._check_request(req)
         device = next(model.parameters()).device
         state, fixed = self.prepare(req, device)
-        _n, L = state.shape
+        L = state.shape[1]
         self.check_length(L)
         steps = req.steps or self.default_steps(L)
         if steps < 1:
             raise ConfigError("--steps must be >= 1")
+        state = self._from_prior(state, fixed, generator)
+        if on_step:
+            on_step(0, state.clone(), {"t": 1.0, "nfe": 0})
+
+        def forward(z: torch.Tensor, t: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
+            return self._forward(model, z, t)
+
+        state, nfe = self.denoise(forward, state, steps, sampler, req, generator, on_step)
+        return SampleResult(state, nfe, fixed, {"sampler": sampler, "steps": steps})
+
+    def _check_request(self, req: SampleRequest) -> str:
+        """The sampler to use, after the checks that need no model."""
+        sampler = self.check_sampler(req.sampler)
         if sampler == "cached" and self.time_conditioning:
             raise ConfigError("the cached sampler reuses the network's output when nothing changed, which is "
                               "only exact without time conditioning; use --sampler ancestral")
-        # start from the prior: a tiny alpha(1) > 0 means a few positions start as uniform symbols
-        a1 = self.schedule.alpha_one()
-        if a1 > 0:
-            lucky = (torch.rand(state.shape, generator=generator, device=device) < a1) & ~fixed
-            noise = torch.randint(0, self.tok.n_symbols, state.shape, generator=generator, device=device)
-            state = torch.where(lucky, noise, state)
-        if on_step:
-            on_step(0, state.clone(), {"t": 1.0, "nfe": 0})
-        if sampler in ("ancestral", "cached"):
-            state, nfe = self._ancestral(model, state, steps, req, generator, on_step, cached=sampler == "cached")
-        else:
-            state, nfe = self._by_confidence(model, state, steps, req, generator, on_step,
-                                             threshold=self.cfg.confidence if sampler == "confidence" else None)
-        return SampleResult(state, nfe, fixed, {"sampler": sampler, "steps": steps})
+        return sampler
 
-    def _ancestral(self, model, state, steps, req, generator, on_step, cached: bool):
+    def _from_prior(self, state: torch.Tensor, fixed: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """Start from the prior: a tiny alpha(1) > 0 means a few positions start as uniform symbols."""
+        a1 = self.schedule.alpha_one()
+        if a1 <= 0:
+            return state
+        lucky = (torch.rand(state.shape, generator=generator, device=state.device) < a1) & ~fixed
+        noise = torch.randint(0, self.tok.n_symbols, state.shape, generator=generator, device=state.device)
+        return torch.where(lucky, noise, state)
+
+    def denoise(self, forward: Denoiser, state: torch.Tensor, steps: int, sampler: str, req: SampleRequest,
+                generator: torch.Generator, on_step: StepCallback | None) -> tuple[torch.Tensor, float]:
+        """Fill every mask of ``state`` with the named sampler in at most ``steps`` network evaluations;
+        ``forward(z, t, rows)`` gives the logits for z (``rows``: which of the batch's sequences z holds, for
+        the cached sampler). Block diffusion runs the same samplers inside each block."""
+        if sampler in ("ancestral", "cached"):
+            return self._ancestral(forward, state, steps, req, generator, on_step, cached=sampler == "cached")
+        return self._by_confidence(forward, state, steps, req, generator, on_step,
+                                   threshold=self.cfg.confidence if sampler == "confidence" else None)
+
+    def _ancestral(self, forward: Denoiser, state, steps, req, generator, on_step, cached: bool):
         """Reverse process of MDLM (their Eq. 7) on a uniform time grid 1 = t_0 > ... > t_S = 0.
 
         From t to s < t every still-masked position is revealed with probability
@@ -211,11 +234,11 @@ class MaskedDiffusion(TextMethod):
                 break
             t, s = grid[i], grid[i + 1]
             if logits is None or not cached:
-                logits = self._forward(model, state, t.expand(n))
+                logits = forward(state, t.expand(n))
                 row_evals += n
             elif stale.any():
                 rows = stale.nonzero().flatten()
-                logits[rows] = self._forward(model, state[rows], t.expand(len(rows))).to(logits.dtype)
+                logits[rows] = forward(state[rows], t.expand(len(rows)), rows).to(logits.dtype)
                 row_evals += len(rows)
             a_t, a_s = self.schedule.alpha(t), self.schedule.alpha(s)
             # the last step goes to t = 0 where alpha = 1: every remaining mask is revealed
@@ -228,7 +251,7 @@ class MaskedDiffusion(TextMethod):
                 on_step(i + 1, state.clone(), {"t": float(s), "nfe": row_evals / n})
         return state, row_evals / n
 
-    def _by_confidence(self, model, state, steps, req, generator, on_step, threshold: float | None):
+    def _by_confidence(self, forward: Denoiser, state, steps, req, generator, on_step, threshold: float | None):
         """Confidence-ordered parallel decoding (MaskGIT, Chang et al. 2022; Fast-dLLM's threshold rule).
 
         Each step predicts every masked position and keeps the most confident predictions: ``topk``
@@ -243,7 +266,7 @@ class MaskedDiffusion(TextMethod):
             if int(remaining.max()) == 0:
                 break
             t = remaining.float() / L
-            filtered = filter_logits(self._forward(model, state, t), req.temperature, req.top_k, req.top_p)
+            filtered = filter_logits(forward(state, t), req.temperature, req.top_k, req.top_p)
             nfe += 1
             tokens = gumbel_sample(filtered, generator)
             conf = filtered.softmax(-1).gather(-1, tokens[..., None]).squeeze(-1)

@@ -3,8 +3,9 @@
 Pre-norm blocks with RMSNorm, rotary position embeddings (RoPE, Su et al. 2021) and PyTorch's fused
 ``scaled_dot_product_attention``. What differs between methods is *not* the network but three switches:
 
-* ``attention``: ``causal`` (autoregressive) or ``bidirectional`` (diffusion); :func:`attention_bias`
-  is the single place where a mode becomes a mask, so a ``block-causal`` mode is one more branch there;
+* ``attention``: ``causal`` (autoregressive), ``bidirectional`` (diffusion) or ``block-causal`` (block
+  diffusion: bidirectional inside a block of ``block_size`` tokens, causal across blocks);
+  :func:`attention_bias` is the single place where a mode becomes a mask;
 * ``time_conditioning``: adaLN modulation (Peebles & Xie 2023, "DiT") from a noise level, for methods
   whose denoiser must know how noisy its input is;
 * the input adapter: token ids (an embedding table, :class:`TokenInput`) or continuous vectors (a linear
@@ -26,15 +27,25 @@ from torch import nn
 from textdiffusion.config import ModelConfig
 from textdiffusion.nn.time_embedding import sinusoidal
 
-ATTENTION_MODES = ("causal", "bidirectional")
+ATTENTION_MODES = ("causal", "bidirectional", "block-causal")
 ACTIVATIONS = {"gelu": F.gelu, "silu": F.silu}
 
 
-def attention_bias(mode: str, q_len: int, k_len: int, device: torch.device) -> tuple[torch.Tensor | None, bool]:
-    """Return ``(attn_mask, is_causal)`` for SDPA.
+def attention_bias(mode: str, q_len: int, k_len: int, device: torch.device, block_size: int = 1,
+                   paired: bool = False) -> tuple[torch.Tensor | None, bool]:
+    """Return ``(attn_mask, is_causal)`` for SDPA (a boolean mask: True = may attend).
 
     With a KV cache the queries are the *last* ``q_len`` of ``k_len`` positions, so causal masking is
     an explicit lower-triangular band rather than SDPA's ``is_causal`` (which assumes q_len == k_len).
+
+    ``block-causal``: position i may see position j when block(j) <= block(i), block(i) = i // block_size.
+    ``paired`` is block diffusion's training layout (Arriola et al. 2025, BD3-LM, Sec. 3.2): the input is a
+    noisy sequence followed by its clean copy, L + L positions, and
+
+        noisy block b sees its own noisy block and the clean blocks < b,
+        clean block b sees the clean blocks <= b,
+
+    so one forward computes every block's denoising prediction, each conditioned on a clean prefix only.
     """
     if mode == "bidirectional":
         return None, False
@@ -46,6 +57,16 @@ def attention_bias(mode: str, q_len: int, k_len: int, device: torch.device) -> t
         offset = k_len - q_len
         mask = torch.ones(q_len, k_len, dtype=torch.bool, device=device).tril(diagonal=offset)
         return mask, False
+    if mode == "block-causal":
+        if paired:
+            block = torch.arange(q_len // 2, device=device) // block_size
+            same, before = block[:, None] == block[None, :], block[:, None] > block[None, :]
+            noisy_rows = torch.cat((same, before), dim=1)
+            clean_rows = torch.cat((torch.zeros_like(same), same | before), dim=1)
+            return torch.cat((noisy_rows, clean_rows), dim=0), False
+        q_block = torch.arange(k_len - q_len, k_len, device=device) // block_size
+        mask = q_block[:, None] >= (torch.arange(k_len, device=device) // block_size)[None, :]
+        return (None if bool(mask.all()) else mask), False
     raise ValueError(f"unknown attention mode {mode!r}; expected one of {ATTENTION_MODES}")
 
 
@@ -95,6 +116,7 @@ class KVCache:
     keys: list[torch.Tensor | None]
     values: list[torch.Tensor | None]
     next_pos: int = 0
+    writing: bool = True  # False: a forward reads the cache but leaves it as it was (see peek)
 
     @classmethod
     def empty(cls, n_layer: int, max_len: int) -> KVCache:
@@ -107,8 +129,20 @@ class KVCache:
             v = torch.cat((old_v, v), dim=2)
         if k.shape[2] > self.max_len:
             raise ValueError(f"KV cache holds at most {self.max_len} positions; start a new cache")
-        self.keys[layer], self.values[layer] = k, v
+        if self.writing:
+            self.keys[layer], self.values[layer] = k, v
         return k, v
+
+    def peek(self) -> KVCache:
+        """A read-only view: forwards through it see the cached prefix but add nothing to it (block
+        diffusion denoises a block many times against the same clean prefix)."""
+        return KVCache(self.max_len, self.keys, self.values, self.next_pos, writing=False)
+
+    def rows(self, index: torch.Tensor) -> KVCache:
+        """A read-only view of some of the batch's sequences (a sampler re-running only the rows that changed)."""
+        keys = [None if k is None else k[index] for k in self.keys]
+        values = [None if v is None else v[index] for v in self.values]
+        return KVCache(self.max_len, keys, values, self.next_pos, writing=False)
 
     @property
     def full(self) -> bool:
@@ -124,8 +158,9 @@ class Attention(nn.Module):
         self.proj = nn.Linear(cfg.n_embd, cfg.n_embd, bias=False)
         self.dropout = cfg.dropout
 
-    def forward(self, x: torch.Tensor, mode: str, rope: tuple[torch.Tensor, torch.Tensor] | None,
-                cache: KVCache | None = None, layer: int = 0) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, bias: tuple[torch.Tensor | None, bool],
+                rope: tuple[torch.Tensor, torch.Tensor] | None, cache: KVCache | None = None,
+                layer: int = 0) -> torch.Tensor:
         B, L, C = x.shape
         qkv = self.qkv(x).view(B, L, 3, self.n_head, self.head_dim).permute(2, 0, 3, 1, 4)
         if rope is None:
@@ -135,7 +170,7 @@ class Attention(nn.Module):
         v = qkv[2]
         if cache is not None:
             k, v = cache.update(layer, k, v)
-        mask, is_causal = attention_bias(mode, q.shape[2], k.shape[2], x.device)
+        mask, is_causal = bias
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal,
                                            dropout_p=self.dropout if self.training else 0.0)
         return self.proj(y.transpose(1, 2).reshape(B, L, C))
@@ -167,14 +202,15 @@ class Block(nn.Module):
             # zeroed after the backbone's init (see Transformer), so a fresh block ignores t: adaLN-Zero
             self.modulation = nn.Linear(time_dim, 6 * cfg.n_embd)
 
-    def forward(self, x: torch.Tensor, mode: str, rope: tuple[torch.Tensor, torch.Tensor] | None,
-                temb: torch.Tensor | None, cache: KVCache | None, layer: int) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, bias: tuple[torch.Tensor | None, bool],
+                rope: tuple[torch.Tensor, torch.Tensor] | None, temb: torch.Tensor | None, cache: KVCache | None,
+                layer: int) -> torch.Tensor:
         if self.modulation is None or temb is None:
-            x = x + self.drop(self.attn(self.norm1(x), mode, rope, cache, layer))
+            x = x + self.drop(self.attn(self.norm1(x), bias, rope, cache, layer))
             return x + self.drop(self.mlp(self.norm2(x)))
         shift1, scale1, gate1, shift2, scale2, gate2 = self.modulation(temb)[:, None, :].chunk(6, dim=-1)
         h = self.norm1(x) * (1 + scale1) + shift1
-        x = x + (1 + gate1) * self.drop(self.attn(h, mode, rope, cache, layer))
+        x = x + (1 + gate1) * self.drop(self.attn(h, bias, rope, cache, layer))
         h = self.norm2(x) * (1 + scale2) + shift2
         return x + (1 + gate2) * self.drop(self.mlp(h))
 
@@ -219,10 +255,12 @@ class Transformer(nn.Module):
     ``input_dim`` > 0 selects the continuous adapter (inputs are vectors of that width, not ids)."""
 
     def __init__(self, cfg: ModelConfig, vocab_size: int, out_dim: int | None = None,
-                 attention: str = "causal", time_conditioning: bool = False, input_dim: int = 0):
+                 attention: str = "causal", time_conditioning: bool = False, input_dim: int = 0,
+                 block_size: int = 1):
         super().__init__()
         if attention not in ATTENTION_MODES:
             raise ValueError(f"unknown attention mode {attention!r}; expected one of {ATTENTION_MODES}")
+        self.block_size = block_size  # for block-causal attention
         if input_dim and cfg.tie_embeddings:
             raise ValueError("tied embeddings need token inputs; set model.tie_embeddings=false")
         self.cfg = cfg
@@ -258,21 +296,28 @@ class Transformer(nn.Module):
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor | None = None, cache: KVCache | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, t: torch.Tensor | None = None, cache: KVCache | None = None,
+                paired: bool = False) -> torch.Tensor:
         """``x``: (B, L) ids, or (B, L, input_dim) vectors.
-        ``t``: (B,) noise levels when time-conditioned. Returns (B, L, out_dim)."""
+        ``t``: (B,) noise levels when time-conditioned. Returns (B, L, out_dim).
+        ``paired``: block diffusion's training layout, a noisy sequence then its clean copy (see
+        :func:`attention_bias`); both halves get the same positions."""
         h = self.input(x)
         start = cache.next_pos if cache is not None else 0
-        positions = torch.arange(start, start + h.shape[1], device=h.device)
+        n = h.shape[1] // 2 if paired else h.shape[1]
+        positions = torch.arange(start, start + n, device=h.device)
+        if paired:
+            positions = positions.repeat(2)
         rope = self.rotary.tables(positions, h.dtype) if self.cfg.positions != "none" else None
+        bias = attention_bias(self.attention, h.shape[1], start + h.shape[1], h.device, self.block_size, paired)
         temb = None
         if self.time is not None:
             if t is None:
                 raise ValueError("this backbone is time-conditioned: pass t")
             temb = F.silu(self.time(t))
         for i, block in enumerate(self.blocks):
-            h = block(h, self.attention, rope, temb, cache, i)
-        if cache is not None:
+            h = block(h, bias, rope, temb, cache, i)
+        if cache is not None and cache.writing:
             cache.next_pos += h.shape[1]
         h = self.norm(h)
         if self.head is None:

@@ -1,0 +1,286 @@
+r"""Block diffusion: autoregressive over blocks, masked diffusion inside each (Arriola et al. 2025, BD3-LM).
+
+A window of L tokens is cut into L / B blocks x^1 .. x^{L/B} of B tokens, and the likelihood factorises
+autoregressively over blocks,
+
+    log p(x) = sum_b log p_theta(x^b | x^{<b}),
+
+each factor modelled by masked diffusion (:mod:`textdiffusion.methods.masked`) conditioned on the *clean*
+earlier blocks. B = 1 is an autoregressive model; B = L is MDLM. Everything masked diffusion has carries over
+block by block: the schedules, SUBS, the samplers, the NELBO. The bound is the exact sum of per-block NELBOs
+(BD3-LM Eq. 8),
+
+    -log p(x) <= sum_b E_{t_b} [ w(t_b) sum_{l in block b, masked in z_{t_b}} -log p_theta(x^l | z^b_{t_b}, x^{<b}) ],
+
+with an independent noise level t_b per block, so validation reports a true upper bound, estimated like
+``masked``'s (stratified times, a fixed seed).
+
+Training is one forward over 2L positions (BD3-LM Sec. 3.2): the noisy sequence and its clean copy side by
+side with the same positions, under the ``block-causal`` paired mask of
+:func:`textdiffusion.nn.transformer.attention_bias` (noisy block b sees its own noisy block and clean blocks
+< b; clean block b sees clean blocks <= b). The clean half's keys and values are exactly what a KV cache holds
+at sampling time, so the cache is exact: a finished block is forwarded once, clean, and never recomputed,
+and every denoising step of the next block only reads it. Generation can therefore continue past the context
+by sliding the cache, as ``ar`` does.
+
+``method.clip_low`` / ``clip_high`` draw training times from U[beta, omega] instead of U[0, 1] (BD3-LM's
+"clipped" schedules, Sec. 4): the extreme noise levels contribute most of the gradient variance and little
+signal. Validation always integrates over the whole [0, 1], so the reported number stays a bound;
+:func:`clip_variance` measures the bound's variance on validation windows for a choice of (beta, omega).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from textdiffusion.config import ConfigError
+from textdiffusion.diffusion.masking import corrupt, corrupt_exactly, counts_from, times_from
+from textdiffusion.diffusion.stratified import stratified
+from textdiffusion.methods.base import (
+    NLLResult,
+    SampleRequest,
+    SampleResult,
+    StepCallback,
+    cross_entropy_per_token,
+    register,
+)
+from textdiffusion.methods.masked import MaskedConfig, MaskedDiffusion
+from textdiffusion.nn.transformer import KVCache, Transformer
+
+
+@dataclass
+class BlockConfig(MaskedConfig):
+    """Masked diffusion's options, plus the block size and the clipped training times."""
+
+    name: str = "block"
+    block_size: int = 4  # B: tokens per block; 1 is autoregressive, the context is masked diffusion
+    clip_low: float = 0.0  # training times t ~ U[clip_low, clip_high] per block (validation uses [0, 1])
+    clip_high: float = 1.0
+
+    def check(self) -> None:
+        super().check()
+        if self.block_size < 1:
+            raise ConfigError(f"method.block_size must be >= 1, got {self.block_size}")
+        if not 0.0 <= self.clip_low < self.clip_high <= 1.0:
+            raise ConfigError(f"method.clip_low and clip_high must satisfy 0 <= low < high <= 1, got "
+                              f"{self.clip_low} and {self.clip_high}")
+        if self.time_conditioning:
+            raise ConfigError("block diffusion draws one noise level per block, which one time input cannot "
+                              "describe; leave method.time_conditioning=false (the masks say how noisy a block is)")
+
+
+@register
+class BlockDiffusion(MaskedDiffusion):
+    name = "block"
+    config_class = BlockConfig
+    attention = "block-causal"
+    extends_past_context = True  # the clean prefix is a KV cache that slides
+
+    def __init__(self, cfg: BlockConfig, model_cfg, tokenizer):
+        super().__init__(cfg, model_cfg, tokenizer)
+        if model_cfg.context % cfg.block_size:
+            raise ConfigError(f"method.block_size={cfg.block_size} must divide model.context={model_cfg.context}; "
+                              f"pick a divisor such as {_divisors(model_cfg.context)}")
+        self.B = cfg.block_size
+
+    def build_model(self) -> Transformer:
+        return Transformer(self.model_cfg, self.tok.vocab_size, out_dim=self.tok.n_symbols,
+                           attention=self.attention, block_size=self.B)
+
+    def default_steps(self, length: int, sampler: str = "") -> int | None:
+        """Denoising steps *per block*: one per token of the block."""
+        return self.cfg.sample_steps or self.B
+
+    # ---- training and the bound -------------------------------------------------------------------------
+    def _paired_logits(self, model: Transformer, z: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """Every block's denoising logits in one forward over [z | x] (the noisy half's outputs)."""
+        return model(torch.cat((z, x), dim=1), paired=True)[:, : x.shape[1]]
+
+    def _block_terms(self, model: Transformer, x: torch.Tensor, draws: torch.Tensor,
+                     generator: torch.Generator) -> torch.Tensor:
+        """Per-window NELBO (nats): the sum over blocks of masked diffusion's per-block term, with
+        ``draws`` (n, L / B) the blocks' times (time estimator) or mask counts (count estimator)."""
+        n, L = x.shape
+        blocks = x.reshape(-1, self.B)  # one row per block, so each block gets its own draw
+        if self.cfg.estimator == "count":
+            k = draws.reshape(-1)
+            z, masked = corrupt_exactly(blocks, k, self.tok.mask_id, generator)
+            ce = cross_entropy_per_token(self._paired_logits(model, z.view(n, L), x), x).view(-1, self.B)
+            per_block = self.B * (ce * masked).sum(-1) / k
+        else:
+            t = draws.reshape(-1)
+            z, masked = corrupt(blocks, self.schedule.alpha(t), self.tok.mask_id, generator)
+            ce = cross_entropy_per_token(self._paired_logits(model, z.view(n, L), x), x).view(-1, self.B)
+            per_block = self.schedule.weight(t) * (ce * masked).sum(-1)
+        return per_block.view(n, -1).sum(-1)
+
+    def _draws(self, u: torch.Tensor, length: int) -> torch.Tensor:
+        """Uniforms -> the estimator's per-block draws (times in (0, 1], or mask counts in 1..B)."""
+        return counts_from(u, self.B) if self.cfg.estimator == "count" else times_from(u)
+
+    def loss(self, model: Transformer, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        n, L = x.shape
+        blocks = L // self.B
+        # one draw per block, each block's draws stratified across the batch (antithetic)
+        if self.cfg.antithetic:
+            u = stratified(torch.rand(blocks, 1, generator=generator, device=x.device), n).T
+        else:
+            u = torch.rand(n, blocks, generator=generator, device=x.device)
+        low, high = self.cfg.clip_low, self.cfg.clip_high
+        if (low, high) != (0.0, 1.0):
+            u = low + (high - low) * u
+        return self._block_terms(model, x, self._draws(u, L), generator).mean() / L
+
+    @torch.no_grad()
+    def nll(self, model: Transformer, windows: torch.Tensor, batch_size: int = 64) -> NLLResult:
+        per_window, K = self._bound_samples(model, windows, batch_size)
+        n, L = windows.shape
+        per_window = per_window.mean(1) / L
+        prior = self.schedule.prior_kl_per_token(self.tok.n_symbols)
+        stderr = float(per_window.std() / math.sqrt(n)) if n > 1 else float("nan")
+        chars = self.chars_in(windows)
+        return NLLResult(
+            nats_per_unit=(float(per_window.mean()) + prior) * (n * L) / chars, kind="bound", windows=n,
+            units=chars,
+            details={"time_samples_per_window": K, "seed": self.cfg.eval_seed, "schedule": self.schedule.name,
+                     "estimator": self.cfg.estimator, "block_size": self.B, "prior_kl_per_char": prior,
+                     "stderr_nats": stderr,
+                     "note": "Monte-Carlo estimate of the sum of per-block NELBOs (an upper bound on NLL)"},
+        )
+
+    def _bound_samples(self, model: Transformer, windows: torch.Tensor, batch_size: int) -> tuple[torch.Tensor, int]:
+        """(n, K) per-window NELBO samples (nats): K stratified draws per window and block, fixed seed."""
+        K = max(1, self.cfg.eval_time_samples)
+        device = windows.device
+        gen = torch.Generator(device=device).manual_seed(self.cfg.eval_seed)
+        n, L = windows.shape
+        u = stratified(torch.rand(n, L // self.B, 1, generator=gen, device=device), K)  # (n, blocks, K)
+        draws = self._draws(u.permute(0, 2, 1).reshape(n * K, -1), L)
+        rows = windows.repeat_interleave(K, dim=0)
+        terms = torch.cat([self._block_terms(model, xb, db, gen)
+                           for xb, db in zip(rows.split(batch_size), draws.split(batch_size), strict=True)])
+        return terms.double().view(n, K).cpu(), K
+
+    # ---- sampling: block by block, the clean prefix in a KV cache ----------------------------------------
+    @torch.no_grad()
+    def sample(self, model: Transformer, req: SampleRequest, generator: torch.Generator,
+               on_step: StepCallback | None = None) -> SampleResult:
+        sampler = self._check_request(req)
+        device = next(model.parameters()).device
+        state, fixed = self.prepare(req, device)
+        steps = req.steps or self.default_steps(state.shape[1])
+        if steps < 1:
+            raise ConfigError("--steps must be >= 1")
+        if req.infill is not None:
+            self._check_infill(fixed[0])
+        writer = _BlockWriter(self, model, state, fixed, on_step)
+        for start in range(writer.first_block(), state.shape[1], self.B):
+            writer.write_block(start, lambda f, block, report: self.denoise(f, block, steps, sampler, req,
+                                                                              generator, report), generator)
+        return SampleResult(writer.state, writer.nfe, fixed,
+                            {"sampler": sampler, "steps": steps, "block_size": self.B, "kv_cache": True})
+
+    def _check_infill(self, fixed: torch.Tensor) -> None:
+        """Blanks may only be followed by known text inside their own block: a block never sees later ones."""
+        blank = (~fixed).nonzero().flatten()
+        if not len(blank):
+            return
+        first = int(blank[0])
+        later = (fixed & (torch.arange(len(fixed), device=fixed.device) // self.B > first // self.B)).nonzero()
+        if len(later):
+            q = int(later[0])
+            raise ConfigError(f"--infill: the blank at position {first} is in block {first // self.B}, but known text "
+                              f"follows in block {q // self.B}; block diffusion writes blocks left to right and a "
+                              f"block never sees later ones. Keep known text after a blank within its block of "
+                              f"{self.B} (or raise method.block_size), or use --method masked")
+
+
+class _BlockWriter:
+    """The state of one block-by-block generation: the sequence so far, the KV cache of its clean prefix and
+    the network evaluations spent. ``write_block`` denoises one block against the cache, then commits it."""
+
+    def __init__(self, method: BlockDiffusion, model: Transformer, state: torch.Tensor, fixed: torch.Tensor,
+                 on_step: StepCallback | None):
+        self.method, self.model, self.state, self.fixed, self.on_step = method, model, state, fixed, on_step
+        self.B, self.context = method.B, method.model_cfg.context
+        self.cache = KVCache.empty(len(model.blocks), self.context)
+        self.cached_until = 0  # state[:, :cached_until] is in the cache (as its last cache.next_pos tokens)
+        self.nfe = 0.0
+        self.steps_done = 0  # sampler steps of the finished blocks: the trajectory's step counter
+        self._last_step = 0
+        if on_step:
+            on_step(0, state.clone(), {"t": 1.0, "nfe": 0})
+
+    def first_block(self) -> int:
+        """Where generation starts: the first block with a blank (the prompt's full blocks are only read)."""
+        blank = (self.state == self.method.tok.mask_id).any(0).nonzero().flatten()
+        return (int(blank[0]) // self.B) * self.B if len(blank) else self.state.shape[1]
+
+    def _encode_prefix(self, end: int, keep: int) -> None:
+        """A fresh cache holding the last ``keep`` tokens before ``end`` (whole blocks), in one forward."""
+        self.cache = KVCache.empty(len(self.model.blocks), self.context)
+        if keep > 0:
+            self.model(self.state[:, end - keep:end], cache=self.cache)
+            self.nfe += 1
+        self.cached_until = end
+
+    def _make_room(self, start: int, length: int) -> None:
+        """Bring the cache up to ``start``; when the prefix and the next block would not fit in the context,
+        keep only the latest half context of whole blocks (so every block still sees at least that much)."""
+        if self.cached_until == start and self.cache.next_pos + length <= self.context:
+            return
+        fits = self.cached_until == 0 and start + length <= self.context
+        keep = start if fits else min(start, (self.context // 2 // self.B) * self.B)
+        self._encode_prefix(start, keep)
+
+    def write_block(self, start: int, denoise: Any, generator: torch.Generator) -> None:
+        end = min(start + self.B, self.state.shape[1])
+        self._make_room(start, end - start)
+        method, cache = self.method, self.cache
+
+        def forward(z: torch.Tensor, t: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
+            return self.model(z, cache=cache.peek() if rows is None else cache.rows(rows))
+
+        def report(step: int, block: torch.Tensor, info: dict[str, Any]) -> None:
+            assert self.on_step is not None
+            full = self.state.clone()
+            full[:, start:end] = block
+            self._last_step = step
+            self.on_step(self.steps_done + step, full, {**info, "nfe": self.nfe + info["nfe"]})
+
+        block = method._from_prior(self.state[:, start:end], self.fixed[:, start:end], generator)
+        block, nfe = denoise(forward, block, report if self.on_step else None)
+        self.state[:, start:end] = block
+        self.nfe += nfe
+        self.steps_done, self._last_step = self.steps_done + self._last_step, 0
+        if end < self.state.shape[1]:  # the finished block joins the clean prefix, once
+            self.model(block, cache=self.cache)
+            self.nfe += 1
+            self.cached_until = end
+
+
+def _divisors(n: int) -> str:
+    return ", ".join(str(d) for d in range(1, n + 1) if n % d == 0)
+
+
+def clip_variance(method: BlockDiffusion, model: Transformer, windows: torch.Tensor,
+                  clips: list[tuple[float, float]], batch_size: int = 64) -> list[dict[str, float]]:
+    """For each (beta, omega): mean and variance across windows of the training estimator with block times
+    drawn from U[beta, omega] (one draw per block, as in training, the evaluation seed), in nats per token.
+    BD3-LM picks the clip range with the lowest variance; the validation bound is always over all of [0, 1]."""
+    out = []
+    n, L = windows.shape
+    for low, high in clips:
+        gen = torch.Generator(device=windows.device).manual_seed(method.cfg.eval_seed)
+        u = low + (high - low) * torch.rand(n, L // method.B, generator=gen, device=windows.device)
+        draws = method._draws(u, L)
+        with torch.no_grad():
+            per_window = torch.cat([method._block_terms(model, xb, db, gen) for xb, db in
+                                    zip(windows.split(batch_size), draws.split(batch_size), strict=True)]) / L
+        out.append({"clip_low": low, "clip_high": high, "mean_nats": float(per_window.mean()),
+                    "variance": float(per_window.var()) if n > 1 else float("nan")})
+    return out
