@@ -343,12 +343,19 @@ def filter_logits(logits: torch.Tensor, temperature: float = 1.0, top_k: int = 0
 
 
 def gumbel_sample(logits: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """Categorical sample by the Gumbel-max trick: argmax(logits + Gumbel noise).
+    """Categorical sample by the Gumbel-max trick: argmax(logits + Gumbel noise), in float64.
 
-    It consumes a fixed amount of randomness per call whatever the logits are, which keeps two samplers
-    that share a generator (e.g. cached and uncached) in lock-step."""
-    u = torch.rand(logits.shape, generator=generator, device=logits.device).clamp_(1e-20, 1.0)
-    return (logits - torch.log(-torch.log(u))).argmax(-1)
+    float32 uniforms cannot come closer to 1 than 2^-24, which caps the Gumbel noise -log(-log u) at about
+    16.6 and so truncates its right tail: rare tokens are drawn less often than their probability, as if the
+    temperature were lowered, and sample-quality metrics look better than the model is (Zheng et al. 2024,
+    "Masked Diffusion Models are Secretly Time-Agnostic Masked Models and Exploit Inaccurate Categorical
+    Sampling", Sec. 4). float64 pushes the cap to about 36.7. It consumes a fixed amount of randomness per call
+    whatever the logits are, which keeps two samplers that share a generator (e.g. cached and uncached) in
+    lock-step. (Apple's MPS has no float64; there it stays float32.)"""
+    dtype = torch.float32 if logits.device.type == "mps" else torch.float64
+    u = torch.rand(logits.shape, generator=generator, device=logits.device, dtype=dtype)
+    u = u.clamp_(torch.finfo(dtype).tiny, 1.0)
+    return (logits.to(dtype) - torch.log(-torch.log(u))).argmax(-1)
 
 
 def cross_entropy_per_token(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

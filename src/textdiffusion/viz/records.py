@@ -60,10 +60,11 @@ class Quality:
     repetition: float
     copy_rate: float
     words: int
+    char_entropy: float = math.nan  # bits; missing from sweeps cached before it was measured
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Quality:
-        return cls(**{f.name: data[f.name] for f in fields(cls)})
+        return cls(**{f.name: data[f.name] for f in fields(cls) if f.name in data})
 
 
 @dataclass
