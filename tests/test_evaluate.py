@@ -74,3 +74,12 @@ def test_eval_refuses_a_corpus_that_changed_since_training(small_corpus, tmp_pat
     small_corpus.write_text(small_corpus.read_text(encoding="utf-8")[::-1], encoding="utf-8")
     with pytest.raises(DataError, match="changed since"):
         evaluate_run(run, samples=2, val_windows=2)
+
+
+def test_char_entropy_counts_bits_per_character():
+    from textdiffusion.evaluate import char_entropy
+
+    assert char_entropy(["abab", "ab"]) == pytest.approx(1.0)
+    assert char_entropy(["abcd"]) == pytest.approx(2.0)
+    assert char_entropy(["aaaa"]) == 0.0
+    assert math.isnan(char_entropy([]))

@@ -211,3 +211,21 @@ def test_likelihoods_are_per_character_for_multi_character_tokens(method, small_
     windows = TextData.tiled_windows(trainer.data.val_ids, 32, 4)
     res = trainer.method.nll(trainer.model, windows)
     assert res.units == sum(len(trainer.data.tokenizer.decode(w.tolist())) for w in windows) > windows.numel()
+
+
+def test_the_categorical_draw_follows_the_distribution_in_float64():
+    """Gumbel-max in float64 (Zheng et al. 2024): frequencies match softmax(logits), and the uniforms behind
+    the noise are float64 (float32's cap on the Gumbel noise, about 16.6, would truncate rare tokens)."""
+    import torch
+
+    from textdiffusion.methods.base import gumbel_sample
+
+    logits = torch.tensor([0.0, -1.0, -3.0]).expand(200_000, 3)
+    counts = torch.bincount(gumbel_sample(logits, torch.Generator().manual_seed(0)), minlength=3).double()
+    expected = torch.softmax(logits[0].double(), -1) * counts.sum()
+    chi2 = float(((counts - expected) ** 2 / expected).sum())
+    assert chi2 < 13.8  # p = 0.001 for 2 degrees of freedom
+    a, b = torch.Generator().manual_seed(1), torch.Generator().manual_seed(1)
+    drawn = gumbel_sample(torch.zeros(1, 8), a)
+    u = torch.rand((1, 8), generator=b, dtype=torch.float64)
+    assert drawn.item() == int(u.argmax())  # -log(-log u) is increasing: the largest float64 uniform wins

@@ -8,15 +8,15 @@ autoregressively over blocks,
 each factor modelled by masked diffusion (:mod:`textdiffusion.methods.masked`) conditioned on the *clean*
 earlier blocks. B = 1 is an autoregressive model; B = L is MDLM. Everything masked diffusion has carries over
 block by block: the schedules, SUBS, the samplers, the NELBO. The bound is the exact sum of per-block NELBOs
-(BD3-LM Eq. 8),
+(BD3-LM's objective),
 
     -log p(x) <= sum_b E_{t_b} [ w(t_b) sum_{l in block b, masked in z_{t_b}} -log p_theta(x^l | z^b_{t_b}, x^{<b}) ],
 
 with an independent noise level t_b per block, so validation reports a true upper bound, estimated like
 ``masked``'s (stratified times, a fixed seed).
 
-Training is one forward over 2L positions (BD3-LM Sec. 3.2): the noisy sequence and its clean copy side by
-side with the same positions, under the ``block-causal`` paired mask of
+Training is one forward over 2L positions (BD3-LM's efficient training algorithm): the noisy sequence and
+its clean copy side by side with the same positions, under the ``block-causal`` paired mask of
 :func:`textdiffusion.nn.transformer.attention_bias` (noisy block b sees its own noisy block and clean blocks
 < b; clean block b sees clean blocks <= b). The clean half's keys and values are exactly what a KV cache holds
 at sampling time, so the cache is exact: a finished block is forwarded once, clean, and never recomputed,
@@ -24,7 +24,7 @@ and every denoising step of the next block only reads it. Generation can therefo
 by sliding the cache, as ``ar`` does.
 
 ``method.clip_low`` / ``clip_high`` draw training times from U[beta, omega] instead of U[0, 1] (BD3-LM's
-"clipped" schedules, Sec. 4): the extreme noise levels contribute most of the gradient variance and little
+"clipped" schedules): the extreme noise levels contribute most of the gradient variance and little
 signal. Validation always integrates over the whole [0, 1], so the reported number stays a bound;
 :func:`clip_variance` measures the bound's variance on validation windows for a choice of (beta, omega).
 """
@@ -201,24 +201,31 @@ class BlockDiffusion(MaskedDiffusion):
 
 class _BlockWriter:
     """The state of one block-by-block generation: the sequence so far, the KV cache of its clean prefix and
-    the network evaluations spent. ``write_block`` denoises one block against the cache, then commits it."""
+    the network evaluations spent. ``write_block`` denoises one block against the cache, then commits it.
+
+    Committing a finished block and the first denoising step of the next one share a forward pass (BD3-LM's
+    sampler does the same): the input is [clean block b | noisy block b + 1], whose block-causal mask lets the
+    clean block see only the prefix and itself, and the next block see the prefix, block b and itself. Only
+    block b's keys and values stay in the cache."""
 
     def __init__(self, method: BlockDiffusion, model: Transformer, state: torch.Tensor, fixed: torch.Tensor,
                  on_step: StepCallback | None):
         self.method, self.model, self.state, self.fixed, self.on_step = method, model, state, fixed, on_step
-        self.B, self.context = method.B, method.model_cfg.context
+        self.B, self.context, self.length = method.B, method.model_cfg.context, state.shape[1]
         self.cache = KVCache.empty(len(model.blocks), self.context)
         self.cached_until = 0  # state[:, :cached_until] is in the cache (as its last cache.next_pos tokens)
         self.nfe = 0.0
         self.steps_done = 0  # sampler steps of the finished blocks: the trajectory's step counter
         self._last_step = 0
+        # (start, initial block, its first-step logits) when the last commit already ran that first step
+        self._ahead: tuple[int, torch.Tensor, torch.Tensor] | None = None
         if on_step:
             on_step(0, state.clone(), {"t": 1.0, "nfe": 0})
 
     def first_block(self) -> int:
         """Where generation starts: the first block with a blank (the prompt's full blocks are only read)."""
         blank = (self.state == self.method.tok.mask_id).any(0).nonzero().flatten()
-        return (int(blank[0]) // self.B) * self.B if len(blank) else self.state.shape[1]
+        return (int(blank[0]) // self.B) * self.B if len(blank) else self.length
 
     def _encode_prefix(self, end: int, keep: int) -> None:
         """A fresh cache holding the last ``keep`` tokens before ``end`` (whole blocks), in one forward."""
@@ -237,12 +244,25 @@ class _BlockWriter:
         keep = start if fits else min(start, (self.context // 2 // self.B) * self.B)
         self._encode_prefix(start, keep)
 
+    def _initial(self, start: int, end: int, generator: torch.Generator) -> torch.Tensor:
+        return self.method._from_prior(self.state[:, start:end], self.fixed[:, start:end], generator)
+
     def write_block(self, start: int, denoise: Any, generator: torch.Generator) -> None:
-        end = min(start + self.B, self.state.shape[1])
-        self._make_room(start, end - start)
-        method, cache = self.method, self.cache
+        end = min(start + self.B, self.length)
+        if self._ahead is not None and self._ahead[0] == start:
+            _, block, first = self._ahead
+        else:
+            self._make_room(start, end - start)
+            block, first = self._initial(start, end, generator), None
+        self._ahead = None
+        cache, served = self.cache, False
 
         def forward(z: torch.Tensor, t: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
+            nonlocal first, served
+            if first is not None and rows is None:  # the commit forward already computed this step
+                logits, first, served = first, None, True
+                return logits
+            first = None
             return self.model(z, cache=cache.peek() if rows is None else cache.rows(rows))
 
         def report(step: int, block: torch.Tensor, info: dict[str, Any]) -> None:
@@ -250,17 +270,28 @@ class _BlockWriter:
             full = self.state.clone()
             full[:, start:end] = block
             self._last_step = step
-            self.on_step(self.steps_done + step, full, {**info, "nfe": self.nfe + info["nfe"]})
+            self.on_step(self.steps_done + step, full, {**info, "nfe": self.nfe + info["nfe"] - served})
 
-        block = method._from_prior(self.state[:, start:end], self.fixed[:, start:end], generator)
         block, nfe = denoise(forward, block, report if self.on_step else None)
         self.state[:, start:end] = block
-        self.nfe += nfe
+        self.nfe += nfe - served
         self.steps_done, self._last_step = self.steps_done + self._last_step, 0
-        if end < self.state.shape[1]:  # the finished block joins the clean prefix, once
+        if end < self.length:
+            self._commit(block, end, generator)
+
+    def _commit(self, block: torch.Tensor, end: int, generator: torch.Generator) -> None:
+        """The finished block joins the clean prefix, once; with room in the cache, in the same forward as the
+        next block's first denoising step."""
+        next_end = min(end + self.B, self.length)
+        if self.cache.next_pos + block.shape[1] + (next_end - end) <= self.context:
+            upcoming = self._initial(end, next_end, generator)
+            logits = self.model(torch.cat((block, upcoming), dim=1), cache=self.cache)[:, block.shape[1]:]
+            self.cache.drop_last(next_end - end)
+            self._ahead = (end, upcoming, logits)
+        else:
             self.model(block, cache=self.cache)
-            self.nfe += 1
-            self.cached_until = end
+        self.nfe += 1
+        self.cached_until = end
 
 
 def _divisors(n: int) -> str:

@@ -39,7 +39,7 @@ def attention_bias(mode: str, q_len: int, k_len: int, device: torch.device, bloc
     an explicit lower-triangular band rather than SDPA's ``is_causal`` (which assumes q_len == k_len).
 
     ``block-causal``: position i may see position j when block(j) <= block(i), block(i) = i // block_size.
-    ``paired`` is block diffusion's training layout (Arriola et al. 2025, BD3-LM, Sec. 3.2): the input is a
+    ``paired`` is block diffusion's training layout (Arriola et al. 2025, BD3-LM): the input is a
     noisy sequence followed by its clean copy, L + L positions, and
 
         noisy block b sees its own noisy block and the clean blocks < b,
@@ -132,6 +132,13 @@ class KVCache:
         if self.writing:
             self.keys[layer], self.values[layer] = k, v
         return k, v
+
+    def drop_last(self, n: int) -> None:
+        """Forget the last ``n`` positions (a forward that wrote more than should stay)."""
+        if n > 0:
+            self.keys = [None if k is None else k[:, :, :-n] for k in self.keys]
+            self.values = [None if v is None else v[:, :, :-n] for v in self.values]
+            self.next_pos -= n
 
     def peek(self) -> KVCache:
         """A read-only view: forwards through it see the cached prefix but add nothing to it (block

@@ -132,7 +132,8 @@ def shared_reference(c: Comparison) -> Reference | None:
 def real_text_line(ref: Reference) -> str:
     q = ref.quality
     return (f"Real text (validation windows of the same length): judge ppl {_fmt(q.judge_ppl)}, word validity "
-            f"{_fmt(q.word_validity)}, distinct-2 {_fmt(q.distinct_2)}, repetition {_fmt(q.repetition)}.")
+            f"{_fmt(q.word_validity)}, distinct-2 {_fmt(q.distinct_2)}, repetition {_fmt(q.repetition)}, char "
+            f"entropy {_fmt(q.char_entropy)} bits.")
 
 
 def sweep_line(c: Comparison) -> str:
@@ -196,6 +197,9 @@ TEXT_COLUMNS = [Column(*c) for c in (
      "high"),
     ("distinct_2", "distinct-2", "distinct word bigrams / all word bigrams (diversity)", "high"),
     ("repetition", "repetition", "within-sample repeated word bigrams (loops); lower is better", "low"),
+    ("char_entropy", "char entropy", "bits per character of the samples' character distribution: near real text's "
+                                     "is right, far below it means the sampler bought its judge perplexity by "
+                                     "collapsing onto frequent characters", None),
     ("nfe", "NFE", "network evaluations per sample at the method's default step count (the quality columns)",
      "low"),
     ("train_speed", "train chars/s", "training throughput recorded by the trainer", "high"),
@@ -217,7 +221,7 @@ IMAGE_COLUMNS = [Column(*c) for c in (
     ("provenance", "samples × seeds", "samples and seeds behind FID and accuracy", None),
 )]
 
-QUALITY_COLUMNS = ("judge_ppl", "word_validity", "distinct_2", "repetition")
+QUALITY_COLUMNS = ("judge_ppl", "word_validity", "distinct_2", "repetition", "char_entropy")
 
 
 def _common_cells(run: RunRecord) -> dict[str, Cell]:
