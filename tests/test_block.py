@@ -139,7 +139,8 @@ def test_infill_within_a_block_works_and_across_blocks_is_refused(block4):
 @pytest.mark.parametrize("sets, message", [
     ({"method.block_size": 5}, "must divide model.context=32"),
     ({"method.block_size": 0}, "block_size must be >= 1"),
-    ({"method.clip_low": 0.6, "method.clip_high": 0.5}, "0 <= low < high <= 1"),
+    ({"method.clip_low": 0.6, "method.clip_high": 0.5}, "0 <= low <= high <= 1"),
+    ({"method.clip_low": 0.0, "method.clip_high": 0.0}, "high > 0"),
     ({"method.time_conditioning": "true"}, "one noise level per block"),
 ])
 def test_bad_settings_are_one_line_errors(corpus, tmp_path, sets, message):
@@ -161,3 +162,18 @@ def test_clipped_times_change_training_but_not_the_bound(block4):
         assert float(method.loss(model, windows, torch.Generator().manual_seed(0))) != unclipped
     finally:
         method.cfg.clip_low, method.cfg.clip_high = 0.0, 1.0
+
+
+def test_clipped_mask_rates_land_in_the_range(block4):
+    method = block4[0]
+    u = torch.linspace(0, 0.999, 1000)
+    for estimator in ("time", "count"):
+        method.cfg.estimator = estimator
+        draws = method._draws(method.clip(u, 0.3, 0.8), 32)
+        if estimator == "count":  # B = 4: the counts whose rate k / 4 is in [0.3, 0.8] are 2 and 3
+            assert set(draws.tolist()) == {2, 3}
+        else:
+            rates = 1 - method.schedule.alpha(draws)
+            assert float(rates.min()) >= 0.3 - 1e-6 and float(rates.max()) <= 0.8 + 1e-6
+    method.cfg.estimator = "time"
+    assert torch.equal(method.clip(u, 0.0, 1.0), u)  # unclipped draws are untouched

@@ -23,7 +23,7 @@ at sampling time, so the cache is exact: a finished block is forwarded once, cle
 and every denoising step of the next block only reads it. Generation can therefore continue past the context
 by sliding the cache, as ``ar`` does.
 
-``method.clip_low`` / ``clip_high`` draw training times from U[beta, omega] instead of U[0, 1] (BD3-LM's
+``method.clip_low`` / ``clip_high`` draw training mask rates from U[beta, omega] instead of U[0, 1] (BD3-LM's
 "clipped" schedules): the extreme noise levels contribute most of the gradient variance and little
 signal. Validation always integrates over the whole [0, 1], so the reported number stays a bound;
 :func:`clip_variance` measures the bound's variance on validation windows for a choice of (beta, omega).
@@ -58,16 +58,16 @@ class BlockConfig(MaskedConfig):
 
     name: str = "block"
     block_size: int = 4  # B: tokens per block; 1 is autoregressive, the context is masked diffusion
-    clip_low: float = 0.0  # training times t ~ U[clip_low, clip_high] per block (validation uses [0, 1])
-    clip_high: float = 1.0
+    clip_low: float = 0.0  # training mask rates drawn from U[clip_low, clip_high] per block (validation: [0, 1]);
+    clip_high: float = 1.0  # low = high = 1 masks whole blocks, which at B = 1 is exactly autoregressive training
 
     def check(self) -> None:
         super().check()
         if self.block_size < 1:
             raise ConfigError(f"method.block_size must be >= 1, got {self.block_size}")
-        if not 0.0 <= self.clip_low < self.clip_high <= 1.0:
-            raise ConfigError(f"method.clip_low and clip_high must satisfy 0 <= low < high <= 1, got "
-                              f"{self.clip_low} and {self.clip_high}")
+        if not (0.0 <= self.clip_low <= self.clip_high <= 1.0 and self.clip_high > 0.0):
+            raise ConfigError(f"method.clip_low and clip_high are mask rates with 0 <= low <= high <= 1 and high > 0, "
+                              f"got {self.clip_low} and {self.clip_high}")
         if self.time_conditioning:
             raise ConfigError("block diffusion draws one noise level per block, which one time input cannot "
                               "describe; leave method.time_conditioning=false (the masks say how noisy a block is)")
@@ -122,6 +122,20 @@ class BlockDiffusion(MaskedDiffusion):
         """Uniforms -> the estimator's per-block draws (times in (0, 1], or mask counts in 1..B)."""
         return counts_from(u, self.B) if self.cfg.estimator == "count" else times_from(u)
 
+    def clip(self, u: torch.Tensor, low: float | None = None, high: float | None = None) -> torch.Tensor:
+        """Uniforms on [0, 1) -> uniforms whose mask rate lands in [clip_low, clip_high]. With the time estimator
+        t = 1 - u and the mask rate is 1 - alpha(t) (= t for the log-linear schedule); with the count estimator
+        u itself is the mask rate."""
+        low = self.cfg.clip_low if low is None else low
+        high = self.cfg.clip_high if high is None else high
+        if (low, high) == (0.0, 1.0):
+            return u
+        if self.cfg.estimator == "count":  # whole mask counts k with k / B in [low, high] (at least one)
+            k_low = max(1, math.ceil(low * self.B - 1e-9))
+            k_high = max(k_low, math.floor(high * self.B + 1e-9))
+            return (k_low - 1 + u * (k_high - k_low + 1)) / self.B
+        return (1.0 - high) + (high - low) * u
+
     def loss(self, model: Transformer, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         n, L = x.shape
         blocks = L // self.B
@@ -130,10 +144,7 @@ class BlockDiffusion(MaskedDiffusion):
             u = stratified(torch.rand(blocks, 1, generator=generator, device=x.device), n).T
         else:
             u = torch.rand(n, blocks, generator=generator, device=x.device)
-        low, high = self.cfg.clip_low, self.cfg.clip_high
-        if (low, high) != (0.0, 1.0):
-            u = low + (high - low) * u
-        return self._block_terms(model, x, self._draws(u, L), generator).mean() / L
+        return self._block_terms(model, x, self._draws(self.clip(u), L), generator).mean() / L
 
     @torch.no_grad()
     def nll(self, model: Transformer, windows: torch.Tensor, batch_size: int = 64) -> NLLResult:
@@ -307,7 +318,7 @@ def clip_variance(method: BlockDiffusion, model: Transformer, windows: torch.Ten
     n, L = windows.shape
     for low, high in clips:
         gen = torch.Generator(device=windows.device).manual_seed(method.cfg.eval_seed)
-        u = low + (high - low) * torch.rand(n, L // method.B, generator=gen, device=windows.device)
+        u = method.clip(torch.rand(n, L // method.B, generator=gen, device=windows.device), low, high)
         draws = method._draws(u, L)
         with torch.no_grad():
             per_window = torch.cat([method._block_terms(model, xb, db, gen) for xb, db in
