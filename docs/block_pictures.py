@@ -54,6 +54,12 @@ def tradeoff(results: Path = HERE.parent / "benchmarks" / "results" / "block_tab
     left.axhline(ar["val_nats"], color="k", ls="--", label="ar (exact)")
     masked = next(r for r in rows if r["method"] == "masked")
     left.axhline(masked["val_nats"], color="tab:red", ls=":", label="masked (bound)")
+    clip = results.parent / "block_clip.json"
+    if clip.exists():
+        c = json.loads(clip.read_text())
+        pick = c["pick"]
+        left.plot([4], [c["clipped_val_nats"]], "*", ms=12, color="tab:green",
+                  label=f"B = 4, mask rates clipped to [{pick['clip_low']:g}, {pick['clip_high']:g}]")
     left.set_xscale("log", base=2)
     left.set_xlabel("block size B (characters)")
     left.set_ylabel("validation nats/char")
