@@ -190,6 +190,7 @@ class Trainer:
         self.method, model = build(cfg, self.source.vocab)
         self.source.check(self.method)
         self.model = model.to(self.device)
+        self.n_parameters = sum(p.numel() for p in self.model.parameters())  # any network, not only ours
         self.ema = EMA(self.model, cfg.train.ema_decay, cfg.train.ema_warmup)
         self.opt = make_optimizer(self.model, cfg)
 
@@ -220,12 +221,12 @@ class Trainer:
         corpus = self.source.record()
         write_json(rd / "config.json", {
             "config": self.cfg.to_dict(), "seed": self.cfg.seed, "versions": versions(), "corpus": corpus,
-            "parameters": self.model.num_parameters(), "device": str(self.device),
+            "parameters": self.n_parameters, "device": str(self.device),
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         })
         self.source.save_vocab(rd)
         if self.progress:
-            self.log(f"run directory: {rd} ({self.model.num_parameters():,} parameters, {self.device})")
+            self.log(f"run directory: {rd} ({self.n_parameters:,} parameters, {self.device})")
 
     def save(self) -> None:
         """Checkpoint everything :meth:`_load` needs to continue exactly: weights, EMA, optimizer moments,
