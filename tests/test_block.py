@@ -169,7 +169,7 @@ def test_clipped_mask_rates_land_in_the_range(block4):
     u = torch.linspace(0, 0.999, 1000)
     for estimator in ("time", "count"):
         method.cfg.estimator = estimator
-        draws = method._draws(method.clip(u, 0.3, 0.8), 32)
+        draws = method._draws(method.clip(u, 0.3, 0.8))
         if estimator == "count":  # B = 4: the counts whose rate k / 4 is in [0.3, 0.8] are 2 and 3
             assert set(draws.tolist()) == {2, 3}
         else:

@@ -106,19 +106,19 @@ class BlockDiffusion(MaskedDiffusion):
         ``draws`` (n, L / B) the blocks' times (time estimator) or mask counts (count estimator)."""
         n, L = x.shape
         blocks = x.reshape(-1, self.B)  # one row per block, so each block gets its own draw
+        draws = draws.reshape(-1)
         if self.cfg.estimator == "count":
-            k = draws.reshape(-1)
-            z, masked = corrupt_exactly(blocks, k, self.tok.mask_id, generator)
-            ce = cross_entropy_per_token(self._paired_logits(model, z.view(n, L), x), x).view(-1, self.B)
-            per_block = self.B * (ce * masked).sum(-1) / k
+            z, masked = corrupt_exactly(blocks, draws, self.tok.mask_id, generator)
         else:
-            t = draws.reshape(-1)
-            z, masked = corrupt(blocks, self.schedule.alpha(t), self.tok.mask_id, generator)
-            ce = cross_entropy_per_token(self._paired_logits(model, z.view(n, L), x), x).view(-1, self.B)
-            per_block = self.schedule.weight(t) * (ce * masked).sum(-1)
+            z, masked = corrupt(blocks, self.schedule.alpha(draws), self.tok.mask_id, generator)
+        ce = cross_entropy_per_token(self._paired_logits(model, z.view(n, L), x), x).view(-1, self.B)
+        if self.cfg.estimator == "count":
+            per_block = self.B * (ce * masked).sum(-1) / draws
+        else:
+            per_block = self.schedule.weight(draws) * (ce * masked).sum(-1)
         return per_block.view(n, -1).sum(-1)
 
-    def _draws(self, u: torch.Tensor, length: int) -> torch.Tensor:
+    def _draws(self, u: torch.Tensor) -> torch.Tensor:
         """Uniforms -> the estimator's per-block draws (times in (0, 1], or mask counts in 1..B)."""
         return counts_from(u, self.B) if self.cfg.estimator == "count" else times_from(u)
 
@@ -144,48 +144,28 @@ class BlockDiffusion(MaskedDiffusion):
             u = stratified(torch.rand(blocks, 1, generator=generator, device=x.device), n).T
         else:
             u = torch.rand(n, blocks, generator=generator, device=x.device)
-        return self._block_terms(model, x, self._draws(self.clip(u), L), generator).mean() / L
+        return self._block_terms(model, x, self._draws(self.clip(u)), generator).mean() / L
 
     @torch.no_grad()
     def nll(self, model: Transformer, windows: torch.Tensor, batch_size: int = 64) -> NLLResult:
-        per_window, K = self._bound_samples(model, windows, batch_size)
-        n, L = windows.shape
-        per_window = per_window.mean(1) / L
-        prior = self.schedule.prior_kl_per_token(self.tok.n_symbols)
-        stderr = float(per_window.std() / math.sqrt(n)) if n > 1 else float("nan")
-        chars = self.chars_in(windows)
-        return NLLResult(
-            nats_per_unit=(float(per_window.mean()) + prior) * (n * L) / chars, kind="bound", windows=n,
-            units=chars,
-            details={"time_samples_per_window": K, "seed": self.cfg.eval_seed, "schedule": self.schedule.name,
-                     "estimator": self.cfg.estimator, "block_size": self.B, "prior_kl_per_char": prior,
-                     "stderr_nats": stderr,
-                     "note": "Monte-Carlo estimate of the sum of per-block NELBOs (an upper bound on NLL)"},
-        )
-
-    def _bound_samples(self, model: Transformer, windows: torch.Tensor, batch_size: int) -> tuple[torch.Tensor, int]:
-        """(n, K) per-window NELBO samples (nats): K stratified draws per window and block, fixed seed."""
+        """K stratified draws per window and block, fixed seed; masked diffusion's estimator, block by block."""
         K = max(1, self.cfg.eval_time_samples)
         device = windows.device
         gen = torch.Generator(device=device).manual_seed(self.cfg.eval_seed)
         n, L = windows.shape
         u = stratified(torch.rand(n, L // self.B, 1, generator=gen, device=device), K)  # (n, blocks, K)
-        draws = self._draws(u.permute(0, 2, 1).reshape(n * K, -1), L)
+        draws = self._draws(u.permute(0, 2, 1).reshape(n * K, -1))
         rows = windows.repeat_interleave(K, dim=0)
         terms = torch.cat([self._block_terms(model, xb, db, gen)
                            for xb, db in zip(rows.split(batch_size), draws.split(batch_size), strict=True)])
-        return terms.double().view(n, K).cpu(), K
+        return self._bound_result(windows, terms, K, "Monte-Carlo estimate of the sum of per-block NELBOs (an upper "
+                                  "bound on NLL)", block_size=self.B)
 
     # ---- sampling: block by block, the clean prefix in a KV cache ----------------------------------------
     @torch.no_grad()
     def sample(self, model: Transformer, req: SampleRequest, generator: torch.Generator,
                on_step: StepCallback | None = None) -> SampleResult:
-        sampler = self._check_request(req)
-        device = next(model.parameters()).device
-        state, fixed = self.prepare(req, device)
-        steps = req.steps or self.default_steps(state.shape[1])
-        if steps < 1:
-            raise ConfigError("--steps must be >= 1")
+        sampler, state, fixed, steps = self._start(model, req)
         if req.infill is not None:
             self._check_infill(fixed[0])
         writer = _BlockWriter(self, model, state, fixed, on_step)
@@ -319,7 +299,7 @@ def clip_variance(method: BlockDiffusion, model: Transformer, windows: torch.Ten
     for low, high in clips:
         gen = torch.Generator(device=windows.device).manual_seed(method.cfg.eval_seed)
         u = method.clip(torch.rand(n, L // method.B, generator=gen, device=windows.device), low, high)
-        draws = method._draws(u, L)
+        draws = method._draws(u)
         with torch.no_grad():
             per_window = torch.cat([method._block_terms(model, xb, db, gen) for xb, db in
                                     zip(windows.split(batch_size), draws.split(batch_size), strict=True)]) / L

@@ -151,6 +151,14 @@ class MaskedDiffusion(TextMethod):
             draws, term = times_from(strata), self._nelbo_terms
         terms = torch.cat([term(model, xb, db, gen)
                            for xb, db in zip(rows.split(batch_size), draws.split(batch_size), strict=True)])
+        return self._bound_result(windows, terms, K, "Monte-Carlo estimate of the continuous-time NELBO (an upper "
+                                  "bound on NLL)")
+
+    def _bound_result(self, windows: torch.Tensor, terms: torch.Tensor, K: int, note: str,
+                      **details: object) -> NLLResult:
+        """The bound from K NELBO samples per window (``terms``: (n * K,) nats, window-major): the mean per
+        window, the prior KL, the standard error, all per character."""
+        n, L = windows.shape
         per_window = terms.double().view(n, K).mean(1).cpu() / L
         prior = self.schedule.prior_kl_per_token(self.tok.n_symbols)
         stderr = float(per_window.std() / math.sqrt(n)) if n > 1 else float("nan")
@@ -159,23 +167,15 @@ class MaskedDiffusion(TextMethod):
         return NLLResult(
             nats_per_unit=(float(per_window.mean()) + prior) * per_char, kind="bound", windows=n, units=chars,
             details={"time_samples_per_window": K, "seed": self.cfg.eval_seed, "schedule": self.schedule.name,
-                     "estimator": self.cfg.estimator,
-                     "prior_kl_per_char": prior, "stderr_nats": stderr,
-                     "note": "Monte-Carlo estimate of the continuous-time NELBO (an upper bound on NLL)"},
+                     "estimator": self.cfg.estimator, **details,
+                     "prior_kl_per_char": prior, "stderr_nats": stderr, "note": note},
         )
 
     # ---- samplers ----------------------------------------------------------------------------------
     @torch.no_grad()
     def sample(self, model: Transformer, req: SampleRequest, generator: torch.Generator,
                on_step: StepCallback | None = None) -> SampleResult:
-        sampler = self._check_request(req)
-        device = next(model.parameters()).device
-        state, fixed = self.prepare(req, device)
-        L = state.shape[1]
-        self.check_length(L)
-        steps = req.steps or self.default_steps(L)
-        if steps < 1:
-            raise ConfigError("--steps must be >= 1")
+        sampler, state, fixed, steps = self._start(model, req)
         state = self._from_prior(state, fixed, generator)
         if on_step:
             on_step(0, state.clone(), {"t": 1.0, "nfe": 0})
@@ -186,13 +186,18 @@ class MaskedDiffusion(TextMethod):
         state, nfe = self.denoise(forward, state, steps, sampler, req, generator, on_step)
         return SampleResult(state, nfe, fixed, {"sampler": sampler, "steps": steps})
 
-    def _check_request(self, req: SampleRequest) -> str:
-        """The sampler to use, after the checks that need no model."""
+    def _start(self, model: Transformer, req: SampleRequest) -> tuple[str, torch.Tensor, torch.Tensor, int]:
+        """The checked request: its sampler, the initial state and fixed positions, and the steps to take."""
         sampler = self.check_sampler(req.sampler)
         if sampler == "cached" and self.time_conditioning:
             raise ConfigError("the cached sampler reuses the network's output when nothing changed, which is "
                               "only exact without time conditioning; use --sampler ancestral")
-        return sampler
+        state, fixed = self.prepare(req, next(model.parameters()).device)
+        self.check_length(state.shape[1])
+        steps = req.steps or self.default_steps(state.shape[1])
+        if steps < 1:
+            raise ConfigError("--steps must be >= 1")
+        return sampler, state, fixed, steps
 
     def _from_prior(self, state: torch.Tensor, fixed: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         """Start from the prior: a tiny alpha(1) > 0 means a few positions start as uniform symbols."""
