@@ -109,8 +109,8 @@ class CharNgramJudge:
 
 def char_entropy(texts: Iterable[str]) -> float:
     """Entropy (bits) of the character unigram distribution over all the texts together. A sampler can buy
-    judge perplexity by collapsing onto frequent characters; this number shows what it gave up (real text
-    of Tiny Shakespeare: about 4.6 bits)."""
+    judge perplexity by collapsing onto frequent characters; this number shows what it gave up (64-character
+    validation windows of Tiny Shakespeare: about 4.8 bits)."""
     counts = np.array(list(Counter("".join(texts)).values()), dtype=np.float64)
     if not counts.size:
         return float("nan")
