@@ -8,6 +8,7 @@ import pytest
 
 from textdiffusion import __version__
 from textdiffusion.apps.cli import build_parser, main
+from textdiffusion.checkpoint import read_header
 from textdiffusion.methods import REGISTRY, TextMethod
 from textdiffusion.methods.image import ImageDiffusion
 
@@ -54,7 +55,7 @@ def test_ar_sample_and_resume_contract(runs, capsys):
     assert main(["sample", str(runs / "ar"), "--prompt", "First", "--length", "40", "--show", "--delay", "0"]) == 0
     assert capsys.readouterr().out.startswith("First")
     assert main(["train", "--resume", str(runs / "ar"), "--steps", "40", "--no-progress"]) == 0
-    assert json.loads((runs / "ar" / "trainer.json").read_text())["step"] == 40
+    assert read_header(runs / "ar").step == 40
     assert json.loads((runs / "ar" / "config.json").read_text())["config"]["train"]["steps"] == 40
     assert main(["train", "--resume", str(runs / "ar"), "--no-progress"]) == 2  # nothing left to do
 
@@ -97,9 +98,9 @@ def test_corrupt_checkpoint_is_one_line(runs, tmp_path, capsys):
 
     broken = tmp_path / "broken"
     shutil.copytree(runs / "masked", broken)
-    (broken / "ema.safetensors").write_bytes(b"\x00" * 10)
+    (broken / "checkpoint.safetensors").write_bytes(b"\x00" * 10)
     assert main(["sample", str(broken)]) == 2
-    assert "corrupt" in capsys.readouterr().err
+    assert "damaged" in capsys.readouterr().err
 
 
 def test_context_longer_than_corpus(tmp_path, capsys):

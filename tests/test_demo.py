@@ -13,7 +13,7 @@ def test_demo_trains_animates_and_prints_the_run(small_corpus, tmp_path, capsys)
     assert "step" in captured.err and "░" in captured.err  # the denoising animation
     assert f"run directory: {rd}" in captured.err
     assert "Sample:" in captured.out
-    assert (rd / "ema.safetensors").exists()
+    assert (rd / "checkpoint.safetensors").exists()
 
 
 def test_demo_offline_says_how_to_provide_the_corpus(tmp_path, monkeypatch, capsys):

@@ -99,8 +99,8 @@ def image_run(mnist_npz, tmp_path_factory) -> Path:
 
 def test_training_writes_an_image_run(image_run: Path):
     files = {p.name for p in image_run.iterdir()}
-    assert {"config.json", "image.json", "model.safetensors", "ema.safetensors", "metrics.jsonl",
-            "final.json"} <= files and "tokenizer.json" not in files
+    assert {"config.json", "image.json", "checkpoint.safetensors", "metrics.jsonl", "final.json"} <= files
+    assert "tokenizer.json" not in files
     rows = [json.loads(line) for line in (image_run / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [15, 30] and all("val_bpd" in r and "images_per_s" in r for r in rows)
     assert rows[1]["train_loss"] < 1.0  # eps-MSE starts at 1 for the zero-initialised net

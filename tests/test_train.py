@@ -8,12 +8,12 @@ import pytest
 import torch
 
 from helpers import tiny_config
-from textdiffusion.checkpoint import CheckpointError, read_tensors
+from textdiffusion.checkpoint import CheckpointError, read_group, read_header
 from textdiffusion.train import Trainer, lr_at, resume_training
 
 
 def _weights(run_dir, name="model"):
-    return read_tensors(run_dir / f"{name}.safetensors")[0]
+    return read_group(run_dir, name)[0]
 
 
 def _same(a, b):
@@ -35,7 +35,7 @@ def test_resume_after_ctrl_c_ends_bit_identical(method, small_corpus, tmp_path):
 
     summary = trainer.train(on_step=ctrl_c)
     assert summary["interrupted"] and summary["step"] == 7
-    assert read_tensors(parts / "model.safetensors")[1] == 7
+    assert read_header(parts).step == 7
     resume_training(parts, progress=False)
 
     for name in ("model", "ema"):
@@ -61,8 +61,7 @@ def test_resume_from_a_killed_run_replays_from_the_last_checkpoint(small_corpus,
 def test_run_directory_contents(small_corpus, tmp_path):
     run = tmp_path / "run"
     Trainer(tiny_config("masked", small_corpus, steps=30), run, progress=False).train()
-    for name in ("config.json", "tokenizer.json", "model.safetensors", "ema.safetensors", "trainer.safetensors",
-                 "trainer.json", "metrics.jsonl", "final.json"):
+    for name in ("config.json", "tokenizer.json", "checkpoint.safetensors", "metrics.jsonl", "final.json"):
         assert (run / name).exists(), name
     meta = json.loads((run / "config.json").read_text())
     assert meta["seed"] == 1337 and meta["config"]["method"]["name"] == "masked"
@@ -83,8 +82,8 @@ def test_existing_run_dir_is_not_overwritten(small_corpus, tmp_path):
 def test_corrupt_and_mismatched_checkpoints_are_refused(small_corpus, tmp_path):
     run = tmp_path / "r"
     Trainer(tiny_config("ar", small_corpus, steps=4, **{"train.eval_every": 2}), run, progress=False).train(stop_at=2)
-    (run / "model.safetensors").write_bytes(b"garbage")
-    with pytest.raises(CheckpointError, match="corrupt"):
+    (run / "checkpoint.safetensors").write_bytes(b"garbage")
+    with pytest.raises(CheckpointError, match="damaged"):
         resume_training(run, progress=False)
 
 
@@ -122,8 +121,8 @@ def test_stopping_between_evaluations_checkpoints_that_step_but_does_not_score(s
                       progress=False).train(stop_at=13)
     assert summary["step"] == 13 and not summary["interrupted"] and not summary["out_of_time"]
     assert "val_bpc" not in summary and not (run / "final.json").exists()  # not finished: resume, don't score
-    assert {read_tensors(run / f"{n}.safetensors")[1] for n in ("model", "ema", "trainer")} == {13}
-    assert json.loads((run / "trainer.json").read_text())["step"] == 13
+    assert {read_group(run, n)[1] for n in ("model", "ema", "trainer")} == {13}
+    assert read_header(run).state["step"] == 13
 
 
 def test_progress_bar_shows_the_smoothed_loss_and_the_last_evaluation(small_corpus, tmp_path, monkeypatch):

@@ -3,24 +3,33 @@
 Layout of a run directory::
 
     config.json               full resolved config, seed, versions, corpus fingerprint, parameter count
-    tokenizer.json            the tokenizer, so sampling needs no corpus
-    model.safetensors         raw weights          } each stamped with the training step in its metadata;
-    ema.safetensors           EMA weights          } resume refuses a set whose steps disagree
-    trainer.safetensors       optimizer moments and RNG states, for exact resume
-    trainer.json              step, elapsed time, optimizer hyper-parameters
+    tokenizer.json            the tokenizer, so sampling needs no corpus (image runs: image.json)
+    checkpoint.safetensors    the whole training state in one file: raw weights (``model.*``), EMA weights
+                              (``ema.*``, what sampling and eval use), optimizer moments and RNG states
+                              (``trainer.*``); its metadata holds the step, the trainer's counters and the
+                              config the weights were trained with
+    .lock                     held (``flock``) by the one process training the run
     metrics.jsonl             one line per evaluation
     samples/step_NNNNNN.txt   samples written at each evaluation
+    final.json                the headline result, written when training finishes
     eval.json                 written by ``textdiffusion eval``
     sweep.json                ``textdiffusion compare``'s cache of its quality-vs-speed points
 
-Every file is written to a temporary name in the same directory and renamed over the old one, so a
-crash or Ctrl-C leaves either the old or the new file, never half of one.
+**Why one file.** A save must happen entirely or not at all. The checkpoint is written to a temporary name
+beside the old one, flushed, and renamed over it: until the rename the previous checkpoint is whole and
+usable, after it the new one is. A kill, an OOM, a full disk or a second Ctrl-C at any moment leaves one
+complete checkpoint (0.1.0 wrote four files one after another, and a kill between them left a run that could
+never resume). Readers that want only the EMA weights open the file lazily and read just those tensors.
+
+Runs written by textdiffusion 0.1 (``model.safetensors``, ``ema.safetensors``, ``trainer.safetensors`` and
+``trainer.json``) are still read; the next save of such a run writes the one-file form.
 """
 
 from __future__ import annotations
 
 import json
 import platform
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +62,143 @@ def read_json(path: Path) -> Any:
                               f"`textdiffusion train`?") from None
     except json.JSONDecodeError as e:
         raise CheckpointError(f"{path} is corrupt ({e.msg} at line {e.lineno}); restore it or retrain") from None
+    except UnicodeDecodeError:
+        raise CheckpointError(f"{path} is not UTF-8 text; restore it or retrain") from None
+    except IsADirectoryError:
+        raise CheckpointError(f"{path} is a directory, not a file; is {path.parent} a run directory?") from None
+
+
+CHECKPOINT = "checkpoint.safetensors"
+GROUPS = ("model", "ema", "trainer")  # the prefixes of the tensors in a checkpoint
+LEGACY_FILES = ("model.safetensors", "ema.safetensors", "trainer.safetensors", "trainer.json")
+
+
+def write_checkpoint(run_dir: Path, groups: dict[str, dict[str, torch.Tensor]], state: dict[str, Any],
+                     config: dict[str, Any]) -> None:
+    """Replace the run's checkpoint with ``groups`` (``{"model": state_dict, "ema": ..., "trainer": ...}``),
+    the trainer's ``state`` (step, counters, optimizer hyper-parameters) and the ``config`` it trains with.
+
+    One atomic write: see the module docstring. Files of the 0.1 layout are removed once the new file is in
+    place, so a run never holds two checkpoints that disagree."""
+    tensors = {f"{group}.{name}": t.detach().contiguous().cpu()
+               for group, sd in groups.items() for name, t in sd.items()}
+    meta = {"format": "pt", "step": str(state["step"]), "state": json.dumps(state),
+            "config": json.dumps(config, sort_keys=True)}
+    path = Path(run_dir) / CHECKPOINT
+    atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=meta))
+    for name in LEGACY_FILES:
+        (Path(run_dir) / name).unlink(missing_ok=True)
+
+
+@dataclass
+class CheckpointHeader:
+    """What a checkpoint says about itself without loading a tensor: enough to check it against config.json
+    before any model is built."""
+
+    path: Path
+    step: int
+    state: dict[str, Any]  # the trainer's counters and optimizer hyper-parameters
+    config: dict[str, Any] | None  # the run config the weights were trained with (None: a 0.1 run)
+    shapes: dict[str, dict[str, tuple[int, ...]]]  # group -> tensor name -> shape
+
+
+def has_checkpoint(run_dir: Path) -> bool:
+    """Whether the run has a complete checkpoint to resume from (either layout)."""
+    run_dir = Path(run_dir)
+    return (run_dir / CHECKPOINT).is_file() or all((run_dir / n).is_file() for n in LEGACY_FILES)
+
+
+def has_weights(run_dir: Path) -> bool:
+    """Whether the run has weights to sample from: a checkpoint, or a 0.1 run's weight files (which may have
+    been shared without the optimizer state)."""
+    run_dir = Path(run_dir)
+    return has_checkpoint(run_dir) or any((run_dir / f"{g}.safetensors").is_file() for g in ("ema", "model"))
+
+
+def _corrupt(path: Path, why: object) -> CheckpointError:
+    return CheckpointError(f"{path} is not a readable checkpoint ({why}); the file is damaged: restore it from a "
+                           f"copy or retrain")
+
+
+def read_header(run_dir: Path) -> CheckpointHeader:
+    """The checkpoint's step, trainer state, training config and tensor shapes (nothing is loaded)."""
+    from safetensors import safe_open
+
+    run_dir = Path(run_dir)
+    path = run_dir / CHECKPOINT
+    if not path.is_file():
+        return _legacy_header(run_dir)
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+            shapes: dict[str, dict[str, tuple[int, ...]]] = {g: {} for g in GROUPS}
+            names = f.keys()  # a safe_open handle is not iterable
+            for key in names:
+                group, _, name = key.partition(".")
+                if group not in shapes:
+                    raise ValueError(f"unexpected tensor {key!r}")
+                shapes[group][name] = tuple(f.get_slice(key).get_shape())
+        state = json.loads(meta["state"])
+        config = json.loads(meta["config"])
+        step = int(meta["step"])
+        if not isinstance(state, dict) or state.get("step") != step or not isinstance(config, dict):
+            raise ValueError("inconsistent metadata")
+    except (SafetensorError, OSError, ValueError, KeyError, TypeError) as e:
+        raise _corrupt(path, e) from None
+    return CheckpointHeader(path, step, state, config, shapes)
+
+
+def _legacy_header(run_dir: Path) -> CheckpointHeader:
+    """The header of a 0.1 run's files, which must all be from one step. A shared 0.1 run may hold only its
+    weights (no trainer state): it samples, and cannot be resumed."""
+    from safetensors import safe_open
+
+    if not has_weights(run_dir):
+        raise CheckpointError(f"{run_dir} has no checkpoint ({CHECKPOINT} is missing); is it a run directory made "
+                              f"by `textdiffusion train`, copied whole?")
+    shapes: dict[str, dict[str, tuple[int, ...]]] = {}
+    steps = []
+    for group in GROUPS:
+        path = run_dir / f"{group}.safetensors"
+        if not path.is_file():
+            continue
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                steps.append(int((f.metadata() or {}).get("step", -1)))
+                names = f.keys()
+                shapes[group] = {k: tuple(f.get_slice(k).get_shape()) for k in names}
+        except (SafetensorError, OSError, ValueError) as e:
+            raise _corrupt(path, e) from None
+    state = read_json(run_dir / "trainer.json") if (run_dir / "trainer.json").is_file() else {"step": steps[0]}
+    if not isinstance(state, dict) or len({*steps, state.get("step")}) != 1:
+        raise CheckpointError(f"checkpoint files in {run_dir} are from different steps ({', '.join(map(str, steps))}"
+                              f", {state.get('step') if isinstance(state, dict) else '?'}): a copy of a 0.1 run "
+                              f"that was interrupted; restore a consistent set of the four files")
+    return CheckpointHeader(run_dir / "trainer.json", steps[0], state, None, shapes)
+
+
+def read_group(run_dir: Path, group: str) -> tuple[dict[str, torch.Tensor], int]:
+    """The tensors of one group (``model``, ``ema`` or ``trainer``) and the checkpoint's step."""
+    from safetensors import safe_open
+
+    run_dir = Path(run_dir)
+    path = run_dir / CHECKPOINT
+    if not path.is_file():
+        if not (run_dir / f"{group}.safetensors").is_file():
+            raise CheckpointError(f"{run_dir} has no checkpoint ({CHECKPOINT} is missing); is it a run directory "
+                                  f"made by `textdiffusion train`, copied whole?")
+        return read_tensors(run_dir / f"{group}.safetensors")
+    prefix = group + "."
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            step = int((f.metadata() or {}).get("step", -1))
+            names = f.keys()
+            tensors = {k[len(prefix):]: f.get_tensor(k) for k in names if k.startswith(prefix)}
+    except (SafetensorError, OSError, ValueError) as e:
+        raise _corrupt(path, e) from None
+    if not tensors:
+        raise _corrupt(path, f"no {group} tensors")
+    return tensors, step
 
 
 def write_tensors(path: Path, tensors: dict[str, torch.Tensor], step: int) -> None:

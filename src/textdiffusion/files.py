@@ -28,10 +28,33 @@ def atomic_write(path: str | Path, write: Callable[[str], object]) -> None:
         os.umask(mask)
         os.chmod(tmp, 0o666 & ~mask)  # mkstemp makes 0600 files; a run directory should be shareable
         os.replace(tmp, path)
+        _sync_dir(path.parent)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def _sync_dir(folder: Path) -> None:
+    """Flush a rename to disk, so a power cut cannot undo it (a no-op where directories cannot be opened)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def stale_temporaries(folder: str | Path, names: tuple[str, ...]) -> list[Path]:
+    """Temporary files :func:`atomic_write` left in ``folder`` for targets named ``names``: a process killed
+    mid-write (SIGKILL, OOM, power cut) cannot remove its own. Only the one writer of those targets may delete
+    them, as another process's write in progress looks the same."""
+    folder = Path(folder)
+    return sorted(p for name in names for p in folder.glob(f".{name}.*.tmp") if p.is_file())
 
 
 def write_text(path: str | Path, text: str) -> None:

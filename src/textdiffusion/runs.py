@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from textdiffusion.checkpoint import CheckpointError, read_json, read_tensors
+from textdiffusion.checkpoint import CheckpointError, CheckpointHeader, read_group, read_header, read_json
 from textdiffusion.config import Config, apply_sampling_overrides
 from textdiffusion.data.sources import load_vocab
 from textdiffusion.data.tokenizer import Tokenizer
@@ -34,6 +34,72 @@ def build(cfg: Config, vocab: Any) -> tuple[Method, torch.nn.Module]:
     methods, the :class:`~textdiffusion.data.images.ImageSpec` for images."""
     method = get_method(cfg.method.name).from_config(cfg, vocab)
     return method, method.build_model()
+
+
+def _fixed_fields(d: dict[str, Any], sampling: tuple[str, ...]) -> dict[str, Any]:
+    """The parts of a config dict that shaped the weights: the method's non-sampling fields, its network
+    section and the tokenizer. The schedule (``train``) may change on resume and sampling options per call."""
+    out: dict[str, Any] = {}
+    method = d.get("method") if isinstance(d.get("method"), dict) else {}
+    out.update({f"method.{k}": v for k, v in method.items() if k not in sampling})
+    for section in ("model", "unet"):
+        if isinstance(d.get(section), dict):
+            out.update({f"{section}.{k}": v for k, v in d[section].items()})
+    data = d.get("data") if isinstance(d.get("data"), dict) else {}
+    out.update({f"data.{k}": data.get(k) for k in ("tokenizer", "vocab_size") if k in data})
+    return out
+
+
+def check_checkpoint_config(header: CheckpointHeader, cfg: Config) -> None:
+    """Refuse a config.json that no longer describes the weights (an edited method, shape or tokenizer): such a
+    run would build a different network, or sample garbage from the right one. Checked before anything is
+    built. Runs of 0.1, whose checkpoints do not record their config, are checked by shape instead."""
+    if header.config is None:
+        return
+    sampling = cfg.method.sampling_fields()
+    saved, now = _fixed_fields(header.config, sampling), _fixed_fields(cfg.to_dict(), sampling)
+    changed = [k for k in sorted(saved.keys() | now.keys()) if saved.get(k) != now.get(k)]
+    if changed:
+        shown = "; ".join(f"{k}: {saved.get(k)!r} in the checkpoint, {now.get(k)!r} in config.json"
+                          for k in changed[:3])
+        raise CheckpointError(f"config.json of {header.path.parent} does not match the config its checkpoint was "
+                              f"trained with ({shown}); undo the edit to config.json")
+
+
+def check_checkpoint_shapes(header: CheckpointHeader, model: torch.nn.Module, run_dir: Path,
+                            groups: tuple[str, ...] = ("model", "ema")) -> None:
+    """Refuse weights whose names or shapes differ from ``model``'s (files from another run, an edited
+    tokenizer.json). ``model`` may live on the meta device: only shapes are compared."""
+    want = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    for group in groups:
+        have = header.shapes.get(group, {})
+        if have == want:
+            continue
+        missing, unexpected = want.keys() - have.keys(), have.keys() - want.keys()
+        resized = sorted(k for k in want.keys() & have.keys() if want[k] != have[k])
+        detail = (f"{resized[0]} is {list(have[resized[0]])} in the file, {list(want[resized[0]])} in the model"
+                  if resized else f"missing {len(missing)}, unexpected {len(unexpected)} tensors")
+        raise CheckpointError(f"the {group} weights in {run_dir} do not fit the model config.json describes "
+                              f"({detail}); the files are from different runs, or config.json or the tokenizer "
+                              f"was edited")
+
+
+def _shape_only_model(cfg: Config, vocab: Any) -> torch.nn.Module | None:
+    """The run's network built on the meta device (no memory): its shapes, checked before the real build.
+    None when a method cannot be built there; the check then happens after the build."""
+    try:
+        with torch.device("meta"):
+            return build(cfg, vocab)[1]
+    except Exception:  # any failure only means the cheap check is skipped
+        return None
+
+
+def check_finite(tensors: dict[str, torch.Tensor], path: Path) -> None:
+    """Weights with NaN or inf sample nothing but one symbol and score as nonsense: refuse them by name."""
+    for name, t in tensors.items():
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            raise CheckpointError(f"the weights in {path} contain NaN or inf ({name}): the run diverged before "
+                                  f"this checkpoint; retrain with a lower train.lr")
 
 
 @dataclass
@@ -65,15 +131,18 @@ def open_run(path: str | Path, weights: str = "ema", device: str = "auto",
     cfg = Config.from_dict(meta["config"])
     if overrides:
         apply_sampling_overrides(cfg, overrides)
-    vocab = load_vocab(run)
-    method, model = build(cfg, vocab)
-    tensors, step = read_tensors(run / f"{weights}.safetensors")
-    missing, unexpected = model.load_state_dict(tensors, strict=False)
-    if missing or unexpected:
-        raise CheckpointError(f"{run / (weights + '.safetensors')} does not match the model in config.json "
-                              f"(missing {len(missing)}, unexpected {len(unexpected)} tensors); the files are "
-                              f"from different runs")
     dev = pick_device(device)
+    vocab = load_vocab(run)
+    header = read_header(run)
+    check_checkpoint_config(header, cfg)
+    shell = _shape_only_model(cfg, vocab)
+    if shell is not None:
+        check_checkpoint_shapes(header, shell, run, (weights,))
+    method, model = build(cfg, vocab)
+    check_checkpoint_shapes(header, model, run, (weights,))
+    tensors, step = read_group(run, weights)
+    check_finite(tensors, header.path)
+    model.load_state_dict(tensors)
     model.to(dev).eval()
     if isinstance(method, TextMethod) and method.guide_run():
         method.set_guide(open_run(method.guide_run(), device=str(dev)))

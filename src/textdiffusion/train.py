@@ -26,23 +26,37 @@ import torch
 from tqdm.auto import tqdm
 
 from textdiffusion.checkpoint import (
+    CHECKPOINT,
+    LEGACY_FILES,
     CheckpointError,
+    has_checkpoint,
+    has_weights,
     optimizer_from_flat,
     optimizer_to_flat,
+    read_group,
+    read_header,
     read_json,
-    read_tensors,
     versions,
+    write_checkpoint,
     write_json,
-    write_tensors,
 )
 from textdiffusion.config import Config, ConfigError, validate
 from textdiffusion.data.sources import Source, as_source, load_source
-from textdiffusion.files import write_text
+from textdiffusion.files import stale_temporaries, write_text
 from textdiffusion.methods.base import NLLResult, bits_key
 from textdiffusion.optim import warmup_cosine
-from textdiffusion.runs import build, pick_device
+from textdiffusion.run_lock import LOCK_NAME, RunLock
+from textdiffusion.runs import build, check_checkpoint_config, check_checkpoint_shapes, pick_device
 
 StopReason = Literal["out_of_time", "interrupted"]  # why a loop ended before its target step
+
+# what the trainer writes into a run directory: its leftover temporaries are the trainer's to clean up
+_TRAINER_FILES = (CHECKPOINT, "config.json", "tokenizer.json", "image.json", "metrics.jsonl", "final.json",
+                  *LEGACY_FILES)
+
+
+class TrainingDiverged(ConfigError):
+    """The loss or the weights stopped being finite numbers; nothing non-finite is ever checkpointed."""
 
 
 def lr_at(step: int, cfg: Config) -> float:
@@ -143,34 +157,68 @@ class _Meter:
 
 
 class _StopFlag:
-    """First Ctrl-C asks the loop to save and stop at the next step boundary; a second one aborts."""
+    """Ctrl-C (SIGINT) and SIGTERM (what ``timeout``, Slurm and docker send) both ask the loop to save and stop
+    at the next step boundary, and say so at once. A second signal aborts without saving, except while a
+    checkpoint is being written: then it waits until the write is complete, so no signal costs a checkpoint.
+    With ``abort_at_once`` (final scoring, which has no step boundaries) the first signal aborts."""
 
-    def __init__(self):
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self, log: Callable[[str], None], resume_hint: Callable[[], str]):
+        self.log, self.resume_hint = log, resume_hint
         self.requested = False
-        self._old = None
+        self.abort_at_once = False
+        self._saving = False
+        self._deferred: str | None = None
+        self._old: dict[int, Any] = {}
 
-    def __enter__(self):
+    def __enter__(self) -> _StopFlag:
         if threading.current_thread() is threading.main_thread():
-            self._old = signal.getsignal(signal.SIGINT)
-            signal.signal(signal.SIGINT, self._handle)
+            for sig in self.SIGNALS:
+                self._old[sig] = signal.getsignal(sig)
+                signal.signal(sig, self._handle)
         return self
 
-    def _handle(self, signum, frame):
-        if self.requested:
+    def _handle(self, signum: int, frame: Any) -> None:
+        name = signal.Signals(signum).name
+        if self._saving:
+            self._deferred = name
+            self.log(f"\n{name}: a checkpoint is being written; stopping as soon as it is complete")
+            return
+        if self.requested or self.abort_at_once:
+            self.log(f"\n{name}: aborting without saving; {self.resume_hint()}")
             raise KeyboardInterrupt
         self.requested = True
+        self.log(f"\n{name}: stopping at the end of this step and saving a checkpoint (send it again to abort; "
+                 f"the last checkpoint stays usable)")
 
-    def __exit__(self, *exc):
-        if self._old is not None:
-            signal.signal(signal.SIGINT, self._old)
+    @contextlib.contextmanager
+    def saving(self):
+        """Defer signals for the duration of a checkpoint write; a deferred one aborts right after it."""
+        self._saving = True
+        try:
+            yield
+        finally:
+            self._saving = False
+            if self._deferred:
+                self._deferred = None
+                self.log(f"checkpoint complete; {self.resume_hint()}")
+                raise KeyboardInterrupt
+
+    def __exit__(self, *exc) -> bool:
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+        self._old.clear()
         return False
 
 
 class Trainer:
     """One run: builds the method, model, EMA and optimizer from a config, owns the run directory and trains.
 
-    ``resume`` reloads the last checkpoint of ``run_dir`` (weights, optimizer, step, random generators)
-    instead of starting a new directory; :meth:`train` then carries on as if it had never stopped."""
+    ``resume`` reloads the checkpoint of ``run_dir`` (weights, optimizer, step, random generators) instead of
+    starting a new directory; :meth:`train` then carries on as if it had never stopped. The trainer holds the
+    run's lock (:mod:`textdiffusion.run_lock`) from construction until :meth:`train` returns, so one process
+    at a time writes a run."""
 
     def __init__(self, cfg: Config, run_dir: Path, resume: bool = False, progress: bool = True,
                  data: Any = None, log: Callable[[str], None] | None = None):
@@ -178,13 +226,38 @@ class Trainer:
         validate(cfg)
         self.cfg, self.run_dir, self.progress = cfg, Path(run_dir), progress
         self.log = log or (lambda msg: print(msg, file=sys.stderr))
+        self.lock = RunLock(self.run_dir)
+        self._stop: _StopFlag | None = None
+        self.saved_step: int | None = None  # the step of the checkpoint on disk (None: none yet)
+        created = self._claim_run_dir(resume)
+        try:
+            header = None
+            if resume and has_checkpoint(self.run_dir):
+                header = read_header(self.run_dir)
+                check_checkpoint_config(header, cfg)  # an edited config.json is refused before anything is built
+            self._build(cfg, data, resume and (self.run_dir / "tokenizer.json").exists())
+            if header is not None:
+                check_checkpoint_shapes(header, self.model, self.run_dir)
+                self._load()
+            else:
+                self._start_run(fresh=not resume)
+        except BaseException:
+            if created:  # nothing of ours is in it yet: leave no empty directory behind
+                self.lock.release()
+                (self.run_dir / LOCK_NAME).unlink(missing_ok=True)
+                with contextlib.suppress(OSError):
+                    self.run_dir.rmdir()
+            raise
+
+    def _build(self, cfg: Config, data: Any, saved_vocab: bool) -> None:
+        """Data, method, model, EMA, optimizer and generators: the state at step 0."""
         self.device = pick_device(cfg.train.device)
         if cfg.train.threads > 0:
             torch.set_num_threads(cfg.train.threads)
         torch.manual_seed(cfg.seed)  # before the model is built: its initial weights come from this stream
 
         # data, method and model
-        saved = self.run_dir if resume else None
+        saved = self.run_dir if saved_vocab else None
         self.source: Source = load_source(cfg, saved) if data is None else as_source(data, saved)
         self.data = self.source.data  # the TextData / ImageData behind the source
         self.method, model = build(cfg, self.source.vocab)
@@ -205,64 +278,149 @@ class Trainer:
         # how the forward pass runs (compiled and in bf16 on CUDA by default)
         self.forward_model = _maybe_compile(self.model, cfg.train.compile, self.device)
         self.autocast = _autocast(cfg.train.amp, self.device)
-        if resume:
-            self._load()
-        else:
-            self._init_run_dir()
 
     # ---- run directory ---------------------------------------------------------------------------------
-    def _init_run_dir(self) -> None:
+    @property
+    def resume_command(self) -> str:
+        image = self.cfg.method.network == "unet"
+        return f"textdiffusion {'mnist ' if image else ''}train --resume {self.run_dir}"
+
+    def _claim_run_dir(self, resume: bool) -> bool:
+        """Check that ``run_dir`` may be written, create it if needed and take its lock; returns whether this
+        call created the directory. Nothing that is not a run is ever written into or overwritten."""
         rd = self.run_dir
+        if rd.exists() and not rd.is_dir():
+            raise CheckpointError(f"--run-dir {rd} is a file, not a directory; pick another --run-dir")
+        if resume and not (rd / "config.json").is_file():
+            raise CheckpointError(f"{rd} is not a run directory (no config.json); pass the directory "
+                                  f"`textdiffusion train` printed")
+        if resume and has_weights(rd) and not has_checkpoint(rd):
+            raise CheckpointError(f"{rd} holds weights but no trainer state (trainer.safetensors, trainer.json): "
+                                  f"it samples and evaluates, but cannot be resumed; train a new run")
+        created = not rd.exists()
+        try:
+            rd.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise CheckpointError(f"cannot create the run directory {rd} ({e.strerror}); pick another "
+                                  f"--run-dir") from None
+        try:
+            self.lock.acquire()
+        except PermissionError:
+            raise CheckpointError(f"cannot write into {rd} (permission denied); pick another --run-dir") from None
+        if not resume:  # checked with the lock held, so two new runs racing for one directory cannot both pass
+            self._refuse_occupied(rd)
+        removed = stale_temporaries(rd, _TRAINER_FILES)
+        if removed:
+            size = sum(p.stat().st_size for p in removed)
+            for p in removed:
+                p.unlink(missing_ok=True)
+            self.log(f"removed {len(removed)} temporary file(s) ({size / 1e6:.1f} MB) left by an interrupted save")
+        return created
+
+    def _refuse_occupied(self, rd: Path) -> None:
+        image = self.cfg.method.network == "unet"
+        resume = f"textdiffusion {'mnist ' if image else ''}train --resume {rd}"
         if (rd / "config.json").exists():
-            raise CheckpointError(f"{rd} already holds a run; resume it with `textdiffusion train --resume {rd}` "
-                                  f"or pick another --run-dir")
-        rd.mkdir(parents=True, exist_ok=True)
+            if has_weights(rd):
+                raise CheckpointError(f"{rd} already holds a run; resume it with `{resume}` or pick another "
+                                      f"--run-dir")
+            raise CheckpointError(f"{rd} holds a run that stopped before its first checkpoint; `{resume}` starts "
+                                  f"it again from step 0 with its saved config, or pick another --run-dir")
+        others = sorted(p.name for p in rd.iterdir() if p.name != LOCK_NAME)
+        if others:
+            shown = ", ".join(others[:3]) + (", ..." if len(others) > 3 else "")
+            raise CheckpointError(f"{rd} is not empty ({shown}) and is not a run directory; pick a new or empty "
+                                  f"--run-dir (nothing was written)")
+
+    def _start_run(self, fresh: bool) -> None:
+        """Write the run's records and its step-0 checkpoint, so a run that dies at any later moment can be
+        resumed. ``fresh=False``: a run that died before its first checkpoint is started again from step 0,
+        keeping its config.json."""
+        rd = self.run_dir
+        if fresh:
+            corpus = self.source.record()
+            write_json(rd / "config.json", {
+                "config": self.cfg.to_dict(), "seed": self.cfg.seed, "versions": versions(), "corpus": corpus,
+                "parameters": self.n_parameters, "device": str(self.device),
+                "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            })
+        else:
+            self.log(f"{rd} has no checkpoint yet (it stopped before its first save): starting it again from step 0")
+            (rd / "metrics.jsonl").unlink(missing_ok=True)
+        if fresh or not ((rd / "tokenizer.json").exists() or (rd / "image.json").exists()):
+            self.source.save_vocab(rd)
         (rd / "samples").mkdir(exist_ok=True)
-        corpus = self.source.record()
-        write_json(rd / "config.json", {
-            "config": self.cfg.to_dict(), "seed": self.cfg.seed, "versions": versions(), "corpus": corpus,
-            "parameters": self.n_parameters, "device": str(self.device),
-            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        })
-        self.source.save_vocab(rd)
-        if self.progress:
+        self.save()
+        if self.progress and fresh:
             self.log(f"run directory: {rd} ({self.n_parameters:,} parameters, {self.device})")
 
     def save(self) -> None:
         """Checkpoint everything :meth:`_load` needs to continue exactly: weights, EMA, optimizer moments,
-        random generators, step, training time and units seen."""
-        rd = self.run_dir
+        random generators, step, training time and units seen, in one atomic write (see
+        :mod:`textdiffusion.checkpoint`). Non-finite weights are refused, so the checkpoint on disk is always
+        one that samples; a signal during the write waits for it to complete."""
+        self._check_finite()
         opt_tensors, opt_meta = optimizer_to_flat(self.opt)
         rng = _rng_tensors(self.data_gen, self.noise_gen)
-        write_tensors(rd / "trainer.safetensors", {**opt_tensors, **rng}, self.step)
-        write_tensors(rd / "model.safetensors", self.model.state_dict(), self.step)
-        write_tensors(rd / "ema.safetensors", self.ema.model.state_dict(), self.step)
-        write_json(rd / "trainer.json", {"step": self.step, "elapsed": self.elapsed, "chars_seen": self.chars_seen,
-                                         "optimizer": opt_meta})
+        state = {"step": self.step, "elapsed": self.elapsed, "chars_seen": self.chars_seen, "optimizer": opt_meta}
+        groups = {"model": self.model.state_dict(), "ema": self.ema.model.state_dict(),
+                  "trainer": {**opt_tensors, **rng}}
+        guard = self._stop.saving() if self._stop is not None else contextlib.nullcontext()
+        with guard:
+            try:
+                write_checkpoint(self.run_dir, groups, state, self.cfg.to_dict())
+            except OSError as e:
+                kept = "no checkpoint" if self.saved_step is None else f"the checkpoint at step {self.saved_step}"
+                raise CheckpointError(f"could not write the checkpoint of step {self.step} into {self.run_dir} "
+                                      f"({e.strerror or e}); {kept} is intact: free space and run "
+                                      f"`{self.resume_command}`") from None
+            self.saved_step = self.step
+
+    def _check_finite(self) -> None:
+        for label, net in (("weights", self.model), ("EMA weights", self.ema.model)):
+            bad = [name for name, p in net.named_parameters() if not bool(torch.isfinite(p).all())]
+            if bad:
+                raise TrainingDiverged(self._diverged(f"the {label} became non-finite ({bad[0]}, ...)"))
+
+    def _diverged(self, what: str) -> str:
+        kept = ("no checkpoint was written" if self.saved_step is None else
+                f"the checkpoint at step {self.saved_step} is intact")
+        return (f"{what} at step {self.step}; {kept}, but resuming replays the same steps: train a new run with a "
+                f"lower train.lr or a longer train.warmup")
 
     def _load(self) -> None:
         rd = self.run_dir
-        state = read_json(rd / "trainer.json")
-        model_t, s1 = read_tensors(rd / "model.safetensors")
-        ema_t, s2 = read_tensors(rd / "ema.safetensors")
-        tr_t, s3 = read_tensors(rd / "trainer.safetensors")
-        if not s1 == s2 == s3 == state["step"]:
-            raise CheckpointError(f"checkpoint files in {rd} are from different steps ({s1}, {s2}, {s3}, "
-                                  f"{state['step']}): an interrupted copy? restore a consistent set")
+        header = read_header(rd)
+        state = header.state
+        model_t, _ = read_group(rd, "model")
+        ema_t, _ = read_group(rd, "ema")
+        tr_t, _ = read_group(rd, "trainer")
         self.model.load_state_dict(model_t)
         self.ema.model.load_state_dict(ema_t)
-        optimizer_from_flat(self.opt, tr_t, state["optimizer"])
-        self.data_gen.set_state(tr_t["rng.data"])
-        self.noise_gen.set_state(tr_t["rng.noise"])
-        torch.set_rng_state(tr_t["rng.torch"])
+        try:
+            optimizer_from_flat(self.opt, tr_t, state["optimizer"])
+            self.data_gen.set_state(tr_t["rng.data"])
+            self.noise_gen.set_state(tr_t["rng.noise"])
+            torch.set_rng_state(tr_t["rng.torch"])
+        except (KeyError, ValueError, RuntimeError) as e:
+            raise CheckpointError(f"the optimizer state in {header.path} does not fit this run ({e}); the "
+                                  f"checkpoint is damaged: restore it or retrain") from None
         if "rng.cuda" in tr_t and torch.cuda.is_available():
             torch.cuda.set_rng_state(tr_t["rng.cuda"])
         self.step, self.elapsed, self.chars_seen = state["step"], state["elapsed"], state.get("chars_seen", 0)
-        # forget metrics written after the checkpoint we resume from (they will be recomputed)
+        self.saved_step = self.step
+        # forget metrics written after the checkpoint we resume from (they will be recomputed), and a last
+        # line cut short by a kill
         mpath = rd / "metrics.jsonl"
         if mpath.exists():
-            lines = [ln for ln in mpath.read_text().splitlines() if ln.strip()]
-            keep = [ln for ln in lines if json.loads(ln).get("step", 0) <= self.step]
+            keep = []
+            for line in mpath.read_text(encoding="utf-8", errors="replace").splitlines():
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError:
+                    continue
+                if isinstance(row, dict) and isinstance(row.get("step"), int) and row["step"] <= self.step:
+                    keep.append(line)
             write_json_lines(mpath, keep)
 
     # ---- evaluation ------------------------------------------------------------------------------------
@@ -290,42 +448,61 @@ class Trainer:
         cfg, t = self.cfg, self.cfg.train
         target = min(t.steps, stop_at) if stop_at else t.steps
         units_per_step = self.source.units(t.batch_size, self.method.window) * t.grad_accum
-        bar = self._progress_bar()
         meter = _Meter(val_name=bits_key(self.method.unit)[4:],
                        unit_name="chars" if self.source.unit == "chars" else "img")
         stopped: StopReason | None = None
-        with _StopFlag() as ctrl_c:
-            while self.step < target:
-                # -- stop at a step boundary: time budget spent, or Ctrl-C
-                if stopped := self._stop_reason(ctrl_c):
-                    break
-                # -- one optimizer step
-                tic = time.perf_counter()
-                lr = lr_at(self.step, cfg)
-                loss = self._optimizer_step(lr)
-                dt = time.perf_counter() - tic
-                # -- accounting
-                self.elapsed += dt
-                self.chars_seen += units_per_step
-                meter.record(loss, units_per_step, dt)
-                # -- evaluate, sample and checkpoint
-                if self._eval_due():
-                    meter.val_bits = self._evaluate_and_save(lr, meter.loss, meter.end_interval())
-                # -- progress, and the caller's hook
-                bar.update(1)
-                bar.set_postfix_str(meter.postfix(), refresh=False)
-                if on_step:
-                    on_step(self.step)
-        bar.close()
+        self.lock.acquire()
+        self._stop = _StopFlag(self.log, self._abort_hint)
+        try:
+            with self._stop as stop:
+                bar = self._progress_bar()
+                try:
+                    while self.step < target:
+                        # -- stop at a step boundary: time budget spent, Ctrl-C or SIGTERM
+                        if stopped := self._stop_reason(stop):
+                            break
+                        # -- one optimizer step
+                        tic = time.perf_counter()
+                        lr = lr_at(self.step, cfg)
+                        loss = self._optimizer_step(lr)
+                        dt = time.perf_counter() - tic
+                        # -- accounting
+                        self.elapsed += dt
+                        self.chars_seen += units_per_step
+                        meter.record(loss, units_per_step, dt)
+                        # -- evaluate, sample and checkpoint
+                        if self._eval_due():
+                            meter.val_bits = self._evaluate_and_save(lr, meter.loss, meter.end_interval())
+                        # -- progress, and the caller's hook
+                        bar.update(1)
+                        bar.set_postfix_str(meter.postfix(), refresh=False)
+                        if on_step:
+                            on_step(self.step)
+                finally:
+                    bar.close()
 
-        # checkpoint where the loop ended; a stop always does, else only if the last step's evaluation did not
-        if stopped or not self._eval_due():
-            self.save()
-        summary = self._summary(stopped)
-        # a spent time budget ends the run as if it had finished; Ctrl-C and stop_at leave it to be resumed
-        if stopped != "interrupted" and (self.step == t.steps or stopped == "out_of_time"):
-            self._final_score(summary)
-        return summary
+                # checkpoint where the loop ended, unless the last step's evaluation just did
+                if self.saved_step != self.step:
+                    self.save()
+                summary = self._summary(stopped)
+                # a spent time budget ends the run as if it had finished; a signal and stop_at leave it to resume
+                if stopped != "interrupted" and (self.step >= t.steps or stopped == "out_of_time"):
+                    stop.abort_at_once = True  # scoring has no step boundary to stop at
+                    try:
+                        self._final_score(summary)
+                    except KeyboardInterrupt:
+                        summary["interrupted"] = True
+                        self.log(f"interrupted while scoring; the run is saved at step {self.step}: "
+                                 f"`{self.resume_command}` finishes the scoring")
+            return summary
+        finally:
+            self._stop = None
+            self.lock.release()
+
+    def _abort_hint(self) -> str:
+        if self.saved_step is None:
+            return "no checkpoint was written yet"
+        return f"the checkpoint at step {self.saved_step} is intact: `{self.resume_command}` continues from it"
 
     # ---- the loop's parts, in the order it calls them --------------------------------------------------
     def _progress_bar(self) -> tqdm:
@@ -334,13 +511,13 @@ class Trainer:
                     desc=f"{self.cfg.method.name}/{self.cfg.preset}", unit="step",
                     mininterval=0.25 if sys.stderr.isatty() else 15.0)
 
-    def _stop_reason(self, ctrl_c: _StopFlag) -> StopReason | None:
+    def _stop_reason(self, stop: _StopFlag) -> StopReason | None:
         """``"out_of_time"`` once ``train.time_budget_s`` of training is spent, ``"interrupted"`` after a
-        Ctrl-C, else None: the loop asks before each step, so every stop leaves a whole step behind."""
+        Ctrl-C or SIGTERM, else None: the loop asks before each step, so every stop leaves a whole step behind."""
         budget = self.cfg.train.time_budget_s
         if budget > 0 and self.elapsed >= budget:
             return "out_of_time"
-        if ctrl_c.requested:
+        if stop.requested:
             return "interrupted"
         return None
 
@@ -363,8 +540,8 @@ class Trainer:
             loss.backward()
             total += float(loss.detach())
         if not math.isfinite(total):
-            raise FloatingPointError(f"loss became {total} at step {self.step}; lower train.lr or "
-                                     f"raise train.warmup (the last checkpoint is intact)")
+            self.opt.zero_grad(set_to_none=True)
+            raise TrainingDiverged(self._diverged(f"the training loss became {total}"))
         if t.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), t.grad_clip)
         self.opt.step()
@@ -438,20 +615,43 @@ def default_run_dir(cfg: Config) -> Path:
 def run_training(cfg: Config, run_dir: Path | None = None, progress: bool = True, **kw) -> dict[str, Any]:
     """Start a new run (``textdiffusion train``)."""
     trainer = Trainer(cfg, run_dir or default_run_dir(cfg), progress=progress)
-    return trainer.train(**kw)
+    try:
+        return trainer.train(**kw)
+    finally:
+        trainer.lock.release()
 
 
 def resume_training(run_dir: Path, progress: bool = True, steps: int | None = None, **kw) -> dict[str, Any]:
-    """Continue a run from its last checkpoint (``textdiffusion train --resume``)."""
-    meta = read_json(Path(run_dir) / "config.json")
+    """Continue a run from its last checkpoint (``textdiffusion train --resume``); ``steps`` changes the length
+    of its schedule. A run that stopped before its first checkpoint starts again from step 0; a run that was
+    interrupted while scoring its final result is scored. config.json is rewritten (for a new ``steps``)
+    only once the run is locked, loaded and known to accept it."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise CheckpointError(f"run directory {run_dir} does not exist; pass the directory `textdiffusion train` "
+                              f"printed (it holds config.json)")
+    meta = read_json(run_dir / "config.json")
+    if not isinstance(meta, dict) or "config" not in meta:
+        raise CheckpointError(f"{run_dir / 'config.json'} has no 'config' section; it was not written by "
+                              f"textdiffusion")
     cfg = Config.from_dict(meta["config"])
-    if steps is not None and steps != cfg.train.steps:
+    recorded_steps = cfg.train.steps
+    if steps is not None:
         if steps < 1:
             raise ConfigError("--steps must be >= 1")
         cfg.train.steps = steps
-        meta["config"] = cfg.to_dict()  # the run's record must describe the schedule it now follows
-        write_json(Path(run_dir) / "config.json", meta)
-    trainer = Trainer(cfg, Path(run_dir), resume=True, progress=progress)
-    if trainer.step >= cfg.train.steps:
-        raise ConfigError(f"{run_dir} already finished its {cfg.train.steps} steps; pass --steps N to train further")
-    return trainer.train(**kw)
+    trainer = Trainer(cfg, run_dir, resume=True, progress=progress)
+    try:
+        if trainer.step > cfg.train.steps:
+            raise ConfigError(f"{run_dir} is already at step {trainer.step}, past --steps {cfg.train.steps}; pass "
+                              f"a larger --steps to train further")
+        final = run_dir / "final.json"
+        if trainer.step == cfg.train.steps and final.exists():
+            raise ConfigError(f"{run_dir} already finished its {cfg.train.steps} steps; pass --steps N to train "
+                              f"further")
+        if cfg.train.steps != recorded_steps:
+            meta["config"] = cfg.to_dict()  # the run's record must describe the schedule it now follows
+            write_json(run_dir / "config.json", meta)
+        return trainer.train(**kw)
+    finally:
+        trainer.lock.release()

@@ -31,7 +31,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from textdiffusion.checkpoint import CheckpointError, read_json, versions, write_json
+from textdiffusion.checkpoint import CheckpointError, has_checkpoint, read_header, read_json, versions, write_json
 from textdiffusion.config import ConfigError
 from textdiffusion.files import write_text
 from textdiffusion.methods import SampleRequest, TextMethod, get_method
@@ -166,12 +166,12 @@ def read_run(path: str | Path) -> RunRecord:
     method_class = _method_class(run, method)
     image = not issubclass(method_class, TextMethod)
     final = _optional_json(run / "final.json")
-    trainer = _optional_json(run / "trainer.json")
     metrics = _read_jsonl(run / "metrics.jsonl")
-    step = (trainer or {}).get("step") or (final or {}).get("step") or (metrics[-1]["step"] if metrics else 0)
-    if not (run / "ema.safetensors").exists():
-        raise CheckpointError(f"{run} has no ema.safetensors (training never reached its first save); train it "
-                              f"longer or leave it out")
+    if not has_checkpoint(run):
+        raise CheckpointError(f"{run} has no checkpoint (training stopped before its first save); resume it with "
+                              f"`textdiffusion train --resume {run}` or leave it out")
+    header = read_header(run)
+    step = header.step
     ev, eval_note = _current_eval(run, step, image)
     val_key = bits_key(method_class.unit)
     speed_key = "images_per_s" if image else "chars_per_s"
@@ -180,7 +180,7 @@ def read_run(path: str | Path) -> RunRecord:
     return RunRecord(
         name=run.name, path=str(run), kind="image" if image else "text", method=method,
         preset=cfg.get("preset", "?"), parameters=meta.get("parameters"), step=step,
-        train_steps=cfg.get("train", {}).get("steps"), elapsed=(trainer or final or {}).get("elapsed"),
+        train_steps=cfg.get("train", {}).get("steps"), elapsed=header.state.get("elapsed"),
         seed=meta.get("seed"), device=meta.get("device"), created=meta.get("created"),
         tokenizer=cfg.get("data", {}).get("tokenizer", "char") if not image else None,
         context=model.get("context") if not image else None,
