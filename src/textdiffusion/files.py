@@ -57,6 +57,15 @@ def stale_temporaries(folder: str | Path, names: tuple[str, ...]) -> list[Path]:
     return sorted(p for name in names for p in folder.glob(f".{name}.*.tmp") if p.is_file())
 
 
+def append_line(path: str | Path, line: str) -> None:
+    """Append one line to a log (``metrics.jsonl``) and flush it to disk. A kill mid-append can leave a cut
+    last line; readers skip a line that does not parse, and a resume drops it."""
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(line + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
 def write_text(path: str | Path, text: str) -> None:
     """Atomically write UTF-8 text."""
     atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))

@@ -58,7 +58,8 @@ def check_checkpoint_config(header: CheckpointHeader, cfg: Config) -> None:
         return
     sampling = cfg.method.sampling_fields()
     saved, now = _fixed_fields(header.config, sampling), _fixed_fields(cfg.to_dict(), sampling)
-    changed = [k for k in sorted(saved.keys() | now.keys()) if saved.get(k) != now.get(k)]
+    changed = sorted((k for k in saved.keys() | now.keys() if saved.get(k) != now.get(k)),
+                     key=lambda k: (k != "method.name", k))  # a changed method says most
     if changed:
         shown = "; ".join(f"{k}: {saved.get(k)!r} in the checkpoint, {now.get(k)!r} in config.json"
                           for k in changed[:3])

@@ -25,6 +25,7 @@ from typing import Any, Literal
 import torch
 from tqdm.auto import tqdm
 
+from textdiffusion import files
 from textdiffusion.checkpoint import (
     CHECKPOINT,
     LEGACY_FILES,
@@ -181,16 +182,17 @@ class _StopFlag:
 
     def _handle(self, signum: int, frame: Any) -> None:
         name = signal.Signals(signum).name
+        if not (self.requested or self.abort_at_once):
+            self.requested = True
+            self.log(f"\n{name}: stopping at the end of this step and saving a checkpoint (send it again to "
+                     f"abort; the last checkpoint stays usable)")
+            return
         if self._saving:
             self._deferred = name
-            self.log(f"\n{name}: a checkpoint is being written; stopping as soon as it is complete")
+            self.log(f"\n{name}: a checkpoint is being written; aborting as soon as it is complete")
             return
-        if self.requested or self.abort_at_once:
-            self.log(f"\n{name}: aborting without saving; {self.resume_hint()}")
-            raise KeyboardInterrupt
-        self.requested = True
-        self.log(f"\n{name}: stopping at the end of this step and saving a checkpoint (send it again to abort; "
-                 f"the last checkpoint stays usable)")
+        self.log(f"\n{name}: aborting without saving; {self.resume_hint()}")
+        raise KeyboardInterrupt
 
     @contextlib.contextmanager
     def saving(self):
@@ -229,6 +231,7 @@ class Trainer:
         self.lock = RunLock(self.run_dir)
         self._stop: _StopFlag | None = None
         self.saved_step: int | None = None  # the step of the checkpoint on disk (None: none yet)
+        self._lock_existed = True
         created = self._claim_run_dir(resume)
         try:
             header = None
@@ -242,12 +245,18 @@ class Trainer:
             else:
                 self._start_run(fresh=not resume)
         except BaseException:
-            if created:  # nothing of ours is in it yet: leave no empty directory behind
-                self.lock.release()
-                (self.run_dir / LOCK_NAME).unlink(missing_ok=True)
-                with contextlib.suppress(OSError):
-                    self.run_dir.rmdir()
+            self._abandon(created)
             raise
+
+    def _abandon(self, created: bool) -> None:
+        """Undo what claiming the directory did when the trainer could not be set up: drop the lock, and
+        leave no empty directory (or lock file in someone else's folder) behind."""
+        self.lock.release()
+        if created or not self._lock_existed:
+            (self.run_dir / LOCK_NAME).unlink(missing_ok=True)
+        if created:
+            with contextlib.suppress(OSError):
+                self.run_dir.rmdir()
 
     def _build(self, cfg: Config, data: Any, saved_vocab: bool) -> None:
         """Data, method, model, EMA, optimizer and generators: the state at step 0."""
@@ -297,18 +306,29 @@ class Trainer:
         if resume and has_weights(rd) and not has_checkpoint(rd):
             raise CheckpointError(f"{rd} holds weights but no trainer state (trainer.safetensors, trainer.json): "
                                   f"it samples and evaluates, but cannot be resumed; train a new run")
+        if not resume and rd.is_dir():
+            self._refuse_occupied(rd)  # before anything is written into it
         created = not rd.exists()
         try:
             rd.mkdir(parents=True, exist_ok=True)
         except OSError as e:
             raise CheckpointError(f"cannot create the run directory {rd} ({e.strerror}); pick another "
                                   f"--run-dir") from None
+        self._lock_existed = (rd / LOCK_NAME).exists()
         try:
             self.lock.acquire()
         except PermissionError:
+            self._abandon(created)
             raise CheckpointError(f"cannot write into {rd} (permission denied); pick another --run-dir") from None
-        if not resume:  # checked with the lock held, so two new runs racing for one directory cannot both pass
-            self._refuse_occupied(rd)
+        except CheckpointError:
+            self._abandon(created)
+            raise
+        if not resume:  # again with the lock held, so two new runs racing for one directory cannot both pass
+            try:
+                self._refuse_occupied(rd)
+            except CheckpointError:
+                self._abandon(created)
+                raise
         removed = stale_temporaries(rd, _TRAINER_FILES)
         if removed:
             size = sum(p.stat().st_size for p in removed)
@@ -570,8 +590,7 @@ class Trainer:
         return val.bits_per_unit
 
     def _log_metrics(self, row: dict[str, Any]) -> None:
-        with open(self.run_dir / "metrics.jsonl", "a", encoding="utf-8") as f:
-            f.write(json.dumps(row) + "\n")
+        files.append_line(self.run_dir / "metrics.jsonl", json.dumps(row))
 
     @property
     def _rate_key(self) -> str:

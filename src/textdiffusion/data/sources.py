@@ -19,6 +19,7 @@ from textdiffusion.data.batches import TextData
 from textdiffusion.data.corpus import sha256_of
 from textdiffusion.data.images import ImageBatch, ImageSpec, load_images
 from textdiffusion.data.tokenizer import load_tokenizer
+from textdiffusion.files import write_text
 
 
 class Source(Protocol):
@@ -74,8 +75,7 @@ class TextSource:
         texts = [self.vocab.decode(row.tolist()) for row in res.ids.cpu()]
         body = f"# step {step}, EMA weights, default sampler, {res.nfe:g} network evaluations per sample\n\n"
         body += "\n\n----\n\n".join(texts) + "\n"
-        (run_dir / "samples").mkdir(exist_ok=True)
-        (run_dir / "samples" / f"step_{step:06d}.txt").write_text(body, encoding="utf-8")
+        write_text(run_dir / "samples" / f"step_{step:06d}.txt", body)
 
 
 class ImageSource:

@@ -71,7 +71,9 @@ class Tokenizer(ABC):
     def to_dict(self) -> dict[str, Any]: ...
 
     def save(self, path: Path) -> None:
-        path.write_text(json.dumps(self.to_dict(), ensure_ascii=False, indent=1), encoding="utf-8")
+        from textdiffusion.files import write_text
+
+        write_text(path, json.dumps(self.to_dict(), ensure_ascii=False, indent=1))
 
 
 def _describe(ch: str) -> str:
