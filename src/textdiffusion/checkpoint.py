@@ -201,6 +201,14 @@ def read_group(run_dir: Path, group: str) -> tuple[dict[str, torch.Tensor], int]
     return tensors, step
 
 
+def check_finite(tensors: dict[str, torch.Tensor], path: Path) -> None:
+    """Weights with NaN or inf sample nothing but one symbol and score as nonsense: refuse them by name."""
+    for name, t in tensors.items():
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            raise CheckpointError(f"the weights in {path} contain NaN or inf ({name}): the run diverged before "
+                                  f"this checkpoint; retrain with a lower train.lr")
+
+
 def write_tensors(path: Path, tensors: dict[str, torch.Tensor], step: int) -> None:
     clean = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
     atomic_write(path, lambda tmp: save_file(clean, tmp, metadata={"step": str(step), "format": "pt"}))

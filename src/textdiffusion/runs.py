@@ -8,7 +8,14 @@ from typing import Any
 
 import torch
 
-from textdiffusion.checkpoint import CheckpointError, CheckpointHeader, read_group, read_header, read_json
+from textdiffusion.checkpoint import (
+    CheckpointError,
+    CheckpointHeader,
+    check_finite,
+    read_group,
+    read_header,
+    read_json,
+)
 from textdiffusion.config import Config, apply_sampling_overrides
 from textdiffusion.data.sources import load_vocab
 from textdiffusion.data.tokenizer import Tokenizer
@@ -93,14 +100,6 @@ def _shape_only_model(cfg: Config, vocab: Any) -> torch.nn.Module | None:
             return build(cfg, vocab)[1]
     except Exception:  # any failure only means the cheap check is skipped
         return None
-
-
-def check_finite(tensors: dict[str, torch.Tensor], path: Path) -> None:
-    """Weights with NaN or inf sample nothing but one symbol and score as nonsense: refuse them by name."""
-    for name, t in tensors.items():
-        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
-            raise CheckpointError(f"the weights in {path} contain NaN or inf ({name}): the run diverged before "
-                                  f"this checkpoint; retrain with a lower train.lr")
 
 
 @dataclass

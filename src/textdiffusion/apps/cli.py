@@ -493,6 +493,14 @@ def main(argv: list[str] | None = None) -> int:
     except USER_ERRORS as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except MemoryError:
+        print("error: out of memory; ask for less (a smaller --n, --length, --samples or preset)", file=sys.stderr)
+        return 2
+    except OSError as e:  # the machine, not the input: a full disk, a permission, a vanished file
+        where = f" ({e.filename})" if e.filename else ""
+        print(f"error: {e.strerror or e}{where}; check the path, its permissions and the free disk space",
+              file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

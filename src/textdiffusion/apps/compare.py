@@ -31,7 +31,16 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from textdiffusion.checkpoint import CheckpointError, has_checkpoint, read_header, read_json, versions, write_json
+from textdiffusion.checkpoint import (
+    CheckpointError,
+    check_finite,
+    has_checkpoint,
+    read_group,
+    read_header,
+    read_json,
+    versions,
+    write_json,
+)
 from textdiffusion.config import ConfigError
 from textdiffusion.files import write_text
 from textdiffusion.methods import SampleRequest, TextMethod, get_method
@@ -172,6 +181,7 @@ def read_run(path: str | Path) -> RunRecord:
                               f"`textdiffusion train --resume {run}` or leave it out")
     header = read_header(run)
     step = header.step
+    check_finite(read_group(run, "ema")[0], header.path)  # a diverged checkpoint has no number worth showing
     ev, eval_note = _current_eval(run, step, image)
     val_key = bits_key(method_class.unit)
     speed_key = "images_per_s" if image else "chars_per_s"
