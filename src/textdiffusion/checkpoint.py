@@ -53,6 +53,9 @@ def read_json(path: Path) -> Any:
                               f"`textdiffusion train`?") from None
     except json.JSONDecodeError as e:
         raise CheckpointError(f"{path} is corrupt ({e.msg} at line {e.lineno}); restore it or retrain") from None
+    except UnicodeDecodeError:
+        raise CheckpointError(f"{path} is not UTF-8 text, so not a file textdiffusion wrote; restore it or retrain") \
+            from None
 
 
 def write_tensors(path: Path, tensors: dict[str, torch.Tensor], step: int) -> None:
