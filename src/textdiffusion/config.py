@@ -459,6 +459,9 @@ def apply_overrides(cfg: Config, overrides: list[str]) -> Config:
         if key == "seed":
             cfg.seed = _coerce(value, int, key)
             continue
+        if key == "method.name":
+            raise ConfigError(f"--set method.name={_show(value)}: the method is chosen with --method (its options "
+                              f"come with it); --set would only relabel the run")
         if key == "preset":
             # a preset sets many fields at once; changing only its name would mislabel the run
             if value != cfg.preset:
@@ -639,8 +642,19 @@ def validate(cfg: Config) -> None:
     if cfg.data.tokenizer == "bpe" and cfg.data.vocab_size < BPE_MIN_VOCAB:
         raise ConfigError(f"data.vocab_size must be >= {BPE_MIN_VOCAB} for a byte-level BPE (it starts from the "
                           f"256 bytes), got {cfg.data.vocab_size}")
+    _check_method_name(cfg)
     _check_sampler(cfg)
     cfg.method.check()
+
+
+def _check_method_name(cfg: Config) -> None:
+    """``method.name`` is the method whose config class this is: an edited name would build another method
+    from these options (``ar`` from masked diffusion's), sampling garbage with exit 0."""
+    name = cfg.method.name
+    known = METHOD_CONFIGS.get(name) or (method_config_class(name) if name else None)
+    if known is not type(cfg.method):
+        raise ConfigError(f"method.name={_show(name)} does not match its options (a {type(cfg.method).__name__}); "
+                          f"the method is chosen with --method, when the run is trained")
 
 
 def _check_sampler(cfg: Config) -> None:

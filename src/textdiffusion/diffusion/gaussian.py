@@ -63,6 +63,7 @@ class GaussianConfig(MethodConfig):
     targets: ClassVar[tuple[str, ...]] = TARGETS
     bounds: ClassVar[dict[str, Bound]] = {
         "noise_schedule": Choice(SCHEDULES),
+        "target": Choice(TARGETS),
         "timesteps": Range(0, 10**6),  # 0 = continuous time
         "eval_time_samples": EVAL_TIME_SAMPLES,
         "eval_seed": SEED,
@@ -72,8 +73,6 @@ class GaussianConfig(MethodConfig):
     }
 
     def check(self) -> None:
-        if self.target not in self.targets:  # the targets depend on the method (text adds probs)
-            raise ConfigError(f"method.target must be one of {', '.join(self.targets)}, got {self.target!r}")
         if self.timesteps and self.sample_steps > self.timesteps:
             raise ConfigError(f"method.sample_steps={self.sample_steps} exceeds the {self.timesteps} steps of the "
                               f"training grid (method.timesteps); use at most {self.timesteps}")

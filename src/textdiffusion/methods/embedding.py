@@ -98,7 +98,8 @@ class GaussianTextConfig(GaussianConfig, TextMethodConfig):
 
     # probs: the network emits a distribution over tokens and x0_hat is its expected embedding
     targets = (*TARGETS, "probs")
-    bounds: ClassVar[dict[str, Bound]] = {"x0_ce_weight": NONNEGATIVE, "probs_mse_weight": NONNEGATIVE}
+    bounds: ClassVar[dict[str, Bound]] = {"target": Choice(targets), "x0_ce_weight": NONNEGATIVE,
+                                          "probs_mse_weight": NONNEGATIVE}
 
 
 @dataclass
