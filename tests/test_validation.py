@@ -352,7 +352,8 @@ def test_any_number_flag_parses_or_is_a_usage_error(flag, value):
         assert e.code == 2
         return
     parsed = getattr(args, flag[-1].lstrip("-").replace("-", "_"))
-    assert isinstance(parsed, (int, float)) and math.isfinite(parsed)
+    assert isinstance(parsed, (int, float)) and not isinstance(parsed, bool)
+    assert -(2**63) < parsed < 2**63 and math.isfinite(parsed)
 
 
 def test_serve_refuses_a_port_out_of_range_from_python_too():

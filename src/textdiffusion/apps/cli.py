@@ -74,8 +74,9 @@ def _number(kind: type, bound: Range):
 
 
 def _positive(kind: type):
-    """An argparse type for a count or size: a finite ``kind`` above 0."""
-    return _number(kind, Range(0, None, lo_open=True))
+    """An argparse type for a count or size: a finite ``kind`` above 0 (an int below 2**31, so no count
+    overflows a tensor's index before the code that uses it can say it is too large)."""
+    return _number(kind, Range(0, 2**31 - 1 if kind is int else None, lo_open=True))
 
 
 # sampling flags and the method field each overrides; given both, they must agree (see _check_flags_agree)

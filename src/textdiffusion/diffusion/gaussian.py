@@ -27,7 +27,6 @@ import torch
 from textdiffusion.config import (
     ETA,
     EVAL_TIME_SAMPLES,
-    NONNEGATIVE,
     SAMPLE_STEPS,
     SEED,
     Bound,
@@ -69,7 +68,7 @@ class GaussianConfig(MethodConfig):
         "eval_seed": SEED,
         "sample_steps": SAMPLE_STEPS,
         "eta": ETA,
-        "time_difference": NONNEGATIVE,
+        "time_difference": Range(0.0, 10.0**6),  # in steps; past the step count every step lands on t = 0
     }
 
     def check(self) -> None:

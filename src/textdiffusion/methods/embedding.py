@@ -46,9 +46,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from textdiffusion.config import (
-    NONNEGATIVE,
-    POSITIVE,
+    LOSS_WEIGHT,
     PROBABILITY,
+    SCALE,
     TEMPERATURE,
     Bound,
     Choice,
@@ -98,8 +98,8 @@ class GaussianTextConfig(GaussianConfig, TextMethodConfig):
 
     # probs: the network emits a distribution over tokens and x0_hat is its expected embedding
     targets = (*TARGETS, "probs")
-    bounds: ClassVar[dict[str, Bound]] = {"target": Choice(targets), "x0_ce_weight": NONNEGATIVE,
-                                          "probs_mse_weight": NONNEGATIVE}
+    bounds: ClassVar[dict[str, Bound]] = {"target": Choice(targets), "x0_ce_weight": LOSS_WEIGHT,
+                                          "probs_mse_weight": LOSS_WEIGHT}
 
 
 @dataclass
@@ -120,9 +120,9 @@ class EmbeddingConfig(GaussianTextConfig):
         "embeddings": Choice(("learned", "pretrained")),
         "embed_dim": Range(1, 65536),
         "embed_norm": Choice(("fixed", "none")),
-        "embed_scale": POSITIVE,
+        "embed_scale": SCALE,
         "decoder": Choice(DECODERS),
-        "rounding_weight": NONNEGATIVE,
+        "rounding_weight": LOSS_WEIGHT,
         "guide_weight": PROBABILITY,
     }
 
