@@ -138,7 +138,7 @@ def test_infill_within_a_block_works_and_across_blocks_is_refused(block4):
 
 @pytest.mark.parametrize("sets, message", [
     ({"method.block_size": 5}, "must divide model.context=32"),
-    ({"method.block_size": 0}, "block_size must be >= 1"),
+    ({"method.block_size": 0}, "block_size must be a whole number from 1"),
     ({"method.clip_low": 0.6, "method.clip_high": 0.5}, "0 <= low <= high <= 1"),
     ({"method.clip_low": 0.0, "method.clip_high": 0.0}, "high > 0"),
     ({"method.time_conditioning": "true"}, "one noise level per block"),

@@ -10,6 +10,8 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import json
+import math
+import re
 import types
 import typing
 from dataclasses import asdict, dataclass, field, fields
@@ -18,6 +20,117 @@ from typing import Any, ClassVar
 
 class ConfigError(ValueError):
     """A configuration problem the user can fix; the CLI prints it as one line."""
+
+
+# --------------------------------------------------------------------------------------------------
+# What a field may hold. Every number and choice a config carries is checked by :func:`validate` against
+# FIELD_BOUNDS (and each method config's ``bounds``), with its type, before anything is built: a value
+# outside is a one-line error naming the field, the value and what is allowed, never a traceback later or a
+# silent misrun. The CLI's flags use the same bounds, so a flag and the field it overrides agree.
+
+
+def _show(value: Any) -> str:
+    """A value as it goes into a one-line message: repr (a newline stays escaped), cut to a sane length;
+    None as config.json spells it."""
+    text = "null" if value is None else repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _num(v: float) -> str:
+    """A bound as people write it: 1024, 0.5, 0.0001, 1e12, 10**9, 2**20, 2**63-1."""
+    if isinstance(v, int) and abs(v) >= 10**5:
+        for base in (2, 10):
+            k = round(math.log(abs(v) + 1, base))
+            if v == base**k:
+                return f"{base}**{k}"
+            if v == base**k - 1:
+                return f"{base}**{k}-1"
+    if isinstance(v, float) and v.is_integer() and abs(v) < 1e6:
+        return str(int(v))
+    return f"{v:g}".replace("e+", "e")
+
+
+@dataclass(frozen=True)
+class Range:
+    """An interval of numbers, each end closed or open; a ``None`` end is unbounded. Whatever the ends, a
+    number must be finite: nan and inf are refused wherever a number is read."""
+
+    lo: float | None = None
+    hi: float | None = None
+    lo_open: bool = False
+    hi_open: bool = False
+
+    def allows(self, value: float) -> bool:
+        if isinstance(value, float) and not math.isfinite(value):
+            return False
+        if self.lo is not None and (value <= self.lo if self.lo_open else value < self.lo):
+            return False
+        return not (self.hi is not None and (value >= self.hi if self.hi_open else value > self.hi))
+
+    def describe(self, integer: bool = False) -> str:
+        kind = "a whole number" if integer else "a number"
+        if self.lo is not None and self.hi is not None and not (self.lo_open or self.hi_open):
+            return f"{kind} from {_num(self.lo)} to {_num(self.hi)}"
+        parts = []
+        if self.lo is not None:
+            parts.append(("above " if self.lo_open else ">= ") + _num(self.lo))
+        if self.hi is not None:
+            parts.append(("below " if self.hi_open else "at most ") + _num(self.hi))
+        return " ".join([kind, " and ".join(parts)]) if parts else f"a finite {kind[2:]}"
+
+
+@dataclass(frozen=True)
+class Choice:
+    """One of a fixed set of words."""
+
+    options: tuple[str, ...]
+
+    def allows(self, value: str) -> bool:
+        return value in self.options
+
+    def describe(self, integer: bool = False) -> str:
+        return "one of " + ", ".join(self.options)
+
+
+@dataclass(frozen=True)
+class Pattern:
+    """A word of a given shape (a regular expression), e.g. a device name."""
+
+    regex: str
+    example: str
+
+    def allows(self, value: str) -> bool:
+        return re.fullmatch(self.regex, value) is not None
+
+    def describe(self, integer: bool = False) -> str:
+        return self.example
+
+
+Bound = Range | Choice | Pattern
+
+# Shared by config fields and the CLI flags that override them.
+SEED = Range(0, 2**63 - 1)  # a non-negative int64: torch's and numpy's generators all take it
+# Below 1e-4 a logit gap of 0.01 already means odds of e^100 (greedy for every purpose); above 10 the draw is
+# close to uniform. 10 is also the live page's limit.
+TEMPERATURE = Range(1e-4, 10.0)
+TOP_K = Range(0, 2**31 - 1)  # 0 = off; any k >= the vocabulary keeps every token
+TOP_P = Range(0.0, 1.0, lo_open=True)  # 1 = off; 0 would keep nothing
+ETA = Range(0.0, 1.0)  # DDIM's noise: 0 deterministic, 1 DDPM's variance
+# classifier-free guidance: 0 unconditional, 1 plain conditional, > 1 sharper; papers stop near 10, and a huge
+# scale overflows eps to inf, which the final clamp would hide as a saturated image
+GUIDANCE = Range(0.0, 100.0)
+# More denoising steps than any window or training grid here has positions, so more would only repeat work;
+# a typo of 10**9 would allocate gigabytes for the time grid alone.
+MAX_SAMPLE_STEPS = 100_000
+SAMPLE_STEPS = Range(0, MAX_SAMPLE_STEPS)  # 0 = the method's default
+EVAL_TIME_SAMPLES = Range(1, 100_000)
+PROBABILITY = Range(0.0, 1.0)
+DROPOUT = Range(0.0, 1.0, hi_open=True)  # a rate of 1 would drop everything
+NONNEGATIVE = Range(0.0, None)
+POSITIVE = Range(0.0, None, lo_open=True)
+LOSS_WEIGHT = Range(0.0, 1000.0)  # a term's weight in the loss: far above 1 it is the loss, and may overflow
+SCALE = Range(0.0, 100.0, lo_open=True)  # a signal scale against unit noise: at 100 the noise is already moot
+DEVICE = Pattern(r"auto|cpu|cuda(:[0-9]+)?|mps", "auto, cpu, cuda, cuda:N or mps")
 
 
 @dataclass
@@ -85,13 +198,26 @@ class MethodConfig:
     presets: ClassVar[dict[str, dict[str, dict[str, Any]]]] = {}
     # the network section the method builds from: "model" (the transformer) or "unet"
     network: ClassVar[str] = "model"
+    # field -> what it may hold (see Range, Choice); each class adds its own fields' bounds, and
+    # :meth:`field_bounds` merges them along the class hierarchy. :func:`validate` enforces them, with the
+    # field types, before :meth:`check` runs, so ``check`` is left with the rules that tie fields together.
+    bounds: ClassVar[dict[str, Bound]] = {}
 
     def check(self) -> None:
-        """Raise :class:`ConfigError` for a value the method cannot use (called by :func:`validate`)."""
+        """Raise :class:`ConfigError` for a combination of values the method cannot use (called by
+        :func:`validate` after every field passed its type and :attr:`bounds`)."""
 
     @classmethod
     def sampling_fields(cls) -> tuple[str, ...]:
         return tuple(f.name for f in fields(cls) if f.metadata.get("sampling"))
+
+    @classmethod
+    def field_bounds(cls) -> dict[str, Bound]:
+        """The bounds of every field, a subclass's own overriding its parents'."""
+        merged: dict[str, Bound] = {}
+        for klass in reversed(cls.__mro__):
+            merged.update(vars(klass).get("bounds", {}))
+        return merged
 
 
 # Method name -> its config class; filled by ``textdiffusion.methods.base.register``.
@@ -190,13 +316,19 @@ class Config:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> Config:
-        """Read back a recorded config (see :func:`method_config_from_dict` for runs of 0.1.0)."""
+    def from_dict(cls, d: Any) -> Config:
+        """Read back a recorded config (see :func:`method_config_from_dict` for runs of 0.1.0), checked as
+        a ``--set`` would be: a hand-edited or damaged ``config.json`` is a one-line error here, before any
+        network is built from it, not a TypeError deep inside the build."""
         if not isinstance(d, dict):
-            raise ConfigError("config.json's 'config' is not an object; the file is not a textdiffusion config")
+            raise ConfigError(f"config.json's 'config' is {_kind(d)}, not an object; the file is not a textdiffusion "
+                              f"config (restore it or retrain)")
         cfg = cls(method=method_config_from_dict(d.get("method") or {}))
         for key, value in d.items():
-            if key in SECTIONS and key != "method" and isinstance(value, dict):
+            if key in SECTIONS and key != "method":
+                if not isinstance(value, dict):
+                    raise ConfigError(f"config.json's {key} section is {_kind(value)}, not an object; restore the "
+                                      f"file or retrain")
                 section = getattr(cfg, key)
                 known = {f.name for f in fields(section)}
                 for k, v in value.items():
@@ -204,7 +336,20 @@ class Config:
                         setattr(section, k, v)
             elif key in ("preset", "seed"):
                 setattr(cfg, key, value)
+        try:
+            validate(cfg)
+        except ConfigError as e:
+            raise ConfigError(f"config.json: {e} (edit the file back or retrain)") from None
         return cfg
+
+
+def _kind(value: Any) -> str:
+    """What a JSON value is, for a message: "null", "a list", "a string", ..."""
+    if value is None:
+        return "null"
+    names = {bool: "true/false", int: "a number", float: "a number", str: "a string", list: "a list",
+             dict: "an object"}
+    return names.get(type(value), type(value).__name__)
 
 
 SECTIONS = ("model", "train", "method", "data", "unet")
@@ -255,25 +400,48 @@ def make_config(method: str, preset: str, overrides: list[str] | None = None) ->
     return cfg
 
 
-def _coerce(value: str, typ: Any, key: str) -> Any:
-    if isinstance(typ, str):  # postponed annotations
-        typ = {"int": int, "float": float, "bool": bool, "str": str}.get(typ, str)
+_TYPE_NAMES = {"int": int, "float": float, "bool": bool, "str": str}
+
+
+def field_type(typ: Any) -> type | None:
+    """The plain type (int, float, bool or str) a dataclass field is annotated with, or None for anything else.
+    Annotations are strings here (postponed evaluation); ``X | None`` counts as X."""
+    if isinstance(typ, str):
+        parts = [p.strip() for p in typ.split("|") if p.strip() != "None"]
+        return _TYPE_NAMES.get(parts[0]) if len(parts) == 1 else None
     if isinstance(typ, types.UnionType) or typing.get_origin(typ) is typing.Union:
-        typ = next(a for a in typing.get_args(typ) if a is not type(None))
-    try:
-        if typ is bool:
-            low = value.lower()
-            if low in ("1", "true", "yes", "on"):
-                return True
-            if low in ("0", "false", "no", "off"):
-                return False
-            raise ValueError
-        if typ is int:
-            return int(float(value)) if "e" in value.lower() else int(value)
-        if typ is float:
-            return float(value)
-    except ValueError:
-        raise ConfigError(f"--set {key}={value}: expected a {typ.__name__}") from None
+        args = [a for a in typing.get_args(typ) if a is not type(None)]
+        typ = args[0] if len(args) == 1 else None
+    return typ if typ in (int, float, bool, str) else None
+
+
+def _coerce(value: str, typ: Any, key: str) -> Any:
+    """A ``--set`` string as the field's type. A whole number may be written 1e3 (not 1.5, nan or 1e999)."""
+    typ = field_type(typ) or str
+    if typ is bool:
+        low = value.lower()
+        if low in ("1", "true", "yes", "on"):
+            return True
+        if low in ("0", "false", "no", "off"):
+            return False
+        raise ConfigError(f"--set {key}={_show(value)}: expected true or false")
+    if typ is int:
+        try:
+            return int(value)
+        except ValueError:
+            pass
+        try:
+            number = float(value)
+        except ValueError:
+            number = math.nan
+        if not (math.isfinite(number) and number.is_integer()):
+            raise ConfigError(f"--set {key}={_show(value)}: expected a whole number")
+        return int(number)
+    if typ is float:
+        try:
+            return float(value)  # nan and inf pass here and are refused, by field name, in validate
+        except ValueError:
+            raise ConfigError(f"--set {key}={_show(value)}: expected a float such as 0.5 or 1e-3") from None
     return value
 
 
@@ -288,30 +456,54 @@ def _canonical(item: str) -> str:
 
 
 def apply_overrides(cfg: Config, overrides: list[str]) -> Config:
-    """Apply ``section.field=value`` strings, type-checked against the dataclass fields."""
+    """Apply ``section.field=value`` strings, type-checked against the dataclass fields, then
+    :func:`validate` the result."""
     for item in overrides:
         if "=" not in item:
-            raise ConfigError(f"--set expects key=value (e.g. model.n_layer=8), got {item!r}")
+            raise ConfigError(f"--set expects key=value (e.g. model.n_layer=8), got {_show(item)}")
         key, value = _canonical(item).split("=", 1)
-        if key in ("seed", "preset"):
-            setattr(cfg, key, int(value) if key == "seed" else value)
+        value = value.strip()
+        if key == "seed":
+            cfg.seed = _coerce(value, int, key)
+            continue
+        if key == "method.name":
+            raise ConfigError(f"--set method.name={_show(value)}: the method is chosen with --method (its options "
+                              f"come with it); --set would only relabel the run")
+        if key == "preset":
+            # a preset sets many fields at once; changing only its name would mislabel the run
+            if value != cfg.preset:
+                raise ConfigError(f"--set preset={_show(value)}: the preset is chosen with --preset "
+                                  f"({', '.join(PRESETS)}), which sets its fields; --set would only relabel the run")
             continue
         if "." not in key:
-            raise ConfigError(f"--set key must look like section.field ({', '.join(cfg.sections())}), got {key!r}")
+            raise ConfigError(f"--set key must look like section.field ({', '.join(cfg.sections())}) or seed, "
+                              f"got {_show(key)}")
         section_name, name = key.split(".", 1)
-        section = getattr(cfg, section_name, None)
-        if section is None or not dataclasses.is_dataclass(section) or section_name not in SECTIONS:
-            raise ConfigError(f"--set {key}: unknown section {section_name!r}; use {', '.join(cfg.sections())}")
+        section = getattr(cfg, section_name, None) if section_name in SECTIONS else None
+        if section is None or not dataclasses.is_dataclass(section):
+            raise ConfigError(f"--set {_show(key)}: unknown section {_show(section_name)}; use "
+                              f"{', '.join(cfg.sections())}")
         if section_name not in cfg.sections():
             raise ConfigError(f"--set {key}: the {cfg.method.name} method does not use the {section_name} section; "
                               f"use {', '.join(cfg.sections())}")
         ftypes = {f.name: f.type for f in fields(section)}
         if name not in ftypes:
             owner = f"the {cfg.method.name} method" if section_name == "method" else section_name
-            raise ConfigError(f"--set {key}: unknown field {name!r}; {owner} has {', '.join(sorted(ftypes))}")
-        setattr(section, name, _coerce(value.strip(), ftypes[name], key))
+            raise ConfigError(f"--set {_show(key)}: unknown field {_show(name)}; {owner} has "
+                              f"{', '.join(sorted(ftypes))}")
+        setattr(section, name, _coerce(value, ftypes[name], key))
     validate(cfg)
     return cfg
+
+
+def override_keys(overrides: list[str]) -> dict[str, str]:
+    """``--set`` items as {canonical key: raw value} (the last one wins, as when they are applied)."""
+    out: dict[str, str] = {}
+    for item in overrides:
+        key, sep, value = _canonical(item).partition("=")
+        if sep:
+            out[key] = value.strip()
+    return out
 
 
 def apply_sampling_overrides(cfg: Config, overrides: list[str]) -> Config:
@@ -322,31 +514,162 @@ def apply_sampling_overrides(cfg: Config, overrides: list[str]) -> Config:
         key = _canonical(item).split("=", 1)[0]
         section, _, name = key.partition(".")
         if section != "method" or name not in allowed:
-            raise ConfigError(f"--set {key}: a trained {cfg.method.name} run can only change its sampling options "
-                              f"(method.{', method.'.join(allowed)}); retrain to change anything else")
+            raise ConfigError(f"--set {_show(key)}: a trained {cfg.method.name} run can only change its sampling "
+                              f"options (method.{', method.'.join(allowed)}); retrain to change anything else")
     return apply_overrides(cfg, overrides)
 
 
+# --------------------------------------------------------------------------------------------------
+# The table :func:`validate` enforces, section by section (each method config carries its own ``bounds``).
+WINDOWS = Range(0, 10**9)  # 0 = all of the validation split
+
+FIELD_BOUNDS: dict[str, dict[str, Bound]] = {
+    "model": {
+        "n_layer": Range(1, 1024),
+        "n_head": Range(1, 4096),
+        "n_embd": Range(1, 65536),  # GPT-3 is 12288 wide; far wider is a typo that allocates hundreds of GB
+        "context": Range(1, 2**20),
+        "mlp_ratio": Range(1, 64),
+        "activation": Choice(("gelu", "silu")),
+        "dropout": DROPOUT,
+        "rope_base": Range(1.0, 1e12, lo_open=True),  # RoPE's frequencies base^(-2i/d) must fall with i
+        "positions": Choice(("rope", "none")),
+    },
+    "train": {
+        "steps": Range(1, 10**9),
+        "batch_size": Range(1, 2**20),
+        "grad_accum": Range(1, 2**16),
+        "lr": Range(0.0, 1.0, lo_open=True),  # an AdamW step moves each weight by about lr: above 1 is noise
+        "min_lr": Range(0.0, 1.0),
+        "warmup": Range(0, 10**9),
+        "weight_decay": NONNEGATIVE,
+        "beta1": Range(0.0, 1.0, hi_open=True),
+        "beta2": Range(0.0, 1.0, hi_open=True),
+        "grad_clip": NONNEGATIVE,  # 0 = off
+        "ema_decay": Range(0.0, 1.0, hi_open=True),
+        "eval_every": Range(1, 10**9),
+        "eval_windows": WINDOWS,
+        "final_eval_windows": WINDOWS,
+        "device": DEVICE,
+        "compile": Choice(("auto", "on", "off")),
+        "amp": Choice(("auto", "bf16", "off")),
+        "threads": Range(0, 4096),  # 0 = torch's default
+        "time_budget_s": NONNEGATIVE,  # 0 = no budget
+    },
+    "data": {
+        "val_fraction": Range(0.0, 1.0, lo_open=True, hi_open=True),
+        "tokenizer": Choice(TOKENIZER_KINDS),
+        "vocab_size": Range(1, 2**20),
+    },
+    "unet": {
+        "base_channels": Range(1, 4096),
+        "num_res_blocks": Range(1, 64),
+        "heads": Range(1, 4096),
+        "dropout": DROPOUT,
+        "groups": Range(1, 4096),
+        "label_dropout": PROBABILITY,
+    },
+}
+TOP_LEVEL: dict[str, tuple[type, Bound]] = {"seed": (int, SEED), "preset": (str, Choice(tuple(PRESETS)))}
+# str fields with no table entry: read where they are used (a corpus is found or not by the data loader,
+# a guide run is opened), or checked by a rule of their own in validate (channel_mult, the sampler)
+FREE_TEXT = frozenset({"data.corpus", "unet.channel_mult", "method.name", "method.sampler", "method.guide_run"})
+
+
+def check_value(name: str, value: Any, typ: type | None, bound: Bound | None) -> Any:
+    """``value`` if it is a ``typ`` within ``bound``, else a :class:`ConfigError` naming the field, the value
+    and what is allowed. A bool is not a number here, and an int read for a float field becomes a float."""
+    integer = typ is int
+    allowed = f"; it must be {bound.describe(integer)}" if bound is not None else ""
+    if typ is bool and not isinstance(value, bool):
+        raise ConfigError(f"{name} must be true or false, got {_show(value)}")
+    if typ is int and (isinstance(value, bool) or not isinstance(value, int)):
+        raise ConfigError(f"{name} must be {bound.describe(True) if bound else 'a whole number'}, got {_show(value)}")
+    if typ is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{name} must be {bound.describe() if bound else 'a number'}, got {_show(value)}")
+        try:
+            value = float(value)
+        except OverflowError:  # an int beyond any float
+            raise ConfigError(f"{name}={_show(value)} is out of range{allowed}") from None
+        if not math.isfinite(value):
+            raise ConfigError(f"{name} must be {bound.describe() if bound else 'a finite number'}, got {value}")
+    if typ is str and not isinstance(value, str):
+        raise ConfigError(f"{name} must be {bound.describe() if bound else 'a string'}, got {_show(value)}")
+    if bound is not None and not bound.allows(value):
+        raise ConfigError(f"{name} must be {bound.describe(integer)}, got {_show(value)}")
+    return value
+
+
+def check_section(obj: Any, prefix: str, bounds: dict[str, Bound]) -> None:
+    """Every field of a config dataclass against its annotated type and ``bounds`` (normalised in place:
+    an int in a float field becomes a float, so the run's record reads the same as one written by us)."""
+    for f in fields(obj):
+        setattr(obj, f.name, check_value(f"{prefix}.{f.name}", getattr(obj, f.name), field_type(f.type),
+                                         bounds.get(f.name)))
+
+
+def channel_levels(text: str) -> tuple[int, ...]:
+    """``unet.channel_mult`` as its per-level multipliers (1..64 each, 1..8 levels)."""
+    parts = text.replace(" ", "").split(",")
+    if not text.strip() or not all(p.isdigit() and 1 <= int(p) <= 64 for p in parts) or len(parts) > 8:
+        raise ConfigError(f"unet.channel_mult must be 1 to 8 comma-separated whole numbers from 1 to 64 like 1,2,2, "
+                          f"got {_show(text)}")
+    return tuple(int(p) for p in parts)
+
+
 def validate(cfg: Config) -> None:
-    m, t = cfg.model, cfg.train
-    if m.n_embd % m.n_head:
-        raise ConfigError(f"model.n_embd={m.n_embd} must be divisible by model.n_head={m.n_head}")
-    if (m.n_embd // m.n_head) % 2:
-        raise ConfigError("the head width (n_embd / n_head) must be even for rotary embeddings")
-    for name, value in (("model.n_layer", m.n_layer), ("model.context", m.context),
-                        ("train.steps", t.steps), ("train.batch_size", t.batch_size),
-                        ("train.grad_accum", t.grad_accum), ("train.eval_every", t.eval_every)):
-        if value < 1:
-            raise ConfigError(f"{name} must be >= 1, got {value}")
-    if m.positions not in ("rope", "none"):
-        raise ConfigError(f"model.positions must be rope or none, got {m.positions!r}")
-    if not 0.0 <= t.ema_decay < 1.0:
-        raise ConfigError(f"train.ema_decay must be in [0, 1), got {t.ema_decay}")
-    if not 0.0 < cfg.data.val_fraction < 1.0:
-        raise ConfigError(f"data.val_fraction must be in (0, 1), got {cfg.data.val_fraction}")
-    if cfg.data.tokenizer not in TOKENIZER_KINDS:
-        raise ConfigError(f"data.tokenizer must be one of {', '.join(TOKENIZER_KINDS)}, got {cfg.data.tokenizer!r}")
+    """Check every field this run records (types, :data:`FIELD_BOUNDS`, the method's ``bounds``), then the
+    rules that tie fields together, then the method's own :meth:`MethodConfig.check`. Called on every config
+    before anything is built from it: after ``--set``, on reading ``config.json`` and by the trainer."""
+    for key, (typ, bound) in TOP_LEVEL.items():
+        setattr(cfg, key, check_value(key, getattr(cfg, key), typ, bound))
+    for section in cfg.sections():
+        obj = getattr(cfg, section)
+        check_section(obj, section, type(obj).field_bounds() if section == "method" else FIELD_BOUNDS[section])
+    sections = cfg.sections()
+    if "model" in sections:
+        m = cfg.model
+        if m.n_embd % m.n_head:
+            raise ConfigError(f"model.n_embd={m.n_embd} must be divisible by model.n_head={m.n_head}")
+        if (m.n_embd // m.n_head) % 2:
+            raise ConfigError("the head width (n_embd / n_head) must be even for rotary embeddings")
+    if "unet" in sections:
+        u = cfg.unet
+        channel_levels(u.channel_mult)
+        if u.base_channels % u.heads:
+            raise ConfigError(f"unet.base_channels={u.base_channels} must be divisible by unet.heads={u.heads}")
+    t = cfg.train
+    if t.min_lr > t.lr:
+        raise ConfigError(f"train.min_lr={t.min_lr:g} is above train.lr={t.lr:g}, so the schedule would rise as it "
+                          f"decays; set train.min_lr <= train.lr")
+    if t.lr * t.weight_decay >= 1.0:
+        raise ConfigError(f"train.lr * train.weight_decay = {t.lr * t.weight_decay:g} must be below 1 (AdamW scales "
+                          f"every weight by 1 - lr * weight_decay each step); lower train.weight_decay")
     if cfg.data.tokenizer == "bpe" and cfg.data.vocab_size < BPE_MIN_VOCAB:
         raise ConfigError(f"data.vocab_size must be >= {BPE_MIN_VOCAB} for a byte-level BPE (it starts from the "
                           f"256 bytes), got {cfg.data.vocab_size}")
+    _check_method_name(cfg)
+    _check_sampler(cfg)
     cfg.method.check()
+
+
+def _check_method_name(cfg: Config) -> None:
+    """``method.name`` is the method whose config class this is: an edited name would build another method
+    from these options (``ar`` from masked diffusion's), sampling garbage with exit 0."""
+    name = cfg.method.name
+    known = METHOD_CONFIGS.get(name) or (method_config_class(name) if name else None)
+    if known is not type(cfg.method):
+        raise ConfigError(f"method.name={_show(name)} does not match its options (a {type(cfg.method).__name__}); "
+                          f"the method is chosen with --method, when the run is trained")
+
+
+def _check_sampler(cfg: Config) -> None:
+    """``method.sampler`` names one of the method's samplers (or is "" for its default), checked now rather
+    than when the trainer first draws samples, minutes into the run."""
+    sampler = cfg.method.sampler
+    base = importlib.import_module("textdiffusion.methods.base")
+    method = base.REGISTRY.get(cfg.method.name)
+    if sampler and method is not None and sampler not in method.samplers:
+        raise ConfigError(f"method.sampler must be one of {', '.join(method.samplers)} (or empty for the "
+                          f"{cfg.method.name} method's default), got {_show(sampler)}")

@@ -29,9 +29,10 @@ import numpy as np
 import torch
 
 from textdiffusion.checkpoint import write_json
+from textdiffusion.config import ConfigError
 from textdiffusion.data.batches import TextData
 from textdiffusion.data.corpus import DataError, read_corpus, resolve_corpus, sha256_of
-from textdiffusion.methods.base import Method, SampleRequest
+from textdiffusion.methods.base import Method, SampleRequest, TextMethod
 from textdiffusion.runs import open_run
 
 WORD = re.compile(r"[A-Za-z]+(?:'[A-Za-z]+)*")
@@ -228,12 +229,16 @@ def reference_windows(text: str, train_chars: int, length: int, n: int) -> list[
 
 
 def evaluate_run(run_dir: str | Path, samples: int = 64, length: int = 0, sampler: str = "", steps: int = 0,
-                 temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, seed: int = 0,
-                 val_windows: int = 0, device: str = "auto", batch: int = 64,
+                 temperature: float | None = None, top_k: int | None = None, top_p: float | None = None,
+                 seed: int = 0, val_windows: int = 0, device: str = "auto", batch: int = 64,
                  overrides: list[str] | None = None) -> dict[str, Any]:
     """Score a run and write ``RUN/eval.json``. Uses the EMA weights, like sampling. ``overrides`` are
-    sampling options (``method.field=value``), recorded in the result."""
+    sampling options (``method.field=value``), recorded in the result. ``temperature``, ``top_k`` and
+    ``top_p`` left at None take the run's own (``method.*``, ``overrides`` included); the values actually
+    used are what ``eval.json`` records."""
     run = open_run(run_dir, device=device, overrides=overrides)
+    if not isinstance(run.method, TextMethod):
+        raise ConfigError(f"{run_dir} is an image run; use `textdiffusion mnist eval {run_dir}`")
     cfg = run.cfg
     data, text, source = run_corpus(run)
     windows = TextData.tiled_windows(data.val_ids, run.method.window, val_windows).to(run.device)
@@ -241,8 +246,8 @@ def evaluate_run(run_dir: str | Path, samples: int = 64, length: int = 0, sample
     with autocast:
         nll = run.method.nll(run.model, windows)
         length = length or cfg.model.context
-        req = SampleRequest(n=samples, length=length, sampler=sampler, steps=steps, temperature=temperature,
-                            top_k=top_k, top_p=top_p)
+        decoding = run.method.decoding(temperature, top_k, top_p)
+        req = SampleRequest(n=samples, length=length, sampler=sampler, steps=steps, **decoding)
         texts, speed = generate(run, req, seed, batch)
     ref = TrainingReference(data.train_text)
     quality = ref.quality(texts)
@@ -256,7 +261,7 @@ def evaluate_run(run_dir: str | Path, samples: int = 64, length: int = 0, sample
                 "windows": nll.windows, "chars": nll.units, **nll.details},
         "samples": {"n": samples, "length": length, "sampler": run.method.check_sampler(req.sampler),
                     "steps": speed.pop("steps", None) or steps or run.method.default_steps(length) or length,
-                    "temperature": temperature, "top_k": top_k, "top_p": top_p, "seed": seed,
+                    **decoding, "seed": seed,
                     "overrides": list(overrides or []),
                     "examples": texts[:3]},
         "quality": quality,

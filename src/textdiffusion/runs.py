@@ -16,24 +16,38 @@ from textdiffusion.checkpoint import (
     read_header,
     read_json,
 )
-from textdiffusion.config import Config, apply_sampling_overrides
+from textdiffusion.config import DEVICE, Config, ConfigError, apply_sampling_overrides
 from textdiffusion.data.sources import load_vocab
 from textdiffusion.data.tokenizer import Tokenizer
 from textdiffusion.methods import Method, TextMethod, get_method
 
 
+def available_devices() -> list[str]:
+    """The devices this machine can run on, as ``--device`` spells them."""
+    out = ["cpu"]
+    if torch.cuda.is_available():
+        out += ["cuda"] + [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+    mps = getattr(torch.backends, "mps", None)
+    if mps is not None and mps.is_available():
+        out.append("mps")
+    return out
+
+
 def pick_device(name: str = "auto") -> torch.device:
+    """The device named by ``--device`` / ``train.device``: ``auto`` is the GPU when there is one. A name this
+    machine cannot run (a typo, ``meta``, ``mps`` or ``cuda:7`` where absent) is a one-line error listing the
+    devices it has, before any tensor is made."""
     if name == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")
         return torch.device("cpu")
-    try:
-        dev = torch.device(name)
-    except RuntimeError:
-        raise CheckpointError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise CheckpointError("device cuda requested but no CUDA GPU is visible; use --set train.device=cpu")
-    return dev
+    have = available_devices()
+    fix = f"this machine has {', '.join(have)}; use --device auto or one of those"
+    if not isinstance(name, str) or not DEVICE.allows(name):
+        raise ConfigError(f"unknown device {name!r} (it must be {DEVICE.describe()}); {fix}")
+    if name not in have:
+        raise ConfigError(f"device {name} is not available here; {fix}")
+    return torch.device(name)
 
 
 def build(cfg: Config, vocab: Any) -> tuple[Method, torch.nn.Module]:
@@ -126,7 +140,7 @@ def open_run(path: str | Path, weights: str = "ema", device: str = "auto",
         raise CheckpointError(f"run directory {run} does not exist; pass the directory `textdiffusion train` "
                               f"printed (it holds config.json)")
     meta = read_json(run / "config.json")
-    if "config" not in meta:
+    if not isinstance(meta, dict) or "config" not in meta:
         raise CheckpointError(f"{run / 'config.json'} has no 'config' section; it was not written by textdiffusion")
     cfg = Config.from_dict(meta["config"])
     if overrides:

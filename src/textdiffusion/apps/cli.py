@@ -15,29 +15,94 @@
 from __future__ import annotations
 
 import argparse
+import math
 import re
 import sys
 import time
 from pathlib import Path
 
 from textdiffusion.checkpoint import CheckpointError
-from textdiffusion.config import PRESETS, ConfigError
+from textdiffusion.config import (
+    ETA,
+    GUIDANCE,
+    MAX_SAMPLE_STEPS,
+    PRESETS,
+    SEED,
+    TEMPERATURE,
+    TOP_K,
+    TOP_P,
+    ConfigError,
+    Range,
+    override_keys,
+)
 from textdiffusion.data.corpus import DataError
 
 USER_ERRORS = (ConfigError, DataError, CheckpointError)
 
+# the CLI's own number ranges (the ones that override config fields are imported with them)
+STEPS = Range(1, MAX_SAMPLE_STEPS)  # denoising steps of one sampling
+TRAIN_STEPS = Range(1, 10**9)  # as train.steps
+PORT = Range(0, 65535)  # 0 = any free port (the one taken is printed)
+DELAY = Range(0.0, 60.0)  # seconds per frame of --show
+VAL_WINDOWS = Range(0, 10**9)  # 0 = the whole validation split
+
+
+def _number(kind: type, bound: Range):
+    """An argparse type: a ``kind`` (int or float) within ``bound``, else argparse's one-line usage error
+    naming what is allowed. nan and inf are never within a bound; a whole number may be written 1e3."""
+
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            value = None
+            if kind is int:  # 1e3 is a whole number; 1.5, nan and 1e999 are not
+                try:
+                    number = float(text)
+                except ValueError:
+                    number = math.nan
+                if math.isfinite(number) and number.is_integer():
+                    value = int(number)
+            if value is None:
+                raise argparse.ArgumentTypeError(f"must be {bound.describe(kind is int)}, got {text!r}") from None
+        if not bound.allows(value):
+            raise argparse.ArgumentTypeError(f"must be {bound.describe(kind is int)}, got {text}")
+        return value
+
+    parse.__name__ = kind.__name__
+    return parse
+
 
 def _positive(kind: type):
-    def parse(value: str):
-        try:
-            v = kind(value)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a number, got {value!r}") from None
-        if v <= 0:
-            raise argparse.ArgumentTypeError(f"must be > 0, got {value}")
-        return v
+    """An argparse type for a count or size: a finite ``kind`` above 0 (an int below 2**31, so no count
+    overflows a tensor's index before the code that uses it can say it is too large)."""
+    return _number(kind, Range(0, 2**31 - 1 if kind is int else None, lo_open=True))
 
-    return parse
+
+# sampling flags and the method field each overrides; given both, they must agree (see _check_flags_agree)
+FLAG_FIELDS = {"temperature": "method.temperature", "top_k": "method.top_k", "top_p": "method.top_p",
+               "sampler": "method.sampler", "steps": "method.sample_steps", "eta": "method.eta",
+               "guidance": "method.guidance"}
+
+
+def _check_flags_agree(args: argparse.Namespace) -> None:
+    """``sample``/``eval`` (text and mnist): a flag and a ``--set`` of the field it overrides that disagree
+    are refused, rather than one of them silently losing (the flag wins when they agree or only it is given;
+    the run's config, ``--set`` included, decides when the flag is not given)."""
+    sampling = args.command in ("sample", "eval") or getattr(args, "mnist_command", None) in ("sample", "eval")
+    if not sampling:
+        return
+    sets = override_keys(args.overrides)
+    for attr, key in FLAG_FIELDS.items():
+        flag, raw = getattr(args, attr, None), sets.get(key)
+        if flag is None or raw is None:
+            continue
+        try:
+            same = float(raw) == flag if isinstance(flag, (int, float)) else raw == flag
+        except ValueError:
+            continue  # not a number: apply_overrides says so, by field name
+        if not same:
+            raise ConfigError(f"--{attr.replace('_', '-')} {flag} and --set {key}={raw} disagree; give only one")
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -115,9 +180,12 @@ def _refuse_image_run(run_dir: str, command: str) -> None:
     from textdiffusion.methods.image import ImageDiffusion
 
     cfg = Path(run_dir) / "config.json"
-    if not cfg.exists():
+    if not cfg.is_file():
         return
-    name = read_json(cfg).get("config", {}).get("method", {}).get("name")
+    section: object = read_json(cfg)
+    for key in ("config", "method", "name"):  # a file that is not an object at any level is the text path's
+        section = section.get(key) if isinstance(section, dict) else None
+    name = section
     method = REGISTRY.get(name) if isinstance(name, str) else None
     if method is not None and issubclass(method, ImageDiffusion):
         raise ConfigError(f"{run_dir} is an image run; use `textdiffusion mnist {command} {run_dir}`")
@@ -152,7 +220,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
     run = open_run(args.run_dir, weights=args.weights, device=args.device, overrides=args.overrides)
     req = SampleRequest(n=args.n, length=args.length or 0, prompt=args.prompt or "", infill=args.infill,
                         placeholder=args.placeholder, sampler=args.sampler or "", steps=args.steps or 0,
-                        temperature=args.temperature, top_k=args.top_k, top_p=args.top_p)
+                        **run.method.decoding(args.temperature, args.top_k, args.top_p))
     on_step, recorder = _sample_watchers(args, run.tokenizer)
     gen = torch.Generator(device=run.device).manual_seed(args.seed)
     tic = time.perf_counter()
@@ -265,10 +333,12 @@ def _add_set(parser: argparse.ArgumentParser, help: str) -> None:
 
 def _add_decoding(parser: argparse.ArgumentParser) -> None:
     """How text samples are drawn, shared by ``sample`` and ``eval`` so the two score the same thing."""
-    parser.add_argument("--temperature", type=_positive(float), default=1.0)
-    parser.add_argument("--top-k", type=int, default=0)
-    parser.add_argument("--top-p", type=_positive(float), default=1.0)
-    parser.add_argument("--seed", type=int, default=0)
+    # None = the run's own method.temperature / top_k / top_p (as trained, or changed with --set)
+    parser.add_argument("--temperature", type=_number(float, TEMPERATURE),
+                        help="sharpen (< 1) or flatten (> 1) the token draw (default: the run's, 1 unless set)")
+    parser.add_argument("--top-k", type=_number(int, TOP_K), help="keep the k likeliest tokens (0 = all)")
+    parser.add_argument("--top-p", type=_number(float, TOP_P), help="nucleus: keep this much probability (1 = all)")
+    parser.add_argument("--seed", type=_number(int, SEED), default=0)
 
 
 def _text_sampler_help() -> str:
@@ -287,9 +357,9 @@ def _train_parser(sub) -> None:
     t.add_argument("--method", choices=sorted(REGISTRY), help="what to train")
     t.add_argument("--preset", choices=sorted(PRESETS), default="cpu", help="model/trainer size (default cpu)")
     t.add_argument("--data", help="named corpus (tinyshakespeare), a UTF-8 file or a directory of .txt files")
-    t.add_argument("--steps", type=_positive(int), help="optimizer steps (overrides the preset)")
+    t.add_argument("--steps", type=_number(int, TRAIN_STEPS), help="optimizer steps (overrides the preset)")
     t.add_argument("--run-dir", help="where to write the run (default runs/METHOD-PRESET-TIME)")
-    t.add_argument("--seed", type=int, help="random seed (default 1337)")
+    t.add_argument("--seed", type=_number(int, SEED), help="random seed (default 1337)")
     t.add_argument("--device", help="auto, cpu, cuda, cuda:N")
     _add_set(t, "override any config field, one per --set, e.g. --set model.n_layer=8 --set train.lr=2e-3")
     t.add_argument("--resume", metavar="RUN_DIR", help="continue a stopped run exactly where it left off")
@@ -305,11 +375,11 @@ def _sample_parser(sub) -> None:
     s.add_argument("--placeholder", default="_", help="the character marking blanks in --infill (default _)")
     s.add_argument("--n", type=_positive(int), default=1, help="number of samples")
     s.add_argument("--length", type=_positive(int), help="characters per sample, prompt included (default: context)")
-    s.add_argument("--steps", type=_positive(int), help="denoising steps (diffusion samplers)")
+    s.add_argument("--steps", type=_number(int, STEPS), help="denoising steps (diffusion samplers)")
     s.add_argument("--sampler", help=_text_sampler_help())
     _add_decoding(s)
     s.add_argument("--show", action="store_true", help="animate the denoising in the terminal (on stderr)")
-    s.add_argument("--delay", type=float, default=0.03, help="seconds per frame of --show")
+    s.add_argument("--delay", type=_number(float, DELAY), default=0.03, help="seconds per frame of --show")
     s.add_argument("--trajectory", metavar="FILE", help="write every intermediate state as JSON")
     s.add_argument("--weights", choices=("ema", "model"), default="ema", help="EMA (default) or raw weights")
     s.add_argument("--device", default="auto")
@@ -323,9 +393,10 @@ def _eval_parser(sub) -> None:
     e.add_argument("--samples", type=_positive(int), default=64, help="number of samples to score (default 64)")
     e.add_argument("--length", type=_positive(int), help="characters per sample (default: context)")
     e.add_argument("--sampler", help=_text_sampler_help())
-    e.add_argument("--steps", type=_positive(int))
+    e.add_argument("--steps", type=_number(int, STEPS))
     _add_decoding(e)
-    e.add_argument("--val-windows", type=int, default=0, help="validation windows to score (0 = all)")
+    e.add_argument("--val-windows", type=_number(int, VAL_WINDOWS), default=0,
+                   help="validation windows to score (0 = all)")
     e.add_argument("--device", default="auto")
     _add_set(e, _SET_HELP)
     e.set_defaults(func=cmd_eval)
@@ -333,7 +404,7 @@ def _eval_parser(sub) -> None:
 
 def _demo_parser(sub) -> None:
     d = sub.add_parser("demo", help="train a small masked-diffusion model on Tiny Shakespeare and watch it write")
-    d.add_argument("--steps", type=_positive(int), default=None, help="training steps (default 1500)")
+    d.add_argument("--steps", type=_number(int, TRAIN_STEPS), default=None, help="training steps (default 1500)")
     d.add_argument("--data", default="tinyshakespeare")
     d.add_argument("--preset", choices=sorted(PRESETS), default="cpu")
     d.add_argument("--run-dir")
@@ -349,7 +420,7 @@ def _compare_parser(sub) -> None:
     c.add_argument("--length", type=_positive(int), help="characters per sample (default: each run's context)")
     c.add_argument("--sweep", default="4,16,64,256",
                    help="comma-separated sampler step counts for the quality-vs-speed plot ('' = none)")
-    c.add_argument("--seed", type=int, default=0)
+    c.add_argument("--seed", type=_number(int, SEED), default=0)
     c.add_argument("--evaluate", action="store_true",
                    help="run `eval` on runs whose eval.json is missing or older than the checkpoint")
     c.add_argument("--refresh", action="store_true", help="recompute sweeps instead of reusing RUN/sweep.json")
@@ -362,10 +433,10 @@ def _serve_parser(sub) -> None:
     v = sub.add_parser("serve", help="a local web page to sample and infill interactively, denoising streamed live")
     v.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="text run directories to offer")
     v.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1: this machine only)")
-    v.add_argument("--port", type=int, default=8000)
+    v.add_argument("--port", type=_number(int, PORT), default=8000, help="0 = any free port (default 8000)")
     v.add_argument("--device", default="auto")
-    v.add_argument("--max-steps", type=_positive(int), default=1000, help="largest step count a request may ask")
-    v.add_argument("--max-concurrent", type=_positive(int), default=4, help="samplings running at once")
+    v.add_argument("--max-steps", type=_number(int, STEPS), default=1000, help="largest step count a request may ask")
+    v.add_argument("--max-concurrent", type=_number(int, Range(1, 1024)), default=4, help="samplings running at once")
     v.set_defaults(func=cmd_serve)
 
 
@@ -374,9 +445,9 @@ def _mnist_train_parser(msub) -> None:
     t.add_argument("--preset", choices=sorted(PRESETS), default="cpu", help="model/trainer size (default cpu)")
     t.add_argument("--data", help="mnist (default: data dir or download), digits (offline 8x8), a mnist.npz "
                                   "or a directory of the four IDX files")
-    t.add_argument("--steps", type=_positive(int))
+    t.add_argument("--steps", type=_number(int, TRAIN_STEPS))
     t.add_argument("--run-dir")
-    t.add_argument("--seed", type=int)
+    t.add_argument("--seed", type=_number(int, SEED))
     t.add_argument("--device")
     _add_set(t, "e.g. --set unet.base_channels=32 --set method.noise_schedule=cosine --set method.target=v")
     t.add_argument("--resume", metavar="RUN_DIR")
@@ -389,10 +460,12 @@ def _add_image_sampling(parser: argparse.ArgumentParser) -> None:
     from textdiffusion.methods.image import ImageDiffusion
 
     parser.add_argument("--sampler", choices=ImageDiffusion.samplers)
-    parser.add_argument("--steps", type=_positive(int), help="network evaluations (<= the T of training)")
-    parser.add_argument("--eta", type=float, help="DDIM noise in [0, 1] (0 = deterministic)")
-    parser.add_argument("--guidance", type=float, help="classifier-free guidance scale (1 = plain conditional)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--steps", type=_number(int, STEPS), help="network evaluations (<= the T of training)")
+    parser.add_argument("--eta", type=_number(float, ETA),
+                        help="DDIM noise in [0, 1] (0 = deterministic; default: the run's method.eta)")
+    parser.add_argument("--guidance", type=_number(float, GUIDANCE),
+                        help="classifier-free guidance scale >= 0 (1 = plain conditional; default: the run's)")
+    parser.add_argument("--seed", type=_number(int, SEED), default=0)
     parser.add_argument("--device", default="auto")
 
 
@@ -423,7 +496,7 @@ def _mnist_eval_parser(msub) -> None:
 
 def _mnist_demo_parser(msub) -> None:
     d = msub.add_parser("demo", help="train a small class-conditional model and write its samples (CPU minutes)")
-    d.add_argument("--steps", type=_positive(int), help="training steps (default 1500)")
+    d.add_argument("--steps", type=_number(int, TRAIN_STEPS), help="training steps (default 1500)")
     d.add_argument("--data", default="mnist", help="mnist (falls back to the offline digits) or digits")
     d.add_argument("--preset", choices=sorted(PRESETS), default="cpu")
     d.add_argument("--run-dir")
@@ -489,6 +562,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
+        _check_flags_agree(args)
         return args.func(args)
     except USER_ERRORS as e:
         print(f"error: {e}", file=sys.stderr)

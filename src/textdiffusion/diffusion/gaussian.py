@@ -24,7 +24,18 @@ from typing import Any, ClassVar
 
 import torch
 
-from textdiffusion.config import ConfigError, MethodConfig, sampling
+from textdiffusion.config import (
+    ETA,
+    EVAL_TIME_SAMPLES,
+    SAMPLE_STEPS,
+    SEED,
+    Bound,
+    Choice,
+    ConfigError,
+    MethodConfig,
+    Range,
+    sampling,
+)
 from textdiffusion.diffusion.stratified import per_row, stratified
 
 # abar is kept inside [ABAR_MIN, ABAR_MAX]: the clean end keeps a tiny noise (so q(x_0|w) is a proper
@@ -49,15 +60,21 @@ class GaussianConfig(MethodConfig):
     time_difference: float = sampling(0.0)  # asymmetric time intervals (Chen et al. 2022), in steps
 
     targets: ClassVar[tuple[str, ...]] = TARGETS
+    bounds: ClassVar[dict[str, Bound]] = {
+        "noise_schedule": Choice(SCHEDULES),
+        "target": Choice(TARGETS),
+        "timesteps": Range(0, 10**6),  # 0 = continuous time
+        "eval_time_samples": EVAL_TIME_SAMPLES,
+        "eval_seed": SEED,
+        "sample_steps": SAMPLE_STEPS,
+        "eta": ETA,
+        "time_difference": Range(0.0, 10.0**6),  # in steps; past the step count every step lands on t = 0
+    }
 
     def check(self) -> None:
-        if self.noise_schedule not in SCHEDULES:
-            raise ConfigError(f"method.noise_schedule must be one of {', '.join(SCHEDULES)}, "
-                              f"got {self.noise_schedule!r}")
-        if self.target not in self.targets:
-            raise ConfigError(f"method.target must be one of {', '.join(self.targets)}, got {self.target!r}")
-        if self.timesteps < 0:
-            raise ConfigError("method.timesteps must be >= 0 (0 = continuous time)")
+        if self.timesteps and self.sample_steps > self.timesteps:
+            raise ConfigError(f"method.sample_steps={self.sample_steps} exceeds the {self.timesteps} steps of the "
+                              f"training grid (method.timesteps); use at most {self.timesteps}")
 
     @property
     def t_min(self) -> float:

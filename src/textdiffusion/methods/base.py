@@ -21,7 +21,18 @@ from typing import Any, ClassVar, Generic, TypeVar
 import torch
 import torch.nn.functional as F
 
-from textdiffusion.config import METHOD_CONFIGS, Config, ConfigError, MethodConfig, ModelConfig, sampling
+from textdiffusion.config import (
+    METHOD_CONFIGS,
+    TEMPERATURE,
+    TOP_K,
+    TOP_P,
+    Bound,
+    Config,
+    ConfigError,
+    MethodConfig,
+    ModelConfig,
+    sampling,
+)
 from textdiffusion.data.tokenizer import Tokenizer
 from textdiffusion.nn.transformer import Transformer
 
@@ -182,6 +193,8 @@ class TextMethodConfig(MethodConfig):
     top_k: int = sampling(0)
     top_p: float = sampling(1.0)
 
+    bounds: ClassVar[dict[str, Bound]] = {"temperature": TEMPERATURE, "top_k": TOP_K, "top_p": TOP_P}
+
 
 class TextMethod(Method[SampleRequest, SampleResult]):
     """A method on token windows: built from a tokenizer, sampled with a :class:`SampleRequest`."""
@@ -239,9 +252,18 @@ class TextMethod(Method[SampleRequest, SampleResult]):
     def sample(self, model: Any, req: SampleRequest, generator: torch.Generator,
                on_step: StepCallback | None = None) -> SampleResult: ...
 
+    def decoding(self, temperature: float | None = None, top_k: int | None = None,
+                 top_p: float | None = None) -> dict[str, Any]:
+        """The token draw a request gets: each value given, else the run's own ``method.temperature``,
+        ``top_k``, ``top_p`` (as trained, or changed with ``sample``/``eval --set``). The callers pass what the
+        user asked for, None when unasked, so an unset flag can never override the run's setting."""
+        given = {"temperature": temperature, "top_k": top_k, "top_p": top_p}
+        neutral = {"temperature": 1.0, "top_k": 0, "top_p": 1.0}  # a method config without these draws plainly
+        return {k: getattr(self.cfg, k, neutral[k]) if v is None else v for k, v in given.items()}
+
     def training_samples(self) -> SampleRequest:
-        """What the trainer draws at each evaluation, into ``samples/step_N.txt``."""
-        return SampleRequest(n=2)
+        """What the trainer draws at each evaluation, into ``samples/step_N.txt``: the run's own token draw."""
+        return SampleRequest(n=2, **self.decoding())
 
     def guide_run(self) -> str:
         """A second run this method's sampler reads (``embedding``'s guided sampler: an ``ar`` run), or ""."""
@@ -321,18 +343,21 @@ class TextMethod(Method[SampleRequest, SampleResult]):
 
 
 def filter_logits(logits: torch.Tensor, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0) -> torch.Tensor:
-    """Temperature, then top-k, then nucleus (top-p, Holtzman et al. 2020) filtering on the last dim."""
-    if temperature <= 0:
-        raise ConfigError("--temperature must be > 0")
-    if top_k < 0:
-        raise ConfigError("--top-k must be >= 0 (0 keeps every character)")
+    """Temperature, then top-k, then nucleus (top-p, Holtzman et al. 2020) filtering on the last dim.
+
+    The values are checked here too, where they are used, so no caller can draw with a nan temperature (all
+    of one token) or a top-p of 2 (silently off)."""
+    if not TEMPERATURE.allows(temperature):
+        raise ConfigError(f"--temperature must be {TEMPERATURE.describe()}, got {temperature}")
+    if not TOP_K.allows(top_k):
+        raise ConfigError(f"--top-k must be {TOP_K.describe(True)} (0 keeps every character), got {top_k}")
+    if not TOP_P.allows(top_p):
+        raise ConfigError(f"--top-p must be {TOP_P.describe()} (1 keeps every character), got {top_p}")
     logits = logits.float() / temperature
     if top_k and top_k < logits.shape[-1]:
         kth = torch.topk(logits, top_k, dim=-1).values[..., -1:]
         logits = logits.masked_fill(logits < kth, float("-inf"))
     if top_p < 1.0:
-        if not 0.0 < top_p <= 1.0:
-            raise ConfigError("--top-p must be in (0, 1]")
         sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
         probs = sorted_logits.softmax(-1)
         # drop a token when the mass strictly before it already reaches top_p (keeps at least one)

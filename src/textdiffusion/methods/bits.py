@@ -26,7 +26,7 @@ from typing import Any, ClassVar
 
 import torch
 
-from textdiffusion.config import ConfigError
+from textdiffusion.config import SCALE, Bound
 from textdiffusion.methods.base import register
 from textdiffusion.methods.embedding import EmbeddingDenoiser, EmbeddingDiffusion, GaussianTextConfig
 
@@ -61,10 +61,7 @@ class BitsConfig(GaussianTextConfig):
     self_condition: bool = True
     bit_scale: float = 1.0  # bits are written as {-bit_scale, +bit_scale}
 
-    def check(self) -> None:
-        super().check()
-        if self.bit_scale <= 0:
-            raise ConfigError(f"method.bit_scale must be > 0, got {self.bit_scale}")
+    bounds: ClassVar[dict[str, Bound]] = {"bit_scale": SCALE}
 
 
 @register

@@ -33,11 +33,11 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
-from textdiffusion.config import ConfigError
+from textdiffusion.config import PROBABILITY, Bound, ConfigError, Range
 from textdiffusion.diffusion.masking import corrupt, corrupt_exactly, counts_from, times_from
 from textdiffusion.diffusion.stratified import stratified
 from textdiffusion.methods.base import (
@@ -61,11 +61,13 @@ class BlockConfig(MaskedConfig):
     clip_low: float = 0.0  # training mask rates drawn from U[clip_low, clip_high] per block (validation: [0, 1]);
     clip_high: float = 1.0  # low = high = 1 masks whole blocks, which at B = 1 is exactly autoregressive training
 
+    # the block size must also divide model.context (checked when the method is built, which knows it)
+    bounds: ClassVar[dict[str, Bound]] = {"block_size": Range(1, 2**20), "clip_low": PROBABILITY,
+                                          "clip_high": PROBABILITY}
+
     def check(self) -> None:
         super().check()
-        if self.block_size < 1:
-            raise ConfigError(f"method.block_size must be >= 1, got {self.block_size}")
-        if not (0.0 <= self.clip_low <= self.clip_high <= 1.0 and self.clip_high > 0.0):
+        if not (self.clip_low <= self.clip_high and self.clip_high > 0.0):
             raise ConfigError(f"method.clip_low and clip_high are mask rates with 0 <= low <= high <= 1 and high > 0, "
                               f"got {self.clip_low} and {self.clip_high}")
         if self.time_conditioning:

@@ -45,7 +45,18 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from textdiffusion.config import ConfigError, ModelConfig, sampling
+from textdiffusion.config import (
+    LOSS_WEIGHT,
+    PROBABILITY,
+    SCALE,
+    TEMPERATURE,
+    Bound,
+    Choice,
+    ConfigError,
+    ModelConfig,
+    Range,
+    sampling,
+)
 from textdiffusion.diffusion.gaussian import (
     TARGETS,
     GaussianConfig,
@@ -87,6 +98,8 @@ class GaussianTextConfig(GaussianConfig, TextMethodConfig):
 
     # probs: the network emits a distribution over tokens and x0_hat is its expected embedding
     targets = (*TARGETS, "probs")
+    bounds: ClassVar[dict[str, Bound]] = {"target": Choice(targets), "x0_ce_weight": LOSS_WEIGHT,
+                                          "probs_mse_weight": LOSS_WEIGHT}
 
 
 @dataclass
@@ -103,20 +116,15 @@ class EmbeddingConfig(GaussianTextConfig):
     guide_run: str = sampling("")  # guided sampler: the `ar` run whose logits are mixed with the plan's
     guide_weight: float = sampling(0.5)  # guided sampler: weight w of the diffusion plan (0 = pure ar)
 
-    def check(self) -> None:
-        super().check()
-        if self.decoder not in DECODERS:
-            raise ConfigError(f"method.decoder must be one of {', '.join(DECODERS)}, got {self.decoder!r}")
-        if self.embeddings not in ("learned", "pretrained"):
-            raise ConfigError(f"method.embeddings must be learned or pretrained, got {self.embeddings!r}")
-        if self.embed_norm not in ("fixed", "none"):
-            raise ConfigError(f"method.embed_norm must be fixed or none, got {self.embed_norm!r}")
-        if self.embeddings == "learned" and self.embed_dim < 1:
-            raise ConfigError(f"method.embed_dim must be >= 1, got {self.embed_dim}")
-        if self.embed_scale <= 0:
-            raise ConfigError("method.embed_scale must be > 0")
-        if not 0.0 <= self.guide_weight <= 1.0:
-            raise ConfigError(f"method.guide_weight must be in [0, 1], got {self.guide_weight}")
+    bounds: ClassVar[dict[str, Bound]] = {
+        "embeddings": Choice(("learned", "pretrained")),
+        "embed_dim": Range(1, 65536),
+        "embed_norm": Choice(("fixed", "none")),
+        "embed_scale": SCALE,
+        "decoder": Choice(DECODERS),
+        "rounding_weight": LOSS_WEIGHT,
+        "guide_weight": PROBABILITY,
+    }
 
 
 class EmbeddingDenoiser(nn.Module):
@@ -387,8 +395,8 @@ class EmbeddingDiffusion(TextMethod):
         state, fixed = self.prepare(req, dev)
         self.check_length(state.shape[1])
         steps = req.steps or self.default_steps(state.shape[1])
-        if req.temperature <= 0:
-            raise ConfigError("--temperature must be > 0")
+        if not TEMPERATURE.allows(req.temperature):  # it also acts inside the denoiser, not only in filter_logits
+            raise ConfigError(f"--temperature must be {TEMPERATURE.describe()}, got {req.temperature}")
         gs = self._sampler("ddpm" if sampler == "ddpm" else "ddim", steps)
         # the temperature acts on the decoder distribution inside the denoiser (target=probs); the guided
         # sampler applies it to the mixed per-position distribution instead

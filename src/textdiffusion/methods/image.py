@@ -39,7 +39,7 @@ from typing import Any, ClassVar
 import torch
 import torch.nn.functional as F
 
-from textdiffusion.config import Config, ConfigError, UNetConfig, sampling
+from textdiffusion.config import GUIDANCE, Bound, Config, ConfigError, UNetConfig, sampling
 from textdiffusion.data.images import ImageBatch, ImageSpec, to_unit_range
 from textdiffusion.diffusion.gaussian import (
     GaussianConfig,
@@ -71,6 +71,8 @@ class ImageConfig(GaussianConfig):
     eval_time_samples: int = sampling(4)
     clamp: bool = sampling(True)  # clip x0_hat to [-1, 1] at every step
     guidance: float = sampling(1.0)  # classifier-free guidance scale w: eps = eps_uncond + w (eps_cond - eps_uncond)
+
+    bounds: ClassVar[dict[str, Bound]] = {"guidance": GUIDANCE}
 
     network = "unet"
     # the U-Net shapes are sized for each preset's machine (cpu: ~0.3 M parameters, minutes on a laptop;
@@ -257,8 +259,8 @@ class ImageDiffusion(Method[ImageRequest, ImageResult]):
         eta = self.cfg.eta if req.eta is None else req.eta
         gs = self.make_sampler(sampler, steps, eta)
         w = self.cfg.guidance if req.guidance is None else req.guidance
-        if w < 0:
-            raise ConfigError(f"the guidance scale must be >= 0, got {w}")
+        if not GUIDANCE.allows(w):  # nan would draw images with exit 0
+            raise ConfigError(f"the guidance scale must be {GUIDANCE.describe()}, got {w}")
         dev = next(model.parameters()).device
         labels = self._labels(req, dev)
         guided = labels is not None and w != 1.0

@@ -24,10 +24,11 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 
-from textdiffusion.config import ConfigError, sampling
+from textdiffusion.config import EVAL_TIME_SAMPLES, SAMPLE_STEPS, SEED, Bound, Choice, ConfigError, Range, sampling
 from textdiffusion.diffusion.masking import (
     SCHEDULES,
     corrupt,
@@ -72,12 +73,17 @@ class MaskedConfig(TextMethodConfig):
     confidence: float = sampling(0.9)  # threshold of the `confidence` sampler
     sample_steps: int = sampling(0)  # 0 = one step per token of the output
 
+    bounds: ClassVar[dict[str, Bound]] = {
+        "schedule": Choice(SCHEDULES),
+        "sigma_max": Range(0.0, 1000.0, lo_open=True),  # alpha(1) = exp(-sigma_max) is 0 in float32 long before
+        "estimator": Choice(("time", "count")),
+        "eval_time_samples": EVAL_TIME_SAMPLES,
+        "eval_seed": SEED,
+        "confidence": Range(0.0, 1.0, lo_open=True),  # a probability threshold; 0 would reveal everything at once
+        "sample_steps": SAMPLE_STEPS,
+    }
+
     def check(self) -> None:
-        if self.schedule not in SCHEDULES:
-            raise ConfigError(f"method.schedule: unknown mask schedule {self.schedule!r}; choose one of "
-                              f"{', '.join(SCHEDULES)}")
-        if self.estimator not in ("time", "count"):
-            raise ConfigError(f"method.estimator must be time or count, got {self.estimator!r}")
         if self.estimator == "count" and make_schedule(self.schedule, self.sigma_max).alpha_one() > 0:
             raise ConfigError("method.estimator=count integrates t out in closed form, which needs alpha(1) = 0; "
                               "use method.schedule=loglinear or method.estimator=time")

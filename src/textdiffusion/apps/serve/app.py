@@ -174,6 +174,8 @@ class _EventStream(StreamingResponse):
 def _listen(host: str, port: int) -> socket.socket:
     """Bind now, so a taken port is a one-line error before anything is printed (and port 0 works)."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:  # the CLI checks it too
+        raise ConfigError(f"--port must be a whole number from 0 to 65535 (0 = any free port), got {port!r}")
     try:
         return socket.create_server((host, port), family=family)
     except OSError as e:
