@@ -68,6 +68,28 @@ def read_json(path: Path) -> Any:
         raise CheckpointError(f"{path} is a directory, not a file; is {path.parent} a run directory?") from None
 
 
+def read_run_meta(run_dir: Path) -> dict[str, Any]:
+    """A run's ``config.json`` as written by the trainer: an object with a ``config`` object in it. Anything else
+    (an empty, edited or foreign file) is a one-line :class:`CheckpointError`."""
+    path = Path(run_dir) / "config.json"
+    meta = read_json(path)
+    if not isinstance(meta, dict) or not isinstance(meta.get("config"), dict):
+        raise CheckpointError(f"{path} has no 'config' object; it was not written by textdiffusion, or was edited: "
+                              f"restore it")
+    return meta
+
+
+def recorded_method(run_dir: Path) -> str | None:
+    """The method name config.json records, or None when there is no readable one (the caller that opens the
+    run then says what is wrong with it)."""
+    try:
+        method = read_run_meta(run_dir)["config"].get("method")
+    except CheckpointError:
+        return None
+    name = method.get("name") if isinstance(method, dict) else None
+    return name if isinstance(name, str) else None
+
+
 CHECKPOINT = "checkpoint.safetensors"
 GROUPS = ("model", "ema", "trainer")  # the prefixes of the tensors in a checkpoint
 LEGACY_FILES = ("model.safetensors", "ema.safetensors", "trainer.safetensors", "trainer.json")

@@ -14,7 +14,7 @@ from textdiffusion.checkpoint import (
     check_finite,
     read_group,
     read_header,
-    read_json,
+    read_run_meta,
 )
 from textdiffusion.config import DEVICE, Config, ConfigError, apply_sampling_overrides
 from textdiffusion.data.sources import load_vocab
@@ -139,9 +139,7 @@ def open_run(path: str | Path, weights: str = "ema", device: str = "auto",
     if not run.is_dir():
         raise CheckpointError(f"run directory {run} does not exist; pass the directory `textdiffusion train` "
                               f"printed (it holds config.json)")
-    meta = read_json(run / "config.json")
-    if not isinstance(meta, dict) or "config" not in meta:
-        raise CheckpointError(f"{run / 'config.json'} has no 'config' section; it was not written by textdiffusion")
+    meta = read_run_meta(run)
     cfg = Config.from_dict(meta["config"])
     if overrides:
         apply_sampling_overrides(cfg, overrides)

@@ -36,7 +36,7 @@ from textdiffusion.checkpoint import (
     optimizer_to_flat,
     read_group,
     read_header,
-    read_json,
+    read_run_meta,
     versions,
     write_checkpoint,
     write_json,
@@ -649,10 +649,7 @@ def resume_training(run_dir: Path, progress: bool = True, steps: int | None = No
     if not run_dir.is_dir():
         raise CheckpointError(f"run directory {run_dir} does not exist; pass the directory `textdiffusion train` "
                               f"printed (it holds config.json)")
-    meta = read_json(run_dir / "config.json")
-    if not isinstance(meta, dict) or "config" not in meta:
-        raise CheckpointError(f"{run_dir / 'config.json'} has no 'config' section; it was not written by "
-                              f"textdiffusion")
+    meta = read_run_meta(run_dir)
     cfg = Config.from_dict(meta["config"])
     recorded_steps = cfg.train.steps
     if steps is not None:

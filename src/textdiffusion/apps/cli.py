@@ -175,18 +175,11 @@ def _refuse_image_run(run_dir: str, command: str) -> None:
 
     Only the method recorded in config.json is read: nothing is loaded, and a missing or unknown run is left
     to the text path, whose error says what is wrong with it."""
-    from textdiffusion.checkpoint import read_json
+    from textdiffusion.checkpoint import recorded_method
     from textdiffusion.methods import REGISTRY
     from textdiffusion.methods.image import ImageDiffusion
 
-    cfg = Path(run_dir) / "config.json"
-    if not cfg.is_file():
-        return
-    section: object = read_json(cfg)
-    for key in ("config", "method", "name"):  # a file that is not an object at any level is the text path's
-        section = section.get(key) if isinstance(section, dict) else None
-    name = section
-    method = REGISTRY.get(name) if isinstance(name, str) else None
+    method = REGISTRY.get(recorded_method(Path(run_dir)) or "")
     if method is not None and issubclass(method, ImageDiffusion):
         raise ConfigError(f"{run_dir} is an image run; use `textdiffusion mnist {command} {run_dir}`")
 

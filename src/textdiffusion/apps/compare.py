@@ -38,6 +38,7 @@ from textdiffusion.checkpoint import (
     read_group,
     read_header,
     read_json,
+    read_run_meta,
     versions,
     write_json,
 )
@@ -103,9 +104,10 @@ def _optional_json(path: Path) -> dict[str, Any] | None:
     if not path.exists():
         return None
     try:
-        return read_json(path)
+        obj = read_json(path)
     except CheckpointError:
         return None
+    return obj if isinstance(obj, dict) else None
 
 
 def _read_meta(run: Path) -> dict[str, Any]:
@@ -116,10 +118,7 @@ def _read_meta(run: Path) -> dict[str, Any]:
     if not (run / "config.json").exists():
         raise CheckpointError(f"{run} has no config.json, so it is not a run directory; pass directories written "
                               f"by `textdiffusion train`")
-    meta = read_json(run / "config.json")
-    if "config" not in meta:
-        raise CheckpointError(f"{run / 'config.json'} has no 'config' section; it was not written by textdiffusion")
-    return meta
+    return read_run_meta(run)
 
 
 def _method_class(run: Path, name: str) -> type:

@@ -9,10 +9,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from textdiffusion.checkpoint import CheckpointError, read_json
+from textdiffusion.checkpoint import CheckpointError, read_json, recorded_method
 from textdiffusion.config import ConfigError
 from textdiffusion.data.tokenizer import CharTokenizer, Tokenizer
-from textdiffusion.methods import TextMethod, get_method
+from textdiffusion.methods import REGISTRY, TextMethod
 from textdiffusion.runs import LoadedRun, open_run
 
 # a method that may write past its context (ar slides its window) could be asked for any length: this factor
@@ -69,12 +69,10 @@ def _check_run_dir(path: Path) -> None:
     if not path.is_dir():
         raise CheckpointError(f"run directory {path} does not exist; pass the directory `textdiffusion train` "
                               f"printed (it holds config.json)")
-    cfg_path = path / "config.json"
-    if cfg_path.exists():
-        method = read_json(cfg_path).get("config", {}).get("method", {}).get("name")
-        # the registry, not the name, says what a method samples; the only other kind today is images
-        if isinstance(method, str) and not issubclass(get_method(method), TextMethod):
-            raise ConfigError(f"{path} is an image run and the live page is for text; use "
+    method = recorded_method(path)
+    # the registry, not the name, says what a method samples; images are the only other kind today
+    if method in REGISTRY and not issubclass(REGISTRY[method], TextMethod):
+        raise ConfigError(f"{path} is an image run and the live page is for text; use "
                               f"`textdiffusion mnist sample {path}`")
 
 
@@ -117,6 +115,7 @@ def describe(served: ServedRun) -> dict[str, Any]:
     run, method, tok = served.run, served.method, served.tok
     final = run.path / "final.json"
     summary = read_json(final) if final.exists() else {}
+    summary = summary if isinstance(summary, dict) else {}  # an edited final.json only loses its number
     return {
         "name": served.name, "path": str(run.path), "method": method.name, "preset": run.cfg.preset,
         "step": run.step, "parameters": sum(p.numel() for p in run.model.parameters()),
