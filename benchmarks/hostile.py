@@ -23,7 +23,9 @@ process that holds the imports. The worker runs under a memory cap (``RLIMIT_AS`
 case a time limit: a case that allocates absurdly fails inside the cap (a traceback), one that runs past its
 limit gets the worker killed and replaced (and is counted as unbounded work). Cases that need real
 processes (SIGINT/SIGTERM/SIGKILL during training and saves, two trainers on one directory, Ctrl-C during
-the final scoring, a full disk, unbounded ``--n``) run ``python -m textdiffusion`` with ``OMP_NUM_THREADS=1``.
+the final scoring, a full disk, unbounded ``--n``) run ``python -m textdiffusion`` with ``OMP_NUM_THREADS=1``;
+what is checked afterwards (does the run resume? can it be trained again?) runs in-process, as each process
+start costs seconds of imports.
 When run as root, the worker drops the capabilities that let root read and write anything
 (``setpriv``), so the unreadable-file and unwritable-directory cases mean what they say.
 
@@ -63,8 +65,8 @@ SEVERITY = {"ok": 0, "silent-wrong": 1, "traceback": 2, "lost": 3}
 HARNESS_ERROR = "harness-error"  # the harness itself failed on a case: a bug here, not a finding
 
 MEMORY_CAP = 4 << 30  # bytes of address space per worker/process: a tiny run needs about 1.2 GB
-CASE_LIMIT_S = 6.0  # a working command on a tiny run answers in well under 3 s
-UNBOUNDED_LIMIT_S = 10.0  # huge --n/--steps/--length: refused, bounded, or (past this) unbounded
+CASE_LIMIT_S = 8.0  # a working command on a tiny run answers in well under 3 s
+UNBOUNDED_LIMIT_S = 8.0  # huge --n/--steps/--length: refused, bounded, or (past this) unbounded
 WORKER_START_S = 90.0
 BIG_N_WAIT_S = 15.0  # --n 100000: refused, finished, or still making progress in bounded memory after this
 TEXT_METHODS = ("ar", "masked", "embedding", "bits", "block")
@@ -220,10 +222,13 @@ class Ctx:
         return target
 
     def cli(self, *argv: Any) -> Call:
+        import torch
+
         from textdiffusion.apps.cli import main
 
         call = Call([str(a) for a in argv])
         out, err = io.StringIO(), io.StringIO()
+        threads, sigint = torch.get_num_threads(), signal.getsignal(signal.SIGINT)
         tic = time.perf_counter()
         with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
             try:
@@ -236,8 +241,9 @@ class Ctx:
             except BaseException as e:  # everything that escapes main() is what this harness looks for
                 call.exc = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:300]
                 call.err = err.getvalue() + traceback.format_exc()
-            finally:
-                _restore_process_state()
+            finally:  # what one command may have changed for the next (train.threads, its Ctrl-C handler)
+                torch.set_num_threads(threads)
+                signal.signal(signal.SIGINT, sigint)
         call.seconds = time.perf_counter() - tic
         call.out, call.err = out.getvalue(), call.err or err.getvalue()
         self.calls.append(call)
@@ -275,14 +281,6 @@ class Ctx:
 
     def err_text(self, p: subprocess.Popen) -> str:
         return self.path(f"{p.name}.err").read_text(errors="replace")  # type: ignore[attr-defined]
-
-
-def _restore_process_state() -> None:
-    """Undo what one in-process command may have changed for the next: threads and the SIGINT handler."""
-    import torch
-
-    torch.set_num_threads(1)
-    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @dataclass
@@ -565,7 +563,8 @@ def sample_set_cases() -> list[Case]:
                     legal = False
 
                 def fn(ctx: Ctx, method: str = method, item: str = f"{key}={value}", legal: bool = legal):
-                    call = ctx.cli(*sample_argv(ctx.fixture(method), *sets(item)))
+                    fast = [] if "sample_steps" in item else FEW_STEPS.get(method, [])
+                    call = ctx.cli(*sample_argv(ctx.fixture(method), *fast, *sets(item)))
                     return legal_or_refused(call, legal, f"sample --set {item}")
 
                 huge = value in ("1e30", "1e999")
@@ -1167,9 +1166,15 @@ def output_cases() -> list[Case]:
 
 
 # ---- the issue's own list, one case each ---------------------------------------------------------------
+# the Gaussian methods sample 200 steps by default (0.4 s); a few are enough to see an option's effect
+FEW_STEPS = {"embedding": ["--steps=8"], "bits": ["--steps=8"]}
+
+
 def _same_samples(ctx: Ctx, run: Path, *extra: str) -> tuple[Call, Call]:
-    base = ctx.cli("sample", str(run), "--n=4", "--seed=3")
-    test = ctx.cli("sample", str(run), "--n=4", "--seed=3", *extra)
+    """The same sampling (seed 3) without and with ``extra``."""
+    fast = FEW_STEPS.get(run.name, [])
+    base = ctx.cli("sample", str(run), "--n=4", "--seed=3", *fast)
+    test = ctx.cli("sample", str(run), "--n=4", "--seed=3", *fast, *extra)
     return base, test
 
 
@@ -1180,7 +1185,7 @@ def issue_cases() -> list[Case]:
     for method in TEXT_METHODS:
         for flag in ("--temperature=nan", "--temperature=inf", "--top-p=2", "--top-p=nan", "--top-k=-1"):
             def fn(ctx: Ctx, method=method, flag=flag) -> tuple[str, str]:
-                call = ctx.cli(*sample_argv(ctx.fixture(method), flag))
+                call = ctx.cli(*sample_argv(ctx.fixture(method), *FEW_STEPS.get(method, []), flag))
                 if flag == "--top-k=-1" and call.kind == "exit0":  # fine if it means "no cut", like 0
                     zero, test = _same_samples(ctx, ctx.fixture(method), flag)
                     if test.out == zero.out:
@@ -1201,6 +1206,15 @@ def issue_cases() -> list[Case]:
                 return "ok", "took effect"
 
             cases.append(Case(f"issue:sample {method} --set {setting} takes effect", "5", "decoding", fn))
+    def ar_steps(ctx: Ctx) -> tuple[str, str]:
+        base, test = _same_samples(ctx, ctx.fixture("ar"), "--steps=8")
+        if test.kind != "exit0":
+            return refused(test)
+        if test.out == base.out:
+            return "silent-wrong", "ar: --steps 8 accepted and had no effect (ar writes one character per step)"
+        return "ok", "took effect"
+
+    cases.append(Case("issue:sample ar --steps=8 takes effect or is refused", "5", "decoding", ar_steps))
     for method in ("ar", "masked"):
         def fn(ctx: Ctx, method=method) -> tuple[str, str]:
             base, test = _same_samples(ctx, ctx.fixture(method), "--temperature=0.01")
@@ -1402,7 +1416,7 @@ def _kill(p: subprocess.Popen) -> None:
 
 def _resumes(ctx: Ctx, run: Path, steps: int | None = None) -> tuple[str, str]:
     """``train --resume RUN`` must work and finish (with final.json), else the run is lost."""
-    call = ctx.proc(*resume_argv(run, steps), timeout=120)
+    call = ctx.cli(*resume_argv(run, steps))
     if call.kind == "traceback":
         return "lost", f"resume: {call.message}"
     if call.kind == "error":
@@ -1494,10 +1508,10 @@ def proc_cases() -> list[Case]:
         first = refused(call, what="training on a full disk")
         if not run.exists():
             return first
-        resume = ctx.proc(*resume_argv(run, None), timeout=120)
+        resume = ctx.cli(*resume_argv(run, None))
         if resume.kind == "exit0" and (run / "final.json").exists():
             return worst(first, ("ok", "resumed once space was free"))
-        again = ctx.proc(*argv, timeout=120)
+        again = ctx.cli(*argv)
         if again.kind == "exit0":
             return worst(first, ("ok", "trained again once space was free"))
         return worst(first, ("lost", f"after a full disk: resume says {resume.message!r}, training again says "
@@ -1516,10 +1530,10 @@ def proc_cases() -> list[Case]:
         p.send_signal(sig)
         call = ctx.finish(p, 30, note=f"{sig.name} before the first checkpoint")
         first = ("ok", "") if call.rc == -sig else no_traceback(call)  # dying of it is judged by what is left
-        resume = ctx.proc(*resume_argv(run, 3), timeout=120)
+        resume = ctx.cli(*resume_argv(run, 3))
         if resume.kind == "exit0":
             return worst(first, ("ok", "resumed"))
-        again = ctx.proc(*[a if not a.startswith("train.steps=") else "train.steps=3" for a in argv], timeout=120)
+        again = ctx.cli(*[a if not a.startswith("train.steps=") else "train.steps=3" for a in argv])
         if again.kind == "exit0":
             return worst(first, ("ok", "trained again in place"))
         lost = ("lost", f"neither resumable ({resume.message}) nor reusable ({again.message})") \
@@ -1583,10 +1597,8 @@ def proc_cases() -> list[Case]:
     cases.append(Case("proc:Ctrl-C during the final scoring", "4", "signals", ctrl_c_final_scoring, proc=True))
 
     # item 3: one writer per run
-    def two_new(ctx: Ctx) -> tuple[str, str]:
-        run = ctx.path("run")
-        argv = ["train", "--method=ar", "--preset=tiny", "--data", str(ctx.corpus), "--run-dir", str(run),
-                "--no-progress", *sets("train.steps=100", "train.eval_every=25", "train.final_eval_windows=2")]
+    def one_winner(ctx: Ctx, argv: list[str]) -> tuple[str, str]:
+        """Start ``argv`` twice at once: exactly one may train, the other must get a one-line error."""
         a, b = ctx.popen(argv, "a"), ctx.popen(argv, "b")
         ca, cb = ctx.finish(a, 120), ctx.finish(b, 120)
         kinds = sorted([ca.kind, cb.kind])
@@ -1597,7 +1609,17 @@ def proc_cases() -> list[Case]:
             return "ok", loser.message
         return worst(no_traceback(ca), no_traceback(cb), ("lost", f"neither trained: {ca.message} / {cb.message}"))
 
+    def two_new(ctx: Ctx) -> tuple[str, str]:
+        """Racy by nature (both must pass the "is it a run already?" check before either writes config.json)."""
+        return one_winner(ctx, ["train", "--method=ar", "--preset=tiny", "--data", str(ctx.corpus), "--run-dir",
+                                str(ctx.path("run")), "--no-progress",
+                                *sets("train.steps=100", "train.eval_every=25", "train.final_eval_windows=2")])
+
+    def two_resumes(ctx: Ctx) -> tuple[str, str]:
+        return one_winner(ctx, resume_argv(ctx.run("ar"), 300))
+
     cases.append(Case("proc:two new trainers on one directory at once", "3", "concurrency", two_new, proc=True))
+    cases.append(Case("proc:two resumes of one run at once", "3", "concurrency", two_resumes, proc=True))
 
     def resume_while_training(ctx: Ctx) -> tuple[str, str]:
         run = ctx.path("run")
@@ -1607,12 +1629,12 @@ def proc_cases() -> list[Case]:
         a = ctx.popen(argv, "a")
         try:
             _wait_for(lambda: _checkpointed(run), 60, a)
-            reader = ctx.proc(*sample_argv(run), timeout=60, name="reader")
             b = ctx.popen(resume_argv(run, None), "b")
-            _wait_for(lambda: b.poll() is not None, 10, b, poll=0.1)
+            reader = ctx.cli(*sample_argv(run))
+            _wait_for(lambda: b.poll() is not None, 8, b, poll=0.1)
             if b.poll() is None:
                 _kill(b)
-                cb = ctx.finish(b, 5, note="still training beside the first trainer after 10 s")
+                cb = ctx.finish(b, 5, note="still training beside the first trainer after 8 s")
                 outcome = ("lost", "a second trainer resumed a run that another process is training")
             else:
                 cb = ctx.finish(b, 5)
@@ -1782,19 +1804,27 @@ class Worker:
     """The capped process that runs in-process cases; replaced after a case kills it or runs out of time."""
 
     def __init__(self, work: Path, log: Path, keep: bool):
+        """Start the process; :meth:`wait_ready` waits for its imports (a spare is started ahead of need)."""
         prefix = NOBODY_PREFIX if os.geteuid() == 0 and shutil.which("setpriv") else []
+        self.log_path = log
         self.log = open(log, "a")  # noqa: SIM115 - closed in close()
         self.p = subprocess.Popen([*prefix, sys.executable, __file__, "--worker", str(work),
                                    *(["--keep"] if keep else [])], stdin=subprocess.PIPE,
                                   stdout=subprocess.PIPE, stderr=self.log, env=child_env(), cwd=work,
                                   preexec_fn=_cap_memory)
         self.buf = b""
+        self.ready = False
         self.sel = selectors.DefaultSelector()
         self.sel.register(self.p.stdout, selectors.EVENT_READ)  # type: ignore[arg-type]
-        ready = self._line(WORKER_START_S)
-        if not (ready and ready.get("ready")):
-            self.close()
-            raise SystemExit(f"the worker did not start; see {log}")
+
+    def wait_ready(self) -> Worker:
+        if not self.ready:
+            msg = self._line(WORKER_START_S)
+            if not (msg and msg.get("ready")):
+                self.close()
+                raise SystemExit(f"the worker did not start; see {self.log_path}")
+            self.ready = True
+        return self
 
     def _line(self, timeout: float) -> dict | None:
         end = time.monotonic() + timeout
@@ -1833,11 +1863,14 @@ def run_inprocess(cases: list[Case], work: Path, progress: Callable[[Result], No
     results = []
     index = {c.id: i for i, c in enumerate(all_cases())}
     worker: Worker | None = None
+    spare: Worker | None = None  # started when one was lost: the next loss then costs no import time
     log = work / "worker.log"
     try:
         for case in cases:
             if worker is None:
-                worker = Worker(work, log, keep)
+                worker, spare = (spare or Worker(work, log, keep)).wait_ready(), None
+                if results:
+                    spare = Worker(work, log, keep)
             tic = time.perf_counter()
             answer = worker.run(case)
             if isinstance(answer, dict):
@@ -1857,8 +1890,9 @@ def run_inprocess(cases: list[Case], work: Path, progress: Callable[[Result], No
             results.append(res)
             progress(res)
     finally:
-        if worker is not None:
-            worker.close()
+        for w in (worker, spare):
+            if w is not None:
+                w.close()
     return results
 
 
@@ -1928,7 +1962,11 @@ def main(argv: list[str] | None = None) -> int:
         make_fixtures(Path(args.make_fixtures))
         return 0
 
+    os.environ.setdefault("TEXTDIFFUSION_DATA", child_env()["TEXTDIFFUSION_DATA"])  # checks run here too
     cases = all_cases()
+    import torch
+
+    torch.set_num_threads(1)
     if args.quick:
         cases = [c for c in cases if not c.proc]
     if args.only:
