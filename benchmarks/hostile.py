@@ -65,7 +65,7 @@ SEVERITY = {"ok": 0, "silent-wrong": 1, "traceback": 2, "lost": 3}
 HARNESS_ERROR = "harness-error"  # the harness itself failed on a case: a bug here, not a finding
 
 MEMORY_CAP = 4 << 30  # bytes of address space per worker/process: a tiny run needs about 1.2 GB
-CASE_LIMIT_S = 8.0  # a working command on a tiny run answers in well under 3 s
+CASE_LIMIT_S = 10.0  # a working command on a tiny run answers in well under 3 s
 UNBOUNDED_LIMIT_S = 8.0  # huge --n/--steps/--length: refused, bounded, or (past this) unbounded
 WORKER_START_S = 90.0
 BIG_N_WAIT_S = 15.0  # --n 100000: refused, finished, or still making progress in bounded memory after this
@@ -375,6 +375,7 @@ def _num(value: str) -> float | None:
 _GE0, _GE1, _GT0 = (lambda v: v >= 0), (lambda v: v >= 1), (lambda v: v > 0)
 _FRAC = lambda v: 0 <= v < 1  # noqa: E731
 _UNIT = lambda v: 0 <= v <= 1  # noqa: E731
+_SEED = lambda v: -1 <= v < 2 ** 63  # noqa: E731 - torch takes any 64-bit seed; -1 is a common "any" seed
 _HUGE = 1e9  # beyond this a count is not a real request: refuse it (or bound the work)
 
 # field -> (legal(v), whether a value beyond _HUGE is still legal: a cap, a budget, an interval)
@@ -391,13 +392,13 @@ LEGAL: dict[str, tuple[Callable[[float], bool], bool]] = {
     "train.time_budget_s": (_GE0, True),
     "data.val_fraction": (lambda v: 0 < v < 1, False), "data.vocab_size": (_GE1, False),
     "method.temperature": (_GT0, True), "method.top_k": (_GE0, True), "method.top_p": (lambda v: 0 < v <= 1, False),
-    "method.sigma_max": (_GT0, False), "method.eval_time_samples": (_GE1, False), "method.eval_seed": (_GE0, False),
+    "method.sigma_max": (_GT0, False), "method.eval_time_samples": (_GE1, False), "method.eval_seed": (_SEED, False),
     "method.confidence": (_UNIT, False), "method.sample_steps": (_GE0, False), "method.timesteps": (_GE0, False),
     "method.eta": (_UNIT, False), "method.time_difference": (_GE0, False), "method.x0_ce_weight": (_GE0, False),
     "method.probs_mse_weight": (_GE0, False), "method.embed_dim": (_GE1, False), "method.embed_scale": (_GT0, False),
     "method.rounding_weight": (_GE0, False), "method.guide_weight": (_UNIT, False), "method.bit_scale": (_GT0, False),
     "method.block_size": (_GE1, False), "method.clip_low": (_UNIT, False),
-    "method.clip_high": (lambda v: 0 < v <= 1, False), "method.guidance": (_GE0, False),
+    "method.clip_high": (lambda v: 0 < v <= 1, False), "method.guidance": (_GE0, True),
     "unet.base_channels": (_GE1, False), "unet.num_res_blocks": (_GE0, False), "unet.heads": (_GE1, False),
     "unet.dropout": (_FRAC, False), "unet.groups": (_GE1, False), "unet.label_dropout": (_FRAC, False),
 }
@@ -515,7 +516,9 @@ def _set_case(method: str, key: str, typ: str, value: str) -> Case:
         call = ctx.cli(*train_argv(ctx, method, "run", *extra, *sets(setting)))
         return legal_or_refused(call, ok, f"--set {setting}")
 
-    return Case(f"set:{method}/{setting}", ISSUE_LISTED.get(setting, "6"), "set-train", fn, risky=huge)
+    # image runs load the digits and build a U-Net: seconds, more on a busy machine
+    return Case(f"set:{method}/{setting}", ISSUE_LISTED.get(setting, "6"), "set-train", fn, risky=huge,
+                limit=2 * CASE_LIMIT_S if method == "image" else CASE_LIMIT_S)
 
 
 def set_syntax_cases() -> list[Case]:
@@ -585,22 +588,22 @@ FLAGS: dict[str, list[tuple[str, str, Callable[[float], bool] | None]]] = {
     "sample": [("--n", _INT, lambda v: 1 <= v <= 1e5), ("--length", _INT, lambda v: 1 <= v <= 32),
                ("--steps", _INT, lambda v: 1 <= v <= 1e5), ("--temperature", _FLOAT, _GT0),
                ("--top-k", _INT, _GE0), ("--top-p", _FLOAT, lambda v: 0 < v <= 1),
-               ("--seed", _INT, lambda v: -1 <= v < 2 ** 63), ("--delay", _FLOAT, lambda v: 0 <= v <= 10)],
+               ("--seed", _INT, _SEED), ("--delay", _FLOAT, _GE0)],
     "eval": [("--samples", _INT, lambda v: 1 <= v <= 1e5), ("--length", _INT, lambda v: 1 <= v <= 32),
              ("--steps", _INT, lambda v: 1 <= v <= 1e5), ("--temperature", _FLOAT, _GT0), ("--top-k", _INT, _GE0),
-             ("--top-p", _FLOAT, lambda v: 0 < v <= 1), ("--seed", _INT, lambda v: -1 <= v < 2 ** 63),
+             ("--top-p", _FLOAT, lambda v: 0 < v <= 1), ("--seed", _INT, _SEED),
              ("--val-windows", _INT, _GE0)],
     "compare": [("--samples", _INT, lambda v: 1 <= v <= 1e5), ("--length", _INT, lambda v: 1 <= v <= 32),
-                ("--seed", _INT, lambda v: -1 <= v < 2 ** 63), ("--sweep", "str", None)],
+                ("--seed", _INT, _SEED), ("--sweep", "str", None)],
     "serve": [("--port", _INT, None), ("--max-steps", _INT, None), ("--max-concurrent", _INT, None)],
-    "train": [("--steps", _INT, _GE1), ("--seed", _INT, lambda v: 0 <= v < 2 ** 63)],
-    "mnist train": [("--steps", _INT, _GE1), ("--seed", _INT, lambda v: 0 <= v < 2 ** 63)],
+    "train": [("--steps", _INT, _GE1), ("--seed", _INT, _SEED)],
+    "mnist train": [("--steps", _INT, _GE1), ("--seed", _INT, _SEED)],
     "mnist sample": [("--n", _INT, lambda v: 1 <= v <= 1e5), ("--digit", _INT, lambda v: 0 <= v <= 9),
                      ("--steps", _INT, lambda v: 1 <= v <= 1000), ("--eta", _FLOAT, _UNIT),
-                     ("--guidance", _FLOAT, lambda v: 0 <= v <= 1e3), ("--seed", _INT, lambda v: -1 <= v < 2 ** 63)],
+                     ("--guidance", _FLOAT, _GE0), ("--seed", _INT, _SEED)],
     "mnist eval": [("--samples", _INT, lambda v: 1 <= v <= 1e5), ("--steps", _INT, lambda v: 1 <= v <= 1000),
-                   ("--eta", _FLOAT, _UNIT), ("--guidance", _FLOAT, lambda v: 0 <= v <= 1e3),
-                   ("--seed", _INT, lambda v: -1 <= v < 2 ** 63)],
+                   ("--eta", _FLOAT, _UNIT), ("--guidance", _FLOAT, _GE0),
+                   ("--seed", _INT, _SEED)],
     "demo": [("--steps", _INT, None)],
     "mnist demo": [("--steps", _INT, None)],
 }
@@ -688,6 +691,9 @@ WHOLE_FILE: dict[str, bytes | Callable[[bytes], bytes]] = {
 }
 
 
+SHAPELESS = {"n_head", "context"}  # model fields that change what the network computes but no tensor's shape
+
+
 def config_file_cases() -> list[Case]:
     """``config.json`` broken as a whole, by section and by field, then used by every command that reads it."""
     cases = []
@@ -753,7 +759,10 @@ def config_file_cases() -> list[Case]:
             def fn(ctx: Ctx, key=key, value=value, command=command) -> tuple[str, str]:
                 run = ctx.run("masked")
                 _edit_config(run, lambda meta: meta["config"]["model"].__setitem__(key, value))
-                return refused(ctx.cli(*_commands(ctx, run)[command]), what=f"weights of another shape (model.{key})")
+                what = f"weights of another shape (model.{key}={value} edited)" if key not in SHAPELESS else \
+                    f"model.{key}={value} edited; every tensor keeps its shape (only a record of the config in the " \
+                    f"checkpoint can tell)"
+                return refused(ctx.cli(*_commands(ctx, run)[command]), what=what)
 
             cases.append(Case(f"config:model.{key}={value}/{command}", "6", "config.json", fn, risky=value == 4096,
                               limit=30.0 if value == 4096 else CASE_LIMIT_S))
@@ -848,6 +857,9 @@ def checkpoint_cases() -> list[Case]:
                         return works(call, "lost", f"{name} ({how}) is not needed to {command}")
                     if how == "from-masked2" and command == "sample-raw":
                         return no_traceback(call)  # valid weights of the same shape: nothing to detect
+                    if how.startswith("from-"):
+                        return refused(call, what=f"{name} of the {how[5:]} run (same tensor shapes: only a run id "
+                                                  f"in the checkpoint can tell)")
                     return refused(call, what=f"{name} {how}")
 
                 item = "1" if how == "from-masked2" else "6"
