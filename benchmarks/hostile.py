@@ -665,7 +665,8 @@ def flag_cases() -> list[Case]:
                     return legal_or_refused(ctx.cli(*_flag_argv(ctx, command, flag, value)), legal, f"{flag}={value}")
 
                 huge = value in ("1e30", "1000000000000")
-                limit = UNBOUNDED_LIMIT_S if huge else CASE_LIMIT_S
+                limit = UNBOUNDED_LIMIT_S if huge else 2 * CASE_LIMIT_S if command.startswith("mnist") else \
+                    CASE_LIMIT_S
                 cases.append(Case(f"flag:{command}/{flag}={value}", _flag_item(value), "flags", fn, risky=huge,
                                   limit=limit))
     return cases
@@ -739,7 +740,10 @@ def config_file_cases() -> list[Case]:
                 def fn(ctx: Ctx, section=section, name=name, value=value, command=command) -> tuple[str, str]:
                     run = ctx.run("masked")
                     _edit_config(run, lambda meta: meta["config"][section].__setitem__(name, value))
-                    return refused(ctx.cli(*_commands(ctx, run)[command]), what=f"{section}.{name}={value!r}")
+                    # --steps would replace a broken train.steps: resume that one as it is (it finished: refused)
+                    argv = resume_argv(run, None) if f"{section}.{name}" == "train.steps" and command == "resume" \
+                        else _commands(ctx, run)[command]
+                    return refused(ctx.cli(*argv), what=f"{section}.{name}={value!r}")
 
                 cases.append(Case(f"config:{key}={label}/{command}", "6", "config.json", fn))
     # the method edited: another method's name (same weights, garbage samples), or none
