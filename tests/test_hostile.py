@@ -1,0 +1,106 @@
+"""A fast slice of ``benchmarks/hostile.py`` (issue 14's acceptance measurement), run in this process.
+
+The slice is the part that needs no extra process: broken ``config.json`` files read by ``sample``, malformed
+``--set`` items, and every numeric flag of ``sample`` with nan, inf, -1, 0 (the huge values, which may
+allocate without bound, stay in the capped worker of the full script). It asserts the issue's floor: no
+input ends in a traceback. Until the fixes of issue 14 land it fails, so it is marked xfail (not strict: it
+starts passing as the fixes land, and then the lead removes the mark).
+
+The harness's own judgement (what counts as a traceback, which outcome wins) is tested without the mark.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _load_harness():
+    spec = importlib.util.spec_from_file_location("hostile", REPO / "benchmarks" / "hostile.py")
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["hostile"] = module  # dataclasses look their module up by name
+    spec.loader.exec_module(module)
+    return module
+
+
+hostile = _load_harness()
+
+# the in-process families the slice takes, and the fixture runs they need (only `masked`)
+SLICE = re.compile(r"^(config:(?!method\.name).*/sample|set-syntax:|flag:sample/--[a-z-]+=(nan|inf|-1|0)$)")
+
+
+def test_call_kinds():
+    """One-line errors and argparse's usage are errors; an escaped exception, a printed traceback or a long
+    stderr is a traceback; a process that died of a signal is a traceback."""
+    Call = hostile.Call
+    assert Call(["x"], rc=2, err="error: bad --n; pass a positive number\n").kind == "error"
+    usage = "usage: textdiffusion sample [-h]\n   [--n N]\n   [--seed S]\ntextdiffusion: error: x\n"
+    assert Call(["x"], rc=2, err=usage).kind == "error"
+    assert Call(["x"], rc=0, err="").kind == "exit0"
+    assert Call(["x"], exc="ZeroDivisionError: division by zero").kind == "traceback"
+    assert Call(["x"], rc=1, err="Traceback (most recent call last):\n  File x\nValueError: y\n").kind == "traceback"
+    assert Call(["x"], rc=1, err="a\nb\nc\nd\ne\n").kind == "traceback"
+    assert Call(["x"], rc=-9).kind == "traceback"
+    # progress bars and warnings before a one-line error do not make it a traceback
+    noisy = "compare: 100%|####| 3/3 [00:00<00:00, 18.60job/s]\nUserWarning: x\nerror: broken run; retrain\n"
+    assert Call(["x"], rc=2, err=noisy).kind == "error"
+
+
+def test_judgements():
+    Call = hostile.Call
+    accepted, refused_, crashed = Call(["x"], rc=0), Call(["x"], rc=2, err="error: no\n"), Call(["x"], exc="E: x")
+    assert hostile.refused(accepted)[0] == "silent-wrong"
+    assert hostile.refused(refused_)[0] == "ok"
+    assert hostile.refused(crashed)[0] == "traceback"
+    assert hostile.works(refused_, "lost")[0] == "lost"
+    assert hostile.legal_or_refused(accepted, True, "v")[0] == "ok"
+    assert hostile.legal_or_refused(accepted, False, "v")[0] == "silent-wrong"
+    assert hostile.worst(("ok", ""), ("traceback", "t"), ("lost", "l"))[0] == "lost"
+    assert hostile.worst(("ok", "fine"))[0] == "ok"
+
+
+def test_legal_values():
+    assert hostile.is_legal("train.lr", "1e-3", False)
+    assert not hostile.is_legal("train.lr", "nan", False)
+    assert not hostile.is_legal("train.lr", "-1", False)
+    assert not hostile.is_legal("model.n_layer", "1e30", True)  # a count beyond reason
+    assert hostile.is_legal("train.time_budget_s", "1e30", False)  # a budget may be unlimited
+    assert not hostile.is_legal("model.n_layer", "2.5", True)
+    assert not hostile.is_legal("model.dropout", "2", False)
+
+
+def test_case_ids_are_unique_and_every_case_names_its_issue_item():
+    cases = hostile.all_cases()
+    assert len({c.id for c in cases}) == len(cases)
+    assert {c.item for c in cases} <= {"1", "2", "3", "4", "5", "6", "7"}
+    assert {"1", "2", "3", "4", "5", "6", "7"} <= {c.item for c in cases}
+    assert {c.family for c in _slice()} == {"config.json", "set-syntax", "flags"}
+
+
+def _slice() -> list:
+    return [c for c in hostile.all_cases() if SLICE.search(c.id) and not c.risky and not c.proc]
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory, shakespeare) -> Path:
+    root = tmp_path_factory.mktemp("hostile")
+    hostile.make_fixtures(root, ("masked",))
+    return root
+
+
+@pytest.mark.xfail(strict=False, reason="issue 14: config.json, --set and flag validation are being fixed; remove "
+                                        "this mark once the slice passes")
+def test_no_traceback_from_config_set_and_flags(work):
+    cases = _slice()
+    assert len(cases) > 100
+    results = [hostile.run_case(c, work, i) for i, c in enumerate(cases)]
+    assert not [r for r in results if r.outcome == hostile.HARNESS_ERROR], "the harness failed on a case"
+    tracebacks = [f"{r.id}: {r.reason}" for r in results if r.outcome == "traceback"]
+    assert not tracebacks, f"{len(tracebacks)} of {len(results)} cases end in a traceback:\n" + "\n".join(tracebacks)
