@@ -237,11 +237,11 @@ def test_a_second_signal_during_a_save_waits_for_the_save(small_corpus, tmp_path
     trainer = Trainer(_cfg(small_corpus, steps=6), run, progress=False, log=lambda m: None)
     real = train_module.write_checkpoint
 
-    def signalled_twice(run_dir, groups, state, config):
+    def signalled_twice(run_dir, groups, state, *rest):
         if state["step"] == 2:  # the first Ctrl-C came earlier; the second arrives mid-write
             os.kill(os.getpid(), signal.SIGINT)
             os.kill(os.getpid(), signal.SIGINT)
-        real(run_dir, groups, state, config)
+        real(run_dir, groups, state, *rest)
 
     monkeypatch.setattr(train_module, "write_checkpoint", signalled_twice)
     with pytest.raises(KeyboardInterrupt):
@@ -323,7 +323,7 @@ def test_nan_weights_are_refused_by_sample(small_corpus, tmp_path, capsys):
     first = next(k for k in tensors if k.startswith("ema."))
     tensors[first] = torch.full_like(tensors[first], float("nan"))
     meta = {"format": "pt", "step": str(header.step), "state": json.dumps(header.state),
-            "config": json.dumps(header.config)}
+            "config": json.dumps(header.config), "run_id": header.run_id}
     save_file(tensors, str(run / CHECKPOINT), metadata=meta)
     assert main(["sample", str(run)]) == 2
     err = capsys.readouterr().err
@@ -433,3 +433,17 @@ def test_copies_of_runs_are_independent(small_corpus, tmp_path):
     finally:
         holder.release()
     assert read_header(copy).step == 6
+
+
+def test_a_checkpoint_copied_from_another_run_is_refused(small_corpus, tmp_path, capsys):
+    """Same config, other seed: identical shapes, so only the run id can tell the weights are not this run's."""
+    from textdiffusion.apps.cli import main
+
+    a, b = tmp_path / "a", tmp_path / "b"
+    Trainer(_cfg(small_corpus, steps=2), a, progress=False).train()
+    Trainer(_cfg(small_corpus, steps=2, seed=7), b, progress=False).train(stop_at=1)
+    shutil.copyfile(a / CHECKPOINT, b / CHECKPOINT)
+    assert main(["sample", str(b)]) == 2
+    assert "belongs to another run" in capsys.readouterr().err
+    with pytest.raises(CheckpointError, match="belongs to another run"):
+        resume_training(b, progress=False)

@@ -96,16 +96,17 @@ LEGACY_FILES = ("model.safetensors", "ema.safetensors", "trainer.safetensors", "
 
 
 def write_checkpoint(run_dir: Path, groups: dict[str, dict[str, torch.Tensor]], state: dict[str, Any],
-                     config: dict[str, Any]) -> None:
+                     config: dict[str, Any], run_id: str = "") -> None:
     """Replace the run's checkpoint with ``groups`` (``{"model": state_dict, "ema": ..., "trainer": ...}``),
-    the trainer's ``state`` (step, counters, optimizer hyper-parameters) and the ``config`` it trains with.
+    the trainer's ``state`` (step, counters, optimizer hyper-parameters), the ``config`` it trains with and the
+    ``run_id`` config.json records (so a checkpoint copied in from another run is recognised).
 
     One atomic write: see the module docstring. Files of the 0.1 layout are removed once the new file is in
     place, so a run never holds two checkpoints that disagree."""
     tensors = {f"{group}.{name}": t.detach().contiguous().cpu()
                for group, sd in groups.items() for name, t in sd.items()}
     meta = {"format": "pt", "step": str(state["step"]), "state": json.dumps(state),
-            "config": json.dumps(config, sort_keys=True)}
+            "config": json.dumps(config, sort_keys=True), "run_id": run_id}
     path = Path(run_dir) / CHECKPOINT
     atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=meta))
     for name in LEGACY_FILES:
@@ -122,6 +123,7 @@ class CheckpointHeader:
     state: dict[str, Any]  # the trainer's counters and optimizer hyper-parameters
     config: dict[str, Any] | None  # the run config the weights were trained with (None: a 0.1 run)
     shapes: dict[str, dict[str, tuple[int, ...]]]  # group -> tensor name -> shape
+    run_id: str = ""  # the run it belongs to ("" for runs of 0.1)
 
 
 def has_checkpoint(run_dir: Path) -> bool:
@@ -167,7 +169,7 @@ def read_header(run_dir: Path) -> CheckpointHeader:
             raise ValueError("inconsistent metadata")
     except (SafetensorError, OSError, ValueError, KeyError, TypeError) as e:
         raise _corrupt(path, e) from None
-    return CheckpointHeader(path, step, state, config, shapes)
+    return CheckpointHeader(path, step, state, config, shapes, str(meta.get("run_id", "")))
 
 
 def _legacy_header(run_dir: Path) -> CheckpointHeader:

@@ -71,10 +71,14 @@ def _fixed_fields(d: dict[str, Any], sampling: tuple[str, ...]) -> dict[str, Any
     return out
 
 
-def check_checkpoint_config(header: CheckpointHeader, cfg: Config) -> None:
+def check_checkpoint_config(header: CheckpointHeader, cfg: Config, run_id: str = "") -> None:
     """Refuse a config.json that no longer describes the weights (an edited method, shape or tokenizer): such a
     run would build a different network, or sample garbage from the right one. Checked before anything is
-    built. Runs of 0.1, whose checkpoints do not record their config, are checked by shape instead."""
+    built. Runs of 0.1, whose checkpoints do not record their config, are checked by shape instead. A checkpoint
+    whose ``run_id`` differs from config.json's was copied in from another run (same shapes, other weights)."""
+    if header.run_id and run_id and header.run_id != run_id:
+        raise CheckpointError(f"{header.path} belongs to another run (run id {header.run_id[:8]}…, config.json says "
+                              f"{run_id[:8]}…): files of two runs were mixed; restore this run's own checkpoint")
     if header.config is None:
         return
     sampling = cfg.method.sampling_fields()
@@ -146,7 +150,7 @@ def open_run(path: str | Path, weights: str = "ema", device: str = "auto",
     dev = pick_device(device)
     vocab = load_vocab(run)
     header = read_header(run)
-    check_checkpoint_config(header, cfg)
+    check_checkpoint_config(header, cfg, str(meta.get("run_id", "")))
     shell = _shape_only_model(cfg, vocab)
     if shell is not None:
         check_checkpoint_shapes(header, shell, run, (weights,))

@@ -17,6 +17,7 @@ import signal
 import sys
 import threading
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -232,12 +233,14 @@ class Trainer:
         self._stop: _StopFlag | None = None
         self.saved_step: int | None = None  # the step of the checkpoint on disk (None: none yet)
         self._lock_existed = True
+        self.run_id = uuid.uuid4().hex if not resume else ""  # recorded in config.json and every checkpoint
         created = self._claim_run_dir(resume)
         try:
             header = None
             if resume and has_checkpoint(self.run_dir):
                 header = read_header(self.run_dir)
-                check_checkpoint_config(header, cfg)  # an edited config.json is refused before anything is built
+                self.run_id = str(read_run_meta(self.run_dir).get("run_id", ""))
+                check_checkpoint_config(header, cfg, self.run_id)  # an edited config.json: refused before building
             self._build(cfg, data, resume and (self.run_dir / "tokenizer.json").exists())
             if header is not None:
                 check_checkpoint_shapes(header, self.model, self.run_dir)
@@ -362,10 +365,11 @@ class Trainer:
             write_json(rd / "config.json", {
                 "config": self.cfg.to_dict(), "seed": self.cfg.seed, "versions": versions(), "corpus": corpus,
                 "parameters": self.n_parameters, "device": str(self.device),
-                "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "run_id": self.run_id,
             })
         else:
             self.log(f"{rd} has no checkpoint yet (it stopped before its first save): starting it again from step 0")
+            self.run_id = str(read_run_meta(rd).get("run_id", ""))
             (rd / "metrics.jsonl").unlink(missing_ok=True)
         if fresh or not ((rd / "tokenizer.json").exists() or (rd / "image.json").exists()):
             self.source.save_vocab(rd)
@@ -388,7 +392,7 @@ class Trainer:
         guard = self._stop.saving() if self._stop is not None else contextlib.nullcontext()
         with guard:
             try:
-                write_checkpoint(self.run_dir, groups, state, self.cfg.to_dict())
+                write_checkpoint(self.run_dir, groups, state, self.cfg.to_dict(), self.run_id)
             except OSError as e:
                 kept = "no checkpoint" if self.saved_step is None else f"the checkpoint at step {self.saved_step}"
                 raise CheckpointError(f"could not write the checkpoint of step {self.step} into {self.run_dir} "
