@@ -143,33 +143,100 @@ def _sample_watchers(args: argparse.Namespace, tokenizer):
 
 
 def cmd_sample(args: argparse.Namespace) -> int:
+    """Draw ``--n`` texts in batches that bound memory (one batch for everyday requests, with exactly the
+    draws of before batching existed), refusing steps, lengths and counts past :mod:`.bounds`' limits and an
+    unwritable ``--trajectory`` before any sampling."""
     import torch
 
+    from textdiffusion.apps import bounds
     from textdiffusion.methods.base import SampleRequest
     from textdiffusion.runs import open_run
 
+    bounds.check_count(args.n, bounds.MAX_TEXT_SAMPLES, "--n", "draw them in several runs with different --seed")
+    if args.steps:  # the method's own (smaller) limit is checked once the run is open
+        bounds.check_text_steps(args.steps, True, None)
+    trajectory = bounds.check_output_file(args.trajectory, "--trajectory") if args.trajectory else None
     _refuse_image_run(args.run_dir, "sample")
     run = open_run(args.run_dir, weights=args.weights, device=args.device, overrides=args.overrides)
     req = SampleRequest(n=args.n, length=args.length or 0, prompt=args.prompt or "", infill=args.infill,
                         placeholder=args.placeholder, sampler=args.sampler or "", steps=args.steps or 0,
                         temperature=args.temperature, top_k=args.top_k, top_p=args.top_p)
+    batch = _check_text_request(run, req, trajectory is not None)
     on_step, recorder = _sample_watchers(args, run.tokenizer)
     gen = torch.Generator(device=run.device).manual_seed(args.seed)
     tic = time.perf_counter()
-    with torch.no_grad():
-        res = run.method.sample(run.model, req, gen, on_step)
+    texts, res, nfe = _sample_text_batches(run, req, batch, gen, on_step, animated=args.show)
     seconds = time.perf_counter() - tic
-    texts = [run.tokenizer.decode(row.tolist()) for row in res.ids.cpu()]
     if recorder:
-        recorder.write(Path(args.trajectory), method=run.cfg.method.name, run=str(run.path),
+        recorder.write(trajectory, method=run.cfg.method.name, run=str(run.path),
                        sampler=res.info.get("sampler"), n=len(texts), length=res.ids.shape[1], nfe=res.nfe,
                        fixed=[row.nonzero().flatten().tolist() for row in res.fixed.cpu()],
                        final=texts)
     print(f"\n{'=' * 40}\n".join(texts))
     print(f"[{run.cfg.method.name} step {run.step}: {len(texts)} x {res.ids.shape[1]} chars, "
-          f"sampler {res.info.get('sampler')}, {res.nfe:g} network evaluations per sample, {seconds:.2f}s]",
+          f"sampler {res.info.get('sampler')}, {nfe:g} network evaluations per sample, {seconds:.2f}s]",
           file=sys.stderr)
     return 0
+
+
+def _check_text_request(run, req, trajectory: bool) -> int:
+    """Check ``req``'s length and step count against the run's method and :mod:`.bounds` before anything
+    large is allocated; return the batch size to draw it in."""
+    from dataclasses import replace
+
+    import torch
+
+    from textdiffusion.apps import bounds
+
+    method = run.method
+    if req.length:
+        method.check_length(req.length)
+        bounds.check_text_length(req.length, method.extends_past_context)
+    # one sample's initial state: the length an infill template gives, and the prompt's checks, up front
+    length = method.prepare(replace(req, n=1), torch.device("cpu"))[0].shape[1]
+    sampler = method.check_sampler(req.sampler)
+    steps = req.steps or method.default_steps(length, sampler)
+    bounds.check_text_steps(steps, bool(req.steps), method.max_steps)
+    batch = bounds.text_batch_size(length, method.window, run.tokenizer.vocab_size)
+    if trajectory and req.n > batch:
+        raise ConfigError(f"--trajectory records every step of every sample, at most {batch} samples of this "
+                          f"length (one batch); use --n <= {batch} with --trajectory")
+    return batch
+
+
+def _sample_text_batches(run, req, batch: int, gen, on_step, animated: bool):
+    """``req.n`` samples drawn ``batch`` at a time: the decoded texts, the first batch's result (for the
+    trajectory, which is refused beyond one batch) and the network evaluations per sample over all batches.
+
+    ``on_step`` watches the first batch only: an animation (``--show``) of the others would repeat it. With
+    more than one batch a progress bar counts samples on stderr, from the second batch on when the first
+    is ``animated`` (the two would draw over each other)."""
+    from dataclasses import replace
+
+    from tqdm.auto import tqdm
+
+    from textdiffusion.apps import bounds
+
+    parts = bounds.batches(req.n, batch)
+    texts: list[str] = []
+    first, bar, nfe_total = None, None, 0.0
+    try:
+        for i, (_, count) in enumerate(parts):
+            if bar is None and len(parts) > 1 and not (animated and i == 0):
+                bar = tqdm(total=req.n, initial=len(texts), unit="sample", file=sys.stderr, dynamic_ncols=True,
+                           leave=False)
+            res = run.method.sample(run.model, replace(req, n=count), gen, on_step if i == 0 else None)
+            texts += [run.tokenizer.decode(row.tolist()) for row in res.ids.cpu()]
+            nfe_total += res.nfe * count
+            if first is None:
+                first = res
+            if bar is not None:
+                bar.update(count)
+    finally:
+        if bar is not None:
+            bar.close()
+    assert first is not None  # n >= 1
+    return texts, first, first.nfe if len(parts) == 1 else nfe_total / req.n
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
