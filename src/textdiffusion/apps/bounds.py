@@ -43,10 +43,11 @@ _PIXELS_PER_BATCH = 500 * 28 * 28
 _MAX_IMAGE_BATCH = 500
 
 
-def check_count(n: int, limit: int, flag: str, hint: str) -> None:
-    """``flag`` (e.g. ``--n``) asks for ``n`` items; more than ``limit`` is refused with ``hint``."""
+def check_count(n: int, limit: int, flag: str, why: str, fix: str) -> None:
+    """``flag`` (e.g. ``--n``) asks for ``n`` items; more than ``limit`` is refused, saying ``why`` that is the
+    limit and the ``fix``."""
     if n > limit:
-        raise ConfigError(f"{flag} {n} is more than {limit:,}, the most one command draws; {hint}")
+        raise ConfigError(f"{flag} {n} is more than {limit:,} ({why}); {fix}")
 
 
 def text_step_limit(method_max_steps: int | None) -> int:

@@ -74,6 +74,10 @@ def _resume_training(args: argparse.Namespace) -> int:
 
     if getattr(args, "method", None) or args.overrides or args.data or args.run_dir:
         raise ConfigError("--resume continues a run with its saved config; only --steps may be changed")
+    if args.command == "mnist":
+        _refuse_text_run(args.resume, "train --resume")
+    else:
+        _refuse_image_run(args.resume, "train --resume")
     return _report_training(resume_training(Path(args.resume), progress=not args.no_progress, steps=args.steps))
 
 
@@ -105,22 +109,39 @@ def _print_train_summary(summary: dict) -> None:
     print(f"run: {rd}\n  sample: textdiffusion sample {rd} --show\n  eval:   textdiffusion eval {rd}")
 
 
-def _refuse_image_run(run_dir: str, command: str) -> None:
-    """Point an image run at ``textdiffusion mnist`` before the text path tries (and fails) to open it.
-
-    Only the method recorded in config.json is read: nothing is loaded, and a missing or unknown run is left
-    to the text path, whose error says what is wrong with it."""
+def _run_kind(run_dir: str | Path) -> tuple[str, str] | None:
+    """``("image" | "text", method name)`` of the run in ``run_dir``, read from config.json alone (nothing is
+    loaded); None when that cannot be told (no such run, an unreadable or unknown config), which is left to
+    the command itself, whose error says what is wrong with the run."""
     from textdiffusion.checkpoint import read_json
     from textdiffusion.methods import REGISTRY
     from textdiffusion.methods.image import ImageDiffusion
 
     cfg = Path(run_dir) / "config.json"
-    if not cfg.exists():
-        return
-    name = read_json(cfg).get("config", {}).get("method", {}).get("name")
-    method = REGISTRY.get(name) if isinstance(name, str) else None
-    if method is not None and issubclass(method, ImageDiffusion):
+    if not cfg.is_file():
+        return None
+    meta = read_json(cfg)
+    section = meta.get("config") if isinstance(meta, dict) else None
+    method = section.get("method") if isinstance(section, dict) else None
+    name = method.get("name") if isinstance(method, dict) else None
+    cls = REGISTRY.get(name) if isinstance(name, str) else None
+    if cls is None:
+        return None
+    return ("image" if issubclass(cls, ImageDiffusion) else "text"), name
+
+
+def _refuse_image_run(run_dir: str, command: str) -> None:
+    """Point an image run at ``textdiffusion mnist`` before the text path tries (and fails) to open it."""
+    kind = _run_kind(run_dir)
+    if kind and kind[0] == "image":
         raise ConfigError(f"{run_dir} is an image run; use `textdiffusion mnist {command} {run_dir}`")
+
+
+def _refuse_text_run(run_dir: str, command: str) -> None:
+    """Point a text run at ``textdiffusion sample|eval|train`` before ``mnist`` builds its model."""
+    kind = _run_kind(run_dir)
+    if kind and kind[0] == "text":
+        raise ConfigError(f"{run_dir} is a text run (method {kind[1]}); use `textdiffusion {command} {run_dir}`")
 
 
 def _sample_watchers(args: argparse.Namespace, tokenizer):
@@ -152,7 +173,8 @@ def cmd_sample(args: argparse.Namespace) -> int:
     from textdiffusion.methods.base import SampleRequest
     from textdiffusion.runs import open_run
 
-    bounds.check_count(args.n, bounds.MAX_TEXT_SAMPLES, "--n", "draw them in several runs with different --seed")
+    bounds.check_count(args.n, bounds.MAX_TEXT_SAMPLES, "--n", "the most one command draws",
+                       "draw more in several runs with different --seed")
     if args.steps:  # the method's own (smaller) limit is checked once the run is open
         bounds.check_text_steps(args.steps, True, None)
     trajectory = bounds.check_output_file(args.trajectory, "--trajectory") if args.trajectory else None
@@ -295,6 +317,7 @@ def cmd_mnist_sample(args: argparse.Namespace) -> int:
     from textdiffusion.apps.mnist import check_digit, sample_images
 
     check_digit(args.digit)
+    _refuse_text_run(args.run_dir, "sample")
     res = sample_images(args.run_dir, out=args.out, n=args.n or 0, digit=args.digit, sampler=args.sampler or "",
                         steps=args.steps or 0, eta=args.eta, guidance=args.guidance, seed=args.seed,
                         device=args.device, weights=args.weights, gif=not args.no_gif,
@@ -309,6 +332,7 @@ def cmd_mnist_sample(args: argparse.Namespace) -> int:
 def cmd_mnist_eval(args: argparse.Namespace) -> int:
     from textdiffusion.apps.mnist import evaluate_images, format_eval
 
+    _refuse_text_run(args.run_dir, "eval")
     row = evaluate_images(args.run_dir, samples=args.samples, sampler=args.sampler or "", steps=args.steps or 0,
                           eta=args.eta, guidance=args.guidance, seed=args.seed, device=args.device,
                           overrides=args.overrides)
