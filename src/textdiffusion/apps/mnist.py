@@ -180,11 +180,15 @@ def _sample_in_batches(run: LoadedRun, labels: list[int] | None, samples: int, b
 
 
 def _reference_data(run: LoadedRun):
-    """The run's own dataset (its test split is what FID compares with), checked to hold the run's image size."""
+    """The run's own dataset (its test split is what FID compares with): read from where the run recorded it,
+    checked to be the data it was trained on and to hold the run's image size."""
     from textdiffusion.data.images import load_images
+    from textdiffusion.data.sources import check_identity, corpus_location
 
     size = image_method(run).spec.size
-    data = load_images(run.cfg.data.corpus)
+    recorded = run.meta.get("corpus") if isinstance(run.meta.get("corpus"), dict) else None
+    data = load_images(corpus_location(run.cfg.data.corpus, recorded))
+    check_identity(recorded, data.record(), run.path)
     if data.image_size != size:
         raise DataError(f"the run was trained on {size}x{size} images but "
                         f"{run.cfg.data.corpus} holds {data.image_size}x{data.image_size}")
