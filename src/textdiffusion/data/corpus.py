@@ -166,10 +166,11 @@ def human_bytes(n: int) -> str:
 
 def _check_size(total: int, what: str) -> None:
     limit = corpus_byte_limit()
-    if total > limit:
-        raise DataError(f"{what} holds {human_bytes(total)} of text, more than the {human_bytes(limit)} this machine "
-                        f"can hold as a corpus (about {MEMORY_PER_BYTE} bytes of memory per byte); pass a smaller "
-                        f"corpus, e.g. a sample of its files")
+    if total > limit:  # total may be a read cut at limit + 1 (a file that grew after its size was checked)
+        size = f"{human_bytes(total)} of text, more than" if total > limit + 1 else "more text than"
+        raise DataError(f"{what} holds {size} the {human_bytes(limit)} this machine can hold as a corpus (about "
+                        f"{MEMORY_PER_BYTE} bytes of memory per byte); pass a smaller corpus, e.g. a sample of "
+                        f"its files")
 
 
 def _read_utf8(path: Path) -> str:

@@ -222,9 +222,11 @@ def _check_side(side: int, where: str, key: str) -> None:
 
 
 def _check_bytes(n: int, where: str, what: str) -> None:
+    """Refuse ``n`` bytes over the limit; ``n`` may be a read cut at limit + 1, hence "more than"."""
     if n > MAX_IMAGE_BYTES:
-        raise DataError(f"{where}: {what} is {human_bytes(n)}, more than the {human_bytes(MAX_IMAGE_BYTES)} of "
-                        f"images this loader holds in memory (MNIST is 55 MiB); pass a smaller data set")
+        size = f"is {human_bytes(n)}, more than" if n > MAX_IMAGE_BYTES + 1 else "is more than"
+        raise DataError(f"{where}: {what} {size} the {human_bytes(MAX_IMAGE_BYTES)} of images this loader holds "
+                        f"in memory (MNIST is 55 MiB); pass a smaller data set")
 
 
 def _file_size(path: Path) -> int:
