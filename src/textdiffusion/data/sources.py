@@ -156,9 +156,12 @@ def corpus_location(configured: str, recorded: dict[str, Any] | None) -> str:
     ``data.corpus`` (a named corpus, or a path the data was moved to: the fingerprint then tells whether it
     is the same data)."""
     path = recorded.get("path") if recorded else None
-    if isinstance(path, str) and Path(path).is_absolute() and Path(path).exists():
-        return path
-    return configured
+    if not isinstance(path, str) or not Path(path).is_absolute():
+        return configured
+    try:
+        return path if Path(path).exists() else configured
+    except OSError:  # a folder on the way may not be searched: the configured corpus says it plainly
+        return configured
 
 
 def check_identity(recorded: dict[str, Any] | None, current: dict[str, Any], run_dir: Path | str) -> None:
@@ -180,8 +183,8 @@ def check_identity(recorded: dict[str, Any] | None, current: dict[str, Any], run
                 was = recorded.get("path") or recorded.get("source")
                 moved = f" (recorded at {was})" if was and was != where else ""
                 raise DataError(f"the data of run {run_dir} has changed since it was trained: {where}{moved} has "
-                                f"{key} {new[:12]}… but the run recorded {old[:12]}…; restore the original data, "
-                                f"or train a new run on this data")
+                                f"{key} {str(new)[:12]}… but the run recorded {str(old)[:12]}…; restore the "
+                                f"original data, or train a new run on this data")
             return
 
 
