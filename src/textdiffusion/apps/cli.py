@@ -187,7 +187,8 @@ def cmd_sample(args: argparse.Namespace) -> int:
     on_step, recorder = _sample_watchers(args, run.tokenizer)
     gen = torch.Generator(device=run.device).manual_seed(args.seed)
     tic = time.perf_counter()
-    texts, res, nfe = _sample_text_batches(run, req, batch, gen, on_step, animated=args.show)
+    with torch.no_grad():
+        texts, res, nfe = _sample_text_batches(run, req, batch, gen, on_step, animated=args.show)
     seconds = time.perf_counter() - tic
     if recorder:
         recorder.write(trajectory, method=run.cfg.method.name, run=str(run.path),
