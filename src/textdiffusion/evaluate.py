@@ -31,7 +31,8 @@ import torch
 from textdiffusion.checkpoint import write_json
 from textdiffusion.config import ConfigError
 from textdiffusion.data.batches import TextData
-from textdiffusion.data.corpus import DataError, read_corpus, resolve_corpus, sha256_of
+from textdiffusion.data.corpus import corpus_fingerprint, read_corpus, resolve_corpus
+from textdiffusion.data.sources import check_identity, corpus_location
 from textdiffusion.methods.base import Method, SampleRequest, TextMethod
 from textdiffusion.runs import open_run
 
@@ -211,14 +212,15 @@ def generate(run, req: SampleRequest, seed: int, batch: int = 64) -> tuple[list[
 
 
 def run_corpus(run) -> tuple[TextData, str, str]:
-    """The run's corpus split exactly as in training (train/val), refusing a corpus that has changed since."""
-    path = resolve_corpus(run.cfg.data.corpus)
+    """The run's corpus split exactly as in training (train/val): read from the absolute path the run
+    recorded when it is still there, and refused when its fingerprint differs from the recorded one."""
+    recorded = run.meta.get("corpus") if isinstance(run.meta.get("corpus"), dict) else None
+    path = resolve_corpus(corpus_location(run.cfg.data.corpus, recorded))
+    check_identity(recorded, corpus_fingerprint(path), run.path)
     text, source = read_corpus(path)
-    recorded = run.meta.get("corpus", {}).get("sha256")
-    if recorded and path.is_file() and sha256_of(path) != recorded:
-        raise DataError(f"{source} has changed since {run.path} was trained (sha256 differs); evaluate on the "
-                        f"original corpus so the numbers mean what they say")
-    return TextData.from_text(text, run.tokenizer, run.cfg.data.val_fraction, source), text, source
+    data = TextData.from_text(text, run.tokenizer, run.cfg.data.val_fraction, source)
+    data.path = path
+    return data, text, source
 
 
 def reference_windows(text: str, train_chars: int, length: int, n: int) -> list[str]:

@@ -139,6 +139,10 @@ def _resume_training(args: argparse.Namespace) -> int:
 
     if getattr(args, "method", None) or args.overrides or args.data or args.run_dir:
         raise ConfigError("--resume continues a run with its saved config; only --steps may be changed")
+    if args.command == "mnist":
+        _refuse_text_run(args.resume, "train --resume")
+    else:
+        _refuse_image_run(args.resume, "train --resume")
     return _report_training(resume_training(Path(args.resume), progress=not args.no_progress, steps=args.steps))
 
 
@@ -170,18 +174,33 @@ def _print_train_summary(summary: dict) -> None:
     print(f"run: {rd}\n  sample: textdiffusion sample {rd} --show\n  eval:   textdiffusion eval {rd}")
 
 
-def _refuse_image_run(run_dir: str, command: str) -> None:
-    """Point an image run at ``textdiffusion mnist`` before the text path tries (and fails) to open it.
-
-    Only the method recorded in config.json is read: nothing is loaded, and a missing or unknown run is left
-    to the text path, whose error says what is wrong with it."""
+def _run_kind(run_dir: str | Path) -> tuple[str, str] | None:
+    """``("image" | "text", method name)`` of the run in ``run_dir``, read from config.json alone (nothing is
+    loaded); None when that cannot be told (no such run, an unreadable or unknown config), which is left to
+    the command itself, whose error says what is wrong with the run."""
     from textdiffusion.checkpoint import recorded_method
     from textdiffusion.methods import REGISTRY
     from textdiffusion.methods.image import ImageDiffusion
 
-    method = REGISTRY.get(recorded_method(Path(run_dir)) or "")
-    if method is not None and issubclass(method, ImageDiffusion):
+    name = recorded_method(Path(run_dir))
+    cls = REGISTRY.get(name) if name else None
+    if cls is None:
+        return None
+    return ("image" if issubclass(cls, ImageDiffusion) else "text"), name
+
+
+def _refuse_image_run(run_dir: str, command: str) -> None:
+    """Point an image run at ``textdiffusion mnist`` before the text path tries (and fails) to open it."""
+    kind = _run_kind(run_dir)
+    if kind and kind[0] == "image":
         raise ConfigError(f"{run_dir} is an image run; use `textdiffusion mnist {command} {run_dir}`")
+
+
+def _refuse_text_run(run_dir: str, command: str) -> None:
+    """Point a text run at ``textdiffusion sample|eval|train`` before ``mnist`` builds its model."""
+    kind = _run_kind(run_dir)
+    if kind and kind[0] == "text":
+        raise ConfigError(f"{run_dir} is a text run (method {kind[1]}); use `textdiffusion {command} {run_dir}`")
 
 
 def _sample_watchers(args: argparse.Namespace, tokenizer):
@@ -204,33 +223,105 @@ def _sample_watchers(args: argparse.Namespace, tokenizer):
 
 
 def cmd_sample(args: argparse.Namespace) -> int:
+    """Draw ``--n`` texts in batches that bound memory (one batch for everyday requests, with exactly the
+    draws of before batching existed), refusing steps, lengths and counts past :mod:`.bounds`' limits and an
+    unwritable ``--trajectory`` before any sampling."""
     import torch
 
+    from textdiffusion.apps import bounds
     from textdiffusion.methods.base import SampleRequest
     from textdiffusion.runs import open_run
 
+    bounds.check_count(args.n, bounds.MAX_TEXT_SAMPLES, "--n", "the most one command draws",
+                       "draw more in several runs with different --seed")
+    if args.steps:  # the method's own (smaller) limit is checked once the run is open
+        bounds.check_text_steps(args.steps, True, None)
+    trajectory = bounds.check_output_file(args.trajectory, "--trajectory") if args.trajectory else None
     _refuse_image_run(args.run_dir, "sample")
     run = open_run(args.run_dir, weights=args.weights, device=args.device, overrides=args.overrides)
     req = SampleRequest(n=args.n, length=args.length or 0, prompt=args.prompt or "", infill=args.infill,
                         placeholder=args.placeholder, sampler=args.sampler or "", steps=args.steps or 0,
                         **run.method.decoding(args.temperature, args.top_k, args.top_p))
+    batch = _check_text_request(run, req, trajectory is not None)
     on_step, recorder = _sample_watchers(args, run.tokenizer)
     gen = torch.Generator(device=run.device).manual_seed(args.seed)
     tic = time.perf_counter()
     with torch.no_grad():
-        res = run.method.sample(run.model, req, gen, on_step)
+        texts, res, nfe = _sample_text_batches(run, req, batch, gen, on_step, animated=args.show)
     seconds = time.perf_counter() - tic
-    texts = [run.tokenizer.decode(row.tolist()) for row in res.ids.cpu()]
     if recorder:
-        recorder.write(Path(args.trajectory), method=run.cfg.method.name, run=str(run.path),
+        recorder.write(trajectory, method=run.cfg.method.name, run=str(run.path),
                        sampler=res.info.get("sampler"), n=len(texts), length=res.ids.shape[1], nfe=res.nfe,
                        fixed=[row.nonzero().flatten().tolist() for row in res.fixed.cpu()],
                        final=texts)
     print(f"\n{'=' * 40}\n".join(texts))
     print(f"[{run.cfg.method.name} step {run.step}: {len(texts)} x {res.ids.shape[1]} chars, "
-          f"sampler {res.info.get('sampler')}, {res.nfe:g} network evaluations per sample, {seconds:.2f}s]",
+          f"sampler {res.info.get('sampler')}, {nfe:g} network evaluations per sample, {seconds:.2f}s]",
           file=sys.stderr)
     return 0
+
+
+def _check_text_request(run, req, trajectory: bool) -> int:
+    """Check ``req``'s length and step count against the run's method and :mod:`.bounds` before anything
+    large is allocated; return the batch size to draw it in."""
+    from dataclasses import replace
+
+    import torch
+
+    from textdiffusion.apps import bounds
+
+    method = run.method
+    if req.length:
+        method.check_length(req.length)
+        bounds.check_text_length(req.length, method.extends_past_context)
+    # one sample's initial state: the length an infill template gives, and the prompt's checks, up front
+    length = method.prepare(replace(req, n=1), torch.device("cpu"))[0].shape[1]
+    sampler = method.check_sampler(req.sampler)
+    if req.steps and method.default_steps(length, sampler) is None:
+        raise ConfigError(f"--steps does not apply to {method.name}'s {sampler} sampler: it takes one network "
+                          f"evaluation per token; leave --steps out")
+    steps = req.steps or method.default_steps(length, sampler)
+    bounds.check_text_steps(steps, bool(req.steps), method.max_steps)
+    batch = bounds.text_batch_size(length, method.window, run.tokenizer.vocab_size)
+    if trajectory and req.n > batch:
+        raise ConfigError(f"--trajectory records every step of every sample, at most {batch} samples of this "
+                          f"length (one batch); use --n <= {batch} with --trajectory")
+    return batch
+
+
+def _sample_text_batches(run, req, batch: int, gen, on_step, animated: bool):
+    """``req.n`` samples drawn ``batch`` at a time: the decoded texts, the first batch's result (for the
+    trajectory, which is refused beyond one batch) and the network evaluations per sample over all batches.
+
+    ``on_step`` watches the first batch only: an animation (``--show``) of the others would repeat it. With
+    more than one batch a progress bar counts samples on stderr, from the second batch on when the first
+    is ``animated`` (the two would draw over each other)."""
+    from dataclasses import replace
+
+    from tqdm.auto import tqdm
+
+    from textdiffusion.apps import bounds
+
+    parts = bounds.batches(req.n, batch)
+    texts: list[str] = []
+    first, bar, nfe_total = None, None, 0.0
+    try:
+        for i, (_, count) in enumerate(parts):
+            if bar is None and len(parts) > 1 and not (animated and i == 0):
+                bar = tqdm(total=req.n, initial=len(texts), unit="sample", file=sys.stderr, dynamic_ncols=True,
+                           leave=False)
+            res = run.method.sample(run.model, replace(req, n=count), gen, on_step if i == 0 else None)
+            texts += [run.tokenizer.decode(row.tolist()) for row in res.ids.cpu()]
+            nfe_total += res.nfe * count
+            if first is None:
+                first = res
+            if bar is not None:
+                bar.update(count)
+    finally:
+        if bar is not None:
+            bar.close()
+    assert first is not None  # n >= 1
+    return texts, first, first.nfe if len(parts) == 1 else nfe_total / req.n
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
@@ -289,6 +380,7 @@ def cmd_mnist_sample(args: argparse.Namespace) -> int:
     from textdiffusion.apps.mnist import check_digit, sample_images
 
     check_digit(args.digit)
+    _refuse_text_run(args.run_dir, "sample")
     res = sample_images(args.run_dir, out=args.out, n=args.n or 0, digit=args.digit, sampler=args.sampler or "",
                         steps=args.steps or 0, eta=args.eta, guidance=args.guidance, seed=args.seed,
                         device=args.device, weights=args.weights, gif=not args.no_gif,
@@ -303,6 +395,7 @@ def cmd_mnist_sample(args: argparse.Namespace) -> int:
 def cmd_mnist_eval(args: argparse.Namespace) -> int:
     from textdiffusion.apps.mnist import evaluate_images, format_eval
 
+    _refuse_text_run(args.run_dir, "eval")
     row = evaluate_images(args.run_dir, samples=args.samples, sampler=args.sampler or "", steps=args.steps or 0,
                           eta=args.eta, guidance=args.guidance, seed=args.seed, device=args.device,
                           overrides=args.overrides)

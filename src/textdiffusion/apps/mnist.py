@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 
+from textdiffusion.apps import bounds
 from textdiffusion.checkpoint import CheckpointError, write_json
 from textdiffusion.config import ConfigError, make_config
 from textdiffusion.data.corpus import DataError, cache_dir
@@ -74,29 +75,63 @@ def _layout(method: ImageDiffusion, n: int, digit: int | None, strip_rows: int) 
                    [d * per_row for d in range(min(strip_rows, k))])
 
 
+SAMPLE_FILES = ("samples.png", "denoising.png", "reverse.gif")
+
+
 def sample_images(run_dir: str | Path, out: str | Path | None = None, n: int = 0, digit: int | None = None,
                   sampler: str = "", steps: int = 0, eta: float | None = None, guidance: float | None = None,
                   seed: int = 0, device: str = "auto", weights: str = "ema", strip_rows: int = 10,
-                  gif: bool = True, overrides: list[str] | None = None) -> dict[str, Any]:
+                  gif: bool = True, overrides: list[str] | None = None, progress: bool = True) -> dict[str, Any]:
     """Generate and write ``samples.png`` (a row per digit for a class-conditional model), ``denoising.png``
-    (x_t at evenly spaced t for the first ``strip_rows`` samples) and ``reverse.gif`` into ``out``."""
+    (x_t at evenly spaced t for the first ``strip_rows`` samples) and ``reverse.gif`` into ``out``.
+
+    The images are drawn in batches (:func:`~textdiffusion.apps.bounds.image_batch_size`: 500 at 28x28), so
+    ``n`` is bounded by the grid (:data:`~textdiffusion.apps.bounds.MAX_IMAGE_GRID`), not by memory; a request
+    of one batch draws what it always drew. The output folder is checked before any sampling."""
+    if n:
+        bounds.check_count(n, bounds.MAX_IMAGE_GRID, "--n", "the most one sample grid holds",
+                           "for scores over more samples use `textdiffusion mnist eval --samples N`")
     run = open_image_run(run_dir, weights=weights, device=device, overrides=overrides)
     method = image_method(run)
+    out_dir = Path(out) if out else run.path / "samples"
+    bounds.check_output_folder(out_dir, "--out" if out else "the samples folder", SAMPLE_FILES)
     layout = _layout(method, n, digit, strip_rows)
-    recorder = ReverseProcessRecorder(indices=layout.strip)
     gen = torch.Generator(device=run.device).manual_seed(seed)
     tic = time.perf_counter()
-    res = method.sample(run.model, ImageRequest(n=layout.n, labels=layout.labels, sampler=sampler, steps=steps,
-                                                eta=eta, guidance=guidance), gen, recorder)
+    images, recorder, res = _draw_layout(run, layout, gen, progress, sampler=sampler, steps=steps, eta=eta,
+                                         guidance=guidance)
     seconds = time.perf_counter() - tic
-    out_dir = Path(out) if out else run.path / "samples"
-    written = {"grid": str(save_grid(res.images, out_dir / "samples.png", nrow=layout.nrow,
+    written = {"grid": str(save_grid(images, out_dir / "samples.png", nrow=layout.nrow,
                                      row_labels=layout.row_labels)),
                "strip": str(recorder.save_strip(out_dir / "denoising.png"))}
     if gif:
         written["gif"] = str(recorder.save_gif(out_dir / "reverse.gif", nrow=len(layout.strip)))
     return {"n": layout.n, "seconds": seconds, "seconds_per_image": seconds / layout.n, "nfe": res.nfe, **res.info,
             "files": written}
+
+
+def _draw_layout(run: LoadedRun, layout: _Layout, gen: torch.Generator, progress: bool,
+                 **request: Any) -> tuple[torch.Tensor, ReverseProcessRecorder, Any]:
+    """The layout's images drawn batch after batch (a progress bar on stderr when there are several): the
+    images (on the CPU), the reverse process of the strip's samples, and the last batch's result (sampler
+    info and NFE, the same for every batch). Only batches holding a strip sample are recorded."""
+    from tqdm.auto import tqdm
+
+    method = image_method(run)
+    parts = bounds.batches(layout.n, bounds.image_batch_size(method.spec.size))
+    images, recorders, res = [], [], None
+    with tqdm(total=layout.n, unit="image", file=sys.stderr, disable=not progress or len(parts) == 1,
+              dynamic_ncols=True, leave=False) as bar:
+        for start, count in parts:
+            local = [i - start for i in layout.strip if start <= i < start + count]
+            recorder = ReverseProcessRecorder(indices=local) if local else None
+            labels = layout.labels[start:start + count] if layout.labels else None
+            res = method.sample(run.model, ImageRequest(n=count, labels=labels, **request), gen, recorder)
+            images.append(res.images.cpu())
+            if recorder is not None:
+                recorders.append(recorder)
+            bar.update(count)
+    return torch.cat(images), ReverseProcessRecorder.joined(recorders), res
 
 
 # ---- evaluation: FID and class accuracy in a trained classifier's feature space --------------------------
@@ -145,11 +180,15 @@ def _sample_in_batches(run: LoadedRun, labels: list[int] | None, samples: int, b
 
 
 def _reference_data(run: LoadedRun):
-    """The run's own dataset (its test split is what FID compares with), checked to hold the run's image size."""
+    """The run's own dataset (its test split is what FID compares with): read from where the run recorded it,
+    checked to be the data it was trained on and to hold the run's image size."""
     from textdiffusion.data.images import load_images
+    from textdiffusion.data.sources import check_identity, corpus_location
 
     size = image_method(run).spec.size
-    data = load_images(run.cfg.data.corpus)
+    recorded = run.meta.get("corpus") if isinstance(run.meta.get("corpus"), dict) else None
+    data = load_images(corpus_location(run.cfg.data.corpus, recorded))
+    check_identity(recorded, data.record(), run.path)
     if data.image_size != size:
         raise DataError(f"the run was trained on {size}x{size} images but "
                         f"{run.cfg.data.corpus} holds {data.image_size}x{data.image_size}")
@@ -166,6 +205,8 @@ def evaluate_images(run_dir: str | Path, samples: int = 1000, sampler: str = "",
     Appends the row to ``RUN/evals.jsonl`` and writes it as ``RUN/eval.json``."""
     from textdiffusion.image_metrics import fid_and_accuracy
 
+    bounds.check_count(samples, bounds.MAX_IMAGE_EVAL, "--samples", "the generated images are held in memory for "
+                       "FID", f"use --samples <= {bounds.MAX_IMAGE_EVAL}")
     run = open_image_run(run_dir, device=device, overrides=overrides)
     method = image_method(run)
     data = _reference_data(run)

@@ -11,9 +11,12 @@ hashing the arrays makes "this run used canonical MNIST" a statement about the n
 
 from __future__ import annotations
 
+import functools
 import gzip
 import hashlib
 import io
+import math
+import stat
 import urllib.request
 import zipfile
 import zlib
@@ -24,7 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from textdiffusion.data.corpus import DataError, data_dir
+from textdiffusion.data.corpus import DataError, data_dir, human_bytes, path_exists
 from textdiffusion.files import atomic_write, write_bytes
 
 __all__ = [
@@ -46,6 +49,13 @@ __all__ = [
 ]
 
 KEYS = ("x_train", "y_train", "x_test", "y_test")
+
+#: the largest image side accepted: the U-Nets here are sized for digits (MNIST 28x28, the digits 8x8), and a
+#: 256x256 "MNIST" would ask tens of GB of activations before anything else failed
+MAX_IMAGE_SIDE = 64
+#: the most bytes of image data read or decoded (MNIST is 55 MB decoded, 11 MB as mnist.npz): everything
+#: is held in memory, so this is checked from file sizes and array headers before anything is decoded
+MAX_IMAGE_BYTES = 1 << 30
 
 #: SHA-256 of ``np.ascontiguousarray(arr).tobytes()`` for each canonical MNIST array, as uint8.
 MNIST_ARRAY_SHA256: dict[str, str] = {
@@ -96,11 +106,23 @@ class ImageData:
     offline_fallback: bool  # True only for the scikit-learn digits
     num_classes: int = 10
     sha256: str | None = None  # of the .npz file it was read from; None for IDX files and the digits
+    path: str | None = None  # absolute path of the .npz file or the IDX directory; None for the digits
 
     @property
     def image_size(self) -> int:
         """Side length H (== W) of the square images."""
         return int(self.x_train.shape[1])
+
+    @functools.cached_property
+    def arrays_sha256(self) -> str:
+        """One digest of the four arrays as held (images uint8, labels int64, shapes included): the data's
+        identity whatever container it came in (npz, IDX, plain or gzipped), which resume and eval check."""
+        h = hashlib.sha256()
+        for key in KEYS:
+            arr = np.ascontiguousarray(getattr(self, key).detach().cpu().numpy())
+            h.update(f"{key}:{arr.dtype.str}:{arr.shape}\n".encode())
+            h.update(arr.tobytes())
+        return h.hexdigest()
 
     def record(self) -> dict[str, Any]:
         """A JSON-able description for a run's config.json, so a result can be traced to its exact data."""
@@ -113,6 +135,8 @@ class ImageData:
             "n_train": int(self.x_train.shape[0]),
             "n_test": int(self.x_test.shape[0]),
             "sha256": self.sha256,
+            "arrays_sha256": self.arrays_sha256,
+            "path": self.path,
         }
 
 
@@ -191,6 +215,66 @@ def _to_tensor(arr: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(arr)
 
 
+def _check_side(side: int, where: str, key: str) -> None:
+    if side > MAX_IMAGE_SIDE:
+        raise DataError(f"{where}: {key} holds {side}x{side} images, larger than the {MAX_IMAGE_SIDE}x{MAX_IMAGE_SIDE} "
+                        f"the image models here are sized for (MNIST is 28x28); downscale them, e.g. to 28x28")
+
+
+def _check_bytes(n: int, where: str, what: str) -> None:
+    """Refuse ``n`` bytes over the limit; ``n`` may be a read cut at limit + 1, hence "more than"."""
+    if n > MAX_IMAGE_BYTES:
+        size = f"is {human_bytes(n)}, more than" if n > MAX_IMAGE_BYTES + 1 else "is more than"
+        raise DataError(f"{where}: {what} {size} the {human_bytes(MAX_IMAGE_BYTES)} of images this loader holds "
+                        f"in memory (MNIST is 55 MiB); pass a smaller data set")
+
+
+def _file_size(path: Path) -> int:
+    """The size of a regular file, refusing devices, pipes and files over the limit before reading them."""
+    try:
+        st = path.stat()
+    except OSError as e:
+        raise DataError(f"cannot read {path}: {e.strerror or e}; check the path and its permissions") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise DataError(f"{path} is not a regular file (a device, pipe or socket); pass mnist.npz or the IDX "
+                        f"files themselves")
+    _check_bytes(st.st_size, str(path), "the file")
+    return st.st_size
+
+
+def _read_file(path: Path) -> bytes:
+    _file_size(path)
+    try:
+        with open(path, "rb") as f:
+            raw = f.read(MAX_IMAGE_BYTES + 1)
+    except OSError as e:
+        raise DataError(f"cannot read {path}: {e.strerror or e}; give yourself read access (chmod u+r) or pass "
+                        f"another file") from None
+    _check_bytes(len(raw), str(path), "the file")
+    return raw
+
+
+def _check_npz_headers(npz: Any, where: str) -> None:
+    """Read each array's .npy header (shape and dtype, a few bytes) and refuse oversized images or more data
+    than :data:`MAX_IMAGE_BYTES` before anything is decompressed: a small compressed file can hold a huge
+    array of zeros."""
+    total = 0
+    for key in KEYS:
+        try:
+            with npz.zip.open(f"{key}.npy") as f:
+                version = np.lib.format.read_magic(f)
+                read = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                        else np.lib.format.read_array_header_2_0)
+                shape, _, dtype = read(f)
+        except (ValueError, OSError, KeyError, EOFError, zipfile.BadZipFile, zlib.error) as e:
+            raise DataError(f"{where} is a corrupt .npz archive ({key}: {type(e).__name__}: {e}); download it "
+                            f"again or pass another file") from None
+        if key.startswith("x") and len(shape) >= 2:
+            _check_side(max(int(d) for d in shape[1:]), where, key)
+        total += int(np.prod(shape, dtype=object)) * dtype.itemsize
+    _check_bytes(total, where, "the arrays' decoded size")
+
+
 def _validate(arrays: dict[str, np.ndarray], where: str) -> tuple[torch.Tensor, ...]:
     """Check the four arrays of a split and return them as tensors (images uint8, labels int64).
 
@@ -207,6 +291,7 @@ def _validate(arrays: dict[str, np.ndarray], where: str) -> tuple[torch.Tensor, 
         if x.ndim != 3 or x.shape[1] != x.shape[2]:
             raise DataError(f"{where}: {xk} has shape {tuple(x.shape)}, expected (N, H, W) square images "
                             f"with H == W")
+        _check_side(x.shape[1], where, xk)
         if x.shape[0] == 0:
             raise DataError(f"{where}: {xk} is empty (0 images); each split needs at least one image")
         if not np.issubdtype(y.dtype, np.integer):
@@ -227,10 +312,11 @@ def _validate(arrays: dict[str, np.ndarray], where: str) -> tuple[torch.Tensor, 
 
 
 def _make(arrays: dict[str, np.ndarray], where: str, name: str, source: str, offline_fallback: bool = False,
-          sha256: str | None = None) -> ImageData:
+          sha256: str | None = None, path: Path | None = None) -> ImageData:
     x_train, y_train, x_test, y_test = _validate(arrays, where)
     return ImageData(x_train=x_train, y_train=y_train, x_test=x_test, y_test=y_test, name=name, source=source,
-                     offline_fallback=offline_fallback, sha256=sha256)
+                     offline_fallback=offline_fallback, sha256=sha256,
+                     path=str(Path(path).resolve()) if path is not None else None)
 
 
 def _read_npz_bytes(payload: bytes, where: str) -> dict[str, np.ndarray]:
@@ -250,6 +336,7 @@ def _read_npz_bytes(payload: bytes, where: str) -> dict[str, np.ndarray]:
             have = ", ".join(npz.files) or "nothing"
             raise DataError(f"{where} has no array {missing[0]!r} (it holds: {have}); expected arrays "
                             f"{', '.join(KEYS)}")
+        _check_npz_headers(npz, where)
         try:
             return {k: npz[k] for k in KEYS}
         except corrupt as e:
@@ -260,14 +347,11 @@ def _read_npz_bytes(payload: bytes, where: str) -> dict[str, np.ndarray]:
 def load_mnist_npz(path: Path) -> ImageData:
     """Read an MNIST-style ``.npz`` with arrays ``x_train``, ``y_train``, ``x_test``, ``y_test``."""
     path = Path(path)
-    if not path.is_file():
+    if not path_exists(path):
         raise DataError(f"MNIST file not found: {path}; pass a path to an existing mnist.npz")
-    try:
-        payload = path.read_bytes()
-    except OSError as e:
-        raise DataError(f"cannot read {path}: {e.strerror}") from None
+    payload = _read_file(path)
     arrays = _read_npz_bytes(payload, str(path))
-    return _make(arrays, str(path), "mnist", str(path), sha256=hashlib.sha256(payload).hexdigest())
+    return _make(arrays, str(path), "mnist", str(path), sha256=hashlib.sha256(payload).hexdigest(), path=path)
 
 
 def _decode_idx(raw: bytes, magic: int, where: str) -> np.ndarray:
@@ -284,7 +368,7 @@ def _decode_idx(raw: bytes, magic: int, where: str) -> np.ndarray:
     if len(raw) < header:
         raise DataError(f"{where} is truncated inside its IDX header ({len(raw)} bytes); download it again")
     dims = tuple(int(d) for d in np.frombuffer(raw, dtype=">u4", count=ndim, offset=4))
-    expected = int(np.prod(dims, dtype=np.int64))
+    expected = math.prod(dims)  # Python ints: a forged header cannot overflow into a plausible size
     if len(raw) - header != expected:
         raise DataError(f"{where} holds {len(raw) - header} data bytes but its header says {dims} = {expected}; "
                         f"the file is truncated or corrupt, download it again")
@@ -292,18 +376,19 @@ def _decode_idx(raw: bytes, magic: int, where: str) -> np.ndarray:
 
 
 def _gunzip(raw: bytes, where: str) -> bytes:
+    """Decompress, never to more than :data:`MAX_IMAGE_BYTES` (a few KB of gzip can expand to GBs)."""
     try:
-        return gzip.decompress(raw)
+        with gzip.GzipFile(fileobj=io.BytesIO(raw)) as f:
+            out = f.read(MAX_IMAGE_BYTES + 1)
     except (OSError, EOFError, zlib.error) as e:
         raise DataError(f"{where} is a truncated or corrupt gzip file ({type(e).__name__}: {e}); "
                         f"download it again") from None
+    _check_bytes(len(out), where, "the decompressed file")
+    return out
 
 
 def _read_idx(path: Path, magic: int) -> np.ndarray:
-    try:
-        raw = path.read_bytes()
-    except OSError as e:
-        raise DataError(f"cannot read {path}: {e.strerror}") from None
+    raw = _read_file(path)
     if path.suffix == ".gz" or raw[:2] == _GZIP_MAGIC:  # sniffed too: a gzipped file may have lost its .gz
         raw = _gunzip(raw, str(path))
     return _decode_idx(raw, magic, str(path))
@@ -314,7 +399,10 @@ def _idx_paths(directory: Path) -> dict[str, Path | None]:
     found: dict[str, Path | None] = {}
     for key, base in MNIST_IDX_FILES.items():
         plain, gz = directory / base, directory / f"{base}.gz"
-        found[key] = plain if plain.is_file() else gz if gz.is_file() else None
+        try:
+            found[key] = plain if plain.is_file() else gz if gz.is_file() else None
+        except OSError as e:  # a folder that may be listed but not searched
+            raise DataError(f"cannot read {directory}: {e.strerror or e}; check its permissions") from None
     return found
 
 
@@ -333,7 +421,7 @@ def load_mnist_idx(directory: Path) -> ImageData:
         raise DataError(f"{directory} lacks the MNIST IDX file(s) {', '.join(missing)} (plain or .gz); "
                         f"put all four there")
     arrays = {k: _read_idx(p, _magic_for(k)) for k, p in paths.items() if p is not None}
-    return _make(arrays, str(directory), "mnist", f"{directory} (MNIST IDX files)")
+    return _make(arrays, str(directory), "mnist", f"{directory} (MNIST IDX files)", path=directory)
 
 
 def load_digits() -> ImageData:
@@ -439,7 +527,7 @@ def load_images(source: str = "mnist", download: bool = True) -> ImageData:
     if key == "digits":
         return load_digits()
     path = Path(source).expanduser()
-    if path.exists():
+    if path_exists(path):
         if path.is_dir():
             return _load_directory(path)
         if path.suffix.lower() == ".npz":

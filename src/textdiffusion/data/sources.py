@@ -16,7 +16,7 @@ import torch
 from textdiffusion.checkpoint import CheckpointError, read_json, write_json
 from textdiffusion.config import Config
 from textdiffusion.data.batches import TextData
-from textdiffusion.data.corpus import sha256_of
+from textdiffusion.data.corpus import DataError, corpus_fingerprint, read_corpus, resolve_corpus
 from textdiffusion.data.images import ImageBatch, ImageSpec, load_images
 from textdiffusion.data.tokenizer import load_tokenizer
 from textdiffusion.files import write_text
@@ -50,11 +50,16 @@ class TextSource:
         self.data.check_window(method.window)
 
     def record(self) -> dict[str, Any]:
+        """config.json's "corpus": the split's sizes and, for a corpus read from disk, its identity
+        (:func:`~textdiffusion.data.corpus.corpus_fingerprint`: kind, absolute path, sha256 of the file or of
+        the directory's .txt files), which resume and eval check (:func:`check_identity`)."""
         d = self.data
         out: dict[str, Any] = {"source": d.source, "train_chars": int(d.train_ids.numel()),
                                "val_chars": int(d.val_ids.numel())}
-        if d.path is not None and d.path.is_file():
-            out["sha256"] = sha256_of(d.path)
+        if d.path is not None:
+            fingerprint = corpus_fingerprint(d.path)
+            out["sha256"] = fingerprint.pop("sha256")
+            out |= fingerprint
         return out
 
     def save_vocab(self, run_dir: Path) -> None:
@@ -117,12 +122,70 @@ class ImageSource:
 
 def load_source(cfg: Config, run_dir: Path | None = None) -> Source:
     """The data a run trains on. ``run_dir`` (when resuming) supplies the saved tokenizer, so a resumed run
-    tokenises exactly as before."""
+    tokenises exactly as before, and the corpus record of its config.json: the data is read from the
+    recorded absolute path when it is still there (:func:`corpus_location`), and must still have the recorded
+    fingerprint (:func:`check_identity`)."""
+    recorded = recorded_corpus(run_dir) if run_dir is not None else None
+    corpus = corpus_location(cfg.data.corpus, recorded)
     if cfg.method.network == "unet":  # an image method
-        return ImageSource(load_images(cfg.data.corpus))
+        source: Source = ImageSource(load_images(corpus))
+        if run_dir is not None:
+            check_identity(recorded, source.record(), run_dir)
+        return source
+    path = resolve_corpus(corpus)
+    if run_dir is not None:  # before tokenising: a changed corpus may hold characters the tokenizer never saw
+        check_identity(recorded, corpus_fingerprint(path), run_dir)
     tokenizer = load_tokenizer(run_dir / "tokenizer.json") if run_dir is not None else None
-    return TextSource(TextData.load(cfg.data.corpus, tokenizer, cfg.data.val_fraction, cfg.data.tokenizer,
-                                    cfg.data.vocab_size))
+    text, where = read_corpus(path)
+    data = TextData.from_text(text, tokenizer, cfg.data.val_fraction, where, cfg.data.tokenizer, cfg.data.vocab_size)
+    data.path = path
+    return TextSource(data)
+
+
+# ---- data identity: a resumed or evaluated run must see the data it was trained on ----------------------
+def recorded_corpus(run_dir: Path) -> dict[str, Any] | None:
+    """The "corpus" record of ``run_dir``'s config.json (None when there is none to go by)."""
+    meta = read_json(Path(run_dir) / "config.json")
+    corpus = meta.get("corpus") if isinstance(meta, dict) else None
+    return corpus if isinstance(corpus, dict) else None
+
+
+def corpus_location(configured: str, recorded: dict[str, Any] | None) -> str:
+    """Where a run's data is read from: the absolute path recorded at training when it still exists (so a
+    run trained with a relative ``--data`` is evaluated from any working directory), else the configured
+    ``data.corpus`` (a named corpus, or a path the data was moved to: the fingerprint then tells whether it
+    is the same data)."""
+    path = recorded.get("path") if recorded else None
+    if not isinstance(path, str) or not Path(path).is_absolute():
+        return configured
+    try:
+        return path if Path(path).exists() else configured
+    except OSError:  # a folder on the way may not be searched: the configured corpus says it plainly
+        return configured
+
+
+def check_identity(recorded: dict[str, Any] | None, current: dict[str, Any], run_dir: Path | str) -> None:
+    """Refuse data whose fingerprint differs from the one ``run_dir`` recorded when it was trained.
+
+    ``current`` is the data's record now (a :class:`Source`'s ``record()`` or a
+    :func:`~textdiffusion.data.corpus.corpus_fingerprint`). Images compare the digest of their decoded arrays
+    (``arrays_sha256``: the same pictures in another container are the same data); text, and images recorded
+    before that digest existed, compare ``sha256`` (a file's, or a directory's over its .txt files). A
+    fingerprint missing on either side (runs of textdiffusion 0.1.0 trained on a directory, the digits
+    recorded without one) is not checked."""
+    if not recorded:
+        return
+    for key in ("arrays_sha256", "sha256"):
+        old, new = recorded.get(key), current.get(key)
+        if old and new:
+            if old != new:
+                where = current.get("path") or current.get("source") or recorded.get("source") or "the data"
+                was = recorded.get("path") or recorded.get("source")
+                moved = f" (recorded at {was})" if was and was != where else ""
+                raise DataError(f"the data of run {run_dir} has changed since it was trained: {where}{moved} has "
+                                f"{key} {str(new)[:12]}… but the run recorded {str(old)[:12]}…; restore the "
+                                f"original data, or train a new run on this data")
+            return
 
 
 def as_source(data: Any, run_dir: Path | None = None) -> Source:

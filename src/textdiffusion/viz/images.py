@@ -90,6 +90,18 @@ class ReverseProcessRecorder:
         self.x0.append(self._pick(x0_hat))
         self.t.append(float(info.get("t", 0.0)))
 
+    @classmethod
+    def joined(cls, parts: Sequence[ReverseProcessRecorder]) -> ReverseProcessRecorder:
+        """One recorder holding the samples of ``parts`` side by side, in order: the recorders of the batches
+        of one request (each batch walks the same time grid, so their steps line up)."""
+        if len(parts) == 1:
+            return parts[0]
+        out = cls(keep=sum(p.keep for p in parts))
+        out.t = list(parts[0].t)
+        out.x_t = [np.concatenate(frames) for frames in zip(*(p.x_t for p in parts), strict=True)]
+        out.x0 = [np.concatenate(frames) for frames in zip(*(p.x0 for p in parts), strict=True)]
+        return out
+
     def frame_indices(self, columns: int) -> list[int]:
         """``columns`` frames evenly spaced in *time* t (not in step number), first and last included."""
         ts = np.array(self.t)

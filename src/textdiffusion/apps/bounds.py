@@ -1,0 +1,138 @@
+"""What one command line may ask for, checked before any work is done.
+
+``sample --n``, ``--steps`` and ``--length`` and ``mnist sample --n`` used to go straight to the sampler: a
+mistyped ``--steps 1000000000`` tried a 4 GB allocation, ``--n 100000`` one batch of 100000 samples. Here
+the limits are explicit (each error names the limit and how to stay under it), the work is split into
+batches whose size bounds memory, and output paths are checked before minutes of sampling are spent on a
+result that cannot be written.
+
+Batching and reproducibility: a request that fits in one batch draws exactly what it drew before batching
+existed (same seed, same numbers). A larger one draws batch after batch from the one generator, so its
+samples differ from what a single huge batch would have drawn, and depend on the batch size; they are still
+fully determined by the seed, and the first batch of ``--n N`` is the whole of ``--n B``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from textdiffusion.config import ConfigError
+
+#: text ``sample --n``: samples are held (and printed) as text, so a million is a few hundred MB at most
+MAX_TEXT_SAMPLES = 1_000_000
+#: sampler steps when the method has no training grid of its own (``Method.max_steps``); the live page's
+#: default cap is 1000, a command line may go ten times further
+MAX_TEXT_STEPS = 10_000
+#: ``--length`` of a method that writes past its context (``ar``, ``block``): one network evaluation or more
+#: per token, so 100000 tokens are already hours on a CPU
+MAX_TEXT_LENGTH = 100_000
+#: ``mnist sample --n`` goes into one PNG grid; 10000 digits at 3x scale are an ~80-megapixel picture
+MAX_IMAGE_GRID = 10_000
+#: ``mnist eval --samples``: the generated images are kept (float) for FID, 100000 of 28x28 are ~300 MB
+MAX_IMAGE_EVAL = 100_000
+
+# one text batch: tokens through the network at once, logits held at once (B x L x vocab floats, a few
+# copies of them while filtering and drawing), and sampled ids kept (B x length), each capped
+_TOKENS_PER_BATCH = 1 << 16
+_LOGITS_PER_BATCH = 1 << 28
+_IDS_PER_BATCH = 1 << 24
+_MAX_TEXT_BATCH = 1024
+# one image batch: what ``mnist eval`` has always drawn at once for 28x28 images, scaled by the pixel count
+_PIXELS_PER_BATCH = 500 * 28 * 28
+_MAX_IMAGE_BATCH = 500
+
+
+def check_count(n: int, limit: int, flag: str, why: str, fix: str) -> None:
+    """``flag`` (e.g. ``--n``) asks for ``n`` items; more than ``limit`` is refused, saying ``why`` that is the
+    limit and the ``fix``."""
+    if n > limit:
+        raise ConfigError(f"{flag} {n} is more than {limit:,} ({why}); {fix}")
+
+
+def text_step_limit(method_max_steps: int | None) -> int:
+    """The most sampler steps a text request may take: the method's training grid, or MAX_TEXT_STEPS."""
+    return min(MAX_TEXT_STEPS, method_max_steps) if method_max_steps else MAX_TEXT_STEPS
+
+
+def check_text_steps(steps: int | None, from_flag: bool, method_max_steps: int | None) -> None:
+    """Refuse a step count above :func:`text_step_limit`; ``from_flag`` says whether ``--steps`` gave it (else
+    the run's ``method.sample_steps``, from its config or a ``--set``)."""
+    limit = text_step_limit(method_max_steps)
+    if steps is None or steps <= limit:
+        return
+    what = (f"the {limit} steps the model was trained with" if method_max_steps and limit == method_max_steps
+            else f"the {limit:,} sampler steps one command may take")
+    where = f"--steps {steps}" if from_flag else f"method.sample_steps={steps}"
+    raise ConfigError(f"{where} is more than {what}; use --steps <= {limit}")
+
+
+def check_text_length(length: int, extends_past_context: bool) -> None:
+    """``--length`` of a method that may write past its context (the others check their context themselves)."""
+    if extends_past_context and length > MAX_TEXT_LENGTH:
+        raise ConfigError(f"--length {length} is more than {MAX_TEXT_LENGTH:,} tokens, the most one sample may "
+                          f"have; use --length <= {MAX_TEXT_LENGTH} (and several runs for more text)")
+
+
+def text_batch_size(length: int, window: int, vocab: int) -> int:
+    """Samples drawn at once for ``length`` tokens each, a network window of ``window`` tokens and ``vocab``
+    outputs per token: as many as keep every per-batch tensor under its cap, at least one. At a char
+    vocabulary and a 256-token context that is 256 samples, so everyday requests stay a single batch."""
+    seen = max(1, min(length, window))  # tokens of one sample in a forward (a sliding method sees a window)
+    by_tokens = _TOKENS_PER_BATCH // seen
+    by_logits = _LOGITS_PER_BATCH // (seen * max(1, vocab))
+    by_ids = _IDS_PER_BATCH // max(1, length)
+    return max(1, min(_MAX_TEXT_BATCH, by_tokens, by_logits, by_ids))
+
+
+def image_batch_size(size: int) -> int:
+    """Images drawn at once at ``size`` x ``size`` pixels: 500 at 28x28 (and smaller), fewer above."""
+    return max(1, min(_MAX_IMAGE_BATCH, _PIXELS_PER_BATCH // max(1, size * size)))
+
+
+def batches(n: int, size: int) -> list[tuple[int, int]]:
+    """``(start, count)`` of each batch of ``size`` covering ``n`` items."""
+    return [(start, min(size, n - start)) for start in range(0, n, size)]
+
+
+def _writable(folder: Path) -> bool:
+    return os.access(folder, os.W_OK | os.X_OK)
+
+
+def check_output_file(path: str | Path, flag: str) -> Path:
+    """A file the command will write at the end (e.g. ``--trajectory``): its folder must exist already (no
+    folders are made for it) and be writable, and the path must not be a folder."""
+    p = Path(path).expanduser()
+    if p.is_dir():
+        raise ConfigError(f"{flag} {p} is a folder; pass a file name, e.g. {p / 'trajectory.json'}")
+    parent = p.parent
+    if not parent.exists():
+        raise ConfigError(f"{flag} {p}: the folder {parent} does not exist; create it first or pick another path")
+    if not parent.is_dir():
+        raise ConfigError(f"{flag} {p}: {parent} is a file, not a folder; pick another path")
+    if not _writable(parent):
+        raise ConfigError(f"{flag} {p}: cannot write in {parent} (permission denied); pick a folder you can "
+                          f"write to")
+    return p
+
+
+def check_output_folder(path: str | Path, flag: str, files: tuple[str, ...] = ()) -> Path:
+    """A folder the command writes ``files`` into; it is created if missing, so it must not be a file, the
+    closest existing folder above it must be writable, and none of ``files`` may be a folder."""
+    p = Path(path).expanduser()
+    if p.exists() and not p.is_dir():
+        raise ConfigError(f"{flag} {p} is a file, not a folder; pass a folder (it is created if missing)")
+    existing = p
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ConfigError(f"{flag} {p}: {existing} is a file, so no folder can be made under it; pick another "
+                          f"path")
+    if not _writable(existing):
+        raise ConfigError(f"{flag} {p}: cannot write in {existing} (permission denied); pick a folder you can "
+                          f"write to")
+    for name in files:
+        if (p / name).is_dir():
+            raise ConfigError(f"{flag} {p}: {p / name} is a folder, so the file cannot be written; remove it "
+                              f"or pick another folder")
+    return p
