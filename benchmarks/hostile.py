@@ -774,8 +774,12 @@ def config_file_cases() -> list[Case]:
 
 
 # ---- checkpoint files ----------------------------------------------------------------------------------
-def _poison(path: Path, value: float = float("nan")) -> None:
-    """Overwrite every floating-point tensor of a safetensors file with ``value``, keeping its metadata."""
+CKPT = "checkpoint.safetensors"  # the one-file checkpoint: model.*, ema.*, trainer.* tensors + metadata
+
+
+def _poison(path: Path, value: float = float("nan"), prefix: str = "") -> None:
+    """Overwrite every floating-point tensor of a safetensors file whose name starts with ``prefix`` (``ema.``,
+    ``model.``) with ``value``, keeping its metadata."""
     import torch
     from safetensors import safe_open
     from safetensors.torch import load_file, save_file
@@ -783,8 +787,20 @@ def _poison(path: Path, value: float = float("nan")) -> None:
     with safe_open(str(path), framework="pt") as f:
         meta = f.metadata()
     tensors = load_file(str(path))
-    tensors = {k: torch.full_like(v, value) if v.is_floating_point() else v for k, v in tensors.items()}
+    tensors = {k: torch.full_like(v, value) if v.is_floating_point() and k.startswith(prefix) else v
+               for k, v in tensors.items()}
     save_file(tensors, str(path), metadata=meta)
+
+
+def _edit_metadata(path: Path, **changes: str) -> None:
+    """Rewrite some metadata entries of a safetensors file (a checkpoint edited by hand or by another tool)."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    with safe_open(str(path), framework="pt") as f:
+        meta = dict(f.metadata() or {})
+    meta.update(changes)
+    save_file(load_file(str(path)), str(path), metadata=meta)
 
 
 def _corrupt(ctx: Ctx, run: Path, name: str, how: str) -> None:
@@ -818,6 +834,14 @@ def _corrupt(ctx: Ctx, run: Path, name: str, how: str) -> None:
         tok = json.loads(data)
         tok["chars"] = tok["chars"][1:]
         path.write_text(json.dumps(tok))
+    elif how == "meta-step-text":
+        _edit_metadata(path, step="abc")
+    elif how == "meta-state-broken":
+        _edit_metadata(path, state="{not json")
+    elif how == "meta-state-list":
+        _edit_metadata(path, state="[]")
+    elif how == "meta-config-list":
+        _edit_metadata(path, config="[]")
     elif how.startswith("from-"):  # swapped in from another run (another method, or another seed)
         shutil.copyfile(ctx.fixture(how[5:]) / name, path)
     else:
@@ -825,31 +849,22 @@ def _corrupt(ctx: Ctx, run: Path, name: str, how: str) -> None:
 
 
 # which files each command reads (a broken file it does not read must not stop it)
-READS = {"sample": {"config.json", "tokenizer.json", "ema.safetensors"},
-         "sample-raw": {"config.json", "tokenizer.json", "model.safetensors"},
-         "resume": {"config.json", "tokenizer.json", "model.safetensors", "ema.safetensors", "trainer.safetensors",
-                    "trainer.json"},
-         "eval": {"config.json", "tokenizer.json", "ema.safetensors"}}
+READS = {"sample": {"config.json", "tokenizer.json", CKPT},
+         "sample-raw": {"config.json", "tokenizer.json", CKPT},
+         "resume": {"config.json", "tokenizer.json", CKPT},
+         "eval": {"config.json", "tokenizer.json", CKPT}}
 
 
 def checkpoint_cases() -> list[Case]:
     """Checkpoint files truncated, emptied, garbled, missing or swapped in from another run, for every command
     that reads them; a file a command does not read must not stop it."""
     cases = []
-    files = {"model.safetensors": ("truncated", "zero-bytes", "garbage", "huge-header", "missing", "from-ar",
-                                   "from-masked2"),
-             "ema.safetensors": ("truncated", "zero-bytes", "garbage", "huge-header", "missing", "from-ar"),
-             "trainer.safetensors": ("truncated", "zero-bytes", "garbage", "missing", "from-ar", "from-masked2"),
-             "trainer.json": ("truncated", "json-list", "json-empty", "not-utf8", "missing", "step-text",
-                              "step-huge"),
+    files = {CKPT: ("truncated", "zero-bytes", "garbage", "huge-header", "missing", "from-ar", "from-masked2",
+                    "meta-step-text", "meta-state-broken", "meta-state-list", "meta-config-list"),
              "tokenizer.json": ("truncated", "json-list", "json-empty", "not-utf8", "missing", "chars-removed")}
     for name, hows in files.items():
         for how in hows:
             for command in ("sample", "sample-raw", "resume", "eval"):
-                if command == "sample-raw" and name not in ("model.safetensors", "tokenizer.json"):
-                    continue
-                if command == "eval" and name not in ("ema.safetensors", "tokenizer.json"):
-                    continue
 
                 def fn(ctx: Ctx, name=name, how=how, command=command) -> tuple[str, str]:
                     run = ctx.run("masked")
@@ -859,11 +874,9 @@ def checkpoint_cases() -> list[Case]:
                     call = ctx.cli(*argv)
                     if name not in READS[command]:
                         return works(call, "lost", f"{name} ({how}) is not needed to {command}")
-                    if how == "from-masked2" and command == "sample-raw":
-                        return no_traceback(call)  # valid weights of the same shape: nothing to detect
                     if how.startswith("from-"):
-                        return refused(call, what=f"{name} of the {how[5:]} run (same tensor shapes: only a run id "
-                                                  f"in the checkpoint can tell)")
+                        return refused(call, what=f"{name} of the {how[5:]} run (same tensor shapes for masked2: "
+                                                  f"only a run id in the checkpoint can tell)")
                     return refused(call, what=f"{name} {how}")
 
                 item = "1" if how == "from-masked2" else "6"
@@ -875,7 +888,7 @@ def checkpoint_cases() -> list[Case]:
             for command in ("sample", "eval", "compare", "serve"):
                 def fn(ctx: Ctx, value=value, method=method, command=command, label=label) -> tuple[str, str]:
                     run = ctx.run(method)
-                    _poison(run / "ema.safetensors", value)
+                    _poison(run / CKPT, value, "ema.")
                     argv = {"sample": sample_argv(run), "eval": eval_argv(run),
                             "compare": compare_argv(ctx, run), "serve": ["serve", str(run)]}[command]
                     return refused(ctx.cli(*argv), what=f"{label} EMA weights used by {command}")
@@ -884,7 +897,7 @@ def checkpoint_cases() -> list[Case]:
         for command in ("sample-raw", "resume"):
             def fn(ctx: Ctx, value=value, command=command, label=label) -> tuple[str, str]:
                 run = ctx.run("masked")
-                _poison(run / "model.safetensors", value)
+                _poison(run / CKPT, value, "model.")
                 argv = sample_argv(run, "--weights=model") if command == "sample-raw" else resume_argv(run)
                 return refused(ctx.cli(*argv), what=f"{label} raw weights used by {command}")
 
@@ -1286,7 +1299,7 @@ def issue_cases() -> list[Case]:
 
     def stale_tmp(ctx: Ctx) -> tuple[str, str]:
         run = ctx.run("masked")
-        stale = [run / ".model.safetensors.abc123.tmp", run / ".trainer.json.x1y2z3.tmp"]
+        stale = [run / f".{CKPT}.abc123.tmp", run / ".metrics.jsonl.x1y2z3.tmp"]
         for p in stale:
             p.write_bytes(b"\0" * 100_000)
         call = ctx.cli(*resume_argv(run))
@@ -1368,8 +1381,8 @@ def issue_cases() -> list[Case]:
 
     def crashed_young(ctx: Ctx) -> tuple[str, str]:
         run = ctx.run("masked", "run")
-        for name in ("model.safetensors", "ema.safetensors", "trainer.safetensors", "trainer.json", "final.json",
-                     "metrics.jsonl"):
+        for name in (CKPT, "model.safetensors", "ema.safetensors", "trainer.safetensors", "trainer.json",
+                     "final.json", "metrics.jsonl"):
             (run / name).unlink(missing_ok=True)
         return young_run(ctx)
 
@@ -1419,9 +1432,19 @@ def _wait_for(pred: Callable[[], bool], timeout: float, p: subprocess.Popen | No
 
 
 def _checkpointed(run: Path) -> bool:
-    """Whether a first checkpoint exists (today's layout: trainer.json; a later layout: a step directory)."""
-    return (run / "trainer.json").exists() or any(p.name.startswith(("ckpt", "checkpoint", "step"))
-                                                  for p in run.glob("*") if p.is_dir() and p.name != "samples")
+    """Whether a first checkpoint exists (the one-file checkpoint, or 0.1's trainer.json)."""
+    return (run / CKPT).exists() or (run / "trainer.json").exists()
+
+
+def _saved_step(run: Path) -> int:
+    """The step of the run's checkpoint (0 when there is none or it cannot be read)."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(run / CKPT), framework="pt") as f:
+            return int((f.metadata() or {}).get("step", 0))
+    except Exception:  # any unreadable checkpoint counts as none
+        return 0
 
 
 def _kill(p: subprocess.Popen) -> None:
@@ -1546,7 +1569,7 @@ def proc_cases() -> list[Case]:
         p.send_signal(sig)
         call = ctx.finish(p, 30, note=f"{sig.name} before the first checkpoint")
         first = ("ok", "") if call.rc == -sig else no_traceback(call)  # dying of it is judged by what is left
-        resume = ctx.cli(*resume_argv(run, 3))
+        resume = ctx.cli(*resume_argv(run, max(3, _saved_step(run) + 2)))  # a short resume past what was done
         if resume.kind == "exit0":
             return worst(first, ("ok", "resumed"))
         again = ctx.cli(*[a if not a.startswith("train.steps=") else "train.steps=3" for a in argv])

@@ -336,7 +336,7 @@ def test_an_edited_config_is_refused_before_building(small_corpus, tmp_path, cap
     run = tmp_path / "r"
     Trainer(tiny_config("masked", small_corpus, steps=2), run, progress=False).train()
     meta = json.loads((run / "config.json").read_text())
-    for edit in ({"model": {"n_embd": 64}}, {"model": {"n_embd": 100_000, "n_layer": 1000}}):
+    for edit in ({"model": {"n_embd": 64}}, {"model": {"n_embd": 4096, "n_layer": 48}}):
         edited = json.loads(json.dumps(meta))
         for section, values in edit.items():
             edited["config"][section].update(values)

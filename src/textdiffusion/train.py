@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
+from safetensors import SafetensorError
 from tqdm.auto import tqdm
 
 from textdiffusion import files
@@ -393,11 +394,11 @@ class Trainer:
         with guard:
             try:
                 write_checkpoint(self.run_dir, groups, state, self.cfg.to_dict(), self.run_id)
-            except OSError as e:
+            except (OSError, SafetensorError) as e:  # a full disk, a file-size limit, a vanished directory
                 kept = "no checkpoint" if self.saved_step is None else f"the checkpoint at step {self.saved_step}"
                 raise CheckpointError(f"could not write the checkpoint of step {self.step} into {self.run_dir} "
-                                      f"({e.strerror or e}); {kept} is intact: free space and run "
-                                      f"`{self.resume_command}`") from None
+                                      f"({getattr(e, 'strerror', None) or e}); {kept} is intact: free space "
+                                      f"and run `{self.resume_command}`") from None
             self.saved_step = self.step
 
     def _check_finite(self) -> None:

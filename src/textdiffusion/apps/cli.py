@@ -325,9 +325,16 @@ def _sample_text_batches(run, req, batch: int, gen, on_step, animated: bool):
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
+    from textdiffusion.apps import bounds
     from textdiffusion.evaluate import evaluate_run, format_table
     from textdiffusion.methods import get_method
 
+    bounds.check_count(args.samples, bounds.MAX_IMAGE_EVAL, "--samples", "the most one evaluation scores",
+                       "score fewer: the standard error shrinks only as 1/sqrt(n)")
+    if args.steps:
+        bounds.check_text_steps(args.steps, True, None)
+    if args.length:
+        bounds.check_text_length(args.length, True)
     _refuse_image_run(args.run_dir, "eval")
     result = evaluate_run(args.run_dir, samples=args.samples, length=args.length or 0, sampler=args.sampler or "",
                           steps=args.steps or 0, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,

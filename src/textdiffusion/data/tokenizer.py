@@ -319,5 +319,9 @@ def load_tokenizer(path: Path) -> Tokenizer:
         return tokenizer_from_dict(json.loads(path.read_text(encoding="utf-8")))
     except FileNotFoundError:
         raise DataError(f"{path} is missing; is this a run directory made by `textdiffusion train`?") from None
-    except (json.JSONDecodeError, KeyError, TypeError) as e:
-        raise DataError(f"{path} is corrupt ({e}); retrain or restore the file") from None
+    except IsADirectoryError:
+        raise DataError(f"{path} is a directory, not a tokenizer file; restore the run's tokenizer.json") from None
+    except UnicodeDecodeError:
+        raise DataError(f"{path} is not UTF-8 text; restore the run's tokenizer.json") from None
+    except (json.JSONDecodeError, KeyError, TypeError, AttributeError, ValueError) as e:
+        raise DataError(f"{path} is corrupt ({type(e).__name__}: {e}); restore the file or retrain") from None

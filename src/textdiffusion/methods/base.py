@@ -252,6 +252,20 @@ class TextMethod(Method[SampleRequest, SampleResult]):
     def sample(self, model: Any, req: SampleRequest, generator: torch.Generator,
                on_step: StepCallback | None = None) -> SampleResult: ...
 
+    def ignored_decoding(self, sampler: str) -> tuple[str, ...]:
+        """The token-draw options (``temperature``, ``top_k``, ``top_p``) ``sampler`` never reads. Giving one
+        of them is refused by :meth:`check_decoding` rather than accepted and silently ignored."""
+        return ()
+
+    def check_decoding(self, req: SampleRequest, sampler: str) -> None:
+        """Refuse a temperature, top-k or top-p that ``sampler`` would ignore (its neutral value passes)."""
+        neutral = {"temperature": 1.0, "top_k": 0, "top_p": 1.0}
+        given = [k for k in self.ignored_decoding(sampler) if getattr(req, k) != neutral[k]]
+        if given:
+            raise ConfigError(f"{', '.join(given)} has no effect on {self.name}'s {sampler} sampler, which does "
+                              f"not draw tokens from a distribution; leave it out (or --set method.{given[0]}="
+                              f"{neutral[given[0]]})")
+
     def decoding(self, temperature: float | None = None, top_k: int | None = None,
                  top_p: float | None = None) -> dict[str, Any]:
         """The token draw a request gets: each value given, else the run's own ``method.temperature``,

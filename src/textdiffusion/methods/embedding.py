@@ -387,10 +387,19 @@ class EmbeddingDiffusion(TextMethod):
         except ValueError as e:
             raise ConfigError(str(e)) from None
 
+    def ignored_decoding(self, sampler: str) -> tuple[str, ...]:
+        """Every position is rounded to its nearest token at the end, so nothing is drawn from a distribution:
+        only the guided sampler (which draws from the mixture with an ``ar`` run) reads all three options, and
+        ``target=probs`` reads the temperature inside the denoiser (see :meth:`_denoise`)."""
+        if sampler == "guided":
+            return ()
+        return ("top_k", "top_p") if self.cfg.target == "probs" else ("temperature", "top_k", "top_p")
+
     @torch.no_grad()
     def sample(self, model: EmbeddingDenoiser, req: SampleRequest, generator: torch.Generator,
                on_step: StepCallback | None = None) -> SampleResult:
         sampler = self.check_sampler(req.sampler)
+        self.check_decoding(req, sampler)
         dev = next(model.parameters()).device
         state, fixed = self.prepare(req, dev)
         self.check_length(state.shape[1])
