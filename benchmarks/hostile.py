@@ -1384,6 +1384,7 @@ def issue_cases() -> list[Case]:
         for name in (CKPT, "model.safetensors", "ema.safetensors", "trainer.safetensors", "trainer.json",
                      "final.json", "metrics.jsonl"):
             (run / name).unlink(missing_ok=True)
+        shutil.rmtree(run / "samples", ignore_errors=True)  # an early crash has drawn no samples either
         return young_run(ctx)
 
     cases.append(Case("issue:a run with no checkpoint yet (crashed early) resumes or restarts", "2", "young-run",

@@ -447,3 +447,22 @@ def test_a_checkpoint_copied_from_another_run_is_refused(small_corpus, tmp_path,
     assert "belongs to another run" in capsys.readouterr().err
     with pytest.raises(CheckpointError, match="belongs to another run"):
         resume_training(b, progress=False)
+
+
+def test_a_deleted_checkpoint_is_not_mistaken_for_a_young_run(small_corpus, tmp_path):
+    run = tmp_path / "r"
+    Trainer(_cfg(small_corpus), run, progress=False).train(stop_at=2)  # evaluated and sampled at step 2
+    (run / CHECKPOINT).unlink()
+    with pytest.raises(CheckpointError, match="was deleted or moved"):
+        resume_training(run, progress=False)
+    with pytest.raises(CheckpointError, match="is missing; restore it"):
+        Trainer(_cfg(small_corpus), run, progress=False)
+    assert (run / "metrics.jsonl").exists()  # nothing of the run was touched
+
+
+def test_resume_says_where_it_resumes_from(small_corpus, tmp_path):
+    run = tmp_path / "r"
+    Trainer(_cfg(small_corpus), run, progress=False).train(stop_at=2)
+    logged: list[str] = []
+    Trainer(_cfg(small_corpus), run, resume=True, log=logged.append)
+    assert any("from its checkpoint at step 2" in line for line in logged)

@@ -324,6 +324,10 @@ class Config:
             raise ConfigError(f"config.json's 'config' is {_kind(d)}, not an object; the file is not a textdiffusion "
                               f"config (restore it or retrain)")
         cfg = cls(method=method_config_from_dict(d.get("method") or {}))
+        missing = [name for name in cfg.sections() if name not in d]
+        if missing:  # a run records every section it uses; defaults in place of a lost one would be a silent guess
+            raise ConfigError(f"config.json has no {' or '.join(repr(m) for m in missing)} section; restore the file "
+                              f"or retrain")
         for key, value in d.items():
             if key in SECTIONS and key != "method":
                 if not isinstance(value, dict):

@@ -46,7 +46,7 @@ from textdiffusion.checkpoint import (
 from textdiffusion.config import Config, ConfigError, validate
 from textdiffusion.data.sources import Source, as_source, load_source
 from textdiffusion.files import stale_temporaries, write_text
-from textdiffusion.methods.base import NLLResult, bits_key
+from textdiffusion.methods.base import NLLResult, TextMethod, bits_key
 from textdiffusion.optim import warmup_cosine
 from textdiffusion.run_lock import LOCK_NAME, RunLock
 from textdiffusion.runs import build, check_checkpoint_config, check_checkpoint_shapes, pick_device
@@ -56,6 +56,14 @@ StopReason = Literal["out_of_time", "interrupted"]  # why a loop ended before it
 # what the trainer writes into a run directory: its leftover temporaries are the trainer's to clean up
 _TRAINER_FILES = (CHECKPOINT, "config.json", "tokenizer.json", "image.json", "metrics.jsonl", "final.json",
                   *LEGACY_FILES)
+
+
+def _trained_records(rd: Path) -> bool:
+    """Whether a run's records show training past step 0 (an evaluation row, a sample file, a final result):
+    the step-0 checkpoint precedes all of them, so such a run without a checkpoint has lost it."""
+    samples = rd / "samples"
+    return ((rd / "final.json").exists() or ((rd / "metrics.jsonl").is_file() and (rd / "metrics.jsonl").stat().st_size)
+            or (samples.is_dir() and any(samples.iterdir())))
 
 
 class TrainingDiverged(ConfigError):
@@ -184,7 +192,9 @@ class _StopFlag:
 
     def _handle(self, signum: int, frame: Any) -> None:
         name = signal.Signals(signum).name
-        if not (self.requested or self.abort_at_once):
+        if self.abort_at_once:  # final scoring: the trainer says what to do once the scoring has stopped
+            raise KeyboardInterrupt
+        if not self.requested:
             self.requested = True
             self.log(f"\n{name}: stopping at the end of this step and saving a checkpoint (send it again to "
                      f"abort; the last checkpoint stays usable)")
@@ -275,6 +285,10 @@ class Trainer:
         self.data = self.source.data  # the TextData / ImageData behind the source
         self.method, model = build(cfg, self.source.vocab)
         self.source.check(self.method)
+        guide = self.method.guide_run() if isinstance(self.method, TextMethod) else ""
+        if guide and not (Path(guide) / "config.json").is_file():  # checked now, not at the first sampling
+            raise ConfigError(f"method.guide_run={guide} is not a run directory (no config.json); pass the directory "
+                              f"of a trained run to guide with, or leave it empty")
         self.model = model.to(self.device)
         self.n_parameters = sum(p.numel() for p in self.model.parameters())  # any network, not only ours
         self.ema = EMA(self.model, cfg.train.ema_decay, cfg.train.ema_warmup)
@@ -310,6 +324,12 @@ class Trainer:
         if resume and has_weights(rd) and not has_checkpoint(rd):
             raise CheckpointError(f"{rd} holds weights but no trainer state (trainer.safetensors, trainer.json): "
                                   f"it samples and evaluates, but cannot be resumed; train a new run")
+        if resume and not has_weights(rd) and _trained_records(rd):
+            raise CheckpointError(f"{rd} has no {CHECKPOINT}, but its records show training beyond step 0: the "
+                                  f"checkpoint was deleted or moved; restore it, or train a new run")
+        if resume and has_weights(rd) and self.cfg.method.network == "model" and not (rd / "tokenizer.json").is_file():
+            raise CheckpointError(f"{rd} has no tokenizer.json, which its weights need; restore it from a copy of "
+                                  f"the run")
         if not resume and rd.is_dir():
             self._refuse_occupied(rd)  # before anything is written into it
         created = not rd.exists()
@@ -348,6 +368,9 @@ class Trainer:
             if has_weights(rd):
                 raise CheckpointError(f"{rd} already holds a run; resume it with `{resume}` or pick another "
                                       f"--run-dir")
+            if _trained_records(rd):  # records of training, but the checkpoint is gone
+                raise CheckpointError(f"{rd} holds a run whose {CHECKPOINT} is missing; restore it, or pick "
+                                      f"another --run-dir")
             raise CheckpointError(f"{rd} holds a run that stopped before its first checkpoint; `{resume}` starts "
                                   f"it again from step 0 with its saved config, or pick another --run-dir")
         others = sorted(p.name for p in rd.iterdir() if p.name != LOCK_NAME)
@@ -434,6 +457,8 @@ class Trainer:
             torch.cuda.set_rng_state(tr_t["rng.cuda"])
         self.step, self.elapsed, self.chars_seen = state["step"], state["elapsed"], state.get("chars_seen", 0)
         self.saved_step = self.step
+        if self.progress:
+            self.log(f"resuming {rd} from its checkpoint at step {self.step} ({header.path.name})")
         # forget metrics written after the checkpoint we resume from (they will be recomputed), and a last
         # line cut short by a kill
         mpath = rd / "metrics.jsonl"
@@ -516,9 +541,7 @@ class Trainer:
                     try:
                         self._final_score(summary)
                     except KeyboardInterrupt:
-                        summary["interrupted"] = True
-                        self.log(f"interrupted while scoring; the run is saved at step {self.step}: "
-                                 f"`{self.resume_command}` finishes the scoring")
+                        summary["interrupted"] = summary["scoring_interrupted"] = True
             return summary
         finally:
             self._stop = None

@@ -153,6 +153,11 @@ def _report_training(summary: dict) -> int:
 
 def _print_train_summary(summary: dict) -> None:
     rd = summary["run_dir"]
+    if summary.get("scoring_interrupted"):
+        image = summary.get("unit") == "images"
+        print(f"interrupted while scoring the final result; the run is saved at step {summary['step']}: "
+              f"`textdiffusion {'mnist ' if image else ''}train --resume {rd}` finishes the scoring", file=sys.stderr)
+        return
     if summary["interrupted"]:
         image = summary.get("unit") == "images"
         print(f"stopped at step {summary['step']}/{summary['steps']}; saved. Continue with: "
