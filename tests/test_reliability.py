@@ -244,7 +244,7 @@ def test_a_second_signal_during_a_save_waits_for_the_save(small_corpus, tmp_path
         real(run_dir, groups, state, *rest)
 
     monkeypatch.setattr(train_module, "write_checkpoint", signalled_twice)
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(KeyboardInterrupt, match="once the checkpoint was complete; the checkpoint at step 2 is intact"):
         trainer.train()
     assert read_header(run).step == 2  # the write in progress completed before the abort
 

@@ -66,6 +66,10 @@ def _trained_records(rd: Path) -> bool:
             or (samples.is_dir() and any(samples.iterdir())))
 
 
+class TrainingAborted(KeyboardInterrupt):
+    """A second Ctrl-C or SIGTERM: training stops at once. The message says which checkpoint is intact."""
+
+
 class TrainingDiverged(ConfigError):
     """The loss or the weights stopped being finite numbers; nothing non-finite is ever checkpointed."""
 
@@ -203,8 +207,7 @@ class _StopFlag:
             self._deferred = name
             self.log(f"\n{name}: a checkpoint is being written; aborting as soon as it is complete")
             return
-        self.log(f"\n{name}: aborting without saving; {self.resume_hint()}")
-        raise KeyboardInterrupt
+        raise TrainingAborted(f"aborted without saving; {self.resume_hint()}")
 
     @contextlib.contextmanager
     def saving(self):
@@ -216,8 +219,7 @@ class _StopFlag:
             self._saving = False
             if self._deferred:
                 self._deferred = None
-                self.log(f"checkpoint complete; {self.resume_hint()}")
-                raise KeyboardInterrupt
+                raise TrainingAborted(f"aborted once the checkpoint was complete; {self.resume_hint()}")
 
     def __exit__(self, *exc) -> bool:
         for sig, old in self._old.items():

@@ -673,8 +673,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e.strerror or e}{where}; check the path, its permissions and the free disk space",
               file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+    except KeyboardInterrupt as e:  # the trainer's says which checkpoint is intact
+        print(f"interrupted{': ' + str(e) if str(e) else ''}", file=sys.stderr)
         return 130
 
 
