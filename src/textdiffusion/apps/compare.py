@@ -286,7 +286,7 @@ class _SweepCache:
 def _sweep_point(run, judge, length: int, steps: int, samples: int, seed: int) -> SweepPoint:
     from textdiffusion.evaluate import generate
 
-    req = SampleRequest(n=samples, length=length, steps=steps)
+    req = SampleRequest(n=samples, length=length, steps=steps, **run.method.decoding())  # the run's own draw
     with torch.no_grad():
         texts, speed = generate(run, req, seed, batch=min(samples, 64))
     return SweepPoint(requested_steps=steps, steps=speed.get("steps") or steps or length,
@@ -302,7 +302,7 @@ def _trajectory(run, length: int, seed: int) -> Trajectory:
     rec = TrajectoryRecorder(run.tokenizer, "_", keep_states=True)
     gen = torch.Generator(device=run.device).manual_seed(seed)
     with torch.no_grad():
-        res = run.method.sample(run.model, SampleRequest(n=1, length=length), gen, rec)
+        res = run.method.sample(run.model, SampleRequest(n=1, length=length, **run.method.decoding()), gen, rec)
     frames = rec.thinned(MAX_FRAMES)
     return Trajectory(sampler=res.info.get("sampler") or run.method.default_sampler, nfe=res.nfe,
                       steps_total=rec.frames[-1]["step"], frames_kept=len(frames), mask_char="_",
