@@ -156,6 +156,7 @@ class TrainConfig:
     steps: int = 2000
     batch_size: int = 12
     grad_accum: int = 1
+    data_shards: int = 1  # independent data/noise streams per batch; torchrun with N processes makes it N
     lr: float = 1e-3
     min_lr: float = 1e-4
     warmup: int = 100
@@ -543,6 +544,7 @@ FIELD_BOUNDS: dict[str, dict[str, Bound]] = {
         "steps": Range(1, 10**9),
         "batch_size": Range(1, 2**20),
         "grad_accum": Range(1, 2**16),
+        "data_shards": Range(1, 2**16),
         "lr": Range(0.0, 1.0, lo_open=True),  # an AdamW step moves each weight by about lr: above 1 is noise
         "min_lr": Range(0.0, 1.0),
         "warmup": Range(0, 10**9),

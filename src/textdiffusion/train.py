@@ -27,7 +27,7 @@ import torch
 from safetensors import SafetensorError
 from tqdm.auto import tqdm
 
-from textdiffusion import files
+from textdiffusion import distributed, files
 from textdiffusion.checkpoint import (
     CHECKPOINT,
     LEGACY_FILES,
@@ -112,11 +112,33 @@ class EMA:
         torch._foreach_lerp_(ema_p, [p.detach() for p in model.parameters()], 1.0 - d)
 
 
-def _rng_tensors(data_gen: torch.Generator, noise_gen: torch.Generator) -> dict[str, torch.Tensor]:
-    out = {"rng.data": data_gen.get_state(), "rng.noise": noise_gen.get_state(), "rng.torch": torch.get_rng_state()}
+def _suffix(index: int) -> str:
+    """Shard 0 and rank 0 keep the names of a one-process run (``rng.data``); others are numbered."""
+    return "" if index == 0 else f".{index}"
+
+
+def _rng_tensors(shards: list[int], gens: list[tuple[torch.Generator, torch.Generator]],
+                 rank: int) -> dict[str, torch.Tensor]:
+    """The generator states this process holds: its shards' data and noise streams, its global streams."""
+    out: dict[str, torch.Tensor] = {}
+    for s, (data_gen, noise_gen) in zip(shards, gens, strict=True):
+        out[f"rng.data{_suffix(s)}"], out[f"rng.noise{_suffix(s)}"] = data_gen.get_state(), noise_gen.get_state()
+    out[f"rng.torch{_suffix(rank)}"] = torch.get_rng_state()
     if torch.cuda.is_available():
-        out["rng.cuda"] = torch.cuda.get_rng_state()
+        out[f"rng.cuda{_suffix(rank)}"] = torch.cuda.get_rng_state()
     return out
+
+
+def job_device(cfg: Config, world: distributed.World) -> torch.device:
+    """The device of this process: ``train.device``, and under torchrun on GPUs the one of its local rank."""
+    device = pick_device(cfg.train.device)
+    if world.active and device.type == "cuda":
+        if cfg.train.device not in ("auto", "cuda"):
+            raise ConfigError(f"train.device={cfg.train.device} names one GPU, but torchrun gives each process its "
+                              f"own (LOCAL_RANK); use train.device=cuda")
+        device = torch.device("cuda", world.local_rank)
+        torch.cuda.set_device(device)
+    return device
 
 
 def _maybe_compile(model: torch.nn.Module, mode: str, device: torch.device) -> torch.nn.Module:
@@ -240,14 +262,22 @@ class Trainer:
                  data: Any = None, log: Callable[[str], None] | None = None):
         """``data``: a TextData or ImageData already loaded (tests, benchmarks), else read from the config."""
         validate(cfg)
-        self.cfg, self.run_dir, self.progress = cfg, Path(run_dir), progress
+        self.world = distributed.current_world()
+        self.cfg, self.run_dir, self.progress = cfg, Path(run_dir), progress and self.world.is_main
         self.log = log or (lambda msg: print(msg, file=sys.stderr))
+        if not self.world.is_main:  # rank 0 speaks for the job
+            self.log = lambda msg: None
+        self.device = job_device(cfg, self.world)
+        distributed.init(self.world, self.device)
+        self._check_shards(cfg, resume)
         self.lock = RunLock(self.run_dir)
         self._stop: _StopFlag | None = None
         self.saved_step: int | None = None  # the step of the checkpoint on disk (None: none yet)
         self._lock_existed = True
         self.run_id = uuid.uuid4().hex if not resume else ""  # recorded in config.json and every checkpoint
-        created = self._claim_run_dir(resume)
+        self.run_id = distributed.broadcast(self.run_id, self.world)
+        created = self._claim_run_dir(resume) if self.world.is_main else False
+        distributed.barrier(self.world)  # the others read what rank 0 has claimed (or find it missing)
         try:
             header = None
             if resume and has_checkpoint(self.run_dir):
@@ -274,9 +304,19 @@ class Trainer:
             with contextlib.suppress(OSError):
                 self.run_dir.rmdir()
 
+    def _check_shards(self, cfg: Config, resume: bool) -> None:
+        """Every process needs at least one data shard, and the shards must split evenly: a new run under
+        torchrun gets one shard per process; a resumed run keeps its count (see :mod:`.distributed`)."""
+        t, size = cfg.train, self.world.size
+        if not resume and t.data_shards == 1 and size > 1:
+            t.data_shards = size
+        if t.data_shards % size:
+            what = "this run splits" if resume else "train.data_shards splits"
+            raise ConfigError(f"{what} each batch into {t.data_shards} data shards, which {size} processes cannot "
+                              f"share evenly; run with a number of processes that divides {t.data_shards}")
+
     def _build(self, cfg: Config, data: Any, saved_vocab: bool) -> None:
         """Data, method, model, EMA, optimizer and generators: the state at step 0."""
-        self.device = pick_device(cfg.train.device)
         if cfg.train.threads > 0:
             torch.set_num_threads(cfg.train.threads)
         torch.manual_seed(cfg.seed)  # before the model is built: its initial weights come from this stream
@@ -295,17 +335,29 @@ class Trainer:
         self.n_parameters = sum(p.numel() for p in self.model.parameters())  # any network, not only ours
         self.ema = EMA(self.model, cfg.train.ema_decay, cfg.train.ema_warmup)
         self.opt = make_optimizer(self.model, cfg)
+        if self.world.rank > 0:  # dropout and other global draws differ per process; rank 0 keeps the seed's
+            torch.manual_seed(cfg.seed + distributed.SHARD_STRIDE * self.world.rank)
 
-        # training state: everything a checkpoint holds, so a resumed run continues bit for bit
-        self.data_gen = torch.Generator().manual_seed(cfg.seed)  # batches are cut on the CPU, then moved
-        self.noise_gen = torch.Generator(device=self.device).manual_seed(cfg.seed + 1)
+        # training state: everything a checkpoint holds, so a resumed run continues bit for bit. Each data
+        # shard has its own generators; shard 0's are those of a one-process run (see textdiffusion.distributed)
+        self.shards = self.world.shards(cfg.train.data_shards)
+        stride = distributed.SHARD_STRIDE
+        self.shard_gens = [(torch.Generator().manual_seed(cfg.seed + stride * s),  # batches are cut on the CPU
+                            torch.Generator(device=self.device).manual_seed(cfg.seed + 1 + stride * s))
+                           for s in self.shards]
+        self.data_gen, self.noise_gen = self.shard_gens[0]
         self.step = 0
         self.elapsed = 0.0  # training seconds, summed over resumes, evaluation excluded
         self.chars_seen = 0  # units seen: characters for text, images for images
         self.val_windows = self.source.val_set(self.method.window, cfg.train.eval_windows).to(self.device)
 
         # how the forward pass runs (compiled and in bf16 on CUDA by default)
-        self.forward_model = _maybe_compile(self.model, cfg.train.compile, self.device)
+        self.ddp = None
+        if self.world.active and self.method.parameters_in_forward_only:  # gradients averaged over the processes
+            # during backward; unused parameters (a skipped self-conditioning pass) are found each step
+            self.ddp = distributed.DataParallel(self.model, device_ids=[self.device.index] if self.device.type == "cuda"
+                                                else None, find_unused_parameters=True)
+        self.forward_model = _maybe_compile(self.ddp or self.model, cfg.train.compile, self.device)
         self.autocast = _autocast(cfg.train.amp, self.device)
 
     # ---- run directory ---------------------------------------------------------------------------------
@@ -386,23 +438,30 @@ class Trainer:
         resumed. ``fresh=False``: a run that died before its first checkpoint is started again from step 0,
         keeping its config.json."""
         rd = self.run_dir
+        if not fresh:
+            self.run_id = str(read_run_meta(rd).get("run_id", ""))
+        if self.world.is_main:
+            self._write_records(fresh)
+        self.save()
+        if self.progress and fresh:
+            self.log(f"run directory: {rd} ({self.n_parameters:,} parameters, {self.device})")
+
+    def _write_records(self, fresh: bool) -> None:
+        rd = self.run_dir
         if fresh:
             corpus = self.source.record()
             write_json(rd / "config.json", {
                 "config": self.cfg.to_dict(), "seed": self.cfg.seed, "versions": versions(), "corpus": corpus,
                 "parameters": self.n_parameters, "device": str(self.device),
                 "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "run_id": self.run_id,
+                **({"world_size": self.world.size} if self.world.active else {}),
             })
         else:
             self.log(f"{rd} has no checkpoint yet (it stopped before its first save): starting it again from step 0")
-            self.run_id = str(read_run_meta(rd).get("run_id", ""))
             (rd / "metrics.jsonl").unlink(missing_ok=True)
         if fresh or not ((rd / "tokenizer.json").exists() or (rd / "image.json").exists()):
             self.source.save_vocab(rd)
         (rd / "samples").mkdir(exist_ok=True)
-        self.save()
-        if self.progress and fresh:
-            self.log(f"run directory: {rd} ({self.n_parameters:,} parameters, {self.device})")
 
     def save(self) -> None:
         """Checkpoint everything :meth:`_load` needs to continue exactly: weights, EMA, optimizer moments,
@@ -410,9 +469,15 @@ class Trainer:
         :mod:`textdiffusion.checkpoint`). Non-finite weights are refused, so the checkpoint on disk is always
         one that samples; a signal during the write waits for it to complete."""
         self._check_finite()
+        rng: dict[str, torch.Tensor] = {}
+        for part in distributed.gather(_rng_tensors(self.shards, self.shard_gens, self.world.rank), self.world):
+            rng.update(part)  # every process's generators: the one writer saves them all
+        if not self.world.is_main:
+            self.saved_step = self.step
+            return
         opt_tensors, opt_meta = optimizer_to_flat(self.opt)
-        rng = _rng_tensors(self.data_gen, self.noise_gen)
-        state = {"step": self.step, "elapsed": self.elapsed, "chars_seen": self.chars_seen, "optimizer": opt_meta}
+        state = {"step": self.step, "elapsed": self.elapsed, "chars_seen": self.chars_seen, "optimizer": opt_meta,
+                 "world_size": self.world.size}
         groups = {"model": self.model.state_dict(), "ema": self.ema.model.state_dict(),
                   "trainer": {**opt_tensors, **rng}}
         guard = self._stop.saving() if self._stop is not None else contextlib.nullcontext()
@@ -449,14 +514,21 @@ class Trainer:
         self.ema.model.load_state_dict(ema_t)
         try:
             optimizer_from_flat(self.opt, tr_t, state["optimizer"])
-            self.data_gen.set_state(tr_t["rng.data"])
-            self.noise_gen.set_state(tr_t["rng.noise"])
-            torch.set_rng_state(tr_t["rng.torch"])
+            for s, (data_gen, noise_gen) in zip(self.shards, self.shard_gens, strict=True):
+                data_gen.set_state(tr_t[f"rng.data{_suffix(s)}"])
+                noise_gen.set_state(tr_t[f"rng.noise{_suffix(s)}"])
+            own = f"rng.torch{_suffix(self.world.rank)}"
+            if own in tr_t:  # a process that did not exist when the run was saved keeps its fresh stream
+                torch.set_rng_state(tr_t[own])
         except (KeyError, ValueError, RuntimeError) as e:
             raise CheckpointError(f"the optimizer state in {header.path} does not fit this run ({e}); the "
                                   f"checkpoint is damaged: restore it or retrain") from None
-        if "rng.cuda" in tr_t and torch.cuda.is_available():
-            torch.cuda.set_rng_state(tr_t["rng.cuda"])
+        if f"rng.cuda{_suffix(self.world.rank)}" in tr_t and torch.cuda.is_available():
+            torch.cuda.set_rng_state(tr_t[f"rng.cuda{_suffix(self.world.rank)}"])
+        saved_world = int(state.get("world_size", 1))
+        if saved_world != self.world.size:
+            self.log(f"resuming on {self.world.size} process(es) a run saved on {saved_world}: its "
+                     f"{self.cfg.train.data_shards} data shards draw exactly as before; dropout draws differ")
         self.step, self.elapsed, self.chars_seen = state["step"], state["elapsed"], state.get("chars_seen", 0)
         self.saved_step = self.step
         if self.progress:
@@ -499,11 +571,12 @@ class Trainer:
         called after every step."""
         cfg, t = self.cfg, self.cfg.train
         target = min(t.steps, stop_at) if stop_at else t.steps
-        units_per_step = self.source.units(t.batch_size, self.method.window) * t.grad_accum
+        units_per_step = self.source.units(t.batch_size, self.method.window) * t.grad_accum * t.data_shards
         meter = _Meter(val_name=bits_key(self.method.unit)[4:],
                        unit_name="chars" if self.source.unit == "chars" else "img")
         stopped: StopReason | None = None
-        self.lock.acquire()
+        if self.world.is_main:
+            self.lock.acquire()
         self._stop = _StopFlag(self.log, self._abort_hint)
         try:
             with self._stop as stop:
@@ -538,7 +611,8 @@ class Trainer:
                     self.save()
                 summary = self._summary(stopped)
                 # a spent time budget ends the run as if it had finished; a signal and stop_at leave it to resume
-                if stopped != "interrupted" and (self.step >= t.steps or stopped == "out_of_time"):
+                finished = self.step >= t.steps or stopped == "out_of_time"
+                if stopped != "interrupted" and finished and self.world.is_main:
                     stop.abort_at_once = True  # scoring has no step boundary to stop at
                     try:
                         self._final_score(summary)
@@ -565,30 +639,40 @@ class Trainer:
         """``"out_of_time"`` once ``train.time_budget_s`` of training is spent, ``"interrupted"`` after a
         Ctrl-C or SIGTERM, else None: the loop asks before each step, so every stop leaves a whole step behind."""
         budget = self.cfg.train.time_budget_s
-        if budget > 0 and self.elapsed >= budget:
+        out_of_time, requested = distributed.any_true([budget > 0 and self.elapsed >= budget, stop.requested],
+                                                      self.world, self.device)
+        if out_of_time:
             return "out_of_time"
-        if stop.requested:
+        if requested:
             return "interrupted"
         return None
 
     def _optimizer_step(self, lr: float) -> float:
-        """One update at learning rate ``lr`` over ``train.grad_accum`` micro-batches; returns its loss.
+        """One update at learning rate ``lr`` over ``train.grad_accum`` micro-batches of each of this process's
+        data shards; returns its loss.
 
-        Each micro-batch's loss is divided by the count before ``backward``, so the summed gradient and the
-        returned loss are the means over the whole batch. Returns once the device has finished, so the
-        caller's clock times the work rather than its queueing."""
+        Each micro-batch's loss is divided by the local count before ``backward``, and DDP averages the
+        gradients over the processes, so the update and the returned loss are the means over the whole global
+        batch. The gradients are all-reduced once, with the last micro-batch (``no_sync`` before it). Returns
+        once the device has finished, so the caller's clock times the work rather than its queueing."""
         t = self.cfg.train
         for group in self.opt.param_groups:
             group["lr"] = lr
         self.model.train()
         total = 0.0
-        for _ in range(t.grad_accum):
-            x = self.source.train_batch(t.batch_size, self.method.window, self.data_gen)
+        draws = [gens for _ in range(t.grad_accum) for gens in self.shard_gens]
+        for i, (data_gen, noise_gen) in enumerate(draws):
+            x = self.source.train_batch(t.batch_size, self.method.window, data_gen)
             x = x.to(self.device, non_blocking=True)
-            with self.autocast():
-                loss = self.method.loss(self.forward_model, x, self.noise_gen) / t.grad_accum
-            loss.backward()
+            last = i == len(draws) - 1
+            with self.ddp.no_sync() if self.ddp is not None and not last else contextlib.nullcontext():
+                with self.autocast():
+                    loss = self.method.loss(self.forward_model, x, noise_gen) / len(draws)
+                loss.backward()
             total += float(loss.detach())
+        total = distributed.all_mean(total, self.world, self.device)
+        if self.world.active and self.ddp is None:
+            distributed.average_gradients(list(self.model.parameters()), self.world)
         if not math.isfinite(total):
             self.opt.zero_grad(set_to_none=True)
             raise TrainingDiverged(self._diverged(f"the training loss became {total}"))
@@ -608,7 +692,13 @@ class Trainer:
 
     def _evaluate_and_save(self, lr: float, train_loss: float | None, rate: float) -> float:
         """Score the EMA weights on the validation windows, append the metrics row, write samples (if
-        ``train.sample_every_eval``) and checkpoint; returns the validation bits per unit for the progress bar."""
+        ``train.sample_every_eval``) and checkpoint; returns the validation bits per unit for the progress bar.
+
+        Under torchrun rank 0 alone scores the windows (the others wait in the checkpoint's collective), so the
+        number is the one a single process computes, draw for draw."""
+        if not self.world.is_main:
+            self.save()
+            return float("nan")
         val = self.evaluate(self.val_windows)
         self._log_metrics({"step": self.step, "train_loss": train_loss,
                            bits_key(val.unit): val.bits_per_unit, "val_nats": val.nats_per_unit,
@@ -663,6 +753,10 @@ def default_run_dir(cfg: Config) -> Path:
 
 def run_training(cfg: Config, run_dir: Path | None = None, progress: bool = True, **kw) -> dict[str, Any]:
     """Start a new run (``textdiffusion train``)."""
+    world = distributed.current_world()
+    if run_dir is None and world.active:  # one directory for the job: rank 0's timestamp
+        distributed.init(world, job_device(cfg, world))
+        run_dir = Path(distributed.broadcast(str(default_run_dir(cfg)), world))
     trainer = Trainer(cfg, run_dir or default_run_dir(cfg), progress=progress)
     try:
         return trainer.train(**kw)

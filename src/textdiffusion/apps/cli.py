@@ -147,7 +147,10 @@ def _resume_training(args: argparse.Namespace) -> int:
 
 
 def _report_training(summary: dict) -> int:
-    _print_train_summary(summary)
+    from textdiffusion.distributed import current_world
+
+    if current_world().is_main:  # under torchrun, rank 0 speaks for the job
+        _print_train_summary(summary)
     return 130 if summary["interrupted"] else 0
 
 
@@ -660,6 +663,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
+        if args.func not in (cmd_train, cmd_mnist_train):
+            from textdiffusion.distributed import refuse_world
+
+            refuse_world(args.command if args.command != "mnist" else f"mnist {args.mnist_command}")
         _check_flags_agree(args)
         return args.func(args)
     except USER_ERRORS as e:

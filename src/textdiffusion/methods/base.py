@@ -101,6 +101,10 @@ class Method(ABC, Generic[Request, Result]):
     samplers: ClassVar[tuple[str, ...]]  # the first is the default
     likelihood_kind: ClassVar[str]  # "exact" | "bound"
     unit: ClassVar[str]  # what likelihoods are divided by: "char" | "dim"
+    # whether the loss reads the network's parameters only through its forward pass: DistributedDataParallel
+    # then averages gradients during backward; a method that also reads them directly (an embedding table for
+    # rounding) sets False, and the trainer averages its gradients after backward instead
+    parameters_in_forward_only: ClassVar[bool] = True
     # per-sample numbers a sampler reports in ``info`` that ``eval`` averages, as key: (label, explanation)
     sample_stats: ClassVar[dict[str, tuple[str, str]]] = {}
     # validation ``details`` keys ``eval`` shows as rows, with their labels (training terms, not likelihoods)

@@ -170,6 +170,7 @@ class EmbeddingDenoiser(nn.Module):
 class EmbeddingDiffusion(TextMethod):
     name = "embedding"
     config_class = EmbeddingConfig
+    parameters_in_forward_only = False  # the rounding loss reads the embedding table outside the forward pass
     attention = "bidirectional"
     samplers = ("ddim", "ddpm", "guided")
     likelihood_kind = "bound"
