@@ -82,7 +82,11 @@ def refuse_world(command: str) -> None:
 def init(world: World, device: torch.device) -> None:
     """Join the job's process group (NCCL on GPUs, gloo on CPUs), once."""
     if world.active and not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        try:
+            dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        except ValueError as e:  # WORLD_SIZE set by hand, without the rendezvous torchrun provides
+            raise ConfigError(f"WORLD_SIZE={world.size} asks for data-parallel training, but {e}; launch with "
+                              f"`torchrun --nproc_per_node N -m textdiffusion train ...`") from None
 
 
 def all_mean(value: float, world: World, device: torch.device) -> float:

@@ -267,9 +267,9 @@ class Trainer:
         self.log = log or (lambda msg: print(msg, file=sys.stderr))
         if not self.world.is_main:  # rank 0 speaks for the job
             self.log = lambda msg: None
+        self._check_shards(cfg, resume)
         self.device = job_device(cfg, self.world)
         distributed.init(self.world, self.device)
-        self._check_shards(cfg, resume)
         self.lock = RunLock(self.run_dir)
         self._stop: _StopFlag | None = None
         self.saved_step: int | None = None  # the step of the checkpoint on disk (None: none yet)

@@ -1,0 +1,124 @@
+"""Data-parallel training under torchrun, on CPU with gloo: two processes must train exactly what one process
+trains from the same global batch, write one run, resume (at the same or another world size) and fail loudly.
+
+Each test starts real ``torchrun`` jobs of two processes with one thread each on the ``tiny`` preset.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from textdiffusion.apps.cli import main
+from textdiffusion.checkpoint import read_group, read_header
+
+SRC = str(Path(__file__).resolve().parents[1] / "src")
+STEPS = 8
+
+
+def _env() -> dict[str, str]:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(name, None)
+    return env
+
+
+def _torchrun(*args: str, nproc: int = 2, cwd: Path | None = None, timeout: float = 240) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--standalone", *args]
+    return subprocess.run(cmd, env=_env(), cwd=cwd, capture_output=True, text=True, timeout=timeout)
+
+
+def _train_args(method: str, corpus: Path, run: Path, *extra: str) -> list[str]:
+    return ["-m", "textdiffusion", "train", "--method", method, "--preset", "tiny", "--data", str(corpus),
+            "--steps", str(STEPS), "--run-dir", str(run), "--no-progress", "--set", "train.eval_every=4", *extra]
+
+
+def _same_weights(a: Path, b: Path, exact: bool = False) -> None:
+    for group in ("model", "ema"):
+        x, y = read_group(a, group)[0], read_group(b, group)[0]
+        assert x.keys() == y.keys()
+        for k in x:
+            if exact:
+                assert torch.equal(x[k], y[k]), (group, k)
+            else:
+                torch.testing.assert_close(x[k], y[k], rtol=1e-5, atol=1e-6, msg=f"{group}.{k}")
+
+
+@pytest.mark.parametrize("method", ["masked", "embedding"])  # DDP's hooks; one all-reduce after backward
+def test_two_processes_train_what_one_trains_from_the_same_global_batch(method, small_corpus, tmp_path):
+    ddp, single = tmp_path / "ddp", tmp_path / "single"
+    job = _torchrun(*_train_args(method, small_corpus, ddp))
+    assert job.returncode == 0, job.stderr[-3000:]
+    assert main(["train", "--method", method, "--preset", "tiny", "--data", str(small_corpus), "--steps",
+                 str(STEPS), "--run-dir", str(single), "--no-progress", "--set", "train.eval_every=4",
+                 "--set", "train.data_shards=2"]) == 0
+    _same_weights(ddp, single)
+    assert read_header(ddp).state["world_size"] == 2
+    # one run, written once: one summary, one set of files, every shard's generators in the checkpoint
+    assert job.stdout.count("done:") == 1
+    assert sorted(p.name for p in ddp.iterdir()) == sorted(p.name for p in single.iterdir())
+    assert {"rng.data", "rng.data.1", "rng.noise.1", "rng.torch.1"} <= set(read_group(ddp, "trainer")[0])
+
+
+def test_one_run_directory_without_run_dir(small_corpus, tmp_path):
+    """Each process would pick its own timestamped default directory; rank 0's is used by all."""
+    job = _torchrun("-m", "textdiffusion", "train", "--method", "ar", "--preset", "tiny", "--data",
+                    str(small_corpus), "--steps", "2", "--no-progress", cwd=tmp_path)
+    assert job.returncode == 0, job.stderr[-3000:]
+    assert len(list((tmp_path / "runs").iterdir())) == 1
+
+
+STOP_AT = """
+import sys
+from textdiffusion.config import make_config
+from textdiffusion.train import Trainer
+corpus, run, stop = sys.argv[1], sys.argv[2], int(sys.argv[3])
+cfg = make_config("masked", "tiny", [f"data.corpus={corpus}", "train.steps=%d" % {steps}, "train.eval_every=4"])
+trainer = Trainer(cfg, run, progress=False)
+if trainer.world.rank == 1 and stop < 0:
+    raise RuntimeError("rank 1 fails on purpose")
+trainer.train(stop_at=stop)
+"""
+
+
+def test_resume_under_torchrun_and_at_another_world_size(small_corpus, tmp_path):
+    script = tmp_path / "stop_at.py"
+    script.write_text(STOP_AT.replace("{steps}", str(STEPS)))
+    whole = tmp_path / "whole"
+    assert _torchrun(*_train_args("masked", small_corpus, whole)).returncode == 0
+    for name, nproc in (("same", 2), ("fewer", 1)):
+        run = tmp_path / name
+        job = _torchrun(str(script), str(small_corpus), str(run), "3")
+        assert job.returncode == 0, job.stderr[-3000:]
+        assert read_header(run).step == 3
+        if nproc == 2:
+            job = _torchrun("-m", "textdiffusion", "train", "--resume", str(run), "--no-progress")
+            assert job.returncode == 0, job.stderr[-3000:]
+        else:  # one process owns both shards: the same draws, only in one place
+            assert main(["train", "--resume", str(run), "--no-progress"]) == 0
+        _same_weights(whole, run)
+
+
+def test_a_world_size_that_cannot_share_the_shards_is_refused(small_corpus, tmp_path, monkeypatch, capsys):
+    run = tmp_path / "r"
+    assert _torchrun(*_train_args("ar", small_corpus, run)).returncode == 0  # two data shards
+    for name, value in (("RANK", "0"), ("WORLD_SIZE", "3"), ("LOCAL_RANK", "0")):
+        monkeypatch.setenv(name, value)
+    assert main(["train", "--resume", str(run), "--steps", "9", "--no-progress"]) == 2
+    assert "2 data shards, which 3 processes cannot share evenly" in capsys.readouterr().err
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert main(["sample", str(run)]) == 2  # only train is data-parallel
+    assert "runs in one process; run it without torchrun" in capsys.readouterr().err
+
+
+def test_a_failing_rank_stops_the_job(small_corpus, tmp_path):
+    script = tmp_path / "fail.py"
+    script.write_text(STOP_AT.replace("{steps}", str(STEPS)))
+    job = _torchrun(str(script), str(small_corpus), str(tmp_path / "r"), "-1", timeout=180)
+    assert job.returncode != 0
+    assert "rank 1 fails on purpose" in job.stderr
