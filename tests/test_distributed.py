@@ -122,3 +122,17 @@ def test_a_failing_rank_stops_the_job(small_corpus, tmp_path):
     job = _torchrun(str(script), str(small_corpus), str(tmp_path / "r"), "-1", timeout=180)
     assert job.returncode != 0
     assert "rank 1 fails on purpose" in job.stderr
+
+
+def test_precision_resolution_and_model_flops():
+    from textdiffusion import precision
+
+    cpu = torch.device("cpu")
+    assert precision.resolve("auto", cpu) == "fp32" and precision.resolve("off", cpu) == "fp32"
+    assert precision.resolve("bf16", cpu) == "bf16"
+    assert precision.peak_flops(cpu) is None and not precision.enable_tf32(cpu)
+    # nanoGPT's shakespeare_char shape: 10.7M parameters, 6 layers of width 384, 256 positions
+    per_token = precision.transformer_flops_per_token(10_672_896, 6, 384, 256)
+    assert per_token == 6 * 10_672_896 + 12 * 6 * 384 * 256
+    assert precision.mfu(per_token, 1e6, 989e12, 1) == pytest.approx(per_token * 1e6 / 989e12)
+    assert precision.mfu(per_token, 1e6, None, 1) is None

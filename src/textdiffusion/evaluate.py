@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from textdiffusion import precision
 from textdiffusion.checkpoint import write_json
 from textdiffusion.config import ConfigError
 from textdiffusion.data.batches import TextData
@@ -244,8 +245,7 @@ def evaluate_run(run_dir: str | Path, samples: int = 64, length: int = 0, sample
     cfg = run.cfg
     data, text, source = run_corpus(run)
     windows = TextData.tiled_windows(data.val_ids, run.method.window, val_windows).to(run.device)
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if run.device.type == "cuda" else torch.no_grad()
-    with autocast:
+    with torch.no_grad(), precision.autocast(cfg.train.amp, run.device)():  # the precision it trained in
         nll = run.method.nll(run.model, windows)
         length = length or cfg.model.context
         decoding = run.method.decoding(temperature, top_k, top_p)

@@ -27,7 +27,7 @@ import torch
 from safetensors import SafetensorError
 from tqdm.auto import tqdm
 
-from textdiffusion import distributed, files
+from textdiffusion import distributed, files, precision
 from textdiffusion.checkpoint import (
     CHECKPOINT,
     LEGACY_FILES,
@@ -150,24 +150,20 @@ def _maybe_compile(model: torch.nn.Module, mode: str, device: torch.device) -> t
     return model
 
 
-def _autocast(mode: str, device: torch.device) -> Callable[[], contextlib.AbstractContextManager]:
-    """A factory of the context every forward pass runs in: bf16 autocast for ``train.amp`` "bf16", or "auto"
-    on CUDA; else a no-op. A factory, as one autocast context cannot be entered twice at once."""
-    if mode == "bf16" or (mode == "auto" and device.type == "cuda"):
-        return lambda: torch.autocast(device.type, dtype=torch.bfloat16)
-    return contextlib.nullcontext
-
-
 @dataclass
 class _Meter:
     """The loop's running accounting, shown on the progress bar and in each metrics row.
 
     ``loss`` is an exponential moving average of the per-step training loss (None before the first step);
     ``rate`` is the throughput in units (characters or images) per second of training time since the last
-    evaluation, so evaluation time never counts against it; ``val_bits`` is the last validation number."""
+    evaluation, so evaluation time never counts against it; ``val_bits`` is the last validation number;
+    ``mfu`` the model FLOPs utilisation of that rate, on a GPU whose peak is known (else None)."""
 
     val_name: str  # "bpc" or "bpd", as the bar labels the validation number
     unit_name: str  # "chars" or "img", as the bar labels the rate
+    flops_per_unit: float | None = None
+    peak_flops: float | None = None
+    devices: int = 1
     loss: float | None = None
     units: int = 0
     seconds: float = 0.0
@@ -188,9 +184,16 @@ class _Meter:
         self.units, self.seconds = 0, 0.0
         return self.rate
 
+    @property
+    def mfu(self) -> float | None:
+        if self.flops_per_unit is None:
+            return None
+        return precision.mfu(self.flops_per_unit, self.rate, self.peak_flops, self.devices)
+
     def postfix(self) -> str:
         val = "-" if self.val_bits is None else f"{self.val_bits:.3f}"
-        return f"loss {self.loss:.3f} | val {self.val_name} {val} | {self.rate:,.0f} {self.unit_name}/s"
+        mfu = "" if self.mfu is None else f" | MFU {self.mfu:.0%}"
+        return f"loss {self.loss:.3f} | val {self.val_name} {val} | {self.rate:,.0f} {self.unit_name}/s{mfu}"
 
 
 class _StopFlag:
@@ -358,7 +361,16 @@ class Trainer:
             self.ddp = distributed.DataParallel(self.model, device_ids=[self.device.index] if self.device.type == "cuda"
                                                 else None, find_unused_parameters=True)
         self.forward_model = _maybe_compile(self.ddp or self.model, cfg.train.compile, self.device)
-        self.autocast = _autocast(cfg.train.amp, self.device)
+        self.autocast = precision.autocast(cfg.train.amp, self.device)
+        self.precision = precision.resolve(cfg.train.amp, self.device)
+        self.tf32 = precision.enable_tf32(self.device)
+        # model FLOPs per unit, for the utilisation of a GPU whose peak is known (transformer methods)
+        self.flops_per_unit = None
+        if cfg.method.network == "model":
+            m = cfg.model
+            self.flops_per_unit = self.method.forward_tokens_per_unit * precision.transformer_flops_per_token(
+                self.n_parameters, m.n_layer, m.n_embd, self.method.window)
+        self.peak_flops = precision.peak_flops(self.device)
 
     # ---- run directory ---------------------------------------------------------------------------------
     @property
@@ -454,6 +466,7 @@ class Trainer:
                 "config": self.cfg.to_dict(), "seed": self.cfg.seed, "versions": versions(), "corpus": corpus,
                 "parameters": self.n_parameters, "device": str(self.device),
                 "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "run_id": self.run_id,
+                "precision": self.precision, "tf32": self.tf32,
                 **({"world_size": self.world.size} if self.world.active else {}),
             })
         else:
@@ -573,7 +586,8 @@ class Trainer:
         target = min(t.steps, stop_at) if stop_at else t.steps
         units_per_step = self.source.units(t.batch_size, self.method.window) * t.grad_accum * t.data_shards
         meter = _Meter(val_name=bits_key(self.method.unit)[4:],
-                       unit_name="chars" if self.source.unit == "chars" else "img")
+                       unit_name="chars" if self.source.unit == "chars" else "img",
+                       flops_per_unit=self.flops_per_unit, peak_flops=self.peak_flops, devices=self.world.size)
         stopped: StopReason | None = None
         if self.world.is_main:
             self.lock.acquire()
@@ -597,7 +611,8 @@ class Trainer:
                         meter.record(loss, units_per_step, dt)
                         # -- evaluate, sample and checkpoint
                         if self._eval_due():
-                            meter.val_bits = self._evaluate_and_save(lr, meter.loss, meter.end_interval())
+                            rate = meter.end_interval()
+                            meter.val_bits = self._evaluate_and_save(lr, meter.loss, rate, meter.mfu)
                         # -- progress, and the caller's hook
                         bar.update(1)
                         bar.set_postfix_str(meter.postfix(), refresh=False)
@@ -690,7 +705,8 @@ class Trainer:
         """Whether the step just taken evaluates and checkpoints: every ``eval_every`` steps and the last."""
         return self.step % self.cfg.train.eval_every == 0 or self.step == self.cfg.train.steps
 
-    def _evaluate_and_save(self, lr: float, train_loss: float | None, rate: float) -> float:
+    def _evaluate_and_save(self, lr: float, train_loss: float | None, rate: float,
+                           mfu: float | None = None) -> float:
         """Score the EMA weights on the validation windows, append the metrics row, write samples (if
         ``train.sample_every_eval``) and checkpoint; returns the validation bits per unit for the progress bar.
 
@@ -703,7 +719,7 @@ class Trainer:
         self._log_metrics({"step": self.step, "train_loss": train_loss,
                            bits_key(val.unit): val.bits_per_unit, "val_nats": val.nats_per_unit,
                            "val_kind": val.kind, "val_windows": val.windows, "lr": lr, self._rate_key: rate,
-                           "elapsed": self.elapsed})
+                           "elapsed": self.elapsed, **({"mfu": mfu} if mfu is not None else {})})
         if self.cfg.train.sample_every_eval:
             self.write_samples()
         self.save()

@@ -254,7 +254,9 @@ def cmd_sample(args: argparse.Namespace) -> int:
     on_step, recorder = _sample_watchers(args, run.tokenizer)
     gen = torch.Generator(device=run.device).manual_seed(args.seed)
     tic = time.perf_counter()
-    with torch.no_grad():
+    from textdiffusion import precision
+
+    with torch.no_grad(), precision.autocast(run.cfg.train.amp, run.device)():  # as trained: bf16 on GPUs
         texts, res, nfe = _sample_text_batches(run, req, batch, gen, on_step, animated=args.show)
     seconds = time.perf_counter() - tic
     if recorder:

@@ -105,6 +105,9 @@ class Method(ABC, Generic[Request, Result]):
     # then averages gradients during backward; a method that also reads them directly (an embedding table for
     # rounding) sets False, and the trainer averages its gradients after backward instead
     parameters_in_forward_only: ClassVar[bool] = True
+    # positions the network processes per unit of training data (for model FLOPs): 1, or 2 for a method that
+    # trains on a noisy and a clean copy side by side
+    forward_tokens_per_unit: ClassVar[int] = 1
     # per-sample numbers a sampler reports in ``info`` that ``eval`` averages, as key: (label, explanation)
     sample_stats: ClassVar[dict[str, tuple[str, str]]] = {}
     # validation ``details`` keys ``eval`` shows as rows, with their labels (training terms, not likelihoods)

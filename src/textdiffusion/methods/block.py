@@ -81,6 +81,7 @@ class BlockDiffusion(MaskedDiffusion):
     config_class = BlockConfig
     attention = "block-causal"
     extends_past_context = True  # the clean prefix is a KV cache that slides
+    forward_tokens_per_unit = 2  # training runs the noisy and the clean copy side by side
 
     def __init__(self, cfg: BlockConfig, model_cfg, tokenizer):
         super().__init__(cfg, model_cfg, tokenizer)
