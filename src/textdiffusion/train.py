@@ -805,7 +805,7 @@ def resume_training(run_dir: Path, progress: bool = True, steps: int | None = No
         if trainer.step == cfg.train.steps and final.exists():
             raise ConfigError(f"{run_dir} already finished its {cfg.train.steps} steps; pass --steps N to train "
                               f"further")
-        if cfg.train.steps != recorded_steps:
+        if cfg.train.steps != recorded_steps and trainer.world.is_main:
             meta["config"] = cfg.to_dict()  # the run's record must describe the schedule it now follows
             write_json(run_dir / "config.json", meta)
         return trainer.train(**kw)
