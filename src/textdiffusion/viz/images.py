@@ -1,6 +1,6 @@
 """Pictures of image diffusion: sample grids, denoising strips and an animated GIF of the reverse process.
 
-Plain Pillow (a dependency of matplotlib, so always installed): a grid is a numpy mosaic, upscaled with
+Plain Pillow (a core dependency): a grid is a numpy mosaic, upscaled with
 nearest-neighbour so 28x28 digits stay crisp. Every writer goes through the checkpoint module's atomic
 write (temp file + rename), like the rest of a run directory.
 """
