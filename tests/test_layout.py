@@ -218,3 +218,24 @@ def test_readme_layout_matches_the_tree():
     assert named <= files | others, f"README names files that do not exist: {sorted(named - files - others)}"
     folders = {p.name for p in PACKAGE.iterdir() if p.is_dir() and p.name != "__pycache__"}
     assert all(f"{folder}/" in block for folder in folders), folders
+
+
+def test_the_help_catalogue_is_the_registry():
+    """catalogue.py lists the built-in methods for `--help` without importing torch; it must not drift."""
+    from textdiffusion.catalogue import IMAGE_METHODS, TEXT_METHODS
+    from textdiffusion.methods import TextMethod
+
+    builtin = {name: cls for name, cls in REGISTRY.items() if cls.__module__.startswith("textdiffusion.methods.")}
+    assert {n: c.samplers for n, c in builtin.items() if issubclass(c, TextMethod)} == TEXT_METHODS
+    assert {n: c.samplers for n, c in builtin.items() if not issubclass(c, TextMethod)} == IMAGE_METHODS
+
+
+def test_help_imports_no_torch():
+    """`textdiffusion --help` answers without torch (0.08 s instead of 1.8 s on the 2-core machine)."""
+    import subprocess
+    import sys
+
+    code = ("import sys\nfrom textdiffusion.apps.cli import build_parser\nbuild_parser()\n"
+            "print('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"

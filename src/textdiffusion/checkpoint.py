@@ -38,11 +38,8 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from textdiffusion import __version__
+from textdiffusion.errors import CheckpointError
 from textdiffusion.files import atomic_write
-
-
-class CheckpointError(ValueError):
-    """A run directory that cannot be used; the message says what is wrong and what to do."""
 
 
 def write_json(path: Path, obj: Any) -> None:

@@ -21,7 +21,7 @@ import sys
 import time
 from pathlib import Path
 
-from textdiffusion.checkpoint import CheckpointError
+from textdiffusion.catalogue import IMAGE_METHODS, TEXT_METHODS, method_names
 from textdiffusion.config import (
     ETA,
     GUIDANCE,
@@ -35,7 +35,7 @@ from textdiffusion.config import (
     Range,
     override_keys,
 )
-from textdiffusion.data.corpus import DataError
+from textdiffusion.errors import CheckpointError, DataError
 
 USER_ERRORS = (ConfigError, DataError, CheckpointError)
 
@@ -446,18 +446,13 @@ def _add_decoding(parser: argparse.ArgumentParser) -> None:
 
 def _text_sampler_help() -> str:
     """Each text method's samplers, read from the registry so a new method or sampler shows up unasked."""
-    from textdiffusion.methods import REGISTRY, TextMethod
-
-    groups = [f"{' | '.join(cls.samplers)} ({name})" for name, cls in sorted(REGISTRY.items())
-              if issubclass(cls, TextMethod)]
+    groups = [f"{' | '.join(samplers)} ({name})" for name, samplers in sorted(TEXT_METHODS.items())]
     return "; ".join(groups) + "; the first listed is the default unless the run's config names another"
 
 
 def _train_parser(sub) -> None:
-    from textdiffusion.methods import REGISTRY
-
     t = sub.add_parser("train", help="train a model (or --resume one)")
-    t.add_argument("--method", choices=sorted(REGISTRY), help="what to train")
+    t.add_argument("--method", metavar="METHOD", help=f"what to train: {', '.join(method_names())}")
     t.add_argument("--preset", choices=sorted(PRESETS), default="cpu", help="model/trainer size (default cpu)")
     t.add_argument("--data", help="named corpus (tinyshakespeare), a UTF-8 file or a directory of .txt files")
     t.add_argument("--steps", type=_number(int, TRAIN_STEPS), help="optimizer steps (overrides the preset)")
@@ -560,9 +555,7 @@ def _mnist_train_parser(msub) -> None:
 
 def _add_image_sampling(parser: argparse.ArgumentParser) -> None:
     """The image sampler's knobs, shared by ``mnist sample`` and ``mnist eval``; choices from the method."""
-    from textdiffusion.methods.image import ImageDiffusion
-
-    parser.add_argument("--sampler", choices=ImageDiffusion.samplers)
+    parser.add_argument("--sampler", choices=IMAGE_METHODS["image"])
     parser.add_argument("--steps", type=_number(int, STEPS), help="network evaluations (<= the T of training)")
     parser.add_argument("--eta", type=_number(float, ETA),
                         help="DDIM noise in [0, 1] (0 = deterministic; default: the run's method.eta)")

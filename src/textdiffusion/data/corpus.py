@@ -15,11 +15,8 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+from textdiffusion.errors import DataError
 from textdiffusion.files import write_bytes
-
-
-class DataError(ValueError):
-    """Bad or missing input data; the message names the problem and the fix."""
 
 
 @dataclass(frozen=True)
