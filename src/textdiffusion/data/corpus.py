@@ -81,8 +81,8 @@ def _download(spec: NamedCorpus, dest: Path) -> None:
     except Exception as e:  # network errors come in many types; all mean the same to the user
         raise DataError(
             f"could not download {spec.filename} ({type(e).__name__}: {e}); offline? download it from "
-            f"{spec.url} and put it in {dest.parent} (or set TEXTDIFFUSION_DATA to its folder, "
-            f"or pass --data /path/to/{spec.filename})"
+            f"{spec.url} and put it in {dest.parent}, or set TEXTDIFFUSION_DATA to the folder that holds it "
+            f"(`train` also takes --data /path/to/{spec.filename})"
         ) from None
     if hashlib.sha256(payload).hexdigest() != spec.sha256:
         raise DataError(f"downloaded {spec.filename} has the wrong sha256; fetch {spec.url} by hand")
@@ -103,7 +103,7 @@ def resolve_corpus(name_or_path: str, download: bool = True) -> Path:
             if digest != spec.sha256:
                 raise DataError(
                     f"{local} is not the canonical {key} (sha256 {digest[:12]}… != {spec.sha256[:12]}…); "
-                    f"delete it so it is downloaded again, or pass your file with --data PATH"
+                    f"delete it so it is downloaded again (`train` also takes your own file with --data PATH)"
                 )
             return local
         if not download:
