@@ -239,3 +239,19 @@ def test_help_imports_no_torch():
             "print('torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"
+
+
+def test_progress_bars_stay_quiet_in_a_log():
+    """A bar written to a file (not a terminal) redraws at most every 15 s: 2,000 quick updates are a couple
+    of lines, where tqdm's own default would write one per 0.1 s."""
+    import io
+
+    from textdiffusion.progress import LOG_INTERVAL_S, progress_bar
+
+    log = io.StringIO()
+    with progress_bar(total=2000, desc="job", file=log) as bar:
+        for _ in range(2000):
+            bar.update(1)
+    assert bar.mininterval == LOG_INTERVAL_S
+    assert log.getvalue().count("\r") + log.getvalue().count("\n") <= 3
+    assert "2000/2000" in log.getvalue()  # the final state is always written

@@ -140,7 +140,7 @@ def train_classifier(x_train: Tensor, y_train: Tensor, x_test: Tensor, y_test: T
     state is left untouched, so the same seed gives the same weights on the same hardware.
     Returns the model in eval mode and its accuracy on ``(x_test, y_test)``.
     """
-    from tqdm.auto import tqdm
+    from textdiffusion.progress import progress_bar
 
     _check_data(x_train, y_train, "training")
     _check_data(x_test, y_test, "test")
@@ -158,7 +158,7 @@ def train_classifier(x_train: Tensor, y_train: Tensor, x_test: Tensor, y_test: T
         batches = _epochs(xs.shape[0], batch_size, gen)
         warmup = min(100, steps // 10 + 1)
         model.train()
-        bar = tqdm(range(steps), disable=not progress, desc="digit classifier", dynamic_ncols=True, leave=False)
+        bar = progress_bar(iterable=range(steps), disable=not progress, desc="digit classifier", leave=False)
         for step in bar:
             idx = next(batches).to(device)
             x = random_shift(images_to_input(xs[idx]), max_shift, gen)

@@ -308,9 +308,8 @@ def _sample_text_batches(run, req, batch: int, gen, on_step, animated: bool):
     is ``animated`` (the two would draw over each other)."""
     from dataclasses import replace
 
-    from tqdm.auto import tqdm
-
     from textdiffusion.apps import bounds
+    from textdiffusion.progress import progress_bar
 
     parts = bounds.batches(req.n, batch)
     texts: list[str] = []
@@ -318,8 +317,7 @@ def _sample_text_batches(run, req, batch: int, gen, on_step, animated: bool):
     try:
         for i, (_, count) in enumerate(parts):
             if bar is None and len(parts) > 1 and not (animated and i == 0):
-                bar = tqdm(total=req.n, initial=len(texts), unit="sample", file=sys.stderr, dynamic_ncols=True,
-                           leave=False)
+                bar = progress_bar(total=req.n, initial=len(texts), unit="sample", leave=False)
             res = run.method.sample(run.model, replace(req, n=count), gen, on_step if i == 0 else None)
             texts += [run.tokenizer.decode(row.tolist()) for row in res.ids.cpu()]
             nfe_total += res.nfe * count

@@ -46,6 +46,7 @@ from textdiffusion.config import ConfigError
 from textdiffusion.files import write_text
 from textdiffusion.methods import SampleRequest, TextMethod, get_method
 from textdiffusion.methods.base import bits_key
+from textdiffusion.progress import progress_bar
 from textdiffusion.viz.records import (
     Comparison,
     Frame,
@@ -419,7 +420,7 @@ def _measure(records: list[RunRecord], out: Path, length: int, sweep: list[int],
     """Fills in every record's ``text_results`` or ``images``."""
     work = sum(2 + len(sweep) if r.is_text else 1 for r in records)
     judges = _Judges()
-    with tqdm(total=work, desc="compare", unit="job", disable=not progress, file=sys.stderr) as bar:
+    with progress_bar(total=work, desc="compare", unit="job", disable=not progress) as bar:
         for r in records:
             if r.is_text:
                 r.text_results = measure_text_run(r, judges, length, sweep, samples, seed, device, refresh, bar)

@@ -115,13 +115,12 @@ def _draw_layout(run: LoadedRun, layout: _Layout, gen: torch.Generator, progress
     """The layout's images drawn batch after batch (a progress bar on stderr when there are several): the
     images (on the CPU), the reverse process of the strip's samples, and the last batch's result (sampler
     info and NFE, the same for every batch). Only batches holding a strip sample are recorded."""
-    from tqdm.auto import tqdm
+    from textdiffusion.progress import progress_bar
 
     method = image_method(run)
     parts = bounds.batches(layout.n, bounds.image_batch_size(method.spec.size))
     images, recorders, res = [], [], None
-    with tqdm(total=layout.n, unit="image", file=sys.stderr, disable=not progress or len(parts) == 1,
-              dynamic_ncols=True, leave=False) as bar:
+    with progress_bar(total=layout.n, unit="image", disable=not progress or len(parts) == 1, leave=False) as bar:
         for start, count in parts:
             local = [i - start for i in layout.strip if start <= i < start + count]
             recorder = ReverseProcessRecorder(indices=local) if local else None
