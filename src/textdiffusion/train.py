@@ -32,6 +32,7 @@ from textdiffusion.checkpoint import (
     CHECKPOINT,
     LEGACY_FILES,
     CheckpointError,
+    CheckpointHeader,
     has_checkpoint,
     has_weights,
     optimizer_from_flat,
@@ -61,8 +62,8 @@ _TRAINER_FILES = (CHECKPOINT, "config.json", "tokenizer.json", "image.json", "me
 def _trained_records(rd: Path) -> bool:
     """Whether a run's records show training past step 0 (an evaluation row, a sample file, a final result):
     the step-0 checkpoint precedes all of them, so such a run without a checkpoint has lost it."""
-    samples = rd / "samples"
-    return ((rd / "final.json").exists() or ((rd / "metrics.jsonl").is_file() and (rd / "metrics.jsonl").stat().st_size)
+    metrics, samples = rd / "metrics.jsonl", rd / "samples"
+    return ((rd / "final.json").exists() or (metrics.is_file() and metrics.stat().st_size > 0)
             or (samples.is_dir() and any(samples.iterdir())))
 
 
@@ -277,20 +278,19 @@ class Trainer:
         self._stop: _StopFlag | None = None
         self.saved_step: int | None = None  # the step of the checkpoint on disk (None: none yet)
         self._lock_existed = True
-        self.run_id = uuid.uuid4().hex if not resume else ""  # recorded in config.json and every checkpoint
-        self.run_id = distributed.broadcast(self.run_id, self.world)
         created = self._claim_run_dir(resume) if self.world.is_main else False
         distributed.barrier(self.world)  # the others read what rank 0 has claimed (or find it missing)
         try:
-            header = None
-            if resume and has_checkpoint(self.run_dir):
-                header = read_header(self.run_dir)
-                self.run_id = str(read_run_meta(self.run_dir).get("run_id", ""))
+            # the id config.json and every checkpoint record: the run's own, or a new one (rank 0's for a job)
+            self.run_id = (str(read_run_meta(self.run_dir).get("run_id", "")) if resume
+                           else distributed.broadcast(uuid.uuid4().hex, self.world))
+            header = read_header(self.run_dir) if resume and has_checkpoint(self.run_dir) else None
+            if header is not None:
                 check_checkpoint_config(header, cfg, self.run_id)  # an edited config.json: refused before building
             self._build(cfg, data, resume and (self.run_dir / "tokenizer.json").exists())
             if header is not None:
                 check_checkpoint_shapes(header, self.model, self.run_dir)
-                self._load()
+                self._load(header)
             else:
                 self._start_run(fresh=not resume)
         except BaseException:
@@ -428,8 +428,7 @@ class Trainer:
         return created
 
     def _refuse_occupied(self, rd: Path) -> None:
-        image = self.cfg.method.network == "unet"
-        resume = f"textdiffusion {'mnist ' if image else ''}train --resume {rd}"
+        resume = self.resume_command
         if (rd / "config.json").exists():
             if has_weights(rd):
                 raise CheckpointError(f"{rd} already holds a run; resume it with `{resume}` or pick another "
@@ -450,8 +449,6 @@ class Trainer:
         resumed. ``fresh=False``: a run that died before its first checkpoint is started again from step 0,
         keeping its config.json."""
         rd = self.run_dir
-        if not fresh:
-            self.run_id = str(read_run_meta(rd).get("run_id", ""))
         if self.world.is_main:
             self._write_records(fresh)
         self.save()
@@ -516,9 +513,8 @@ class Trainer:
         return (f"{what} at step {self.step}; {kept}, but resuming replays the same steps: train a new run with a "
                 f"lower train.lr or a longer train.warmup")
 
-    def _load(self) -> None:
+    def _load(self, header: CheckpointHeader) -> None:
         rd = self.run_dir
-        header = read_header(rd)
         state = header.state
         model_t, _ = read_group(rd, "model")
         ema_t, _ = read_group(rd, "ema")
