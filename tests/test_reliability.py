@@ -466,3 +466,24 @@ def test_resume_says_where_it_resumes_from(small_corpus, tmp_path):
     logged: list[str] = []
     Trainer(_cfg(small_corpus), run, resume=True, log=logged.append)
     assert any("from its checkpoint at step 2" in line for line in logged)
+
+
+def test_a_trainer_that_loses_the_race_for_the_lock_removes_nothing(small_corpus, tmp_path, monkeypatch):
+    """Two new trainers on one path: the one that created the directory may still lose the lock to the other,
+    and must then leave the winner's lock file and directory alone."""
+    run = tmp_path / "new"
+    winner = RunLock(run)
+    real = RunLock.acquire
+
+    def racing(self):
+        if self is not winner and not winner.held:
+            real(winner)  # the other trainer takes the lock between our mkdir and our acquire
+        return real(self)
+
+    monkeypatch.setattr(RunLock, "acquire", racing)
+    try:
+        with pytest.raises(CheckpointError, match="another process"):
+            Trainer(_cfg(small_corpus), run, progress=False)
+        assert (run / ".lock").is_file()
+    finally:
+        winner.release()

@@ -299,8 +299,12 @@ class Trainer:
 
     def _abandon(self, created: bool) -> None:
         """Undo what claiming the directory did when the trainer could not be set up: drop the lock, and
-        leave no empty directory (or lock file in someone else's folder) behind."""
+        leave no empty directory (or lock file in someone else's folder) behind. Only a holder of the lock
+        cleans up: a trainer that lost the race for it must not remove the winner's lock file or directory."""
+        held = self.lock.held
         self.lock.release()
+        if not held:
+            return
         if created or not self._lock_existed:
             (self.run_dir / LOCK_NAME).unlink(missing_ok=True)
         if created:
