@@ -136,3 +136,36 @@ def test_precision_resolution_and_model_flops():
     assert per_token == 6 * 10_672_896 + 12 * 6 * 384 * 256
     assert precision.mfu(per_token, 1e6, 989e12, 1) == pytest.approx(per_token * 1e6 / 989e12)
     assert precision.mfu(per_token, 1e6, None, 1) is None
+
+
+# every DDP-trained method (parameters read in forward only) with variants that change which modules exist
+_DDP_VARIANTS = [("ar", []), ("masked", []), ("masked", ["method.time_conditioning=true"]),
+                 ("masked", ["method.estimator=count"]), ("block", []), ("block", ["method.block_size=4"]),
+                 ("image", []), ("image", ["unet.class_conditional=false"]), ("image", ["unet.label_dropout=0.5"])]
+
+
+@pytest.mark.parametrize(("method", "sets"), _DDP_VARIANTS)
+def test_methods_that_use_every_parameter_say_so(method, sets, shakespeare):
+    """DDP is told to search for unused parameters only when a method declares ``leaves_parameters_unused``;
+    a method using every parameter must really do so on each step, or DDP fails on the next one."""
+    from textdiffusion.config import make_config
+    from textdiffusion.data.images import ImageBatch, ImageSpec
+    from textdiffusion.data.tokenizer import CharTokenizer
+    from textdiffusion.runs import build
+
+    cfg = make_config(method, "tiny", sets)
+    if method == "image":
+        built, model = build(cfg, ImageSpec(size=28))
+        gen = torch.Generator().manual_seed(0)
+        x = ImageBatch(torch.randint(0, 256, (8, 28, 28), dtype=torch.uint8, generator=gen),
+                       torch.randint(0, 10, (8,), generator=gen))
+    else:
+        tok = CharTokenizer.from_text(shakespeare)
+        built, model = build(cfg, tok)
+        x = torch.tensor(tok.encode(shakespeare[:8 * built.window])).view(8, -1)
+    assert built.parameters_in_forward_only
+    for seed in range(3):  # several draws of the random branches (times, masks, dropped labels)
+        model.zero_grad(set_to_none=True)
+        built.loss(model, x, torch.Generator().manual_seed(seed)).backward()
+        unused = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
+        assert built.leaves_parameters_unused or not unused, unused

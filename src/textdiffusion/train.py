@@ -361,9 +361,10 @@ class Trainer:
         # how the forward pass runs (compiled and in bf16 on CUDA by default)
         self.ddp = None
         if self.world.active and self.method.parameters_in_forward_only:  # gradients averaged over the processes
-            # during backward; unused parameters (a skipped self-conditioning pass) are found each step
+            # during backward; only a method whose steps may skip parameters pays for DDP's search for them
             self.ddp = distributed.DataParallel(self.model, device_ids=[self.device.index] if self.device.type == "cuda"
-                                                else None, find_unused_parameters=True)
+                                                else None,
+                                                find_unused_parameters=self.method.leaves_parameters_unused)
         self.forward_model = _maybe_compile(self.ddp or self.model, cfg.train.compile, self.device)
         self.autocast = precision.autocast(cfg.train.amp, self.device)
         self.precision = precision.resolve(cfg.train.amp, self.device)

@@ -105,6 +105,10 @@ class Method(ABC, Generic[Request, Result]):
     # then averages gradients during backward; a method that also reads them directly (an embedding table for
     # rounding) sets False, and the trainer averages its gradients after backward instead
     parameters_in_forward_only: ClassVar[bool] = True
+    # whether some training steps leave parameters without a gradient (a branch taken at random): DDP must then
+    # search the autograd graph for them every step (``find_unused_parameters``), a cost and a warning per
+    # process that methods using every parameter on every step avoid (tests/test_distributed.py checks which)
+    leaves_parameters_unused: ClassVar[bool] = False
     # positions the network processes per unit of training data (for model FLOPs): 1, or 2 for a method that
     # trains on a noisy and a clean copy side by side
     forward_tokens_per_unit: ClassVar[int] = 1
