@@ -51,11 +51,14 @@ class CharNgramJudge:
     arrays of integer-coded n-grams, so fitting 1M characters takes about a second.
     """
 
-    def __init__(self, text: str, order: int = 5):
+    def __init__(self, text: str, order: int = 5, alphabet: Iterable[str] | None = None):
+        """Fit on ``text``. ``alphabet`` (default: the characters of ``text``) sets V, the characters that
+        get a probability of their own: models that are compared with each other (one per speaker, say) need
+        the same one, or a character one of them never saw would cost each a different price."""
         if not text:
             raise ValueError("the judge needs a non-empty training text")
         self.order = order
-        self.alphabet = sorted(set(text))
+        self.alphabet = sorted(set(text) | set(alphabet or ()))
         self.V = len(self.alphabet) + 1  # code 0 = a character the judge never saw
         if self.V ** order >= 2**62:
             raise ValueError("alphabet too large for this n-gram order")
