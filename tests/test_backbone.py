@@ -78,3 +78,31 @@ def test_base_preset_has_about_10_7M_parameters():
     cfg = make_config("ar", "base")
     n = Transformer(cfg.model, vocab_size=68, out_dim=65).num_parameters()
     assert 10.5e6 < n < 10.9e6
+
+
+def test_labels_condition_every_position_and_leave_unlabelled_models_as_they_were():
+    torch.manual_seed(0)
+    plain = Transformer(CFG, vocab_size=11, out_dim=8, attention="causal")
+    torch.manual_seed(0)
+    labelled = Transformer(CFG, vocab_size=11, out_dim=8, attention="causal", num_labels=3).eval()
+    # the label table is created after everything else: the shared parameters start identical
+    shared = {k: v for k, v in labelled.state_dict().items() if not k.startswith("label.")}
+    assert shared.keys() == plain.state_dict().keys()
+    assert all(torch.equal(v, plain.state_dict()[k]) for k, v in shared.items())
+    x = torch.randint(0, 11, (4, 16))
+    with torch.no_grad():
+        a = labelled(x, labels=torch.tensor([0, 1, 2, 3]))  # 3 = no label
+        b = labelled(x, labels=torch.tensor([1, 1, 2, 3]))
+        # a different label changes that row from the first position on (the causal model sees it at once)
+        assert not torch.allclose(a[0, 0], b[0, 0])
+        assert torch.allclose(a[1:], b[1:])
+        # with the KV cache the label is added to every new position, as in the full forward
+        cache = KVCache.empty(CFG.n_layer, CFG.context)
+        labels = torch.tensor([0, 1, 2, 3])
+        pieces = [labelled(x[:, :5], cache=cache, labels=labels)]
+        pieces += [labelled(x[:, i:i + 1], cache=cache, labels=labels) for i in range(5, 16)]
+    assert torch.allclose(torch.cat(pieces, dim=1), a, atol=1e-5)
+    with pytest.raises(ValueError, match="pass labels"):
+        labelled(x)
+    with pytest.raises(ValueError, match="has no labels"):
+        plain(x, labels=labels)

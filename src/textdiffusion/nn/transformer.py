@@ -263,7 +263,7 @@ class Transformer(nn.Module):
 
     def __init__(self, cfg: ModelConfig, vocab_size: int, out_dim: int | None = None,
                  attention: str = "causal", time_conditioning: bool = False, input_dim: int = 0,
-                 block_size: int = 1):
+                 block_size: int = 1, num_labels: int = 0):
         super().__init__()
         if attention not in ATTENTION_MODES:
             raise ValueError(f"unknown attention mode {attention!r}; expected one of {ATTENTION_MODES}")
@@ -290,6 +290,14 @@ class Transformer(nn.Module):
             if block.modulation is not None:
                 nn.init.zeros_(block.modulation.weight)
                 nn.init.zeros_(block.modulation.bias)
+        # class labels (a speaker) for conditional generation: row num_labels is "no label", which label
+        # dropout trains so one network is both p(x | label) and p(x), as classifier-free guidance needs (Ho &
+        # Salimans 2022). Built last, and only when asked, so every other parameter starts as in an unlabelled
+        # model of the same seed.
+        self.num_labels = num_labels
+        self.label = nn.Embedding(num_labels + 1, cfg.n_embd) if num_labels else None
+        if self.label is not None:
+            nn.init.normal_(self.label.weight, mean=0.0, std=0.02)
 
     @staticmethod
     def _init(module: nn.Module) -> None:
@@ -304,12 +312,20 @@ class Transformer(nn.Module):
         return sum(p.numel() for p in self.parameters())
 
     def forward(self, x: torch.Tensor, t: torch.Tensor | None = None, cache: KVCache | None = None,
-                paired: bool = False) -> torch.Tensor:
+                paired: bool = False, labels: torch.Tensor | None = None) -> torch.Tensor:
         """``x``: (B, L) ids, or (B, L, input_dim) vectors.
         ``t``: (B,) noise levels when time-conditioned. Returns (B, L, out_dim).
         ``paired``: block diffusion's training layout, a noisy sequence then its clean copy (see
-        :func:`attention_bias`); both halves get the same positions."""
+        :func:`attention_bias`); both halves get the same positions.
+        ``labels``: (B,) class labels in [0, num_labels] (num_labels = none) of a label-conditioned backbone;
+        the label's embedding is added at every position, so a causal model sees it from the first token."""
         h = self.input(x)
+        if self.label is not None:
+            if labels is None:
+                raise ValueError("this backbone is label-conditioned: pass labels (num_labels for none)")
+            h = h + self.label(labels)[:, None, :].to(h.dtype)
+        elif labels is not None:
+            raise ValueError("this backbone has no labels; build it with num_labels > 0")
         start = cache.next_pos if cache is not None else 0
         n = h.shape[1] // 2 if paired else h.shape[1]
         positions = torch.arange(start, start + n, device=h.device)
