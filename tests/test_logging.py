@@ -229,6 +229,19 @@ def test_a_missing_logger_package_is_one_line_before_training(small_corpus, tmp_
     assert not run.exists()  # refused before the run directory was made
 
 
+def test_a_resume_without_the_package_says_how_to_go_on_without_it(small_corpus, tmp_path, monkeypatch):
+    run = tmp_path / "run"
+    Trainer(tiny_config("masked", small_corpus, 8, **{"train.logger": "tensorboard"}), run,
+            progress=False).train(stop_at=4)
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)
+    with pytest.raises(ConfigError, match=f'or set "logger": "" under "train" in {run / "config.json"} to resume'):
+        resume_training(run, progress=False)
+    meta = json.loads((run / "config.json").read_text())
+    meta["config"]["train"]["logger"] = ""  # the edit the message names: the checkpoint still accepts the run
+    (run / "config.json").write_text(json.dumps(meta))
+    assert resume_training(run, progress=False)["step"] == 8
+
+
 def test_the_cli_says_it_in_one_line(small_corpus, tmp_path, monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "wandb", None)
     code = main(["train", "--method", "masked", "--preset", "tiny", "--data", str(small_corpus), "--run-dir",

@@ -201,9 +201,10 @@ class Trackio(Backend):
 BACKENDS: dict[str, type[Backend]] = {b.name: b for b in (TensorBoard, Wandb, Trackio)}
 
 
-def require(kind: str) -> None:
+def require(kind: str, resumed_config: Path | None = None) -> None:
     """Import ``train.logger``'s package now, before anything is built or trained: a missing one is a
-    one-line error naming the extra that installs it. ``""`` (no logger) needs nothing."""
+    one-line error naming the extra that installs it. ``""`` (no logger) needs nothing. A resumed run keeps
+    its config, so the way out without the package is named in its ``config.json`` (``resumed_config``)."""
     if not kind:
         return
     backend = BACKENDS[kind]
@@ -211,8 +212,10 @@ def require(kind: str) -> None:
         importlib.import_module(backend.module)
     except ImportError as e:
         missing = getattr(e, "name", None) or backend.module
+        other = (f'set "logger": "" under "train" in {resumed_config} to resume without it' if resumed_config
+                 else "leave train.logger empty")
         raise ConfigError(f"train.logger={kind} needs the {backend.extra} package, but {missing} cannot be imported; "
-                          f'pip install "textdiffusion[{backend.extra}]", or leave train.logger empty') from None
+                          f'pip install "textdiffusion[{backend.extra}]", or {other}') from None
 
 
 class RunLogger:

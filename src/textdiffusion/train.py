@@ -266,7 +266,8 @@ class Trainer:
                  data: Any = None, log: Callable[[str], None] | None = None):
         """``data``: a TextData or ImageData already loaded (tests, benchmarks), else read from the config."""
         validate(cfg)
-        loggers.require(cfg.train.logger)  # a missing logger package is an error now, not after the first steps
+        # a missing logger package is an error now, not after the first steps
+        loggers.require(cfg.train.logger, Path(run_dir) / "config.json" if resume else None)
         self.world = distributed.current_world()
         self.cfg, self.run_dir, self.progress = cfg, Path(run_dir), progress and self.world.is_main
         self.log = log or (lambda msg: print(msg, file=sys.stderr))
