@@ -389,7 +389,7 @@ LEGAL: dict[str, tuple[Callable[[float], bool], bool]] = {
     "train.beta1": (_FRAC, False), "train.beta2": (_FRAC, False), "train.grad_clip": (_GE0, True),
     "train.ema_decay": (_FRAC, False), "train.eval_every": (_GE1, True), "train.eval_windows": (_GE0, True),
     "train.final_eval_windows": (_GE0, True), "train.threads": (lambda v: 0 <= v <= 1024, False),
-    "train.time_budget_s": (_GE0, True),
+    "train.time_budget_s": (_GE0, True), "train.log_every": (_GE0, True),
     "data.val_fraction": (lambda v: 0 < v < 1, False), "data.vocab_size": (_GE1, False),
     "method.temperature": (_GT0, True), "method.top_k": (_GE0, True), "method.top_p": (lambda v: 0 < v <= 1, False),
     "method.sigma_max": (_GT0, False), "method.eval_time_samples": (_GE1, False), "method.eval_seed": (_SEED, False),

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from helpers import metric_rows
 from textdiffusion.apps.cli import main
 from textdiffusion.checkpoint import read_group, read_header
 
@@ -63,6 +64,11 @@ def test_two_processes_train_what_one_trains_from_the_same_global_batch(method, 
     assert job.stdout.count("done:") == 1
     assert sorted(p.name for p in ddp.iterdir()) == sorted(p.name for p in single.iterdir())
     assert {"rng.data", "rng.data.1", "rng.noise.1", "rng.torch.1"} <= set(read_group(ddp, "trainer")[0])
+    # rank 0 alone writes the train row, with the global batch's loss and gradient norm
+    ddp_rows, single_rows = metric_rows(ddp, "train"), metric_rows(single, "train")
+    assert [r["step"] for r in ddp_rows] == [r["step"] for r in single_rows] == [STEPS]
+    for key in ("train_loss", "grad_norm", "grad_norm_max", "lr"):
+        assert ddp_rows[0][key] == pytest.approx(single_rows[0][key], rel=1e-5), key
 
 
 def test_one_run_directory_without_run_dir(small_corpus, tmp_path):

@@ -11,6 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
+from helpers import metric_rows
 from textdiffusion.apps.cli import main
 from textdiffusion.config import ConfigError, UNetConfig, make_config
 from textdiffusion.data.images import ImageBatch, ImageSpec, to_pixels, to_unit_range
@@ -101,7 +102,7 @@ def test_training_writes_an_image_run(image_run: Path):
     files = {p.name for p in image_run.iterdir()}
     assert {"config.json", "image.json", "checkpoint.safetensors", "metrics.jsonl", "final.json"} <= files
     assert "tokenizer.json" not in files
-    rows = [json.loads(line) for line in (image_run / "metrics.jsonl").read_text().splitlines()]
+    rows = metric_rows(image_run)
     assert [r["step"] for r in rows] == [15, 30] and all("val_bpd" in r and "images_per_s" in r for r in rows)
     assert rows[1]["train_loss"] < 1.0  # eps-MSE starts at 1 for the zero-initialised net
     final = json.loads((image_run / "final.json").read_text())

@@ -7,7 +7,7 @@ import signal
 import pytest
 import torch
 
-from helpers import tiny_config
+from helpers import metric_rows, tiny_config
 from textdiffusion.checkpoint import CheckpointError, read_group, read_header
 from textdiffusion.train import Trainer, lr_at, resume_training
 
@@ -40,8 +40,8 @@ def test_resume_after_ctrl_c_ends_bit_identical(method, small_corpus, tmp_path):
 
     for name in ("model", "ema"):
         assert _same(_weights(whole, name), _weights(parts, name)), name
-    rows = [json.loads(line) for line in (parts / "metrics.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in rows] == [10, 20, 24]
+    assert [r["step"] for r in metric_rows(parts)] == [10, 20, 24]
+    assert [r["step"] for r in metric_rows(parts, "train")] == [10, 20, 24]  # train.log_every=10, and the last
 
 
 def test_resume_from_a_killed_run_replays_from_the_last_checkpoint(small_corpus, tmp_path):
@@ -54,8 +54,7 @@ def test_resume_from_a_killed_run_replays_from_the_last_checkpoint(small_corpus,
         f.write(json.dumps({"step": 15, "val_bpc": 9.9}) + "\n")
     resume_training(tmp_path / "killed", progress=False)
     assert _same(_weights(tmp_path / "whole"), _weights(tmp_path / "killed"))
-    steps = [json.loads(x)["step"] for x in (tmp_path / "killed" / "metrics.jsonl").read_text().splitlines()]
-    assert steps == [10, 20]
+    assert [r["step"] for r in metric_rows(tmp_path / "killed")] == [10, 20]
 
 
 def test_run_directory_contents(small_corpus, tmp_path):
@@ -67,7 +66,7 @@ def test_run_directory_contents(small_corpus, tmp_path):
     assert meta["seed"] == 1337 and meta["config"]["method"]["name"] == "masked"
     assert {"torch", "textdiffusion", "python"} <= meta["versions"].keys()
     assert len(meta["corpus"]["sha256"]) == 64
-    row = json.loads((run / "metrics.jsonl").read_text().splitlines()[0])
+    row = metric_rows(run)[0]
     assert {"step", "train_loss", "val_bpc", "lr", "chars_per_s", "elapsed"} <= row.keys()
     assert sorted(p.name for p in (run / "samples").iterdir()) == ["step_000030.txt"]
     assert not [p for p in run.iterdir() if p.name.endswith(".tmp")]  # atomic writes leave no debris
@@ -150,7 +149,7 @@ def test_progress_bar_shows_the_smoothed_loss_and_the_last_evaluation(small_corp
     Trainer(tiny_config("ar", small_corpus, steps=4, **{"train.eval_every": 2}), run, log=logged.append).train()
     (bar,) = bars
     assert bar.kw["desc"] == "ar/tiny" and bar.kw["total"] == 4 and bar.updates == 4
-    row = json.loads((run / "metrics.jsonl").read_text().splitlines()[0])
+    row = metric_rows(run)[0]
     assert row["step"] == 2
     before, at_eval, after, _ = bar.postfixes  # steps 1 to 4; 2 and 4 evaluate
     assert before.startswith("loss ") and " | val bpc - | " in before and before.endswith(" chars/s")

@@ -89,7 +89,7 @@ class Choice:
         return value in self.options
 
     def describe(self, integer: bool = False) -> str:
-        return "one of " + ", ".join(self.options)
+        return "one of " + ", ".join(o or '""' for o in self.options)  # an empty option is shown as ""
 
 
 @dataclass(frozen=True)
@@ -176,6 +176,8 @@ class TrainConfig:
     amp: str = "auto"  # auto (bf16 on CUDA) | bf16 | off
     threads: int = 0  # CPU threads; 0 leaves torch's default
     time_budget_s: float = 0.0  # > 0: also stop (and score) once this many seconds of training are spent
+    log_every: int = 50  # a "train" row in metrics.jsonl every N steps (loss, lr, grad norm, speed); 0 = none
+    logger: str = ""  # "" (metrics.jsonl only) | tensorboard | wandb | trackio: also send every row there
 
 
 def sampling(default: Any) -> Any:
@@ -279,6 +281,9 @@ class UNetConfig:
     label_dropout: float = 0.1  # fraction of training labels replaced by "no label" (Ho & Salimans 2022)
 
 
+# What `train.logger` may name ("" = none); textdiffusion.loggers has one backend per other word.
+LOGGERS = ("", "tensorboard", "wandb", "trackio")
+
 # What `data.tokenizer` may name (see textdiffusion.data.tokenizer.make_tokenizer).
 TOKENIZER_KINDS = ("char", "bpe", "wordpiece")
 BPE_MIN_VOCAB = 256  # a byte-level BPE starts from all 256 bytes, so it can never be smaller
@@ -367,7 +372,7 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     "tiny": {
         "model": {"n_layer": 2, "n_head": 2, "n_embd": 32, "context": 32},
         "train": {"steps": 60, "batch_size": 8, "lr": 3e-3, "min_lr": 3e-4, "warmup": 5, "eval_every": 30,
-                  "eval_windows": 32, "final_eval_windows": 64, "ema_decay": 0.9},
+                  "eval_windows": 32, "final_eval_windows": 64, "ema_decay": 0.9, "log_every": 10},
         "method": {"eval_time_samples": 4},
     },
     "cpu": {
@@ -561,6 +566,8 @@ FIELD_BOUNDS: dict[str, dict[str, Bound]] = {
         "amp": Choice(("auto", "bf16", "off")),
         "threads": Range(0, 4096),  # 0 = torch's default
         "time_budget_s": NONNEGATIVE,  # 0 = no budget
+        "log_every": Range(0, 10**9),  # 0 = no train rows (the evaluation rows are written regardless)
+        "logger": Choice(LOGGERS),
     },
     "data": {
         "val_fraction": Range(0.0, 1.0, lo_open=True, hi_open=True),

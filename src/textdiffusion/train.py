@@ -27,7 +27,7 @@ import torch
 from safetensors import SafetensorError
 from tqdm.auto import tqdm
 
-from textdiffusion import distributed, files, precision
+from textdiffusion import distributed, files, loggers, precision
 from textdiffusion.checkpoint import (
     CHECKPOINT,
     LEGACY_FILES,
@@ -266,6 +266,8 @@ class Trainer:
                  data: Any = None, log: Callable[[str], None] | None = None):
         """``data``: a TextData or ImageData already loaded (tests, benchmarks), else read from the config."""
         validate(cfg)
+        # a missing logger package is an error now, not after the first steps
+        loggers.require(cfg.train.logger, Path(run_dir) / "config.json" if resume else None)
         self.world = distributed.current_world()
         self.cfg, self.run_dir, self.progress = cfg, Path(run_dir), progress and self.world.is_main
         self.log = log or (lambda msg: print(msg, file=sys.stderr))
@@ -356,6 +358,8 @@ class Trainer:
         self.step = 0
         self.elapsed = 0.0  # training seconds, summed over resumes, evaluation excluded
         self.chars_seen = 0  # units seen: characters for text, images for images
+        self.interval = loggers.Interval()  # the steps since the last train row (checkpointed)
+        self.logger = loggers.RunLogger(None)  # train.logger, opened by train() on rank 0
         self.val_windows = self.source.val_set(self.method.window, cfg.train.eval_windows).to(self.device)
 
         # how the forward pass runs (compiled and in bf16 on CUDA by default)
@@ -492,7 +496,7 @@ class Trainer:
             return
         opt_tensors, opt_meta = optimizer_to_flat(self.opt)
         state = {"step": self.step, "elapsed": self.elapsed, "chars_seen": self.chars_seen, "optimizer": opt_meta,
-                 "world_size": self.world.size}
+                 "world_size": self.world.size, "log_interval": self.interval.to_state()}
         groups = {"model": self.model.state_dict(), "ema": self.ema.model.state_dict(),
                   "trainer": {**opt_tensors, **rng}}
         guard = self._stop.saving() if self._stop is not None else contextlib.nullcontext()
@@ -544,6 +548,7 @@ class Trainer:
             self.log(f"resuming on {self.world.size} process(es) a run saved on {saved_world}: its "
                      f"{self.cfg.train.data_shards} data shards draw exactly as before; dropout draws differ")
         self.step, self.elapsed, self.chars_seen = state["step"], state["elapsed"], state.get("chars_seen", 0)
+        self.interval = loggers.Interval.from_state(state.get("log_interval"))
         self.saved_step = self.step
         if self.progress:
             self.log(f"resuming {rd} from its checkpoint at step {self.step} ({header.path.name})")
@@ -592,6 +597,7 @@ class Trainer:
         stopped: StopReason | None = None
         if self.world.is_main:
             self.lock.acquire()
+            self.logger = loggers.open_logger(t.logger, self.run_dir, self.run_id, self.step, cfg.to_dict(), self.log)
         self._stop = _StopFlag(self.log, self._abort_hint)
         try:
             with self._stop as stop:
@@ -604,12 +610,17 @@ class Trainer:
                         # -- one optimizer step
                         tic = time.perf_counter()
                         lr = lr_at(self.step, cfg)
-                        loss = self._optimizer_step(lr)
+                        loss, grad_norm = self._optimizer_step(lr)
                         dt = time.perf_counter() - tic
                         # -- accounting
                         self.elapsed += dt
                         self.chars_seen += units_per_step
                         meter.record(loss, units_per_step, dt)
+                        # -- a train row every train.log_every steps (and at the last)
+                        if t.log_every:
+                            self.interval.add(loss, grad_norm, units_per_step, dt)
+                            if self.step % t.log_every == 0 or self.step == t.steps:
+                                self._log_train_row(lr)
                         # -- evaluate, sample and checkpoint
                         if self._eval_due():
                             rate = meter.end_interval()
@@ -632,11 +643,13 @@ class Trainer:
                     stop.abort_at_once = True  # scoring has no step boundary to stop at
                     try:
                         self._final_score(summary)
+                        self._log_final(summary)
                     except KeyboardInterrupt:
                         summary["interrupted"] = summary["scoring_interrupted"] = True
             return summary
         finally:
             self._stop = None
+            self.logger.close()
             self.lock.release()
 
     def _abort_hint(self) -> str:
@@ -663,9 +676,10 @@ class Trainer:
             return "interrupted"
         return None
 
-    def _optimizer_step(self, lr: float) -> float:
+    def _optimizer_step(self, lr: float) -> tuple[float, float]:
         """One update at learning rate ``lr`` over ``train.grad_accum`` micro-batches of each of this process's
-        data shards; returns its loss.
+        data shards; returns its loss and the global gradient norm before clipping (nan unless
+        ``train.log_every`` asks for it: it is read, never changed, so logging leaves the update as it was).
 
         Each micro-batch's loss is divided by the local count before ``backward``, and DDP averages the
         gradients over the processes, so the update and the returned loss are the means over the whole global
@@ -692,15 +706,18 @@ class Trainer:
         if not math.isfinite(total):
             self.opt.zero_grad(set_to_none=True)
             raise TrainingDiverged(self._diverged(f"the training loss became {total}"))
-        if t.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), t.grad_clip)
+        norm = None
+        if t.grad_clip > 0:  # the gradients are averaged over the processes by now: the norm is the global one
+            norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), t.grad_clip)
+        elif t.log_every:
+            norm = _grad_norm(self.model.parameters())
         self.opt.step()
         self.opt.zero_grad(set_to_none=True)
         self.ema.update(self.model, self.step)
         self.step += 1
         if self.device.type == "cuda":
             torch.cuda.synchronize()
-        return total
+        return total, float(norm) if norm is not None and t.log_every else math.nan
 
     def _eval_due(self) -> bool:
         """Whether the step just taken evaluates and checkpoints: every ``eval_every`` steps and the last."""
@@ -726,8 +743,29 @@ class Trainer:
         self.save()
         return val.bits_per_unit
 
+    def _log_train_row(self, lr: float) -> None:
+        """Append the train row of the steps since the last one and start the next interval. Every process
+        keeps the interval (the checkpoint saves rank 0's); rank 0 writes the row."""
+        tokens = self.method.forward_tokens_per_unit if self.source.unit == "chars" else None
+        row = self.interval.row(self.step, lr, self.elapsed, self._rate_key, tokens)
+        if self.flops_per_unit is not None:
+            mfu = precision.mfu(self.flops_per_unit, row[self._rate_key], self.peak_flops, self.world.size)
+            if mfu is not None:
+                row["mfu"] = mfu
+        self.interval = loggers.Interval()
+        if self.world.is_main:
+            self._log_metrics(row)
+
     def _log_metrics(self, row: dict[str, Any]) -> None:
+        """Append a row to metrics.jsonl (the record) and then hand it to ``train.logger``."""
         files.append_line(self.run_dir / "metrics.jsonl", json.dumps(row))
+        self.logger.log(row)
+
+    def _log_final(self, summary: dict[str, Any]) -> None:
+        """The end-of-training validation numbers (final.json's) to ``train.logger`` as ``final/...``."""
+        numbers = {k: v for k, v in summary.items() if k.startswith("val_")}
+        if numbers:
+            self.logger.log({"step": self.step, "kind": "final", **numbers})
 
     @property
     def _rate_key(self) -> str:
@@ -755,6 +793,16 @@ class Trainer:
             summary.update({bits_key(raw_val.unit) + "_raw": raw_val.bits_per_unit,
                             "val_nats_raw": raw_val.nats_per_unit})
         write_json(self.run_dir / "final.json", summary)
+
+
+def _grad_norm(parameters: Any) -> torch.Tensor:
+    """The global L2 norm of the gradients, as ``clip_grad_norm_`` computes it, without touching them."""
+    grads = [p.grad for p in parameters if p.grad is not None]
+    if not grads:
+        return torch.zeros(())
+    if hasattr(torch.nn.utils, "get_total_norm"):  # torch >= 2.6
+        return torch.nn.utils.get_total_norm(grads)
+    return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.detach()).float() for g in grads]))
 
 
 def write_json_lines(path: Path, lines: list[str]) -> None:

@@ -44,6 +44,7 @@ from textdiffusion.checkpoint import (
 )
 from textdiffusion.config import ConfigError
 from textdiffusion.files import write_text
+from textdiffusion.loggers import TRAIN_KIND, row_kind
 from textdiffusion.methods import SampleRequest, TextMethod, get_method
 from textdiffusion.methods.base import bits_key
 from textdiffusion.progress import progress_bar
@@ -187,7 +188,7 @@ def read_run(path: str | Path) -> RunRecord:
     ev, eval_note = _current_eval(run, step, image)
     val_key = bits_key(method_class.unit)
     speed_key = "images_per_s" if image else "chars_per_s"
-    speeds = [m[speed_key] for m in metrics if speed_key in m]
+    speeds = [m[speed_key] for m in metrics if speed_key in m and row_kind(m) == "eval"]
     model = cfg.get("model", {})
     return RunRecord(
         name=run.name, path=str(run), kind="image" if image else "text", method=method,
@@ -201,8 +202,21 @@ def read_run(path: str | Path) -> RunRecord:
         val=_read_val(ev, final, metrics, step, method_class.unit),
         train_speed=TrainSpeed((final or {}).get(speed_key) or (speeds[-1] if speeds else None),
                                "images/s" if image else "chars/s"),
-        curves=[{k: m[k] for k in ("step", "elapsed", "train_loss", val_key) if k in m} for m in metrics],
+        curves=_curves(metrics, val_key),
         curve_val_key=val_key, eval=ev, eval_note=eval_note)
+
+
+def _curves(metrics: list[dict[str, Any]], val_key: str) -> list[dict[str, float]]:
+    """The learning curves' points: validation from the evaluation rows; the training loss from the train rows
+    (``train.log_every``: the mean over each interval) where the run has them, else the evaluation rows'
+    smoothed loss, so the two kinds of loss never zigzag on one curve."""
+    evals = [m for m in metrics if row_kind(m) == "eval"]
+    trained = [m for m in metrics if row_kind(m) == TRAIN_KIND]
+    if not trained:
+        return [{k: m[k] for k in ("step", "elapsed", "train_loss", val_key) if k in m} for m in evals]
+    points = [{k: m[k] for k in ("step", "elapsed", "train_loss") if k in m} for m in trained]
+    points += [{k: m[k] for k in ("step", "elapsed", val_key) if k in m} for m in evals]
+    return sorted(points, key=lambda p: p["step"])  # stable: a step's train point before its evaluation
 
 
 def _unique_names(records: list[RunRecord]) -> list[RunRecord]:
