@@ -222,6 +222,7 @@ class Score:
 
     @property
     def nats_per_char(self) -> float:
+        """The same number in nats (natural log), the unit of the training losses."""
         return self.bits_per_char * 0.6931471805599453
 
     @property
@@ -492,6 +493,7 @@ class _Model:
 
     @property
     def default_sampler(self) -> str:
+        """The sampler a call gets when it names none: the run's ``method.sampler``, else the method's first."""
         return self.run.method.default_sampler
 
     @property
