@@ -35,7 +35,7 @@ from textdiffusion.data.batches import TextData
 from textdiffusion.data.corpus import corpus_fingerprint, read_corpus, resolve_corpus
 from textdiffusion.data.sources import check_identity, corpus_location
 from textdiffusion.methods.base import Method, SampleRequest, TextMethod
-from textdiffusion.runs import open_run
+from textdiffusion.runs import LoadedRun, open_run
 
 WORD = re.compile(r"[A-Za-z]+(?:'[A-Za-z]+)*")
 COPY_WINDOW = 32
@@ -234,17 +234,18 @@ def reference_windows(text: str, train_chars: int, length: int, n: int) -> list[
     return [val_text[s:s + length] for s in starts]
 
 
-def evaluate_run(run_dir: str | Path, samples: int = 64, length: int = 0, sampler: str = "", steps: int = 0,
+def evaluate_run(run_dir: str | Path | LoadedRun, samples: int = 64, length: int = 0, sampler: str = "", steps: int = 0,
                  temperature: float | None = None, top_k: int | None = None, top_p: float | None = None,
                  seed: int = 0, val_windows: int = 0, device: str = "auto", batch: int = 64,
                  overrides: list[str] | None = None) -> dict[str, Any]:
     """Score a run and write ``RUN/eval.json``. Uses the EMA weights, like sampling. ``overrides`` are
     sampling options (``method.field=value``), recorded in the result. ``temperature``, ``top_k`` and
     ``top_p`` left at None take the run's own (``method.*``, ``overrides`` included); the values actually
-    used are what ``eval.json`` records."""
-    run = open_run(run_dir, device=device, overrides=overrides)
+    used are what ``eval.json`` records. ``run_dir`` may also be a run already opened (the Python API's
+    model holds one), with ``overrides`` the settings it was opened with; ``device`` is then not used."""
+    run = run_dir if isinstance(run_dir, LoadedRun) else open_run(run_dir, device=device, overrides=overrides)
     if not isinstance(run.method, TextMethod):
-        raise ConfigError(f"{run_dir} is an image run; use `textdiffusion mnist eval {run_dir}`")
+        raise ConfigError(f"{run.path} is an image run; use `textdiffusion mnist eval {run.path}`")
     cfg = run.cfg
     data, text, source = run_corpus(run)
     windows = TextData.tiled_windows(data.val_ids, run.method.window, val_windows).to(run.device)
@@ -275,7 +276,7 @@ def evaluate_run(run_dir: str | Path, samples: int = 64, length: int = 0, sample
         "judge": {"kind": f"character {ref.judge.order}-gram, interpolated Witten-Bell",
                   "fitted_on": f"training split of {source}", "chars": len(data.train_text)},
     }
-    write_json(Path(run_dir) / "eval.json", result)
+    write_json(run.path / "eval.json", result)
     return result
 
 

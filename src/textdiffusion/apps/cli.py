@@ -18,7 +18,6 @@ import argparse
 import math
 import re
 import sys
-import time
 from pathlib import Path
 
 from textdiffusion.catalogue import IMAGE_METHODS, TEXT_METHODS, method_names
@@ -231,14 +230,11 @@ def _sample_watchers(args: argparse.Namespace, tokenizer):
 
 
 def cmd_sample(args: argparse.Namespace) -> int:
-    """Draw ``--n`` texts in batches that bound memory (one batch for everyday requests, with exactly the
-    draws of before batching existed), refusing steps, lengths and counts past :mod:`.bounds`' limits and an
-    unwritable ``--trajectory`` before any sampling."""
-    import torch
-
+    """Draw ``--n`` texts through the Python API (:meth:`textdiffusion.api.TextModel.sample`: batches that
+    bound memory, exactly the draws of one sampling for everyday requests), refusing counts and steps past
+    :mod:`.bounds`' limits and an unwritable ``--trajectory`` before the run is even loaded."""
+    from textdiffusion.api import TextModel, load
     from textdiffusion.apps import bounds
-    from textdiffusion.methods.base import SampleRequest
-    from textdiffusion.runs import open_run
 
     bounds.check_count(args.n, bounds.MAX_TEXT_SAMPLES, "--n", "the most one command draws",
                        "draw more in several runs with different --seed")
@@ -246,95 +242,31 @@ def cmd_sample(args: argparse.Namespace) -> int:
         bounds.check_text_steps(args.steps, True, None)
     trajectory = bounds.check_output_file(args.trajectory, "--trajectory") if args.trajectory else None
     _refuse_image_run(args.run_dir, "sample")
-    run = open_run(args.run_dir, weights=args.weights, device=args.device, overrides=args.overrides)
-    req = SampleRequest(n=args.n, length=args.length or 0, prompt=args.prompt or "", infill=args.infill,
-                        placeholder=args.placeholder, sampler=args.sampler or "", steps=args.steps or 0,
-                        **run.method.decoding(args.temperature, args.top_k, args.top_p))
-    batch = _check_text_request(run, req, trajectory is not None)
-    on_step, recorder = _sample_watchers(args, run.tokenizer)
-    gen = torch.Generator(device=run.device).manual_seed(args.seed)
-    tic = time.perf_counter()
-    from textdiffusion import precision
-
-    with torch.no_grad(), precision.autocast(run.cfg.train.amp, run.device)():  # as trained: bf16 on GPUs
-        texts, res, nfe = _sample_text_batches(run, req, batch, gen, on_step, animated=args.show)
-    seconds = time.perf_counter() - tic
+    model = load(args.run_dir, device=args.device, weights=args.weights, overrides=args.overrides)
+    if not isinstance(model, TextModel):
+        raise ConfigError(f"{args.run_dir} is an image run; use `textdiffusion mnist sample {args.run_dir}`")
+    request = {"infill": args.infill, "placeholder": args.placeholder, "n": args.n, "length": args.length or 0,
+               "sampler": args.sampler or "", "steps": args.steps or 0, "temperature": args.temperature,
+               "top_k": args.top_k, "top_p": args.top_p}
+    plan = model.plan(args.prompt or "", **request)
+    if trajectory and plan.batches > 1:
+        raise ConfigError(f"--trajectory records every step of every sample, at most {plan.batch_size} samples of "
+                          f"this length (one batch); use --n <= {plan.batch_size} with --trajectory")
+    on_step, recorder = _sample_watchers(args, model.tokenizer)
+    res = model.sample(args.prompt or "", **request, seed=args.seed, on_step=on_step)
     if recorder:
-        recorder.write(trajectory, method=run.cfg.method.name, run=str(run.path),
-                       sampler=res.info.get("sampler"), n=len(texts), length=res.ids.shape[1], nfe=res.nfe,
-                       fixed=[row.nonzero().flatten().tolist() for row in res.fixed.cpu()],
-                       final=texts)
-    print(f"\n{'=' * 40}\n".join(texts))
-    print(f"[{run.cfg.method.name} step {run.step}: {len(texts)} x {res.ids.shape[1]} chars, "
-          f"sampler {res.info.get('sampler')}, {nfe:g} network evaluations per sample, {seconds:.2f}s]",
-          file=sys.stderr)
+        recorder.write(trajectory, method=model.method, run=str(model.path), sampler=res.sampler, n=len(res.texts),
+                       length=res.length, nfe=res.nfe, fixed=[res.fixed] * len(res.texts), final=res.texts)
+    print(f"\n{'=' * 40}\n".join(res.texts))
+    print(f"[{model.method} step {model.step}: {len(res.texts)} x {res.length} chars, sampler {res.sampler}, "
+          f"{res.nfe:g} network evaluations per sample, {res.seconds:.2f}s]", file=sys.stderr)
     return 0
 
 
-def _check_text_request(run, req, trajectory: bool) -> int:
-    """Check ``req``'s length and step count against the run's method and :mod:`.bounds` before anything
-    large is allocated; return the batch size to draw it in."""
-    from dataclasses import replace
-
-    import torch
-
-    from textdiffusion.apps import bounds
-
-    method = run.method
-    if req.length:
-        method.check_length(req.length)
-        bounds.check_text_length(req.length, method.extends_past_context)
-    # one sample's initial state: the length an infill template gives, and the prompt's checks, up front
-    length = method.prepare(replace(req, n=1), torch.device("cpu"))[0].shape[1]
-    sampler = method.check_sampler(req.sampler)
-    if req.steps and method.default_steps(length, sampler) is None:
-        raise ConfigError(f"--steps does not apply to {method.name}'s {sampler} sampler: it takes one network "
-                          f"evaluation per token; leave --steps out")
-    steps = req.steps or method.default_steps(length, sampler)
-    bounds.check_text_steps(steps, bool(req.steps), method.max_steps)
-    batch = bounds.text_batch_size(length, method.window, run.tokenizer.vocab_size)
-    if trajectory and req.n > batch:
-        raise ConfigError(f"--trajectory records every step of every sample, at most {batch} samples of this "
-                          f"length (one batch); use --n <= {batch} with --trajectory")
-    return batch
-
-
-def _sample_text_batches(run, req, batch: int, gen, on_step, animated: bool):
-    """``req.n`` samples drawn ``batch`` at a time: the decoded texts, the first batch's result (for the
-    trajectory, which is refused beyond one batch) and the network evaluations per sample over all batches.
-
-    ``on_step`` watches the first batch only: an animation (``--show``) of the others would repeat it. With
-    more than one batch a progress bar counts samples on stderr, from the second batch on when the first
-    is ``animated`` (the two would draw over each other)."""
-    from dataclasses import replace
-
-    from textdiffusion.apps import bounds
-    from textdiffusion.progress import progress_bar
-
-    parts = bounds.batches(req.n, batch)
-    texts: list[str] = []
-    first, bar, nfe_total = None, None, 0.0
-    try:
-        for i, (_, count) in enumerate(parts):
-            if bar is None and len(parts) > 1 and not (animated and i == 0):
-                bar = progress_bar(total=req.n, initial=len(texts), unit="sample", leave=False)
-            res = run.method.sample(run.model, replace(req, n=count), gen, on_step if i == 0 else None)
-            texts += [run.tokenizer.decode(row.tolist()) for row in res.ids.cpu()]
-            nfe_total += res.nfe * count
-            if first is None:
-                first = res
-            if bar is not None:
-                bar.update(count)
-    finally:
-        if bar is not None:
-            bar.close()
-    assert first is not None  # n >= 1
-    return texts, first, first.nfe if len(parts) == 1 else nfe_total / req.n
-
-
 def cmd_eval(args: argparse.Namespace) -> int:
+    from textdiffusion.api import TextModel, load
     from textdiffusion.apps import bounds
-    from textdiffusion.evaluate import evaluate_run, format_table
+    from textdiffusion.evaluate import format_table
     from textdiffusion.methods import get_method
 
     bounds.check_count(args.samples, bounds.MAX_IMAGE_EVAL, "--samples", "the most one evaluation scores",
@@ -344,10 +276,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if args.length:
         bounds.check_text_length(args.length, True)
     _refuse_image_run(args.run_dir, "eval")
-    result = evaluate_run(args.run_dir, samples=args.samples, length=args.length or 0, sampler=args.sampler or "",
-                          steps=args.steps or 0, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
-                          seed=args.seed, val_windows=args.val_windows, device=args.device,
-                          overrides=args.overrides)
+    model = load(args.run_dir, device=args.device, overrides=args.overrides)
+    if not isinstance(model, TextModel):
+        raise ConfigError(f"{args.run_dir} is an image run; use `textdiffusion mnist eval {args.run_dir}`")
+    result = model.evaluate(samples=args.samples, length=args.length or 0, sampler=args.sampler or "",
+                            steps=args.steps or 0, temperature=args.temperature, top_k=args.top_k,
+                            top_p=args.top_p, seed=args.seed, val_windows=args.val_windows)
     print(format_table(result, get_method(result["method"])))
     print(f"wrote {Path(args.run_dir) / 'eval.json'}")
     return 0

@@ -31,6 +31,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from textdiffusion.api import ImageModel, TextModel, load
 from textdiffusion.checkpoint import (
     CheckpointError,
     check_finite,
@@ -298,9 +299,12 @@ class _SweepCache:
                   f"next time", file=sys.stderr)
 
 
-def _sweep_point(run, judge, length: int, steps: int, samples: int, seed: int) -> SweepPoint:
+def _sweep_point(model: TextModel, judge, length: int, steps: int, samples: int, seed: int) -> SweepPoint:
+    """One point of the sweep, drawn and timed as ``eval`` draws its samples (:func:`~textdiffusion.evaluate.
+    generate`, batches of 64), so sweep points and eval.json agree."""
     from textdiffusion.evaluate import generate
 
+    run = model.run
     req = SampleRequest(n=samples, length=length, steps=steps, **run.method.decoding())  # the run's own draw
     with torch.no_grad():
         texts, speed = generate(run, req, seed, batch=min(samples, 64))
@@ -311,19 +315,17 @@ def _sweep_point(run, judge, length: int, steps: int, samples: int, seed: int) -
                       chars_per_sample=sum(len(t) for t in texts) / max(1, len(texts)), examples=texts[:EXAMPLES])
 
 
-def _trajectory(run, length: int, seed: int) -> Trajectory:
+def _trajectory(model: TextModel, length: int, seed: int) -> Trajectory:
     from textdiffusion.viz.trajectory import TrajectoryRecorder
 
-    rec = TrajectoryRecorder(run.tokenizer, "_", keep_states=True)
-    gen = torch.Generator(device=run.device).manual_seed(seed)
-    with torch.no_grad():
-        res = run.method.sample(run.model, SampleRequest(n=1, length=length, **run.method.decoding()), gen, rec)
+    rec = TrajectoryRecorder(model.tokenizer, "_", keep_states=True)
+    res = model.sample(length=length, seed=seed, on_step=rec)  # the run's own sampler and token draw
     frames = rec.thinned(MAX_FRAMES)
-    return Trajectory(sampler=res.info.get("sampler") or run.method.default_sampler, nfe=res.nfe,
+    return Trajectory(sampler=res.sampler or model.default_sampler, nfe=res.nfe,
                       steps_total=rec.frames[-1]["step"], frames_kept=len(frames), mask_char="_",
                       frames=[Frame(step=f["step"], t=f.get("t"), nfe=f.get("nfe"), text=f["texts"][0],
                                     masked=f["masked"][0], changed=f["changed"][0]) for f in frames],
-                      final=run.tokenizer.decode(res.ids[0].tolist()))
+                      final=res.texts[0])
 
 
 def _other_points(point: Callable[[int], SweepPoint], sweep: list[int], default: SweepPoint,
@@ -343,21 +345,21 @@ def _other_points(point: Callable[[int], SweepPoint], sweep: list[int], default:
 def measure_text_run(record: RunRecord, judges: _Judges, length: int, sweep: list[int], samples: int,
                      seed: int, device: str, refresh: bool, bar: tqdm) -> TextResults:
     """The sweep (cached in ``RUN/sweep.json``), real-text scores of the same length and a trajectory."""
-    from textdiffusion.runs import open_run
-
-    run = open_run(record.path, device=device)
-    if length > run.method.window:
+    model = load(record.path, device=device)
+    if not isinstance(model, TextModel):
+        raise ConfigError(f"{record.path} is not a text run")
+    if length > model.context:
         raise ConfigError(f"--length {length} is longer than the context of {record.path} "
-                          f"({run.method.window}); use --length {run.method.window} or less")
-    judge, judge_key, source = judges.get(run)
-    cache = _SweepCache(Path(record.path), run.step, {"samples": samples, "length": length, "seed": seed,
-                                                      "judge": judge_key}, refresh)
+                          f"({model.context}); use --length {model.context} or less")
+    judge, judge_key, source = judges.get(model.run)
+    cache = _SweepCache(Path(record.path), model.step, {"samples": samples, "length": length, "seed": seed,
+                                                        "judge": judge_key}, refresh)
 
     def point(steps: int) -> SweepPoint:
         found = cache.get(steps)
         if found is None:
             bar.set_postfix_str(f"{record.name}: {steps or 'default'} steps")
-            found = _sweep_point(run, judge, length, steps, samples, seed)
+            found = _sweep_point(model, judge, length, steps, samples, seed)
             cache.add(steps, found)
         return found
 
@@ -366,7 +368,7 @@ def measure_text_run(record: RunRecord, judges: _Judges, length: int, sweep: lis
     ref_chars = round(default.chars_per_sample or length)
     reference = Reference(judges.real_text(judge_key, ref_chars, samples), ref_chars)
     bar.update(1)
-    steps_fixed = run.method.default_steps(length) is None
+    steps_fixed = model.text_method.default_steps(length) is None
     if steps_fixed:  # ar: one network evaluation per character, whatever the sweep asks
         others, skipped = [], []
         bar.update(len(sweep))
@@ -374,22 +376,24 @@ def measure_text_run(record: RunRecord, judges: _Judges, length: int, sweep: lis
         others, skipped = _other_points(point, sweep, default, bar)
     cache.save()
     bar.set_postfix_str(f"{record.name}: trajectory")
-    trajectory = _trajectory(run, length, seed)
+    trajectory = _trajectory(model, length, seed)
     bar.update(1)
     return TextResults(judge_corpus=source, reference=reference,
                        sweep=sorted([default, *others], key=lambda p: p.steps),
                        samples=SampleSet(default.examples, default.sampler, default.steps, seed, length),
-                       trajectory=trajectory, device_measured=str(run.device), sweep_skipped=skipped,
+                       trajectory=trajectory, device_measured=str(model.device), sweep_skipped=skipped,
                        steps_fixed=steps_fixed)
 
 
 def measure_image_run(record: RunRecord, out: Path, seed: int, device: str, bar: tqdm) -> ImagePictures:
     """Writes the sample grid, the denoising strip and the GIF of an image run into ``out/assets/NAME``."""
-    from textdiffusion.apps.mnist import open_image_run, sample_images
+    from textdiffusion.apps.mnist import sample_images
 
-    run = open_image_run(record.path, device=device)
-    per_class = run.method.conditional
-    n = IMAGES_PER_CLASS * run.method.spec.num_classes if per_class else 32
+    model = load(record.path, device=device)
+    if not isinstance(model, ImageModel):
+        raise ConfigError(f"{record.path} is not an image run")
+    per_class = model.conditional
+    n = IMAGES_PER_CLASS * model.classes if per_class else 32
     bar.set_postfix_str(f"{record.name}: images")
     res = sample_images(record.path, out=out / "assets" / record.name.replace("/", "__"), n=n,
                         sampler=IMAGE_SAMPLER["sampler"], steps=IMAGE_SAMPLER["steps"], eta=IMAGE_SAMPLER["eta"],

@@ -194,19 +194,20 @@ def _reference_data(run: LoadedRun):
     return data
 
 
-def evaluate_images(run_dir: str | Path, samples: int = 1000, sampler: str = "", steps: int = 0,
+def evaluate_images(run_dir: str | Path | LoadedRun, samples: int = 1000, sampler: str = "", steps: int = 0,
                     eta: float | None = None, guidance: float | None = None, seed: int = 0, device: str = "auto",
                     batch_size: int = 500, progress: bool = True, write: bool = True,
                     overrides: list[str] | None = None) -> dict[str, Any]:
     """FID (generated vs the test set, in the classifier's feature space), the classifier's accuracy on the
     digits it was asked for (class-conditional runs), and the sampling time per image.
 
-    Appends the row to ``RUN/evals.jsonl`` and writes it as ``RUN/eval.json``."""
+    Appends the row to ``RUN/evals.jsonl`` and writes it as ``RUN/eval.json``. ``run_dir`` may also be a run
+    already opened (the Python API's model holds one), with ``overrides`` the settings it was opened with."""
     from textdiffusion.image_metrics import fid_and_accuracy
 
     bounds.check_count(samples, bounds.MAX_IMAGE_EVAL, "--samples", "the generated images are held in memory for "
                        "FID", f"use --samples <= {bounds.MAX_IMAGE_EVAL}")
-    run = open_image_run(run_dir, device=device, overrides=overrides)
+    run = run_dir if isinstance(run_dir, LoadedRun) else open_image_run(run_dir, device=device, overrides=overrides)
     method = image_method(run)
     data = _reference_data(run)
     clf, clf_info = classifier_for_data(data, run.device, progress)

@@ -258,6 +258,10 @@ class TextMethod(Method[SampleRequest, SampleResult]):
     def nll(self, model: Any, windows: torch.Tensor, batch_size: int = 64) -> NLLResult:
         """Validation nats per character on fixed windows (deterministic given the config)."""
 
+    def check_score_window(self, length: int) -> None:
+        """Refuse a window of ``length`` tokens, shorter than the context, that :meth:`nll` cannot score (the
+        Python API's ``score`` scores a text's rest as one); any length can be scored by default."""
+
     # ---- generation ----------------------------------------------------------------------------------
     @abstractmethod
     def sample(self, model: Any, req: SampleRequest, generator: torch.Generator,

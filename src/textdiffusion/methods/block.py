@@ -94,6 +94,12 @@ class BlockDiffusion(MaskedDiffusion):
         return Transformer(self.model_cfg, self.tok.vocab_size, out_dim=self.tok.n_symbols,
                            attention=self.attention, block_size=self.B)
 
+    def check_score_window(self, length: int) -> None:
+        """The bound is a sum over whole blocks: a window must hold a whole number of them."""
+        if length % self.B:
+            raise ConfigError(f"the {self.name} method scores whole blocks of {self.B} tokens, and this text ends in "
+                              f"{length % self.B} more; trim or extend it to a multiple of {self.B} tokens")
+
     def default_steps(self, length: int, sampler: str = "") -> int | None:
         """Denoising steps *per block*: one per token of the block."""
         return self.cfg.sample_steps or self.B

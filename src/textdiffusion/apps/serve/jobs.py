@@ -8,19 +8,15 @@ import asyncio
 import contextlib
 import sys
 import threading
-import time
 import traceback
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-import torch
-
+from textdiffusion.api import Frame
 from textdiffusion.checkpoint import CheckpointError
 from textdiffusion.config import ConfigError
 from textdiffusion.data.corpus import DataError
-from textdiffusion.data.tokenizer import Tokenizer
-from textdiffusion.viz.trajectory import decode_masked
 
 from .requests import RequestError, Settings
 from .served import ServedRun
@@ -30,39 +26,15 @@ LAST_EVENTS = ("done", "error")
 
 
 class Cancelled(Exception):
-    """Raised from the sampler's step callback to stop a sampling nobody is watching."""
-
-
-class Frames:
-    """Sampler states -> player frames ``{step, t, nfe, text, masked, changed}`` for the first sample."""
-
-    def __init__(self, tok: Tokenizer, mask_char: str):
-        self.tok = tok
-        self.mask_char = mask_char
-        self.prev: torch.Tensor | None = None
-
-    def __call__(self, step: int, ids: torch.Tensor, info: Mapping[str, Any]) -> dict[str, Any]:
-        ids = ids.detach().cpu()
-        text, masked = decode_masked(self.tok, ids.tolist(), self.mask_char)
-        changed = int((ids != self.prev).sum()) if self.prev is not None and self.prev.shape == ids.shape else 0
-        self.prev = ids
-        frame: dict[str, Any] = {"step": step, "t": None, "nfe": None, "text": text, "masked": masked,
-                                 "changed": changed}
-        for key in ("t", "nfe"):
-            value = info.get(key)
-            if isinstance(value, torch.Tensor):
-                value = value.item()
-            if isinstance(value, (int, float)):
-                frame[key] = round(float(value), 6) if key == "t" else value
-        return frame
+    """Raised between two frames to stop a sampling nobody is watching."""
 
 
 class Job:
     """One sampling: its settings, the queue its events go through, and the flag that stops it.
 
     The worker thread calls :meth:`sample`; the event loop reads :meth:`events`. ``stop`` may be called
-    from anywhere: the sampler's step callback raises :class:`Cancelled` at the next step, and a ``pace``
-    wait wakes at once."""
+    from anywhere: the worker raises :class:`Cancelled` before the next frame (which stops the sampler at its
+    next step), and a ``pace`` wait wakes at once."""
 
     def __init__(self, settings: Settings, loop: asyncio.AbstractEventLoop):
         self.settings = settings
@@ -71,8 +43,6 @@ class Job:
         self.cancel = threading.Event()
         self.reason = "the sampling was stopped"  # what the client is told, if it is still listening
         self.frames = 0
-        self.paced = 0.0  # seconds spent waiting for the pace, left out of the reported sampling time
-        self._frames = Frames(settings.served.tok, settings.req.placeholder)
 
     def stop(self, reason: str | None = None) -> None:
         if reason is not None:
@@ -96,36 +66,33 @@ class Job:
             if event in LAST_EVENTS:
                 return
 
-    def on_step(self, step: int, state: torch.Tensor, info: dict[str, Any]) -> None:
-        """The sampler's step callback: one frame per step, the pace wait, and the place a stop takes effect."""
-        if self.cancel.is_set():
-            raise Cancelled()
-        if self.frames == 0 and step > 0:  # samplers that report no initial state (the continuous ones)
-            self._frame(0, self.settings.initial, {"t": 1.0, "nfe": 0})
-        self._frame(step, state[0], info)
-        pace = self.settings.pace_ms / 1000
-        if pace:
-            waited = time.perf_counter()
-            if self.cancel.wait(pace):
-                raise Cancelled()
-            self.paced += time.perf_counter() - waited
-
-    def _frame(self, step: int, ids: torch.Tensor, info: Mapping[str, Any]) -> None:
-        self.emit("frame", self._frames(step, ids, info))
-        self.frames += 1
-
     def sample(self) -> dict[str, Any]:
-        """Run the sampler to its end (in the worker thread); the ``done`` event's data."""
-        s = self.settings
-        run = s.served.run
-        with torch.no_grad():  # grad mode is per thread: the worker must switch it off itself
-            gen = torch.Generator(device=run.device).manual_seed(s.seed)
-            tic = time.perf_counter()
-            res = s.served.method.sample(run.model, s.req, gen, self.on_step)
-            seconds = time.perf_counter() - tic - self.paced
-        return {"text": s.served.tok.decode(res.ids[0].cpu().tolist(), s.req.placeholder),
-                "seconds": round(seconds, 4), "nfe": res.nfe, "steps": max(self.frames - 1, 0),
-                "frames": self.frames, "sampler": res.info.get("sampler", s.req.sampler), "seed": s.seed}
+        """Run the sampling to its end (in the worker thread), one ``frame`` event per step of the first sample;
+        the ``done`` event's data. It goes through the Python API's stream, whose sampler waits for this
+        thread: the pace wait here paces the sampler, and a stop takes effect at its next step."""
+        s, r = self.settings, self.settings.req
+        stream = s.served.model.stream(r.prompt, infill=r.infill, placeholder=r.placeholder, length=r.length,
+                                       sampler=r.sampler, steps=r.steps, temperature=r.temperature, top_k=r.top_k,
+                                       top_p=r.top_p, seed=s.seed)
+        with stream:  # leaving early stops the sampler
+            for frame in stream:
+                if self.cancel.is_set():
+                    raise Cancelled()
+                self.emit("frame", _frame_event(frame))
+                self.frames += 1
+                if s.pace_ms and self.cancel.wait(s.pace_ms / 1000):
+                    raise Cancelled()
+        res = stream.result
+        assert res is not None
+        return {"text": res.texts[0], "seconds": round(res.seconds, 4), "nfe": res.nfe,
+                "steps": max(self.frames - 1, 0), "frames": self.frames,
+                "sampler": r.sampler if res.sampler is None else res.sampler, "seed": s.seed}
+
+
+def _frame_event(frame: Frame) -> dict[str, Any]:
+    """A player frame ``{step, t, nfe, text, masked, changed}`` of the first sample."""
+    return {"step": frame.step, "t": None if frame.t is None else round(float(frame.t), 6), "nfe": frame.nfe,
+            "text": frame.text, "masked": frame.masked[0], "changed": frame.changed[0]}
 
 
 class SamplingService:

@@ -9,11 +9,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from textdiffusion.api import ImageModel, TextModel, load
 from textdiffusion.checkpoint import CheckpointError, read_json, recorded_method
 from textdiffusion.config import ConfigError
 from textdiffusion.data.tokenizer import CharTokenizer, Tokenizer
 from textdiffusion.methods import REGISTRY, TextMethod
-from textdiffusion.runs import LoadedRun, open_run
 
 # a method that may write past its context (ar slides its window) could be asked for any length: this factor
 # of the context keeps a request short enough to watch
@@ -23,10 +23,10 @@ OTHER_TOKENIZER_CHARS = 8  # BPE/WordPiece: characters of input allowed per toke
 
 @dataclass
 class ServedRun:
-    """A loaded text run and the limits a request to it is checked against."""
+    """A loaded text run (the Python API's model, which samples it) and the limits a request is checked against."""
 
     name: str
-    run: LoadedRun
+    model: TextModel
     method: TextMethod
     tok: Tokenizer
     samplers: tuple[str, ...]  # what a request may pick: the method's interactive samplers
@@ -59,7 +59,7 @@ def load_runs(run_dirs: Sequence[str | Path], device: str = "auto", max_steps: i
             continue
         seen.add(path.resolve())
         name = _unique_name(path, runs)
-        runs[name] = serve_run(name, open_run(path, device=device), max_steps, max_chars)
+        runs[name] = serve_run(name, load(path, device=device), max_steps, max_chars)
     return runs
 
 
@@ -87,15 +87,15 @@ def _unique_name(path: Path, taken: dict[str, ServedRun]) -> str:
     return name
 
 
-def serve_run(name: str, run: LoadedRun, max_steps: int, max_chars: int | None = None) -> ServedRun:
+def serve_run(name: str, model: TextModel | ImageModel, max_steps: int, max_chars: int | None = None) -> ServedRun:
     """A loaded run with its limits: ``max_steps`` is the server's cap on steps, ``max_chars`` an optional
     cap on input texts (default: what fits in the run's context)."""
-    method, tok = run.method, run.tokenizer
-    if not isinstance(method, TextMethod) or tok is None:
-        raise ConfigError(f"{run.path} is not a text run; the live page samples text")
+    if not isinstance(model, TextModel):
+        raise ConfigError(f"{model.path} is not a text run; the live page samples text")
+    method, tok = model.text_method, model.tokenizer
     samplers = method.interactive_samplers()
     if not samplers:
-        raise ConfigError(f"{run.path} offers no sampler the live page can run; use `textdiffusion sample`")
+        raise ConfigError(f"{model.path} offers no sampler the live page can run; use `textdiffusion sample`")
     default_sampler = method.default_sampler if method.default_sampler in samplers else samplers[0]
     run_max_steps = min(max_steps, method.max_steps or max_steps)
     context = method.model_cfg.context
@@ -104,7 +104,7 @@ def serve_run(name: str, run: LoadedRun, max_steps: int, max_chars: int | None =
         default_steps = min(default_steps, run_max_steps)
     max_length = context * PAST_CONTEXT_FACTOR if method.extends_past_context else context
     chars = max_length if tok.kind == "char" else max_length * OTHER_TOKENIZER_CHARS
-    served = ServedRun(name, run, method, tok, samplers, default_sampler, default_steps, run_max_steps, context,
+    served = ServedRun(name, model, method, tok, samplers, default_sampler, default_steps, run_max_steps, context,
                        max_length, chars if max_chars is None else min(chars, max_chars))
     served.info = describe(served)
     return served
@@ -112,13 +112,13 @@ def serve_run(name: str, run: LoadedRun, max_steps: int, max_chars: int | None =
 
 def describe(served: ServedRun) -> dict[str, Any]:
     """What ``/api/runs`` says about a run: everything the page needs to offer its choices and limits."""
-    run, method, tok = served.run, served.method, served.tok
-    final = run.path / "final.json"
+    model, method, tok = served.model, served.method, served.tok
+    final = model.path / "final.json"
     summary = read_json(final) if final.exists() else {}
     summary = summary if isinstance(summary, dict) else {}  # an edited final.json only loses its number
     return {
-        "name": served.name, "path": str(run.path), "method": method.name, "preset": run.cfg.preset,
-        "step": run.step, "parameters": sum(p.numel() for p in run.model.parameters()),
+        "name": served.name, "path": str(model.path), "method": method.name, "preset": model.config.preset,
+        "step": model.step, "parameters": model.parameters,
         "val_bpc": summary.get("val_bpc"), "val_kind": summary.get("val_kind"),
         "samplers": list(served.samplers), "sampler": served.default_sampler,
         "steps": served.default_steps, "steps_fixed": served.default_steps is None, "max_steps": served.max_steps,
