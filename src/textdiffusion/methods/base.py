@@ -201,6 +201,11 @@ class TextMethodConfig(MethodConfig):
     top_p: float = sampling(1.0)
 
     bounds: ClassVar[dict[str, Bound]] = {"temperature": TEMPERATURE, "top_k": TOP_K, "top_p": TOP_P}
+    docs: ClassVar[dict[str, str]] = {
+        "temperature": "default temperature of the token draw (below 1 sharpens, above 1 flattens)",
+        "top_k": "default: draw from the k likeliest tokens only (0 = all)",
+        "top_p": "default nucleus: draw from the likeliest tokens holding this much probability (1 = all)",
+    }
 
 
 class TextMethod(Method[SampleRequest, SampleResult]):

@@ -64,6 +64,12 @@ class BlockConfig(MaskedConfig):
     # the block size must also divide model.context (checked when the method is built, which knows it)
     bounds: ClassVar[dict[str, Bound]] = {"block_size": Range(1, 2**20), "clip_low": PROBABILITY,
                                           "clip_high": PROBABILITY}
+    docs: ClassVar[dict[str, str]] = {
+        "block_size": "tokens per block (must divide model.context): 1 is autoregressive, the context is masked",
+        "clip_low": "lowest training mask rate per block (validation always integrates over all of [0, 1])",
+        "clip_high": "highest training mask rate per block (low = high = 1 masks whole blocks)",
+        "sample_steps": "default denoising steps per block (0 = one per token of the block)",
+    }
 
     def check(self) -> None:
         super().check()

@@ -100,6 +100,13 @@ class GaussianTextConfig(GaussianConfig, TextMethodConfig):
     targets = (*TARGETS, "probs")
     bounds: ClassVar[dict[str, Bound]] = {"target": Choice(targets), "x0_ce_weight": LOSS_WEIGHT,
                                           "probs_mse_weight": LOSS_WEIGHT}
+    docs: ClassVar[dict[str, str]] = {
+        "target": "what the network predicts: eps, x0, v, or probs (a distribution over tokens whose expected "
+                  "embedding is x0)",
+        "self_condition": "feed the previous x0 estimate back to the network (Chen et al. 2022)",
+        "x0_ce_weight": "weight of the decoder's cross-entropy on the predicted x0, at every t",
+        "probs_mse_weight": "target=probs: weight of the averaged x0's MSE, added to the cross-entropy",
+    }
 
 
 @dataclass
@@ -124,6 +131,16 @@ class EmbeddingConfig(GaussianTextConfig):
         "decoder": Choice(DECODERS),
         "rounding_weight": LOSS_WEIGHT,
         "guide_weight": PROBABILITY,
+    }
+    docs: ClassVar[dict[str, str]] = {
+        "embeddings": "learned (with the denoiser) or pretrained (MiniLM's frozen table)",
+        "embed_dim": "width of the learned embedding space (the pretrained table has its own: 384)",
+        "embed_norm": "fixed (every row rescaled to norm sqrt(dim) * embed_scale) or none",
+        "embed_scale": "per-coordinate size of a fixed-norm embedding, relative to the unit noise",
+        "decoder": "how a vector becomes a token: cosine, l2 or head (a learned softmax rounding head)",
+        "rounding_weight": "weight of Diffusion-LM's rounding term -log p(w | x_0)",
+        "guide_run": "guided sampler: the ar run whose next-token logits are mixed with the diffusion plan",
+        "guide_weight": "guided sampler: weight of the diffusion plan (0 = the ar run alone)",
     }
 
 

@@ -73,6 +73,10 @@ class ImageConfig(GaussianConfig):
     guidance: float = sampling(1.0)  # classifier-free guidance scale w: eps = eps_uncond + w (eps_cond - eps_uncond)
 
     bounds: ClassVar[dict[str, Bound]] = {"guidance": GUIDANCE}
+    docs: ClassVar[dict[str, str]] = {
+        "clamp": "clip x0_hat to the pixel range [-1, 1] at every sampling step",
+        "guidance": "classifier-free guidance scale: 0 unconditional, 1 plain conditional, above 1 sharper",
+    }
 
     network = "unet"
     # the U-Net shapes are sized for each preset's machine (cpu: ~0.3 M parameters, minutes on a laptop;

@@ -82,6 +82,17 @@ class MaskedConfig(TextMethodConfig):
         "confidence": Range(0.0, 1.0, lo_open=True),  # a probability threshold; 0 would reveal everything at once
         "sample_steps": SAMPLE_STEPS,
     }
+    docs: ClassVar[dict[str, str]] = {
+        "schedule": "mask schedule: loglinear (MDLM's) or linear in sigma",
+        "sigma_max": "sigma at t = 1 of the linear schedule",
+        "antithetic": "stratify a batch's times (or mask counts) from one random offset: a lower-variance loss",
+        "estimator": "time (draw t, weight the loss by w(t)) or count (t integrated out: a uniform mask count)",
+        "time_conditioning": "give the network the time t (off: the masks alone say how noisy the input is)",
+        "eval_time_samples": "stratified time draws per validation window: more = a tighter estimate of the bound",
+        "eval_seed": "seed of the validation bound's Monte-Carlo draws (fixed, so scores compare)",
+        "confidence": "probability above which the confidence sampler reveals a token early",
+        "sample_steps": "default denoising steps (0 = one per token of the output)",
+    }
 
     def check(self) -> None:
         if self.estimator == "count" and make_schedule(self.schedule, self.sigma_max).alpha_one() > 0:
