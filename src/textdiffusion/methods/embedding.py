@@ -71,6 +71,7 @@ from textdiffusion.diffusion.gaussian import (
     training_times,
 )
 from textdiffusion.methods.base import (
+    NLLProgress,
     NLLResult,
     SampleRequest,
     SampleResult,
@@ -81,6 +82,7 @@ from textdiffusion.methods.base import (
     filter_logits,
     gumbel_sample,
     register,
+    report_batches,
 )
 from textdiffusion.nn.transformer import KVCache, Transformer
 
@@ -369,13 +371,14 @@ class EmbeddingDiffusion(TextMethod):
         return self._denoise(model, x_t, t, x0_prev)[1]
 
     @torch.no_grad()
-    def nll(self, model: EmbeddingDenoiser, windows: torch.Tensor, batch_size: int = 64) -> NLLResult:
+    def nll(self, model: EmbeddingDenoiser, windows: torch.Tensor, batch_size: int = 64,
+            progress: NLLProgress | None = None) -> NLLResult:
         gen = torch.Generator(device=windows.device).manual_seed(self.cfg.eval_seed)
         n = windows.shape[0]
         table = model.table()
         bound = VDMBound(self.schedule, self.cfg.timesteps, self.t_min, self.cfg.eval_time_samples)
         mse, rounding = [], []
-        for xb in windows.split(batch_size):
+        for xb in report_batches(windows.split(batch_size), progress):
             bound.add(table[xb].float(), lambda x0, xb=xb: self._reconstruction_nats(model, xb, x0, gen),
                       lambda x_t, t, _eps: self._predict_x0(model, x_t, t), gen)
             terms = self.loss_terms(model, xb, gen)  # the training loss terms, for diagnosis
