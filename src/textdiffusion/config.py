@@ -15,6 +15,7 @@ import re
 import types
 import typing
 from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
 from typing import Any, ClassVar
 
 
@@ -332,10 +333,11 @@ class Config:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)
 
     @classmethod
-    def from_dict(cls, d: Any) -> Config:
+    def from_dict(cls, d: Any, source: str = "config.json", fix: str = "edit the file back or retrain") -> Config:
         """Read back a recorded config (see :func:`method_config_from_dict` for runs of 0.1.0), checked as
         a ``--set`` would be: a hand-edited or damaged ``config.json`` is a one-line error here, before any
-        network is built from it, not a TypeError deep inside the build."""
+        network is built from it, not a TypeError deep inside the build. ``source`` and ``fix`` name the file
+        and the remedy in that error (:func:`read_config_file` reads other files than a run's own)."""
         if not isinstance(d, dict):
             raise ConfigError(f"config.json's 'config' is {_kind(d)}, not an object; the file is not a textdiffusion "
                               f"config (restore it or retrain)")
@@ -359,7 +361,7 @@ class Config:
         try:
             validate(cfg)
         except ConfigError as e:
-            raise ConfigError(f"config.json: {e} (edit the file back or retrain)") from None
+            raise ConfigError(f"{source}: {e} ({fix})") from None
         return cfg
 
 
@@ -418,6 +420,62 @@ def make_config(method: str, preset: str, overrides: list[str] | None = None) ->
     _merge(cfg, method_cfg.presets.get(preset, {}))
     apply_overrides(cfg, overrides or [])
     return cfg
+
+
+def read_config_file(path: str | Path) -> Config:
+    """The config a new run starts from with ``train --config FILE``: a run's ``config.json`` (its config sits
+    under ``"config"``, beside the versions and the corpus record) or a bare config as ``textdiffusion config
+    --json`` prints it. Checked as strictly as ``--set``: a section or field this version does not have is
+    refused by name (:meth:`Config.from_dict` alone skips them in the network and trainer sections), a section
+    the method uses must be there, and every value is then validated."""
+    where = f"--config {path}"
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{where}: no such file; pass a run's config.json or a file written by "
+                          f"`textdiffusion config --json`") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{where} is a directory; pass the file itself, e.g. {Path(path) / 'config.json'}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{where} is not UTF-8 text; pass a JSON config") from None
+    except OSError as e:
+        raise ConfigError(f"{where}: cannot read it ({e.strerror or e}); check the path and its permissions") from None
+    try:
+        d = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"{where} is not valid JSON ({e.msg} at line {e.lineno}, column {e.colno}); fix the "
+                          f"file") from None
+    if isinstance(d, dict) and isinstance(d.get("config"), dict):  # a run's config.json
+        d = d["config"]
+    if not isinstance(d, dict):
+        raise ConfigError(f"{where} holds {_kind(d)}, not a config object; pass a run's config.json or a file "
+                          f"written by `textdiffusion config --json`")
+    method = d.get("method")
+    if not isinstance(method, dict) or not isinstance(method.get("name"), str):
+        raise ConfigError(f"{where} has no method section with a name; it is not a textdiffusion config "
+                          f"(`textdiffusion config --json` writes one)")
+    method_cls = method_config_class(method["name"])
+    uses = Config(method=method_cls()).sections()
+    for key, value in d.items():
+        if key in TOP_LEVEL:
+            continue
+        if key not in SECTIONS:
+            raise ConfigError(f"{where}: unknown key {_show(key)}; a config has {', '.join((*uses, *TOP_LEVEL))}")
+        if key not in uses:
+            raise ConfigError(f"{where}: the {method['name']} method does not use the {key} section; remove it")
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: the {key} section is {_kind(value)}, not an object; fix the file")
+        own = {f.name for f in fields(method_cls if key == "method" else type(getattr(Config(), key)))}
+        # fields of 0.1.0's single method section are tolerated, as in a run's own config.json
+        unknown = sorted(set(value) - own - (LEGACY_METHOD_FIELDS if key == "method" else set()))
+        if unknown:
+            owner = f"the {method['name']} method" if key == "method" else key
+            raise ConfigError(f"{where}: unknown field {key}.{unknown[0]}; {owner} has {', '.join(sorted(own))}")
+    missing = [key for key in uses if key not in d]
+    if missing:
+        raise ConfigError(f"{where} has no {' or '.join(missing)} section; a config records every section its "
+                          f"method uses (`textdiffusion config --json` writes one)")
+    return Config.from_dict(d, source=where, fix="fix the file")
 
 
 _TYPE_NAMES = {"int": int, "float": float, "bool": bool, "str": str}
