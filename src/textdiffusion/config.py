@@ -849,8 +849,8 @@ def _check_method_name(cfg: Config) -> None:
     name = cfg.method.name
     known = METHOD_CONFIGS.get(name) or (method_config_class(name) if name else None)
     if known is not type(cfg.method):
-        raise ConfigError(f"method.name={_show(name)} does not match its options (a {type(cfg.method).__name__}); "
-                          f"the method is chosen with --method, when the run is trained")
+        raise ConfigError(f"method.name={_show(name)} does not match its options, which are "
+                          f"{type(cfg.method).__name__}'s; the method is chosen with --method, when the run is trained")
 
 
 def _check_sampler(cfg: Config) -> None:

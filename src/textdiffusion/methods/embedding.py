@@ -229,7 +229,8 @@ class EmbeddingDiffusion(TextMethod):
     def set_guide(self, guide: Any) -> None:
         """The guided sampler's ``ar`` model: a loaded run with the same tokenizer as this one."""
         if guide.method.name != "ar":
-            raise ConfigError(f"method.guide_run {self.cfg.guide_run} is a {guide.method.name} run; it must be ar")
+            raise ConfigError(f"method.guide_run {self.cfg.guide_run} was trained with method {guide.method.name}; "
+                              f"it must be ar (an autoregressive run)")
         if guide.tokenizer.to_dict() != self.tok.to_dict():
             raise ConfigError("the guide run's tokenizer differs from this run's; train both on the same data "
                               "and tokenizer")
