@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import argparse
+import inspect
 import json
 
 import pytest
@@ -149,3 +151,137 @@ def test_top_level_help_and_version(capsys):
     with pytest.raises(SystemExit) as e:
         main(["--version"])
     assert e.value.code == 0 and capsys.readouterr().out.strip() == f"textdiffusion {__version__}"
+
+
+def _parsers(parser: argparse.ArgumentParser, path: tuple[str, ...] = ()):
+    """Every parser of the command line with its subcommand path: the top level, each command, mnist's."""
+    yield path, parser
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                yield from _parsers(sub, (*path, name))
+
+
+def test_every_argument_of_every_command_has_help():
+    walked = list(_parsers(build_parser()))
+    assert {p for p, _ in walked} >= {("train",), ("config",), ("mnist", "eval"), ("serve",)}
+    for path, parser in walked:
+        for action in parser._actions:
+            assert action.help and action.help.strip(), f"{' '.join(path)}: {action.dest} has no help"
+            if isinstance(action, argparse._SubParsersAction):  # the command list: a line per command
+                assert all(choice.help for choice in action._choices_actions), path
+        assert parser.description, f"{' '.join(path)} has no description"
+        assert "default: None" not in parser.format_help() and "default: []" not in parser.format_help()
+
+
+def test_help_shows_defaults_and_examples(capsys):
+    sample = _help(["sample"], capsys)
+    assert "number of samples (default: 1)" in sample and "seed of the draw" in sample and "(default: 0)" in sample
+    assert "(default: auto)" in sample and "examples:" in sample
+    top = _help([], capsys)
+    assert "examples:" in top and "textdiffusion config --method masked --preset cpu" in top
+    train = _help(["train"], capsys)
+    assert "(default: cpu, or the --config file's)" in train and "(default: 1337)" in train
+    assert "tiny 60, cpu 2000, base 5000" in train  # the presets' steps, read from the presets
+
+
+def test_mnist_eval_defaults_match_the_function_and_finish_quickly():
+    from textdiffusion.apps.mnist import eval_steps, evaluate_images
+
+    (parser,) = [p for path, p in _parsers(build_parser()) if path == ("mnist", "eval")]
+    flags = {a.dest: a for a in parser._actions}
+    default = inspect.signature(evaluate_images).parameters
+    assert flags["samples"].default == default["samples"].default == 500
+    assert flags["steps"].default is None and default["steps"].default == 0  # both mean eval_steps' default
+    method = type("M", (), {"cfg": type("C", (), {"sample_steps": 0})(), "max_steps": 1000})()
+    assert eval_steps(method) == 50 and eval_steps(method, 7) == 7
+    method.max_steps = 20  # a shorter training grid caps the default
+    assert eval_steps(method) == 20
+
+
+def test_config_describes_every_field_of_every_method(capsys):
+    from textdiffusion.config import describe_fields, make_config
+
+    for name in REGISTRY:
+        cfg = make_config(name, "tiny")
+        rows = describe_fields(cfg)
+        flat = {f"{section}.{key}" for section, values in cfg.to_dict().items() if isinstance(values, dict)
+                for key in values} | {"seed", "preset"}
+        assert {r.key for r in rows} == flat
+        undocumented = [r.key for r in rows if not r.doc.strip()]
+        assert not undocumented, f"{name}: add a line to FIELD_DOCS or the method config's docs for {undocumented}"
+        assert main(["config", "--method", name, "--preset", "tiny"]) == 0
+        out = capsys.readouterr().out
+        assert all(r.key in out and r.doc in out for r in rows), name
+    assert " * " in out  # sampling options are marked
+
+
+def test_config_json_is_what_config_reads(tmp_path, capsys):
+    from textdiffusion.config import Config, make_config, read_config_file
+
+    assert main(["config", "--method", "masked", "--preset", "tiny", "--set", "model.n_layer=3", "--json"]) == 0
+    text = capsys.readouterr().out
+    expected = make_config("masked", "tiny", ["model.n_layer=3"]).to_dict()
+    assert Config.from_dict(json.loads(text)).to_dict() == expected
+    path = tmp_path / "c.json"
+    path.write_text(text)
+    assert read_config_file(path).to_dict() == expected
+    # a file is a starting point: --set applies on top, and `config --config` shows the result
+    assert main(["config", "--config", str(path), "--set", "train.lr=0.002", "--json"]) == 0
+    again = json.loads(capsys.readouterr().out)
+    assert again["train"]["lr"] == 0.002 and again["model"]["n_layer"] == 3
+
+
+def test_train_from_a_runs_config_json(runs, tmp_path):
+    source = runs / "masked"
+    assert main(["train", "--config", str(source / "config.json"), "--run-dir", str(tmp_path / "copy"),
+                 "--no-progress"]) == 0
+    before = json.loads((source / "config.json").read_text())
+    after = json.loads((tmp_path / "copy" / "config.json").read_text())
+    assert after["config"] == before["config"]  # data, seed, --set values: all from the file
+    assert after["run_id"] != before["run_id"]  # what is the run's own is not copied
+    assert main(["train", "--config", str(source / "config.json"), "--method", "masked", "--preset", "tiny",
+                 "--steps", "2", "--seed", "9", "--run-dir", str(tmp_path / "short"), "--no-progress"]) == 0
+    short = json.loads((tmp_path / "short" / "config.json").read_text())["config"]
+    assert short["train"]["steps"] == 2 and short["seed"] == 9 and short["model"] == before["config"]["model"]
+
+
+@pytest.mark.parametrize("content, argv, message", [
+    (None, [], "no such file"),
+    ('{"method": {"name": "masked"', [], "not valid JSON (Expecting"),
+    ("[1, 2]", [], "holds a list, not a config object"),
+    ('{"model": {}}', [], "no method section"),
+    ('{"method": {"name": "nope"}}', [], "unknown method 'nope'"),
+    ('{"method": {"name": "masked"}, "model": {"n_layers": 3}}', [], "unknown field model.n_layers"),
+    ('{"method": {"name": "masked"}, "unet": {}}', [], "does not use the unet section"),
+    ('{"method": {"name": "masked"}, "extra": 1}', [], "unknown key 'extra'"),
+    ('{"method": {"name": "masked"}, "model": {}}', [], "no train or data section"),
+    ("RUN", ["--preset", "cpu"], "--preset cpu and --config"),
+    ("RUN", ["--method", "ar"], "--method ar and --config"),
+    ("RUN", ["--set", "model.n_layer=0"], "model.n_layer must be"),
+])
+def test_bad_config_files_are_one_line(runs, tmp_path, capsys, content, argv, message):
+    path = tmp_path / "c.json"
+    if content == "RUN":
+        path = runs / "masked" / "config.json"
+    elif content is not None:
+        path.write_text(content)
+    assert main(["train", "--config", str(path), *argv, "--run-dir", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error:") and message in err and "\n" not in err, err
+    assert not (tmp_path / "r").exists()
+
+
+def test_mnist_train_refuses_a_text_config_and_resume_refuses_a_new_config(runs, capsys):
+    config = str(runs / "masked" / "config.json")
+    assert main(["mnist", "train", "--config", config]) == 2
+    assert "config of the text method masked; train it with `textdiffusion train --config" in capsys.readouterr().err
+    assert main(["train", "--resume", str(runs / "masked"), "--config", config, "--seed", "0"]) == 2
+    assert "only --steps may be changed, not --config, --seed" in capsys.readouterr().err
+
+
+def test_messages_name_the_flag_of_the_command_at_hand(runs, capsys):
+    # a device this machine lacks: the fix is --device, which sample/eval/serve have (not --set train.device)
+    assert main(["sample", str(runs / "masked"), "--device", "cuda:7"]) == 2
+    err = capsys.readouterr().err
+    assert "use --device auto" in err and "--set" not in err

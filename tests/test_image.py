@@ -207,23 +207,44 @@ def test_mnist_cli_errors(image_run: Path, tmp_path, capsys):
     assert err.startswith("error:") and "nope.npz" in err and err.count("\n") == 1
 
 
-def test_mnist_eval_reports_fid_and_class_accuracy(image_run: Path, tmp_path, monkeypatch):
-    from textdiffusion.apps.mnist import _data_key, evaluate_images
+def _quick_classifier(run: Path, cache: Path) -> None:
+    """Pre-fill the classifier cache ``cache`` for the run's data, so an evaluation does not train the full one."""
+    from textdiffusion.apps.mnist import _data_key
     from textdiffusion.data.images import load_images
     from textdiffusion.image_metrics import classifier_for, train_classifier
 
-    monkeypatch.setenv("TEXTDIFFUSION_CACHE", str(tmp_path))  # the classifier cache goes here
-    cfg = json.loads((image_run / "config.json").read_text())["config"]
+    cfg = json.loads((run / "config.json").read_text())["config"]
     data = load_images(cfg["data"]["corpus"])
     quick = lambda: train_classifier(data.x_train, data.y_train, data.x_test, data.y_test,  # noqa: E731
                                      steps=20, batch_size=64, progress=False)
-    # pre-fill the cache, so the evaluation does not train the full classifier
-    classifier_for(_data_key(data), quick, tmp_path / "classifiers", {"note": "test"})
+    classifier_for(_data_key(data), quick, cache / "classifiers", {"note": "test"})
+
+
+def test_mnist_eval_reports_fid_and_class_accuracy(image_run: Path, tmp_path, monkeypatch):
+    from textdiffusion.apps.mnist import evaluate_images
+
+    monkeypatch.setenv("TEXTDIFFUSION_CACHE", str(tmp_path))  # the classifier cache goes here
+    _quick_classifier(image_run, tmp_path)
     row = evaluate_images(image_run, samples=20, sampler="ddim", steps=5, batch_size=10, progress=False)
     assert row["fid"] > 0 and 0.0 <= row["class_accuracy"] <= 1.0 and row["samples"] == 20
     assert 0.0 < row["classifier_test_accuracy"] <= 1.0 and row["steps"] == 5
     saved = json.loads((image_run / "eval.json").read_text())
     assert saved["fid"] == row["fid"]
+
+
+def test_mnist_eval_says_its_cost_then_shows_one_quiet_bar(image_run: Path, tmp_path, monkeypatch, capsys):
+    """The default steps (50, not DDPM's 1000), the work said up front, and a bar over batches x steps that
+    writes a few lines into a log (capsys is not a terminal) where an unthrottled one would redraw 50 times."""
+    monkeypatch.setenv("TEXTDIFFUSION_CACHE", str(tmp_path))
+    _quick_classifier(image_run, tmp_path)
+    capsys.readouterr()
+    assert main(["mnist", "eval", str(image_run), "--samples", "4", "--device", "cpu"]) == 0
+    err = capsys.readouterr().err
+    assert err.startswith("mnist eval: 4 samples x 50 ddpm steps = 200 U-Net evaluations of one image on cpu")
+    assert "sampling 4 images: 100%" in err and "50/50" in err
+    assert err.count("\r") + err.count("\n") <= 6, err
+    row = json.loads((image_run / "eval.json").read_text())
+    assert row["steps"] == 50 and row["sampler"] == "ddpm" and row["samples"] == 4
 
 
 @pytest.mark.parametrize("target", ["eps", "x0", "v"])

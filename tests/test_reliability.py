@@ -259,11 +259,11 @@ def test_ctrl_c_while_scoring_leaves_a_run_that_resume_finishes(small_corpus, tm
     trainer = Trainer(_cfg(small_corpus), run, progress=False, log=lambda m: None)
     real = Trainer.evaluate
 
-    def interrupted(self, windows, model=None):
+    def interrupted(self, windows, model=None, **kw):
         if windows is not self.val_windows:  # the final scoring
             os.kill(os.getpid(), signal.SIGINT)
             time.sleep(0.5)
-        return real(self, windows, model)
+        return real(self, windows, model, **kw)
 
     monkeypatch.setattr(Trainer, "evaluate", interrupted)
     summary = trainer.train()

@@ -15,6 +15,7 @@ import re
 import types
 import typing
 from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
 from typing import Any, ClassVar
 
 
@@ -205,6 +206,13 @@ class MethodConfig:
     # :meth:`field_bounds` merges them along the class hierarchy. :func:`validate` enforces them, with the
     # field types, before :meth:`check` runs, so ``check`` is left with the rules that tie fields together.
     bounds: ClassVar[dict[str, Bound]] = {}
+    # field -> what it means, in a line (``textdiffusion config`` prints it beside the value); merged along the
+    # class hierarchy like ``bounds`` (:meth:`field_docs`), so a subclass that only changes a default keeps
+    # its parent's text. A test asserts every field of every registered method has one.
+    docs: ClassVar[dict[str, str]] = {
+        "name": "the method (chosen with --method, fixed once the run exists)",
+        "sampler": "default sampler of sample and eval (empty = the method's first)",
+    }
 
     def check(self) -> None:
         """Raise :class:`ConfigError` for a combination of values the method cannot use (called by
@@ -220,6 +228,14 @@ class MethodConfig:
         merged: dict[str, Bound] = {}
         for klass in reversed(cls.__mro__):
             merged.update(vars(klass).get("bounds", {}))
+        return merged
+
+    @classmethod
+    def field_docs(cls) -> dict[str, str]:
+        """What every field means, a subclass's own text overriding its parents'."""
+        merged: dict[str, str] = {}
+        for klass in reversed(cls.__mro__):
+            merged.update(vars(klass).get("docs", {}))
         return merged
 
 
@@ -322,10 +338,11 @@ class Config:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)
 
     @classmethod
-    def from_dict(cls, d: Any) -> Config:
+    def from_dict(cls, d: Any, source: str = "config.json", fix: str = "edit the file back or retrain") -> Config:
         """Read back a recorded config (see :func:`method_config_from_dict` for runs of 0.1.0), checked as
         a ``--set`` would be: a hand-edited or damaged ``config.json`` is a one-line error here, before any
-        network is built from it, not a TypeError deep inside the build."""
+        network is built from it, not a TypeError deep inside the build. ``source`` and ``fix`` name the file
+        and the remedy in that error (:func:`read_config_file` reads other files than a run's own)."""
         if not isinstance(d, dict):
             raise ConfigError(f"config.json's 'config' is {_kind(d)}, not an object; the file is not a textdiffusion "
                               f"config (restore it or retrain)")
@@ -349,7 +366,7 @@ class Config:
         try:
             validate(cfg)
         except ConfigError as e:
-            raise ConfigError(f"config.json: {e} (edit the file back or retrain)") from None
+            raise ConfigError(f"{source}: {e} ({fix})") from None
         return cfg
 
 
@@ -408,6 +425,62 @@ def make_config(method: str, preset: str, overrides: list[str] | None = None) ->
     _merge(cfg, method_cfg.presets.get(preset, {}))
     apply_overrides(cfg, overrides or [])
     return cfg
+
+
+def read_config_file(path: str | Path) -> Config:
+    """The config a new run starts from with ``train --config FILE``: a run's ``config.json`` (its config sits
+    under ``"config"``, beside the versions and the corpus record) or a bare config as ``textdiffusion config
+    --json`` prints it. Checked as strictly as ``--set``: a section or field this version does not have is
+    refused by name (:meth:`Config.from_dict` alone skips them in the network and trainer sections), a section
+    the method uses must be there, and every value is then validated."""
+    where = f"--config {path}"
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{where}: no such file; pass a run's config.json or a file written by "
+                          f"`textdiffusion config --json`") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{where} is a directory; pass the file itself, e.g. {Path(path) / 'config.json'}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{where} is not UTF-8 text; pass a JSON config") from None
+    except OSError as e:
+        raise ConfigError(f"{where}: cannot read it ({e.strerror or e}); check the path and its permissions") from None
+    try:
+        d = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"{where} is not valid JSON ({e.msg} at line {e.lineno}, column {e.colno}); fix the "
+                          f"file") from None
+    if isinstance(d, dict) and isinstance(d.get("config"), dict):  # a run's config.json
+        d = d["config"]
+    if not isinstance(d, dict):
+        raise ConfigError(f"{where} holds {_kind(d)}, not a config object; pass a run's config.json or a file "
+                          f"written by `textdiffusion config --json`")
+    method = d.get("method")
+    if not isinstance(method, dict) or not isinstance(method.get("name"), str):
+        raise ConfigError(f"{where} has no method section with a name; it is not a textdiffusion config "
+                          f"(`textdiffusion config --json` writes one)")
+    method_cls = method_config_class(method["name"])
+    uses = Config(method=method_cls()).sections()
+    for key, value in d.items():
+        if key in TOP_LEVEL:
+            continue
+        if key not in SECTIONS:
+            raise ConfigError(f"{where}: unknown key {_show(key)}; a config has {', '.join((*uses, *TOP_LEVEL))}")
+        if key not in uses:
+            raise ConfigError(f"{where}: the {method['name']} method does not use the {key} section; remove it")
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: the {key} section is {_kind(value)}, not an object; fix the file")
+        own = {f.name for f in fields(method_cls if key == "method" else type(getattr(Config(), key)))}
+        # fields of 0.1.0's single method section are tolerated, as in a run's own config.json
+        unknown = sorted(set(value) - own - (LEGACY_METHOD_FIELDS if key == "method" else set()))
+        if unknown:
+            owner = f"the {method['name']} method" if key == "method" else key
+            raise ConfigError(f"{where}: unknown field {key}.{unknown[0]}; {owner} has {', '.join(sorted(own))}")
+    missing = [key for key in uses if key not in d]
+    if missing:
+        raise ConfigError(f"{where} has no {' or '.join(missing)} section; a config records every section its "
+                          f"method uses (`textdiffusion config --json` writes one)")
+    return Config.from_dict(d, source=where, fix="fix the file")
 
 
 _TYPE_NAMES = {"int": int, "float": float, "bool": bool, "str": str}
@@ -589,6 +662,120 @@ TOP_LEVEL: dict[str, tuple[type, Bound]] = {"seed": (int, SEED), "preset": (str,
 FREE_TEXT = frozenset({"data.corpus", "unet.channel_mult", "method.name", "method.sampler", "method.guide_run"})
 
 
+# --------------------------------------------------------------------------------------------------
+# What each field means, in one line: ``textdiffusion config`` prints it beside the value and the bound. The
+# method sections carry their own (``MethodConfig.docs``); tests/test_cli.py checks every field has a line.
+FIELD_DOCS: dict[str, dict[str, str]] = {
+    "model": {
+        "n_layer": "transformer blocks",
+        "n_head": "attention heads per block (n_embd / n_head must be even, for the rotary embeddings)",
+        "n_embd": "width of the residual stream",
+        "context": "tokens per training window: the length samples default to",
+        "mlp_ratio": "hidden width of each MLP, as a multiple of n_embd",
+        "activation": "the MLP's nonlinearity",
+        "tie_embeddings": "the output head reuses the input embedding rows of the ordinary symbols",
+        "dropout": "dropout rate while training (attention and MLP outputs)",
+        "rope_base": "base of the rotary position frequencies",
+        "positions": "rope, or none: no positional information at all (only to reproduce that failure)",
+    },
+    "train": {
+        "steps": "optimizer steps to train for",
+        "batch_size": "training windows (or images) per micro-batch and data shard",
+        "grad_accum": "micro-batches whose gradients add up to one optimizer step",
+        "data_shards": "independent data and noise streams per step; torchrun with N processes makes it N",
+        "lr": "peak learning rate (AdamW), reached after the warm-up",
+        "min_lr": "learning rate at the end of the cosine decay",
+        "warmup": "steps of linear warm-up from 0 to lr",
+        "weight_decay": "AdamW's decoupled weight decay",
+        "beta1": "AdamW's decay of the gradient average",
+        "beta2": "AdamW's decay of the squared-gradient average",
+        "grad_clip": "clip the gradient norm to this (0 = no clipping)",
+        "ema_decay": "decay of the moving average of the weights that evaluation and sampling use",
+        "ema_warmup": "let the average forget the random initial weights quickly (decay ramps up over the "
+                      "first steps)",
+        "eval_every": "score the validation windows, write samples and checkpoint every this many steps",
+        "eval_windows": "validation windows scored at each evaluation (0 = all)",
+        "final_eval_windows": "validation windows scored once training ends (0 = the whole split)",
+        "final_eval_raw": "also score the raw (not averaged) weights at the end",
+        "sample_every_eval": "write a few samples to RUN/samples at each evaluation",
+        "device": "where to train: auto (a GPU when there is one), cpu, cuda, cuda:N or mps",
+        "compile": "torch.compile the network: auto (on CUDA), on or off",
+        "amp": "mixed precision: auto (bf16 on CUDA), bf16 or off",
+        "threads": "CPU threads torch may use (0 = torch's default)",
+        "time_budget_s": "above 0: stop (and score) once this many seconds of training are spent",
+        "log_every": "append a train row (loss, lr, gradient norm, throughput) to metrics.jsonl every this many "
+                     "steps (0 = none)",
+        "logger": "also send every metrics row and the config to tensorboard, wandb or trackio (offline or local; "
+                  "\"\" = none)",
+    },
+    "data": {
+        "corpus": "text: tinyshakespeare, a UTF-8 file or a directory of .txt files; images: mnist, digits or a "
+                  "path to mnist.npz",
+        "val_fraction": "the corpus's last fraction, held out for validation",
+        "tokenizer": "char, bpe (byte-level, trained on the training split) or wordpiece (MiniLM's)",
+        "vocab_size": "BPE vocabulary size, bytes and merges (only data.tokenizer=bpe reads it)",
+    },
+    "unet": {
+        "base_channels": "channels at the full resolution",
+        "channel_mult": "width multiplier per resolution level; each level after the first halves H and W",
+        "num_res_blocks": "residual blocks per level (the up path has one more, for the skip connection)",
+        "attention": "self-attention at the lowest resolution (the middle block always has it)",
+        "heads": "attention heads",
+        "dropout": "dropout rate in the residual blocks while training",
+        "groups": "group-norm groups (reduced to a divisor of the width where needed)",
+        "class_conditional": "learn p(image | digit) as well as p(image), for --digit and guidance",
+        "label_dropout": "fraction of training labels replaced by 'no label' (classifier-free guidance)",
+    },
+}
+TOP_LEVEL_DOCS = {
+    "seed": "random seed of the initial weights, the data order and the training noise",
+    "preset": "the named size this config started from (a label; the fields above are what counts)",
+}
+
+
+@dataclass(frozen=True)
+class FieldInfo:
+    """One field of a resolved config as ``textdiffusion config`` lists it."""
+
+    key: str  # section.field, or seed / preset
+    value: Any
+    doc: str
+    allowed: str  # what the field may hold ("" when anything of its type)
+    sampling: bool  # may change on a trained run (``sample``/``eval --set``)
+
+
+def describe_fields(cfg: Config) -> list[FieldInfo]:
+    """Every field ``cfg`` records, section by section in :meth:`Config.sections` order, then seed and preset,
+    with what it means (:data:`FIELD_DOCS`, the method's :meth:`~MethodConfig.field_docs`) and what it may
+    hold. A field without a line gets an empty one here (tests/test_cli.py fails on it, so none ships)."""
+    rows: list[FieldInfo] = []
+    for section in cfg.sections():
+        obj = getattr(cfg, section)
+        if section == "method":
+            docs, bounds, sampling = obj.field_docs(), obj.field_bounds(), set(obj.sampling_fields())
+        else:
+            docs, bounds, sampling = FIELD_DOCS[section], FIELD_BOUNDS.get(section, {}), set()
+        for f in fields(obj):
+            rows.append(FieldInfo(f"{section}.{f.name}", getattr(obj, f.name), docs.get(f.name, ""),
+                                  _allowed(cfg, section, f, bounds.get(f.name)), f.name in sampling))
+    for key, (typ, bound) in TOP_LEVEL.items():
+        rows.append(FieldInfo(key, getattr(cfg, key), TOP_LEVEL_DOCS[key], bound.describe(typ is int), False))
+    return rows
+
+
+def _allowed(cfg: Config, section: str, f: dataclasses.Field, bound: Bound | None) -> str:
+    """What a field may hold, in words: its bound, true or false, or the method's samplers."""
+    typ = field_type(f.type)
+    if bound is not None:
+        return bound.describe(typ is int)
+    if typ is bool:
+        return "true or false"
+    if section == "method" and f.name == "sampler":
+        method = importlib.import_module("textdiffusion.methods.base").REGISTRY.get(cfg.method.name)
+        return f"one of {', '.join(method.samplers)}, or empty" if method is not None else ""
+    return ""
+
+
 def check_value(name: str, value: Any, typ: type | None, bound: Bound | None) -> Any:
     """``value`` if it is a ``typ`` within ``bound``, else a :class:`ConfigError` naming the field, the value
     and what is allowed. A bool is not a number here, and an int read for a float field becomes a float."""
@@ -673,8 +860,8 @@ def _check_method_name(cfg: Config) -> None:
     name = cfg.method.name
     known = METHOD_CONFIGS.get(name) or (method_config_class(name) if name else None)
     if known is not type(cfg.method):
-        raise ConfigError(f"method.name={_show(name)} does not match its options (a {type(cfg.method).__name__}); "
-                          f"the method is chosen with --method, when the run is trained")
+        raise ConfigError(f"method.name={_show(name)} does not match its options, which are "
+                          f"{type(cfg.method).__name__}'s; the method is chosen with --method, when the run is trained")
 
 
 def _check_sampler(cfg: Config) -> None:

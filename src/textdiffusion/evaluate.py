@@ -34,7 +34,7 @@ from textdiffusion.config import ConfigError
 from textdiffusion.data.batches import TextData
 from textdiffusion.data.corpus import corpus_fingerprint, read_corpus, resolve_corpus
 from textdiffusion.data.sources import check_identity, corpus_location
-from textdiffusion.methods.base import Method, SampleRequest, TextMethod
+from textdiffusion.methods.base import Method, SampleRequest, TextMethod, score
 from textdiffusion.runs import LoadedRun, open_run
 
 WORD = re.compile(r"[A-Za-z]+(?:'[A-Za-z]+)*")
@@ -181,35 +181,42 @@ class TrainingReference:
         }
 
 
-def generate(run, req: SampleRequest, seed: int, batch: int = 64) -> tuple[list[str], dict[str, Any]]:
-    """Draw ``req.n`` samples in batches; returns the texts and timing/NFE statistics."""
+def generate(run, req: SampleRequest, seed: int, batch: int = 64,
+             progress: bool = False) -> tuple[list[str], dict[str, Any]]:
+    """Draw ``req.n`` samples in batches; returns the texts and timing/NFE statistics. ``progress``: a bar
+    over the samples on stderr, moved once per batch (a per-step hook would cost some samplers a rounding of
+    every step, and the timing here is a reported number)."""
+    from textdiffusion.progress import progress_bar
+
     gen = torch.Generator(device=run.device).manual_seed(seed)
     texts: list[str] = []
     nfe_total, generated_chars, seconds = 0, 0, 0.0
     steps = None
     stats = dict.fromkeys(run.method.sample_stats, 0.0)  # per-sample numbers the method reports, averaged
     remaining = req.n
-    while remaining > 0:
-        b = min(batch, remaining)
-        sub = SampleRequest(**{**req.__dict__, "n": b})
-        if run.device.type == "cuda":
-            torch.cuda.synchronize()
-        tic = time.perf_counter()
-        res = run.method.sample(run.model, sub, gen)
-        if run.device.type == "cuda":
-            torch.cuda.synchronize()
-        seconds += time.perf_counter() - tic
-        ids = res.ids.cpu()
-        texts += [run.tokenizer.decode(row.tolist()) for row in ids]
-        nfe_total += res.nfe * b
-        steps = res.info.get("steps", steps)
-        for key in stats:
-            stats[key] += res.info[key] * b
-        # characters, not tokens: a BPE or WordPiece token stands for several characters
-        free = (~res.fixed.cpu()) if res.fixed is not None else torch.ones_like(ids, dtype=torch.bool)
-        generated_chars += sum(len(run.tokenizer.decode(row[keep].tolist()))
-                               for row, keep in zip(ids, free, strict=True))
-        remaining -= b
+    with progress_bar(total=req.n, desc=f"sampling {req.n:,} texts", unit="sample", disable=not progress) as bar:
+        while remaining > 0:
+            b = min(batch, remaining)
+            sub = SampleRequest(**{**req.__dict__, "n": b})
+            if run.device.type == "cuda":
+                torch.cuda.synchronize()
+            tic = time.perf_counter()
+            res = run.method.sample(run.model, sub, gen)
+            if run.device.type == "cuda":
+                torch.cuda.synchronize()
+            seconds += time.perf_counter() - tic
+            ids = res.ids.cpu()
+            texts += [run.tokenizer.decode(row.tolist()) for row in ids]
+            nfe_total += res.nfe * b
+            steps = res.info.get("steps", steps)
+            for key in stats:
+                stats[key] += res.info[key] * b
+            # characters, not tokens: a BPE or WordPiece token stands for several characters
+            free = (~res.fixed.cpu()) if res.fixed is not None else torch.ones_like(ids, dtype=torch.bool)
+            generated_chars += sum(len(run.tokenizer.decode(row[keep].tolist()))
+                                   for row, keep in zip(ids, free, strict=True))
+            remaining -= b
+            bar.update(b)
     return texts, {"seconds": seconds, "sample_chars_per_s": generated_chars / max(seconds, 1e-9),
                    "nfe_per_sample": nfe_total / req.n, "steps": steps,
                    **{key: total / req.n for key, total in stats.items()}}
@@ -237,12 +244,14 @@ def reference_windows(text: str, train_chars: int, length: int, n: int) -> list[
 def evaluate_run(run_dir: str | Path | LoadedRun, samples: int = 64, length: int = 0, sampler: str = "", steps: int = 0,
                  temperature: float | None = None, top_k: int | None = None, top_p: float | None = None,
                  seed: int = 0, val_windows: int = 0, device: str = "auto", batch: int = 64,
-                 overrides: list[str] | None = None) -> dict[str, Any]:
+                 overrides: list[str] | None = None, progress: bool = True) -> dict[str, Any]:
     """Score a run and write ``RUN/eval.json``. Uses the EMA weights, like sampling. ``overrides`` are
     sampling options (``method.field=value``), recorded in the result. ``temperature``, ``top_k`` and
     ``top_p`` left at None take the run's own (``method.*``, ``overrides`` included); the values actually
-    used are what ``eval.json`` records. ``run_dir`` may also be a run already opened (the Python API's
-    model holds one), with ``overrides`` the settings it was opened with; ``device`` is then not used."""
+    used are what ``eval.json`` records. ``progress``: bars on stderr over the validation scoring (its
+    batches) and the samples (throttled off a terminal); they change no number.
+    ``run_dir`` may also be a run already opened (the Python API's model holds one), with ``overrides`` the
+    settings it was opened with; ``device`` is then not used."""
     run = run_dir if isinstance(run_dir, LoadedRun) else open_run(run_dir, device=device, overrides=overrides)
     if not isinstance(run.method, TextMethod):
         raise ConfigError(f"{run.path} is an image run; use `textdiffusion mnist eval {run.path}`")
@@ -250,11 +259,12 @@ def evaluate_run(run_dir: str | Path | LoadedRun, samples: int = 64, length: int
     data, text, source = run_corpus(run)
     windows = TextData.tiled_windows(data.val_ids, run.method.window, val_windows).to(run.device)
     with torch.no_grad(), precision.autocast(cfg.train.amp, run.device)():  # the precision it trained in
-        nll = run.method.nll(run.model, windows)
+        nll = score(run.method, run.model, windows, progress=progress,
+                    desc=f"scoring {len(windows):,} validation windows")
         length = length or cfg.model.context
         decoding = run.method.decoding(temperature, top_k, top_p)
         req = SampleRequest(n=samples, length=length, sampler=sampler, steps=steps, **decoding)
-        texts, speed = generate(run, req, seed, batch)
+        texts, speed = generate(run, req, seed, batch, progress=progress)
     ref = TrainingReference(data.train_text)
     quality = ref.quality(texts)
     # real text of the same length, evenly spread over the validation split, for scale

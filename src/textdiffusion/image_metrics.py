@@ -169,7 +169,7 @@ def train_classifier(x_train: Tensor, y_train: Tensor, x_test: Tensor, y_test: T
             loss.backward()
             opt.step()
             if step % 50 == 0 or step == steps - 1:
-                bar.set_postfix(loss=f"{loss.item():.3f}")
+                bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)  # drawn with the next throttled update
         bar.close()
     model.eval()
     _, pred = classify(model, images_to_input(x_test))

@@ -20,6 +20,10 @@ def progress_bar(**kwargs: Any) -> tqdm:
     """A tqdm bar with the package's defaults (stderr, throttled off a terminal); ``kwargs`` override them."""
     stream = kwargs.get("file") or sys.stderr
     terminal = hasattr(stream, "isatty") and stream.isatty()
-    options = {"file": stream, "dynamic_ncols": True,
-               "mininterval": TERMINAL_INTERVAL_S if terminal else LOG_INTERVAL_S}
+    interval = TERMINAL_INTERVAL_S if terminal else LOG_INTERVAL_S
+    # maxinterval: tqdm's monitor thread forces a redraw once that long has passed without one (default 10 s),
+    # which into a log added a redraw beside the throttled ones; past twice the interval it only acts when the
+    # loop itself slowed down
+    options = {"file": stream, "dynamic_ncols": True, "mininterval": interval,
+               "maxinterval": max(2 * interval, 10.0)}
     return tqdm(**{**options, **kwargs})

@@ -47,7 +47,7 @@ from textdiffusion.checkpoint import (
 from textdiffusion.config import Config, ConfigError, validate
 from textdiffusion.data.sources import Source, as_source, load_source
 from textdiffusion.files import stale_temporaries, write_text
-from textdiffusion.methods.base import NLLResult, TextMethod, bits_key
+from textdiffusion.methods.base import NLLResult, TextMethod, bits_key, score
 from textdiffusion.optim import warmup_cosine
 from textdiffusion.run_lock import LOCK_NAME, RunLock
 from textdiffusion.runs import build, check_checkpoint_config, check_checkpoint_shapes, pick_device
@@ -567,12 +567,15 @@ class Trainer:
             write_json_lines(mpath, keep)
 
     # ---- evaluation ------------------------------------------------------------------------------------
-    def evaluate(self, windows: torch.Tensor, model: torch.nn.Module | None = None) -> NLLResult:
-        """The method's validation NLL of ``windows`` under ``model`` (default: the EMA weights)."""
+    def evaluate(self, windows: torch.Tensor, model: torch.nn.Module | None = None, progress: bool = False,
+                 desc: str = "") -> NLLResult:
+        """The method's validation NLL of ``windows`` under ``model`` (default: the EMA weights); ``progress``:
+        a bar over its batches on stderr (the evaluations inside the loop have the training bar instead)."""
         model = model or self.ema.model
         model.eval()
         with self.autocast():
-            return self.method.nll(model, windows, batch_size=max(self.cfg.train.batch_size, 64))
+            return score(self.method, model, windows, batch_size=max(self.cfg.train.batch_size, 64),
+                         progress=progress, desc=desc)
 
     def write_samples(self) -> None:
         # not cfg.seed itself: the weights were initialised from that stream, and a sampler whose starting
@@ -782,14 +785,15 @@ class Trainer:
         with the raw weights too if ``train.final_eval_raw``; add the numbers to ``summary`` and write it as
         final.json, the run's headline result."""
         t = self.cfg.train
-        if self.progress:
-            self.log("scoring the validation split with the EMA weights ...")
         full = self.source.val_set(self.method.window, t.final_eval_windows).to(self.device)
-        ema_val = self.evaluate(full)
+        if self.progress:
+            what = "images" if self.source.unit == "images" else "windows"
+            self.log(f"scoring the validation split with the EMA weights ({len(full):,} {what}) ...")
+        ema_val = self.evaluate(full, progress=self.progress, desc="final score, EMA weights")
         summary.update({bits_key(ema_val.unit): ema_val.bits_per_unit, "val_nats": ema_val.nats_per_unit,
                         "val_kind": ema_val.kind, "val_windows": ema_val.windows, "val_details": ema_val.details})
         if t.final_eval_raw:
-            raw_val = self.evaluate(full, self.model)
+            raw_val = self.evaluate(full, self.model, progress=self.progress, desc="final score, raw weights")
             summary.update({bits_key(raw_val.unit) + "_raw": raw_val.bits_per_unit,
                             "val_nats_raw": raw_val.nats_per_unit})
         write_json(self.run_dir / "final.json", summary)

@@ -31,6 +31,13 @@ MAX_TEXT_LENGTH = 100_000
 MAX_IMAGE_GRID = 10_000
 #: ``mnist eval --samples``: the generated images are kept (float) for FID, 100000 of 28x28 are ~300 MB
 MAX_IMAGE_EVAL = 100_000
+#: ``mnist eval``'s defaults (here, not in apps/mnist.py, so --help shows them without importing torch): about
+#: a minute on 2 CPU cores for a ``cpu``-preset run. BENCHMARKS.md's MNIST table (500 samples per row) has
+#: DDPM's step taken 50 times at the best FID of any row (2.87; all 1000 steps: 3.35 in 18 times the time),
+#: deterministic DDIM at 50 steps at 6.51. So: the run's own sampler (ddpm unless set) at 50 steps, on as
+#: many samples as the table, so a result compares with it.
+IMAGE_EVAL_SAMPLES = 500
+IMAGE_EVAL_STEPS = 50
 
 # one text batch: tokens through the network at once, logits held at once (B x L x vocab floats, a few
 # copies of them while filtering and drawing), and sampled ids kept (B x length), each capped

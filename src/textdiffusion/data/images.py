@@ -86,7 +86,8 @@ DIGITS_TEST_SIZE = 297
 _IDX_IMAGES_MAGIC = 0x00000803  # unsigned bytes, 3 dimensions
 _IDX_LABELS_MAGIC = 0x00000801  # unsigned bytes, 1 dimension
 _GZIP_MAGIC = b"\x1f\x8b"
-_OFFLINE_HINT = "or use --data digits for the offline 8x8 fallback"
+# --data is a `mnist train` option only (`mnist eval` and `sample` read the run's recorded data)
+_OFFLINE_HINT = "`mnist train` also takes --data /path/to/mnist.npz, or --data digits for the offline 8x8 fallback"
 
 
 @dataclass
@@ -434,7 +435,7 @@ def load_digits() -> ImageData:
         from sklearn.datasets import load_digits as sklearn_load_digits
     except ImportError:
         raise DataError("the offline digits fallback needs scikit-learn; `pip install scikit-learn` "
-                        "or pass --data mnist") from None
+                        "(`mnist train` also takes --data mnist)") from None
     bunch = sklearn_load_digits()
     images = np.clip(np.round(np.asarray(bunch.images, dtype=np.float64) * 255 / 16), 0, 255).astype(np.uint8)
     labels = np.asarray(bunch.target, dtype=np.int64)
@@ -500,8 +501,8 @@ def _download_mnist(dest: Path) -> ImageData:
         break
     else:
         raise DataError(f"could not download MNIST ({'; '.join(failures)}); offline? put mnist.npz (or the "
-                        f"four IDX files) in {dest.parent}, set TEXTDIFFUSION_DATA to its folder, or pass "
-                        f"--data /path/to/mnist.npz, {_OFFLINE_HINT}")
+                        f"four IDX files) in {dest.parent} or set TEXTDIFFUSION_DATA to its folder "
+                        f"({_OFFLINE_HINT})")
     try:
         _write_atomically(dest, arrays, payload)
     except OSError as e:
@@ -543,7 +544,7 @@ def load_images(source: str = "mnist", download: bool = True) -> ImageData:
         if not download:
             raise DataError(f"MNIST not found in {root} (looked for mnist.npz or the four IDX files); put "
                             f"mnist.npz there, set TEXTDIFFUSION_DATA to its folder, or download it from "
-                            f"{MNIST_NPZ_URL}, {_OFFLINE_HINT}")
+                            f"{MNIST_NPZ_URL} ({_OFFLINE_HINT})")
         return _download_mnist(root / "mnist.npz")
     raise DataError(f"no such image data file or directory: {source!r}; pass a path to mnist.npz, a directory "
                     f"of the four MNIST IDX files, `mnist` or `digits`")

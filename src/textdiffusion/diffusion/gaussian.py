@@ -70,6 +70,17 @@ class GaussianConfig(MethodConfig):
         "eta": ETA,
         "time_difference": Range(0.0, 10.0**6),  # in steps; past the step count every step lands on t = 0
     }
+    docs: ClassVar[dict[str, str]] = {
+        "noise_schedule": "how fast the signal fades: linear, cosine or sqrt",
+        "timesteps": "T of the discrete process (0 = continuous time)",
+        "target": "what the network predicts: eps (the noise), x0 (the clean data) or v",
+        "eval_time_samples": "stratified time draws per example of the validation bound",
+        "eval_seed": "seed of the validation bound's Monte-Carlo draws (fixed, so scores compare)",
+        "sample_steps": "default denoising steps (0 = the method's default)",
+        "eta": "DDIM's noise: 0 deterministic, 1 DDPM's variance (the ddim sampler only)",
+        "clamp": "project x0_hat at every sampling step (onto the embeddings for text, the pixel range for images)",
+        "time_difference": "asymmetric time intervals (Chen et al. 2022), in steps",
+    }
 
     def check(self) -> None:
         if self.timesteps and self.sample_steps > self.timesteps:

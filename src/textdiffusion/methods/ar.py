@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import torch
 
 from textdiffusion.methods.base import (
+    NLLProgress,
     NLLResult,
     SampleRequest,
     SampleResult,
@@ -23,6 +24,7 @@ from textdiffusion.methods.base import (
     filter_logits,
     gumbel_sample,
     register,
+    report_batches,
 )
 from textdiffusion.nn.transformer import KVCache, Transformer
 
@@ -52,10 +54,11 @@ class AutoRegressive(TextMethod):
         return cross_entropy_per_token(model(self._inputs(x)), x).mean()
 
     @torch.no_grad()
-    def nll(self, model: Transformer, windows: torch.Tensor, batch_size: int = 64) -> NLLResult:
+    def nll(self, model: Transformer, windows: torch.Tensor, batch_size: int = 64,
+            progress: NLLProgress | None = None) -> NLLResult:
         total = torch.zeros((), dtype=torch.float64)
         tail = torch.zeros((), dtype=torch.float64)
-        for chunk in windows.split(batch_size):
+        for chunk in report_batches(windows.split(batch_size), progress):
             ce = cross_entropy_per_token(model(self._inputs(chunk)), chunk).double().cpu()
             total += ce.sum()
             tail += ce[:, 1:].sum()

@@ -13,8 +13,9 @@ Two families share this interface: :class:`TextMethod` (a tokenizer, token windo
 
 from __future__ import annotations
 
+import inspect
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Generic, TypeVar
 
@@ -38,6 +39,9 @@ from textdiffusion.nn.transformer import Transformer
 
 # on_step(step, state, info): state is (n, length) ids with tokenizer.mask_id where still unknown
 StepCallback = Callable[[int, torch.Tensor, dict[str, Any]], None]
+# progress(done, total) of a method's nll: batches scored so far and in all, before the first and after each
+NLLProgress = Callable[[int, int], None]
+T = TypeVar("T")
 
 LN2 = 0.6931471805599453
 
@@ -70,6 +74,44 @@ class NLLResult:
 def bits_key(unit: str) -> str:
     """Metric name of a validation number: ``val_bpc`` (bits per character) or ``val_bpd`` (per dimension)."""
     return "val_bpc" if unit == "char" else "val_bpd"
+
+
+def report_batches(batches: Sequence[T], progress: NLLProgress | None) -> Iterator[T]:
+    """``batches`` one by one, telling ``progress`` (done, total) before the first and after each is used.
+
+    This is how a method's :meth:`~Method.nll` reports progress: the scoring draws its Monte-Carlo noise from
+    one generator across all batches, so it cannot be split into pieces scored separately (the numbers would
+    change); counting the batches inside the loop changes nothing."""
+    if progress is not None:
+        progress(0, len(batches))
+    for done, batch in enumerate(batches, start=1):
+        yield batch
+        if progress is not None:
+            progress(done, len(batches))
+
+
+def score(method: Method, model: Any, windows: Any, batch_size: int = 64, progress: bool = False,
+          desc: str = "") -> NLLResult:
+    """``method.nll`` with a progress bar over its batches on stderr when ``progress`` (throttled off a
+    terminal, see :mod:`textdiffusion.progress`). A method whose ``nll`` predates the ``progress`` argument
+    is scored as before, silently, rather than refused."""
+    if not progress or "progress" not in inspect.signature(method.nll).parameters:
+        return method.nll(model, windows, batch_size=batch_size)
+    from textdiffusion.progress import progress_bar
+
+    bar = None
+
+    def tick(done: int, total: int) -> None:
+        nonlocal bar
+        if bar is None:  # opened once the total is known, so even its first line in a log says it
+            bar = progress_bar(total=total, desc=desc or f"scoring {len(windows):,} windows", unit="batch")
+        bar.update(done - bar.n)
+
+    try:
+        return method.nll(model, windows, batch_size=batch_size, progress=tick)
+    finally:
+        if bar is not None:
+            bar.close()
 
 
 REGISTRY: dict[str, type[Method]] = {}
@@ -137,8 +179,9 @@ class Method(ABC, Generic[Request, Result]):
         """Scalar training loss for a batch of clean data."""
 
     @abstractmethod
-    def nll(self, model: Any, windows: Any, batch_size: int = 64) -> NLLResult:
-        """Validation likelihood on fixed data (deterministic given the config)."""
+    def nll(self, model: Any, windows: Any, batch_size: int = 64, progress: NLLProgress | None = None) -> NLLResult:
+        """Validation likelihood on fixed data (deterministic given the config). ``progress(done, total)``, if
+        given, hears of each batch (:func:`report_batches`); it must not change a number, so it only counts."""
 
     @abstractmethod
     def sample(self, model: Any, req: Request, generator: torch.Generator, on_step: Any = None) -> Result: ...
@@ -205,6 +248,11 @@ class TextMethodConfig(MethodConfig):
     top_p: float = sampling(1.0)
 
     bounds: ClassVar[dict[str, Bound]] = {"temperature": TEMPERATURE, "top_k": TOP_K, "top_p": TOP_P}
+    docs: ClassVar[dict[str, str]] = {
+        "temperature": "default temperature of the token draw (below 1 sharpens, above 1 flattens)",
+        "top_k": "default: draw from the k likeliest tokens only (0 = all)",
+        "top_p": "default nucleus: draw from the likeliest tokens holding this much probability (1 = all)",
+    }
 
 
 class TextMethod(Method[SampleRequest, SampleResult]):
@@ -255,7 +303,8 @@ class TextMethod(Method[SampleRequest, SampleResult]):
         """Scalar training loss for clean windows ``x`` (B, window)."""
 
     @abstractmethod
-    def nll(self, model: Any, windows: torch.Tensor, batch_size: int = 64) -> NLLResult:
+    def nll(self, model: Any, windows: torch.Tensor, batch_size: int = 64,
+            progress: NLLProgress | None = None) -> NLLResult:
         """Validation nats per character on fixed windows (deterministic given the config)."""
 
     def check_score_window(self, length: int) -> None:

@@ -62,6 +62,7 @@ class BitsConfig(GaussianTextConfig):
     bit_scale: float = 1.0  # bits are written as {-bit_scale, +bit_scale}
 
     bounds: ClassVar[dict[str, Bound]] = {"bit_scale": SCALE}
+    docs: ClassVar[dict[str, str]] = {"bit_scale": "each token's bits are written as -bit_scale or +bit_scale"}
 
 
 @register

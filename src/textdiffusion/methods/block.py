@@ -41,12 +41,14 @@ from textdiffusion.config import PROBABILITY, Bound, ConfigError, Range
 from textdiffusion.diffusion.masking import corrupt, corrupt_exactly, counts_from, times_from
 from textdiffusion.diffusion.stratified import stratified
 from textdiffusion.methods.base import (
+    NLLProgress,
     NLLResult,
     SampleRequest,
     SampleResult,
     StepCallback,
     cross_entropy_per_token,
     register,
+    report_batches,
 )
 from textdiffusion.methods.masked import MaskedConfig, MaskedDiffusion
 from textdiffusion.nn.transformer import KVCache, Transformer
@@ -64,6 +66,12 @@ class BlockConfig(MaskedConfig):
     # the block size must also divide model.context (checked when the method is built, which knows it)
     bounds: ClassVar[dict[str, Bound]] = {"block_size": Range(1, 2**20), "clip_low": PROBABILITY,
                                           "clip_high": PROBABILITY}
+    docs: ClassVar[dict[str, str]] = {
+        "block_size": "tokens per block (must divide model.context): 1 is autoregressive, the context is masked",
+        "clip_low": "lowest training mask rate per block (validation always integrates over all of [0, 1])",
+        "clip_high": "highest training mask rate per block (low = high = 1 masks whole blocks)",
+        "sample_steps": "default denoising steps per block (0 = one per token of the block)",
+    }
 
     def check(self) -> None:
         super().check()
@@ -156,7 +164,8 @@ class BlockDiffusion(MaskedDiffusion):
         return self._block_terms(model, x, self._draws(self.clip(u)), generator).mean() / L
 
     @torch.no_grad()
-    def nll(self, model: Transformer, windows: torch.Tensor, batch_size: int = 64) -> NLLResult:
+    def nll(self, model: Transformer, windows: torch.Tensor, batch_size: int = 64,
+            progress: NLLProgress | None = None) -> NLLResult:
         """K stratified draws per window and block, fixed seed; masked diffusion's estimator, block by block."""
         K = max(1, self.cfg.eval_time_samples)
         device = windows.device
@@ -165,8 +174,8 @@ class BlockDiffusion(MaskedDiffusion):
         u = stratified(torch.rand(n, L // self.B, 1, generator=gen, device=device), K)  # (n, blocks, K)
         draws = self._draws(u.permute(0, 2, 1).reshape(n * K, -1))
         rows = windows.repeat_interleave(K, dim=0)
-        terms = torch.cat([self._block_terms(model, xb, db, gen)
-                           for xb, db in zip(rows.split(batch_size), draws.split(batch_size), strict=True)])
+        batches = list(zip(rows.split(batch_size), draws.split(batch_size), strict=True))
+        terms = torch.cat([self._block_terms(model, xb, db, gen) for xb, db in report_batches(batches, progress)])
         return self._bound_result(windows, terms, K, "Monte-Carlo estimate of the sum of per-block NELBOs (an upper "
                                   "bound on NLL)", block_size=self.B)
 

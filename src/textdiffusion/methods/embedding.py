@@ -71,6 +71,7 @@ from textdiffusion.diffusion.gaussian import (
     training_times,
 )
 from textdiffusion.methods.base import (
+    NLLProgress,
     NLLResult,
     SampleRequest,
     SampleResult,
@@ -81,6 +82,7 @@ from textdiffusion.methods.base import (
     filter_logits,
     gumbel_sample,
     register,
+    report_batches,
 )
 from textdiffusion.nn.transformer import KVCache, Transformer
 
@@ -100,6 +102,13 @@ class GaussianTextConfig(GaussianConfig, TextMethodConfig):
     targets = (*TARGETS, "probs")
     bounds: ClassVar[dict[str, Bound]] = {"target": Choice(targets), "x0_ce_weight": LOSS_WEIGHT,
                                           "probs_mse_weight": LOSS_WEIGHT}
+    docs: ClassVar[dict[str, str]] = {
+        "target": "what the network predicts: eps, x0, v, or probs (a distribution over tokens whose expected "
+                  "embedding is x0)",
+        "self_condition": "feed the previous x0 estimate back to the network (Chen et al. 2022)",
+        "x0_ce_weight": "weight of the decoder's cross-entropy on the predicted x0, at every t",
+        "probs_mse_weight": "target=probs: weight of the averaged x0's MSE, added to the cross-entropy",
+    }
 
 
 @dataclass
@@ -124,6 +133,16 @@ class EmbeddingConfig(GaussianTextConfig):
         "decoder": Choice(DECODERS),
         "rounding_weight": LOSS_WEIGHT,
         "guide_weight": PROBABILITY,
+    }
+    docs: ClassVar[dict[str, str]] = {
+        "embeddings": "learned (with the denoiser) or pretrained (MiniLM's frozen table)",
+        "embed_dim": "width of the learned embedding space (the pretrained table has its own: 384)",
+        "embed_norm": "fixed (every row rescaled to norm sqrt(dim) * embed_scale) or none",
+        "embed_scale": "per-coordinate size of a fixed-norm embedding, relative to the unit noise",
+        "decoder": "how a vector becomes a token: cosine, l2 or head (a learned softmax rounding head)",
+        "rounding_weight": "weight of Diffusion-LM's rounding term -log p(w | x_0)",
+        "guide_run": "guided sampler: the ar run whose next-token logits are mixed with the diffusion plan",
+        "guide_weight": "guided sampler: weight of the diffusion plan (0 = the ar run alone)",
     }
 
 
@@ -210,7 +229,8 @@ class EmbeddingDiffusion(TextMethod):
     def set_guide(self, guide: Any) -> None:
         """The guided sampler's ``ar`` model: a loaded run with the same tokenizer as this one."""
         if guide.method.name != "ar":
-            raise ConfigError(f"method.guide_run {self.cfg.guide_run} is a {guide.method.name} run; it must be ar")
+            raise ConfigError(f"method.guide_run {self.cfg.guide_run} was trained with method {guide.method.name}; "
+                              f"it must be ar (an autoregressive run)")
         if guide.tokenizer.to_dict() != self.tok.to_dict():
             raise ConfigError("the guide run's tokenizer differs from this run's; train both on the same data "
                               "and tokenizer")
@@ -352,13 +372,14 @@ class EmbeddingDiffusion(TextMethod):
         return self._denoise(model, x_t, t, x0_prev)[1]
 
     @torch.no_grad()
-    def nll(self, model: EmbeddingDenoiser, windows: torch.Tensor, batch_size: int = 64) -> NLLResult:
+    def nll(self, model: EmbeddingDenoiser, windows: torch.Tensor, batch_size: int = 64,
+            progress: NLLProgress | None = None) -> NLLResult:
         gen = torch.Generator(device=windows.device).manual_seed(self.cfg.eval_seed)
         n = windows.shape[0]
         table = model.table()
         bound = VDMBound(self.schedule, self.cfg.timesteps, self.t_min, self.cfg.eval_time_samples)
         mse, rounding = [], []
-        for xb in windows.split(batch_size):
+        for xb in report_batches(windows.split(batch_size), progress):
             bound.add(table[xb].float(), lambda x0, xb=xb: self._reconstruction_nats(model, xb, x0, gen),
                       lambda x_t, t, _eps: self._predict_x0(model, x_t, t), gen)
             terms = self.loss_terms(model, xb, gen)  # the training loss terms, for diagnosis

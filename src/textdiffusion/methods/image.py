@@ -52,7 +52,7 @@ from textdiffusion.diffusion.gaussian import (
     training_target,
     training_times,
 )
-from textdiffusion.methods.base import Method, NLLResult, register
+from textdiffusion.methods.base import Method, NLLProgress, NLLResult, register, report_batches
 from textdiffusion.nn.unet import UNet
 
 LEVELS = 256  # 8-bit pixels
@@ -73,6 +73,10 @@ class ImageConfig(GaussianConfig):
     guidance: float = sampling(1.0)  # classifier-free guidance scale w: eps = eps_uncond + w (eps_cond - eps_uncond)
 
     bounds: ClassVar[dict[str, Bound]] = {"guidance": GUIDANCE}
+    docs: ClassVar[dict[str, str]] = {
+        "clamp": "clip x0_hat to the pixel range [-1, 1] at every sampling step",
+        "guidance": "classifier-free guidance scale: 0 unconditional, 1 plain conditional, above 1 sharper",
+    }
 
     network = "unet"
     # the U-Net shapes are sized for each preset's machine (cpu: ~0.3 M parameters, minutes on a laptop;
@@ -200,11 +204,12 @@ class ImageDiffusion(Method[ImageRequest, ImageResult]):
         return -logp.flatten(1).sum(1)
 
     @torch.no_grad()
-    def nll(self, model: UNet, windows: ImageBatch, batch_size: int = 64) -> NLLResult:
+    def nll(self, model: UNet, windows: ImageBatch, batch_size: int = 64,
+            progress: NLLProgress | None = None) -> NLLResult:
         gen = torch.Generator(device=windows.images.device).manual_seed(self.cfg.eval_seed)
         bound = VDMBound(self.schedule, self.cfg.timesteps, self.t_min, self.cfg.eval_time_samples)
         mse: list[float] = []
-        for b in windows.split(batch_size):
+        for b in report_batches(windows.split(batch_size), progress):
             x0 = to_unit_range(b.images)
             labels = b.labels if self.conditional else None
 

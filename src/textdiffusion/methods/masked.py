@@ -41,6 +41,7 @@ from textdiffusion.diffusion.masking import (
 )
 from textdiffusion.diffusion.stratified import per_row
 from textdiffusion.methods.base import (
+    NLLProgress,
     NLLResult,
     SampleRequest,
     SampleResult,
@@ -51,6 +52,7 @@ from textdiffusion.methods.base import (
     filter_logits,
     gumbel_sample,
     register,
+    report_batches,
 )
 from textdiffusion.nn.transformer import Transformer
 
@@ -81,6 +83,17 @@ class MaskedConfig(TextMethodConfig):
         "eval_seed": SEED,
         "confidence": Range(0.0, 1.0, lo_open=True),  # a probability threshold; 0 would reveal everything at once
         "sample_steps": SAMPLE_STEPS,
+    }
+    docs: ClassVar[dict[str, str]] = {
+        "schedule": "mask schedule: loglinear (MDLM's) or linear in sigma",
+        "sigma_max": "sigma at t = 1 of the linear schedule",
+        "antithetic": "stratify a batch's times (or mask counts) from one random offset: a lower-variance loss",
+        "estimator": "time (draw t, weight the loss by w(t)) or count (t integrated out: a uniform mask count)",
+        "time_conditioning": "give the network the time t (off: the masks alone say how noisy the input is)",
+        "eval_time_samples": "stratified time draws per validation window: more = a tighter estimate of the bound",
+        "eval_seed": "seed of the validation bound's Monte-Carlo draws (fixed, so scores compare)",
+        "confidence": "probability above which the confidence sampler reveals a token early",
+        "sample_steps": "default denoising steps (0 = one per token of the output)",
     }
 
     def check(self) -> None:
@@ -143,7 +156,8 @@ class MaskedDiffusion(TextMethod):
         return self._nelbo_terms(model, x, t, generator).mean() / L
 
     @torch.no_grad()
-    def nll(self, model: Transformer, windows: torch.Tensor, batch_size: int = 64) -> NLLResult:
+    def nll(self, model: Transformer, windows: torch.Tensor, batch_size: int = 64,
+            progress: NLLProgress | None = None) -> NLLResult:
         K = max(1, self.cfg.eval_time_samples)
         device = windows.device
         gen = torch.Generator(device=device).manual_seed(self.cfg.eval_seed)
@@ -155,8 +169,8 @@ class MaskedDiffusion(TextMethod):
             draws, term = counts_from(strata, L), self._count_terms
         else:
             draws, term = times_from(strata), self._nelbo_terms
-        terms = torch.cat([term(model, xb, db, gen)
-                           for xb, db in zip(rows.split(batch_size), draws.split(batch_size), strict=True)])
+        batches = list(zip(rows.split(batch_size), draws.split(batch_size), strict=True))
+        terms = torch.cat([term(model, xb, db, gen) for xb, db in report_batches(batches, progress)])
         return self._bound_result(windows, terms, K, "Monte-Carlo estimate of the continuous-time NELBO (an upper "
                                   "bound on NLL)")
 

@@ -95,8 +95,8 @@ class UNet(nn.Module):
         super().__init__()
         mult = parse_channel_mult(cfg.channel_mult)
         if image_size % (2 ** (len(mult) - 1)):
-            raise ConfigError(f"a {image_size}x{image_size} image cannot be halved {len(mult) - 1} times; use "
-                              f"fewer levels in unet.channel_mult (e.g. 1,2 for 8x8 digits)")
+            raise ConfigError(f"an image of {image_size}x{image_size} pixels cannot be halved {len(mult) - 1} times; "
+                              f"use fewer levels in unet.channel_mult (e.g. 1,2 for 8x8 digits)")
         ch = cfg.base_channels
         if ch % cfg.heads:
             raise ConfigError(f"unet.base_channels={ch} must be divisible by unet.heads={cfg.heads}")
