@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 from textdiffusion.config import Config, make_config
-from textdiffusion.train import Trainer
+from textdiffusion.trainer import Trainer
 
 
 def tiny_config(method: str, corpus: Path | str, steps: int = 40, **overrides: object) -> Config:

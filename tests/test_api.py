@@ -65,12 +65,12 @@ def test_import_is_light_and_exports_resolve():
         textdiffusion.nope  # noqa: B018
 
 
-def test_train_is_the_module_and_the_api_function_whatever_was_imported_first():
-    code = ("import sys\nfrom textdiffusion.train import Trainer\nimport textdiffusion\n"
-            "import textdiffusion.train as m\n"
-            "print(callable(textdiffusion.train), m is sys.modules['textdiffusion.train'], m.Trainer is Trainer)")
+def test_train_is_the_api_function_whatever_was_imported_first():
+    code = ("from textdiffusion.trainer import Trainer\nimport textdiffusion\n"
+            "from textdiffusion.api import train\n"
+            "print(textdiffusion.train is train, 'torch' in __import__('sys').modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
-    assert out == ["True", "True", "True"]
+    assert out == ["True", "True"]
 
 
 # ---- text: the same texts as the command line and as 0.1.0 -------------------------------------------------
@@ -283,7 +283,7 @@ def test_train_records_its_settings_and_returns_the_model(runs):
 
 
 def test_an_interrupted_training_raises_with_the_resume_command(monkeypatch, tmp_path):
-    import textdiffusion.train as train_module
+    import textdiffusion.trainer as train_module
 
     monkeypatch.setattr(train_module, "run_training", lambda cfg, rd, progress: {
         "interrupted": True, "step": 7, "steps": 60, "run_dir": str(rd)})

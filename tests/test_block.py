@@ -14,7 +14,7 @@ from textdiffusion.config import ConfigError
 from textdiffusion.methods import SampleRequest
 from textdiffusion.methods.base import cross_entropy_per_token
 from textdiffusion.runs import build
-from textdiffusion.train import Trainer
+from textdiffusion.trainer import Trainer
 
 
 @pytest.fixture(scope="module")

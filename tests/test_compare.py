@@ -18,7 +18,7 @@ from textdiffusion.apps.cli import main
 from textdiffusion.apps.compare import compare_runs, parse_sweep
 from textdiffusion.config import ConfigError, make_config
 from textdiffusion.data.tokenizer import BPETokenizer, CharTokenizer
-from textdiffusion.train import Trainer
+from textdiffusion.trainer import Trainer
 from textdiffusion.viz.trajectory import TrajectoryRecorder, decode_masked
 
 SWEEP = "2,4"

@@ -233,7 +233,7 @@ def test_text_data_with_bpe_splits_text_then_encodes_each_part(small_corpus):
 
 def test_tokenizer_kind_comes_from_the_config(small_corpus, tmp_path):
     from helpers import tiny_config
-    from textdiffusion.train import Trainer
+    from textdiffusion.trainer import Trainer
 
     cfg = tiny_config("masked", small_corpus, **{"data.tokenizer": "bpe", "data.vocab_size": 300})
     trainer = Trainer(cfg, tmp_path / "run", progress=False)

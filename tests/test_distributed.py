@@ -82,7 +82,7 @@ def test_one_run_directory_without_run_dir(small_corpus, tmp_path):
 STOP_AT = """
 import sys
 from textdiffusion.config import make_config
-from textdiffusion.train import Trainer
+from textdiffusion.trainer import Trainer
 corpus, run, stop = sys.argv[1], sys.argv[2], int(sys.argv[3])
 cfg = make_config("masked", "tiny", [f"data.corpus={corpus}", "train.steps=%d" % {steps}, "train.eval_every=4"])
 trainer = Trainer(cfg, run, progress=False)

@@ -32,7 +32,7 @@ def test_clean_embeddings_round_trip_exactly(decoder, norm):
 def test_rounding_head_learns_to_decode_clean_embeddings(small_corpus, tmp_path):
     """Trained end to end, the head decodes clean embeddings of real text; untrained, it is at chance."""
     cfg = tiny_config("embedding", small_corpus, 60, **{"method.decoder": "head", "train.lr": 1e-2})
-    from textdiffusion.train import Trainer
+    from textdiffusion.trainer import Trainer
 
     trainer = Trainer(cfg, tmp_path / "run", progress=False)
     method, model = trainer.method, trainer.model
@@ -183,7 +183,7 @@ def test_pretrained_minilm_embeddings_train_frozen(small_corpus, tmp_path):
                                                               "method.embeddings": "pretrained",
                                                               "method.decoder": "cosine",
                                                               "method.embed_norm": "none"})
-    from textdiffusion.train import Trainer
+    from textdiffusion.trainer import Trainer
 
     trainer = Trainer(cfg, tmp_path / "pre", progress=False)
     assert trainer.model.embed is None and tuple(trainer.model.frozen.shape) == (30522, 384)

@@ -18,7 +18,7 @@ from textdiffusion.data.images import ImageBatch, ImageSpec, to_pixels, to_unit_
 from textdiffusion.methods.image import ImageDiffusion, ImageRequest
 from textdiffusion.nn.unet import UNet
 from textdiffusion.runs import open_run
-from textdiffusion.train import Trainer
+from textdiffusion.trainer import Trainer
 
 
 @pytest.fixture(scope="module")

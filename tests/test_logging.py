@@ -22,7 +22,7 @@ from textdiffusion import loggers
 from textdiffusion.apps.cli import main
 from textdiffusion.checkpoint import read_group
 from textdiffusion.config import LOGGERS, ConfigError
-from textdiffusion.train import Trainer, lr_at, resume_training
+from textdiffusion.trainer import Trainer, lr_at, resume_training
 
 TIMING = {"elapsed", "chars_per_s", "images_per_s", "tokens_per_s", "mfu"}  # the only numbers allowed to differ
 TRAIN_KEYS = {"step", "kind", "train_loss", "lr", "grad_norm", "grad_norm_max", "chars_per_s", "tokens_per_s",

@@ -11,7 +11,7 @@ from helpers import tiny_config, train_tiny
 from textdiffusion.config import ConfigError
 from textdiffusion.data import TextData
 from textdiffusion.methods.base import SampleRequest, filter_logits
-from textdiffusion.train import Trainer
+from textdiffusion.trainer import Trainer
 
 
 @pytest.fixture(scope="module")

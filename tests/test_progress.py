@@ -12,7 +12,7 @@ from helpers import tiny_config, train_tiny
 from textdiffusion.apps.cli import main
 from textdiffusion.methods import REGISTRY
 from textdiffusion.methods.base import score
-from textdiffusion.train import Trainer
+from textdiffusion.trainer import Trainer
 
 
 def _redraws(err: str) -> int:

@@ -20,12 +20,12 @@ import torch
 
 import textdiffusion.checkpoint as checkpoint_module
 import textdiffusion.files as files_module
-import textdiffusion.train as train_module
+import textdiffusion.trainer as train_module
 from helpers import tiny_config
 from textdiffusion.checkpoint import CHECKPOINT, CheckpointError, read_group, read_header
 from textdiffusion.config import ConfigError
 from textdiffusion.run_lock import RunLock
-from textdiffusion.train import Trainer, TrainingDiverged, resume_training
+from textdiffusion.trainer import Trainer, TrainingDiverged, resume_training
 
 STEPS, EVERY = 4, 2
 SRC = str(Path(__file__).resolve().parents[1] / "src")
@@ -145,7 +145,7 @@ def _child(code: str, run: Path, corpus: Path, steps: int = STEPS) -> subprocess
     """A training process in its own interpreter, so it can be killed like a real one."""
     setup = (f"import sys; sys.path[:0] = [{SRC!r}, {str(Path(__file__).parent)!r}]\n"
              f"from helpers import tiny_config\nimport textdiffusion.checkpoint as ck\n"
-             f"from textdiffusion.train import Trainer, resume_training\n"
+             f"from textdiffusion.trainer import Trainer, resume_training\n"
              f"cfg = tiny_config('ar', {str(corpus)!r}, steps={steps}, **{{'train.eval_every': {EVERY}}})\n")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
     return subprocess.Popen([sys.executable, "-c", setup + code, str(run)], env=env, stdout=subprocess.PIPE,

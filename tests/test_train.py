@@ -9,7 +9,7 @@ import torch
 
 from helpers import metric_rows, tiny_config
 from textdiffusion.checkpoint import CheckpointError, read_group, read_header
-from textdiffusion.train import Trainer, lr_at, resume_training
+from textdiffusion.trainer import Trainer, lr_at, resume_training
 
 
 def _weights(run_dir, name="model"):
@@ -125,7 +125,7 @@ def test_stopping_between_evaluations_checkpoints_that_step_but_does_not_score(s
 
 
 def test_progress_bar_shows_the_smoothed_loss_and_the_last_evaluation(small_corpus, tmp_path, monkeypatch):
-    import textdiffusion.train as train_module
+    import textdiffusion.trainer as train_module
 
     bars = []
 

@@ -14,8 +14,6 @@ import torch.
 from __future__ import annotations
 
 import importlib
-import sys
-import types
 from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
@@ -41,7 +39,7 @@ if TYPE_CHECKING:
 # exported name -> the module that defines it
 _EXPORTS = {
     **dict.fromkeys(("Frame", "ImageFrame", "ImageModel", "ImageSamples", "ImageStream", "SamplingPlan", "Score",
-                     "TextModel", "TextSamples", "TextStream", "load"), "textdiffusion.api"),
+                     "TextModel", "TextSamples", "TextStream", "load", "train"), "textdiffusion.api"),
     "ConfigError": "textdiffusion.config",
     "CheckpointError": "textdiffusion.errors",
     "DataError": "textdiffusion.errors",
@@ -52,38 +50,8 @@ __all__ = ["CheckpointError", "ConfigError", "DataError", "Frame", "ImageFrame",
            "train"]
 
 
-class _TrainModule(types.ModuleType):
-    """:mod:`textdiffusion.train`, the training loop, callable as the API's :func:`textdiffusion.api.train`.
-
-    ``textdiffusion.train`` names both the submodule and the API function, and Python makes the attribute of a
-    package the submodule once it is imported (``from textdiffusion.train import Trainer`` anywhere would
-    otherwise turn ``textdiffusion.train(method=...)`` into "module is not callable"). So the module itself is
-    made callable: ``textdiffusion.train(...)`` trains a run, ``import textdiffusion.train as m`` still gives
-    the module, whatever was imported first."""
-
-    def __call__(self, method: str, preset: str = "cpu", **kwargs: Any) -> Any:
-        from textdiffusion.api import train
-
-        return train(method, preset, **kwargs)
-
-
-class _Package(types.ModuleType):
-    """This package's module type: it makes the ``train`` submodule callable as it is attached (the import
-    system sets a package's attribute for every submodule it loads, by whatever import)."""
-
-    def __setattr__(self, name: str, value: Any) -> None:
-        if name == "train" and type(value) is types.ModuleType:
-            value.__class__ = _TrainModule
-        super().__setattr__(name, value)
-
-
-sys.modules[__name__].__class__ = _Package
-
-
 def __getattr__(name: str) -> Any:
     """Import an exported name on first use (PEP 562), so ``import textdiffusion`` stays light."""
-    if name == "train":
-        return importlib.import_module("textdiffusion.train")
     if name in _EXPORTS:
         value = getattr(importlib.import_module(_EXPORTS[name]), name)
         globals()[name] = value

@@ -152,7 +152,7 @@ class ModelConfig:
 
 @dataclass
 class TrainConfig:
-    """The one trainer's knobs (see :mod:`textdiffusion.train`)."""
+    """The one trainer's knobs (see :mod:`textdiffusion.trainer`)."""
 
     steps: int = 2000
     batch_size: int = 12

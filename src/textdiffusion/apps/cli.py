@@ -208,7 +208,7 @@ def _config_value(value) -> str:
 
 def _train_new_run(cfg, args: argparse.Namespace) -> int:
     """Train ``cfg`` into ``--run-dir`` (or a fresh runs/ folder) and report; text and image alike."""
-    from textdiffusion.train import default_run_dir, run_training
+    from textdiffusion.trainer import default_run_dir, run_training
 
     run_dir = Path(args.run_dir) if args.run_dir else default_run_dir(cfg)
     return _report_training(run_training(cfg, run_dir, progress=not args.no_progress))
@@ -216,7 +216,7 @@ def _train_new_run(cfg, args: argparse.Namespace) -> int:
 
 def _resume_training(args: argparse.Namespace) -> int:
     """``train --resume RUN`` (text or image): the saved config decides everything but the step count."""
-    from textdiffusion.train import resume_training
+    from textdiffusion.trainer import resume_training
 
     flags = ("method", "preset", "config", "data", "run_dir", "seed", "device")
     given = [f"--{name.replace('_', '-')}" for name in flags if getattr(args, name, None) is not None]

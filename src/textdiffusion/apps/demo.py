@@ -15,7 +15,7 @@ from textdiffusion.config import make_config
 from textdiffusion.data.corpus import DataError, resolve_corpus
 from textdiffusion.methods.base import SampleRequest
 from textdiffusion.runs import open_run
-from textdiffusion.train import default_run_dir, run_training
+from textdiffusion.trainer import default_run_dir, run_training
 from textdiffusion.viz import TerminalAnimation
 
 DEMO_STEPS = 1500

@@ -1,6 +1,6 @@
 """``textdiffusion mnist ...``: image diffusion, run through the same trainer and run directories as text.
 
-Training is :func:`textdiffusion.train.run_training` with ``--method image``; this module adds what is
+Training is :func:`textdiffusion.trainer.run_training` with ``--method image``; this module adds what is
 particular to pictures: writing sample grids, denoising strips and GIFs (:func:`sample_images`), scoring
 samples with FID and class accuracy in a trained classifier's feature space (:func:`evaluate_images`) and
 the offline-capable demo (:func:`run_demo`).
@@ -308,7 +308,7 @@ def _demo_config(source: str, steps: int | None, preset: str):
 
 
 def run_demo(steps: int | None = None, data: str = "mnist", run_dir: str | None = None, preset: str = "cpu") -> int:
-    from textdiffusion.train import default_run_dir, run_training
+    from textdiffusion.trainer import default_run_dir, run_training
 
     source, why = resolve_demo_data(data)
     if why:

@@ -1,6 +1,6 @@
 """What the one trainer needs from a dataset, for text and for images alike.
 
-The trainer (:mod:`textdiffusion.train`) never asks whether it is training on characters or pixels. It
+The trainer (:mod:`textdiffusion.trainer`) never asks whether it is training on characters or pixels. It
 asks a *source* for a random training batch, a fixed validation set, a description for ``config.json``,
 the file that lets a run be reopened without its data (``tokenizer.json`` or ``image.json``), how many
 units (characters, images) a batch holds, and a picture or text of the current samples.
