@@ -67,3 +67,40 @@ def test_eval_into_a_log_writes_a_few_lines(small_corpus, tmp_path, capsys):
     assert "scoring 187 validation windows: 100%" in err and "47/47" in err
     assert "sampling 130 texts: 100%" in err and "130/130" in err
     assert _redraws(err) <= 10, err
+
+
+def test_one_batch_of_samples_shows_its_steps_on_a_terminal_and_the_same_texts(small_corpus, tmp_path):
+    """`sample` of one batch: a bar over the denoising steps when stderr is a terminal (a pseudo-terminal
+    here), none into a pipe, and the same texts either way (watching a step draws nothing)."""
+    import fcntl
+    import os
+    import pty
+    import struct
+    import subprocess
+    import sys
+    import termios
+
+    run = tmp_path / "run"
+    train_tiny("masked", small_corpus, run, steps=4)
+    cmd = [sys.executable, "-m", "textdiffusion", "sample", str(run), "--steps", "40", "--n", "2", "--device", "cpu"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    piped = subprocess.run(cmd, capture_output=True, text=True, env=env, check=True)
+    assert "sampling" not in piped.stderr
+    leader, follower = pty.openpty()
+    fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))  # a width, so tqdm draws
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=follower, env=env)
+    os.close(follower)
+    shown = b""
+    while True:
+        try:
+            chunk = os.read(leader, 4096)
+        except OSError:  # the child closed the terminal
+            break
+        if not chunk:
+            break
+        shown += chunk
+    out = proc.communicate()[0].decode()
+    os.close(leader)
+    assert proc.returncode == 0
+    assert b"sampling:" in shown and b"/40" in shown
+    assert out == piped.stdout

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import queue
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -615,11 +616,29 @@ class TextModel(_Model):
         A request of one batch draws exactly what one sampling call draws; a larger one draws batch after
         batch from the one generator (:mod:`textdiffusion.apps.bounds`). ``on_step`` watches the first batch
         only: an animation of the others would repeat it. With more than one batch a progress bar counts
-        samples on stderr, from the batch after the watched one (the two would draw over each other)."""
+        samples on stderr, from the batch after the watched one (the two would draw over each other); one
+        batch gets a bar over its steps on a terminal."""
+        from textdiffusion.progress import progress_bar
+
+        parts = bounds.batches(plan.request.n, plan.batch_size)
+        if progress and len(parts) == 1 and on_step is None and sys.stderr.isatty():
+            # one batch: a bar over its steps, on a terminal only (watching a step costs a little, and a log
+            # file gains nothing from a bar that lasts seconds); the draws are the same with or without it
+            step_bar = progress_bar(total=plan.steps or plan.length, unit="step", desc="sampling", leave=False)
+
+            def on_step(step: int, state: torch.Tensor, info: Mapping[str, Any]) -> None:
+                step_bar.update(max(0, min(step, step_bar.total) - step_bar.n))
+
+            return self._draw_batches(plan, parts, gen, on_step, False, step_bar)
+        return self._draw_batches(plan, parts, gen, on_step, progress, None)
+
+    def _draw_batches(self, plan: SamplingPlan, parts: list[tuple[int, int]], gen: torch.Generator,
+                      on_step: StepCallback | None, progress: bool,
+                      step_bar: Any) -> tuple[list[str], SampleResult, float]:
+        """:meth:`_draw`'s loop over the batches; closes ``step_bar`` (the one-batch step bar) when done."""
         from textdiffusion.progress import progress_bar
 
         run, req = self.run, plan.request
-        parts = bounds.batches(req.n, plan.batch_size)
         texts: list[str] = []
         first: SampleResult | None = None
         bar, nfe_total = None, 0.0
@@ -635,8 +654,9 @@ class TextModel(_Model):
                 if bar is not None:
                     bar.update(count)
         finally:
-            if bar is not None:
-                bar.close()
+            for b in (bar, step_bar):
+                if b is not None:
+                    b.close()
         assert first is not None  # n >= 1
         return texts, first, first.nfe if len(parts) == 1 else nfe_total / req.n
 
