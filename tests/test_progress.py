@@ -104,3 +104,15 @@ def test_one_batch_of_samples_shows_its_steps_on_a_terminal_and_the_same_texts(s
     assert proc.returncode == 0
     assert b"sampling:" in shown and b"/40" in shown
     assert out == piped.stdout
+
+
+def test_no_progress_silences_the_bars_of_eval_and_sample(small_corpus, tmp_path, capsys):
+    run = tmp_path / "run"
+    train_tiny("masked", small_corpus, run, steps=4)
+    capsys.readouterr()
+    assert main(["eval", str(run), "--samples", "130", "--val-windows", "8", "--device", "cpu", "--no-progress"]) == 0
+    assert main(["sample", str(run), "--n", "1100", "--device", "cpu", "--no-progress"]) == 0  # two batches
+    err = capsys.readouterr().err
+    assert "%|" not in err and "scoring" not in err, err
+    assert main(["sample", str(run), "--n", "1100", "--device", "cpu"]) == 0  # the bar the flag silenced
+    assert "/1100 [" in capsys.readouterr().err

@@ -754,12 +754,13 @@ class TextModel(_Model):
 
     def evaluate(self, samples: int = 64, *, length: int = 0, sampler: str = "", steps: int = 0,
                  temperature: float | None = None, top_k: int | None = None, top_p: float | None = None,
-                 seed: int = 0, val_windows: int = 0) -> dict[str, Any]:
+                 seed: int = 0, val_windows: int = 0, progress: bool = True) -> dict[str, Any]:
         """Score the run as ``textdiffusion eval`` does and return the same result (validation bits/char,
         exact or a bound; the quality of ``samples`` samples against the judge, with real text beside it for
         scale; speed). Like the command it writes the result to ``RUN/eval.json``, which ``compare`` reads.
         ``val_windows`` limits the validation windows (0 = the whole split); the other options are
-        :meth:`generate`'s. Needs the run's corpus, as training did; scores the EMA weights."""
+        :meth:`generate`'s. Needs the run's corpus, as training did; scores the EMA weights. ``progress``:
+        bars on stderr over the scoring and the sampling (they change no number)."""
         from textdiffusion.evaluate import evaluate_run
 
         self._refuse_raw_weights()
@@ -774,7 +775,7 @@ class TextModel(_Model):
                             temperature=temperature, top_k=top_k, top_p=top_p,
                             seed=check_value("seed", seed, int, SEED),
                             val_windows=check_value("val_windows", val_windows, int, Range(0, 10**9)),
-                            overrides=self._overrides)
+                            overrides=self._overrides, progress=bool(progress))
 
 
 # ---- images -------------------------------------------------------------------------------------------------

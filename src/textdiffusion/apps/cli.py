@@ -339,7 +339,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
         raise ConfigError(f"--trajectory records every step of every sample, at most {plan.batch_size} samples of "
                           f"this length (one batch); use --n <= {plan.batch_size} with --trajectory")
     on_step, recorder = _sample_watchers(args, model.tokenizer)
-    res = model.sample(args.prompt or "", **request, seed=args.seed, on_step=on_step)
+    res = model.sample(args.prompt or "", **request, seed=args.seed, on_step=on_step, progress=not args.no_progress)
     if recorder:
         recorder.write(trajectory, method=model.method, run=str(model.path), sampler=res.sampler, n=len(res.texts),
                        length=res.length, nfe=res.nfe, fixed=[res.fixed] * len(res.texts), final=res.texts)
@@ -367,7 +367,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
         raise ConfigError(f"{args.run_dir} is an image run; use `textdiffusion mnist eval {args.run_dir}`")
     result = model.evaluate(samples=args.samples, length=args.length or 0, sampler=args.sampler or "",
                             steps=args.steps or 0, temperature=args.temperature, top_k=args.top_k,
-                            top_p=args.top_p, seed=args.seed, val_windows=args.val_windows)
+                            top_p=args.top_p, seed=args.seed, val_windows=args.val_windows,
+                            progress=not args.no_progress)
     print(format_table(result, get_method(result["method"])))
     print(f"wrote {Path(args.run_dir) / 'eval.json'}")
     return 0
@@ -411,7 +412,7 @@ def cmd_mnist_sample(args: argparse.Namespace) -> int:
     res = sample_images(args.run_dir, out=args.out, n=args.n or 0, digit=args.digit, sampler=args.sampler or "",
                         steps=args.steps or 0, eta=args.eta, guidance=args.guidance, seed=args.seed,
                         device=args.device, weights=args.weights, gif=not args.no_gif,
-                        overrides=args.overrides)
+                        overrides=args.overrides, progress=not args.no_progress)
     for kind, path in res["files"].items():
         print(f"{kind}: {path}")
     print(f"[{res['n']} images, sampler {res['sampler']} {res['steps']} steps, {res['nfe']:g} network evaluations "
@@ -425,7 +426,7 @@ def cmd_mnist_eval(args: argparse.Namespace) -> int:
     _refuse_text_run(args.run_dir, "eval")
     row = evaluate_images(args.run_dir, samples=args.samples, sampler=args.sampler or "", steps=args.steps or 0,
                           eta=args.eta, guidance=args.guidance, seed=args.seed, device=args.device,
-                          overrides=args.overrides)
+                          overrides=args.overrides, progress=not args.no_progress)
     print(format_eval(row))
     print(f"wrote {Path(args.run_dir) / 'eval.json'} (and appended to evals.jsonl)")
     return 0
@@ -619,6 +620,7 @@ def _sample_parser(sub) -> None:
                    help="ema: the moving average of the weights, which eval scores; model: the raw weights")
     s.add_argument("--device", default="auto", help=_DEVICE_HELP)
     _add_set(s, _SET_HELP)
+    s.add_argument("--no-progress", action="store_true", help="no progress bars (the results still print)")
     s.set_defaults(func=cmd_sample)
 
 
@@ -641,6 +643,7 @@ def _eval_parser(sub) -> None:
                    help="validation windows to score (0 = the whole validation split)")
     e.add_argument("--device", default="auto", help=_DEVICE_HELP)
     _add_set(e, _SET_HELP)
+    e.add_argument("--no-progress", action="store_true", help="no progress bars (the results still print)")
     e.set_defaults(func=cmd_eval)
 
 
@@ -730,6 +733,7 @@ def _mnist_sample_parser(msub) -> None:
                    help="ema: the moving average of the weights; model: the raw weights")
     s.add_argument("--no-gif", action="store_true", help="skip reverse.gif (the slowest file to write)")
     _add_set(s, _IMAGE_SET_HELP)
+    s.add_argument("--no-progress", action="store_true", help="no progress bars (the results still print)")
     s.set_defaults(func=cmd_mnist_sample)
 
 
@@ -747,6 +751,7 @@ def _mnist_eval_parser(msub) -> None:
     _add_image_sampling(e, f"network evaluations per image (default: the run's method.sample_steps, else "
                            f"{IMAGE_EVAL_STEPS}, at most the run's training grid T)")
     _add_set(e, _IMAGE_SET_HELP)
+    e.add_argument("--no-progress", action="store_true", help="no progress bars (the results still print)")
     e.set_defaults(func=cmd_mnist_eval)
 
 
