@@ -136,7 +136,7 @@ def job_device(cfg: Config, world: distributed.World) -> torch.device:
     if world.active and device.type == "cuda":
         if cfg.train.device not in ("auto", "cuda"):
             raise ConfigError(f"train.device={cfg.train.device} names one GPU, but torchrun gives each process its "
-                              f"own (LOCAL_RANK); use train.device=cuda")
+                              f"own (LOCAL_RANK); use --device cuda (train.device=cuda)")
         device = torch.device("cuda", world.local_rank)
         torch.cuda.set_device(device)
     return device
