@@ -549,6 +549,13 @@ class TextModel(_Model):
         return self.text_method.supports_infill
 
     @property
+    def labels(self) -> tuple[str, ...]:
+        """The labels ``generate(label=...)`` takes (speakers, most-spoken first) of a run trained on labelled
+        text; empty for a plain run."""
+        method = self.text_method
+        return method.label_names or tuple(str(i) for i in range(method.num_labels))
+
+    @property
     def text_method(self) -> TextMethod:
         """The method object (corruption, loss, samplers), for code that needs the internals."""
         assert isinstance(self.run.method, TextMethod)
@@ -557,7 +564,8 @@ class TextModel(_Model):
     # -- sampling ---------------------------------------------------------------------------------------------
     def generate(self, prompt: str = "", *, n: int = 1, length: int = 0, sampler: str = "", steps: int = 0,
                  temperature: float | None = None, top_k: int | None = None, top_p: float | None = None,
-                 seed: int = 0, progress: bool = True, **other: Any) -> list[str]:
+                 seed: int = 0, label: str = "", guidance: float = 1.0, progress: bool = True,
+                 **other: Any) -> list[str]:
         """``n`` texts that start with ``prompt``, each ``length`` tokens long (characters for the char
         tokenizer), prompt included; 0 = the model's context (``ar`` may go past it).
 
@@ -565,15 +573,19 @@ class TextModel(_Model):
         method's default, not a choice for ``ar``) say how; ``temperature``, ``top_k`` and ``top_p`` shape
         each token draw (None = the run's own setting). The same ``seed`` gives the same texts, the texts
         ``textdiffusion sample --seed`` prints. A large ``n`` is drawn in batches that bound memory, with a
-        progress bar on stderr unless ``progress`` is False. Returns the texts; :meth:`sample` also says how
-        they were made."""
+        progress bar on stderr unless ``progress`` is False. A run trained on labelled text
+        (``data.labels=speaker``) writes as ``label`` (a speaker's name; :attr:`labels` lists them), steered
+        by classifier-free guidance of scale ``guidance`` (0 = unconditional, 1 = plain conditional, above 1
+        sharper). Returns the texts; :meth:`sample` also says how they were made."""
         _refuse_other_kind(other, "generate", self, _IMAGE_OPTIONS, "give a prompt, n, length, sampler, steps")
         return self.sample(prompt, n=n, length=length, sampler=sampler, steps=steps, temperature=temperature,
-                           top_k=top_k, top_p=top_p, seed=seed, progress=progress).texts
+                           top_k=top_k, top_p=top_p, seed=seed, label=label, guidance=guidance,
+                           progress=progress).texts
 
     def infill(self, template: str, placeholder: str = "_", *, n: int = 1, length: int = 0, sampler: str = "",
                steps: int = 0, temperature: float | None = None, top_k: int | None = None,
-               top_p: float | None = None, seed: int = 0, progress: bool = True) -> list[str]:
+               top_p: float | None = None, seed: int = 0, label: str = "", guidance: float = 1.0,
+               progress: bool = True) -> list[str]:
         """``n`` copies of ``template`` with every ``placeholder`` character filled in (one token per
         placeholder; the known text is never changed): ``model.infill("ROMEO:\\nO ____ art thou")``. A
         ``length`` longer than the template adds blanks at the end. Only methods that fill blanks anywhere
@@ -584,12 +596,12 @@ class TextModel(_Model):
                               f"blanks; use generate(prompt=...), or a run of a method such as masked")
         return self.sample(infill=template, placeholder=placeholder, n=n, length=length, sampler=sampler,
                            steps=steps, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed,
-                           progress=progress).texts
+                           label=label, guidance=guidance, progress=progress).texts
 
     def sample(self, prompt: str = "", *, infill: str | None = None, placeholder: str = "_", n: int = 1,
                length: int = 0, sampler: str = "", steps: int = 0, temperature: float | None = None,
-               top_k: int | None = None, top_p: float | None = None, seed: int = 0,
-               on_step: StepCallback | None = None, progress: bool = True) -> TextSamples:
+               top_k: int | None = None, top_p: float | None = None, seed: int = 0, label: str = "",
+               guidance: float = 1.0, on_step: StepCallback | None = None, progress: bool = True) -> TextSamples:
         """What :meth:`generate` and :meth:`infill` draw, with how it was drawn: the sampler that ran, its
         steps, the network evaluations per sample and the seconds taken (a :class:`TextSamples`).
 
@@ -597,7 +609,8 @@ class TextModel(_Model):
         length) token ids, the tokenizer's mask id where still unknown): the command line's ``--show`` and
         ``--trajectory`` are such callbacks. :meth:`stream` is the friendlier way to watch."""
         plan = self.plan(prompt, infill=infill, placeholder=placeholder, n=n, length=length, sampler=sampler,
-                         steps=steps, temperature=temperature, top_k=top_k, top_p=top_p)
+                         steps=steps, temperature=temperature, top_k=top_k, top_p=top_p, label=label,
+                         guidance=guidance)
         seed = check_value("seed", seed, int, SEED)
         run = self.run
         gen = torch.Generator(device=run.device).manual_seed(seed)
@@ -662,7 +675,8 @@ class TextModel(_Model):
 
     def plan(self, prompt: str = "", *, infill: str | None = None, placeholder: str = "_", n: int = 1,
              length: int = 0, sampler: str = "", steps: int = 0, temperature: float | None = None,
-             top_k: int | None = None, top_p: float | None = None) -> SamplingPlan:
+             top_k: int | None = None, top_p: float | None = None, label: str = "",
+             guidance: float = 1.0) -> SamplingPlan:
         """Check a request against the run and the limits of one call, without drawing anything: the
         :class:`SamplingPlan` says the length in tokens, the sampler and steps it gets, and the batches it
         is drawn in. Every sampling call makes one; a bad request is a one-line ConfigError here."""
@@ -684,8 +698,13 @@ class TextModel(_Model):
             raise ConfigError(f"{self.path} is a {self.method} run, which only continues a prompt and cannot fill "
                               f"blanks; give a prompt instead")
         method = self.text_method
+        if not isinstance(label, str):
+            raise ConfigError(f"label must be a name (a string), got {label!r}")
+        guidance = check_value("guidance", guidance, float, GUIDANCE)
         req = SampleRequest(n=n, length=length, prompt=prompt, infill=infill, placeholder=placeholder,
-                            sampler=sampler, steps=steps, **method.decoding(**decoding))
+                            sampler=sampler, steps=steps, **method.decoding(**decoding), label=label,
+                            guidance=guidance)
+        method.request_label(req)  # a label this run knows, guidance only with one
         if req.length:
             method.check_length(req.length)
             bounds.check_text_length(req.length, method.extends_past_context)

@@ -179,6 +179,7 @@ class TrainConfig:
     time_budget_s: float = 0.0  # > 0: also stop (and score) once this many seconds of training are spent
     log_every: int = 50  # a "train" row in metrics.jsonl every N steps (loss, lr, grad norm, speed); 0 = none
     logger: str = ""  # "" (metrics.jsonl only) | tensorboard | wandb | trackio: also send every row there
+    label_dropout: float = 0.1  # labelled data: fraction of labels replaced by "none" (classifier-free guidance)
 
 
 def sampling(default: Any) -> Any:
@@ -300,6 +301,9 @@ class UNetConfig:
 # What `train.logger` may name ("" = none); textdiffusion.loggers has one backend per other word.
 LOGGERS = ("", "tensorboard", "wandb", "trackio")
 
+# What `data.labels` may name ("" = plain text); textdiffusion.data.speakers reads "speaker".
+LABEL_KINDS = ("", "speaker")
+
 # What `data.tokenizer` may name (see textdiffusion.data.tokenizer.make_tokenizer).
 TOKENIZER_KINDS = ("char", "bpe", "wordpiece")
 BPE_MIN_VOCAB = 256  # a byte-level BPE starts from all 256 bytes, so it can never be smaller
@@ -311,6 +315,8 @@ class DataConfig:
     val_fraction: float = 0.1
     tokenizer: str = "char"  # char | bpe (byte-level, trained on the training split) | wordpiece (MiniLM's)
     vocab_size: int = 512  # BPE vocabulary size (bytes + merges); only read by tokenizer=bpe
+    labels: str = ""  # "" (plain text) | speaker: train on speech bodies labelled by their speaker (data/speakers.py)
+    label_top: int = 8  # with labels=speaker: the most-spoken speakers that become labels
 
 
 @dataclass
@@ -641,11 +647,14 @@ FIELD_BOUNDS: dict[str, dict[str, Bound]] = {
         "time_budget_s": NONNEGATIVE,  # 0 = no budget
         "log_every": Range(0, 10**9),  # 0 = no train rows (the evaluation rows are written regardless)
         "logger": Choice(LOGGERS),
+        "label_dropout": Range(0.0, 1.0, hi_open=True),
     },
     "data": {
         "val_fraction": Range(0.0, 1.0, lo_open=True, hi_open=True),
         "tokenizer": Choice(TOKENIZER_KINDS),
         "vocab_size": Range(1, 2**20),
+        "labels": Choice(LABEL_KINDS),
+        "label_top": Range(2, 4096),
     },
     "unet": {
         "base_channels": Range(1, 4096),
@@ -707,6 +716,8 @@ FIELD_DOCS: dict[str, dict[str, str]] = {
                      "steps (0 = none)",
         "logger": "also send every metrics row and the config to tensorboard, wandb or trackio (offline or local; "
                   "\"\" = none)",
+        "label_dropout": "with labelled data: the fraction of training labels replaced by 'none', so one network "
+                         "learns p(x | label) and p(x) for classifier-free guidance",
     },
     "data": {
         "corpus": "text: tinyshakespeare, a UTF-8 file or a directory of .txt files; images: mnist, digits or a "
@@ -714,6 +725,9 @@ FIELD_DOCS: dict[str, dict[str, str]] = {
         "val_fraction": "the corpus's last fraction, held out for validation",
         "tokenizer": "char, bpe (byte-level, trained on the training split) or wordpiece (MiniLM's)",
         "vocab_size": "BPE vocabulary size, bytes and merges (only data.tokenizer=bpe reads it)",
+        "labels": "speaker: train on speech bodies labelled by who speaks, for sample --label NAME --guidance W "
+                  "(\"\" = plain text)",
+        "label_top": "with data.labels=speaker: how many of the most-spoken speakers become labels",
     },
     "unet": {
         "base_channels": "channels at the full resolution",

@@ -161,6 +161,11 @@ def open_run(path: str | Path, weights: str = "ema", device: str = "auto",
     check_finite(tensors, header.path)
     model.load_state_dict(tensors)
     model.to(dev).eval()
+    if isinstance(method, TextMethod) and method.num_labels:  # the names --label takes, as training recorded them
+        corpus = meta.get("corpus") if isinstance(meta.get("corpus"), dict) else {}
+        names = corpus.get("labels")
+        if isinstance(names, list) and len(names) == method.num_labels and all(isinstance(x, str) for x in names):
+            method.label_names = tuple(names)
     if isinstance(method, TextMethod) and method.guide_run():
         method.set_guide(open_run(method.guide_run(), device=str(dev)))
     tok = vocab if isinstance(vocab, Tokenizer) else None

@@ -332,9 +332,11 @@ class Trainer:
 
         # data, method and model
         saved = self.run_dir if saved_vocab else None
-        self.source: Source = load_source(cfg, saved) if data is None else as_source(data, saved)
+        self.source: Source = load_source(cfg, saved) if data is None else as_source(data, saved, cfg)
         self.data = self.source.data  # the TextData / ImageData behind the source
         self.method, model = build(cfg, self.source.vocab)
+        if hasattr(self.source, "label_names"):  # labelled text: the names the samplers take
+            self.method.label_names = tuple(self.source.label_names)
         self.source.check(self.method)
         guide = self.method.guide_run() if isinstance(self.method, TextMethod) else ""
         if guide and not (Path(guide) / "config.json").is_file():  # checked now, not at the first sampling

@@ -333,7 +333,8 @@ def cmd_sample(args: argparse.Namespace) -> int:
         raise ConfigError(f"{args.run_dir} is an image run; use `textdiffusion mnist sample {args.run_dir}`")
     request = {"infill": args.infill, "placeholder": args.placeholder, "n": args.n, "length": args.length or 0,
                "sampler": args.sampler or "", "steps": args.steps or 0, "temperature": args.temperature,
-               "top_k": args.top_k, "top_p": args.top_p}
+               "top_k": args.top_k, "top_p": args.top_p, "label": args.label or "",
+               "guidance": 1.0 if args.guidance is None else args.guidance}
     plan = model.plan(args.prompt or "", **request)
     if trajectory and plan.batches > 1:
         raise ConfigError(f"--trajectory records every step of every sample, at most {plan.batch_size} samples of "
@@ -613,6 +614,11 @@ def _sample_parser(sub) -> None:
                         "method's: one per token for masked)")
     s.add_argument("--sampler", help=_text_sampler_help())
     _add_decoding(s)
+    s.add_argument("--label", metavar="NAME",
+                   help="write as this label (a speaker, e.g. ROMEO) of a run trained with --set data.labels=speaker")
+    s.add_argument("--guidance", type=_number(float, GUIDANCE), metavar="W",
+                   help="classifier-free guidance toward --label: 0 = unconditional, 1 = plain conditional "
+                        "(default), above 1 sharper")
     s.add_argument("--show", action="store_true", help="animate the denoising in the terminal (on stderr)")
     s.add_argument("--delay", type=_number(float, DELAY), default=0.03, help="seconds per frame of --show")
     s.add_argument("--trajectory", metavar="FILE", help="write every intermediate state to this JSON file")

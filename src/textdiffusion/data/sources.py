@@ -83,6 +83,42 @@ class TextSource:
         write_text(run_dir / "samples" / f"step_{step:06d}.txt", body)
 
 
+class SpeakerSource(TextSource):
+    """A play script labelled by speaker (``data.labels=speaker``): training crops from the ``data.label_top``
+    most-spoken speakers' speech bodies, each with its speaker's label; validation tiles from their held-out
+    speeches (:mod:`textdiffusion.data.speakers` has the split). The tokenizer is the plain corpus's."""
+
+    def __init__(self, data: TextData, top: int):
+        from textdiffusion.data.speakers import SpeakerStreams, split_speakers
+
+        super().__init__(data)
+        self.split = split_speakers(data.train_text, top)
+        self.label_names = self.split.speakers
+        encode = data.tokenizer.encode_array
+        self.train_streams = SpeakerStreams(self.split.train, encode)
+        held: list[list[str]] = [[] for _ in self.label_names]
+        for label, body in self.split.held_out:
+            held[label].append(body)
+        self.val_streams = SpeakerStreams(held, encode)
+
+    def check(self, method: Any) -> None:
+        if not getattr(method, "supports_labels", False):
+            raise DataError(f"data.labels=speaker trains a label-conditioned model, which the {method.name} method "
+                            f"does not build; use ar or masked")
+        self.train_streams.check_window(method.window, "training", self.label_names)
+        self.val_streams.check_window(method.window, "held-out", self.label_names)
+
+    def record(self) -> dict[str, Any]:
+        return {**super().record(), "labels": list(self.label_names),
+                "label_train_chars": self.split.train_chars(), "label_held_out_speeches": len(self.split.held_out)}
+
+    def train_batch(self, batch: int, window: int, generator: torch.Generator) -> Any:
+        return self.train_streams.random_windows(batch, window, generator)
+
+    def val_set(self, window: int, limit: int) -> Any:
+        return self.val_streams.tiled_windows(window, limit)
+
+
 class ImageSource:
     """Labelled images: uniformly drawn training batches, the first ``limit`` test images for validation."""
 
@@ -139,6 +175,13 @@ def load_source(cfg: Config, run_dir: Path | None = None) -> Source:
     text, where = read_corpus(path)
     data = TextData.from_text(text, tokenizer, cfg.data.val_fraction, where, cfg.data.tokenizer, cfg.data.vocab_size)
     data.path = path
+    return text_source(data, cfg)
+
+
+def text_source(data: TextData, cfg: Config | None = None) -> TextSource:
+    """The source of a text corpus: labelled by speaker when ``data.labels=speaker``, else plain."""
+    if cfg is not None and cfg.data.labels == "speaker":
+        return SpeakerSource(data, cfg.data.label_top)
     return TextSource(data)
 
 
@@ -188,14 +231,15 @@ def check_identity(recorded: dict[str, Any] | None, current: dict[str, Any], run
             return
 
 
-def as_source(data: Any, run_dir: Path | None = None) -> Source:
-    """Wrap what a caller handed the trainer (TextData, ImageData or a ready source)."""
+def as_source(data: Any, run_dir: Path | None = None, cfg: Config | None = None) -> Source:
+    """Wrap what a caller handed the trainer (TextData, ImageData or a ready source); ``cfg`` says whether
+    text is labelled."""
     if isinstance(data, TextData):
         if run_dir is not None:
             saved = load_tokenizer(run_dir / "tokenizer.json")
             if saved.to_dict() != data.tokenizer.to_dict():
                 raise CheckpointError("the corpus tokenises differently from the run's tokenizer.json")
-        return TextSource(data)
+        return text_source(data, cfg)
     if hasattr(data, "x_train"):
         return ImageSource(data)
     return data

@@ -19,15 +19,13 @@ from __future__ import annotations
 
 import re
 from collections import Counter
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import numpy as np
+import torch
 
 from textdiffusion.errors import DataError
-
-if TYPE_CHECKING:
-    from collections.abc import Sequence
 
 # a speaker header: a capitalised name of letters, spaces and a few punctuation marks, ending in a colon
 HEADER = re.compile(r"[A-Z][A-Za-z' .,-]{0,60}:")
@@ -162,3 +160,69 @@ class SpeakerJudge:
         it can be read beside samples of that length (the judge is surer of longer texts)."""
         held = self.split.held_out
         return self.accuracy([body[:length] if length else body for _, body in held], [i for i, _ in held])
+
+
+@dataclass
+class LabelledText:
+    """Token windows with one label each: what a labelled source hands the trainer and the validation loop.
+    ``ids`` (B, L) int64, ``labels`` (B,) int64 in [0, number of labels)."""
+
+    ids: torch.Tensor
+    labels: torch.Tensor
+
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> LabelledText:
+        return LabelledText(self.ids.to(device, non_blocking=non_blocking),
+                            self.labels.to(device, non_blocking=non_blocking))
+
+    @property
+    def shape(self) -> torch.Size:
+        return self.ids.shape
+
+    def __len__(self) -> int:
+        return self.ids.shape[0]
+
+
+def split_labels(x: torch.Tensor | LabelledText) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``(ids, labels)`` of a batch: labels None for plain windows."""
+    if isinstance(x, LabelledText):
+        return x.ids, x.labels
+    return x, None
+
+
+class SpeakerStreams:
+    """Each speaker's speeches as one token stream (speeches joined by a blank line, as in the script), for
+    random training crops labelled by speaker and evenly spread validation tiles."""
+
+    def __init__(self, bodies: Sequence[Sequence[str]], encode: Callable[[str], np.ndarray]):
+        streams = [torch.from_numpy(encode(SPEECH_SEPARATOR.join(b) + SPEECH_SEPARATOR)) for b in bodies]
+        self.lengths = torch.tensor([len(s) for s in streams], dtype=torch.int64)
+        self.offsets = torch.cumsum(self.lengths, 0) - self.lengths
+        self.ids = torch.cat(streams)
+
+    def check_window(self, window: int, split: str, names: Sequence[str]) -> None:
+        short = [(names[i], int(n)) for i, n in enumerate(self.lengths) if n < window]
+        if short:
+            name, n = short[0]
+            raise DataError(f"{name} has only {n} tokens of {split} speech, less than one window of {window}; use "
+                            f"fewer labels (--set data.label_top=N) or a smaller context (--set model.context=N)")
+
+    def random_windows(self, batch: int, window: int, generator: torch.Generator) -> LabelledText:
+        """``batch`` crops: a speaker drawn in proportion to how much they speak, then a uniform start in their
+        stream (so every training window of every speaker is equally likely, as for plain text)."""
+        labels = torch.multinomial(self.lengths.double(), batch, replacement=True, generator=generator)
+        room = (self.lengths[labels] - window + 1).double()
+        starts = self.offsets[labels] + (torch.rand(batch, generator=generator, dtype=torch.float64) * room).long()
+        return LabelledText(self.ids[starts[:, None] + torch.arange(window)], labels)
+
+    def tiled_windows(self, window: int, limit: int = 0) -> LabelledText:
+        """Non-overlapping windows of every stream in turn; ``limit`` > 0 keeps that many, evenly spread."""
+        tiles, labels = [], []
+        for i, (start, n) in enumerate(zip(self.offsets.tolist(), self.lengths.tolist(), strict=True)):
+            k = n // window
+            tiles.append(self.ids[start:start + k * window].view(k, window))
+            labels.append(torch.full((k,), i, dtype=torch.int64))
+        ids, lab = torch.cat(tiles), torch.cat(labels)
+        if 0 < limit < len(ids):
+            keep = torch.from_numpy(np.linspace(0, len(ids) - 1, limit).round().astype(np.int64))
+            ids, lab = ids[keep], lab[keep]
+        return LabelledText(ids, lab)

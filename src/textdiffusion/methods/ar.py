@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
+from textdiffusion.data.speakers import LabelledText, split_labels
 from textdiffusion.methods.base import (
     NLLProgress,
     NLLResult,
@@ -45,21 +46,35 @@ class AutoRegressive(TextMethod):
     likelihood_kind = "exact"
     supports_infill = False
     extends_past_context = True  # the KV cache slides: any --length
+    supports_labels = True
 
     def _inputs(self, x: torch.Tensor) -> torch.Tensor:
         bos = torch.full_like(x[:, :1], self.tok.bos_id)
         return torch.cat((bos, x[:, :-1]), dim=1)
 
-    def loss(self, model: Transformer, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        return cross_entropy_per_token(model(self._inputs(x)), x).mean()
+    def _forward(self, model: Transformer, inputs: torch.Tensor, labels: torch.Tensor | None = None,
+                 cache: KVCache | None = None) -> torch.Tensor:
+        labels = self.network_labels(labels, inputs.shape[0], inputs.device)
+        if labels is None:  # an unlabelled backbone takes no labels argument at all
+            return model(inputs, cache=cache)
+        return model(inputs, cache=cache, labels=labels)
+
+    def loss(self, model: Transformer, x: torch.Tensor | LabelledText, generator: torch.Generator) -> torch.Tensor:
+        x, labels = split_labels(x)
+        labels = self.drop_labels(labels, generator)
+        return cross_entropy_per_token(self._forward(model, self._inputs(x), labels), x).mean()
 
     @torch.no_grad()
-    def nll(self, model: Transformer, windows: torch.Tensor, batch_size: int = 64,
+    def nll(self, model: Transformer, windows: torch.Tensor | LabelledText, batch_size: int = 64,
             progress: NLLProgress | None = None) -> NLLResult:
+        """Exact -log p(windows); of labelled windows, -log p(x | label)."""
+        windows, labels = split_labels(windows)
         total = torch.zeros((), dtype=torch.float64)
         tail = torch.zeros((), dtype=torch.float64)
-        for chunk in report_batches(windows.split(batch_size), progress):
-            ce = cross_entropy_per_token(model(self._inputs(chunk)), chunk).double().cpu()
+        chunks = windows.split(batch_size)
+        chunk_labels = [None] * len(chunks) if labels is None else labels.split(batch_size)
+        for chunk, lab in report_batches(list(zip(chunks, chunk_labels, strict=True)), progress):
+            ce = cross_entropy_per_token(self._forward(model, self._inputs(chunk), lab), chunk).double().cpu()
             total += ce.sum()
             tail += ce[:, 1:].sum()
         n, L = windows.shape
@@ -74,16 +89,26 @@ class AutoRegressive(TextMethod):
     def sample(self, model: Transformer, req: SampleRequest, generator: torch.Generator,
                on_step: StepCallback | None = None) -> SampleResult:
         self.check_sampler(req.sampler)
+        label, w = self.request_label(req)
         device = next(model.parameters()).device
         state, fixed = self.prepare(req, device)
         n, length = state.shape
         start = int(fixed[0].sum())  # prompt length
         ctx = self.model_cfg.context
         cache = KVCache.empty(len(model.blocks), ctx)
+        labels, doubled = self.guidance_labels(label, w, n, device)
+
+        def next_logits(inputs: torch.Tensor, cache: KVCache) -> torch.Tensor:
+            """The next token's logits after ``inputs``; guided, from the conditional and unconditional rows
+            of one doubled forward (the cache holds both halves)."""
+            if not doubled:
+                return self._forward(model, inputs, labels, cache)[:, -1]
+            return self.combine_guided(self._forward(model, torch.cat((inputs, inputs)), labels, cache)[:, -1], w)
+
         bos = torch.full((n, 1), self.tok.bos_id, dtype=torch.long, device=device)
         # prefill: BOS + prompt in one forward, then one token per forward with the KV cache
         prefix = torch.cat((bos, state[:, :start]), dim=1)[:, -ctx:]
-        logits = model(prefix, cache=cache)[:, -1]
+        logits = next_logits(prefix, cache)
         nfe = 1
         if on_step:
             on_step(0, state.clone(), {"nfe": nfe})
@@ -97,8 +122,11 @@ class AutoRegressive(TextMethod):
                     # past the context: re-encode the latest half window (so every prediction still sees
                     # between context/2 and context characters), then go on incrementally
                     cache = KVCache.empty(len(model.blocks), ctx)
-                    logits = model(state[:, pos + 1 - ctx // 2:pos + 1], cache=cache)[:, -1]
+                    logits = next_logits(state[:, pos + 1 - ctx // 2:pos + 1], cache)
                 else:
-                    logits = model(state[:, pos:pos + 1], cache=cache)[:, -1]
+                    logits = next_logits(state[:, pos:pos + 1], cache)
                 nfe += 1
-        return SampleResult(state, nfe, fixed, {"sampler": "ancestral", "kv_cache": True})
+        info = {"sampler": "ancestral", "kv_cache": True}
+        if label is not None:
+            info |= {"label": self.label_names[label] if self.label_names else label, "guidance": w}
+        return SampleResult(state, nfe, fixed, info)

@@ -229,6 +229,8 @@ class SampleRequest:
     temperature: float = 1.0
     top_k: int = 0
     top_p: float = 1.0
+    label: str = ""  # a labelled run's label (a speaker's name) to write as; "" = none (unconditional)
+    guidance: float = 1.0  # classifier-free guidance scale: 0 unconditional, 1 plain conditional, above 1 sharper
 
 
 @dataclass
@@ -262,17 +264,91 @@ class TextMethod(Method[SampleRequest, SampleResult]):
     attention: ClassVar[str]  # the backbone's attention mode
     supports_infill: ClassVar[bool] = True  # fills blanks anywhere (False: continues a prompt only)
     extends_past_context: ClassVar[bool] = False  # can write more than one context window
+    # trains on labelled text (data.labels) with a label-conditioned backbone, and samples with --label and
+    # classifier-free guidance (see :meth:`guided`)
+    supports_labels: ClassVar[bool] = False
 
     def __init__(self, cfg: Any, model_cfg: ModelConfig, tokenizer: Tokenizer):
         self.cfg = cfg
         self.model_cfg = model_cfg
         self.tok = tokenizer
+        self.num_labels = 0  # labels of a labelled run (the backbone's "no label" row is this index)
+        self.label_dropout = 0.0  # train.label_dropout, read by the loss of a labelled run
+        self.label_names: tuple[str, ...] = ()  # label i's name (a speaker), from the data or the run's record
 
     @classmethod
     def from_config(cls, cfg: Config, vocab: Any) -> TextMethod:
         if not isinstance(vocab, Tokenizer):
             raise ConfigError(f"the {cls.name} method trains on text; its data must be a text corpus")
-        return cls(cfg.method, cfg.model, vocab)
+        method = cls(cfg.method, cfg.model, vocab)
+        if cfg.data.labels and cls.supports_labels:
+            method.num_labels, method.label_dropout = cfg.data.label_top, cfg.train.label_dropout
+        return method
+
+    # ---- labels and classifier-free guidance ------------------------------------------------------
+    def network_labels(self, labels: torch.Tensor | None, n: int, device: torch.device) -> torch.Tensor | None:
+        """The labels a forward pass gives the backbone: None for an unlabelled model; for a labelled one
+        ``labels``, or the "no label" row for all ``n`` rows when there are none (plain windows, an
+        unconditional sample: the p(x) that label dropout trained)."""
+        if not self.num_labels:
+            return None
+        if labels is None:
+            return torch.full((n,), self.num_labels, dtype=torch.long, device=device)
+        return labels
+
+    def drop_labels(self, labels: torch.Tensor | None, generator: torch.Generator) -> torch.Tensor | None:
+        """Training labels with a ``label_dropout`` fraction replaced by "no label" (Ho & Salimans 2022), so one
+        network learns p(x | label) and p(x). No draw is made for unlabelled batches."""
+        if labels is None or not self.label_dropout:
+            return labels
+        drop = torch.rand(labels.shape, generator=generator, device=labels.device) < self.label_dropout
+        return torch.where(drop, torch.full_like(labels, self.num_labels), labels)
+
+    def request_label(self, req: SampleRequest) -> tuple[int | None, float]:
+        """The label index and guidance scale a request asks for, checked: a label needs a labelled run and
+        one of its names; guidance needs a label."""
+        from textdiffusion.config import GUIDANCE
+
+        w = req.guidance
+        if not GUIDANCE.allows(w):
+            raise ConfigError(f"guidance must be {GUIDANCE.describe()}, got {w}")
+        if not req.label:
+            if w != 1.0:
+                raise ConfigError("guidance steers toward a label; give --label NAME with --guidance (or leave "
+                                  "--guidance out)")
+            return None, w
+        if not self.num_labels:
+            raise ConfigError(f"this {self.name} run was trained without labels, so --label {req.label!r} has nothing "
+                              f"to steer; train with --set data.labels=speaker")
+        names = self.label_names or tuple(str(i) for i in range(self.num_labels))
+        for i, name in enumerate(names):
+            if name.casefold() == req.label.strip().casefold():
+                return i, w
+        raise ConfigError(f"label {req.label!r} is not one of this run's {len(names)} labels; choose one of "
+                          f"{', '.join(names)}")
+
+    def guidance_labels(self, label: int | None, w: float, n: int,
+                        device: torch.device) -> tuple[torch.Tensor | None, bool]:
+        """The labels of one guided forward over ``n`` rows, and whether the batch is doubled.
+
+        Classifier-free guidance on token log-probabilities (Schiff et al. 2024, "Simple Guidance Mechanisms
+        for Discrete Diffusion Models"; for AR, Sanchez et al. 2023, "Stay on Topic with Classifier-Free
+        Guidance"):  log p_w(x | c) = log p(x) + w (log p(x | c) - log p(x)), renormalised by the sampler.
+        w = 0 (or no label) is the unconditional model alone and w = 1 the conditional one alone: one pass of
+        ``n`` rows, exactly the draws of that model. Any other w runs both in one forward of ``2n`` rows
+        (conditional first, then "no label"), which :meth:`combine_guided` turns back into ``n``."""
+        if label is None or w == 0.0:
+            return self.network_labels(None, n, device), False
+        cond = torch.full((n,), label, dtype=torch.long, device=device)
+        if w == 1.0:
+            return cond, False
+        return torch.cat((cond, torch.full_like(cond, self.num_labels))), True
+
+    @staticmethod
+    def combine_guided(logits: torch.Tensor, w: float) -> torch.Tensor:
+        """(2n, ..., V) logits of a doubled forward -> (n, ..., V) guided log-probabilities."""
+        cond, uncond = logits.float().log_softmax(-1).chunk(2)
+        return uncond + w * (cond - uncond)
 
     # ---- shape of the problem -------------------------------------------------------------------
     @property
@@ -288,7 +364,8 @@ class TextMethod(Method[SampleRequest, SampleResult]):
         # Inputs include the special tokens; outputs are ordinary symbols only, so a method can never
         # predict a mask/pad/bos (for masked diffusion this *is* SUBS's "zero masking probabilities").
         return Transformer(self.model_cfg, self.tok.vocab_size, out_dim=self.tok.n_symbols,
-                           attention=self.attention, time_conditioning=self.time_conditioning)
+                           attention=self.attention, time_conditioning=self.time_conditioning,
+                           num_labels=self.num_labels)
 
     # ---- training and likelihood -----------------------------------------------------------------
     def chars_in(self, windows: torch.Tensor) -> int:

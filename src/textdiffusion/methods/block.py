@@ -90,6 +90,7 @@ class BlockDiffusion(MaskedDiffusion):
     attention = "block-causal"
     extends_past_context = True  # the clean prefix is a KV cache that slides
     forward_tokens_per_unit = 2  # training runs the noisy and the clean copy side by side
+    supports_labels = False  # its paired noisy/clean layout takes no labels yet
 
     def __init__(self, cfg: BlockConfig, model_cfg, tokenizer):
         super().__init__(cfg, model_cfg, tokenizer)

@@ -29,6 +29,7 @@ from typing import ClassVar
 import torch
 
 from textdiffusion.config import EVAL_TIME_SAMPLES, SAMPLE_STEPS, SEED, Bound, Choice, ConfigError, Range, sampling
+from textdiffusion.data.speakers import LabelledText, split_labels
 from textdiffusion.diffusion.masking import (
     SCHEDULES,
     corrupt,
@@ -109,6 +110,7 @@ class MaskedDiffusion(TextMethod):
     attention = "bidirectional"
     samplers = ("ancestral", "cached", "confidence", "topk")
     likelihood_kind = "bound"
+    supports_labels = True
 
     def __init__(self, cfg: MaskedConfig, model_cfg, tokenizer):
         super().__init__(cfg, model_cfg, tokenizer)
@@ -127,37 +129,45 @@ class MaskedDiffusion(TextMethod):
     def time_conditioning(self) -> bool:
         return self.cfg.time_conditioning
 
-    def _forward(self, model: Transformer, z: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        return model(z, t if self.time_conditioning else None)
+    def _forward(self, model: Transformer, z: torch.Tensor, t: torch.Tensor,
+                 labels: torch.Tensor | None = None) -> torch.Tensor:
+        labels = self.network_labels(labels, z.shape[0], z.device)
+        if labels is None:  # an unlabelled backbone takes no labels argument at all (nor does a test's stub)
+            return model(z, t if self.time_conditioning else None)
+        return model(z, t if self.time_conditioning else None, labels=labels)
 
     def _nelbo_terms(self, model: Transformer, x: torch.Tensor, t: torch.Tensor,
-                     generator: torch.Generator) -> torch.Tensor:
+                     generator: torch.Generator, labels: torch.Tensor | None = None) -> torch.Tensor:
         """Per-window w(t) * sum of masked cross-entropies (nats), one time per row of ``x``."""
         z, masked = corrupt(x, self.schedule.alpha(t), self.tok.mask_id, generator)
-        ce = cross_entropy_per_token(self._forward(model, z, t), x)
+        ce = cross_entropy_per_token(self._forward(model, z, t, labels), x)
         return self.schedule.weight(t) * (ce * masked).sum(-1)
 
     def _count_terms(self, model: Transformer, x: torch.Tensor, k: torch.Tensor,
-                     generator: torch.Generator) -> torch.Tensor:
+                     generator: torch.Generator, labels: torch.Tensor | None = None) -> torch.Tensor:
         """Per-window L * (1/k) * sum of cross-entropies over exactly k masked positions (nats): the NELBO
         with t integrated out (see :mod:`textdiffusion.diffusion.masking`). The network is given the t
         whose alpha matches the mask fraction, for the time-conditioned variant."""
         z, masked = corrupt_exactly(x, k, self.tok.mask_id, generator)
         t = k.float() / x.shape[1]
-        ce = cross_entropy_per_token(self._forward(model, z, t), x)
+        ce = cross_entropy_per_token(self._forward(model, z, t, labels), x)
         return x.shape[1] * (ce * masked).sum(-1) / k
 
-    def loss(self, model: Transformer, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    def loss(self, model: Transformer, x: torch.Tensor | LabelledText, generator: torch.Generator) -> torch.Tensor:
+        x, labels = split_labels(x)
+        labels = self.drop_labels(labels, generator)
         n, L = x.shape
         if self.cfg.estimator == "count":
             k = sample_counts(n, L, self.cfg.antithetic, generator, x.device)
-            return self._count_terms(model, x, k, generator).mean() / L
+            return self._count_terms(model, x, k, generator, labels).mean() / L
         t = sample_times(n, self.cfg.antithetic, generator, x.device)
-        return self._nelbo_terms(model, x, t, generator).mean() / L
+        return self._nelbo_terms(model, x, t, generator, labels).mean() / L
 
     @torch.no_grad()
-    def nll(self, model: Transformer, windows: torch.Tensor, batch_size: int = 64,
+    def nll(self, model: Transformer, windows: torch.Tensor | LabelledText, batch_size: int = 64,
             progress: NLLProgress | None = None) -> NLLResult:
+        """The NELBO of ``windows``; of labelled windows, the conditional one, -log p(x | label) bounded."""
+        windows, labels = split_labels(windows)
         K = max(1, self.cfg.eval_time_samples)
         device = windows.device
         gen = torch.Generator(device=device).manual_seed(self.cfg.eval_seed)
@@ -169,8 +179,10 @@ class MaskedDiffusion(TextMethod):
             draws, term = counts_from(strata, L), self._count_terms
         else:
             draws, term = times_from(strata), self._nelbo_terms
-        batches = list(zip(rows.split(batch_size), draws.split(batch_size), strict=True))
-        terms = torch.cat([term(model, xb, db, gen) for xb, db in report_batches(batches, progress)])
+        row_labels = [None] * len(rows.split(batch_size)) if labels is None else \
+            labels.repeat_interleave(K).split(batch_size)
+        batches = list(zip(rows.split(batch_size), draws.split(batch_size), row_labels, strict=True))
+        terms = torch.cat([term(model, xb, db, gen, lb) for xb, db, lb in report_batches(batches, progress)])
         return self._bound_result(windows, terms, K, "Monte-Carlo estimate of the continuous-time NELBO (an upper "
                                   "bound on NLL)")
 
@@ -195,16 +207,24 @@ class MaskedDiffusion(TextMethod):
     @torch.no_grad()
     def sample(self, model: Transformer, req: SampleRequest, generator: torch.Generator,
                on_step: StepCallback | None = None) -> SampleResult:
+        label, w = self.request_label(req)
         sampler, state, fixed, steps = self._start(model, req)
         state = self._from_prior(state, fixed, generator)
         if on_step:
             on_step(0, state.clone(), {"t": 1.0, "nfe": 0})
 
         def forward(z: torch.Tensor, t: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
-            return self._forward(model, z, t)
+            labels, doubled = self.guidance_labels(label, w, z.shape[0], z.device)
+            if not doubled:
+                return self._forward(model, z, t, labels)
+            t2 = torch.cat((t, t)) if torch.is_tensor(t) and t.dim() > 0 else t
+            return self.combine_guided(self._forward(model, torch.cat((z, z)), t2, labels), w)
 
         state, nfe = self.denoise(forward, state, steps, sampler, req, generator, on_step)
-        return SampleResult(state, nfe, fixed, {"sampler": sampler, "steps": steps})
+        info = {"sampler": sampler, "steps": steps}
+        if label is not None:
+            info |= {"label": self.label_names[label] if self.label_names else label, "guidance": w}
+        return SampleResult(state, nfe, fixed, info)
 
     def _start(self, model: Transformer, req: SampleRequest) -> tuple[str, torch.Tensor, torch.Tensor, int]:
         """The checked request: its sampler, the initial state and fixed positions, and the steps to take."""

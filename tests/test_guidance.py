@@ -1,0 +1,125 @@
+"""Speaker-labelled training and classifier-free guidance on text (issue 17): the labelled data, label dropout,
+the guidance rule, and the one-line errors."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from helpers import train_tiny
+from textdiffusion.api import load
+from textdiffusion.config import ConfigError, make_config
+from textdiffusion.data.corpus import DataError
+from textdiffusion.data.speakers import SPEECH_SEPARATOR, SpeakerStreams, split_speakers
+from textdiffusion.data.tokenizer import CharTokenizer
+from textdiffusion.methods import get_method
+from textdiffusion.methods.base import TextMethod
+
+
+@pytest.fixture(scope="module")
+def labelled_runs(tmp_path_factory, shakespeare):
+    """Tiny masked and ar runs trained on speaker-labelled Tiny Shakespeare (a quarter of it, for speed)."""
+    root = tmp_path_factory.mktemp("labelled")
+    corpus = root / "plays.txt"
+    corpus.write_text(shakespeare[: len(shakespeare) // 4], encoding="utf-8")
+    for method in ("masked", "ar"):
+        train_tiny(method, corpus, root / method, steps=30, **{"data.labels": "speaker", "data.label_top": 4})
+    return root
+
+
+def test_speaker_streams_crop_within_one_speaker_in_proportion_to_speech(shakespeare):
+    split = split_speakers(shakespeare[:300_000], top=3)
+    tok = CharTokenizer.from_text(shakespeare)
+    streams = SpeakerStreams(split.train, tok.encode_array)
+    joined = [SPEECH_SEPARATOR.join(b) + SPEECH_SEPARATOR for b in split.train]
+    batch = streams.random_windows(4000, 24, torch.Generator().manual_seed(0))
+    for ids, label in zip(batch.ids[:200], batch.labels[:200], strict=True):
+        assert tok.decode(ids.tolist()) in joined[int(label)]  # a window never crosses into another speaker
+    share = torch.bincount(batch.labels, minlength=3).double() / 4000
+    expected = streams.lengths.double() / streams.lengths.sum()
+    assert torch.allclose(share, expected, atol=0.03)
+    tiles = streams.tiled_windows(24)
+    assert len(tiles) == int((streams.lengths // 24).sum())
+    assert tok.decode(tiles.ids[0].tolist()) == joined[0][:24] and int(tiles.labels[-1]) == 2
+    assert len(streams.tiled_windows(24, limit=10)) == 10
+
+
+def test_label_dropout_replaces_a_fraction_and_draws_nothing_without_labels(shakespeare):
+    cfg = make_config("masked", "tiny", ["data.labels=speaker", "data.label_top=4", "train.label_dropout=0.25"])
+    method = get_method("masked").from_config(cfg, CharTokenizer.from_text(shakespeare))
+    assert (method.num_labels, method.label_dropout) == (4, 0.25)
+    gen = torch.Generator().manual_seed(1)
+    dropped = method.drop_labels(torch.zeros(20000, dtype=torch.long), gen)
+    assert abs(float((dropped == 4).double().mean()) - 0.25) < 0.02 and set(dropped.tolist()) == {0, 4}
+    before = gen.get_state()
+    assert method.drop_labels(None, gen) is None
+    assert torch.equal(gen.get_state(), before)  # plain windows: the training draws are those of before
+
+
+def test_the_guidance_rule():
+    logits = torch.randn(6, 5, 7)
+    cond, uncond = logits.log_softmax(-1).chunk(2)
+    for w in (0.5, 2.0, 5.0):
+        assert torch.allclose(TextMethod.combine_guided(logits, w), uncond + w * (cond - uncond))
+
+
+@pytest.mark.parametrize("method", ["masked", "ar"])
+def test_guidance_zero_is_the_unconditional_model_and_one_the_conditional(labelled_runs, method, monkeypatch):
+    model = load(labelled_runs / method, device="cpu")
+    assert len(model.labels) == 4 and model.labels[0] == split_speakers(
+        (labelled_runs / "plays.txt").read_text(encoding="utf-8")[: int(len((labelled_runs / "plays.txt").read_text(
+            encoding="utf-8")) * 0.9)], top=4).speakers[0]
+    options = {"n": 6, "length": 24, "seed": 5, "progress": False, "temperature": 1.0}
+    name = model.labels[1]
+    unconditional = model.generate(**options)
+    conditional = model.generate(label=name, **options)
+    assert model.generate(label=name, guidance=0.0, **options) == unconditional
+    assert model.generate(label=name, guidance=1.0, **options) == conditional
+    net = model.run.model  # the label reaches the network: the same input under a label and under "none"
+    x = torch.randint(0, model.tokenizer.n_symbols, (1, 24), generator=torch.Generator().manual_seed(0)).repeat(2, 1)
+    with torch.no_grad():
+        out = net(x, labels=torch.tensor([1, 4]))
+    assert not torch.allclose(out[0], out[1])
+    assert len(conditional) == len(unconditional) == 6
+    # any other w: both branches from one forward of a doubled batch, combined by the guidance rule
+    seen: list[tuple[int, ...]] = []
+    rule = TextMethod.combine_guided
+
+    def spy(logits: torch.Tensor, w: float) -> torch.Tensor:
+        seen.append((logits.shape[0], w))
+        return rule(logits, w)
+
+    monkeypatch.setattr(TextMethod, "combine_guided", staticmethod(spy))
+    guided = model.generate(label=name.lower(), guidance=3.0, **options)  # names are case-insensitive
+    assert seen and all(shape == (12, 3.0) for shape in seen) and all(len(t) == 24 for t in guided)
+
+
+def test_labelled_validation_is_conditional_and_eval_unconditional(labelled_runs):
+    model = load(labelled_runs / "masked", device="cpu")
+    config = (labelled_runs / "masked" / "config.json").read_text(encoding="utf-8")
+    assert '"labels": [' in config and '"label_held_out_speeches"' in config
+    assert model.score("ROMEO is here").kind == "bound"  # plain text: the "no label" row
+
+
+@pytest.mark.parametrize(("ask", "message"), [
+    ({"label": "HAMLET"}, "not one of this run's 4 labels; choose one of"),
+    ({"guidance": 2.0}, "give --label NAME with --guidance"),
+    ({"label": "x", "guidance": -1.0}, "guidance must be"),
+])
+def test_bad_requests_are_one_line(labelled_runs, ask, message):
+    model = load(labelled_runs / "masked", device="cpu")
+    with pytest.raises(ConfigError, match=message) as e:
+        model.generate(progress=False, **ask)
+    assert "\n" not in str(e.value)
+
+
+def test_a_label_on_a_plain_run_and_labels_where_they_cannot_be(small_corpus, tmp_path, shakespeare):
+    plain = train_tiny("masked", small_corpus, tmp_path / "plain", steps=2)
+    with pytest.raises(ConfigError, match="trained without labels"):
+        load(plain.run_dir, device="cpu").generate(label="ROMEO", progress=False)
+    with pytest.raises(DataError, match="does not build; use ar or masked"):
+        train_tiny("block", small_corpus, tmp_path / "block", steps=2, **{"data.labels": "speaker"})
+    prose = tmp_path / "prose.txt"
+    prose.write_text("no speakers here, only prose.\n" * 400, encoding="utf-8")
+    with pytest.raises(DataError, match="no speeches with speaker headers"):
+        train_tiny("masked", prose, tmp_path / "prose-run", steps=2, **{"data.labels": "speaker"})
