@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from textdiffusion.data.corpus import DataError
-from textdiffusion.data.speakers import SpeakerJudge, parse_speeches, split_speakers
+from textdiffusion.data.speakers import parse_speeches, split_speakers
+from textdiffusion.speaker_judge import SpeakerJudge
 
 SCRIPT = """ACT I. A street.
 

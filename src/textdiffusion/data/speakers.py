@@ -1,5 +1,6 @@
 """Who says what in a play script: the speeches of Tiny Shakespeare by speaker, for speaker-conditioned
-generation and for the judge that tells whether a generated speech sounds like the speaker asked for.
+generation (labelled training windows) and for the judge (:mod:`textdiffusion.speaker_judge`) that tells
+whether a generated speech sounds like the speaker asked for.
 
 A play script opens every speech with a header line naming the speaker and a colon (``ROMEO:``, ``First
 Citizen:``, ``KING RICHARD III:``) and separates speeches by a blank line. Conditioning trains on the speech
@@ -106,60 +107,6 @@ def split_speakers(train_text: str, top: int = 8, holdout_every: int = 10) -> Sp
         else:
             train[i].append(s.body)
     return SpeakerSplit(speakers, tuple(tuple(b) for b in train), tuple(held_out))
-
-
-class SpeakerJudge:
-    """Which of the trained speakers most likely said a text: one character n-gram model per speaker (the
-    evaluation's Witten-Bell :class:`~textdiffusion.evaluate.CharNgramJudge`, fitted on that speaker's training
-    speeches, all over one alphabet) and Bayes' rule with equal priors, since guided generation asks for every
-    speaker equally often (a naive-Bayes n-gram classifier, as in authorship attribution; Peng et al. 2003,
-    "Language Independent Authorship Attribution using Character Level Language Models").
-
-    Deterministic (counts, no training seed), fitted in about a second on Tiny Shakespeare, so it is rebuilt
-    rather than cached. Its accuracy on the held-out real speeches (:meth:`held_out_accuracy`) is the scale
-    for the accuracy of generated ones: a sample the judge recognises as often as real speech is as
-    recognisable as real speech.
-    """
-
-    def __init__(self, split: SpeakerSplit, order: int = 4):
-        from textdiffusion.evaluate import CharNgramJudge
-
-        self.split = split
-        alphabet = sorted({c for bodies in split.train for body in bodies for c in body} | {"\n"})
-        self.models = [CharNgramJudge(SPEECH_SEPARATOR.join(bodies), order, alphabet) for bodies in split.train]
-
-    @property
-    def speakers(self) -> tuple[str, ...]:
-        return self.split.speakers
-
-    def log_likelihoods(self, texts: Sequence[str]) -> np.ndarray:
-        """(len(texts), speakers) log p(text | speaker) in nats."""
-        return np.array([[-m.char_nll(t).sum() for m in self.models] for t in texts]).reshape(len(texts), -1)
-
-    def posteriors(self, texts: Sequence[str]) -> np.ndarray:
-        """(len(texts), speakers) p(speaker | text) under equal priors."""
-        ll = self.log_likelihoods(texts)
-        ll -= ll.max(axis=1, keepdims=True)
-        p = np.exp(ll)
-        return p / p.sum(axis=1, keepdims=True)
-
-    def predict(self, texts: Sequence[str]) -> np.ndarray:
-        """The most likely speaker's label for each text."""
-        return self.log_likelihoods(texts).argmax(axis=1)
-
-    def accuracy(self, texts: Sequence[str], labels: Sequence[int]) -> float:
-        """How often the judge names the speaker in ``labels`` (nan for no texts)."""
-        if len(texts) != len(labels):
-            raise ValueError(f"{len(texts)} texts but {len(labels)} labels")
-        if not texts:
-            return float("nan")
-        return float((self.predict(texts) == np.asarray(labels)).mean())
-
-    def held_out_accuracy(self, length: int = 0) -> float:
-        """Accuracy on the held-out real speeches, each cut to its first ``length`` characters (0 = whole), so
-        it can be read beside samples of that length (the judge is surer of longer texts)."""
-        held = self.split.held_out
-        return self.accuracy([body[:length] if length else body for _, body in held], [i for i, _ in held])
 
 
 @dataclass
