@@ -51,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--methods", default="ar,masked")
     ap.add_argument("--steps", type=int, default=2000, help="training steps per run (cpu preset)")
     ap.add_argument("--samples-per-speaker", type=int, default=16)
-    ap.add_argument("--length", type=int, default=128, help="characters per sample")
+    ap.add_argument("--length", type=int, default=64, help="characters per sample (the cpu preset's context is 64)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--markdown", help="write the table here")
     ap.add_argument("--json", help="write every number here")
