@@ -36,7 +36,7 @@ from textdiffusion.data.speakers import split_speakers
 from textdiffusion.evaluate import TrainingReference
 from textdiffusion.speaker_judge import SpeakerJudge
 
-WEIGHTS = (0.0, 1.0, 2.0, 3.0, 5.0)
+WEIGHTS = "0,1,2,3,5"
 
 
 def score(texts: list[str], labels: list[int], judge: SpeakerJudge, ref: TrainingReference) -> dict[str, float]:
@@ -53,6 +53,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--samples-per-speaker", type=int, default=16)
     ap.add_argument("--length", type=int, default=64, help="characters per sample (the cpu preset's context is 64)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--weights", default=WEIGHTS, help="comma-separated guidance scales (0 must be among them: the "
+                                                         "fluency ratio is taken against it)")
     ap.add_argument("--markdown", help="write the table here")
     ap.add_argument("--json", help="write every number here")
     args = ap.parse_args(argv)
@@ -77,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
         model = load(run_dir, device="auto")
         final = json.loads((run_dir / "final.json").read_text())
         assert model.labels == split.speakers, (model.labels, split.speakers)
-        for w in WEIGHTS:
+        for w in [float(x) for x in args.weights.split(",")]:
             texts, labels, seconds = [], [], 0.0
             for i, name in enumerate(split.speakers):
                 tic = time.perf_counter()
