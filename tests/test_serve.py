@@ -63,8 +63,11 @@ def trained(tmp_path_factory, shakespeare) -> Path:
 
 @pytest.fixture(scope="module")
 def server(trained) -> Iterator[Server]:
-    root = trained
-    app = create_app([root / "masked", root / "ar"], device="cpu", max_steps=1000, max_concurrent=MAX_CONCURRENT)
+    yield from _serve(trained, [trained / "masked", trained / "ar"])
+
+
+def _serve(root: Path, runs: list[Path]) -> Iterator[Server]:
+    app = create_app(runs, device="cpu", max_steps=1000, max_concurrent=MAX_CONCURRENT)
     sock = socket.create_server(("127.0.0.1", 0))
     srv = uvicorn.Server(uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=1))
     thread = threading.Thread(target=srv.run, kwargs={"sockets": [sock]}, daemon=True)
@@ -468,3 +471,63 @@ def test_serve_refuses_what_it_cannot_serve(server, tmp_path, capsys):
             assert err.startswith("error:") and words in err and "\n" not in err, err
     finally:
         taken.close()
+
+
+def test_a_speaker_run_takes_a_label_and_guidance(trained, tmp_path):
+    """A run trained with speaker labels offers them (``/api/runs``: ``labels``), and a request may steer toward
+    one; a plain run refuses a label, a labelled one an unknown name, in one sentence each."""
+    from textdiffusion.apps.serve.served import describe
+
+    speakers = tmp_path / "speakers"
+    train_tiny("masked", trained / "c.txt", speakers, steps=4, **{"data.labels": "speaker", "data.label_top": 3})
+    runs = load_runs([speakers, trained / "masked"], device="cpu")
+    name = describe(runs["speakers"])["labels"][1]
+    assert describe(runs["masked"])["labels"] == [] and len(describe(runs["speakers"])["labels"]) == 3
+    params = {"run": "speakers", "length": 20, "sampler": "topk", "steps": 5, "seed": 3}
+    service = SamplingService(runs, max_steps=1000, max_concurrent=1)
+    try:
+        guided = check_request({**params, "label": name.lower(), "guidance": "2.5"}, runs, max_steps=1000)
+        events = run_job(service, guided)
+        assert events[0][1]["label"] == name.lower() and events[0][1]["guidance"] == 2.5
+        assert events[-1][0] == "done" and len(events[-1][1]["text"]) == 20
+        # guidance 0 is the unconditional model: the same text as no label at all
+        plain = run_job(service, check_request(params, runs, max_steps=1000))[-1][1]["text"]
+        zero = run_job(service, check_request({**params, "label": name, "guidance": 0}, runs, max_steps=1000))
+        assert zero[-1][1]["text"] == plain
+    finally:
+        service.shutdown()
+    for bad, words in (({"run": "speakers", "label": "HAMLET"}, "not one of this run's 3 labels"),
+                       ({"run": "speakers", "guidance": 3}, "give a speaker with guidance"),
+                       ({"run": "speakers", "label": name, "guidance": 50}, "guidance must be a number from 0"),
+                       ({"run": "masked", "label": name}, "trained without labels")):
+        with pytest.raises(RequestError, match=words) as e:
+            check_request(bad, runs, max_steps=1000)
+        assert "\n" not in str(e.value)
+
+
+def test_page_offers_the_speakers_of_a_labelled_run_only(trained, tmp_path, browser):
+    from selenium.webdriver.support.ui import Select
+
+    speakers = tmp_path / "speakers"
+    train_tiny("masked", trained / "c.txt", speakers, steps=4, **{"data.labels": "speaker", "data.label_top": 3})
+    serving = _serve(trained, [speakers, trained / "masked"])
+    srv = next(serving)
+    try:
+        browser.get(srv.url + "/")
+        _wait_state(browser, ("idle",))
+        Select(browser.find_element("id", "run")).select_by_value("masked")
+        assert not browser.find_element("id", "speaker").is_displayed()  # a plain run: no speaker menu
+        Select(browser.find_element("id", "run")).select_by_value("speakers")
+        menu = Select(browser.find_element("id", "speaker"))
+        names = [o.text for o in menu.options]
+        assert len(names) == 4 and names[0].startswith("anyone")
+        assert not browser.find_element("id", "guidance").is_enabled()  # nothing to steer toward yet
+        menu.select_by_index(2)
+        assert browser.find_element("id", "guidance").is_enabled()
+        Select(browser.find_element("id", "sampler")).select_by_value("topk")
+        _fill(browser, "steps", "4")
+        browser.find_element("id", "sample").click()
+        assert _wait_state(browser, ("done", "error")) == "done", browser.find_element("id", "message").text
+        assert srv.status()["completed"] == 1
+    finally:
+        next(serving, None)

@@ -721,8 +721,8 @@ class TextModel(_Model):
 
     def stream(self, prompt: str = "", *, infill: str | None = None, placeholder: str = "_", n: int = 1,
                length: int = 0, sampler: str = "", steps: int = 0, temperature: float | None = None,
-               top_k: int | None = None, top_p: float | None = None, seed: int = 0,
-               mask_char: str | None = None) -> TextStream:
+               top_k: int | None = None, top_p: float | None = None, seed: int = 0, label: str = "",
+               guidance: float = 1.0, mask_char: str | None = None) -> TextStream:
         """The denoising of one sampling, frame by frame: iterate the returned :class:`TextStream` for a
         :class:`Frame` per sampler step (frame 0 is the initial state), each with the decoded texts (positions
         still unknown shown as ``mask_char``, default the placeholder ``_``), the step, the diffusion time
@@ -734,7 +734,8 @@ class TextModel(_Model):
         next step. Options as in :meth:`sample`, ``infill`` a template as in :meth:`infill`; at most one
         batch of samples (``n`` up to the plan's batch size)."""
         plan = self.plan(prompt, infill=infill, placeholder=placeholder, n=n, length=length, sampler=sampler,
-                         steps=steps, temperature=temperature, top_k=top_k, top_p=top_p)
+                         steps=steps, temperature=temperature, top_k=top_k, top_p=top_p, label=label,
+                         guidance=guidance)
         if plan.batches > 1:
             raise ConfigError(f"a stream shows one batch: at most {plan.batch_size} samples of {plan.length} tokens "
                               f"at once, n is {n}; use n <= {plan.batch_size}")

@@ -24,12 +24,12 @@ from textdiffusion.data.tokenizer import CharTokenizer
 from textdiffusion.methods import REGISTRY, SampleRequest, TextMethod
 from textdiffusion.viz.trajectory import decode_masked
 
-from .served import ServedRun
+from .served import MAX_GUIDANCE, ServedRun
 
 MAX_PACE_MS = 1000  # a slower pace is no longer "watching", it is waiting
 MAX_TEMPERATURE = 10.0
 PARAMETERS = ("run", "prompt", "infill", "placeholder", "sampler", "steps", "length", "temperature", "top_k",
-              "top_p", "seed", "pace")
+              "top_p", "seed", "pace", "label", "guidance")
 CPU = torch.device("cpu")  # the checked initial state is only read for frame 0 and the fixed positions
 
 
@@ -59,7 +59,8 @@ class Settings:
                 "steps": self.steps, "length": int(self.initial.shape[0]),
                 "mode": "infill" if r.infill is not None else "prompt",
                 "temperature": r.temperature, "top_k": r.top_k, "top_p": r.top_p, "seed": self.seed,
-                "pace": self.pace_ms, "fixed": self.fixed, "mask_char": r.placeholder}
+                "pace": self.pace_ms, "fixed": self.fixed, "mask_char": r.placeholder, "label": r.label,
+                "guidance": r.guidance}
 
 
 @dataclass
@@ -109,12 +110,21 @@ def parse_request(params: Mapping[str, Any], runs: Mapping[str, ServedRun], max_
     top_p = _float(params, "top_p", lambda v: 0 < v <= 1, "a number above 0 and at most 1 (1 is off)")
     seed = _int(params, "seed", 0, 2**63 - 1, "a whole number from 0 to 2**63-1 (or empty for a random one)")
     pace = _int(params, "pace", 0, MAX_PACE_MS, f"a whole number of milliseconds from 0 to {MAX_PACE_MS}")
+    label = _text(params, "label") or ""
+    guidance = _float(params, "guidance", lambda v: 0 <= v <= MAX_GUIDANCE,
+                      f"a number from 0 (unconditional) to {MAX_GUIDANCE:g}; 1 is the plain conditional model")
     defaults = served.method.cfg  # the run's own sampling options
     req = SampleRequest(n=1, length=length or (0 if infill is not None else served.default_length), prompt=prompt,
                         infill=infill, placeholder=placeholder, sampler=sampler, steps=steps or 0,
                         temperature=defaults.temperature if temperature is None else temperature,
                         top_k=defaults.top_k if top_k is None else top_k,
-                        top_p=defaults.top_p if top_p is None else top_p)
+                        top_p=defaults.top_p if top_p is None else top_p, label=label,
+                        guidance=1.0 if guidance is None else guidance)
+    try:  # a label the run knows; guidance only with one (the method says which, in the page's words)
+        served.method.request_label(req)
+    except ConfigError as e:
+        raise RequestError(str(e).replace("--label NAME", "a speaker").replace("--label", "label")
+                           .replace("--guidance", "guidance")) from None
     return Parsed(served, req, seed, pace or 0)
 
 

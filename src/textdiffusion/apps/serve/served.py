@@ -18,6 +18,7 @@ from textdiffusion.methods import REGISTRY, TextMethod
 # a method that may write past its context (ar slides its window) could be asked for any length: this factor
 # of the context keeps a request short enough to watch
 PAST_CONTEXT_FACTOR = 4
+MAX_GUIDANCE = 20.0  # the page's guidance slider: past it, text falls apart (BENCHMARKS.md, guidance on text)
 OTHER_TOKENIZER_CHARS = 8  # BPE/WordPiece: characters of input allowed per token of context, before tokenizing
 
 
@@ -127,4 +128,5 @@ def describe(served: ServedRun) -> dict[str, Any]:
         "alphabet": "".join(tok.chars) if isinstance(tok, CharTokenizer) else None,
         "prompt": True, "infill": method.supports_infill, "placeholder": "_",
         "temperature": method.cfg.temperature, "top_k": method.cfg.top_k, "top_p": method.cfg.top_p,
+        "labels": list(model.labels), "max_guidance": MAX_GUIDANCE,
     }

@@ -13,6 +13,8 @@
   const seed = $("seed"), pace = $("pace"), sampleBtn = $("sample"), stopBtn = $("stop");
   const status = $("status"), message = $("message"), playerRoot = $("player"), result = $("result"), stats = $("stats");
   const modePrompt = $("mode-prompt"), modeInfill = $("mode-infill");
+  const speaker = $("speaker"), speakerRow = $("speaker-row"), speakerLabel = $("speaker-label");
+  const guidance = $("guidance"), guidanceValue = $("guidance-value");
 
   let runs = [];
   let controller = null;
@@ -66,9 +68,25 @@
     length.max = run.max_length;
     length.value = run.length;
     temperature.value = run.temperature;
+    // a run trained on speaker labels: whose voice, and how hard to steer toward it
+    const labels = run.labels || [];
+    speakerRow.hidden = speakerLabel.hidden = labels.length === 0;
+    speaker.replaceChildren(TD.el("option", "", "anyone (unconditional)"), ...labels.map((name) => {
+      const o = TD.el("option", "", name);
+      o.value = name;
+      return o;
+    }));
+    speaker.firstChild.value = "";
+    guidance.max = run.max_guidance || 20;
+    onSpeakerChange();
     modeInfill.disabled = !run.infill;
     if (!run.infill) modePrompt.checked = true;
     onModeChange();
+  }
+
+  function onSpeakerChange() {
+    guidance.disabled = speaker.value === "";
+    guidanceValue.textContent = guidance.value;
   }
 
   function onModeChange() {
@@ -110,6 +128,10 @@
     if (!steps.disabled && steps.value !== "") p.steps = steps.value;
     if (!length.disabled && length.value !== "") p.length = length.value;
     if (seed.value !== "") p.seed = seed.value;
+    if (!speakerRow.hidden && speaker.value !== "") {
+      p.label = speaker.value;
+      p.guidance = guidance.value;
+    }
     // number inputs give "" for text they cannot parse: send what was typed so the server can name it
     for (const [name, input] of [["steps", steps], ["length", length], ["seed", seed], ["temperature", temperature],
                                  ["pace", pace]]) {
@@ -231,6 +253,8 @@
   }
 
   runSel.addEventListener("change", onRunChange);
+  speaker.addEventListener("change", onSpeakerChange);
+  guidance.addEventListener("input", onSpeakerChange);
   modePrompt.addEventListener("change", onModeChange);
   modeInfill.addEventListener("change", onModeChange);
   text.addEventListener("input", precheck);
