@@ -29,7 +29,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -389,7 +389,27 @@ def _number(value: Any) -> float | None:
     return value if isinstance(value, (int, float)) and not isinstance(value, bool) else None
 
 
-class TextStream:
+_S = TypeVar("_S", bound="_Stream")
+
+
+class _Stream:
+    """What both streams share: a sampler running in a :class:`_Feed`, stopped by :meth:`close` or by leaving
+    a ``with`` block."""
+
+    _feed: _Feed
+
+    def close(self) -> None:
+        """Stop the sampling (at its next step) if it is still running."""
+        self._feed.close()
+
+    def __enter__(self: _S) -> _S:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class TextStream(_Stream):
     """The frames of one text sampling (:meth:`TextModel.stream`), read by iterating; :attr:`result` holds
     the finished samples once the last frame has been read. Sampling starts at the first read and stops at
     the next step when the reading stops early (a ``break``, :meth:`close`, leaving a ``with`` block)."""
@@ -432,15 +452,6 @@ class TextStream:
         return Frame(step, info.get("t"), info.get("nfe"), [text for text, _ in decoded],
                      [masked for _, masked in decoded], changed)
 
-    def close(self) -> None:
-        """Stop the sampling (at its next step) if it is still running."""
-        self._feed.close()
-
-    def __enter__(self) -> TextStream:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
 
 def _fixed_positions(res: SampleResult) -> list[int]:
@@ -799,7 +810,7 @@ class TextModel(_Model):
 
 
 # ---- images -------------------------------------------------------------------------------------------------
-class ImageStream:
+class ImageStream(_Stream):
     """The frames of one image sampling (:meth:`ImageModel.stream`); read it as :class:`TextStream`."""
 
     def __init__(self, model: ImageModel, request: ImageRequest, seed: int):
@@ -821,15 +832,6 @@ class ImageStream:
             yield ImageFrame(step, info.get("t"), info.get("nfe"), _pixels(x), _pixels(x0_hat))
         self.result = self.model._samples(self._feed.result, self.request.labels, self._feed.seconds, self.seed)
 
-    def close(self) -> None:
-        """Stop the sampling (at its next step) if it is still running."""
-        self._feed.close()
-
-    def __enter__(self) -> ImageStream:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
 
 def _pixels(images: torch.Tensor) -> np.ndarray:

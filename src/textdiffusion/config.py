@@ -224,20 +224,23 @@ class MethodConfig:
         return tuple(f.name for f in fields(cls) if f.metadata.get("sampling"))
 
     @classmethod
+    def _merged(cls, table: str) -> dict[str, Any]:
+        """The class-level dict ``table`` merged along the hierarchy, a subclass's entries overriding its
+        parents'."""
+        merged: dict[str, Any] = {}
+        for klass in reversed(cls.__mro__):
+            merged.update(vars(klass).get(table, {}))
+        return merged
+
+    @classmethod
     def field_bounds(cls) -> dict[str, Bound]:
         """The bounds of every field, a subclass's own overriding its parents'."""
-        merged: dict[str, Bound] = {}
-        for klass in reversed(cls.__mro__):
-            merged.update(vars(klass).get("bounds", {}))
-        return merged
+        return cls._merged("bounds")
 
     @classmethod
     def field_docs(cls) -> dict[str, str]:
         """What every field means, a subclass's own text overriding its parents'."""
-        merged: dict[str, str] = {}
-        for klass in reversed(cls.__mro__):
-            merged.update(vars(klass).get("docs", {}))
-        return merged
+        return cls._merged("docs")
 
 
 # Method name -> its config class; filled by ``textdiffusion.methods.base.register``.

@@ -133,18 +133,24 @@ class LoadedRun:
     vocab: Any = None
 
 
+def read_run_config(path: str | Path) -> tuple[Path, dict[str, Any], Config]:
+    """A run directory's path, its config.json record and the config in it, checked: a missing directory or a
+    damaged config.json is a one-line error. What opening a run for sampling and resuming its training share."""
+    run = Path(path)
+    if not run.is_dir():
+        raise CheckpointError(f"run directory {run} does not exist; pass the directory `textdiffusion train` "
+                              f"printed (it holds config.json)")
+    meta = read_run_meta(run)
+    return run, meta, Config.from_dict(meta["config"])
+
+
 def open_run(path: str | Path, weights: str = "ema", device: str = "auto",
              overrides: list[str] | None = None) -> LoadedRun:
     """Load config, tokenizer and weights (EMA by default: what eval and sampling use). ``overrides`` are
     ``method.field=value`` sampling options (the fields marked ``sampling`` on the method's config class).
     A method that samples with a second run (``embedding``'s guided sampler) is handed that run, opened on
     the same device."""
-    run = Path(path)
-    if not run.is_dir():
-        raise CheckpointError(f"run directory {run} does not exist; pass the directory `textdiffusion train` "
-                              f"printed (it holds config.json)")
-    meta = read_run_meta(run)
-    cfg = Config.from_dict(meta["config"])
+    run, meta, cfg = read_run_config(path)
     if overrides:
         apply_sampling_overrides(cfg, overrides)
     dev = pick_device(device)

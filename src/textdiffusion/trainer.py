@@ -50,7 +50,13 @@ from textdiffusion.files import stale_temporaries, write_text
 from textdiffusion.methods.base import NLLResult, TextMethod, bits_key, score
 from textdiffusion.optim import warmup_cosine
 from textdiffusion.run_lock import LOCK_NAME, RunLock
-from textdiffusion.runs import build, check_checkpoint_config, check_checkpoint_shapes, pick_device
+from textdiffusion.runs import (
+    build,
+    check_checkpoint_config,
+    check_checkpoint_shapes,
+    pick_device,
+    read_run_config,
+)
 
 StopReason = Literal["out_of_time", "interrupted"]  # why a loop ended before its target step
 
@@ -840,12 +846,7 @@ def resume_training(run_dir: Path, progress: bool = True, steps: int | None = No
     of its schedule. A run that stopped before its first checkpoint starts again from step 0; a run that was
     interrupted while scoring its final result is scored. config.json is rewritten (for a new ``steps``)
     only once the run is locked, loaded and known to accept it."""
-    run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise CheckpointError(f"run directory {run_dir} does not exist; pass the directory `textdiffusion train` "
-                              f"printed (it holds config.json)")
-    meta = read_run_meta(run_dir)
-    cfg = Config.from_dict(meta["config"])
+    run_dir, meta, cfg = read_run_config(run_dir)
     recorded_steps = cfg.train.steps
     if steps is not None:
         if steps < 1:

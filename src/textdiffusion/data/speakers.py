@@ -52,6 +52,12 @@ def parse_speeches(text: str) -> list[Speech]:
     return out
 
 
+def label_index(names: Sequence[str], name: str) -> int | None:
+    """The index of ``name`` among ``names`` as a user types it (case and surrounding spaces ignored), or None."""
+    wanted = name.strip().casefold()
+    return next((i for i, known in enumerate(names) if known.casefold() == wanted), None)
+
+
 @dataclass(frozen=True)
 class SpeakerSplit:
     """The labels and the speeches each side of the held-out line (see the module docstring)."""
@@ -63,9 +69,9 @@ class SpeakerSplit:
     def label_of(self, name: str) -> int:
         """The label of speaker ``name`` (as in the header, case-insensitive); a one-line error listing the
         trained speakers otherwise."""
-        for i, speaker in enumerate(self.speakers):
-            if speaker.casefold() == name.strip().casefold():
-                return i
+        i = label_index(self.speakers, name)
+        if i is not None:
+            return i
         raise DataError(f"speaker {name!r} is not one of the {len(self.speakers)} trained speakers; choose one of "
                         f"{', '.join(self.speakers)}")
 

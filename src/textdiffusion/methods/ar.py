@@ -54,10 +54,7 @@ class AutoRegressive(TextMethod):
 
     def _forward(self, model: Transformer, inputs: torch.Tensor, labels: torch.Tensor | None = None,
                  cache: KVCache | None = None) -> torch.Tensor:
-        labels = self.network_labels(labels, inputs.shape[0], inputs.device)
-        if labels is None:  # an unlabelled backbone takes no labels argument at all
-            return model(inputs, cache=cache)
-        return model(inputs, cache=cache, labels=labels)
+        return self.call_network(model, labels, inputs, cache=cache)
 
     def loss(self, model: Transformer, x: torch.Tensor | LabelledText, generator: torch.Generator) -> torch.Tensor:
         x, labels = split_labels(x)
@@ -126,7 +123,4 @@ class AutoRegressive(TextMethod):
                 else:
                     logits = next_logits(state[:, pos:pos + 1], cache)
                 nfe += 1
-        info = {"sampler": "ancestral", "kv_cache": True}
-        if label is not None:
-            info |= {"label": self.label_names[label] if self.label_names else label, "guidance": w}
-        return SampleResult(state, nfe, fixed, info)
+        return SampleResult(state, nfe, fixed, {"sampler": "ancestral", "kv_cache": True, **self.label_info(label, w)})

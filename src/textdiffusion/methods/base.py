@@ -320,10 +320,12 @@ class TextMethod(Method[SampleRequest, SampleResult]):
         if not self.num_labels:
             raise ConfigError(f"this {self.name} run was trained without labels, so --label {req.label!r} has nothing "
                               f"to steer; train with --set data.labels=speaker")
+        from textdiffusion.data.speakers import label_index
+
         names = self.label_names or tuple(str(i) for i in range(self.num_labels))
-        for i, name in enumerate(names):
-            if name.casefold() == req.label.strip().casefold():
-                return i, w
+        i = label_index(names, req.label)
+        if i is not None:
+            return i, w
         raise ConfigError(f"label {req.label!r} is not one of this run's {len(names)} labels; choose one of "
                           f"{', '.join(names)}")
 
@@ -343,6 +345,22 @@ class TextMethod(Method[SampleRequest, SampleResult]):
         if w == 1.0:
             return cond, False
         return torch.cat((cond, torch.full_like(cond, self.num_labels))), True
+
+    def call_network(self, model: Any, labels: torch.Tensor | None, x: torch.Tensor, *args: Any,
+                     **kwargs: Any) -> torch.Tensor:
+        """``model(x, *args, **kwargs)`` with :meth:`network_labels` for ``x``'s rows: an unlabelled backbone is
+        called without a ``labels`` argument at all (so a method's network needs none unless it is labelled)."""
+        labels = self.network_labels(labels, x.shape[0], x.device)
+        if labels is None:
+            return model(x, *args, **kwargs)
+        return model(x, *args, labels=labels, **kwargs)
+
+    def label_info(self, label: int | None, w: float) -> dict[str, Any]:
+        """What a guided sampling adds to its result's ``info``: the label's name and the scale (nothing
+        for an unlabelled one)."""
+        if label is None:
+            return {}
+        return {"label": self.label_names[label] if self.label_names else label, "guidance": w}
 
     @staticmethod
     def combine_guided(logits: torch.Tensor, w: float) -> torch.Tensor:

@@ -131,10 +131,7 @@ class MaskedDiffusion(TextMethod):
 
     def _forward(self, model: Transformer, z: torch.Tensor, t: torch.Tensor,
                  labels: torch.Tensor | None = None) -> torch.Tensor:
-        labels = self.network_labels(labels, z.shape[0], z.device)
-        if labels is None:  # an unlabelled backbone takes no labels argument at all (nor does a test's stub)
-            return model(z, t if self.time_conditioning else None)
-        return model(z, t if self.time_conditioning else None, labels=labels)
+        return self.call_network(model, labels, z, t if self.time_conditioning else None)
 
     def _nelbo_terms(self, model: Transformer, x: torch.Tensor, t: torch.Tensor,
                      generator: torch.Generator, labels: torch.Tensor | None = None) -> torch.Tensor:
@@ -221,10 +218,7 @@ class MaskedDiffusion(TextMethod):
             return self.combine_guided(self._forward(model, torch.cat((z, z)), t2, labels), w)
 
         state, nfe = self.denoise(forward, state, steps, sampler, req, generator, on_step)
-        info = {"sampler": sampler, "steps": steps}
-        if label is not None:
-            info |= {"label": self.label_names[label] if self.label_names else label, "guidance": w}
-        return SampleResult(state, nfe, fixed, info)
+        return SampleResult(state, nfe, fixed, {"sampler": sampler, "steps": steps, **self.label_info(label, w)})
 
     def _start(self, model: Transformer, req: SampleRequest) -> tuple[str, torch.Tensor, torch.Tensor, int]:
         """The checked request: its sampler, the initial state and fixed positions, and the steps to take."""
