@@ -572,10 +572,23 @@ class TextModel(_Model):
         assert isinstance(self.run.method, TextMethod)
         return self.run.method
 
+    def classifier(self, *, steps: int | None = None, retrain: bool = False, progress: bool = True) -> Any:
+        """The run's speaker classifier for ``rule="classifier"`` (a
+        :class:`~textdiffusion.noisy_classifier.NoisyClassifier`): read from ``RUN/speaker-classifier`` when it
+        was trained for this checkpoint, else trained now on the method's noisy states (``steps``, default
+        1500: about a minute on a CPU) and cached there. Its ``meta`` holds its held-out accuracy."""
+        from textdiffusion.noisy_classifier import ClassifierRecipe, classifier_for
+
+        recipe = ClassifierRecipe() if steps is None else \
+            ClassifierRecipe(steps=check_value("steps", steps, int, POSITIVE_COUNT))
+        clf = classifier_for(self.run, recipe, progress=progress, retrain=retrain)
+        self.text_method.use_classifier(clf)
+        return clf
+
     # -- sampling ---------------------------------------------------------------------------------------------
     def generate(self, prompt: str = "", *, n: int = 1, length: int = 0, sampler: str = "", steps: int = 0,
                  temperature: float | None = None, top_k: int | None = None, top_p: float | None = None,
-                 seed: int = 0, label: str = "", guidance: float = 1.0, progress: bool = True,
+                 seed: int = 0, label: str = "", guidance: float = 1.0, rule: str = "", progress: bool = True,
                  **other: Any) -> list[str]:
         """``n`` texts that start with ``prompt``, each ``length`` tokens long (characters for the char
         tokenizer), prompt included; 0 = the model's context (``ar`` may go past it).
@@ -587,15 +600,18 @@ class TextModel(_Model):
         progress bar on stderr unless ``progress`` is False. A run trained on labelled text
         (``data.labels=speaker``) writes as ``label`` (a speaker's name; :attr:`labels` lists them), steered
         by classifier-free guidance of scale ``guidance`` (0 = unconditional, 1 = plain conditional, above 1
-        sharper). Returns the texts; :meth:`sample` also says how they were made."""
+        sharper). ``rule="classifier"`` steers any run (labelled or not) toward a speaker of its corpus with a
+        small classifier of the method's noisy states instead, trained on first use (:meth:`classifier`); then
+        ``guidance`` is the classifier's exponent. Returns the texts; :meth:`sample` also says how they were
+        made."""
         _refuse_other_kind(other, "generate", self, _IMAGE_OPTIONS, "give a prompt, n, length, sampler, steps")
         return self.sample(prompt, n=n, length=length, sampler=sampler, steps=steps, temperature=temperature,
-                           top_k=top_k, top_p=top_p, seed=seed, label=label, guidance=guidance,
+                           top_k=top_k, top_p=top_p, seed=seed, label=label, guidance=guidance, rule=rule,
                            progress=progress).texts
 
     def infill(self, template: str, placeholder: str = "_", *, n: int = 1, length: int = 0, sampler: str = "",
                steps: int = 0, temperature: float | None = None, top_k: int | None = None,
-               top_p: float | None = None, seed: int = 0, label: str = "", guidance: float = 1.0,
+               top_p: float | None = None, seed: int = 0, label: str = "", guidance: float = 1.0, rule: str = "",
                progress: bool = True) -> list[str]:
         """``n`` copies of ``template`` with every ``placeholder`` character filled in (one token per
         placeholder; the known text is never changed): ``model.infill("ROMEO:\\nO ____ art thou")``. A
@@ -607,12 +623,13 @@ class TextModel(_Model):
                               f"blanks; use generate(prompt=...), or a run of a method such as masked")
         return self.sample(infill=template, placeholder=placeholder, n=n, length=length, sampler=sampler,
                            steps=steps, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed,
-                           label=label, guidance=guidance, progress=progress).texts
+                           label=label, guidance=guidance, rule=rule, progress=progress).texts
 
     def sample(self, prompt: str = "", *, infill: str | None = None, placeholder: str = "_", n: int = 1,
                length: int = 0, sampler: str = "", steps: int = 0, temperature: float | None = None,
                top_k: int | None = None, top_p: float | None = None, seed: int = 0, label: str = "",
-               guidance: float = 1.0, on_step: StepCallback | None = None, progress: bool = True) -> TextSamples:
+               guidance: float = 1.0, rule: str = "", on_step: StepCallback | None = None,
+               progress: bool = True) -> TextSamples:
         """What :meth:`generate` and :meth:`infill` draw, with how it was drawn: the sampler that ran, its
         steps, the network evaluations per sample and the seconds taken (a :class:`TextSamples`).
 
@@ -621,7 +638,7 @@ class TextModel(_Model):
         ``--trajectory`` are such callbacks. :meth:`stream` is the friendlier way to watch."""
         plan = self.plan(prompt, infill=infill, placeholder=placeholder, n=n, length=length, sampler=sampler,
                          steps=steps, temperature=temperature, top_k=top_k, top_p=top_p, label=label,
-                         guidance=guidance)
+                         guidance=guidance, rule=rule)
         seed = check_value("seed", seed, int, SEED)
         run = self.run
         gen = torch.Generator(device=run.device).manual_seed(seed)
@@ -687,7 +704,7 @@ class TextModel(_Model):
     def plan(self, prompt: str = "", *, infill: str | None = None, placeholder: str = "_", n: int = 1,
              length: int = 0, sampler: str = "", steps: int = 0, temperature: float | None = None,
              top_k: int | None = None, top_p: float | None = None, label: str = "",
-             guidance: float = 1.0) -> SamplingPlan:
+             guidance: float = 1.0, rule: str = "") -> SamplingPlan:
         """Check a request against the run and the limits of one call, without drawing anything: the
         :class:`SamplingPlan` says the length in tokens, the sampler and steps it gets, and the batches it
         is drawn in. Every sampling call makes one; a bad request is a one-line ConfigError here."""
@@ -714,7 +731,12 @@ class TextModel(_Model):
         guidance = check_value("guidance", guidance, float, GUIDANCE)
         req = SampleRequest(n=n, length=length, prompt=prompt, infill=infill, placeholder=placeholder,
                             sampler=sampler, steps=steps, **method.decoding(**decoding), label=label,
-                            guidance=guidance)
+                            guidance=guidance, rule=rule)
+        if not isinstance(rule, str):
+            raise ConfigError(f"rule must be a name (free or classifier), got {rule!r}")
+        method.check_classifier_request(req)  # before training a classifier for nothing
+        if req.rule == "classifier" and method.classifier is None:
+            self.classifier()
         method.request_label(req)  # a label this run knows, guidance only with one
         if req.length:
             method.check_length(req.length)
@@ -733,7 +755,7 @@ class TextModel(_Model):
     def stream(self, prompt: str = "", *, infill: str | None = None, placeholder: str = "_", n: int = 1,
                length: int = 0, sampler: str = "", steps: int = 0, temperature: float | None = None,
                top_k: int | None = None, top_p: float | None = None, seed: int = 0, label: str = "",
-               guidance: float = 1.0, mask_char: str | None = None) -> TextStream:
+               guidance: float = 1.0, rule: str = "", mask_char: str | None = None) -> TextStream:
         """The denoising of one sampling, frame by frame: iterate the returned :class:`TextStream` for a
         :class:`Frame` per sampler step (frame 0 is the initial state), each with the decoded texts (positions
         still unknown shown as ``mask_char``, default the placeholder ``_``), the step, the diffusion time
@@ -746,7 +768,7 @@ class TextModel(_Model):
         batch of samples (``n`` up to the plan's batch size)."""
         plan = self.plan(prompt, infill=infill, placeholder=placeholder, n=n, length=length, sampler=sampler,
                          steps=steps, temperature=temperature, top_k=top_k, top_p=top_p, label=label,
-                         guidance=guidance)
+                         guidance=guidance, rule=rule)
         if plan.batches > 1:
             raise ConfigError(f"a stream shows one batch: at most {plan.batch_size} samples of {plan.length} tokens "
                               f"at once, n is {n}; use n <= {plan.batch_size}")

@@ -21,6 +21,9 @@ IMAGE_METHODS: dict[str, tuple[str, ...]] = {
     "image": ("ddpm", "ddim"),
 }
 
+# how a sampling steers toward a label: classifier-free (a labelled run) or a noisy classifier (any run)
+GUIDANCE_RULES: tuple[str, ...] = ("free", "classifier")
+
 
 def method_names() -> list[str]:
     return sorted({**TEXT_METHODS, **IMAGE_METHODS})

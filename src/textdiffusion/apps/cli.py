@@ -23,7 +23,7 @@ import sys
 from pathlib import Path
 
 from textdiffusion.apps.bounds import IMAGE_EVAL_SAMPLES, IMAGE_EVAL_STEPS
-from textdiffusion.catalogue import IMAGE_METHODS, TEXT_METHODS, method_names
+from textdiffusion.catalogue import GUIDANCE_RULES, IMAGE_METHODS, TEXT_METHODS, method_names
 from textdiffusion.config import (
     ETA,
     GUIDANCE,
@@ -334,7 +334,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
     request = {"infill": args.infill, "placeholder": args.placeholder, "n": args.n, "length": args.length or 0,
                "sampler": args.sampler or "", "steps": args.steps or 0, "temperature": args.temperature,
                "top_k": args.top_k, "top_p": args.top_p, "label": args.label or "",
-               "guidance": 1.0 if args.guidance is None else args.guidance}
+               "guidance": 1.0 if args.guidance is None else args.guidance, "rule": args.guidance_rule or ""}
     plan = model.plan(args.prompt or "", **request)
     if trajectory and plan.batches > 1:
         raise ConfigError(f"--trajectory records every step of every sample, at most {plan.batch_size} samples of "
@@ -617,8 +617,12 @@ def _sample_parser(sub) -> None:
     s.add_argument("--label", metavar="NAME",
                    help="write as this label (a speaker, e.g. ROMEO) of a run trained with --set data.labels=speaker")
     s.add_argument("--guidance", type=_number(float, GUIDANCE), metavar="W",
-                   help="classifier-free guidance toward --label: 0 = unconditional, 1 = plain conditional "
-                        "(default), above 1 sharper")
+                   help="guidance toward --label: 0 = unconditional, 1 = plain conditional (default), above 1 "
+                        "sharper")
+    s.add_argument("--guidance-rule", choices=GUIDANCE_RULES,
+                   help="free: classifier-free guidance, on a run trained with labels (the default); classifier: "
+                        "a small classifier of the method's noisy states steers any run, trained on first use and "
+                        "cached in RUN/speaker-classifier")
     s.add_argument("--show", action="store_true", help="animate the denoising in the terminal (on stderr)")
     s.add_argument("--delay", type=_number(float, DELAY), default=0.03, help="seconds per frame of --show")
     s.add_argument("--trajectory", metavar="FILE", help="write every intermediate state to this JSON file")

@@ -344,7 +344,8 @@ Denoiser = Callable[[torch.Tensor, torch.Tensor, "torch.Tensor | None"], tuple[t
 def reverse_process(sampler: GaussianSampler, x: torch.Tensor, denoise: Denoiser, generator: torch.Generator,
                     project: Callable[[torch.Tensor], torch.Tensor] | None = None,
                     renoise: Callable[[torch.Tensor, float], torch.Tensor] | None = None,
-                    on_step: LoopCallback | None = None) -> torch.Tensor:
+                    on_step: LoopCallback | None = None,
+                    steer: Callable[[torch.Tensor, float], torch.Tensor] | None = None) -> torch.Tensor:
     r"""Run the reverse process from x = x_1 (pure noise) to x0; return the last x0_hat.
 
     Each step asks the denoiser for (x0_hat, eps_hat) at time t, lets the method ``project`` x0_hat onto
@@ -352,7 +353,8 @@ def reverse_process(sampler: GaussianSampler, x: torch.Tensor, denoise: Denoiser
     eps_hat from the projected x0_hat so the two stay consistent with x_t, and takes the sampler's step to
     s. ``renoise(x_s, s)`` may then overwrite parts of x_s (imputation: known positions are redrawn from
     q(x_s | x0), Song et al. 2021). The previous projected x0_hat is handed back to the denoiser, for
-    self-conditioning (Chen et al. 2022); a denoiser that does not self-condition ignores it.
+    self-conditioning (Chen et al. 2022); a denoiser that does not self-condition ignores it. ``steer(x_s, s)``,
+    if given, moves each new x_s before that (classifier guidance: Diffusion-LM's gradient steps).
     """
     n, dtype = x.shape[0], x.dtype
     x0_prev: torch.Tensor | None = None
@@ -364,6 +366,8 @@ def reverse_process(sampler: GaussianSampler, x: torch.Tensor, denoise: Denoiser
             x0_hat = project(x0_hat)
             eps_hat = eps_from_x0(x.float(), x0_hat, sampler.schedule.alpha_bar(tt))
         x = sampler.step(x.float(), x0_hat, eps_hat, t, s, generator).to(dtype)
+        if steer is not None and s > 0:
+            x = steer(x, s)
         if renoise is not None and s > 0:
             x = renoise(x, s)
         x0_prev = x0_hat.to(dtype)

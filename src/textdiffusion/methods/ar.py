@@ -9,6 +9,7 @@ variant too, as ``nats_per_char_nanogpt``, for the one-to-one comparison.)
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -27,6 +28,7 @@ from textdiffusion.methods.base import (
     register,
     report_batches,
 )
+from textdiffusion.nn.text_classifier import ConvTextClassifier
 from textdiffusion.nn.transformer import KVCache, Transformer
 
 
@@ -47,6 +49,7 @@ class AutoRegressive(TextMethod):
     supports_infill = False
     extends_past_context = True  # the KV cache slides: any --length
     supports_labels = True
+    classifier_rule = "fudge"  # Yang & Klein 2021: a prefix classifier reweights the next token's candidates
 
     def _inputs(self, x: torch.Tensor) -> torch.Tensor:
         bos = torch.full_like(x[:, :1], self.tok.bos_id)
@@ -82,11 +85,22 @@ class AutoRegressive(TextMethod):
                      "note": "exact -log p(window) / chars; the nanogpt figure drops each window's first char"},
         )
 
+    # ---- classifier guidance: FUDGE ---------------------------------------------------------------------------
+    def classifier_network(self, shape: dict[str, int], num_labels: int, model: Transformer) -> ConvTextClassifier:
+        """A causal classifier: its output at position i is p(c | x_1..x_i), every prefix at once."""
+        return ConvTextClassifier(num_labels, vocab_size=self.tok.vocab_size, causal=True, **shape)
+
+    def classifier_inputs(self, model: Transformer, x: torch.Tensor,
+                          generator: torch.Generator) -> tuple[torch.Tensor, None]:
+        """The states ``ar`` passes through are clean prefixes: the windows themselves, judged at every prefix."""
+        return x, None
+
     @torch.no_grad()
     def sample(self, model: Transformer, req: SampleRequest, generator: torch.Generator,
                on_step: StepCallback | None = None) -> SampleResult:
         self.check_sampler(req.sampler)
         label, w = self.request_label(req)
+        steer = self.classifier_request(req)
         device = next(model.parameters()).device
         state, fixed = self.prepare(req, device)
         n, length = state.shape
@@ -107,11 +121,16 @@ class AutoRegressive(TextMethod):
         prefix = torch.cat((bos, state[:, :start]), dim=1)[:, -ctx:]
         logits = next_logits(prefix, cache)
         nfe = 1
+        fudge = None if steer is None else _Fudge(self.classifier, *steer, state[:, :start])
         if on_step:
             on_step(0, state.clone(), {"nfe": nfe})
         for pos in range(start, length):
+            if fudge is not None:
+                logits = fudge.reweight(logits, state[:, :pos])
             filtered = filter_logits(logits, req.temperature, req.top_k, req.top_p)
             state[:, pos] = gumbel_sample(filtered, generator)
+            if fudge is not None:
+                fudge.advance(state[:, :pos + 1])
             if on_step:
                 on_step(pos - start + 1, state.clone(), {"nfe": nfe})
             if pos + 1 < length:
@@ -123,4 +142,42 @@ class AutoRegressive(TextMethod):
                 else:
                     logits = next_logits(state[:, pos:pos + 1], cache)
                 nfe += 1
-        return SampleResult(state, nfe, fixed, {"sampler": "ancestral", "kv_cache": True, **self.label_info(label, w)})
+        return SampleResult(state, nfe, fixed, {"sampler": "ancestral", "kv_cache": True, **self.label_info(label, w),
+                                                **self.classifier_info(req)})
+
+
+FUDGE_CANDIDATES = 32  # next tokens the classifier judges per step (FUDGE's top-k; a char LM's mass is in far fewer)
+
+
+class _Fudge:
+    r"""FUDGE (Yang & Klein 2021, "FUDGE: Controlled Text Generation With Future Discriminators"): the next token
+    is drawn from
+
+        p(x_i = v | x_<i, c)  ∝  p_theta(x_i = v | x_<i) * p(c | x_<i, v)^w
+
+    over the ``FUDGE_CANDIDATES`` likeliest tokens v of the language model (the others get probability 0), with
+    the causal noisy classifier as the "future discriminator" p(c | prefix). w = 1 is Bayes' rule (FUDGE's
+    paper uses it); larger w steers harder. The classifier pools the features of the written prefix as a running
+    sum, so judging a candidate only computes the features of its last ``receptive_field`` tokens: exactly the
+    classifier's output on the whole prefix, at any length."""
+
+    def __init__(self, classifier: Any, label: int, w: float, prompt: torch.Tensor):
+        self.net, self.label, self.w = classifier.net, label, w
+        self.total = self.net.features(prompt).sum(1) if prompt.shape[1] else \
+            torch.zeros(prompt.shape[0], self.net.head.in_features, device=prompt.device)
+
+    def reweight(self, logits: torch.Tensor, prefix: torch.Tensor) -> torch.Tensor:
+        """The language model's next-token logits (n, V) after ``prefix`` -> FUDGE's guided log-probabilities."""
+        n, k = logits.shape[0], min(FUDGE_CANDIDATES, logits.shape[-1])
+        logp = logits.float().log_softmax(-1)
+        top, cand = logp.topk(k, dim=-1)
+        tail = prefix[:, -(self.net.receptive_field - 1):] if self.net.receptive_field > 1 else prefix[:, :0]
+        recent = torch.cat((tail.repeat_interleave(k, 0), cand.reshape(n * k, 1)), dim=1)
+        judged = self.net.extend(recent, self.total.repeat_interleave(k, 0), prefix.shape[1])
+        judged = judged.float().log_softmax(-1)[:, self.label].view(n, k)
+        guided = torch.full_like(logp, float("-inf"))
+        return guided.scatter(-1, cand, top + self.w * judged)
+
+    def advance(self, prefix: torch.Tensor) -> None:
+        """The drawn token's features join the running sum."""
+        self.total = self.total + self.net.features(prefix[:, -self.net.receptive_field:])[:, -1]

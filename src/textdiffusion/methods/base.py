@@ -22,6 +22,7 @@ from typing import Any, ClassVar, Generic, TypeVar
 import torch
 import torch.nn.functional as F
 
+from textdiffusion.catalogue import GUIDANCE_RULES
 from textdiffusion.config import (
     METHOD_CONFIGS,
     TEMPERATURE,
@@ -230,7 +231,9 @@ class SampleRequest:
     top_k: int = 0
     top_p: float = 1.0
     label: str = ""  # a labelled run's label (a speaker's name) to write as; "" = none (unconditional)
-    guidance: float = 1.0  # classifier-free guidance scale: 0 unconditional, 1 plain conditional, above 1 sharper
+    guidance: float = 1.0  # guidance scale: 0 unconditional, 1 plain conditional (Bayes' rule), above 1 sharper
+    rule: str = ""  # how to steer toward ``label``: "free" (classifier-free, a labelled run), "classifier" (a noisy
+    # classifier beside any run; see textdiffusion.noisy_classifier); "" = free
 
 
 @dataclass
@@ -257,6 +260,21 @@ class TextMethodConfig(MethodConfig):
     }
 
 
+def _check_guidance(req: SampleRequest) -> float:
+    """A request's guidance scale and rule, checked (guidance needs a label)."""
+    from textdiffusion.config import GUIDANCE
+
+    if req.rule not in ("", *GUIDANCE_RULES):
+        raise ConfigError(f"unknown guidance rule {req.rule!r}; choose one of {', '.join(GUIDANCE_RULES)}")
+    w = req.guidance
+    if not GUIDANCE.allows(w):
+        raise ConfigError(f"guidance must be {GUIDANCE.describe()}, got {w}")
+    if not req.label and (w != 1.0 or req.rule):
+        raise ConfigError("guidance steers toward a label; give --label NAME with --guidance or --guidance-rule "
+                          "(or leave them out)")
+    return w
+
+
 class TextMethod(Method[SampleRequest, SampleResult]):
     """A method on token windows: built from a tokenizer, sampled with a :class:`SampleRequest`."""
 
@@ -267,6 +285,9 @@ class TextMethod(Method[SampleRequest, SampleResult]):
     # trains on labelled text (data.labels) with a label-conditioned backbone, and samples with --label and
     # classifier-free guidance (see :meth:`guided`)
     supports_labels: ClassVar[bool] = False
+    # the rule by which a noisy classifier (textdiffusion.noisy_classifier) steers this method's sampler, named
+    # for docs and results ("" = the method cannot be steered by a classifier); see classifier_network
+    classifier_rule: ClassVar[str] = ""
 
     def __init__(self, cfg: Any, model_cfg: ModelConfig, tokenizer: Tokenizer):
         self.cfg = cfg
@@ -275,6 +296,7 @@ class TextMethod(Method[SampleRequest, SampleResult]):
         self.num_labels = 0  # labels of a labelled run (the backbone's "no label" row is this index)
         self.label_dropout = 0.0  # train.label_dropout, read by the loss of a labelled run
         self.label_names: tuple[str, ...] = ()  # label i's name (a speaker), from the data or the run's record
+        self.classifier: Any = None  # the run's NoisyClassifier, handed over for rule=classifier (see use_classifier)
 
     @classmethod
     def from_config(cls, cfg: Config, vocab: Any) -> TextMethod:
@@ -305,21 +327,20 @@ class TextMethod(Method[SampleRequest, SampleResult]):
         return torch.where(drop, torch.full_like(labels, self.num_labels), labels)
 
     def request_label(self, req: SampleRequest) -> tuple[int | None, float]:
-        """The label index and guidance scale a request asks for, checked: a label needs a labelled run and
-        one of its names; guidance needs a label."""
-        from textdiffusion.config import GUIDANCE
-
-        w = req.guidance
-        if not GUIDANCE.allows(w):
-            raise ConfigError(f"guidance must be {GUIDANCE.describe()}, got {w}")
+        """The label index and scale of a request's *classifier-free* guidance, checked: a label needs a labelled
+        run and one of its names; guidance needs a label. A request steered by a classifier (``rule=classifier``)
+        asks the network for nothing conditional: (None, 0.0), after :meth:`classifier_request`'s checks."""
+        w = _check_guidance(req)
+        if req.rule == "classifier":
+            self.classifier_request(req)
+            return None, 0.0
         if not req.label:
-            if w != 1.0:
-                raise ConfigError("guidance steers toward a label; give --label NAME with --guidance (or leave "
-                                  "--guidance out)")
             return None, w
         if not self.num_labels:
+            how = (" or steer it with a speaker classifier instead: --guidance-rule classifier"
+                   if self.classifier_rule else "")
             raise ConfigError(f"this {self.name} run was trained without labels, so --label {req.label!r} has nothing "
-                              f"to steer; train with --set data.labels=speaker")
+                              f"to steer; train with --set data.labels=speaker{how}")
         from textdiffusion.data.speakers import label_index
 
         names = self.label_names or tuple(str(i) for i in range(self.num_labels))
@@ -328,6 +349,64 @@ class TextMethod(Method[SampleRequest, SampleResult]):
             return i, w
         raise ConfigError(f"label {req.label!r} is not one of this run's {len(names)} labels; choose one of "
                           f"{', '.join(names)}")
+
+    def classifier_request(self, req: SampleRequest) -> tuple[int, float] | None:
+        """The label index and scale of a request steered by the run's noisy classifier, checked; None for any
+        other request, and for scale 0, which is the unconditional sampler exactly (the classifier is not run)."""
+        if req.rule != "classifier":
+            return None
+        w = self.check_classifier_request(req)
+        if self.classifier is None:
+            raise ConfigError("classifier guidance needs the run's speaker classifier; sample through "
+                              "textdiffusion.load(...) or the CLI, which train it on first use")
+        from textdiffusion.data.speakers import label_index
+
+        names = self.classifier.names
+        i = label_index(names, req.label)
+        if i is None:
+            raise ConfigError(f"label {req.label!r} is not one of the speaker classifier's {len(names)} speakers; "
+                              f"choose one of {', '.join(names)}")
+        return (i, w) if w > 0 else None
+
+    def check_classifier_request(self, req: SampleRequest) -> float:
+        """What can be checked of a request before its classifier exists (so none is trained for a request that
+        would fail anyway): the scale, and for rule=classifier a method with a rule and a label."""
+        w = _check_guidance(req)
+        if req.rule == "classifier":
+            if not self.classifier_rule:
+                raise ConfigError(f"the {self.name} method has no classifier-guidance rule; use --guidance-rule free "
+                                  f"on a run trained with --set data.labels=speaker")
+            if not req.label:
+                raise ConfigError("--guidance-rule classifier steers toward a speaker; give --label NAME")
+        return w
+
+    def classifier_info(self, req: SampleRequest) -> dict[str, Any]:
+        """What a classifier-guided sampling adds to its result's ``info`` (nothing for any other)."""
+        if req.rule != "classifier":
+            return {}
+        return {"label": req.label, "guidance": req.guidance, "rule": f"classifier ({self.classifier_rule})"}
+
+    def use_classifier(self, classifier: Any) -> None:
+        """Receive the run's :class:`~textdiffusion.noisy_classifier.NoisyClassifier` (rule=classifier)."""
+        self.classifier = classifier
+
+    # ---- classifier guidance: what a noisy classifier of this method's states looks like ---------------------
+    def classifier_network(self, shape: dict[str, int], num_labels: int, model: Any) -> torch.nn.Module:
+        """A fresh classifier network over this method's noisy states (a
+        :class:`~textdiffusion.nn.text_classifier.ConvTextClassifier` of ``shape``), ``num_labels`` outputs.
+        ``model`` is the run's trained network, for a method whose states are built from it (embeddings)."""
+        raise ConfigError(f"the {self.name} method has no classifier-guidance rule")
+
+    def classifier_inputs(self, model: Any, x: torch.Tensor,
+                          generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Clean windows ``x`` -> (states of this method's sampler, their noise levels or None): what the
+        classifier is trained on, drawn from the method's own forward process."""
+        raise ConfigError(f"the {self.name} method has no classifier-guidance rule")
+
+    def classifier_logits(self, net: torch.nn.Module, inputs: torch.Tensor,
+                          t: torch.Tensor | None) -> torch.Tensor:
+        """The classifier's label logits: (n, K) for whole states, or (n, L, K) for every prefix (ar)."""
+        return net(inputs, t)
 
     def guidance_labels(self, label: int | None, w: float, n: int,
                         device: torch.device) -> tuple[torch.Tensor | None, bool]:

@@ -84,6 +84,7 @@ from textdiffusion.methods.base import (
     register,
     report_batches,
 )
+from textdiffusion.nn.text_classifier import ConvTextClassifier
 from textdiffusion.nn.transformer import KVCache, Transformer
 
 DECODERS = ("cosine", "l2", "head")
@@ -185,6 +186,10 @@ class EmbeddingDenoiser(nn.Module):
         return sum(p.numel() for p in self.parameters())
 
 
+CLASSIFIER_STEPS = 3  # gradient steps per sampler step (Diffusion-LM takes 3)
+CLASSIFIER_STEP = 0.5  # step size, in units of the variance 1 - abar_s (see _classifier_steer)
+
+
 @register
 class EmbeddingDiffusion(TextMethod):
     name = "embedding"
@@ -195,6 +200,7 @@ class EmbeddingDiffusion(TextMethod):
     likelihood_kind = "bound"
     eval_terms: ClassVar[dict[str, str]] = {"denoising_mse": "denoising MSE",
                                             "rounding_ce_per_token": "rounding CE/token"}
+    classifier_rule = "gradient"  # Diffusion-LM's plug-and-play control: gradient steps on the latents
 
     def __init__(self, cfg: GaussianTextConfig, model_cfg: ModelConfig, tokenizer):
         super().__init__(cfg, model_cfg, tokenizer)
@@ -401,6 +407,45 @@ class EmbeddingDiffusion(TextMethod):
         details.update(embedding_geometry(table))
         return NLLResult(nats_per_unit=nats, kind="bound", windows=n, units=chars, details=details)
 
+    # ---- classifier guidance: a classifier of noisy latents --------------------------------------------------
+    def classifier_network(self, shape: dict[str, int], num_labels: int,
+                           model: EmbeddingDenoiser) -> ConvTextClassifier:
+        """A time-conditioned classifier of latents x_t, as wide as the run's embeddings."""
+        return ConvTextClassifier(num_labels, input_dim=model.table().shape[1], time_conditioning=True, **shape)
+
+    def classifier_inputs(self, model: EmbeddingDenoiser, x: torch.Tensor,
+                          generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """x_t ~ q(x_t | E[w]) at a training time t, with the run's own (frozen) embedding table E."""
+        t = self._sample_t(x.shape[0], generator, x.device)
+        with torch.no_grad():
+            x0 = model.table()[x].float()
+        eps = torch.randn(x0.shape, generator=generator, device=x.device)
+        return q_sample(x0, self.schedule.alpha_bar(t), eps), t
+
+    def _classifier_steer(self, label: int, w: float, n: int, fixed: torch.Tensor):
+        r"""Diffusion-LM's control step (Li et al. 2022, Sec. 5.1, Eq. 4): after the sampler proposes x_s, take
+        ``CLASSIFIER_STEPS`` gradient steps on it toward
+
+            w * log p(c | x_s)  -  ||x_s - x_s^proposed||^2 / (2 (1 - abar_s))
+
+        — the classifier's pull, held near the denoiser's proposal by the fluency term (Diffusion-LM's
+        lambda log p(x_{t-1} | x_t), a Gaussian around the proposal; the variance 1 - abar_s of x_s given x_0 sets
+        its scale, since DDIM's step has none). Each step has size ``CLASSIFIER_STEP`` * (1 - abar_s), so the
+        fluency term alone would pull a fraction of the way back. Known prompt/infill positions are left alone."""
+        clf = self.classifier
+        keep = fixed[..., None]
+
+        def steer(x: torch.Tensor, s: float) -> torch.Tensor:
+            var = 1.0 - float(self.schedule.alpha_bar(torch.tensor(s)))
+            ts = torch.full((n,), s, device=x.device)
+            proposal = y = x.float()
+            for _ in range(CLASSIFIER_STEPS):
+                grad = w * clf.gradient(y, label, ts) - (y - proposal) / var
+                y = torch.where(keep, proposal, y + CLASSIFIER_STEP * var * grad)
+            return y.to(x.dtype)
+
+        return steer
+
     # ---- samplers ----------------------------------------------------------------------------------
     def _sampler(self, kind: str, steps: int) -> GaussianSampler:
         try:
@@ -431,10 +476,12 @@ class EmbeddingDiffusion(TextMethod):
         gs = self._sampler("ddpm" if sampler == "ddpm" else "ddim", steps)
         # the temperature acts on the decoder distribution inside the denoiser (target=probs); the guided
         # sampler applies it to the mixed per-position distribution instead
+        steer = self.classifier_request(req)
         plan, nfe = self._diffuse(model, state, fixed, gs, generator, on_step,
-                                  req.temperature if sampler != "guided" else 1.0)
+                                  req.temperature if sampler != "guided" else 1.0,
+                                  None if steer is None else self._classifier_steer(*steer, *state.shape[:1], fixed))
         info: dict[str, Any] = {"sampler": sampler, "steps": steps, "decoder": self.decoder,
-                                "clamp": self.cfg.clamp}
+                                "clamp": self.cfg.clamp, **self.classifier_info(req)}
         if sampler == "guided":
             ids, ar_nfe = self._guided(model, plan, state, fixed, req, generator)
             nfe += ar_nfe
@@ -447,7 +494,7 @@ class EmbeddingDiffusion(TextMethod):
 
     def _diffuse(self, model: EmbeddingDenoiser, state: torch.Tensor, fixed: torch.Tensor,
                  gs: GaussianSampler, generator: torch.Generator, on_step: StepCallback | None,
-                 temperature: float = 1.0) -> tuple[torch.Tensor, int]:
+                 temperature: float = 1.0, steer: Any = None) -> tuple[torch.Tensor, int]:
         """The reverse process from N(0, I) to x_0 (:func:`reverse_process`). ``clamp`` snaps x0_hat to its
         nearest embedding (Li et al. 2022, Sec. 4.2); prompt/infill positions are *replaced*: their x0 is the
         true embedding and their x_s a fresh draw from q(x_s | x_0) (Song et al. 2021's imputation)."""
@@ -476,7 +523,7 @@ class EmbeddingDiffusion(TextMethod):
 
         x = torch.randn((n, L, table.shape[1]), generator=generator, device=state.device, dtype=table.dtype)
         x0_hat = reverse_process(gs, x, denoise, generator, project if self.cfg.clamp or imputing else None,
-                                 renoise if imputing else None, report if on_step else None)
+                                 renoise if imputing else None, report if on_step else None, steer)
         return x0_hat.to(table.dtype), gs.steps
 
     def _guided(self, model: EmbeddingDenoiser, plan: torch.Tensor, state: torch.Tensor, fixed: torch.Tensor,

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
+import torch.nn.functional as F
 
 from textdiffusion.config import EVAL_TIME_SAMPLES, SAMPLE_STEPS, SEED, Bound, Choice, ConfigError, Range, sampling
 from textdiffusion.data.speakers import LabelledText, split_labels
@@ -55,6 +56,7 @@ from textdiffusion.methods.base import (
     register,
     report_batches,
 )
+from textdiffusion.nn.text_classifier import ConvTextClassifier
 from textdiffusion.nn.transformer import Transformer
 
 # forward(z, t, rows) -> logits: the network on a state, for the sequences ``rows`` of the batch (None = all)
@@ -111,6 +113,7 @@ class MaskedDiffusion(TextMethod):
     samplers = ("ancestral", "cached", "confidence", "topk")
     likelihood_kind = "bound"
     supports_labels = True
+    classifier_rule = "taylor"  # Nisonoff et al. 2024's first-order discrete guidance (see classifier_tilt)
 
     def __init__(self, cfg: MaskedConfig, model_cfg, tokenizer):
         super().__init__(cfg, model_cfg, tokenizer)
@@ -200,11 +203,46 @@ class MaskedDiffusion(TextMethod):
                      "prior_kl_per_char": prior, "stderr_nats": stderr, "note": note},
         )
 
+    # ---- classifier guidance: a classifier of partly masked windows ------------------------------------------
+    def classifier_network(self, shape: dict[str, int], num_labels: int, model: Transformer) -> ConvTextClassifier:
+        """A classifier of token states, [MASK] included (no time input: the masks say how noisy a state is, as
+        for the denoiser)."""
+        return ConvTextClassifier(num_labels, vocab_size=self.tok.vocab_size, **shape)
+
+    def classifier_inputs(self, model: Transformer, x: torch.Tensor,
+                          generator: torch.Generator) -> tuple[torch.Tensor, None]:
+        """MDLM's corruption at t ~ U(0, 1): the states the ancestral sampler passes through."""
+        t = sample_times(x.shape[0], False, generator, x.device)
+        return corrupt(x, self.schedule.alpha(t), self.tok.mask_id, generator)[0], None
+
+    def classifier_tilt(self, logits: torch.Tensor, state: torch.Tensor, label: int, w: float,
+                        span: slice = slice(None)) -> torch.Tensor:
+        r"""Token logits at ``state``'s positions ``span`` steered toward ``label`` by the noisy classifier.
+
+        Exact guidance multiplies the rate of unmasking position l to token v by p(c | z^{l <- v})^w / p(c | z)^w
+        (Nisonoff et al. 2024, "Unlocking Guidance for Discrete State-Space Diffusion and Flow Models", Eq. 10),
+        which needs one classifier call per (position, token): L x V of them per step. Their Taylor-approximated
+        guidance (TAG) replaces the log-ratio by its first-order expansion in the one-hot encoding z of the state,
+
+            log p(c | z^{l <- v}) - log p(c | z)  ~  (e_v - e_{z_l}) . grad_{z_l} log p(c | z),
+
+        so one backward pass gives every ratio. For a masked position the e_{z_l} term is the same for every v
+        and cancels in the softmax, leaving
+
+            log p_w(x_l = v | z)  =  log p_theta(x_l = v | z) + w * d log p(c | z) / d z_{l,v}      (renormalised).
+
+        The reveal schedule (which positions unmask at a step) is the unguided one; only what they become is
+        steered, as in Schiff et al. 2024's discrete classifier guidance. w = 0 never calls the classifier."""
+        onehot = F.one_hot(state, self.tok.vocab_size).float()
+        grad = self.classifier.gradient(onehot, label)[:, span, : logits.shape[-1]]
+        return logits.float().log_softmax(-1) + w * grad
+
     # ---- samplers ----------------------------------------------------------------------------------
     @torch.no_grad()
     def sample(self, model: Transformer, req: SampleRequest, generator: torch.Generator,
                on_step: StepCallback | None = None) -> SampleResult:
         label, w = self.request_label(req)
+        steer = self.classifier_request(req)
         sampler, state, fixed, steps = self._start(model, req)
         state = self._from_prior(state, fixed, generator)
         if on_step:
@@ -213,12 +251,15 @@ class MaskedDiffusion(TextMethod):
         def forward(z: torch.Tensor, t: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
             labels, doubled = self.guidance_labels(label, w, z.shape[0], z.device)
             if not doubled:
-                return self._forward(model, z, t, labels)
-            t2 = torch.cat((t, t)) if torch.is_tensor(t) and t.dim() > 0 else t
-            return self.combine_guided(self._forward(model, torch.cat((z, z)), t2, labels), w)
+                logits = self._forward(model, z, t, labels)
+            else:
+                t2 = torch.cat((t, t)) if torch.is_tensor(t) and t.dim() > 0 else t
+                logits = self.combine_guided(self._forward(model, torch.cat((z, z)), t2, labels), w)
+            return logits if steer is None else self.classifier_tilt(logits, z, *steer)
 
         state, nfe = self.denoise(forward, state, steps, sampler, req, generator, on_step)
-        return SampleResult(state, nfe, fixed, {"sampler": sampler, "steps": steps, **self.label_info(label, w)})
+        return SampleResult(state, nfe, fixed, {"sampler": sampler, "steps": steps, **self.label_info(label, w),
+                                                **self.classifier_info(req)})
 
     def _start(self, model: Transformer, req: SampleRequest) -> tuple[str, torch.Tensor, torch.Tensor, int]:
         """The checked request: its sampler, the initial state and fixed positions, and the steps to take."""
