@@ -575,12 +575,12 @@ class TextModel(_Model):
     def classifier(self, *, steps: int | None = None, retrain: bool = False, progress: bool = True) -> Any:
         """The run's speaker classifier for ``rule="classifier"`` (a
         :class:`~textdiffusion.noisy_classifier.NoisyClassifier`): read from ``RUN/speaker-classifier`` when it
-        was trained for this checkpoint, else trained now on the method's noisy states (``steps``, default
-        1500: about a minute on a CPU) and cached there. Its ``meta`` holds its held-out accuracy."""
+        was trained for this checkpoint (with ``steps``, when given), else trained now on the method's noisy
+        states (default 1500 steps: a minute or two on a CPU) and cached there. Its ``meta`` holds its held-out
+        accuracy."""
         from textdiffusion.noisy_classifier import ClassifierRecipe, classifier_for
 
-        recipe = ClassifierRecipe() if steps is None else \
-            ClassifierRecipe(steps=check_value("steps", steps, int, POSITIVE_COUNT))
+        recipe = None if steps is None else ClassifierRecipe(steps=check_value("steps", steps, int, POSITIVE_COUNT))
         clf = classifier_for(self.run, recipe, progress=progress, retrain=retrain)
         self.text_method.use_classifier(clf)
         return clf

@@ -215,10 +215,11 @@ def load_classifier(run: Any, folder: Path) -> NoisyClassifier:
     return NoisyClassifier(run.method, net.to(run.device), names, meta)
 
 
-def classifier_for(run: Any, recipe: ClassifierRecipe = ClassifierRecipe(), progress: bool = True,
+def classifier_for(run: Any, recipe: ClassifierRecipe | None = None, progress: bool = True,
                    retrain: bool = False) -> NoisyClassifier:
     """The run's speaker classifier: read from ``RUN/speaker-classifier`` when it was trained for this checkpoint
-    step with this recipe, else trained (saying so, with its cost) and cached there."""
+    step (and with ``recipe``, when one is given), else trained (saying so, with its cost; the default recipe when
+    none is given) and cached there."""
     method = run.method
     if not method.classifier_rule:
         raise ConfigError(f"the {method.name} method has no classifier-guidance rule; use --guidance-rule free on a "
@@ -227,16 +228,16 @@ def classifier_for(run: Any, recipe: ClassifierRecipe = ClassifierRecipe(), prog
     if not retrain and (folder / META_FILE).exists():
         try:
             clf = load_classifier(run, folder)
-            if clf.meta.get("run_step") == run.step and clf.meta.get("recipe") == asdict(recipe):
+            if clf.meta.get("run_step") == run.step and (recipe is None or clf.meta.get("recipe") == asdict(recipe)):
                 return clf
             why = "the run or the recipe changed since it was trained"
         except CheckpointError as e:
             why = str(e)
         print(f"retraining the speaker classifier: {why}", file=sys.stderr)
     elif progress:
-        print(f"training the speaker classifier for classifier guidance ({recipe.steps} steps, once; cached in "
-              f"{folder})", file=sys.stderr)
-    clf = train_noisy_classifier(run, recipe, progress)
+        print(f"training the speaker classifier for classifier guidance ({(recipe or ClassifierRecipe()).steps} "
+              f"steps, once; cached in {folder})", file=sys.stderr)
+    clf = train_noisy_classifier(run, recipe or ClassifierRecipe(), progress)
     save_classifier(clf, folder)
     if progress:
         print(f"speaker classifier: held-out accuracy {clf.meta['held_out_accuracy']:.3f} under the forward "
