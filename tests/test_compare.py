@@ -15,7 +15,7 @@ import torch
 from helpers import train_tiny
 from textdiffusion.apps import compare as compare_module
 from textdiffusion.apps.cli import main
-from textdiffusion.apps.compare import compare_runs, parse_sweep
+from textdiffusion.apps.compare import compare_runs, parse_guidance, parse_sweep
 from textdiffusion.config import ConfigError, make_config
 from textdiffusion.data.tokenizer import BPETokenizer, CharTokenizer
 from textdiffusion.trainer import Trainer
@@ -39,8 +39,9 @@ def runs(tmp_path_factory, shakespeare) -> Path:
 @pytest.fixture(scope="module")
 def report(runs, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("report")
+    # the digits run is class-conditional: its guidance curve is measured in test_guidance_* (guided_report)
     compare_runs([str(runs / "ar"), str(runs / "masked"), str(runs / "digits")], out, samples=4, sweep=SWEEP,
-                 progress=False)
+                 progress=False, guidance="none")
     return out
 
 
@@ -201,6 +202,8 @@ def test_parse_sweep():
     (["nowhere"], "does not exist"),
     (["RUNS/ar", "--sweep", "4,many"], "whole number"),
     (["RUNS/ar", "--length", "999"], "longer than the context"),
+    (["RUNS/ar", "--guidance", "0,strong"], "'strong' is not a number"),
+    (["RUNS/ar", "--guidance", "0,-1"], "--guidance scales must each be a number from 0 to 100"),
 ])
 def test_cli_errors_are_one_line(runs, tmp_path, capsys, args, message):
     args = [a.replace("RUNS", str(runs)) for a in args]
@@ -291,3 +294,165 @@ def test_masked_positions_are_character_positions_for_multi_character_tokens(sha
     rec = TrajectoryRecorder(tok)
     rec(0, torch.tensor([ids]), {})
     assert rec.frames[0]["masked"] == [masked] and rec.frames[0]["texts"] == [text]
+
+
+# ---- guidance: accuracy vs fluency over w for runs trained with labels -------------------------------------
+GUIDANCE = "0,2"
+
+
+@pytest.fixture(scope="module")
+def labelled(runs, shakespeare) -> Path:
+    """A tiny ar run trained on 4 speakers' speeches (a quarter of Tiny Shakespeare holds enough of them)."""
+    corpus = runs / "plays.txt"
+    corpus.write_text(shakespeare[: len(shakespeare) // 4], encoding="utf-8")
+    train_tiny("ar", corpus, runs / "speakers", steps=20, **{"data.labels": "speaker", "data.label_top": 4})
+    return runs / "speakers"
+
+
+@pytest.fixture(scope="module")
+def classifier_cache(runs, tmp_path_factory):
+    """A quickly trained evaluation classifier for the digits, in a cache of the module's own (the full one
+    takes 1,500 steps the first time)."""
+    from textdiffusion.apps.mnist import _data_key
+    from textdiffusion.data.images import load_images
+    from textdiffusion.image_metrics import classifier_for, train_classifier
+
+    cache = tmp_path_factory.mktemp("cache")
+    data = load_images("digits")
+    quick = lambda: train_classifier(data.x_train, data.y_train, data.x_test, data.y_test,  # noqa: E731
+                                     steps=20, batch_size=64, progress=False)
+    classifier_for(_data_key(data), quick, cache / "classifiers", {"note": "test"})
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("TEXTDIFFUSION_CACHE", str(cache))
+        yield cache
+
+
+@pytest.fixture(scope="module")
+def guided_report(runs, labelled, classifier_cache, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("guided")
+    compare_runs([str(labelled), str(runs / "masked"), str(runs / "digits")], out, samples=4, sweep="",
+                 guidance=GUIDANCE, progress=False)
+    return out
+
+
+def test_guidance_curve_of_a_labelled_text_run(guided_report, labelled):
+    data = json.loads((guided_report / "comparison.json").read_text())
+    assert data["settings"]["guidance"] == [0.0, 2.0]
+    run = data["runs"][0]
+    (curve,) = run["guidance"]
+    assert curve["kind"] == "text" and curve["rule"] == "free" and len(curve["labels"]) == 4
+    assert curve["chance"] == 0.25 and 0 < curve["reference_accuracy"] <= 1
+    assert "held-out real speeches cut to 32 characters" in curve["reference_what"]
+    assert [p["w"] for p in curve["points"]] == [0.0, 2.0]
+    for p in curve["points"]:
+        assert p["rule"] == "free" and p["samples"] == 4 and p["length"] == 32  # one sample per speaker
+        assert 0 <= p["accuracy"] <= 1 and p["judge_ppl"] > 1 and 0 <= p["word_validity"] <= 1
+        assert p["distinct_2"] >= 0 and p["chars_per_s"] > 0 and "fid" not in p
+    # w = 0 draws from the unconditional model (each speaker under its own seed), w = 2 steers: other texts
+    assert curve["points"][0]["example"] != curve["points"][1]["example"]
+    cache = json.loads((labelled / "guidance.json").read_text())
+    assert cache["format"] == "textdiffusion-guidance/1" and cache["step"] == run["step"]
+    assert {e["key"].get("w") for e in cache["points"]} >= {0.0, 2.0}
+
+
+def test_guidance_curve_of_a_class_conditional_image_run(guided_report, runs):
+    data = json.loads((guided_report / "comparison.json").read_text())
+    image = next(r for r in data["runs"] if r["kind"] == "image")
+    (curve,) = image["guidance"]
+    assert curve["kind"] == "image" and curve["chance"] == 0.1 and 0 < curve["reference_accuracy"] <= 1
+    for p in curve["points"]:
+        assert p["fid"] > 0 and 0 <= p["accuracy"] <= 1 and p["samples"] == 4 and p["sampler"] == "ddim"
+        assert "judge_ppl" not in p
+    assert (runs / "digits" / "guidance.json").exists()
+
+
+def test_unlabelled_runs_get_no_curve(guided_report, runs):
+    data = json.loads((guided_report / "comparison.json").read_text())
+    masked = next(r for r in data["runs"] if r["method"] == "masked")
+    assert "guidance" not in masked and not (runs / "masked" / "guidance.json").exists()
+
+
+def test_guidance_tables_and_charts(guided_report):
+    md = (guided_report / "comparison.md").read_text()
+    assert "## Guidance: accuracy vs fluency" in md
+    assert "| w | speaker accuracy | judge ppl | ppl / w=0 | word validity | distinct-2 | chars/s | samples |" in md
+    assert "| w | class accuracy | FID | images/s | samples |" in md
+    assert re.search(r"\n\| 0 \| [\d.]+ \| [\d.,]+ \| 1\.00 \|", md)  # w = 0 is its own fluency baseline
+    page = (guided_report / "report.html").read_text()
+    assert 'id="plot-guidance-text"' in page and 'id="plot-guidance-image"' in page and 'href="#guidance"' in page
+    data = re.search(r'<script type="application/json" id="td-data">(.*?)</script>', page, re.S).group(1)
+    assert [len(r["guidance"]) for r in json.loads(data)["runs"]] == [1, 0, 1]
+
+
+def test_guidance_is_cached_and_reused(guided_report, runs, labelled, tmp_path, monkeypatch):
+    def no_sampling(*args, **kwargs):
+        raise AssertionError("the cached guidance curve should have been reused")
+
+    monkeypatch.setattr(compare_module, "_text_guidance_point", no_sampling)
+    monkeypatch.setattr(compare_module, "_image_guidance_point", no_sampling)
+    compare_runs([str(labelled), str(runs / "digits")], tmp_path, samples=4, sweep="", guidance=GUIDANCE,
+                 progress=False)
+    first = {r["name"]: r["guidance"] for r in json.loads((guided_report / "comparison.json").read_text())["runs"]
+             if "guidance" in r}
+    again = {r["name"]: r["guidance"] for r in json.loads((tmp_path / "comparison.json").read_text())["runs"]}
+    assert again == first
+    # a new scale is a new point: measured, not reused; none at all draws nothing
+    with pytest.raises(AssertionError, match="cached guidance"):
+        compare_runs([str(labelled)], tmp_path, samples=4, sweep="", guidance="0,3", progress=False)
+    compare_runs([str(labelled)], tmp_path, samples=4, sweep="", guidance="none", progress=False)
+    assert "guidance" not in json.loads((tmp_path / "comparison.json").read_text())["runs"][0]
+
+
+def test_parse_guidance():
+    assert parse_guidance("5, 0,1,1,") == [0.0, 1.0, 5.0] and parse_guidance("2.5") == [2.5]
+    assert parse_guidance("") == parse_guidance(" none ") == []
+    with pytest.raises(ConfigError, match="'x' is not a number"):
+        parse_guidance("1,x")
+    for bad in ("nan", "inf", "101", "-0.5"):
+        with pytest.raises(ConfigError, match="from 0 to 100"):
+            parse_guidance(bad)
+
+
+def test_guidance_charts_in_chromium(guided_report, browser):
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    browser.get((guided_report / "report.html").as_uri())
+    WebDriverWait(browser, 10).until(lambda d: d.execute_script("return document.body.dataset.ready === '1'"))
+    for kind in ("text", "image"):
+        fig = browser.find_element("id", f"plot-guidance-{kind}")
+        assert int(fig.get_attribute("data-points")) == 2 and int(fig.get_attribute("data-series")) == 1
+        labels = [t.get_attribute("textContent") for t in fig.find_elements("css selector", "svg text.point-label")]
+        assert labels == ["w=0", "w=2"]
+        assert fig.find_elements("css selector", "svg .ref line")  # the real-data accuracy, dashed
+    assert len(browser.find_elements("css selector", "#guidance ~ .table-wrap table")) == 2
+
+
+# ---- eval on a labelled run says what is conditional --------------------------------------------------------
+def test_eval_of_a_labelled_run_says_samples_are_unconditional(labelled, tmp_path, capsys):
+    import shutil
+
+    run = tmp_path / "speakers"
+    shutil.copytree(labelled, run)
+    final = json.loads((run / "final.json").read_text())
+    assert main(["eval", str(run), "--samples", "2", "--val-windows", str(final["val_windows"]),
+                 "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    ev = json.loads((run / "eval.json").read_text())
+    labels = ev["labels"]
+    assert labels["samples"] == "unconditional (no label)" and len(labels["names"]) == 4
+    assert "conditional NLL on the held-out speeches" in labels["val"]
+    assert f"labels: 4 ({', '.join(labels['names'])})" in out
+    assert "samples: unconditional (no label); val: conditional NLL on the held-out speeches" in out
+    # the validation number is training's: the same held-out speeches under their labels (ar: exact)
+    assert ev["val"]["windows"] == final["val_windows"]
+    assert ev["val"]["bpc"] == pytest.approx(final["val_bpc"], abs=1e-5)
+
+
+def test_eval_of_a_plain_run_says_nothing_of_labels(runs, tmp_path, capsys):
+    import shutil
+
+    run = tmp_path / "ar"
+    shutil.copytree(runs / "ar", run)
+    assert main(["eval", str(run), "--samples", "2", "--no-progress"]) == 0
+    assert "labels:" not in capsys.readouterr().out
+    assert "labels" not in json.loads((run / "eval.json").read_text())

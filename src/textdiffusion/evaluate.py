@@ -1,7 +1,10 @@
 """Evaluation every method is scored by: likelihood, sample quality against a fixed judge, and speed.
 
 * ``val``: the method's own validation number. Exact -log p for ``ar``; the NELBO (an upper bound) for
-  diffusion methods. Both in bits per character on the same tiled validation windows.
+  diffusion methods. Both in bits per character on the same tiled validation windows. A run trained on
+  speaker labels (``data.labels=speaker``) is scored as it was validated in training: on its speakers'
+  held-out speeches, each window under its speaker's label (the conditional NLL); its samples are drawn
+  without a label (the unconditional model), and ``eval.json`` says both.
 * Sample quality of N samples of fixed length, scored identically for every method:
   - ``judge_ppl``: per-character perplexity under :class:`CharNgramJudge`, an interpolated Witten-Bell
     character n-gram model fitted on the *training* split (deterministic, no network, built in);
@@ -33,7 +36,7 @@ from textdiffusion.checkpoint import write_json
 from textdiffusion.config import ConfigError
 from textdiffusion.data.batches import TextData
 from textdiffusion.data.corpus import corpus_fingerprint, read_corpus, resolve_corpus
-from textdiffusion.data.sources import check_identity, corpus_location
+from textdiffusion.data.sources import check_identity, corpus_location, text_source
 from textdiffusion.methods.base import Method, SampleRequest, TextMethod, score
 from textdiffusion.runs import LoadedRun, open_run
 
@@ -257,7 +260,9 @@ def evaluate_run(run_dir: str | Path | LoadedRun, samples: int = 64, length: int
         raise ConfigError(f"{run.path} is an image run; use `textdiffusion mnist eval {run.path}`")
     cfg = run.cfg
     data, text, source = run_corpus(run)
-    windows = TextData.tiled_windows(data.val_ids, run.method.window, val_windows).to(run.device)
+    # the validation set training scored: a plain run's tiled validation split; a labelled run's held-out
+    # speeches, each window under its speaker's label (the conditional NLL, as in final.json)
+    windows = text_source(data, cfg).val_set(run.method.window, val_windows).to(run.device)
     with torch.no_grad(), precision.autocast(cfg.train.amp, run.device)():  # the precision it trained in
         nll = score(run.method, run.model, windows, progress=progress,
                     desc=f"scoring {len(windows):,} validation windows")
@@ -285,9 +290,24 @@ def evaluate_run(run_dir: str | Path | LoadedRun, samples: int = 64, length: int
         "speed": speed,
         "judge": {"kind": f"character {ref.judge.order}-gram, interpolated Witten-Bell",
                   "fitted_on": f"training split of {source}", "chars": len(data.train_text)},
+        **label_record(run.method),
     }
     write_json(run.path / "eval.json", result)
     return result
+
+
+UNCONDITIONAL = "unconditional (no label)"
+
+
+def label_record(method: TextMethod) -> dict[str, Any]:
+    """What ``eval.json`` says about a labelled run (nothing for a plain one): its labels, that the samples
+    were drawn without one (the "no label" row label dropout trained, so the quality columns are the
+    unconditional model's) and that the validation number is conditional, on the held-out speeches."""
+    if not method.num_labels:
+        return {}
+    names = list(method.label_names or (str(i) for i in range(method.num_labels)))
+    return {"labels": {"names": names, "samples": UNCONDITIONAL,
+                       "val": "conditional NLL on the held-out speeches, each window under its speaker's label"}}
 
 
 def format_table(result: dict[str, Any], method: type[Method] | None = None) -> str:
@@ -318,5 +338,9 @@ def format_table(result: dict[str, Any], method: type[Method] | None = None) -> 
     w0 = max(len(a) for a, _, _ in rows)
     w1 = max(len(b) for _, b, _ in rows)
     lines = [head, "-" * len(head)]
+    if "labels" in result:  # a labelled run: say which numbers are conditional and which are not
+        names = result["labels"]["names"]
+        lines += [f"labels: {len(names)} ({', '.join(names)})",
+                  f"samples: {result['labels']['samples']}; val: {result['labels']['val']}"]
     lines += [f"{a:<{w0}}  {b:>{w1}}  {c}".rstrip() for a, b, c in rows]
     return "\n".join(lines)

@@ -386,7 +386,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
     paths = compare_runs(args.run_dirs, args.out, samples=args.samples, length=args.length or 0,
                          sweep=args.sweep, seed=args.seed, device=args.device, evaluate=args.evaluate,
-                         progress=not args.no_progress, refresh=args.refresh)
+                         progress=not args.no_progress, refresh=args.refresh, guidance=args.guidance)
     for kind, path in paths.items():
         print(f"{kind}: {path}")
     return 0
@@ -680,7 +680,11 @@ def _compare_parser(sub) -> None:
     c.add_argument("--seed", type=_number(int, SEED), default=0, help="seed of the sweep's and the pictures' draws")
     c.add_argument("--evaluate", action="store_true",
                    help="run `eval` on runs whose eval.json is missing or older than the checkpoint")
-    c.add_argument("--refresh", action="store_true", help="recompute sweeps instead of reusing RUN/sweep.json")
+    c.add_argument("--guidance", default="0,1,2,3,5",
+                   help="comma-separated guidance scales w for the accuracy-vs-fluency curve of every run trained "
+                        "with labels ('' or none = no curves); --samples is split over the labels")
+    c.add_argument("--refresh", action="store_true",
+                   help="recompute sweeps and guidance curves instead of reusing RUN/sweep.json and RUN/guidance.json")
     c.add_argument("--device", default="auto", help=_DEVICE_HELP)
     c.add_argument("--no-progress", action="store_true", help="no progress bars")
     c.set_defaults(func=cmd_compare)

@@ -8,6 +8,13 @@ and measures what a comparison needs and a run does not keep:
   point: it takes one network evaluation per character whatever the sweep says. Points are cached in
   ``RUN/sweep.json`` keyed by everything that changes them (checkpoint step, samples, length, seed, judge
   corpus), so running ``compare`` again is instant;
+* an **accuracy-vs-fluency curve** over the guidance scale w (``guidance``) for every run trained with labels:
+  text runs draw ``samples`` samples split evenly over their speakers at each w, scored by the speaker judge
+  (:class:`~textdiffusion.speaker_judge.SpeakerJudge`: how often it names the speaker asked for, beside its
+  accuracy on real held-out speeches of the same length) and by the evaluation judge (perplexity, word
+  validity, distinct-2); class-conditional image runs give class accuracy against FID
+  (:func:`~textdiffusion.apps.mnist.evaluate_images`). Cached in ``RUN/guidance.json`` like the sweep;
+  unlabelled runs get no curve and spend nothing on one;
 * one **denoising trajectory** per text run (the decoded text at every step, thinned to at most
   :data:`MAX_FRAMES` frames), and for image runs a sample grid, a denoising strip and the reverse-process GIF.
 
@@ -23,7 +30,7 @@ from __future__ import annotations
 import json
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -43,7 +50,7 @@ from textdiffusion.checkpoint import (
     versions,
     write_json,
 )
-from textdiffusion.config import ConfigError
+from textdiffusion.config import GUIDANCE, ConfigError
 from textdiffusion.files import write_text
 from textdiffusion.loggers import TRAIN_KIND, row_kind
 from textdiffusion.methods import SampleRequest, TextMethod, get_method
@@ -52,6 +59,8 @@ from textdiffusion.progress import progress_bar
 from textdiffusion.viz.records import (
     Comparison,
     Frame,
+    GuidanceCurve,
+    GuidancePoint,
     ImagePictures,
     Quality,
     Reference,
@@ -67,6 +76,12 @@ from textdiffusion.viz.records import (
 )
 
 SWEEP_FORMAT = "textdiffusion-sweep/1"
+GUIDANCE_FORMAT = "textdiffusion-guidance/1"
+DEFAULT_GUIDANCE = "0,1,2,3,5"  # the scales of the guidance benchmark (BENCHMARKS.md) and of the digits' table
+MAX_GUIDANCE_POINTS = 16
+SPEAKER_JUDGE = "speaker judge: naive Bayes over per-speaker character 4-gram models fitted on the training " \
+                "speeches (textdiffusion.speaker_judge.SpeakerJudge)"
+IMAGE_JUDGE = "the evaluation classifier of `mnist eval` (textdiffusion.image_metrics)"
 MAX_FRAMES = 240  # trajectory frames kept per run for the page
 MAX_SWEEP_STEPS = 100_000
 EXAMPLES = 3  # samples shown per run
@@ -89,6 +104,49 @@ def parse_sweep(text: str) -> list[int]:
             raise ConfigError(f"--sweep step counts must be between 1 and {MAX_SWEEP_STEPS:,}; got {steps}")
         out.append(steps)
     return sorted(set(out))
+
+
+def parse_guidance(text: str) -> list[float]:
+    """``"0,1,2,3,5"`` -> [0.0, 1.0, 2.0, 3.0, 5.0]; empty or ``none`` -> no guidance curves."""
+    if text.strip().lower() in ("", "none"):
+        return []
+    out: list[float] = []
+    for part in (p.strip() for p in text.split(",")):
+        if not part:
+            continue
+        try:
+            w = float(part)
+        except ValueError:
+            raise ConfigError(f"--guidance takes comma-separated guidance scales like {DEFAULT_GUIDANCE} (or none); "
+                              f"{part!r} is not a number") from None
+        if not GUIDANCE.allows(w):
+            raise ConfigError(f"--guidance scales must each be {GUIDANCE.describe()}; got {part}")
+        out.append(w)
+    out = sorted(set(out))
+    if len(out) > MAX_GUIDANCE_POINTS:
+        raise ConfigError(f"--guidance takes at most {MAX_GUIDANCE_POINTS} scales (each draws --samples samples per "
+                          f"labelled run); got {len(out)}")
+    return out
+
+
+# The guidance rules a curve is drawn for, by the name its points record. Every part of a curve takes the rule
+# as a parameter (the sampler, the cache key, the record), so a further rule is an entry here, its sampling
+# options in :func:`_rule_options` and the runs it applies to in :func:`curve_rules`.
+RULES = {"free": "classifier-free guidance: the run's own label embedding, trained with label dropout "
+                 "(Ho & Salimans 2022)"}
+
+
+def curve_rules(labelled: bool) -> list[str]:
+    """The rules a run gets a curve for: classifier-free guidance needs a run trained with labels."""
+    return ["free"] if labelled else []
+
+
+def _rule_options(rule: str) -> dict[str, Any]:
+    """What a sampling call adds to ``label=`` and ``guidance=`` for ``rule``: nothing for classifier-free
+    guidance, which is what the API does with a label."""
+    if rule == "free":
+        return {}
+    raise ConfigError(f"unknown guidance rule {rule!r}; choose one of {', '.join(RULES)}")
 
 
 def _read_jsonl(path: Path) -> list[dict[str, Any]]:
@@ -239,6 +297,7 @@ class _Judges:
     def __init__(self) -> None:
         self._corpora: dict[str, tuple[Any, str, str, int]] = {}  # key -> (judge, text, source, train chars)
         self._real: dict[tuple[str, int, int], Quality] = {}
+        self._speakers: dict[tuple[str, int], Any] = {}  # (corpus key, speakers) -> SpeakerJudge
 
     @staticmethod
     def key(run) -> str:
@@ -255,6 +314,23 @@ class _Judges:
         judge, _text, source, _train_chars = self._corpora[key]
         return judge, key, source
 
+    def speakers(self, run, labels: Sequence[str]):
+        """The speaker judge of a labelled run: fitted on the training speeches of the ``len(labels)`` most-spoken
+        speakers of its corpus's training split, which must be the run's own labels in order."""
+        from textdiffusion.data.speakers import split_speakers
+        from textdiffusion.speaker_judge import SpeakerJudge
+
+        _judge, key, _source = self.get(run)
+        if (key, len(labels)) not in self._speakers:
+            _, text, _, train_chars = self._corpora[key]
+            self._speakers[(key, len(labels))] = SpeakerJudge(split_speakers(text[:train_chars], top=len(labels)))
+        judge = self._speakers[(key, len(labels))]
+        if [s.lower() for s in judge.speakers] != [s.lower() for s in labels]:
+            raise CheckpointError(f"{run.path} was trained on the speakers {', '.join(labels)} but its corpus's "
+                                  f"training split now has {', '.join(judge.speakers)} as the most-spoken; "
+                                  f"compare it with --guidance none")
+        return judge
+
     def real_text(self, key: str, length: int, n: int) -> Quality:
         """Scores of ``n`` real validation windows of ``length`` characters of corpus ``key`` (see :meth:`get`)."""
         from textdiffusion.evaluate import reference_windows
@@ -265,38 +341,73 @@ class _Judges:
         return self._real[(key, length, n)]
 
 
-class _SweepCache:
-    """``RUN/sweep.json``: measured points keyed by everything that changes them. Entries for other settings
-    are kept, so switching between two sample counts measures each once."""
+class _PointCache:
+    """A file in the run directory of measured results keyed by everything that changes them (``key`` plus
+    what each entry adds). Entries for other settings are kept, so switching between two sample counts
+    measures each once; a new checkpoint starts it afresh."""
+
+    file, format, what = "sweep.json", SWEEP_FORMAT, "the sweep"
 
     def __init__(self, run_dir: Path, step: int, key: dict[str, Any], refresh: bool) -> None:
         self.run_dir, self.step, self.key = run_dir, step, key
-        cache = None if refresh else _optional_json(run_dir / "sweep.json")
-        fresh = not cache or cache.get("format") != SWEEP_FORMAT or cache.get("step") != step
+        cache = None if refresh else _optional_json(run_dir / self.file)
+        fresh = not cache or cache.get("format") != self.format or cache.get("step") != step
         self.entries: list[dict[str, Any]] = [] if fresh else cache.get("points", [])
 
-    def get(self, steps: int) -> SweepPoint | None:
-        key = {**self.key, "steps": steps}
-        for entry in self.entries:
-            if entry.get("key") == key:
-                try:
-                    return SweepPoint.from_json(entry["result"])
-                except (KeyError, TypeError):  # written in another shape: measure it again
-                    return None
-        return None
+    def find(self, extra: dict[str, Any]) -> Any:
+        key = {**self.key, **extra}
+        return next((entry.get("result") for entry in self.entries if entry.get("key") == key), None)
 
-    def add(self, steps: int, point: SweepPoint) -> None:
-        key = {**self.key, "steps": steps}
+    def put(self, extra: dict[str, Any], result: Any) -> None:
+        key = {**self.key, **extra}
         self.entries = [e for e in self.entries if e.get("key") != key]  # an unreadable entry is replaced
-        self.entries.append({"key": key, "result": point.to_json()})
+        self.entries.append({"key": key, "result": result})
 
     def save(self) -> None:
         try:
-            write_json(self.run_dir / "sweep.json", {"format": SWEEP_FORMAT, "step": self.step,
-                                                     "points": self.entries})
+            write_json(self.run_dir / self.file, {"format": self.format, "step": self.step, "points": self.entries})
         except OSError as e:  # a read-only run directory: the comparison still works, only slower next time
-            print(f"note: could not cache the sweep in {self.run_dir} ({e.strerror}); it will be recomputed "
+            print(f"note: could not cache {self.what} in {self.run_dir} ({e.strerror}); it will be recomputed "
                   f"next time", file=sys.stderr)
+
+
+class _SweepCache(_PointCache):
+    """``RUN/sweep.json``: the quality-vs-speed points, by step count."""
+
+    def get(self, steps: int) -> SweepPoint | None:
+        found = self.find({"steps": steps})
+        try:
+            return None if found is None else SweepPoint.from_json(found)
+        except (KeyError, TypeError):  # written in another shape: measure it again
+            return None
+
+    def add(self, steps: int, point: SweepPoint) -> None:
+        self.put({"steps": steps}, point.to_json())
+
+
+class _GuidanceCache(_PointCache):
+    """``RUN/guidance.json``: the guidance curves' points, by rule and scale, and the judge's accuracy on real
+    data (its scale line)."""
+
+    file, format, what = "guidance.json", GUIDANCE_FORMAT, "the guidance curve"
+
+    def get(self, rule: str, w: float) -> GuidancePoint | None:
+        found = self.find({"rule": rule, "w": w})
+        try:
+            return None if found is None else GuidancePoint.from_json(found)
+        except (KeyError, TypeError):  # written in another shape: measure it again
+            return None
+
+    def add(self, point: GuidancePoint) -> None:
+        self.put({"rule": point.rule, "w": point.w}, point.to_json())
+
+    def reference(self, what: str, measure: Callable[[], float]) -> float:
+        """The real-data accuracy keyed by ``what`` it was measured on, measured once."""
+        found = self.find({"reference": what})
+        if not isinstance(found, (int, float)):
+            found = measure()
+            self.put({"reference": what}, found)
+        return float(found)
 
 
 def _sweep_point(model: TextModel, judge, length: int, steps: int, samples: int, seed: int) -> SweepPoint:
@@ -342,15 +453,21 @@ def _other_points(point: Callable[[int], SweepPoint], sweep: list[int], default:
     return points, skipped
 
 
-def measure_text_run(record: RunRecord, judges: _Judges, length: int, sweep: list[int], samples: int,
-                     seed: int, device: str, refresh: bool, bar: tqdm) -> TextResults:
-    """The sweep (cached in ``RUN/sweep.json``), real-text scores of the same length and a trajectory."""
+def _open_text_run(record: RunRecord, length: int, device: str) -> TextModel:
     model = load(record.path, device=device)
     if not isinstance(model, TextModel):
         raise ConfigError(f"{record.path} is not a text run")
     if length > model.context:
         raise ConfigError(f"--length {length} is longer than the context of {record.path} "
                           f"({model.context}); use --length {model.context} or less")
+    return model
+
+
+def measure_text_run(record: RunRecord, judges: _Judges, length: int, sweep: list[int], samples: int,
+                     seed: int, device: str, refresh: bool, bar: tqdm, model: TextModel | None = None) -> TextResults:
+    """The sweep (cached in ``RUN/sweep.json``), real-text scores of the same length and a trajectory.
+    ``model``: the run already loaded (else it is loaded here, on ``device``)."""
+    model = model or _open_text_run(record, length, device)
     judge, judge_key, source = judges.get(model.run)
     cache = _SweepCache(Path(record.path), model.step, {"samples": samples, "length": length, "seed": seed,
                                                         "judge": judge_key}, refresh)
@@ -383,6 +500,141 @@ def measure_text_run(record: RunRecord, judges: _Judges, length: int, sweep: lis
                        samples=SampleSet(default.examples, default.sampler, default.steps, seed, length),
                        trajectory=trajectory, device_measured=str(model.device), sweep_skipped=skipped,
                        steps_fixed=steps_fixed)
+
+
+# ---- guidance: accuracy against fluency over w ---------------------------------------------------------------
+def _text_guidance_point(model: TextModel, judge, speakers, rule: str, w: float, length: int, per_label: int,
+                         seed: int) -> GuidancePoint:
+    """``per_label`` samples written as each of the run's labels at scale ``w`` under ``rule`` (label i drawn with
+    seed ``seed + i``, as benchmarks/guidance_text.py does, so at w = 0 the labels do not share one draw):
+    how often the speaker judge names the label asked for, the evaluation judge's fluency scores and the
+    sampling speed."""
+    texts: list[str] = []
+    labels: list[int] = []
+    seconds = 0.0
+    for i, name in enumerate(model.labels):
+        res = model.sample(n=per_label, length=length, label=name, guidance=w, seed=seed + i, progress=False,
+                           **_rule_options(rule))
+        texts += res.texts
+        labels += [i] * len(res.texts)
+        seconds += res.seconds
+    q = judge.quality(texts)
+    chars = sum(len(t) for t in texts)
+    return GuidancePoint(rule=rule, w=w, accuracy=speakers.accuracy(texts, labels), samples=len(texts), seed=seed,
+                         seconds=seconds, judge_ppl=q["judge_ppl"], word_validity=q["word_validity"],
+                         distinct_2=q["distinct_2"], chars_per_s=chars / max(seconds, 1e-9), length=length,
+                         chars_per_sample=chars / max(1, len(texts)), example=texts[0] if texts else "")
+
+
+def _curve_points(cache: _GuidanceCache, rule: str, weights: list[float], measure: Callable[[float], GuidancePoint],
+                  name: str, bar: tqdm) -> list[GuidancePoint]:
+    """The curve's points, from the cache where they are, else measured (and cached)."""
+    points = []
+    for w in weights:
+        point = cache.get(rule, w)
+        if point is None:
+            bar.set_postfix_str(f"{name}: guidance w={w:g}")
+            point = measure(w)
+            cache.add(point)
+        points.append(point)
+        bar.update(1)
+    return points
+
+
+def _more_work(bar: tqdm, jobs: int) -> None:
+    """A curve's points join the bar when the run turns out to have labels (found only once it is loaded)."""
+    if bar.total is not None:
+        bar.total += jobs
+        bar.refresh()
+
+
+def measure_text_guidance(record: RunRecord, model: TextModel, judges: _Judges, weights: list[float], length: int,
+                          samples: int, seed: int, refresh: bool, bar: tqdm) -> list[GuidanceCurve]:
+    """A curve per guidance rule the run supports (none for a run trained without labels): at every scale,
+    ``samples`` samples split evenly over the labels (rounded up to a multiple of their number), cached in
+    ``RUN/guidance.json``. The speaker judge is fitted only when a point or the scale line is missing."""
+    labels = list(model.labels)
+    rules = curve_rules(bool(labels))
+    if not weights or not rules:
+        return []
+    _more_work(bar, len(rules) * len(weights))
+    per_label = -(-samples // len(labels))
+    judge, judge_key, _source = judges.get(model.run)
+    cache = _GuidanceCache(Path(record.path), model.step, {"samples": per_label * len(labels), "length": length,
+                                                           "seed": seed, "judge": judge_key, "labels": labels},
+                           refresh)
+    curves = []
+    for rule in rules:
+        points = _curve_points(cache, rule, weights, lambda w, rule=rule: _text_guidance_point(
+            model, judge, judges.speakers(model.run, labels), rule, w, length, per_label, seed), record.name, bar)
+        # real speeches as long as the samples are in characters (a BPE or WordPiece token stands for several)
+        chars = round(points[0].chars_per_sample or length)
+        reference = cache.reference(f"held-out speeches of {chars} characters",
+                                    lambda chars=chars: judges.speakers(model.run, labels).held_out_accuracy(chars))
+        curves.append(GuidanceCurve(kind="text", rule=rule, judge=SPEAKER_JUDGE, labels=labels,
+                                    chance=1 / len(labels), reference_accuracy=reference,
+                                    reference_what=f"the speaker judge on the run's held-out real speeches cut to "
+                                                   f"{chars} characters", points=points))
+    cache.save()
+    return curves
+
+
+def _image_guidance_point(run, rule: str, w: float, samples: int, seed: int) -> GuidancePoint:
+    """``samples`` images (the digits in turn) at scale ``w``, scored as ``mnist eval`` scores them: class accuracy
+    and FID in the evaluation classifier's features."""
+    from textdiffusion.apps.mnist import evaluate_images
+
+    row = evaluate_images(run, samples=samples, sampler=IMAGE_SAMPLER["sampler"], steps=IMAGE_SAMPLER["steps"],
+                          eta=IMAGE_SAMPLER["eta"], guidance=w, seed=seed, progress=False, write=False,
+                          **_rule_options(rule))
+    return GuidancePoint(rule=rule, w=w, accuracy=row["class_accuracy"], samples=samples, seed=seed,
+                         seconds=row["seconds"], fid=row["fid"], images_per_s=samples / max(row["seconds"], 1e-9),
+                         sampler=row["sampler"], steps=row["steps"])
+
+
+def measure_image_guidance(record: RunRecord, weights: list[float], samples: int, seed: int, device: str,
+                           refresh: bool, progress: bool, bar: tqdm) -> list[GuidanceCurve]:
+    """Class accuracy against FID over w for a class-conditional image run (the caller checks that it is),
+    ``samples`` images per point (two at least) with the pictures' sampler (:data:`IMAGE_SAMPLER`), cached in
+    ``RUN/guidance.json``. The evaluation classifier is loaded, or trained once and cached (saying so), only
+    when a point is missing."""
+    from textdiffusion.apps.mnist import _reference_data, classifier_for_data, open_image_run
+
+    rules = curve_rules(True)
+    if not weights:
+        return []
+    _more_work(bar, len(rules) * len(weights))
+    samples = max(2, samples)  # FID needs a covariance: two images at least
+    cache = _GuidanceCache(Path(record.path), record.step, {"samples": samples, "seed": seed, **IMAGE_SAMPLER},
+                           refresh)
+    state: dict[str, Any] = {}
+
+    def opened():
+        """The run and the classifier's test accuracy, the first time a number is missing."""
+        if "run" not in state:
+            run = open_image_run(record.path, device=device)
+            _clf, info = classifier_for_data(_reference_data(run), run.device, progress)  # trained once, saying so
+            state.update(run=run, test_accuracy=info.get("test_accuracy"))
+        return state["run"]
+
+    def test_accuracy() -> float:
+        opened()
+        return float("nan") if state["test_accuracy"] is None else float(state["test_accuracy"])
+
+    classes = (_optional_json(Path(record.path) / "image.json") or {}).get("num_classes") or 10
+    curves = []
+    for rule in rules:
+        points = _curve_points(cache, rule, weights,
+                               lambda w, rule=rule: _image_guidance_point(opened(), rule, w, samples, seed),
+                               record.name, bar)
+        reference = cache.reference("classifier test accuracy", test_accuracy)
+        curves.append(GuidanceCurve(kind="image", rule=rule, judge=IMAGE_JUDGE,
+                                    labels=[str(d) for d in range(classes)], chance=1 / classes,
+                                    reference_accuracy=reference,
+                                    reference_what="the evaluation classifier on the real test images",
+                                    points=points))
+    cache.save()
+    return curves
 
 
 def measure_image_run(record: RunRecord, out: Path, seed: int, device: str, bar: tqdm) -> ImagePictures:
@@ -434,22 +686,30 @@ def _read_runs(run_dirs: list[str], evaluate: bool, device: str) -> list[RunReco
 
 
 def _measure(records: list[RunRecord], out: Path, length: int, sweep: list[int], samples: int, seed: int,
-             device: str, progress: bool, refresh: bool) -> None:
-    """Fills in every record's ``text_results`` or ``images``."""
+             device: str, progress: bool, refresh: bool, weights: list[float]) -> None:
+    """Fills in every record's ``text_results`` or ``images``, and the guidance curves of labelled runs."""
     work = sum(2 + len(sweep) if r.is_text else 1 for r in records)
     judges = _Judges()
     with progress_bar(total=work, desc="compare", unit="job", disable=not progress) as bar:
         for r in records:
             if r.is_text:
-                r.text_results = measure_text_run(r, judges, length, sweep, samples, seed, device, refresh, bar)
+                model = _open_text_run(r, length, device)
+                r.text_results = measure_text_run(r, judges, length, sweep, samples, seed, device, refresh, bar,
+                                                  model=model)
+                r.guidance = measure_text_guidance(r, model, judges, weights, length, samples, seed, refresh, bar)
             else:
                 r.images = measure_image_run(r, out, seed, device, bar)
+                if r.images.conditional:
+                    r.guidance = measure_image_guidance(r, weights, samples, seed, device, refresh, progress, bar)
 
 
 def compare_runs(run_dirs: list[str], out: str | Path, samples: int = 32, length: int = 0,
                  sweep: str | list[int] = "4,16,64,256", seed: int = 0, device: str = "auto",
-                 evaluate: bool = False, progress: bool = True, refresh: bool = False) -> dict[str, Path]:
-    """Measure, then write ``comparison.json``, ``comparison.md`` and ``report.html`` into ``out``."""
+                 evaluate: bool = False, progress: bool = True, refresh: bool = False,
+                 guidance: str | list[float] = DEFAULT_GUIDANCE) -> dict[str, Path]:
+    """Measure, then write ``comparison.json``, ``comparison.md`` and ``report.html`` into ``out``.
+    ``guidance``: the scales of the accuracy-vs-fluency curves of runs trained with labels ("" or "none": no
+    curves)."""
     from textdiffusion.viz.report import render_html, render_markdown
 
     if not run_dirs:
@@ -457,6 +717,7 @@ def compare_runs(run_dirs: list[str], out: str | Path, samples: int = 32, length
     if samples < 1:
         raise ConfigError(f"--samples must be at least 1, got {samples}")
     steps_list = parse_sweep(sweep) if isinstance(sweep, str) else sorted(set(sweep))
+    weights = parse_guidance(guidance if isinstance(guidance, str) else ",".join(map(str, guidance)))
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out {out} is a file; give a folder (it is created if missing)")
@@ -465,10 +726,10 @@ def compare_runs(run_dirs: list[str], out: str | Path, samples: int = 32, length
     common = length or (min(contexts) if contexts else 0)
     out.mkdir(parents=True, exist_ok=True)
     tic = time.perf_counter()
-    _measure(records, out, common, steps_list, samples, seed, device, progress, refresh)
+    _measure(records, out, common, steps_list, samples, seed, device, progress, refresh, weights)
     settings = Settings(samples=samples, seeds=1, seed=seed, length=common, sweep=steps_list, device=device,
                         image_sampler=IMAGE_SAMPLER, max_frames=MAX_FRAMES,
-                        seconds=round(time.perf_counter() - tic, 2))
+                        seconds=round(time.perf_counter() - tic, 2), guidance=weights)
     comparison = Comparison(created=time.strftime("%Y-%m-%dT%H:%M:%S%z"), versions=versions(), settings=settings,
                             judge_corpora=sorted({r.text_results.judge_corpus for r in records if r.text_results}),
                             runs=records)

@@ -195,6 +195,66 @@ class ImagePictures:
 
 
 @dataclass
+class GuidancePoint:
+    """One scale w of a guidance curve: the samples drawn for every label at w, scored for how often the judge
+    (text: the speaker judge; images: the evaluation classifier) names the label asked for, and for fluency
+    (text: the evaluation judge's perplexity, word validity, distinct-2; images: FID). The fields of the other
+    kind are None."""
+
+    rule: str  # "free": classifier-free guidance (the backbone's own label embedding)
+    w: float
+    accuracy: float  # share of samples the judge assigns the requested label
+    samples: int  # over all labels
+    seed: int
+    seconds: float  # sampling only
+    judge_ppl: float | None = None  # text
+    word_validity: float | None = None
+    distinct_2: float | None = None
+    chars_per_s: float | None = None
+    length: int | None = None  # tokens per sample
+    chars_per_sample: float | None = None
+    example: str | None = None  # the first sample written as the first label
+    fid: float | None = None  # images
+    images_per_s: float | None = None
+    sampler: str | None = None
+    steps: int | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        """Only the fields of its kind, as in comparison.json and the cache."""
+        return {k: v for k, v in asdict(self).items() if v is not None}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> GuidancePoint:
+        """Raises KeyError or TypeError for a point written in another shape."""
+        names = {f.name for f in fields(cls)}
+        if not names >= set(data):
+            raise KeyError(sorted(set(data) - names))
+        return cls(**data)
+
+
+@dataclass
+class GuidanceCurve:
+    """Accuracy against fluency over the guidance scale, for a run trained with labels (``compare --guidance``).
+
+    ``reference_accuracy`` is the scale: the same judge on real data (text: held-out real speeches cut to the
+    samples' length; images: the classifier's test accuracy), so a point at that accuracy is as recognisable
+    as the real thing. ``chance`` is 1 / number of labels."""
+
+    kind: str  # "text" | "image"
+    rule: str
+    judge: str  # what scores accuracy
+    labels: list[str]
+    chance: float
+    reference_accuracy: float | None
+    reference_what: str
+    points: list[GuidancePoint]  # by w
+
+    def to_json(self) -> dict[str, Any]:
+        return {**{f.name: getattr(self, f.name) for f in fields(self) if f.name != "points"},
+                "points": [p.to_json() for p in self.points]}
+
+
+@dataclass
 class RunRecord:
     """One run in the comparison: what its directory holds (:func:`read_run`), then what ``compare``
     measured (``text_results`` or ``images``)."""
@@ -223,18 +283,22 @@ class RunRecord:
     eval_note: str | None  # why there is no (current) eval.json
     text_results: TextResults | None = None
     images: ImagePictures | None = None
+    guidance: list[GuidanceCurve] = field(default_factory=list)  # one per guidance rule; none for unlabelled runs
 
     @property
     def is_text(self) -> bool:
         return self.kind == "text"
 
     def to_json(self) -> dict[str, Any]:
-        out = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("text_results", "images")}
+        out = {f.name: getattr(self, f.name) for f in fields(self)
+               if f.name not in ("text_results", "images", "guidance")}
         out.update(val=asdict(self.val) if self.val else None, train_speed=asdict(self.train_speed))
         if self.text_results is not None:
             out.update(self.text_results.to_json())
         if self.images is not None:
             out["images"] = asdict(self.images)
+        if self.guidance:
+            out["guidance"] = [c.to_json() for c in self.guidance]
         return out
 
 
@@ -249,6 +313,7 @@ class Settings:
     image_sampler: dict[str, Any]
     max_frames: int
     seconds: float
+    guidance: list[float] = field(default_factory=list)  # the scales of the guidance curves (labelled runs)
 
 
 @dataclass

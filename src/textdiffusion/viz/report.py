@@ -25,7 +25,7 @@ import jinja2
 from markupsafe import Markup, escape
 
 from textdiffusion.viz import web_asset
-from textdiffusion.viz.records import Comparison, Reference, RunRecord, SweepPoint, ValEntry
+from textdiffusion.viz.records import Comparison, GuidanceCurve, Reference, RunRecord, SweepPoint, ValEntry
 
 WEB_ASSETS = ("player.js", "plot.js", "report.js")
 TEMPLATE = "report.html.j2"
@@ -42,6 +42,14 @@ ESTIMATES = ("Judge perplexity, word validity, distinct-2 and repetition are *es
              "samples and seeds; lower judge perplexity is better, real text scores shown as `real text` below. "
              "Speeds depend on the device.")
 ONE_POINT = "`ar` has one point (one network evaluation per character)"
+GUIDANCE_TITLE = "Guidance: accuracy vs fluency"
+GUIDANCE_NOTE = ("For every run trained with labels, the guidance scale w steers the samples toward the label asked "
+                 "for: w = 0 is the unconditional model, 1 the plain conditional one, above 1 sharper. *Accuracy* is "
+                 "how often a fixed judge names the label asked for (text: the speaker judge, the samples split "
+                 "evenly over the speakers; images: the evaluation classifier, the digits in turn); the dashed line "
+                 "is the same judge on real data, so a point on it is as recognisable as the real thing. Fluency is "
+                 "judge perplexity for text and FID for images (both lower is better); each point is labelled by "
+                 "its w.")
 GROWTH = {  # how a trajectory unfolds, shown above its player
     "sequential": "left-to-right growth, one character per network evaluation",
     "unmasking": "masked positions (grey) fill in",
@@ -143,7 +151,10 @@ def sweep_line(c: Comparison) -> str:
 
 def settings_lines(c: Comparison) -> list[str]:
     s = c.settings
+    scales = ", ".join(f"{w:g}" for w in s.guidance) or "none"
     return [f"sweep step counts: {', '.join(map(str, s.sweep)) or 'none'} (plus each method's default)",
+            f"guidance scales: {scales} (runs trained with labels; {s.samples} samples per point: split evenly over "
+            f"the speakers of a text run, the digits in turn for an image run)",
             f"samples per point: {s.samples}, seeds: {s.seeds} (seed {s.seed}), length {_length(c)}",
             f"judge: {c.judge_kind}, fitted on the training split of "
             f"{', '.join(c.judge_corpora) or NA}",
@@ -224,6 +235,64 @@ IMAGE_COLUMNS = [Column(*c) for c in (
 QUALITY_COLUMNS = ("judge_ppl", "word_validity", "distinct_2", "repetition", "char_entropy")
 
 
+GUIDANCE_TEXT_COLUMNS = [Column(*c) for c in (
+    ("w", "w", "guidance scale: 0 unconditional, 1 plain conditional, above 1 sharper", None),
+    ("accuracy", "speaker accuracy", "share of samples the speaker judge assigns the speaker asked for", "high"),
+    ("judge_ppl", "judge ppl", "per-character perplexity under the evaluation judge (as in the sweep); lower is "
+                               "better", "low"),
+    ("ppl_ratio", "ppl / w=0", "judge perplexity against the same run's unguided samples (w = 0)", "low"),
+    ("word_validity", "word validity", "share of generated words found in the training split", "high"),
+    ("distinct_2", "distinct-2", "distinct word bigrams / all word bigrams (diversity)", "high"),
+    ("speed", "chars/s", "generated characters per second, a guided step doubles the batch", "high"),
+    ("samples", "samples", "samples behind the point, over all speakers", None),
+)]
+
+GUIDANCE_IMAGE_COLUMNS = [Column(*c) for c in (
+    ("w", "w", "guidance scale: 0 unconditional, 1 plain conditional, above 1 sharper", None),
+    ("accuracy", "class accuracy", "share of samples the evaluation classifier assigns the digit asked for", "high"),
+    ("fid", "FID", "Fréchet distance in the evaluation classifier's features; lower is better (biased up at "
+                   "small sample counts)", "low"),
+    ("speed", "images/s", "images drawn per second", "high"),
+    ("samples", "samples", "images behind the point, the digits in turn", None),
+)]
+
+
+RULES_SHOWN = {"free": "classifier-free guidance"}  # a curve's rule as its line names it
+
+
+def guidance_columns(curve: GuidanceCurve) -> list[Column]:
+    return GUIDANCE_TEXT_COLUMNS if curve.kind == "text" else GUIDANCE_IMAGE_COLUMNS
+
+
+def guidance_rows(curve: GuidanceCurve, run_id: int = 0) -> list[Row]:
+    """A row per scale of one curve (text or image columns, as :func:`guidance_columns`)."""
+    base = next((p for p in curve.points if p.w == 0.0), None)
+    rows = []
+    for p in curve.points:
+        cells = {"w": Cell(f"{p.w:g}", p.w, f"rule: {curve.rule}"),
+                 "accuracy": Cell(_fmt(p.accuracy), p.accuracy, f"chance {_fmt(curve.chance)}"),
+                 "samples": Cell(f"{p.samples:,}", p.samples, f"seed {p.seed}")}
+        if curve.kind == "text":
+            ratio = p.judge_ppl / base.judge_ppl if base and _num(p.judge_ppl) and _num(base.judge_ppl) else None
+            cells |= {"judge_ppl": Cell(_fmt(p.judge_ppl), p.judge_ppl), "ppl_ratio": Cell(_fmt(ratio, 2), ratio),
+                      "word_validity": Cell(_fmt(p.word_validity), p.word_validity),
+                      "distinct_2": Cell(_fmt(p.distinct_2), p.distinct_2),
+                      "speed": Cell(_fmt(p.chars_per_s, 0), p.chars_per_s, f"{p.length} tokens per sample")}
+        else:
+            cells |= {"fid": Cell(_fmt(p.fid), p.fid),
+                      "speed": Cell(_fmt(p.images_per_s, 1), p.images_per_s, f"{p.sampler} {p.steps} steps")}
+        rows.append(Row(run_id, cells, None))
+    return rows
+
+
+def guidance_line(run: RunRecord, curve: GuidanceCurve) -> str:
+    """What a curve is, said with its table: the run, the rule, the labels and the scale line."""
+    ref = f"{_fmt(curve.reference_accuracy)}" if _num(curve.reference_accuracy) is not None else NA
+    what = "speakers" if curve.kind == "text" else "classes"
+    return (f"{run.name}, {RULES_SHOWN.get(curve.rule, curve.rule)}, {len(curve.labels)} {what} (chance "
+            f"{_fmt(curve.chance)}): {curve.reference_what}: accuracy {ref}.")
+
+
 def _common_cells(run: RunRecord) -> dict[str, Cell]:
     """The cells text and image tables share."""
     params, val, speed = run.parameters, run.val, run.train_speed.value
@@ -282,9 +351,9 @@ def _rows(c: Comparison, text: bool) -> list[Row]:
 
 
 # ---- markdown ---------------------------------------------------------------------------------------------
-def _md_table(columns: list[Column], rows: list[Row]) -> list[str]:
+def _md_table(columns: list[Column], rows: list[Row], left_aligned: int = LEFT_ALIGNED) -> list[str]:
     lines = ["| " + " | ".join(c.header for c in columns) + " |",
-             "|" + "|".join("---" if i < LEFT_ALIGNED else "---:" for i in range(len(columns))) + "|"]
+             "|" + "|".join("---" if i < left_aligned else "---:" for i in range(len(columns))) + "|"]
     for row in rows:
         cells = []
         for col in columns:
@@ -310,6 +379,18 @@ def _md_sweep(c: Comparison) -> list[str]:
         for sk in res.sweep_skipped if res else []:
             lines.append(f"| {r.name} | {sk.steps} | — | skipped: {sk.why} | | | |")
     return lines
+
+
+def _md_guidance(c: Comparison) -> list[str]:
+    """A table per guidance curve, text runs first."""
+    curves = [(r, curve) for r in (*c.text_runs, *c.image_runs) for curve in r.guidance]
+    if not curves:
+        return []
+    lines = [f"## {GUIDANCE_TITLE}", "", GUIDANCE_NOTE]
+    for r, curve in curves:
+        lines += ["", guidance_line(r, curve), "",
+                  *_md_table(guidance_columns(curve), guidance_rows(curve), left_aligned=0)]
+    return [*lines, ""]
 
 
 def _md_text_section(c: Comparison) -> list[str]:
@@ -354,6 +435,8 @@ def render_markdown(c: Comparison) -> str:
         out += _md_text_section(c)
     if c.image_runs:
         out += ["", "## Image runs", "", *_md_table(IMAGE_COLUMNS, _rows(c, text=False))]
+    if any(r.guidance for r in c.runs):
+        out += ["", *_md_guidance(c)]
     out += ["", "## Runs", ""]
     for r in c.runs:
         out += _md_run(r)
@@ -377,6 +460,15 @@ class HtmlTable:
     id: str
     columns: list[Column]
     rows: list[tuple[int, list[HtmlCell]]]  # (run id, cells)
+    left: int = LEFT_ALIGNED  # the first columns, which hold names, are left-aligned
+
+
+@dataclass(frozen=True)
+class GuidanceTable:
+    """A guidance curve's table on the page, under its line."""
+
+    line: str
+    table: HtmlTable
 
 
 @dataclass(frozen=True)
@@ -405,11 +497,11 @@ def _sort_text(value: Any) -> str:
     return str(value) if isinstance(value, (int, float)) and math.isfinite(value) else ""
 
 
-def _html_cells(columns: list[Column], row: Row) -> list[HtmlCell]:
+def _html_cells(columns: list[Column], row: Row, left: int = LEFT_ALIGNED) -> list[HtmlCell]:
     out = []
     for i, col in enumerate(columns):
         cell = row.cells[col.key]
-        classes = ["text"] if i < LEFT_ALIGNED else []
+        classes = ["text"] if i < left else []
         if cell.text == NA:
             classes.append("na")
         out.append(HtmlCell(cell.text, _sort_text(cell.value), cell.tip, " ".join(classes),
@@ -418,8 +510,17 @@ def _html_cells(columns: list[Column], row: Row) -> list[HtmlCell]:
     return out
 
 
-def _html_table(table_id: str, columns: list[Column], rows: list[Row]) -> HtmlTable:
-    return HtmlTable(table_id, columns, [(row.run_id, _html_cells(columns, row)) for row in rows])
+def _html_table(table_id: str, columns: list[Column], rows: list[Row], left: int = LEFT_ALIGNED) -> HtmlTable:
+    return HtmlTable(table_id, columns, [(row.run_id, _html_cells(columns, row, left)) for row in rows], left)
+
+
+def _guidance_tables(c: Comparison) -> list[GuidanceTable]:
+    """A table per guidance curve, text runs first (the charts draw the same points from the page data)."""
+    ordered = sorted(enumerate(c.runs), key=lambda item: not item[1].is_text)
+    return [GuidanceTable(guidance_line(r, curve),
+                          _html_table(f"guidance-{i}-{curve.rule}", guidance_columns(curve),
+                                      guidance_rows(curve, i), left=0))
+            for i, r in ordered for curve in r.guidance]
 
 
 def _data_uri(path: Path) -> str:
@@ -463,6 +564,7 @@ def _page_data(c: Comparison) -> dict[str, Any]:
                      "val_kind": r.val.kind if r.val else None, "curves": r.curves,
                      "curve_val_key": r.curve_val_key, "sweep": [p.to_json() for p in res.sweep] if res else [],
                      "reference": res.reference.to_json() if res else None,
+                     "guidance": [curve.to_json() for curve in r.guidance],
                      "trajectory": asdict(res.trajectory) if res else None})
     return {"runs": runs, "settings": asdict(c.settings)}
 
@@ -480,10 +582,12 @@ def render_html(c: Comparison, out: Path) -> str:
     ref = shared_reference(c)
     return _template().render(
         c=c, legend_title=LEGEND_TITLE, legend_kinds=VAL_KINDS, estimates=ESTIMATES, sweep_line=sweep_line(c),
-        left_aligned=LEFT_ALIGNED, real_text=real_text_line(ref) if ref else None, settings_lines=settings_lines(c),
+        real_text=real_text_line(ref) if ref else None, settings_lines=settings_lines(c),
         text_table=_html_table("text-table", TEXT_COLUMNS, _rows(c, text=True)) if c.text_runs else None,
         image_table=_html_table("image-table", IMAGE_COLUMNS, _rows(c, text=False)) if c.image_runs else None,
         cards=[_card(i, r, out) for i, r in enumerate(c.runs)],
+        guidance_title=GUIDANCE_TITLE, guidance_note=GUIDANCE_NOTE, guidance_tables=_guidance_tables(c),
+        guidance_kinds=[kind for kind in ("text", "image") if any(r.guidance for r in c.runs if r.kind == kind)],
         # trusted package files and JSON made safe for a script element: inserted as they are
         style=Markup(web_asset("td.css")), scripts=[Markup(web_asset(name)) for name in WEB_ASSETS],
         page_data=Markup(_script_json(_page_data(c))))

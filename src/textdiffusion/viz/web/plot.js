@@ -2,10 +2,11 @@
  *
  *   TD.plot(figureElement, {
  *     title, xLabel, yLabel, logX, logY,
- *     series: [{name, color, points: [[x, y, note?], ...], markers: true, line: true}],
+ *     series: [{name, color, points: [[x, y, note?, label?], ...], markers: true, line: true}],
  *     refs: [{y, label}],            // dashed horizontal reference lines (e.g. real text)
  *   })
- * Hovering shows the nearest point; clicking a legend entry hides or shows its series.
+ * A point's label (e.g. its guidance scale) is written beside it. Hovering shows the nearest point; clicking a
+ * legend entry hides or shows its series.
  */
 (function () {
   "use strict";
@@ -124,7 +125,12 @@
       if (s.markers || pts.length === 1) {
         for (const p of pts) g.appendChild(S("circle", {cx: X(p[0]), cy: Y(p[1]), r: 3.5, fill: color}));
       }
-      for (const p of pts) hits.push({x: X(p[0]), y: Y(p[1]), p, s, g});
+      for (const p of pts) {
+        if (p[3] !== undefined) {
+          g.appendChild(S("text", {x: X(p[0]) + 5, y: Y(p[1]) - 5, class: "point-label", fill: color}, p[3]));
+        }
+        hits.push({x: X(p[0]), y: Y(p[1]), p, s, g});
+      }
       svg.appendChild(g);
       const item = TD.el("button", "td-legend-item");
       item.type = "button";

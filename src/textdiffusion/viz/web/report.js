@@ -71,6 +71,28 @@
                                         series: series("sample_chars_per_s")});
   }
 
+  /* ---- guidance: accuracy vs fluency over w, a polyline per run and rule in the order of w ---- */
+  const axes = {text: {x: "judge_ppl", xLabel: "judge perplexity", yLabel: "speaker accuracy", logX: true},
+                image: {x: "fid", xLabel: "FID", yLabel: "class accuracy", logX: false}};
+  for (const [kind, a] of Object.entries(axes)) {
+    if (!fig(`plot-guidance-${kind}`)) continue;
+    const series = [], refs = [];
+    for (const r of runs.filter((x) => x.kind === kind)) {
+      for (const c of r.guidance || []) {
+        const rules = r.guidance.length > 1 ? ` (${c.rule})` : "";
+        series.push({name: r.name + rules, color: color(r), markers: true, dash: c.rule === "free" ? "" : "5 3",
+                     points: c.points.map((p) => [p[a.x], p.accuracy, `w = ${p.w}, ${p.samples} samples`,
+                                                  `w=${p.w}`])});
+        const y = c.reference_accuracy;
+        if (y !== null && isFinite(y) && !refs.some((ref) => ref.y === y)) {
+          refs.push({y, label: `${kind === "text" ? "real speech" : "real images"} ${TD.fmt(y)}`});
+        }
+      }
+    }
+    TD.plot(fig(`plot-guidance-${kind}`), {title: `${kind}: accuracy vs fluency over the guidance scale w`,
+                                           xLabel: a.xLabel, yLabel: a.yLabel, logX: a.logX, refs, series});
+  }
+
   /* ---- denoising players: start playing when scrolled into view, once ---- */
   const players = [];
   for (const slot of document.querySelectorAll(".td-player-slot")) {
