@@ -157,3 +157,18 @@ def test_the_model_trains_its_classifier_on_first_use_and_says_so(plain_runs, ca
     assert model.text_method.classifier is clf and clf.rule == "fudge"
     assert model.classifier().meta == clf.meta  # no recipe asked: the cached one serves
     assert "training" not in capsys.readouterr().err
+
+
+def test_compare_draws_a_classifier_curve_for_a_run_with_a_cached_classifier(plain_runs, tmp_path):
+    from textdiffusion.apps.compare import compare_runs
+
+    _model(plain_runs, "masked")  # caches the classifier; the ar run below has none for its checkpoint
+    (plain_runs / "embedding" / CLASSIFIER_DIR / META_FILE).unlink(missing_ok=True)
+    compare_runs([str(plain_runs / "masked"), str(plain_runs / "embedding")], tmp_path, samples=4, sweep="",
+                 guidance="0,4", progress=False)
+    runs = json.loads((tmp_path / "comparison.json").read_text())["runs"]
+    (curve,) = runs[0]["guidance"]
+    assert curve["rule"] == "classifier" and len(curve["labels"]) == 4
+    assert [p["w"] for p in curve["points"]] == [0.0, 4.0]
+    assert all(p["rule"] == "classifier" and p["samples"] == 4 for p in curve["points"])
+    assert not runs[1].get("guidance")  # no classifier, no curve: compare trains none

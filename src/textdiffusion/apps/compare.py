@@ -133,12 +133,22 @@ def parse_guidance(text: str) -> list[float]:
 # as a parameter (the sampler, the cache key, the record), so a further rule is an entry here, its sampling
 # options in :func:`_rule_options` and the runs it applies to in :func:`curve_rules`.
 RULES = {"free": "classifier-free guidance: the run's own label embedding, trained with label dropout "
-                 "(Ho & Salimans 2022)"}
+                 "(Ho & Salimans 2022)",
+         "classifier": "classifier guidance: the run's noisy speaker classifier steers its sampler "
+                       "(textdiffusion.noisy_classifier), the language model untouched"}
 
 
-def curve_rules(labelled: bool) -> list[str]:
-    """The rules a run gets a curve for: classifier-free guidance needs a run trained with labels."""
-    return ["free"] if labelled else []
+def curve_rules(model: TextModel) -> list[tuple[str, list[str]]]:
+    """The rules a text run gets a curve for, each with the labels it steers toward: classifier-free guidance
+    needs a run trained with labels; classifier guidance a speaker classifier cached for the run's checkpoint
+    (``compare`` trains none: ``TextModel.classifier()`` or ``sample --guidance-rule classifier`` does)."""
+    from textdiffusion.noisy_classifier import CLASSIFIER_DIR, META_FILE
+
+    rules = [("free", list(model.labels))] if model.labels else []
+    meta = _optional_json(Path(model.path) / CLASSIFIER_DIR / META_FILE)
+    if meta and meta.get("run_step") == model.step and model.text_method.classifier_rule:
+        rules.append(("classifier", list(model.classifier(progress=False).names)))
+    return rules
 
 
 def _rule_options(rule: str) -> dict[str, Any]:
@@ -146,6 +156,8 @@ def _rule_options(rule: str) -> dict[str, Any]:
     guidance, which is what the API does with a label."""
     if rule == "free":
         return {}
+    if rule == "classifier":
+        return {"rule": "classifier"}
     raise ConfigError(f"unknown guidance rule {rule!r}; choose one of {', '.join(RULES)}")
 
 
@@ -503,16 +515,16 @@ def measure_text_run(record: RunRecord, judges: _Judges, length: int, sweep: lis
 
 
 # ---- guidance: accuracy against fluency over w ---------------------------------------------------------------
-def _text_guidance_point(model: TextModel, judge, speakers, rule: str, w: float, length: int, per_label: int,
-                         seed: int) -> GuidancePoint:
-    """``per_label`` samples written as each of the run's labels at scale ``w`` under ``rule`` (label i drawn with
+def _text_guidance_point(model: TextModel, judge, speakers, rule: str, names: list[str], w: float, length: int,
+                         per_label: int, seed: int) -> GuidancePoint:
+    """``per_label`` samples written as each of ``names`` at scale ``w`` under ``rule`` (label i drawn with
     seed ``seed + i``, as benchmarks/guidance_text.py does, so at w = 0 the labels do not share one draw):
     how often the speaker judge names the label asked for, the evaluation judge's fluency scores and the
     sampling speed."""
     texts: list[str] = []
     labels: list[int] = []
     seconds = 0.0
-    for i, name in enumerate(model.labels):
+    for i, name in enumerate(names):
         res = model.sample(n=per_label, length=length, label=name, guidance=w, seed=seed + i, progress=False,
                            **_rule_options(rule))
         texts += res.texts
@@ -553,10 +565,10 @@ def measure_text_guidance(record: RunRecord, model: TextModel, judges: _Judges, 
     """A curve per guidance rule the run supports (none for a run trained without labels): at every scale,
     ``samples`` samples split evenly over the labels (rounded up to a multiple of their number), cached in
     ``RUN/guidance.json``. The speaker judge is fitted only when a point or the scale line is missing."""
-    labels = list(model.labels)
-    rules = curve_rules(bool(labels))
-    if not weights or not rules:
+    rules = curve_rules(model) if weights else []
+    if not rules:
         return []
+    labels = rules[0][1]  # the same speakers, in the same order, under either rule (the corpus's most-spoken)
     _more_work(bar, len(rules) * len(weights))
     per_label = -(-samples // len(labels))
     judge, judge_key, _source = judges.get(model.run)
@@ -564,9 +576,10 @@ def measure_text_guidance(record: RunRecord, model: TextModel, judges: _Judges, 
                                                            "seed": seed, "judge": judge_key, "labels": labels},
                            refresh)
     curves = []
-    for rule in rules:
-        points = _curve_points(cache, rule, weights, lambda w, rule=rule: _text_guidance_point(
-            model, judge, judges.speakers(model.run, labels), rule, w, length, per_label, seed), record.name, bar)
+    for rule, names in rules:
+        points = _curve_points(cache, rule, weights, lambda w, rule=rule, names=names: _text_guidance_point(
+            model, judge, judges.speakers(model.run, names), rule, names, w, length, per_label, seed), record.name,
+            bar)
         # real speeches as long as the samples are in characters (a BPE or WordPiece token stands for several)
         chars = round(points[0].chars_per_sample or length)
         reference = cache.reference(f"held-out speeches of {chars} characters",
@@ -600,7 +613,7 @@ def measure_image_guidance(record: RunRecord, weights: list[float], samples: int
     when a point is missing."""
     from textdiffusion.apps.mnist import _reference_data, classifier_for_data, open_image_run
 
-    rules = curve_rules(True)
+    rules = ["free"]  # the image method steers by classifier-free guidance only
     if not weights:
         return []
     _more_work(bar, len(rules) * len(weights))
