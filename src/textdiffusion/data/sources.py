@@ -103,8 +103,12 @@ class SpeakerSource(TextSource):
 
     def check(self, method: Any) -> None:
         if not getattr(method, "supports_labels", False):
+            from textdiffusion.methods.base import REGISTRY
+
+            able = sorted(name for name, cls in REGISTRY.items() if getattr(cls, "supports_labels", False))
+            use = " or ".join(filter(None, (", ".join(able[:-1]), able[-1]))) if able else "a text method"
             raise DataError(f"data.labels=speaker trains a label-conditioned model, which the {method.name} method "
-                            f"does not build; use ar or masked")
+                            f"does not build; use {use}")
         self.train_streams.check_window(method.window, "training", self.label_names)
         self.val_streams.check_window(method.window, "held-out", self.label_names)
 

@@ -23,6 +23,11 @@ at sampling time, so the cache is exact: a finished block is forwarded once, cle
 and every denoising step of the next block only reads it. Generation can therefore continue past the context
 by sliding the cache, as ``ar`` does.
 
+A labelled run (``data.labels=speaker``) adds one label per window at every one of the 2L training positions, so
+the noisy half denoises under the label and the clean half's keys and values (the sampler's cache) carry it too.
+Classifier-free guidance at sampling time (Schiff et al. 2024) runs the conditional and the unconditional rows
+as one doubled batch whose KV cache holds both halves (:meth:`BlockDiffusion.network`).
+
 ``method.clip_low`` / ``clip_high`` draw training mask rates from U[beta, omega] instead of U[0, 1] (BD3-LM's
 "clipped" schedules): the extreme noise levels contribute most of the gradient variance and little
 signal. Validation always integrates over the whole [0, 1], so the reported number stays a bound;
@@ -32,12 +37,14 @@ signal. Validation always integrates over the whole [0, 1], so the reported numb
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
 
 from textdiffusion.config import PROBABILITY, Bound, ConfigError, Range
+from textdiffusion.data.speakers import LabelledText, split_labels
 from textdiffusion.diffusion.masking import corrupt, corrupt_exactly, counts_from, times_from
 from textdiffusion.diffusion.stratified import stratified
 from textdiffusion.methods.base import (
@@ -52,6 +59,10 @@ from textdiffusion.methods.base import (
 )
 from textdiffusion.methods.masked import MaskedConfig, MaskedDiffusion
 from textdiffusion.nn.transformer import KVCache, Transformer
+
+# net(x, cache, rows) -> logits: the network as block sampling calls it, on ``x`` (rows of the batch, or the
+# sequences ``rows`` of it) against ``cache``, with the request's label and guidance applied
+BlockNetwork = Callable[..., torch.Tensor]
 
 
 @dataclass
@@ -90,7 +101,7 @@ class BlockDiffusion(MaskedDiffusion):
     attention = "block-causal"
     extends_past_context = True  # the clean prefix is a KV cache that slides
     forward_tokens_per_unit = 2  # training runs the noisy and the clean copy side by side
-    supports_labels = False  # its paired noisy/clean layout takes no labels yet
+    supports_labels = True  # one label per window, added at all 2L positions of the paired layout
 
     def __init__(self, cfg: BlockConfig, model_cfg, tokenizer):
         super().__init__(cfg, model_cfg, tokenizer)
@@ -101,7 +112,7 @@ class BlockDiffusion(MaskedDiffusion):
 
     def build_model(self) -> Transformer:
         return Transformer(self.model_cfg, self.tok.vocab_size, out_dim=self.tok.n_symbols,
-                           attention=self.attention, block_size=self.B)
+                           attention=self.attention, block_size=self.B, num_labels=self.num_labels)
 
     def check_score_window(self, length: int) -> None:
         """The bound is a sum over whole blocks: a window must hold a whole number of them."""
@@ -114,14 +125,17 @@ class BlockDiffusion(MaskedDiffusion):
         return self.cfg.sample_steps or self.B
 
     # ---- training and the bound -------------------------------------------------------------------------
-    def _paired_logits(self, model: Transformer, z: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        """Every block's denoising logits in one forward over [z | x] (the noisy half's outputs)."""
-        return model(torch.cat((z, x), dim=1), paired=True)[:, : x.shape[1]]
+    def _paired_logits(self, model: Transformer, z: torch.Tensor, x: torch.Tensor,
+                       labels: torch.Tensor | None = None) -> torch.Tensor:
+        """Every block's denoising logits in one forward over [z | x] (the noisy half's outputs). A window's
+        label is added at all 2L positions: the clean half is the prefix a labelled sampler caches."""
+        return self.call_network(model, labels, torch.cat((z, x), dim=1), paired=True)[:, : x.shape[1]]
 
     def _block_terms(self, model: Transformer, x: torch.Tensor, draws: torch.Tensor,
-                     generator: torch.Generator) -> torch.Tensor:
+                     generator: torch.Generator, labels: torch.Tensor | None = None) -> torch.Tensor:
         """Per-window NELBO (nats): the sum over blocks of masked diffusion's per-block term, with
-        ``draws`` (n, L / B) the blocks' times (time estimator) or mask counts (count estimator)."""
+        ``draws`` (n, L / B) the blocks' times (time estimator) or mask counts (count estimator) and
+        ``labels`` (n,) the windows' labels (None: plain windows, the "no label" row of a labelled model)."""
         n, L = x.shape
         blocks = x.reshape(-1, self.B)  # one row per block, so each block gets its own draw
         draws = draws.reshape(-1)
@@ -129,7 +143,7 @@ class BlockDiffusion(MaskedDiffusion):
             z, masked = corrupt_exactly(blocks, draws, self.tok.mask_id, generator)
         else:
             z, masked = corrupt(blocks, self.schedule.alpha(draws), self.tok.mask_id, generator)
-        ce = cross_entropy_per_token(self._paired_logits(model, z.view(n, L), x), x).view(-1, self.B)
+        ce = cross_entropy_per_token(self._paired_logits(model, z.view(n, L), x, labels), x).view(-1, self.B)
         if self.cfg.estimator == "count":
             per_block = self.B * (ce * masked).sum(-1) / draws
         else:
@@ -154,7 +168,9 @@ class BlockDiffusion(MaskedDiffusion):
             return (k_low - 1 + u * (k_high - k_low + 1)) / self.B
         return (1.0 - high) + (high - low) * u
 
-    def loss(self, model: Transformer, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    def loss(self, model: Transformer, x: torch.Tensor | LabelledText, generator: torch.Generator) -> torch.Tensor:
+        x, labels = split_labels(x)
+        labels = self.drop_labels(labels, generator)  # draws nothing for plain windows: their loss is as before
         n, L = x.shape
         blocks = L // self.B
         # one draw per block, each block's draws stratified across the batch (antithetic)
@@ -162,12 +178,14 @@ class BlockDiffusion(MaskedDiffusion):
             u = stratified(torch.rand(blocks, 1, generator=generator, device=x.device), n).T
         else:
             u = torch.rand(n, blocks, generator=generator, device=x.device)
-        return self._block_terms(model, x, self._draws(self.clip(u)), generator).mean() / L
+        return self._block_terms(model, x, self._draws(self.clip(u)), generator, labels).mean() / L
 
     @torch.no_grad()
-    def nll(self, model: Transformer, windows: torch.Tensor, batch_size: int = 64,
+    def nll(self, model: Transformer, windows: torch.Tensor | LabelledText, batch_size: int = 64,
             progress: NLLProgress | None = None) -> NLLResult:
-        """K stratified draws per window and block, fixed seed; masked diffusion's estimator, block by block."""
+        """K stratified draws per window and block, fixed seed; masked diffusion's estimator, block by block.
+        Of labelled windows, the conditional bound on -log p(x | label) (each window's label on all its draws)."""
+        windows, labels = split_labels(windows)
         K = max(1, self.cfg.eval_time_samples)
         device = windows.device
         gen = torch.Generator(device=device).manual_seed(self.cfg.eval_seed)
@@ -175,8 +193,11 @@ class BlockDiffusion(MaskedDiffusion):
         u = stratified(torch.rand(n, L // self.B, 1, generator=gen, device=device), K)  # (n, blocks, K)
         draws = self._draws(u.permute(0, 2, 1).reshape(n * K, -1))
         rows = windows.repeat_interleave(K, dim=0)
-        batches = list(zip(rows.split(batch_size), draws.split(batch_size), strict=True))
-        terms = torch.cat([self._block_terms(model, xb, db, gen) for xb, db in report_batches(batches, progress)])
+        row_labels = [None] * len(rows.split(batch_size)) if labels is None else \
+            labels.repeat_interleave(K).split(batch_size)
+        batches = list(zip(rows.split(batch_size), draws.split(batch_size), row_labels, strict=True))
+        terms = torch.cat([self._block_terms(model, xb, db, gen, lb)
+                           for xb, db, lb in report_batches(batches, progress)])
         return self._bound_result(windows, terms, K, "Monte-Carlo estimate of the sum of per-block NELBOs (an upper "
                                   "bound on NLL)", block_size=self.B)
 
@@ -184,15 +205,37 @@ class BlockDiffusion(MaskedDiffusion):
     @torch.no_grad()
     def sample(self, model: Transformer, req: SampleRequest, generator: torch.Generator,
                on_step: StepCallback | None = None) -> SampleResult:
+        label, w = self.request_label(req)
         sampler, state, fixed, steps = self._start(model, req)
         if req.infill is not None:
             self._check_infill(fixed[0])
-        writer = _BlockWriter(self, model, state, fixed, on_step)
+        writer = _BlockWriter(self, model, self.network(model, label, w, state.shape[0]), state, fixed, on_step)
         for start in range(writer.first_block(), state.shape[1], self.B):
             writer.write_block(start, lambda f, block, report: self.denoise(f, block, steps, sampler, req,
                                                                               generator, report), generator)
-        return SampleResult(writer.state, writer.nfe, fixed,
-                            {"sampler": sampler, "steps": steps, "block_size": self.B, "kv_cache": True})
+        return SampleResult(writer.state, writer.nfe, fixed, {"sampler": sampler, "steps": steps, "block_size": self.B,
+                                                              "kv_cache": True, **self.label_info(label, w)})
+
+    def network(self, model: Transformer, label: int | None, w: float, n: int) -> BlockNetwork:
+        """The network as the block sampler calls it for a batch of ``n`` sequences: ``net(x, cache, rows=None)``
+        runs ``x`` against ``cache`` (writing it, or a ``peek``) with the request's label, and ``rows`` (the
+        sequences ``x`` holds, for the cached sampler) reads only those rows of the cache.
+
+        Unlabelled, at w = 0 (the "no label" row) and at w = 1 (the label) it is one forward of the rows given,
+        so those samples are exactly the unconditional or the conditional model's. Any other w is classifier-free
+        guidance (Schiff et al. 2024; :meth:`guidance_labels`): ``x`` is doubled, conditional rows first, so the
+        cache holds 2n rows, sequence r's conditional prefix at row r and its unconditional one at r + n, and a
+        ``rows`` view reads rows r and r + n. :meth:`combine_guided` turns the 2m rows back into m."""
+
+        def net(x: torch.Tensor, cache: KVCache, rows: torch.Tensor | None = None) -> torch.Tensor:
+            labels, doubled = self.guidance_labels(label, w, x.shape[0], x.device)
+            if rows is not None:
+                cache = cache.rows(torch.cat((rows, rows + n)) if doubled else rows)
+            if not doubled:
+                return self.call_network(model, labels, x, cache=cache)
+            return self.combine_guided(self.call_network(model, labels, torch.cat((x, x)), cache=cache), w)
+
+        return net
 
     def _check_infill(self, fixed: torch.Tensor) -> None:
         """Blanks may only be followed by known text inside their own block: a block never sees later ones."""
@@ -216,11 +259,15 @@ class _BlockWriter:
     Committing a finished block and the first denoising step of the next one share a forward pass (BD3-LM's
     sampler does the same): the input is [clean block b | noisy block b + 1], whose block-causal mask lets the
     clean block see only the prefix and itself, and the next block see the prefix, block b and itself. Only
-    block b's keys and values stay in the cache."""
+    block b's keys and values stay in the cache.
 
-    def __init__(self, method: BlockDiffusion, model: Transformer, state: torch.Tensor, fixed: torch.Tensor,
-                 on_step: StepCallback | None):
-        self.method, self.model, self.state, self.fixed, self.on_step = method, model, state, fixed, on_step
+    Every forward goes through ``net`` (:meth:`BlockDiffusion.network`), which applies the request's label and
+    guidance; a guided cache holds the conditional and the unconditional copy of every sequence."""
+
+    def __init__(self, method: BlockDiffusion, model: Transformer, net: BlockNetwork, state: torch.Tensor,
+                 fixed: torch.Tensor, on_step: StepCallback | None):
+        self.method, self.model, self.net, self.state, self.fixed = method, model, net, state, fixed
+        self.on_step = on_step
         self.B, self.context, self.length = method.B, method.model_cfg.context, state.shape[1]
         self.cache = KVCache.empty(len(model.blocks), self.context)
         self.cached_until = 0  # state[:, :cached_until] is in the cache (as its last cache.next_pos tokens)
@@ -241,7 +288,7 @@ class _BlockWriter:
         """A fresh cache holding the last ``keep`` tokens before ``end`` (whole blocks), in one forward."""
         self.cache = KVCache.empty(len(self.model.blocks), self.context)
         if keep > 0:
-            self.model(self.state[:, end - keep:end], cache=self.cache)
+            self.net(self.state[:, end - keep:end], self.cache)
             self.nfe += 1
         self.cached_until = end
 
@@ -273,7 +320,7 @@ class _BlockWriter:
                 logits, first, served = first, None, True
                 return logits
             first = None
-            return self.model(z, cache=cache.peek() if rows is None else cache.rows(rows))
+            return self.net(z, cache.peek(), rows)
 
         def report(step: int, block: torch.Tensor, info: dict[str, Any]) -> None:
             assert self.on_step is not None
@@ -295,11 +342,11 @@ class _BlockWriter:
         next_end = min(end + self.B, self.length)
         if self.cache.next_pos + block.shape[1] + (next_end - end) <= self.context:
             upcoming = self._initial(end, next_end, generator)
-            logits = self.model(torch.cat((block, upcoming), dim=1), cache=self.cache)[:, block.shape[1]:]
+            logits = self.net(torch.cat((block, upcoming), dim=1), self.cache)[:, block.shape[1]:]
             self.cache.drop_last(next_end - end)
             self._ahead = (end, upcoming, logits)
         else:
-            self.model(block, cache=self.cache)
+            self.net(block, self.cache)
         self.nfe += 1
         self.cached_until = end
 
@@ -308,11 +355,13 @@ def _divisors(n: int) -> str:
     return ", ".join(str(d) for d in range(1, n + 1) if n % d == 0)
 
 
-def clip_variance(method: BlockDiffusion, model: Transformer, windows: torch.Tensor,
+def clip_variance(method: BlockDiffusion, model: Transformer, windows: torch.Tensor | LabelledText,
                   clips: list[tuple[float, float]], batch_size: int = 64) -> list[dict[str, float]]:
     """For each (beta, omega): mean and variance across windows of the training estimator with block times
     drawn from U[beta, omega] (one draw per block, as in training, the evaluation seed), in nats per token.
-    BD3-LM picks the clip range with the lowest variance; the validation bound is always over all of [0, 1]."""
+    BD3-LM picks the clip range with the lowest variance; the validation bound is always over all of [0, 1].
+    Plain windows of a labelled model are scored under its "no label" row, labelled ones under their labels."""
+    windows, labels = split_labels(windows)
     out = []
     n, L = windows.shape
     for low, high in clips:
@@ -320,8 +369,10 @@ def clip_variance(method: BlockDiffusion, model: Transformer, windows: torch.Ten
         u = method.clip(torch.rand(n, L // method.B, generator=gen, device=windows.device), low, high)
         draws = method._draws(u)
         with torch.no_grad():
-            per_window = torch.cat([method._block_terms(model, xb, db, gen) for xb, db in
-                                    zip(windows.split(batch_size), draws.split(batch_size), strict=True)]) / L
+            row_labels = [None] * len(windows.split(batch_size)) if labels is None else labels.split(batch_size)
+            per_window = torch.cat([method._block_terms(model, xb, db, gen, lb) for xb, db, lb in
+                                    zip(windows.split(batch_size), draws.split(batch_size), row_labels,
+                                        strict=True)]) / L
         out.append({"clip_low": low, "clip_high": high, "mean_nats": float(per_window.mean()),
                     "variance": float(per_window.var()) if n > 1 else float("nan")})
     return out
