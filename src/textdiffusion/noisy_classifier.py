@@ -58,7 +58,7 @@ class ClassifierRecipe:
     batch_size: int = 64
     lr: float = 2e-3
     embed: int = 64
-    width: int = 256
+    width: int = 128
     layers: int = 2
     kernel: int = 5
     top: int = 8  # speakers: the most-spoken of the training split, as data.label_top picks them
