@@ -45,7 +45,7 @@ import torch
 
 from textdiffusion.config import PROBABILITY, Bound, ConfigError, Range
 from textdiffusion.data.speakers import LabelledText, split_labels
-from textdiffusion.diffusion.masking import corrupt, corrupt_exactly, counts_from, times_from
+from textdiffusion.diffusion.masking import corrupt, corrupt_exactly, counts_from, sample_times, times_from
 from textdiffusion.diffusion.stratified import stratified
 from textdiffusion.methods.base import (
     NLLProgress,
@@ -206,15 +206,32 @@ class BlockDiffusion(MaskedDiffusion):
     def sample(self, model: Transformer, req: SampleRequest, generator: torch.Generator,
                on_step: StepCallback | None = None) -> SampleResult:
         label, w = self.request_label(req)
+        steer = self.classifier_request(req)
         sampler, state, fixed, steps = self._start(model, req)
         if req.infill is not None:
             self._check_infill(fixed[0])
-        writer = _BlockWriter(self, model, self.network(model, label, w, state.shape[0]), state, fixed, on_step)
+        tilt = None if steer is None else \
+            (lambda logits, whole, span: self.classifier_tilt(logits, whole, *steer, span))
+        writer = _BlockWriter(self, model, self.network(model, label, w, state.shape[0]), state, fixed, on_step, tilt)
         for start in range(writer.first_block(), state.shape[1], self.B):
             writer.write_block(start, lambda f, block, report: self.denoise(f, block, steps, sampler, req,
                                                                               generator, report), generator)
         return SampleResult(writer.state, writer.nfe, fixed, {"sampler": sampler, "steps": steps, "block_size": self.B,
-                                                              "kv_cache": True, **self.label_info(label, w)})
+                                                              "kv_cache": True, **self.label_info(label, w),
+                                                              **self.classifier_info(req)})
+
+    # ---- classifier guidance: masked diffusion's Taylor rule, on the states of block-by-block sampling --------
+    def classifier_inputs(self, model: Transformer, x: torch.Tensor,
+                          generator: torch.Generator) -> tuple[torch.Tensor, None]:
+        """The states block sampling passes through: a clean prefix of b whole blocks (b uniform), block b
+        corrupted at t ~ U(0, 1) as masked diffusion corrupts it, and every later block still masked. The
+        sampler steers each block with :meth:`~MaskedDiffusion.classifier_tilt` on such a state."""
+        n, L = x.shape
+        b = torch.randint(0, L // self.B, (n, 1), generator=generator, device=x.device)
+        t = sample_times(n, False, generator, x.device)
+        z = corrupt(x, self.schedule.alpha(t), self.tok.mask_id, generator)[0]
+        block = torch.arange(L, device=x.device)[None] // self.B
+        return torch.where(block < b, x, torch.where(block == b, z, self.tok.mask_id)), None
 
     def network(self, model: Transformer, label: int | None, w: float, n: int) -> BlockNetwork:
         """The network as the block sampler calls it for a batch of ``n`` sequences: ``net(x, cache, rows=None)``
@@ -265,9 +282,11 @@ class _BlockWriter:
     guidance; a guided cache holds the conditional and the unconditional copy of every sequence."""
 
     def __init__(self, method: BlockDiffusion, model: Transformer, net: BlockNetwork, state: torch.Tensor,
-                 fixed: torch.Tensor, on_step: StepCallback | None):
+                 fixed: torch.Tensor, on_step: StepCallback | None, steer: Any = None):
         self.method, self.model, self.net, self.state, self.fixed = method, model, net, state, fixed
         self.on_step = on_step
+        # classifier guidance: steer(logits, whole state, the block's span) -> steered logits
+        self.steer = steer
         self.B, self.context, self.length = method.B, method.model_cfg.context, state.shape[1]
         self.cache = KVCache.empty(len(model.blocks), self.context)
         self.cached_until = 0  # state[:, :cached_until] is in the cache (as its last cache.next_pos tokens)
@@ -318,9 +337,14 @@ class _BlockWriter:
             nonlocal first, served
             if first is not None and rows is None:  # the commit forward already computed this step
                 logits, first, served = first, None, True
+            else:
+                first = None
+                logits = self.net(z, cache.peek(), rows)
+            if self.steer is None:
                 return logits
-            first = None
-            return self.net(z, cache.peek(), rows)
+            whole = (self.state if rows is None else self.state[rows]).clone()
+            whole[:, start:end] = z  # the classifier judges the whole state: prefix, this block, masks after it
+            return self.steer(logits, whole, slice(start, end))
 
         def report(step: int, block: torch.Tensor, info: dict[str, Any]) -> None:
             assert self.on_step is not None
