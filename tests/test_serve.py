@@ -21,6 +21,7 @@ import pytest
 import uvicorn
 
 from helpers import train_tiny
+from textdiffusion.api import load
 from textdiffusion.apps.cli import main
 from textdiffusion.apps.serve import RequestError, SamplingService, Settings, check_request, create_app, load_runs
 
@@ -503,6 +504,35 @@ def test_a_speaker_run_takes_a_label_and_guidance(trained, tmp_path):
         with pytest.raises(RequestError, match=words) as e:
             check_request(bad, runs, max_steps=1000)
         assert "\n" not in str(e.value)
+
+
+def test_a_plain_run_with_a_cached_speaker_classifier_offers_its_speakers(trained, tmp_path):
+    """Classifier guidance on the live page: a plain run whose speaker classifier is cached for its checkpoint
+    offers the classifier's speakers (rule "classifier"); guidance 0 is the unguided text, and a plain run without
+    one offers nobody."""
+    import shutil
+
+    from textdiffusion.apps.serve.served import describe
+    from textdiffusion.noisy_classifier import ClassifierRecipe, classifier_for
+
+    shutil.copytree(trained / "masked", tmp_path / "steered")
+    classifier_for(load(tmp_path / "steered", device="cpu").run, ClassifierRecipe(steps=5, top=3), progress=False)
+    runs = load_runs([tmp_path / "steered", trained / "masked"], device="cpu")
+    info = describe(runs["steered"])
+    assert info["guidance_rule"] == "classifier" and len(info["labels"]) == 3
+    assert describe(runs["masked"])["labels"] == [] and describe(runs["masked"])["guidance_rule"] == ""
+    params = {"run": "steered", "length": 20, "sampler": "topk", "steps": 5, "seed": 3}
+    service = SamplingService(runs, max_steps=1000, max_concurrent=1)
+    try:
+        steered = run_job(service, check_request({**params, "label": info["labels"][0], "guidance": 5}, runs,
+                                                 max_steps=1000))
+        assert steered[0][1]["rule"] == "classifier" and steered[-1][0] == "done"
+        plain = run_job(service, check_request(params, runs, max_steps=1000))[-1][1]["text"]
+        zero = run_job(service, check_request({**params, "label": info["labels"][0], "guidance": 0}, runs,
+                                              max_steps=1000))
+        assert zero[-1][1]["text"] == plain
+    finally:
+        service.shutdown()
 
 
 def test_page_offers_the_speakers_of_a_labelled_run_only(trained, tmp_path, browser):

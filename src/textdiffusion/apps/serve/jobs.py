@@ -73,7 +73,8 @@ class Job:
         s, r = self.settings, self.settings.req
         stream = s.served.model.stream(r.prompt, infill=r.infill, placeholder=r.placeholder, length=r.length,
                                        sampler=r.sampler, steps=r.steps, temperature=r.temperature, top_k=r.top_k,
-                                       top_p=r.top_p, seed=s.seed, label=r.label, guidance=r.guidance)
+                                       top_p=r.top_p, seed=s.seed, label=r.label, guidance=r.guidance,
+                                       rule=r.rule)
         with stream:  # leaving early stops the sampler
             for frame in stream:
                 if self.cancel.is_set():

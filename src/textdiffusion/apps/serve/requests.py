@@ -60,7 +60,7 @@ class Settings:
                 "mode": "infill" if r.infill is not None else "prompt",
                 "temperature": r.temperature, "top_k": r.top_k, "top_p": r.top_p, "seed": self.seed,
                 "pace": self.pace_ms, "fixed": self.fixed, "mask_char": r.placeholder, "label": r.label,
-                "guidance": r.guidance}
+                "guidance": r.guidance, "rule": r.rule}
 
 
 @dataclass
@@ -111,6 +111,7 @@ def parse_request(params: Mapping[str, Any], runs: Mapping[str, ServedRun], max_
     seed = _int(params, "seed", 0, 2**63 - 1, "a whole number from 0 to 2**63-1 (or empty for a random one)")
     pace = _int(params, "pace", 0, MAX_PACE_MS, f"a whole number of milliseconds from 0 to {MAX_PACE_MS}")
     label = _text(params, "label") or ""
+    rule = served.info.get("guidance_rule", "") if label else ""  # the run's: its labels, or its classifier's
     guidance = _float(params, "guidance", lambda v: 0 <= v <= MAX_GUIDANCE,
                       f"a number from 0 (unconditional) to {MAX_GUIDANCE:g}; 1 is the plain conditional model")
     defaults = served.method.cfg  # the run's own sampling options
@@ -119,7 +120,7 @@ def parse_request(params: Mapping[str, Any], runs: Mapping[str, ServedRun], max_
                         temperature=defaults.temperature if temperature is None else temperature,
                         top_k=defaults.top_k if top_k is None else top_k,
                         top_p=defaults.top_p if top_p is None else top_p, label=label,
-                        guidance=1.0 if guidance is None else guidance)
+                        guidance=1.0 if guidance is None else guidance, rule=rule)
     try:  # a label the run knows; guidance only with one (the method says which, in the page's words)
         served.method.request_label(req)
     except ConfigError as e:

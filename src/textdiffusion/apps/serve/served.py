@@ -13,6 +13,7 @@ from textdiffusion.api import ImageModel, TextModel, load
 from textdiffusion.checkpoint import CheckpointError, read_json, recorded_method
 from textdiffusion.config import ConfigError
 from textdiffusion.data.tokenizer import CharTokenizer, Tokenizer
+from textdiffusion.errors import DataError
 from textdiffusion.methods import REGISTRY, TextMethod
 
 # a method that may write past its context (ar slides its window) could be asked for any length: this factor
@@ -128,5 +129,23 @@ def describe(served: ServedRun) -> dict[str, Any]:
         "alphabet": "".join(tok.chars) if isinstance(tok, CharTokenizer) else None,
         "prompt": True, "infill": method.supports_infill, "placeholder": "_",
         "temperature": method.cfg.temperature, "top_k": method.cfg.top_k, "top_p": method.cfg.top_p,
-        "labels": list(model.labels), "max_guidance": MAX_GUIDANCE,
+        **speaker_choices(model), "max_guidance": MAX_GUIDANCE,
     }
+
+
+def speaker_choices(model: TextModel) -> dict[str, Any]:
+    """The speakers the page offers and the rule that steers toward them: a labelled run's own labels
+    (classifier-free guidance), else the speakers of a speaker classifier cached for this checkpoint (classifier
+    guidance; the page trains none: ``sample --guidance-rule classifier`` does), else none."""
+    if model.labels:
+        return {"labels": list(model.labels), "guidance_rule": "free"}
+    from textdiffusion.noisy_classifier import CLASSIFIER_DIR, META_FILE
+
+    meta_file = model.path / CLASSIFIER_DIR / META_FILE
+    meta = read_json(meta_file) if meta_file.exists() and model.text_method.classifier_rule else None
+    if isinstance(meta, dict) and meta.get("run_step") == model.step:
+        try:
+            return {"labels": list(model.classifier(progress=False).names), "guidance_rule": "classifier"}
+        except (CheckpointError, DataError, ConfigError):  # unreadable, or its corpus is gone: offer no speakers
+            pass
+    return {"labels": [], "guidance_rule": ""}
