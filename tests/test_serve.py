@@ -535,12 +535,18 @@ def test_a_plain_run_with_a_cached_speaker_classifier_offers_its_speakers(traine
         service.shutdown()
 
 
-def test_page_offers_the_speakers_of_a_labelled_run_only(trained, tmp_path, browser):
+def test_page_offers_the_speakers_of_labelled_and_classifier_runs_only(trained, tmp_path, browser):
+    import shutil
+
     from selenium.webdriver.support.ui import Select
+
+    from textdiffusion.noisy_classifier import ClassifierRecipe, classifier_for
 
     speakers = tmp_path / "speakers"
     train_tiny("masked", trained / "c.txt", speakers, steps=4, **{"data.labels": "speaker", "data.label_top": 3})
-    serving = _serve(trained, [speakers, trained / "masked"])
+    shutil.copytree(trained / "masked", tmp_path / "steered")  # a plain run with a cached speaker classifier
+    classifier_for(load(tmp_path / "steered", device="cpu").run, ClassifierRecipe(steps=5, top=3), progress=False)
+    serving = _serve(trained, [speakers, trained / "masked", tmp_path / "steered"])
     srv = next(serving)
     try:
         browser.get(srv.url + "/")
@@ -559,5 +565,17 @@ def test_page_offers_the_speakers_of_a_labelled_run_only(trained, tmp_path, brow
         browser.find_element("id", "sample").click()
         assert _wait_state(browser, ("done", "error")) == "done", browser.find_element("id", "message").text
         assert srv.status()["completed"] == 1
+        assert browser.find_element("id", "speaker-label").text == "Speaker"
+        # the plain run with a classifier: the classifier's speakers, steered by classifier guidance
+        Select(browser.find_element("id", "run")).select_by_value("steered")
+        assert browser.find_element("id", "speaker-label").text == "Speaker (classifier guidance)"
+        menu = Select(browser.find_element("id", "speaker"))
+        assert len(menu.options) == 4
+        menu.select_by_index(1)
+        Select(browser.find_element("id", "sampler")).select_by_value("topk")
+        _fill(browser, "steps", "4")
+        browser.find_element("id", "sample").click()
+        assert _wait_state(browser, ("done", "error")) == "done", browser.find_element("id", "message").text
+        assert srv.status()["completed"] == 2
     finally:
         next(serving, None)

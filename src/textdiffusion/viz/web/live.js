@@ -71,6 +71,8 @@
     // a run trained on speaker labels: whose voice, and how hard to steer toward it
     const labels = run.labels || [];
     speakerRow.hidden = speakerLabel.hidden = labels.length === 0;
+    // classifier-free guidance (a run trained on the labels) or a noisy classifier beside a plain run
+    speakerLabel.textContent = run.guidance_rule === "classifier" ? "Speaker (classifier guidance)" : "Speaker";
     speaker.replaceChildren(TD.el("option", "", "anyone (unconditional)"), ...labels.map((name) => {
       const o = TD.el("option", "", name);
       o.value = name;
