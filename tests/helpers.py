@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
+
+import torch
 
 from textdiffusion.config import Config, make_config
 from textdiffusion.trainer import Trainer
@@ -25,3 +28,24 @@ def metric_rows(run_dir: Path | str, kind: str = "eval") -> list[dict]:
     "train" (the ``train.log_every`` rows)."""
     rows = [json.loads(line) for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines() if line.strip()]
     return [r for r in rows if r.get("kind", "eval") == kind]
+
+
+def block_sample_without_cache(method, req, generator: torch.Generator,
+                               network: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+    """Block diffusion's reference sampler: no KV cache, every denoising step runs ``network`` on the whole clean
+    prefix followed by the noisy block (``network(x)`` -> logits for every position of ``x``)."""
+    state, fixed = method.prepare(req, torch.device("cpu"))
+    steps = req.steps or method.default_steps(state.shape[1])
+    for start in range(0, state.shape[1], method.B):
+        end = min(start + method.B, state.shape[1])
+        if not (state[:, start:end] == method.tok.mask_id).any():
+            continue
+
+        def forward(z, t, rows=None, prefix=state[:, :start]):
+            x = torch.cat((prefix if rows is None else prefix[rows], z), dim=1)
+            return network(x)[:, -z.shape[1]:]
+
+        block = method._from_prior(state[:, start:end], fixed[:, start:end], generator)
+        state[:, start:end], _ = method.denoise(forward, block, steps, req.sampler or "ancestral", req, generator,
+                                                None)
+    return state

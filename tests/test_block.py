@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from helpers import tiny_config
+from helpers import block_sample_without_cache, tiny_config
 from textdiffusion.config import ConfigError
 from textdiffusion.methods import SampleRequest
 from textdiffusion.methods.base import cross_entropy_per_token
@@ -77,26 +77,6 @@ def test_one_paired_forward_equals_block_by_block_forwards(block4):
             torch.testing.assert_close(paired[:, b * B:(b + 1) * B], alone, atol=2e-5, rtol=1e-4)
 
 
-def _sample_without_cache(method, model, req: SampleRequest, generator: torch.Generator) -> torch.Tensor:
-    """The reference sampler: every denoising step re-reads the whole clean prefix (no KV cache)."""
-    state, fixed = method.prepare(req, torch.device("cpu"))
-    steps = req.steps or method.default_steps(state.shape[1])
-    for start in range(0, state.shape[1], method.B):
-        end = min(start + method.B, state.shape[1])
-        if not (state[:, start:end] == method.tok.mask_id).any():
-            continue
-        prefix = state[:, :start]
-
-        def forward(z, t, rows=None, prefix=prefix):
-            p = prefix if rows is None else prefix[rows]
-            return model(torch.cat((p, z), dim=1))[:, -z.shape[1]:]
-
-        block = method._from_prior(state[:, start:end], fixed[:, start:end], generator)
-        state[:, start:end], _ = method.denoise(forward, block, steps, req.sampler or "ancestral", req, generator,
-                                                None)
-    return state
-
-
 @pytest.mark.parametrize("sampler", ["ancestral", "cached", "topk"])
 def test_the_kv_cache_changes_nothing_but_the_work(block4, sampler):
     method, model, _ = block4
@@ -109,7 +89,7 @@ def test_the_kv_cache_changes_nothing_but_the_work(block4, sampler):
         with_cache = sum(positions)
         positions.clear()
         with torch.no_grad():
-            reference = _sample_without_cache(method, model, req, torch.Generator().manual_seed(7))
+            reference = block_sample_without_cache(method, req, torch.Generator().manual_seed(7), model)
         without_cache = sum(positions)
     finally:
         hook.remove()

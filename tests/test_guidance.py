@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from helpers import train_tiny
+from helpers import block_sample_without_cache, train_tiny
 from textdiffusion.api import load
 from textdiffusion.config import ConfigError, make_config
 from textdiffusion.data.corpus import DataError
@@ -134,27 +134,17 @@ def test_a_label_on_a_plain_run_and_labels_where_they_cannot_be(small_corpus, tm
         train_tiny("masked", prose, tmp_path / "prose-run", steps=2, **{"data.labels": "speaker"})
 
 
-def _guided_without_cache(method, model, req: SampleRequest, label: int, w: float,
-                          generator: torch.Generator) -> torch.Tensor:
-    """Guided block sampling written out by hand: no KV cache, every denoising step re-reads the whole clean
-    prefix, conditional and "no label" copies in one doubled forward, combined by the guidance rule."""
-    state, fixed = method.prepare(req, torch.device("cpu"))
-    steps = req.steps or method.default_steps(state.shape[1])
-    for start in range(0, state.shape[1], method.B):
-        end = min(start + method.B, state.shape[1])
-        if not (state[:, start:end] == method.tok.mask_id).any():
-            continue
+def _guided_network(method, model, label: int, w: float):
+    """The network of guided block sampling written out by hand: conditional and "no label" copies in one doubled
+    forward, combined by the guidance rule."""
 
-        def forward(z, t, rows=None, prefix=state[:, :start]):
-            x = torch.cat((prefix if rows is None else prefix[rows], z), dim=1)
-            m = x.shape[0]
-            labels = torch.cat((torch.full((m,), label), torch.full((m,), method.num_labels)))
-            cond, uncond = model(torch.cat((x, x)), labels=labels)[:, -z.shape[1]:].float().log_softmax(-1).chunk(2)
-            return uncond + w * (cond - uncond)
+    def network(x: torch.Tensor) -> torch.Tensor:
+        m = x.shape[0]
+        labels = torch.cat((torch.full((m,), label), torch.full((m,), method.num_labels)))
+        cond, uncond = model(torch.cat((x, x)), labels=labels).float().log_softmax(-1).chunk(2)
+        return uncond + w * (cond - uncond)
 
-        block = method._from_prior(state[:, start:end], fixed[:, start:end], generator)
-        state[:, start:end], _ = method.denoise(forward, block, steps, req.sampler, req, generator, None)
-    return state
+    return network
 
 
 def test_guided_block_sampling_holds_both_halves_in_one_cache(labelled_runs, monkeypatch):
@@ -184,7 +174,8 @@ def test_guided_block_sampling_holds_both_halves_in_one_cache(labelled_runs, mon
     assert batches and all(b % 2 == 0 for b in batches) and 2 * n in batches
     assert ancestral.info["label"] == name and ancestral.info["guidance"] == 2.5
     with torch.no_grad():
-        reference = _guided_without_cache(method, net, request("ancestral"), 2, 2.5, torch.Generator().manual_seed(7))
+        reference = block_sample_without_cache(method, request("ancestral"), torch.Generator().manual_seed(7),
+                                               _guided_network(method, net, 2, 2.5))
     assert torch.equal(ancestral.ids, reference)
     # past the context the cache slides: the re-encoded prefix is doubled too, and w = 0 is still unconditional
     options = {"n": 2, "length": 80, "seed": 3, "progress": False, "sampler": "cached"}
