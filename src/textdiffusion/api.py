@@ -585,6 +585,16 @@ class TextModel(_Model):
         self.text_method.use_classifier(clf)
         return clf
 
+    def cached_classifier(self) -> Any:
+        """The speaker classifier :meth:`classifier` would read without training (cached for this checkpoint),
+        now in use for ``rule="classifier"``; None when there is none."""
+        from textdiffusion.noisy_classifier import cached_classifier
+
+        clf = cached_classifier(self.run)
+        if clf is not None:
+            self.text_method.use_classifier(clf)
+        return clf
+
     # -- sampling ---------------------------------------------------------------------------------------------
     def generate(self, prompt: str = "", *, n: int = 1, length: int = 0, sampler: str = "", steps: int = 0,
                  temperature: float | None = None, top_k: int | None = None, top_p: float | None = None,

@@ -215,6 +215,19 @@ def load_classifier(run: Any, folder: Path) -> NoisyClassifier:
     return NoisyClassifier(run.method, net.to(run.device), names, meta)
 
 
+def cached_classifier(run: Any) -> NoisyClassifier | None:
+    """The run's speaker classifier if one is cached for its checkpoint and readable, else None: never trains
+    (``compare`` and the live page offer classifier guidance only for runs that have one)."""
+    folder = Path(run.path) / CLASSIFIER_DIR
+    if not run.method.classifier_rule or not (folder / META_FILE).exists():
+        return None
+    try:
+        clf = load_classifier(run, folder)
+    except CheckpointError:
+        return None
+    return clf if clf.meta.get("run_step") == run.step else None
+
+
 def classifier_for(run: Any, recipe: ClassifierRecipe | None = None, progress: bool = True,
                    retrain: bool = False) -> NoisyClassifier:
     """The run's speaker classifier: read from ``RUN/speaker-classifier`` when it was trained for this checkpoint

@@ -142,12 +142,10 @@ def curve_rules(model: TextModel) -> list[tuple[str, list[str]]]:
     """The rules a text run gets a curve for, each with the labels it steers toward: classifier-free guidance
     needs a run trained with labels; classifier guidance a speaker classifier cached for the run's checkpoint
     (``compare`` trains none: ``TextModel.classifier()`` or ``sample --guidance-rule classifier`` does)."""
-    from textdiffusion.noisy_classifier import CLASSIFIER_DIR, META_FILE
-
     rules = [("free", list(model.labels))] if model.labels else []
-    meta = _optional_json(Path(model.path) / CLASSIFIER_DIR / META_FILE)
-    if meta and meta.get("run_step") == model.step and model.text_method.classifier_rule:
-        rules.append(("classifier", list(model.classifier(progress=False).names)))
+    clf = model.cached_classifier()
+    if clf is not None:
+        rules.append(("classifier", list(clf.names)))
     return rules
 
 

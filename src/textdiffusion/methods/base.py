@@ -330,10 +330,10 @@ class TextMethod(Method[SampleRequest, SampleResult]):
         """The label index and scale of a request's *classifier-free* guidance, checked: a label needs a labelled
         run and one of its names; guidance needs a label. A request steered by a classifier (``rule=classifier``)
         asks the network for nothing conditional: (None, 0.0), after :meth:`classifier_request`'s checks."""
-        w = _check_guidance(req)
         if req.rule == "classifier":
-            self.classifier_request(req)
+            self.classifier_request(req)  # checks the scale and the rule too
             return None, 0.0
+        w = _check_guidance(req)
         if not req.label:
             return None, w
         if not self.num_labels:

@@ -13,7 +13,6 @@ from textdiffusion.api import ImageModel, TextModel, load
 from textdiffusion.checkpoint import CheckpointError, read_json, recorded_method
 from textdiffusion.config import ConfigError
 from textdiffusion.data.tokenizer import CharTokenizer, Tokenizer
-from textdiffusion.errors import DataError
 from textdiffusion.methods import REGISTRY, TextMethod
 
 # a method that may write past its context (ar slides its window) could be asked for any length: this factor
@@ -139,13 +138,7 @@ def speaker_choices(model: TextModel) -> dict[str, Any]:
     guidance; the page trains none: ``sample --guidance-rule classifier`` does), else none."""
     if model.labels:
         return {"labels": list(model.labels), "guidance_rule": "free"}
-    from textdiffusion.noisy_classifier import CLASSIFIER_DIR, META_FILE
-
-    meta_file = model.path / CLASSIFIER_DIR / META_FILE
-    meta = read_json(meta_file) if meta_file.exists() and model.text_method.classifier_rule else None
-    if isinstance(meta, dict) and meta.get("run_step") == model.step:
-        try:
-            return {"labels": list(model.classifier(progress=False).names), "guidance_rule": "classifier"}
-        except (CheckpointError, DataError, ConfigError):  # unreadable, or its corpus is gone: offer no speakers
-            pass
+    clf = model.cached_classifier()
+    if clf is not None:
+        return {"labels": list(clf.names), "guidance_rule": "classifier"}
     return {"labels": [], "guidance_rule": ""}
