@@ -5,7 +5,7 @@ hundred thousand characters in about a minute of CPU, and which speaker is talki
 character n-grams (names, forms of address, favourite words; the speaker judge is an n-gram model for the same
 reason). A character CNN (Zhang et al. 2015, "Character-level Convolutional Networks for Text Classification")
 learns such features at once. On 32-character windows of Tiny Shakespeare's 8 most-spoken speakers a 2-layer
-transformer of the backbone was still at chance (loss ln 8) after 600 steps, while this network reached 26%
+transformer of the backbone was still at chance (loss ln 8) after 600 steps at lr 3e-3, while this network reached 26%
 held-out accuracy (chance 12.5%) in 400.
 
 Layout: token embedding (or a linear map of continuous inputs) -> ``layers`` x (conv k -> GELU) -> per-position

@@ -243,7 +243,8 @@ GUIDANCE_TEXT_COLUMNS = [Column(*c) for c in (
     ("ppl_ratio", "ppl / w=0", "judge perplexity against the same run's unguided samples (w = 0)", "low"),
     ("word_validity", "word validity", "share of generated words found in the training split", "high"),
     ("distinct_2", "distinct-2", "distinct word bigrams / all word bigrams (diversity)", "high"),
-    ("speed", "chars/s", "generated characters per second, a guided step doubles the batch", "high"),
+    ("speed", "chars/s", "generated characters per second (classifier-free guidance doubles the batch; a "
+                         "classifier adds its own pass)", "high"),
     ("samples", "samples", "samples behind the point, over all speakers", None),
 )]
 
