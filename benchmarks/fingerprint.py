@@ -36,6 +36,8 @@ TEXT_RUNS: list[tuple[str, str, list[str]]] = [
                                            "method.x0_ce_weight=0.5"]),
     ("bits", "bits", []),
     ("bits-probs", "bits", ["method.target=probs", "method.probs_mse_weight=0.1"]),
+    ("block", "block", ["method.block_size=4"]),
+    ("masked-speakers", "masked", ["data.labels=speaker", "data.label_top=4"]),
 ]
 
 # sample invocations per method: (label, extra CLI args)
@@ -50,7 +52,23 @@ SAMPLES: dict[str, list[tuple[str, list[str]]]] = {
        ("infill", ["--infill", "First ____ing:\n", "--steps", "10"])],
     "bits": [(s, ["--sampler", s, "--steps", "20"]) for s in ("ddim", "ddpm")]
     + [("td", ["--steps", "10", "--set", "method.time_difference=2"])],
+    "block": [(s, ["--sampler", s, "--steps", "8"]) for s in ("ancestral", "cached", "confidence", "topk")]
+    + [("prompt-long", ["--prompt", "ROMEO:", "--length", "70", "--temperature", "0.9"])],
+    "masked-speakers": [(f"label-w{w}", ["--label", "GLOUCESTER", "--guidance", w, "--steps", "16"])
+                        for w in ("0", "1", "2.5")],
 }
+
+# classifier-guided samples: a noisy speaker classifier trained for CLASSIFIER_STEPS through the Python API
+# (cached in the run directory), then read from that cache by the command line
+CLASSIFIER_STEPS = 40
+CLASSIFIER_SAMPLES: dict[str, list[tuple[str, list[str]]]] = {
+    "ar": [("classifier-w3", ["--label", "GLOUCESTER", "--guidance", "3", "--guidance-rule", "classifier"])],
+    "masked": [("classifier-w5", ["--label", "GLOUCESTER", "--guidance", "5", "--guidance-rule", "classifier",
+                                  "--steps", "16"])],
+}
+TRAIN_CLASSIFIER = ("import sys, torch; torch.set_num_threads(1); import textdiffusion as td; "
+                    "clf = td.load(sys.argv[1], device='cpu').classifier(steps=int(sys.argv[2]), progress=False); "
+                    "print(round(clf.meta['held_out_accuracy'], 6))")
 
 
 def cli(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:
@@ -95,6 +113,15 @@ def fingerprint(work: Path) -> dict[str, Any]:
             args = [a.replace("{ar}", str(dirs["ar"])) for a in args]
             proc = cli(["sample", str(rd), "--n", "2", "--seed", "3", "--device", "cpu", *args], env)
             entry[f"sample/{label}"] = proc.stdout
+        if name in CLASSIFIER_SAMPLES:
+            proc = subprocess.run([sys.executable, "-c", TRAIN_CLASSIFIER, str(rd), str(CLASSIFIER_STEPS)],
+                                  capture_output=True, text=True, env=env)
+            if proc.returncode != 0:
+                raise SystemExit(f"failed: the speaker classifier of {name}\n{proc.stdout}{proc.stderr}")
+            entry["classifier/held_out_accuracy"] = proc.stdout.strip()
+            for label, args in CLASSIFIER_SAMPLES[name]:
+                proc = cli(["sample", str(rd), "--n", "2", "--seed", "3", "--device", "cpu", *args], env)
+                entry[f"sample/{label}"] = proc.stdout
         cli(["eval", str(rd), "--samples", "4", "--val-windows", "16", "--device", "cpu"], env)
         entry["eval"] = scrub(json.loads((rd / "eval.json").read_text()))
         result[name] = entry
