@@ -1,5 +1,6 @@
-"""Shared fixtures. Tests read Tiny Shakespeare from ``$TEXTDIFFUSION_DATA`` (default ``../shared/data``
-beside the checkout, as in CI) and write everything else under pytest's tmp_path."""
+"""Shared fixtures. Tests read Tiny Shakespeare and MNIST from ``$TEXTDIFFUSION_DATA`` (default
+``../shared/data`` beside the checkout, as in CI; ``required_data.py`` says what happens when a file is missing)
+and write everything else under pytest's tmp_path."""
 
 from __future__ import annotations
 
@@ -9,20 +10,44 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
-os.environ.setdefault("TEXTDIFFUSION_DATA", str(REPO.parent / "shared" / "data"))
+from required_data import FILES, REQUIRE, data_file, data_folder, explain, problems, required
+
+os.environ.setdefault("TEXTDIFFUSION_DATA", str(data_folder()))
 
 
-def shakespeare_path() -> Path:
-    return Path(os.environ["TEXTDIFFUSION_DATA"]) / "tinyshakespeare.txt"
+@pytest.hookimpl(trylast=True)  # after -m and -k have deselected what will not run
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Stop before running anything when a selected test needs data the folder lacks: one line with the fix,
+    instead of a suite that looks green while half of it skips (``TEXTDIFFUSION_REQUIRE_DATA=0`` opts out)."""
+    if not required():
+        return
+    uses = [set(getattr(item, "fixturenames", ())) for item in items]
+    names = [name for name, (fixture, _) in FILES.items() if any(fixture in used for used in uses)]
+    if not names:
+        return
+    folder = data_folder()
+    found = problems(folder, names)
+    if found:
+        needing = sum(1 for used in uses if used & {FILES[name][0] for name in found})
+        raise pytest.UsageError(f"{explain(folder, found, names)} ({needing} of the {len(items)} selected tests "
+                                f"need it; {REQUIRE}=0 skips them instead)")
 
 
 @pytest.fixture(scope="session")
-def shakespeare() -> str:
-    path = shakespeare_path()
-    if not path.exists():
-        pytest.skip(f"Tiny Shakespeare not found at {path}; set TEXTDIFFUSION_DATA")
-    return path.read_text(encoding="utf-8")
+def shakespeare_file() -> Path:
+    """``tinyshakespeare.txt`` in the data folder: every test that reads the corpus depends on this fixture."""
+    return data_file("tinyshakespeare.txt")
+
+
+@pytest.fixture(scope="session")
+def shakespeare(shakespeare_file: Path) -> str:
+    return shakespeare_file.read_text(encoding="utf-8")
+
+
+@pytest.fixture(scope="session")
+def mnist_file() -> Path:
+    """``mnist.npz`` in the data folder: every test that reads real MNIST depends on this fixture."""
+    return data_file("mnist.npz")
 
 
 @pytest.fixture

@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -20,6 +22,8 @@ from textdiffusion.data import (
     pretrained,
 )
 from textdiffusion.data import corpus as corpus_mod
+from textdiffusion.data.corpus import NAMED_CORPORA
+from textdiffusion.data.images import MNIST_NPZ_URL
 from textdiffusion.data.pretrained import load_minilm_embeddings
 from textdiffusion.data.tokenizer import load_tokenizer, make_tokenizer
 from textdiffusion.methods.base import SampleRequest
@@ -48,6 +52,75 @@ def test_offline_download_failure_says_how_to_provide_the_file(tmp_path, monkeyp
     with pytest.raises(DataError, match="TEXTDIFFUSION_DATA") as e:
         load_corpus("tinyshakespeare")
     assert "\n" not in str(e.value)
+
+
+# ---- the data the test suite reads (tests/required_data.py, which .ci/run runs first) ------------------------
+REQUIRED_DATA = Path(__file__).with_name("required_data.py")
+
+
+def _check_data(folder: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "TEXTDIFFUSION_DATA": str(folder)}
+    return subprocess.run([sys.executable, str(REQUIRED_DATA)], capture_output=True, text=True, env=env)
+
+
+def test_data_check_passes_on_the_canonical_files(shakespeare_file, mnist_file):
+    proc = _check_data(shakespeare_file.parent)
+    assert (proc.returncode, proc.stdout, proc.stderr) == (0, "", "")
+
+
+def test_data_check_names_a_missing_folder_and_the_fix(tmp_path):
+    proc = _check_data(tmp_path / "nothing-here")
+    assert proc.returncode == 1 and proc.stdout == "" and proc.stderr.count("\n") == 1
+    err = proc.stderr
+    assert err.startswith("error: the test data folder ") and f"{tmp_path / 'nothing-here'} does not exist" in err
+    assert NAMED_CORPORA["tinyshakespeare"].url in err and MNIST_NPZ_URL in err and "TEXTDIFFUSION_DATA" in err
+
+
+def test_data_check_names_each_wrong_or_missing_file(tmp_path):
+    (tmp_path / "tinyshakespeare.txt").write_text("not shakespeare", encoding="utf-8")
+    proc = _check_data(tmp_path)
+    assert proc.returncode == 1 and proc.stderr.count("\n") == 1
+    assert f"the test data in {tmp_path} is incomplete: tinyshakespeare.txt has the wrong sha256, mnist.npz is " \
+           "missing;" in proc.stderr
+    (tmp_path / "mnist.npz").write_bytes(b"not an archive")
+    assert "mnist.npz is not a readable MNIST .npz" in _check_data(tmp_path).stderr
+
+
+@pytest.mark.parametrize("require", [None, "1", "0"])
+def test_a_missing_data_file_fails_a_test_unless_the_user_opts_out(tmp_path, monkeypatch, require):
+    """The fixtures' helper: under the requirement (the default, and CI's) a missing file fails the test with
+    the fix; only TEXTDIFFUSION_REQUIRE_DATA=0 turns that into a skip."""
+    from required_data import data_file
+
+    monkeypatch.setenv("TEXTDIFFUSION_DATA", str(tmp_path))
+    if require is None:
+        monkeypatch.delenv("TEXTDIFFUSION_REQUIRE_DATA", raising=False)
+    else:
+        monkeypatch.setenv("TEXTDIFFUSION_REQUIRE_DATA", require)
+    outcome = pytest.skip.Exception if require == "0" else pytest.fail.Exception
+    with pytest.raises(outcome, match=r"mnist\.npz is missing; download mnist\.npz from ") as e:
+        data_file("mnist.npz")
+    assert MNIST_NPZ_URL in str(e.value) and "\n" not in str(e.value)
+    (tmp_path / "mnist.npz").write_bytes(b"")
+    assert data_file("mnist.npz") == tmp_path / "mnist.npz"
+
+
+def test_a_session_needing_missing_data_stops_at_collection(tmp_path):
+    """README's test command without the data: one line with the fix and no test run, not a green suite that
+    skipped half of itself; TEXTDIFFUSION_REQUIRE_DATA=0 runs it with those tests skipped."""
+    here = Path(__file__).resolve()
+    test = f"{here}::test_named_corpus_resolves_from_data_dir_and_is_canonical"
+    env = {**os.environ, "TEXTDIFFUSION_DATA": str(tmp_path)}
+    env.pop("TEXTDIFFUSION_REQUIRE_DATA", None)
+    argv = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", test]
+    proc = subprocess.run(argv, capture_output=True, text=True, env=env, cwd=here.parents[1])
+    assert proc.returncode == pytest.ExitCode.USAGE_ERROR, proc.stdout + proc.stderr
+    assert f"the test data in {tmp_path} is incomplete: tinyshakespeare.txt is missing" in proc.stderr
+    assert "1 of the 1 selected tests need it; TEXTDIFFUSION_REQUIRE_DATA=0 skips them instead" in proc.stderr
+    assert "mnist.npz" not in proc.stderr  # the test needs only the corpus
+    proc = subprocess.run(argv, capture_output=True, text=True, env={**env, "TEXTDIFFUSION_REQUIRE_DATA": "0"},
+                          cwd=here.parents[1])
+    assert proc.returncode == 0 and "1 skipped" in proc.stdout, proc.stdout + proc.stderr
 
 
 def test_missing_file(tmp_path):

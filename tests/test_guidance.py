@@ -209,15 +209,14 @@ def test_block_bound_of_labelled_windows_is_conditional(labelled_runs, monkeypat
 
 
 @pytest.mark.slow
-def test_guidance_moves_the_judges_accuracy_toward_the_requested_speaker(tmp_path):
+def test_guidance_moves_the_judges_accuracy_toward_the_requested_speaker(tmp_path, shakespeare_file):
     """A small `ar` run (tiny preset, 2,000 steps, 4 speakers; about 15 s): at w = 6 the speaker judge names the
     requested speaker clearly more often than without guidance. With guidance a no-op the two sets of samples
     would be identical (same seeds), so the test fails; 256 samples per w put the measured gap (0.23 -> 0.38
     when written) at about 3.5 standard errors, and the test asks for 2."""
-    from conftest import shakespeare_path
     from textdiffusion.speaker_judge import SpeakerJudge
 
-    corpus = shakespeare_path()
+    corpus = shakespeare_file
     train_tiny("ar", corpus, tmp_path / "run", steps=2000,
                **{"data.labels": "speaker", "data.label_top": 4, "train.eval_every": 2000})
     model = load(tmp_path / "run", device="cpu")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -22,12 +21,9 @@ from textdiffusion.trainer import Trainer
 
 
 @pytest.fixture(scope="module")
-def mnist_npz(tmp_path_factory) -> Path:
+def mnist_npz(tmp_path_factory, mnist_file: Path) -> Path:
     """512 training and 128 test digits of the real MNIST as a small npz."""
-    src = Path(os.environ["TEXTDIFFUSION_DATA"]) / "mnist.npz"
-    if not src.exists():
-        pytest.skip(f"MNIST not found at {src}; set TEXTDIFFUSION_DATA")
-    with np.load(src, allow_pickle=False) as d:
+    with np.load(mnist_file, allow_pickle=False) as d:
         arrays = {"x_train": d["x_train"][:512], "y_train": d["y_train"][:512],
                   "x_test": d["x_test"][:128], "y_test": d["y_test"][:128]}
     path = tmp_path_factory.mktemp("mnist") / "mnist.npz"

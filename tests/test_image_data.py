@@ -1,12 +1,12 @@
 """Image data: MNIST from .npz / IDX / the data dir / a (faked) download, the digits fallback, and every
-validation error. The real MNIST is read from ``$TEXTDIFFUSION_DATA/mnist.npz``; tests needing it skip without it."""
+validation error. The real MNIST is ``$TEXTDIFFUSION_DATA/mnist.npz``, which tests reach through conftest's
+``mnist_file``."""
 
 from __future__ import annotations
 
 import gzip
 import hashlib
 import json
-import os
 import struct
 import urllib.error
 from pathlib import Path
@@ -33,16 +33,9 @@ from textdiffusion.data.images import (
 KEYS = ("x_train", "y_train", "x_test", "y_test")
 
 
-def mnist_path() -> Path:
-    return Path(os.environ["TEXTDIFFUSION_DATA"]) / "mnist.npz"
-
-
 @pytest.fixture(scope="module")
-def mnist() -> ImageData:
-    path = mnist_path()
-    if not path.exists():
-        pytest.skip(f"MNIST not found at {path}; set TEXTDIFFUSION_DATA")
-    return load_mnist_npz(path)
+def mnist(mnist_file: Path) -> ImageData:
+    return load_mnist_npz(mnist_file)
 
 
 @pytest.fixture(scope="module")
@@ -83,7 +76,7 @@ def fake_npz(path: Path, **overrides: np.ndarray | None) -> Path:
 # --- loading ------------------------------------------------------------------------------------------------------
 
 
-def test_real_npz_is_canonical_mnist(mnist: ImageData):
+def test_real_npz_is_canonical_mnist(mnist: ImageData, mnist_file: Path):
     assert mnist.x_train.shape == (60000, 28, 28) and mnist.x_test.shape == (10000, 28, 28)
     assert mnist.x_train.dtype == torch.uint8 and mnist.y_train.dtype == torch.int64
     assert mnist.y_train.shape == (60000,) and mnist.y_test.shape == (10000,)
@@ -94,7 +87,7 @@ def test_real_npz_is_canonical_mnist(mnist: ImageData):
     assert is_canonical_mnist(mnist)
     rec = mnist.record()
     assert json.loads(json.dumps(rec)) == rec
-    assert rec["sha256"] == sha256_of(mnist_path())
+    assert rec["sha256"] == sha256_of(mnist_file)
     assert (rec["n_train"], rec["n_test"], rec["image_size"], rec["offline_fallback"]) == (60000, 10000, 28, False)
 
 
@@ -129,9 +122,9 @@ def test_directory_with_neither_lists_what_it_expected(tmp_path: Path, small: di
         load_mnist_idx(tmp_path)
 
 
-def test_mnist_by_name_from_the_data_dir(mnist: ImageData):
+def test_mnist_by_name_from_the_data_dir(mnist_file: Path):
     data = load_images("MNIST", download=False)
-    assert data.source == str(mnist_path()) and data.x_train.shape == (60000, 28, 28)
+    assert data.source == str(mnist_file) and data.x_train.shape == (60000, 28, 28)
 
 
 def test_mnist_by_name_from_idx_files_in_the_data_dir(tmp_path, monkeypatch, small: dict[str, np.ndarray]):
@@ -240,8 +233,8 @@ def test_non_npz_file_is_rejected(tmp_path: Path):
 # --- download (faked: no network here) ----------------------------------------------------------------------------
 
 
-def test_download_success_saves_mnist_npz(tmp_path, monkeypatch, mnist: ImageData):
-    payload = mnist_path().read_bytes()
+def test_download_success_saves_mnist_npz(tmp_path, monkeypatch, mnist_file: Path):
+    payload = mnist_file.read_bytes()
     urls = []
 
     def fetch(url: str) -> bytes:

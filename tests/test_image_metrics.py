@@ -4,7 +4,6 @@ on real MNIST. Everything is CPU-only and small (the classifier trains for 60 st
 from __future__ import annotations
 
 import itertools
-import os
 from pathlib import Path
 
 import numpy as np
@@ -147,11 +146,8 @@ def test_images_to_input_and_shift():
 
 
 @pytest.fixture(scope="module")
-def mnist() -> dict[str, torch.Tensor]:
-    path = Path(os.environ["TEXTDIFFUSION_DATA"]) / "mnist.npz"
-    if not path.exists():
-        pytest.skip(f"MNIST not found at {path}; set TEXTDIFFUSION_DATA")
-    with np.load(path, allow_pickle=False) as d:
+def mnist(mnist_file: Path) -> dict[str, torch.Tensor]:
+    with np.load(mnist_file, allow_pickle=False) as d:
         return {"x_train": torch.from_numpy(d["x_train"][:2000]),
                 "y_train": torch.from_numpy(d["y_train"][:2000]).long(),
                 "x_test": torch.from_numpy(d["x_test"][:1000]),
