@@ -136,16 +136,42 @@ def test_guided_needs_an_ar_run(trained):
         open_run(trained["emb"], device="cpu", overrides=[f"method.guide_run={trained['emb']}"])
 
 
-def test_validation_reports_a_bound_and_the_loss_terms(trained):
+def test_validation_reports_a_bound_whose_terms_match_independent_estimates(trained):
+    """The VDM bound's prior term against the closed-form KL(q(z_1 | w) || N(0, I)) of the embeddings, and its
+    reconstruction term (one draw of z_{t_min} per position) against a 256-draw Monte Carlo estimate of
+    E[-log p(w | z_{t_min})] through the rounding head. A wrong time, noise level, embedding scale or
+    per-character normalisation in either term shows here; the three terms add up to the total by
+    construction, so their sum is not checked."""
     run = open_run(trained["emb"], device="cpu")
     data = TextData.from_text("First Citizen:\nBefore we proceed any further, hear me speak.\n" * 20,
                               run.tokenizer)
-    res = run.method.nll(run.model, TextData.tiled_windows(data.train_ids, 32, 4))
+    windows = TextData.tiled_windows(data.train_ids, 32, 4)
+    res = run.method.nll(run.model, windows)
     d = res.details
     assert res.kind == "bound" and res.units == 4 * 32
-    total = d["reconstruction_nats_per_char"] + d["prior_nats_per_char"] + d["diffusion_nats_per_char"]
-    assert res.nats_per_unit == pytest.approx(total)
     assert d["denoising_mse"] > 0 and "rounding_ce_per_token" in d and d["embed_mean_norm"] > 0
+
+    method, model = run.method, run.model
+    assert method.decoder == "head"  # the default: p(w | z_0) is the rounding head
+    with torch.no_grad():
+        x0 = model.table()[windows].double()
+        a1 = method.schedule.alpha_bar(torch.tensor(1.0)).double()
+        q1 = torch.distributions.Normal(a1.sqrt() * x0, (1.0 - a1).sqrt())
+        prior = torch.distributions.kl_divergence(q1, torch.distributions.Normal(0.0, 1.0)).sum() / res.units
+        # the bound sums in float32, where 1 - abar(1) rounds by up to 2^-25 per dimension: the tolerance
+        assert d["prior_nats_per_char"] == pytest.approx(float(prior), rel=0, abs=x0.shape[-1] * 2**-25)
+
+        a0 = method.schedule.alpha_bar(torch.tensor(method.t_min))
+        noise = torch.randn((256, *x0.shape), generator=torch.Generator().manual_seed(1))
+        z0 = a0.sqrt() * x0.float() + (1.0 - a0).sqrt() * noise
+        logp = torch.log_softmax(model.head(z0 / a0.sqrt()).double(), dim=-1)
+        nll = -logp.gather(-1, windows.expand(256, -1, -1).unsqueeze(-1)).squeeze(-1)  # (draw, window, position)
+    expected = float(nll.mean())
+    # the bound's estimate averages one draw per position, ours 256: four times the sum of both standard errors
+    within = float(nll.var(dim=0).mean().sqrt())  # the spread of -log p(w | z_0) over draws at one position
+    tolerance = 4 * within * (1 / windows.numel() ** 0.5 + 1 / nll.numel() ** 0.5)
+    assert abs(d["reconstruction_nats_per_char"] - expected) < tolerance, (d["reconstruction_nats_per_char"], expected)
+    assert d["diffusion_nats_per_char"] > 0
 
 
 @pytest.mark.parametrize("sets, message", [

@@ -164,16 +164,42 @@ def test_sampling_errors_are_one_line(image_run: Path):
         run.method.sample(run.model, ImageRequest(n=1, sampler="euler"), gen)
 
 
-def test_bound_is_deterministic_and_decomposes(image_run: Path, mnist_npz):
+def test_bound_is_deterministic_and_its_terms_match_exact_values(image_run: Path, mnist_npz):
+    """The VDM bound's prior and reconstruction terms against their values computed here from the schedule
+    alone: the prior as the closed-form KL(q(z_1 | x) || N(0, I)), the reconstruction as its expectation over
+    the noise by Gauss-Hermite quadrature (each pixel's posterior over the 256 levels at z_{t_min}). A wrong
+    time, noise level, pixel scale or per-dimension normalisation in either term shows here; the three terms
+    add up to the total by construction, so their sum is not checked."""
     run = open_run(image_run)
     with np.load(mnist_npz) as d:
         batch = ImageBatch(torch.from_numpy(d["x_test"][:16]), torch.from_numpy(d["y_test"][:16]).long())
     a, b = run.method.nll(run.model, batch), run.method.nll(run.model, batch)
     assert a.nats_per_unit == b.nats_per_unit and a.unit == "dim" and a.units == 16 * 28 * 28
     d = a.details
-    total = d["reconstruction_nats_per_dim"] + d["prior_nats_per_dim"] + d["diffusion_nats_per_dim"]
-    assert total == pytest.approx(a.nats_per_unit)
+    pixels = batch.images.flatten().long()
+    levels = torch.arange(256, dtype=torch.float64) / 127.5 - 1.0
+
+    a1 = run.method.schedule.alpha_bar(torch.tensor(1.0)).double()
+    q1 = torch.distributions.Normal(a1.sqrt() * levels[pixels], (1.0 - a1).sqrt())
+    prior = torch.distributions.kl_divergence(q1, torch.distributions.Normal(0.0, 1.0)).mean().item()
+    # the bound sums in float32, where 1 - abar(1) rounds by up to 2^-25 per dimension: the tolerance
+    assert d["prior_nats_per_dim"] == pytest.approx(prior, rel=0, abs=2**-25)
     assert d["prior_nats_per_dim"] < 1e-3  # linear schedule: almost no signal left at t = 1
+
+    # E_e[-log p(k | z)] for each level k, z = sqrt(a0) v_k + sqrt(1 - a0) e, e ~ N(0, 1)
+    a0 = run.method.schedule.alpha_bar(torch.tensor(run.method.t_min)).double()
+    nodes, weights = (torch.from_numpy(v) for v in np.polynomial.hermite_e.hermegauss(121))
+    weights = weights / weights.sum()
+    z = a0.sqrt() * levels[:, None] + (1.0 - a0).sqrt() * nodes  # (level k, node)
+    logp = torch.log_softmax(-(z[..., None] - a0.sqrt() * levels).pow(2) / (2.0 * (1.0 - a0)), dim=-1)
+    nll = -logp.diagonal(dim1=0, dim2=2).T  # (level k, node): -log p(k | z_k,node)
+    mean, var = nll @ weights, nll.pow(2) @ weights - (nll @ weights).pow(2)
+    count = torch.bincount(pixels, minlength=256).double()
+    expected = float((count * mean).sum() / count.sum())
+    stderr = float((count * var).sum().sqrt() / count.sum())  # of the bound's one draw per pixel
+    assert 0 < stderr < 0.01 * expected
+    assert abs(d["reconstruction_nats_per_dim"] - expected) < 4 * stderr, (d["reconstruction_nats_per_dim"], expected)
+    assert d["diffusion_nats_per_dim"] > 0
 
 
 def test_mnist_cli_sample_writes_grid_strip_and_gif(image_run: Path, tmp_path, capsys):
