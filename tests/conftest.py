@@ -29,8 +29,9 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     found = problems(folder, names)
     if found:
         needing = sum(1 for used in uses if used & {FILES[name][0] for name in found})
+        it = "them" if len(found) > 1 else "it"
         raise pytest.UsageError(f"{explain(folder, found, names)} ({needing} of the {len(items)} selected tests "
-                                f"need it; {REQUIRE}=0 skips them instead)")
+                                f"need {it}; {REQUIRE}=0 skips those tests instead)")
 
 
 @pytest.fixture(scope="session")

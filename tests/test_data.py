@@ -116,7 +116,7 @@ def test_a_session_needing_missing_data_stops_at_collection(tmp_path):
     proc = subprocess.run(argv, capture_output=True, text=True, env=env, cwd=here.parents[1])
     assert proc.returncode == pytest.ExitCode.USAGE_ERROR, proc.stdout + proc.stderr
     assert f"the test data in {tmp_path} is incomplete: tinyshakespeare.txt is missing" in proc.stderr
-    assert "1 of the 1 selected tests need it; TEXTDIFFUSION_REQUIRE_DATA=0 skips them instead" in proc.stderr
+    assert "1 of the 1 selected tests need it; TEXTDIFFUSION_REQUIRE_DATA=0 skips those tests instead" in proc.stderr
     assert "mnist.npz" not in proc.stderr  # the test needs only the corpus
     proc = subprocess.run(argv, capture_output=True, text=True, env={**env, "TEXTDIFFUSION_REQUIRE_DATA": "0"},
                           cwd=here.parents[1])
