@@ -434,7 +434,7 @@ def _section_fields(method: str) -> list[tuple[str, str]]:
     """``(section.field, type)`` of every field a ``method`` run's config has."""
     from dataclasses import fields
 
-    from textdiffusion.config import make_config
+    from textdiffusion.methods.configs import make_config
 
     cfg = make_config(method, "tiny")
     out = []
@@ -450,7 +450,7 @@ def _declared_by(method: str) -> set[str]:
     an inherited field is exercised once, under the first method whose config has it."""
     from dataclasses import fields
 
-    from textdiffusion.config import method_config_class
+    from textdiffusion.methods.configs import method_config_class
 
     order = [*TEXT_METHODS, "image"]
     seen: dict[tuple[str, str], str] = {}
@@ -545,7 +545,7 @@ def set_syntax_cases() -> list[Case]:
 def sample_set_cases() -> list[Case]:
     """``sample RUN --set method.X=VALUE`` for every sampling option, each under the first method that has it
     (the decoding family tries temperature and top-p on every method)."""
-    from textdiffusion.config import method_config_class
+    from textdiffusion.methods.configs import method_config_class
 
     cases = []
     for method in TEXT_METHODS:

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import torch
 
-from textdiffusion.config import Config, make_config
+from textdiffusion.config import Config
+from textdiffusion.methods.configs import make_config
 from textdiffusion.trainer import Trainer
 
 

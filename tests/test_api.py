@@ -195,8 +195,8 @@ def test_score_is_labelled_and_deterministic(runs, shakespeare):
 
 
 def test_block_scores_whole_blocks_only():
-    from textdiffusion.config import make_config
     from textdiffusion.data.tokenizer import CharTokenizer
+    from textdiffusion.methods.configs import make_config
     from textdiffusion.runs import build
 
     method, _ = build(make_config("block", "tiny", ["method.block_size=4"]), CharTokenizer.from_text("abc"))

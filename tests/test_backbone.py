@@ -73,7 +73,7 @@ def test_unknown_attention_mode():
 
 
 def test_base_preset_has_about_10_7M_parameters():
-    from textdiffusion.config import make_config
+    from textdiffusion.methods.configs import make_config
 
     cfg = make_config("ar", "base")
     n = Transformer(cfg.model, vocab_size=68, out_dim=65).num_parameters()

@@ -7,10 +7,10 @@ import torch
 
 from helpers import train_tiny
 from textdiffusion.apps.cli import main
-from textdiffusion.config import make_config
 from textdiffusion.data.tokenizer import CharTokenizer
 from textdiffusion.methods.base import SampleRequest
 from textdiffusion.methods.bits import bit_codes, bits_to_ids, n_bits
+from textdiffusion.methods.configs import make_config
 from textdiffusion.runs import build, open_run
 
 

@@ -16,8 +16,9 @@ from helpers import train_tiny
 from textdiffusion.apps import compare as compare_module
 from textdiffusion.apps.cli import main
 from textdiffusion.apps.compare import compare_runs, parse_guidance, parse_sweep
-from textdiffusion.config import ConfigError, make_config
+from textdiffusion.config import ConfigError
 from textdiffusion.data.tokenizer import BPETokenizer, CharTokenizer
+from textdiffusion.methods.configs import make_config
 from textdiffusion.trainer import Trainer
 from textdiffusion.viz.trajectory import TrajectoryRecorder, decode_masked
 

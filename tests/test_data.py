@@ -11,7 +11,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from textdiffusion.config import ConfigError, make_config
+from textdiffusion.config import ConfigError
 from textdiffusion.data import (
     BPETokenizer,
     CharTokenizer,
@@ -27,6 +27,7 @@ from textdiffusion.data.images import MNIST_NPZ_URL
 from textdiffusion.data.pretrained import load_minilm_embeddings
 from textdiffusion.data.tokenizer import load_tokenizer, make_tokenizer
 from textdiffusion.methods.base import SampleRequest
+from textdiffusion.methods.configs import make_config
 
 
 def test_named_corpus_resolves_from_data_dir_and_is_canonical(shakespeare):

@@ -81,7 +81,7 @@ def test_one_run_directory_without_run_dir(small_corpus, tmp_path):
 
 STOP_AT = """
 import sys
-from textdiffusion.config import make_config
+from textdiffusion.methods.configs import make_config
 from textdiffusion.trainer import Trainer
 corpus, run, stop = sys.argv[1], sys.argv[2], int(sys.argv[3])
 cfg = make_config("masked", "tiny", [f"data.corpus={corpus}", "train.steps=%d" % {steps}, "train.eval_every=4"])
@@ -154,9 +154,9 @@ _DDP_VARIANTS = [("ar", []), ("masked", []), ("masked", ["method.time_conditioni
 def test_methods_that_use_every_parameter_say_so(method, sets, shakespeare):
     """DDP is told to search for unused parameters only when a method declares ``leaves_parameters_unused``;
     a method using every parameter must really do so on each step, or DDP fails on the next one."""
-    from textdiffusion.config import make_config
     from textdiffusion.data.images import ImageBatch, ImageSpec
     from textdiffusion.data.tokenizer import CharTokenizer
+    from textdiffusion.methods.configs import make_config
     from textdiffusion.runs import build
 
     cfg = make_config(method, "tiny", sets)

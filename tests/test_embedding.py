@@ -7,10 +7,11 @@ import torch
 
 from helpers import tiny_config, train_tiny
 from textdiffusion.apps.cli import main
-from textdiffusion.config import ConfigError, make_config
+from textdiffusion.config import ConfigError
 from textdiffusion.data.batches import TextData
 from textdiffusion.data.tokenizer import CharTokenizer
 from textdiffusion.methods.base import SampleRequest
+from textdiffusion.methods.configs import make_config
 from textdiffusion.methods.embedding import EmbeddingDiffusion
 from textdiffusion.nn.transformer import Transformer
 from textdiffusion.runs import build, open_run

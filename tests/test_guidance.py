@@ -10,13 +10,14 @@ import torch
 
 from helpers import block_sample_without_cache, train_tiny
 from textdiffusion.api import load
-from textdiffusion.config import ConfigError, make_config
+from textdiffusion.config import ConfigError
 from textdiffusion.data.corpus import DataError
 from textdiffusion.data.speakers import SPEECH_SEPARATOR, LabelledText, SpeakerStreams, split_speakers
 from textdiffusion.data.tokenizer import CharTokenizer
 from textdiffusion.methods import get_method
 from textdiffusion.methods.base import SampleRequest, TextMethod
 from textdiffusion.methods.block import clip_variance
+from textdiffusion.methods.configs import make_config
 from textdiffusion.nn.transformer import KVCache
 
 

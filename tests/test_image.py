@@ -12,8 +12,9 @@ from PIL import Image
 
 from helpers import metric_rows
 from textdiffusion.apps.cli import main
-from textdiffusion.config import ConfigError, UNetConfig, make_config
+from textdiffusion.config import ConfigError, UNetConfig
 from textdiffusion.data.images import ImageBatch, ImageSpec, to_pixels, to_unit_range
+from textdiffusion.methods.configs import make_config
 from textdiffusion.methods.image import ImageDiffusion, ImageRequest
 from textdiffusion.nn.unet import UNet
 from textdiffusion.runs import open_run

@@ -16,9 +16,10 @@ import pytest
 import torch
 
 from textdiffusion.checkpoint import CheckpointError
-from textdiffusion.config import LEGACY_METHOD_FIELDS, Config, ConfigError, apply_sampling_overrides, make_config
+from textdiffusion.config import LEGACY_METHOD_FIELDS, ConfigError, apply_sampling_overrides
 from textdiffusion.data.images import to_pixels
 from textdiffusion.methods import REGISTRY, SampleRequest
+from textdiffusion.methods.configs import config_from_dict, make_config
 from textdiffusion.methods.image import ImageRequest
 from textdiffusion.runs import open_run
 
@@ -32,21 +33,33 @@ def _module_name(path: Path) -> str:
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
+def _imported_names(source: str) -> set[str]:
+    """The dotted names a module's source imports, at any depth (a lazy import inside a function closes a
+    circle just as well): ``import`` and ``from`` statements, and the string literal given to
+    ``importlib.import_module`` (or ``import_module``, ``__import__``), which is an import written as a call."""
+    targets: set[str] = set()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            targets |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            targets.add(node.module)
+            targets |= {f"{node.module}.{alias.name}" for alias in node.names}
+        elif isinstance(node, ast.Call) and node.args and isinstance(node.args[0], ast.Constant):
+            func = node.func
+            called = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", "")
+            if called in ("import_module", "__import__") and isinstance(node.args[0].value, str):
+                targets.add(node.args[0].value)
+    return targets
+
+
 def _import_graph() -> dict[str, set[str]]:
-    """Module -> the package modules it imports, at any depth of the file (a lazy import inside a function
-    closes a circle just as well). Importing ``a.b.c`` also runs the package ``a.b``'s ``__init__``, except
-    for the importer's own packages, which are already running."""
+    """Module -> the package modules it imports (see :func:`_imported_names`). Importing ``a.b.c`` also runs
+    the package ``a.b``'s ``__init__``, except for the importer's own packages, which are already running."""
     modules = {_module_name(p): p for p in PACKAGE.rglob("*.py")}
     graph: dict[str, set[str]] = {}
     for name, path in modules.items():
         own_packages = {".".join(name.split(".")[:i]) for i in range(1, name.count(".") + 1)}
-        targets: set[str] = set()
-        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-            if isinstance(node, ast.Import):
-                targets |= {alias.name for alias in node.names}
-            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-                targets.add(node.module)
-                targets |= {f"{node.module}.{alias.name}" for alias in node.names}
+        targets = _imported_names(path.read_text(encoding="utf-8"))
         edges = set()
         for target in targets:
             parts = target.split(".")
@@ -85,11 +98,29 @@ def test_the_graph_sees_imports():
     assert "textdiffusion.methods.base" in graph["textdiffusion.methods.masked"]
     assert "textdiffusion.config" in graph["textdiffusion.methods.base"]
     assert _find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
+    lazy = ("import importlib\n"
+            "def f():\n"
+            "    from textdiffusion import runs\n"
+            "    importlib.import_module('textdiffusion.methods')\n"
+            "    return import_module('textdiffusion.data.images'), __import__('textdiffusion.trainer')\n"
+            "importlib.import_module(name)\n")  # a name known only at run time is no literal to follow
+    assert _imported_names(lazy) == {"importlib", "textdiffusion", "textdiffusion.runs", "textdiffusion.methods",
+                                     "textdiffusion.data.images", "textdiffusion.trainer"}
 
 
 def test_no_import_circles():
     cycle = _find_cycle(_import_graph())
     assert cycle is None, "import circle: " + " -> ".join(cycle or [])
+
+
+def test_config_knows_no_method_and_diffusion_no_config():
+    """Data flows one way: the methods read their configs, never the reverse; the diffusion processes take
+    plain numbers."""
+    for name, targets in _import_graph().items():
+        if name.startswith("textdiffusion.config"):
+            assert not {t for t in targets if t.startswith("textdiffusion.methods")}, f"{name} imports a method"
+        if name.startswith("textdiffusion.diffusion"):
+            assert not {t for t in targets if t.startswith("textdiffusion.config")}, f"{name} imports the config"
 
 
 # the entry points besides apps/: `python -m textdiffusion` and the Python API (which the package's own
@@ -131,7 +162,7 @@ def test_config_records_only_the_methods_own_fields(method):
     assert recorded["method"]["name"] == method
     network = cfg.method.network
     assert network in recorded and ({"model", "unet"} - {network}).isdisjoint(recorded)
-    assert Config.from_dict(json.loads(json.dumps(recorded))).to_dict() == recorded  # round trip
+    assert config_from_dict(json.loads(json.dumps(recorded))).to_dict() == recorded  # round trip
 
 
 def test_ar_records_no_diffusion_options():
@@ -164,12 +195,12 @@ def test_unknown_and_foreign_fields_are_one_line_errors():
 def test_a_0_1_0_config_drops_other_methods_fields_and_refuses_unknown_ones():
     legacy = json.loads((OLD_RUNS / "ar" / "config.json").read_text())["config"]
     assert set(legacy["method"]) == LEGACY_METHOD_FIELDS  # the 0.1.0 union, every method's fields
-    cfg = Config.from_dict(legacy)
+    cfg = config_from_dict(legacy)
     assert set(cfg.to_dict()["method"]) == {"name", "sampler", "temperature", "top_k", "top_p"}
     assert "unet" not in cfg.to_dict()
     edited = {**legacy, "method": {**legacy["method"], "temperatur": 0.5}}
     with pytest.raises(ConfigError, match=r"method\.temperatur, which the ar method does not have"):
-        Config.from_dict(edited)
+        config_from_dict(edited)
 
 
 def test_an_edited_run_directory_is_refused_in_one_line(tmp_path):

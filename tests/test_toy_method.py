@@ -13,7 +13,6 @@ import torch
 from textdiffusion.apps.cli import main
 from textdiffusion.apps.compare import compare_runs
 from textdiffusion.apps.serve import check_request, load_runs
-from textdiffusion.config import METHOD_CONFIGS
 from textdiffusion.methods.base import (
     REGISTRY,
     NLLResult,
@@ -78,7 +77,6 @@ def toy():
     register(Unigram)
     yield Unigram
     REGISTRY.pop(Unigram.name)
-    METHOD_CONFIGS.pop(Unigram.name)
 
 
 def test_a_method_defined_in_one_file_runs_everywhere(toy, small_corpus: Path, tmp_path: Path, capsys):

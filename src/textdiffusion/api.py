@@ -108,7 +108,7 @@ def train(method: str, preset: str = "cpu", *, steps: int | None = None, run_dir
 
     The training summary (steps, validation bits, speed) is the returned model's ``summary``. Ctrl-C stops
     training at the next step with a checkpoint saved, then raises KeyboardInterrupt saying how to resume."""
-    from textdiffusion.config import make_config
+    from textdiffusion.methods.configs import make_config
     from textdiffusion.trainer import default_run_dir, run_training
 
     sets = list(overrides)

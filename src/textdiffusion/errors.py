@@ -1,11 +1,16 @@
 """The errors a user can fix, in a module that imports nothing heavy.
 
 The command line catches these and prints their one-line message; keeping them free of torch lets
-``textdiffusion --help`` answer without importing it. ``ConfigError`` lives with the configs
-(:mod:`textdiffusion.config`, also torch-free); these two are re-exported where they are raised.
+``textdiffusion --help`` answer without importing it. They are re-exported where they are raised
+(``ConfigError`` by :mod:`textdiffusion.config`), and this module is where a layer that must not import the
+configs (``diffusion/``) would find them.
 """
 
 from __future__ import annotations
+
+
+class ConfigError(ValueError):
+    """A configuration problem the user can fix; the CLI prints it as one line."""
 
 
 class DataError(ValueError):

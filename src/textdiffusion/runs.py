@@ -20,6 +20,7 @@ from textdiffusion.config import DEVICE, Config, ConfigError, apply_sampling_ove
 from textdiffusion.data.sources import load_vocab
 from textdiffusion.data.tokenizer import Tokenizer
 from textdiffusion.methods import Method, TextMethod, get_method
+from textdiffusion.methods.configs import config_from_dict
 
 
 def available_devices() -> list[str]:
@@ -141,7 +142,7 @@ def read_run_config(path: str | Path) -> tuple[Path, dict[str, Any], Config]:
         raise CheckpointError(f"run directory {run} does not exist; pass the directory `textdiffusion train` "
                               f"printed (it holds config.json)")
     meta = read_run_meta(run)
-    return run, meta, Config.from_dict(meta["config"])
+    return run, meta, config_from_dict(meta["config"])
 
 
 def open_run(path: str | Path, weights: str = "ema", device: str = "auto",

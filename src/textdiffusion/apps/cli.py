@@ -122,8 +122,9 @@ def _new_run_config(args: argparse.Namespace, image: bool = False):
     """The config a new run trains with (``train``, ``mnist train``; ``config`` prints it): the ``--config``
     file or the method's ``--preset``, then ``--set`` and the flags that stand for fields. With ``--config``,
     ``--method`` and ``--preset`` may only repeat what the file says: the file's config is used whole."""
-    from textdiffusion.config import apply_overrides, make_config, read_config_file
+    from textdiffusion.config import apply_overrides
     from textdiffusion.methods import REGISTRY
+    from textdiffusion.methods.configs import make_config, read_config_file
 
     overrides = list(args.overrides)
     for attr, key in _FIELD_FLAGS.items():

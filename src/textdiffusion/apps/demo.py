@@ -11,9 +11,9 @@ from pathlib import Path
 
 import torch
 
-from textdiffusion.config import make_config
 from textdiffusion.data.corpus import DataError, resolve_corpus
 from textdiffusion.methods.base import SampleRequest
+from textdiffusion.methods.configs import make_config
 from textdiffusion.runs import open_run
 from textdiffusion.trainer import default_run_dir, run_training
 from textdiffusion.viz import TerminalAnimation

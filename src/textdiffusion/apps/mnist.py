@@ -19,9 +19,10 @@ import torch
 
 from textdiffusion.apps import bounds
 from textdiffusion.checkpoint import CheckpointError, write_json
-from textdiffusion.config import ConfigError, make_config
+from textdiffusion.config import ConfigError
 from textdiffusion.data.corpus import DataError, cache_dir
 from textdiffusion.data.images import to_unit_range
+from textdiffusion.methods.configs import make_config
 from textdiffusion.methods.image import ImageDiffusion, ImageRequest
 from textdiffusion.runs import LoadedRun, open_run
 from textdiffusion.viz.images import ReverseProcessRecorder, save_grid

@@ -20,22 +20,10 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any
 
 import torch
 
-from textdiffusion.config import (
-    ETA,
-    EVAL_TIME_SAMPLES,
-    SAMPLE_STEPS,
-    SEED,
-    Bound,
-    Choice,
-    ConfigError,
-    MethodConfig,
-    Range,
-    sampling,
-)
 from textdiffusion.diffusion.stratified import per_row, stratified
 
 # abar is kept inside [ABAR_MIN, ABAR_MAX]: the clean end keeps a tiny noise (so q(x_0|w) is a proper
@@ -43,54 +31,6 @@ from textdiffusion.diffusion.stratified import per_row, stratified
 ABAR_MIN, ABAR_MAX = 1e-6, 1.0 - 1e-6
 SCHEDULES = ("linear", "cosine", "sqrt")
 TARGETS = ("eps", "x0", "v")
-
-
-@dataclass
-class GaussianConfig(MethodConfig):
-    """Options shared by every method on this process (embedding, bits, image); each subclasses it."""
-
-    noise_schedule: str = "sqrt"  # linear | cosine | sqrt
-    timesteps: int = 2000  # T of the discrete process; 0 = continuous time
-    target: str = "x0"  # what the network predicts: eps | x0 | v (text methods add probs)
-    eval_time_samples: int = sampling(16)  # stratified time draws per example of the validation bound
-    eval_seed: int = sampling(1234)
-    sample_steps: int = sampling(0)  # 0 = the method's default
-    eta: float = sampling(0.0)  # DDIM noise (ddim sampler only; ddpm is eta = 1)
-    clamp: bool = sampling(False)  # project x0_hat at every sampling step (what onto is the method's choice)
-    time_difference: float = sampling(0.0)  # asymmetric time intervals (Chen et al. 2022), in steps
-
-    targets: ClassVar[tuple[str, ...]] = TARGETS
-    bounds: ClassVar[dict[str, Bound]] = {
-        "noise_schedule": Choice(SCHEDULES),
-        "target": Choice(TARGETS),
-        "timesteps": Range(0, 10**6),  # 0 = continuous time
-        "eval_time_samples": EVAL_TIME_SAMPLES,
-        "eval_seed": SEED,
-        "sample_steps": SAMPLE_STEPS,
-        "eta": ETA,
-        "time_difference": Range(0.0, 10.0**6),  # in steps; past the step count every step lands on t = 0
-    }
-    docs: ClassVar[dict[str, str]] = {
-        "noise_schedule": "how fast the signal fades: linear, cosine or sqrt",
-        "timesteps": "T of the discrete process (0 = continuous time)",
-        "target": "what the network predicts: eps (the noise), x0 (the clean data) or v",
-        "eval_time_samples": "stratified time draws per example of the validation bound",
-        "eval_seed": "seed of the validation bound's Monte-Carlo draws (fixed, so scores compare)",
-        "sample_steps": "default denoising steps (0 = the method's default)",
-        "eta": "DDIM's noise: 0 deterministic, 1 DDPM's variance (the ddim sampler only)",
-        "clamp": "project x0_hat at every sampling step (onto the embeddings for text, the pixel range for images)",
-        "time_difference": "asymmetric time intervals (Chen et al. 2022), in steps",
-    }
-
-    def check(self) -> None:
-        if self.timesteps and self.sample_steps > self.timesteps:
-            raise ConfigError(f"method.sample_steps={self.sample_steps} exceeds the {self.timesteps} steps of the "
-                              f"training grid (method.timesteps); use at most {self.timesteps}")
-
-    @property
-    def t_min(self) -> float:
-        """The first time of the training grid: where the bound's reconstruction term sits."""
-        return 1.0 / self.timesteps if self.timesteps else 1e-3
 
 
 class NoiseSchedule:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import inspect
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar, Generic, TypeVar
 
 import torch
@@ -24,16 +24,14 @@ import torch.nn.functional as F
 
 from textdiffusion.catalogue import GUIDANCE_RULES
 from textdiffusion.config import (
-    METHOD_CONFIGS,
     TEMPERATURE,
     TOP_K,
     TOP_P,
-    Bound,
     Config,
     ConfigError,
     MethodConfig,
     ModelConfig,
-    sampling,
+    option,
 )
 from textdiffusion.data.tokenizer import Tokenizer
 from textdiffusion.nn.transformer import Transformer
@@ -119,9 +117,16 @@ REGISTRY: dict[str, type[Method]] = {}
 
 
 def register(cls: type[Method]) -> type[Method]:
-    """Make a method available by name (``--method NAME``), with its config class."""
+    """Make a method available by name (``--method NAME``), with its config class. The config class learns the
+    method's samplers here, so the config can check ``method.sampler`` without knowing the method; its default
+    ``name`` must be the method's, which is how a recorded config finds its class again (see
+    :mod:`textdiffusion.methods.configs`)."""
+    declared = next(f.default for f in fields(cls.config_class) if f.name == "name")
+    if declared != cls.name:
+        raise TypeError(f"{cls.__name__}.config_class, {cls.config_class.__name__}, names the method {declared!r}; "
+                        f"give its name field the default {cls.name!r}")
+    cls.config_class.samplers = tuple(cls.samplers)
     REGISTRY[cls.name] = cls
-    METHOD_CONFIGS[cls.name] = cls.config_class
     return cls
 
 
@@ -248,16 +253,11 @@ class SampleResult:
 class TextMethodConfig(MethodConfig):
     """Options every text method has: the defaults of the token draw (temperature, top-k, nucleus)."""
 
-    temperature: float = sampling(1.0)
-    top_k: int = sampling(0)
-    top_p: float = sampling(1.0)
-
-    bounds: ClassVar[dict[str, Bound]] = {"temperature": TEMPERATURE, "top_k": TOP_K, "top_p": TOP_P}
-    docs: ClassVar[dict[str, str]] = {
-        "temperature": "default temperature of the token draw (below 1 sharpens, above 1 flattens)",
-        "top_k": "default: draw from the k likeliest tokens only (0 = all)",
-        "top_p": "default nucleus: draw from the likeliest tokens holding this much probability (1 = all)",
-    }
+    temperature: float = option(1.0, TEMPERATURE, "default temperature of the token draw (below 1 sharpens, above 1 "
+                                                  "flattens)", sampling=True)
+    top_k: int = option(0, TOP_K, "default: draw from the k likeliest tokens only (0 = all)", sampling=True)
+    top_p: float = option(1.0, TOP_P, "default nucleus: draw from the likeliest tokens holding this much probability "
+                                      "(1 = all)", sampling=True)
 
 
 def _check_guidance(req: SampleRequest) -> float:

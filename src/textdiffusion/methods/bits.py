@@ -26,7 +26,7 @@ from typing import Any, ClassVar
 
 import torch
 
-from textdiffusion.config import SCALE, Bound
+from textdiffusion.config import SCALE, option
 from textdiffusion.methods.base import register
 from textdiffusion.methods.embedding import EmbeddingDenoiser, EmbeddingDiffusion, GaussianTextConfig
 
@@ -59,10 +59,7 @@ class BitsConfig(GaussianTextConfig):
     timesteps: int = 0
     noise_schedule: str = "cosine"
     self_condition: bool = True
-    bit_scale: float = 1.0  # bits are written as {-bit_scale, +bit_scale}
-
-    bounds: ClassVar[dict[str, Bound]] = {"bit_scale": SCALE}
-    docs: ClassVar[dict[str, str]] = {"bit_scale": "each token's bits are written as -bit_scale or +bit_scale"}
+    bit_scale: float = option(1.0, SCALE, "each token's bits are written as -bit_scale or +bit_scale")
 
 
 @register

@@ -39,11 +39,11 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any
 
 import torch
 
-from textdiffusion.config import PROBABILITY, Bound, ConfigError, Range
+from textdiffusion.config import PROBABILITY, SAMPLE_STEPS, ConfigError, Range, option
 from textdiffusion.data.speakers import LabelledText, split_labels
 from textdiffusion.diffusion.masking import corrupt, corrupt_exactly, counts_from, sample_times, times_from
 from textdiffusion.diffusion.stratified import stratified
@@ -70,19 +70,17 @@ class BlockConfig(MaskedConfig):
     """Masked diffusion's options, plus the block size and the clipped training times."""
 
     name: str = "block"
-    block_size: int = 4  # B: tokens per block; 1 is autoregressive, the context is masked diffusion
-    clip_low: float = 0.0  # training mask rates drawn from U[clip_low, clip_high] per block (validation: [0, 1]);
-    clip_high: float = 1.0  # low = high = 1 masks whole blocks, which at B = 1 is exactly autoregressive training
-
     # the block size must also divide model.context (checked when the method is built, which knows it)
-    bounds: ClassVar[dict[str, Bound]] = {"block_size": Range(1, 2**20), "clip_low": PROBABILITY,
-                                          "clip_high": PROBABILITY}
-    docs: ClassVar[dict[str, str]] = {
-        "block_size": "tokens per block (must divide model.context): 1 is autoregressive, the context is masked",
-        "clip_low": "lowest training mask rate per block (validation always integrates over all of [0, 1])",
-        "clip_high": "highest training mask rate per block (low = high = 1 masks whole blocks)",
-        "sample_steps": "default denoising steps per block (0 = one per token of the block)",
-    }
+    block_size: int = option(4, Range(1, 2**20), "tokens per block (must divide model.context): 1 is autoregressive, "
+                                                 "the context is masked")
+    # training mask rates are drawn from U[clip_low, clip_high] per block; validation integrates over [0, 1]
+    clip_low: float = option(0.0, PROBABILITY, "lowest training mask rate per block (validation always integrates "
+                                               "over all of [0, 1])")
+    # low = high = 1 masks whole blocks, which at B = 1 is exactly autoregressive training
+    clip_high: float = option(1.0, PROBABILITY, "highest training mask rate per block (low = high = 1 masks whole "
+                                                "blocks)")
+    sample_steps: int = option(0, SAMPLE_STEPS, "default denoising steps per block (0 = one per token of the "
+                                                "block)", sampling=True)
 
     def check(self) -> None:
         super().check()

@@ -50,16 +50,14 @@ from textdiffusion.config import (
     PROBABILITY,
     SCALE,
     TEMPERATURE,
-    Bound,
     Choice,
     ConfigError,
     ModelConfig,
     Range,
-    sampling,
+    option,
 )
 from textdiffusion.diffusion.gaussian import (
     TARGETS,
-    GaussianConfig,
     GaussianSampler,
     VDMBound,
     eps_from_x0,
@@ -84,6 +82,7 @@ from textdiffusion.methods.base import (
     register,
     report_batches,
 )
+from textdiffusion.methods.gaussian_config import GaussianConfig
 from textdiffusion.nn.text_classifier import ConvTextClassifier
 from textdiffusion.nn.transformer import KVCache, Transformer
 
@@ -95,21 +94,14 @@ COSINE_TEMPERATURE = 0.1  # cosine similarities in [-1, 1] -> logits with a usab
 class GaussianTextConfig(GaussianConfig, TextMethodConfig):
     """What the Gaussian text methods (embedding, bits) share on top of the Gaussian process."""
 
-    self_condition: bool = False  # Chen et al. 2022: feed the previous x0 estimate back in
-    x0_ce_weight: float = 0.0  # cross-entropy of the decoder on the *predicted* x0 at every t
-    probs_mse_weight: float = 0.0  # target=probs: add this times the MSE of the averaged x0 to the cross-entropy
-
     # probs: the network emits a distribution over tokens and x0_hat is its expected embedding
-    targets = (*TARGETS, "probs")
-    bounds: ClassVar[dict[str, Bound]] = {"target": Choice(targets), "x0_ce_weight": LOSS_WEIGHT,
-                                          "probs_mse_weight": LOSS_WEIGHT}
-    docs: ClassVar[dict[str, str]] = {
-        "target": "what the network predicts: eps, x0, v, or probs (a distribution over tokens whose expected "
-                  "embedding is x0)",
-        "self_condition": "feed the previous x0 estimate back to the network (Chen et al. 2022)",
-        "x0_ce_weight": "weight of the decoder's cross-entropy on the predicted x0, at every t",
-        "probs_mse_weight": "target=probs: weight of the averaged x0's MSE, added to the cross-entropy",
-    }
+    target: str = option("x0", Choice((*TARGETS, "probs")), "what the network predicts: eps, x0, v, or probs (a "
+                                                            "distribution over tokens whose expected embedding is x0)")
+    self_condition: bool = option(False, None, "feed the previous x0 estimate back to the network (Chen et al. 2022)")
+    x0_ce_weight: float = option(0.0, LOSS_WEIGHT, "weight of the decoder's cross-entropy on the predicted x0, at "
+                                                   "every t")
+    probs_mse_weight: float = option(0.0, LOSS_WEIGHT, "target=probs: weight of the averaged x0's MSE, added to the "
+                                                       "cross-entropy")
 
 
 @dataclass
@@ -117,34 +109,22 @@ class EmbeddingConfig(GaussianTextConfig):
     """Options of embedding diffusion (Diffusion-LM); those marked ``sampling`` may change on a trained run."""
 
     name: str = "embedding"
-    embeddings: str = "learned"  # learned (jointly with the denoiser) | pretrained (frozen MiniLM table)
-    embed_dim: int = 64  # width of the learned embedding space (the pretrained table has its own: 384)
-    embed_norm: str = "fixed"  # fixed (every row rescaled to norm sqrt(dim) * embed_scale) | none
-    embed_scale: float = 1.0  # per-coordinate RMS of a fixed-norm embedding, relative to the unit noise
-    decoder: str = "head"  # cosine | l2 | head (a learned softmax rounding head)
-    rounding_weight: float = 1.0  # Diffusion-LM's rounding term -log p(w | x_0)
-    guide_run: str = sampling("")  # guided sampler: the `ar` run whose logits are mixed with the plan's
-    guide_weight: float = sampling(0.5)  # guided sampler: weight w of the diffusion plan (0 = pure ar)
-
-    bounds: ClassVar[dict[str, Bound]] = {
-        "embeddings": Choice(("learned", "pretrained")),
-        "embed_dim": Range(1, 65536),
-        "embed_norm": Choice(("fixed", "none")),
-        "embed_scale": SCALE,
-        "decoder": Choice(DECODERS),
-        "rounding_weight": LOSS_WEIGHT,
-        "guide_weight": PROBABILITY,
-    }
-    docs: ClassVar[dict[str, str]] = {
-        "embeddings": "learned (with the denoiser) or pretrained (MiniLM's frozen table)",
-        "embed_dim": "width of the learned embedding space (the pretrained table has its own: 384)",
-        "embed_norm": "fixed (every row rescaled to norm sqrt(dim) * embed_scale) or none",
-        "embed_scale": "per-coordinate size of a fixed-norm embedding, relative to the unit noise",
-        "decoder": "how a vector becomes a token: cosine, l2 or head (a learned softmax rounding head)",
-        "rounding_weight": "weight of Diffusion-LM's rounding term -log p(w | x_0)",
-        "guide_run": "guided sampler: the ar run whose next-token logits are mixed with the diffusion plan",
-        "guide_weight": "guided sampler: weight of the diffusion plan (0 = the ar run alone)",
-    }
+    embeddings: str = option("learned", Choice(("learned", "pretrained")), "learned (with the denoiser) or pretrained "
+                                                                           "(MiniLM's frozen table)")
+    embed_dim: int = option(64, Range(1, 65536), "width of the learned embedding space (the pretrained table has its "
+                                                 "own: 384)")
+    embed_norm: str = option("fixed", Choice(("fixed", "none")), "fixed (every row rescaled to norm sqrt(dim) * "
+                                                                 "embed_scale) or none")
+    embed_scale: float = option(1.0, SCALE, "per-coordinate size of a fixed-norm embedding, relative to the unit "
+                                            "noise")
+    decoder: str = option("head", Choice(DECODERS), "how a vector becomes a token: cosine, l2 or head (a learned "
+                                                    "softmax rounding head)")
+    rounding_weight: float = option(1.0, LOSS_WEIGHT, "weight of Diffusion-LM's rounding term -log p(w | x_0)")
+    # opened when the guided sampler runs
+    guide_run: str = option("", None, "guided sampler: the ar run whose next-token logits are mixed with the "
+                                      "diffusion plan", sampling=True)
+    guide_weight: float = option(0.5, PROBABILITY, "guided sampler: weight of the diffusion plan (0 = the ar run "
+                                                   "alone)", sampling=True)
 
 
 class EmbeddingDenoiser(nn.Module):

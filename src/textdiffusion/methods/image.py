@@ -39,10 +39,9 @@ from typing import Any, ClassVar
 import torch
 import torch.nn.functional as F
 
-from textdiffusion.config import GUIDANCE, Bound, Config, ConfigError, UNetConfig, sampling
+from textdiffusion.config import GUIDANCE, Config, ConfigError, UNetConfig, option
 from textdiffusion.data.images import ImageBatch, ImageSpec, to_unit_range
 from textdiffusion.diffusion.gaussian import (
-    GaussianConfig,
     GaussianSampler,
     VDMBound,
     make_noise_schedule,
@@ -53,6 +52,7 @@ from textdiffusion.diffusion.gaussian import (
     training_times,
 )
 from textdiffusion.methods.base import Method, NLLProgress, NLLResult, register, report_batches
+from textdiffusion.methods.gaussian_config import GaussianConfig
 from textdiffusion.nn.unet import UNet
 
 LEVELS = 256  # 8-bit pixels
@@ -67,16 +67,12 @@ class ImageConfig(GaussianConfig):
     noise_schedule: str = "linear"
     timesteps: int = 1000
     target: str = "eps"
-    sampler: str = sampling("ddpm")
-    eval_time_samples: int = sampling(4)
-    clamp: bool = sampling(True)  # clip x0_hat to [-1, 1] at every step
-    guidance: float = sampling(1.0)  # classifier-free guidance scale w: eps = eps_uncond + w (eps_cond - eps_uncond)
-
-    bounds: ClassVar[dict[str, Bound]] = {"guidance": GUIDANCE}
-    docs: ClassVar[dict[str, str]] = {
-        "clamp": "clip x0_hat to the pixel range [-1, 1] at every sampling step",
-        "guidance": "classifier-free guidance scale: 0 unconditional, 1 plain conditional, above 1 sharper",
-    }
+    sampler: str = "ddpm"
+    eval_time_samples: int = 4
+    clamp: bool = option(True, None, "clip x0_hat to the pixel range [-1, 1] at every sampling step", sampling=True)
+    # eps = eps_uncond + w (eps_cond - eps_uncond)
+    guidance: float = option(1.0, GUIDANCE, "classifier-free guidance scale: 0 unconditional, 1 plain conditional, "
+                                            "above 1 sharper", sampling=True)
 
     network = "unet"
     # the U-Net shapes are sized for each preset's machine (cpu: ~0.3 M parameters, minutes on a laptop;

@@ -24,12 +24,11 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
 
-from textdiffusion.config import EVAL_TIME_SAMPLES, SAMPLE_STEPS, SEED, Bound, Choice, ConfigError, Range, sampling
+from textdiffusion.config import EVAL_TIME_SAMPLES, SAMPLE_STEPS, SEED, Choice, ConfigError, Range, option
 from textdiffusion.data.speakers import LabelledText, split_labels
 from textdiffusion.diffusion.masking import (
     SCHEDULES,
@@ -68,36 +67,24 @@ class MaskedConfig(TextMethodConfig):
     """Options of masked diffusion; those marked ``sampling`` may change on a trained run."""
 
     name: str = "masked"
-    schedule: str = "loglinear"  # loglinear | linear (see diffusion/masking.py)
-    sigma_max: float = 10.0  # for the linear (in sigma) schedule
-    antithetic: bool = True  # stratify the batch's times (or mask counts) from one random offset
-    estimator: str = "time"  # time (sample t, weight w(t)) | count (t integrated out: uniform mask count)
-    time_conditioning: bool = False
-    eval_time_samples: int = sampling(16)  # stratified time draws per validation window
-    eval_seed: int = sampling(1234)
-    confidence: float = sampling(0.9)  # threshold of the `confidence` sampler
-    sample_steps: int = sampling(0)  # 0 = one step per token of the output
-
-    bounds: ClassVar[dict[str, Bound]] = {
-        "schedule": Choice(SCHEDULES),
-        "sigma_max": Range(0.0, 1000.0, lo_open=True),  # alpha(1) = exp(-sigma_max) is 0 in float32 long before
-        "estimator": Choice(("time", "count")),
-        "eval_time_samples": EVAL_TIME_SAMPLES,
-        "eval_seed": SEED,
-        "confidence": Range(0.0, 1.0, lo_open=True),  # a probability threshold; 0 would reveal everything at once
-        "sample_steps": SAMPLE_STEPS,
-    }
-    docs: ClassVar[dict[str, str]] = {
-        "schedule": "mask schedule: loglinear (MDLM's) or linear in sigma",
-        "sigma_max": "sigma at t = 1 of the linear schedule",
-        "antithetic": "stratify a batch's times (or mask counts) from one random offset: a lower-variance loss",
-        "estimator": "time (draw t, weight the loss by w(t)) or count (t integrated out: a uniform mask count)",
-        "time_conditioning": "give the network the time t (off: the masks alone say how noisy the input is)",
-        "eval_time_samples": "stratified time draws per validation window: more = a tighter estimate of the bound",
-        "eval_seed": "seed of the validation bound's Monte-Carlo draws (fixed, so scores compare)",
-        "confidence": "probability above which the confidence sampler reveals a token early",
-        "sample_steps": "default denoising steps (0 = one per token of the output)",
-    }
+    schedule: str = option("loglinear", Choice(SCHEDULES), "mask schedule: loglinear (MDLM's) or linear in sigma")
+    # alpha(1) = exp(-sigma_max) is already 0 in float32 from about 104, long before the top
+    sigma_max: float = option(10.0, Range(0.0, 1000.0, lo_open=True), "sigma at t = 1 of the linear schedule")
+    antithetic: bool = option(True, None, "stratify a batch's times (or mask counts) from one random offset: a "
+                                          "lower-variance loss")
+    estimator: str = option("time", Choice(("time", "count")), "time (draw t, weight the loss by w(t)) or count (t "
+                                                               "integrated out: a uniform mask count)")
+    time_conditioning: bool = option(False, None, "give the network the time t (off: the masks alone say how noisy "
+                                                  "the input is)")
+    eval_time_samples: int = option(16, EVAL_TIME_SAMPLES, "stratified time draws per validation window: more = a "
+                                    "tighter estimate of the bound", sampling=True)
+    eval_seed: int = option(1234, SEED, "seed of the validation bound's Monte-Carlo draws (fixed, so scores "
+                                        "compare)", sampling=True)
+    # a probability threshold; 0 would reveal everything at once
+    confidence: float = option(0.9, Range(0.0, 1.0, lo_open=True), "probability above which the confidence sampler "
+                               "reveals a token early", sampling=True)
+    sample_steps: int = option(0, SAMPLE_STEPS, "default denoising steps (0 = one per token of the output)",
+                               sampling=True)
 
     def check(self) -> None:
         if self.estimator == "count" and make_schedule(self.schedule, self.sigma_max).alpha_one() > 0:
