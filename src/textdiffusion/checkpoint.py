@@ -23,6 +23,11 @@ never resume). Readers that want only the EMA weights open the file lazily and r
 
 Runs written by textdiffusion 0.1 (``model.safetensors``, ``ema.safetensors``, ``trainer.safetensors`` and
 ``trainer.json``) are still read; the next save of such a run writes the one-file form.
+
+**What training keeps.** :func:`training_state` says what a checkpoint holds of a run in training and
+:func:`restore_training_state` puts it back: the weights, the EMA, the optimizer moments and every random
+generator (each data shard's data and noise streams, each process's global ones), so a resumed run draws
+exactly what an uninterrupted one draws; the counters (:class:`TrainingCounters`) ride in the metadata.
 """
 
 from __future__ import annotations

@@ -426,6 +426,7 @@ class ImageEval:
     guidance: float | None
     fid: float | None
     class_accuracy: float | None
+    seconds: float | None  # sampling time of all the images
     seconds_per_image: float | None
     info: dict[str, Any] = field(default_factory=dict)
 

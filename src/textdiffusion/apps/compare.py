@@ -56,6 +56,7 @@ from textdiffusion.methods.base import bits_key
 from textdiffusion.progress import progress_bar
 from textdiffusion.records import (
     EvalRow,
+    ImageEval,
     MetricsRow,
     Quality,
     TrainRow,
@@ -590,12 +591,11 @@ def _image_guidance_point(run, rule: str, w: float, samples: int, seed: int) -> 
     and FID in the evaluation classifier's features."""
     from textdiffusion.apps.mnist import evaluate_images
 
-    row = evaluate_images(run, samples=samples, sampler=IMAGE_SAMPLER["sampler"], steps=IMAGE_SAMPLER["steps"],
-                          eta=IMAGE_SAMPLER["eta"], guidance=w, seed=seed, progress=False, write=False,
-                          **_rule_options(rule))
-    return GuidancePoint(rule=rule, w=w, accuracy=row["class_accuracy"], samples=samples, seed=seed,
-                         seconds=row["seconds"], fid=row["fid"], images_per_s=samples / max(row["seconds"], 1e-9),
-                         sampler=row["sampler"], steps=row["steps"])
+    ev = ImageEval.from_json(evaluate_images(run, samples=samples, sampler=IMAGE_SAMPLER["sampler"],
+                                             steps=IMAGE_SAMPLER["steps"], eta=IMAGE_SAMPLER["eta"], guidance=w,
+                                             seed=seed, progress=False, write=False, **_rule_options(rule)))
+    return GuidancePoint(rule=rule, w=w, accuracy=ev.class_accuracy, samples=samples, seed=seed, seconds=ev.seconds,
+                         fid=ev.fid, images_per_s=samples / max(ev.seconds, 1e-9), sampler=ev.sampler, steps=ev.steps)
 
 
 def measure_image_guidance(record: RunRecord, weights: list[float], samples: int, seed: int, device: str,
