@@ -7,7 +7,15 @@ import numpy as np
 import pytest
 
 from helpers import train_tiny
-from textdiffusion.evaluate import CharNgramJudge, TrainingReference, evaluate_run, format_table, words_of
+from textdiffusion.evaluate import (
+    CharNgramJudge,
+    TrainingReference,
+    evaluate_run,
+    evaluate_text,
+    format_table,
+    words_of,
+)
+from textdiffusion.records import TextEval
 
 
 @pytest.fixture(scope="module")
@@ -54,16 +62,20 @@ def test_words_drop_window_edges():
 def test_eval_writes_the_documented_schema(small_corpus, tmp_path):
     run = tmp_path / "run"
     train_tiny("masked", small_corpus, run, steps=20)
-    result = evaluate_run(run, samples=8, val_windows=16)
-    on_disk = json.loads((run / "eval.json").read_text())
-    assert on_disk == json.loads(json.dumps(result))
-    keys = {"run", "method", "preset", "step", "val", "samples", "quality", "reference", "speed", "judge"}
-    assert keys <= set(result)
-    assert result["val"]["kind"] == "bound" and result["val"]["time_samples_per_window"] == 4
-    assert {"judge_ppl", "word_validity", "distinct_2", "repetition", "copy_rate"} <= set(result["quality"])
-    assert result["speed"]["nfe_per_sample"] > 0 and result["speed"]["sample_chars_per_s"] > 0
+    result = evaluate_text(run, samples=8, val_windows=16)
+    written = (run / "eval.json").read_text()
+    assert json.dumps(json.loads(written)) == json.dumps(TextEval.from_json(json.loads(written)).to_json())
+    on_disk = json.loads(written)
+    assert on_disk == json.loads(json.dumps(result.to_json()))
+    keys = ["run", "method", "preset", "step", "weights", "parameters", "device", "val", "samples", "quality",
+            "reference", "speed", "judge"]
+    assert list(on_disk) == keys  # an unlabelled run has no "labels"
+    assert result.val.kind == "bound" and result.val.details["time_samples_per_window"] == 4
+    assert {"judge_ppl", "word_validity", "distinct_2", "repetition", "copy_rate"} <= set(on_disk["quality"])
+    assert result.speed.nfe_per_sample > 0 and result.speed.sample_chars_per_s > 0
     table = format_table(result)
     assert "upper bound" in table and "judge perplexity" in table
+    assert format_table(on_disk) == table  # the JSON form prints the same table
 
 
 def test_eval_refuses_a_corpus_that_changed_since_training(small_corpus, tmp_path):

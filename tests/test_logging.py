@@ -22,6 +22,7 @@ from textdiffusion import loggers
 from textdiffusion.apps.cli import main
 from textdiffusion.checkpoint import read_group
 from textdiffusion.config import LOGGERS, ConfigError
+from textdiffusion.records import read_metrics
 from textdiffusion.trainer import Trainer, lr_at, resume_training
 
 TIMING = {"elapsed", "chars_per_s", "images_per_s", "tokens_per_s", "mfu"}  # the only numbers allowed to differ
@@ -66,6 +67,9 @@ def test_train_rows_every_log_every_steps(small_corpus, tmp_path):
     assert [r["step"] for r in metric_rows(run)] == [10, 20]
     assert [(r["step"], r.get("kind")) for r in _all_rows(run)] == [
         (5, "train"), (10, "train"), (10, None), (15, "train"), (20, "train"), (20, None)]
+    # the typed rows write back each line as the trainer wrote it: same keys, order and values
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    assert [json.dumps(r.to_json()) for r in read_metrics(run)] == lines
 
 
 def test_a_row_is_the_mean_of_its_steps_and_the_norm_is_read_before_clipping(small_corpus, tmp_path):

@@ -268,7 +268,8 @@ def test_ctrl_c_while_scoring_leaves_a_run_that_resume_finishes(small_corpus, tm
     monkeypatch.setattr(Trainer, "evaluate", interrupted)
     summary = trainer.train()
     monkeypatch.undo()
-    assert summary["interrupted"] and summary["step"] == STEPS and not (run / "final.json").exists()
+    assert summary.interrupted and summary.scoring_interrupted and summary.step == STEPS
+    assert not (run / "final.json").exists()
     resume_training(run, progress=False)  # scores, trains nothing
     _assert_same_run(whole, run)
 

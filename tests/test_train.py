@@ -9,6 +9,7 @@ import torch
 
 from helpers import metric_rows, tiny_config
 from textdiffusion.checkpoint import CheckpointError, read_group, read_header
+from textdiffusion.records import TrainSummary
 from textdiffusion.trainer import Trainer, lr_at, resume_training
 
 
@@ -34,7 +35,7 @@ def test_resume_after_ctrl_c_ends_bit_identical(method, small_corpus, tmp_path):
             os.kill(os.getpid(), signal.SIGINT)
 
     summary = trainer.train(on_step=ctrl_c)
-    assert summary["interrupted"] and summary["step"] == 7
+    assert summary.interrupted and summary.step == 7
     assert read_header(parts).step == 7
     resume_training(parts, progress=False)
 
@@ -109,17 +110,17 @@ def test_time_budget_stops_training_and_still_scores(small_corpus, tmp_path):
     trainer = Trainer(tiny_config("ar", small_corpus, steps=100_000, **{"train.time_budget_s": 0.5}),
                       tmp_path / "r", progress=False)
     summary = trainer.train()
-    assert summary["out_of_time"] and not summary["interrupted"]
-    assert 0 < summary["step"] < 100_000 and summary["elapsed"] >= 0.5
-    assert (tmp_path / "r" / "final.json").exists() and "val_bpc" in summary
+    assert summary.out_of_time and not summary.interrupted
+    assert 0 < summary.step < 100_000 and summary.elapsed >= 0.5
+    assert summary.score is not None and TrainSummary.read(tmp_path / "r") == summary
 
 
 def test_stopping_between_evaluations_checkpoints_that_step_but_does_not_score(small_corpus, tmp_path):
     run = tmp_path / "r"
     summary = Trainer(tiny_config("ar", small_corpus, steps=20, **{"train.eval_every": 10}), run,
                       progress=False).train(stop_at=13)
-    assert summary["step"] == 13 and not summary["interrupted"] and not summary["out_of_time"]
-    assert "val_bpc" not in summary and not (run / "final.json").exists()  # not finished: resume, don't score
+    assert summary.step == 13 and not summary.interrupted and not summary.out_of_time
+    assert summary.score is None and TrainSummary.read(run) is None  # not finished: resume, don't score
     assert {read_group(run, n)[1] for n in ("model", "ema", "trainer")} == {13}
     assert read_header(run).state["step"] == 13
 
@@ -143,7 +144,7 @@ def test_progress_bar_shows_the_smoothed_loss_and_the_last_evaluation(small_corp
         def close(self):
             pass
 
-    monkeypatch.setattr(train_module, "tqdm", Bar)
+    monkeypatch.setattr(train_module, "progress_bar", Bar)
     logged = []
     run = tmp_path / "r"
     Trainer(tiny_config("ar", small_corpus, steps=4, **{"train.eval_every": 2}), run, log=logged.append).train()
@@ -157,3 +158,24 @@ def test_progress_bar_shows_the_smoothed_loss_and_the_last_evaluation(small_corp
     assert at_eval.startswith(f"loss {row['train_loss']:.3f} | val bpc {row['val_bpc']:.3f} | ")
     assert f" | val bpc {row['val_bpc']:.3f} | " in after
     assert logged[0].startswith(f"run directory: {run} (") and logged[-1].startswith("scoring the validation split")
+
+
+def test_a_companion_run_is_checked_before_training(small_corpus, tmp_path):
+    """A method's companion runs (embedding's guided sampler reads an ar run) must be run directories when
+    the trainer is built, not at the first sampling minutes later."""
+    from textdiffusion.config import ConfigError
+
+    cfg = tiny_config("embedding", small_corpus, steps=2, **{"method.guide_run": str(tmp_path / "nowhere")})
+    with pytest.raises(ConfigError, match=r"method.guide_run=.*nowhere is not a run directory"):
+        Trainer(cfg, tmp_path / "r", progress=False)
+    assert not (tmp_path / "r").exists()  # nothing left behind
+
+
+def test_a_method_without_companions_refuses_one(small_corpus, tmp_path):
+    from textdiffusion.config import ConfigError
+
+    trainer = Trainer(tiny_config("masked", small_corpus, steps=2), tmp_path / "r", progress=False)
+    assert trainer.method.companion_runs() == {}
+    with pytest.raises(ConfigError, match="reads no other run"):
+        trainer.method.attach_companions({"x": object()})
+    trainer.lock.release()

@@ -23,6 +23,11 @@ never resume). Readers that want only the EMA weights open the file lazily and r
 
 Runs written by textdiffusion 0.1 (``model.safetensors``, ``ema.safetensors``, ``trainer.safetensors`` and
 ``trainer.json``) are still read; the next save of such a run writes the one-file form.
+
+**What training keeps.** :func:`training_state` says what a checkpoint holds of a run in training and
+:func:`restore_training_state` puts it back: the weights, the EMA, the optimizer moments and every random
+generator (each data shard's data and noise streams, each process's global ones), so a resumed run draws
+exactly what an uninterrupted one draws; the counters (:class:`TrainingCounters`) ride in the metadata.
 """
 
 from __future__ import annotations
@@ -282,3 +287,70 @@ def optimizer_from_flat(opt: torch.optim.Optimizer, tensors: dict[str, torch.Ten
         idx, key = name.split(".", 1)
         state.setdefault(int(idx), {})[key] = value
     opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+
+
+# ---- the training state: everything a resumed run needs to continue bit for bit -------------------------
+def shard_suffix(index: int) -> str:
+    """Shard 0 and rank 0 keep the names of a one-process run (``rng.data``); others are numbered."""
+    return "" if index == 0 else f".{index}"
+
+
+def rng_tensors(shards: list[int], gens: list[tuple[torch.Generator, torch.Generator]],
+                rank: int) -> dict[str, torch.Tensor]:
+    """The generator states one process holds: its shards' data and noise streams, its global streams."""
+    out: dict[str, torch.Tensor] = {}
+    for s, (data_gen, noise_gen) in zip(shards, gens, strict=True):
+        out[f"rng.data{shard_suffix(s)}"], out[f"rng.noise{shard_suffix(s)}"] = (data_gen.get_state(),
+                                                                                 noise_gen.get_state())
+    out[f"rng.torch{shard_suffix(rank)}"] = torch.get_rng_state()
+    if torch.cuda.is_available():
+        out[f"rng.cuda{shard_suffix(rank)}"] = torch.cuda.get_rng_state()
+    return out
+
+
+@dataclass
+class TrainingCounters:
+    """The trainer's counters, kept in the checkpoint's metadata beside the optimizer's hyper-parameters."""
+
+    step: int
+    elapsed: float  # training seconds, summed over resumes
+    chars_seen: int  # data units seen: characters or images
+    world_size: int  # processes that trained the last session
+    log_interval: dict[str, Any]  # the steps since the last train row (textdiffusion.loggers.Interval)
+
+
+def training_state(model: torch.nn.Module, ema_model: torch.nn.Module, opt: torch.optim.Optimizer,
+                   rng: dict[str, torch.Tensor], counters: TrainingCounters
+                   ) -> tuple[dict[str, dict[str, torch.Tensor]], dict[str, Any]]:
+    """What :func:`write_checkpoint` saves of a training run: the tensor groups (raw weights, EMA weights,
+    optimizer moments with every process's generator states ``rng``) and the state metadata."""
+    opt_tensors, opt_meta = optimizer_to_flat(opt)
+    state = {"step": counters.step, "elapsed": counters.elapsed, "chars_seen": counters.chars_seen,
+             "optimizer": opt_meta, "world_size": counters.world_size, "log_interval": counters.log_interval}
+    groups = {"model": model.state_dict(), "ema": ema_model.state_dict(), "trainer": {**opt_tensors, **rng}}
+    return groups, state
+
+
+def restore_training_state(header: CheckpointHeader, model: torch.nn.Module, ema_model: torch.nn.Module,
+                           opt: torch.optim.Optimizer, shards: list[int],
+                           gens: list[tuple[torch.Generator, torch.Generator]], rank: int) -> None:
+    """Load what :func:`training_state` saved into a freshly built run: weights, EMA, optimizer moments, the
+    generators of this process's ``shards`` and its global streams (a process that did not exist when the
+    run was saved keeps its fresh ones). The counters are in ``header.state``."""
+    rd = header.path.parent
+    model.load_state_dict(read_group(rd, "model")[0])
+    ema_model.load_state_dict(read_group(rd, "ema")[0])
+    tr_t, _ = read_group(rd, "trainer")
+    try:
+        optimizer_from_flat(opt, tr_t, header.state["optimizer"])
+        for s, (data_gen, noise_gen) in zip(shards, gens, strict=True):
+            data_gen.set_state(tr_t[f"rng.data{shard_suffix(s)}"])
+            noise_gen.set_state(tr_t[f"rng.noise{shard_suffix(s)}"])
+        own = f"rng.torch{shard_suffix(rank)}"
+        if own in tr_t:
+            torch.set_rng_state(tr_t[own])
+    except (KeyError, ValueError, RuntimeError) as e:
+        raise CheckpointError(f"the optimizer state in {header.path} does not fit this run ({e}); the "
+                              f"checkpoint is damaged: restore it or retrain") from None
+    if f"rng.cuda{shard_suffix(rank)}" in tr_t and torch.cuda.is_available():
+        torch.cuda.set_rng_state(tr_t[f"rng.cuda{shard_suffix(rank)}"])

@@ -32,12 +32,12 @@ import numpy as np
 import torch
 
 from textdiffusion import precision
-from textdiffusion.checkpoint import write_json
 from textdiffusion.config import ConfigError
 from textdiffusion.data.batches import TextData
 from textdiffusion.data.corpus import corpus_fingerprint, read_corpus, resolve_corpus
 from textdiffusion.data.sources import check_identity, corpus_location, text_source
 from textdiffusion.methods.base import Method, SampleRequest, TextMethod, score
+from textdiffusion.records import LabelNote, Quality, SampleSettings, SampleSpeed, TextEval, ValScore
 from textdiffusion.runs import LoadedRun, open_run
 
 WORD = re.compile(r"[A-Za-z]+(?:'[A-Za-z]+)*")
@@ -244,10 +244,15 @@ def reference_windows(text: str, train_chars: int, length: int, n: int) -> list[
     return [val_text[s:s + length] for s in starts]
 
 
-def evaluate_run(run_dir: str | Path | LoadedRun, samples: int = 64, length: int = 0, sampler: str = "", steps: int = 0,
-                 temperature: float | None = None, top_k: int | None = None, top_p: float | None = None,
-                 seed: int = 0, val_windows: int = 0, device: str = "auto", batch: int = 64,
-                 overrides: list[str] | None = None, progress: bool = True) -> dict[str, Any]:
+def evaluate_run(run_dir: str | Path | LoadedRun, **kw: Any) -> dict[str, Any]:
+    """:func:`evaluate_text`'s result in its JSON form (eval.json's), for callers that read the file's keys."""
+    return evaluate_text(run_dir, **kw).to_json()
+
+
+def evaluate_text(run_dir: str | Path | LoadedRun, samples: int = 64, length: int = 0, sampler: str = "",
+                  steps: int = 0, temperature: float | None = None, top_k: int | None = None,
+                  top_p: float | None = None, seed: int = 0, val_windows: int = 0, device: str = "auto",
+                  batch: int = 64, overrides: list[str] | None = None, progress: bool = True) -> TextEval:
     """Score a run and write ``RUN/eval.json``. Uses the EMA weights, like sampling. ``overrides`` are
     sampling options (``method.field=value``), recorded in the result. ``temperature``, ``top_k`` and
     ``top_p`` left at None take the run's own (``method.*``, ``overrides`` included); the values actually
@@ -256,8 +261,8 @@ def evaluate_run(run_dir: str | Path | LoadedRun, samples: int = 64, length: int
     ``run_dir`` may also be a run already opened (the Python API's model holds one), with ``overrides`` the
     settings it was opened with; ``device`` is then not used."""
     run = run_dir if isinstance(run_dir, LoadedRun) else open_run(run_dir, device=device, overrides=overrides)
-    if not isinstance(run.method, TextMethod):
-        raise ConfigError(f"{run.path} is an image run; use `textdiffusion mnist eval {run.path}`")
+    if run.method.data_kind != "text":
+        raise ConfigError(f"{run.path} is an image run; use `{run.method.command} eval {run.path}`")
     cfg = run.cfg
     data, text, source = run_corpus(run)
     # the validation set training scored: a plain run's tiled validation split; a labelled run's held-out
@@ -271,76 +276,75 @@ def evaluate_run(run_dir: str | Path | LoadedRun, samples: int = 64, length: int
         req = SampleRequest(n=samples, length=length, sampler=sampler, steps=steps, **decoding)
         texts, speed = generate(run, req, seed, batch, progress=progress)
     ref = TrainingReference(data.train_text)
-    quality = ref.quality(texts)
     # real text of the same length, evenly spread over the validation split, for scale
     ref_len = round(float(np.mean([len(t) for t in texts]))) if texts else length  # tokens may be > 1 char
     reference = ref.quality(reference_windows(text, len(data.train_text), ref_len, samples))
-    result = {
-        "run": str(run.path), "method": cfg.method.name, "preset": cfg.preset, "step": run.step,
-        "weights": "ema", "parameters": sum(p.numel() for p in run.model.parameters()), "device": str(run.device),
-        "val": {"bpc": nll.bits_per_unit, "nats_per_char": nll.nats_per_unit, "kind": nll.kind,
-                "windows": nll.windows, "chars": nll.units, **nll.details},
-        "samples": {"n": samples, "length": length, "sampler": run.method.check_sampler(req.sampler),
-                    "steps": speed.pop("steps", None) or steps or run.method.default_steps(length) or length,
-                    **decoding, "seed": seed,
-                    "overrides": list(overrides or []),
-                    "examples": texts[:3]},
-        "quality": quality,
-        "reference": {**reference, "what": f"{samples} real validation windows of {ref_len} characters"},
-        "speed": speed,
-        "judge": {"kind": f"character {ref.judge.order}-gram, interpolated Witten-Bell",
-                  "fitted_on": f"training split of {source}", "chars": len(data.train_text)},
-        **label_record(run.method),
-    }
-    write_json(run.path / "eval.json", result)
+    taken = speed.pop("steps", None) or steps or run.method.default_steps(length) or length
+    result = TextEval(
+        run=str(run.path), method=cfg.method.name, preset=cfg.preset, step=run.step, weights="ema",
+        parameters=sum(p.numel() for p in run.model.parameters()), device=str(run.device),
+        val=ValScore(nll.bits_per_unit, nll.nats_per_unit, nll.kind, nll.windows, nll.units, nll.details),
+        samples=SampleSettings(n=samples, length=length, sampler=run.method.check_sampler(req.sampler), steps=taken,
+                               **decoding, seed=seed, overrides=list(overrides or []), examples=texts[:3]),
+        quality=Quality.from_json(ref.quality(texts)), reference=Quality.from_json(reference),
+        reference_what=f"{samples} real validation windows of {ref_len} characters",
+        speed=SampleSpeed.from_json(speed),
+        judge={"kind": f"character {ref.judge.order}-gram, interpolated Witten-Bell",
+               "fitted_on": f"training split of {source}", "chars": len(data.train_text)},
+        labels=label_note(run.method))
+    result.write(run.path)
     return result
 
 
 UNCONDITIONAL = "unconditional (no label)"
 
 
-def label_record(method: TextMethod) -> dict[str, Any]:
+def label_note(method: TextMethod) -> LabelNote | None:
     """What ``eval.json`` says about a labelled run (nothing for a plain one): its labels, that the samples
     were drawn without one (the "no label" row label dropout trained, so the quality columns are the
     unconditional model's) and that the validation number is conditional, on the held-out speeches."""
     if not method.num_labels:
-        return {}
+        return None
     names = list(method.label_names or (str(i) for i in range(method.num_labels)))
-    return {"labels": {"names": names, "samples": UNCONDITIONAL,
-                       "val": "conditional NLL on the held-out speeches, each window under its speaker's label"}}
+    return LabelNote(names, UNCONDITIONAL,
+                     "conditional NLL on the held-out speeches, each window under its speaker's label")
 
 
-def format_table(result: dict[str, Any], method: type[Method] | None = None) -> str:
-    """The human-readable table ``textdiffusion eval`` prints; ``method`` adds its own rows (its
-    ``eval_terms`` from the validation details and its ``sample_stats`` from the samples)."""
+def format_table(result: TextEval | dict[str, Any], method: type[Method] | None = None) -> str:
+    """The human-readable table ``textdiffusion eval`` prints, of the record or its JSON form; ``method``
+    adds its own rows (its ``eval_terms`` from the validation details and its ``sample_stats`` from the
+    samples)."""
+    ev = result if isinstance(result, TextEval) else TextEval.from_json(result)
     terms = method.eval_terms if method else {}
     stats = method.sample_stats if method else {}
-    v, q, r, s = result["val"], result["quality"], result["reference"], result["speed"]
-    kind = "exact" if v["kind"] == "exact" else f"upper bound, {v.get('time_samples_per_window', '?')} t-samples/window"
+    v, q, r, s = ev.val, ev.quality, ev.reference, ev.speed
+    assert q is not None and r is not None, "a fresh evaluation scores its samples and the real text"
+    samples_per_window = v.details.get("time_samples_per_window", "?")
+    kind = "exact" if v.kind == "exact" else f"upper bound, {samples_per_window} t-samples/window"
     rows = [
-        ("val bits/char", f"{v['bpc']:.4f}", f"{kind}; {v['windows']} windows, {v['chars']:,} chars"),
-        ("val nats/char", f"{v['nats_per_char']:.4f}", ""),
-        *[(label, f"{v[key]:.4f}", "a training-loss term on validation windows, not a likelihood")
-          for key, label in terms.items() if key in v],
-        ("judge perplexity", f"{q['judge_ppl']:.3f}", f"real text: {r['judge_ppl']:.3f}"),
-        ("word validity", f"{q['word_validity']:.3f}", f"real text: {r['word_validity']:.3f}"),
-        ("distinct-2", f"{q['distinct_2']:.3f}", f"real text: {r['distinct_2']:.3f}"),
-        ("repetition", f"{q['repetition']:.3f}", f"real text: {r['repetition']:.3f}"),
-        ("char entropy (bits)", f"{q['char_entropy']:.3f}", f"real text: {r['char_entropy']:.3f}"),
-        ("copy rate (32 chars)", f"{q['copy_rate']:.3f}", f"real text: {r['copy_rate']:.3f}"),
-        ("sample chars/s", f"{s['sample_chars_per_s']:,.0f}", f"{result['device']}"),
-        ("network evals/sample", f"{s['nfe_per_sample']:.1f}", ""),
-        *[(label, f"{s[key]:.4f}", note) for key, (label, note) in stats.items() if key in s],
+        ("val bits/char", f"{v.bpc:.4f}", f"{kind}; {v.windows} windows, {v.chars:,} chars"),
+        ("val nats/char", f"{v.nats_per_char:.4f}", ""),
+        *[(label, f"{v.details[key]:.4f}", "a training-loss term on validation windows, not a likelihood")
+          for key, label in terms.items() if key in v.details],
+        ("judge perplexity", f"{q.judge_ppl:.3f}", f"real text: {r.judge_ppl:.3f}"),
+        ("word validity", f"{q.word_validity:.3f}", f"real text: {r.word_validity:.3f}"),
+        ("distinct-2", f"{q.distinct_2:.3f}", f"real text: {r.distinct_2:.3f}"),
+        ("repetition", f"{q.repetition:.3f}", f"real text: {r.repetition:.3f}"),
+        ("char entropy (bits)", f"{q.char_entropy:.3f}", f"real text: {r.char_entropy:.3f}"),
+        ("copy rate (32 chars)", f"{q.copy_rate:.3f}", f"real text: {r.copy_rate:.3f}"),
+        ("sample chars/s", f"{s.sample_chars_per_s:,.0f}", f"{ev.device}"),
+        ("network evals/sample", f"{s.nfe_per_sample:.1f}", ""),
+        *[(label, f"{s.stats[key]:.4f}", note) for key, (label, note) in stats.items() if key in s.stats],
     ]
-    smp = result["samples"]
-    head = (f"{result['method']} ({result['preset']}, step {result['step']}, {result['parameters']:,} params) — "
-            f"{smp['n']} samples x {smp['length']} chars, sampler {smp['sampler']}, T={smp['temperature']}")
+    smp = ev.samples
+    head = (f"{ev.method} ({ev.preset}, step {ev.step}, {ev.parameters:,} params) — "
+            f"{smp.n} samples x {smp.length} chars, sampler {smp.sampler}, T={smp.temperature}")
     w0 = max(len(a) for a, _, _ in rows)
     w1 = max(len(b) for _, b, _ in rows)
     lines = [head, "-" * len(head)]
-    if "labels" in result:  # a labelled run: say which numbers are conditional and which are not
-        names = result["labels"]["names"]
+    if ev.labels is not None:  # a labelled run: say which numbers are conditional and which are not
+        names = ev.labels.names
         lines += [f"labels: {len(names)} ({', '.join(names)})",
-                  f"samples: {result['labels']['samples']}; val: {result['labels']['val']}"]
+                  f"samples: {ev.labels.samples}; val: {ev.labels.val}"]
     lines += [f"{a:<{w0}}  {b:>{w1}}  {c}".rstrip() for a, b, c in rows]
     return "\n".join(lines)

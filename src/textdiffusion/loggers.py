@@ -4,7 +4,8 @@
 bits, written by the trainer since 0.1), every ``train.log_every`` steps it gets a row with ``"kind":
 "train"``: the mean training loss of the steps since the previous one, the learning rate, the pre-clip
 global gradient norm (mean and max), the throughput and the training clock. An evaluation row has no
-``kind`` (so rows written by older versions read the same); :func:`row_kind` tells the two apart.
+``kind`` (so rows written by older versions read the same). The rows themselves are
+:class:`~textdiffusion.records.EvalRow` and :class:`~textdiffusion.records.TrainRow`.
 
 ``train.logger`` (tensorboard, wandb or trackio) also sends every row, and the resolved config once at the
 start, to that tool. It runs offline or locally unless the user's environment says otherwise, only rank 0
@@ -27,15 +28,9 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from textdiffusion.config import ConfigError
+from textdiffusion.records import TrainRow, row_kind
 
-TRAIN_KIND = "train"  # the "kind" of a train row
 TENSORBOARD_DIR = "tensorboard"  # RUN/tensorboard/: the event files, beside the run's other records
-
-
-def row_kind(row: dict[str, Any]) -> str:
-    """``"train"`` for a train row, ``"eval"`` for an evaluation row (which carries no ``kind``)."""
-    kind = row.get("kind", "eval")
-    return kind if isinstance(kind, str) else "eval"
 
 
 def scalars(row: dict[str, Any]) -> dict[str, float]:
@@ -68,18 +63,15 @@ class Interval:
         self.units += units
         self.seconds += seconds
 
-    def row(self, step: int, lr: float, elapsed: float, rate_key: str,
-            tokens_per_unit: int | None = None) -> dict[str, Any]:
+    def row(self, step: int, lr: float, elapsed: float, data_unit: str,
+            tokens_per_unit: int | None = None) -> TrainRow:
         """The train row of ``step``: means over the interval, the learning rate of its last step, the
-        throughput in data units (``rate_key``: chars_per_s or images_per_s) and, for text, in positions the
-        network processes (``tokens_per_s``: twice the characters for a method that trains on two copies)."""
+        throughput in data units (``data_unit``: chars or images) and, for text, in positions the network
+        processes (``tokens_per_s``: twice the characters for a method that trains on two copies)."""
         n, rate = max(self.steps, 1), self.units / max(self.seconds, 1e-9)
-        row: dict[str, Any] = {"step": step, "kind": TRAIN_KIND, "train_loss": self.loss_sum / n, "lr": lr,
-                               "grad_norm": self.norm_sum / n, "grad_norm_max": self.norm_max, rate_key: rate}
-        if tokens_per_unit is not None:
-            row["tokens_per_s"] = rate * tokens_per_unit
-        row["elapsed"] = elapsed
-        return row
+        tokens = rate * tokens_per_unit if tokens_per_unit is not None else None
+        return TrainRow(step, self.loss_sum / n, lr, self.norm_sum / n, self.norm_max, data_unit, rate, elapsed,
+                        tokens)
 
     def to_state(self) -> dict[str, Any]:
         return asdict(self)

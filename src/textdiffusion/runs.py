@@ -19,7 +19,7 @@ from textdiffusion.checkpoint import (
 from textdiffusion.config import DEVICE, Config, ConfigError, apply_sampling_overrides
 from textdiffusion.data.sources import load_vocab
 from textdiffusion.data.tokenizer import Tokenizer
-from textdiffusion.methods import Method, TextMethod, get_method
+from textdiffusion.methods import Method, get_method
 from textdiffusion.methods.configs import config_from_dict
 
 
@@ -149,8 +149,8 @@ def open_run(path: str | Path, weights: str = "ema", device: str = "auto",
              overrides: list[str] | None = None) -> LoadedRun:
     """Load config, tokenizer and weights (EMA by default: what eval and sampling use). ``overrides`` are
     ``method.field=value`` sampling options (the fields marked ``sampling`` on the method's config class).
-    A method that samples with a second run (``embedding``'s guided sampler) is handed that run, opened on
-    the same device."""
+    A method that samples with other runs (:meth:`~textdiffusion.methods.base.Method.companion_runs`) is
+    handed them, opened on the same device."""
     run, meta, cfg = read_run_config(path)
     if overrides:
         apply_sampling_overrides(cfg, overrides)
@@ -168,12 +168,10 @@ def open_run(path: str | Path, weights: str = "ema", device: str = "auto",
     check_finite(tensors, header.path)
     model.load_state_dict(tensors)
     model.to(dev).eval()
-    if isinstance(method, TextMethod) and method.num_labels:  # the names --label takes, as training recorded them
-        corpus = meta.get("corpus") if isinstance(meta.get("corpus"), dict) else {}
-        names = corpus.get("labels")
-        if isinstance(names, list) and len(names) == method.num_labels and all(isinstance(x, str) for x in names):
-            method.label_names = tuple(names)
-    if isinstance(method, TextMethod) and method.guide_run():
-        method.set_guide(open_run(method.guide_run(), device=str(dev)))
+    corpus = meta.get("corpus") if isinstance(meta.get("corpus"), dict) else {}
+    method.take_label_names(corpus.get("labels"))
+    companions = method.companion_runs()
+    if companions:
+        method.attach_companions({key: open_run(path, device=str(dev)) for key, path in companions.items()})
     tok = vocab if isinstance(vocab, Tokenizer) else None
     return LoadedRun(run, cfg, meta, tok, method, model, step, dev, vocab)

@@ -29,27 +29,28 @@ from tqdm.auto import tqdm
 
 from textdiffusion import distributed, files, loggers, precision
 from textdiffusion.checkpoint import (
-    CHECKPOINT,
-    LEGACY_FILES,
     CheckpointError,
     CheckpointHeader,
+    TrainingCounters,
     has_checkpoint,
-    has_weights,
-    optimizer_from_flat,
-    optimizer_to_flat,
-    read_group,
     read_header,
     read_run_meta,
+    restore_training_state,
+    rng_tensors,
+    training_state,
     versions,
     write_checkpoint,
     write_json,
 )
 from textdiffusion.config import Config, ConfigError, validate
-from textdiffusion.data.sources import Source, as_source, load_source
-from textdiffusion.files import stale_temporaries, write_text
-from textdiffusion.methods.base import NLLResult, TextMethod, bits_key, score
+from textdiffusion.data.corpus import DataError
+from textdiffusion.data.sources import SOURCES, Source, as_source, load_source
+from textdiffusion.methods import get_method
+from textdiffusion.methods.base import REGISTRY, NLLResult, bits_key, score
 from textdiffusion.optim import warmup_cosine
-from textdiffusion.run_lock import LOCK_NAME, RunLock
+from textdiffusion.progress import progress_bar
+from textdiffusion.records import METRICS, EvalRow, FinalScore, MetricsRow, TrainSummary, truncate_metrics
+from textdiffusion.run_dir import RunDirectory
 from textdiffusion.runs import (
     build,
     check_checkpoint_config,
@@ -57,21 +58,9 @@ from textdiffusion.runs import (
     pick_device,
     read_run_config,
 )
+from textdiffusion.training_samples import write_training_samples
 
 StopReason = Literal["out_of_time", "interrupted"]  # why a loop ended before its target step
-
-# what the trainer writes into a run directory: its leftover temporaries are the trainer's to clean up
-_TRAINER_FILES = (CHECKPOINT, "config.json", "tokenizer.json", "image.json", "metrics.jsonl", "final.json",
-                  *LEGACY_FILES)
-
-
-def _trained_records(rd: Path) -> bool:
-    """Whether a run's records show training past step 0 (an evaluation row, a sample file, a final result):
-    the step-0 checkpoint precedes all of them, so such a run without a checkpoint has lost it."""
-    metrics, samples = rd / "metrics.jsonl", rd / "samples"
-    return ((rd / "final.json").exists() or (metrics.is_file() and metrics.stat().st_size > 0)
-            or (samples.is_dir() and any(samples.iterdir())))
-
 
 class TrainingAborted(KeyboardInterrupt):
     """A second Ctrl-C or SIGTERM: training stops at once. The message says which checkpoint is intact."""
@@ -119,21 +108,13 @@ class EMA:
         torch._foreach_lerp_(ema_p, [p.detach() for p in model.parameters()], 1.0 - d)
 
 
-def _suffix(index: int) -> str:
-    """Shard 0 and rank 0 keep the names of a one-process run (``rng.data``); others are numbered."""
-    return "" if index == 0 else f".{index}"
-
-
-def _rng_tensors(shards: list[int], gens: list[tuple[torch.Generator, torch.Generator]],
-                 rank: int) -> dict[str, torch.Tensor]:
-    """The generator states this process holds: its shards' data and noise streams, its global streams."""
-    out: dict[str, torch.Tensor] = {}
-    for s, (data_gen, noise_gen) in zip(shards, gens, strict=True):
-        out[f"rng.data{_suffix(s)}"], out[f"rng.noise{_suffix(s)}"] = data_gen.get_state(), noise_gen.get_state()
-    out[f"rng.torch{_suffix(rank)}"] = torch.get_rng_state()
-    if torch.cuda.is_available():
-        out[f"rng.cuda{_suffix(rank)}"] = torch.cuda.get_rng_state()
-    return out
+def _require_labels(method: Any) -> None:
+    """Labelled data needs a method that builds a label-conditioned model; the error names those that do."""
+    if not getattr(method, "supports_labels", False):
+        able = sorted(name for name, cls in REGISTRY.items() if getattr(cls, "supports_labels", False))
+        use = " or ".join(filter(None, (", ".join(able[:-1]), able[-1]))) if able else "a text method"
+        raise DataError(f"data.labels=speaker trains a label-conditioned model, which the {method.name} method does "
+                        f"not build; use {use}")
 
 
 def job_device(cfg: Config, world: distributed.World) -> torch.device:
@@ -282,11 +263,14 @@ class Trainer:
         self._check_shards(cfg, resume)
         self.device = job_device(cfg, self.world)
         distributed.init(self.world, self.device)
-        self.lock = RunLock(self.run_dir)
+        method_class = get_method(cfg.method.name)
+        self.dir = RunDirectory(self.run_dir, method_class.command, self.log)
+        self.lock = self.dir.lock
         self._stop: _StopFlag | None = None
         self.saved_step: int | None = None  # the step of the checkpoint on disk (None: none yet)
-        self._lock_existed = True
-        created = self._claim_run_dir(resume) if self.world.is_main else False
+        if self.world.is_main:
+            source = SOURCES[method_class.data_kind]
+            self.dir.claim(resume, source.vocab_file if source.resume_needs_vocab else None)
         distributed.barrier(self.world)  # the others read what rank 0 has claimed (or find it missing)
         try:
             # the id config.json and every checkpoint record: the run's own, or a new one (rank 0's for a job)
@@ -302,22 +286,8 @@ class Trainer:
             else:
                 self._start_run(fresh=not resume)
         except BaseException:
-            self._abandon(created)
+            self.dir.abandon()
             raise
-
-    def _abandon(self, created: bool) -> None:
-        """Undo what claiming the directory did when the trainer could not be set up: drop the lock, and
-        leave no empty directory (or lock file in someone else's folder) behind. Only a holder of the lock
-        cleans up: a trainer that lost the race for it must not remove the winner's lock file or directory."""
-        held = self.lock.held
-        self.lock.release()
-        if not held:
-            return
-        if created or not self._lock_existed:
-            (self.run_dir / LOCK_NAME).unlink(missing_ok=True)
-        if created:
-            with contextlib.suppress(OSError):
-                self.run_dir.rmdir()
 
     def _check_shards(self, cfg: Config, resume: bool) -> None:
         """Every process needs at least one data shard, and the shards must split evenly: a new run under
@@ -338,16 +308,18 @@ class Trainer:
 
         # data, method and model
         saved = self.run_dir if saved_vocab else None
-        self.source: Source = load_source(cfg, saved) if data is None else as_source(data, saved, cfg)
+        kind = get_method(cfg.method.name).data_kind  # what the data is: text or images
+        self.source: Source = load_source(cfg, saved, kind) if data is None else as_source(data, saved, cfg)
         self.data = self.source.data  # the TextData / ImageData behind the source
         self.method, model = build(cfg, self.source.vocab)
         if hasattr(self.source, "label_names"):  # labelled text: the names the samplers take
+            _require_labels(self.method)
             self.method.label_names = tuple(self.source.label_names)
         self.source.check(self.method)
-        guide = self.method.guide_run() if isinstance(self.method, TextMethod) else ""
-        if guide and not (Path(guide) / "config.json").is_file():  # checked now, not at the first sampling
-            raise ConfigError(f"method.guide_run={guide} is not a run directory (no config.json); pass the directory "
-                              f"of a trained run to guide with, or leave it empty")
+        for option, path in self.method.companion_runs().items():  # checked now, not at the first sampling
+            if not (Path(path) / "config.json").is_file():
+                raise ConfigError(f"{option}={path} is not a run directory (no config.json); pass the directory of "
+                                  f"a trained run, or leave it empty")
         self.model = model.to(self.device)
         self.n_parameters = sum(p.numel() for p in self.model.parameters())  # any network, not only ours
         self.ema = EMA(self.model, cfg.train.ema_decay, cfg.train.ema_warmup)
@@ -382,84 +354,13 @@ class Trainer:
         self.precision = precision.resolve(cfg.train.amp, self.device)
         self.tf32 = precision.enable_tf32(self.device)
         # model FLOPs per unit, for the utilisation of a GPU whose peak is known (transformer methods)
-        self.flops_per_unit = None
-        if cfg.method.network == "model":
-            m = cfg.model
-            self.flops_per_unit = self.method.forward_tokens_per_unit * precision.transformer_flops_per_token(
-                self.n_parameters, m.n_layer, m.n_embd, self.method.window)
+        self.flops_per_unit = self.method.flops_per_unit(self.n_parameters)
         self.peak_flops = precision.peak_flops(self.device)
 
     # ---- run directory ---------------------------------------------------------------------------------
     @property
     def resume_command(self) -> str:
-        image = self.cfg.method.network == "unet"
-        return f"textdiffusion {'mnist ' if image else ''}train --resume {self.run_dir}"
-
-    def _claim_run_dir(self, resume: bool) -> bool:
-        """Check that ``run_dir`` may be written, create it if needed and take its lock; returns whether this
-        call created the directory. Nothing that is not a run is ever written into or overwritten."""
-        rd = self.run_dir
-        if rd.exists() and not rd.is_dir():
-            raise CheckpointError(f"--run-dir {rd} is a file, not a directory; pick another --run-dir")
-        if resume and not (rd / "config.json").is_file():
-            raise CheckpointError(f"{rd} is not a run directory (no config.json); pass the directory "
-                                  f"`textdiffusion train` printed")
-        if resume and has_weights(rd) and not has_checkpoint(rd):
-            raise CheckpointError(f"{rd} holds weights but no trainer state (trainer.safetensors, trainer.json): "
-                                  f"it samples and evaluates, but cannot be resumed; train a new run")
-        if resume and not has_weights(rd) and _trained_records(rd):
-            raise CheckpointError(f"{rd} has no {CHECKPOINT}, but its records show training beyond step 0: the "
-                                  f"checkpoint was deleted or moved; restore it, or train a new run")
-        if resume and has_weights(rd) and self.cfg.method.network == "model" and not (rd / "tokenizer.json").is_file():
-            raise CheckpointError(f"{rd} has no tokenizer.json, which its weights need; restore it from a copy of "
-                                  f"the run")
-        if not resume and rd.is_dir():
-            self._refuse_occupied(rd)  # before anything is written into it
-        created = not rd.exists()
-        try:
-            rd.mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            raise CheckpointError(f"cannot create the run directory {rd} ({e.strerror}); pick another "
-                                  f"--run-dir") from None
-        self._lock_existed = (rd / LOCK_NAME).exists()
-        try:
-            self.lock.acquire()
-        except PermissionError:
-            self._abandon(created)
-            raise CheckpointError(f"cannot write into {rd} (permission denied); pick another --run-dir") from None
-        except CheckpointError:
-            self._abandon(created)
-            raise
-        if not resume:  # again with the lock held, so two new runs racing for one directory cannot both pass
-            try:
-                self._refuse_occupied(rd)
-            except CheckpointError:
-                self._abandon(created)
-                raise
-        removed = stale_temporaries(rd, _TRAINER_FILES)
-        if removed:
-            size = sum(p.stat().st_size for p in removed)
-            for p in removed:
-                p.unlink(missing_ok=True)
-            self.log(f"removed {len(removed)} temporary file(s) ({size / 1e6:.1f} MB) left by an interrupted save")
-        return created
-
-    def _refuse_occupied(self, rd: Path) -> None:
-        resume = self.resume_command
-        if (rd / "config.json").exists():
-            if has_weights(rd):
-                raise CheckpointError(f"{rd} already holds a run; resume it with `{resume}` or pick another "
-                                      f"--run-dir")
-            if _trained_records(rd):  # records of training, but the checkpoint is gone
-                raise CheckpointError(f"{rd} holds a run whose {CHECKPOINT} is missing; restore it, or pick "
-                                      f"another --run-dir")
-            raise CheckpointError(f"{rd} holds a run that stopped before its first checkpoint; `{resume}` starts "
-                                  f"it again from step 0 with its saved config, or pick another --run-dir")
-        others = sorted(p.name for p in rd.iterdir() if p.name != LOCK_NAME)
-        if others:
-            shown = ", ".join(others[:3]) + (", ..." if len(others) > 3 else "")
-            raise CheckpointError(f"{rd} is not empty ({shown}) and is not a run directory; pick a new or empty "
-                                  f"--run-dir (nothing was written)")
+        return self.dir.resume_command
 
     def _start_run(self, fresh: bool) -> None:
         """Write the run's records and its step-0 checkpoint, so a run that dies at any later moment can be
@@ -467,28 +368,20 @@ class Trainer:
         keeping its config.json."""
         rd = self.run_dir
         if self.world.is_main:
-            self._write_records(fresh)
+            self.dir.start_records(self._run_meta() if fresh else None, self.source.save_vocab,
+                                   tuple(source.vocab_file for source in SOURCES.values()))
         self.save()
         if self.progress and fresh:
             self.log(f"run directory: {rd} ({self.n_parameters:,} parameters, {self.device})")
 
-    def _write_records(self, fresh: bool) -> None:
-        rd = self.run_dir
-        if fresh:
-            corpus = self.source.record()
-            write_json(rd / "config.json", {
-                "config": self.cfg.to_dict(), "seed": self.cfg.seed, "versions": versions(), "corpus": corpus,
+    def _run_meta(self) -> dict[str, Any]:
+        """config.json of a new run: the resolved config, the corpus it read, where and how it trains."""
+        corpus = self.source.record()
+        return {"config": self.cfg.to_dict(), "seed": self.cfg.seed, "versions": versions(), "corpus": corpus,
                 "parameters": self.n_parameters, "device": str(self.device),
                 "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "run_id": self.run_id,
                 "precision": self.precision, "tf32": self.tf32,
-                **({"world_size": self.world.size} if self.world.active else {}),
-            })
-        else:
-            self.log(f"{rd} has no checkpoint yet (it stopped before its first save): starting it again from step 0")
-            (rd / "metrics.jsonl").unlink(missing_ok=True)
-        if fresh or not ((rd / "tokenizer.json").exists() or (rd / "image.json").exists()):
-            self.source.save_vocab(rd)
-        (rd / "samples").mkdir(exist_ok=True)
+                **({"world_size": self.world.size} if self.world.active else {})}
 
     def save(self) -> None:
         """Checkpoint everything :meth:`_load` needs to continue exactly: weights, EMA, optimizer moments,
@@ -497,16 +390,14 @@ class Trainer:
         one that samples; a signal during the write waits for it to complete."""
         self._check_finite()
         rng: dict[str, torch.Tensor] = {}
-        for part in distributed.gather(_rng_tensors(self.shards, self.shard_gens, self.world.rank), self.world):
+        for part in distributed.gather(rng_tensors(self.shards, self.shard_gens, self.world.rank), self.world):
             rng.update(part)  # every process's generators: the one writer saves them all
         if not self.world.is_main:
             self.saved_step = self.step
             return
-        opt_tensors, opt_meta = optimizer_to_flat(self.opt)
-        state = {"step": self.step, "elapsed": self.elapsed, "chars_seen": self.chars_seen, "optimizer": opt_meta,
-                 "world_size": self.world.size, "log_interval": self.interval.to_state()}
-        groups = {"model": self.model.state_dict(), "ema": self.ema.model.state_dict(),
-                  "trainer": {**opt_tensors, **rng}}
+        counters = TrainingCounters(self.step, self.elapsed, self.chars_seen, self.world.size,
+                                    self.interval.to_state())
+        groups, state = training_state(self.model, self.ema.model, self.opt, rng, counters)
         guard = self._stop.saving() if self._stop is not None else contextlib.nullcontext()
         with guard:
             try:
@@ -533,24 +424,8 @@ class Trainer:
     def _load(self, header: CheckpointHeader) -> None:
         rd = self.run_dir
         state = header.state
-        model_t, _ = read_group(rd, "model")
-        ema_t, _ = read_group(rd, "ema")
-        tr_t, _ = read_group(rd, "trainer")
-        self.model.load_state_dict(model_t)
-        self.ema.model.load_state_dict(ema_t)
-        try:
-            optimizer_from_flat(self.opt, tr_t, state["optimizer"])
-            for s, (data_gen, noise_gen) in zip(self.shards, self.shard_gens, strict=True):
-                data_gen.set_state(tr_t[f"rng.data{_suffix(s)}"])
-                noise_gen.set_state(tr_t[f"rng.noise{_suffix(s)}"])
-            own = f"rng.torch{_suffix(self.world.rank)}"
-            if own in tr_t:  # a process that did not exist when the run was saved keeps its fresh stream
-                torch.set_rng_state(tr_t[own])
-        except (KeyError, ValueError, RuntimeError) as e:
-            raise CheckpointError(f"the optimizer state in {header.path} does not fit this run ({e}); the "
-                                  f"checkpoint is damaged: restore it or retrain") from None
-        if f"rng.cuda{_suffix(self.world.rank)}" in tr_t and torch.cuda.is_available():
-            torch.cuda.set_rng_state(tr_t[f"rng.cuda{_suffix(self.world.rank)}"])
+        restore_training_state(header, self.model, self.ema.model, self.opt, self.shards, self.shard_gens,
+                               self.world.rank)
         saved_world = int(state.get("world_size", 1))
         if saved_world != self.world.size:
             self.log(f"resuming on {self.world.size} process(es) a run saved on {saved_world}: its "
@@ -560,19 +435,8 @@ class Trainer:
         self.saved_step = self.step
         if self.progress:
             self.log(f"resuming {rd} from its checkpoint at step {self.step} ({header.path.name})")
-        # forget metrics written after the checkpoint we resume from (they will be recomputed), and a last
-        # line cut short by a kill
-        mpath = rd / "metrics.jsonl"
-        if mpath.exists():
-            keep = []
-            for line in mpath.read_text(encoding="utf-8", errors="replace").splitlines():
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError:
-                    continue
-                if isinstance(row, dict) and isinstance(row.get("step"), int) and row["step"] <= self.step:
-                    keep.append(line)
-            write_json_lines(mpath, keep)
+        # forget metrics written after the checkpoint we resume from (they will be recomputed)
+        truncate_metrics(rd, self.step)
 
     # ---- evaluation ------------------------------------------------------------------------------------
     def evaluate(self, windows: torch.Tensor, model: torch.nn.Module | None = None, progress: bool = False,
@@ -590,10 +454,10 @@ class Trainer:
         # noise equals a freshly initialised embedding table "decodes" it (ids 0, 1, 2, ... in order)
         gen = torch.Generator(device=self.device).manual_seed(self.cfg.seed + 7919)
         with self.autocast():
-            self.source.write_samples(self.method, self.ema.model, gen, self.run_dir, self.step)
+            write_training_samples(self.method, self.ema.model, self.source.vocab, gen, self.run_dir, self.step)
 
     # ---- the loop --------------------------------------------------------------------------------------
-    def train(self, stop_at: int | None = None, on_step: Callable[[int], None] | None = None) -> dict[str, Any]:
+    def train(self, stop_at: int | None = None, on_step: Callable[[int], None] | None = None) -> TrainSummary:
         """Train to ``train.steps`` (or to ``stop_at``, for tests and benchmarks), evaluating and checkpointing
         every ``train.eval_every`` steps; returns the run's summary (also final.json when the run finished).
 
@@ -656,7 +520,7 @@ class Trainer:
                         self._final_score(summary)
                         self._log_final(summary)
                     except KeyboardInterrupt:
-                        summary["interrupted"] = summary["scoring_interrupted"] = True
+                        summary.interrupted = summary.scoring_interrupted = True
             return summary
         finally:
             self._stop = None
@@ -670,10 +534,8 @@ class Trainer:
 
     # ---- the loop's parts, in the order it calls them --------------------------------------------------
     def _progress_bar(self) -> tqdm:
-        # redraw a few times a second on a terminal, rarely into a log file
-        return tqdm(total=self.cfg.train.steps, initial=self.step, disable=not self.progress, dynamic_ncols=True,
-                    desc=f"{self.cfg.method.name}/{self.cfg.preset}", unit="step",
-                    mininterval=0.25 if sys.stderr.isatty() else 15.0)
+        return progress_bar(total=self.cfg.train.steps, initial=self.step, disable=not self.progress,
+                            desc=f"{self.cfg.method.name}/{self.cfg.preset}", unit="step")
 
     def _stop_reason(self, stop: _StopFlag) -> StopReason | None:
         """``"out_of_time"`` once ``train.time_budget_s`` of training is spent, ``"interrupted"`` after a
@@ -745,10 +607,8 @@ class Trainer:
             self.save()
             return float("nan")
         val = self.evaluate(self.val_windows)
-        self._log_metrics({"step": self.step, "train_loss": train_loss,
-                           bits_key(val.unit): val.bits_per_unit, "val_nats": val.nats_per_unit,
-                           "val_kind": val.kind, "val_windows": val.windows, "lr": lr, self._rate_key: rate,
-                           "elapsed": self.elapsed, **({"mfu": mfu} if mfu is not None else {})})
+        self._log_metrics(EvalRow(self.step, train_loss, val.unit, val.bits_per_unit, val.nats_per_unit, val.kind,
+                                  val.windows, lr, self.source.unit, rate, self.elapsed, mfu))
         if self.cfg.train.sample_every_eval:
             self.write_samples()
         self.save()
@@ -758,37 +618,30 @@ class Trainer:
         """Append the train row of the steps since the last one and start the next interval. Every process
         keeps the interval (the checkpoint saves rank 0's); rank 0 writes the row."""
         tokens = self.method.forward_tokens_per_unit if self.source.unit == "chars" else None
-        row = self.interval.row(self.step, lr, self.elapsed, self._rate_key, tokens)
+        row = self.interval.row(self.step, lr, self.elapsed, self.source.unit, tokens)
         if self.flops_per_unit is not None:
-            mfu = precision.mfu(self.flops_per_unit, row[self._rate_key], self.peak_flops, self.world.size)
-            if mfu is not None:
-                row["mfu"] = mfu
+            row.mfu = precision.mfu(self.flops_per_unit, row.rate, self.peak_flops, self.world.size)
         self.interval = loggers.Interval()
         if self.world.is_main:
             self._log_metrics(row)
 
-    def _log_metrics(self, row: dict[str, Any]) -> None:
+    def _log_metrics(self, row: MetricsRow) -> None:
         """Append a row to metrics.jsonl (the record) and then hand it to ``train.logger``."""
-        files.append_line(self.run_dir / "metrics.jsonl", json.dumps(row))
-        self.logger.log(row)
+        data = row.to_json()
+        files.append_line(self.run_dir / METRICS, json.dumps(data))
+        self.logger.log(data)
 
-    def _log_final(self, summary: dict[str, Any]) -> None:
+    def _log_final(self, summary: TrainSummary) -> None:
         """The end-of-training validation numbers (final.json's) to ``train.logger`` as ``final/...``."""
-        numbers = {k: v for k, v in summary.items() if k.startswith("val_")}
-        if numbers:
-            self.logger.log({"step": self.step, "kind": "final", **numbers})
+        if summary.score is not None:
+            self.logger.log({"step": self.step, "kind": "final", **summary.score.to_json()})
 
-    @property
-    def _rate_key(self) -> str:
-        return f"{self.source.unit}_per_s"  # chars_per_s or images_per_s
+    def _summary(self, stopped: StopReason | None) -> TrainSummary:
+        return TrainSummary(str(self.run_dir), self.step, self.cfg.train.steps, self.elapsed,
+                            stopped == "interrupted", stopped == "out_of_time",
+                            self.chars_seen / max(self.elapsed, 1e-9), self.source.unit)
 
-    def _summary(self, stopped: StopReason | None) -> dict[str, Any]:
-        return {"run_dir": str(self.run_dir), "step": self.step, "steps": self.cfg.train.steps,
-                "elapsed": self.elapsed, "interrupted": stopped == "interrupted",
-                "out_of_time": stopped == "out_of_time",
-                self._rate_key: self.chars_seen / max(self.elapsed, 1e-9), "unit": self.source.unit}
-
-    def _final_score(self, summary: dict[str, Any]) -> None:
+    def _final_score(self, summary: TrainSummary) -> None:
         """Score ``train.final_eval_windows`` of the validation split (0 = all of it) with the EMA weights, and
         with the raw weights too if ``train.final_eval_raw``; add the numbers to ``summary`` and write it as
         final.json, the run's headline result."""
@@ -798,13 +651,12 @@ class Trainer:
             what = "images" if self.source.unit == "images" else "windows"
             self.log(f"scoring the validation split with the EMA weights ({len(full):,} {what}) ...")
         ema_val = self.evaluate(full, progress=self.progress, desc="final score, EMA weights")
-        summary.update({bits_key(ema_val.unit): ema_val.bits_per_unit, "val_nats": ema_val.nats_per_unit,
-                        "val_kind": ema_val.kind, "val_windows": ema_val.windows, "val_details": ema_val.details})
+        summary.score = score = FinalScore(ema_val.unit, ema_val.bits_per_unit, ema_val.nats_per_unit, ema_val.kind,
+                                           ema_val.windows, ema_val.details)
         if t.final_eval_raw:
             raw_val = self.evaluate(full, self.model, progress=self.progress, desc="final score, raw weights")
-            summary.update({bits_key(raw_val.unit) + "_raw": raw_val.bits_per_unit,
-                            "val_nats_raw": raw_val.nats_per_unit})
-        write_json(self.run_dir / "final.json", summary)
+            score.raw_bits, score.raw_nats = raw_val.bits_per_unit, raw_val.nats_per_unit
+        summary.write(self.run_dir)
 
 
 def _grad_norm(parameters: Any) -> torch.Tensor:
@@ -817,11 +669,6 @@ def _grad_norm(parameters: Any) -> torch.Tensor:
     return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.detach()).float() for g in grads]))
 
 
-def write_json_lines(path: Path, lines: list[str]) -> None:
-    """Rewrite a JSON-lines file atomically, so a crash mid-write cannot cost the rows already recorded."""
-    write_text(path, "".join(ln + "\n" for ln in lines))
-
-
 def default_run_dir(cfg: Config) -> Path:
     """``runs/<method>-<preset>-<timestamp>``: a new run never lands in an existing one's directory."""
     stamp = time.strftime("%Y%m%d-%H%M%S")
@@ -829,14 +676,15 @@ def default_run_dir(cfg: Config) -> Path:
 
 
 def run_training(cfg: Config, run_dir: Path | None = None, progress: bool = True, **kw) -> dict[str, Any]:
-    """Start a new run (``textdiffusion train``)."""
+    """Start a new run (``textdiffusion train``); returns the :class:`~textdiffusion.records.TrainSummary`'s
+    JSON form (final.json's, for a finished run)."""
     world = distributed.current_world()
     if run_dir is None and world.active:  # one directory for the job: rank 0's timestamp
         distributed.init(world, job_device(cfg, world))
         run_dir = Path(distributed.broadcast(str(default_run_dir(cfg)), world))
     trainer = Trainer(cfg, run_dir or default_run_dir(cfg), progress=progress)
     try:
-        return trainer.train(**kw)
+        return trainer.train(**kw).to_json()
     finally:
         trainer.lock.release()
 
@@ -864,6 +712,6 @@ def resume_training(run_dir: Path, progress: bool = True, steps: int | None = No
         if cfg.train.steps != recorded_steps and trainer.world.is_main:
             meta["config"] = cfg.to_dict()  # the run's record must describe the schedule it now follows
             write_json(run_dir / "config.json", meta)
-        return trainer.train(**kw)
+        return trainer.train(**kw).to_json()
     finally:
         trainer.lock.release()

@@ -27,7 +27,6 @@ stated number of samples and seeds.
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -52,17 +51,26 @@ from textdiffusion.checkpoint import (
 )
 from textdiffusion.config import GUIDANCE, ConfigError
 from textdiffusion.files import write_text
-from textdiffusion.loggers import TRAIN_KIND, row_kind
-from textdiffusion.methods import SampleRequest, TextMethod, get_method
+from textdiffusion.methods import SampleRequest, get_method
 from textdiffusion.methods.base import bits_key
 from textdiffusion.progress import progress_bar
+from textdiffusion.records import (
+    EvalRow,
+    ImageEval,
+    MetricsRow,
+    Quality,
+    TrainRow,
+    TrainSummary,
+    ValScore,
+    read_eval,
+    read_metrics,
+)
 from textdiffusion.viz.records import (
     Comparison,
     Frame,
     GuidanceCurve,
     GuidancePoint,
     ImagePictures,
-    Quality,
     Reference,
     RunRecord,
     SampleSet,
@@ -159,20 +167,6 @@ def _rule_options(rule: str) -> dict[str, Any]:
     raise ConfigError(f"unknown guidance rule {rule!r}; choose one of {', '.join(RULES)}")
 
 
-def _read_jsonl(path: Path) -> list[dict[str, Any]]:
-    if not path.exists():
-        return []
-    rows = []
-    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:  # a line cut by a crash: the rest is still good
-            continue
-        if isinstance(row, dict) and isinstance(row.get("step"), int):
-            rows.append(row)
-    return rows
-
-
 def _optional_json(path: Path) -> dict[str, Any] | None:
     if not path.exists():
         return None
@@ -202,10 +196,10 @@ def _method_class(run: Path, name: str) -> type:
             from None
 
 
-def _current_eval(run: Path, step: int, image: bool) -> tuple[dict[str, Any] | None, str | None]:
-    """``eval.json`` when it scored this checkpoint, else None and what to run instead."""
-    ev = _optional_json(run / "eval.json")
-    redo = f"run `textdiffusion {'mnist ' if image else ''}eval {run}` (or compare --evaluate)"
+def _current_eval(run: Path, step: int, image: bool, command: str) -> tuple[dict[str, Any] | None, str | None]:
+    """``eval.json`` when it scored this checkpoint, else None and what to run (``command`` eval) instead."""
+    ev = read_eval(run)
+    redo = f"run `{command} eval {run}` (or compare --evaluate)"
     if ev is not None and ev.get("step") != step:
         return None, f"eval.json is from step {ev.get('step')} but the checkpoint is at step {step}; {redo}"
     if ev is None and image:  # FID and accuracy exist only in eval.json
@@ -213,26 +207,24 @@ def _current_eval(run: Path, step: int, image: bool) -> tuple[dict[str, Any] | N
     return ev, None
 
 
-def _read_val(ev: dict[str, Any] | None, final: dict[str, Any] | None, metrics: list[dict[str, Any]], step: int,
+def _read_val(ev: dict[str, Any] | None, final: TrainSummary | None, metrics: list[MetricsRow], step: int,
               unit: str) -> ValEntry | None:
     """The best-labelled validation number of checkpoint ``step``: a text run's eval.json, else final.json,
     else the last evaluation in metrics.jsonl (a run stopped before its final evaluation)."""
-    val_key = bits_key(unit)
     label = f"bits/{unit}"
 
     def candidates():
         if ev is not None and unit == "char" and "val" in ev:
-            v = ev["val"]
-            yield ValEntry.of(v.get("bpc"), v.get("kind"), label, "eval.json", v.get("windows"),
-                              v.get("stderr_nats"), v)
-        if final is not None and final.get("step") == step and val_key in final:
-            details = final.get("val_details")
-            yield ValEntry.of(final[val_key], final.get("val_kind"), label, "final.json (end of training)",
-                              final.get("val_windows"), (details or {}).get("stderr_nats"), details)
-        last = next((m for m in reversed(metrics) if val_key in m), None)
+            v = ValScore.from_json(ev["val"])
+            yield ValEntry.of(v.bpc, v.kind, label, "eval.json", v.windows, v.details.get("stderr_nats"), v.details)
+        score = final.score if final is not None and final.step == step else None
+        if score is not None and score.unit == unit:
+            yield ValEntry.of(score.bits, score.kind, label, "final.json (end of training)", score.windows,
+                              score.details.get("stderr_nats"), score.details)
+        last = next((m for m in reversed(metrics) if isinstance(m, EvalRow) and m.unit == unit and m.bits is not None),
+                    None)
         if last is not None:
-            yield ValEntry.of(last[val_key], last.get("val_kind"), label, f"metrics.jsonl (step {last['step']})",
-                              last.get("val_windows"))
+            yield ValEntry.of(last.bits, last.kind, label, f"metrics.jsonl (step {last.step})", last.windows)
 
     return next((v for v in candidates() if v is not None), None)
 
@@ -245,19 +237,20 @@ def read_run(path: str | Path) -> RunRecord:
     cfg = meta["config"]
     method = cfg.get("method", {}).get("name", "?")
     method_class = _method_class(run, method)
-    image = not issubclass(method_class, TextMethod)
-    final = _optional_json(run / "final.json")
-    metrics = _read_jsonl(run / "metrics.jsonl")
+    image = method_class.data_kind == "images"
+    final = TrainSummary.read(run)
+    metrics = read_metrics(run)
     if not has_checkpoint(run):
         raise CheckpointError(f"{run} has no checkpoint (training stopped before its first save); resume it with "
                               f"`textdiffusion train --resume {run}` or leave it out")
     header = read_header(run)
     step = header.step
     check_finite(read_group(run, "ema")[0], header.path)  # a diverged checkpoint has no number worth showing
-    ev, eval_note = _current_eval(run, step, image)
+    ev, eval_note = _current_eval(run, step, image, method_class.command)
     val_key = bits_key(method_class.unit)
-    speed_key = "images_per_s" if image else "chars_per_s"
-    speeds = [m[speed_key] for m in metrics if speed_key in m and row_kind(m) == "eval"]
+    data_unit = "images" if image else "chars"
+    speeds = [m.rate for m in metrics if isinstance(m, EvalRow) and m.data_unit == data_unit and m.rate is not None]
+    final_speed = final.rate if final is not None and final.unit == data_unit else None
     model = cfg.get("model", {})
     return RunRecord(
         name=run.name, path=str(run), kind="image" if image else "text", method=method,
@@ -269,22 +262,25 @@ def read_run(path: str | Path) -> RunRecord:
         corpus=meta.get("corpus") or _optional_json(run / "image.json") or {},
         sampling_config={k: cfg.get("method", {}).get(k) for k in ("sampler", "sample_steps", "timesteps")},
         val=_read_val(ev, final, metrics, step, method_class.unit),
-        train_speed=TrainSpeed((final or {}).get(speed_key) or (speeds[-1] if speeds else None),
+        train_speed=TrainSpeed(final_speed or (speeds[-1] if speeds else None),
                                "images/s" if image else "chars/s"),
         curves=_curves(metrics, val_key),
         curve_val_key=val_key, eval=ev, eval_note=eval_note)
 
 
-def _curves(metrics: list[dict[str, Any]], val_key: str) -> list[dict[str, float]]:
+def _curves(metrics: list[MetricsRow], val_key: str) -> list[dict[str, float]]:
     """The learning curves' points: validation from the evaluation rows; the training loss from the train rows
     (``train.log_every``: the mean over each interval) where the run has them, else the evaluation rows'
     smoothed loss, so the two kinds of loss never zigzag on one curve."""
-    evals = [m for m in metrics if row_kind(m) == "eval"]
-    trained = [m for m in metrics if row_kind(m) == TRAIN_KIND]
+    def point(row: MetricsRow, *keys: str) -> dict[str, float]:
+        d = row.to_json()
+        return {k: d[k] for k in ("step", "elapsed", *keys) if d.get(k) is not None}
+
+    evals = [m for m in metrics if isinstance(m, EvalRow)]
+    trained = [m for m in metrics if isinstance(m, TrainRow)]
     if not trained:
-        return [{k: m[k] for k in ("step", "elapsed", "train_loss", val_key) if k in m} for m in evals]
-    points = [{k: m[k] for k in ("step", "elapsed", "train_loss") if k in m} for m in trained]
-    points += [{k: m[k] for k in ("step", "elapsed", val_key) if k in m} for m in evals]
+        return [point(m, "train_loss", val_key) for m in evals]
+    points = [point(m, "train_loss") for m in trained] + [point(m, val_key) for m in evals]
     return sorted(points, key=lambda p: p["step"])  # stable: a step's train point before its evaluation
 
 
@@ -595,12 +591,11 @@ def _image_guidance_point(run, rule: str, w: float, samples: int, seed: int) -> 
     and FID in the evaluation classifier's features."""
     from textdiffusion.apps.mnist import evaluate_images
 
-    row = evaluate_images(run, samples=samples, sampler=IMAGE_SAMPLER["sampler"], steps=IMAGE_SAMPLER["steps"],
-                          eta=IMAGE_SAMPLER["eta"], guidance=w, seed=seed, progress=False, write=False,
-                          **_rule_options(rule))
-    return GuidancePoint(rule=rule, w=w, accuracy=row["class_accuracy"], samples=samples, seed=seed,
-                         seconds=row["seconds"], fid=row["fid"], images_per_s=samples / max(row["seconds"], 1e-9),
-                         sampler=row["sampler"], steps=row["steps"])
+    ev = ImageEval.from_json(evaluate_images(run, samples=samples, sampler=IMAGE_SAMPLER["sampler"],
+                                             steps=IMAGE_SAMPLER["steps"], eta=IMAGE_SAMPLER["eta"], guidance=w,
+                                             seed=seed, progress=False, write=False, **_rule_options(rule)))
+    return GuidancePoint(rule=rule, w=w, accuracy=ev.class_accuracy, samples=samples, seed=seed, seconds=ev.seconds,
+                         fid=ev.fid, images_per_s=samples / max(ev.seconds, 1e-9), sampler=ev.sampler, steps=ev.steps)
 
 
 def measure_image_guidance(record: RunRecord, weights: list[float], samples: int, seed: int, device: str,

@@ -2,8 +2,9 @@
 
 The trainer (:mod:`textdiffusion.trainer`) never asks whether it is training on characters or pixels. It
 asks a *source* for a random training batch, a fixed validation set, a description for ``config.json``,
-the file that lets a run be reopened without its data (``tokenizer.json`` or ``image.json``), how many
-units (characters, images) a batch holds, and a picture or text of the current samples.
+the file that lets a run be reopened without its data (``tokenizer.json`` or ``image.json``) and how many
+units (characters, images) a batch holds. A source only reads, verifies, splits and batches: it runs no
+method (the trainer's samples are drawn by :mod:`textdiffusion.training_samples`).
 """
 
 from __future__ import annotations
@@ -19,7 +20,6 @@ from textdiffusion.data.batches import TextData
 from textdiffusion.data.corpus import DataError, corpus_fingerprint, read_corpus, resolve_corpus
 from textdiffusion.data.images import ImageBatch, ImageSpec, load_images
 from textdiffusion.data.tokenizer import load_tokenizer
-from textdiffusion.files import write_text
 
 
 class Source(Protocol):
@@ -33,14 +33,14 @@ class Source(Protocol):
     def train_batch(self, batch: int, window: int, generator: torch.Generator) -> Any: ...
     def val_set(self, window: int, limit: int) -> Any: ...
     def units(self, batch: int, window: int) -> int: ...
-    def write_samples(self, method: Any, model: torch.nn.Module, generator: torch.Generator, run_dir: Path,
-                      step: int) -> None: ...
 
 
 class TextSource:
     """A tokenised corpus: random crops for training, evenly spread tiles for validation."""
 
     unit = "chars"
+    vocab_file = "tokenizer.json"
+    resume_needs_vocab = True  # the weights' rows are its symbols: a run without it cannot go on
 
     def __init__(self, data: TextData):
         self.data = data
@@ -74,14 +74,6 @@ class TextSource:
     def units(self, batch: int, window: int) -> int:
         return batch * window
 
-    def write_samples(self, method: Any, model: torch.nn.Module, generator: torch.Generator, run_dir: Path,
-                      step: int) -> None:
-        res = method.sample(model, method.training_samples(), generator)
-        texts = [self.vocab.decode(row.tolist()) for row in res.ids.cpu()]
-        body = f"# step {step}, EMA weights, default sampler, {res.nfe:g} network evaluations per sample\n\n"
-        body += "\n\n----\n\n".join(texts) + "\n"
-        write_text(run_dir / "samples" / f"step_{step:06d}.txt", body)
-
 
 class SpeakerSource(TextSource):
     """A play script labelled by speaker (``data.labels=speaker``): training crops from the ``data.label_top``
@@ -102,13 +94,7 @@ class SpeakerSource(TextSource):
         self.val_streams = SpeakerStreams(held, encode)
 
     def check(self, method: Any) -> None:
-        if not getattr(method, "supports_labels", False):
-            from textdiffusion.methods.base import REGISTRY
-
-            able = sorted(name for name, cls in REGISTRY.items() if getattr(cls, "supports_labels", False))
-            use = " or ".join(filter(None, (", ".join(able[:-1]), able[-1]))) if able else "a text method"
-            raise DataError(f"data.labels=speaker trains a label-conditioned model, which the {method.name} method "
-                            f"does not build; use {use}")
+        """The windows fit every speaker's speech (the trainer has checked that the method takes labels)."""
         self.train_streams.check_window(method.window, "training", self.label_names)
         self.val_streams.check_window(method.window, "held-out", self.label_names)
 
@@ -127,6 +113,8 @@ class ImageSource:
     """Labelled images: uniformly drawn training batches, the first ``limit`` test images for validation."""
 
     unit = "images"
+    vocab_file = "image.json"
+    resume_needs_vocab = False  # written again from the data
 
     def __init__(self, data: Any):  # textdiffusion.data.images.ImageData
         self.data = data
@@ -152,22 +140,18 @@ class ImageSource:
     def units(self, batch: int, window: int) -> int:
         return batch
 
-    def write_samples(self, method: Any, model: torch.nn.Module, generator: torch.Generator, run_dir: Path,
-                      step: int) -> None:
-        from textdiffusion.viz.images import save_grid
 
-        res = method.sample(model, method.training_samples(), generator)
-        save_grid(res.images, run_dir / "samples" / f"step_{step:06d}.png", nrow=self.vocab.num_classes)
+SOURCES: dict[str, type[TextSource] | type[ImageSource]] = {"text": TextSource, "images": ImageSource}  # by kind
 
 
-def load_source(cfg: Config, run_dir: Path | None = None) -> Source:
-    """The data a run trains on. ``run_dir`` (when resuming) supplies the saved tokenizer, so a resumed run
-    tokenises exactly as before, and the corpus record of its config.json: the data is read from the
-    recorded absolute path when it is still there (:func:`corpus_location`), and must still have the recorded
-    fingerprint (:func:`check_identity`)."""
+def load_source(cfg: Config, run_dir: Path | None = None, kind: str = "text") -> Source:
+    """The data a run trains on, of ``kind`` (the method's ``data_kind``: "text" or "images"). ``run_dir``
+    (when resuming) supplies the saved tokenizer, so a resumed run tokenises exactly as before, and the
+    corpus record of its config.json: the data is read from the recorded absolute path when it is still
+    there (:func:`corpus_location`), and must still have the recorded fingerprint (:func:`check_identity`)."""
     recorded = recorded_corpus(run_dir) if run_dir is not None else None
     corpus = corpus_location(cfg.data.corpus, recorded)
-    if cfg.method.network == "unet":  # an image method
+    if kind == "images":
         source: Source = ImageSource(load_images(corpus))
         if run_dir is not None:
             check_identity(recorded, source.record(), run_dir)

@@ -35,6 +35,7 @@ from textdiffusion.config import (
 )
 from textdiffusion.data.tokenizer import Tokenizer
 from textdiffusion.nn.transformer import Transformer
+from textdiffusion.precision import transformer_flops_per_token
 
 # on_step(step, state, info): state is (n, length) ids with tokenizer.mask_id where still unknown
 StepCallback = Callable[[int, torch.Tensor, dict[str, Any]], None]
@@ -149,6 +150,10 @@ class Method(ABC, Generic[Request, Result]):
     samplers: ClassVar[tuple[str, ...]]  # the first is the default
     likelihood_kind: ClassVar[str]  # "exact" | "bound"
     unit: ClassVar[str]  # what likelihoods are divided by: "char" | "dim"
+    # what the method trains on, which names its data source and sample files: "text" (a tokenised corpus)
+    # or "images"; and the command that trains, samples and evaluates its runs
+    data_kind: ClassVar[str] = "text"
+    command: ClassVar[str] = "textdiffusion"
     # whether the loss reads the network's parameters only through its forward pass: DistributedDataParallel
     # then averages gradients during backward; a method that also reads them directly (an embedding table for
     # rounding) sets False, and the trainer averages its gradients after backward instead
@@ -218,6 +223,24 @@ class Method(ABC, Generic[Request, Result]):
     def interactive_samplers(self) -> tuple[str, ...]:
         """The samplers a request from the live page may pick (those that need nothing but the request)."""
         return self.samplers
+
+    # ---- what the trainer and the run reader ask of every method ---------------------------------------
+    def flops_per_unit(self, n_parameters: int) -> float | None:
+        """Model FLOPs per unit of training data (for the utilisation of a GPU), None where not counted."""
+        return None
+
+    def take_label_names(self, names: Any) -> None:
+        """Receive the label names a run recorded (config.json's ``corpus.labels``); ignored by default."""
+
+    def companion_runs(self) -> dict[str, str]:
+        """Other run directories this method's sampling reads, keyed by the option that names each; the caller
+        checks and opens them on the same device and hands them to :meth:`attach_companions`. None by default."""
+        return {}
+
+    def attach_companions(self, runs: dict[str, Any]) -> None:
+        """Receive the :meth:`companion_runs` opened (loaded runs, under the same keys)."""
+        if runs:
+            raise ConfigError(f"the {self.name} method reads no other run")
 
 
 @dataclass
@@ -517,13 +540,17 @@ class TextMethod(Method[SampleRequest, SampleResult]):
         """What the trainer draws at each evaluation, into ``samples/step_N.txt``: the run's own token draw."""
         return SampleRequest(n=2, **self.decoding())
 
-    def guide_run(self) -> str:
-        """A second run this method's sampler reads (``embedding``'s guided sampler: an ``ar`` run), or ""."""
-        return ""
+    def flops_per_unit(self, n_parameters: int) -> float | None:
+        """The transformer's forward and backward FLOPs per token, times the positions per character."""
+        m = self.model_cfg
+        return self.forward_tokens_per_unit * transformer_flops_per_token(n_parameters, m.n_layer, m.n_embd,
+                                                                          self.window)
 
-    def set_guide(self, guide: Any) -> None:
-        """Receive the opened :meth:`guide_run` (a loaded run); methods without one never get called."""
-        raise ConfigError(f"the {self.name} method takes no guide run")
+    def take_label_names(self, names: Any) -> None:
+        """The names ``--label`` takes, as training recorded them, when they fit the run's labels."""
+        if (self.num_labels and isinstance(names, list) and len(names) == self.num_labels
+                and all(isinstance(x, str) for x in names)):
+            self.label_names = tuple(names)
 
     def prepare(self, req: SampleRequest, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         """Build the initial state from prompt / infill: (n, length) ids with masks at unknown positions,

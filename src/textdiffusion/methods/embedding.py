@@ -187,7 +187,7 @@ class EmbeddingDiffusion(TextMethod):
         cfg.check()
         self.schedule = make_noise_schedule(cfg.noise_schedule)
         self.t_min = cfg.t_min
-        self.guide: Any = None  # the ar run of the guided sampler (see set_guide)
+        self.guide: Any = None  # the ar run of the guided sampler (see attach_companions)
 
     @property
     def time_conditioning(self) -> bool:
@@ -209,11 +209,13 @@ class EmbeddingDiffusion(TextMethod):
     def interactive_samplers(self) -> tuple[str, ...]:
         return tuple(s for s in self.samplers if s != "guided")  # guided needs a second run
 
-    def guide_run(self) -> str:
-        return self.cfg.guide_run if "guided" in self.samplers else ""  # only the guided sampler reads it
+    def companion_runs(self) -> dict[str, str]:
+        """The guided sampler's ``ar`` run (only that sampler reads it)."""
+        return {"method.guide_run": self.cfg.guide_run} if "guided" in self.samplers and self.cfg.guide_run else {}
 
-    def set_guide(self, guide: Any) -> None:
+    def attach_companions(self, runs: dict[str, Any]) -> None:
         """The guided sampler's ``ar`` model: a loaded run with the same tokenizer as this one."""
+        guide = runs["method.guide_run"]
         if guide.method.name != "ar":
             raise ConfigError(f"method.guide_run {self.cfg.guide_run} was trained with method {guide.method.name}; "
                               f"it must be ar (an autoregressive run)")

@@ -124,6 +124,8 @@ class ImageDiffusion(Method[ImageRequest, ImageResult]):
     samplers = ("ddpm", "ddim")
     likelihood_kind = "bound"
     unit = "dim"
+    data_kind = "images"
+    command = "textdiffusion mnist"
 
     def __init__(self, cfg: ImageConfig, unet_cfg: UNetConfig, spec: ImageSpec):
         self.cfg, self.unet_cfg, self.spec = cfg, unet_cfg, spec

@@ -11,6 +11,8 @@ import math
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
+from textdiffusion.records import ImageEval, Quality, TextEval
+
 FORMAT = "textdiffusion-comparison/1"
 JUDGE = "character 5-gram, interpolated Witten-Bell (textdiffusion.evaluate.CharNgramJudge)"
 
@@ -48,23 +50,6 @@ class ValEntry:
 class TrainSpeed:
     value: float | None
     unit: str  # "chars/s" | "images/s"
-
-
-@dataclass
-class Quality:
-    """The judge's scores of a set of texts (:meth:`textdiffusion.evaluate.TrainingReference.quality`)."""
-
-    judge_ppl: float
-    word_validity: float
-    distinct_2: float
-    repetition: float
-    copy_rate: float
-    words: int
-    char_entropy: float = math.nan  # bits; missing from sweeps cached before it was measured
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> Quality:
-        return cls(**{f.name: data[f.name] for f in fields(cls) if f.name in data})
 
 
 @dataclass
@@ -279,7 +264,7 @@ class RunRecord:
     train_speed: TrainSpeed
     curves: list[dict[str, float]]  # metrics.jsonl rows: step, elapsed, train_loss, curve_val_key
     curve_val_key: str
-    eval: dict[str, Any] | None  # eval.json as written, when it is of this checkpoint
+    eval: dict[str, Any] | None  # eval.json as written, when it is of this checkpoint (copied into the JSON)
     eval_note: str | None  # why there is no (current) eval.json
     text_results: TextResults | None = None
     images: ImagePictures | None = None
@@ -288,6 +273,21 @@ class RunRecord:
     @property
     def is_text(self) -> bool:
         return self.kind == "text"
+
+    @property
+    def text_eval(self) -> TextEval | None:
+        """A text run's eval.json as its record; None without one, or for one of another shape."""
+        if not self.is_text or not self.eval:
+            return None
+        try:
+            return TextEval.from_json(self.eval)
+        except (KeyError, TypeError, AttributeError):
+            return None
+
+    @property
+    def image_eval(self) -> ImageEval | None:
+        """An image run's eval.json as its record (None without one)."""
+        return ImageEval.from_json(self.eval) if not self.is_text and self.eval else None
 
     def to_json(self) -> dict[str, Any]:
         out = {f.name: getattr(self, f.name) for f in fields(self)

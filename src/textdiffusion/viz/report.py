@@ -112,14 +112,14 @@ def default_point(run: RunRecord) -> SweepPoint | None:
 
 def eval_summary(run: RunRecord) -> str | None:
     """One line quoting a text run's ``eval.json`` (its own sample count and settings)."""
-    ev = run.eval
-    if not ev or "quality" not in ev:
+    ev = run.text_eval
+    if ev is None or ev.quality is None:
         return None
-    s, q = ev["samples"], ev["quality"]
-    extra = f", overrides {' '.join(s['overrides'])}" if s.get("overrides") else ""
-    return (f"eval.json ({s['n']} samples × 1 seed of {s.get('length')} characters, sampler {s.get('sampler')}"
-            f"{extra}): judge ppl {_fmt(q.get('judge_ppl'))}, word validity {_fmt(q.get('word_validity'))}, "
-            f"distinct-2 {_fmt(q.get('distinct_2'))}, {_fmt(ev['speed'].get('sample_chars_per_s'), 0)} sample chars/s")
+    s, q = ev.samples, ev.quality
+    extra = f", overrides {' '.join(s.overrides)}" if s.overrides else ""
+    return (f"eval.json ({s.n} samples × 1 seed of {s.length} characters, sampler {s.sampler}"
+            f"{extra}): judge ppl {_fmt(q.judge_ppl)}, word validity {_fmt(q.word_validity)}, "
+            f"distinct-2 {_fmt(q.distinct_2)}, {_fmt(ev.speed.sample_chars_per_s, 0)} sample chars/s")
 
 
 def _length(c: Comparison) -> str:
@@ -334,15 +334,15 @@ def text_row(run: RunRecord, run_id: int = 0) -> Row:
 
 
 def image_row(run: RunRecord, run_id: int = 0) -> Row:
-    ev = run.eval or {}
-    ms = ev["seconds_per_image"] * 1000 if ev.get("seconds_per_image") else None
-    sampler = (Cell(f"{ev.get('sampler', NA)} {ev.get('steps', '')}".strip(), ev.get("steps"),
-                    f"eta {ev.get('eta')}, guidance {ev.get('guidance')}") if ev else Cell(NA, None))
+    ev = run.image_eval
+    ms = ev.seconds_per_image * 1000 if ev and ev.seconds_per_image else None
+    sampler = (Cell(f"{ev.sampler or NA} {ev.steps if ev.steps is not None else ''}".strip(), ev.steps,
+                    f"eta {ev.eta}, guidance {ev.guidance}") if ev else Cell(NA, None))
     cells = {**_common_cells(run), "step": Cell(f"{run.step:,}", run.step),
-             "fid": Cell(_fmt(ev.get("fid")), ev.get("fid"), run.eval_note or "eval.json"),
-             "class_accuracy": Cell(_fmt(ev.get("class_accuracy")), ev.get("class_accuracy")),
+             "fid": Cell(_fmt(ev and ev.fid), ev and ev.fid, run.eval_note or "eval.json"),
+             "class_accuracy": Cell(_fmt(ev and ev.class_accuracy), ev and ev.class_accuracy),
              "eval_sampler": sampler, "sample_speed": Cell(_fmt(ms, 1), ms),
-             "provenance": Cell(f"{ev['samples']} × 1" if ev else NA, ev.get("samples"))}
+             "provenance": Cell(f"{ev.samples} × 1" if ev else NA, ev and ev.samples)}
     return Row(run_id, cells, run.val.kind if run.val else None)
 
 

@@ -1,0 +1,441 @@
+"""What each stage leaves in a run directory, as typed records with their JSON form.
+
+* :class:`TrainSummary`: what training returns, and ``final.json`` once the run has finished and scored its
+  validation split (:class:`FinalScore`);
+* :class:`EvalRow` and :class:`TrainRow`: the rows of ``metrics.jsonl`` (an evaluation every
+  ``train.eval_every`` steps; a train row every ``train.log_every`` steps, marked ``"kind": "train"``);
+* :class:`TextEval`: the ``eval.json`` of ``textdiffusion eval``; :class:`ImageEval`: the one of
+  ``textdiffusion mnist eval``.
+
+Each record's ``to_json`` writes the keys in the order the files have always had, so a run directory reads
+the same to any tool that read it before; ``from_json`` (and ``read``) accept files of every version, older
+ones missing fields as ``None``. Readers take these types instead of re-reading dicts by string keys: the
+key names live here and nowhere else. The module imports no torch (the loggers and the command line's help
+read it); the JSON files are read and written by :mod:`textdiffusion.checkpoint`'s atomic helpers.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from textdiffusion.errors import CheckpointError
+from textdiffusion.files import write_text
+
+FINAL = "final.json"
+METRICS = "metrics.jsonl"
+EVAL = "eval.json"
+TRAIN_KIND = "train"  # the "kind" of a train row; an evaluation row carries none
+
+
+def val_key(unit: str) -> str:
+    """The name of a validation number in bits: ``val_bpc`` per character, ``val_bpd`` per image dimension."""
+    return "val_bpc" if unit == "char" else "val_bpd"
+
+
+def rate_key(data_unit: str) -> str:
+    """The name of a throughput: ``chars_per_s`` or ``images_per_s`` (``data_unit``: "chars" | "images")."""
+    return f"{data_unit}_per_s"
+
+
+def _unit_of(row: dict[str, Any]) -> str | None:
+    """The method unit ("char" | "dim") whose bits a row records, or None when it records none."""
+    return next((u for u in ("char", "dim") if val_key(u) in row), None)
+
+
+def _data_unit_of(row: dict[str, Any]) -> str | None:
+    return next((u for u in ("chars", "images") if rate_key(u) in row), None)
+
+
+def _optional_dict(path: Path) -> dict[str, Any] | None:
+    """A JSON object file, or None when it is missing or unreadable (a reader then shows no number)."""
+    from textdiffusion.checkpoint import read_json
+
+    if not path.exists():
+        return None
+    try:
+        obj = read_json(path)
+    except CheckpointError:
+        return None
+    return obj if isinstance(obj, dict) else None
+
+
+# ---- final.json ------------------------------------------------------------------------------------------
+@dataclass
+class FinalScore:
+    """The validation split scored at the end of training with the EMA weights (and the raw ones, with
+    ``train.final_eval_raw``). ``unit`` is the method's ("char" | "dim"), naming the bits' key."""
+
+    unit: str
+    bits: float
+    nats: float
+    kind: str  # "exact" | "bound"
+    windows: int  # text windows or images scored
+    details: dict[str, Any] = field(default_factory=dict)  # the method's own terms (stderr_nats, ...)
+    raw_bits: float | None = None
+    raw_nats: float | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        key = val_key(self.unit)
+        out = {key: self.bits, "val_nats": self.nats, "val_kind": self.kind, "val_windows": self.windows,
+               "val_details": self.details}
+        if self.raw_bits is not None:
+            out.update({key + "_raw": self.raw_bits, "val_nats_raw": self.raw_nats})
+        return out
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> FinalScore | None:
+        """None when the record holds no validation number (training stopped before scoring)."""
+        unit = _unit_of(d)
+        if unit is None:
+            return None
+        key = val_key(unit)
+        details = d.get("val_details")
+        return cls(unit, d[key], d.get("val_nats"), d.get("val_kind"), d.get("val_windows"),
+                   details if isinstance(details, dict) else {}, d.get(key + "_raw"), d.get("val_nats_raw"))
+
+
+@dataclass
+class TrainSummary:
+    """What a training session ends with: where it stopped and why, its throughput, and the final score once
+    the run finished. Written as ``final.json`` (the run's headline result) when it holds a score."""
+
+    run_dir: str
+    step: int
+    steps: int  # the schedule's length
+    elapsed: float  # training seconds, summed over resumes, evaluation excluded
+    interrupted: bool  # by a signal (or while scoring): the run resumes
+    out_of_time: bool  # train.time_budget_s was spent: the run counts as finished
+    rate: float  # data units per second of training
+    unit: str  # the data's unit: "chars" | "images"
+    score: FinalScore | None = None
+    scoring_interrupted: bool = False  # a signal stopped the final scoring: final.json was not written
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"run_dir": self.run_dir, "step": self.step, "steps": self.steps,
+                               "elapsed": self.elapsed, "interrupted": self.interrupted,
+                               "out_of_time": self.out_of_time, rate_key(self.unit): self.rate, "unit": self.unit}
+        if self.score is not None:
+            out.update(self.score.to_json())
+        if self.scoring_interrupted:
+            out["scoring_interrupted"] = True
+        return out
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> TrainSummary:
+        unit = d.get("unit") or _data_unit_of(d) or "chars"
+        return cls(str(d.get("run_dir", "")), d.get("step"), d.get("steps"), d.get("elapsed"),
+                   bool(d.get("interrupted")), bool(d.get("out_of_time")), d.get(rate_key(unit)), unit,
+                   FinalScore.from_json(d), bool(d.get("scoring_interrupted")))
+
+    def write(self, run_dir: Path) -> None:
+        from textdiffusion.checkpoint import write_json
+
+        write_json(Path(run_dir) / FINAL, self.to_json())
+
+    @classmethod
+    def read(cls, run_dir: Path | str) -> TrainSummary | None:
+        """A run's final.json, or None when it has none (still training, or an unreadable file)."""
+        d = _optional_dict(Path(run_dir) / FINAL)
+        return cls.from_json(d) if d is not None else None
+
+
+# ---- metrics.jsonl ---------------------------------------------------------------------------------------
+@dataclass
+class EvalRow:
+    """An evaluation row: the EMA weights' validation number at ``step``, the smoothed training loss and the
+    throughput since the previous evaluation."""
+
+    step: int
+    train_loss: float | None
+    unit: str  # the method's: "char" | "dim" (names the bits' key)
+    bits: float | None
+    nats: float | None = None
+    kind: str | None = None  # "exact" | "bound"
+    windows: int | None = None
+    lr: float | None = None
+    data_unit: str = "chars"  # "chars" | "images" (names the rate's key)
+    rate: float | None = None
+    elapsed: float | None = None
+    mfu: float | None = None  # model FLOPs utilisation, on a GPU whose peak is known
+
+    def to_json(self) -> dict[str, Any]:
+        out = {"step": self.step, "train_loss": self.train_loss, val_key(self.unit): self.bits,
+               "val_nats": self.nats, "val_kind": self.kind, "val_windows": self.windows, "lr": self.lr,
+               rate_key(self.data_unit): self.rate, "elapsed": self.elapsed}
+        if self.mfu is not None:
+            out["mfu"] = self.mfu
+        return out
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> EvalRow:
+        unit, data_unit = _unit_of(d) or "char", _data_unit_of(d) or "chars"
+        return cls(d["step"], d.get("train_loss"), unit, d.get(val_key(unit)), d.get("val_nats"), d.get("val_kind"),
+                   d.get("val_windows"), d.get("lr"), data_unit, d.get(rate_key(data_unit)), d.get("elapsed"),
+                   d.get("mfu"))
+
+
+@dataclass
+class TrainRow:
+    """A train row: means over the steps since the previous one (loss, pre-clip gradient norm), the
+    learning rate of its last step, the throughput in data units and, for text, in positions the network
+    processes (``tokens_per_s``)."""
+
+    step: int
+    train_loss: float
+    lr: float
+    grad_norm: float
+    grad_norm_max: float
+    data_unit: str  # "chars" | "images"
+    rate: float
+    elapsed: float
+    tokens_per_s: float | None = None
+    mfu: float | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"step": self.step, "kind": TRAIN_KIND, "train_loss": self.train_loss, "lr": self.lr,
+                               "grad_norm": self.grad_norm, "grad_norm_max": self.grad_norm_max,
+                               rate_key(self.data_unit): self.rate}
+        if self.tokens_per_s is not None:
+            out["tokens_per_s"] = self.tokens_per_s
+        out["elapsed"] = self.elapsed
+        if self.mfu is not None:
+            out["mfu"] = self.mfu
+        return out
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> TrainRow:
+        data_unit = _data_unit_of(d) or "chars"
+        return cls(d["step"], d.get("train_loss"), d.get("lr"), d.get("grad_norm"), d.get("grad_norm_max"),
+                   data_unit, d.get(rate_key(data_unit)), d.get("elapsed"), d.get("tokens_per_s"), d.get("mfu"))
+
+
+MetricsRow = EvalRow | TrainRow
+
+
+def row_kind(row: dict[str, Any]) -> str:
+    """``"train"`` for a train row's JSON, ``"eval"`` for an evaluation row's (which carries no ``kind``)."""
+    kind = row.get("kind", "eval")
+    return kind if isinstance(kind, str) else "eval"
+
+
+def parse_row(d: dict[str, Any]) -> MetricsRow:
+    return TrainRow.from_json(d) if row_kind(d) == TRAIN_KIND else EvalRow.from_json(d)
+
+
+def _row_lines(path: Path) -> list[tuple[str, dict[str, Any]]]:
+    """The readable rows of a metrics file with their lines: a line cut short by a kill, or one that is not
+    a row with an integer step, is skipped (the rest is still good)."""
+    if not path.exists():
+        return []
+    out = []
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(row, dict) and isinstance(row.get("step"), int):
+            out.append((line, row))
+    return out
+
+
+def read_metrics(run_dir: Path | str) -> list[MetricsRow]:
+    """The rows of a run's metrics.jsonl, in order (none when it has no file)."""
+    return [parse_row(row) for _, row in _row_lines(Path(run_dir) / METRICS)]
+
+
+def truncate_metrics(run_dir: Path, step: int) -> None:
+    """Keep the rows up to ``step`` (the checkpoint a run resumes from: later ones will be recomputed), as
+    they were written, and drop a last line cut short by a kill. One atomic rewrite, so a crash mid-write
+    cannot cost the rows already recorded."""
+    path = Path(run_dir) / METRICS
+    if path.exists():
+        keep = [line for line, row in _row_lines(path) if row["step"] <= step]
+        write_text(path, "".join(ln + "\n" for ln in keep))
+
+
+# ---- eval.json of a text run -----------------------------------------------------------------------------
+@dataclass
+class Quality:
+    """The judge's scores of a set of texts (:meth:`textdiffusion.evaluate.TrainingReference.quality`)."""
+
+    judge_ppl: float
+    word_validity: float
+    distinct_2: float
+    repetition: float
+    copy_rate: float
+    words: int
+    char_entropy: float = math.nan  # bits; missing from records written before it was measured
+
+    def to_json(self) -> dict[str, Any]:
+        """In the order ``TrainingReference.quality`` reports them (eval.json's)."""
+        return {"judge_ppl": self.judge_ppl, "word_validity": self.word_validity, "distinct_2": self.distinct_2,
+                "repetition": self.repetition, "copy_rate": self.copy_rate, "char_entropy": self.char_entropy,
+                "words": self.words}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Quality:
+        """Raises TypeError for scores written in another shape (a required one missing)."""
+        return cls(**{f.name: data[f.name] for f in fields(cls) if f.name in data})
+
+
+@dataclass
+class ValScore:
+    """eval.json's ``val``: the validation number in bits and nats per character, whether it is exact, what
+    was scored, and the method's own terms (``details``, spliced flat into the JSON)."""
+
+    bpc: float
+    nats_per_char: float
+    kind: str
+    windows: int
+    chars: int
+    details: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"bpc": self.bpc, "nats_per_char": self.nats_per_char, "kind": self.kind, "windows": self.windows,
+                "chars": self.chars, **self.details}
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> ValScore:
+        names = ("bpc", "nats_per_char", "kind", "windows", "chars")
+        return cls(*(d.get(k) for k in names), {k: v for k, v in d.items() if k not in names})
+
+
+@dataclass
+class SampleSettings:
+    """eval.json's ``samples``: how the scored samples were drawn, and the first few of them."""
+
+    n: int
+    length: int
+    sampler: str
+    steps: int
+    temperature: float
+    top_k: int
+    top_p: float
+    seed: int
+    overrides: list[str]
+    examples: list[str]
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> SampleSettings:
+        return cls(**{f.name: d.get(f.name) for f in fields(cls)})
+
+
+@dataclass
+class SampleSpeed:
+    """eval.json's ``speed``: sampling time, generated characters per second, network evaluations per sample
+    and the method's own per-sample numbers (``stats``, spliced flat)."""
+
+    seconds: float | None
+    sample_chars_per_s: float | None
+    nfe_per_sample: float
+    stats: dict[str, float] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"seconds": self.seconds, "sample_chars_per_s": self.sample_chars_per_s,
+                "nfe_per_sample": self.nfe_per_sample, **self.stats}
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> SampleSpeed:
+        names = ("seconds", "sample_chars_per_s", "nfe_per_sample")
+        return cls(*(d.get(k) for k in names), {k: v for k, v in d.items() if k not in names})
+
+
+@dataclass
+class LabelNote:
+    """eval.json's ``labels`` (a run trained on labels): their names, and what the samples and the validation
+    number are conditioned on."""
+
+    names: list[str]
+    samples: str
+    val: str
+
+
+@dataclass
+class TextEval:
+    """``textdiffusion eval``'s result, written as the run's eval.json."""
+
+    run: str
+    method: str
+    preset: str
+    step: int
+    weights: str  # "ema"
+    parameters: int
+    device: str
+    val: ValScore
+    samples: SampleSettings
+    quality: Quality | None
+    reference: Quality | None  # real validation text, scored like the samples
+    reference_what: str
+    speed: SampleSpeed
+    judge: dict[str, Any]  # kind, fitted_on, chars
+    labels: LabelNote | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        out = {"run": self.run, "method": self.method, "preset": self.preset, "step": self.step,
+               "weights": self.weights, "parameters": self.parameters, "device": self.device,
+               "val": self.val.to_json(), "samples": self.samples.to_json(),
+               "quality": self.quality.to_json() if self.quality else None,
+               "reference": {**(self.reference.to_json() if self.reference else {}), "what": self.reference_what},
+               "speed": self.speed.to_json(), "judge": self.judge}
+        if self.labels is not None:
+            out["labels"] = asdict(self.labels)
+        return out
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> TextEval:
+        """Raises KeyError or TypeError for a file that is not a text run's eval.json."""
+        def quality(part: Any) -> Quality | None:
+            try:
+                return Quality.from_json(part) if isinstance(part, dict) else None
+            except TypeError:
+                return None
+
+        ref = d.get("reference") if isinstance(d.get("reference"), dict) else {}
+        labels = d.get("labels")
+        return cls(d.get("run"), d.get("method"), d.get("preset"), d.get("step"), d.get("weights"),
+                   d.get("parameters"), d.get("device"), ValScore.from_json(d["val"]),
+                   SampleSettings.from_json(d["samples"]), quality(d.get("quality")), quality(ref),
+                   ref.get("what", ""), SampleSpeed.from_json(d.get("speed") or {}), d.get("judge") or {},
+                   LabelNote(**labels) if isinstance(labels, dict) else None)
+
+    def write(self, run_dir: Path) -> None:
+        from textdiffusion.checkpoint import write_json
+
+        write_json(Path(run_dir) / EVAL, self.to_json())
+
+
+# ---- eval.json of an image run ---------------------------------------------------------------------------
+@dataclass
+class ImageEval:
+    """``textdiffusion mnist eval``'s result (eval.json of an image run): FID and class accuracy of the
+    generated images in the evaluation classifier's features, how they were drawn, and the sampling time.
+    ``info`` holds what else the file records (the sampler's own numbers), in its order."""
+
+    step: int | None
+    samples: int | None
+    sampler: str | None
+    steps: int | None
+    eta: float | None
+    guidance: float | None
+    fid: float | None
+    class_accuracy: float | None
+    seconds: float | None  # sampling time of all the images
+    seconds_per_image: float | None
+    info: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> ImageEval:
+        names = [f.name for f in fields(cls) if f.name != "info"]
+        return cls(**{k: d.get(k) for k in names}, info={k: v for k, v in d.items() if k not in names})
+
+
+def read_eval(run_dir: Path | str) -> dict[str, Any] | None:
+    """A run's eval.json as written (a text or an image run's), or None when it has none or it is unreadable."""
+    return _optional_dict(Path(run_dir) / EVAL)
