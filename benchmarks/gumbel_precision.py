@@ -37,10 +37,10 @@ def main() -> None:
     cmd = "python benchmarks/gumbel_precision.py " + " ".join(sys.argv[1:])
     from textdiffusion.diffusion import discrete, tokens
     from textdiffusion.evaluate import TrainingReference, generate, run_corpus
-    from textdiffusion.methods import SampleRequest, ar
+    from textdiffusion.methods import SampleRequest
     from textdiffusion.runs import open_run
 
-    modules = (tokens, discrete, ar)  # every module whose samplers call gumbel_sample by name
+    modules = (tokens, discrete)  # every module whose samplers call gumbel_sample by name
     float64 = tokens.gumbel_sample
     rows, ref = [], None
     for path in args.runs:

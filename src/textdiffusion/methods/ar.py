@@ -4,6 +4,11 @@ Each training window x_1..x_L is fed as [BOS, x_1, .., x_{L-1}] under a causal m
 x_1..x_L, so the loss is exactly -log p(x_1..x_L) / L, the same per-window quantity the diffusion methods
 bound. (nanoGPT scores L predictions that all have at least one character of context; we report that
 variant too, as ``nats_per_char_nanogpt``, for the one-to-one comparison.)
+
+This file holds what makes ``ar`` itself: the causal attention, the shifted inputs, the loss and likelihood, and
+the draw loop. The sampling preamble (request checks, prompt, steps) is :meth:`TextMethod.sample`'s, and guidance
+wraps the network from outside (:mod:`textdiffusion.guidance`). :mod:`textdiffusion.methods.masked` lists what
+differs on its side.
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ from typing import Any
 import torch
 
 from textdiffusion.data.speakers import LabelledText, split_labels
-from textdiffusion.diffusion.tokens import cross_entropy_per_token, gumbel_sample
+from textdiffusion.diffusion.tokens import cross_entropy_per_token
 from textdiffusion.guidance.free import LabelledNetwork
 from textdiffusion.methods.base import (
     DrawPlan,
@@ -115,7 +120,7 @@ class AutoRegressive(TextMethod):
             on_step(0, state.clone(), {"nfe": nfe})
         for pos in range(start, length):
             logits = plan.steer.tilt(logits, state[:, :pos])
-            state[:, pos] = gumbel_sample(plan.tokens.filter(logits), generator)
+            state[:, pos] = plan.tokens(logits, generator)
             plan.steer.advance(state[:, :pos + 1])
             if on_step:
                 on_step(pos - start + 1, state.clone(), {"nfe": nfe})

@@ -27,7 +27,6 @@ from typing import Any, ClassVar, Generic, TypeVar
 
 import torch
 
-from textdiffusion.catalogue import GUIDANCE_RULES
 from textdiffusion.config import (
     METHOD_CONFIGS,
     TEMPERATURE,
@@ -44,6 +43,7 @@ from textdiffusion.data.tokenizer import Tokenizer
 from textdiffusion.diffusion import tokens
 from textdiffusion.diffusion.tokens import TokenDraw, cross_entropy_per_token, gumbel_sample  # noqa: F401 (re-export)
 from textdiffusion.guidance import classifier_steer
+from textdiffusion.guidance import labels as label_rules
 from textdiffusion.guidance.free import FreeGuidance, LabelledNetwork, combine
 from textdiffusion.guidance.steer import Steer
 from textdiffusion.methods import requests
@@ -241,21 +241,6 @@ class TextMethodConfig(MethodConfig):
     }
 
 
-def _check_guidance(req: SampleRequest) -> float:
-    """A request's guidance scale and rule, checked (guidance needs a label)."""
-    from textdiffusion.config import GUIDANCE
-
-    if req.rule not in ("", *GUIDANCE_RULES):
-        raise ConfigError(f"unknown guidance rule {req.rule!r}; choose one of {', '.join(GUIDANCE_RULES)}")
-    w = req.guidance
-    if not GUIDANCE.allows(w):
-        raise ConfigError(f"guidance must be {GUIDANCE.describe()}, got {w}")
-    if not req.label and (w != 1.0 or req.rule):
-        raise ConfigError("guidance steers toward a label; give --label NAME with --guidance or --guidance-rule "
-                          "(or leave them out)")
-    return w
-
-
 class TextMethod(Method[SampleRequest, SampleResult]):
     """A method on token windows: built from a tokenizer, sampled with a :class:`SampleRequest`."""
 
@@ -308,64 +293,23 @@ class TextMethod(Method[SampleRequest, SampleResult]):
         return torch.where(drop, torch.full_like(labels, self.num_labels), labels)
 
     def request_label(self, req: SampleRequest) -> tuple[int | None, float]:
-        """The label index and scale of a request's *classifier-free* guidance, checked: a label needs a labelled
-        run and one of its names; guidance needs a label. A request steered by a classifier (``rule=classifier``)
-        asks the network for nothing conditional: (None, 0.0), after :meth:`classifier_request`'s checks."""
-        if req.rule == "classifier":
-            self.classifier_request(req)  # checks the scale and the rule too
-            return None, 0.0
-        w = _check_guidance(req)
-        if not req.label:
-            return None, w
-        if not self.num_labels:
-            how = (" or steer it with a speaker classifier instead: --guidance-rule classifier"
-                   if self.classifier_rule else "")
-            raise ConfigError(f"this {self.name} run was trained without labels, so --label {req.label!r} has nothing "
-                              f"to steer; train with --set data.labels=speaker{how}")
-        from textdiffusion.data.speakers import label_index
-
-        names = self.label_names or tuple(str(i) for i in range(self.num_labels))
-        i = label_index(names, req.label)
-        if i is not None:
-            return i, w
-        raise ConfigError(f"label {req.label!r} is not one of this run's {len(names)} labels; choose one of "
-                          f"{', '.join(names)}")
+        """The label index and scale of a request's classifier-free guidance, checked
+        (:func:`textdiffusion.guidance.labels.free_label`)."""
+        return label_rules.free_label(self, req)
 
     def classifier_request(self, req: SampleRequest) -> tuple[int, float] | None:
         """The label index and scale of a request steered by the run's noisy classifier, checked; None for any
-        other request, and for scale 0, which is the unconditional sampler exactly (the classifier is not run)."""
-        if req.rule != "classifier":
-            return None
-        w = self.check_classifier_request(req)
-        if self.classifier is None:
-            raise ConfigError("classifier guidance needs the run's speaker classifier; sample through "
-                              "textdiffusion.load(...) or the CLI, which train it on first use")
-        from textdiffusion.data.speakers import label_index
-
-        names = self.classifier.names
-        i = label_index(names, req.label)
-        if i is None:
-            raise ConfigError(f"label {req.label!r} is not one of the speaker classifier's {len(names)} speakers; "
-                              f"choose one of {', '.join(names)}")
-        return (i, w) if w > 0 else None
+        other request and for scale 0 (:func:`textdiffusion.guidance.labels.classifier_label`)."""
+        return label_rules.classifier_label(self, req)
 
     def check_classifier_request(self, req: SampleRequest) -> float:
-        """What can be checked of a request before its classifier exists (so none is trained for a request that
-        would fail anyway): the scale, and for rule=classifier a method with a rule and a label."""
-        w = _check_guidance(req)
-        if req.rule == "classifier":
-            if not self.classifier_rule:
-                raise ConfigError(f"the {self.name} method has no classifier-guidance rule; use --guidance-rule free "
-                                  f"on a run trained with --set data.labels=speaker")
-            if not req.label:
-                raise ConfigError("--guidance-rule classifier steers toward a speaker; give --label NAME")
-        return w
+        """What can be checked of a request before its classifier exists
+        (:func:`textdiffusion.guidance.labels.check_classifier_request`)."""
+        return label_rules.check_classifier_request(self, req)
 
     def classifier_info(self, req: SampleRequest) -> dict[str, Any]:
         """What a classifier-guided sampling adds to its result's ``info`` (nothing for any other)."""
-        if req.rule != "classifier":
-            return {}
-        return {"label": req.label, "guidance": req.guidance, "rule": f"classifier ({self.classifier_rule})"}
+        return label_rules.classifier_info(self, req)
 
     def use_classifier(self, classifier: Any) -> None:
         """Receive the run's :class:`~textdiffusion.guidance.classifier.NoisyClassifier` (rule=classifier)."""
@@ -405,11 +349,8 @@ class TextMethod(Method[SampleRequest, SampleResult]):
         return model(x, *args, labels=labels, **kwargs)
 
     def label_info(self, label: int | None, w: float) -> dict[str, Any]:
-        """What a guided sampling adds to its result's ``info``: the label's name and the scale (nothing
-        for an unlabelled one)."""
-        if label is None:
-            return {}
-        return {"label": self.label_names[label] if self.label_names else label, "guidance": w}
+        """What a classifier-free-guided sampling adds to its result's ``info`` (nothing for an unlabelled one)."""
+        return label_rules.label_info(self, label, w)
 
     @staticmethod
     def combine_guided(logits: torch.Tensor, w: float) -> torch.Tensor:
