@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 
 from textdiffusion.config import Config
+from textdiffusion.diffusion.tokens import TokenDraw
 from textdiffusion.methods.configs import make_config
 from textdiffusion.trainer import Trainer
 
@@ -37,6 +38,8 @@ def block_sample_without_cache(method, req, generator: torch.Generator,
     prefix followed by the noisy block (``network(x)`` -> logits for every position of ``x``)."""
     state, fixed = method.prepare(req, torch.device("cpu"))
     steps = req.steps or method.default_steps(state.shape[1])
+    sampler = method.discrete_sampler(req.sampler or "ancestral", steps, TokenDraw(req.temperature, req.top_k,
+                                                                                 req.top_p))
     for start in range(0, state.shape[1], method.B):
         end = min(start + method.B, state.shape[1])
         if not (state[:, start:end] == method.tok.mask_id).any():
@@ -47,6 +50,5 @@ def block_sample_without_cache(method, req, generator: torch.Generator,
             return network(x)[:, -z.shape[1]:]
 
         block = method._from_prior(state[:, start:end], fixed[:, start:end], generator)
-        state[:, start:end], _ = method.denoise(forward, block, steps, req.sampler or "ancestral", req, generator,
-                                                None)
+        state[:, start:end], _ = sampler.run(forward, block, block == method.tok.mask_id, generator)
     return state

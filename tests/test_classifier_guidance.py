@@ -12,8 +12,8 @@ from helpers import train_tiny
 from textdiffusion.api import load
 from textdiffusion.config import ConfigError
 from textdiffusion.data.corpus import DataError
+from textdiffusion.guidance.classifier import CLASSIFIER_DIR, META_FILE, WEIGHTS_FILE, ClassifierRecipe, classifier_for
 from textdiffusion.nn.text_classifier import ConvTextClassifier
-from textdiffusion.noisy_classifier import CLASSIFIER_DIR, META_FILE, WEIGHTS_FILE, ClassifierRecipe, classifier_for
 
 METHODS = ("masked", "block", "ar", "embedding")
 RECIPE = ClassifierRecipe(steps=100, batch_size=32, top=4)

@@ -14,8 +14,9 @@ from textdiffusion.config import ConfigError
 from textdiffusion.data.corpus import DataError
 from textdiffusion.data.speakers import SPEECH_SEPARATOR, LabelledText, SpeakerStreams, split_speakers
 from textdiffusion.data.tokenizer import CharTokenizer
+from textdiffusion.guidance import free
 from textdiffusion.methods import get_method
-from textdiffusion.methods.base import SampleRequest, TextMethod
+from textdiffusion.methods.base import SampleRequest
 from textdiffusion.methods.block import clip_variance
 from textdiffusion.methods.configs import make_config
 from textdiffusion.nn.transformer import KVCache
@@ -65,7 +66,7 @@ def test_the_guidance_rule():
     logits = torch.randn(6, 5, 7)
     cond, uncond = logits.log_softmax(-1).chunk(2)
     for w in (0.5, 2.0, 5.0):
-        assert torch.allclose(TextMethod.combine_guided(logits, w), uncond + w * (cond - uncond))
+        assert torch.allclose(free.combine(logits, w), uncond + w * (cond - uncond))
 
 
 @pytest.mark.parametrize("method", ["masked", "ar", "block"])
@@ -88,13 +89,13 @@ def test_guidance_zero_is_the_unconditional_model_and_one_the_conditional(labell
     assert len(conditional) == len(unconditional) == 6
     # any other w: both branches from one forward of a doubled batch, combined by the guidance rule
     seen: list[tuple[int, ...]] = []
-    rule = TextMethod.combine_guided
+    rule = free.combine
 
     def spy(logits: torch.Tensor, w: float) -> torch.Tensor:
         seen.append((logits.shape[0], w))
         return rule(logits, w)
 
-    monkeypatch.setattr(TextMethod, "combine_guided", staticmethod(spy))
+    monkeypatch.setattr(free, "combine", spy)
     guided = model.generate(label=name.lower(), guidance=3.0, **options)  # names are case-insensitive
     assert seen and all(shape == (12, 3.0) for shape in seen) and all(len(t) == 24 for t in guided)
 

@@ -10,7 +10,8 @@ from conftest import markov_text
 from helpers import tiny_config, train_tiny
 from textdiffusion.config import ConfigError
 from textdiffusion.data import TextData
-from textdiffusion.methods.base import SampleRequest, filter_logits
+from textdiffusion.diffusion.tokens import filter_logits, gumbel_sample
+from textdiffusion.methods.base import SampleRequest, check_draw
 from textdiffusion.trainer import Trainer
 
 
@@ -196,9 +197,9 @@ def test_filter_logits_top_k_and_top_p():
     kept = ~torch.isinf(filter_logits(logits, top_p=0.5))
     assert kept.tolist() == [[True, False, False, False]]
     with pytest.raises(ConfigError):
-        filter_logits(logits, temperature=0)
+        check_draw(0, 0, 1.0)
     with pytest.raises(ConfigError, match="top-k"):
-        filter_logits(logits, top_k=-1)
+        check_draw(1.0, -1, 1.0)
 
 
 @pytest.mark.parametrize("method", ["ar", "masked"])
@@ -216,10 +217,6 @@ def test_likelihoods_are_per_character_for_multi_character_tokens(method, small_
 def test_the_categorical_draw_follows_the_distribution_in_float64():
     """Gumbel-max in float64 (Zheng et al. 2024): frequencies match softmax(logits), and the uniforms behind
     the noise are float64 (float32's cap on the Gumbel noise, about 16.6, would truncate rare tokens)."""
-    import torch
-
-    from textdiffusion.methods.base import gumbel_sample
-
     logits = torch.tensor([0.0, -1.0, -3.0]).expand(200_000, 3)
     counts = torch.bincount(gumbel_sample(logits, torch.Generator().manual_seed(0)), minlength=3).double()
     expected = torch.softmax(logits[0].double(), -1) * counts.sum()

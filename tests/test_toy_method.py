@@ -1,5 +1,7 @@
 """"Adding a method is one file": a toy method defined and registered here, in the test file, goes through
-train, sample, eval, compare and the live page's request check without any other module knowing of it."""
+train, sample, eval, compare and the live page's request check without any other module knowing of it. A second
+toy, whose noise is random symbols rather than [MASK], writes only its draw loop: the sampling template and the
+shared discrete sampler do the rest."""
 
 from __future__ import annotations
 
@@ -13,6 +15,8 @@ import torch
 from textdiffusion.apps.cli import main
 from textdiffusion.apps.compare import compare_runs
 from textdiffusion.apps.serve import check_request, load_runs
+from textdiffusion.diffusion.discrete import DiscreteSampler
+from textdiffusion.diffusion.tokens import TokenDraw, cross_entropy_per_token, filter_logits, gumbel_sample
 from textdiffusion.methods.base import (
     REGISTRY,
     NLLResult,
@@ -20,9 +24,6 @@ from textdiffusion.methods.base import (
     SampleResult,
     TextMethod,
     TextMethodConfig,
-    cross_entropy_per_token,
-    filter_logits,
-    gumbel_sample,
     register,
 )
 
@@ -106,3 +107,123 @@ def test_a_method_defined_in_one_file_runs_everywhere(toy, small_corpus: Path, t
     runs = load_runs([run], device="cpu")
     settings = check_request({"prompt": "KING", "length": "16"}, runs, max_steps=100)
     assert settings.steps == 1 and settings.req.sampler == "oneshot" and settings.initial.shape == (16,)
+
+
+# ---- a toy whose noise is not [MASK] ----------------------------------------------------------------------------
+@dataclass
+class ScrambleConfig(TextMethodConfig):
+    name: str = "toy-scramble"
+
+
+def _alpha(t: torch.Tensor) -> torch.Tensor:
+    """The linear schedule: a position is still clean at time t with probability 1 - t."""
+    return 1.0 - t
+
+
+class Scramble(TextMethod):
+    r"""Diffusion whose noise is a *random symbol*: at time t each position is, with probability t, overwritten by
+    a uniformly drawn symbol, and the network (told t, never which positions were hit) predicts the clean text.
+
+    The overwritten positions and their symbols are the latent; the symbols carry nothing about x, so the bound is
+    masked diffusion's NELBO with w(t) = -alpha'(t) / (1 - alpha(t)) = 1 / t, and the prior KL is 0 (at t = 1 every
+    position holds a uniform symbol). The sampler tracks which positions are still unknown; their contents are
+    random symbols, which the shared discrete sampler never looks at."""
+
+    name = "toy-scramble"
+    config_class = ScrambleConfig
+    attention = "bidirectional"
+    samplers = ("ancestral", "topk")
+    likelihood_kind = "bound"
+
+    @property
+    def time_conditioning(self) -> bool:
+        return True
+
+    def _scramble(self, x: torch.Tensor, t: torch.Tensor,
+                  generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        hit = torch.rand(x.shape, generator=generator, device=x.device) < t[:, None]
+        noise = torch.randint(0, self.tok.n_symbols, x.shape, generator=generator, device=x.device)
+        return torch.where(hit, noise, x), hit
+
+    def _terms(self, model, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """Per-window w(t) * the cross-entropy summed over the overwritten positions (nats)."""
+        t = torch.rand(x.shape[0], generator=generator, device=x.device).clamp_min(1e-3)
+        z, hit = self._scramble(x, t, generator)
+        return (cross_entropy_per_token(model(z, t), x) * hit).sum(-1) / t
+
+    def loss(self, model, x, generator):
+        return self._terms(model, x, generator).mean() / x.shape[1]
+
+    @torch.no_grad()
+    def nll(self, model, windows, batch_size=64):
+        gen = torch.Generator().manual_seed(0)
+        terms = torch.cat([self._terms(model, c.repeat(4, 1), gen) for c in windows.split(batch_size)])
+        chars = self.chars_in(windows)
+        return NLLResult(nats_per_unit=float(terms.double().sum()) / 4 / chars, kind="bound", windows=len(windows),
+                         units=chars)
+
+    def default_steps(self, length, sampler=""):
+        return length
+
+    def draw(self, model, forward, state, fixed, plan, generator, on_step):
+        unknown = ~fixed
+        noise = torch.randint(0, self.tok.n_symbols, state.shape, generator=generator, device=state.device)
+        state = torch.where(unknown, noise, state)  # the prior: a random symbol at every position to write
+        if on_step:
+            on_step(0, state.clone(), {"t": 1.0, "nfe": 0})
+        sampler = DiscreteSampler(plan.sampler, plan.steps, plan.tokens, alpha=_alpha)
+        return sampler.run(lambda z, t, rows=None: forward(z, t), state, unknown, generator, on_step)
+
+    def sample_info(self, plan):
+        return {"steps": plan.steps}
+
+
+@pytest.fixture
+def scramble():
+    register(Scramble)
+    yield Scramble
+    REGISTRY.pop(Scramble.name)
+
+
+def test_a_method_whose_noise_is_not_mask_reuses_the_discrete_sampler(scramble, small_corpus: Path, tmp_path: Path,
+                                                                      capsys):
+    run = tmp_path / "scramble"
+    assert main(["train", "--method", scramble.name, "--preset", "tiny", "--data", str(small_corpus), "--steps",
+                 "30", "--run-dir", str(run), "--no-progress", "--device", "cpu"]) == 0
+    final = json.loads((run / "final.json").read_text())
+    assert final["val_kind"] == "bound" and 0 < final["val_bpc"] < 20
+
+    capsys.readouterr()
+    assert main(["sample", str(run), "--n", "2", "--prompt", "KING", "--length", "24", "--steps", "6",
+                 "--device", "cpu"]) == 0
+    out, err = capsys.readouterr()
+    assert out.count("KING") == 2 and "sampler ancestral" in err
+
+    from textdiffusion.api import load
+
+    model = load(run, device="cpu")
+    method, net = model.run.method, model.run.model
+    states: list[torch.Tensor] = []
+    req = SampleRequest(n=3, infill="KING _____ said ____", sampler="topk", steps=4)
+    result = method.sample(net, req, torch.Generator().manual_seed(1), lambda i, s, info: states.append(s))
+    assert result.info == {"sampler": "topk", "steps": 4} and result.nfe == 4 and len(states) == 5
+    assert torch.equal(result.ids[result.fixed], states[0][result.fixed])  # the template's text is kept
+    assert not (result.ids == method.tok.mask_id).any()  # no [MASK] anywhere: random symbols, then text
+    assert not any((s == method.tok.mask_id).any() for s in states)
+
+
+def test_the_discrete_sampler_fills_exactly_the_unknown_positions_whatever_they_hold():
+    """A forward that always predicts symbol 3: every unknown position becomes 3 within the steps, whatever noise
+    it held (here symbol 0, which is also a known position's value), and no known position changes."""
+    state = torch.zeros(2, 8, dtype=torch.long)
+    unknown = torch.zeros(2, 8, dtype=torch.bool)
+    unknown[:, 2:6] = True
+
+    def forward(z, t, rows=None):
+        return torch.full((*z.shape, 5), -30.0).index_fill(-1, torch.tensor([3]), 0.0)
+
+    for rule in ("ancestral", "cached", "confidence", "topk"):
+        sampler = DiscreteSampler(rule, 4, TokenDraw(top_k=1), alpha=_alpha)
+        filled, nfe = sampler.run(forward, state, unknown, torch.Generator().manual_seed(0))
+        assert torch.equal(filled[unknown], torch.full((8,), 3)) and torch.equal(filled[~unknown], state[~unknown])
+        assert 0 < nfe <= 4

@@ -9,6 +9,12 @@ how many steps, which samplers the live page offers, which extra numbers ``eval`
 Two families share this interface: :class:`TextMethod` (a tokenizer, token windows, ``SampleRequest``) and
 ``ImageMethod`` in :mod:`textdiffusion.methods.image` (an image spec, labelled image batches,
 ``ImageRequest``). Adding a method is one file with a ``@register``-ed subclass and its config class.
+
+A text method writes its draw loop, not the preamble: :meth:`TextMethod.sample` is the one sampling template
+(check the request, prepare the initial state, settle the steps, wrap the network in the request's guidance,
+then the method's :meth:`~TextMethod.draw`). What it delegates lives beside it: request preparation in
+:mod:`~textdiffusion.methods.requests`, token draws in :mod:`~textdiffusion.diffusion.tokens`, guidance in
+:mod:`textdiffusion.guidance`.
 """
 
 from __future__ import annotations
@@ -20,9 +26,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar, Generic, TypeVar
 
 import torch
-import torch.nn.functional as F
 
-from textdiffusion.catalogue import GUIDANCE_RULES
 from textdiffusion.config import (
     TEMPERATURE,
     TOP_K,
@@ -34,11 +38,17 @@ from textdiffusion.config import (
     option,
 )
 from textdiffusion.data.tokenizer import Tokenizer
+from textdiffusion.diffusion import tokens
+from textdiffusion.diffusion.tokens import TokenDraw, cross_entropy_per_token, gumbel_sample  # noqa: F401 (re-export)
+from textdiffusion.guidance import classifier_steer
+from textdiffusion.guidance import labels as label_rules
+from textdiffusion.guidance.free import FreeGuidance, LabelledNetwork, combine
+from textdiffusion.guidance.steer import Steer
+from textdiffusion.methods import requests
+from textdiffusion.methods.requests import SampleRequest, SampleResult, StepCallback
 from textdiffusion.nn.transformer import Transformer
 from textdiffusion.precision import transformer_flops_per_token
 
-# on_step(step, state, info): state is (n, length) ids with tokenizer.mask_id where still unknown
-StepCallback = Callable[[int, torch.Tensor, dict[str, Any]], None]
 # progress(done, total) of a method's nll: batches scored so far and in all, before the first and after each
 NLLProgress = Callable[[int, int], None]
 T = TypeVar("T")
@@ -244,35 +254,6 @@ class Method(ABC, Generic[Request, Result]):
 
 
 @dataclass
-class SampleRequest:
-    """What the user asked for. ``length`` counts every token of the output (characters for the char
-    tokenizer), prompt included."""
-
-    n: int = 1
-    length: int = 0  # 0 = the model's context
-    prompt: str = ""
-    infill: str | None = None
-    placeholder: str = "_"
-    sampler: str = ""
-    steps: int = 0
-    temperature: float = 1.0
-    top_k: int = 0
-    top_p: float = 1.0
-    label: str = ""  # a labelled run's label (a speaker's name) to write as; "" = none (unconditional)
-    guidance: float = 1.0  # guidance scale: 0 unconditional, 1 plain conditional (Bayes' rule), above 1 sharper
-    rule: str = ""  # how to steer toward ``label``: "free" (classifier-free, a labelled run), "classifier" (a noisy
-    # classifier beside any run; see textdiffusion.noisy_classifier); "" = free
-
-
-@dataclass
-class SampleResult:
-    ids: torch.Tensor  # (n, length)
-    nfe: float  # network evaluations per sequence (a forward of the whole batch counts 1)
-    fixed: torch.Tensor | None = None  # (n, length) bool: positions the user gave (prompt/infill)
-    info: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass
 class TextMethodConfig(MethodConfig):
     """Options every text method has: the defaults of the token draw (temperature, top-k, nucleus)."""
 
@@ -283,21 +264,6 @@ class TextMethodConfig(MethodConfig):
                                       "(1 = all)", sampling=True)
 
 
-def _check_guidance(req: SampleRequest) -> float:
-    """A request's guidance scale and rule, checked (guidance needs a label)."""
-    from textdiffusion.config import GUIDANCE
-
-    if req.rule not in ("", *GUIDANCE_RULES):
-        raise ConfigError(f"unknown guidance rule {req.rule!r}; choose one of {', '.join(GUIDANCE_RULES)}")
-    w = req.guidance
-    if not GUIDANCE.allows(w):
-        raise ConfigError(f"guidance must be {GUIDANCE.describe()}, got {w}")
-    if not req.label and (w != 1.0 or req.rule):
-        raise ConfigError("guidance steers toward a label; give --label NAME with --guidance or --guidance-rule "
-                          "(or leave them out)")
-    return w
-
-
 class TextMethod(Method[SampleRequest, SampleResult]):
     """A method on token windows: built from a tokenizer, sampled with a :class:`SampleRequest`."""
 
@@ -306,9 +272,9 @@ class TextMethod(Method[SampleRequest, SampleResult]):
     supports_infill: ClassVar[bool] = True  # fills blanks anywhere (False: continues a prompt only)
     extends_past_context: ClassVar[bool] = False  # can write more than one context window
     # trains on labelled text (data.labels) with a label-conditioned backbone, and samples with --label and
-    # classifier-free guidance (see :meth:`guided`)
+    # classifier-free guidance (textdiffusion.guidance.free)
     supports_labels: ClassVar[bool] = False
-    # the rule by which a noisy classifier (textdiffusion.noisy_classifier) steers this method's sampler, named
+    # the rule by which a noisy classifier (textdiffusion.guidance.classifier) steers this method's sampler, named
     # for docs and results ("" = the method cannot be steered by a classifier); see classifier_network
     classifier_rule: ClassVar[str] = ""
 
@@ -350,67 +316,26 @@ class TextMethod(Method[SampleRequest, SampleResult]):
         return torch.where(drop, torch.full_like(labels, self.num_labels), labels)
 
     def request_label(self, req: SampleRequest) -> tuple[int | None, float]:
-        """The label index and scale of a request's *classifier-free* guidance, checked: a label needs a labelled
-        run and one of its names; guidance needs a label. A request steered by a classifier (``rule=classifier``)
-        asks the network for nothing conditional: (None, 0.0), after :meth:`classifier_request`'s checks."""
-        if req.rule == "classifier":
-            self.classifier_request(req)  # checks the scale and the rule too
-            return None, 0.0
-        w = _check_guidance(req)
-        if not req.label:
-            return None, w
-        if not self.num_labels:
-            how = (" or steer it with a speaker classifier instead: --guidance-rule classifier"
-                   if self.classifier_rule else "")
-            raise ConfigError(f"this {self.name} run was trained without labels, so --label {req.label!r} has nothing "
-                              f"to steer; train with --set data.labels=speaker{how}")
-        from textdiffusion.data.speakers import label_index
-
-        names = self.label_names or tuple(str(i) for i in range(self.num_labels))
-        i = label_index(names, req.label)
-        if i is not None:
-            return i, w
-        raise ConfigError(f"label {req.label!r} is not one of this run's {len(names)} labels; choose one of "
-                          f"{', '.join(names)}")
+        """The label index and scale of a request's classifier-free guidance, checked
+        (:func:`textdiffusion.guidance.labels.free_label`)."""
+        return label_rules.free_label(self, req)
 
     def classifier_request(self, req: SampleRequest) -> tuple[int, float] | None:
         """The label index and scale of a request steered by the run's noisy classifier, checked; None for any
-        other request, and for scale 0, which is the unconditional sampler exactly (the classifier is not run)."""
-        if req.rule != "classifier":
-            return None
-        w = self.check_classifier_request(req)
-        if self.classifier is None:
-            raise ConfigError("classifier guidance needs the run's speaker classifier; sample through "
-                              "textdiffusion.load(...) or the CLI, which train it on first use")
-        from textdiffusion.data.speakers import label_index
-
-        names = self.classifier.names
-        i = label_index(names, req.label)
-        if i is None:
-            raise ConfigError(f"label {req.label!r} is not one of the speaker classifier's {len(names)} speakers; "
-                              f"choose one of {', '.join(names)}")
-        return (i, w) if w > 0 else None
+        other request and for scale 0 (:func:`textdiffusion.guidance.labels.classifier_label`)."""
+        return label_rules.classifier_label(self, req)
 
     def check_classifier_request(self, req: SampleRequest) -> float:
-        """What can be checked of a request before its classifier exists (so none is trained for a request that
-        would fail anyway): the scale, and for rule=classifier a method with a rule and a label."""
-        w = _check_guidance(req)
-        if req.rule == "classifier":
-            if not self.classifier_rule:
-                raise ConfigError(f"the {self.name} method has no classifier-guidance rule; use --guidance-rule free "
-                                  f"on a run trained with --set data.labels=speaker")
-            if not req.label:
-                raise ConfigError("--guidance-rule classifier steers toward a speaker; give --label NAME")
-        return w
+        """What can be checked of a request before its classifier exists
+        (:func:`textdiffusion.guidance.labels.check_classifier_request`)."""
+        return label_rules.check_classifier_request(self, req)
 
     def classifier_info(self, req: SampleRequest) -> dict[str, Any]:
         """What a classifier-guided sampling adds to its result's ``info`` (nothing for any other)."""
-        if req.rule != "classifier":
-            return {}
-        return {"label": req.label, "guidance": req.guidance, "rule": f"classifier ({self.classifier_rule})"}
+        return label_rules.classifier_info(self, req)
 
     def use_classifier(self, classifier: Any) -> None:
-        """Receive the run's :class:`~textdiffusion.noisy_classifier.NoisyClassifier` (rule=classifier)."""
+        """Receive the run's :class:`~textdiffusion.guidance.classifier.NoisyClassifier` (rule=classifier)."""
         self.classifier = classifier
 
     # ---- classifier guidance: what a noisy classifier of this method's states looks like ---------------------
@@ -433,20 +358,9 @@ class TextMethod(Method[SampleRequest, SampleResult]):
 
     def guidance_labels(self, label: int | None, w: float, n: int,
                         device: torch.device) -> tuple[torch.Tensor | None, bool]:
-        """The labels of one guided forward over ``n`` rows, and whether the batch is doubled.
-
-        Classifier-free guidance on token log-probabilities (Schiff et al. 2024, "Simple Guidance Mechanisms
-        for Discrete Diffusion Models"; for AR, Sanchez et al. 2023, "Stay on Topic with Classifier-Free
-        Guidance"):  log p_w(x | c) = log p(x) + w (log p(x | c) - log p(x)), renormalised by the sampler.
-        w = 0 (or no label) is the unconditional model alone and w = 1 the conditional one alone: one pass of
-        ``n`` rows, exactly the draws of that model. Any other w runs both in one forward of ``2n`` rows
-        (conditional first, then "no label"), which :meth:`combine_guided` turns back into ``n``."""
-        if label is None or w == 0.0:
-            return self.network_labels(None, n, device), False
-        cond = torch.full((n,), label, dtype=torch.long, device=device)
-        if w == 1.0:
-            return cond, False
-        return torch.cat((cond, torch.full_like(cond, self.num_labels))), True
+        """The labels of one classifier-free-guided forward over ``n`` rows, and whether the batch is doubled
+        (:meth:`textdiffusion.guidance.free.FreeGuidance.labels`)."""
+        return FreeGuidance(label, w, self.num_labels).labels(n, device)
 
     def call_network(self, model: Any, labels: torch.Tensor | None, x: torch.Tensor, *args: Any,
                      **kwargs: Any) -> torch.Tensor:
@@ -458,17 +372,14 @@ class TextMethod(Method[SampleRequest, SampleResult]):
         return model(x, *args, labels=labels, **kwargs)
 
     def label_info(self, label: int | None, w: float) -> dict[str, Any]:
-        """What a guided sampling adds to its result's ``info``: the label's name and the scale (nothing
-        for an unlabelled one)."""
-        if label is None:
-            return {}
-        return {"label": self.label_names[label] if self.label_names else label, "guidance": w}
+        """What a classifier-free-guided sampling adds to its result's ``info`` (nothing for an unlabelled one)."""
+        return label_rules.label_info(self, label, w)
 
     @staticmethod
     def combine_guided(logits: torch.Tensor, w: float) -> torch.Tensor:
-        """(2n, ..., V) logits of a doubled forward -> (n, ..., V) guided log-probabilities."""
-        cond, uncond = logits.float().log_softmax(-1).chunk(2)
-        return uncond + w * (cond - uncond)
+        """(2n, ..., V) logits of a doubled forward -> (n, ..., V) guided log-probabilities
+        (:func:`textdiffusion.guidance.free.combine`)."""
+        return combine(logits, w)
 
     # ---- shape of the problem -------------------------------------------------------------------
     @property
@@ -508,10 +419,64 @@ class TextMethod(Method[SampleRequest, SampleResult]):
         """Refuse a window of ``length`` tokens, shorter than the context, that :meth:`nll` cannot score (the
         Python API's ``score`` scores a text's rest as one); any length can be scored by default."""
 
-    # ---- generation ----------------------------------------------------------------------------------
-    @abstractmethod
+    # ---- generation: one template, the method's draw loop inside ----------------------------------------
+    @torch.no_grad()
     def sample(self, model: Any, req: SampleRequest, generator: torch.Generator,
-               on_step: StepCallback | None = None) -> SampleResult: ...
+               on_step: StepCallback | None = None) -> SampleResult:
+        """The one sampling template: check the request -> prepare the initial state (prompt or infill) -> check
+        its length -> settle the steps -> the network wrapped by the request's classifier-free guidance, and the
+        noisy classifier's steer -> the method's :meth:`draw` -> the result with what was asked."""
+        sampler = self.check_sampler(req.sampler)
+        self.refuse_sampler(sampler)
+        label, w = self.request_label(req)
+        steer = self.steer_for(req)
+        state, fixed = self.prepare(req, next(model.parameters()).device)
+        self.check_length(state.shape[1])
+        steps = self.sample_steps(req, state.shape[1])
+        check_draw(req.temperature, req.top_k, req.top_p)
+        forward = FreeGuidance(label, w, self.num_labels).wrap(self.labelled_network(model, state.shape[0]))
+        plan = DrawPlan(sampler, steps, TokenDraw(req.temperature, req.top_k, req.top_p), steer)
+        ids, nfe = self.draw(model, forward, state, fixed, plan, generator, on_step)
+        return SampleResult(ids, nfe, fixed, {"sampler": sampler, **self.sample_info(plan),
+                                              **self.label_info(label, w), **self.classifier_info(req)})
+
+    def refuse_sampler(self, sampler: str) -> None:
+        """Refuse a sampler this run cannot use exactly (masked: the cached one with time conditioning)."""
+
+    def sample_steps(self, req: SampleRequest, length: int) -> int | None:
+        """The steps a request takes: its own, else the method's default; None when the method takes no choice."""
+        default = self.default_steps(length)
+        if default is None:
+            return None
+        steps = req.steps or default
+        if steps < 1:
+            raise ConfigError("--steps must be >= 1")
+        return steps
+
+    def steer_for(self, req: SampleRequest) -> Steer:
+        """The draw loop's :class:`~textdiffusion.guidance.steer.Steer`: the method's classifier rule toward the
+        request's label, or the unsteered one."""
+        steer = self.classifier_request(req)
+        if steer is None:
+            return Steer()
+        return classifier_steer(self.classifier_rule, self.classifier, *steer, self.tok.vocab_size)
+
+    def labelled_network(self, model: Any, n: int) -> LabelledNetwork:
+        """The network as the draw loop calls it, with the labels explicit (see
+        :class:`~textdiffusion.guidance.free.LabelledNetwork`), for a batch of ``n`` sequences; the template wraps
+        it in the request's guidance. By default ``model(x, *args)`` under the labels."""
+        return LabelledNetwork(lambda labels, x, *args: self.call_network(model, labels, x, *args))
+
+    def draw(self, model: Any, forward: Callable[..., torch.Tensor], state: torch.Tensor, fixed: torch.Tensor,
+             plan: DrawPlan, generator: torch.Generator, on_step: StepCallback | None) -> tuple[torch.Tensor, float]:
+        """The method's own draw loop: fill ``state``'s unknown positions (``~fixed``, the mask id there) with
+        ``forward`` (:meth:`labelled_network`, guided), reporting each step to ``on_step``; -> (ids, network
+        evaluations per sequence). A method that overrides :meth:`sample` whole need not write one."""
+        raise NotImplementedError(f"the {self.name} method has no draw loop")
+
+    def sample_info(self, plan: DrawPlan) -> dict[str, Any]:
+        """What a sampling's result says of how it was drawn, after the sampler's name."""
+        return {}
 
     def ignored_decoding(self, sampler: str) -> tuple[str, ...]:
         """The token-draw options (``temperature``, ``top_k``, ``top_p``) ``sampler`` never reads. Giving one
@@ -553,114 +518,39 @@ class TextMethod(Method[SampleRequest, SampleResult]):
             self.label_names = tuple(names)
 
     def prepare(self, req: SampleRequest, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-        """Build the initial state from prompt / infill: (n, length) ids with masks at unknown positions,
-        and a bool tensor of the positions that are fixed by the user.
-
-        Lengths count tokens (characters for a char tokenizer). In an infill template every placeholder
-        character is one masked token, and each run of known text between placeholders is encoded as a
-        whole: a multi-character tokenizer (BPE, WordPiece) can only tokenise text, not single characters.
-        """
-        ids = self._infill_ids(req) if req.infill is not None else self._prompt_ids(req)
-        state = torch.tensor(ids, dtype=torch.long, device=device).repeat(req.n, 1)
-        return state, state != self.tok.mask_id
-
-    def _unit(self) -> str:
-        return "characters" if self.tok.kind == "char" else "tokens"
-
-    def _prompt_ids(self, req: SampleRequest) -> list[int]:
-        """The prompt's ids, then masks up to the length (the context by default)."""
-        length = req.length or self.model_cfg.context
-        prompt_ids = self.tok.encode(req.prompt) if req.prompt else []
-        if len(prompt_ids) >= length:
-            raise ConfigError(f"the prompt has {len(prompt_ids)} {self._unit()}, so nothing is left to generate "
-                              f"in --length {length}; use a shorter prompt or a larger --length")
-        return prompt_ids + [self.tok.mask_id] * (length - len(prompt_ids))
-
-    def _infill_ids(self, req: SampleRequest) -> list[int]:
-        """The template's ids with a mask per placeholder, then masks up to ``req.length`` if that is longer."""
-        assert req.infill is not None
-        if not self.supports_infill:
-            raise ConfigError(f"the {self.name} method only continues a prefix; --infill needs a bidirectional "
-                              f"method such as --method masked (use --prompt here)")
-        if req.prompt:
-            raise ConfigError("use either --prompt or --infill, not both (a prompt is an infill template "
-                              "whose blanks are all at the end)")
-        if not req.placeholder or len(req.placeholder) != 1:
-            raise ConfigError("--placeholder must be exactly one character")
-        template = req.infill
-        if req.placeholder not in template:
-            raise ConfigError(f"the --infill text has no {req.placeholder!r} placeholders to fill; mark the "
-                              f"characters to generate with {req.placeholder!r} (or pick --placeholder)")
-        self.tok.encode(template.replace(req.placeholder, ""))  # one clear error for unseen characters
-        ids = self._encode_template(template, req.placeholder)
-        length = req.length or len(ids)  # an infill's output is the filled template
-        if len(ids) > length:
-            raise ConfigError(f"the infill template has {len(ids)} {self._unit()} but --length is {length}")
-        return ids + [self.tok.mask_id] * (length - len(ids))
+        """The initial state from prompt / infill (:func:`textdiffusion.methods.requests.initial_state`): (n,
+        length) ids with masks at unknown positions, and a bool tensor of the positions fixed by the user."""
+        return requests.initial_state(req, self.tok, self.model_cfg.context, device, self.name, self.supports_infill)
 
     def check_length(self, length: int) -> None:
         """One window at a time, unless the method can slide past its context."""
-        ctx = self.model_cfg.context
-        if not self.extends_past_context and length > ctx:
-            raise ConfigError(f"--length {length} exceeds the model's context of {ctx} {self._unit()}; the {self.name} "
-                              f"method denoises one window at a time, use --length <= {ctx}")
-
-    def _encode_template(self, template: str, placeholder: str) -> list[int]:
-        """Ids of an infill template: each known run encoded whole, each placeholder one mask id."""
-        ids: list[int] = []
-        start = 0
-        while start < len(template):
-            if template[start] == placeholder:
-                ids.append(self.tok.mask_id)
-                start += 1
-                continue
-            end = template.find(placeholder, start)
-            end = len(template) if end < 0 else end
-            ids += self.tok.encode(template[start:end])
-            start = end
-        return ids
+        requests.check_length(length, self.tok, self.model_cfg.context, self.name, self.extends_past_context)
 
 
-def filter_logits(logits: torch.Tensor, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0) -> torch.Tensor:
-    """Temperature, then top-k, then nucleus (top-p, Holtzman et al. 2020) filtering on the last dim.
+@dataclass(frozen=True)
+class DrawPlan:
+    """What the sampling template settled for a draw loop: the sampler, its steps (None where the method takes no
+    choice), the token draw and the noisy classifier's steer (unsteered unless asked)."""
 
-    The values are checked here too, where they are used, so no caller can draw with a nan temperature (all
-    of one token) or a top-p of 2 (silently off)."""
+    sampler: str
+    steps: int | None
+    tokens: TokenDraw
+    steer: Steer
+
+
+def check_draw(temperature: float, top_k: int, top_p: float) -> None:
+    """Refuse a token draw that would sample silently wrong: a nan temperature (all of one token), a top-p of 2
+    (silently off)."""
     if not TEMPERATURE.allows(temperature):
         raise ConfigError(f"--temperature must be {TEMPERATURE.describe()}, got {temperature}")
     if not TOP_K.allows(top_k):
         raise ConfigError(f"--top-k must be {TOP_K.describe(True)} (0 keeps every character), got {top_k}")
     if not TOP_P.allows(top_p):
         raise ConfigError(f"--top-p must be {TOP_P.describe()} (1 keeps every character), got {top_p}")
-    logits = logits.float() / temperature
-    if top_k and top_k < logits.shape[-1]:
-        kth = torch.topk(logits, top_k, dim=-1).values[..., -1:]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    if top_p < 1.0:
-        sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
-        probs = sorted_logits.softmax(-1)
-        # drop a token when the mass strictly before it already reaches top_p (keeps at least one)
-        drop_sorted = (probs.cumsum(-1) - probs) >= top_p
-        drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
-        logits = logits.masked_fill(drop, float("-inf"))
-    return logits
 
 
-def gumbel_sample(logits: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """Categorical sample by the Gumbel-max trick: argmax(logits + Gumbel noise), in float64.
-
-    float32 uniforms cannot come closer to 1 than 2^-24, which caps the Gumbel noise -log(-log u) at about
-    16.6 and so truncates its right tail: rare tokens are drawn less often than their probability, as if the
-    temperature were lowered, and sample-quality metrics look better than the model is (Zheng et al. 2024,
-    "Masked Diffusion Models are Secretly Time-Agnostic Masked Models and Exploit Inaccurate Categorical
-    Sampling", Sec. 4). float64 pushes the cap to about 36.7. It consumes a fixed amount of randomness per call
-    whatever the logits are, which keeps two samplers that share a generator (e.g. cached and uncached) in
-    lock-step. (Apple's MPS has no float64; there it stays float32.)"""
-    dtype = torch.float32 if logits.device.type == "mps" else torch.float64
-    u = torch.rand(logits.shape, generator=generator, device=logits.device, dtype=dtype)
-    u = u.clamp_(torch.finfo(dtype).tiny, 1.0)
-    return (logits.to(dtype) - torch.log(-torch.log(u))).argmax(-1)
-
-
-def cross_entropy_per_token(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    return F.cross_entropy(logits.float().flatten(0, -2), target.flatten(), reduction="none").view(target.shape)
+def filter_logits(logits: torch.Tensor, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0) -> torch.Tensor:
+    """:func:`textdiffusion.diffusion.tokens.filter_logits` with its values checked first, for a sampler that
+    does not go through :meth:`TextMethod.sample`'s request check."""
+    check_draw(temperature, top_k, top_p)
+    return tokens.filter_logits(logits, temperature, top_k, top_p)

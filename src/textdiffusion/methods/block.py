@@ -26,7 +26,7 @@ by sliding the cache, as ``ar`` does.
 A labelled run (``data.labels=speaker``) adds one label per window at every one of the 2L training positions, so
 the noisy half denoises under the label and the clean half's keys and values (the sampler's cache) carry it too.
 Classifier-free guidance at sampling time (Schiff et al. 2024) runs the conditional and the unconditional rows
-as one doubled batch whose KV cache holds both halves (:meth:`BlockDiffusion.network`).
+as one doubled batch whose KV cache holds both halves (:meth:`BlockDiffusion.labelled_network`).
 
 ``method.clip_low`` / ``clip_high`` draw training mask rates from U[beta, omega] instead of U[0, 1] (BD3-LM's
 "clipped" schedules): the extreme noise levels contribute most of the gradient variance and little
@@ -47,20 +47,14 @@ from textdiffusion.config import PROBABILITY, SAMPLE_STEPS, ConfigError, Range, 
 from textdiffusion.data.speakers import LabelledText, split_labels
 from textdiffusion.diffusion.masking import corrupt, corrupt_exactly, counts_from, sample_times, times_from
 from textdiffusion.diffusion.stratified import stratified
-from textdiffusion.methods.base import (
-    NLLProgress,
-    NLLResult,
-    SampleRequest,
-    SampleResult,
-    StepCallback,
-    cross_entropy_per_token,
-    register,
-    report_batches,
-)
+from textdiffusion.diffusion.tokens import cross_entropy_per_token
+from textdiffusion.guidance.free import LabelledNetwork
+from textdiffusion.guidance.steer import Steer
+from textdiffusion.methods.base import DrawPlan, NLLProgress, NLLResult, StepCallback, register, report_batches
 from textdiffusion.methods.masked import MaskedConfig, MaskedDiffusion
 from textdiffusion.nn.transformer import KVCache, Transformer
 
-# net(x, cache, rows) -> logits: the network as block sampling calls it, on ``x`` (rows of the batch, or the
+# net(x, cache, rows=None) -> logits: the network as block sampling calls it, on ``x`` (rows of the batch, or the
 # sequences ``rows`` of it) against ``cache``, with the request's label and guidance applied
 BlockNetwork = Callable[..., torch.Tensor]
 
@@ -200,30 +194,27 @@ class BlockDiffusion(MaskedDiffusion):
                                   "bound on NLL)", block_size=self.B)
 
     # ---- sampling: block by block, the clean prefix in a KV cache ----------------------------------------
-    @torch.no_grad()
-    def sample(self, model: Transformer, req: SampleRequest, generator: torch.Generator,
-               on_step: StepCallback | None = None) -> SampleResult:
-        label, w = self.request_label(req)
-        steer = self.classifier_request(req)
-        sampler, state, fixed, steps = self._start(model, req)
-        if req.infill is not None:
-            self._check_infill(fixed[0])
-        tilt = None if steer is None else \
-            (lambda logits, whole, span: self.classifier_tilt(logits, whole, *steer, span))
-        writer = _BlockWriter(self, model, self.network(model, label, w, state.shape[0]), state, fixed, on_step, tilt)
+    def draw(self, model: Transformer, forward: BlockNetwork, state: torch.Tensor, fixed: torch.Tensor,
+             plan: DrawPlan, generator: torch.Generator, on_step: StepCallback | None) -> tuple[torch.Tensor, float]:
+        """Block after block, each filled by masked diffusion's discrete sampler against the cached prefix."""
+        self._check_infill(fixed[0])
+        assert plan.steps is not None
+        sampler = self.discrete_sampler(plan.sampler, plan.steps, plan.tokens)
+        writer = _BlockWriter(self, model, forward, state, fixed, on_step, plan.steer)
         for start in range(writer.first_block(), state.shape[1], self.B):
-            writer.write_block(start, lambda f, block, report: self.denoise(f, block, steps, sampler, req,
-                                                                              generator, report), generator)
-        return SampleResult(writer.state, writer.nfe, fixed, {"sampler": sampler, "steps": steps, "block_size": self.B,
-                                                              "kv_cache": True, **self.label_info(label, w),
-                                                              **self.classifier_info(req)})
+            writer.write_block(start, lambda f, block, report: sampler.run(f, block, block == self.tok.mask_id,
+                                                                           generator, report), generator)
+        return writer.state, writer.nfe
+
+    def sample_info(self, plan: DrawPlan) -> dict[str, object]:
+        return {"steps": plan.steps, "block_size": self.B, "kv_cache": True}
 
     # ---- classifier guidance: masked diffusion's Taylor rule, on the states of block-by-block sampling --------
     def classifier_inputs(self, model: Transformer, x: torch.Tensor,
                           generator: torch.Generator) -> tuple[torch.Tensor, None]:
         """The states block sampling passes through: a clean prefix of b whole blocks (b uniform), block b
         corrupted at t ~ U(0, 1) as masked diffusion corrupts it, and every later block still masked. The
-        sampler steers each block with :meth:`~MaskedDiffusion.classifier_tilt` on such a state."""
+        sampler steers each block with the Taylor rule (:mod:`textdiffusion.guidance.taylor`) on such a state."""
         n, L = x.shape
         b = torch.randint(0, L // self.B, (n, 1), generator=generator, device=x.device)
         t = sample_times(n, False, generator, x.device)
@@ -231,26 +222,21 @@ class BlockDiffusion(MaskedDiffusion):
         block = torch.arange(L, device=x.device)[None] // self.B
         return torch.where(block < b, x, torch.where(block == b, z, self.tok.mask_id)), None
 
-    def network(self, model: Transformer, label: int | None, w: float, n: int) -> BlockNetwork:
-        """The network as the block sampler calls it for a batch of ``n`` sequences: ``net(x, cache, rows=None)``
-        runs ``x`` against ``cache`` (writing it, or a ``peek``) with the request's label, and ``rows`` (the
-        sequences ``x`` holds, for the cached sampler) reads only those rows of the cache.
+    def labelled_network(self, model: Transformer, n: int) -> LabelledNetwork:
+        """The network as the block sampler calls it for a batch of ``n`` sequences: ``(x, cache, rows=None)``
+        runs ``x`` against ``cache`` (writing it, or a ``peek``), and ``rows`` (the sequences ``x`` holds, for the
+        cached sampler) reads only those rows of the cache. A doubled batch (classifier-free guidance) keeps 2n
+        rows in the cache, sequence r's conditional prefix at row r and its unconditional one at r + n, so a
+        ``rows`` view reads rows r and r + n."""
 
-        Unlabelled, at w = 0 (the "no label" row) and at w = 1 (the label) it is one forward of the rows given,
-        so those samples are exactly the unconditional or the conditional model's. Any other w is classifier-free
-        guidance (Schiff et al. 2024; :meth:`guidance_labels`): ``x`` is doubled, conditional rows first, so the
-        cache holds 2n rows, sequence r's conditional prefix at row r and its unconditional one at r + n, and a
-        ``rows`` view reads rows r and r + n. :meth:`combine_guided` turns the 2m rows back into m."""
+        def call(labels: torch.Tensor | None, x: torch.Tensor, cache: KVCache,
+                 rows: torch.Tensor | None = None) -> torch.Tensor:
+            return self.call_network(model, labels, x, cache=cache if rows is None else cache.rows(rows))
 
-        def net(x: torch.Tensor, cache: KVCache, rows: torch.Tensor | None = None) -> torch.Tensor:
-            labels, doubled = self.guidance_labels(label, w, x.shape[0], x.device)
-            if rows is not None:
-                cache = cache.rows(torch.cat((rows, rows + n)) if doubled else rows)
-            if not doubled:
-                return self.call_network(model, labels, x, cache=cache)
-            return self.combine_guided(self.call_network(model, labels, torch.cat((x, x)), cache=cache), w)
+        def double(cache: KVCache, rows: torch.Tensor | None = None) -> tuple[KVCache, torch.Tensor | None]:
+            return cache, None if rows is None else torch.cat((rows, rows + n))
 
-        return net
+        return LabelledNetwork(call, double)
 
     def _check_infill(self, fixed: torch.Tensor) -> None:
         """Blanks may only be followed by known text inside their own block: a block never sees later ones."""
@@ -276,14 +262,14 @@ class _BlockWriter:
     clean block see only the prefix and itself, and the next block see the prefix, block b and itself. Only
     block b's keys and values stay in the cache.
 
-    Every forward goes through ``net`` (:meth:`BlockDiffusion.network`), which applies the request's label and
-    guidance; a guided cache holds the conditional and the unconditional copy of every sequence."""
+    Every forward goes through ``net`` (:meth:`BlockDiffusion.labelled_network` wrapped in the request's
+    guidance); a guided cache holds the conditional and the unconditional copy of every sequence."""
 
     def __init__(self, method: BlockDiffusion, model: Transformer, net: BlockNetwork, state: torch.Tensor,
-                 fixed: torch.Tensor, on_step: StepCallback | None, steer: Any = None):
+                 fixed: torch.Tensor, on_step: StepCallback | None, steer: Steer):
         self.method, self.model, self.net, self.state, self.fixed = method, model, net, state, fixed
         self.on_step = on_step
-        # classifier guidance: steer(logits, whole state, the block's span) -> steered logits
+        # classifier guidance: steer.tilt(logits, whole state, the block's span) -> steered logits
         self.steer = steer
         self.B, self.context, self.length = method.B, method.model_cfg.context, state.shape[1]
         self.cache = KVCache.empty(len(model.blocks), self.context)
@@ -338,11 +324,11 @@ class _BlockWriter:
             else:
                 first = None
                 logits = self.net(z, cache.peek(), rows)
-            if self.steer is None:
+            if not self.steer.active:
                 return logits
             whole = (self.state if rows is None else self.state[rows]).clone()
             whole[:, start:end] = z  # the classifier judges the whole state: prefix, this block, masks after it
-            return self.steer(logits, whole, slice(start, end))
+            return self.steer.tilt(logits, whole, slice(start, end))
 
         def report(step: int, block: torch.Tensor, info: dict[str, Any]) -> None:
             assert self.on_step is not None

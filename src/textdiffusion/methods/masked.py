@@ -17,19 +17,30 @@ Loss = the Rao-Blackwellised continuous-time NELBO (MDLM Eq. 10), per character:
 Validation reports the same NELBO on the validation windows, estimated with a fixed number of stratified
 time samples per window and a fixed seed: an unbiased estimate of an upper bound on nats per char.
 (A mean masked cross-entropy, as tiny-diffusion prints, is *not* a bound; we never report it as bpc.)
+
+Read it beside :mod:`textdiffusion.methods.ar`: the backbone, tokenizer, trainer, token draw and sampling template
+(:meth:`~textdiffusion.methods.base.TextMethod.sample`: request checks, prompt or infill, steps, guidance) are
+the same. What differs from ``ar`` is four pieces:
+
+* attention: ``bidirectional`` (ar: ``causal``)                                    <- ``MaskedDiffusion.attention``
+* inputs: the corrupted window z_t, each token [MASK] with probability 1 - alpha(t) (ar: the clean window, shifted
+  right behind BOS)                                                             <- ``_nelbo_terms`` (``corrupt``)
+* loss: w(t)-weighted cross-entropy on the masked positions, a bound (ar: cross-entropy on every position, the
+  exact -log p)                                                                  <- ``loss``, ``nll``
+* draw loop: from all [MASK], many positions revealed per forward by the shared discrete sampler (ar: one token
+  per forward, left to right, against a KV cache)                                <- ``draw``
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
 from textdiffusion.config import EVAL_TIME_SAMPLES, SAMPLE_STEPS, SEED, Choice, ConfigError, Range, option
 from textdiffusion.data.speakers import LabelledText, split_labels
+from textdiffusion.diffusion.discrete import DiscreteSampler, Forward
 from textdiffusion.diffusion.masking import (
     SCHEDULES,
     corrupt,
@@ -41,25 +52,20 @@ from textdiffusion.diffusion.masking import (
     times_from,
 )
 from textdiffusion.diffusion.stratified import per_row
+from textdiffusion.diffusion.tokens import TokenDraw, cross_entropy_per_token
+from textdiffusion.guidance.free import LabelledNetwork
 from textdiffusion.methods.base import (
+    DrawPlan,
     NLLProgress,
     NLLResult,
-    SampleRequest,
-    SampleResult,
     StepCallback,
     TextMethod,
     TextMethodConfig,
-    cross_entropy_per_token,
-    filter_logits,
-    gumbel_sample,
     register,
     report_batches,
 )
 from textdiffusion.nn.text_classifier import ConvTextClassifier
 from textdiffusion.nn.transformer import Transformer
-
-# forward(z, t, rows) -> logits: the network on a state, for the sequences ``rows`` of the batch (None = all)
-Denoiser = Callable[..., torch.Tensor]
 
 
 @dataclass
@@ -100,7 +106,7 @@ class MaskedDiffusion(TextMethod):
     samplers = ("ancestral", "cached", "confidence", "topk")
     likelihood_kind = "bound"
     supports_labels = True
-    classifier_rule = "taylor"  # Nisonoff et al. 2024's first-order discrete guidance (see classifier_tilt)
+    classifier_rule = "taylor"  # Nisonoff et al. 2024's first-order discrete guidance (guidance/taylor.py)
 
     def __init__(self, cfg: MaskedConfig, model_cfg, tokenizer):
         super().__init__(cfg, model_cfg, tokenizer)
@@ -190,7 +196,7 @@ class MaskedDiffusion(TextMethod):
                      "prior_kl_per_char": prior, "stderr_nats": stderr, "note": note},
         )
 
-    # ---- classifier guidance: a classifier of partly masked windows ------------------------------------------
+    # ---- the states a noisy classifier judges: partly masked windows (the rule: guidance/taylor.py) ----------
     def classifier_network(self, shape: dict[str, int], num_labels: int, model: Transformer) -> ConvTextClassifier:
         """A classifier of token states, [MASK] included (no time input: the masks say how noisy a state is, as
         for the denoiser)."""
@@ -202,64 +208,37 @@ class MaskedDiffusion(TextMethod):
         t = sample_times(x.shape[0], False, generator, x.device)
         return corrupt(x, self.schedule.alpha(t), self.tok.mask_id, generator)[0], None
 
-    def classifier_tilt(self, logits: torch.Tensor, state: torch.Tensor, label: int, w: float,
-                        span: slice = slice(None)) -> torch.Tensor:
-        r"""Token logits at ``state``'s positions ``span`` steered toward ``label`` by the noisy classifier.
-
-        Exact guidance multiplies the rate of unmasking position l to token v by p(c | z^{l <- v})^w / p(c | z)^w
-        (Nisonoff et al. 2024, "Unlocking Guidance for Discrete State-Space Diffusion and Flow Models", Eq. 10),
-        which needs one classifier call per (position, token): L x V of them per step. Their Taylor-approximated
-        guidance (TAG) replaces the log-ratio by its first-order expansion in the one-hot encoding z of the state,
-
-            log p(c | z^{l <- v}) - log p(c | z)  ~  (e_v - e_{z_l}) . grad_{z_l} log p(c | z),
-
-        so one backward pass gives every ratio. For a masked position the e_{z_l} term is the same for every v
-        and cancels in the softmax, leaving
-
-            log p_w(x_l = v | z)  =  log p_theta(x_l = v | z) + w * d log p(c | z) / d z_{l,v}      (renormalised).
-
-        The reveal schedule (which positions unmask at a step) is the unguided one; only what they become is
-        steered, as in Schiff et al. 2024's discrete classifier guidance. w = 0 never calls the classifier."""
-        onehot = F.one_hot(state, self.tok.vocab_size).float()
-        grad = self.classifier.gradient(onehot, label)[:, span, : logits.shape[-1]]
-        return logits.float().log_softmax(-1) + w * grad
-
-    # ---- samplers ----------------------------------------------------------------------------------
-    @torch.no_grad()
-    def sample(self, model: Transformer, req: SampleRequest, generator: torch.Generator,
-               on_step: StepCallback | None = None) -> SampleResult:
-        label, w = self.request_label(req)
-        steer = self.classifier_request(req)
-        sampler, state, fixed, steps = self._start(model, req)
-        state = self._from_prior(state, fixed, generator)
-        if on_step:
-            on_step(0, state.clone(), {"t": 1.0, "nfe": 0})
-
-        def forward(z: torch.Tensor, t: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
-            labels, doubled = self.guidance_labels(label, w, z.shape[0], z.device)
-            if not doubled:
-                logits = self._forward(model, z, t, labels)
-            else:
-                t2 = torch.cat((t, t)) if torch.is_tensor(t) and t.dim() > 0 else t
-                logits = self.combine_guided(self._forward(model, torch.cat((z, z)), t2, labels), w)
-            return logits if steer is None else self.classifier_tilt(logits, z, *steer)
-
-        state, nfe = self.denoise(forward, state, steps, sampler, req, generator, on_step)
-        return SampleResult(state, nfe, fixed, {"sampler": sampler, "steps": steps, **self.label_info(label, w),
-                                                **self.classifier_info(req)})
-
-    def _start(self, model: Transformer, req: SampleRequest) -> tuple[str, torch.Tensor, torch.Tensor, int]:
-        """The checked request: its sampler, the initial state and fixed positions, and the steps to take."""
-        sampler = self.check_sampler(req.sampler)
+    # ---- the draw loop: reveal masked positions, many per forward ------------------------------------------
+    def refuse_sampler(self, sampler: str) -> None:
         if sampler == "cached" and self.time_conditioning:
             raise ConfigError("the cached sampler reuses the network's output when nothing changed, which is "
                               "only exact without time conditioning; use --sampler ancestral")
-        state, fixed = self.prepare(req, next(model.parameters()).device)
-        self.check_length(state.shape[1])
-        steps = req.steps or self.default_steps(state.shape[1])
-        if steps < 1:
-            raise ConfigError("--steps must be >= 1")
-        return sampler, state, fixed, steps
+
+    def labelled_network(self, model: Transformer, n: int) -> LabelledNetwork:
+        """The denoiser ``(z, t, rows=None)`` -> logits at every position (``rows`` is the cached sampler's, which
+        this network does not need); a doubled batch repeats a per-row time."""
+
+        def double(t: torch.Tensor, rows: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+            return (torch.cat((t, t)) if torch.is_tensor(t) and t.dim() > 0 else t), rows
+
+        return LabelledNetwork(lambda labels, z, t, rows=None: self._forward(model, z, t, labels), double)
+
+    def draw(self, model: Transformer, forward: Forward, state: torch.Tensor, fixed: torch.Tensor, plan: DrawPlan,
+             generator: torch.Generator, on_step: StepCallback | None) -> tuple[torch.Tensor, float]:
+        """From the prior (all masks), the discrete sampler reveals the masked positions."""
+        state = self._from_prior(state, fixed, generator)
+        if on_step:
+            on_step(0, state.clone(), {"t": 1.0, "nfe": 0})
+        assert plan.steps is not None
+
+        def steered(z: torch.Tensor, t: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
+            return plan.steer.tilt(forward(z, t, rows), z)
+
+        sampler = self.discrete_sampler(plan.sampler, plan.steps, plan.tokens)
+        return sampler.run(steered, state, state == self.tok.mask_id, generator, on_step)
+
+    def sample_info(self, plan: DrawPlan) -> dict[str, object]:
+        return {"steps": plan.steps}
 
     def _from_prior(self, state: torch.Tensor, fixed: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         """Start from the prior: a tiny alpha(1) > 0 means a few positions start as uniform symbols."""
@@ -270,80 +249,6 @@ class MaskedDiffusion(TextMethod):
         noise = torch.randint(0, self.tok.n_symbols, state.shape, generator=generator, device=state.device)
         return torch.where(lucky, noise, state)
 
-    def denoise(self, forward: Denoiser, state: torch.Tensor, steps: int, sampler: str, req: SampleRequest,
-                generator: torch.Generator, on_step: StepCallback | None) -> tuple[torch.Tensor, float]:
-        """Fill every mask of ``state`` with the named sampler in at most ``steps`` network evaluations;
-        ``forward(z, t, rows)`` gives the logits for z (``rows``: which of the batch's sequences z holds, for
-        the cached sampler). Block diffusion runs the same samplers inside each block."""
-        if sampler in ("ancestral", "cached"):
-            return self._ancestral(forward, state, steps, req, generator, on_step, cached=sampler == "cached")
-        return self._by_confidence(forward, state, steps, req, generator, on_step,
-                                   threshold=self.cfg.confidence if sampler == "confidence" else None)
-
-    def _ancestral(self, forward: Denoiser, state, steps, req, generator, on_step, cached: bool):
-        """Reverse process of MDLM (their Eq. 7) on a uniform time grid 1 = t_0 > ... > t_S = 0.
-
-        From t to s < t every still-masked position is revealed with probability
-        (alpha(s) - alpha(t)) / (1 - alpha(t)), its token drawn from p_theta(x | z_t). With no time
-        input the network output depends on z_t alone, so a sequence whose last step revealed nothing can
-        reuse it: the ``cached`` sampler re-runs the network only on the rows that changed, draws the same
-        random numbers, and returns identical samples with fewer network evaluations (MDLM Sec. 4.2).
-        Returns the state and the network evaluations per sequence."""
-        grid = torch.linspace(1.0, 0.0, steps + 1, device=state.device)
-        mask_id = self.tok.mask_id
-        n = state.shape[0]
-        logits: torch.Tensor | None = None
-        stale = torch.ones(n, dtype=torch.bool, device=state.device)  # rows whose cached output is outdated
-        row_evals = 0
-        for i in range(steps):
-            masked = state == mask_id
-            if not masked.any():
-                break
-            t, s = grid[i], grid[i + 1]
-            if logits is None or not cached:
-                logits = forward(state, t.expand(n))
-                row_evals += n
-            elif stale.any():
-                rows = stale.nonzero().flatten()
-                logits[rows] = forward(state[rows], t.expand(len(rows)), rows).to(logits.dtype)
-                row_evals += len(rows)
-            a_t, a_s = self.schedule.alpha(t), self.schedule.alpha(s)
-            # the last step goes to t = 0 where alpha = 1: every remaining mask is revealed
-            p_reveal = ((a_s - a_t) / (1.0 - a_t)).clamp(0.0, 1.0) if i < steps - 1 else torch.ones_like(a_t)
-            tokens = gumbel_sample(filter_logits(logits, req.temperature, req.top_k, req.top_p), generator)
-            reveal = masked & (torch.rand(state.shape, generator=generator, device=state.device) < p_reveal)
-            state = torch.where(reveal, tokens, state)
-            stale = reveal.any(dim=1)
-            if on_step:
-                on_step(i + 1, state.clone(), {"t": float(s), "nfe": row_evals / n})
-        return state, row_evals / n
-
-    def _by_confidence(self, forward: Denoiser, state, steps, req, generator, on_step, threshold: float | None):
-        """Confidence-ordered parallel decoding (MaskGIT, Chang et al. 2022; Fast-dLLM's threshold rule).
-
-        Each step predicts every masked position and keeps the most confident predictions: ``topk``
-        reveals ceil(remaining / steps_left) per sequence; ``confidence`` additionally reveals every
-        prediction whose probability is >= the threshold, so easy text finishes in fewer steps."""
-        mask_id = self.tok.mask_id
-        L = state.shape[1]
-        nfe = 0
-        for i in range(steps):
-            masked = state == mask_id
-            remaining = masked.sum(1)
-            if int(remaining.max()) == 0:
-                break
-            t = remaining.float() / L
-            filtered = filter_logits(forward(state, t), req.temperature, req.top_k, req.top_p)
-            nfe += 1
-            tokens = gumbel_sample(filtered, generator)
-            conf = filtered.softmax(-1).gather(-1, tokens[..., None]).squeeze(-1)
-            conf = conf.masked_fill(~masked, -1.0)
-            k = torch.ceil(remaining / (steps - i)).long()
-            rank = conf.argsort(dim=1, descending=True).argsort(dim=1)
-            reveal = masked & (rank < k[:, None])
-            if threshold is not None:
-                reveal |= masked & (conf >= threshold)
-            state = torch.where(reveal, tokens, state)
-            if on_step:
-                on_step(i + 1, state.clone(), {"t": float(1 - (i + 1) / steps), "nfe": nfe})
-        return state, nfe
+    def discrete_sampler(self, sampler: str, steps: int, tokens: TokenDraw) -> DiscreteSampler:
+        """The named sampler on this run's mask schedule (:mod:`textdiffusion.diffusion.discrete`)."""
+        return DiscreteSampler(sampler, steps, tokens, alpha=self.schedule.alpha, threshold=self.cfg.confidence)
