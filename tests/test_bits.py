@@ -39,7 +39,7 @@ def test_invalid_patterns_snap_to_the_nearest_symbol_and_are_counted():
 def test_softmax_factorisation_averages_the_codes():
     method, model = _bits(**{"method.target": "probs"})
     x_t = torch.randn(2, 6, 3)
-    out, x0_hat, _ = method._denoise(model, x_t, torch.full((2,), 0.5), None)
+    out, x0_hat, _ = method.denoise(model, x_t, torch.full((2,), 0.5), None)
     assert out.shape == (2, 6, 5)  # V logits per position, straight from the backbone
     assert torch.allclose(x0_hat, out.float().softmax(-1) @ method.codes, atol=1e-6)
     x = torch.randint(0, 5, (3, 8))
@@ -66,7 +66,7 @@ def test_self_conditioning_feeds_the_previous_estimate():
 
 def test_asymmetric_intervals_shift_the_target_time():
     method, _ = _bits(**{"method.time_difference": "2"})
-    times = method._sampler("ddim", 10).times()
+    times = method.make_sampler("ddim", 10).times()
     assert times[0] == (1.0, pytest.approx(0.7))
     assert times[-1][1] == 0.0
 

@@ -27,7 +27,7 @@ def _method(text: str = "abcdefgh ", **sets):
 def test_clean_embeddings_round_trip_exactly(decoder, norm):
     method, model = _method(**{"method.decoder": decoder, "method.embed_norm": norm})
     ids = torch.arange(method.tok.n_symbols).repeat(3, 1)
-    assert torch.equal(method.round_to_ids(model, model.table()[ids]), ids)
+    assert torch.equal(method.decode(model, model.table()[ids]), ids)
 
 
 def test_rounding_head_learns_to_decode_clean_embeddings(small_corpus, tmp_path):
@@ -41,7 +41,7 @@ def test_rounding_head_learns_to_decode_clean_embeddings(small_corpus, tmp_path)
 
     def accuracy() -> float:
         with torch.no_grad():
-            return float((method.round_to_ids(model, model.table()[ids]) == ids).float().mean())
+            return float((method.decode(model, model.table()[ids]) == ids).float().mean())
 
     assert accuracy() < 0.2
     trainer.train()
@@ -233,3 +233,29 @@ def test_bpe_tokens_train_sample_and_score_per_character(small_corpus, tmp_path)
     nll = run.method.nll(run.model, windows)
     # bits per *character*: BPE windows of 32 tokens hold more than 32 characters
     assert nll.units == sum(len(run.tokenizer.decode(w.tolist())) for w in windows) > 3 * 32
+
+
+def test_gradient_rule_climbs_the_classifier_held_by_the_fluency_term():
+    """Diffusion-LM's control step on a classifier with a constant gradient g (log p(c | y) = g . y): the ascent
+    on w g . y - ||y - x_s||^2 / 2 (1 - abar_s) has its maximum at x_s + (1 - abar_s) w g, and each step of size
+    STEP_SIZE (1 - abar_s) closes that fraction of the remaining way, so STEPS steps reach 1 - (1 - STEP_SIZE)^STEPS
+    of it. Known positions stay at the proposal."""
+    from textdiffusion.diffusion.gaussian import make_noise_schedule
+    from textdiffusion.guidance.gradient import STEP_SIZE, STEPS, gradient_steer
+
+    g = torch.randn(2, 5, 3, generator=torch.Generator().manual_seed(0))
+
+    class ConstantGradient:
+        def gradient(self, y: torch.Tensor, label: int, t: torch.Tensor) -> torch.Tensor:
+            assert label == 1 and torch.equal(t, torch.full((2,), 0.3))
+            return g
+
+    schedule = make_noise_schedule("sqrt")
+    fixed = torch.zeros(2, 5, dtype=torch.bool)
+    fixed[:, 0] = True
+    x = torch.randn(2, 5, 3, generator=torch.Generator().manual_seed(1))
+    steered = gradient_steer(ConstantGradient(), schedule, 1, 4.0, 2, fixed)(x, 0.3)
+    var = 1.0 - float(schedule.alpha_bar(torch.tensor(0.3)))
+    reached = 1.0 - (1.0 - STEP_SIZE) ** STEPS
+    assert torch.equal(steered[:, 0], x[:, 0])
+    assert torch.allclose(steered[:, 1:], x[:, 1:] + reached * var * 4.0 * g[:, 1:], atol=1e-6)

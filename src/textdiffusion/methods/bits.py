@@ -95,7 +95,7 @@ class BitDiffusion(EmbeddingDiffusion):
     def output_logits(self, model: EmbeddingDenoiser, out: torch.Tensor) -> torch.Tensor:
         return out  # softmax factorisation: the backbone's output already is V logits
 
-    def round_to_ids(self, model: EmbeddingDenoiser, x: torch.Tensor) -> torch.Tensor:
+    def decode(self, model: EmbeddingDenoiser, x: torch.Tensor) -> torch.Tensor:
         ids = bits_to_ids(x)
         invalid = ids >= self.tok.n_symbols
         if invalid.any():  # nearest valid code in Hamming distance = nearest in L2 among the corners
@@ -105,4 +105,4 @@ class BitDiffusion(EmbeddingDiffusion):
 
     def final_ids(self, model: EmbeddingDenoiser, plan: torch.Tensor) -> tuple[torch.Tensor, dict[str, Any]]:
         raw = bits_to_ids(plan)
-        return self.round_to_ids(model, plan), {"invalid_id_rate": float((raw >= self.tok.n_symbols).float().mean())}
+        return self.decode(model, plan), {"invalid_id_rate": float((raw >= self.tok.n_symbols).float().mean())}

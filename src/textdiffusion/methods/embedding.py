@@ -6,7 +6,10 @@ noised with the shared Gaussian process of :mod:`textdiffusion.diffusion.gaussia
     x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps,
 
 and the bidirectional backbone (continuous input adapter, time-conditioned) learns to undo it. Generation
-runs DDPM or DDIM from pure noise and finally maps each vector back to a token ("rounding").
+runs DDPM or DDIM from pure noise and finally maps each vector back to a token ("rounding"). The skeleton
+(forward draw, bound, reverse process) is :class:`~textdiffusion.methods.gaussian_method.GaussianMethod`'s;
+this file writes its hooks: the lookup E[w] (:meth:`EmbeddingDiffusion.encode`), the rounding
+(:meth:`EmbeddingDiffusion.decode`) and the decoder term of the bound.
 
 Training loss (Li et al. 2022, Eq. 2 and App. F, "e2e" when E is learned):
 
@@ -23,8 +26,8 @@ Decoders (vector -> token): cosine nearest neighbour, L2 nearest neighbour, or a
 ``clamp`` snaps the predicted x0 to its decoded embedding at each sampling step (Li et al. 2022, Sec. 4.2).
 
 Likelihood: the training loss is not a likelihood. :meth:`EmbeddingDiffusion.nll` estimates a true upper
-bound on -log p(w), the variational bound of VDM (Kingma et al. 2021, Eqs. 11-17) with the embedding
-playing the role of the data:
+bound on -log p(w), the variational bound of VDM (Kingma et al. 2021, Eqs. 11-17;
+:meth:`GaussianMethod.vdm_bound`) with the embedding playing the role of the data:
 
     -log p(w) <= E[-log p(w | z_0)]                        reconstruction at the first training time
                + KL(q(z_1 | w) || N(0, I))                 prior
@@ -59,15 +62,11 @@ from textdiffusion.config import (
 from textdiffusion.diffusion.gaussian import (
     TARGETS,
     GaussianSampler,
-    VDMBound,
     eps_from_x0,
-    make_noise_schedule,
     q_sample,
-    reverse_process,
-    split_prediction,
     training_target,
-    training_times,
 )
+from textdiffusion.guidance.gradient import gradient_steer
 from textdiffusion.methods.base import (
     NLLProgress,
     NLLResult,
@@ -80,9 +79,9 @@ from textdiffusion.methods.base import (
     filter_logits,
     gumbel_sample,
     register,
-    report_batches,
 )
 from textdiffusion.methods.gaussian_config import GaussianConfig
+from textdiffusion.methods.gaussian_method import GaussianMethod
 from textdiffusion.nn.text_classifier import ConvTextClassifier
 from textdiffusion.nn.transformer import KVCache, Transformer
 
@@ -166,12 +165,13 @@ class EmbeddingDenoiser(nn.Module):
         return sum(p.numel() for p in self.parameters())
 
 
-CLASSIFIER_STEPS = 3  # gradient steps per sampler step (Diffusion-LM takes 3)
-CLASSIFIER_STEP = 0.5  # step size, in units of the variance 1 - abar_s (see _classifier_steer)
-
-
 @register
-class EmbeddingDiffusion(TextMethod):
+class EmbeddingDiffusion(GaussianMethod[torch.Tensor], TextMethod):
+    """Diffusion-LM on the Gaussian skeleton of :class:`GaussianMethod`: :meth:`encode` is the embedding lookup
+    (the one place a token becomes a vector; a latent method overrides it), :meth:`decode` the rounding, and
+    the rest is what text adds: self-conditioning, ``target=probs``, the rounding loss, prompts and infilling
+    by imputation, the guided sampler and classifier guidance."""
+
     name = "embedding"
     config_class = EmbeddingConfig
     parameters_in_forward_only = False  # the rounding loss reads the embedding table outside the forward pass
@@ -184,9 +184,7 @@ class EmbeddingDiffusion(TextMethod):
 
     def __init__(self, cfg: GaussianTextConfig, model_cfg: ModelConfig, tokenizer):
         super().__init__(cfg, model_cfg, tokenizer)
-        cfg.check()
-        self.schedule = make_noise_schedule(cfg.noise_schedule)
-        self.t_min = cfg.t_min
+        self.setup_process()
         self.guide: Any = None  # the ar run of the guided sampler (see attach_companions)
 
     @property
@@ -201,10 +199,6 @@ class EmbeddingDiffusion(TextMethod):
     def default_steps(self, length: int, sampler: str = "") -> int | None:
         T = self.cfg.timesteps
         return self.cfg.sample_steps or (min(T, 200) if T else 200)
-
-    @property
-    def max_steps(self) -> int | None:
-        return self.cfg.timesteps or None  # the sampler's grid is the training grid
 
     def interactive_samplers(self) -> tuple[str, ...]:
         return tuple(s for s in self.samplers if s != "guided")  # guided needs a second run
@@ -240,7 +234,19 @@ class EmbeddingDiffusion(TextMethod):
         return EmbeddingDenoiser(self.model_cfg, self.tok.n_symbols, dim, frozen, self.cfg.embed_norm,
                                  self.cfg.embed_scale, self.cfg.self_condition, self.decoder == "head")
 
-    # ---- vectors -> tokens -------------------------------------------------------------------------
+    # ---- tokens <-> vectors ------------------------------------------------------------------------
+    def encode(self, model: EmbeddingDenoiser, ids: torch.Tensor) -> torch.Tensor:
+        """Token ids (...) -> their vectors x_0 = E[w] (..., dim), in the table's dtype."""
+        return model.table()[ids]
+
+    def latent_dim(self, model: EmbeddingDenoiser) -> int:
+        """Width of x_0 at each position."""
+        return model.dim
+
+    def latent_geometry(self, model: EmbeddingDenoiser) -> dict[str, float]:
+        """How the x_0 of the tokens sit in the noise, reported beside the bound (see :func:`embedding_geometry`)."""
+        return embedding_geometry(model.table())
+
     def decoder_logits(self, model: EmbeddingDenoiser, x: torch.Tensor) -> torch.Tensor:
         """(..., dim) vectors -> (..., n_symbols) scores whose argmax is the decoded token."""
         if self.decoder == "head":
@@ -251,7 +257,8 @@ class EmbeddingDiffusion(TextMethod):
         # -||x - e||^2 up to a per-row constant: 2 x.e - ||e||^2
         return 2.0 * x.float() @ table.float().T - table.float().pow(2).sum(-1)
 
-    def round_to_ids(self, model: EmbeddingDenoiser, x: torch.Tensor) -> torch.Tensor:
+    def decode(self, model: EmbeddingDenoiser, x: torch.Tensor) -> torch.Tensor:
+        """Rounding: each vector to its decoder's likeliest token."""
         return self.decoder_logits(model, x).argmax(-1)
 
     def output_logits(self, model: EmbeddingDenoiser, out: torch.Tensor) -> torch.Tensor:
@@ -260,15 +267,12 @@ class EmbeddingDiffusion(TextMethod):
 
     def final_ids(self, model: EmbeddingDenoiser, plan: torch.Tensor) -> tuple[torch.Tensor, dict[str, Any]]:
         """The sampler's last step: x_0 vectors -> ids, plus anything worth reporting about it."""
-        return self.round_to_ids(model, plan), {}
+        return self.decode(model, plan), {}
 
-    # ---- training ----------------------------------------------------------------------------------
-    def _sample_t(self, n: int, generator: torch.Generator, device: torch.device) -> torch.Tensor:
-        return training_times(n, self.cfg.timesteps, self.t_min, generator, device)
-
-    def _denoise(self, model: EmbeddingDenoiser, x_t: torch.Tensor, t: torch.Tensor,
-                 x0_prev: torch.Tensor | None,
-                 temperature: float = 1.0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    # ---- the denoiser ------------------------------------------------------------------------------
+    def denoise(self, model: EmbeddingDenoiser, x_t: torch.Tensor, t: torch.Tensor,
+                x0_prev: torch.Tensor | None,
+                temperature: float = 1.0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Network output plus the (x0_hat, eps_hat) it implies.
 
         With ``target=probs`` the output is read by the decoder as a distribution over tokens and x0_hat is
@@ -282,15 +286,21 @@ class EmbeddingDiffusion(TextMethod):
             probs = (self.output_logits(model, out).float() / temperature).softmax(-1)
             x0_hat = probs @ model.table().float()
             return out, x0_hat, eps_from_x0(x_t.float(), x0_hat, abar)
-        x0_hat, eps_hat = split_prediction(out.float(), x_t.float(), abar, self.cfg.target)
+        x0_hat, eps_hat = self.split(out, x_t, abar)
         return out, x0_hat, eps_hat
 
     def _self_condition(self, model: EmbeddingDenoiser, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """Self-conditioning's first pass (Chen et al. 2022, Sec. 3.2): an x0 estimate from no estimate."""
         with torch.no_grad():
-            _, x0_hat, _ = self._denoise(model, x_t, t, None)
+            _, x0_hat, _ = self.denoise(model, x_t, t, None)
         return x0_hat.detach().to(x_t.dtype)
 
+    def _predict_x0(self, model: EmbeddingDenoiser, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """x0_hat as the bound sees it: with the self-conditioning pass the sampler would make."""
+        x0_prev = self._self_condition(model, x_t, t) if self.cfg.self_condition else None
+        return self.denoise(model, x_t, t, x0_prev)[1]
+
+    # ---- training ----------------------------------------------------------------------------------
     def rounding_weight(self, model: EmbeddingDenoiser) -> float:
         """Weight of the rounding term: only where the decoder or the table can learn from it."""
         trainable_decoder = self.decoder == "head" or model.embed is not None
@@ -300,17 +310,14 @@ class EmbeddingDiffusion(TextMethod):
                    generator: torch.Generator) -> dict[str, torch.Tensor]:
         n = x.shape[0]
         dev = x.device
-        x0 = model.table()[x]
-        t = self._sample_t(n, generator, dev)
-        abar = self.schedule.alpha_bar(t)
-        eps = torch.randn(x0.shape, generator=generator, device=dev, dtype=x0.dtype)
-        x_t = q_sample(x0, abar, eps)
+        x0 = self.encode(model, x)
+        t, abar, eps, x_t = self.forward_draw(x0, generator)
         x0_prev = None
         if self.cfg.self_condition:
             # half the rows get the model's own first estimate, half get zeros (so both modes are learned)
             use = (torch.rand(n, generator=generator, device=dev) < 0.5)[:, None, None]
             x0_prev = torch.where(use, self._self_condition(model, x_t, t), torch.zeros_like(x_t))
-        out, x0_hat, _ = self._denoise(model, x_t, t, x0_prev)
+        out, x0_hat, _ = self.denoise(model, x_t, t, x0_prev)
         if self.cfg.target == "probs":
             # the MSE of the averaged x0 is reported, and trained on only with method.probs_mse_weight > 0
             terms = {"mse": (x0_hat - x0.float()).pow(2).mean(),
@@ -320,7 +327,7 @@ class EmbeddingDiffusion(TextMethod):
             terms = {"mse": (out.float() - target.float()).pow(2).mean()}
         if self.rounding_weight(model) > 0:
             # x_0 ~ q(x_0 | w): the embedding with the first training step's noise, in embedding units
-            a0 = self.schedule.alpha_bar(torch.tensor(self.t_min, device=dev))
+            a0 = self.first_abar(dev)
             noisy = x0 + ((1.0 - a0) / a0).sqrt() * torch.randn(x0.shape, generator=generator, device=dev,
                                                                  dtype=x0.dtype)
             terms["rounding"] = cross_entropy_per_token(self.decoder_logits(model, noisy), x).mean()
@@ -340,40 +347,35 @@ class EmbeddingDiffusion(TextMethod):
         return total
 
     # ---- the likelihood bound ----------------------------------------------------------------------
-    def _reconstruction_nats(self, model: EmbeddingDenoiser, x: torch.Tensor, x0: torch.Tensor,
-                             gen: torch.Generator) -> torch.Tensor:
-        """-log p(w | z_0) summed over positions, z_0 ~ q(z_0 | w) at the first training time."""
-        a0 = self.schedule.alpha_bar(torch.tensor(self.t_min, device=x.device))
-        z0 = q_sample(x0, a0, torch.randn(x0.shape, generator=gen, device=x.device))
+    def decoder_nats(self, model: EmbeddingDenoiser, x: torch.Tensor, z0: torch.Tensor,
+                     a0: torch.Tensor) -> torch.Tensor:
+        """-log p(w | z_0) summed over positions: the rounding head on z_0 / sqrt(abar_0), or for the similarity
+        decoders the exact posterior over tokens of a Gaussian centred on each scaled embedding,
+        softmax_w(-||z_0 - sqrt(abar_0) E_w||^2 / 2(1 - abar_0))."""
         if self.decoder == "head":
             logits = model.head(z0 / a0.sqrt())
-        else:  # the exact posterior over tokens of a Gaussian centred on each scaled embedding
+        else:
             table = model.table().float()
             d2 = (z0.float().pow(2).sum(-1, keepdim=True) - 2.0 * a0.sqrt() * z0.float() @ table.T
                   + a0 * table.pow(2).sum(-1))
             logits = -d2 / (2.0 * (1.0 - a0))
         return cross_entropy_per_token(logits, x).sum(-1)
 
-    def _predict_x0(self, model: EmbeddingDenoiser, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        """x0_hat as the bound sees it: with the self-conditioning pass the sampler would make."""
-        x0_prev = self._self_condition(model, x_t, t) if self.cfg.self_condition else None
-        return self._denoise(model, x_t, t, x0_prev)[1]
-
     @torch.no_grad()
     def nll(self, model: EmbeddingDenoiser, windows: torch.Tensor, batch_size: int = 64,
             progress: NLLProgress | None = None) -> NLLResult:
         gen = torch.Generator(device=windows.device).manual_seed(self.cfg.eval_seed)
         n = windows.shape[0]
-        table = model.table()
-        bound = VDMBound(self.schedule, self.cfg.timesteps, self.t_min, self.cfg.eval_time_samples)
         mse, rounding = [], []
-        for xb in report_batches(windows.split(batch_size), progress):
-            bound.add(table[xb].float(), lambda x0, xb=xb: self._reconstruction_nats(model, xb, x0, gen),
-                      lambda x_t, t, _eps: self._predict_x0(model, x_t, t), gen)
+
+        def diagnose(xb: torch.Tensor) -> None:
             terms = self.loss_terms(model, xb, gen)  # the training loss terms, for diagnosis
             mse.append(float(terms["mse"]) * xb.shape[0])
             if "rounding" in terms:
                 rounding.append(float(terms["rounding"]) * xb.shape[0])
+
+        bound = self.vdm_bound(model, windows.split(batch_size), gen,
+                               lambda _xb, x_t, t, _eps: self._predict_x0(model, x_t, t), progress, diagnose)
         chars = self.chars_in(windows)
         nats, parts = bound.result(chars)
         details: dict[str, Any] = {
@@ -386,60 +388,29 @@ class EmbeddingDiffusion(TextMethod):
         }
         if rounding:
             details["rounding_ce_per_token"] = sum(rounding) / n
-        details.update(embedding_geometry(table))
+        details.update(self.latent_geometry(model))
         return NLLResult(nats_per_unit=nats, kind="bound", windows=n, units=chars, details=details)
 
-    # ---- classifier guidance: a classifier of noisy latents --------------------------------------------------
+    # ---- classifier guidance: a classifier of noisy latents (its rule: guidance/gradient.py) --------------
     def classifier_network(self, shape: dict[str, int], num_labels: int,
                            model: EmbeddingDenoiser) -> ConvTextClassifier:
         """A time-conditioned classifier of latents x_t, as wide as the run's embeddings."""
-        return ConvTextClassifier(num_labels, input_dim=model.table().shape[1], time_conditioning=True, **shape)
+        return ConvTextClassifier(num_labels, input_dim=self.latent_dim(model), time_conditioning=True, **shape)
 
     def classifier_inputs(self, model: EmbeddingDenoiser, x: torch.Tensor,
                           generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         """x_t ~ q(x_t | E[w]) at a training time t, with the run's own (frozen) embedding table E."""
-        t = self._sample_t(x.shape[0], generator, x.device)
+        t = self.training_times(x.shape[0], generator, x.device)
         with torch.no_grad():
-            x0 = model.table()[x].float()
+            x0 = self.encode(model, x).float()
         eps = torch.randn(x0.shape, generator=generator, device=x.device)
         return q_sample(x0, self.schedule.alpha_bar(t), eps), t
 
-    def _classifier_steer(self, label: int, w: float, n: int, fixed: torch.Tensor):
-        r"""Diffusion-LM's control step (Li et al. 2022, Sec. 5.1, Eq. 4): after the sampler proposes x_s, take
-        ``CLASSIFIER_STEPS`` gradient steps on it toward
-
-            w * log p(c | x_s)  -  ||x_s - x_s^proposed||^2 / (2 (1 - abar_s))
-
-        — the classifier's pull, held near the denoiser's proposal by the fluency term (Diffusion-LM's
-        lambda log p(x_{t-1} | x_t), a Gaussian around the proposal; the variance 1 - abar_s of x_s given x_0 sets
-        its scale, since DDIM's step has none). Each step has size ``CLASSIFIER_STEP`` * (1 - abar_s), so the
-        fluency term alone would pull a fraction of the way back. Known prompt/infill positions are left alone."""
-        clf = self.classifier
-        keep = fixed[..., None]
-
-        def steer(x: torch.Tensor, s: float) -> torch.Tensor:
-            var = 1.0 - float(self.schedule.alpha_bar(torch.tensor(s)))
-            ts = torch.full((n,), s, device=x.device)
-            proposal = y = x.float()
-            for _ in range(CLASSIFIER_STEPS):
-                grad = w * clf.gradient(y, label, ts) - (y - proposal) / var
-                y = torch.where(keep, proposal, y + CLASSIFIER_STEP * var * grad)
-            return y.to(x.dtype)
-
-        return steer
-
     # ---- samplers ----------------------------------------------------------------------------------
-    def _sampler(self, kind: str, steps: int) -> GaussianSampler:
-        try:
-            return GaussianSampler(self.schedule, kind, steps, self.cfg.timesteps, self.cfg.eta,
-                                   self.cfg.time_difference)
-        except ValueError as e:
-            raise ConfigError(str(e)) from None
-
     def ignored_decoding(self, sampler: str) -> tuple[str, ...]:
         """Every position is rounded to its nearest token at the end, so nothing is drawn from a distribution:
         only the guided sampler (which draws from the mixture with an ``ar`` run) reads all three options, and
-        ``target=probs`` reads the temperature inside the denoiser (see :meth:`_denoise`)."""
+        ``target=probs`` reads the temperature inside the denoiser (see :meth:`denoise`)."""
         if sampler == "guided":
             return ()
         return ("top_k", "top_p") if self.cfg.target == "probs" else ("temperature", "top_k", "top_p")
@@ -455,13 +426,14 @@ class EmbeddingDiffusion(TextMethod):
         steps = req.steps or self.default_steps(state.shape[1])
         if not TEMPERATURE.allows(req.temperature):  # it also acts inside the denoiser, not only in filter_logits
             raise ConfigError(f"--temperature must be {TEMPERATURE.describe()}, got {req.temperature}")
-        gs = self._sampler("ddpm" if sampler == "ddpm" else "ddim", steps)
+        gs = self.make_sampler("ddpm" if sampler == "ddpm" else "ddim", steps)
         # the temperature acts on the decoder distribution inside the denoiser (target=probs); the guided
         # sampler applies it to the mixed per-position distribution instead
         steer = self.classifier_request(req)
         plan, nfe = self._diffuse(model, state, fixed, gs, generator, on_step,
                                   req.temperature if sampler != "guided" else 1.0,
-                                  None if steer is None else self._classifier_steer(*steer, *state.shape[:1], fixed))
+                                  None if steer is None else
+                                  gradient_steer(self.classifier, self.schedule, *steer, state.shape[0], fixed))
         info: dict[str, Any] = {"sampler": sampler, "steps": steps, "decoder": self.decoder,
                                 "clamp": self.cfg.clamp, **self.classifier_info(req)}
         if sampler == "guided":
@@ -477,36 +449,21 @@ class EmbeddingDiffusion(TextMethod):
     def _diffuse(self, model: EmbeddingDenoiser, state: torch.Tensor, fixed: torch.Tensor,
                  gs: GaussianSampler, generator: torch.Generator, on_step: StepCallback | None,
                  temperature: float = 1.0, steer: Any = None) -> tuple[torch.Tensor, int]:
-        """The reverse process from N(0, I) to x_0 (:func:`reverse_process`). ``clamp`` snaps x0_hat to its
-        nearest embedding (Li et al. 2022, Sec. 4.2); prompt/infill positions are *replaced*: their x0 is the
-        true embedding and their x_s a fresh draw from q(x_s | x_0) (Song et al. 2021's imputation)."""
-        n, L = state.shape
-        table = model.table()
-        known = table[state.clamp(max=self.tok.n_symbols - 1)]
-        fixed3 = fixed[..., None]
-        imputing = bool(fixed.any())
+        """The reverse process from N(0, I) to x_0 (:meth:`GaussianMethod.reverse`): ``clamp`` snaps x0_hat to
+        the embedding of its rounding; prompt/infill positions are imputed from their true embeddings."""
+        known = self.encode(model, state.clamp(max=self.tok.n_symbols - 1))
 
         def denoise(x_t: torch.Tensor, t: torch.Tensor, x0_prev: torch.Tensor | None):
-            return self._denoise(model, x_t, t, x0_prev if self.cfg.self_condition else None, temperature)[1:]
-
-        def project(x0_hat: torch.Tensor) -> torch.Tensor:
-            if self.cfg.clamp:
-                x0_hat = table[self.round_to_ids(model, x0_hat)].float()
-            return torch.where(fixed3, known.float(), x0_hat)
-
-        def renoise(x: torch.Tensor, s: float) -> torch.Tensor:
-            abar_s = self.schedule.alpha_bar(torch.tensor(s, device=x.device))
-            noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
-            return torch.where(fixed3, q_sample(known, abar_s, noise), x)
+            return self.denoise(model, x_t, t, x0_prev if self.cfg.self_condition else None, temperature)[1:]
 
         def report(step: int, x: torch.Tensor, x0_hat: torch.Tensor, s: float) -> None:
             assert on_step is not None
-            on_step(step, torch.where(fixed, state, self.round_to_ids(model, x0_hat)), {"t": s, "nfe": step})
+            on_step(step, torch.where(fixed, state, self.decode(model, x0_hat)), {"t": s, "nfe": step})
 
-        x = torch.randn((n, L, table.shape[1]), generator=generator, device=state.device, dtype=table.dtype)
-        x0_hat = reverse_process(gs, x, denoise, generator, project if self.cfg.clamp or imputing else None,
-                                 renoise if imputing else None, report if on_step else None, steer)
-        return x0_hat.to(table.dtype), gs.steps
+        x = self.prior_noise(known.shape, generator, state.device, known.dtype)
+        x0_hat = self.reverse(model, gs, x, denoise, generator, known, fixed[..., None],
+                              report if on_step else None, steer)
+        return x0_hat.to(known.dtype), gs.steps
 
     def _guided(self, model: EmbeddingDenoiser, plan: torch.Tensor, state: torch.Tensor, fixed: torch.Tensor,
                 req: SampleRequest, generator: torch.Generator) -> tuple[torch.Tensor, int]:

@@ -8,7 +8,9 @@ of :mod:`textdiffusion.diffusion.gaussian`,
 and a U-Net (:mod:`textdiffusion.nn.unet`) learns to undo it. The training loss is the "simple" objective
 of Ho et al. 2020 (Eq. 14), the MSE to the target (eps by default; x0 or v as for the text methods), with
 t drawn uniformly from the T training steps. Sampling is the same :class:`GaussianSampler` loop the text
-methods call: DDPM's ancestral step, or DDIM (Song et al. 2021) with eta and any number of steps <= T.
+methods call: DDPM's ancestral step, or DDIM (Song et al. 2021) with eta and any number of steps <= T. The
+skeleton (forward draw, bound, reverse process) is :class:`~textdiffusion.methods.gaussian_method.GaussianMethod`'s;
+this file writes its hooks: pixels to x_0 and back, the clip, the decoder term, and the guided U-Net.
 
 Class conditioning and classifier-free guidance (Ho & Salimans 2022): during training each label is
 replaced by "no label" with probability ``unet.label_dropout``, so one network learns both p(x | c) and
@@ -41,18 +43,10 @@ import torch.nn.functional as F
 
 from textdiffusion.config import GUIDANCE, Config, ConfigError, UNetConfig, option
 from textdiffusion.data.images import ImageBatch, ImageSpec, to_unit_range
-from textdiffusion.diffusion.gaussian import (
-    GaussianSampler,
-    VDMBound,
-    make_noise_schedule,
-    q_sample,
-    reverse_process,
-    split_prediction,
-    training_target,
-    training_times,
-)
-from textdiffusion.methods.base import Method, NLLProgress, NLLResult, register, report_batches
+from textdiffusion.diffusion.gaussian import split_prediction, training_target
+from textdiffusion.methods.base import Method, NLLProgress, NLLResult, register
 from textdiffusion.methods.gaussian_config import GaussianConfig
+from textdiffusion.methods.gaussian_method import GaussianMethod
 from textdiffusion.nn.unet import UNet
 
 LEVELS = 256  # 8-bit pixels
@@ -118,7 +112,11 @@ ImageStepCallback = Callable[[int, torch.Tensor, torch.Tensor, dict[str, Any]], 
 
 
 @register
-class ImageDiffusion(Method[ImageRequest, ImageResult]):
+class ImageDiffusion(GaussianMethod[ImageBatch], Method[ImageRequest, ImageResult]):
+    """DDPM/DDIM on the Gaussian skeleton of :class:`GaussianMethod`: :meth:`encode` scales pixels to [-1, 1],
+    ``clamp`` clips x0_hat to that range, and the decoder term is the exact posterior over the 256 levels; the
+    denoiser is a U-Net with classifier-free guidance."""
+
     name = "image"
     config_class = ImageConfig
     samplers = ("ddpm", "ddim")
@@ -132,8 +130,7 @@ class ImageDiffusion(Method[ImageRequest, ImageResult]):
         cfg.check()
         if not 0.0 <= unet_cfg.label_dropout < 1.0:
             raise ConfigError(f"unet.label_dropout must be in [0, 1), got {unet_cfg.label_dropout}")
-        self.schedule = make_noise_schedule(cfg.noise_schedule)
-        self.t_min = cfg.t_min
+        self.setup_process()
 
     @classmethod
     def from_config(cls, cfg: Config, vocab: Any) -> ImageDiffusion:
@@ -161,20 +158,26 @@ class ImageDiffusion(Method[ImageRequest, ImageResult]):
         sampler = sampler or self.default_sampler
         return self.cfg.sample_steps or (T if sampler == "ddpm" and T else min(T or 250, 250))
 
-    @property
-    def max_steps(self) -> int | None:
-        return self.cfg.timesteps or None
-
     def training_samples(self) -> ImageRequest:
         """What the trainer draws at each evaluation: two of each digit (or 20 unconditional), DDIM 50."""
         k = self.spec.num_classes
         return ImageRequest(n=2 * k, labels=list(range(k)) * 2 if self.conditional else None, sampler="ddim",
                             steps=min(50, self.cfg.timesteps or 50))
 
-    # ---- training ----------------------------------------------------------------------------------
-    def _sample_t(self, n: int, generator: torch.Generator, device: torch.device) -> torch.Tensor:
-        return training_times(n, self.cfg.timesteps, self.t_min, generator, device)
+    # ---- pixels <-> x_0 ------------------------------------------------------------------------------
+    def encode(self, model: UNet, data: ImageBatch) -> torch.Tensor:
+        """uint8 pixels p -> x_0 = p / 127.5 - 1 in [-1, 1], (B, C, H, W)."""
+        return to_unit_range(data.images)
 
+    def decode(self, model: UNet, x0: torch.Tensor) -> torch.Tensor:
+        """x_0 -> images in the pixel range [-1, 1]."""
+        return x0.clamp(-1.0, 1.0)
+
+    def project_x0(self, model: UNet, x0_hat: torch.Tensor) -> torch.Tensor:
+        """Pixels live in [-1, 1]: clipping x0_hat (Ho et al. 2020's sampler) stops drift at high noise."""
+        return x0_hat.clamp(-1.0, 1.0)
+
+    # ---- training ----------------------------------------------------------------------------------
     def _train_labels(self, labels: torch.Tensor, generator: torch.Generator) -> torch.Tensor | None:
         if not self.conditional:
             return None
@@ -182,21 +185,22 @@ class ImageDiffusion(Method[ImageRequest, ImageResult]):
         return torch.where(drop, torch.full_like(labels, self.spec.num_classes), labels)
 
     def loss(self, model: UNet, x: ImageBatch, generator: torch.Generator) -> torch.Tensor:
-        x0 = to_unit_range(x.images)
-        n = x0.shape[0]
-        t = self._sample_t(n, generator, x0.device)
-        abar = self.schedule.alpha_bar(t)
-        eps = torch.randn(x0.shape, generator=generator, device=x0.device)
-        out = model(q_sample(x0, abar, eps), t, self._train_labels(x.labels, generator))
+        x0 = self.encode(model, x)
+        t, abar, eps, x_t = self.forward_draw(x0, generator)
+        out = model(x_t, t, self._train_labels(x.labels, generator))
         return (out.float() - training_target(x0, eps, abar, self.cfg.target)).pow(2).mean()
 
     # ---- the likelihood bound ----------------------------------------------------------------------
-    def _reconstruction_nats(self, x0: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-        """-log p(pixels | z_{t_min}) per image: each pixel's exact posterior over the 256 levels."""
-        a0 = self.schedule.alpha_bar(torch.tensor(self.t_min, device=x0.device))
-        z = q_sample(x0, a0, torch.randn(x0.shape, generator=gen, device=x0.device))
-        levels = torch.linspace(-1.0, 1.0, LEVELS, device=x0.device)
-        logits = -(z.unsqueeze(-1) - a0.sqrt() * levels).pow(2) / (2.0 * (1.0 - a0))
+    def bound_x0(self, model: UNet, data: ImageBatch) -> torch.Tensor:
+        """The bound sees each image as one vector of pixels, (B, C * H * W)."""
+        return self.encode(model, data).flatten(1)
+
+    def decoder_nats(self, model: UNet, data: ImageBatch, z: torch.Tensor, abar: torch.Tensor) -> torch.Tensor:
+        """-log p(pixels | z_{t_min}) per image: each pixel's exact posterior over the 256 levels,
+        softmax_k(-(z - sqrt(abar) v_k)^2 / 2(1 - abar))."""
+        x0 = self.bound_x0(model, data)
+        levels = torch.linspace(-1.0, 1.0, LEVELS, device=z.device)
+        logits = -(z.unsqueeze(-1) - abar.sqrt() * levels).pow(2) / (2.0 * (1.0 - abar))
         target = ((x0 + 1.0) * 127.5).round().long()
         logp = F.log_softmax(logits, dim=-1).gather(-1, target.unsqueeze(-1)).squeeze(-1)
         return -logp.flatten(1).sum(1)
@@ -205,20 +209,17 @@ class ImageDiffusion(Method[ImageRequest, ImageResult]):
     def nll(self, model: UNet, windows: ImageBatch, batch_size: int = 64,
             progress: NLLProgress | None = None) -> NLLResult:
         gen = torch.Generator(device=windows.images.device).manual_seed(self.cfg.eval_seed)
-        bound = VDMBound(self.schedule, self.cfg.timesteps, self.t_min, self.cfg.eval_time_samples)
         mse: list[float] = []
-        for b in report_batches(windows.split(batch_size), progress):
-            x0 = to_unit_range(b.images)
-            labels = b.labels if self.conditional else None
 
-            def predict(x_t: torch.Tensor, t: torch.Tensor, eps: torch.Tensor, x0=x0, labels=labels) -> torch.Tensor:
-                x_t, eps, abar = x_t.view_as(x0), eps.view_as(x0), self.schedule.alpha_bar(t)
-                out = model(x_t, t, labels).float()
-                mse.append(float((out - training_target(x0, eps, abar, self.cfg.target)).pow(2).mean()))
-                return split_prediction(out, x_t, abar, self.cfg.target)[0].flatten(1)
+        def predict(b: ImageBatch, x_t: torch.Tensor, t: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+            """x0_hat for the bound's flat x_t, recording the training loss at the bound's draws."""
+            x0 = self.encode(model, b)
+            x_t, eps, abar = x_t.view_as(x0), eps.view_as(x0), self.schedule.alpha_bar(t)
+            out = model(x_t, t, b.labels if self.conditional else None).float()
+            mse.append(float((out - training_target(x0, eps, abar, self.cfg.target)).pow(2).mean()))
+            return self.split(out, x_t, abar)[0].flatten(1)
 
-            # the bound sees each image as one vector of pixels
-            bound.add(x0.flatten(1), lambda flat: self._reconstruction_nats(flat, gen), predict, gen)
+        bound = self.vdm_bound(model, windows.split(batch_size), gen, predict, progress)
         n = len(windows)
         dims = n * self.spec.channels * self.spec.size**2
         nats, parts = bound.result(dims)
@@ -246,12 +247,6 @@ class ImageDiffusion(Method[ImageRequest, ImageResult]):
             raise ConfigError(f"digit {bad[0]} is not a class of this model; use 0..{self.spec.num_classes - 1}")
         return torch.tensor(req.labels, dtype=torch.long, device=device)
 
-    def make_sampler(self, kind: str, steps: int, eta: float) -> GaussianSampler:
-        try:
-            return GaussianSampler(self.schedule, kind, steps, self.cfg.timesteps, eta, self.cfg.time_difference)
-        except ValueError as e:
-            raise ConfigError(str(e)) from None
-
     @torch.no_grad()
     def sample(self, model: UNet, req: ImageRequest, generator: torch.Generator,
                on_step: ImageStepCallback | None = None) -> ImageResult:
@@ -272,27 +267,22 @@ class ImageDiffusion(Method[ImageRequest, ImageResult]):
         def denoise(x: torch.Tensor, tt: torch.Tensor, _prev: torch.Tensor | None):
             abar = self.schedule.alpha_bar(tt)
             if not guided:
-                return split_prediction(model(x, tt, labels).float(), x, abar, self.cfg.target)
+                return self.split(model(x, tt, labels), x, abar)
             # one batched forward for both branches: the conditional and the "no label" prediction
             out = model(torch.cat([x, x]), torch.cat([tt, tt]), torch.cat([labels, null])).float()
-            _, eps_c = split_prediction(out[: req.n], x, abar, self.cfg.target)
-            _, eps_u = split_prediction(out[req.n :], x, abar, self.cfg.target)
+            _, eps_c = self.split(out[: req.n], x, abar)
+            _, eps_u = self.split(out[req.n :], x, abar)
             eps_hat = eps_u + w * (eps_c - eps_u)
             return split_prediction(eps_hat, x, abar, "eps")[0], eps_hat
-
-        def clip(x0_hat: torch.Tensor) -> torch.Tensor:
-            # pixels live in [-1, 1]: clipping x0_hat (Ho et al. 2020's sampler) stops drift at high noise
-            return x0_hat.clamp(-1.0, 1.0)
 
         def report(step: int, x: torch.Tensor, x0_hat: torch.Tensor, s: float) -> None:
             assert on_step is not None
             on_step(step, x, x0_hat, {"t": s, "nfe": step})
 
-        x = torch.randn((req.n, self.spec.channels, self.spec.size, self.spec.size), generator=generator, device=dev)
+        x = self.prior_noise((req.n, self.spec.channels, self.spec.size, self.spec.size), generator, dev)
         if on_step:
             on_step(0, x, torch.zeros_like(x), {"t": 1.0, "nfe": 0})
-        x0_hat = reverse_process(gs, x, denoise, generator, clip if self.cfg.clamp else None, None,
-                                 report if on_step else None)
+        x0_hat = self.reverse(model, gs, x, denoise, generator, on_step=report if on_step else None)
         info = {"sampler": sampler, "steps": steps, "eta": 1.0 if sampler == "ddpm" else eta, "clip": self.cfg.clamp,
                 "guidance": w if labels is not None else None}
-        return ImageResult(x0_hat.clamp(-1.0, 1.0), labels, float(gs.steps * (2 if guided else 1)), info)
+        return ImageResult(self.decode(model, x0_hat), labels, float(gs.steps * (2 if guided else 1)), info)
