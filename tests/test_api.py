@@ -259,8 +259,8 @@ def test_image_stream_ends_in_the_generated_images(image_run):
 
 
 def test_image_evaluate_gives_the_mnist_eval_numbers(image_run, tmp_path, monkeypatch):
-    from textdiffusion.apps.mnist import _data_key, evaluate_images
     from textdiffusion.data.images import load_images
+    from textdiffusion.image_evaluation import _data_key, evaluate_images
     from textdiffusion.image_metrics import classifier_for, train_classifier
 
     monkeypatch.setenv("TEXTDIFFUSION_CACHE", str(tmp_path))  # a quick classifier, so nothing trains for minutes

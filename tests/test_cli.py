@@ -186,7 +186,7 @@ def test_help_shows_defaults_and_examples(capsys):
 
 
 def test_mnist_eval_defaults_match_the_function_and_finish_quickly():
-    from textdiffusion.apps.mnist import eval_steps, evaluate_images
+    from textdiffusion.image_evaluation import eval_steps, evaluate_images
 
     (parser,) = [p for path, p in _parsers(build_parser()) if path == ("mnist", "eval")]
     flags = {a.dest: a for a in parser._actions}

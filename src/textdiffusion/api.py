@@ -9,9 +9,9 @@
 
 This is the one place where a run is opened and sampled for a user: the command line (``sample``, ``eval``),
 the live page and ``compare`` go through it, so a seed gives the same text from Python as from
-``textdiffusion sample``. Like the entry points in :mod:`textdiffusion.apps` it sits on top of the library
-(it uses their request limits, :mod:`textdiffusion.apps.bounds`, and the image evaluation of
-:mod:`textdiffusion.apps.mnist`); nothing in the library imports it. ``docs/python-api.md`` is its guide.
+``textdiffusion sample``. It is the top of the library (request limits: :mod:`textdiffusion.limits`; image
+scores: :mod:`textdiffusion.image_evaluation`) and imports no app; the apps stand on it.
+``docs/python-api.md`` is its guide.
 
 Every sampling runs under ``torch.no_grad()`` and in the precision the run was trained in
 (:func:`textdiffusion.precision.autocast`: bf16 on a GPU for a bf16 run, fp32 elsewhere). User errors are the
@@ -34,8 +34,7 @@ from typing import Any, TypeVar
 import numpy as np
 import torch
 
-from textdiffusion import precision
-from textdiffusion.apps import bounds
+from textdiffusion import limits, precision
 from textdiffusion.checkpoint import read_json
 from textdiffusion.config import (
     ETA,
@@ -665,13 +664,13 @@ class TextModel(_Model):
         network evaluations per sample over all batches.
 
         A request of one batch draws exactly what one sampling call draws; a larger one draws batch after
-        batch from the one generator (:mod:`textdiffusion.apps.bounds`). ``on_step`` watches the first batch
+        batch from the one generator (:mod:`textdiffusion.limits`). ``on_step`` watches the first batch
         only: an animation of the others would repeat it. With more than one batch a progress bar counts
         samples on stderr, from the batch after the watched one (the two would draw over each other); one
         batch gets a bar over its steps on a terminal."""
         from textdiffusion.progress import progress_bar
 
-        parts = bounds.batches(plan.request.n, plan.batch_size)
+        parts = limits.batches(plan.request.n, plan.batch_size)
         if progress and len(parts) == 1 and on_step is None and sys.stderr.isatty():
             # one batch: a bar over its steps, on a terminal only (watching a step costs a little, and a log
             # file gains nothing from a bar that lasts seconds); the draws are the same with or without it
@@ -723,7 +722,7 @@ class TextModel(_Model):
         if infill is not None and not isinstance(infill, str):
             raise ConfigError(f"the infill template must be a string, got {type(infill).__name__}")
         n = check_value("n", n, int, POSITIVE_COUNT)
-        bounds.check_count(n, bounds.MAX_TEXT_SAMPLES, "n", "the most one call draws",
+        limits.check_count(n, limits.MAX_TEXT_SAMPLES, "n", "the most one call draws",
                            "draw more in several calls with different seeds")
         length = check_value("length", length, int, LENGTH)
         steps = check_value("steps", steps, int, SAMPLE_STEPS)
@@ -750,7 +749,7 @@ class TextModel(_Model):
         method.request_label(req)  # a label this run knows, guidance only with one
         if req.length:
             method.check_length(req.length)
-            bounds.check_text_length(req.length, method.extends_past_context)
+            limits.check_text_length(req.length, method.extends_past_context)
         # one sample's initial state: the length an infill template gives, and the prompt's checks, up front
         tokens = int(method.prepare(replace(req, n=1), CPU)[0].shape[1])
         chosen = method.check_sampler(req.sampler)
@@ -758,9 +757,9 @@ class TextModel(_Model):
             raise ConfigError(f"--steps does not apply to {method.name}'s {chosen} sampler: it takes one network "
                               f"evaluation per token; leave --steps out")
         total = req.steps or method.default_steps(tokens, chosen)
-        bounds.check_text_steps(total, bool(req.steps), method.max_steps)
-        batch = bounds.text_batch_size(tokens, method.window, self.tokenizer.vocab_size)
-        return SamplingPlan(req, tokens, chosen, total, batch, len(bounds.batches(n, batch)))
+        limits.check_text_steps(total, bool(req.steps), method.max_steps)
+        batch = limits.text_batch_size(tokens, method.window, self.tokenizer.vocab_size)
+        return SamplingPlan(req, tokens, chosen, total, batch, len(limits.batches(n, batch)))
 
     def stream(self, prompt: str = "", *, infill: str | None = None, placeholder: str = "_", n: int = 1,
                length: int = 0, sampler: str = "", steps: int = 0, temperature: float | None = None,
@@ -828,12 +827,12 @@ class TextModel(_Model):
 
         self._refuse_raw_weights()
         samples = check_value("samples", samples, int, POSITIVE_COUNT)
-        bounds.check_count(samples, bounds.MAX_IMAGE_EVAL, "samples", "the most one evaluation scores",
+        limits.check_count(samples, limits.MAX_IMAGE_EVAL, "samples", "the most one evaluation scores",
                            "score fewer: the standard error shrinks only as 1/sqrt(n)")
         length = check_value("length", length, int, LENGTH)
-        bounds.check_text_length(length, True)
+        limits.check_text_length(length, True)
         steps = check_value("steps", steps, int, SAMPLE_STEPS)
-        bounds.check_text_steps(steps or None, True, None)
+        limits.check_text_steps(steps or None, True, None)
         return evaluate_run(self.run, samples=samples, length=length, sampler=sampler, steps=steps,
                             temperature=temperature, top_k=top_k, top_p=top_p,
                             seed=check_value("seed", seed, int, SEED),
@@ -903,7 +902,7 @@ class ImageModel(_Model):
     def _request(self, digits: int | Sequence[int] | None, n: int, sampler: str, steps: int, eta: float | None,
                  guidance: float | None) -> ImageRequest:
         """A checked request: the labels ``digits`` and ``n`` ask for (see :meth:`generate`)."""
-        n = check_value("n", n, int, Range(0, bounds.MAX_IMAGE_EVAL))
+        n = check_value("n", n, int, Range(0, limits.MAX_IMAGE_EVAL))
         if isinstance(digits, int) and not isinstance(digits, bool):
             labels: list[int] | None = [digits] * (n or 1)
         elif digits is not None:
@@ -919,8 +918,8 @@ class ImageModel(_Model):
         else:
             labels = None
         count = len(labels) if labels is not None else (n or DEFAULT_UNCONDITIONAL_IMAGES)
-        bounds.check_count(count, bounds.MAX_IMAGE_EVAL, "n", "the images are held in memory",
-                           f"draw at most {bounds.MAX_IMAGE_EVAL} at once")
+        limits.check_count(count, limits.MAX_IMAGE_EVAL, "n", "the images are held in memory",
+                           f"draw at most {limits.MAX_IMAGE_EVAL} at once")
         if not isinstance(sampler, str):
             raise ConfigError(f"sampler must be a name (one of {', '.join(self.samplers)}), got {sampler!r}")
         self.image_method.check_sampler(sampler)
@@ -948,7 +947,7 @@ class ImageModel(_Model):
         req = self._request(digits, n, sampler, steps, eta, guidance)
         seed = check_value("seed", seed, int, SEED)
         run, method = self.run, self.image_method
-        parts = bounds.batches(req.n, bounds.image_batch_size(method.spec.size))
+        parts = limits.batches(req.n, limits.image_batch_size(method.spec.size))
         gen = torch.Generator(device=run.device).manual_seed(seed)
         images, res = [], None
         tic = time.perf_counter()
@@ -974,7 +973,7 @@ class ImageModel(_Model):
         its ``result`` then holds the :class:`ImageSamples` (the images :meth:`generate` draws for the same
         arguments and seed). At most one batch of images; options as in :meth:`generate`."""
         req = self._request(digits, n, sampler, steps, eta, guidance)
-        batch = bounds.image_batch_size(self.image_size)
+        batch = limits.image_batch_size(self.image_size)
         if req.n > batch:
             raise ConfigError(f"a stream shows one batch: at most {batch} images at once, asked for {req.n}; "
                               f"draw fewer, or use generate() for many")
@@ -986,7 +985,7 @@ class ImageModel(_Model):
         cached), and the sampling time per image: the numbers ``textdiffusion mnist eval`` prints, and like
         it this writes ``RUN/eval.json`` (and appends to ``RUN/evals.jsonl``). ``samples`` defaults to the
         command's default; the other options are :meth:`generate`'s. Scores the EMA weights."""
-        from textdiffusion.apps.mnist import evaluate_images
+        from textdiffusion.image_evaluation import evaluate_images
 
         self._refuse_raw_weights()
         req = self._request(None, 0, sampler, steps, eta, guidance)  # the options' types and ranges

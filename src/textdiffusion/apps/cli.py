@@ -22,7 +22,6 @@ import re
 import sys
 from pathlib import Path
 
-from textdiffusion.apps.bounds import IMAGE_EVAL_SAMPLES, IMAGE_EVAL_STEPS
 from textdiffusion.catalogue import GUIDANCE_RULES, IMAGE_METHODS, TEXT_METHODS, method_names
 from textdiffusion.config import (
     ETA,
@@ -39,6 +38,7 @@ from textdiffusion.config import (
     override_keys,
 )
 from textdiffusion.errors import CheckpointError, DataError
+from textdiffusion.limits import IMAGE_EVAL_SAMPLES, IMAGE_EVAL_STEPS
 
 USER_ERRORS = (ConfigError, DataError, CheckpointError)
 
@@ -319,8 +319,8 @@ def cmd_sample(args: argparse.Namespace) -> int:
     """Draw ``--n`` texts through the Python API (:meth:`textdiffusion.api.TextModel.sample`: batches that
     bound memory, exactly the draws of one sampling for everyday requests), refusing counts and steps past
     :mod:`.bounds`' limits and an unwritable ``--trajectory`` before the run is even loaded."""
+    from textdiffusion import limits as bounds
     from textdiffusion.api import TextModel, load
-    from textdiffusion.apps import bounds
 
     bounds.check_count(args.n, bounds.MAX_TEXT_SAMPLES, "--n", "the most one command draws",
                        "draw more in several runs with different --seed")
@@ -351,8 +351,8 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
+    from textdiffusion import limits as bounds
     from textdiffusion.api import TextModel, load
-    from textdiffusion.apps import bounds
     from textdiffusion.evaluate import format_table
     from textdiffusion.methods import get_method
 
@@ -422,7 +422,8 @@ def cmd_mnist_sample(args: argparse.Namespace) -> int:
 
 
 def cmd_mnist_eval(args: argparse.Namespace) -> int:
-    from textdiffusion.apps.mnist import evaluate_images, format_eval
+    from textdiffusion.apps.mnist import format_eval
+    from textdiffusion.image_evaluation import evaluate_images
 
     _refuse_text_run(args.run_dir, "eval")
     row = evaluate_images(args.run_dir, samples=args.samples, sampler=args.sampler or "", steps=args.steps or 0,
