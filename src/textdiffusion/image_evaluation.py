@@ -13,7 +13,7 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 
@@ -29,8 +29,9 @@ EVAL_SAMPLES, EVAL_STEPS = limits.IMAGE_EVAL_SAMPLES, limits.IMAGE_EVAL_STEPS  #
 
 def open_image_run(path: str | Path, weights: str = "ema", device: str = "auto",
                    overrides: list[str] | None = None) -> LoadedRun:
+    """Open a run of the image family (any image method), refusing a text run with the command it needs."""
     run = open_run(path, weights=weights, device=device, overrides=overrides)
-    if not isinstance(run.method, ImageDiffusion):
+    if run.method.family != "image":
         raise CheckpointError(f"{path} is a text run (method {run.cfg.method.name}); use `textdiffusion sample` for "
                               f"it")
     return run
@@ -38,8 +39,7 @@ def open_image_run(path: str | Path, weights: str = "ema", device: str = "auto",
 
 def image_method(run: LoadedRun) -> ImageDiffusion:
     """The image method of a run opened by :func:`open_image_run` (which refused any other)."""
-    assert isinstance(run.method, ImageDiffusion)
-    return run.method
+    return cast(ImageDiffusion, run.method)
 
 
 def labels_for(method: ImageDiffusion, n: int, digit: int | None) -> list[int] | None:

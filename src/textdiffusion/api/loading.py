@@ -12,8 +12,6 @@ import torch
 from textdiffusion.api.image import ImageModel
 from textdiffusion.api.text import TextModel
 from textdiffusion.config import ConfigError
-from textdiffusion.methods.base import TextMethod
-from textdiffusion.methods.image import ImageDiffusion
 from textdiffusion.runs import open_run
 
 
@@ -36,10 +34,9 @@ def load(run_dir: str | Path, device: str | torch.device = "auto", weights: str 
         raise ConfigError(f"weights must be 'ema' or 'model', got {weights!r}")
     sets = [*overrides, *(f"{_setting_key(k, 'method')}={_setting_value(k, v)}" for k, v in sampling.items())]
     run = open_run(run_dir, weights=weights, device=str(device), overrides=sets)
-    if isinstance(run.method, TextMethod):
-        return TextModel(run, weights, sets)
-    if isinstance(run.method, ImageDiffusion):
-        return ImageModel(run, weights, sets)
+    models: dict[str, type[TextModel] | type[ImageModel]] = {"text": TextModel, "image": ImageModel}
+    if run.method.family in models:
+        return models[run.method.family](run, weights, sets)
     raise ConfigError(f"{run_dir} holds a {run.cfg.method.name} run, which samples neither text nor images")
 
 

@@ -128,6 +128,7 @@ class ImageDiffusion(Method[ImageRequest, ImageResult]):
     samplers = ("ddpm", "ddim")
     likelihood_kind = "bound"
     unit = "dim"
+    family = "image"
 
     def __init__(self, cfg: ImageConfig, unet_cfg: UNetConfig, spec: ImageSpec):
         self.cfg, self.unet_cfg, self.spec = cfg, unet_cfg, spec

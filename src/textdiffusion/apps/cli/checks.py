@@ -35,10 +35,10 @@ def check_flags_agree(args: argparse.Namespace) -> None:
 
 
 def is_image_method(name: str) -> bool:
+    """Whether ``name`` is a registered method of the image family (what ``mnist`` trains and samples)."""
     from textdiffusion.methods import REGISTRY
-    from textdiffusion.methods.image import ImageDiffusion
 
-    return name in REGISTRY and issubclass(REGISTRY[name], ImageDiffusion)
+    return name in REGISTRY and REGISTRY[name].family == "image"
 
 
 def run_kind(run_dir: str | Path) -> tuple[str, str] | None:
@@ -47,13 +47,12 @@ def run_kind(run_dir: str | Path) -> tuple[str, str] | None:
     the command itself, whose error says what is wrong with the run."""
     from textdiffusion.checkpoint import recorded_method
     from textdiffusion.methods import REGISTRY
-    from textdiffusion.methods.image import ImageDiffusion
 
     name = recorded_method(Path(run_dir))
     cls = REGISTRY.get(name) if name else None
     if cls is None:
         return None
-    return ("image" if issubclass(cls, ImageDiffusion) else "text"), name
+    return cls.family, name
 
 
 def refuse_image_run(run_dir: str, command: str) -> None:

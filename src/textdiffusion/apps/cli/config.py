@@ -8,7 +8,7 @@ import re
 
 from textdiffusion.apps.cli.checks import is_image_method
 from textdiffusion.apps.cli.flags import DEFAULT_PRESET, PRESET_HELP, add_set, command
-from textdiffusion.apps.cli.train import new_run_config
+from textdiffusion.apps.cli.train import DEFAULT_IMAGE_METHOD, new_run_config
 from textdiffusion.catalogue import method_names
 from textdiffusion.config import PRESETS
 
@@ -48,7 +48,8 @@ def run(args: argparse.Namespace) -> int:
     image = is_image_method(cfg.method.name)
     train = "mnist train" if image else "train"
     source = (f"--config {args.config}" if args.config
-              else f"{'' if image else f'--method {cfg.method.name} '}--preset {cfg.preset}")
+              else f"{'' if cfg.method.name == DEFAULT_IMAGE_METHOD else f'--method {cfg.method.name} '}"
+                   f"--preset {cfg.preset}")
     print(f"# the config `textdiffusion {train} {source}{' --set ...' if args.overrides else ''}` starts from; "
           f"--json prints it as the file --config reads")
     print("# * = a sampling option: `sample` and `eval` may change it on a trained run with --set")

@@ -21,7 +21,13 @@ from textdiffusion.apps.cli.flags import (
     number,
     positive,
 )
-from textdiffusion.apps.cli.train import add_new_run_flags, new_run_config, resume_run, train_new_run
+from textdiffusion.apps.cli.train import (
+    DEFAULT_IMAGE_METHOD,
+    add_new_run_flags,
+    new_run_config,
+    resume_run,
+    train_new_run,
+)
 from textdiffusion.catalogue import IMAGE_METHODS
 from textdiffusion.config import ETA, GUIDANCE, PRESETS, SEED
 from textdiffusion.limits import IMAGE_EVAL_SAMPLES, IMAGE_EVAL_STEPS
@@ -46,13 +52,20 @@ def _add_train(msub) -> None:
                 "examples:\n  textdiffusion mnist train --preset cpu --run-dir runs/mnist\n"
                 "  textdiffusion mnist train --preset tiny --data digits --steps 200   # offline, seconds\n"
                 "  textdiffusion mnist train --config runs/mnist/config.json --set method.target=v --run-dir runs/v")
+    t.add_argument("--method", metavar="METHOD",
+                   help=f"an image method: {', '.join(sorted(IMAGE_METHODS))} (default: {DEFAULT_IMAGE_METHOD}, or "
+                        f"the --config file's)")
     add_new_run_flags(t, image=True)
     t.set_defaults(func=train, torchrun=True)
 
 
+# the samplers of every image method, in the order the methods list them
+IMAGE_SAMPLERS = tuple(dict.fromkeys(s for samplers in IMAGE_METHODS.values() for s in samplers))
+
+
 def _add_image_sampling(parser: argparse.ArgumentParser, steps_help: str) -> None:
     """The image sampler's knobs, shared by ``mnist sample`` and ``mnist eval``; choices from the method."""
-    parser.add_argument("--sampler", choices=IMAGE_METHODS["image"],
+    parser.add_argument("--sampler", choices=IMAGE_SAMPLERS,
                         help="ddpm (ancestral) or ddim (deterministic at --eta 0) (default: the run's "
                              "method.sampler, ddpm unless set)")
     parser.add_argument("--steps", type=number(int, STEPS), help=steps_help)

@@ -81,13 +81,16 @@ def run(args: argparse.Namespace) -> int:
 
 
 # the flags of train (and mnist train) that stand for one config field each; applied after --set, so they win
+# the method ``mnist train`` trains when neither --method nor --config names one
+DEFAULT_IMAGE_METHOD = "image"
 _FIELD_FLAGS = {"data": "data.corpus", "steps": "train.steps", "seed": "seed", "device": "train.device"}
 
 
 def new_run_config(args: argparse.Namespace, image: bool = False):
     """The config a new run trains with (``train``, ``mnist train``; ``config`` prints it): the ``--config``
     file or the method's ``--preset``, then ``--set`` and the flags that stand for fields. With ``--config``,
-    ``--method`` and ``--preset`` may only repeat what the file says: the file's config is used whole."""
+    ``--method`` and ``--preset`` may only repeat what the file says: the file's config is used whole.
+    ``image``: ``mnist train``, which takes any method of the image family (default :data:`DEFAULT_IMAGE_METHOD`)."""
     from textdiffusion.config import apply_overrides, make_config, read_config_file
     from textdiffusion.methods import REGISTRY
 
@@ -95,8 +98,13 @@ def new_run_config(args: argparse.Namespace, image: bool = False):
     for attr, key in _FIELD_FLAGS.items():
         if getattr(args, attr, None) is not None:
             overrides.append(f"{key}={getattr(args, attr)}")
-    method = "image" if image else args.method
+    method = args.method
     if not args.config:
+        if image:
+            method = method or DEFAULT_IMAGE_METHOD
+            if method in REGISTRY and not is_image_method(method):
+                raise ConfigError(f"--method {method} is a text method; train it with `textdiffusion train --method "
+                                  f"{method}`")
         if not method:
             ways = [f"--method ({' | '.join(sorted(REGISTRY))})", "--config FILE"]
             if args.command == "train":
@@ -108,7 +116,7 @@ def new_run_config(args: argparse.Namespace, image: bool = False):
     if image and not is_image_method(name):
         raise ConfigError(f"--config {args.config} is a config of the text method {name}; train it with "
                           f"`textdiffusion train --config {args.config}`")
-    if method and method != name and not image:
+    if method and method != name:
         raise ConfigError(f"--method {method} and --config {args.config} (method {name}) disagree; leave --method "
                           f"out: the method comes with the file's options")
     if args.preset and args.preset != cfg.preset:
