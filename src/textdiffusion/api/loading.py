@@ -14,6 +14,8 @@ from textdiffusion.api.text import TextModel
 from textdiffusion.config import ConfigError
 from textdiffusion.runs import open_run
 
+# a method's family (``Method.family``) -> the model that samples its runs
+MODELS: dict[str, type[TextModel] | type[ImageModel]] = {"text": TextModel, "image": ImageModel}
 
 def load(run_dir: str | Path, device: str | torch.device = "auto", weights: str = "ema", *,
          overrides: Sequence[str] = (), **sampling: Any) -> TextModel | ImageModel:
@@ -34,9 +36,8 @@ def load(run_dir: str | Path, device: str | torch.device = "auto", weights: str 
         raise ConfigError(f"weights must be 'ema' or 'model', got {weights!r}")
     sets = [*overrides, *(f"{_setting_key(k, 'method')}={_setting_value(k, v)}" for k, v in sampling.items())]
     run = open_run(run_dir, weights=weights, device=str(device), overrides=sets)
-    models: dict[str, type[TextModel] | type[ImageModel]] = {"text": TextModel, "image": ImageModel}
-    if run.method.family in models:
-        return models[run.method.family](run, weights, sets)
+    if run.method.family in MODELS:
+        return MODELS[run.method.family](run, weights, sets)
     raise ConfigError(f"{run_dir} holds a {run.cfg.method.name} run, which samples neither text nor images")
 
 
