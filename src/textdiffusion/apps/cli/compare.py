@@ -8,7 +8,7 @@ from textdiffusion.apps.cli.flags import DEVICE_HELP, command, number, positive
 from textdiffusion.config import SEED
 
 
-def add(sub) -> None:
+def add(sub: argparse._SubParsersAction) -> None:
     c = command(sub, "compare", "compare runs: a self-contained HTML report, comparison.md and .json",
                 epilog="example:\n  textdiffusion compare runs/ar runs/masked runs/mnist --out report/ --evaluate")
     c.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run directories (text and image runs mix)")

@@ -13,7 +13,7 @@ from textdiffusion.catalogue import method_names
 from textdiffusion.config import PRESETS
 
 
-def add(sub) -> None:
+def add(sub: argparse._SubParsersAction) -> None:
     c = command(sub, "config", "print a config with every field's value and meaning",
                 "Print the config `train` would start from with these flags: every field with its value, what it "
                 "may hold and what it means. Images: --method image (the config `mnist train` starts from).",

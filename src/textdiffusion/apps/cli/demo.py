@@ -8,7 +8,7 @@ from textdiffusion.apps.cli.flags import DEFAULT_PRESET, PRESET_HELP, TRAIN_STEP
 from textdiffusion.config import PRESETS
 
 
-def add(sub) -> None:
+def add(sub: argparse._SubParsersAction) -> None:
     d = command(sub, "demo", "train a small masked-diffusion model on Tiny Shakespeare and watch it write")
     d.add_argument("--steps", type=number(int, TRAIN_STEPS), default=None,
                    help="training steps (default: 1500, a few minutes on a CPU)")

@@ -23,7 +23,7 @@ from textdiffusion.apps.cli.flags import (
 from textdiffusion.config import ConfigError
 
 
-def add(sub) -> None:
+def add(sub: argparse._SubParsersAction) -> None:
     e = command(sub, "eval", "validation bits/char, sample quality and speed; writes RUN_DIR/eval.json",
                 "Score a run: validation bits per character (exact for ar, an upper bound for diffusion), the "
                 "quality of its samples against a fixed character n-gram judge, and sampling speed. Prints a "

@@ -85,7 +85,8 @@ class HelpFormatter(argparse.HelpFormatter):
         return f"{text} (default: %(default)s)"
 
 
-def command(sub, name: str, help: str, description: str = "", epilog: str = "") -> argparse.ArgumentParser:
+def command(sub: argparse._SubParsersAction, name: str, help: str, description: str = "",
+            epilog: str = "") -> argparse.ArgumentParser:
     """A subcommand whose own --help starts with what it does (``help`` is the line the command list shows)."""
     return sub.add_parser(name, help=help, description=description or help[0].upper() + help[1:] + ".",
                           epilog=epilog or None, formatter_class=HelpFormatter)

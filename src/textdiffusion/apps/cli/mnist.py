@@ -33,7 +33,7 @@ from textdiffusion.config import ETA, GUIDANCE, PRESETS, SEED
 from textdiffusion.limits import IMAGE_EVAL_SAMPLES, IMAGE_EVAL_STEPS
 
 
-def add(sub) -> None:
+def add(sub: argparse._SubParsersAction) -> None:
     m = command(sub, "mnist", "image diffusion on MNIST: train | sample | eval | demo",
                 "Image diffusion on MNIST: a class-conditional DDPM U-Net through the same trainer, run "
                 "directories and Gaussian samplers as the text methods.",
@@ -45,7 +45,7 @@ def add(sub) -> None:
         add_command(msub)
 
 
-def _add_train(msub) -> None:
+def _add_train(msub: argparse._SubParsersAction) -> None:
     t = command(msub, "train", "train a DDPM U-Net (or --resume one)",
                 "Train a class-conditional DDPM U-Net on MNIST (the image preset, or a --config file), with "
                 "--set and the flags on top; the same trainer and run directory as text.",
@@ -82,7 +82,7 @@ _IMAGE_SET_HELP = ("change a sampling option, one per --set, e.g. --set method.c
                    "`textdiffusion config --method image` lists them, marked *)")
 
 
-def _add_sample(msub) -> None:
+def _add_sample(msub: argparse._SubParsersAction) -> None:
     s = command(msub, "sample", "write a sample grid, a denoising strip and a GIF of the reverse process",
                 epilog="examples:\n  textdiffusion mnist sample runs/mnist --sampler ddim --steps 50 --guidance 3\n"
                        "  textdiffusion mnist sample runs/mnist --digit 7 --n 16 --out sevens/")
@@ -100,7 +100,7 @@ def _add_sample(msub) -> None:
     s.set_defaults(func=sample)
 
 
-def _add_eval(msub) -> None:
+def _add_eval(msub: argparse._SubParsersAction) -> None:
     e = command(msub, "eval", "FID and class accuracy in a trained classifier's feature space",
                 f"FID against the test set and class accuracy, in the feature space of a small MNIST classifier "
                 f"(trained once, about 3 CPU minutes, then cached), and the time per image. The defaults "
@@ -118,7 +118,7 @@ def _add_eval(msub) -> None:
     e.set_defaults(func=evaluate)
 
 
-def _add_demo(msub) -> None:
+def _add_demo(msub: argparse._SubParsersAction) -> None:
     d = command(msub, "demo", "train a small class-conditional model and write its samples (CPU minutes)")
     d.add_argument("--steps", type=number(int, TRAIN_STEPS), help="training steps (default: 1500)")
     d.add_argument("--data", default="mnist", help="mnist (falls back to the offline digits) or digits")

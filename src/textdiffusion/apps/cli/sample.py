@@ -24,7 +24,7 @@ from textdiffusion.catalogue import GUIDANCE_RULES
 from textdiffusion.config import GUIDANCE, ConfigError
 
 
-def add(sub) -> None:
+def add(sub: argparse._SubParsersAction) -> None:
     s = command(sub, "sample", "generate text from a trained run",
                 "Generate text from a trained run: unconditionally, after a --prompt, or filling the blanks of "
                 "an --infill template. Samples go to stdout, one per block; statistics to stderr.",

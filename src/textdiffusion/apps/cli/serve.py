@@ -9,7 +9,7 @@ from textdiffusion.apps.cli.flags import DEVICE_HELP, PORT, STEPS, command, numb
 from textdiffusion.config import Range
 
 
-def add(sub) -> None:
+def add(sub: argparse._SubParsersAction) -> None:
     v = command(sub, "serve", "a local web page to sample and infill interactively, denoising streamed live",
                 epilog="example:\n  textdiffusion serve runs/masked runs/ar      # then open http://127.0.0.1:8000")
     v.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="text run directories to offer")

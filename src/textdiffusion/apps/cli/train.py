@@ -28,7 +28,7 @@ examples:
   textdiffusion train --resume runs/ar --steps 4000      # continue, with a longer schedule"""
 
 
-def add(sub) -> None:
+def add(sub: argparse._SubParsersAction) -> None:
     t = command(sub, "train", "train a model (or --resume one)",
                 "Train a model into a run directory: the method's preset (or a --config file), with --set and the "
                 "flags on top. Ctrl-C stops at a step boundary with a checkpoint that --resume continues.",
