@@ -1767,8 +1767,8 @@ def make_fixtures(work: Path, names: Iterable[str] = FIXTURES) -> None:
     if "image" in names:  # the evaluation classifier, trained once into the cache (a minute, then instant)
         import torch
 
-        from textdiffusion.apps.mnist import classifier_for_data
         from textdiffusion.data.images import load_images
+        from textdiffusion.image_evaluation import classifier_for_data
 
         with contextlib.redirect_stderr(io.StringIO()):
             classifier_for_data(load_images("digits"), torch.device("cpu"), progress=False)

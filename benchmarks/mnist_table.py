@@ -1,6 +1,6 @@
 """MNIST image diffusion: FID and class accuracy against sampling steps and guidance scale.
 
-Evaluates one trained run (``textdiffusion mnist train``) with ``textdiffusion.apps.mnist.evaluate_images``:
+Evaluates one trained run (``textdiffusion mnist train``) with ``textdiffusion.image_evaluation.evaluate_images``:
 DDPM with all T = 1000 steps, DDPM's ancestral step on 250 and 50 evenly spaced times, DDIM (eta 0) with
 250/100/50/20/10 steps, all at guidance 1 (the plain class-conditional model), then a guidance sweep at
 DDIM 50. Every row uses the same number of samples
@@ -42,7 +42,7 @@ def time_rows(run_dir: str, plan: list, n: int, results: dict) -> None:
 
     import torch
 
-    from textdiffusion.apps.mnist import open_image_run
+    from textdiffusion.image_evaluation import open_image_run
     from textdiffusion.methods.image import ImageRequest
 
     run = open_image_run(run_dir)
@@ -72,7 +72,7 @@ def main() -> None:
     p.add_argument("--merge", nargs="*", default=[], help="result files of parallel runs (--only ... --out X) "
                                                            "whose rows are added to --out first")
     args = p.parse_args()
-    from textdiffusion.apps.mnist import evaluate_images
+    from textdiffusion.image_evaluation import evaluate_images
 
     out = Path(args.out)
     results = json.loads(out.read_text()) if out.exists() else {"rows": {}}

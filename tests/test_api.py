@@ -3,6 +3,7 @@ exactly what the command line gives for a seed, and one-line errors for bad inpu
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import re
@@ -117,6 +118,50 @@ def test_plan_checks_without_sampling(runs):
     assert model.plan(length=16, steps=7).steps == 7 and model.plan(length=16).steps == model.plan().steps // 2
     ar = textdiffusion.load(runs / "ar", device="cpu")
     assert ar.plan(length=300).steps is None  # one evaluation per token, past the context
+
+
+def test_one_options_object_is_the_keywords(runs):
+    model = textdiffusion.load(runs / "masked", device="cpu")
+    opts = textdiffusion.TextOptions(n=2, length=12, steps=4, seed=1)
+    by_keywords = model.generate("RO", n=2, length=12, steps=4, seed=1)
+    assert model.generate("RO", options=opts) == by_keywords
+    assert model.sample("RO", options=opts).texts == by_keywords
+    assert model.generate("RO", options=opts, seed=2) == model.generate("RO", n=2, length=12, steps=4, seed=2)
+    assert model.plan("RO", options=opts, steps=3).steps == 3 and model.plan("RO", options=opts).request.n == 2
+    with model.stream("RO", options=opts) as stream:
+        frames = list(stream)
+    assert frames[-1].texts == by_keywords
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        opts.n = 3  # type: ignore[misc]
+    with pytest.raises(ConfigError, match="options must be a TextOptions, got dict"):
+        model.generate("RO", options={"n": 2})
+
+
+def test_plan_trains_no_classifier_and_says_what_the_sampling_will(runs, tmp_path, capsys):
+    from textdiffusion.noisy_classifier import CLASSIFIER_DIR, ClassifierRecipe, classifier_for
+
+    run = tmp_path / "masked"
+    shutil.copytree(runs / "masked", run)
+    model = textdiffusion.load(run, device="cpu")
+    request = {"rule": "classifier", "label": "MENENIUS", "length": 8, "seed": 4}
+    assert model.plan(**request).classifier == "train"
+    assert not (run / CLASSIFIER_DIR).exists() and model.text_method.classifier is None
+    assert model.plan(length=8).classifier == ""
+
+    quick = ClassifierRecipe(steps=3, batch_size=8, top=4)
+    model.classifier = lambda progress=True: TextModel.classifier(model, steps=quick.steps, progress=progress)
+    first = model.sample(**request, progress=False)  # the sampling trains it, then checks the label against it
+    assert (run / CLASSIFIER_DIR).exists() and model.text_method.classifier is not None
+
+    again = textdiffusion.load(run, device="cpu")  # a cached classifier is read by the plan, never retrained
+    classifier_for(again.run, quick, progress=False)  # (the cache holds the quick recipe's)
+    again = textdiffusion.load(run, device="cpu")
+    capsys.readouterr()
+    assert again.plan(**request).classifier == "ready"
+    assert "training" not in capsys.readouterr().err
+    with pytest.raises(ConfigError, match="not one of the speaker classifier's"):
+        again.plan(rule="classifier", label="NOBODY AT ALL", length=8)
+    assert len(first.texts) == 1
 
 
 def test_infill_fills_the_blanks_only(runs):
@@ -259,8 +304,8 @@ def test_image_stream_ends_in_the_generated_images(image_run):
 
 
 def test_image_evaluate_gives_the_mnist_eval_numbers(image_run, tmp_path, monkeypatch):
-    from textdiffusion.apps.mnist import _data_key, evaluate_images
     from textdiffusion.data.images import load_images
+    from textdiffusion.image_evaluation import _data_key, evaluate_images
     from textdiffusion.image_metrics import classifier_for, train_classifier
 
     monkeypatch.setenv("TEXTDIFFUSION_CACHE", str(tmp_path))  # a quick classifier, so nothing trains for minutes

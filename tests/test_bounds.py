@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 
-from textdiffusion.apps import bounds
+from textdiffusion import limits as bounds
 from textdiffusion.apps.cli import main
 from textdiffusion.data import corpus as corpus_mod
 from textdiffusion.data import images as images_mod
@@ -122,7 +122,8 @@ def test_many_samples_are_drawn_in_batches_with_progress(runs, capsys, monkeypat
 
 
 def test_image_samples_are_drawn_in_batches(runs, tmp_path, monkeypatch):
-    from textdiffusion.apps.mnist import _draw_layout, _layout, open_image_run
+    from textdiffusion.apps.mnist import _draw_layout, _layout
+    from textdiffusion.image_evaluation import open_image_run
     from textdiffusion.methods.image import ImageRequest
 
     run = open_image_run(runs / "image", device="cpu")

@@ -186,7 +186,7 @@ def test_help_shows_defaults_and_examples(capsys):
 
 
 def test_mnist_eval_defaults_match_the_function_and_finish_quickly():
-    from textdiffusion.apps.mnist import eval_steps, evaluate_images
+    from textdiffusion.image_evaluation import eval_steps, evaluate_images
 
     (parser,) = [p for path, p in _parsers(build_parser()) if path == ("mnist", "eval")]
     flags = {a.dest: a for a in parser._actions}
@@ -286,3 +286,45 @@ def test_messages_name_the_flag_of_the_command_at_hand(runs, capsys):
     assert main(["sample", str(runs / "masked"), "--device", "cuda:7"]) == 2
     err = capsys.readouterr().err
     assert "use --device auto" in err and "--set" not in err
+
+
+@pytest.fixture
+def another_image_method():
+    """An image method registered under a name of its own (the built-in ``image`` under another name), removed
+    again afterwards."""
+    from dataclasses import dataclass
+
+    from textdiffusion.config import METHOD_CONFIGS
+    from textdiffusion.methods.base import register
+    from textdiffusion.methods.image import ImageConfig
+
+    @dataclass
+    class PixelsConfig(ImageConfig):
+        name: str = "pixels"
+
+    class Pixels(ImageDiffusion):
+        name = "pixels"
+        config_class = PixelsConfig
+
+    register(Pixels)
+    yield Pixels
+    del REGISTRY["pixels"], METHOD_CONFIGS["pixels"]
+
+
+def test_mnist_takes_any_method_of_the_image_family(another_image_method, tmp_path, capsys):
+    import textdiffusion
+
+    run = tmp_path / "pixels"
+    assert main(["mnist", "train", "--method", "pixels", "--preset", "tiny", "--data", "digits", "--steps", "2",
+                 "--run-dir", str(run), "--no-progress"]) == 0
+    assert json.loads((run / "config.json").read_text())["config"]["method"]["name"] == "pixels"
+    assert main(["mnist", "sample", str(run), "--n", "4", "--steps", "3", "--no-gif", "--no-progress"]) == 0
+    assert (run / "samples" / "samples.png").exists()
+    assert isinstance(textdiffusion.load(run, device="cpu"), textdiffusion.ImageModel)
+    assert main(["sample", str(run)]) == 2 and "use `textdiffusion mnist sample" in capsys.readouterr().err
+    assert main(["config", "--method", "pixels", "--preset", "tiny"]) == 0
+    assert "`textdiffusion mnist train --method pixels --preset tiny`" in capsys.readouterr().out
+    assert main(["mnist", "train", "--method", "masked", "--run-dir", str(tmp_path / "m")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "--method masked is a text method; train it with `textdiffusion train --method masked`" in err
+    assert "\n" not in err and not (tmp_path / "m").exists()

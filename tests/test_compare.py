@@ -314,8 +314,8 @@ def labelled(runs, shakespeare) -> Path:
 def classifier_cache(runs, tmp_path_factory):
     """A quickly trained evaluation classifier for the digits, in a cache of the module's own (the full one
     takes 1,500 steps the first time)."""
-    from textdiffusion.apps.mnist import _data_key
     from textdiffusion.data.images import load_images
+    from textdiffusion.image_evaluation import _data_key
     from textdiffusion.image_metrics import classifier_for, train_classifier
 
     cache = tmp_path_factory.mktemp("cache")

@@ -232,8 +232,8 @@ def test_mnist_cli_errors(image_run: Path, tmp_path, capsys):
 
 def _quick_classifier(run: Path, cache: Path) -> None:
     """Pre-fill the classifier cache ``cache`` for the run's data, so an evaluation does not train the full one."""
-    from textdiffusion.apps.mnist import _data_key
     from textdiffusion.data.images import load_images
+    from textdiffusion.image_evaluation import _data_key
     from textdiffusion.image_metrics import classifier_for, train_classifier
 
     cfg = json.loads((run / "config.json").read_text())["config"]
@@ -244,7 +244,7 @@ def _quick_classifier(run: Path, cache: Path) -> None:
 
 
 def test_mnist_eval_reports_fid_and_class_accuracy(image_run: Path, tmp_path, monkeypatch):
-    from textdiffusion.apps.mnist import evaluate_images
+    from textdiffusion.image_evaluation import evaluate_images
 
     monkeypatch.setenv("TEXTDIFFUSION_CACHE", str(tmp_path))  # the classifier cache goes here
     _quick_classifier(image_run, tmp_path)

@@ -28,6 +28,7 @@ if TYPE_CHECKING:
         SamplingPlan,
         Score,
         TextModel,
+        TextOptions,
         TextSamples,
         TextStream,
         load,
@@ -39,15 +40,15 @@ if TYPE_CHECKING:
 # exported name -> the module that defines it
 _EXPORTS = {
     **dict.fromkeys(("Frame", "ImageFrame", "ImageModel", "ImageSamples", "ImageStream", "SamplingPlan", "Score",
-                     "TextModel", "TextSamples", "TextStream", "load", "train"), "textdiffusion.api"),
+                     "TextModel", "TextOptions", "TextSamples", "TextStream", "load", "train"), "textdiffusion.api"),
     "ConfigError": "textdiffusion.config",
     "CheckpointError": "textdiffusion.errors",
     "DataError": "textdiffusion.errors",
 }
 
 __all__ = ["CheckpointError", "ConfigError", "DataError", "Frame", "ImageFrame", "ImageModel", "ImageSamples",
-           "ImageStream", "SamplingPlan", "Score", "TextModel", "TextSamples", "TextStream", "__version__", "load",
-           "train"]
+           "ImageStream", "SamplingPlan", "Score", "TextModel", "TextOptions", "TextSamples", "TextStream",
+           "__version__", "load", "train"]
 
 
 def __getattr__(name: str) -> Any:

@@ -261,7 +261,7 @@ def evaluate_text(run_dir: str | Path | LoadedRun, samples: int = 64, length: in
     ``run_dir`` may also be a run already opened (the Python API's model holds one), with ``overrides`` the
     settings it was opened with; ``device`` is then not used."""
     run = run_dir if isinstance(run_dir, LoadedRun) else open_run(run_dir, device=device, overrides=overrides)
-    if run.method.data_kind != "text":
+    if run.method.family != "text":
         raise ConfigError(f"{run.path} is an image run; use `{run.method.command} eval {run.path}`")
     cfg = run.cfg
     data, text, source = run_corpus(run)

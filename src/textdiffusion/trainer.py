@@ -269,7 +269,7 @@ class Trainer:
         self._stop: _StopFlag | None = None
         self.saved_step: int | None = None  # the step of the checkpoint on disk (None: none yet)
         if self.world.is_main:
-            source = SOURCES[method_class.data_kind]
+            source = SOURCES[method_class.family]
             self.dir.claim(resume, source.vocab_file if source.resume_needs_vocab else None)
         distributed.barrier(self.world)  # the others read what rank 0 has claimed (or find it missing)
         try:
@@ -308,7 +308,7 @@ class Trainer:
 
         # data, method and model
         saved = self.run_dir if saved_vocab else None
-        kind = get_method(cfg.method.name).data_kind  # what the data is: text or images
+        kind = get_method(cfg.method.name).family  # what the data is: text or images
         self.source: Source = load_source(cfg, saved, kind) if data is None else as_source(data, saved, cfg)
         self.data = self.source.data  # the TextData / ImageData behind the source
         self.method, model = build(cfg, self.source.vocab)

@@ -30,8 +30,8 @@ def _images(result: Any, vocab: Any, folder: Path, step: int) -> None:
     save_grid(result.images, folder / f"step_{step:06d}.png", nrow=vocab.num_classes)  # a row per class
 
 
-# how each kind of data (a method's ``data_kind``) keeps its samples: (result, vocab, folder, step)
-WRITERS: dict[str, Callable[[Any, Any, Path, int], None]] = {"text": _text, "images": _images}
+# how each kind of data (a method's ``family``) keeps its samples: (result, vocab, folder, step)
+WRITERS: dict[str, Callable[[Any, Any, Path, int], None]] = {"text": _text, "image": _images}
 
 
 def write_training_samples(method: Any, model: torch.nn.Module, vocab: Any, generator: torch.Generator,
@@ -39,4 +39,4 @@ def write_training_samples(method: Any, model: torch.nn.Module, vocab: Any, gene
     """Draw the method's training samples from ``model`` and write them under ``run_dir/samples``; ``vocab``
     is what the data defines (the tokenizer that decodes text, the image spec that lays out the grid)."""
     result = method.sample(model, method.training_samples(), generator)
-    WRITERS[method.data_kind](result, vocab, Path(run_dir) / "samples", step)
+    WRITERS[method.family](result, vocab, Path(run_dir) / "samples", step)

@@ -13,7 +13,7 @@ and measures what a comparison needs and a run does not keep:
   (:class:`~textdiffusion.speaker_judge.SpeakerJudge`: how often it names the speaker asked for, beside its
   accuracy on real held-out speeches of the same length) and by the evaluation judge (perplexity, word
   validity, distinct-2); class-conditional image runs give class accuracy against FID
-  (:func:`~textdiffusion.apps.mnist.evaluate_images`). Cached in ``RUN/guidance.json`` like the sweep;
+  (:func:`~textdiffusion.image_evaluation.evaluate_images`). Cached in ``RUN/guidance.json`` like the sweep;
   unlabelled runs get no curve and spend nothing on one;
 * one **denoising trajectory** per text run (the decoded text at every step, thinned to at most
   :data:`MAX_FRAMES` frames), and for image runs a sample grid, a denoising strip and the reverse-process GIF.
@@ -237,7 +237,7 @@ def read_run(path: str | Path) -> RunRecord:
     cfg = meta["config"]
     method = cfg.get("method", {}).get("name", "?")
     method_class = _method_class(run, method)
-    image = method_class.data_kind == "images"
+    image = method_class.family == "image"
     final = TrainSummary.read(run)
     metrics = read_metrics(run)
     if not has_checkpoint(run):
@@ -589,7 +589,7 @@ def measure_text_guidance(record: RunRecord, model: TextModel, judges: _Judges, 
 def _image_guidance_point(run, rule: str, w: float, samples: int, seed: int) -> GuidancePoint:
     """``samples`` images (the digits in turn) at scale ``w``, scored as ``mnist eval`` scores them: class accuracy
     and FID in the evaluation classifier's features."""
-    from textdiffusion.apps.mnist import evaluate_images
+    from textdiffusion.image_evaluation import evaluate_images
 
     ev = ImageEval.from_json(evaluate_images(run, samples=samples, sampler=IMAGE_SAMPLER["sampler"],
                                              steps=IMAGE_SAMPLER["steps"], eta=IMAGE_SAMPLER["eta"], guidance=w,
@@ -604,7 +604,7 @@ def measure_image_guidance(record: RunRecord, weights: list[float], samples: int
     ``samples`` images per point (two at least) with the pictures' sampler (:data:`IMAGE_SAMPLER`), cached in
     ``RUN/guidance.json``. The evaluation classifier is loaded, or trained once and cached (saying so), only
     when a point is missing."""
-    from textdiffusion.apps.mnist import _reference_data, classifier_for_data, open_image_run
+    from textdiffusion.image_evaluation import _reference_data, classifier_for_data, open_image_run
 
     rules = ["free"]  # the image method steers by classifier-free guidance only
     if not weights:
@@ -663,8 +663,8 @@ def measure_image_run(record: RunRecord, out: Path, seed: int, device: str, bar:
 
 
 def _evaluate_missing(records: list[RunRecord], device: str) -> None:
-    from textdiffusion.apps.mnist import evaluate_images
     from textdiffusion.evaluate import evaluate_run
+    from textdiffusion.image_evaluation import evaluate_images
 
     for r in records:
         if r.eval is None:

@@ -141,17 +141,17 @@ class ImageSource:
         return batch
 
 
-SOURCES: dict[str, type[TextSource] | type[ImageSource]] = {"text": TextSource, "images": ImageSource}  # by kind
+SOURCES: dict[str, type[TextSource] | type[ImageSource]] = {"text": TextSource, "image": ImageSource}  # by family
 
 
 def load_source(cfg: Config, run_dir: Path | None = None, kind: str = "text") -> Source:
-    """The data a run trains on, of ``kind`` (the method's ``data_kind``: "text" or "images"). ``run_dir``
+    """The data a run trains on, of ``kind`` (the method's ``family``: "text" or "image"). ``run_dir``
     (when resuming) supplies the saved tokenizer, so a resumed run tokenises exactly as before, and the
     corpus record of its config.json: the data is read from the recorded absolute path when it is still
     there (:func:`corpus_location`), and must still have the recorded fingerprint (:func:`check_identity`)."""
     recorded = recorded_corpus(run_dir) if run_dir is not None else None
     corpus = corpus_location(cfg.data.corpus, recorded)
-    if kind == "images":
+    if kind == "image":
         source: Source = ImageSource(load_images(corpus))
         if run_dir is not None:
             check_identity(recorded, source.record(), run_dir)

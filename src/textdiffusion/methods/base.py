@@ -160,10 +160,8 @@ class Method(ABC, Generic[Request, Result]):
     samplers: ClassVar[tuple[str, ...]]  # the first is the default
     likelihood_kind: ClassVar[str]  # "exact" | "bound"
     unit: ClassVar[str]  # what likelihoods are divided by: "char" | "dim"
-    # what the method trains on, which names its data source and sample files: "text" (a tokenised corpus)
-    # or "images"; and the command that trains, samples and evaluates its runs
-    data_kind: ClassVar[str] = "text"
-    command: ClassVar[str] = "textdiffusion"
+    family: ClassVar[str]  # "text" | "image": which commands, API model and live page take its runs
+    command: ClassVar[str] = "textdiffusion"  # the command that trains, samples and evaluates its runs
     # whether the loss reads the network's parameters only through its forward pass: DistributedDataParallel
     # then averages gradients during backward; a method that also reads them directly (an embedding table for
     # rounding) sets False, and the trainer averages its gradients after backward instead
@@ -268,6 +266,7 @@ class TextMethod(Method[SampleRequest, SampleResult]):
     """A method on token windows: built from a tokenizer, sampled with a :class:`SampleRequest`."""
 
     unit = "char"
+    family = "text"
     attention: ClassVar[str]  # the backbone's attention mode
     supports_infill: ClassVar[bool] = True  # fills blanks anywhere (False: continues a prompt only)
     extends_past_context: ClassVar[bool] = False  # can write more than one context window

@@ -122,7 +122,7 @@ class ImageDiffusion(GaussianMethod[ImageBatch], Method[ImageRequest, ImageResul
     samplers = ("ddpm", "ddim")
     likelihood_kind = "bound"
     unit = "dim"
-    data_kind = "images"
+    family = "image"
     command = "textdiffusion mnist"
 
     def __init__(self, cfg: ImageConfig, unet_cfg: UNetConfig, spec: ImageSpec):

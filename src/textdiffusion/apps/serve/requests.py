@@ -21,7 +21,7 @@ import torch
 from textdiffusion.config import ConfigError
 from textdiffusion.data.corpus import DataError
 from textdiffusion.data.tokenizer import CharTokenizer
-from textdiffusion.methods import REGISTRY, SampleRequest, TextMethod
+from textdiffusion.methods import REGISTRY, SampleRequest
 from textdiffusion.viz.trajectory import decode_masked
 
 from .served import MAX_GUIDANCE, ServedRun
@@ -162,7 +162,7 @@ def _parse_text(params: Mapping[str, Any], served: ServedRun) -> tuple[str, str 
 
 def _infill_methods() -> str:
     """The registered text methods that fill blanks, as "a, b or c"."""
-    names = sorted(name for name, cls in REGISTRY.items() if issubclass(cls, TextMethod) and cls.supports_infill)
+    names = sorted(name for name, cls in REGISTRY.items() if cls.family == "text" and cls.supports_infill)
     return f"{', '.join(names[:-1])} or {names[-1]}" if len(names) > 1 else "".join(names) or "bidirectional"
 
 

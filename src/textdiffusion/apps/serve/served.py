@@ -71,8 +71,8 @@ def _check_run_dir(path: Path) -> None:
         raise CheckpointError(f"run directory {path} does not exist; pass the directory `textdiffusion train` "
                               f"printed (it holds config.json)")
     method = recorded_method(path)
-    # the registry, not the name, says what a method samples; images are the only other kind today
-    if method in REGISTRY and not issubclass(REGISTRY[method], TextMethod):
+    # the registry, not the name, says what a method samples
+    if method in REGISTRY and REGISTRY[method].family != "text":
         raise ConfigError(f"{path} is an image run and the live page is for text; use "
                               f"`textdiffusion mnist sample {path}`")
 

@@ -1,15 +1,15 @@
-"""What one command line may ask for, checked before any work is done.
+"""What one request may ask for, checked before any work is done: counts, sampler steps, lengths, the batches
+that bound memory, and the output paths a command will write.
 
-``sample --n``, ``--steps`` and ``--length`` and ``mnist sample --n`` used to go straight to the sampler: a
-mistyped ``--steps 1000000000`` tried a 4 GB allocation, ``--n 100000`` one batch of 100000 samples. Here
-the limits are explicit (each error names the limit and how to stay under it), the work is split into
-batches whose size bounds memory, and output paths are checked before minutes of sampling are spent on a
-result that cannot be written.
+The Python API, the command line and the live page all draw through these limits, so they live in the library
+(the apps sit on top of it). Each error names the limit and how to stay under it: without them a mistyped
+``steps=1000000000`` would try a 4 GB allocation and ``n=100000`` one batch of 100000 samples. Output paths
+are checked before minutes of sampling are spent on a result that cannot be written.
 
-Batching and reproducibility: a request that fits in one batch draws exactly what it drew before batching
-existed (same seed, same numbers). A larger one draws batch after batch from the one generator, so its
-samples differ from what a single huge batch would have drawn, and depend on the batch size; they are still
-fully determined by the seed, and the first batch of ``--n N`` is the whole of ``--n B``.
+Batching and reproducibility: a request that fits in one batch draws exactly what one sampling call draws
+(same seed, same numbers). A larger one draws batch after batch from the one generator, so its samples
+differ from what a single huge batch would have drawn, and depend on the batch size; they are still fully
+determined by the seed, and the first batch of ``n=N`` is the whole of ``n=B``.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ MAX_TEXT_LENGTH = 100_000
 MAX_IMAGE_GRID = 10_000
 #: ``mnist eval --samples``: the generated images are kept (float) for FID, 100000 of 28x28 are ~300 MB
 MAX_IMAGE_EVAL = 100_000
-#: ``mnist eval``'s defaults (here, not in apps/mnist.py, so --help shows them without importing torch): about
+#: ``mnist eval``'s defaults (here, in a torch-free module, so --help shows them without importing torch): about
 #: a minute on 2 CPU cores for a ``cpu``-preset run. BENCHMARKS.md's MNIST table (500 samples per row) has
 #: DDPM's step taken 50 times at the best FID of any row (2.87; all 1000 steps: 3.35 in 18 times the time),
 #: deterministic DDIM at 50 steps at 6.51. So: the run's own sampler (ddpm unless set) at 50 steps, on as

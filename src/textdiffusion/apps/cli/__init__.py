@@ -1,0 +1,130 @@
+"""The command line: one module per subcommand, each holding its flags beside the handler that uses them.
+
+    textdiffusion train --method METHOD [--preset P | --config FILE] [--set KEY=VALUE]... | --resume RUN_DIR
+    textdiffusion sample RUN_DIR [--prompt T | --infill T] [--n N] [--sampler S] [--steps K] [--show] ...
+    textdiffusion eval RUN_DIR [--samples N]
+    textdiffusion config --method METHOD [--preset P] [--set KEY=VALUE]... [--json]
+    textdiffusion demo | compare RUN_DIR... --out DIR | serve RUN_DIR...
+    textdiffusion mnist train|sample|eval|demo ...
+
+Each command module (:mod:`.train`, :mod:`.sample`, :mod:`.evaluate`, :mod:`.config`, :mod:`.demo`,
+:mod:`.compare`, :mod:`.serve`, :mod:`.mnist`) has ``add(sub)``, which declares the command's flags, and the
+handler the flags go to. :mod:`.flags` holds what several parsers share, :mod:`.checks` the checks several
+handlers make before any work. Building the parser imports no torch, so ``--help`` answers at once
+(tests/test_layout.py checks it): method and sampler names come from :mod:`textdiffusion.catalogue`, the user
+errors from :mod:`textdiffusion.errors`, and each handler imports what it needs when it runs. Every flag has a
+help line that says its default (tests/test_cli.py walks every parser), and the top level and each command
+show examples.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import sys
+
+from textdiffusion.apps.cli import compare, config, demo, evaluate, mnist, sample, serve, train
+from textdiffusion.apps.cli.checks import check_flags_agree
+from textdiffusion.apps.cli.flags import HelpFormatter
+from textdiffusion.catalogue import IMAGE_METHODS, TEXT_METHODS
+from textdiffusion.config import ConfigError
+from textdiffusion.errors import CheckpointError, DataError
+
+USER_ERRORS = (ConfigError, DataError, CheckpointError)
+
+
+DESCRIPTION = ("Train, sample, evaluate and compare diffusion models on text and images, side by side with an "
+               "autoregressive baseline. A run is one directory (config, checkpoint, metrics, samples) that every "
+               "other command reads: `textdiffusion COMMAND --help` tells what each one takes.")
+
+
+EPILOG = f"""\
+methods: {', '.join(sorted(TEXT_METHODS))} (text); {', '.join(sorted(IMAGE_METHODS))} (`textdiffusion mnist`)
+presets: tiny (seconds), cpu (minutes on a laptop), base (nanoGPT's shakespeare_char; a GPU)
+
+examples:
+  textdiffusion demo                                          # train a small model and watch it write
+  textdiffusion train --method masked --preset cpu --run-dir runs/masked
+  textdiffusion sample runs/masked --prompt "ROMEO:" --n 4 --show
+  textdiffusion eval runs/masked                              # bits/char, sample quality, speed
+  textdiffusion config --method masked --preset cpu           # every option: value and meaning
+  textdiffusion train --config runs/masked/config.json --set train.lr=2e-3 --run-dir runs/masked-lr
+  textdiffusion compare runs/ar runs/masked --out report/     # an HTML report of any mix of runs
+  textdiffusion mnist train --preset cpu --run-dir runs/mnist && textdiffusion mnist eval runs/mnist"""
+
+
+_KEY_VALUE = re.compile(r"\s*[A-Za-z_][\w.]*\s*=")
+
+
+def _one_setting_per_flag(argv: list[str]) -> list[str]:
+    """Rewrite ``--set a=1 b=2`` as ``--set a=1 --set b=2``.
+
+    ``--set`` takes one KEY=VALUE, so a run directory may follow it (``sample --set method.eta=0.5 RUN``);
+    command lines written for the older several-per-flag form keep working: the KEY=VALUE items that follow
+    a setting are given flags of their own. The first item after ``--set`` is left to argparse as before (a
+    malformed one is reported by the config, which says what a setting looks like)."""
+    out: list[str] = []
+    i = 0
+    while i < len(argv):
+        item = argv[i]
+        if item == "--":  # everything after it is positional
+            return out + argv[i:]
+        out.append(item)
+        i += 1
+        if item == "--set" and i < len(argv) and not argv[i].startswith("-"):
+            out.append(argv[i])
+            i += 1
+            while i < len(argv) and _KEY_VALUE.match(argv[i]):
+                out += ["--set", argv[i]]
+                i += 1
+    return out
+
+
+class _Parser(argparse.ArgumentParser):
+    """An ArgumentParser that accepts the several-settings-per ``--set`` form (:func:`_one_setting_per_flag`)."""
+
+    def parse_known_args(self, args=None, namespace=None):
+        args = sys.argv[1:] if args is None else list(args)
+        return super().parse_known_args(_one_setting_per_flag(args), namespace)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from textdiffusion import __version__
+
+    p = _Parser(prog="textdiffusion", description=DESCRIPTION, epilog=EPILOG, formatter_class=HelpFormatter)
+    p.add_argument("--version", action="version", version=f"textdiffusion {__version__}",
+                   help="print the version and exit")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND", help="one of:")
+    for command in (train, sample, evaluate, config, demo, compare, serve, mnist):
+        command.add(sub)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        if not getattr(args, "torchrun", False):  # only training runs under torchrun
+            from textdiffusion.distributed import refuse_world
+
+            refuse_world(args.command if args.command != "mnist" else f"mnist {args.mnist_command}")
+        check_flags_agree(args)
+        return args.func(args)
+    except USER_ERRORS as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except MemoryError:
+        print("error: out of memory; ask for less (a smaller --n, --length, --samples or preset)", file=sys.stderr)
+        return 2
+    except BrokenPipeError:  # the reader stopped reading (`textdiffusion config | head`): nothing to report
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the exit's flush does not fail again
+        return 141
+    except OSError as e:  # the machine, not the input: a full disk, a permission, a vanished file
+        where = f" ({e.filename})" if e.filename else ""
+        print(f"error: {e.strerror or e}{where}; check the path, its permissions and the free disk space",
+              file=sys.stderr)
+        return 2
+    except KeyboardInterrupt as e:  # the trainer's says which checkpoint is intact
+        print(f"interrupted{': ' + str(e) if str(e) else ''}", file=sys.stderr)
+        return 130

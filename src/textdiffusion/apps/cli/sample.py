@@ -1,0 +1,118 @@
+"""``textdiffusion sample``: generate text from a trained run through the Python API, optionally animated
+(``--show``) or recorded step by step (``--trajectory``)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from textdiffusion.apps.cli.checks import refuse_image_run
+from textdiffusion.apps.cli.flags import (
+    DELAY,
+    DEVICE_HELP,
+    RUN_DIR_HELP,
+    SET_HELP,
+    STEPS,
+    add_decoding,
+    add_set,
+    command,
+    number,
+    positive,
+    text_sampler_help,
+)
+from textdiffusion.catalogue import GUIDANCE_RULES
+from textdiffusion.config import GUIDANCE, ConfigError
+
+
+def add(sub: argparse._SubParsersAction) -> None:
+    s = command(sub, "sample", "generate text from a trained run",
+                "Generate text from a trained run: unconditionally, after a --prompt, or filling the blanks of "
+                "an --infill template. Samples go to stdout, one per block; statistics to stderr.",
+                "examples:\n  textdiffusion sample runs/masked --prompt \"ROMEO:\" --n 4 --show\n"
+                "  textdiffusion sample runs/masked --infill $'ROMEO:\\nO ____ art thou' --sampler confidence\n"
+                "  textdiffusion sample runs/ar --length 500 --temperature 0.8 --top-p 0.95")
+    s.add_argument("run_dir", help=RUN_DIR_HELP)
+    s.add_argument("--prompt", help="text the sample must start with")
+    s.add_argument("--infill", help="text with placeholder characters to fill in, e.g. 'O ____ art thou'")
+    s.add_argument("--placeholder", default="_", help="the character that marks a blank in --infill")
+    s.add_argument("--n", type=positive(int), default=1, help="number of samples")
+    s.add_argument("--length", type=positive(int),
+                   help="characters per sample, prompt included (default: the model's context)")
+    s.add_argument("--steps", type=number(int, STEPS),
+                   help="denoising steps of a diffusion sampler (default: the run's method.sample_steps, else the "
+                        "method's: one per token for masked)")
+    s.add_argument("--sampler", help=text_sampler_help())
+    add_decoding(s)
+    s.add_argument("--label", metavar="NAME",
+                   help="write as this label (a speaker, e.g. ROMEO) of a run trained with --set data.labels=speaker")
+    s.add_argument("--guidance", type=number(float, GUIDANCE), metavar="W",
+                   help="guidance toward --label: 0 = unconditional, 1 = plain conditional (default), above 1 "
+                        "sharper")
+    s.add_argument("--guidance-rule", choices=GUIDANCE_RULES,
+                   help="free: classifier-free guidance, on a run trained with labels (the default); classifier: "
+                        "a small classifier of the method's noisy states steers any run, trained on first use and "
+                        "cached in RUN/speaker-classifier")
+    s.add_argument("--show", action="store_true", help="animate the denoising in the terminal (on stderr)")
+    s.add_argument("--delay", type=number(float, DELAY), default=0.03, help="seconds per frame of --show")
+    s.add_argument("--trajectory", metavar="FILE", help="write every intermediate state to this JSON file")
+    s.add_argument("--weights", choices=("ema", "model"), default="ema",
+                   help="ema: the moving average of the weights, which eval scores; model: the raw weights")
+    s.add_argument("--device", default="auto", help=DEVICE_HELP)
+    add_set(s, SET_HELP)
+    s.add_argument("--no-progress", action="store_true", help="no progress bars (the results still print)")
+    s.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Draw ``--n`` texts through the Python API (:meth:`textdiffusion.api.TextModel.sample`: batches that
+    bound memory, exactly the draws of one sampling for everyday requests), refusing counts and steps past
+    :mod:`textdiffusion.limits` and an unwritable ``--trajectory`` before the run is even loaded."""
+    from textdiffusion import limits
+    from textdiffusion.api import TextModel, TextOptions, load
+
+    limits.check_count(args.n, limits.MAX_TEXT_SAMPLES, "--n", "the most one command draws",
+                       "draw more in several runs with different --seed")
+    if args.steps:  # the method's own (smaller) limit is checked once the run is open
+        limits.check_text_steps(args.steps, True, None)
+    trajectory = limits.check_output_file(args.trajectory, "--trajectory") if args.trajectory else None
+    refuse_image_run(args.run_dir, "sample")
+    model = load(args.run_dir, device=args.device, weights=args.weights, overrides=args.overrides)
+    if not isinstance(model, TextModel):
+        raise ConfigError(f"{args.run_dir} is an image run; use `textdiffusion mnist sample {args.run_dir}`")
+    options = TextOptions(n=args.n, length=args.length or 0, sampler=args.sampler or "", steps=args.steps or 0,
+                          temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed,
+                          label=args.label or "", guidance=1.0 if args.guidance is None else args.guidance,
+                          rule=args.guidance_rule or "")
+    text = {"infill": args.infill, "placeholder": args.placeholder}
+    plan = model.plan(args.prompt or "", **text, options=options)
+    if trajectory and plan.batches > 1:
+        raise ConfigError(f"--trajectory records every step of every sample, at most {plan.batch_size} samples of "
+                          f"this length (one batch); use --n <= {plan.batch_size} with --trajectory")
+    on_step, recorder = _sample_watchers(args, model.tokenizer)
+    res = model.sample(args.prompt or "", **text, options=options, on_step=on_step, progress=not args.no_progress)
+    if recorder:
+        recorder.write(trajectory, method=model.method, run=str(model.path), sampler=res.sampler, n=len(res.texts),
+                       length=res.length, nfe=res.nfe, fixed=[res.fixed] * len(res.texts), final=res.texts)
+    print(f"\n{'=' * 40}\n".join(res.texts))
+    print(f"[{model.method} step {model.step}: {len(res.texts)} x {res.length} chars, sampler {res.sampler}, "
+          f"{res.nfe:g} network evaluations per sample, {res.seconds:.2f}s]", file=sys.stderr)
+    return 0
+
+
+def _sample_watchers(args: argparse.Namespace, tokenizer):
+    """The ``on_step`` callback for ``--show`` and ``--trajectory`` (None when neither is asked, so the sampler
+    does no per-step work), and the trajectory recorder to write afterwards (or None)."""
+    from textdiffusion.viz import TerminalAnimation, TrajectoryRecorder
+
+    callbacks = []
+    if args.show:
+        callbacks.append(TerminalAnimation(tokenizer, delay=args.delay))
+    recorder = TrajectoryRecorder(tokenizer, args.placeholder) if args.trajectory else None
+    if recorder:
+        callbacks.append(recorder)
+
+    def on_step(step, state, info):
+        for cb in callbacks:
+            cb(step, state, info)
+
+    return (on_step if callbacks else None), recorder
