@@ -294,7 +294,6 @@ def another_image_method():
     again afterwards."""
     from dataclasses import dataclass
 
-    from textdiffusion.config import METHOD_CONFIGS
     from textdiffusion.methods.base import register
     from textdiffusion.methods.image import ImageConfig
 
@@ -308,7 +307,7 @@ def another_image_method():
 
     register(Pixels)
     yield Pixels
-    del REGISTRY["pixels"], METHOD_CONFIGS["pixels"]
+    del REGISTRY["pixels"]
 
 
 def test_mnist_takes_any_method_of_the_image_family(another_image_method, tmp_path, capsys):

@@ -1,7 +1,8 @@
 """"Adding a method is one file": a toy method defined and registered here, in the test file, goes through
 train, sample, eval, compare and the live page's request check without any other module knowing of it. A second
 toy, whose noise is random symbols rather than [MASK], writes only its draw loop: the sampling template and the
-shared discrete sampler do the rest."""
+shared discrete sampler do the rest. A third, of the image family (a table of pixel levels, no Gaussian process),
+goes through ``mnist train``, ``mnist sample`` and ``mnist eval``."""
 
 from __future__ import annotations
 
@@ -15,10 +16,15 @@ import torch
 from textdiffusion.apps.cli import main
 from textdiffusion.apps.compare import compare_runs
 from textdiffusion.apps.serve import check_request, load_runs
+from textdiffusion.data.images import ImageBatch, ImageSpec, load_images
 from textdiffusion.diffusion.discrete import DiscreteSampler
 from textdiffusion.diffusion.tokens import TokenDraw, cross_entropy_per_token, filter_logits, gumbel_sample
+from textdiffusion.image_evaluation import _data_key
+from textdiffusion.image_metrics import classifier_for, train_classifier
 from textdiffusion.methods.base import (
     REGISTRY,
+    Method,
+    MethodConfig,
     NLLResult,
     SampleRequest,
     SampleResult,
@@ -26,6 +32,7 @@ from textdiffusion.methods.base import (
     TextMethodConfig,
     register,
 )
+from textdiffusion.methods.image import LEVELS, ImageRequest, ImageResult
 
 
 @dataclass
@@ -227,3 +234,109 @@ def test_the_discrete_sampler_fills_exactly_the_unknown_positions_whatever_they_
         filled, nfe = sampler.run(forward, state, unknown, torch.Generator().manual_seed(0))
         assert torch.equal(filled[unknown], torch.full((8,), 3)) and torch.equal(filled[~unknown], state[~unknown])
         assert 0 < nfe <= 4
+
+
+# ---- a toy of the image family --------------------------------------------------------------------------------
+@dataclass
+class PixelTableConfig(MethodConfig):
+    name: str = "toy-pixels"
+
+    network = "unet"  # the image family's network section; this toy builds its own table instead
+
+
+class _Table(torch.nn.Module):
+    """Logits of each pixel's 256 levels, one table per class."""
+
+    def __init__(self, classes: int, pixels: int):
+        super().__init__()
+        self.logits = torch.nn.Parameter(torch.zeros(classes, pixels, LEVELS))
+
+
+class PixelTable(Method[ImageRequest, ImageResult]):
+    """Every pixel an independent categorical over its 256 levels given the class: an exact likelihood per
+    pixel dimension, and one draw per image. Nothing but this class and its config knows it exists."""
+
+    name = "toy-pixels"
+    config_class = PixelTableConfig
+    samplers = ("independent",)
+    likelihood_kind = "exact"
+    unit = "dim"
+    family = "image"
+    command = "textdiffusion mnist"
+
+    def __init__(self, cfg: PixelTableConfig, spec: ImageSpec):
+        self.cfg, self.spec = cfg, spec
+
+    @classmethod
+    def from_config(cls, cfg, vocab):
+        return cls(cfg.method, vocab)
+
+    conditional = True
+
+    @property
+    def window(self) -> int:
+        return self.spec.size
+
+    def build_model(self) -> torch.nn.Module:
+        return _Table(self.spec.num_classes, self.spec.channels * self.spec.size ** 2)
+
+    def _nats(self, model, batch: ImageBatch) -> torch.Tensor:
+        """-log p(pixel | class), (B, pixels)."""
+        return cross_entropy_per_token(model.logits[batch.labels], batch.images.flatten(1).long())
+
+    def loss(self, model, x, generator):
+        return self._nats(model, x).mean()
+
+    @torch.no_grad()
+    def nll(self, model, windows, batch_size=64, progress=None):
+        nats = self._nats(model, windows).double()
+        return NLLResult(nats_per_unit=float(nats.mean()), kind="exact", windows=nats.shape[0], units=nats.numel(),
+                         unit="dim")
+
+    def training_samples(self) -> ImageRequest:
+        return ImageRequest(n=self.spec.num_classes, labels=list(range(self.spec.num_classes)))
+
+    @torch.no_grad()
+    def sample(self, model, req: ImageRequest, generator, on_step=None):
+        self.check_sampler(req.sampler)
+        labels = torch.tensor(req.labels if req.labels is not None else [i % self.spec.num_classes
+                                                                         for i in range(req.n)])
+        levels = gumbel_sample(model.logits[labels.to(model.logits.device)], generator)
+        side = self.spec.size
+        images = levels.view(req.n, self.spec.channels, side, side).float() / 127.5 - 1.0
+        if on_step:
+            on_step(0, torch.zeros_like(images), torch.zeros_like(images), {"t": 1.0})
+            on_step(1, images, images, {"t": 0.0})
+        return ImageResult(images, labels, 1.0, {"sampler": "independent", "steps": 1})
+
+
+@pytest.fixture
+def pixel_table():
+    register(PixelTable)
+    yield PixelTable
+    REGISTRY.pop(PixelTable.name)
+
+
+def test_a_toy_image_method_runs_through_the_mnist_commands(pixel_table, tmp_path: Path, monkeypatch, capsys):
+    run = tmp_path / "pixels"
+    assert main(["mnist", "train", "--method", pixel_table.name, "--preset", "tiny", "--data", "digits", "--steps",
+                 "20", "--run-dir", str(run), "--no-progress", "--device", "cpu"]) == 0
+    final = json.loads((run / "final.json").read_text())
+    assert final["val_kind"] == "exact" and 0 < final["val_bpd"] < 8  # 8 bits: the uniform table it started as
+    assert (run / "samples" / "step_000020.png").exists()
+
+    out = tmp_path / "drawn"
+    assert main(["mnist", "sample", str(run), "--n", "6", "--digit", "4", "--out", str(out), "--no-gif",
+                 "--no-progress", "--device", "cpu"]) == 0
+    assert {p.name for p in out.iterdir()} >= {"samples.png"}
+
+    monkeypatch.setenv("TEXTDIFFUSION_CACHE", str(tmp_path))  # the FID classifier's cache
+    data = load_images("digits")
+    quick = lambda: train_classifier(data.x_train, data.y_train, data.x_test, data.y_test,  # noqa: E731
+                                     steps=20, batch_size=64, progress=False)
+    classifier_for(_data_key(data), quick, tmp_path / "classifiers", {"note": "test"})
+    capsys.readouterr()
+    assert main(["mnist", "eval", str(run), "--samples", "20", "--no-progress", "--device", "cpu"]) == 0
+    result = json.loads((run / "eval.json").read_text())
+    assert result["sampler"] == "independent" and result["samples"] == 20 and result["fid"] >= 0
+    assert 0.0 <= result["class_accuracy"] <= 1.0 and "independent 1 steps, 20 samples" in capsys.readouterr().out

@@ -128,8 +128,11 @@ def _reference_data(run: LoadedRun):
 
 def eval_steps(method: ImageDiffusion, steps: int = 0) -> int:
     """The step count ``mnist eval`` samples with: ``steps`` if given, else the run's ``method.sample_steps``,
-    else :data:`EVAL_STEPS` (at most the training grid's T)."""
-    return steps or method.cfg.sample_steps or min(EVAL_STEPS, method.max_steps or EVAL_STEPS)
+    else :data:`EVAL_STEPS` (at most the training grid's T); 0 (the method's own) for a method whose step count
+    is not a choice (its ``default_steps`` is None)."""
+    if steps or method.default_steps(0) is None:
+        return steps
+    return getattr(method.cfg, "sample_steps", 0) or min(EVAL_STEPS, method.max_steps or EVAL_STEPS)
 
 
 def evaluate_images(run_dir: str | Path | LoadedRun, samples: int = EVAL_SAMPLES, sampler: str = "", steps: int = 0,
@@ -179,10 +182,12 @@ def _eval_cost(method: ImageDiffusion, samples: int, batch_size: int, sampler: s
                guidance: float | None, device: torch.device) -> str:
     """What ``mnist eval`` is about to do, in one line, before it does it: the sampling's network evaluations
     (a guided step costs two) and, the first time for a dataset, the classifier it trains."""
-    w = method.cfg.guidance if guidance is None else guidance
+    w = getattr(method.cfg, "guidance", 1.0) if guidance is None else guidance
     per_step = 2 if method.conditional and w != 1.0 else 1
     batches = -(-samples // batch_size)
-    return (f"mnist eval: {samples:,} samples x {steps} {method.check_sampler(sampler)} steps = "
-            f"{samples * steps * per_step:,} U-Net evaluations of one image on {device}, in {batches} "
+    work = (f"{samples:,} samples x {steps} {method.check_sampler(sampler)} steps = {samples * steps * per_step:,} "
+            f"U-Net evaluations of one image" if steps else
+            f"{samples:,} samples by the {method.check_sampler(sampler)} sampler")
+    return (f"mnist eval: {work} on {device}, in {batches} "
             f"batch{'es' if batches > 1 else ''} (the first time for a dataset, the evaluation classifier is trained "
             f"before); the bar shows the time left (less work: --samples, --steps)")
