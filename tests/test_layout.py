@@ -157,6 +157,46 @@ def test_no_method_name_branches_outside_methods():
     assert not offenders, "\n".join(offenders)
 
 
+def _method_classes() -> set[str]:
+    """The names of every class in the Method hierarchy, abstract and built-in."""
+    from textdiffusion.methods import Method
+
+    names, todo = set(), [Method]
+    while todo:
+        cls = todo.pop()
+        names.add(cls.__name__)
+        todo += cls.__subclasses__()
+    return {n for n in names if not n.startswith("_")}
+
+
+def _family_branches(lines: list[str]) -> list[int]:
+    """Line numbers (from 1) that ask which class a method is (``isinstance(m, ImageDiffusion)``) or which
+    network its config names (``cfg.method.network == "unet"``)."""
+    classes = "|".join(sorted(_method_classes()))
+    family = re.compile(rf"\b(isinstance|issubclass)\(.*?\b({classes})\b")
+    network = re.compile(r"""\.network\s*(==|!=|\bin\b)\s*[("']""")
+    return [i for i, line in enumerate(lines, 1) if family.search(line) or network.search(line)]
+
+
+def test_the_family_rule_sees_a_branch():
+    assert {"Method", "TextMethod", "MaskedDiffusion", "ImageDiffusion"} <= _method_classes()
+    lines = ["if isinstance(run.method, ImageDiffusion):", "ok = isinstance(x, (str, TextMethod))",
+             'image = cfg.method.network == "unet"', "if run.method.family == 'image':", "isinstance(x, str)"]
+    assert _family_branches(lines) == [1, 2, 3]
+
+
+def test_no_method_family_branches_outside_methods():
+    """What a family of methods does differently is declared by the method (``family``, ``command``, hooks):
+    nothing outside ``methods/`` asks which class a method is or which network its config builds."""
+    offenders = []
+    for path in PACKAGE.rglob("*.py"):
+        if "methods" in path.relative_to(PACKAGE).parts:
+            continue
+        lines = path.read_text(encoding="utf-8").splitlines()
+        offenders += [f"{path.relative_to(PACKAGE)}:{i}: {lines[i - 1].strip()}" for i in _family_branches(lines)]
+    assert not offenders, "\n".join(offenders)
+
+
 # ---- configs ------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("method", sorted(REGISTRY))
 def test_config_records_only_the_methods_own_fields(method):
