@@ -22,13 +22,14 @@ Read it beside :mod:`textdiffusion.methods.ar`: the backbone, tokenizer, trainer
 (:meth:`~textdiffusion.methods.base.TextMethod.sample`: request checks, prompt or infill, steps, guidance) are
 the same. What differs from ``ar`` is four pieces:
 
-* attention: ``bidirectional`` (ar: ``causal``)                                    <- ``MaskedDiffusion.attention``
-* inputs: the corrupted window z_t, each token [MASK] with probability 1 - alpha(t) (ar: the clean window, shifted
-  right behind BOS)                                                             <- ``_nelbo_terms`` (``corrupt``)
-* loss: w(t)-weighted cross-entropy on the masked positions, a bound (ar: cross-entropy on every position, the
-  exact -log p)                                                                  <- ``loss``, ``nll``
-* draw loop: from all [MASK], many positions revealed per forward by the shared discrete sampler (ar: one token
-  per forward, left to right, against a KV cache)                                <- ``draw``
+* attention: ``bidirectional`` (ar: ``causal``)                          <- ``MaskedDiffusion.attention``
+* inputs: the corrupted window z_t, each token [MASK] with probability   <- ``_nelbo_terms`` (``corrupt``)
+  1 - alpha(t) (ar: the clean window, shifted right behind BOS)
+* loss: w(t)-weighted cross-entropy on the masked positions, a bound     <- ``loss``, ``nll``
+  (ar: cross-entropy on every position, the exact -log p)
+* draw loop: from all [MASK], many positions revealed per forward by     <- ``draw``
+  the shared discrete sampler (ar: one token per forward, left to
+  right, against a KV cache)
 """
 
 from __future__ import annotations
