@@ -513,7 +513,7 @@ def test_a_plain_run_with_a_cached_speaker_classifier_offers_its_speakers(traine
     import shutil
 
     from textdiffusion.apps.serve.served import describe
-    from textdiffusion.noisy_classifier import ClassifierRecipe, classifier_for
+    from textdiffusion.guidance.classifier import ClassifierRecipe, classifier_for
 
     shutil.copytree(trained / "masked", tmp_path / "steered")
     classifier_for(load(tmp_path / "steered", device="cpu").run, ClassifierRecipe(steps=5, top=3), progress=False)
@@ -540,7 +540,7 @@ def test_page_offers_the_speakers_of_labelled_and_classifier_runs_only(trained, 
 
     from selenium.webdriver.support.ui import Select
 
-    from textdiffusion.noisy_classifier import ClassifierRecipe, classifier_for
+    from textdiffusion.guidance.classifier import ClassifierRecipe, classifier_for
 
     speakers = tmp_path / "speakers"
     train_tiny("masked", trained / "c.txt", speakers, steps=4, **{"data.labels": "speaker", "data.label_top": 3})

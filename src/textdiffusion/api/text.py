@@ -81,11 +81,11 @@ class TextModel(Model):
 
     def classifier(self, *, steps: int | None = None, retrain: bool = False, progress: bool = True) -> Any:
         """The run's speaker classifier for ``rule="classifier"`` (a
-        :class:`~textdiffusion.noisy_classifier.NoisyClassifier`): read from ``RUN/speaker-classifier`` when it
+        :class:`~textdiffusion.guidance.classifier.NoisyClassifier`): read from ``RUN/speaker-classifier`` when it
         was trained for this checkpoint (with ``steps``, when given), else trained now on the method's noisy
         states (default 1500 steps: a minute or two on a CPU) and cached there. Its ``meta`` holds its held-out
         accuracy."""
-        from textdiffusion.noisy_classifier import ClassifierRecipe, classifier_for
+        from textdiffusion.guidance.classifier import ClassifierRecipe, classifier_for
 
         recipe = None if steps is None else ClassifierRecipe(steps=check_value("steps", steps, int, POSITIVE_COUNT))
         clf = classifier_for(self.run, recipe, progress=progress, retrain=retrain)
@@ -95,7 +95,7 @@ class TextModel(Model):
     def cached_classifier(self) -> Any:
         """The speaker classifier :meth:`classifier` would read without training (cached for this checkpoint),
         now in use for ``rule="classifier"``; None when there is none."""
-        from textdiffusion.noisy_classifier import cached_classifier
+        from textdiffusion.guidance.classifier import cached_classifier
 
         clf = cached_classifier(self.run)
         if clf is not None:

@@ -143,7 +143,7 @@ def parse_guidance(text: str) -> list[float]:
 RULES = {"free": "classifier-free guidance: the run's own label embedding, trained with label dropout "
                  "(Ho & Salimans 2022)",
          "classifier": "classifier guidance: the run's noisy speaker classifier steers its sampler "
-                       "(textdiffusion.noisy_classifier), the language model untouched"}
+                       "(textdiffusion.guidance.classifier), the language model untouched"}
 
 
 def curve_rules(model: TextModel) -> list[tuple[str, list[str]]]:

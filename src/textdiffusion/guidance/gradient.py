@@ -14,7 +14,7 @@ would pull a fraction of the way back:
 
 Known positions (prompt and infill tokens, whose x_s the sampler redraws from q(x_s | x_0) anyway) are left at
 the proposal. The classifier is the run's noisy classifier of latents
-(:class:`~textdiffusion.noisy_classifier.NoisyClassifier`), trained on x_t ~ q(x_t | x_0) with its time.
+(:class:`~textdiffusion.guidance.classifier.NoisyClassifier`), trained on x_t ~ q(x_t | x_0) with its time.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from typing import Any
 import torch
 
 from textdiffusion.diffusion.gaussian import NoiseSchedule
+from textdiffusion.guidance.steer import Steer
 
 STEPS = 3  # gradient steps per sampler step (Diffusion-LM takes 3)
 STEP_SIZE = 0.5  # in units of the variance 1 - abar_s
@@ -47,3 +48,18 @@ def gradient_steer(classifier: Any, schedule: NoiseSchedule, label: int, w: floa
         return y.to(x.dtype)
 
     return steer
+
+
+class GradientSteer(Steer):
+    """The steer a Gaussian text method's draw loop gets for a classifier request: it tilts no logits (the
+    latents are steered, not a token distribution) and hands the reverse process :func:`gradient_steer` for the
+    rows and known positions of the draw."""
+
+    active = True
+
+    def __init__(self, classifier: Any, schedule: NoiseSchedule, label: int, w: float):
+        self.classifier, self.schedule, self.label, self.w = classifier, schedule, label, w
+
+    def on_latents(self, n: int, fixed: torch.Tensor) -> Callable[[torch.Tensor, float], torch.Tensor]:
+        """The control step for ``n`` rows of latents whose known positions are ``fixed``."""
+        return gradient_steer(self.classifier, self.schedule, self.label, self.w, n, fixed)

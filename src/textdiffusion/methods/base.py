@@ -426,6 +426,7 @@ class TextMethod(Method[SampleRequest, SampleResult]):
         its length -> settle the steps -> the network wrapped by the request's classifier-free guidance, and the
         noisy classifier's steer -> the method's :meth:`draw` -> the result with what was asked."""
         sampler = self.check_sampler(req.sampler)
+        self.check_decoding(req, sampler)
         self.refuse_sampler(sampler)
         label, w = self.request_label(req)
         steer = self.steer_for(req)
@@ -437,7 +438,8 @@ class TextMethod(Method[SampleRequest, SampleResult]):
         plan = DrawPlan(sampler, steps, TokenDraw(req.temperature, req.top_k, req.top_p), steer)
         ids, nfe = self.draw(model, forward, state, fixed, plan, generator, on_step)
         return SampleResult(ids, nfe, fixed, {"sampler": sampler, **self.sample_info(plan),
-                                              **self.label_info(label, w), **self.classifier_info(req)})
+                                              **self.label_info(label, w), **self.classifier_info(req),
+                                              **plan.notes})
 
     def refuse_sampler(self, sampler: str) -> None:
         """Refuse a sampler this run cannot use exactly (masked: the cached one with time conditioning)."""
@@ -535,6 +537,8 @@ class DrawPlan:
     steps: int | None
     tokens: TokenDraw
     steer: Steer
+    # what the draw loop found out that the result reports last (embedding: how the rounding went)
+    notes: dict[str, Any] = field(default_factory=dict)
 
 
 def check_draw(temperature: float, top_k: int, top_p: float) -> None:

@@ -52,7 +52,6 @@ from textdiffusion.config import (
     LOSS_WEIGHT,
     PROBABILITY,
     SCALE,
-    TEMPERATURE,
     Choice,
     ConfigError,
     ModelConfig,
@@ -66,18 +65,18 @@ from textdiffusion.diffusion.gaussian import (
     q_sample,
     training_target,
 )
-from textdiffusion.guidance.gradient import gradient_steer
+from textdiffusion.diffusion.tokens import TokenDraw
+from textdiffusion.guidance.gradient import GradientSteer
+from textdiffusion.guidance.steer import Steer
 from textdiffusion.methods.base import (
+    DrawPlan,
     NLLProgress,
     NLLResult,
     SampleRequest,
-    SampleResult,
     StepCallback,
     TextMethod,
     TextMethodConfig,
     cross_entropy_per_token,
-    filter_logits,
-    gumbel_sample,
     register,
 )
 from textdiffusion.methods.gaussian_config import GaussianConfig
@@ -415,36 +414,32 @@ class EmbeddingDiffusion(GaussianMethod[torch.Tensor], TextMethod):
             return ()
         return ("top_k", "top_p") if self.cfg.target == "probs" else ("temperature", "top_k", "top_p")
 
-    @torch.no_grad()
-    def sample(self, model: EmbeddingDenoiser, req: SampleRequest, generator: torch.Generator,
-               on_step: StepCallback | None = None) -> SampleResult:
-        sampler = self.check_sampler(req.sampler)
-        self.check_decoding(req, sampler)
-        dev = next(model.parameters()).device
-        state, fixed = self.prepare(req, dev)
-        self.check_length(state.shape[1])
-        steps = req.steps or self.default_steps(state.shape[1])
-        if not TEMPERATURE.allows(req.temperature):  # it also acts inside the denoiser, not only in filter_logits
-            raise ConfigError(f"--temperature must be {TEMPERATURE.describe()}, got {req.temperature}")
-        gs = self.make_sampler("ddpm" if sampler == "ddpm" else "ddim", steps)
-        # the temperature acts on the decoder distribution inside the denoiser (target=probs); the guided
-        # sampler applies it to the mixed per-position distribution instead
+    def steer_for(self, req: SampleRequest) -> Steer:
+        """Classifier guidance steers the latents by gradient steps (:mod:`textdiffusion.guidance.gradient`)."""
         steer = self.classifier_request(req)
-        plan, nfe = self._diffuse(model, state, fixed, gs, generator, on_step,
-                                  req.temperature if sampler != "guided" else 1.0,
-                                  None if steer is None else
-                                  gradient_steer(self.classifier, self.schedule, *steer, state.shape[0], fixed))
-        info: dict[str, Any] = {"sampler": sampler, "steps": steps, "decoder": self.decoder,
-                                "clamp": self.cfg.clamp, **self.classifier_info(req)}
-        if sampler == "guided":
-            ids, ar_nfe = self._guided(model, plan, state, fixed, req, generator)
-            nfe += ar_nfe
-            info["guide_weight"] = self.cfg.guide_weight
-        else:
-            ids, extra = self.final_ids(model, plan)
-            ids = torch.where(fixed, state, ids)
-            info.update(extra)
-        return SampleResult(ids, float(nfe), fixed, info)
+        return Steer() if steer is None else GradientSteer(self.classifier, self.schedule, *steer)
+
+    def draw(self, model: EmbeddingDenoiser, forward: Any, state: torch.Tensor, fixed: torch.Tensor,
+             plan: DrawPlan, generator: torch.Generator, on_step: StepCallback | None) -> tuple[torch.Tensor, float]:
+        """The reverse process from noise to a plan x_0 (``forward`` is unused: the denoiser also reads its own
+        previous estimate), then rounding to tokens, or the guided sampler's left-to-right decoding with an ``ar``
+        run. The temperature acts on the decoder distribution inside the denoiser (target=probs); the guided
+        sampler applies it to the mixed per-position distribution instead."""
+        guided = plan.sampler == "guided"
+        gs = self.make_sampler("ddpm" if plan.sampler == "ddpm" else "ddim", plan.steps)
+        latent_steer = plan.steer.on_latents(state.shape[0], fixed) if isinstance(plan.steer, GradientSteer) else None
+        x0, nfe = self._diffuse(model, state, fixed, gs, generator, on_step,
+                                1.0 if guided else plan.tokens.temperature, latent_steer)
+        if guided:
+            ids, ar_nfe = self._guided(model, x0, state, fixed, plan.tokens, generator)
+            plan.notes["guide_weight"] = self.cfg.guide_weight
+            return ids, float(nfe + ar_nfe)
+        ids, extra = self.final_ids(model, x0)
+        plan.notes.update(extra)
+        return torch.where(fixed, state, ids), float(nfe)
+
+    def sample_info(self, plan: DrawPlan) -> dict[str, Any]:
+        return {"steps": plan.steps, "decoder": self.decoder, "clamp": self.cfg.clamp}
 
     def _diffuse(self, model: EmbeddingDenoiser, state: torch.Tensor, fixed: torch.Tensor,
                  gs: GaussianSampler, generator: torch.Generator, on_step: StepCallback | None,
@@ -466,7 +461,7 @@ class EmbeddingDiffusion(GaussianMethod[torch.Tensor], TextMethod):
         return x0_hat.to(known.dtype), gs.steps
 
     def _guided(self, model: EmbeddingDenoiser, plan: torch.Tensor, state: torch.Tensor, fixed: torch.Tensor,
-                req: SampleRequest, generator: torch.Generator) -> tuple[torch.Tensor, int]:
+                tokens: TokenDraw, generator: torch.Generator) -> tuple[torch.Tensor, int]:
         r"""Decode left to right with a trained ``ar`` model, mixing at position i
 
             log p(w_i) = (1 - w) log p_ar(w_i | w_<i) + w log p_plan(w_i | plan_i)      (renormalised)
@@ -487,7 +482,7 @@ class EmbeddingDiffusion(GaussianMethod[torch.Tensor], TextMethod):
         for i in range(L):
             ar_logp = F.log_softmax(ar.model(token, cache=cache)[:, -1].float(), dim=-1)
             mixed = (1.0 - w) * ar_logp + w * plan_logp[:, i]
-            drawn = gumbel_sample(filter_logits(mixed, req.temperature, req.top_k, req.top_p), generator)
+            drawn = tokens(mixed, generator)
             out[:, i] = torch.where(fixed[:, i], state[:, i], drawn)
             token = out[:, i : i + 1]
         return out, L
