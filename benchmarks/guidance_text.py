@@ -5,7 +5,7 @@ recognise the requested speaker, and what does it cost in fluency? Two rules, ev
   speaker-labelled Tiny Shakespeare (`--set data.labels=speaker`, the 8 most-spoken speakers of the training
   split, label dropout 0.1), in ROOT/METHOD;
 * ``classifier`` (plug-and-play: the language model trained *without* labels, steered by a small noisy speaker
-  classifier of its own states; :mod:`textdiffusion.noisy_classifier`): a plain `cpu`-preset run per method
+  classifier of its own states; :mod:`textdiffusion.guidance.classifier`): a plain `cpu`-preset run per method
   (`ar` FUDGE, `masked`/`block` Taylor-approximated discrete guidance, `embedding` Diffusion-LM gradient steps) in
   ROOT/plain-METHOD, its classifier trained on first use (default recipe) and cached in the run.
 

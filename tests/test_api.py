@@ -35,7 +35,7 @@ def runs(tmp_path_factory, shakespeare) -> Path:
         model = textdiffusion.train(method=method, preset="tiny", steps=30, data=corpus, seed=3,
                                     run_dir=root / method, progress=False, train={"eval_every": 15},
                                     **{"train.lr": 2e-3})
-        assert isinstance(model, TextModel) and model.step == 30 and model.summary["step"] == 30
+        assert isinstance(model, TextModel) and model.step == 30 and model.summary.step == 30
     return root
 
 
@@ -138,7 +138,7 @@ def test_one_options_object_is_the_keywords(runs):
 
 
 def test_plan_trains_no_classifier_and_says_what_the_sampling_will(runs, tmp_path, capsys):
-    from textdiffusion.noisy_classifier import CLASSIFIER_DIR, ClassifierRecipe, classifier_for
+    from textdiffusion.guidance.classifier import CLASSIFIER_DIR, ClassifierRecipe, classifier_for
 
     run = tmp_path / "masked"
     shutil.copytree(runs / "masked", run)
@@ -329,9 +329,10 @@ def test_train_records_its_settings_and_returns_the_model(runs):
 
 def test_an_interrupted_training_raises_with_the_resume_command(monkeypatch, tmp_path):
     import textdiffusion.trainer as train_module
+    from textdiffusion.records import TrainSummary
 
-    monkeypatch.setattr(train_module, "run_training", lambda cfg, rd, progress: {
-        "interrupted": True, "step": 7, "steps": 60, "run_dir": str(rd)})
+    monkeypatch.setattr(train_module, "run_training", lambda cfg, rd, progress: TrainSummary(
+        str(rd), step=7, steps=60, elapsed=1.0, interrupted=True, out_of_time=False, rate=10.0, unit="chars"))
     with pytest.raises(KeyboardInterrupt, match=r"step 7 of 60 .*`textdiffusion train --resume"):
         textdiffusion.train(method="masked", preset="tiny", run_dir=tmp_path / "r")
 

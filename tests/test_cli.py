@@ -193,10 +193,13 @@ def test_mnist_eval_defaults_match_the_function_and_finish_quickly():
     default = inspect.signature(evaluate_images).parameters
     assert flags["samples"].default == default["samples"].default == 500
     assert flags["steps"].default is None and default["steps"].default == 0  # both mean eval_steps' default
-    method = type("M", (), {"cfg": type("C", (), {"sample_steps": 0})(), "max_steps": 1000})()
+    method = type("M", (), {"cfg": type("C", (), {"sample_steps": 0})(), "max_steps": 1000,
+                            "default_steps": lambda self, length: 1000})()
     assert eval_steps(method) == 50 and eval_steps(method, 7) == 7
     method.max_steps = 20  # a shorter training grid caps the default
     assert eval_steps(method) == 20
+    method.default_steps = lambda length: None  # a method whose step count is not a choice samples with its own
+    assert eval_steps(method) == 0 and eval_steps(method, 7) == 7
 
 
 def test_config_describes_every_field_of_every_method(capsys):

@@ -243,7 +243,7 @@ def test_a_resume_without_the_package_says_how_to_go_on_without_it(small_corpus,
     meta = json.loads((run / "config.json").read_text())
     meta["config"]["train"]["logger"] = ""  # the edit the message names: the checkpoint still accepts the run
     (run / "config.json").write_text(json.dumps(meta))
-    assert resume_training(run, progress=False)["step"] == 8
+    assert resume_training(run, progress=False).step == 8
 
 
 def test_the_cli_says_it_in_one_line(small_corpus, tmp_path, monkeypatch, capsys):

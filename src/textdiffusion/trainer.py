@@ -675,21 +675,21 @@ def default_run_dir(cfg: Config) -> Path:
     return Path("runs") / f"{cfg.method.name}-{cfg.preset}-{stamp}"
 
 
-def run_training(cfg: Config, run_dir: Path | None = None, progress: bool = True, **kw) -> dict[str, Any]:
-    """Start a new run (``textdiffusion train``); returns the :class:`~textdiffusion.records.TrainSummary`'s
-    JSON form (final.json's, for a finished run)."""
+def run_training(cfg: Config, run_dir: Path | None = None, progress: bool = True, **kw) -> TrainSummary:
+    """Start a new run (``textdiffusion train``); returns its :class:`~textdiffusion.records.TrainSummary`
+    (final.json's record, for a finished run)."""
     world = distributed.current_world()
     if run_dir is None and world.active:  # one directory for the job: rank 0's timestamp
         distributed.init(world, job_device(cfg, world))
         run_dir = Path(distributed.broadcast(str(default_run_dir(cfg)), world))
     trainer = Trainer(cfg, run_dir or default_run_dir(cfg), progress=progress)
     try:
-        return trainer.train(**kw).to_json()
+        return trainer.train(**kw)
     finally:
         trainer.lock.release()
 
 
-def resume_training(run_dir: Path, progress: bool = True, steps: int | None = None, **kw) -> dict[str, Any]:
+def resume_training(run_dir: Path, progress: bool = True, steps: int | None = None, **kw) -> TrainSummary:
     """Continue a run from its last checkpoint (``textdiffusion train --resume``); ``steps`` changes the length
     of its schedule. A run that stopped before its first checkpoint starts again from step 0; a run that was
     interrupted while scoring its final result is scored. config.json is rewritten (for a new ``steps``)
@@ -712,6 +712,6 @@ def resume_training(run_dir: Path, progress: bool = True, steps: int | None = No
         if cfg.train.steps != recorded_steps and trainer.world.is_main:
             meta["config"] = cfg.to_dict()  # the run's record must describe the schedule it now follows
             write_json(run_dir / "config.json", meta)
-        return trainer.train(**kw).to_json()
+        return trainer.train(**kw)
     finally:
         trainer.lock.release()

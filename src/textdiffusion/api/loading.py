@@ -73,12 +73,12 @@ def train(method: str, preset: str = "cpu", *, steps: int | None = None, run_dir
             sets.append(f"{key}={_setting_value(key, value)}")
     cfg = make_config(method, preset, sets)
     summary = run_training(cfg, Path(run_dir) if run_dir is not None else default_run_dir(cfg), progress=progress)
-    if summary["interrupted"]:
-        command = "mnist train" if summary.get("unit") == "images" else "train"
-        raise KeyboardInterrupt(f"training stopped at step {summary['step']} of {summary['steps']} with a "
-                                f"checkpoint in {summary['run_dir']}; `textdiffusion {command} --resume "
-                                f"{summary['run_dir']}` continues it")
-    model = load(summary["run_dir"], device=device or "auto")
+    if summary.interrupted:
+        command = "mnist train" if summary.unit == "images" else "train"
+        raise KeyboardInterrupt(f"training stopped at step {summary.step} of {summary.steps} with a "
+                                f"checkpoint in {summary.run_dir}; `textdiffusion {command} --resume "
+                                f"{summary.run_dir}` continues it")
+    model = load(summary.run_dir, device=device or "auto")
     model._summary = summary
     return model
 

@@ -8,8 +8,8 @@ from typing import Any
 
 import torch
 
-from textdiffusion.checkpoint import read_json
 from textdiffusion.config import Config, ConfigError
+from textdiffusion.records import TrainSummary
 from textdiffusion.runs import LoadedRun
 
 
@@ -22,7 +22,7 @@ class Model:
         self.run = run  # the loaded run (network, method, tokenizer): for code that needs the internals
         self.weights = weights
         self._overrides = list(overrides)
-        self._summary: dict[str, Any] | None = None
+        self._summary: TrainSummary | None = None
 
     @property
     def path(self) -> Path:
@@ -70,12 +70,12 @@ class Model:
         return sum(p.numel() for p in self.run.model.parameters())
 
     @property
-    def summary(self) -> dict[str, Any] | None:
-        """The training summary: what :func:`train` returned for a model it trained, else the run's final.json
-        (steps, validation bits, speed), or None for a run that has not finished training."""
-        if self._summary is None and (self.path / "final.json").exists():
-            found = read_json(self.path / "final.json")
-            self._summary = found if isinstance(found, dict) else None
+    def summary(self) -> TrainSummary | None:
+        """The training summary (:class:`~textdiffusion.records.TrainSummary`: steps, speed, and the final
+        validation score as ``summary.score``): what :func:`train` returned for a model it trained, else the run's
+        final.json, or None for a run that has not finished training."""
+        if self._summary is None:
+            self._summary = TrainSummary.read(self.path)
         return self._summary
 
     def _refuse_raw_weights(self) -> None:

@@ -14,6 +14,7 @@ import torch
 from textdiffusion.data.corpus import DataError, resolve_corpus
 from textdiffusion.methods.base import SampleRequest
 from textdiffusion.methods.configs import make_config
+from textdiffusion.records import TrainSummary
 from textdiffusion.runs import open_run
 from textdiffusion.trainer import default_run_dir, run_training
 from textdiffusion.viz import TerminalAnimation
@@ -45,10 +46,10 @@ def run_demo(steps: int | None = None, data: str = "tinyshakespeare", run_dir: s
     return 0
 
 
-def _print_next_steps(rd: Path, summary: dict) -> None:
+def _print_next_steps(rd: Path, summary: TrainSummary) -> None:
     """The demo's validation bound, where its run lives and the commands to try on it."""
-    if "val_bpc" in summary:
-        print(f"\nvalidation: {summary['val_bpc']:.3f} bits/char on {summary['val_windows']} windows "
+    if summary.score is not None:
+        print(f"\nvalidation: {summary.score.bits:.3f} bits/char on {summary.score.windows} windows "
               f"(an upper bound: the NELBO)", file=sys.stderr)
     print(f"\nrun directory: {rd}\n  more samples: textdiffusion sample {rd} --n 4 --show\n"
           f"  infilling:    textdiffusion sample {rd} --infill 'ROMEO:\\nO ____ art thou'\n"

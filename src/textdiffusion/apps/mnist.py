@@ -22,6 +22,7 @@ from textdiffusion.data.corpus import DataError
 from textdiffusion.image_evaluation import image_method, labels_for, open_image_run
 from textdiffusion.methods.configs import make_config
 from textdiffusion.methods.image import ImageDiffusion, ImageRequest
+from textdiffusion.records import TrainSummary
 from textdiffusion.runs import LoadedRun
 from textdiffusion.viz.images import ReverseProcessRecorder, save_grid
 
@@ -157,19 +158,19 @@ def run_demo(steps: int | None = None, data: str = "mnist", run_dir: str | None 
     print(f"Training a class-conditional DDPM U-Net on {source} for {cfg.train.steps} steps "
           f"({cfg.train.batch_size} images per step); Ctrl-C stops early and keeps the checkpoint.", file=sys.stderr)
     summary = run_training(cfg, rd)
-    if summary.get("interrupted"):
+    if summary.interrupted:
         print(f"stopped; continue with: textdiffusion mnist train --resume {rd}", file=sys.stderr)
         return 130
     _print_demo_report(rd, sample_images(rd, sampler="ddim", steps=100), summary)
     return 0
 
 
-def _print_demo_report(rd: Path, result: dict[str, Any], summary: dict[str, Any]) -> None:
+def _print_demo_report(rd: Path, result: dict[str, Any], summary: TrainSummary) -> None:
     """Where the demo's pictures are, its validation bound, and the commands to try next."""
     print(f"\nsamples (a row per digit, DDIM 100 steps): {result['files']['grid']}\n"
           f"denoising strip: {result['files']['strip']}\nreverse process: {result['files']['gif']}")
-    if "val_bpd" in summary:
-        print(f"validation: {summary['val_bpd']:.3f} bits/dim (an upper bound) on {summary['val_windows']} "
+    if summary.score is not None:
+        print(f"validation: {summary.score.bits:.3f} bits/dim (an upper bound) on {summary.score.windows} "
               f"test images", file=sys.stderr)
     print(f"\nrun directory: {rd}\n  more samples: textdiffusion mnist sample {rd} --digit 7 --guidance 3\n"
           f"  evaluate:     textdiffusion mnist eval {rd}   # FID and class accuracy, about a minute",

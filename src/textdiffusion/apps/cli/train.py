@@ -19,6 +19,7 @@ from textdiffusion.apps.cli.flags import (
 )
 from textdiffusion.catalogue import method_names
 from textdiffusion.config import PRESETS, SEED, Config, ConfigError
+from textdiffusion.records import TrainSummary
 
 _TRAIN_EPILOG = """\
 examples:
@@ -151,37 +152,35 @@ def resume_run(args: argparse.Namespace) -> int:
     return report_training(resume_training(Path(args.resume), progress=not args.no_progress, steps=args.steps))
 
 
-def report_training(summary: dict) -> int:
+def report_training(summary: TrainSummary) -> int:
     from textdiffusion.distributed import current_world
 
     if current_world().is_main:  # under torchrun, rank 0 speaks for the job
         _print_train_summary(summary)
-    return 130 if summary["interrupted"] else 0
+    return 130 if summary.interrupted else 0
 
 
-def _print_train_summary(summary: dict) -> None:
-    rd = summary["run_dir"]
-    if summary.get("scoring_interrupted"):
-        image = summary.get("unit") == "images"
-        print(f"interrupted while scoring the final result; the run is saved at step {summary['step']}: "
+def _print_train_summary(summary: TrainSummary) -> None:
+    rd, image, score = summary.run_dir, summary.unit == "images", summary.score
+    if summary.scoring_interrupted:
+        print(f"interrupted while scoring the final result; the run is saved at step {summary.step}: "
               f"`textdiffusion {'mnist ' if image else ''}train --resume {rd}` finishes the scoring", file=sys.stderr)
         return
-    if summary["interrupted"]:
-        image = summary.get("unit") == "images"
-        print(f"stopped at step {summary['step']}/{summary['steps']}; saved. Continue with: "
+    if summary.interrupted:
+        print(f"stopped at step {summary.step}/{summary.steps}; saved. Continue with: "
               f"textdiffusion {'mnist ' if image else ''}train --resume {rd}", file=sys.stderr)
         return
-    if "val_bpd" in summary:
-        print(f"done: {summary['step']} steps in {summary['elapsed']:.1f}s of training, "
-              f"{summary['images_per_s']:,.0f} images/s; val {summary['val_bpd']:.4f} bits/dim (upper bound, "
-              f"EMA weights, {summary['val_windows']} test images)")
+    kind = "exact" if score is not None and score.kind == "exact" else "upper bound"
+    if score is not None and score.unit == "dim":
+        print(f"done: {summary.step} steps in {summary.elapsed:.1f}s of training, "
+              f"{summary.rate:,.0f} images/s; val {score.bits:.4f} bits/dim ({kind}, "
+              f"EMA weights, {score.windows} test images)")
         print(f"run: {rd}\n  sample: textdiffusion mnist sample {rd}\n  eval:   textdiffusion mnist eval {rd}")
         return
-    if "val_bpc" in summary:
-        kind = "exact" if summary["val_kind"] == "exact" else "upper bound"
-        print(f"done: {summary['step']} steps in {summary['elapsed']:.1f}s of training, "
-              f"{summary['chars_per_s']:,.0f} chars/s; val {summary['val_bpc']:.4f} bits/char "
-              f"({summary['val_nats']:.4f} nats/char, {kind}, EMA weights, {summary['val_windows']} windows)")
+    if score is not None:
+        print(f"done: {summary.step} steps in {summary.elapsed:.1f}s of training, "
+              f"{summary.rate:,.0f} chars/s; val {score.bits:.4f} bits/char "
+              f"({score.nats:.4f} nats/char, {kind}, EMA weights, {score.windows} windows)")
     else:
-        print(f"stopped at step {summary['step']} (checkpoint saved)")
+        print(f"stopped at step {summary.step} (checkpoint saved)")
     print(f"run: {rd}\n  sample: textdiffusion sample {rd} --show\n  eval:   textdiffusion eval {rd}")

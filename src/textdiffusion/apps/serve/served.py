@@ -10,10 +10,11 @@ from pathlib import Path
 from typing import Any
 
 from textdiffusion.api import ImageModel, TextModel, load
-from textdiffusion.checkpoint import CheckpointError, read_json, recorded_method
+from textdiffusion.checkpoint import CheckpointError, recorded_method
 from textdiffusion.config import ConfigError
 from textdiffusion.data.tokenizer import CharTokenizer, Tokenizer
 from textdiffusion.methods import REGISTRY, TextMethod
+from textdiffusion.records import TrainSummary
 
 # a method that may write past its context (ar slides its window) could be asked for any length: this factor
 # of the context keeps a request short enough to watch
@@ -114,13 +115,12 @@ def serve_run(name: str, model: TextModel | ImageModel, max_steps: int, max_char
 def describe(served: ServedRun) -> dict[str, Any]:
     """What ``/api/runs`` says about a run: everything the page needs to offer its choices and limits."""
     model, method, tok = served.model, served.method, served.tok
-    final = model.path / "final.json"
-    summary = read_json(final) if final.exists() else {}
-    summary = summary if isinstance(summary, dict) else {}  # an edited final.json only loses its number
+    summary = TrainSummary.read(model.path)  # an unreadable final.json only loses its number
+    score = summary.score if summary is not None else None
     return {
         "name": served.name, "path": str(model.path), "method": method.name, "preset": model.config.preset,
         "step": model.step, "parameters": model.parameters,
-        "val_bpc": summary.get("val_bpc"), "val_kind": summary.get("val_kind"),
+        "val_bpc": score.bits if score is not None else None, "val_kind": score.kind if score is not None else None,
         "samplers": list(served.samplers), "sampler": served.default_sampler,
         "steps": served.default_steps, "steps_fixed": served.default_steps is None, "max_steps": served.max_steps,
         "context": method.model_cfg.context, "length": served.default_length, "max_length": served.max_length,
