@@ -99,7 +99,7 @@ def main() -> None:
                 continue
             print(f"== {k}", file=sys.stderr, flush=True)
             row = evaluate_images(args.run_dir, samples=args.samples, sampler=sampler, steps=steps, eta=eta,
-                                  guidance=w, seed=0, progress=False, write=False)
+                                  guidance=w, seed=0, progress=False, write=False).to_json()
             results["rows"][k] = row
             out.parent.mkdir(parents=True, exist_ok=True)
             out.write_text(json.dumps(results, indent=1))

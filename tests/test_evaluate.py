@@ -10,7 +10,6 @@ from helpers import train_tiny
 from textdiffusion.evaluate import (
     CharNgramJudge,
     TrainingReference,
-    evaluate_run,
     evaluate_text,
     format_table,
     words_of,
@@ -85,7 +84,7 @@ def test_eval_refuses_a_corpus_that_changed_since_training(small_corpus, tmp_pat
     train_tiny("ar", small_corpus, run, steps=2)
     small_corpus.write_text(small_corpus.read_text(encoding="utf-8")[::-1], encoding="utf-8")
     with pytest.raises(DataError, match="changed since"):
-        evaluate_run(run, samples=2, val_windows=2)
+        evaluate_text(run, samples=2, val_windows=2)
 
 
 def test_char_entropy_counts_bits_per_character():

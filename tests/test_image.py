@@ -249,10 +249,10 @@ def test_mnist_eval_reports_fid_and_class_accuracy(image_run: Path, tmp_path, mo
     monkeypatch.setenv("TEXTDIFFUSION_CACHE", str(tmp_path))  # the classifier cache goes here
     _quick_classifier(image_run, tmp_path)
     row = evaluate_images(image_run, samples=20, sampler="ddim", steps=5, batch_size=10, progress=False)
-    assert row["fid"] > 0 and 0.0 <= row["class_accuracy"] <= 1.0 and row["samples"] == 20
-    assert 0.0 < row["classifier_test_accuracy"] <= 1.0 and row["steps"] == 5
+    assert row.fid > 0 and 0.0 <= row.class_accuracy <= 1.0 and row.samples == 20
+    assert 0.0 < row.classifier_test_accuracy <= 1.0 and row.steps == 5
     saved = json.loads((image_run / "eval.json").read_text())
-    assert saved["fid"] == row["fid"]
+    assert saved["fid"] == row.fid and list(saved) == list(row.to_json())
 
 
 def test_mnist_eval_says_its_cost_then_shows_one_quiet_bar(image_run: Path, tmp_path, monkeypatch, capsys):

@@ -105,3 +105,7 @@ def test_image_eval_reads_its_fields_and_keeps_the_rest():
     ev = ImageEval.from_json({"run": "r", "step": 40, "samples": 64, "sampler": "ddim", "steps": 50, "fid": 12.5,
                               "class_accuracy": None, "seconds_per_image": 0.01, "nfe": 50})
     assert (ev.step, ev.fid, ev.class_accuracy, ev.eta, ev.info) == (40, 12.5, None, None, {"run": "r", "nfe": 50})
+    written = {"run": "r", "step": 40, "samples": 64, "seed": 0, "sampler": "ddim", "steps": 50, "nfe": 50.0,
+               "fid": 12.5, "class_accuracy": 0.9, "classifier_test_accuracy": 0.98, "seconds": 1.0,
+               "seconds_per_image": 0.01, "device": "cpu"}
+    _same(written, ImageEval.from_json(written).to_json())  # the same keys, values and order

@@ -244,11 +244,6 @@ def reference_windows(text: str, train_chars: int, length: int, n: int) -> list[
     return [val_text[s:s + length] for s in starts]
 
 
-def evaluate_run(run_dir: str | Path | LoadedRun, **kw: Any) -> dict[str, Any]:
-    """:func:`evaluate_text`'s result in its JSON form (eval.json's), for callers that read the file's keys."""
-    return evaluate_text(run_dir, **kw).to_json()
-
-
 def evaluate_text(run_dir: str | Path | LoadedRun, samples: int = 64, length: int = 0, sampler: str = "",
                   steps: int = 0, temperature: float | None = None, top_k: int | None = None,
                   top_p: float | None = None, seed: int = 0, val_windows: int = 0, device: str = "auto",

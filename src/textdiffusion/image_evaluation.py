@@ -22,6 +22,7 @@ from textdiffusion.checkpoint import CheckpointError, write_json
 from textdiffusion.data.corpus import DataError, cache_dir
 from textdiffusion.data.images import to_unit_range
 from textdiffusion.methods.image import ImageDiffusion, ImageRequest
+from textdiffusion.records import ImageEval
 from textdiffusion.runs import LoadedRun, open_run
 
 EVAL_SAMPLES, EVAL_STEPS = limits.IMAGE_EVAL_SAMPLES, limits.IMAGE_EVAL_STEPS  # why these: see limits.py
@@ -138,7 +139,7 @@ def eval_steps(method: ImageDiffusion, steps: int = 0) -> int:
 def evaluate_images(run_dir: str | Path | LoadedRun, samples: int = EVAL_SAMPLES, sampler: str = "", steps: int = 0,
                     eta: float | None = None, guidance: float | None = None, seed: int = 0, device: str = "auto",
                     batch_size: int = 500, progress: bool = True, write: bool = True,
-                    overrides: list[str] | None = None) -> dict[str, Any]:
+                    overrides: list[str] | None = None) -> ImageEval:
     """FID (generated vs the test set, in the classifier's feature space), the classifier's accuracy on the
     digits it was asked for (class-conditional runs), and the sampling time per image.
 
@@ -175,7 +176,7 @@ def evaluate_images(run_dir: str | Path | LoadedRun, samples: int = EVAL_SAMPLES
         write_json(run.path / "eval.json", row)
         with open(run.path / "evals.jsonl", "a", encoding="utf-8") as f:
             f.write(json.dumps(row) + "\n")
-    return row
+    return ImageEval.from_json(row)
 
 
 def _eval_cost(method: ImageDiffusion, samples: int, batch_size: int, sampler: str, steps: int,

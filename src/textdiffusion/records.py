@@ -426,14 +426,23 @@ class ImageEval:
     guidance: float | None
     fid: float | None
     class_accuracy: float | None
+    classifier_test_accuracy: float | None  # the evaluation classifier's accuracy on the test split
     seconds: float | None  # sampling time of all the images
     seconds_per_image: float | None
+    device: str | None
     info: dict[str, Any] = field(default_factory=dict)
+    keys: tuple[str, ...] = ()  # the record's keys in the order it was written, so a re-write keeps it
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> ImageEval:
-        names = [f.name for f in fields(cls) if f.name != "info"]
-        return cls(**{k: d.get(k) for k in names}, info={k: v for k, v in d.items() if k not in names})
+        names = [f.name for f in fields(cls) if f.name not in ("info", "keys")]
+        return cls(**{k: d.get(k) for k in names}, info={k: v for k, v in d.items() if k not in names},
+                   keys=tuple(d))
+
+    def to_json(self) -> dict[str, Any]:
+        """The record as written: its keys in their order, each named field's value, the rest from ``info``."""
+        own = {f.name for f in fields(self)} - {"info", "keys"}
+        return {k: getattr(self, k) if k in own else self.info[k] for k in self.keys}
 
 
 def read_eval(run_dir: Path | str) -> dict[str, Any] | None:

@@ -16,6 +16,7 @@ from textdiffusion.api.results import ImageFrame, ImageSamples, pixels
 from textdiffusion.api.streaming import Feed, Stream, cpu_copy, number
 from textdiffusion.config import ETA, GUIDANCE, SAMPLE_STEPS, SEED, ConfigError, Range, check_value
 from textdiffusion.methods.image import ImageDiffusion, ImageRequest, ImageResult
+from textdiffusion.records import ImageEval
 
 DEFAULT_UNCONDITIONAL_IMAGES = 16
 
@@ -128,9 +129,10 @@ class ImageModel(Model):
         return ImageStream(self, req, check_value("seed", seed, int, SEED))
 
     def evaluate(self, samples: int | None = None, *, sampler: str = "", steps: int = 0, eta: float | None = None,
-                 guidance: float | None = None, seed: int = 0, progress: bool = True) -> dict[str, Any]:
+                 guidance: float | None = None, seed: int = 0, progress: bool = True) -> ImageEval:
         """FID and class accuracy in the feature space of the project's MNIST classifier (trained once and
-        cached), and the sampling time per image: the numbers ``textdiffusion mnist eval`` prints, and like
+        cached), and the sampling time per image, as an :class:`~textdiffusion.records.ImageEval`: the numbers
+        ``textdiffusion mnist eval`` prints, and like
         it this writes ``RUN/eval.json`` (and appends to ``RUN/evals.jsonl``). ``samples`` defaults to the
         command's default; the other options are :meth:`generate`'s. Scores the EMA weights."""
         from textdiffusion.image_evaluation import evaluate_images

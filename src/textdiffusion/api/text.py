@@ -35,6 +35,7 @@ from textdiffusion.config import (
 )
 from textdiffusion.data.tokenizer import Tokenizer
 from textdiffusion.methods.base import SampleRequest, SampleResult, StepCallback, TextMethod
+from textdiffusion.records import TextEval
 from textdiffusion.viz.trajectory import decode_masked
 
 CPU = torch.device("cpu")  # where a request's initial state is built to be checked and shown
@@ -341,14 +342,15 @@ class TextModel(Model):
 
     def evaluate(self, samples: int = 64, *, length: int = 0, sampler: str = "", steps: int = 0,
                  temperature: float | None = None, top_k: int | None = None, top_p: float | None = None,
-                 seed: int = 0, val_windows: int = 0, progress: bool = True) -> dict[str, Any]:
-        """Score the run as ``textdiffusion eval`` does and return the same result (validation bits/char,
+                 seed: int = 0, val_windows: int = 0, progress: bool = True) -> TextEval:
+        """Score the run as ``textdiffusion eval`` does and return the same result, a
+        :class:`~textdiffusion.records.TextEval` (validation bits/char,
         exact or a bound; the quality of ``samples`` samples against the judge, with real text beside it for
         scale; speed). Like the command it writes the result to ``RUN/eval.json``, which ``compare`` reads.
         ``val_windows`` limits the validation windows (0 = the whole split); the other options are
         :meth:`generate`'s. Needs the run's corpus, as training did; scores the EMA weights. ``progress``:
         bars on stderr over the scoring and the sampling (they change no number)."""
-        from textdiffusion.evaluate import evaluate_run
+        from textdiffusion.evaluate import evaluate_text
 
         self._refuse_raw_weights()
         samples = check_value("samples", samples, int, POSITIVE_COUNT)
@@ -358,7 +360,7 @@ class TextModel(Model):
         limits.check_text_length(length, True)
         steps = check_value("steps", steps, int, SAMPLE_STEPS)
         limits.check_text_steps(steps or None, True, None)
-        return evaluate_run(self.run, samples=samples, length=length, sampler=sampler, steps=steps,
+        return evaluate_text(self.run, samples=samples, length=length, sampler=sampler, steps=steps,
                             temperature=temperature, top_k=top_k, top_p=top_p,
                             seed=check_value("seed", seed, int, SEED),
                             val_windows=check_value("val_windows", val_windows, int, Range(0, 10**9)),

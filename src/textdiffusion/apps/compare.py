@@ -56,7 +56,6 @@ from textdiffusion.methods.base import bits_key
 from textdiffusion.progress import progress_bar
 from textdiffusion.records import (
     EvalRow,
-    ImageEval,
     MetricsRow,
     Quality,
     TrainRow,
@@ -591,9 +590,9 @@ def _image_guidance_point(run, rule: str, w: float, samples: int, seed: int) -> 
     and FID in the evaluation classifier's features."""
     from textdiffusion.image_evaluation import evaluate_images
 
-    ev = ImageEval.from_json(evaluate_images(run, samples=samples, sampler=IMAGE_SAMPLER["sampler"],
-                                             steps=IMAGE_SAMPLER["steps"], eta=IMAGE_SAMPLER["eta"], guidance=w,
-                                             seed=seed, progress=False, write=False, **_rule_options(rule)))
+    ev = evaluate_images(run, samples=samples, sampler=IMAGE_SAMPLER["sampler"], steps=IMAGE_SAMPLER["steps"],
+                         eta=IMAGE_SAMPLER["eta"], guidance=w, seed=seed, progress=False, write=False,
+                         **_rule_options(rule))
     return GuidancePoint(rule=rule, w=w, accuracy=ev.class_accuracy, samples=samples, seed=seed, seconds=ev.seconds,
                          fid=ev.fid, images_per_s=samples / max(ev.seconds, 1e-9), sampler=ev.sampler, steps=ev.steps)
 
@@ -663,14 +662,14 @@ def measure_image_run(record: RunRecord, out: Path, seed: int, device: str, bar:
 
 
 def _evaluate_missing(records: list[RunRecord], device: str) -> None:
-    from textdiffusion.evaluate import evaluate_run
+    from textdiffusion.evaluate import evaluate_text
     from textdiffusion.image_evaluation import evaluate_images
 
     for r in records:
         if r.eval is None:
             print(f"evaluating {r.path} ...", file=sys.stderr)
             if r.is_text:
-                evaluate_run(r.path, device=device)
+                evaluate_text(r.path, device=device)
             else:
                 evaluate_images(r.path, samples=1000, device=device, progress=False)
 

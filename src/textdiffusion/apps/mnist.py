@@ -22,7 +22,7 @@ from textdiffusion.data.corpus import DataError
 from textdiffusion.image_evaluation import image_method, labels_for, open_image_run
 from textdiffusion.methods.configs import make_config
 from textdiffusion.methods.image import ImageDiffusion, ImageRequest
-from textdiffusion.records import TrainSummary
+from textdiffusion.records import ImageEval, TrainSummary
 from textdiffusion.runs import LoadedRun
 from textdiffusion.viz.images import ReverseProcessRecorder, save_grid
 
@@ -111,16 +111,16 @@ def _draw_layout(run: LoadedRun, layout: _Layout, gen: torch.Generator, progress
     return torch.cat(images), ReverseProcessRecorder.joined(recorders), res
 
 
-def format_eval(row: dict[str, Any]) -> str:
-    acc = row.get("class_accuracy")
+def format_eval(ev: ImageEval) -> str:
+    acc = ev.class_accuracy
     acc_text = f"{acc:.4f}" if acc is not None else "n/a (unconditional)"
     lines = [
-        f"{row['sampler']} {row['steps']} steps" + (f", guidance {row['guidance']:g}" if row.get("guidance") is not None
-                                                    else "") + f", {row['samples']} samples",
-        f"  FID (classifier features) {row['fid']:.3f}",
+        f"{ev.sampler} {ev.steps} steps" + (f", guidance {ev.guidance:g}" if ev.guidance is not None else "")
+        + f", {ev.samples} samples",
+        f"  FID (classifier features) {ev.fid:.3f}",
         f"  class accuracy            {acc_text}",
-        f"  classifier test accuracy  {row['classifier_test_accuracy']:.4f}",
-        f"  sampling                  {row['seconds_per_image'] * 1000:.1f} ms/image on {row['device']}",
+        f"  classifier test accuracy  {ev.classifier_test_accuracy:.4f}",
+        f"  sampling                  {ev.seconds_per_image * 1000:.1f} ms/image on {ev.device}",
     ]
     return "\n".join(lines)
 

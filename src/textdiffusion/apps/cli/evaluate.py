@@ -66,6 +66,6 @@ def run(args: argparse.Namespace) -> int:
                             steps=args.steps or 0, temperature=args.temperature, top_k=args.top_k,
                             top_p=args.top_p, seed=args.seed, val_windows=args.val_windows,
                             progress=not args.no_progress)
-    print(format_table(result, get_method(result["method"])))
+    print(format_table(result, get_method(result.method)))
     print(f"wrote {Path(args.run_dir) / 'eval.json'}")
     return 0

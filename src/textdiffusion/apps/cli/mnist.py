@@ -154,10 +154,10 @@ def evaluate(args: argparse.Namespace) -> int:
     from textdiffusion.image_evaluation import evaluate_images
 
     refuse_text_run(args.run_dir, "eval")
-    row = evaluate_images(args.run_dir, samples=args.samples, sampler=args.sampler or "", steps=args.steps or 0,
+    ev = evaluate_images(args.run_dir, samples=args.samples, sampler=args.sampler or "", steps=args.steps or 0,
                           eta=args.eta, guidance=args.guidance, seed=args.seed, device=args.device,
                           overrides=args.overrides, progress=not args.no_progress)
-    print(format_eval(row))
+    print(format_eval(ev))
     print(f"wrote {Path(args.run_dir) / 'eval.json'} (and appended to evals.jsonl)")
     return 0
 
