@@ -66,17 +66,17 @@ def test_a_new_default_is_still_checked_by_the_inherited_bound():
 
     assert option_of(_field(Wider, "confidence")).bound == Range(0.0, 1.0, lo_open=True)
     with pytest.raises(ConfigError, match=r"method\.confidence must be a number above 0 and at most 1, got 0\.0"):
-        config.make_config(Wider, "tiny", ["method.confidence=0"])
+        config.build_config(Wider, "tiny", ["method.confidence=0"])
     with pytest.raises(ConfigError, match=r"method\.extra must be"):
-        config.make_config(Wider, "tiny", ["method.extra=0"])
-    rows = {r.key: r for r in describe_fields(config.make_config(Wider, "tiny"))}
+        config.build_config(Wider, "tiny", ["method.extra=0"])
+    rows = {r.key: r for r in describe_fields(config.build_config(Wider, "tiny"))}
     assert rows["method.confidence"].doc == option_of(_field(MaskedConfig, "confidence")).doc
     assert rows["method.confidence"].sampling and rows["method.extra"].allowed == SCALE.describe()
 
 
 def test_config_takes_the_class_and_the_registry_takes_the_name():
     for name in REGISTRY:
-        assert make_config(name, "tiny").to_dict() == config.make_config(method_config_class(name), "tiny").to_dict()
+        assert make_config(name, "tiny").to_dict() == config.build_config(method_config_class(name), "tiny").to_dict()
     with pytest.raises(ConfigError, match="unknown method 'nope'; choose one of ar, bits, block, embedding"):
         make_config("nope", "tiny")
 

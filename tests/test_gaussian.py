@@ -9,7 +9,6 @@ import pytest
 import torch
 from torch import nn
 
-from textdiffusion.config import make_config
 from textdiffusion.data.tokenizer import CharTokenizer
 from textdiffusion.diffusion.gaussian import (
     ABAR_MAX,
@@ -25,6 +24,7 @@ from textdiffusion.diffusion.gaussian import (
     split_prediction,
     training_target,
 )
+from textdiffusion.methods.configs import make_config
 from textdiffusion.runs import build
 
 ENDPOINTS = {  # abar(0), abar(1) of each schedule

@@ -11,7 +11,7 @@ passed in, and :mod:`textdiffusion.methods.registry` finds it by the method's na
     sections.py     ModelConfig, TrainConfig, DataConfig, UNetConfig, MethodConfig, and Config, the run
     presets.py      the named sizes
     validation.py   validate: every option, then the rules that tie options together
-    overrides.py    make_config: defaults <- preset <- the method's adjustments <- --set
+    overrides.py    build_config: defaults <- preset <- the method's adjustments <- --set
     reading.py      a config back from JSON: config.json (also 0.1.0's) and train --config files
     describe.py     the field-by-field listing of ``textdiffusion config``
 """
@@ -33,7 +33,7 @@ from textdiffusion.config.overrides import (
     FIELD_ALIASES,
     apply_overrides,
     apply_sampling_overrides,
-    make_config,
+    build_config,
     override_keys,
 )
 from textdiffusion.config.presets import PRESETS
@@ -85,7 +85,7 @@ __all__ = [
     "PROBABILITY", "SAMPLE_STEPS", "SCALE", "SECTIONS", "SEED", "TEMPERATURE", "TOKENIZER_KINDS", "TOP_K", "TOP_P",
     "WINDOWS", "Bound", "Choice", "Config", "ConfigClassOf", "ConfigError", "DataConfig", "FieldInfo",
     "MethodConfig", "ModelConfig", "Option", "Pattern", "Range", "TrainConfig", "UNetConfig", "apply_overrides",
-    "apply_sampling_overrides", "channel_levels", "check_options", "check_value", "config_from_dict",
-    "describe_fields", "field_type", "make_config", "method_config_from_dict", "option", "option_of",
+    "apply_sampling_overrides", "build_config", "channel_levels", "check_options", "check_value",
+    "config_from_dict", "describe_fields", "field_type", "method_config_from_dict", "option", "option_of",
     "override_keys", "read_config_file", "validate",
 ]

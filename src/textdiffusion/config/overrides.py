@@ -26,9 +26,10 @@ def _merge(cfg: Config, partial: dict[str, dict[str, Any]], strict: bool = True)
                 setattr(target, k, v)
 
 
-def make_config(method_config: type[MethodConfig], preset: str, overrides: list[str] | None = None) -> Config:
+def build_config(method_config: type[MethodConfig], preset: str, overrides: list[str] | None = None) -> Config:
     """Defaults <- preset <- the method's own adjustments to that preset <- ``--set`` overrides, for the method
-    whose config class is ``method_config`` (the registry's ``make_config`` takes the method's name)."""
+    whose config class is ``method_config`` (:func:`textdiffusion.methods.configs.make_config` takes the method's
+    name)."""
     if preset not in PRESETS:
         raise ConfigError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
     method_cfg = method_config()

@@ -1,4 +1,4 @@
-"""Named sizes: partial configs merged over the defaults (see :func:`textdiffusion.config.make_config`).
+"""Named sizes: partial configs merged over the defaults (see :func:`textdiffusion.config.build_config`).
 
 ``cpu`` is the shape nanoGPT suggests for a CPU run of shakespeare_char, ``base`` is the shape of nanoGPT's
 shakespeare_char (and tiny-diffusion), so numbers compare one to one. A method adjusts a preset in its config

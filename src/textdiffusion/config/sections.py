@@ -143,7 +143,7 @@ class MethodConfig:
     # checked against the method's samplers by validate
     sampler: str = option("", None, "default sampler of sample and eval (empty = the method's first)", sampling=True)
 
-    # per preset: {section: {field: value}} merged after the preset itself (see make_config)
+    # per preset: {section: {field: value}} merged after the preset itself (see build_config)
     presets: ClassVar[dict[str, dict[str, dict[str, Any]]]] = {}
     # the network section the method builds from: "model" (the transformer) or "unet"
     network: ClassVar[str] = "model"

@@ -23,8 +23,8 @@ def method_config_class(name: str) -> type[MethodConfig]:
 
 def make_config(method: str, preset: str, overrides: list[str] | None = None) -> Config:
     """Defaults <- preset <- the method's own adjustments to that preset <- ``--set`` overrides, for the method
-    registered as ``method`` (:func:`textdiffusion.config.make_config`)."""
-    return config.make_config(method_config_class(method), preset, overrides)
+    registered as ``method`` (:func:`textdiffusion.config.build_config`)."""
+    return config.build_config(method_config_class(method), preset, overrides)
 
 
 def config_from_dict(d: Any, source: str = "config.json", fix: str = "edit the file back or retrain") -> Config:
