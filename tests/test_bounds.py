@@ -128,7 +128,7 @@ def test_image_samples_are_drawn_in_batches(runs, tmp_path, monkeypatch):
 
     run = open_image_run(runs / "image", device="cpu")
     layout = _layout(run.method, 30, None, 10)
-    request = {"sampler": "ddim", "steps": 3}
+    request = {"sampler": "ddpm", "steps": 3}  # fresh noise at every step: batches draw other numbers
     one, recorder, _ = _draw_layout(run, layout, torch.Generator().manual_seed(1), False, **request)
     direct = run.method.sample(run.model, ImageRequest(n=30, labels=layout.labels, **request),
                                torch.Generator().manual_seed(1)).images
