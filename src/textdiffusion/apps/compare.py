@@ -56,11 +56,12 @@ from textdiffusion.methods.base import bits_key
 from textdiffusion.progress import progress_bar
 from textdiffusion.records import (
     EvalRow,
+    ImageEval,
     MetricsRow,
     Quality,
+    TextEval,
     TrainRow,
     TrainSummary,
-    ValScore,
     read_eval,
     read_metrics,
 )
@@ -199,11 +200,23 @@ def _current_eval(run: Path, step: int, image: bool, command: str) -> tuple[dict
     """``eval.json`` when it scored this checkpoint, else None and what to run (``command`` eval) instead."""
     ev = read_eval(run)
     redo = f"run `{command} eval {run}` (or compare --evaluate)"
-    if ev is not None and ev.get("step") != step:
-        return None, f"eval.json is from step {ev.get('step')} but the checkpoint is at step {step}; {redo}"
+    scored = _eval_record(ev, image).step if ev is not None else None
+    if ev is not None and scored != step:
+        return None, f"eval.json is from step {scored} but the checkpoint is at step {step}; {redo}"
     if ev is None and image:  # FID and accuracy exist only in eval.json
         return None, f"no eval.json; {redo}"
     return ev, None
+
+
+def _eval_record(ev: dict[str, Any], image: bool) -> TextEval | ImageEval:
+    """eval.json as its record: an image run's, or a text run's (one of another shape reads as the image
+    record, which keeps every key, so its step can still be told)."""
+    if not image:
+        try:
+            return TextEval.from_json(ev)
+        except (KeyError, TypeError, AttributeError):
+            pass
+    return ImageEval.from_json(ev)
 
 
 def _read_val(ev: dict[str, Any] | None, final: TrainSummary | None, metrics: list[MetricsRow], step: int,
@@ -213,8 +226,9 @@ def _read_val(ev: dict[str, Any] | None, final: TrainSummary | None, metrics: li
     label = f"bits/{unit}"
 
     def candidates():
-        if ev is not None and unit == "char" and "val" in ev:
-            v = ValScore.from_json(ev["val"])
+        record = _eval_record(ev, False) if ev is not None and unit == "char" else None
+        if isinstance(record, TextEval):
+            v = record.val
             yield ValEntry.of(v.bpc, v.kind, label, "eval.json", v.windows, v.details.get("stderr_nats"), v.details)
         score = final.score if final is not None and final.step == step else None
         if score is not None and score.unit == unit:
