@@ -675,6 +675,15 @@ def default_run_dir(cfg: Config) -> Path:
     return Path("runs") / f"{cfg.method.name}-{cfg.preset}-{stamp}"
 
 
+def _leave_world(trainer: Trainer, summary: TrainSummary) -> TrainSummary:
+    """Under torchrun, wait until every process is done (rank 0 scores the final windows alone), then take the
+    process group down: a process that exits with gloo's threads still running dies by std::terminate
+    (SIGABRT), and torchrun then stops the others mid-work."""
+    distributed.barrier(trainer.world)
+    distributed.shutdown(trainer.world)
+    return summary
+
+
 def run_training(cfg: Config, run_dir: Path | None = None, progress: bool = True, **kw) -> TrainSummary:
     """Start a new run (``textdiffusion train``); returns its :class:`~textdiffusion.records.TrainSummary`
     (final.json's record, for a finished run)."""
@@ -684,7 +693,7 @@ def run_training(cfg: Config, run_dir: Path | None = None, progress: bool = True
         run_dir = Path(distributed.broadcast(str(default_run_dir(cfg)), world))
     trainer = Trainer(cfg, run_dir or default_run_dir(cfg), progress=progress)
     try:
-        return trainer.train(**kw)
+        return _leave_world(trainer, trainer.train(**kw))
     finally:
         trainer.lock.release()
 
@@ -712,6 +721,6 @@ def resume_training(run_dir: Path, progress: bool = True, steps: int | None = No
         if cfg.train.steps != recorded_steps and trainer.world.is_main:
             meta["config"] = cfg.to_dict()  # the run's record must describe the schedule it now follows
             write_json(run_dir / "config.json", meta)
-        return trainer.train(**kw)
+        return _leave_world(trainer, trainer.train(**kw))
     finally:
         trainer.lock.release()

@@ -42,7 +42,7 @@ from textdiffusion.diffusion import tokens
 from textdiffusion.diffusion.tokens import TokenDraw, cross_entropy_per_token, gumbel_sample  # noqa: F401 (re-export)
 from textdiffusion.guidance import classifier_steer
 from textdiffusion.guidance import labels as label_rules
-from textdiffusion.guidance.free import FreeGuidance, LabelledNetwork, combine
+from textdiffusion.guidance.free import FreeGuidance, LabelledNetwork
 from textdiffusion.guidance.steer import Steer
 from textdiffusion.methods import requests
 from textdiffusion.methods.requests import SampleRequest, SampleResult, StepCallback
@@ -355,12 +355,6 @@ class TextMethod(Method[SampleRequest, SampleResult]):
         """The classifier's label logits: (n, K) for whole states, or (n, L, K) for every prefix (ar)."""
         return net(inputs, t)
 
-    def guidance_labels(self, label: int | None, w: float, n: int,
-                        device: torch.device) -> tuple[torch.Tensor | None, bool]:
-        """The labels of one classifier-free-guided forward over ``n`` rows, and whether the batch is doubled
-        (:meth:`textdiffusion.guidance.free.FreeGuidance.labels`)."""
-        return FreeGuidance(label, w, self.num_labels).labels(n, device)
-
     def call_network(self, model: Any, labels: torch.Tensor | None, x: torch.Tensor, *args: Any,
                      **kwargs: Any) -> torch.Tensor:
         """``model(x, *args, **kwargs)`` with :meth:`network_labels` for ``x``'s rows: an unlabelled backbone is
@@ -373,12 +367,6 @@ class TextMethod(Method[SampleRequest, SampleResult]):
     def label_info(self, label: int | None, w: float) -> dict[str, Any]:
         """What a classifier-free-guided sampling adds to its result's ``info`` (nothing for an unlabelled one)."""
         return label_rules.label_info(self, label, w)
-
-    @staticmethod
-    def combine_guided(logits: torch.Tensor, w: float) -> torch.Tensor:
-        """(2n, ..., V) logits of a doubled forward -> (n, ..., V) guided log-probabilities
-        (:func:`textdiffusion.guidance.free.combine`)."""
-        return combine(logits, w)
 
     # ---- shape of the problem -------------------------------------------------------------------
     @property
