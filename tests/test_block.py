@@ -11,8 +11,8 @@ import torch
 
 from helpers import block_sample_without_cache, tiny_config
 from textdiffusion.config import ConfigError
+from textdiffusion.diffusion.tokens import cross_entropy_per_token
 from textdiffusion.methods import SampleRequest
-from textdiffusion.methods.base import cross_entropy_per_token
 from textdiffusion.runs import build
 from textdiffusion.trainer import Trainer
 

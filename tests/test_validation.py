@@ -31,7 +31,7 @@ from textdiffusion.config import (
     option_of,
 )
 from textdiffusion.methods import REGISTRY
-from textdiffusion.methods.base import filter_logits
+from textdiffusion.methods.base import check_draw
 from textdiffusion.methods.configs import config_from_dict, make_config
 from textdiffusion.runs import available_devices, pick_device
 
@@ -380,12 +380,12 @@ def test_a_flag_and_a_set_that_disagree_are_refused(argv, capsys):
     assert "disagree" in err and "\n" not in err
 
 
-def test_filter_logits_refuses_what_would_sample_silently_wrong():
-    logits = torch.randn(2, 5)
+def test_the_token_draw_refuses_what_would_sample_silently_wrong():
+    plain = {"temperature": 1.0, "top_k": 0, "top_p": 1.0}
     for kw in ({"temperature": math.nan}, {"temperature": math.inf}, {"top_p": 2.0}, {"top_p": math.nan},
                {"top_k": -1}):
         flag = "--" + next(iter(kw)).replace("_", "-")
-        _one_line_error(lambda kw=kw: filter_logits(logits, **kw), field=flag)
+        _one_line_error(lambda kw=kw: check_draw(**{**plain, **kw}), field=flag)
 
 
 # ---- devices -----------------------------------------------------------------------------------------------

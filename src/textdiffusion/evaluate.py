@@ -305,11 +305,9 @@ def label_note(method: TextMethod) -> LabelNote | None:
                      "conditional NLL on the held-out speeches, each window under its speaker's label")
 
 
-def format_table(result: TextEval | dict[str, Any], method: type[Method] | None = None) -> str:
-    """The human-readable table ``textdiffusion eval`` prints, of the record or its JSON form; ``method``
-    adds its own rows (its ``eval_terms`` from the validation details and its ``sample_stats`` from the
-    samples)."""
-    ev = result if isinstance(result, TextEval) else TextEval.from_json(result)
+def format_table(ev: TextEval, method: type[Method] | None = None) -> str:
+    """The human-readable table ``textdiffusion eval`` prints; ``method`` adds its own rows (its
+    ``eval_terms`` from the validation details and its ``sample_stats`` from the samples)."""
     terms = method.eval_terms if method else {}
     stats = method.sample_stats if method else {}
     v, q, r, s = ev.val, ev.quality, ev.reference, ev.speed

@@ -50,7 +50,7 @@ def _data_unit_of(row: dict[str, Any]) -> str | None:
     return next((u for u in ("chars", "images") if rate_key(u) in row), None)
 
 
-def _optional_dict(path: Path) -> dict[str, Any] | None:
+def read_json_object(path: Path) -> dict[str, Any] | None:
     """A JSON object file, or None when it is missing or unreadable (a reader then shows no number)."""
     from textdiffusion.checkpoint import read_json
 
@@ -139,7 +139,7 @@ class TrainSummary:
     @classmethod
     def read(cls, run_dir: Path | str) -> TrainSummary | None:
         """A run's final.json, or None when it has none (still training, or an unreadable file)."""
-        d = _optional_dict(Path(run_dir) / FINAL)
+        d = read_json_object(Path(run_dir) / FINAL)
         return cls.from_json(d) if d is not None else None
 
 
@@ -447,4 +447,4 @@ class ImageEval:
 
 def read_eval(run_dir: Path | str) -> dict[str, Any] | None:
     """A run's eval.json as written (a text or an image run's), or None when it has none or it is unreadable."""
-    return _optional_dict(Path(run_dir) / EVAL)
+    return read_json_object(Path(run_dir) / EVAL)

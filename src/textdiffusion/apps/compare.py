@@ -44,7 +44,6 @@ from textdiffusion.checkpoint import (
     has_checkpoint,
     read_group,
     read_header,
-    read_json,
     read_run_meta,
     versions,
     write_json,
@@ -63,6 +62,7 @@ from textdiffusion.records import (
     TrainRow,
     TrainSummary,
     read_eval,
+    read_json_object,
     read_metrics,
 )
 from textdiffusion.viz.records import (
@@ -167,16 +167,6 @@ def _rule_options(rule: str) -> dict[str, Any]:
     raise ConfigError(f"unknown guidance rule {rule!r}; choose one of {', '.join(RULES)}")
 
 
-def _optional_json(path: Path) -> dict[str, Any] | None:
-    if not path.exists():
-        return None
-    try:
-        obj = read_json(path)
-    except CheckpointError:
-        return None
-    return obj if isinstance(obj, dict) else None
-
-
 def _read_meta(run: Path) -> dict[str, Any]:
     """``config.json``, refusing a directory that is not a run."""
     if not run.is_dir():
@@ -272,7 +262,7 @@ def read_run(path: str | Path) -> RunRecord:
         seed=meta.get("seed"), device=meta.get("device"), created=meta.get("created"),
         tokenizer=cfg.get("data", {}).get("tokenizer", "char") if not image else None,
         context=model.get("context") if not image else None,
-        corpus=meta.get("corpus") or _optional_json(run / "image.json") or {},
+        corpus=meta.get("corpus") or read_json_object(run / "image.json") or {},
         sampling_config={k: cfg.get("method", {}).get(k) for k in ("sampler", "sample_steps", "timesteps")},
         val=_read_val(ev, final, metrics, step, method_class.unit),
         train_speed=TrainSpeed(final_speed or (speeds[-1] if speeds else None),
@@ -369,7 +359,7 @@ class _PointCache:
 
     def __init__(self, run_dir: Path, step: int, key: dict[str, Any], refresh: bool) -> None:
         self.run_dir, self.step, self.key = run_dir, step, key
-        cache = None if refresh else _optional_json(run_dir / self.file)
+        cache = None if refresh else read_json_object(run_dir / self.file)
         fresh = not cache or cache.get("format") != self.format or cache.get("step") != step
         self.entries: list[dict[str, Any]] = [] if fresh else cache.get("points", [])
 
@@ -640,7 +630,7 @@ def measure_image_guidance(record: RunRecord, weights: list[float], samples: int
         opened()
         return float("nan") if state["test_accuracy"] is None else float(state["test_accuracy"])
 
-    classes = (_optional_json(Path(record.path) / "image.json") or {}).get("num_classes") or 10
+    classes = (read_json_object(Path(record.path) / "image.json") or {}).get("num_classes") or 10
     curves = []
     for rule in rules:
         points = _curve_points(cache, rule, weights,

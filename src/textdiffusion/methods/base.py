@@ -38,8 +38,7 @@ from textdiffusion.config import (
     option,
 )
 from textdiffusion.data.tokenizer import Tokenizer
-from textdiffusion.diffusion import tokens
-from textdiffusion.diffusion.tokens import TokenDraw, cross_entropy_per_token, gumbel_sample  # noqa: F401 (re-export)
+from textdiffusion.diffusion.tokens import TokenDraw
 from textdiffusion.guidance import classifier_steer
 from textdiffusion.guidance import labels as label_rules
 from textdiffusion.guidance.free import FreeGuidance, LabelledNetwork
@@ -538,10 +537,3 @@ def check_draw(temperature: float, top_k: int, top_p: float) -> None:
         raise ConfigError(f"--top-k must be {TOP_K.describe(True)} (0 keeps every character), got {top_k}")
     if not TOP_P.allows(top_p):
         raise ConfigError(f"--top-p must be {TOP_P.describe()} (1 keeps every character), got {top_p}")
-
-
-def filter_logits(logits: torch.Tensor, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0) -> torch.Tensor:
-    """:func:`textdiffusion.diffusion.tokens.filter_logits` with its values checked first, for a sampler that
-    does not go through :meth:`TextMethod.sample`'s request check."""
-    check_draw(temperature, top_k, top_p)
-    return tokens.filter_logits(logits, temperature, top_k, top_p)

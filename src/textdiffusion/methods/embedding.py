@@ -65,7 +65,7 @@ from textdiffusion.diffusion.gaussian import (
     q_sample,
     training_target,
 )
-from textdiffusion.diffusion.tokens import TokenDraw
+from textdiffusion.diffusion.tokens import TokenDraw, cross_entropy_per_token
 from textdiffusion.guidance.gradient import GradientSteer
 from textdiffusion.guidance.steer import Steer
 from textdiffusion.methods.base import (
@@ -76,7 +76,6 @@ from textdiffusion.methods.base import (
     StepCallback,
     TextMethod,
     TextMethodConfig,
-    cross_entropy_per_token,
     register,
 )
 from textdiffusion.methods.gaussian_config import GaussianConfig
