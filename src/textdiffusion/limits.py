@@ -102,6 +102,34 @@ def batches(n: int, size: int) -> list[tuple[int, int]]:
     return [(start, min(size, n - start)) for start in range(0, n, size)]
 
 
+#: a request whose first batch says the whole will take longer than this (seconds) announces how long, so a
+#: 100000-sample request says "about 7 h" at its start rather than leaving it to a progress bar
+LONG_SAMPLING_S = 60.0
+
+
+def duration(seconds: float) -> str:
+    """A rough duration for a person: "40 s", "12 min", "1.5 h", "7 h"."""
+    if seconds < 60:
+        return f"{max(1, round(seconds))} s"
+    if seconds < 3600:
+        return f"{round(seconds / 60)} min"
+    hours = seconds / 3600
+    return f"{hours:.1f} h" if hours < 10 and round(hours, 1) != round(hours) else f"{round(hours)} h"
+
+
+def sampling_estimate(seconds: float, done: int, total: int, batch_size: int, batches: int) -> str | None:
+    """What a request drawn in ``batches`` batches of ``batch_size`` will take in all, from the ``seconds`` its
+    first ``done`` samples took: a line to print before the rest is drawn, or None when the whole is estimated
+    at :data:`LONG_SAMPLING_S` or less (an ordinary request says nothing)."""
+    if done <= 0 or done >= total:
+        return None
+    estimate = seconds * total / done
+    if estimate <= LONG_SAMPLING_S:
+        return None
+    return (f"about {duration(estimate)} for {total} samples ({batches} batches of {batch_size}); Ctrl-C keeps "
+            f"the finished ones")
+
+
 def _writable(folder: Path) -> bool:
     return os.access(folder, os.W_OK | os.X_OK)
 

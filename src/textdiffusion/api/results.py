@@ -29,6 +29,24 @@ class TextSamples:
 
 
 @dataclass(frozen=True)
+class SampledBatch:
+    """One finished batch of a :meth:`TextModel.sample` call, handed to its ``on_batch`` as soon as it is drawn,
+    so a long request can keep its work (write it out) before the rest is done."""
+
+    texts: list[str]  # this batch's texts, in order
+    start: int  # index of its first text among all the request's texts
+    total: int  # texts the request asked for
+    batch: int  # its index among the request's batches (0 = the first)
+    batches: int  # batches in the request
+    seconds: float  # wall time of the sampling so far, this batch included
+
+    @property
+    def done(self) -> int:
+        """Texts finished so far, this batch's included."""
+        return self.start + len(self.texts)
+
+
+@dataclass(frozen=True)
 class SamplingPlan:
     """A checked text request, before anything is drawn (:meth:`TextModel.plan`)."""
 

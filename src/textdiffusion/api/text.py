@@ -9,6 +9,7 @@ texts.
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -20,7 +21,7 @@ import torch
 from textdiffusion import limits, precision
 from textdiffusion.api.model import IMAGE_OPTIONS, Model, refuse_other_kind
 from textdiffusion.api.options import LENGTH, POSITIVE_COUNT, TextOptions, merged
-from textdiffusion.api.results import Frame, SamplingPlan, Score, TextSamples, fixed_positions
+from textdiffusion.api.results import Frame, SampledBatch, SamplingPlan, Score, TextSamples, fixed_positions
 from textdiffusion.api.streaming import Feed, Stream, cpu_copy, number
 from textdiffusion.config import (
     GUIDANCE,
@@ -145,13 +146,17 @@ class TextModel(Model):
 
     def sample(self, prompt: str = "", *, infill: str | None = None, placeholder: str = "_",
                options: TextOptions | None = None, on_step: StepCallback | None = None, progress: bool = True,
-               **chosen: Any) -> TextSamples:
+               on_batch: Callable[[SampledBatch], None] | None = None, **chosen: Any) -> TextSamples:
         """What :meth:`generate` and :meth:`infill` draw, with how it was drawn: the sampler that ran, its
         steps, the network evaluations per sample and the seconds taken (a :class:`TextSamples`).
 
         ``on_step(step, ids, info)``, if given, watches every step of the first batch (``ids``: the (batch,
         length) token ids, the tokenizer's mask id where still unknown): the command line's ``--show`` and
-        ``--trajectory`` are such callbacks. :meth:`stream` is the friendlier way to watch."""
+        ``--trajectory`` are such callbacks. :meth:`stream` is the friendlier way to watch.
+
+        ``on_batch(batch)``, if given, receives each finished batch (a :class:`SampledBatch`) as soon as it is
+        drawn: a long request drawn in many batches can write its texts as it goes, so an interrupt
+        (KeyboardInterrupt, raised through this call) loses only the batch being drawn."""
         opts = self._options("sample", options, chosen)
         plan = self._ready_plan(prompt, infill, placeholder, opts, progress)
         seed = check_value("seed", opts.seed, int, SEED)
@@ -159,7 +164,7 @@ class TextModel(Model):
         gen = torch.Generator(device=run.device).manual_seed(seed)
         tic = time.perf_counter()
         with torch.no_grad(), precision.autocast(run.cfg.train.amp, run.device)():  # as trained: bf16 on GPUs
-            texts, first, nfe = self._draw(plan, gen, on_step, progress)
+            texts, first, nfe = self._draw(plan, gen, on_step, progress, on_batch)
         seconds = time.perf_counter() - tic
         return TextSamples(texts, first.info.get("sampler"), first.info.get("steps"), nfe, seconds,
                            int(first.ids.shape[1]), fixed_positions(first), seed)
@@ -174,8 +179,8 @@ class TextModel(Model):
             plan = self.plan(prompt, infill=infill, placeholder=placeholder, options=opts)
         return plan
 
-    def _draw(self, plan: SamplingPlan, gen: torch.Generator, on_step: StepCallback | None,
-              progress: bool) -> tuple[list[str], SampleResult, float]:
+    def _draw(self, plan: SamplingPlan, gen: torch.Generator, on_step: StepCallback | None, progress: bool,
+              on_batch: Callable[[SampledBatch], None] | None = None) -> tuple[list[str], SampleResult, float]:
         """``plan``'s samples drawn a batch at a time: the decoded texts, the first batch's result and the
         network evaluations per sample over all batches.
 
@@ -195,28 +200,35 @@ class TextModel(Model):
             def on_step(step: int, state: torch.Tensor, info: Mapping[str, Any]) -> None:
                 step_bar.update(max(0, min(step, step_bar.total) - step_bar.n))
 
-            return self._draw_batches(plan, parts, gen, on_step, False, step_bar)
-        return self._draw_batches(plan, parts, gen, on_step, progress, None)
+            return self._draw_batches(plan, parts, gen, on_step, False, step_bar, on_batch)
+        return self._draw_batches(plan, parts, gen, on_step, progress, None, on_batch)
 
     def _draw_batches(self, plan: SamplingPlan, parts: list[tuple[int, int]], gen: torch.Generator,
-                      on_step: StepCallback | None, progress: bool,
-                      step_bar: Any) -> tuple[list[str], SampleResult, float]:
-        """:meth:`_draw`'s loop over the batches; closes ``step_bar`` (the one-batch step bar) when done."""
+                      on_step: StepCallback | None, progress: bool, step_bar: Any,
+                      on_batch: Callable[[SampledBatch], None] | None) -> tuple[list[str], SampleResult, float]:
+        """:meth:`_draw`'s loop over the batches, handing each finished one to ``on_batch`` (with any bar
+        cleared off the terminal while it writes); closes ``step_bar`` (the one-batch step bar) when done."""
         from textdiffusion.progress import progress_bar
 
         run, req = self.run, plan.request
         texts: list[str] = []
         first: SampleResult | None = None
         bar, nfe_total = None, 0.0
+        tic = time.perf_counter()
         try:
-            for i, (_, count) in enumerate(parts):
+            for i, (start, count) in enumerate(parts):
                 if bar is None and progress and len(parts) > 1 and not (on_step is not None and i == 0):
                     bar = progress_bar(total=req.n, initial=len(texts), unit="sample", leave=False)
                 res = run.method.sample(run.model, replace(req, n=count), gen, on_step if i == 0 else None)
-                texts += [self.tokenizer.decode(row.tolist()) for row in res.ids.cpu()]
+                batch = [self.tokenizer.decode(row.tolist()) for row in res.ids.cpu()]
+                texts += batch
                 nfe_total += res.nfe * count
                 if first is None:
                     first = res
+                if on_batch is not None:
+                    done = SampledBatch(batch, start, req.n, i, len(parts), time.perf_counter() - tic)
+                    with _cleared(bar, step_bar):
+                        on_batch(done)
                 if bar is not None:
                     bar.update(count)
         finally:
@@ -365,6 +377,17 @@ class TextModel(Model):
                             seed=check_value("seed", seed, int, SEED),
                             val_windows=check_value("val_windows", val_windows, int, Range(0, 10**9)),
                             overrides=self._overrides, progress=bool(progress))
+
+
+@contextlib.contextmanager
+def _cleared(*bars: Any) -> Iterator[None]:
+    """Bars that are open (not None) cleared off the terminal while the caller writes, then redrawn."""
+    open_bars = [b for b in bars if b is not None]
+    if not open_bars:
+        yield
+        return
+    with open_bars[0].external_write_mode():
+        yield
 
 
 class TextStream(Stream):

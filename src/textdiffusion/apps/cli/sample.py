@@ -1,10 +1,16 @@
 """``textdiffusion sample``: generate text from a trained run through the Python API, optionally animated
-(``--show``) or recorded step by step (``--trajectory``)."""
+(``--show``) or recorded step by step (``--trajectory``).
+
+Each finished batch is written at once (to stdout, or appended to ``--out`` as JSON Lines and synced to disk),
+so a long request interrupted by Ctrl-C or killed keeps every sample finished before it stopped."""
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import sys
+from typing import IO, TYPE_CHECKING
 
 from textdiffusion.apps.cli.checks import refuse_image_run
 from textdiffusion.apps.cli.flags import (
@@ -22,6 +28,9 @@ from textdiffusion.apps.cli.flags import (
 )
 from textdiffusion.catalogue import GUIDANCE_RULES
 from textdiffusion.config import GUIDANCE, ConfigError
+
+if TYPE_CHECKING:
+    from textdiffusion.api.results import SampledBatch
 
 
 def add(sub: argparse._SubParsersAction) -> None:
@@ -55,6 +64,9 @@ def add(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--show", action="store_true", help="animate the denoising in the terminal (on stderr)")
     s.add_argument("--delay", type=number(float, DELAY), default=0.03, help="seconds per frame of --show")
     s.add_argument("--trajectory", metavar="FILE", help="write every intermediate state to this JSON file")
+    s.add_argument("--out", metavar="FILE",
+                   help="write the samples to this file instead of stdout, as JSON Lines ({\"text\": ...} a "
+                        "line), each batch appended and synced as soon as it is drawn (Ctrl-C keeps them)")
     s.add_argument("--weights", choices=("ema", "model"), default="ema",
                    help="ema: the moving average of the weights, which eval scores; model: the raw weights")
     s.add_argument("--device", default="auto", help=DEVICE_HELP)
@@ -75,6 +87,7 @@ def run(args: argparse.Namespace) -> int:
     if args.steps:  # the method's own (smaller) limit is checked once the run is open
         limits.check_text_steps(args.steps, True, None)
     trajectory = limits.check_output_file(args.trajectory, "--trajectory") if args.trajectory else None
+    out = limits.check_output_file(args.out, "--out") if args.out else None
     refuse_image_run(args.run_dir, "sample")
     model = load(args.run_dir, device=args.device, weights=args.weights, overrides=args.overrides)
     if not isinstance(model, TextModel):
@@ -89,14 +102,80 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"--trajectory records every step of every sample, at most {plan.batch_size} samples of "
                           f"this length (one batch); use --n <= {plan.batch_size} with --trajectory")
     on_step, recorder = _sample_watchers(args, model.tokenizer)
-    res = model.sample(args.prompt or "", **text, options=options, on_step=on_step, progress=not args.no_progress)
+    with SampleWriter(out) as writer:
+        try:
+            res = model.sample(args.prompt or "", **text, options=options, on_step=on_step,
+                               progress=not args.no_progress, on_batch=writer.write)
+        except KeyboardInterrupt:
+            writer.finish()
+            print(f"interrupted after {writer.written} of {args.n} samples; {writer.where()}", file=sys.stderr)
+            return 130
+        writer.finish()
     if recorder:
         recorder.write(trajectory, method=model.method, run=str(model.path), sampler=res.sampler, n=len(res.texts),
                        length=res.length, nfe=res.nfe, fixed=[res.fixed] * len(res.texts), final=res.texts)
-    print(f"\n{'=' * 40}\n".join(res.texts))
+    where = f", written to {out}" if out else ""
     print(f"[{model.method} step {model.step}: {len(res.texts)} x {res.length} chars, sampler {res.sampler}, "
-          f"{res.nfe:g} network evaluations per sample, {res.seconds:.2f}s]", file=sys.stderr)
+          f"{res.nfe:g} network evaluations per sample, {res.seconds:.2f}s{where}]", file=sys.stderr)
     return 0
+
+
+class SampleWriter:
+    """Writes each finished batch of a sampling as it arrives (the ``on_batch`` of
+    :meth:`~textdiffusion.api.TextModel.sample`), and says before the second batch how long the whole will take
+    when that is long (:func:`textdiffusion.limits.sampling_estimate`).
+
+    Without a file the texts go to stdout between the separator lines (flushed per batch; exactly the bytes
+    one print of all texts gave). With a file each text is one JSON Lines record ``{"text": ...}``: a text may
+    hold newlines and separators, a JSON line cannot be confused, and every line finished is a valid record,
+    so the file stays readable whenever it stops. Each batch is written in one call, flushed and synced."""
+
+    SEPARATOR = f"\n{'=' * 40}\n"
+
+    def __init__(self, path: os.PathLike | None):
+        self.path = path
+        self.written = 0
+        self._file: IO[str] | None = None
+
+    def __enter__(self) -> SampleWriter:
+        if self.path is not None:
+            self._file = open(self.path, "w", encoding="utf-8")  # closed by __exit__
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._file is not None:
+            self._file.close()
+
+    def write(self, batch: SampledBatch) -> None:
+        """One finished batch (a :class:`~textdiffusion.api.results.SampledBatch`), written through."""
+        if self._file is not None:
+            self._file.write("".join(json.dumps({"text": t}, ensure_ascii=False) + "\n" for t in batch.texts))
+            self._file.flush()
+            os.fsync(self._file.fileno())
+        else:
+            sys.stdout.write("".join((self.SEPARATOR if batch.start + i else "") + t
+                                     for i, t in enumerate(batch.texts)))
+            sys.stdout.flush()
+        self.written = batch.done
+        if batch.batch == 0:
+            from textdiffusion import limits
+
+            note = limits.sampling_estimate(batch.seconds, batch.done, batch.total, len(batch.texts), batch.batches)
+            if note:
+                print(note, file=sys.stderr, flush=True)
+
+    def finish(self) -> None:
+        """End stdout's last text with its newline (nothing to do for a file: each record ends its line)."""
+        if self._file is None and self.written:
+            sys.stdout.write("\n")
+            sys.stdout.flush()
+
+    def where(self) -> str:
+        """Where the samples written so far are, for the interrupt's message."""
+        if not self.written:
+            return "nothing written"
+        return f"{self.written} written to {self.path}" if self._file is not None else \
+            f"{self.written} printed above"
 
 
 def _sample_watchers(args: argparse.Namespace, tokenizer):
