@@ -87,7 +87,8 @@ def test_bad_sample_requests(runs, capsys):
         (["--prompt", "Ω"], "never seen"),
         (["--infill", "no blanks"], "placeholders"),
         (["--sampler", "beam"], "no sampler"),
-        (["--length", "999"], "exceeds the model's context"),
+        (["--length", "999999"], "more than 100,000 tokens"),
+        (["--length", "99", "--overlap", "99"], "--overlap 99 must be between 1 and 31"),
     ]
     for extra, message in cases:
         assert main(["sample", str(runs / "masked"), *extra]) == 2

@@ -12,6 +12,7 @@ from textdiffusion.config import ConfigError
 from textdiffusion.data import TextData
 from textdiffusion.diffusion.tokens import filter_logits, gumbel_sample
 from textdiffusion.methods.base import SampleRequest, check_draw
+from textdiffusion.methods.requests import check_length
 from textdiffusion.trainer import Trainer
 
 
@@ -175,8 +176,9 @@ def test_clear_errors_for_impossible_requests(trained):
     ar, masked = trained["ar"], trained["masked"]
     with pytest.raises(ConfigError, match="bidirectional"):
         _sample(ar, infill="a _ b")
-    with pytest.raises(ConfigError, match="exceeds the model's context"):
-        _sample(masked, length=masked.method.window + 1)
+    with pytest.raises(ConfigError, match="exceeds the model's context"):  # a method that neither slides nor chains
+        check_length(masked.method.window + 1, masked.method.tok, masked.method.window, "toy", False)
+    assert _sample(masked, length=masked.method.window + 1).ids.shape[1] == masked.method.window + 1  # chained
     with pytest.raises(ConfigError, match="no sampler"):
         _sample(masked, sampler="beam")
     with pytest.raises(ConfigError, match="nothing is left"):

@@ -42,6 +42,8 @@ class TextOptions:
     #                        under rule="classifier")
     rule: str = ""  # "free" (classifier-free guidance, a labelled run; the default) or "classifier" (a small
     #                 classifier of the method's noisy states steers any run)
+    overlap: int = 0  # a method that chains windows past its context: tokens each window shares with the text
+    #                   before it (0 = half the window)
 
     @classmethod
     def names(cls) -> frozenset[str]:

@@ -26,6 +26,8 @@ class TextSamples:
     length: int  # tokens per sample, prompt or template included
     fixed: list[int]  # token positions the request fixed (the prompt, an infill template's known text)
     seed: int
+    windows: int = 1  # windows drawn one after another (past the context of a method that chains them)
+    overlap: int = 0  # tokens each chained window shared with the text before it (0: one window)
 
 
 @dataclass(frozen=True)
@@ -60,6 +62,7 @@ class SamplingPlan:
     # "train" (none is cached for this checkpoint: the sampling trains one first and caches it, and checks
     # the label against its speakers then); "" for any other request
     classifier: str = ""
+    windows: int = 1  # windows drawn one after another per sample (a method that chains them, past its context)
 
 
 @dataclass(frozen=True)

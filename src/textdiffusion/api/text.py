@@ -167,7 +167,8 @@ class TextModel(Model):
             texts, first, nfe = self._draw(plan, gen, on_step, progress, on_batch)
         seconds = time.perf_counter() - tic
         return TextSamples(texts, first.info.get("sampler"), first.info.get("steps"), nfe, seconds,
-                           int(first.ids.shape[1]), fixed_positions(first), seed)
+                           int(first.ids.shape[1]), fixed_positions(first), seed, first.info.get("windows", 1),
+                           first.info.get("overlap", 0))
 
     def _ready_plan(self, prompt: str, infill: str | None, placeholder: str, opts: TextOptions,
                     progress: bool) -> SamplingPlan:
@@ -195,7 +196,8 @@ class TextModel(Model):
         if progress and len(parts) == 1 and on_step is None and sys.stderr.isatty():
             # one batch: a bar over its steps, on a terminal only (watching a step costs a little, and a log
             # file gains nothing from a bar that lasts seconds); the draws are the same with or without it
-            step_bar = progress_bar(total=plan.steps or plan.length, unit="step", desc="sampling", leave=False)
+            step_bar = progress_bar(total=(plan.steps or plan.length) * plan.windows, unit="step", desc="sampling",
+                                    leave=False)
 
             def on_step(step: int, state: torch.Tensor, info: Mapping[str, Any]) -> None:
                 step_bar.update(max(0, min(step, step_bar.total) - step_bar.n))
@@ -256,6 +258,7 @@ class TextModel(Model):
                            "draw more in several calls with different seeds")
         length = check_value("length", opts.length, int, LENGTH)
         steps = check_value("steps", opts.steps, int, SAMPLE_STEPS)
+        overlap = check_value("overlap", opts.overlap, int, LENGTH)
         sampler, label, rule = opts.sampler, opts.label, opts.rule
         if not isinstance(sampler, str):
             raise ConfigError(f"sampler must be a name (one of {', '.join(self.samplers)}), got {sampler!r}")
@@ -271,7 +274,7 @@ class TextModel(Model):
         guidance = check_value("guidance", opts.guidance, float, GUIDANCE)
         req = SampleRequest(n=n, length=length, prompt=prompt, infill=infill, placeholder=placeholder,
                             sampler=sampler, steps=steps, **method.decoding(**decoding), label=label,
-                            guidance=guidance, rule=rule)
+                            guidance=guidance, rule=rule, overlap=overlap)
         if not isinstance(rule, str):
             raise ConfigError(f"rule must be a name (free or classifier), got {rule!r}")
         method.check_classifier_request(req)  # what can be checked before a classifier exists
@@ -280,17 +283,21 @@ class TextModel(Model):
             method.request_label(req)  # a label this run (or its classifier) knows, guidance only with one
         if req.length:
             method.check_length(req.length)
-            limits.check_text_length(req.length, method.extends_past_context)
+            limits.check_text_length(req.length, method.writes_past_context)
         # one sample's initial state: the length an infill template gives, and the prompt's checks, up front
         tokens = int(method.prepare(replace(req, n=1), CPU)[0].shape[1])
+        method.check_length(tokens)  # an infill template's own length, too
+        windows = len(method.window_starts(tokens, method.check_overlap(req.overlap)))
         chosen_sampler = method.check_sampler(req.sampler)
-        if req.steps and method.default_steps(tokens, chosen_sampler) is None:
+        drawn = method.drawn_length(tokens)  # tokens one draw loop fills: one window of a chained sampling
+        if req.steps and method.default_steps(drawn, chosen_sampler) is None:
             raise ConfigError(f"--steps does not apply to {method.name}'s {chosen_sampler} sampler: it takes one "
                               f"network evaluation per token; leave --steps out")
-        total = req.steps or method.default_steps(tokens, chosen_sampler)
+        total = req.steps or method.default_steps(drawn, chosen_sampler)
         limits.check_text_steps(total, bool(req.steps), method.max_steps)
         batch = limits.text_batch_size(tokens, method.window, self.tokenizer.vocab_size)
-        return SamplingPlan(req, tokens, chosen_sampler, total, batch, len(limits.batches(n, batch)), classifier)
+        return SamplingPlan(req, tokens, chosen_sampler, total, batch, len(limits.batches(n, batch)), classifier,
+                            windows)
 
     def _classifier_state(self, req: SampleRequest) -> str:
         """Whether the speaker classifier a ``rule="classifier"`` request needs is ready: "ready" when one is in
@@ -423,7 +430,8 @@ class TextStream(Stream):
         tok = self.model.tokenizer
         self.result = TextSamples([tok.decode(row.tolist(), self.mask_char) for row in res.ids.cpu()],
                                   res.info.get("sampler"), res.info.get("steps"), res.nfe, self._feed.seconds,
-                                  int(res.ids.shape[1]), fixed_positions(res), self.seed)
+                                  int(res.ids.shape[1]), fixed_positions(res), self.seed,
+                                  res.info.get("windows", 1), res.info.get("overlap", 0))
 
     def _frame(self, step: int, ids: torch.Tensor, info: Mapping[str, Any], prev: torch.Tensor | None) -> Frame:
         self.frames += 1

@@ -269,6 +269,10 @@ class TextMethod(Method[SampleRequest, SampleResult]):
     attention: ClassVar[str]  # the backbone's attention mode
     supports_infill: ClassVar[bool] = True  # fills blanks anywhere (False: continues a prompt only)
     extends_past_context: ClassVar[bool] = False  # can write more than one context window
+    # writes past its context by chaining windows in the template (:meth:`draw_chained`): each window after the
+    # first starts with the tail of the text so far fixed, as a prompt; for methods whose draw loop respects
+    # fixed positions and that cannot slide a cache
+    chains_windows: ClassVar[bool] = False
     # trains on labelled text (data.labels) with a label-conditioned backbone, and samples with --label and
     # classifier-free guidance (textdiffusion.guidance.free)
     supports_labels: ClassVar[bool] = False
@@ -419,14 +423,60 @@ class TextMethod(Method[SampleRequest, SampleResult]):
         steer = self.steer_for(req)
         state, fixed = self.prepare(req, next(model.parameters()).device)
         self.check_length(state.shape[1])
-        steps = self.sample_steps(req, state.shape[1])
+        overlap = self.check_overlap(req.overlap)
+        starts = self.window_starts(state.shape[1], overlap)
+        steps = self.sample_steps(req, self.drawn_length(state.shape[1]))
         check_draw(req.temperature, req.top_k, req.top_p)
         forward = FreeGuidance(label, w, self.num_labels).wrap(self.labelled_network(model, state.shape[0]))
         plan = DrawPlan(sampler, steps, TokenDraw(req.temperature, req.top_k, req.top_p), steer)
-        ids, nfe = self.draw(model, forward, state, fixed, plan, generator, on_step)
-        return SampleResult(ids, nfe, fixed, {"sampler": sampler, **self.sample_info(plan),
+        if len(starts) == 1:
+            ids, nfe = self.draw(model, forward, state, fixed, plan, generator, on_step)
+            chained = {}
+        else:
+            ids, nfe = self.draw_chained(model, forward, state, fixed, plan, generator, on_step, starts)
+            chained = {"windows": len(starts), "overlap": overlap}
+        return SampleResult(ids, nfe, fixed, {"sampler": sampler, **self.sample_info(plan), **chained,
                                               **self.label_info(label, w), **self.classifier_info(req),
                                               **plan.notes})
+
+    def window_starts(self, length: int, overlap: int) -> list[int]:
+        """Where each window of a sample of ``length`` tokens starts: just 0, unless the method chains windows
+        past its context (:func:`textdiffusion.methods.requests.window_starts`)."""
+        return requests.window_starts(length, self.window, overlap) if self.chains_windows else [0]
+
+    def drawn_length(self, length: int) -> int:
+        """Tokens one draw loop fills for a sample of ``length``: one window when the method chains them."""
+        return min(length, self.window) if self.chains_windows else length
+
+    def check_overlap(self, overlap: int) -> int:
+        """The overlap of chained windows a request gets (:func:`textdiffusion.methods.requests.check_overlap`)."""
+        return requests.check_overlap(overlap, self.window, self.name, self.chains_windows)
+
+    def draw_chained(self, model: Any, forward: Callable[..., torch.Tensor], state: torch.Tensor,
+                     fixed: torch.Tensor, plan: DrawPlan, generator: torch.Generator,
+                     on_step: StepCallback | None, starts: list[int]) -> tuple[torch.Tensor, float]:
+        """Text longer than the window, drawn window after window (tiny-diffusion's chained canvases): the window
+        at each of ``starts`` is one ordinary :meth:`draw` in which every position written so far (the previous
+        window's tail, the overlap, and the prompt or template's known text) is fixed, exactly as a prompt is.
+        So the network always sees a window of the length it was trained on, and each window continues the text
+        before it. ``on_step`` sees the whole text at every step, the steps and network evaluations counted on
+        across the windows (a window's own initial state, already shown as the last frame, is not repeated).
+        A window with nothing left to write (a long stretch of known template) is skipped.
+        -> (ids, network evaluations per sequence, summed over the windows)."""
+        ids, known = state.clone(), fixed.clone()
+        nfe, steps = 0.0, 0
+        for start in starts:
+            span = slice(start, start + self.window)
+            if bool(known[:, span].all()):
+                continue
+            watch = None if on_step is None else WindowWatch(on_step, ids, span, steps, nfe)
+            part, part_nfe = self.draw(model, forward, ids[:, span].clone(), known[:, span].clone(), plan, generator,
+                                       watch)
+            ids[:, span] = part
+            known[:, span] = True
+            nfe += part_nfe
+            steps = watch.last if watch is not None else steps
+        return ids, nfe
 
     def refuse_sampler(self, sampler: str) -> None:
         """Refuse a sampler this run cannot use exactly (masked: the cached one with time conditioning)."""
@@ -510,9 +560,34 @@ class TextMethod(Method[SampleRequest, SampleResult]):
         length) ids with masks at unknown positions, and a bool tensor of the positions fixed by the user."""
         return requests.initial_state(req, self.tok, self.model_cfg.context, device, self.name, self.supports_infill)
 
+    @property
+    def writes_past_context(self) -> bool:
+        """Whether ``--length`` may exceed the context: a sliding cache, or windows chained in the template."""
+        return self.extends_past_context or self.chains_windows
+
     def check_length(self, length: int) -> None:
-        """One window at a time, unless the method can slide past its context."""
-        requests.check_length(length, self.tok, self.model_cfg.context, self.name, self.extends_past_context)
+        """One window at a time, unless the method can slide past its context or chains windows."""
+        requests.check_length(length, self.tok, self.model_cfg.context, self.name, self.writes_past_context)
+
+
+class WindowWatch:
+    """The ``on_step`` of one window of a chained draw (:meth:`TextMethod.draw_chained`): hands the watcher the
+    whole text (``ids``: what the windows before wrote, masks beyond) with this window's state in ``span``, the
+    step and network evaluations counted on from ``steps``/``nfe`` before it. A later window's initial state
+    is the frame before it already, so only the first window reports step 0."""
+
+    def __init__(self, on_step: StepCallback, ids: torch.Tensor, span: slice, steps: int, nfe: float):
+        self.on_step, self.ids, self.span, self.steps, self.nfe = on_step, ids, span, steps, nfe
+        self.last = steps  # the last step number reported, where the next window counts on from
+
+    def __call__(self, step: int, part: torch.Tensor, info: dict[str, Any]) -> None:
+        if step == 0 and self.steps:
+            return
+        whole = self.ids.clone()
+        whole[:, self.span] = part
+        seen = {**info, "nfe": info["nfe"] + self.nfe} if "nfe" in info else info
+        self.last = self.steps + step
+        self.on_step(self.last, whole, seen)
 
 
 @dataclass(frozen=True)

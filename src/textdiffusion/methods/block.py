@@ -92,6 +92,7 @@ class BlockDiffusion(MaskedDiffusion):
     config_class = BlockConfig
     attention = "block-causal"
     extends_past_context = True  # the clean prefix is a KV cache that slides
+    chains_windows = False  # so it needs no chained windows
     forward_tokens_per_unit = 2  # training runs the noisy and the clean copy side by side
     supports_labels = True  # one label per window, added at all 2L positions of the paired layout
 

@@ -176,6 +176,7 @@ class EmbeddingDiffusion(GaussianMethod[torch.Tensor], TextMethod):
     attention = "bidirectional"
     samplers = ("ddim", "ddpm", "guided")
     likelihood_kind = "bound"
+    chains_windows = True  # prompts and infilling are imputed, so a window can start from the text before it
     eval_terms: ClassVar[dict[str, str]] = {"denoising_mse": "denoising MSE",
                                             "rounding_ce_per_token": "rounding CE/token"}
     classifier_rule = "gradient"  # Diffusion-LM's plug-and-play control: gradient steps on the latents

@@ -30,6 +30,10 @@ the same. What differs from ``ar`` is four pieces:
 * draw loop: from all [MASK], many positions revealed per forward by     <- ``draw``
   the shared discrete sampler (ar: one token per forward, left to
   right, against a KV cache)
+
+Past one context there is no cache to slide: the template chains windows (``chains_windows``,
+:meth:`~textdiffusion.methods.base.TextMethod.draw_chained`), each new window's first ``overlap`` positions
+fixed to the tail written so far, the way a prompt is fixed (tiny-diffusion's chained canvases).
 """
 
 from __future__ import annotations
@@ -107,6 +111,7 @@ class MaskedDiffusion(TextMethod):
     samplers = ("ancestral", "cached", "confidence", "topk")
     likelihood_kind = "bound"
     supports_labels = True
+    chains_windows = True  # past one context: window after window, each starting from the tail before it
     classifier_rule = "taylor"  # Nisonoff et al. 2024's first-order discrete guidance (guidance/taylor.py)
 
     def __init__(self, cfg: MaskedConfig, model_cfg, tokenizer):

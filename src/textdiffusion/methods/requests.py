@@ -40,6 +40,7 @@ class SampleRequest:
     guidance: float = 1.0  # guidance scale: 0 unconditional, 1 plain conditional (Bayes' rule), above 1 sharper
     rule: str = ""  # how to steer toward ``label``: "free" (classifier-free, a labelled run), "classifier" (a noisy
     # classifier beside any run; see textdiffusion.guidance.classifier); "" = free
+    overlap: int = 0  # text past one window, chained: tokens each window shares with the one before; 0 = half
 
 
 @dataclass
@@ -122,3 +123,26 @@ def check_length(length: int, tok: Tokenizer, context: int, method: str, extends
     if not extends_past_context and length > context:
         raise ConfigError(f"--length {length} exceeds the model's context of {context} {unit_name(tok)}; the "
                           f"{method} method denoises one window at a time, use --length <= {context}")
+
+
+def check_overlap(overlap: int, window: int, method: str, chains_windows: bool) -> int:
+    """The overlap of chained windows: the request's, else half the window. Each window after the first starts
+    with the last ``overlap`` tokens written, so it must leave at least one new token and share at least one."""
+    if not overlap:
+        return max(1, window // 2)
+    if not chains_windows:
+        raise ConfigError(f"--overlap applies to methods that chain windows past their context; the {method} method "
+                          f"writes any length without them; leave --overlap out")
+    if not 0 < overlap < window:
+        raise ConfigError(f"--overlap {overlap} must be between 1 and {window - 1}: each window of {window} tokens "
+                          f"starts with the last --overlap tokens written so far; use e.g. --overlap {window // 2}")
+    return overlap
+
+
+def window_starts(length: int, window: int, overlap: int) -> list[int]:
+    """Where each window of a chained sampling of ``length`` tokens starts: one window when it fits, else every
+    ``window - overlap`` tokens, the last moved back to end exactly at ``length`` (so every window is a full
+    one, as in training, and the last shares ``overlap`` tokens or more with the one before)."""
+    if length <= window:
+        return [0]
+    return [*range(0, length - window, window - overlap), length - window]

@@ -46,7 +46,11 @@ def add(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--placeholder", default="_", help="the character that marks a blank in --infill")
     s.add_argument("--n", type=positive(int), default=1, help="number of samples")
     s.add_argument("--length", type=positive(int),
-                   help="characters per sample, prompt included (default: the model's context)")
+                   help="characters per sample, prompt included (default: the model's context); past the context, "
+                        "masked, embedding and bits chain windows (see --overlap)")
+    s.add_argument("--overlap", type=positive(int),
+                   help="with --length past the context of a method that chains windows: characters each new "
+                        "window starts with, fixed to the end of the text so far (default: half the context)")
     s.add_argument("--steps", type=number(int, STEPS),
                    help="denoising steps of a diffusion sampler (default: the run's method.sample_steps, else the "
                         "method's: one per token for masked)")
@@ -95,7 +99,7 @@ def run(args: argparse.Namespace) -> int:
     options = TextOptions(n=args.n, length=args.length or 0, sampler=args.sampler or "", steps=args.steps or 0,
                           temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed,
                           label=args.label or "", guidance=1.0 if args.guidance is None else args.guidance,
-                          rule=args.guidance_rule or "")
+                          rule=args.guidance_rule or "", overlap=args.overlap or 0)
     text = {"infill": args.infill, "placeholder": args.placeholder}
     plan = model.plan(args.prompt or "", **text, options=options)
     if trajectory and plan.batches > 1:
@@ -115,8 +119,9 @@ def run(args: argparse.Namespace) -> int:
         recorder.write(trajectory, method=model.method, run=str(model.path), sampler=res.sampler, n=len(res.texts),
                        length=res.length, nfe=res.nfe, fixed=[res.fixed] * len(res.texts), final=res.texts)
     where = f", written to {out}" if out else ""
-    print(f"[{model.method} step {model.step}: {len(res.texts)} x {res.length} chars, sampler {res.sampler}, "
-          f"{res.nfe:g} network evaluations per sample, {res.seconds:.2f}s{where}]", file=sys.stderr)
+    chained = f" in {res.windows} windows overlapping by {res.overlap}" if res.windows > 1 else ""
+    print(f"[{model.method} step {model.step}: {len(res.texts)} x {res.length} chars{chained}, sampler "
+          f"{res.sampler}, {res.nfe:g} network evaluations per sample, {res.seconds:.2f}s{where}]", file=sys.stderr)
     return 0
 
 
