@@ -115,7 +115,9 @@ class TextModel(Model):
     def generate(self, prompt: str = "", *, options: TextOptions | None = None, progress: bool = True,
                  **chosen: Any) -> list[str]:
         """``n`` texts that start with ``prompt``, each ``length`` tokens long (characters for the char
-        tokenizer), prompt included; 0 = the model's context (``ar`` may go past it).
+        tokenizer), prompt included; 0 = the model's context. ``ar`` and ``block`` go past it with a sliding
+        cache; ``masked``, ``embedding`` and ``bits`` chain windows, each starting with the last ``overlap``
+        tokens written (0 = half the context).
 
         ``sampler`` (one of :attr:`samplers`; default the run's) and ``steps`` (denoising steps; 0 = the
         method's default, not a choice for ``ar``) say how; ``temperature``, ``top_k`` and ``top_p`` shape
