@@ -433,8 +433,8 @@ def load_digits() -> ImageData:
     """
     from textdiffusion.extras import require
 
-    require(("sklearn",), "digits", "the offline 8x8 digits (--data digits, and `mnist demo` when MNIST cannot be "
-            "found or downloaded: `textdiffusion data` fetches it)")
+    require(("sklearn",), "digits", "--data digits (the offline 8x8 digits, `mnist demo`'s fallback when MNIST is "
+            "neither in the data folder nor downloadable: `textdiffusion data` fetches it)")
     from sklearn.datasets import load_digits as sklearn_load_digits
 
     bunch = sklearn_load_digits()
