@@ -1,6 +1,6 @@
-"""Shared fixtures. Tests read Tiny Shakespeare and MNIST from ``$TEXTDIFFUSION_DATA`` (default
-``../shared/data`` beside the checkout, as in CI; ``required_data.py`` says what happens when a file is missing)
-and write everything else under pytest's tmp_path."""
+"""Shared fixtures. Tests read Tiny Shakespeare and MNIST from the library's data folder (``$TEXTDIFFUSION_DATA``,
+else ``~/.cache/textdiffusion``; ``textdiffusion data`` fills it, ``required_data.py`` says what happens when a
+file is missing) and write everything else under pytest's tmp_path."""
 
 from __future__ import annotations
 
@@ -30,13 +30,14 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     if found:
         needing = sum(1 for used in uses if used & {FILES[name][0] for name in found})
         it = "them" if len(found) > 1 else "it"
-        raise pytest.UsageError(f"{explain(folder, found, names)} ({needing} of the {len(items)} selected tests "
+        raise pytest.UsageError(f"{explain(folder, found)} ({needing} of the {len(items)} selected tests "
                                 f"need {it}; {REQUIRE}=0 skips those tests instead)")
 
 
 @pytest.fixture(scope="session")
 def shakespeare_file() -> Path:
-    """``tinyshakespeare.txt`` in the data folder: every test that reads the corpus depends on this fixture."""
+    """Tiny Shakespeare in the data folder (``tinyshakespeare.txt`` or ``input.txt``): every test that reads the
+    corpus depends on this fixture."""
     return data_file("tinyshakespeare.txt")
 
 

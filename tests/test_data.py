@@ -73,7 +73,8 @@ def test_data_check_names_a_missing_folder_and_the_fix(tmp_path):
     proc = _check_data(tmp_path / "nothing-here")
     assert proc.returncode == 1 and proc.stdout == "" and proc.stderr.count("\n") == 1
     err = proc.stderr
-    assert err.startswith("error: the test data folder ") and f"{tmp_path / 'nothing-here'} does not exist" in err
+    assert err.startswith(f"error: the data folder {tmp_path / 'nothing-here'} (which does not exist) is incomplete")
+    assert "tinyshakespeare.txt (or input.txt) is missing" in err and "`textdiffusion data`" in err
     assert NAMED_CORPORA["tinyshakespeare"].url in err and MNIST_NPZ_URL in err and "TEXTDIFFUSION_DATA" in err
 
 
@@ -81,10 +82,58 @@ def test_data_check_names_each_wrong_or_missing_file(tmp_path):
     (tmp_path / "tinyshakespeare.txt").write_text("not shakespeare", encoding="utf-8")
     proc = _check_data(tmp_path)
     assert proc.returncode == 1 and proc.stderr.count("\n") == 1
-    assert f"the test data in {tmp_path} is incomplete: tinyshakespeare.txt has the wrong sha256, mnist.npz is " \
-           "missing;" in proc.stderr
+    assert f"the data folder {tmp_path} is incomplete: tinyshakespeare.txt has the wrong sha256 (not Tiny " \
+           "Shakespeare: delete it), mnist.npz is missing;" in proc.stderr
     (tmp_path / "mnist.npz").write_bytes(b"not an archive")
     assert "mnist.npz is not a readable MNIST .npz" in _check_data(tmp_path).stderr
+
+
+def test_the_tests_read_data_where_the_library_does(tmp_path, monkeypatch):
+    """One rule: without $TEXTDIFFUSION_DATA the tests look in the library's default folder, not a second one."""
+    from required_data import data_folder
+    from textdiffusion.data.corpus import data_dir
+
+    monkeypatch.delenv("TEXTDIFFUSION_DATA", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    assert data_folder() == data_dir() == tmp_path / "textdiffusion"
+    monkeypatch.setenv("TEXTDIFFUSION_DATA", str(tmp_path / "mine"))
+    assert data_folder() == data_dir() == tmp_path / "mine"
+
+
+def test_the_corpus_is_accepted_under_the_name_its_link_saves(tmp_path, monkeypatch, shakespeare_file):
+    """The README's link saves input.txt: the library and the tests' checks take it as Tiny Shakespeare."""
+    from required_data import data_file, problems
+
+    (tmp_path / "input.txt").write_bytes(shakespeare_file.read_bytes())
+    monkeypatch.setenv("TEXTDIFFUSION_DATA", str(tmp_path))
+    text, source = load_corpus("tinyshakespeare", download=False)
+    assert len(text) == 1_115_394 and source == str(tmp_path / "input.txt")
+    assert "tinyshakespeare.txt" not in problems(tmp_path)
+    assert data_file("tinyshakespeare.txt") == tmp_path / "input.txt"
+    proc = _check_data(tmp_path)
+    assert "tinyshakespeare.txt" not in proc.stderr and "mnist.npz is missing" in proc.stderr
+
+
+def test_input_txt_with_other_content_is_refused_by_name(tmp_path, monkeypatch):
+    (tmp_path / "input.txt").write_text("some other char-rnn corpus", encoding="utf-8")
+    monkeypatch.setenv("TEXTDIFFUSION_DATA", str(tmp_path))
+    with pytest.raises(DataError, match=r"input\.txt is not the canonical tinyshakespeare") as e:
+        load_corpus("tinyshakespeare")
+    assert "\n" not in str(e.value)
+    assert "input.txt has the wrong sha256 (not Tiny Shakespeare: delete it)" in _check_data(tmp_path).stderr
+
+
+def test_errors_asking_for_the_corpus_name_both_names(tmp_path, monkeypatch):
+    monkeypatch.setenv("TEXTDIFFUSION_DATA", str(tmp_path))
+    with pytest.raises(DataError, match=r"tinyshakespeare\.txt \(or input\.txt\)"):
+        load_corpus("tinyshakespeare", download=False)
+
+    def offline(*a, **k):
+        raise OSError("network unreachable")
+
+    monkeypatch.setattr(corpus_mod.urllib.request, "urlopen", offline)
+    with pytest.raises(DataError, match=r"as tinyshakespeare\.txt \(or input\.txt\)"):
+        load_corpus("tinyshakespeare")
 
 
 @pytest.mark.parametrize("require", [None, "1", "0"])
@@ -99,7 +148,8 @@ def test_a_missing_data_file_fails_a_test_unless_the_user_opts_out(tmp_path, mon
     else:
         monkeypatch.setenv("TEXTDIFFUSION_REQUIRE_DATA", require)
     outcome = pytest.skip.Exception if require == "0" else pytest.fail.Exception
-    with pytest.raises(outcome, match=r"mnist\.npz is missing; download mnist\.npz from ") as e:
+    with pytest.raises(outcome, match=r"mnist\.npz is missing; run `textdiffusion data` online to download it, or "
+                                      r"put mnist\.npz from ") as e:
         data_file("mnist.npz")
     assert MNIST_NPZ_URL in str(e.value) and "\n" not in str(e.value)
     (tmp_path / "mnist.npz").write_bytes(b"")
@@ -116,7 +166,7 @@ def test_a_session_needing_missing_data_stops_at_collection(tmp_path):
     argv = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", test]
     proc = subprocess.run(argv, capture_output=True, text=True, env=env, cwd=here.parents[1])
     assert proc.returncode == pytest.ExitCode.USAGE_ERROR, proc.stdout + proc.stderr
-    assert f"the test data in {tmp_path} is incomplete: tinyshakespeare.txt is missing" in proc.stderr
+    assert f"the data folder {tmp_path} is incomplete: tinyshakespeare.txt (or input.txt) is missing" in proc.stderr
     assert "1 of the 1 selected tests need it; TEXTDIFFUSION_REQUIRE_DATA=0 skips those tests instead" in proc.stderr
     assert "mnist.npz" not in proc.stderr  # the test needs only the corpus
     proc = subprocess.run(argv, capture_output=True, text=True, env={**env, "TEXTDIFFUSION_REQUIRE_DATA": "0"},

@@ -719,6 +719,9 @@ def compare_runs(run_dirs: list[str], out: str | Path, samples: int = 32, length
     """Measure, then write ``comparison.json``, ``comparison.md`` and ``report.html`` into ``out``.
     ``guidance``: the scales of the accuracy-vs-fluency curves of runs trained with labels ("" or "none": no
     curves)."""
+    from textdiffusion.extras import require
+
+    require(("jinja2", "markupsafe"), "report", "compare's report.html")
     from textdiffusion.viz.report import render_html, render_markdown
 
     if not run_dirs:

@@ -1,9 +1,8 @@
 """Finding and reading a text corpus.
 
 A corpus is a UTF-8 file, a directory of ``.txt`` files, or a *named* corpus. Named corpora are resolved
-from a data directory (``$TEXTDIFFUSION_DATA``, default a user cache dir) and otherwise downloaded from
-their canonical public URL, with the SHA-256 checked, so that every number in this project is computed on
-byte-identical data.
+from the data folder (:func:`data_dir`) and otherwise downloaded from their canonical public URL, with the
+SHA-256 checked, so that every number in this project is computed on byte-identical data.
 """
 
 from __future__ import annotations
@@ -21,10 +20,34 @@ from textdiffusion.files import write_bytes
 
 @dataclass(frozen=True)
 class NamedCorpus:
-    filename: str
+    filename: str  # the name a download is saved under
     url: str
     sha256: str
     chars: int
+    #: other names the file is accepted under in the data folder: the name its link saves it as
+    aliases: tuple[str, ...] = ()
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        """Every accepted file name, the one a download writes first."""
+        return (self.filename, *self.aliases)
+
+    @property
+    def accepted(self) -> str:
+        return accepted_names(self.names)
+
+    def find(self, folder: Path) -> Path | None:
+        return find_named(folder, self.names)
+
+
+def accepted_names(names: tuple[str, ...]) -> str:
+    """A file's accepted names for a message: ``tinyshakespeare.txt (or input.txt)``."""
+    return names[0] + "".join(f" (or {alias})" for alias in names[1:])
+
+
+def find_named(folder: Path, names: tuple[str, ...]) -> Path | None:
+    """The file in ``folder`` under the first of ``names`` present, or None."""
+    return next((folder / name for name in names if path_exists(folder / name)), None)
 
 
 NAMED_CORPORA: dict[str, NamedCorpus] = {
@@ -33,12 +56,15 @@ NAMED_CORPORA: dict[str, NamedCorpus] = {
         url="https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt",
         sha256="86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed",
         chars=1_115_394,
+        aliases=("input.txt",),
     ),
 }
 
 
 def data_dir() -> Path:
-    """``$TEXTDIFFUSION_DATA`` or ``~/.cache/textdiffusion`` (``$XDG_CACHE_HOME`` respected)."""
+    """The data folder, where named data is looked for and downloaded to: ``$TEXTDIFFUSION_DATA``, else
+    ``~/.cache/textdiffusion`` (``$XDG_CACHE_HOME`` respected). The one rule: the command line, the Python API,
+    ``textdiffusion data`` and the test suite all call this."""
     env = os.environ.get("TEXTDIFFUSION_DATA")
     if env:
         return Path(env).expanduser()
@@ -81,8 +107,8 @@ def _download(spec: NamedCorpus, dest: Path) -> None:
     except Exception as e:  # network errors come in many types; all mean the same to the user
         raise DataError(
             f"could not download {spec.filename} ({type(e).__name__}: {e}); offline? download it from "
-            f"{spec.url} and put it in {dest.parent}, or set TEXTDIFFUSION_DATA to the folder that holds it "
-            f"(`train` also takes --data /path/to/{spec.filename})"
+            f"{spec.url} and put it in {dest.parent} as {spec.accepted}, or set TEXTDIFFUSION_DATA to the "
+            f"folder that holds it (`train` also takes --data /path/to/{spec.filename})"
         ) from None
     if hashlib.sha256(payload).hexdigest() != spec.sha256:
         raise DataError(f"downloaded {spec.filename} has the wrong sha256; fetch {spec.url} by hand")
@@ -97,8 +123,9 @@ def resolve_corpus(name_or_path: str, download: bool = True) -> Path:
     key = name_or_path.lower()
     if key in NAMED_CORPORA:
         spec = NAMED_CORPORA[key]
-        local = data_dir() / spec.filename
-        if local.exists():
+        folder = data_dir()
+        local = spec.find(folder)
+        if local is not None:
             digest = _sha256_or_error(local)
             if digest != spec.sha256:
                 raise DataError(
@@ -106,9 +133,10 @@ def resolve_corpus(name_or_path: str, download: bool = True) -> Path:
                     f"delete it so it is downloaded again (`train` also takes your own file with --data PATH)"
                 )
             return local
+        local = folder / spec.filename
         if not download:
-            raise DataError(f"{key} not found in {local.parent}; set TEXTDIFFUSION_DATA to the folder holding "
-                            f"{spec.filename} or download it from {spec.url}")
+            raise DataError(f"{key} not found in {folder}; set TEXTDIFFUSION_DATA to the folder holding "
+                            f"{spec.accepted}, or download it from {spec.url}")
         _download(spec, local)
         return local
     names = ", ".join(NAMED_CORPORA)

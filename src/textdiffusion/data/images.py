@@ -431,11 +431,12 @@ def load_digits() -> ImageData:
     Values 0..16 are rescaled to uint8 0..255 so downstream code sees the same range as MNIST; the split
     is a fixed permutation (``default_rng(0)``, last 297 of 1797 as test) so it is the same on every machine.
     """
-    try:
-        from sklearn.datasets import load_digits as sklearn_load_digits
-    except ImportError:
-        raise DataError("the offline digits fallback needs scikit-learn; `pip install scikit-learn` "
-                        "(`mnist train` also takes --data mnist)") from None
+    from textdiffusion.extras import require
+
+    require(("sklearn",), "digits", "--data digits (the offline 8x8 digits, `mnist demo`'s fallback when MNIST is "
+            "neither in the data folder nor downloadable: `textdiffusion data` fetches it)")
+    from sklearn.datasets import load_digits as sklearn_load_digits
+
     bunch = sklearn_load_digits()
     images = np.clip(np.round(np.asarray(bunch.images, dtype=np.float64) * 255 / 16), 0, 255).astype(np.uint8)
     labels = np.asarray(bunch.target, dtype=np.int64)

@@ -6,6 +6,7 @@
     textdiffusion config --method METHOD [--preset P] [--set KEY=VALUE]... [--json]
     textdiffusion demo | compare RUN_DIR... --out DIR | serve RUN_DIR...
     textdiffusion mnist train|sample|eval|demo ...
+    textdiffusion data [--check]
 
 Each command module (:mod:`.train`, :mod:`.sample`, :mod:`.evaluate`, :mod:`.config`, :mod:`.demo`,
 :mod:`.compare`, :mod:`.serve`, :mod:`.mnist`) has ``add(sub)``, which declares the command's flags, and the
@@ -24,7 +25,7 @@ import os
 import re
 import sys
 
-from textdiffusion.apps.cli import compare, config, demo, evaluate, mnist, sample, serve, train
+from textdiffusion.apps.cli import compare, config, data, demo, evaluate, mnist, sample, serve, train
 from textdiffusion.apps.cli.checks import check_flags_agree
 from textdiffusion.apps.cli.flags import HelpFormatter
 from textdiffusion.catalogue import IMAGE_METHODS, TEXT_METHODS
@@ -96,7 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"textdiffusion {__version__}",
                    help="print the version and exit")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND", help="one of:")
-    for command in (train, sample, evaluate, config, demo, compare, serve, mnist):
+    for command in (train, sample, evaluate, config, demo, compare, serve, mnist, data):
         command.add(sub)
     return p
 

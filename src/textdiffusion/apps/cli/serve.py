@@ -23,6 +23,9 @@ def add(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from textdiffusion.extras import require
+
+    require(("starlette", "uvicorn"), "serve", "textdiffusion serve")
     from textdiffusion.apps.serve import serve
 
     return serve(args.run_dirs, host=args.host, port=args.port, device=args.device, max_steps=args.max_steps,
