@@ -268,6 +268,7 @@ class Trainer:
         self.lock = self.dir.lock
         self._stop: _StopFlag | None = None
         self.saved_step: int | None = None  # the step of the checkpoint on disk (None: none yet)
+        self._saved_at = time.monotonic()  # when it was written (train.save_every_s counts from here)
         if self.world.is_main:
             source = SOURCES[method_class.family]
             self.dir.claim(resume, source.vocab_file if source.resume_needs_vocab else None)
@@ -393,7 +394,7 @@ class Trainer:
         for part in distributed.gather(rng_tensors(self.shards, self.shard_gens, self.world.rank), self.world):
             rng.update(part)  # every process's generators: the one writer saves them all
         if not self.world.is_main:
-            self.saved_step = self.step
+            self.saved_step, self._saved_at = self.step, time.monotonic()
             return
         counters = TrainingCounters(self.step, self.elapsed, self.chars_seen, self.world.size,
                                     self.interval.to_state())
@@ -408,6 +409,7 @@ class Trainer:
                                       f"({getattr(e, 'strerror', None) or e}); {kept} is intact: free space "
                                       f"and run `{self.resume_command}`") from None
             self.saved_step = self.step
+            self._saved_at = time.monotonic()
 
     def _check_finite(self) -> None:
         for label, net in (("weights", self.model), ("EMA weights", self.ema.model)):
@@ -480,8 +482,12 @@ class Trainer:
                 try:
                     while self.step < target:
                         # -- stop at a step boundary: time budget spent, Ctrl-C or SIGTERM
-                        if stopped := self._stop_reason(stop):
+                        stopped, save_due = self._at_boundary(stop)
+                        if stopped:
                             break
+                        # -- a recent checkpoint for readers of a run in training: every train.save_every_s
+                        if save_due and self.saved_step != self.step:
+                            self.save()
                         # -- one optimizer step
                         tic = time.perf_counter()
                         lr = lr_at(self.step, cfg)
@@ -537,17 +543,22 @@ class Trainer:
         return progress_bar(total=self.cfg.train.steps, initial=self.step, disable=not self.progress,
                             desc=f"{self.cfg.method.name}/{self.cfg.preset}", unit="step")
 
-    def _stop_reason(self, stop: _StopFlag) -> StopReason | None:
-        """``"out_of_time"`` once ``train.time_budget_s`` of training is spent, ``"interrupted"`` after a
-        Ctrl-C or SIGTERM, else None: the loop asks before each step, so every stop leaves a whole step behind."""
-        budget = self.cfg.train.time_budget_s
-        out_of_time, requested = distributed.any_true([budget > 0 and self.elapsed >= budget, stop.requested],
-                                                      self.world, self.device)
+    def _at_boundary(self, stop: _StopFlag) -> tuple[StopReason | None, bool]:
+        """Why the loop stops here, if it does: ``"out_of_time"`` once ``train.time_budget_s`` of training is
+        spent, ``"interrupted"`` after a Ctrl-C or SIGTERM, else None; and whether ``train.save_every_s`` of
+        wall time have passed since the last checkpoint. The loop asks before each step, so every stop leaves a
+        whole step behind; the processes of a torchrun job agree on both in one collective (a checkpoint is
+        one too), whichever of them saw the clock or the signal first."""
+        t = self.cfg.train
+        save_due = t.save_every_s > 0 and time.monotonic() - self._saved_at >= t.save_every_s
+        out_of_time, requested, save_due = distributed.any_true(
+            [t.time_budget_s > 0 and self.elapsed >= t.time_budget_s, stop.requested, save_due],
+            self.world, self.device)
         if out_of_time:
-            return "out_of_time"
+            return "out_of_time", save_due
         if requested:
-            return "interrupted"
-        return None
+            return "interrupted", save_due
+        return None, save_due
 
     def _optimizer_step(self, lr: float) -> tuple[float, float]:
         """One update at learning rate ``lr`` over ``train.grad_accum`` micro-batches of each of this process's

@@ -69,6 +69,9 @@ class TrainConfig:
                               "decay of the moving average of the weights that evaluation and sampling use")
     ema_warmup: bool = option(True, None, "let the average forget the random initial weights quickly (decay ramps "
                                           "up over the first steps)")
+    save_every_s: float = option(60.0, NONNEGATIVE, "also checkpoint once this many seconds have passed since the "
+                                                    "last checkpoint, so a run being trained can be sampled recently "
+                                                    "(0 = only at evaluations)")
     eval_every: int = option(250, Range(1, 10**9), "score the validation windows, write samples and checkpoint "
                                                    "every this many steps")
     eval_windows: int = option(256, WINDOWS, "validation windows scored at each evaluation (0 = all)")
