@@ -45,6 +45,7 @@ from textdiffusion.checkpoint import (
 from textdiffusion.config import Config, ConfigError, validate
 from textdiffusion.data.corpus import DataError
 from textdiffusion.data.sources import SOURCES, Source, as_source, load_source
+from textdiffusion.final_score import budget_count, budget_label, score_key
 from textdiffusion.methods import get_method
 from textdiffusion.methods.base import REGISTRY, NLLResult, bits_key, score
 from textdiffusion.optim import warmup_cosine
@@ -448,8 +449,12 @@ class Trainer:
         model = model or self.ema.model
         model.eval()
         with self.autocast():
-            return score(self.method, model, windows, batch_size=max(self.cfg.train.batch_size, 64),
-                         progress=progress, desc=desc)
+            return score(self.method, model, windows, batch_size=self.score_batch_size, progress=progress, desc=desc)
+
+    @property
+    def score_batch_size(self) -> int:
+        """The batch the validation windows are scored in (part of a score's key: it can move the last bits)."""
+        return max(self.cfg.train.batch_size, 64)
 
     def write_samples(self) -> None:
         # not cfg.seed itself: the weights were initialised from that stream, and a sampler whose starting
@@ -653,19 +658,42 @@ class Trainer:
                             self.chars_seen / max(self.elapsed, 1e-9), self.source.unit)
 
     def _final_score(self, summary: TrainSummary) -> None:
-        """Score ``train.final_eval_windows`` of the validation split (0 = all of it) with the EMA weights, and
-        with the raw weights too if ``train.final_eval_raw``; add the numbers to ``summary`` and write it as
-        final.json, the run's headline result."""
-        t = self.cfg.train
-        full = self.source.val_set(self.method.window, t.final_eval_windows).to(self.device)
-        if self.progress:
-            what = "images" if self.source.unit == "images" else "windows"
-            self.log(f"scoring the validation split with the EMA weights ({len(full):,} {what}) ...")
-        ema_val = self.evaluate(full, progress=self.progress, desc="final score, EMA weights")
-        summary.score = score = FinalScore(ema_val.unit, ema_val.bits_per_unit, ema_val.nats_per_unit, ema_val.kind,
-                                           ema_val.windows, ema_val.details)
+        """Score the validation split with the EMA weights, and with the raw weights too if
+        ``train.final_eval_raw``; add the numbers to ``summary`` and write it as final.json, the run's headline
+        result. How many windows: ``train.final_eval_windows``, or with 0 the whole split, or with
+        ``train.final_eval_budget`` what that fraction of the training time pays for
+        (:func:`~textdiffusion.final_score.budget_count`). final.json records the count, the split's count and
+        the score's key, which lets ``eval`` return this number instead of computing it again."""
+        t, window = self.cfg.train, self.method.window
+        total = len(self.source.val_set(window, 0))
+        count = min(t.final_eval_windows, total) if t.final_eval_windows else total
+        what = "images" if self.source.unit == "images" else "windows"
+        budget = t.final_eval_budget if not t.final_eval_windows else 0.0
+        ema_val = None
+        probe = min(total, t.eval_windows or total)
+        if budget > 0 and probe < total:
+            if self.progress:
+                self.log(f"scoring {probe:,} of {total:,} validation {what} with the EMA weights, timed: the final "
+                         f"score may take {budget_label(budget)} of the {self.elapsed:.1f}s of training ...")
+            tic = time.perf_counter()
+            ema_val = self.evaluate(self.source.val_set(window, probe).to(self.device), progress=self.progress,
+                                    desc="final score, EMA weights")
+            count = budget_count(total, probe, time.perf_counter() - tic, budget * self.elapsed,
+                                 2 if t.final_eval_raw else 1)
+            if count != probe:
+                ema_val = None
+        windows = self.source.val_set(window, count if count < total else 0).to(self.device)
+        if ema_val is None:
+            if self.progress:
+                self.log(f"scoring the validation split with the EMA weights ({count:,} {what}) ...")
+            ema_val = self.evaluate(windows, progress=self.progress, desc="final score, EMA weights")
+        batch = self.score_batch_size
+        summary.score = score = FinalScore(
+            ema_val.unit, ema_val.bits_per_unit, ema_val.nats_per_unit, ema_val.kind, ema_val.windows, ema_val.details,
+            windows_of=total, units=ema_val.units, budget=budget if budget > 0 and count < total else None,
+            key=score_key(self.cfg, self.ema.model, self.step, count, self.device, batch))
         if t.final_eval_raw:
-            raw_val = self.evaluate(full, self.model, progress=self.progress, desc="final score, raw weights")
+            raw_val = self.evaluate(windows, self.model, progress=self.progress, desc="final score, raw weights")
             score.raw_bits, score.raw_nats = raw_val.bits_per_unit, raw_val.nats_per_unit
         summary.write(self.run_dir)
 

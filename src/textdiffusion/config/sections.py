@@ -76,7 +76,10 @@ class TrainConfig:
                                                    "every this many steps")
     eval_windows: int = option(256, WINDOWS, "validation windows scored at each evaluation (0 = all)")
     final_eval_windows: int = option(0, WINDOWS, "validation windows scored once training ends (0 = the whole "
-                                                 "split)")
+                                                 "split, or what train.final_eval_budget allows of it)")
+    final_eval_budget: float = option(0.33, Range(0.0, 100.0), "with final_eval_windows=0: the end-of-training "
+                                      "score takes at most about this fraction of the training time, on an evenly "
+                                      "spread subset of the split (0 = score the whole split, whatever it costs)")
     final_eval_raw: bool = option(False, None, "also score the raw (not averaged) weights at the end")
     sample_every_eval: bool = option(True, None, "write a few samples to RUN/samples at each evaluation")
     device: str = option("auto", DEVICE, "where to train: auto (a GPU when there is one), cpu, cuda, cuda:N or mps")
