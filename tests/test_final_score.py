@@ -5,13 +5,18 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import torch
 
 from helpers import train_tiny
+from textdiffusion import evaluate
 from textdiffusion.apps.cli import main
+from textdiffusion.checkpoint import read_header
+from textdiffusion.evaluate import evaluate_text, format_table
 from textdiffusion.final_score import budget_count, budget_label, weights_digest
 from textdiffusion.records import FinalScore, TrainSummary
 from textdiffusion.runs import open_run
+from textdiffusion.trainer import resume_training
 
 
 # ---- the budget rule --------------------------------------------------------------------------------------
@@ -87,6 +92,56 @@ def test_the_command_line_says_the_score_was_bounded(small_corpus, tmp_path, cap
     total = TrainSummary.read(run).score.windows_of
     assert (f"scored 32 of {total:,} validation windows (bounded to 1/1000 of training time; `textdiffusion eval "
             f"{run}` scores all)") in out
+
+
+# ---- eval reuses an identical score -----------------------------------------------------------------------
+def _no_scoring(*args, **kwargs):
+    raise AssertionError("the validation windows were scored again")
+
+
+def test_eval_returns_the_recorded_score_without_computing_it(small_corpus, tmp_path, monkeypatch, capsys):
+    run = tmp_path / "run"
+    train_tiny("masked", small_corpus, run, steps=4, **{"train.final_eval_windows": 24})
+    final = TrainSummary.read(run).score
+    monkeypatch.setattr(evaluate, "score", _no_scoring)
+    assert main(["eval", str(run), "--samples", "2", "--val-windows", "24", "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert f"{final.bits:.4f}" in out and "final.json recorded for these weights, windows and settings" in out
+    written = json.loads((run / "eval.json").read_text())["val"]
+    assert written["bpc"] == final.bits and written["reused_from"] == "final.json"
+    assert written["chars"] == final.units and written["windows"] == 24
+
+
+def test_the_reused_score_is_the_number_eval_computes(small_corpus, tmp_path, monkeypatch):
+    run = tmp_path / "run"
+    train_tiny("masked", small_corpus, run, steps=4, **{"train.final_eval_windows": 24})
+    first = evaluate_text(run, samples=2, val_windows=24, progress=False)
+    reused = first.val
+    assert "reused" in format_table(first)
+    monkeypatch.setattr(evaluate, "recorded_val", lambda *a: None)
+    computed = evaluate_text(run, samples=2, val_windows=24, progress=False).val
+    assert reused.reused_from == "final.json" and computed.reused_from is None
+    assert (computed.bpc, computed.nats_per_char, computed.windows, computed.chars) == \
+        (reused.bpc, reused.nats_per_char, reused.windows, reused.chars)
+
+
+@pytest.mark.parametrize("change", ["windows", "setting", "checkpoint"])
+def test_eval_computes_what_differs_from_the_record(change, small_corpus, tmp_path, monkeypatch):
+    run = tmp_path / "run"
+    train_tiny("masked", small_corpus, run, steps=4, **{"train.final_eval_windows": 24})
+    windows, overrides = 24, None
+    if change == "windows":  # the whole split after a bounded final score: other windows
+        windows = 0
+    elif change == "setting":  # another estimator setting
+        overrides = ["method.eval_time_samples=2"]
+    else:  # the checkpoint moved on (two more steps, not finished: final.json is the old one)
+        resume_training(run, progress=False, steps=8, stop_at=6)
+        assert read_header(run).step == 6 and TrainSummary.read(run).step == 4
+    calls = []
+    real = evaluate.score
+    monkeypatch.setattr(evaluate, "score", lambda *a, **k: calls.append(1) or real(*a, **k))
+    result = evaluate_text(run, samples=2, val_windows=windows, overrides=overrides, progress=False)
+    assert calls and result.val.reused_from is None
 
 
 def test_the_weights_digest_sees_every_weight(small_corpus, tmp_path):

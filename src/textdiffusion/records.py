@@ -339,15 +339,20 @@ class ValScore:
     windows: int
     chars: int
     details: dict[str, Any] = field(default_factory=dict)
+    reused_from: str | None = None  # the record whose identical score was returned (final.json), if one was
 
     def to_json(self) -> dict[str, Any]:
-        return {"bpc": self.bpc, "nats_per_char": self.nats_per_char, "kind": self.kind, "windows": self.windows,
-                "chars": self.chars, **self.details}
+        out = {"bpc": self.bpc, "nats_per_char": self.nats_per_char, "kind": self.kind, "windows": self.windows,
+               "chars": self.chars, **self.details}
+        if self.reused_from is not None:
+            out["reused_from"] = self.reused_from
+        return out
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> ValScore:
         names = ("bpc", "nats_per_char", "kind", "windows", "chars")
-        return cls(*(d.get(k) for k in names), {k: v for k, v in d.items() if k not in names})
+        return cls(*(d.get(k) for k in names), {k: v for k, v in d.items() if k not in (*names, "reused_from")},
+                   d.get("reused_from"))
 
 
 @dataclass
