@@ -126,7 +126,7 @@ def test_the_reused_score_is_the_number_eval_computes(small_corpus, tmp_path, mo
 
 
 @pytest.mark.parametrize("change", ["windows", "setting", "checkpoint"])
-def test_eval_computes_what_differs_from_the_record(change, small_corpus, tmp_path, monkeypatch):
+def test_eval_computes_what_differs_from_the_record(change, small_corpus, tmp_path, monkeypatch, capsys):
     run = tmp_path / "run"
     train_tiny("masked", small_corpus, run, steps=4, **{"train.final_eval_windows": 24})
     windows, overrides = 24, None
@@ -137,11 +137,15 @@ def test_eval_computes_what_differs_from_the_record(change, small_corpus, tmp_pa
     else:  # the checkpoint moved on (two more steps, not finished: final.json is the old one)
         resume_training(run, progress=False, steps=8, stop_at=6)
         assert read_header(run).step == 6 and TrainSummary.read(run).step == 4
+    capsys.readouterr()
     calls = []
     real = evaluate.score
     monkeypatch.setattr(evaluate, "score", lambda *a, **k: calls.append(1) or real(*a, **k))
-    result = evaluate_text(run, samples=2, val_windows=windows, overrides=overrides, progress=False)
+    result = evaluate_text(run, samples=2, val_windows=windows, overrides=overrides)
     assert calls and result.val.reused_from is None
+    # only other windows of the same score are worth a word: the recorded count would return its number
+    note = "final.json scored 24 of these validation windows; scoring"
+    assert (note in capsys.readouterr().err) == (change == "windows")
 
 
 def test_the_weights_digest_sees_every_weight(small_corpus, tmp_path):

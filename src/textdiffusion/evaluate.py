@@ -22,6 +22,7 @@ from __future__ import annotations
 import itertools
 import math
 import re
+import sys
 import time
 from collections import Counter
 from collections.abc import Iterable
@@ -275,6 +276,8 @@ def evaluate_text(run_dir: str | Path | LoadedRun, samples: int = 64, length: in
     # speeches, each window under its speaker's label (the conditional NLL, as in final.json)
     windows = text_source(data, cfg).val_set(run.method.window, val_windows).to(run.device)
     val = recorded_val(run, len(windows))
+    if val is None and progress and (note := reuse_note(run, len(windows))):
+        print(note, file=sys.stderr)
     with torch.no_grad(), precision.autocast(cfg.train.amp, run.device)():  # the precision it trained in
         if val is None:
             nll = score(run.method, run.model, windows, batch_size=SCORE_BATCH, progress=progress,
@@ -316,6 +319,19 @@ def recorded_val(run: LoadedRun, windows: int) -> ValScore | None:
     if final.key != score_key(run.cfg, run.model, run.step, windows, run.device, SCORE_BATCH):
         return None
     return ValScore(final.bits, final.nats, final.kind, final.windows, final.units, final.details, FINAL)
+
+
+def reuse_note(run: LoadedRun, windows: int) -> str | None:
+    """When final.json holds this very score but of another window count (a bounded final score, and an eval
+    of the whole split), a line saying so: the user may want the recorded number rather than wait for a new one."""
+    recorded = TrainSummary.read(run.path)
+    final = recorded.score if recorded is not None else None
+    if final is None or final.key is None or final.key.windows == windows or final.key.step != run.step:
+        return None
+    if final.key != score_key(run.cfg, run.model, run.step, final.key.windows, run.device, SCORE_BATCH):
+        return None
+    return (f"final.json scored {final.key.windows:,} of these validation windows; scoring {windows:,} "
+            f"(--val-windows {final.key.windows} returns its number without scoring)")
 
 
 UNCONDITIONAL = "unconditional (no label)"
