@@ -4,6 +4,8 @@ checkpoint is refused, and train.save_every_s keeps a recent checkpoint between 
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -72,3 +74,21 @@ def test_a_saved_checkpoint_between_evaluations_resumes_exactly(small_corpus, tm
     a, b = read_group(whole, "ema")[0], read_group(cut, "ema")[0]
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)  # to the last bit
     assert TrainSummary.read(whole).score.bits == TrainSummary.read(cut).score.bits
+
+
+def test_torchrun_saves_between_evaluations_and_bounds_its_final_score(small_corpus, tmp_path):
+    """Every process must take part in a save (a collective), so all must agree a save is due; rank 0 alone
+    times and scores the final windows while the others wait."""
+    run = tmp_path / "ddp"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(name, None)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--standalone", "-m",
+           "textdiffusion", "train", "--method", "ar", "--preset", "tiny", "--data", str(small_corpus), "--steps",
+           "6", "--run-dir", str(run), "--no-progress", "--set", "train.eval_every=100", "train.save_every_s=1e-9",
+           "train.final_eval_windows=0", "train.final_eval_budget=0.001"]
+    job = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
+    assert job.returncode == 0, job.stderr[-3000:]
+    score = TrainSummary.read(run).score
+    assert score.bounded and score.windows == 32 and job.stdout.count("scored 32 of") == 1
+    assert read_header(run).step == 6
