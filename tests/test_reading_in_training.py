@@ -54,6 +54,13 @@ def test_a_run_in_training_without_a_checkpoint_past_step_0_is_refused(small_cor
     open_run(run, device="cpu")  # a run no one trains is read as it is
 
 
+def test_a_run_whose_trainer_has_written_nothing_yet_is_refused_as_in_training(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    with RunLock(run), pytest.raises(CheckpointError, match=r"is being trained .* no checkpoint past step 0"):
+        open_run(run, device="cpu")  # no config.json yet: the trainer is still reading its corpus
+
+
 @pytest.mark.parametrize("every", [1e-9, 0.0])
 def test_save_every_s_keeps_a_recent_checkpoint(every, small_corpus, tmp_path):
     run = tmp_path / "run"

@@ -173,12 +173,12 @@ def open_run(path: str | Path, weights: str = "ema", device: str = "auto",
     ``method.field=value`` sampling options (the fields marked ``sampling`` on the method's config class).
     A method that samples with other runs (:meth:`~textdiffusion.methods.base.Method.companion_runs`) is
     handed them, opened on the same device."""
+    if Path(path).is_dir() and not has_checkpoint(Path(path)):  # a trainer that has not written step 0 yet,
+        check_training(Path(path), None, 0)  # (nor perhaps config.json) is said to be one
     run, meta, cfg = read_run_config(path)
     if overrides:
         apply_sampling_overrides(cfg, overrides)
     dev = pick_device(device)
-    if not has_checkpoint(run):  # a trainer that has not written step 0 yet is said to be one
-        check_training(run, None, cfg.train.steps)
     vocab = load_vocab(run)
     header = read_header(run)
     check_checkpoint_config(header, cfg, str(meta.get("run_id", "")))
