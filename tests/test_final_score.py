@@ -8,7 +8,7 @@ import json
 import pytest
 import torch
 
-from helpers import train_tiny
+from helpers import tiny_config, train_tiny
 from textdiffusion import evaluate
 from textdiffusion.apps.cli import main
 from textdiffusion.checkpoint import read_header
@@ -16,7 +16,7 @@ from textdiffusion.evaluate import evaluate_text, format_table
 from textdiffusion.final_score import budget_count, budget_label, weights_digest
 from textdiffusion.records import FinalScore, TrainSummary
 from textdiffusion.runs import open_run
-from textdiffusion.trainer import resume_training
+from textdiffusion.trainer import Trainer, resume_training
 
 
 # ---- the budget rule --------------------------------------------------------------------------------------
@@ -57,6 +57,26 @@ def test_a_budget_bounded_final_score_says_what_it_scored(small_corpus, tmp_path
     # the number is the one those windows give: the periodic evaluation scored the same 32 at step 4
     last_eval = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()][-1]
     assert last_eval["val_bpc"] == score.bits
+
+
+@pytest.mark.parametrize("budget", [100.0, 0.001])
+def test_a_larger_count_is_scored_unless_it_overruns_the_budget(budget, small_corpus, tmp_path, monkeypatch):
+    import textdiffusion.trainer as trainer_module
+
+    monkeypatch.setattr(trainer_module, "budget_count", lambda *a: 64)  # the timing asked for 64 windows
+    run, logged = tmp_path / "run", []
+    trainer = Trainer(tiny_config("masked", small_corpus, 4, **{"train.final_eval_windows": 0,
+                                                                "train.final_eval_budget": budget}),
+                      run, progress=False, log=logged.append)
+    trainer.train()
+    score = TrainSummary.read(run).score
+    if budget == 100.0:  # time enough: the 64 windows, scored as any score of 64 windows is
+        assert score.windows == score.key.windows == 64
+        monkeypatch.setattr(evaluate, "recorded_val", lambda *a: None)
+        assert evaluate_text(run, samples=1, val_windows=64, progress=False).val.bpc == score.bits
+    else:  # the deadline passed after the first batch: the probe's 32 windows stand
+        assert score.windows == score.key.windows == 32
+        assert any("ran past the budget" in line and "keeps the 32 already scored" in line for line in logged)
 
 
 def test_without_a_budget_the_whole_split_is_scored(small_corpus, tmp_path):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import inspect
 import json
 import math
 import signal
@@ -451,6 +452,38 @@ class Trainer:
         with self.autocast():
             return score(self.method, model, windows, batch_size=self.score_batch_size, progress=progress, desc=desc)
 
+    def _score_within(self, windows: Any, deadline: float) -> NLLResult | None:
+        """The EMA weights' score of ``windows``, or None once ``time.perf_counter()`` passes ``deadline``
+        (checked after each batch): the final score's larger count is dropped rather than overrun its budget.
+        A method whose ``nll`` takes no ``progress`` cannot be stopped and is scored whole."""
+
+        class OverBudget(Exception):
+            pass
+
+        bar = None
+
+        def tick(done: int, total: int) -> None:
+            nonlocal bar
+            if self.progress:
+                if bar is None:  # opened once the total is known, as every scoring bar is
+                    bar = progress_bar(total=total, desc="final score, EMA weights", unit="batch")
+                bar.update(done - bar.n)
+            if time.perf_counter() > deadline and done < total:
+                raise OverBudget
+
+        if "progress" not in inspect.signature(self.method.nll).parameters:
+            return self.evaluate(windows.to(self.device), progress=self.progress, desc="final score, EMA weights")
+        self.ema.model.eval()
+        try:
+            with torch.no_grad(), self.autocast():
+                return self.method.nll(self.ema.model, windows.to(self.device), batch_size=self.score_batch_size,
+                                       progress=tick)
+        except OverBudget:
+            return None
+        finally:
+            if bar is not None:
+                bar.close()
+
     @property
     def score_batch_size(self) -> int:
         """The batch the validation windows are scored in (part of a score's key: it can move the last bits)."""
@@ -680,8 +713,18 @@ class Trainer:
                                     desc="final score, EMA weights")
             count = budget_count(total, probe, time.perf_counter() - tic, budget * self.elapsed,
                                  2 if t.final_eval_raw else 1)
-            if count != probe:
-                ema_val = None
+            if count != probe:  # more windows, unless a slower machine (load) makes them overrun the budget
+                if self.progress:
+                    part = f"{count:,} of {total:,} validation {what}" if count < total else f"all {total:,} {what}"
+                    self.log(f"scoring {part} with the EMA weights ...")
+                larger = self._score_within(self.source.val_set(window, count if count < total else 0),
+                                            tic + budget * self.elapsed)
+                if larger is not None:
+                    ema_val = larger
+                else:
+                    self.log(f"scoring {count:,} {what} ran past the budget (a slower machine than the timing "
+                             f"said); the final score keeps the {probe:,} already scored")
+                    count = probe
         windows = self.source.val_set(window, count if count < total else 0).to(self.device)
         if ema_val is None:
             if self.progress:
