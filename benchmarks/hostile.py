@@ -390,6 +390,7 @@ LEGAL: dict[str, tuple[Callable[[float], bool], bool]] = {
     "train.ema_decay": (_FRAC, False), "train.eval_every": (_GE1, True), "train.eval_windows": (_GE0, True),
     "train.final_eval_windows": (_GE0, True), "train.threads": (lambda v: 0 <= v <= 1024, False),
     "train.time_budget_s": (_GE0, True), "train.log_every": (_GE0, True), "train.label_dropout": (_FRAC, False),
+    "train.final_eval_budget": (lambda v: 0 <= v <= 100, False), "train.save_every_s": (_GE0, True),
     "data.label_top": (lambda v: 2 <= v <= 4096, False),
     "data.val_fraction": (lambda v: 0 < v < 1, False), "data.vocab_size": (_GE1, False),
     "method.temperature": (_GT0, True), "method.top_k": (_GE0, True), "method.top_p": (lambda v: 0 < v <= 1, False),

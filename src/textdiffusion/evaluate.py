@@ -22,6 +22,7 @@ from __future__ import annotations
 import itertools
 import math
 import re
+import sys
 import time
 from collections import Counter
 from collections.abc import Iterable
@@ -36,12 +37,23 @@ from textdiffusion.config import ConfigError
 from textdiffusion.data.batches import TextData
 from textdiffusion.data.corpus import corpus_fingerprint, read_corpus, resolve_corpus
 from textdiffusion.data.sources import check_identity, corpus_location, text_source
+from textdiffusion.final_score import score_key
 from textdiffusion.methods.base import Method, SampleRequest, TextMethod, score
-from textdiffusion.records import LabelNote, Quality, SampleSettings, SampleSpeed, TextEval, ValScore
+from textdiffusion.records import (
+    FINAL,
+    LabelNote,
+    Quality,
+    SampleSettings,
+    SampleSpeed,
+    TextEval,
+    TrainSummary,
+    ValScore,
+)
 from textdiffusion.runs import LoadedRun, open_run
 
 WORD = re.compile(r"[A-Za-z]+(?:'[A-Za-z]+)*")
 COPY_WINDOW = 32
+SCORE_BATCH = 64  # windows per batch of the validation score (part of a score's key: it can move the last bits)
 
 
 class CharNgramJudge:
@@ -263,9 +275,14 @@ def evaluate_text(run_dir: str | Path | LoadedRun, samples: int = 64, length: in
     # the validation set training scored: a plain run's tiled validation split; a labelled run's held-out
     # speeches, each window under its speaker's label (the conditional NLL, as in final.json)
     windows = text_source(data, cfg).val_set(run.method.window, val_windows).to(run.device)
+    val = recorded_val(run, len(windows))
+    if val is None and progress and (note := reuse_note(run, len(windows))):
+        print(note, file=sys.stderr)
     with torch.no_grad(), precision.autocast(cfg.train.amp, run.device)():  # the precision it trained in
-        nll = score(run.method, run.model, windows, progress=progress,
-                    desc=f"scoring {len(windows):,} validation windows")
+        if val is None:
+            nll = score(run.method, run.model, windows, batch_size=SCORE_BATCH, progress=progress,
+                        desc=f"scoring {len(windows):,} validation windows")
+            val = ValScore(nll.bits_per_unit, nll.nats_per_unit, nll.kind, nll.windows, nll.units, nll.details)
         length = length or cfg.model.context
         decoding = run.method.decoding(temperature, top_k, top_p)
         req = SampleRequest(n=samples, length=length, sampler=sampler, steps=steps, **decoding)
@@ -278,7 +295,7 @@ def evaluate_text(run_dir: str | Path | LoadedRun, samples: int = 64, length: in
     result = TextEval(
         run=str(run.path), method=cfg.method.name, preset=cfg.preset, step=run.step, weights="ema",
         parameters=sum(p.numel() for p in run.model.parameters()), device=str(run.device),
-        val=ValScore(nll.bits_per_unit, nll.nats_per_unit, nll.kind, nll.windows, nll.units, nll.details),
+        val=val,
         samples=SampleSettings(n=samples, length=length, sampler=run.method.check_sampler(req.sampler), steps=taken,
                                **decoding, seed=seed, overrides=list(overrides or []), examples=texts[:3]),
         quality=Quality.from_json(ref.quality(texts)), reference=Quality.from_json(reference),
@@ -289,6 +306,32 @@ def evaluate_text(run_dir: str | Path | LoadedRun, samples: int = 64, length: in
         labels=label_note(run.method))
     result.write(run.path)
     return result
+
+
+def recorded_val(run: LoadedRun, windows: int) -> ValScore | None:
+    """The validation score final.json recorded, when it is the very number scoring ``windows`` evenly spread
+    windows here would give (equal :class:`~textdiffusion.records.ScoreKey`: the same weights, windows,
+    options, precision and batch; see :mod:`textdiffusion.final_score`), else None: it is then computed."""
+    recorded = TrainSummary.read(run.path)
+    final = recorded.score if recorded is not None else None
+    if final is None or final.key is None or final.key.windows != windows or final.key.step != run.step:
+        return None  # cheap refusals first: the digest of the weights reads every tensor
+    if final.key != score_key(run.cfg, run.model, run.step, windows, run.device, SCORE_BATCH):
+        return None
+    return ValScore(final.bits, final.nats, final.kind, final.windows, final.units, final.details, FINAL)
+
+
+def reuse_note(run: LoadedRun, windows: int) -> str | None:
+    """When final.json holds this very score but of another window count (a bounded final score, and an eval
+    of the whole split), a line saying so: the user may want the recorded number rather than wait for a new one."""
+    recorded = TrainSummary.read(run.path)
+    final = recorded.score if recorded is not None else None
+    if final is None or final.key is None or final.key.windows == windows or final.key.step != run.step:
+        return None
+    if final.key != score_key(run.cfg, run.model, run.step, final.key.windows, run.device, SCORE_BATCH):
+        return None
+    return (f"final.json scored {final.key.windows:,} of these validation windows; scoring {windows:,} "
+            f"(--val-windows {final.key.windows} returns its number without scoring)")
 
 
 UNCONDITIONAL = "unconditional (no label)"
@@ -335,6 +378,9 @@ def format_table(ev: TextEval, method: type[Method] | None = None) -> str:
     w0 = max(len(a) for a, _, _ in rows)
     w1 = max(len(b) for _, b, _ in rows)
     lines = [head, "-" * len(head)]
+    if v.reused_from:  # the number was not computed here: say where it comes from and why it is the same
+        lines.append(f"val: the score {v.reused_from} recorded for these weights, windows and settings (reused, "
+                     f"not recomputed)")
     if ev.labels is not None:  # a labelled run: say which numbers are conditional and which are not
         names = ev.labels.names
         lines += [f"labels: {len(names)} ({', '.join(names)})",

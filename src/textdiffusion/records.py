@@ -64,10 +64,37 @@ def read_json_object(path: Path) -> dict[str, Any] | None:
 
 
 # ---- final.json ------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ScoreKey:
+    """What a validation number is a function of (:mod:`textdiffusion.final_score` computes it): the
+    checkpoint's step, a digest of the scored weights, how many evenly spread windows were scored, and a
+    digest of the settings that move the number. Two scores with equal keys are the same number."""
+
+    step: int
+    weights: str  # sha256 of the weights' tensors
+    windows: int  # evenly spread validation windows (the split's count: all of them)
+    settings: str  # sha256 of the method, network and data options, precision and batch size
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, d: Any) -> ScoreKey | None:
+        """None for a record without a key (written before keys were) or with a damaged one."""
+        if not isinstance(d, dict):
+            return None
+        try:
+            return cls(int(d["step"]), str(d["weights"]), int(d["windows"]), str(d["settings"]))
+        except (KeyError, TypeError, ValueError):
+            return None
+
+
 @dataclass
 class FinalScore:
     """The validation split scored at the end of training with the EMA weights (and the raw ones, with
-    ``train.final_eval_raw``). ``unit`` is the method's ("char" | "dim"), naming the bits' key."""
+    ``train.final_eval_raw``). ``unit`` is the method's ("char" | "dim"), naming the bits' key. ``windows``
+    of ``windows_of`` were scored: fewer than all when ``train.final_eval_windows`` or, with ``budget`` set,
+    ``train.final_eval_budget`` bounded them (records written before say neither: None)."""
 
     unit: str
     bits: float
@@ -77,6 +104,15 @@ class FinalScore:
     details: dict[str, Any] = field(default_factory=dict)  # the method's own terms (stderr_nats, ...)
     raw_bits: float | None = None
     raw_nats: float | None = None
+    windows_of: int | None = None  # the validation split's windows (or images)
+    units: int | None = None  # the characters (text) or images scored
+    budget: float | None = None  # the fraction of the training time that bounded the count, if it did
+    key: ScoreKey | None = None  # what the number is a function of, so eval can reuse it
+
+    @property
+    def bounded(self) -> bool:
+        """Whether fewer than all the split's windows were scored."""
+        return self.windows_of is not None and self.windows < self.windows_of
 
     def to_json(self) -> dict[str, Any]:
         key = val_key(self.unit)
@@ -84,6 +120,14 @@ class FinalScore:
                "val_details": self.details}
         if self.raw_bits is not None:
             out.update({key + "_raw": self.raw_bits, "val_nats_raw": self.raw_nats})
+        if self.windows_of is not None:
+            out["val_windows_of"] = self.windows_of
+        if self.units is not None:
+            out["val_units"] = self.units
+        if self.budget is not None:
+            out["val_budget"] = self.budget
+        if self.key is not None:
+            out["val_key"] = self.key.to_json()
         return out
 
     @classmethod
@@ -95,7 +139,9 @@ class FinalScore:
         key = val_key(unit)
         details = d.get("val_details")
         return cls(unit, d[key], d.get("val_nats"), d.get("val_kind"), d.get("val_windows"),
-                   details if isinstance(details, dict) else {}, d.get(key + "_raw"), d.get("val_nats_raw"))
+                   details if isinstance(details, dict) else {}, d.get(key + "_raw"), d.get("val_nats_raw"),
+                   d.get("val_windows_of"), d.get("val_units"), d.get("val_budget"),
+                   ScoreKey.from_json(d.get("val_key")))
 
 
 @dataclass
@@ -293,15 +339,20 @@ class ValScore:
     windows: int
     chars: int
     details: dict[str, Any] = field(default_factory=dict)
+    reused_from: str | None = None  # the record whose identical score was returned (final.json), if one was
 
     def to_json(self) -> dict[str, Any]:
-        return {"bpc": self.bpc, "nats_per_char": self.nats_per_char, "kind": self.kind, "windows": self.windows,
-                "chars": self.chars, **self.details}
+        out = {"bpc": self.bpc, "nats_per_char": self.nats_per_char, "kind": self.kind, "windows": self.windows,
+               "chars": self.chars, **self.details}
+        if self.reused_from is not None:
+            out["reused_from"] = self.reused_from
+        return out
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> ValScore:
         names = ("bpc", "nats_per_char", "kind", "windows", "chars")
-        return cls(*(d.get(k) for k in names), {k: v for k, v in d.items() if k not in names})
+        return cls(*(d.get(k) for k in names), {k: v for k, v in d.items() if k not in (*names, "reused_from")},
+                   d.get("reused_from"))
 
 
 @dataclass

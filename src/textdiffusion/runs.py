@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -12,6 +14,7 @@ from textdiffusion.checkpoint import (
     CheckpointError,
     CheckpointHeader,
     check_finite,
+    has_checkpoint,
     read_group,
     read_header,
     read_run_meta,
@@ -21,6 +24,7 @@ from textdiffusion.data.sources import load_vocab
 from textdiffusion.data.tokenizer import Tokenizer
 from textdiffusion.methods import Method, get_method
 from textdiffusion.methods.configs import config_from_dict
+from textdiffusion.run_lock import training_pid
 
 
 def available_devices() -> list[str]:
@@ -145,12 +149,32 @@ def read_run_config(path: str | Path) -> tuple[Path, dict[str, Any], Config]:
     return run, meta, config_from_dict(meta["config"])
 
 
+def _warn(message: str) -> None:
+    print(f"warning: {message}", file=sys.stderr)
+
+
+def check_training(run: Path, step: int | None, steps: int, warn: Callable[[str], None] = _warn) -> None:
+    """Say so when ``run`` is being trained by a live process: its checkpoint is a snapshot, and a sample of
+    it is one of an unfinished model. A run in training whose only checkpoint is the step-0 one (random
+    weights: its samples are noise) is refused instead, with the wait that fixes it."""
+    pid = training_pid(run)
+    if pid is None:
+        return
+    who = f"pid {pid}" if pid > 0 else "another process"
+    if not step:
+        raise CheckpointError(f"{run} is being trained ({who}) and has no checkpoint past step 0 yet; wait for its "
+                              f"first checkpoint (every train.save_every_s seconds and at each evaluation)")
+    warn(f"{run} is being trained ({who}); reading its checkpoint at step {step} of {steps}")
+
+
 def open_run(path: str | Path, weights: str = "ema", device: str = "auto",
              overrides: list[str] | None = None) -> LoadedRun:
     """Load config, tokenizer and weights (EMA by default: what eval and sampling use). ``overrides`` are
     ``method.field=value`` sampling options (the fields marked ``sampling`` on the method's config class).
     A method that samples with other runs (:meth:`~textdiffusion.methods.base.Method.companion_runs`) is
     handed them, opened on the same device."""
+    if Path(path).is_dir() and not has_checkpoint(Path(path)):  # a trainer that has not written step 0 yet,
+        check_training(Path(path), None, 0)  # (nor perhaps config.json) is said to be one
     run, meta, cfg = read_run_config(path)
     if overrides:
         apply_sampling_overrides(cfg, overrides)
@@ -165,6 +189,7 @@ def open_run(path: str | Path, weights: str = "ema", device: str = "auto",
     if shell is None:  # the shapes could not be checked without building
         check_checkpoint_shapes(header, model, run, (weights,))
     tensors, step = read_group(run, weights)
+    check_training(run, step, cfg.train.steps)
     check_finite(tensors, header.path)
     model.load_state_dict(tensors)
     model.to(dev).eval()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import inspect
 import json
 import math
 import signal
@@ -45,6 +46,7 @@ from textdiffusion.checkpoint import (
 from textdiffusion.config import Config, ConfigError, validate
 from textdiffusion.data.corpus import DataError
 from textdiffusion.data.sources import SOURCES, Source, as_source, load_source
+from textdiffusion.final_score import budget_count, budget_label, score_key
 from textdiffusion.methods import get_method
 from textdiffusion.methods.base import REGISTRY, NLLResult, bits_key, score
 from textdiffusion.optim import warmup_cosine
@@ -268,6 +270,7 @@ class Trainer:
         self.lock = self.dir.lock
         self._stop: _StopFlag | None = None
         self.saved_step: int | None = None  # the step of the checkpoint on disk (None: none yet)
+        self._saved_at = time.monotonic()  # when it was written (train.save_every_s counts from here)
         if self.world.is_main:
             source = SOURCES[method_class.family]
             self.dir.claim(resume, source.vocab_file if source.resume_needs_vocab else None)
@@ -393,7 +396,7 @@ class Trainer:
         for part in distributed.gather(rng_tensors(self.shards, self.shard_gens, self.world.rank), self.world):
             rng.update(part)  # every process's generators: the one writer saves them all
         if not self.world.is_main:
-            self.saved_step = self.step
+            self.saved_step, self._saved_at = self.step, time.monotonic()
             return
         counters = TrainingCounters(self.step, self.elapsed, self.chars_seen, self.world.size,
                                     self.interval.to_state())
@@ -408,6 +411,7 @@ class Trainer:
                                       f"({getattr(e, 'strerror', None) or e}); {kept} is intact: free space "
                                       f"and run `{self.resume_command}`") from None
             self.saved_step = self.step
+            self._saved_at = time.monotonic()
 
     def _check_finite(self) -> None:
         for label, net in (("weights", self.model), ("EMA weights", self.ema.model)):
@@ -446,8 +450,44 @@ class Trainer:
         model = model or self.ema.model
         model.eval()
         with self.autocast():
-            return score(self.method, model, windows, batch_size=max(self.cfg.train.batch_size, 64),
-                         progress=progress, desc=desc)
+            return score(self.method, model, windows, batch_size=self.score_batch_size, progress=progress, desc=desc)
+
+    def _score_within(self, windows: Any, deadline: float) -> NLLResult | None:
+        """The EMA weights' score of ``windows``, or None once ``time.perf_counter()`` passes ``deadline``
+        (checked after each batch): the final score's larger count is dropped rather than overrun its budget.
+        A method whose ``nll`` takes no ``progress`` cannot be stopped and is scored whole."""
+
+        class OverBudget(Exception):
+            pass
+
+        bar = None
+
+        def tick(done: int, total: int) -> None:
+            nonlocal bar
+            if self.progress:
+                if bar is None:  # opened once the total is known, as every scoring bar is
+                    bar = progress_bar(total=total, desc="final score, EMA weights", unit="batch")
+                bar.update(done - bar.n)
+            if time.perf_counter() > deadline and done < total:
+                raise OverBudget
+
+        if "progress" not in inspect.signature(self.method.nll).parameters:
+            return self.evaluate(windows.to(self.device), progress=self.progress, desc="final score, EMA weights")
+        self.ema.model.eval()
+        try:
+            with torch.no_grad(), self.autocast():
+                return self.method.nll(self.ema.model, windows.to(self.device), batch_size=self.score_batch_size,
+                                       progress=tick)
+        except OverBudget:
+            return None
+        finally:
+            if bar is not None:
+                bar.close()
+
+    @property
+    def score_batch_size(self) -> int:
+        """The batch the validation windows are scored in (part of a score's key: it can move the last bits)."""
+        return max(self.cfg.train.batch_size, 64)
 
     def write_samples(self) -> None:
         # not cfg.seed itself: the weights were initialised from that stream, and a sampler whose starting
@@ -480,8 +520,12 @@ class Trainer:
                 try:
                     while self.step < target:
                         # -- stop at a step boundary: time budget spent, Ctrl-C or SIGTERM
-                        if stopped := self._stop_reason(stop):
+                        stopped, save_due = self._at_boundary(stop)
+                        if stopped:
                             break
+                        # -- a recent checkpoint for readers of a run in training: every train.save_every_s
+                        if save_due and self.saved_step != self.step:
+                            self.save()
                         # -- one optimizer step
                         tic = time.perf_counter()
                         lr = lr_at(self.step, cfg)
@@ -537,17 +581,22 @@ class Trainer:
         return progress_bar(total=self.cfg.train.steps, initial=self.step, disable=not self.progress,
                             desc=f"{self.cfg.method.name}/{self.cfg.preset}", unit="step")
 
-    def _stop_reason(self, stop: _StopFlag) -> StopReason | None:
-        """``"out_of_time"`` once ``train.time_budget_s`` of training is spent, ``"interrupted"`` after a
-        Ctrl-C or SIGTERM, else None: the loop asks before each step, so every stop leaves a whole step behind."""
-        budget = self.cfg.train.time_budget_s
-        out_of_time, requested = distributed.any_true([budget > 0 and self.elapsed >= budget, stop.requested],
-                                                      self.world, self.device)
+    def _at_boundary(self, stop: _StopFlag) -> tuple[StopReason | None, bool]:
+        """Why the loop stops here, if it does: ``"out_of_time"`` once ``train.time_budget_s`` of training is
+        spent, ``"interrupted"`` after a Ctrl-C or SIGTERM, else None; and whether ``train.save_every_s`` of
+        wall time have passed since the last checkpoint. The loop asks before each step, so every stop leaves a
+        whole step behind; the processes of a torchrun job agree on both in one collective (a checkpoint is
+        one too), whichever of them saw the clock or the signal first."""
+        t = self.cfg.train
+        save_due = t.save_every_s > 0 and time.monotonic() - self._saved_at >= t.save_every_s
+        out_of_time, requested, save_due = distributed.any_true(
+            [t.time_budget_s > 0 and self.elapsed >= t.time_budget_s, stop.requested, save_due],
+            self.world, self.device)
         if out_of_time:
-            return "out_of_time"
+            return "out_of_time", save_due
         if requested:
-            return "interrupted"
-        return None
+            return "interrupted", save_due
+        return None, save_due
 
     def _optimizer_step(self, lr: float) -> tuple[float, float]:
         """One update at learning rate ``lr`` over ``train.grad_accum`` micro-batches of each of this process's
@@ -642,19 +691,52 @@ class Trainer:
                             self.chars_seen / max(self.elapsed, 1e-9), self.source.unit)
 
     def _final_score(self, summary: TrainSummary) -> None:
-        """Score ``train.final_eval_windows`` of the validation split (0 = all of it) with the EMA weights, and
-        with the raw weights too if ``train.final_eval_raw``; add the numbers to ``summary`` and write it as
-        final.json, the run's headline result."""
-        t = self.cfg.train
-        full = self.source.val_set(self.method.window, t.final_eval_windows).to(self.device)
-        if self.progress:
-            what = "images" if self.source.unit == "images" else "windows"
-            self.log(f"scoring the validation split with the EMA weights ({len(full):,} {what}) ...")
-        ema_val = self.evaluate(full, progress=self.progress, desc="final score, EMA weights")
-        summary.score = score = FinalScore(ema_val.unit, ema_val.bits_per_unit, ema_val.nats_per_unit, ema_val.kind,
-                                           ema_val.windows, ema_val.details)
+        """Score the validation split with the EMA weights, and with the raw weights too if
+        ``train.final_eval_raw``; add the numbers to ``summary`` and write it as final.json, the run's headline
+        result. How many windows: ``train.final_eval_windows``, or with 0 the whole split, or with
+        ``train.final_eval_budget`` what that fraction of the training time pays for
+        (:func:`~textdiffusion.final_score.budget_count`). final.json records the count, the split's count and
+        the score's key, which lets ``eval`` return this number instead of computing it again."""
+        t, window = self.cfg.train, self.method.window
+        total = len(self.source.val_set(window, 0))
+        count = min(t.final_eval_windows, total) if t.final_eval_windows else total
+        what = "images" if self.source.unit == "images" else "windows"
+        budget = t.final_eval_budget if not t.final_eval_windows else 0.0
+        ema_val = None
+        probe = min(total, t.eval_windows or total)
+        if budget > 0 and probe < total:
+            if self.progress:
+                self.log(f"scoring {probe:,} of {total:,} validation {what} with the EMA weights, timed: the final "
+                         f"score may take {budget_label(budget)} of the {self.elapsed:.1f}s of training ...")
+            tic = time.perf_counter()
+            ema_val = self.evaluate(self.source.val_set(window, probe).to(self.device), progress=self.progress,
+                                    desc="final score, EMA weights")
+            count = budget_count(total, probe, time.perf_counter() - tic, budget * self.elapsed,
+                                 2 if t.final_eval_raw else 1)
+            if count != probe:  # more windows, unless a slower machine (load) makes them overrun the budget
+                if self.progress:
+                    part = f"{count:,} of {total:,} validation {what}" if count < total else f"all {total:,} {what}"
+                    self.log(f"scoring {part} with the EMA weights ...")
+                larger = self._score_within(self.source.val_set(window, count if count < total else 0),
+                                            tic + budget * self.elapsed)
+                if larger is not None:
+                    ema_val = larger
+                else:
+                    self.log(f"scoring {count:,} {what} ran past the budget (a slower machine than the timing "
+                             f"said); the final score keeps the {probe:,} already scored")
+                    count = probe
+        windows = self.source.val_set(window, count if count < total else 0).to(self.device)
+        if ema_val is None:
+            if self.progress:
+                self.log(f"scoring the validation split with the EMA weights ({count:,} {what}) ...")
+            ema_val = self.evaluate(windows, progress=self.progress, desc="final score, EMA weights")
+        batch = self.score_batch_size
+        summary.score = score = FinalScore(
+            ema_val.unit, ema_val.bits_per_unit, ema_val.nats_per_unit, ema_val.kind, ema_val.windows, ema_val.details,
+            windows_of=total, units=ema_val.units, budget=budget if budget > 0 and count < total else None,
+            key=score_key(self.cfg, self.ema.model, self.step, count, self.device, batch))
         if t.final_eval_raw:
-            raw_val = self.evaluate(full, self.model, progress=self.progress, desc="final score, raw weights")
+            raw_val = self.evaluate(windows, self.model, progress=self.progress, desc="final score, raw weights")
             score.raw_bits, score.raw_nats = raw_val.bits_per_unit, raw_val.nats_per_unit
         summary.write(self.run_dir)
 

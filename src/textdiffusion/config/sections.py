@@ -69,11 +69,17 @@ class TrainConfig:
                               "decay of the moving average of the weights that evaluation and sampling use")
     ema_warmup: bool = option(True, None, "let the average forget the random initial weights quickly (decay ramps "
                                           "up over the first steps)")
+    save_every_s: float = option(60.0, NONNEGATIVE, "also checkpoint once this many seconds have passed since the "
+                                                    "last checkpoint, so a run being trained can be sampled recently "
+                                                    "(0 = only at evaluations)")
     eval_every: int = option(250, Range(1, 10**9), "score the validation windows, write samples and checkpoint "
                                                    "every this many steps")
     eval_windows: int = option(256, WINDOWS, "validation windows scored at each evaluation (0 = all)")
     final_eval_windows: int = option(0, WINDOWS, "validation windows scored once training ends (0 = the whole "
-                                                 "split)")
+                                                 "split, or what train.final_eval_budget allows of it)")
+    final_eval_budget: float = option(0.33, Range(0.0, 100.0), "with final_eval_windows=0: the end-of-training "
+                                      "score takes at most about this fraction of the training time, on an evenly "
+                                      "spread subset of the split (0 = score the whole split, whatever it costs)")
     final_eval_raw: bool = option(False, None, "also score the raw (not averaged) weights at the end")
     sample_every_eval: bool = option(True, None, "write a few samples to RUN/samples at each evaluation")
     device: str = option("auto", DEVICE, "where to train: auto (a GPU when there is one), cpu, cuda, cuda:N or mps")

@@ -19,7 +19,7 @@ from textdiffusion.apps.cli.flags import (
 )
 from textdiffusion.catalogue import method_names
 from textdiffusion.config import PRESETS, SEED, Config, ConfigError
-from textdiffusion.records import TrainSummary
+from textdiffusion.records import FinalScore, TrainSummary
 
 _TRAIN_EPILOG = """\
 examples:
@@ -175,12 +175,24 @@ def _print_train_summary(summary: TrainSummary) -> None:
         print(f"done: {summary.step} steps in {summary.elapsed:.1f}s of training, "
               f"{summary.rate:,.0f} images/s; val {score.bits:.4f} bits/dim ({kind}, "
               f"EMA weights, {score.windows} test images)")
+        _print_bound(score, "test images", "")
         print(f"run: {rd}\n  sample: textdiffusion mnist sample {rd}\n  eval:   textdiffusion mnist eval {rd}")
         return
     if score is not None:
         print(f"done: {summary.step} steps in {summary.elapsed:.1f}s of training, "
               f"{summary.rate:,.0f} chars/s; val {score.bits:.4f} bits/char "
               f"({score.nats:.4f} nats/char, {kind}, EMA weights, {score.windows} windows)")
+        _print_bound(score, "validation windows", f"; `textdiffusion eval {rd}` scores all")
     else:
         print(f"stopped at step {summary.step} (checkpoint saved)")
     print(f"run: {rd}\n  sample: textdiffusion sample {rd} --show\n  eval:   textdiffusion eval {rd}")
+
+
+def _print_bound(score: FinalScore, what: str, hint: str) -> None:
+    """Say that the final score took a subset of the split because of train.final_eval_budget (a count fixed
+    by train.final_eval_windows is the user's own and goes unsaid)."""
+    from textdiffusion.final_score import budget_label
+
+    if score.bounded and score.budget:
+        print(f"scored {score.windows:,} of {score.windows_of:,} {what} (bounded to {budget_label(score.budget)} of "
+              f"training time{hint})")
