@@ -159,6 +159,9 @@ class Method(ABC, Generic[Request, Result]):
     samplers: ClassVar[tuple[str, ...]]  # the first is the default
     likelihood_kind: ClassVar[str]  # "exact" | "bound"
     unit: ClassVar[str]  # what likelihoods are divided by: "char" | "dim"
+    # whether ``loss`` is the negative log-likelihood or its bound, in nats per token (the progress bar then shows
+    # it in bits beside the validation bits); False for a surrogate objective such as a noise-prediction MSE
+    loss_is_likelihood: ClassVar[bool] = False
     family: ClassVar[str]  # "text" | "image": which commands, API model and live page take its runs
     command: ClassVar[str] = "textdiffusion"  # the command that trains, samples and evaluates its runs
     # whether the loss reads the network's parameters only through its forward pass: DistributedDataParallel

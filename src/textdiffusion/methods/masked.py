@@ -106,6 +106,7 @@ class MaskedDiffusion(TextMethod):
     attention = "bidirectional"
     samplers = ("ancestral", "cached", "confidence", "topk")
     likelihood_kind = "bound"
+    loss_is_likelihood = True  # the NELBO per token (block's too)
     supports_labels = True
     classifier_rule = "taylor"  # Nisonoff et al. 2024's first-order discrete guidance (guidance/taylor.py)
 
