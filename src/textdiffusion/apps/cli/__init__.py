@@ -63,11 +63,11 @@ def _refuse_spaced_setting(argv: list[str]) -> None:
     """``--set train.lr 1e-3`` (a space for the ``=``) would leave ``1e-3`` to argparse, which answers with the
     top-level usage; say instead how the setting is written. A word after the key that names an existing
     path is a positional (a run directory), not a value, and is left to the config's own message."""
-    for i, item in enumerate(argv[:-2] if len(argv) > 2 else []):
-        if item == "--":
+    for i in range(len(argv) - 2):
+        if argv[i] == "--":
             return
         key, value = argv[i + 1], argv[i + 2]
-        if item == "--set" and _KEY.fullmatch(key) and not value.startswith("--") and not os.path.exists(value):
+        if argv[i] == "--set" and _KEY.fullmatch(key) and not value.startswith("--") and not os.path.exists(value):
             raise ConfigError(f"--set takes KEY=VALUE as one word, got {key!r} then {value!r}; write --set "
                               f"{key}={value}")
 
@@ -142,7 +142,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    warnings.showwarning = _show_warning
+    with warnings.catch_warnings():  # the one-line warnings last as long as the command
+        warnings.showwarning = _show_warning
+        return _run(argv)
+
+
+def _run(argv: list[str] | None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
