@@ -326,14 +326,83 @@ def test_train_records_its_settings_and_returns_the_model(runs):
     assert cfg["seed"] == 3 and cfg["config"]["train"]["steps"] == 30
 
 
-def test_an_interrupted_training_raises_with_the_resume_command(monkeypatch, tmp_path):
+def test_an_interrupted_training_raises_with_the_call_that_resumes(monkeypatch, tmp_path):
     import textdiffusion.trainer as train_module
     from textdiffusion.records import TrainSummary
 
     monkeypatch.setattr(train_module, "run_training", lambda cfg, rd, progress: TrainSummary(
         str(rd), step=7, steps=60, elapsed=1.0, interrupted=True, out_of_time=False, rate=10.0, unit="chars"))
-    with pytest.raises(KeyboardInterrupt, match=r"step 7 of 60 .*`textdiffusion train --resume"):
+    with pytest.raises(KeyboardInterrupt, match=r"step 7 of 60 .*if_exists='resume'\) continues it") as e:
         textdiffusion.train(method="masked", preset="tiny", run_dir=tmp_path / "r")
+    assert "--resume" not in str(e.value)
+
+
+def _quick(corpus: Path, run_dir: Path, **kw):
+    """A 4-step tiny run: enough for a checkpoint and a final score, in a second or two."""
+    return textdiffusion.train(method="ar", preset="tiny", data=corpus, run_dir=run_dir, progress=False,
+                               **{"steps": 4, "train.eval_every": 2, "train.final_eval_windows": 4, **kw})
+
+
+def test_train_on_an_existing_run_refuses_resumes_or_replaces(small_corpus, tmp_path):
+    run = tmp_path / "r"
+    first = _quick(small_corpus, run)
+    run_id = json.loads((run / "config.json").read_text())["run_id"]
+    with pytest.raises(ConfigError) as e:  # the default: refuse, the Python way
+        _quick(small_corpus, run)
+    _one_line(e, "already holds a run", "if_exists='resume'", "if_exists='replace'")
+    assert "--" not in str(e.value)
+    # resume: a finished run is loaded as it is, nothing is trained or written
+    stamp = (run / "checkpoint.safetensors").stat().st_mtime_ns
+    again = _quick(small_corpus, run, if_exists="resume")
+    assert again.step == 4 and again.summary.score == first.summary.score
+    assert (run / "checkpoint.safetensors").stat().st_mtime_ns == stamp
+    # resume with more steps continues the run; with other settings it is refused
+    longer = _quick(small_corpus, run, if_exists="resume", steps=6)
+    assert longer.step == 6 and longer.summary.step == 6
+    assert json.loads((run / "config.json").read_text())["run_id"] == run_id
+    with pytest.raises(ConfigError) as e:
+        _quick(small_corpus, run, if_exists="resume", steps=6, train={"lr": 1e-2})
+    _one_line(e, "other settings", "train.lr", "if_exists='replace'")
+    with pytest.raises(ConfigError) as e:
+        _quick(small_corpus, run, if_exists="resume", steps=5)
+    _one_line(e, "already at step 6, past steps=5")
+    # replace: a new run in its place
+    fresh = _quick(small_corpus, run, if_exists="replace")
+    assert fresh.step == 4 and json.loads((run / "config.json").read_text())["run_id"] != run_id
+
+
+def test_replace_deletes_nothing_but_a_run(small_corpus, tmp_path):
+    from textdiffusion.run_lock import RunLock
+
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    (folder / "notes.txt").write_text("keep me")
+    for how in ("error", "resume", "replace"):
+        with pytest.raises(ConfigError) as e:
+            _quick(small_corpus, folder, if_exists=how)
+        _one_line(e, "is not empty (notes.txt) and holds no run", "deletes nothing but a run")
+    (folder / "config.json").write_text('{"not": "a run"}')
+    for how in ("resume", "replace"):
+        with pytest.raises(ConfigError) as e:
+            _quick(small_corpus, folder, if_exists=how)
+        _one_line(e, "config.json that textdiffusion did not write")
+    assert sorted(p.name for p in folder.iterdir()) == ["config.json", "notes.txt"]
+    run = tmp_path / "r"
+    _quick(small_corpus, run)
+    link = tmp_path / "link"
+    link.symlink_to(run)
+    with pytest.raises(ConfigError) as e:
+        _quick(small_corpus, link, if_exists="replace")
+    _one_line(e, "is a symbolic link")
+    with RunLock(run):  # a run being trained elsewhere is neither continued nor replaced
+        for how in ("resume", "replace"):
+            with pytest.raises(ConfigError) as e:
+                _quick(small_corpus, run, if_exists=how)
+            _one_line(e, "being trained by another process")
+    assert (run / "checkpoint.safetensors").is_file()
+    with pytest.raises(ConfigError) as e:
+        _quick(small_corpus, run, if_exists="overwrite")
+    _one_line(e, "if_exists must be 'error', 'resume' or 'replace'")
 
 
 # ---- bad input: one line each ------------------------------------------------------------------------------
@@ -399,5 +468,7 @@ def test_the_readme_python_example_runs_as_written(tmp_path, monkeypatch, shakes
     exec(compile(code, "README.md", "exec"), {})
     printed = capsys.readouterr().out.splitlines()
     assert printed[0].startswith("['ROMEO:") and "art thou" in printed[-2] and "bits/char (upper bound" in printed[-1]
+    exec(compile(code, "README.md", "exec"), {})  # a second run of the script loads the run and prints the same
+    assert capsys.readouterr().out.splitlines() == printed
     assert (tmp_path / "runs" / "quick" / "final.json").exists()
     shutil.rmtree(tmp_path / "runs")

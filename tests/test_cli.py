@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import inspect
 import json
+from pathlib import Path
 
 import pytest
 
@@ -75,6 +76,14 @@ def test_eval_prints_a_table(runs, capsys):
     (["train", "--method", "masked", "--preset", "tiny", "--set", "oops"], "key=value"),
     (["train", "--preset", "tiny"], "needs --method"),
     (["sample", "/no/such/run"], "does not exist"),
+    # a mistyped name from a fixed set names the closest one
+    (["train", "--method", "mask", "--preset", "tiny"], "unknown method 'mask'; choose one of ar, bits, block, "
+                                                          "embedding, image, masked; did you mean 'masked'?"),
+    (["train", "--method", "masked", "--preset", "tiny", "--set", "train.lrr=1e-3"], "did you mean 'lr'?"),
+    (["train", "--method", "masked", "--preset", "tiny", "--set", "trian.lr=1e-3"], "did you mean 'train'?"),
+    (["train", "--method", "masked", "--preset", "tiny", "--set", "method.sampler=cahced"],
+     "got 'cahced'; did you mean 'cached'?"),
+    (["train", "--method", "masked", "--preset", "tiny", "--set", "data.tokenizer=bep"], "did you mean 'bpe'?"),
 ])
 def test_bad_input_is_one_line(argv, message, capsys):
     assert main(argv) == 2
@@ -112,6 +121,74 @@ def test_context_longer_than_corpus(tmp_path, capsys):
     assert main(["train", "--method", "ar", "--preset", "tiny", "--data", str(tiny), "--run-dir",
                  str(tmp_path / "r")]) == 2
     assert "smaller context" in capsys.readouterr().err
+
+
+def test_a_mistyped_sampler_or_sampling_option_names_the_closest(runs, capsys):
+    assert main(["sample", str(runs / "masked"), "--sampler", "cahced"]) == 2
+    assert "no sampler 'cahced'; choose one of ancestral, cached, confidence, topk; did you mean 'cached'?" in \
+        capsys.readouterr().err
+    assert main(["sample", str(runs / "masked"), "--set", "method.temprature=0.5"]) == 2
+    assert capsys.readouterr().err.strip().endswith("did you mean 'method.temperature'?")
+    assert main(["sample", str(runs / "masked"), "--sampler", "zzz"]) == 2  # nothing close: no guess
+    assert "did you mean" not in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["train", "--method", "masked", "--preset", "tin"],
+     "argument --preset: invalid choice: 'tin' (choose from 'base', 'cpu', 'tiny'); did you mean 'tiny'?"),
+    (["trian", "--method", "masked"], "argument COMMAND: invalid choice: 'trian' (choose from 'train', "),
+])
+def test_a_mistyped_choice_of_the_parser_names_the_closest(argv, message, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert message in err and "did you mean" in err
+
+
+@pytest.mark.parametrize("argv", [
+    ["train", "--method", "masked", "--preset", "tiny", "--set", "train.lr", "1e-3"],
+    ["config", "--method", "masked", "--set", "train.lr", "1e-3", "--json"],
+])
+def test_a_setting_written_with_a_space_says_how_to_write_it(argv, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert err == "error: --set takes KEY=VALUE as one word, got 'train.lr' then '1e-3'; write --set train.lr=1e-3\n"
+
+
+def test_a_key_without_a_value_before_a_run_directory_is_left_to_the_config(runs, capsys):
+    # the word after the key is a run directory, not a value: the config's own message answers
+    assert main(["sample", "--set", "method.temperature", str(runs / "masked")]) == 2
+    assert "--set expects key=value" in capsys.readouterr().err
+
+
+def test_a_run_written_by_another_version_says_which_fields_it_ignores(tmp_path, capsys):
+    import shutil
+    import warnings
+
+    from textdiffusion import load
+    from textdiffusion.errors import ConfigWarning
+
+    run = tmp_path / "newer"
+    shutil.copytree(Path(__file__).parent / "data" / "runs-0.1.0" / "masked", run)
+    argv = ["sample", str(run), "--n", "1", "--length", "8"]
+    assert main(argv) == 0
+    assert "warning" not in capsys.readouterr().err  # a run of 0.1.0 as it was: nothing ignored
+    meta = json.loads((run / "config.json").read_text())
+    meta["config"]["train"]["ema_every"] = 2
+    meta["config"]["extra"] = True
+    meta["versions"]["textdiffusion"] = "9.0"
+    (run / "config.json").write_text(json.dumps(meta))
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")  # shown again, although an earlier test may have shown it
+        assert main(argv) == 0
+    warned = [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning:")]
+    assert warned == [f"warning: {run / 'config.json'} sets train.ema_every, extra, which textdiffusion "
+                      f"{__version__} does not know (written by textdiffusion 9.0); they are ignored"]
+    with pytest.warns(ConfigWarning, match="sets train.ema_every, extra"):
+        load(run, device="cpu")
 
 
 def test_set_takes_one_setting_so_a_run_directory_may_follow(runs, capsys):
@@ -258,6 +335,9 @@ def test_train_from_a_runs_config_json(runs, tmp_path):
     ('{"model": {}}', [], "no method section"),
     ('{"method": {"name": "nope"}}', [], "unknown method 'nope'"),
     ('{"method": {"name": "masked"}, "model": {"n_layers": 3}}', [], "unknown field model.n_layers"),
+    ('{"method": {"name": "masked"}, "train": {"lrr": 3}}', [], "weight_decay; did you mean 'lr'?"),
+    ('{"method": {"name": "masked"}, "trian": {}}', [], "unknown key 'trian'; a config has model, train, method, "
+                                                        "data, seed, preset; did you mean 'train'?"),
     ('{"method": {"name": "masked"}, "unet": {}}', [], "does not use the unet section"),
     ('{"method": {"name": "masked"}, "extra": 1}', [], "unknown key 'extra'"),
     ('{"method": {"name": "masked"}, "model": {}}', [], "no train or data section"),

@@ -7,8 +7,10 @@ Each test starts real ``torchrun`` jobs of two processes with one thread each on
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -29,9 +31,38 @@ def _env() -> dict[str, str]:
     return env
 
 
-def _torchrun(*args: str, nproc: int = 2, cwd: Path | None = None, timeout: float = 240) -> subprocess.CompletedProcess:
+@dataclass(frozen=True)
+class Job:
+    """What one torchrun job left: its exit status and everything it and its processes printed."""
+
+    returncode: int
+    stdout: str
+    stderr: str
+
+    def tail(self, chars: int = 10_000) -> str:
+        """The end of both streams, for a failed assertion: long enough to hold a child's own message (a traceback,
+        `terminate called ...`) above the summary torchrun prints after it."""
+        return (f"torchrun exited with {self.returncode}\n--- stdout (tail) ---\n{self.stdout[-chars:]}\n"
+                f"--- stderr (tail) ---\n{self.stderr[-chars:]}")
+
+
+def _torchrun(*args: str, nproc: int = 2, cwd: Path | None = None, timeout: float = 240, ok: bool = True) -> Job:
+    """Run ``torchrun --standalone`` (a free rendezvous port of its own, so jobs may run side by side) and,
+    with ``ok``, fail the test unless it exited 0, showing what the processes printed. A job that outlives
+    ``timeout`` is killed with all its processes (its own session) and fails the test with what it printed."""
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--standalone", *args]
-    return subprocess.run(cmd, env=_env(), cwd=cwd, capture_output=True, text=True, timeout=timeout)
+    proc = subprocess.Popen(cmd, env=_env(), cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, err = proc.communicate()
+        pytest.fail(f"torchrun ran past {timeout:.0f} s and was killed\n" + Job(-9, out, err).tail())
+    job = Job(proc.returncode, out, err)
+    if ok and job.returncode != 0:
+        pytest.fail(job.tail())
+    return job
 
 
 def _train_args(method: str, corpus: Path, run: Path, *extra: str) -> list[str]:
@@ -54,7 +85,6 @@ def _same_weights(a: Path, b: Path, exact: bool = False) -> None:
 def test_two_processes_train_what_one_trains_from_the_same_global_batch(method, small_corpus, tmp_path):
     ddp, single = tmp_path / "ddp", tmp_path / "single"
     job = _torchrun(*_train_args(method, small_corpus, ddp))
-    assert job.returncode == 0, job.stderr[-3000:]
     assert main(["train", "--method", method, "--preset", "tiny", "--data", str(small_corpus), "--steps",
                  str(STEPS), "--run-dir", str(single), "--no-progress", "--set", "train.eval_every=4",
                  "--set", "train.data_shards=2"]) == 0
@@ -73,22 +103,26 @@ def test_two_processes_train_what_one_trains_from_the_same_global_batch(method, 
 
 def test_one_run_directory_without_run_dir(small_corpus, tmp_path):
     """Each process would pick its own timestamped default directory; rank 0's is used by all."""
-    job = _torchrun("-m", "textdiffusion", "train", "--method", "ar", "--preset", "tiny", "--data",
-                    str(small_corpus), "--steps", "2", "--no-progress", cwd=tmp_path)
-    assert job.returncode == 0, job.stderr[-3000:]
+    _torchrun("-m", "textdiffusion", "train", "--method", "ar", "--preset", "tiny", "--data", str(small_corpus),
+              "--steps", "2", "--no-progress", cwd=tmp_path)
     assert len(list((tmp_path / "runs").iterdir())) == 1
 
 
+# trains to step argv[3], or with a negative one fails on rank 1 once the process group is formed (rank 0 then
+# waits in the trainer's first collective); run_training leaves the group as the command does
 STOP_AT = """
 import sys
+import torch
+from textdiffusion import distributed
 from textdiffusion.methods.configs import make_config
-from textdiffusion.trainer import Trainer
+from textdiffusion.trainer import run_training
 corpus, run, stop = sys.argv[1], sys.argv[2], int(sys.argv[3])
 cfg = make_config("masked", "tiny", [f"data.corpus={corpus}", "train.steps=%d" % {steps}, "train.eval_every=4"])
-trainer = Trainer(cfg, run, progress=False)
-if trainer.world.rank == 1 and stop < 0:
+world = distributed.current_world()
+distributed.init(world, torch.device("cpu"))
+if world.rank == 1 and stop < 0:
     raise RuntimeError("rank 1 fails on purpose")
-trainer.train(stop_at=stop)
+run_training(cfg, run, progress=False, stop_at=stop)
 """
 
 
@@ -96,15 +130,13 @@ def test_resume_under_torchrun_and_at_another_world_size(small_corpus, tmp_path)
     script = tmp_path / "stop_at.py"
     script.write_text(STOP_AT.replace("{steps}", str(STEPS)))
     whole = tmp_path / "whole"
-    assert _torchrun(*_train_args("masked", small_corpus, whole)).returncode == 0
+    _torchrun(*_train_args("masked", small_corpus, whole))
     for name, nproc in (("same", 2), ("fewer", 1)):
         run = tmp_path / name
-        job = _torchrun(str(script), str(small_corpus), str(run), "3")
-        assert job.returncode == 0, job.stderr[-3000:]
+        _torchrun(str(script), str(small_corpus), str(run), "3")
         assert read_header(run).step == 3
         if nproc == 2:
-            job = _torchrun("-m", "textdiffusion", "train", "--resume", str(run), "--no-progress")
-            assert job.returncode == 0, job.stderr[-3000:]
+            _torchrun("-m", "textdiffusion", "train", "--resume", str(run), "--no-progress")
         else:  # one process owns both shards: the same draws, only in one place
             assert main(["train", "--resume", str(run), "--no-progress"]) == 0
         _same_weights(whole, run)
@@ -112,7 +144,7 @@ def test_resume_under_torchrun_and_at_another_world_size(small_corpus, tmp_path)
 
 def test_a_world_size_that_cannot_share_the_shards_is_refused(small_corpus, tmp_path, monkeypatch, capsys):
     run = tmp_path / "r"
-    assert _torchrun(*_train_args("ar", small_corpus, run)).returncode == 0  # two data shards
+    _torchrun(*_train_args("ar", small_corpus, run))  # two data shards
     for name, value in (("RANK", "0"), ("WORLD_SIZE", "3"), ("LOCAL_RANK", "0")):
         monkeypatch.setenv(name, value)
     assert main(["train", "--resume", str(run), "--steps", "9", "--no-progress"]) == 2
@@ -125,9 +157,9 @@ def test_a_world_size_that_cannot_share_the_shards_is_refused(small_corpus, tmp_
 def test_a_failing_rank_stops_the_job(small_corpus, tmp_path):
     script = tmp_path / "fail.py"
     script.write_text(STOP_AT.replace("{steps}", str(STEPS)))
-    job = _torchrun(str(script), str(small_corpus), str(tmp_path / "r"), "-1", timeout=180)
-    assert job.returncode != 0
-    assert "rank 1 fails on purpose" in job.stderr
+    job = _torchrun(str(script), str(small_corpus), str(tmp_path / "r"), "-1", timeout=180, ok=False)
+    assert job.returncode != 0, job.tail()
+    assert "rank 1 fails on purpose" in job.stderr, job.tail()
 
 
 def test_precision_resolution_and_model_flops():

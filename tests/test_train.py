@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 
@@ -153,11 +154,25 @@ def test_progress_bar_shows_the_smoothed_loss_and_the_last_evaluation(small_corp
     row = metric_rows(run)[0]
     assert row["step"] == 2
     before, at_eval, after, _ = bar.postfixes  # steps 1 to 4; 2 and 4 evaluate
-    assert before.startswith("loss ") and " | val bpc - | " in before and before.endswith(" chars/s")
-    # the row logged at step 2 and the bar agree on the smoothed loss; the bar keeps the last validation number
-    assert at_eval.startswith(f"loss {row['train_loss']:.3f} | val bpc {row['val_bpc']:.3f} | ")
+    assert before.startswith("train bpc ") and " | val bpc - | " in before and before.endswith(" chars/s")
+    # the row logged at step 2 (nats) and the bar (bits, as val) agree on the smoothed loss; the bar keeps the
+    # last validation number
+    assert at_eval.startswith(f"train bpc {row['train_loss'] / math.log(2):.3f} | val bpc {row['val_bpc']:.3f} | ")
     assert f" | val bpc {row['val_bpc']:.3f} | " in after
     assert logged[0].startswith(f"run directory: {run} (") and logged[-1].startswith("scoring the validation split")
+
+
+def test_the_bar_shows_a_likelihood_loss_in_the_unit_of_val_and_any_other_as_an_objective():
+    from textdiffusion.methods import get_method
+    from textdiffusion.methods.configs import make_config
+    from textdiffusion.trainer import _loss_label
+
+    labels = {name: _loss_label(get_method(name), make_config(name, "tiny"))
+              for name in ("ar", "masked", "block", "embedding", "bits", "image")}
+    assert labels == {**dict.fromkeys(("ar", "masked", "block"), ("train bpc", 1 / math.log(2))),
+                      **dict.fromkeys(("embedding", "bits", "image"), ("objective", 1.0))}
+    bpe = make_config("masked", "tiny", ["data.tokenizer=bpe"])
+    assert _loss_label(get_method("masked"), bpe) == ("train bits/token", 1 / math.log(2))
 
 
 def test_a_companion_run_is_checked_before_training(small_corpus, tmp_path):

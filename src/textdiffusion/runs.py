@@ -20,6 +20,7 @@ from textdiffusion.checkpoint import (
     read_run_meta,
 )
 from textdiffusion.config import DEVICE, Config, ConfigError, apply_sampling_overrides
+from textdiffusion.config.reading import warn_ignored_fields
 from textdiffusion.data.sources import load_vocab
 from textdiffusion.data.tokenizer import Tokenizer
 from textdiffusion.methods import Method, get_method
@@ -146,7 +147,9 @@ def read_run_config(path: str | Path) -> tuple[Path, dict[str, Any], Config]:
         raise CheckpointError(f"run directory {run} does not exist; pass the directory `textdiffusion train` "
                               f"printed (it holds config.json)")
     meta = read_run_meta(run)
-    return run, meta, config_from_dict(meta["config"])
+    cfg = config_from_dict(meta["config"])
+    warn_ignored_fields(run / "config.json", meta)
+    return run, meta, cfg
 
 
 def _warn(message: str) -> None:

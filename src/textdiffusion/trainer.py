@@ -147,10 +147,15 @@ class _Meter:
     ``loss`` is an exponential moving average of the per-step training loss (None before the first step);
     ``rate`` is the throughput in units (characters or images) per second of training time since the last
     evaluation, so evaluation time never counts against it; ``val_bits`` is the last validation number;
-    ``mfu`` the model FLOPs utilisation of that rate, on a GPU whose peak is known (else None)."""
+    ``mfu`` the model FLOPs utilisation of that rate, on a GPU whose peak is known (else None).
+
+    The bar shows the loss as ``loss_name`` times ``loss_scale``: a likelihood loss (nats per token) in bits, the
+    validation number's unit, so the two read side by side; a surrogate objective as it is, named so."""
 
     val_name: str  # "bpc" or "bpd", as the bar labels the validation number
     unit_name: str  # "chars" or "img", as the bar labels the rate
+    loss_name: str = "loss"
+    loss_scale: float = 1.0
     flops_per_unit: float | None = None
     peak_flops: float | None = None
     devices: int = 1
@@ -183,7 +188,18 @@ class _Meter:
     def postfix(self) -> str:
         val = "-" if self.val_bits is None else f"{self.val_bits:.3f}"
         mfu = "" if self.mfu is None else f" | MFU {self.mfu:.0%}"
-        return f"loss {self.loss:.3f} | val {self.val_name} {val} | {self.rate:,.0f} {self.unit_name}/s{mfu}"
+        return (f"{self.loss_name} {self.loss * self.loss_scale:.3f} | val {self.val_name} {val} | "
+                f"{self.rate:,.0f} {self.unit_name}/s{mfu}")
+
+
+def _loss_label(method: Any, cfg: Config) -> tuple[str, float]:
+    """How the bar shows ``method``'s training loss: its name and the factor from the loss's own unit. A
+    likelihood in nats per token becomes bits per character (``train bpc``) with the character tokenizer, whose
+    tokens are characters, else bits per token; any other objective is shown as it is."""
+    if not method.loss_is_likelihood:
+        return "objective", 1.0
+    per = "train bpc" if cfg.data.tokenizer == "char" else "train bits/token"
+    return per, 1 / math.log(2)
 
 
 class _StopFlag:
@@ -506,8 +522,10 @@ class Trainer:
         cfg, t = self.cfg, self.cfg.train
         target = min(t.steps, stop_at) if stop_at else t.steps
         units_per_step = self.source.units(t.batch_size, self.method.window) * t.grad_accum * t.data_shards
+        loss_name, loss_scale = _loss_label(self.method, cfg)
         meter = _Meter(val_name=bits_key(self.method.unit)[4:],
                        unit_name="chars" if self.source.unit == "chars" else "img",
+                       loss_name=loss_name, loss_scale=loss_scale,
                        flops_per_unit=self.flops_per_unit, peak_flops=self.peak_flops, devices=self.world.size)
         stopped: StopReason | None = None
         if self.world.is_main:

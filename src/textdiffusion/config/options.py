@@ -19,7 +19,7 @@ import typing
 from dataclasses import dataclass
 from typing import Any
 
-from textdiffusion.errors import ConfigError
+from textdiffusion.errors import ConfigError, did_you_mean
 
 
 def show(value: Any) -> str:
@@ -182,7 +182,8 @@ def check_value(name: str, value: Any, typ: type | None, bound: Bound | None) ->
     if typ is str and not isinstance(value, str):
         raise ConfigError(f"{name} must be {bound.describe() if bound else 'a string'}, got {show(value)}")
     if bound is not None and not bound.allows(value):
-        raise ConfigError(f"{name} must be {bound.describe(integer)}, got {show(value)}")
+        hint = did_you_mean(value, bound.options) if isinstance(bound, Choice) else ""
+        raise ConfigError(f"{name} must be {bound.describe(integer)}, got {show(value)}{hint}")
     return value
 
 

@@ -12,7 +12,7 @@ from textdiffusion.config.options import field_type, show
 from textdiffusion.config.presets import PRESETS
 from textdiffusion.config.sections import SECTIONS, Config, MethodConfig
 from textdiffusion.config.validation import validate
-from textdiffusion.errors import ConfigError
+from textdiffusion.errors import ConfigError, did_you_mean
 
 
 def _merge(cfg: Config, partial: dict[str, dict[str, Any]], strict: bool = True) -> None:
@@ -31,7 +31,8 @@ def build_config(method_config: type[MethodConfig], preset: str, overrides: list
     whose config class is ``method_config`` (:func:`textdiffusion.methods.configs.make_config` takes the method's
     name)."""
     if preset not in PRESETS:
-        raise ConfigError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
+        raise ConfigError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}"
+                          f"{did_you_mean(preset, PRESETS)}")
     method_cfg = method_config()
     cfg = Config(preset=preset, method=method_cfg)
     _merge(cfg, PRESETS[preset], strict=False)
@@ -107,7 +108,7 @@ def apply_overrides(cfg: Config, overrides: list[str]) -> Config:
         section = getattr(cfg, section_name, None) if section_name in SECTIONS else None
         if section is None or not dataclasses.is_dataclass(section):
             raise ConfigError(f"--set {show(key)}: unknown section {show(section_name)}; use "
-                              f"{', '.join(cfg.sections())}")
+                              f"{', '.join(cfg.sections())}{did_you_mean(section_name, cfg.sections())}")
         if section_name not in cfg.sections():
             raise ConfigError(f"--set {key}: the {cfg.method.name} method does not use the {section_name} section; "
                               f"use {', '.join(cfg.sections())}")
@@ -115,7 +116,7 @@ def apply_overrides(cfg: Config, overrides: list[str]) -> Config:
         if name not in ftypes:
             owner = f"the {cfg.method.name} method" if section_name == "method" else section_name
             raise ConfigError(f"--set {show(key)}: unknown field {show(name)}; {owner} has "
-                              f"{', '.join(sorted(ftypes))}")
+                              f"{', '.join(sorted(ftypes))}{did_you_mean(name, ftypes)}")
         setattr(section, name, _coerce(value, ftypes[name], key))
     validate(cfg)
     return cfg
@@ -140,5 +141,6 @@ def apply_sampling_overrides(cfg: Config, overrides: list[str]) -> Config:
         section, _, name = key.partition(".")
         if section != "method" or name not in allowed:
             raise ConfigError(f"--set {show(key)}: a trained {cfg.method.name} run can only change its sampling "
-                              f"options (method.{', method.'.join(allowed)}); retrain to change anything else")
+                              f"options (method.{', method.'.join(allowed)}); retrain to change anything else"
+                              f"{did_you_mean(key, [f'method.{a}' for a in allowed])}")
     return apply_overrides(cfg, overrides)

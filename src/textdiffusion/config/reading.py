@@ -10,6 +10,7 @@ functions here receive that lookup (``config_class``: a name -> its config class
 from __future__ import annotations
 
 import json
+import warnings
 from collections.abc import Callable
 from dataclasses import fields
 from pathlib import Path
@@ -18,7 +19,7 @@ from typing import Any
 from textdiffusion.config.options import show
 from textdiffusion.config.sections import SECTIONS, Config, MethodConfig
 from textdiffusion.config.validation import validate
-from textdiffusion.errors import ConfigError
+from textdiffusion.errors import ConfigError, ConfigWarning, did_you_mean
 
 # a method's name -> its config class; raises ConfigError for a name no method has
 ConfigClassOf = Callable[[str], type[MethodConfig]]
@@ -96,6 +97,42 @@ def config_from_dict(d: Any, config_class: ConfigClassOf, source: str = "config.
     return cfg
 
 
+def ignored_fields(d: Any) -> list[str]:
+    """The fields of a recorded config that this version does not know and :func:`config_from_dict` therefore
+    skips (``"train.new_option"``, or a top-level key): a run written by a later version, or an edited one. The
+    method section is not among them: a method field this version lacks is refused there, since it may change
+    what the method computes."""
+    if not isinstance(d, dict):
+        return []
+    run_options = {f.name for f in Config.run_options()}
+    out: list[str] = []
+    for key, value in d.items():
+        if key in SECTIONS and key != "method" and isinstance(value, dict):
+            known = {f.name for f in fields(type(getattr(Config(), key)))}
+            out += [f"{key}.{name}" for name in value if name not in known]
+        elif key not in SECTIONS and key not in run_options:
+            out.append(str(key))
+    return out
+
+
+def warn_ignored_fields(path: Path, meta: dict[str, Any]) -> None:
+    """Say, as one :class:`~textdiffusion.errors.ConfigWarning`, which fields of the run's ``config.json``
+    (``meta``) this version ignores, and which version wrote it: a run is still read (old runs keep loading),
+    but not silently as if the fields were not there."""
+    from textdiffusion import __version__
+
+    ignored = ignored_fields(meta.get("config"))
+    if not ignored:
+        return
+    versions = meta.get("versions")
+    writer = versions.get("textdiffusion") if isinstance(versions, dict) else None
+    origin = (f"written by textdiffusion {writer}" if isinstance(writer, str) and writer != __version__
+              else "edited, or written by another version")
+    shown = ", ".join(ignored[:5]) + (f" and {len(ignored) - 5} more" if len(ignored) > 5 else "")
+    warnings.warn(f"{path} sets {shown}, which textdiffusion {__version__} does not know ({origin}); "
+                  f"{'it is' if len(ignored) == 1 else 'they are'} ignored", ConfigWarning, stacklevel=3)
+
+
 def read_config_file(path: str | Path, config_class: ConfigClassOf) -> Config:
     """The config a new run starts from with ``train --config FILE``: a run's ``config.json`` (its config sits
     under ``"config"``, beside the versions and the corpus record) or a bare config as ``textdiffusion config
@@ -135,7 +172,8 @@ def read_config_file(path: str | Path, config_class: ConfigClassOf) -> Config:
         if key in run_options:
             continue
         if key not in SECTIONS:
-            raise ConfigError(f"{where}: unknown key {show(key)}; a config has {', '.join((*uses, *run_options))}")
+            raise ConfigError(f"{where}: unknown key {show(key)}; a config has {', '.join((*uses, *run_options))}"
+                              f"{did_you_mean(key, (*uses, *run_options))}")
         if key not in uses:
             raise ConfigError(f"{where}: the {method['name']} method does not use the {key} section; remove it")
         if not isinstance(value, dict):
@@ -145,7 +183,8 @@ def read_config_file(path: str | Path, config_class: ConfigClassOf) -> Config:
         unknown = sorted(set(value) - own - (LEGACY_METHOD_FIELDS if key == "method" else set()))
         if unknown:
             owner = f"the {method['name']} method" if key == "method" else key
-            raise ConfigError(f"{where}: unknown field {key}.{unknown[0]}; {owner} has {', '.join(sorted(own))}")
+            raise ConfigError(f"{where}: unknown field {key}.{unknown[0]}; {owner} has {', '.join(sorted(own))}"
+                              f"{did_you_mean(unknown[0], own)}")
     missing = [key for key in uses if key not in d]
     if missing:
         raise ConfigError(f"{where} has no {' or '.join(missing)} section; a config records every section its "

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from textdiffusion.config.options import check_options, check_value, field_type, option_of, show
 from textdiffusion.config.sections import BPE_MIN_VOCAB, Config
-from textdiffusion.errors import ConfigError
+from textdiffusion.errors import ConfigError, did_you_mean
 
 
 def channel_levels(text: str) -> tuple[int, ...]:
@@ -72,4 +72,4 @@ def _check_sampler(cfg: Config) -> None:
     sampler, samplers = cfg.method.sampler, cfg.method.samplers
     if sampler and samplers and sampler not in samplers:
         raise ConfigError(f"method.sampler must be one of {', '.join(samplers)} (or empty for the "
-                          f"{cfg.method.name} method's default), got {show(sampler)}")
+                          f"{cfg.method.name} method's default), got {show(sampler)}{did_you_mean(sampler, samplers)}")

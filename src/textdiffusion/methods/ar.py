@@ -50,6 +50,7 @@ class AutoRegressive(TextMethod):
     attention = "causal"
     samplers = ("ancestral",)
     likelihood_kind = "exact"
+    loss_is_likelihood = True  # the cross-entropy of the next token
     supports_infill = False
     extends_past_context = True  # the KV cache slides: any --length
     supports_labels = True

@@ -39,6 +39,7 @@ from textdiffusion.config import (
 )
 from textdiffusion.data.tokenizer import Tokenizer
 from textdiffusion.diffusion.tokens import TokenDraw
+from textdiffusion.errors import did_you_mean
 from textdiffusion.guidance import classifier_steer
 from textdiffusion.guidance import labels as label_rules
 from textdiffusion.guidance.free import FreeGuidance, LabelledNetwork
@@ -142,7 +143,8 @@ def register(cls: type[Method]) -> type[Method]:
 
 def get_method(name: str) -> type[Method]:
     if name not in REGISTRY:
-        raise ConfigError(f"unknown method {name!r}; choose one of {', '.join(sorted(REGISTRY))}")
+        raise ConfigError(f"unknown method {name!r}; choose one of {', '.join(sorted(REGISTRY))}"
+                          f"{did_you_mean(name, REGISTRY)}")
     return REGISTRY[name]
 
 
@@ -159,6 +161,9 @@ class Method(ABC, Generic[Request, Result]):
     samplers: ClassVar[tuple[str, ...]]  # the first is the default
     likelihood_kind: ClassVar[str]  # "exact" | "bound"
     unit: ClassVar[str]  # what likelihoods are divided by: "char" | "dim"
+    # whether ``loss`` is the negative log-likelihood or its bound, in nats per token (the progress bar then shows
+    # it in bits beside the validation bits); False for a surrogate objective such as a noise-prediction MSE
+    loss_is_likelihood: ClassVar[bool] = False
     family: ClassVar[str]  # "text" | "image": which commands, API model and live page take its runs
     command: ClassVar[str] = "textdiffusion"  # the command that trains, samples and evaluates its runs
     # whether the loss reads the network's parameters only through its forward pass: DistributedDataParallel
@@ -214,7 +219,7 @@ class Method(ABC, Generic[Request, Result]):
         sampler = sampler or self.default_sampler
         if sampler not in self.samplers:
             raise ConfigError(f"method {self.name} has no sampler {sampler!r}; choose one of "
-                              f"{', '.join(self.samplers)}")
+                              f"{', '.join(self.samplers)}{did_you_mean(sampler, self.samplers)}")
         return sampler
 
     def default_steps(self, length: int, sampler: str = "") -> int | None:

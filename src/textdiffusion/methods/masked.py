@@ -110,6 +110,7 @@ class MaskedDiffusion(TextMethod):
     attention = "bidirectional"
     samplers = ("ancestral", "cached", "confidence", "topk")
     likelihood_kind = "bound"
+    loss_is_likelihood = True  # the NELBO per token (block's too)
     supports_labels = True
     chains_windows = True  # past one context: window after window, each starting from the tail before it
     classifier_rule = "taylor"  # Nisonoff et al. 2024's first-order discrete guidance (guidance/taylor.py)

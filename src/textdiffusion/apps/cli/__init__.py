@@ -24,13 +24,14 @@ import argparse
 import os
 import re
 import sys
+import warnings
 
 from textdiffusion.apps.cli import compare, config, data, demo, evaluate, mnist, sample, serve, train
 from textdiffusion.apps.cli.checks import check_flags_agree
 from textdiffusion.apps.cli.flags import HelpFormatter
 from textdiffusion.catalogue import IMAGE_METHODS, TEXT_METHODS
 from textdiffusion.config import ConfigError
-from textdiffusion.errors import CheckpointError, DataError
+from textdiffusion.errors import CheckpointError, ConfigWarning, DataError, did_you_mean
 
 USER_ERRORS = (ConfigError, DataError, CheckpointError)
 
@@ -56,6 +57,20 @@ examples:
 
 
 _KEY_VALUE = re.compile(r"\s*[A-Za-z_][\w.]*\s*=")
+_KEY = re.compile(r"[A-Za-z_][\w]*\.[\w.]+")  # section.field, with no value
+
+
+def _refuse_spaced_setting(argv: list[str]) -> None:
+    """``--set train.lr 1e-3`` (a space for the ``=``) would leave ``1e-3`` to argparse, which answers with the
+    top-level usage; say instead how the setting is written. A word after the key that names an existing
+    path is a positional (a run directory), not a value, and is left to the config's own message."""
+    for i in range(len(argv) - 2):
+        if argv[i] == "--":
+            return
+        key, value = argv[i + 1], argv[i + 2]
+        if argv[i] == "--set" and _KEY.fullmatch(key) and not value.startswith("--") and not os.path.exists(value):
+            raise ConfigError(f"--set takes KEY=VALUE as one word, got {key!r} then {value!r}; write --set "
+                              f"{key}={value}")
 
 
 def _one_setting_per_flag(argv: list[str]) -> list[str]:
@@ -87,7 +102,32 @@ class _Parser(argparse.ArgumentParser):
 
     def parse_known_args(self, args=None, namespace=None):
         args = sys.argv[1:] if args is None else list(args)
+        try:
+            _refuse_spaced_setting(args)
+        except ConfigError as e:
+            self.exit(2, f"error: {e}\n")
         return super().parse_known_args(_one_setting_per_flag(args), namespace)
+
+    def _check_value(self, action, value):
+        """argparse's check of a choice (a preset, a command), with the closest choice named for a typo."""
+        if action.choices is not None and value not in action.choices:
+            hint = did_you_mean(value, [str(c) for c in action.choices])
+            if hint:
+                choices = ", ".join(map(repr, action.choices))
+                raise argparse.ArgumentError(action, f"invalid choice: {value!r} (choose from {choices}){hint}")
+        super()._check_value(action, value)
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """A :class:`~textdiffusion.errors.ConfigWarning` as one line, ``warning: ...``, like the errors; any other
+    warning as Python shows it."""
+    if issubclass(category, ConfigWarning):
+        print(f"warning: {message}", file=sys.stderr)
+    else:
+        _python_show_warning(message, category, filename, lineno, file, line)
+
+
+_python_show_warning = warnings.showwarning
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -103,6 +143,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    with warnings.catch_warnings():  # the one-line warnings last as long as the command
+        warnings.showwarning = _show_warning
+        return _run(argv)
+
+
+def _run(argv: list[str] | None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
