@@ -22,6 +22,7 @@ from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
 from textdiffusion.config import ConfigError
+from textdiffusion.json_reading import JSONProblem, parse_json
 from textdiffusion.viz import web_asset
 
 from .jobs import Job, SamplingService
@@ -130,8 +131,8 @@ async def _read_params(request: Request) -> Mapping[str, Any]:
         if len(body) > MAX_BODY:
             raise too_big
     try:
-        params = json.loads(body or b"{}")
-    except (ValueError, UnicodeDecodeError):
+        params = parse_json(body or b"{}")
+    except JSONProblem:
         params = None
     if not isinstance(params, dict):
         raise RequestError('the request body must be a JSON object such as {"run": "NAME", "prompt": "ROMEO:"}')

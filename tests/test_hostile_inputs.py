@@ -1,0 +1,97 @@
+"""Inputs a careless or hostile user can hand the command line, each of which must end in a one-line error or a
+bounded wait: JSON nested past any stack, run paths that are symlink loops, text the terminal cannot encode,
+directory names that are not UTF-8, networks too large for the machine. (The live page's timeouts are tested
+in test_serve.py, beside the server they bound.) ``benchmarks/hostile.py`` runs the same families across
+every command."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from textdiffusion.apps.cli import main
+from textdiffusion.json_reading import MAX_DEPTH, JSONProblem, parse_json
+
+DEEP = "[" * 10_000 + "]" * 10_000  # past the interpreter's recursion limit: json raises RecursionError
+SHALLOWER = "[" * 500 + "]" * 500  # parses, then overflows the first recursive reader
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory, shakespeare_file: Path) -> Path:
+    """A `masked` run of two tiny steps, trained through the command line."""
+    root = tmp_path_factory.mktemp("hostile")
+    target = root / "masked"
+    assert main(["train", "--method", "masked", "--preset", "tiny", "--data", str(shakespeare_file), "--run-dir",
+                 str(target), "--no-progress", "--set", "train.steps=2", "--set", "train.eval_windows=2",
+                 "--set", "train.final_eval_windows=2"]) == 0
+    return target
+
+
+def copy_run(run: Path, tmp_path: Path, name: str = "copy") -> Path:
+    target = tmp_path / name
+    shutil.copytree(run, target)
+    return target
+
+
+def one_line_error(capsys, rc: int) -> str:
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and err.startswith("error:") and "\n" not in err and "Traceback" not in err, err
+    return err
+
+
+# ---- JSON nested past the stack ------------------------------------------------------------------------
+@pytest.mark.parametrize("text", [DEEP, SHALLOWER, '{"a": ' * 5000 + "1" + "}" * 5000])
+def test_json_nested_too_deeply_is_a_problem_not_a_recursion_error(text):
+    with pytest.raises(JSONProblem, match=f"nested more than {MAX_DEPTH} levels deep"):
+        parse_json(text)
+
+
+def test_json_as_deep_as_the_limit_and_huge_numbers():
+    """The limit is exactly MAX_DEPTH containers; an integer of 5,000 digits (a ValueError in json) and bytes
+    that are not UTF-8 are problems too; a float too large is infinity, as json reads it."""
+    assert parse_json("[" * MAX_DEPTH + "]" * MAX_DEPTH) is not None
+    with pytest.raises(JSONProblem, match="nested more"):
+        parse_json("[" * (MAX_DEPTH + 1) + "]" * (MAX_DEPTH + 1))
+    with pytest.raises(JSONProblem, match="thousands of digits"):
+        parse_json("1" * 5000)
+    with pytest.raises(JSONProblem, match="not valid JSON"):
+        parse_json('{"a": ')
+    assert parse_json("1e999") == float("inf")
+
+
+COMMANDS = {
+    "sample": lambda r, out: ["sample", str(r), "--n", "1"],
+    "eval": lambda r, out: ["eval", str(r), "--samples", "1", "--val-windows", "1"],
+    "compare": lambda r, out: ["compare", str(r), "--out", str(out), "--no-progress", "--sweep="],
+    "serve": lambda r, out: ["serve", str(r), "--port", "0"],
+    "resume": lambda r, out: ["train", "--resume", str(r), "--steps", "4", "--no-progress"],
+    "config": lambda r, out: ["config", "--config", str(r / "config.json")],
+    "train --config": lambda r, out: ["train", "--config", str(r / "config.json"), "--run-dir", str(out)],
+}
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+@pytest.mark.parametrize("nesting", [DEEP, SHALLOWER])
+def test_a_deeply_nested_config_json_is_one_line_everywhere(run, tmp_path, capsys, command, nesting):
+    copy = copy_run(run, tmp_path)
+    meta = json.loads((copy / "config.json").read_text())
+    text = json.dumps(meta)[:-1] + f', "extra": {nesting}}}'
+    (copy / "config.json").write_text(text)
+    err = one_line_error(capsys, main(COMMANDS[command](copy, tmp_path / "out")))
+    assert "config.json is nested more than" in err
+
+
+@pytest.mark.parametrize("name", ["tokenizer.json", "final.json", "metrics.jsonl"])
+def test_other_run_files_nested_too_deeply(run, tmp_path, capsys, name):
+    """tokenizer.json is needed, so it is an error naming it; final.json and a metrics line are records a
+    reader can do without: the comparison (which reads all three) is still made."""
+    copy = copy_run(run, tmp_path)
+    (copy / name).write_text(DEEP + "\n")
+    rc = main(["compare", str(copy), "--out", str(tmp_path / "out"), "--no-progress", "--sweep=", "--samples=1"])
+    if name == "tokenizer.json":
+        assert "tokenizer.json is corrupt (nested more than" in one_line_error(capsys, rc)
+    else:
+        assert rc == 0, capsys.readouterr().err
