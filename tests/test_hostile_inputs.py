@@ -95,3 +95,47 @@ def test_other_run_files_nested_too_deeply(run, tmp_path, capsys, name):
         assert "tokenizer.json is corrupt (nested more than" in one_line_error(capsys, rc)
     else:
         assert rc == 0, capsys.readouterr().err
+
+
+# ---- symbolic link loops ---------------------------------------------------------------------------------
+def _loop(tmp_path: Path) -> Path:
+    loop = tmp_path / "loop"
+    loop.symlink_to("loop")
+    return loop
+
+
+READERS = {
+    "sample": lambda r, tmp: ["sample", str(r), "--n", "1"],
+    "eval": lambda r, tmp: ["eval", str(r), "--samples", "1"],
+    "compare": lambda r, tmp: ["compare", str(r), "--out", str(tmp / "out"), "--no-progress"],
+    "serve": lambda r, tmp: ["serve", str(r), "--port", "0"],
+    "resume": lambda r, tmp: ["train", "--resume", str(r), "--no-progress"],
+    "mnist sample": lambda r, tmp: ["mnist", "sample", str(r)],
+    "mnist eval": lambda r, tmp: ["mnist", "eval", str(r)],
+    "mnist resume": lambda r, tmp: ["mnist", "train", "--resume", str(r), "--no-progress"],
+}
+
+
+@pytest.mark.parametrize("command", READERS)
+def test_a_run_path_that_is_a_symlink_loop_is_named(tmp_path, capsys, command):
+    loop = _loop(tmp_path)
+    err = one_line_error(capsys, main(READERS[command](loop, tmp_path)))
+    assert f"{loop}" in err and "symbolic link loop" in err
+
+
+def test_compare_names_the_loop_among_real_runs(run, tmp_path, capsys):
+    """pathlib's resolve() raises RuntimeError on a loop; compare deduplicates its runs without it."""
+    loop = _loop(tmp_path)
+    err = one_line_error(capsys, main(["compare", str(run), str(loop), "--out", str(tmp_path / "o"),
+                                       "--no-progress"]))
+    assert err == f"error: {loop} is a symbolic link loop (a link that leads back to itself); fix or remove the link"
+
+
+@pytest.mark.parametrize("argv", [["train", "--method", "masked", "--preset", "tiny", "--run-dir", "LOOP"],
+                                  ["compare", "RUN", "--out", "LOOP", "--no-progress"],
+                                  ["sample", "RUN", "--n", "1", "--trajectory", "LOOP"]])
+def test_an_output_path_that_is_a_symlink_loop_is_named(run, tmp_path, capsys, argv):
+    loop = _loop(tmp_path)
+    argv = [str(loop) if a == "LOOP" else str(run) if a == "RUN" else a for a in argv]
+    err = one_line_error(capsys, main(argv))
+    assert f"{loop} is a symbolic link loop" in err

@@ -8,6 +8,7 @@ reader (or a resume after Ctrl-C, a kill or a full disk) sees either the old fil
 
 from __future__ import annotations
 
+import errno
 import os
 import tempfile
 from collections.abc import Callable
@@ -74,3 +75,18 @@ def write_text(path: str | Path, text: str) -> None:
 def write_bytes(path: str | Path, payload: bytes) -> None:
     """Atomically write bytes."""
     atomic_write(path, lambda tmp: Path(tmp).write_bytes(payload))
+
+
+def is_symlink_loop(path: str | Path) -> bool:
+    """Whether following ``path`` goes round in circles. ``Path.exists`` calls such a path missing and
+    ``Path.resolve`` raises RuntimeError on it, so a reader asks this to say what is really wrong."""
+    try:
+        os.stat(path)
+    except OSError as e:
+        return e.errno == errno.ELOOP
+    return False
+
+
+def symlink_loop_message(path: str | Path) -> str:
+    """The one-line error for a path that is a symbolic link loop, the same wherever the path was given."""
+    return f"{path} is a symbolic link loop (a link that leads back to itself); fix or remove the link"

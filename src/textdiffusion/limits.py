@@ -18,6 +18,7 @@ import os
 from pathlib import Path
 
 from textdiffusion.config import ConfigError
+from textdiffusion.files import is_symlink_loop, symlink_loop_message
 
 #: text ``sample --n``: samples are held (and printed) as text, so a million is a few hundred MB at most
 MAX_TEXT_SAMPLES = 1_000_000
@@ -110,6 +111,8 @@ def check_output_file(path: str | Path, flag: str) -> Path:
     """A file the command will write at the end (e.g. ``--trajectory``): its folder must exist already (no
     folders are made for it) and be writable, and the path must not be a folder."""
     p = Path(path).expanduser()
+    if is_symlink_loop(p):
+        raise ConfigError(f"{flag} {symlink_loop_message(p)}")
     if p.is_dir():
         raise ConfigError(f"{flag} {p} is a folder; pass a file name, e.g. {p / 'trajectory.json'}")
     parent = p.parent
@@ -127,6 +130,8 @@ def check_output_folder(path: str | Path, flag: str, files: tuple[str, ...] = ()
     """A folder the command writes ``files`` into; it is created if missing, so it must not be a file, the
     closest existing folder above it must be writable, and none of ``files`` may be a folder."""
     p = Path(path).expanduser()
+    if is_symlink_loop(p):
+        raise ConfigError(f"{flag} {symlink_loop_message(p)}")
     if p.exists() and not p.is_dir():
         raise ConfigError(f"{flag} {p} is a file, not a folder; pass a folder (it is created if missing)")
     existing = p

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from textdiffusion.checkpoint import CHECKPOINT, LEGACY_FILES, CheckpointError, has_checkpoint, has_weights, write_json
-from textdiffusion.files import stale_temporaries
+from textdiffusion.files import is_symlink_loop, stale_temporaries, symlink_loop_message
 from textdiffusion.records import FINAL, METRICS
 from textdiffusion.run_lock import LOCK_NAME, RunLock
 
@@ -68,6 +68,8 @@ class RunDirectory:
         if not resume and rd.is_dir():
             self._refuse_occupied()  # before anything is written into it
         self.created = not rd.exists()
+        if is_symlink_loop(rd):
+            raise CheckpointError(f"--run-dir {symlink_loop_message(rd)}")
         try:
             rd.mkdir(parents=True, exist_ok=True)
         except OSError as e:

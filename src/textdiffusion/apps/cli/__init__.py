@@ -20,6 +20,7 @@ show examples.
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import re
 import sys
@@ -30,6 +31,7 @@ from textdiffusion.apps.cli.flags import HelpFormatter
 from textdiffusion.catalogue import IMAGE_METHODS, TEXT_METHODS
 from textdiffusion.config import ConfigError
 from textdiffusion.errors import CheckpointError, DataError
+from textdiffusion.files import symlink_loop_message
 
 USER_ERRORS = (ConfigError, DataError, CheckpointError)
 
@@ -121,6 +123,9 @@ def main(argv: list[str] | None = None) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the exit's flush does not fail again
         return 141
     except OSError as e:  # the machine, not the input: a full disk, a permission, a vanished file
+        if e.errno == errno.ELOOP:  # a path the user gave, not the machine
+            print(f"error: {symlink_loop_message(e.filename or 'a path')}", file=sys.stderr)
+            return 2
         where = f" ({e.filename})" if e.filename else ""
         print(f"error: {e.strerror or e}{where}; check the path, its permissions and the free disk space",
               file=sys.stderr)
