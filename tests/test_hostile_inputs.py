@@ -7,7 +7,10 @@ every command."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -15,6 +18,7 @@ import pytest
 from textdiffusion.apps.cli import main
 from textdiffusion.json_reading import MAX_DEPTH, JSONProblem, parse_json
 
+SRC = Path(__file__).resolve().parents[1] / "src"
 DEEP = "[" * 10_000 + "]" * 10_000  # past the interpreter's recursion limit: json raises RecursionError
 SHALLOWER = "[" * 500 + "]" * 500  # parses, then overflows the first recursive reader
 
@@ -139,3 +143,73 @@ def test_an_output_path_that_is_a_symlink_loop_is_named(run, tmp_path, capsys, a
     argv = [str(loop) if a == "LOOP" else str(run) if a == "RUN" else a for a in argv]
     err = one_line_error(capsys, main(argv))
     assert f"{loop} is a symbolic link loop" in err
+
+
+# ---- text the terminal cannot encode -----------------------------------------------------------------------
+def _cli(*argv: str, encoding: str, tmp_path: Path) -> subprocess.CompletedProcess:
+    """``python -m textdiffusion ARGV`` under the C locale with stdout and stderr in ``encoding``."""
+    env = {**os.environ, "LC_ALL": "C", "LANG": "C", "PYTHONIOENCODING": encoding,
+           "PYTHONPATH": os.pathsep.join([str(SRC), os.environ.get("PYTHONPATH", "")]), "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, "-m", "textdiffusion", *argv], capture_output=True, env=env,
+                          cwd=tmp_path, timeout=120)
+
+
+@pytest.mark.parametrize("encoding", ["ascii", "latin-1"])
+def test_text_the_terminal_cannot_encode_prints_escaped(tmp_path, encoding):
+    """An em dash and an emoji in a printed value: escaped as \\u2014 and \\U0001f600, exit 0."""
+    done = _cli("config", "--method", "masked", "--preset", "tiny", "--set", "data.corpus=a—b😀.txt",
+                encoding=encoding, tmp_path=tmp_path)
+    assert done.returncode == 0, done.stderr.decode(errors="replace")
+    assert rb"a\u2014b\U0001f600.txt" in done.stdout and b"Traceback" not in done.stderr
+
+
+@pytest.mark.slow  # a subprocess that imports torch and scores: ~10-20 s; the config case above is the fast twin
+def test_eval_table_prints_under_an_ascii_terminal(run, tmp_path):
+    """eval's table holds an em dash: it raised UnicodeEncodeError after the scoring was done."""
+    copy = copy_run(run, tmp_path)
+    done = _cli("eval", str(copy), "--samples", "1", "--val-windows", "1", encoding="ascii", tmp_path=tmp_path)
+    assert done.returncode == 0, done.stderr.decode(errors="replace")
+    assert b"\\u2014" in done.stdout and b"Traceback" not in done.stderr
+    assert (copy / "eval.json").is_file()
+
+
+# ---- names that are not UTF-8 --------------------------------------------------------------------------
+NOT_UTF8 = os.fsdecode(b"run\xff")  # what Python makes of the byte: a lone surrogate
+
+
+def test_a_name_that_is_not_utf8_prints_under_strict_utf8(tmp_path):
+    done = _cli("config", "--method", "masked", "--preset", "tiny", "--set", f"data.corpus={NOT_UTF8}.txt",
+                encoding="utf-8", tmp_path=tmp_path)
+    assert done.returncode == 0, done.stderr.decode(errors="replace")
+    assert rb"run\udcff.txt" in done.stdout
+
+
+def test_a_run_dir_that_is_not_utf8_is_refused_before_training(tmp_path, capsys, shakespeare_file):
+    """safetensors opens UTF-8 paths only: such a run would train and then never load."""
+    target = tmp_path / NOT_UTF8
+    err = one_line_error(capsys, main(["train", "--method", "masked", "--preset", "tiny", "--data",
+                                       str(shakespeare_file), "--run-dir", str(target), "--no-progress"]))
+    assert "run\\xff has a name that is not valid UTF-8" in err and not target.exists()
+
+
+@pytest.mark.parametrize("command", ["sample", "eval", "compare", "serve", "resume"])
+def test_a_run_renamed_to_a_name_that_is_not_utf8_is_named(run, tmp_path, capsys, command):
+    copy = copy_run(run, tmp_path, NOT_UTF8)
+    err = one_line_error(capsys, main(COMMANDS[command](copy, tmp_path / "out")))
+    assert f"run directory {tmp_path}/run\\xff has a name that is not valid UTF-8" in err
+
+
+def test_a_corpus_whose_name_is_not_utf8_trains_and_resumes(tmp_path, shakespeare):
+    """config.json records the corpus path: the undecodable byte is written as JSON's \\udcff escape, so the
+    file stays UTF-8 and a resume finds the same file."""
+    corpus = tmp_path / f"{NOT_UTF8}.txt"
+    corpus.write_text(shakespeare[:20_000], encoding="utf-8")
+    run_dir = tmp_path / "r"
+    args = ["--no-progress", "--set", "train.eval_windows=2", "--set", "train.final_eval_windows=2"]
+    assert main(["train", "--method", "masked", "--preset", "tiny", "--data", str(corpus), "--run-dir",
+                 str(run_dir), "--steps", "2", *args]) == 0
+    raw = (run_dir / "config.json").read_bytes()
+    raw.decode("utf-8")  # valid UTF-8
+    assert b"run\\udcff.txt" in raw
+    assert json.loads(raw)["corpus"]["path"] == str(corpus)
+    assert main(["train", "--resume", str(run_dir), "--steps", "3", "--no-progress"]) == 0

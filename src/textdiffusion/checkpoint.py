@@ -50,7 +50,9 @@ from textdiffusion.json_reading import JSONProblem, parse_json
 
 def write_json(path: Path, obj: Any) -> None:
     def write(tmp: str) -> None:
-        with open(tmp, "w", encoding="utf-8") as f:
+        # a path whose name is not UTF-8 holds lone surrogates (Python's surrogateescape); backslashreplace
+        # writes one as \udcff, which is JSON's own escape for it, so the file stays UTF-8 and reads back equal
+        with open(tmp, "w", encoding="utf-8", errors="backslashreplace") as f:
             json.dump(obj, f, indent=2, ensure_ascii=False)
             f.write("\n")
 

@@ -68,8 +68,9 @@ def append_line(path: str | Path, line: str) -> None:
 
 
 def write_text(path: str | Path, text: str) -> None:
-    """Atomically write UTF-8 text."""
-    atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+    """Atomically write UTF-8 text. A lone surrogate (a file name that is not UTF-8, as Python decodes it) is
+    written as its escape ``\\udcff``: UTF-8 has no bytes for it, and a report must not fail over a name."""
+    atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8", errors="backslashreplace"))
 
 
 def write_bytes(path: str | Path, payload: bytes) -> None:
@@ -90,3 +91,20 @@ def is_symlink_loop(path: str | Path) -> bool:
 def symlink_loop_message(path: str | Path) -> str:
     """The one-line error for a path that is a symbolic link loop, the same wherever the path was given."""
     return f"{path} is a symbolic link loop (a link that leads back to itself); fix or remove the link"
+
+
+def non_utf8_name(path: str | Path) -> str | None:
+    """``path`` with its undecodable bytes shown as ``\\xff`` when its name is not UTF-8 (Linux allows any bytes;
+    Python holds them as lone surrogates), else None. The checkpoint library (safetensors) opens only UTF-8
+    paths, so such a run could be written but never read back: it is refused by name instead."""
+    try:
+        str(path).encode("utf-8")
+    except UnicodeEncodeError:
+        return os.fsencode(path).decode("utf-8", errors="backslashreplace")
+    return None
+
+
+def non_utf8_message(shown: str, what: str) -> str:
+    """The one-line error for a path :func:`non_utf8_name` found (``what``: "--run-dir", "run directory")."""
+    return (f"{what} {shown} has a name that is not valid UTF-8, which the checkpoint library cannot open; "
+            f"rename it (or pick a name) in UTF-8")

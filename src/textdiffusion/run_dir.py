@@ -16,7 +16,13 @@ from pathlib import Path
 from typing import Any
 
 from textdiffusion.checkpoint import CHECKPOINT, LEGACY_FILES, CheckpointError, has_checkpoint, has_weights, write_json
-from textdiffusion.files import is_symlink_loop, stale_temporaries, symlink_loop_message
+from textdiffusion.files import (
+    is_symlink_loop,
+    non_utf8_message,
+    non_utf8_name,
+    stale_temporaries,
+    symlink_loop_message,
+)
 from textdiffusion.records import FINAL, METRICS
 from textdiffusion.run_lock import LOCK_NAME, RunLock
 
@@ -51,6 +57,10 @@ class RunDirectory:
         the file a resumed run's weights cannot go on without (``tokenizer.json``), None when the data
         writes it again."""
         rd = self.path
+        if is_symlink_loop(rd):
+            raise CheckpointError(f"--run-dir {symlink_loop_message(rd)}")
+        if non_utf8_name(rd) is not None:
+            raise CheckpointError(non_utf8_message(non_utf8_name(rd), "--run-dir"))
         if rd.exists() and not rd.is_dir():
             raise CheckpointError(f"--run-dir {rd} is a file, not a directory; pick another --run-dir")
         if resume and not (rd / "config.json").is_file():
@@ -68,8 +78,6 @@ class RunDirectory:
         if not resume and rd.is_dir():
             self._refuse_occupied()  # before anything is written into it
         self.created = not rd.exists()
-        if is_symlink_loop(rd):
-            raise CheckpointError(f"--run-dir {symlink_loop_message(rd)}")
         try:
             rd.mkdir(parents=True, exist_ok=True)
         except OSError as e:

@@ -20,7 +20,9 @@ show examples.
 from __future__ import annotations
 
 import argparse
+import codecs
 import errno
+import io
 import os
 import re
 import sys
@@ -103,7 +105,27 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+#: error handlers that already write every character somehow
+_ESCAPING = ("backslashreplace", "namereplace", "xmlcharrefreplace", "replace", "ignore")
+
+
+def _print_anything() -> None:
+    """Make stdout and stderr escape what they cannot encode, so printing never ends a command.
+
+    Under ``LC_ALL=C`` with ``PYTHONIOENCODING=ascii`` (or any locale whose encoding lacks a character) a
+    sample or table holding ``—`` or an emoji raised UnicodeEncodeError after the work was done; a run
+    directory whose name is not UTF-8 reaches Python as a lone surrogate, which even UTF-8 cannot encode
+    strictly. Such characters now print as ``\\u2014`` and ``\\udcff``; everything else prints as before."""
+    for stream in (sys.stdout, sys.stderr):
+        if not isinstance(stream, io.TextIOWrapper) or stream.errors in _ESCAPING:
+            continue
+        utf = codecs.lookup(stream.encoding).name.startswith("utf")
+        if stream.errors == "strict" or not utf:  # UTF-8 with surrogateescape writes everything already
+            stream.reconfigure(errors="backslashreplace")
+
+
 def main(argv: list[str] | None = None) -> int:
+    _print_anything()
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
