@@ -8,15 +8,18 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import torch
 
-from textdiffusion.apps.cli import main
+from textdiffusion.apps.cli import _failed_allocation, main
 from textdiffusion.json_reading import MAX_DEPTH, JSONProblem, parse_json
+from textdiffusion.network_size import check_network_fits, count_parameters, device_memory
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 DEEP = "[" * 10_000 + "]" * 10_000  # past the interpreter's recursion limit: json raises RecursionError
@@ -213,3 +216,50 @@ def test_a_corpus_whose_name_is_not_utf8_trains_and_resumes(tmp_path, shakespear
     assert b"run\\udcff.txt" in raw
     assert json.loads(raw)["corpus"]["path"] == str(corpus)
     assert main(["train", "--resume", str(run_dir), "--steps", "3", "--no-progress"]) == 0
+
+
+# ---- networks too large for the machine --------------------------------------------------------------------
+@pytest.mark.parametrize("argv", [["train", "--method", "masked", "--set", "model.n_embd=65536",
+                                   "--set", "model.n_layer=64"],
+                                  ["mnist", "train", "--data", "digits", "--set", "unet.base_channels=4096"]])
+def test_a_network_too_large_is_refused_before_it_is_built(tmp_path, capsys, shakespeare_file, argv):
+    """Counted on the meta device: one line with the parameter count and the bytes, no run directory made."""
+    argv = [*argv, "--preset", "tiny", "--run-dir", str(tmp_path / "big"), "--no-progress"]
+    if argv[0] == "train":
+        argv += ["--data", str(shakespeare_file)]
+    err = one_line_error(capsys, main(argv))
+    assert re.search(r"the network would have [\d,]{13,} parameters: [\d,.]+ GiB of fp32 weights, [\d,.]+ GiB to "
+                     r"train .* more than the [\d,.]+ GiB of memory the (cpu|cuda) has", err), err
+    assert not (tmp_path / "big").exists()
+
+
+def test_the_estimate_counts_exactly_and_draws_nothing():
+    """The meta build counts what the real one makes, and leaves the seeded stream where it was (a run's
+    initial weights come from it)."""
+    def network() -> torch.nn.Module:
+        return torch.nn.Sequential(torch.nn.Linear(3, 5), torch.nn.Linear(5, 2, bias=False))
+
+    torch.manual_seed(0)
+    expected = torch.randn(4)
+    torch.manual_seed(0)
+    assert count_parameters(network) == 3 * 5 + 5 + 5 * 2
+    assert torch.equal(torch.randn(4), expected)
+    memory = device_memory(torch.device("cpu"))
+    assert memory is not None and memory > 2**28
+    check_network_fits(network, torch.device("cpu"))  # 30 parameters fit anywhere
+
+
+def test_an_allocation_that_fails_anyway_is_one_line(tmp_path, capsys, shakespeare_file, monkeypatch):
+    """Past the estimate (activations, other processes) torch's allocator raises RuntimeError; the CLI reports
+    it with the size asked for."""
+    def fail(*args, **kwargs):
+        raise RuntimeError("[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't allocate "
+                           "memory: you tried to allocate 51539607552 bytes. Error code 12 (Cannot allocate memory)")
+
+    monkeypatch.setattr("textdiffusion.trainer.build", fail)
+    err = one_line_error(capsys, main(["train", "--method", "masked", "--preset", "tiny", "--data",
+                                       str(shakespeare_file), "--run-dir", str(tmp_path / "r"), "--no-progress"]))
+    assert err.startswith("error: out of memory (an allocation of 48.0 GiB failed); ask for less"), err
+    assert _failed_allocation(RuntimeError("CUDA out of memory. Tried to allocate 20.00 GiB")) == \
+        "an allocation of 20.00 GiB failed"
+    assert _failed_allocation(RuntimeError("size mismatch for weight")) is None

@@ -124,6 +124,24 @@ def _print_anything() -> None:
             stream.reconfigure(errors="backslashreplace")
 
 
+_ALLOCATION = re.compile(r"can't allocate memory: you tried to allocate (\d+) bytes|out of memory\. tried to "
+                         r"allocate ([\d.]+ [KMGT]?i?B)", re.IGNORECASE)
+
+
+def _failed_allocation(e: RuntimeError) -> str | None:
+    """What an allocator's error says was asked for ("an allocation of 48.0 GiB failed"), or None when ``e`` is
+    not an out-of-memory error."""
+    text = str(e)
+    found = _ALLOCATION.search(text)
+    if found and found.group(1):
+        return f"an allocation of {int(found.group(1)) / 2**30:,.1f} GiB failed"
+    if found:
+        return f"an allocation of {found.group(2)} failed"
+    if type(e).__name__ == "OutOfMemoryError" or "out of memory" in text.lower():
+        return "an allocation failed"
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     _print_anything()
     parser = build_parser()
@@ -140,6 +158,13 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except MemoryError:
         print("error: out of memory; ask for less (a smaller --n, --length, --samples or preset)", file=sys.stderr)
+        return 2
+    except RuntimeError as e:  # torch's allocators raise RuntimeError (torch.OutOfMemoryError on a GPU)
+        tried = _failed_allocation(e)
+        if tried is None:
+            raise
+        print(f"error: out of memory ({tried}); ask for less (a smaller model, --n, --length, --samples or "
+              f"preset)", file=sys.stderr)
         return 2
     except BrokenPipeError:  # the reader stopped reading (`textdiffusion config | head`): nothing to report
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the exit's flush does not fail again
