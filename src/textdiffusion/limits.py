@@ -28,6 +28,9 @@ MAX_TEXT_STEPS = 10_000
 #: ``--length`` of a method that writes past its context (``ar``, ``block``): one network evaluation or more
 #: per token, so 100000 tokens are already hours on a CPU
 MAX_TEXT_LENGTH = 100_000
+#: the live page: seconds a client may take to send a whole request, or to accept more of a stream, before it
+#: is disconnected (and its sampling stopped); ``serve --client-timeout``
+CLIENT_TIMEOUT_S = 10.0
 #: ``mnist sample --n`` goes into one PNG grid; 10000 digits at 3x scale are an ~80-megapixel picture
 MAX_IMAGE_GRID = 10_000
 #: ``mnist eval --samples``: the generated images are kept (float) for FID, 100000 of 28x28 are ~300 MB
