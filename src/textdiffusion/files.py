@@ -4,6 +4,10 @@ Everything the package writes that someone will read back (checkpoints, JSON rec
 pictures) goes through :func:`atomic_write`: the bytes go to a temporary file in the same folder, are
 flushed to disk, and the file is renamed over the target. A rename within one file system is atomic, so a
 reader (or a resume after Ctrl-C, a kill or a full disk) sees either the old file or the new one.
+
+Beside it, the one-line errors for paths that cannot be used whatever their contents: a symbolic link loop
+(:func:`is_symlink_loop`) and a name that is not UTF-8 (:func:`non_utf8_message`), worded the same wherever
+a command took the path.
 """
 
 from __future__ import annotations
@@ -93,18 +97,15 @@ def symlink_loop_message(path: str | Path) -> str:
     return f"{path} is a symbolic link loop (a link that leads back to itself); fix or remove the link"
 
 
-def non_utf8_name(path: str | Path) -> str | None:
-    """``path`` with its undecodable bytes shown as ``\\xff`` when its name is not UTF-8 (Linux allows any bytes;
-    Python holds them as lone surrogates), else None. The checkpoint library (safetensors) opens only UTF-8
-    paths, so such a run could be written but never read back: it is refused by name instead."""
+def non_utf8_message(path: str | Path, what: str) -> str | None:
+    """The one-line error for a path whose name is not UTF-8 (``what``: "--run-dir", "run directory"), showing
+    its undecodable bytes as ``\\xff``; None for a UTF-8 path. Linux allows any bytes in a name and Python holds
+    them as lone surrogates, but the checkpoint library (safetensors) opens only UTF-8 paths, so such a run
+    could be written and never read back: it is refused by name instead."""
     try:
         str(path).encode("utf-8")
     except UnicodeEncodeError:
-        return os.fsencode(path).decode("utf-8", errors="backslashreplace")
+        shown = os.fsencode(path).decode("utf-8", errors="backslashreplace")
+        return (f"{what} {shown} has a name that is not valid UTF-8, which the checkpoint library cannot open; "
+                f"rename it (or pick a name) in UTF-8")
     return None
-
-
-def non_utf8_message(shown: str, what: str) -> str:
-    """The one-line error for a path :func:`non_utf8_name` found (``what``: "--run-dir", "run directory")."""
-    return (f"{what} {shown} has a name that is not valid UTF-8, which the checkpoint library cannot open; "
-            f"rename it (or pick a name) in UTF-8")

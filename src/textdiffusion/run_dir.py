@@ -19,7 +19,6 @@ from textdiffusion.checkpoint import CHECKPOINT, LEGACY_FILES, CheckpointError, 
 from textdiffusion.files import (
     is_symlink_loop,
     non_utf8_message,
-    non_utf8_name,
     stale_temporaries,
     symlink_loop_message,
 )
@@ -59,8 +58,8 @@ class RunDirectory:
         rd = self.path
         if is_symlink_loop(rd):
             raise CheckpointError(f"--run-dir {symlink_loop_message(rd)}")
-        if non_utf8_name(rd) is not None:
-            raise CheckpointError(non_utf8_message(non_utf8_name(rd), "--run-dir"))
+        if (problem := non_utf8_message(rd, "--run-dir")) is not None:
+            raise CheckpointError(problem)
         if rd.exists() and not rd.is_dir():
             raise CheckpointError(f"--run-dir {rd} is a file, not a directory; pick another --run-dir")
         if resume and not (rd / "config.json").is_file():

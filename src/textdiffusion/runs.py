@@ -19,7 +19,7 @@ from textdiffusion.checkpoint import (
 from textdiffusion.config import DEVICE, Config, ConfigError, apply_sampling_overrides
 from textdiffusion.data.sources import load_vocab
 from textdiffusion.data.tokenizer import Tokenizer
-from textdiffusion.files import is_symlink_loop, non_utf8_message, non_utf8_name, symlink_loop_message
+from textdiffusion.files import is_symlink_loop, non_utf8_message, symlink_loop_message
 from textdiffusion.methods import Method, get_method
 from textdiffusion.methods.configs import config_from_dict
 
@@ -141,8 +141,8 @@ def read_run_config(path: str | Path) -> tuple[Path, dict[str, Any], Config]:
     run = Path(path)
     if not run.is_dir() and is_symlink_loop(run):
         raise CheckpointError(symlink_loop_message(run))
-    if non_utf8_name(run) is not None:
-        raise CheckpointError(non_utf8_message(non_utf8_name(run), "run directory"))
+    if (problem := non_utf8_message(run, "run directory")) is not None:
+        raise CheckpointError(problem)
     if not run.is_dir():
         raise CheckpointError(f"run directory {run} does not exist; pass the directory `textdiffusion train` "
                               f"printed (it holds config.json)")

@@ -50,7 +50,7 @@ from textdiffusion.checkpoint import (
     write_json,
 )
 from textdiffusion.config import GUIDANCE, ConfigError
-from textdiffusion.files import is_symlink_loop, non_utf8_message, non_utf8_name, symlink_loop_message, write_text
+from textdiffusion.files import is_symlink_loop, non_utf8_message, symlink_loop_message, write_text
 from textdiffusion.methods import SampleRequest, get_method
 from textdiffusion.methods.base import bits_key
 from textdiffusion.progress import progress_bar
@@ -172,8 +172,8 @@ def _read_meta(run: Path) -> dict[str, Any]:
     """``config.json``, refusing a directory that is not a run."""
     if not run.is_dir() and is_symlink_loop(run):
         raise CheckpointError(symlink_loop_message(run))
-    if non_utf8_name(run) is not None:
-        raise CheckpointError(non_utf8_message(non_utf8_name(run), "run directory"))
+    if (problem := non_utf8_message(run, "run directory")) is not None:
+        raise CheckpointError(problem)
     if not run.is_dir():
         raise CheckpointError(f"run directory {run} does not exist; pass directories written by "
                               f"`textdiffusion train` (they hold config.json)")
