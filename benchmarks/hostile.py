@@ -1812,7 +1812,10 @@ def audit_cases() -> list[Case]:
                 argv = {"config": ["config", "--config", run / "config.json"],
                         "train --config": ["train", "--config", run / "config.json", "--run-dir", ctx.path("new")]
                         }.get(command) or _commands(ctx, run)[command]
-                return refused(ctx.cli(*argv), what=f"a config.json nested {label}")
+                call = ctx.cli(*argv)
+                # past the stack it cannot be read; 500 deep it can, and refusing it is as fine as ignoring it
+                return refused(call, what=f"a config.json nested {label}") if label == "10000 deep" else \
+                    no_traceback(call)
 
             cases.append(Case(f"audit:config.json {label}/{command}", AUDIT, "deep-json", fn))
         for name, command in (("tokenizer.json", "sample"), ("final.json", "compare"), ("eval.json", "compare"),
@@ -1828,7 +1831,9 @@ def audit_cases() -> list[Case]:
         def image_fn(ctx: Ctx, nesting=nesting) -> tuple[str, str]:
             run = ctx.run("image")
             _nest(run / "config.json", nesting)
-            return refused(ctx.cli(*mnist_sample_argv(ctx, run)), what="an image run's config.json nested deep")
+            call = ctx.cli(*mnist_sample_argv(ctx, run))
+            return refused(call, what="an image run's config.json nested deep") if nesting == DEEP_JSON[
+                "10000 deep"] else no_traceback(call)
 
         cases.append(Case(f"audit:config.json {label}/mnist sample", AUDIT, "deep-json", image_fn))
     for command in ("sample", "resume"):
@@ -1865,7 +1870,10 @@ def audit_cases() -> list[Case]:
     }
     for label, argv_fn in loops.items():
         def fn(ctx: Ctx, argv_fn=argv_fn, label=label) -> tuple[str, str]:
-            return refused(ctx.cli(*argv_fn(ctx)), what=f"{label} a symlink loop")
+            call = ctx.cli(*argv_fn(ctx))
+            if label == "sample --trajectory":  # an atomic write may also replace the link with the file
+                return no_traceback(call)
+            return refused(call, what=f"{label} a symlink loop")
 
         cases.append(Case(f"audit:symlink loop as {label}", AUDIT, "symlink-loop", fn))
 
