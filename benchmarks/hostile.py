@@ -32,7 +32,10 @@ When run as root, the worker drops the capabilities that let root read and write
 ``serve`` never listens: the worker replaces the uvicorn server's ``run`` with a stub, so a case that would
 start serving stops there (and is judged: an invalid ``--port`` that gets that far was accepted).
 
-Every case names the item of issue 14 it comes from (1-7) and its family; the table counts both.
+Every case names the item of issue 14 it comes from (1-7) and its family; the table counts both. Item 13
+holds a later audit's families (:func:`audit_cases`): JSON nested past the stack, symlink loops, terminals that
+cannot encode a character, names that are not UTF-8, networks too large for memory, and live-page clients that
+stall (real ``serve`` processes, so only without ``--quick``).
 """
 
 from __future__ import annotations
@@ -221,13 +224,20 @@ class Ctx:
         shutil.copytree(self.fixtures / name, target)
         return target
 
-    def cli(self, *argv: Any) -> Call:
+    def cli(self, *argv: Any, encoding: str = "") -> Call:
+        """``main(argv)`` here; ``encoding`` gives it byte streams in that encoding (a terminal under
+        ``PYTHONIOENCODING=ascii``) instead of text buffers, which take any character."""
         import torch
 
         from textdiffusion.apps.cli import main
 
         call = Call([str(a) for a in argv])
-        out, err = io.StringIO(), io.StringIO()
+        out: Any
+        err: Any
+        if encoding:
+            out, err = (io.TextIOWrapper(io.BytesIO(), encoding=encoding, write_through=True) for _ in range(2))
+        else:
+            out, err = io.StringIO(), io.StringIO()
         threads, sigint = torch.get_num_threads(), signal.getsignal(signal.SIGINT)
         tic = time.perf_counter()
         with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
@@ -240,12 +250,14 @@ class Ctx:
                 call.rc, call.note = 0, "would serve"
             except BaseException as e:  # everything that escapes main() is what this harness looks for
                 call.exc = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:300]
-                call.err = err.getvalue() + traceback.format_exc()
+                call.err = (err.buffer.getvalue().decode(encoding, "replace") if encoding else err.getvalue()) \
+                    + traceback.format_exc()
             finally:  # what one command may have changed for the next (train.threads, its Ctrl-C handler)
                 torch.set_num_threads(threads)
                 signal.signal(signal.SIGINT, sigint)
         call.seconds = time.perf_counter() - tic
-        call.out, call.err = out.getvalue(), call.err or err.getvalue()
+        text = (lambda f: f.buffer.getvalue().decode(encoding, "replace")) if encoding else (lambda f: f.getvalue())
+        call.out, call.err = text(out), call.err or text(err)
         self.calls.append(call)
         return call
 
@@ -1721,6 +1733,280 @@ def proc_cases() -> list[Case]:
     return cases
 
 
+# ---- the second audit: JSON past the stack, symlink loops, terminals, names, memory, stalled clients -------
+AUDIT = "13"  # the item these families report under
+WORK_LIMIT_S = 60.0  # cases that must do the work (train, eval, compare) and only print or name something odd
+DEEP_JSON = {"10000 deep": "[" * 10_000 + "]" * 10_000, "500 deep": "[" * 500 + "]" * 500}
+NOT_UTF8 = os.fsdecode(b"run\xff")  # a name Linux allows: Python holds the byte as a lone surrogate
+UNICODE_TEXT = "\nROMEO \u2014 what light through yonder window breaks? \U0001f600\n"
+
+
+def _nest(path: Path, nesting: str) -> None:
+    """Put ``nesting`` into a JSON file: as an extra key of an object file, or as the whole file."""
+    if path.name == "config.json":
+        path.write_text(path.read_text().rstrip().rstrip("}") + f', "extra": {nesting}}}')
+    else:
+        path.write_text(nesting + "\n")
+
+
+def _serve_process(ctx: Ctx, run: Path, timeout: float) -> tuple[subprocess.Popen, int | None]:
+    """``textdiffusion serve RUN`` as a real process on a free port, and that port (None if it never listened)."""
+    p = ctx.popen(["serve", run, "--port", "0", "--device", "cpu", "--client-timeout", timeout], "serve")
+    port: list[int] = []
+
+    def listening() -> bool:
+        found = re.search(r"http://127\.0\.0\.1:(\d+)/", ctx.path("serve.out").read_text(errors="replace"))
+        port[:] = [int(found.group(1))] if found else []
+        return bool(found)
+
+    return p, port[0] if _wait_for(listening, 60, p, poll=0.1) else None
+
+
+def _raw_client(port: int, request: bytes, receive_buffer: int = 0) -> Any:
+    import socket
+
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    if receive_buffer:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
+    sock.connect(("127.0.0.1", port))
+    sock.sendall(request)
+    return sock
+
+
+def _closes_within(sock: Any, seconds: float) -> float | None:
+    tic = time.monotonic()
+    sock.settimeout(0.2)
+    while time.monotonic() - tic < seconds:
+        try:
+            if not sock.recv(65536):
+                return time.monotonic() - tic
+        except TimeoutError:
+            continue
+        except ConnectionResetError:
+            return time.monotonic() - tic
+    return None
+
+
+def _http(port: int, path: str) -> tuple[int, bytes]:
+    import http.client
+
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    try:
+        conn.request("GET", path)
+        response = conn.getresponse()
+        return response.status, response.read()
+    finally:
+        conn.close()
+
+
+def audit_cases() -> list[Case]:
+    """Inputs of the second audit: each was a traceback or an unbounded wait, each must be a one-line error,
+    a correct result or a bounded wait."""
+    cases: list[Case] = []
+
+    # JSON nested past the interpreter's stack (RecursionError), or deep enough to overflow a later reader
+    for label, nesting in DEEP_JSON.items():
+        for command in ("sample", "resume", "eval", "compare", "serve", "config", "train --config"):
+            def fn(ctx: Ctx, nesting=nesting, command=command, label=label) -> tuple[str, str]:
+                run = ctx.run("masked")
+                _nest(run / "config.json", nesting)
+                argv = {"config": ["config", "--config", run / "config.json"],
+                        "train --config": ["train", "--config", run / "config.json", "--run-dir", ctx.path("new")]
+                        }.get(command) or _commands(ctx, run)[command]
+                call = ctx.cli(*argv)
+                # past the stack it cannot be read; 500 deep it can, and refusing it is as fine as ignoring it
+                return refused(call, what=f"a config.json nested {label}") if label == "10000 deep" else \
+                    no_traceback(call)
+
+            cases.append(Case(f"audit:config.json {label}/{command}", AUDIT, "deep-json", fn))
+        for name, command in (("tokenizer.json", "sample"), ("final.json", "compare"), ("eval.json", "compare"),
+                              ("metrics.jsonl", "compare"), ("final.json", "eval"), ("eval.json", "eval")):
+            def fn(ctx: Ctx, nesting=nesting, name=name, command=command) -> tuple[str, str]:
+                run = ctx.run("masked")
+                _nest(run / name, nesting)
+                call = ctx.cli(*_commands(ctx, run)[command])
+                # the tokenizer is needed; the records are not (a reader shows no number, eval scores again)
+                return refused(call, what=f"a {name} nested too deep") if name == "tokenizer.json" else works(call)
+
+            cases.append(Case(f"audit:{name} {label}/{command}", AUDIT, "deep-json", fn, limit=WORK_LIMIT_S))
+        def image_fn(ctx: Ctx, nesting=nesting) -> tuple[str, str]:
+            run = ctx.run("image")
+            _nest(run / "config.json", nesting)
+            call = ctx.cli(*mnist_sample_argv(ctx, run))
+            return refused(call, what="an image run's config.json nested deep") if nesting == DEEP_JSON[
+                "10000 deep"] else no_traceback(call)
+
+        cases.append(Case(f"audit:config.json {label}/mnist sample", AUDIT, "deep-json", image_fn))
+    for command in ("sample", "resume"):
+        def fn(ctx: Ctx, command=command) -> tuple[str, str]:
+            run = ctx.run("masked")
+            _edit_config(run, lambda meta: None)
+            path = run / "config.json"
+            path.write_text(re.sub(r'"seed": \d+', '"seed": ' + "7" * 5000, path.read_text()))
+            return refused(ctx.cli(*_commands(ctx, run)[command]), what="a seed of 5,000 digits")
+
+        cases.append(Case(f"audit:config.json 5000-digit number/{command}", AUDIT, "deep-json", fn))
+
+    # a path that is a symbolic link loop, wherever a command takes one
+    def loop(ctx: Ctx, name: str = "loop") -> Path:
+        path = ctx.path(name)
+        path.symlink_to(name)
+        return path
+
+    loops: dict[str, Callable[[Ctx], list[Any]]] = {
+        "sample RUN": lambda ctx: sample_argv(loop(ctx)), "eval RUN": lambda ctx: eval_argv(loop(ctx)),
+        "compare RUN": lambda ctx: compare_argv(ctx, loop(ctx)),
+        "compare RUN among runs": lambda ctx: compare_argv(ctx, ctx.fixture("masked"), str(loop(ctx))),
+        "serve RUN": lambda ctx: ["serve", loop(ctx)], "train --resume RUN": lambda ctx: resume_argv(loop(ctx)),
+        "mnist sample RUN": lambda ctx: mnist_sample_argv(ctx, loop(ctx)),
+        "mnist eval RUN": lambda ctx: mnist_eval_argv(loop(ctx)),
+        "mnist train --resume RUN": lambda ctx: ["mnist", *resume_argv(loop(ctx))],
+        "train --run-dir": lambda ctx: train_argv(ctx, "masked", "loop") if loop(ctx) else [],
+        "train --data": lambda ctx: train_argv(ctx, "masked", data=str(loop(ctx))),
+        "train --config": lambda ctx: ["train", "--config", loop(ctx), "--run-dir", ctx.path("r")],
+        "config --config": lambda ctx: ["config", "--config", loop(ctx)],
+        "compare --out": lambda ctx: compare_argv(ctx, ctx.fixture("masked")) if loop(ctx, "cmp") else [],
+        "sample --trajectory": lambda ctx: sample_argv(ctx.fixture("masked"), f"--trajectory={loop(ctx)}"),
+        "mnist sample --out": lambda ctx: mnist_sample_argv(ctx, ctx.fixture("image")) if loop(ctx, "imgs") else [],
+    }
+    for label, argv_fn in loops.items():
+        def fn(ctx: Ctx, argv_fn=argv_fn, label=label) -> tuple[str, str]:
+            call = ctx.cli(*argv_fn(ctx))
+            if label == "sample --trajectory":  # an atomic write may also replace the link with the file
+                return no_traceback(call)
+            return refused(call, what=f"{label} a symlink loop")
+
+        cases.append(Case(f"audit:symlink loop as {label}", AUDIT, "symlink-loop", fn))
+
+    # text a terminal cannot encode: an em dash and an emoji, printed under ascii and latin-1 stdout
+    for encoding in ("ascii", "latin-1"):
+        def train_fn(ctx: Ctx, encoding=encoding) -> tuple[str, str]:
+            corpus = ctx.path("unicode.txt")
+            corpus.write_text(ctx.corpus.read_text(encoding="utf-8")[:20_000] + UNICODE_TEXT * 40, encoding="utf-8")
+            argv = train_argv(ctx, "masked", "run", *sets("train.sample_every_eval=true"), data=str(corpus))
+            trained = works(ctx.cli(*argv, encoding=encoding))
+            sampled = works(ctx.cli(*sample_argv(ctx.path("run"), "--prompt=ROMEO \u2014", "--show"),
+                                    encoding=encoding))
+            return worst(trained, sampled)
+
+        cases.append(Case(f"audit:train and sample unicode text under {encoding}", AUDIT, "encoding", train_fn,
+                          limit=WORK_LIMIT_S))
+        for command in ("eval", "compare", "config"):
+            def fn(ctx: Ctx, encoding=encoding, command=command) -> tuple[str, str]:
+                argv = (["config", "--method", "masked", "--set", "data.corpus=a\u2014b\U0001f600.txt"]
+                        if command == "config" else _commands(ctx, ctx.run("masked"))[command])
+                return works(ctx.cli(*argv, encoding=encoding), what=f"{command} under {encoding}")
+
+            cases.append(Case(f"audit:{command} under {encoding}", AUDIT, "encoding", fn, limit=WORK_LIMIT_S))
+
+    # names that are not UTF-8
+    def train_into_bad_name(ctx: Ctx) -> tuple[str, str]:
+        call = ctx.cli(*train_argv(ctx, "masked", NOT_UTF8))
+        if ctx.path(NOT_UTF8).exists() and call.kind != "exit0":
+            return "lost", f"left a half-made run behind: {call.message}"
+        return refused(call, what="trained a run that safetensors cannot open") if call.kind != "exit0" else \
+            worst(works(call), works(ctx.cli(*sample_argv(ctx.path(NOT_UTF8)))))
+
+    cases.append(Case("audit:non-UTF-8 name/train --run-dir", AUDIT, "non-utf8", train_into_bad_name))
+    for command in ("sample", "eval", "compare", "serve", "resume"):
+        def fn(ctx: Ctx, command=command) -> tuple[str, str]:
+            run = ctx.run("masked", NOT_UTF8)
+            return no_traceback(ctx.cli(*_commands(ctx, run)[command]))
+
+        cases.append(Case(f"audit:non-UTF-8 name/{command} RUN", AUDIT, "non-utf8", fn))
+
+    def corpus_named_badly(ctx: Ctx) -> tuple[str, str]:
+        corpus = ctx.path(NOT_UTF8 + ".txt")
+        shutil.copyfile(ctx.corpus, corpus)
+        trained = works(ctx.cli(*train_argv(ctx, "masked", data=str(corpus))))
+        return worst(trained, _resumes(ctx, ctx.path("run"), 3)) if trained[0] == "ok" else trained
+
+    cases.append(Case("audit:non-UTF-8 name/train --data, then resume", AUDIT, "non-utf8", corpus_named_badly,
+                      limit=WORK_LIMIT_S))
+
+    def out_named_badly(ctx: Ctx) -> tuple[str, str]:
+        argv = compare_argv(ctx, ctx.fixture("masked"))
+        argv[argv.index("--out") + 1] = str(ctx.path(NOT_UTF8))
+        return works(ctx.cli(*argv))
+
+    cases.append(Case("audit:non-UTF-8 name/compare --out", AUDIT, "non-utf8", out_named_badly,
+                      limit=WORK_LIMIT_S))
+
+    def printed_strictly(ctx: Ctx) -> tuple[str, str]:
+        return works(ctx.cli("config", "--method", "masked", "--set", f"data.corpus={NOT_UTF8}", encoding="utf-8"))
+
+    cases.append(Case("audit:non-UTF-8 name/printed to strict UTF-8", AUDIT, "non-utf8", printed_strictly))
+
+    # networks too large for the machine: refused by size before a byte is allocated
+    for label, argv_fn in {
+        "masked n_embd=65536 n_layer=64": lambda ctx: train_argv(ctx, "masked", "run",
+                                                                 *sets("model.n_embd=65536", "model.n_layer=64")),
+        "ar n_embd=16384 n_layer=16": lambda ctx: train_argv(ctx, "ar", "run",
+                                                             *sets("model.n_embd=16384", "model.n_layer=16")),
+        "block n_embd=32768": lambda ctx: train_argv(ctx, "block", "run", *sets("model.n_embd=32768")),
+        "image unet.base_channels=4096": lambda ctx: train_argv(ctx, "image", "run",
+                                                                *sets("unet.base_channels=4096")),
+    }.items():
+        def fn(ctx: Ctx, argv_fn=argv_fn, label=label) -> tuple[str, str]:
+            call = ctx.cli(*argv_fn(ctx))
+            if call.kind == "error" and not re.search(r"parameters|memory", call.message):
+                return "silent-wrong", f"refused without naming the size: {call.message}"
+            return refused(call, what=f"a network of {label} trained")
+
+        cases.append(Case(f"audit:too large for memory/{label}", AUDIT, "memory", fn, risky=True, limit=60.0))
+
+    # the live page: clients that stop reading, and requests never finished
+    def stalled_readers(ctx: Ctx) -> tuple[str, str]:
+        from urllib.parse import urlencode
+
+        p, port = _serve_process(ctx, ctx.fixture("masked"), 1.0)
+        if port is None:
+            return no_traceback(ctx.finish(p, 5))
+        query = urlencode({"run": "masked", "sampler": "cached", "steps": 1000, "pace": 50}).encode()
+        stalled = [_raw_client(port, b"GET /api/sample?" + query + b" HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n", 1024)
+                   for _ in range(4)]
+        tic, waited = time.monotonic(), None
+        try:
+            while time.monotonic() - tic < 40:  # each stalled sampling would run 50 s
+                status, _ = _http(port, "/api/sample?" + urlencode({"run": "masked", "steps": 2}))
+                if status == 200:
+                    waited = time.monotonic() - tic
+                    break
+                time.sleep(0.5)
+        finally:
+            for sock in stalled:
+                sock.close()
+            p.send_signal(signal.SIGINT)
+        call = ctx.finish(p, 15, note=f"fifth client served after {waited:.1f} s" if waited else "")
+        if waited is None:
+            return "silent-wrong", "four clients that read nothing held every slot for 40 s"
+        return worst(no_traceback(call), ("ok", call.note))
+
+    cases.append(Case("audit:serve/four clients stop reading, a fifth waits", AUDIT, "live-page", stalled_readers,
+                      proc=True, limit=90.0))
+    for label, request in (("nothing sent", b""), ("half the headers", b"GET /api/runs HTTP/1.1\r\nHost: 127"),
+                           ("half a body", b"POST /api/sample HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 90"
+                                           b"\r\n\r\n{\"run\": ")):
+        def fn(ctx: Ctx, request=request, label=label) -> tuple[str, str]:
+            p, port = _serve_process(ctx, ctx.fixture("masked"), 1.0)
+            if port is None:
+                return no_traceback(ctx.finish(p, 5))
+            sock = _raw_client(port, request)
+            try:
+                closed = _closes_within(sock, 20)
+                alive = _http(port, "/api/status")[0] == 200
+            finally:
+                sock.close()
+                p.send_signal(signal.SIGINT)
+            call = ctx.finish(p, 15, note=f"closed after {closed:.1f} s" if closed is not None else "")
+            if closed is None:
+                return "silent-wrong", f"a connection with {label} still open after 20 s"
+            return worst(no_traceback(call), ("ok" if alive else "silent-wrong", call.note))
+
+        cases.append(Case(f"audit:serve/a connection with {label}", AUDIT, "live-page", fn, proc=True, limit=60.0))
+    return cases
+
+
 _CASES: list[Case] = []
 
 
@@ -1730,7 +2016,7 @@ def all_cases() -> list[Case]:
         return _CASES
     cases = [*issue_cases(), *set_field_cases(), *set_syntax_cases(), *sample_set_cases(), *flag_cases(),
              *config_file_cases(), *checkpoint_cases(), *run_dir_cases(), *data_cases(), *output_cases(),
-             *proc_cases()]
+             *audit_cases(), *proc_cases()]
     seen: set[str] = set()
     unique = []
     for c in cases:

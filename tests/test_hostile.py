@@ -77,8 +77,10 @@ def test_legal_values():
 def test_case_ids_are_unique_and_every_case_names_its_issue_item():
     cases = hostile.all_cases()
     assert len({c.id for c in cases}) == len(cases)
-    assert {c.item for c in cases} <= {"1", "2", "3", "4", "5", "6", "7"}
-    assert {"1", "2", "3", "4", "5", "6", "7"} <= {c.item for c in cases}
+    assert {c.item for c in cases} <= {"1", "2", "3", "4", "5", "6", "7", hostile.AUDIT}
+    assert {"1", "2", "3", "4", "5", "6", "7", hostile.AUDIT} <= {c.item for c in cases}
+    assert {c.family for c in cases if c.item == hostile.AUDIT} == {"deep-json", "symlink-loop", "encoding",
+                                                                   "non-utf8", "memory", "live-page"}
     assert {c.family for c in _slice()} == {"config.json", "set-syntax", "flags"}
 
 
@@ -100,3 +102,16 @@ def test_no_traceback_from_config_set_and_flags(work):
     assert not [r for r in results if r.outcome == hostile.HARNESS_ERROR], "the harness failed on a case"
     not_ok = [f"{r.id}: {r.outcome}: {r.reason}" for r in results if r.outcome != "ok"]
     assert not not_ok, f"{len(not_ok)} of {len(results)} cases are not ok:\n" + "\n".join(not_ok)
+
+
+# one cheap in-process case of each audit family that needs only the `masked` fixture
+AUDIT_SLICE = re.compile(r"^audit:(config\.json 10000 deep/(sample|config)$|symlink loop as (sample RUN|config "
+                         r"--config)$|config under ascii$|non-UTF-8 name/printed)")
+
+
+def test_the_audit_families_answer_in_one_line(work):
+    cases = [c for c in hostile.all_cases() if AUDIT_SLICE.search(c.id)]
+    assert {c.family for c in cases} == {"deep-json", "symlink-loop", "encoding", "non-utf8"} and len(cases) == 6
+    results = [hostile.run_case(c, work, i) for i, c in enumerate(cases)]
+    not_ok = [f"{r.id}: {r.outcome}: {r.reason}" for r in results if r.outcome != "ok"]
+    assert not not_ok, "\n".join(not_ok)

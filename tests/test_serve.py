@@ -24,6 +24,8 @@ from helpers import train_tiny
 from textdiffusion.api import load
 from textdiffusion.apps.cli import main
 from textdiffusion.apps.serve import RequestError, SamplingService, Settings, check_request, create_app, load_runs
+from textdiffusion.apps.serve.app import _uvicorn_server
+from textdiffusion.apps.serve.connections import bound_send_buffer, bounded_protocol
 
 MAX_CONCURRENT = 2
 SLOW = {"run": "masked", "sampler": "cached", "steps": 1000, "pace": 20}  # ~20 s unless cancelled
@@ -279,6 +281,125 @@ def test_requests_beyond_the_limit_get_503(server):
         for s in streams:
             s.close()
     server.wait_for(lambda s: s["active"] == 0)
+
+
+# ---- clients that stop reading or never finish a request ------------------------------------------------
+TIMEOUT = 1.0  # the client timeout of the bounded server: short, so the tests are fast
+
+
+@pytest.fixture(scope="module")
+def bounded(trained) -> Iterator[Server]:
+    """The server as `serve` runs it (its h11 protocol with the request and write deadlines), with a short
+    timeout and small buffers so that a client that stops reading is noticed after a few kilobytes."""
+    app = create_app([trained / "masked"], device="cpu", max_steps=1000, max_concurrent=MAX_CONCURRENT)
+    sock = socket.create_server(("127.0.0.1", 0))
+    bound_send_buffer(sock, 4096)
+    config = uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=1, timeout_keep_alive=TIMEOUT,
+                            http=bounded_protocol(TIMEOUT, write_buffer=1024))
+    srv = uvicorn.Server(config)
+    thread = threading.Thread(target=srv.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not srv.started:
+        assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
+        time.sleep(0.01)
+    yield Server("127.0.0.1", sock.getsockname()[1], app, trained)
+    srv.should_exit = True
+    thread.join(10)
+
+
+def _raw(server: Server, request: bytes, receive_buffer: int = 0) -> socket.socket:
+    """A plain socket that sends ``request`` (whole, half, or nothing) and reads nothing."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    if receive_buffer:  # set before connecting, so the window the server sees is small from the start
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
+    sock.connect((server.host, server.port))
+    sock.sendall(request)
+    return sock
+
+
+def _closed_within(sock: socket.socket, seconds: float) -> float | None:
+    """Seconds until the server closes ``sock`` (reading and dropping what it sent), None if it did not."""
+    tic = time.monotonic()
+    sock.settimeout(0.2)
+    while time.monotonic() - tic < seconds:
+        try:
+            if not sock.recv(65536):
+                return time.monotonic() - tic
+        except TimeoutError:
+            continue
+        except ConnectionResetError:  # aborted: the server dropped what it had not sent
+            return time.monotonic() - tic
+    return None
+
+
+def test_clients_that_stop_reading_lose_their_slots(bounded):
+    """Every slot is taken by a stream whose client reads nothing: each is dropped within the timeout of its
+    buffers filling, its sampling is stopped, and a new client gets a slot long before the samplings (~20 s
+    each) would have ended."""
+    before = bounded.wait_for(lambda s: s["active"] == 0)
+    query = urlencode(SLOW).encode()
+    stalled = [_raw(bounded, b"GET /api/sample?" + query + b" HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n", 1024)
+               for _ in range(MAX_CONCURRENT)]
+    try:
+        bounded.wait_for(lambda s: s["active"] == MAX_CONCURRENT)
+        tic = time.monotonic()
+        while True:
+            extra = Stream(bounded, {"run": "masked", "steps": 2, "sampler": "topk"})
+            if extra.status == 200:
+                break
+            assert extra.status == 503
+            extra.close()
+            assert time.monotonic() - tic < 10, "no slot was freed within 10 s"
+            time.sleep(0.1)
+        waited = time.monotonic() - tic
+        assert by_kind(extra.events())["done"], "the new client's sampling did not finish"
+        after = bounded.wait_for(lambda s: s["active"] == 0)
+        assert after["cancelled"] == before["cancelled"] + MAX_CONCURRENT
+        assert waited < 10
+    finally:
+        for sock in stalled:
+            sock.close()
+
+
+@pytest.mark.parametrize("request_bytes", [
+    b"",  # connected, sent nothing
+    b"GET /api/runs HTTP/1.1\r\nHost: 127.0.0.1\r\n",  # headers never finished
+    b'POST /api/sample HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 100\r\n\r\n{"run": ',  # half a body
+])
+def test_a_half_sent_request_is_closed_within_the_timeout(bounded, request_bytes):
+    sock = _raw(bounded, request_bytes)
+    try:
+        closed = _closed_within(sock, 10 * TIMEOUT)
+        assert closed is not None and closed < 5 * TIMEOUT, f"still open after {10 * TIMEOUT} s"
+    finally:
+        sock.close()
+    assert bounded.status()["active"] == 0  # and the server goes on answering
+
+
+def test_a_trickled_request_does_not_move_its_deadline(bounded):
+    """One byte of headers every 0.3 s: each arrives, none moves the deadline set by the first."""
+    sock = _raw(bounded, b"G")
+    tic = time.monotonic()
+    try:
+        for byte in b"ET /api/runs HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: " + b"a" * 40:
+            try:
+                sock.sendall(bytes([byte]))
+            except (BrokenPipeError, ConnectionResetError):
+                break
+            time.sleep(0.3)
+        assert _closed_within(sock, 5 * TIMEOUT) is not None
+        assert time.monotonic() - tic < 5 * TIMEOUT + 1
+    finally:
+        sock.close()
+
+
+def test_serve_runs_the_bounded_protocol():
+    """``serve`` builds its uvicorn server with the deadlines and the same keep-alive bound."""
+    app = type("App", (), {})()
+    service = type("Service", (), {"stop_all": lambda self, reason: None})()
+    server = _uvicorn_server(app, service, client_timeout=3.0)
+    assert server.config.http.__name__ == "BoundedH11Protocol" and server.config.timeout_keep_alive == 3.0
 
 
 # ---- the sampling service on its own: no Starlette, no sockets ---------------------------------------------

@@ -45,11 +45,14 @@ from safetensors.torch import load_file, save_file
 from textdiffusion import __version__
 from textdiffusion.errors import CheckpointError
 from textdiffusion.files import atomic_write
+from textdiffusion.json_reading import JSONProblem, parse_json
 
 
 def write_json(path: Path, obj: Any) -> None:
     def write(tmp: str) -> None:
-        with open(tmp, "w", encoding="utf-8") as f:
+        # a path whose name is not UTF-8 holds lone surrogates (Python's surrogateescape); backslashreplace
+        # writes one as \udcff, which is JSON's own escape for it, so the file stays UTF-8 and reads back equal
+        with open(tmp, "w", encoding="utf-8", errors="backslashreplace") as f:
             json.dump(obj, f, indent=2, ensure_ascii=False)
             f.write("\n")
 
@@ -58,12 +61,12 @@ def write_json(path: Path, obj: Any) -> None:
 
 def read_json(path: Path) -> Any:
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        return parse_json(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise CheckpointError(f"{path} is missing; is {path.parent} a run directory made by "
                               f"`textdiffusion train`?") from None
-    except json.JSONDecodeError as e:
-        raise CheckpointError(f"{path} is corrupt ({e.msg} at line {e.lineno}); restore it or retrain") from None
+    except JSONProblem as e:
+        raise CheckpointError(f"{path} is {e}; restore it or retrain") from None
     except UnicodeDecodeError:
         raise CheckpointError(f"{path} is not UTF-8 text; restore it or retrain") from None
     except IsADirectoryError:
@@ -164,8 +167,8 @@ def read_header(run_dir: Path) -> CheckpointHeader:
                 if group not in shapes:
                     raise ValueError(f"unexpected tensor {key!r}")
                 shapes[group][name] = tuple(f.get_slice(key).get_shape())
-        state = json.loads(meta["state"])
-        config = json.loads(meta["config"])
+        state = parse_json(meta["state"])
+        config = parse_json(meta["config"])
         step = int(meta["step"])
         if not isinstance(state, dict) or state.get("step") != step or not isinstance(config, dict):
             raise ValueError("inconsistent metadata")

@@ -4,10 +4,15 @@ Everything the package writes that someone will read back (checkpoints, JSON rec
 pictures) goes through :func:`atomic_write`: the bytes go to a temporary file in the same folder, are
 flushed to disk, and the file is renamed over the target. A rename within one file system is atomic, so a
 reader (or a resume after Ctrl-C, a kill or a full disk) sees either the old file or the new one.
+
+Beside it, the one-line errors for paths that cannot be used whatever their contents: a symbolic link loop
+(:func:`is_symlink_loop`) and a name that is not UTF-8 (:func:`non_utf8_message`), worded the same wherever
+a command took the path.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import tempfile
 from collections.abc import Callable
@@ -67,10 +72,40 @@ def append_line(path: str | Path, line: str) -> None:
 
 
 def write_text(path: str | Path, text: str) -> None:
-    """Atomically write UTF-8 text."""
-    atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+    """Atomically write UTF-8 text. A lone surrogate (a file name that is not UTF-8, as Python decodes it) is
+    written as its escape ``\\udcff``: UTF-8 has no bytes for it, and a report must not fail over a name."""
+    atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8", errors="backslashreplace"))
 
 
 def write_bytes(path: str | Path, payload: bytes) -> None:
     """Atomically write bytes."""
     atomic_write(path, lambda tmp: Path(tmp).write_bytes(payload))
+
+
+def is_symlink_loop(path: str | Path) -> bool:
+    """Whether following ``path`` goes round in circles. ``Path.exists`` calls such a path missing and
+    ``Path.resolve`` raises RuntimeError on it, so a reader asks this to say what is really wrong."""
+    try:
+        os.stat(path)
+    except OSError as e:
+        return e.errno == errno.ELOOP
+    return False
+
+
+def symlink_loop_message(path: str | Path) -> str:
+    """The one-line error for a path that is a symbolic link loop, the same wherever the path was given."""
+    return f"{path} is a symbolic link loop (a link that leads back to itself); fix or remove the link"
+
+
+def non_utf8_message(path: str | Path, what: str) -> str | None:
+    """The one-line error for a path whose name is not UTF-8 (``what``: "--run-dir", "run directory"), showing
+    its undecodable bytes as ``\\xff``; None for a UTF-8 path. Linux allows any bytes in a name and Python holds
+    them as lone surrogates, but the checkpoint library (safetensors) opens only UTF-8 paths, so such a run
+    could be written and never read back: it is refused by name instead."""
+    try:
+        str(path).encode("utf-8")
+    except UnicodeEncodeError:
+        shown = os.fsencode(path).decode("utf-8", errors="backslashreplace")
+        return (f"{what} {shown} has a name that is not valid UTF-8, which the checkpoint library cannot open; "
+                f"rename it (or pick a name) in UTF-8")
+    return None

@@ -18,6 +18,7 @@ import os
 from pathlib import Path
 
 from textdiffusion.config import ConfigError
+from textdiffusion.files import is_symlink_loop, symlink_loop_message
 
 #: text ``sample --n``: samples are held (and printed) as text, so a million is a few hundred MB at most
 MAX_TEXT_SAMPLES = 1_000_000
@@ -27,6 +28,9 @@ MAX_TEXT_STEPS = 10_000
 #: ``--length`` of a method that writes past its context (``ar``, ``block``): one network evaluation or more
 #: per token, so 100000 tokens are already hours on a CPU
 MAX_TEXT_LENGTH = 100_000
+#: the live page: seconds a client may take to send a whole request, or to accept more of a stream, before it
+#: is disconnected (and its sampling stopped); ``serve --client-timeout``
+CLIENT_TIMEOUT_S = 10.0
 #: ``mnist sample --n`` goes into one PNG grid; 10000 digits at 3x scale are an ~80-megapixel picture
 MAX_IMAGE_GRID = 10_000
 #: ``mnist eval --samples``: the generated images are kept (float) for FID, 100000 of 28x28 are ~300 MB
@@ -138,6 +142,8 @@ def check_output_file(path: str | Path, flag: str) -> Path:
     """A file the command will write at the end (e.g. ``--trajectory``): its folder must exist already (no
     folders are made for it) and be writable, and the path must not be a folder."""
     p = Path(path).expanduser()
+    if is_symlink_loop(p):
+        raise ConfigError(f"{flag} {symlink_loop_message(p)}")
     if p.is_dir():
         raise ConfigError(f"{flag} {p} is a folder; pass a file name, e.g. {p / 'trajectory.json'}")
     parent = p.parent
@@ -155,6 +161,8 @@ def check_output_folder(path: str | Path, flag: str, files: tuple[str, ...] = ()
     """A folder the command writes ``files`` into; it is created if missing, so it must not be a file, the
     closest existing folder above it must be writable, and none of ``files`` may be a folder."""
     p = Path(path).expanduser()
+    if is_symlink_loop(p):
+        raise ConfigError(f"{flag} {symlink_loop_message(p)}")
     if p.exists() and not p.is_dir():
         raise ConfigError(f"{flag} {p} is a file, not a folder; pass a folder (it is created if missing)")
     existing = p

@@ -16,7 +16,6 @@ read it); the JSON files are read and written by :mod:`textdiffusion.checkpoint`
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -24,6 +23,7 @@ from typing import Any
 
 from textdiffusion.errors import CheckpointError
 from textdiffusion.files import write_text
+from textdiffusion.json_reading import JSONProblem, parse_json
 
 FINAL = "final.json"
 METRICS = "metrics.jsonl"
@@ -280,8 +280,8 @@ def _row_lines(path: Path) -> list[tuple[str, dict[str, Any]]]:
     out = []
     for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
         try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
+            row = parse_json(line)
+        except JSONProblem:
             continue
         if isinstance(row, dict) and isinstance(row.get("step"), int):
             out.append((line, row))

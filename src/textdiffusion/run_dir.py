@@ -16,7 +16,12 @@ from pathlib import Path
 from typing import Any
 
 from textdiffusion.checkpoint import CHECKPOINT, LEGACY_FILES, CheckpointError, has_checkpoint, has_weights, write_json
-from textdiffusion.files import stale_temporaries
+from textdiffusion.files import (
+    is_symlink_loop,
+    non_utf8_message,
+    stale_temporaries,
+    symlink_loop_message,
+)
 from textdiffusion.records import FINAL, METRICS
 from textdiffusion.run_lock import LOCK_NAME, RunLock
 
@@ -51,6 +56,10 @@ class RunDirectory:
         the file a resumed run's weights cannot go on without (``tokenizer.json``), None when the data
         writes it again."""
         rd = self.path
+        if is_symlink_loop(rd):
+            raise CheckpointError(f"--run-dir {symlink_loop_message(rd)}")
+        if (problem := non_utf8_message(rd, "--run-dir")) is not None:
+            raise CheckpointError(problem)
         if rd.exists() and not rd.is_dir():
             raise CheckpointError(f"--run-dir {rd} is a file, not a directory; pick another --run-dir")
         if resume and not (rd / "config.json").is_file():

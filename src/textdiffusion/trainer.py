@@ -49,6 +49,7 @@ from textdiffusion.data.sources import SOURCES, Source, as_source, load_source
 from textdiffusion.final_score import budget_count, budget_label, score_key
 from textdiffusion.methods import get_method
 from textdiffusion.methods.base import REGISTRY, NLLResult, bits_key, score
+from textdiffusion.network_size import check_network_fits
 from textdiffusion.optim import warmup_cosine
 from textdiffusion.progress import progress_bar
 from textdiffusion.records import METRICS, EvalRow, FinalScore, MetricsRow, TrainSummary, truncate_metrics
@@ -330,6 +331,7 @@ class Trainer:
         kind = get_method(cfg.method.name).family  # what the data is: text or images
         self.source: Source = load_source(cfg, saved, kind) if data is None else as_source(data, saved, cfg)
         self.data = self.source.data  # the TextData / ImageData behind the source
+        check_network_fits(lambda: build(cfg, self.source.vocab)[1], self.device)  # before a byte is allocated
         self.method, model = build(cfg, self.source.vocab)
         if hasattr(self.source, "label_names"):  # labelled text: the names the samplers take
             _require_labels(self.method)

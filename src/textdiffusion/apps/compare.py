@@ -27,6 +27,7 @@ stated number of samples and seeds.
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -49,7 +50,7 @@ from textdiffusion.checkpoint import (
     write_json,
 )
 from textdiffusion.config import GUIDANCE, ConfigError
-from textdiffusion.files import write_text
+from textdiffusion.files import is_symlink_loop, non_utf8_message, symlink_loop_message, write_text
 from textdiffusion.methods import SampleRequest, get_method
 from textdiffusion.methods.base import bits_key
 from textdiffusion.progress import progress_bar
@@ -169,6 +170,10 @@ def _rule_options(rule: str) -> dict[str, Any]:
 
 def _read_meta(run: Path) -> dict[str, Any]:
     """``config.json``, refusing a directory that is not a run."""
+    if not run.is_dir() and is_symlink_loop(run):
+        raise CheckpointError(symlink_loop_message(run))
+    if (problem := non_utf8_message(run, "run directory")) is not None:
+        raise CheckpointError(problem)
     if not run.is_dir():
         raise CheckpointError(f"run directory {run} does not exist; pass directories written by "
                               f"`textdiffusion train` (they hold config.json)")
@@ -684,7 +689,7 @@ def _read_runs(run_dirs: list[str], evaluate: bool, device: str) -> list[RunReco
     seen: set[Path] = set()
     records = []
     for d in run_dirs:
-        key = Path(d).resolve()
+        key = Path(os.path.realpath(d))  # unlike Path.resolve, never raises: a symlink loop is reported by read_run
         if key not in seen:
             seen.add(key)
             records.append(read_run(d))
@@ -731,6 +736,8 @@ def compare_runs(run_dirs: list[str], out: str | Path, samples: int = 32, length
     steps_list = parse_sweep(sweep) if isinstance(sweep, str) else sorted(set(sweep))
     weights = parse_guidance(guidance if isinstance(guidance, str) else ",".join(map(str, guidance)))
     out = Path(out)
+    if is_symlink_loop(out):
+        raise ConfigError(f"--out {symlink_loop_message(out)}")
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out {out} is a file; give a folder (it is created if missing)")
     records = _read_runs(run_dirs, evaluate, device)

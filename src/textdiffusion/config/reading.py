@@ -9,7 +9,6 @@ functions here receive that lookup (``config_class``: a name -> its config class
 
 from __future__ import annotations
 
-import json
 import warnings
 from collections.abc import Callable
 from dataclasses import fields
@@ -20,6 +19,7 @@ from textdiffusion.config.options import show
 from textdiffusion.config.sections import SECTIONS, Config, MethodConfig
 from textdiffusion.config.validation import validate
 from textdiffusion.errors import ConfigError, ConfigWarning, did_you_mean
+from textdiffusion.json_reading import JSONProblem, parse_json
 
 # a method's name -> its config class; raises ConfigError for a name no method has
 ConfigClassOf = Callable[[str], type[MethodConfig]]
@@ -152,10 +152,9 @@ def read_config_file(path: str | Path, config_class: ConfigClassOf) -> Config:
     except OSError as e:
         raise ConfigError(f"{where}: cannot read it ({e.strerror or e}); check the path and its permissions") from None
     try:
-        d = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise ConfigError(f"{where} is not valid JSON ({e.msg} at line {e.lineno}, column {e.colno}); fix the "
-                          f"file") from None
+        d = parse_json(text)
+    except JSONProblem as e:
+        raise ConfigError(f"{where} is {e}; fix the file") from None
     if isinstance(d, dict) and isinstance(d.get("config"), dict):  # a run's config.json
         d = d["config"]
     if not isinstance(d, dict):

@@ -23,6 +23,7 @@ import numpy as np
 
 from textdiffusion.config import BPE_MIN_VOCAB, TOKENIZER_KINDS
 from textdiffusion.data.corpus import DataError
+from textdiffusion.json_reading import JSONProblem, parse_json
 
 if TYPE_CHECKING:
     from tokenizers import Tokenizer as HFTokenizer
@@ -316,12 +317,16 @@ def tokenizer_from_dict(d: dict[str, Any]) -> Tokenizer:
 
 def load_tokenizer(path: Path) -> Tokenizer:
     try:
-        return tokenizer_from_dict(json.loads(path.read_text(encoding="utf-8")))
+        d = parse_json(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise DataError(f"{path} is missing; is this a run directory made by `textdiffusion train`?") from None
     except IsADirectoryError:
         raise DataError(f"{path} is a directory, not a tokenizer file; restore the run's tokenizer.json") from None
     except UnicodeDecodeError:
         raise DataError(f"{path} is not UTF-8 text; restore the run's tokenizer.json") from None
-    except (json.JSONDecodeError, KeyError, TypeError, AttributeError, ValueError) as e:
+    except JSONProblem as e:
+        raise DataError(f"{path} is corrupt ({e}); restore the file or retrain") from None
+    try:
+        return tokenizer_from_dict(d)
+    except (KeyError, TypeError, AttributeError, ValueError) as e:
         raise DataError(f"{path} is corrupt ({type(e).__name__}: {e}); restore the file or retrain") from None

@@ -21,6 +21,9 @@ show examples.
 from __future__ import annotations
 
 import argparse
+import codecs
+import errno
+import io
 import os
 import re
 import sys
@@ -32,6 +35,7 @@ from textdiffusion.apps.cli.flags import HelpFormatter
 from textdiffusion.catalogue import IMAGE_METHODS, TEXT_METHODS
 from textdiffusion.config import ConfigError
 from textdiffusion.errors import CheckpointError, ConfigWarning, DataError, did_you_mean
+from textdiffusion.files import symlink_loop_message
 
 USER_ERRORS = (ConfigError, DataError, CheckpointError)
 
@@ -142,7 +146,45 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+#: error handlers that already write every character somehow
+_ESCAPING = ("backslashreplace", "namereplace", "xmlcharrefreplace", "replace", "ignore")
+
+
+def _print_anything() -> None:
+    """Make stdout and stderr escape what they cannot encode, so printing never ends a command.
+
+    Under ``LC_ALL=C`` with ``PYTHONIOENCODING=ascii`` (or any locale whose encoding lacks a character) a
+    sample or table holding ``—`` or an emoji raised UnicodeEncodeError after the work was done; a run
+    directory whose name is not UTF-8 reaches Python as a lone surrogate, which even UTF-8 cannot encode
+    strictly. Such characters now print as ``\\u2014`` and ``\\udcff``; everything else prints as before."""
+    for stream in (sys.stdout, sys.stderr):
+        if not isinstance(stream, io.TextIOWrapper) or stream.errors in _ESCAPING:
+            continue
+        utf = codecs.lookup(stream.encoding).name.startswith("utf")
+        if stream.errors == "strict" or not utf:  # UTF-8 with surrogateescape writes everything already
+            stream.reconfigure(errors="backslashreplace")
+
+
+_ALLOCATION = re.compile(r"can't allocate memory: you tried to allocate (\d+) bytes|out of memory\. tried to "
+                         r"allocate ([\d.]+ [KMGT]?i?B)", re.IGNORECASE)
+
+
+def _failed_allocation(e: RuntimeError) -> str | None:
+    """What an allocator's error says was asked for ("an allocation of 48.0 GiB failed"), or None when ``e`` is
+    not an out-of-memory error."""
+    text = str(e)
+    found = _ALLOCATION.search(text)
+    if found and found.group(1):
+        return f"an allocation of {int(found.group(1)) / 2**30:,.1f} GiB failed"
+    if found:
+        return f"an allocation of {found.group(2)} failed"
+    if type(e).__name__ == "OutOfMemoryError" or "out of memory" in text.lower():
+        return "an allocation failed"
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
+    _print_anything()
     with warnings.catch_warnings():  # the one-line warnings last as long as the command
         warnings.showwarning = _show_warning
         return _run(argv)
@@ -164,10 +206,20 @@ def _run(argv: list[str] | None) -> int:
     except MemoryError:
         print("error: out of memory; ask for less (a smaller --n, --length, --samples or preset)", file=sys.stderr)
         return 2
+    except RuntimeError as e:  # torch's allocators raise RuntimeError (torch.OutOfMemoryError on a GPU)
+        tried = _failed_allocation(e)
+        if tried is None:
+            raise
+        print(f"error: out of memory ({tried}); ask for less (a smaller model, --n, --length, --samples or "
+              f"preset)", file=sys.stderr)
+        return 2
     except BrokenPipeError:  # the reader stopped reading (`textdiffusion config | head`): nothing to report
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the exit's flush does not fail again
         return 141
     except OSError as e:  # the machine, not the input: a full disk, a permission, a vanished file
+        if e.errno == errno.ELOOP:  # a path the user gave, not the machine
+            print(f"error: {symlink_loop_message(e.filename or 'a path')}", file=sys.stderr)
+            return 2
         where = f" ({e.filename})" if e.filename else ""
         print(f"error: {e.strerror or e}{where}; check the path, its permissions and the free disk space",
               file=sys.stderr)

@@ -7,6 +7,7 @@ import argparse
 
 from textdiffusion.apps.cli.flags import DEVICE_HELP, PORT, STEPS, command, number
 from textdiffusion.config import Range
+from textdiffusion.limits import CLIENT_TIMEOUT_S
 
 
 def add(sub: argparse._SubParsersAction) -> None:
@@ -19,6 +20,9 @@ def add(sub: argparse._SubParsersAction) -> None:
     v.add_argument("--max-steps", type=number(int, STEPS), default=1000, help="largest step count a request may ask")
     v.add_argument("--max-concurrent", type=number(int, Range(1, 1024)), default=4,
                    help="samplings running at once (more wait their turn)")
+    v.add_argument("--client-timeout", type=number(float, Range(0.1, 3600)), default=CLIENT_TIMEOUT_S,
+                   help="seconds a client may take to send a request, or to read more of a stream, before it is "
+                        "disconnected and its sampling stopped")
     v.set_defaults(func=run)
 
 
@@ -29,4 +33,4 @@ def run(args: argparse.Namespace) -> int:
     from textdiffusion.apps.serve import serve
 
     return serve(args.run_dirs, host=args.host, port=args.port, device=args.device, max_steps=args.max_steps,
-                 max_concurrent=args.max_concurrent)
+                 max_concurrent=args.max_concurrent, client_timeout=args.client_timeout)

@@ -16,14 +16,17 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.middleware.trustedhost import TrustedHostMiddleware
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
 from textdiffusion.config import ConfigError
+from textdiffusion.json_reading import JSONProblem, parse_json
+from textdiffusion.limits import CLIENT_TIMEOUT_S
 from textdiffusion.viz import web_asset
 
+from .connections import bound_send_buffer
 from .jobs import Job, SamplingService
 from .requests import RequestError, check_request
 from .served import load_runs
@@ -125,13 +128,16 @@ async def _read_params(request: Request) -> Mapping[str, Any]:
     if declared and declared.isdigit() and int(declared) > MAX_BODY:
         raise too_big
     body = b""
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > MAX_BODY:
-            raise too_big
     try:
-        params = json.loads(body or b"{}")
-    except (ValueError, UnicodeDecodeError):
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > MAX_BODY:
+                raise too_big
+    except ClientDisconnect:  # gone mid-body (or dropped by the request deadline): nobody reads an answer
+        raise RequestError("the client disconnected before its request was whole", status=400) from None
+    try:
+        params = parse_json(body or b"{}")
+    except JSONProblem:
         params = None
     if not isinstance(params, dict):
         raise RequestError('the request body must be a JSON object such as {"run": "NAME", "prompt": "ROMEO:"}')
@@ -184,12 +190,16 @@ def _listen(host: str, port: int) -> socket.socket:
 
 
 def serve(run_dirs: Sequence[str | Path], host: str = "127.0.0.1", port: int = 8000, device: str = "auto",
-          max_steps: int = 1000, max_concurrent: int = 4, max_chars: int | None = None) -> int:
-    """Load the runs, serve the page until Ctrl+C; 0 on a clean stop."""
+          max_steps: int = 1000, max_concurrent: int = 4, max_chars: int | None = None,
+          client_timeout: float = CLIENT_TIMEOUT_S) -> int:
+    """Load the runs, serve the page until Ctrl+C; 0 on a clean stop. ``client_timeout``: seconds a client may
+    take to send a whole request or to accept more of a stream before it is disconnected (its sampling
+    stopped); see :mod:`.connections`."""
     loopback = host in LOOPBACK_HOSTS or host.startswith("127.")
     app = create_app(run_dirs, device=device, max_steps=max_steps, max_concurrent=max_concurrent,
                      max_chars=max_chars, allowed_hosts=(*LOOPBACK_HOSTS, host) if loopback else None)
     sock = _listen(host, port)
+    bound_send_buffer(sock)
     service: SamplingService = app.state.service
     shown = f"[{host}]" if ":" in host else host
     print(f"serving {len(service.runs)} run(s) ({', '.join(service.runs)}) at "
@@ -198,14 +208,17 @@ def serve(run_dirs: Sequence[str | Path], host: str = "127.0.0.1", port: int = 8
         print(f"warning: {host} is reachable from other machines; anyone who can reach it can use this CPU/GPU",
               file=sys.stderr)
     with contextlib.suppress(KeyboardInterrupt):  # uvicorn shuts down cleanly, then re-raises the signal
-        _uvicorn_server(app, service).run(sockets=[sock])
+        _uvicorn_server(app, service, client_timeout).run(sockets=[sock])
     print("stopped", file=sys.stderr)
     return 0
 
 
-def _uvicorn_server(app: Starlette, service: SamplingService) -> Any:
-    """A uvicorn server that ends the open streams as soon as it is asked to stop."""
+def _uvicorn_server(app: Starlette, service: SamplingService, client_timeout: float = CLIENT_TIMEOUT_S) -> Any:
+    """A uvicorn server that ends the open streams as soon as it is asked to stop, and disconnects a client
+    that takes ``client_timeout`` seconds to send a request or to read more of a stream."""
     import uvicorn  # on use, as the app alone needs only Starlette
+
+    from .connections import bounded_protocol
 
     class Server(uvicorn.Server):
         def handle_exit(self, sig: int, frame: Any) -> None:
@@ -214,4 +227,5 @@ def _uvicorn_server(app: Starlette, service: SamplingService) -> Any:
             service.stop_all("the server is shutting down")
             super().handle_exit(sig, frame)
 
-    return Server(uvicorn.Config(app, log_level="warning", access_log=False, timeout_graceful_shutdown=5))
+    return Server(uvicorn.Config(app, log_level="warning", access_log=False, timeout_graceful_shutdown=5,
+                                 http=bounded_protocol(client_timeout), timeout_keep_alive=client_timeout))

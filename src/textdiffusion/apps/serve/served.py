@@ -13,6 +13,7 @@ from textdiffusion.api import ImageModel, TextModel, load
 from textdiffusion.checkpoint import CheckpointError, recorded_method
 from textdiffusion.config import ConfigError
 from textdiffusion.data.tokenizer import CharTokenizer, Tokenizer
+from textdiffusion.files import is_symlink_loop, symlink_loop_message
 from textdiffusion.methods import REGISTRY, TextMethod
 from textdiffusion.records import TrainSummary
 
@@ -68,6 +69,8 @@ def load_runs(run_dirs: Sequence[str | Path], device: str = "auto", max_steps: i
 def _check_run_dir(path: Path) -> None:
     """The checks that need no loading: a missing directory, or a run of a method that does not sample
     text, is a one-line error naming the command to use instead."""
+    if not path.is_dir() and is_symlink_loop(path):
+        raise CheckpointError(symlink_loop_message(path))
     if not path.is_dir():
         raise CheckpointError(f"run directory {path} does not exist; pass the directory `textdiffusion train` "
                               f"printed (it holds config.json)")
