@@ -27,7 +27,7 @@ START, END = "<!-- {key}:start -->", "<!-- {key}:end -->"
 
 
 def evaluate(run_dir: Path, samples: int) -> dict:
-    run([sys.executable, "-m", "textdiffusion", "eval", str(run_dir), "--samples", str(samples)])
+    run([sys.executable, "-m", "textdiffusion", "eval", str(run_dir), "--samples", str(samples), "--val-windows", "0"])
     return json.loads((run_dir / "eval.json").read_text())
 
 

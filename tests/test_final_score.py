@@ -132,6 +132,37 @@ def test_eval_returns_the_recorded_score_without_computing_it(small_corpus, tmp_
     assert written["chars"] == final.units and written["windows"] == 24
 
 
+def test_plain_eval_after_a_bounded_final_score_returns_it_and_says_how_to_score_all(small_corpus, tmp_path,
+                                                                                      monkeypatch, capsys):
+    run = tmp_path / "run"
+    trainer = train_tiny("masked", small_corpus, run, steps=4, **{"train.final_eval_windows": 0,
+                                                                  "train.final_eval_budget": 0.001})
+    final = TrainSummary.read(run).score
+    total = len(trainer.source.val_set(trainer.method.window, 0))
+    assert final.bounded
+    monkeypatch.setattr(evaluate, "score", _no_scoring)
+    assert main(["eval", str(run), "--samples", "2", "--no-progress"]) == 0  # no --val-windows: the default
+    out = capsys.readouterr().out
+    assert f"{final.bits:.4f}" in out and "(reused, not recomputed)" in out
+    assert f"{final.windows} of the {total} validation windows" in out and "--val-windows 0 scores them all" in out
+    written = json.loads((run / "eval.json").read_text())["val"]
+    assert written["windows"] == final.windows and written["windows_of"] == total
+
+
+def test_plain_eval_scores_the_whole_split_when_the_record_is_not_this_score(small_corpus, tmp_path,
+                                                                             monkeypatch):
+    run = tmp_path / "run"
+    trainer = train_tiny("masked", small_corpus, run, steps=4, **{"train.final_eval_windows": 0,
+                                                                  "train.final_eval_budget": 0.001})
+    total = len(trainer.source.val_set(trainer.method.window, 0))
+    scored = []
+    real = evaluate.score
+    monkeypatch.setattr(evaluate, "score", lambda m, model, windows, **k: scored.append(len(windows))
+                        or real(m, model, windows, **k))
+    result = evaluate_text(run, samples=2, overrides=["method.eval_time_samples=2"], progress=False)
+    assert scored == [total] and result.val.windows == total and result.val.reused_from is None
+
+
 def test_the_reused_score_is_the_number_eval_computes(small_corpus, tmp_path, monkeypatch):
     run = tmp_path / "run"
     train_tiny("masked", small_corpus, run, steps=4, **{"train.final_eval_windows": 24})

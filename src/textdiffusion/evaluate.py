@@ -258,7 +258,7 @@ def reference_windows(text: str, train_chars: int, length: int, n: int) -> list[
 
 def evaluate_text(run_dir: str | Path | LoadedRun, samples: int = 64, length: int = 0, sampler: str = "",
                   steps: int = 0, temperature: float | None = None, top_k: int | None = None,
-                  top_p: float | None = None, seed: int = 0, val_windows: int = 0, device: str = "auto",
+                  top_p: float | None = None, seed: int = 0, val_windows: int | None = None, device: str = "auto",
                   batch: int = 64, overrides: list[str] | None = None, progress: bool = True) -> TextEval:
     """Score a run and write ``RUN/eval.json``. Uses the EMA weights, like sampling. ``overrides`` are
     sampling options (``method.field=value``), recorded in the result. ``temperature``, ``top_k`` and
@@ -266,7 +266,12 @@ def evaluate_text(run_dir: str | Path | LoadedRun, samples: int = 64, length: in
     used are what ``eval.json`` records. ``progress``: bars on stderr over the validation scoring (its
     batches) and the samples (throttled off a terminal); they change no number.
     ``run_dir`` may also be a run already opened (the Python API's model holds one), with ``overrides`` the
-    settings it was opened with; ``device`` is then not used."""
+    settings it was opened with; ``device`` is then not used.
+
+    ``val_windows``: how many evenly spread validation windows to score (0 = the whole split). None (the
+    default) returns the score final.json recorded when it is the very number scoring its windows here would
+    give (the same weights, windows and settings; a short run's final score may cover a bounded part of the
+    split, which the table then says), and otherwise scores the whole split."""
     run = run_dir if isinstance(run_dir, LoadedRun) else open_run(run_dir, device=device, overrides=overrides)
     if run.method.family != "text":
         raise ConfigError(f"{run.path} is an image run; use `{run.method.command} eval {run.path}`")
@@ -274,8 +279,12 @@ def evaluate_text(run_dir: str | Path | LoadedRun, samples: int = 64, length: in
     data, text, source = run_corpus(run)
     # the validation set training scored: a plain run's tiled validation split; a labelled run's held-out
     # speeches, each window under its speaker's label (the conditional NLL, as in final.json)
-    windows = text_source(data, cfg).val_set(run.method.window, val_windows).to(run.device)
+    source_windows = text_source(data, cfg)
+    recorded = recorded_windows(run) if val_windows is None else None
+    windows = source_windows.val_set(run.method.window, recorded or val_windows or 0).to(run.device)
     val = recorded_val(run, len(windows))
+    if val is None and recorded is not None:  # the recorded score is not this one: score the whole split
+        windows = source_windows.val_set(run.method.window, 0).to(run.device)
     if val is None and progress and (note := reuse_note(run, len(windows))):
         print(note, file=sys.stderr)
     with torch.no_grad(), precision.autocast(cfg.train.amp, run.device)():  # the precision it trained in
@@ -318,7 +327,18 @@ def recorded_val(run: LoadedRun, windows: int) -> ValScore | None:
         return None  # cheap refusals first: the digest of the weights reads every tensor
     if final.key != score_key(run.cfg, run.model, run.step, windows, run.device, SCORE_BATCH):
         return None
-    return ValScore(final.bits, final.nats, final.kind, final.windows, final.units, final.details, FINAL)
+    return ValScore(final.bits, final.nats, final.kind, final.windows, final.units, final.details, FINAL,
+                    final.windows_of)
+
+
+def recorded_windows(run: LoadedRun) -> int | None:
+    """How many windows final.json's score covered, when it was scored on the weights ``run`` holds (same
+    step; whether it is reusable is then decided by :func:`recorded_val`), else None."""
+    recorded = TrainSummary.read(run.path)
+    final = recorded.score if recorded is not None else None
+    if final is None or final.key is None or final.key.step != run.step:
+        return None
+    return final.key.windows
 
 
 def reuse_note(run: LoadedRun, windows: int) -> str | None:
@@ -381,6 +401,9 @@ def format_table(ev: TextEval, method: type[Method] | None = None) -> str:
     if v.reused_from:  # the number was not computed here: say where it comes from and why it is the same
         lines.append(f"val: the score {v.reused_from} recorded for these weights, windows and settings (reused, "
                      f"not recomputed)")
+        if v.windows_of is not None and v.windows < v.windows_of:
+            lines.append(f"val: {v.windows:,} of the {v.windows_of:,} validation windows (the bounded final "
+                         f"score); --val-windows 0 scores them all")
     if ev.labels is not None:  # a labelled run: say which numbers are conditional and which are not
         names = ev.labels.names
         lines += [f"labels: {len(names)} ({', '.join(names)})",

@@ -340,19 +340,23 @@ class ValScore:
     chars: int
     details: dict[str, Any] = field(default_factory=dict)
     reused_from: str | None = None  # the record whose identical score was returned (final.json), if one was
+    windows_of: int | None = None  # the validation split's windows, when a reused score covered fewer
 
     def to_json(self) -> dict[str, Any]:
         out = {"bpc": self.bpc, "nats_per_char": self.nats_per_char, "kind": self.kind, "windows": self.windows,
                "chars": self.chars, **self.details}
         if self.reused_from is not None:
             out["reused_from"] = self.reused_from
+        if self.windows_of is not None:
+            out["windows_of"] = self.windows_of
         return out
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> ValScore:
         names = ("bpc", "nats_per_char", "kind", "windows", "chars")
-        return cls(*(d.get(k) for k in names), {k: v for k, v in d.items() if k not in (*names, "reused_from")},
-                   d.get("reused_from"))
+        extra = (*names, "reused_from", "windows_of")
+        return cls(*(d.get(k) for k in names), {k: v for k, v in d.items() if k not in extra},
+                   d.get("reused_from"), d.get("windows_of"))
 
 
 @dataclass

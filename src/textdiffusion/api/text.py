@@ -363,12 +363,13 @@ class TextModel(Model):
 
     def evaluate(self, samples: int = 64, *, length: int = 0, sampler: str = "", steps: int = 0,
                  temperature: float | None = None, top_k: int | None = None, top_p: float | None = None,
-                 seed: int = 0, val_windows: int = 0, progress: bool = True) -> TextEval:
+                 seed: int = 0, val_windows: int | None = None, progress: bool = True) -> TextEval:
         """Score the run as ``textdiffusion eval`` does and return the same result, a
         :class:`~textdiffusion.records.TextEval` (validation bits/char,
         exact or a bound; the quality of ``samples`` samples against the judge, with real text beside it for
         scale; speed). Like the command it writes the result to ``RUN/eval.json``, which ``compare`` reads.
-        ``val_windows`` limits the validation windows (0 = the whole split); the other options are
+        ``val_windows`` limits the validation windows (0 = the whole split; None: the score final.json
+        recorded for these weights and settings, reused, else the whole split); the other options are
         :meth:`generate`'s. Needs the run's corpus, as training did; scores the EMA weights. ``progress``:
         bars on stderr over the scoring and the sampling (they change no number)."""
         from textdiffusion.evaluate import evaluate_text
@@ -384,7 +385,8 @@ class TextModel(Model):
         return evaluate_text(self.run, samples=samples, length=length, sampler=sampler, steps=steps,
                             temperature=temperature, top_k=top_k, top_p=top_p,
                             seed=check_value("seed", seed, int, SEED),
-                            val_windows=check_value("val_windows", val_windows, int, Range(0, 10**9)),
+                            val_windows=None if val_windows is None
+                            else check_value("val_windows", val_windows, int, Range(0, 10**9)),
                             overrides=self._overrides, progress=bool(progress))
 
 

@@ -38,8 +38,9 @@ def add(sub: argparse._SubParsersAction) -> None:
                    help="denoising steps of a diffusion sampler (default: the run's method.sample_steps, else the "
                         "method's)")
     add_decoding(e)
-    e.add_argument("--val-windows", type=number(int, VAL_WINDOWS), default=0,
-                   help="validation windows to score (0 = the whole validation split)")
+    e.add_argument("--val-windows", type=number(int, VAL_WINDOWS), default=None,
+                   help="validation windows to score (0 = the whole validation split; default: the score "
+                        "final.json recorded for these weights and settings, reused, else the whole split)")
     e.add_argument("--device", default="auto", help=DEVICE_HELP)
     add_set(e, SET_HELP)
     e.add_argument("--no-progress", action="store_true", help="no progress bars (the results still print)")
