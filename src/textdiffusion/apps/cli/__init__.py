@@ -4,7 +4,7 @@
     textdiffusion sample RUN_DIR [--prompt T | --infill T] [--n N] [--sampler S] [--steps K] [--show] ...
     textdiffusion eval RUN_DIR [--samples N]
     textdiffusion config --method METHOD [--preset P] [--set KEY=VALUE]... [--json]
-    textdiffusion demo | compare RUN_DIR... --out DIR | serve RUN_DIR...
+    textdiffusion demo | compare RUN_DIR... --out DIR | serve RUN_DIR... | export RUN_DIR OUT
     textdiffusion mnist train|sample|eval|demo ...
 
 Each command module (:mod:`.train`, :mod:`.sample`, :mod:`.evaluate`, :mod:`.config`, :mod:`.demo`,
@@ -24,12 +24,13 @@ import os
 import re
 import sys
 
-from textdiffusion.apps.cli import compare, config, demo, evaluate, mnist, sample, serve, train
+from textdiffusion.apps.cli import compare, config, demo, evaluate, export, mnist, sample, serve, train
 from textdiffusion.apps.cli.checks import check_flags_agree
 from textdiffusion.apps.cli.flags import HelpFormatter
 from textdiffusion.catalogue import IMAGE_METHODS, TEXT_METHODS
 from textdiffusion.config import ConfigError
 from textdiffusion.errors import CheckpointError, DataError
+from textdiffusion.sharing import command_line
 
 USER_ERRORS = (ConfigError, DataError, CheckpointError)
 
@@ -96,7 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"textdiffusion {__version__}",
                    help="print the version and exit")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND", help="one of:")
-    for command in (train, sample, evaluate, config, demo, compare, serve, mnist):
+    for command in (train, sample, evaluate, config, demo, compare, serve, export, mnist):
         command.add(sub)
     return p
 
@@ -110,7 +111,8 @@ def main(argv: list[str] | None = None) -> int:
 
             refuse_world(args.command if args.command != "mnist" else f"mnist {args.mnist_command}")
         check_flags_agree(args)
-        return args.func(args)
+        with command_line(["textdiffusion", *(sys.argv[1:] if argv is None else argv)]):  # what a run records
+            return args.func(args)
     except USER_ERRORS as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
