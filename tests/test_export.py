@@ -174,7 +174,7 @@ def test_an_export_is_read_only(trained, tmp_path, capsys, monkeypatch):
     assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == before
 
 
-def test_export_refuses_what_it_must_not_replace(trained, tmp_path, capsys):
+def test_export_refuses_what_it_must_not_replace(trained, tmp_path, capsys, monkeypatch):
     taken = tmp_path / "taken"
     taken.mkdir()
     (taken / "notes.txt").write_text("mine")
@@ -196,6 +196,12 @@ def test_export_refuses_what_it_must_not_replace(trained, tmp_path, capsys):
     one_line_error(capsys, "does not exist")
     assert main(["export", str(trained), str(taken / "sub")]) == 2
     one_line_error(capsys, "inside the export")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    monkeypatch.chdir(empty)
+    assert main(["export", str(trained), "."]) == 2
+    one_line_error(capsys, "is the working directory")
+    monkeypatch.chdir(tmp_path)
     assert not any(p.name.startswith(".") for p in tmp_path.iterdir())  # no staging folder left behind
 
 

@@ -88,6 +88,7 @@ def export_run(run_dir: str | Path, out: str | Path, force: bool = False) -> Exp
                               f"finish it, then export it")
     out = Path(out)
     _check_target(run, out, force)
+    name = out.resolve().name  # what the card and final.json call it
     header = read_header(run)
     check_checkpoint_config(header, cfg, str(meta.get("run_id", "")))
     group = "ema" if header.shapes.get("ema") else "model"
@@ -114,8 +115,8 @@ def export_run(run_dir: str | Path, out: str | Path, force: bool = False) -> Exp
                 write_json(staging / name, _public_vocab(run / name))
         final = TrainSummary.read(run)
         if final is not None:
-            write_json(staging / FINAL, {**final.to_json(), "run_dir": out.name})
-        write_text(staging / "README.md", model_card(meta, cfg, final, out.name, run.name, group, step, state))
+            write_json(staging / FINAL, {**final.to_json(), "run_dir": name})
+        write_text(staging / "README.md", model_card(meta, cfg, final, name, run.name, group, step, state))
         _swap_into_place(staging, out)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
@@ -132,6 +133,9 @@ def _check_target(run: Path, out: Path, force: bool) -> None:
     if out.exists() and not out.is_dir():
         raise CheckpointError(f"{out} is a file; give a folder for the export (it is created if missing)")
     target, source = out.resolve(), run.resolve()
+    if target == Path.cwd().resolve() or target in Path.cwd().resolve().parents:
+        raise CheckpointError(f"{out} is the working directory or holds it; export into a new folder (the export "
+                              f"replaces OUT as a whole)")
     if target == source or source in target.parents:
         raise CheckpointError(f"{out} is inside the run {run}; export into a folder outside it")
     inside = next((folder for folder in target.parents if is_export(folder)), None)
