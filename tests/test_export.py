@@ -222,6 +222,10 @@ def test_an_image_run_exports(tmp_path, capsys):
     out = tmp_path / "digits-export"
     assert main(["export", str(run), str(out)]) == 0
     assert "textdiffusion mnist sample" in capsys.readouterr().out
+    assert main(["mnist", "sample", str(out), "--n", "2", "--steps", "2"]) == 2
+    one_line_error(capsys, "is an export", "--out FOLDER")
+    assert main(["mnist", "sample", str(out), "--n", "2", "--steps", "2", "--out", str(tmp_path / "pics")]) == 0
+    assert (tmp_path / "pics" / "samples.png").is_file() and not (out / "samples").exists()
     assert (out / "image.json").is_file() and "(image family)" in (out / "README.md").read_text()
     a = textdiffusion.load(run, device="cpu").generate([1, 2], sampler="ddim", steps=3, seed=4, progress=False)
     b = textdiffusion.load(out, device="cpu").generate([1, 2], sampler="ddim", steps=3, seed=4, progress=False)
