@@ -36,8 +36,11 @@ def shareable_path(path: str | Path, base: str | Path | None = None) -> str:
     text = str(path)
     if not os.path.isabs(text):
         return text
-    root = os.path.abspath(base if base is not None else os.getcwd())
-    full = os.path.abspath(text)
+    try:
+        root = os.path.abspath(base if base is not None else os.getcwd())
+    except OSError:  # the working directory was removed: nothing lies inside it
+        return Path(text).name or "."
+    full = os.path.normpath(text)
     if full == root or full.startswith(root.rstrip(os.sep) + os.sep):
         return os.path.relpath(full, root)
     return Path(full).name or "."
