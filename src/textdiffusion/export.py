@@ -110,9 +110,9 @@ def export_run(run_dir: str | Path, out: str | Path, force: bool = False) -> Exp
         write_weights(staging / WEIGHTS, tensors, group, state, _public_config(header.config or cfg.to_dict()),
                       str(meta.get("run_id", "")))
         write_json(staging / "config.json", _export_meta(meta, run, group, step))
-        for name in VOCAB_FILES:
-            if (run / name).is_file():
-                write_json(staging / name, _public_vocab(run / name))
+        for vocab_file in VOCAB_FILES:
+            if (run / vocab_file).is_file():
+                write_json(staging / vocab_file, _public_vocab(run / vocab_file))
         final = TrainSummary.read(run)
         if final is not None:
             write_json(staging / FINAL, {**final.to_json(), "run_dir": name})
