@@ -21,6 +21,12 @@ usable, after it the new one is. A kill, an OOM, a full disk or a second Ctrl-C 
 complete checkpoint (0.1.0 wrote four files one after another, and a kill between them left a run that could
 never resume). Readers that want only the EMA weights open the file lazily and read just those tensors.
 
+**Exports.** ``textdiffusion export`` (:mod:`textdiffusion.export`) writes a folder that is read like a run:
+config.json, the tokenizer, final.json and ``weights.safetensors``, one set of weights (the EMA ones) with the
+step, counters and training config in its metadata, and no optimizer or RNG state. :func:`read_header` and
+:func:`read_group` read it as a checkpoint holding only ``ema`` weights; :func:`is_export` tells it apart, so
+that nothing trains into it or writes records into it.
+
 Runs written by textdiffusion 0.1 (``model.safetensors``, ``ema.safetensors``, ``trainer.safetensors`` and
 ``trainer.json``) are still read; the next save of such a run writes the one-file form.
 
@@ -100,6 +106,26 @@ GROUPS = ("model", "ema", "trainer")  # the prefixes of the tensors in a checkpo
 LEGACY_FILES = ("model.safetensors", "ema.safetensors", "trainer.safetensors", "trainer.json")
 
 
+WEIGHTS = "weights.safetensors"  # an export's one set of weights
+
+
+def is_export(run_dir: Path | str) -> bool:
+    """Whether ``run_dir`` is an export (weights only): opened like a run, never trained or written into."""
+    rd = Path(run_dir)
+    return (rd / WEIGHTS).is_file() and not (rd / CHECKPOINT).is_file()
+
+
+def write_weights(path: Path, tensors: dict[str, torch.Tensor], weights: str, state: dict[str, Any],
+                  config: dict[str, Any], run_id: str) -> None:
+    """An export's weights file: the ``tensors`` of one group (``weights``: which one they were in the run),
+    with the trainer's counters (``state``, no optimizer), the training config and the run id, so that the
+    checks a run's checkpoint gets (:func:`read_header`) apply to it unchanged. One atomic write."""
+    clean = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
+    meta = {"format": "pt", "weights": weights, "step": str(state["step"]), "state": json.dumps(state),
+            "config": json.dumps(config, sort_keys=True), "run_id": run_id}
+    atomic_write(path, lambda tmp: save_file(clean, tmp, metadata=meta))
+
+
 def write_checkpoint(run_dir: Path, groups: dict[str, dict[str, torch.Tensor]], state: dict[str, Any],
                      config: dict[str, Any], run_id: str = "") -> None:
     """Replace the run's checkpoint with ``groups`` (``{"model": state_dict, "ema": ..., "trainer": ...}``),
@@ -141,7 +167,8 @@ def has_weights(run_dir: Path) -> bool:
     """Whether the run has weights to sample from: a checkpoint, or a 0.1 run's weight files (which may have
     been shared without the optimizer state)."""
     run_dir = Path(run_dir)
-    return has_checkpoint(run_dir) or any((run_dir / f"{g}.safetensors").is_file() for g in ("ema", "model"))
+    return (has_checkpoint(run_dir) or (run_dir / WEIGHTS).is_file()
+            or any((run_dir / f"{g}.safetensors").is_file() for g in ("ema", "model")))
 
 
 def _corrupt(path: Path, why: object) -> CheckpointError:
@@ -155,15 +182,18 @@ def read_header(run_dir: Path) -> CheckpointHeader:
 
     run_dir = Path(run_dir)
     path = run_dir / CHECKPOINT
-    if not path.is_file():
+    if not path.is_file() and (run_dir / WEIGHTS).is_file():
+        path = run_dir / WEIGHTS  # an export: its tensors are the EMA weights, unprefixed
+    elif not path.is_file():
         return _legacy_header(run_dir)
+    exported = path.name == WEIGHTS
     try:
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
             shapes: dict[str, dict[str, tuple[int, ...]]] = {g: {} for g in GROUPS}
             names = f.keys()  # a safe_open handle is not iterable
             for key in names:
-                group, _, name = key.partition(".")
+                group, _, name = ("ema", ".", key) if exported else key.partition(".")
                 if group not in shapes:
                     raise ValueError(f"unexpected tensor {key!r}")
                 shapes[group][name] = tuple(f.get_slice(key).get_shape())
@@ -212,6 +242,8 @@ def read_group(run_dir: Path, group: str) -> tuple[dict[str, torch.Tensor], int]
 
     run_dir = Path(run_dir)
     path = run_dir / CHECKPOINT
+    if not path.is_file() and (run_dir / WEIGHTS).is_file():
+        return _read_exported(run_dir / WEIGHTS, group)
     if not path.is_file():
         if not (run_dir / f"{group}.safetensors").is_file():
             raise CheckpointError(f"{run_dir} has no checkpoint ({CHECKPOINT} is missing); is it a run directory "
@@ -227,6 +259,17 @@ def read_group(run_dir: Path, group: str) -> tuple[dict[str, torch.Tensor], int]
         raise _corrupt(path, e) from None
     if not tensors:
         raise _corrupt(path, f"no {group} tensors")
+    return tensors, step
+
+
+def _read_exported(path: Path, group: str) -> tuple[dict[str, torch.Tensor], int]:
+    """An export's weights, which stand for the run's ``ema`` group (see :func:`read_header`)."""
+    if group != "ema":
+        raise CheckpointError(f"{path.parent} is an export: it holds only the weights the run was measured with, "
+                              f"not its {group} weights; sample it with the default weights (ema)")
+    tensors, step = read_tensors(path)
+    if not tensors:
+        raise _corrupt(path, "no tensors")
     return tensors, step
 
 

@@ -33,6 +33,7 @@ import numpy as np
 import torch
 
 from textdiffusion import precision
+from textdiffusion.checkpoint import is_export
 from textdiffusion.config import ConfigError
 from textdiffusion.data.batches import TextData
 from textdiffusion.data.corpus import corpus_fingerprint, read_corpus, resolve_corpus
@@ -50,6 +51,7 @@ from textdiffusion.records import (
     ValScore,
 )
 from textdiffusion.runs import LoadedRun, open_run
+from textdiffusion.sharing import public_source, shareable_path
 
 WORD = re.compile(r"[A-Za-z]+(?:'[A-Za-z]+)*")
 COPY_WINDOW = 32
@@ -238,10 +240,10 @@ def generate(run, req: SampleRequest, seed: int, batch: int = 64,
 
 
 def run_corpus(run) -> tuple[TextData, str, str]:
-    """The run's corpus split exactly as in training (train/val): read from the absolute path the run
-    recorded when it is still there, and refused when its fingerprint differs from the recorded one."""
+    """The run's corpus split exactly as in training (train/val): read from the place the run recorded when
+    it is still there, and refused when its fingerprint differs from the recorded one."""
     recorded = run.meta.get("corpus") if isinstance(run.meta.get("corpus"), dict) else None
-    path = resolve_corpus(corpus_location(run.cfg.data.corpus, recorded))
+    path = resolve_corpus(corpus_location(run.cfg.data.corpus, recorded, run.path))
     check_identity(recorded, corpus_fingerprint(path), run.path)
     text, source = read_corpus(path)
     data = TextData.from_text(text, run.tokenizer, run.cfg.data.val_fraction, source)
@@ -302,7 +304,7 @@ def evaluate_text(run_dir: str | Path | LoadedRun, samples: int = 64, length: in
     reference = ref.quality(reference_windows(text, len(data.train_text), ref_len, samples))
     taken = speed.pop("steps", None) or steps or run.method.default_steps(length) or length
     result = TextEval(
-        run=str(run.path), method=cfg.method.name, preset=cfg.preset, step=run.step, weights="ema",
+        run=shareable_path(run.path), method=cfg.method.name, preset=cfg.preset, step=run.step, weights="ema",
         parameters=sum(p.numel() for p in run.model.parameters()), device=str(run.device),
         val=val,
         samples=SampleSettings(n=samples, length=length, sampler=run.method.check_sampler(req.sampler), steps=taken,
@@ -311,9 +313,11 @@ def evaluate_text(run_dir: str | Path | LoadedRun, samples: int = 64, length: in
         reference_what=f"{samples} real validation windows of {ref_len} characters",
         speed=SampleSpeed.from_json(speed),
         judge={"kind": f"character {ref.judge.order}-gram, interpolated Witten-Bell",
-               "fitted_on": f"training split of {source}", "chars": len(data.train_text)},
+               "fitted_on": f"training split of {public_source(source)}",
+               "chars": len(data.train_text)},
         labels=label_note(run.method))
-    result.write(run.path)
+    if not is_export(run.path):  # an export is read-only: the result is returned (and printed) only
+        result.write(run.path)
     return result
 
 

@@ -18,12 +18,13 @@ from typing import Any, cast
 import torch
 
 from textdiffusion import limits
-from textdiffusion.checkpoint import CheckpointError, write_json
+from textdiffusion.checkpoint import CheckpointError, is_export, write_json
 from textdiffusion.data.corpus import DataError, cache_dir
 from textdiffusion.data.images import to_unit_range
 from textdiffusion.methods.image import ImageDiffusion, ImageRequest
 from textdiffusion.records import ImageEval
 from textdiffusion.runs import LoadedRun, open_run
+from textdiffusion.sharing import public_corpus_record, run_corpus_record, shareable_path
 
 EVAL_SAMPLES, EVAL_STEPS = limits.IMAGE_EVAL_SAMPLES, limits.IMAGE_EVAL_STEPS  # why these: see limits.py
 
@@ -119,7 +120,7 @@ def _reference_data(run: LoadedRun):
 
     size = image_method(run).spec.size
     recorded = run.meta.get("corpus") if isinstance(run.meta.get("corpus"), dict) else None
-    data = load_images(corpus_location(run.cfg.data.corpus, recorded))
+    data = load_images(corpus_location(run.cfg.data.corpus, recorded, run.path))
     check_identity(recorded, data.record(), run.path)
     if data.image_size != size:
         raise DataError(f"the run was trained on {size}x{size} images but "
@@ -166,13 +167,14 @@ def evaluate_images(run_dir: str | Path | LoadedRun, samples: int = EVAL_SAMPLES
     reference = to_unit_range(data.x_test)
     scores = fid_and_accuracy(clf.to(run.device), generated.to(run.device), reference.to(run.device),
                               torch.tensor(labels) if labels else None)
-    row = {"run": str(run.path), "step": run.step, "samples": samples, "seed": seed, **info, "nfe": nfe,
+    row = {"run": shareable_path(run.path), "step": run.step, "samples": samples, "seed": seed, **info, "nfe": nfe,
            **scores, "classifier_test_accuracy": clf_info.get("test_accuracy"),
            "seconds": seconds, "seconds_per_image": seconds / samples, "device": str(run.device),
-           "data": data.record()["source"], "offline_fallback": data.offline_fallback,
+           "data": public_corpus_record(run_corpus_record(data.record(), run.path))["source"],
+           "offline_fallback": data.offline_fallback,
            "fid_feature_space": "penultimate layer of the evaluation classifier (FID computed there, not in "
                                 "Inception features: compare only within this project)"}
-    if write:
+    if write and not is_export(run.path):  # an export is read-only: the result is returned (and printed) only
         write_json(run.path / "eval.json", row)
         with open(run.path / "evals.jsonl", "a", encoding="utf-8") as f:
             f.write(json.dumps(row) + "\n")

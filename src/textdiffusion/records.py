@@ -178,9 +178,11 @@ class TrainSummary:
                    FinalScore.from_json(d), bool(d.get("scoring_interrupted")))
 
     def write(self, run_dir: Path) -> None:
+        """``final.json``, with the run directory as it may be shown elsewhere (never an absolute path)."""
         from textdiffusion.checkpoint import write_json
+        from textdiffusion.sharing import shareable_path
 
-        write_json(Path(run_dir) / FINAL, self.to_json())
+        write_json(Path(run_dir) / FINAL, {**self.to_json(), "run_dir": shareable_path(self.run_dir)})
 
     @classmethod
     def read(cls, run_dir: Path | str) -> TrainSummary | None:

@@ -15,7 +15,15 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from textdiffusion.checkpoint import CHECKPOINT, LEGACY_FILES, CheckpointError, has_checkpoint, has_weights, write_json
+from textdiffusion.checkpoint import (
+    CHECKPOINT,
+    LEGACY_FILES,
+    CheckpointError,
+    has_checkpoint,
+    has_weights,
+    is_export,
+    write_json,
+)
 from textdiffusion.files import (
     is_symlink_loop,
     non_utf8_message,
@@ -62,6 +70,10 @@ class RunDirectory:
             raise CheckpointError(problem)
         if rd.exists() and not rd.is_dir():
             raise CheckpointError(f"--run-dir {rd} is a file, not a directory; pick another --run-dir")
+        if is_export(rd):
+            raise CheckpointError(f"{rd} is an export (weights only, without the optimizer and random-generator "
+                                  f"state training needs): it samples and evaluates but cannot be trained; resume "
+                                  f"the run it was exported from, or train a new one")
         if resume and not (rd / "config.json").is_file():
             raise CheckpointError(f"{rd} is not a run directory (no config.json); pass the directory "
                                   f"`textdiffusion train` printed")

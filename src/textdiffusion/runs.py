@@ -1,4 +1,5 @@
-"""Opening a run directory for sampling and evaluation (the read side of :mod:`textdiffusion.checkpoint`)."""
+"""Opening a run directory for sampling and evaluation (the read side of :mod:`textdiffusion.checkpoint`). An
+export (:mod:`textdiffusion.export`) opens the same way."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from textdiffusion.checkpoint import (
     CheckpointHeader,
     check_finite,
     has_checkpoint,
+    is_export,
     read_group,
     read_header,
     read_run_meta,
@@ -189,6 +191,8 @@ def open_run(path: str | Path, weights: str = "ema", device: str = "auto",
     dev = pick_device(device)
     vocab = load_vocab(run)
     header = read_header(run)
+    if weights != "ema" and is_export(run):
+        read_group(run, weights)  # says that an export holds only the weights the run was measured with
     check_checkpoint_config(header, cfg, str(meta.get("run_id", "")))
     shell = _shape_only_model(cfg, vocab)
     if shell is not None:

@@ -61,6 +61,7 @@ from textdiffusion.runs import (
     pick_device,
     read_run_config,
 )
+from textdiffusion.sharing import recorded_command, run_corpus_record
 from textdiffusion.training_samples import write_training_samples
 
 StopReason = Literal["out_of_time", "interrupted"]  # why a loop ended before its target step
@@ -396,9 +397,13 @@ class Trainer:
             self.log(f"run directory: {rd} ({self.n_parameters:,} parameters, {self.device})")
 
     def _run_meta(self) -> dict[str, Any]:
-        """config.json of a new run: the resolved config, the corpus it read, where and how it trains."""
-        corpus = self.source.record()
-        return {"config": self.cfg.to_dict(), "seed": self.cfg.seed, "versions": versions(), "corpus": corpus,
+        """config.json of a new run: the resolved config, the corpus it read, where and how it trains, and the
+        command line that started it (``argv``, for the model card of an export). The corpus record and the
+        command line name paths in a form that travels (:mod:`textdiffusion.sharing`); the config keeps
+        ``data.corpus`` as it was given, since ``train --config`` and resume read it."""
+        corpus = run_corpus_record(self.source.record(), self.run_dir)
+        return {"config": self.cfg.to_dict(), "seed": self.cfg.seed, "versions": versions(),
+                "corpus": corpus, "argv": recorded_command(),
                 "parameters": self.n_parameters, "device": str(self.device),
                 "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "run_id": self.run_id,
                 "precision": self.precision, "tf32": self.tf32,

@@ -28,7 +28,8 @@ MODELS: dict[str, type[TextModel] | type[ImageModel]] = {"text": TextModel, "ima
 def load(run_dir: str | Path, device: str | torch.device = "auto", weights: str = "ema", *,
          overrides: Sequence[str] = (), **sampling: Any) -> TextModel | ImageModel:
     """Open the run in ``run_dir`` for sampling: a :class:`TextModel` for a text run, an :class:`ImageModel`
-    for an image run (the run's config.json decides).
+    for an image run (the run's config.json decides). ``run_dir`` may also be an export of a run
+    (``textdiffusion export``, :mod:`textdiffusion.export`), which holds only the EMA weights.
 
     ``device``: ``"auto"`` (the GPU when there is one, else the CPU), ``"cpu"``, ``"cuda"``, ``"cuda:N"`` or
     ``"mps"``. ``weights``: ``"ema"`` (the averaged weights every number in the run was measured with) or

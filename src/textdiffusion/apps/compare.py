@@ -43,6 +43,7 @@ from textdiffusion.checkpoint import (
     CheckpointError,
     check_finite,
     has_checkpoint,
+    is_export,
     read_group,
     read_header,
     read_run_meta,
@@ -66,6 +67,7 @@ from textdiffusion.records import (
     read_json_object,
     read_metrics,
 )
+from textdiffusion.sharing import public_corpus_record, public_source, shareable_path
 from textdiffusion.viz.records import (
     Comparison,
     Frame,
@@ -248,7 +250,7 @@ def read_run(path: str | Path) -> RunRecord:
     image = method_class.family == "image"
     final = TrainSummary.read(run)
     metrics = read_metrics(run)
-    if not has_checkpoint(run):
+    if not has_checkpoint(run) and not is_export(run):
         raise CheckpointError(f"{run} has no checkpoint (training stopped before its first save); resume it with "
                               f"`textdiffusion train --resume {run}` or leave it out")
     header = read_header(run)
@@ -378,6 +380,8 @@ class _PointCache:
         self.entries.append({"key": key, "result": result})
 
     def save(self) -> None:
+        if is_export(self.run_dir):  # read-only: its points are measured again each time
+            return
         try:
             write_json(self.run_dir / self.file, {"format": self.format, "step": self.step, "points": self.entries})
         except OSError as e:  # a read-only run directory: the comparison still works, only slower next time
@@ -509,7 +513,7 @@ def measure_text_run(record: RunRecord, judges: _Judges, length: int, sweep: lis
     bar.set_postfix_str(f"{record.name}: trajectory")
     trajectory = _trajectory(model, length, seed)
     bar.update(1)
-    return TextResults(judge_corpus=source, reference=reference,
+    return TextResults(judge_corpus=public_source(source), reference=reference,
                        sweep=sorted([default, *others], key=lambda p: p.steps),
                        samples=SampleSet(default.examples, default.sampler, default.steps, seed, length),
                        trajectory=trajectory, device_measured=str(model.device), sweep_skipped=skipped,
@@ -717,6 +721,15 @@ def _measure(records: list[RunRecord], out: Path, length: int, sweep: list[int],
                     r.guidance = measure_image_guidance(r, weights, samples, seed, device, refresh, progress, bar)
 
 
+def _shown(record: RunRecord) -> RunRecord:
+    """A run as the report shows it: its folder relative to the working directory (or by name) and its data
+    by name and sha256, never an absolute local path (:mod:`textdiffusion.sharing`)."""
+    ev = record.eval
+    if isinstance(ev, dict) and isinstance(ev.get("run"), str):  # eval.json of earlier versions
+        ev = {**ev, "run": shareable_path(ev["run"])}
+    return replace(record, path=shareable_path(record.path), corpus=public_corpus_record(record.corpus), eval=ev)
+
+
 def compare_runs(run_dirs: list[str], out: str | Path, samples: int = 32, length: int = 0,
                  sweep: str | list[int] = "4,16,64,256", seed: int = 0, device: str = "auto",
                  evaluate: bool = False, progress: bool = True, refresh: bool = False,
@@ -751,7 +764,7 @@ def compare_runs(run_dirs: list[str], out: str | Path, samples: int = 32, length
                         seconds=round(time.perf_counter() - tic, 2), guidance=weights)
     comparison = Comparison(created=time.strftime("%Y-%m-%dT%H:%M:%S%z"), versions=versions(), settings=settings,
                             judge_corpora=sorted({r.text_results.judge_corpus for r in records if r.text_results}),
-                            runs=records)
+                            runs=[_shown(r) for r in records])
     paths = {"report": out / "report.html", "markdown": out / "comparison.md", "json": out / "comparison.json"}
     write_json(paths["json"], comparison.to_json())
     md = render_markdown(comparison)

@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from textdiffusion import limits
+from textdiffusion.checkpoint import is_export
 from textdiffusion.config import ConfigError
 from textdiffusion.data.corpus import DataError
 from textdiffusion.image_evaluation import image_method, labels_for, open_image_run
@@ -71,6 +72,8 @@ def sample_images(run_dir: str | Path, out: str | Path | None = None, n: int = 0
                            "for scores over more samples use `textdiffusion mnist eval --samples N`")
     run = open_image_run(run_dir, weights=weights, device=device, overrides=overrides)
     method = image_method(run)
+    if not out and is_export(run.path):
+        raise ConfigError(f"{run_dir} is an export, which stays read-only: pass --out FOLDER for the pictures")
     out_dir = Path(out) if out else run.path / "samples"
     limits.check_output_folder(out_dir, "--out" if out else "the samples folder", SAMPLE_FILES)
     layout = _layout(method, n, digit, strip_rows)

@@ -20,6 +20,7 @@ from textdiffusion.data.batches import TextData
 from textdiffusion.data.corpus import DataError, corpus_fingerprint, read_corpus, resolve_corpus
 from textdiffusion.data.images import ImageBatch, ImageSpec, load_images
 from textdiffusion.data.tokenizer import load_tokenizer
+from textdiffusion.sharing import resolve_recorded, run_corpus_record
 
 
 class Source(Protocol):
@@ -52,7 +53,8 @@ class TextSource:
     def record(self) -> dict[str, Any]:
         """config.json's "corpus": the split's sizes and, for a corpus read from disk, its identity
         (:func:`~textdiffusion.data.corpus.corpus_fingerprint`: kind, absolute path, sha256 of the file or of
-        the directory's .txt files), which resume and eval check (:func:`check_identity`)."""
+        the directory's .txt files), which resume and eval check (:func:`check_identity`). The trainer
+        records the path in a form that travels (:func:`~textdiffusion.sharing.run_corpus_record`)."""
         d = self.data
         out: dict[str, Any] = {"source": d.source, "train_chars": int(d.train_ids.numel()),
                                "val_chars": int(d.val_ids.numel())}
@@ -127,7 +129,7 @@ class ImageSource:
         return self.data.record()
 
     def save_vocab(self, run_dir: Path) -> None:
-        write_json(run_dir / "image.json", {**self.vocab.to_dict(), "data": self.record()})
+        write_json(run_dir / "image.json", {**self.vocab.to_dict(), "data": run_corpus_record(self.record(), run_dir)})
 
     def train_batch(self, batch: int, window: int, generator: torch.Generator) -> Any:
         idx = torch.randint(0, self.data.x_train.shape[0], (batch,), generator=generator)
@@ -150,7 +152,7 @@ def load_source(cfg: Config, run_dir: Path | None = None, kind: str = "text") ->
     corpus record of its config.json: the data is read from the recorded absolute path when it is still
     there (:func:`corpus_location`), and must still have the recorded fingerprint (:func:`check_identity`)."""
     recorded = recorded_corpus(run_dir) if run_dir is not None else None
-    corpus = corpus_location(cfg.data.corpus, recorded)
+    corpus = corpus_location(cfg.data.corpus, recorded, run_dir)
     if kind == "image":
         source: Source = ImageSource(load_images(corpus))
         if run_dir is not None:
@@ -181,16 +183,18 @@ def recorded_corpus(run_dir: Path) -> dict[str, Any] | None:
     return corpus if isinstance(corpus, dict) else None
 
 
-def corpus_location(configured: str, recorded: dict[str, Any] | None) -> str:
-    """Where a run's data is read from: the absolute path recorded at training when it still exists (so a
-    run trained with a relative ``--data`` is evaluated from any working directory), else the configured
-    ``data.corpus`` (a named corpus, or a path the data was moved to: the fingerprint then tells whether it
-    is the same data)."""
+def corpus_location(configured: str, recorded: dict[str, Any] | None, run_dir: Path | str | None = None) -> str:
+    """Where a run's data is read from: the place recorded at training when it still exists (a path relative
+    to ``run_dir``, the data folder's symbol, or the absolute path earlier versions wrote; see
+    :mod:`textdiffusion.sharing`), so a run trained with a relative ``--data`` is evaluated from any working
+    directory; else the configured ``data.corpus`` (a named corpus, or a path the data was moved to: the
+    fingerprint then tells whether it is the same data)."""
     path = recorded.get("path") if recorded else None
-    if not isinstance(path, str) or not Path(path).is_absolute():
+    place = resolve_recorded(path, run_dir) if isinstance(path, str) and path else None
+    if place is None:
         return configured
     try:
-        return path if Path(path).exists() else configured
+        return str(place) if place.exists() else configured
     except OSError:  # a folder on the way may not be searched: the configured corpus says it plainly
         return configured
 

@@ -39,7 +39,15 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from textdiffusion.checkpoint import CheckpointError, read_json, read_tensors, versions, write_json, write_tensors
+from textdiffusion.checkpoint import (
+    CheckpointError,
+    is_export,
+    read_json,
+    read_tensors,
+    versions,
+    write_json,
+    write_tensors,
+)
 from textdiffusion.config import ConfigError
 from textdiffusion.errors import DataError
 
@@ -248,10 +256,12 @@ def classifier_for(run: Any, recipe: ClassifierRecipe | None = None, progress: b
             why = str(e)
         print(f"retraining the speaker classifier: {why}", file=sys.stderr)
     elif progress:
+        kept = "not cached: an export is read-only" if is_export(run.path) else f"once; cached in {folder}"
         print(f"training the speaker classifier for classifier guidance ({(recipe or ClassifierRecipe()).steps} "
-              f"steps, once; cached in {folder})", file=sys.stderr)
+              f"steps, {kept})", file=sys.stderr)
     clf = train_noisy_classifier(run, recipe or ClassifierRecipe(), progress)
-    save_classifier(clf, folder)
+    if not is_export(run.path):  # an export is never written into: its classifier lives for this process
+        save_classifier(clf, folder)
     if progress:
         print(f"speaker classifier: held-out accuracy {clf.meta['held_out_accuracy']:.3f} under the forward "
               f"process's noise (chance {clf.meta['chance']:.3f})", file=sys.stderr)

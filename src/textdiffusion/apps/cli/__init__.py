@@ -4,7 +4,7 @@
     textdiffusion sample RUN_DIR [--prompt T | --infill T] [--n N] [--sampler S] [--steps K] [--show] ...
     textdiffusion eval RUN_DIR [--samples N]
     textdiffusion config --method METHOD [--preset P] [--set KEY=VALUE]... [--json]
-    textdiffusion demo | compare RUN_DIR... --out DIR | serve RUN_DIR...
+    textdiffusion demo | compare RUN_DIR... --out DIR | serve RUN_DIR... | export RUN_DIR OUT
     textdiffusion mnist train|sample|eval|demo ...
     textdiffusion data [--check]
 
@@ -29,13 +29,14 @@ import re
 import sys
 import warnings
 
-from textdiffusion.apps.cli import compare, config, data, demo, evaluate, mnist, sample, serve, train
+from textdiffusion.apps.cli import compare, config, data, demo, evaluate, export, mnist, sample, serve, train
 from textdiffusion.apps.cli.checks import check_flags_agree
 from textdiffusion.apps.cli.flags import HelpFormatter
 from textdiffusion.catalogue import IMAGE_METHODS, TEXT_METHODS
 from textdiffusion.config import ConfigError
 from textdiffusion.errors import CheckpointError, ConfigWarning, DataError, did_you_mean
 from textdiffusion.files import symlink_loop_message
+from textdiffusion.sharing import command_line
 
 USER_ERRORS = (ConfigError, DataError, CheckpointError)
 
@@ -141,7 +142,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"textdiffusion {__version__}",
                    help="print the version and exit")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND", help="one of:")
-    for command in (train, sample, evaluate, config, demo, compare, serve, mnist, data):
+    for command in (train, sample, evaluate, config, demo, compare, serve, export, mnist, data):
         command.add(sub)
     return p
 
@@ -199,7 +200,8 @@ def _run(argv: list[str] | None) -> int:
 
             refuse_world(args.command if args.command != "mnist" else f"mnist {args.mnist_command}")
         check_flags_agree(args)
-        return args.func(args)
+        with command_line(["textdiffusion", *(sys.argv[1:] if argv is None else argv)]):  # what a run records
+            return args.func(args)
     except USER_ERRORS as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

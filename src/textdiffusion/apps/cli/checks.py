@@ -67,3 +67,12 @@ def refuse_text_run(run_dir: str, command: str) -> None:
     kind = run_kind(run_dir)
     if kind and kind[0] == "text":
         raise ConfigError(f"{run_dir} is a text run (method {kind[1]}); use `textdiffusion {command} {run_dir}`")
+
+
+def read_only_note(run_dir: str) -> str | None:
+    """What ``eval`` says instead of "wrote eval.json" for an export, which it reads but never writes into."""
+    from textdiffusion.checkpoint import is_export
+
+    if is_export(run_dir):
+        return f"{run_dir} is an export (read-only): the results above were not written into it"
+    return None

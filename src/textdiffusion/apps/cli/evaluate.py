@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from textdiffusion.apps.cli.checks import refuse_image_run
+from textdiffusion.apps.cli.checks import read_only_note, refuse_image_run
 from textdiffusion.apps.cli.flags import (
     DEVICE_HELP,
     RUN_DIR_HELP,
@@ -68,5 +68,5 @@ def run(args: argparse.Namespace) -> int:
                             top_p=args.top_p, seed=args.seed, val_windows=args.val_windows,
                             progress=not args.no_progress)
     print(format_table(result, get_method(result.method)))
-    print(f"wrote {Path(args.run_dir) / 'eval.json'}")
+    print(read_only_note(args.run_dir) or f"wrote {Path(args.run_dir) / 'eval.json'}")
     return 0

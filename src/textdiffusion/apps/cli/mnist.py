@@ -8,7 +8,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from textdiffusion.apps.cli.checks import refuse_text_run
+from textdiffusion.apps.cli.checks import read_only_note, refuse_text_run
 from textdiffusion.apps.cli.flags import (
     DEFAULT_PRESET,
     DEVICE_HELP,
@@ -158,7 +158,7 @@ def evaluate(args: argparse.Namespace) -> int:
                           eta=args.eta, guidance=args.guidance, seed=args.seed, device=args.device,
                           overrides=args.overrides, progress=not args.no_progress)
     print(format_eval(ev))
-    print(f"wrote {Path(args.run_dir) / 'eval.json'} (and appended to evals.jsonl)")
+    print(read_only_note(args.run_dir) or f"wrote {Path(args.run_dir) / 'eval.json'} (and appended to evals.jsonl)")
     return 0
 
 
