@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import pytest
 
+from test_text_gif import gif_frames, mask_pixels
 from textdiffusion.apps.cli import main
 from textdiffusion.data import corpus as corpus_mod
 
@@ -14,6 +15,12 @@ def test_demo_trains_animates_and_prints_the_run(small_corpus, tmp_path, capsys)
     assert f"run directory: {rd}" in captured.err
     assert "Sample:" in captured.out
     assert (rd / "checkpoint.safetensors").exists()
+    # the last line names the picture of the denoising: from all masked to the printed sample
+    gif = rd / "samples" / "denoising.gif"
+    assert captured.err.rstrip().splitlines()[-1] == f"the denoising: {gif}"
+    pictures = gif_frames(gif)
+    assert len(pictures) > 1 and len({p.shape for p in pictures}) == 1
+    assert mask_pixels(pictures[0]) > 0.04 * pictures[0][..., 0].size and mask_pixels(pictures[-1]) == 0
 
 
 def test_demo_offline_says_how_to_provide_the_corpus(tmp_path, monkeypatch, capsys):

@@ -1,13 +1,16 @@
 """``textdiffusion demo``: the two-minute tour on a CPU.
 
 Train a masked-diffusion model on Tiny Shakespeare at the ``cpu`` preset, then animate one sample being
-denoised and print where the run lives, with the next commands to try.
+denoised, leave that denoising as a GIF in the run directory (a terminal animation is gone once it scrolls
+away; a picture can be opened, shared and put in a page) and print where the run lives, with the next
+commands to try.
 """
 
 from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -17,7 +20,8 @@ from textdiffusion.methods.configs import make_config
 from textdiffusion.records import TrainSummary
 from textdiffusion.runs import open_run
 from textdiffusion.trainer import default_run_dir, run_training
-from textdiffusion.viz import TerminalAnimation
+from textdiffusion.viz import TerminalAnimation, TrajectoryRecorder
+from textdiffusion.viz.text_gif import frames_of, save_denoising_gif
 
 DEMO_STEPS = 1500
 
@@ -39,10 +43,19 @@ def run_demo(steps: int | None = None, data: str = "tinyshakespeare", run_dir: s
     print("\nDenoising one window, all positions start masked (░):\n", file=sys.stderr)
     gen = torch.Generator(device=run.device).manual_seed(0)
     req = SampleRequest(n=1, **run.method.decoding())
-    res = run.method.sample(run.model, req, gen, TerminalAnimation(run.tokenizer, delay=0.05))
+    animation = TerminalAnimation(run.tokenizer, delay=0.05)
+    recorder = TrajectoryRecorder(run.tokenizer, keep_states=True)
+
+    def on_step(step: int, state: torch.Tensor, info: dict[str, Any]) -> None:
+        animation(step, state, info)
+        recorder(step, state, info)
+
+    res = run.method.sample(run.model, req, gen, on_step)
     print("\nSample:\n")
     print(run.tokenizer.decode(res.ids[0].tolist()))
+    gif = save_denoising_gif(frames_of(recorder), rd / "samples" / "denoising.gif", columns=run.cfg.model.context)
     _print_next_steps(rd, summary)
+    print(f"\nthe denoising: {gif}", file=sys.stderr)
     return 0
 
 
