@@ -56,12 +56,6 @@ def _font(size: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
     return ImageFont.load_default(size)
 
 
-def _cells(text: str, columns: int) -> list[tuple[int, int]]:
-    """(row, column) of every character position, ``columns`` to a row: a line break takes a cell of its own
-    (drawn as ↵), so no character moves when a masked position turns out to be one."""
-    return [divmod(k, columns) for k in range(len(text))]
-
-
 def render(frames: Sequence[TextFrame], columns: int = 64, fixed: Iterable[int] = (),
            font_size: int = FONT_SIZE) -> list[Image.Image]:
     """The pictures, all of one size (the rows of the longest frame), ``columns`` characters to a row."""
@@ -88,7 +82,10 @@ def render(frames: Sequence[TextFrame], columns: int = 64, fixed: Iterable[int] 
             caption += f"  ·  {len(frame.masked)} still masked"
         draw.text((pad, pad), caption, fill=CAPTION, font=font)
         comparable = prev is not None and len(prev.text) == len(frame.text)
-        for k, ((row, col), ch) in enumerate(zip(_cells(frame.text, columns), frame.text, strict=True)):
+        # position k sits in cell divmod(k, columns), a line break too (drawn ↵): no character moves when a
+        # masked position turns out to be one
+        for k, ch in enumerate(frame.text):
+            row, col = divmod(k, columns)
             x, y = pad + col * cell_w, pad + caption_h + row * cell_h
             if k in frame.masked:
                 draw.rectangle((x + 1, y + 2, x + cell_w - 2, y + cell_h - 2), fill=MASK)
