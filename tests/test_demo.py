@@ -1,7 +1,10 @@
 from __future__ import annotations
 
+import json
+
 import pytest
 
+from test_text_gif import gif_frames, mask_pixels
 from textdiffusion.apps.cli import main
 from textdiffusion.data import corpus as corpus_mod
 
@@ -14,6 +17,15 @@ def test_demo_trains_animates_and_prints_the_run(small_corpus, tmp_path, capsys)
     assert f"run directory: {rd}" in captured.err
     assert "Sample:" in captured.out
     assert (rd / "checkpoint.safetensors").exists()
+    # the run samples as the demo did: `sample` and `eval` on it get the same sampler and steps
+    method = json.loads((rd / "config.json").read_text())["config"]["method"]
+    assert (method["sampler"], method["sample_steps"]) == ("confidence", 16) and "in 16 steps" in captured.err
+    # the last line names the picture of the denoising: from all masked to the printed sample
+    gif = rd / "samples" / "denoising.gif"
+    assert captured.err.rstrip().splitlines()[-1] == f"the denoising: {gif}"
+    pictures = gif_frames(gif)
+    assert len(pictures) > 1 and len({p.shape for p in pictures}) == 1
+    assert mask_pixels(pictures[0]) > 0.04 * pictures[0][..., 0].size and mask_pixels(pictures[-1]) == 0
 
 
 def test_demo_offline_says_how_to_provide_the_corpus(tmp_path, monkeypatch, capsys):
@@ -37,8 +49,6 @@ def test_demo_rejects_nonsense_flags(bad, capsys):
 
 
 def test_mnist_demo_falls_back_to_the_offline_digits(tmp_path, monkeypatch, capsys):
-    import json
-
     from textdiffusion.data import images as images_mod
 
     monkeypatch.setenv("TEXTDIFFUSION_DATA", str(tmp_path / "empty"))

@@ -245,6 +245,18 @@ def test_bad_bodies_and_hosts_are_refused(server):
         conn.close()
 
 
+def test_the_icon_is_served_where_browsers_ask(server):
+    conn = http.client.HTTPConnection(server.host, server.port, timeout=10)
+    try:
+        conn.request("GET", "/favicon.ico")
+        response = conn.getresponse()
+        body = response.read().decode("utf-8")
+        assert response.status == 200 and response.getheader("Content-Type") == "image/svg+xml"
+        assert body.lstrip().startswith("<svg") and body.rstrip().endswith("</svg>")
+    finally:
+        conn.close()
+
+
 # ---- concurrency and cancellation ---------------------------------------------------------------------------
 
 
@@ -544,6 +556,56 @@ def test_page_fills_blanks_and_stops_on_request(server, browser):
     assert not browser.find_element("id", "mode-infill").is_enabled()
     assert browser.find_element("id", "mode-prompt").is_selected()
     assert not browser.find_element("id", "steps").is_enabled()
+
+
+def test_page_starts_ready_and_its_player_stops_a_stream(server, browser):
+    from selenium.webdriver.support.ui import Select, WebDriverWait
+
+    browser.get_log("browser")  # the session's browser: forget earlier pages' messages
+    browser.get(server.url + "/")
+    _wait_state(browser, ("idle",))
+    Select(browser.find_element("id", "run")).select_by_value("masked")
+    text = browser.find_element("id", "text")
+    # the example is the field's value, not only a placeholder: Sample uses it as it stands
+    assert text.get_attribute("value") == "ROMEO:"
+    Select(browser.find_element("id", "sampler")).select_by_value("topk")
+    _fill(browser, "steps", "4")
+    browser.find_element("id", "sample").click()
+    assert _wait_state(browser, ("done", "error")) == "done", browser.find_element("id", "message").text
+    assert browser.find_element("id", "result").get_attribute("textContent").startswith("ROMEO:")
+    # infill mode swaps the example for its own, and its length box has room for its note
+    browser.find_element("id", "mode-infill").click()
+    assert text.get_attribute("value") == "ROMEO:\nO ____ art thou"
+    room, needed = browser.execute_script(
+        "const e = document.getElementById('length'), s = getComputedStyle(e);"
+        "const c = document.createElement('canvas').getContext('2d'); c.font = s.font;"
+        "return [e.clientWidth - parseFloat(s.paddingLeft) - parseFloat(s.paddingRight),"
+        "        c.measureText(e.placeholder).width];")
+    assert browser.find_element("id", "length").get_attribute("placeholder") and room >= needed
+    # a text the user wrote stays when the mode changes
+    browser.find_element("id", "mode-prompt").click()
+    assert text.get_attribute("value") == "ROMEO:"
+    _fill(browser, "text", "KING")
+    browser.find_element("id", "mode-infill").click()
+    browser.find_element("id", "mode-prompt").click()
+    assert text.get_attribute("value") == "KING"
+    # while frames stream, the player's button stops the sampling; afterwards it plays the frames back
+    server.wait_for(lambda s: s["active"] == 0)
+    before = server.status()["cancelled"]
+    Select(browser.find_element("id", "sampler")).select_by_value("ancestral")
+    _fill(browser, "steps", "1000")
+    _fill(browser, "pace", "20")
+    browser.find_element("id", "sample").click()
+    player = browser.find_element("id", "player")
+    WebDriverWait(browser, 20, poll_frequency=0.05).until(lambda d: int(player.get_attribute("data-frames") or 0) >= 3)
+    button = player.find_element("css selector", "button.td-play")
+    assert "stop" in button.text
+    button.click()
+    assert _wait_state(browser, ("stopped",)) == "stopped"
+    assert server.wait_for(lambda s: s["active"] == 0)["cancelled"] == before + 1
+    assert "play" in button.text
+    # nothing the page asked for failed: the icon included
+    assert [e for e in browser.get_log("browser") if e["level"] == "SEVERE"] == []
 
 
 @pytest.mark.parametrize("field, value, words", [

@@ -34,6 +34,7 @@ from .served import load_runs
 MAX_BODY = 64 * 1024  # the longest text any run accepts is far shorter
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 PAGE = "live.html"
+ICON = "favicon.svg"  # at /favicon.ico, where browsers (and the page's <link rel=icon>) ask for it
 STATIC = {"td.css": "text/css", "player.js": "text/javascript", "live.js": "text/javascript"}
 # the page needs nothing but itself: no CDN, no inline script
 CSP = "default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; connect-src 'self'"
@@ -53,11 +54,12 @@ def create_app(run_dirs: Sequence[str | Path], device: str = "auto", max_steps: 
     service = SamplingService(load_runs(run_dirs, device, max_steps, max_chars), max_steps, max_concurrent)
     middleware = [Middleware(TrustedHostMiddleware, allowed_hosts=list(allowed_hosts))] if allowed_hosts else []
     routes = [Route("/", _index), Route("/static/{name}", _asset), Route("/api/runs", _api_runs),
-              Route("/api/status", _api_status), Route("/api/sample", _api_sample, methods=["GET", "POST"])]
+              Route("/api/status", _api_status), Route("/api/sample", _api_sample, methods=["GET", "POST"]),
+              Route("/favicon.ico", _favicon)]
     app = Starlette(routes=routes, middleware=middleware, exception_handlers={HTTPException: _http_error},
                     lifespan=_lifespan)
     app.state.service = service
-    app.state.files = {name: web_asset(name) for name in (PAGE, *STATIC)}  # read once: the page never changes
+    app.state.files = {name: web_asset(name) for name in (PAGE, ICON, *STATIC)}  # read once: the page never changes
     return app
 
 
@@ -90,6 +92,11 @@ async def _asset(request: Request) -> Response:
         return _error(f"no such file /static/{name}", 404)
     return Response(request.app.state.files[name], media_type=f"{STATIC[name]}; charset=utf-8",
                     headers={"Cache-Control": "no-cache"})
+
+
+async def _favicon(request: Request) -> Response:
+    return Response(request.app.state.files[ICON], media_type="image/svg+xml",
+                    headers={"Cache-Control": "max-age=86400"})
 
 
 async def _api_runs(request: Request) -> JSONResponse:

@@ -16,6 +16,8 @@
   const speaker = $("speaker"), speakerRow = $("speaker-row"), speakerLabel = $("speaker-label");
   const guidance = $("guidance"), guidanceValue = $("guidance-value");
 
+  // each mode's example text: the field holds it (not just as a placeholder), so Sample works at once
+  const EXAMPLES = {prompt: "ROMEO:", infill: "ROMEO:\nO ____ art thou"};
   let runs = [];
   let controller = null;
   let player = null;
@@ -94,7 +96,9 @@
   function onModeChange() {
     const infill = mode() === "infill";
     textLabel.textContent = infill ? "Text with blanks" : "Prompt";
-    text.placeholder = infill ? "ROMEO:\nO ____ art thou" : "ROMEO:";
+    // the other mode's example (or nothing) gives way to this mode's; a text the user wrote stays
+    if (text.value === "" || Object.values(EXAMPLES).includes(text.value)) text.value = EXAMPLES[mode()];
+    text.placeholder = EXAMPLES[mode()];
     length.disabled = infill; // an infill's length is its text's
     if (infill) length.value = "";
     else if (length.value === "") length.value = current().length;
@@ -150,7 +154,9 @@
 
   function handle(event, data, expected) {
     if (event === "start") {
-      player = new TD.Player(playerRoot, {frames: [], fixed: data.fixed, maskChar: data.mask_char, live: true});
+      // while frames stream the player's button stops the sampling, like Stop; then it replays the frames
+      player = new TD.Player(playerRoot, {frames: [], fixed: data.fixed, maskChar: data.mask_char, live: true,
+                                          onStop: () => controller && controller.abort()});
       expected.steps = data.steps;
       setState("running", `sampling with ${data.sampler}, ${data.steps} steps, seed ${data.seed}…`);
     } else if (event === "frame") {
@@ -232,6 +238,7 @@
       }
     } finally {
       controller = null;
+      if (player) player.finish();
       busy(false);
     }
   }

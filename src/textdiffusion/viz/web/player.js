@@ -7,6 +7,9 @@
  *
  *   const p = new TD.Player(element, {frames, fixed: [...], maskChar: "_", live: false});
  *   p.play(); p.show(i); p.push(frame)  // push: live streaming, the view follows the newest frame
+ *
+ * A live player (live: true) starts streaming: its button reads "stop" and calls opts.onStop (the page
+ * cancels the sampling) until finish() is called, when it becomes the play button for the frames received.
  */
 (function () {
   "use strict";
@@ -29,15 +32,20 @@
       this.fixed = new Set(opts.fixed || []);
       this.maskChar = opts.maskChar || "_";
       this.live = !!opts.live;
+      this.streaming = this.live;
+      this.onStop = opts.onStop || null;
       this.index = -1;
       this.timer = null;
       this.delay = opts.delay || 100;
       root.classList.add("td-player");
       root.innerHTML = "";
       const bar = el("div", "td-controls");
-      this.button = el("button", "td-play", "▶ play");
+      this.button = el("button", "td-play", this.streaming ? "■ stop" : "▶ play");
       this.button.type = "button";
-      this.button.addEventListener("click", () => (this.timer ? this.pause() : this.play()));
+      this.button.title = this.streaming ? "frames are streaming in: stop the sampling" : "";
+      this.button.addEventListener("click", () => {
+        if (this.streaming) { if (this.onStop) this.onStop(); } else if (this.timer) this.pause(); else this.play();
+      });
       this.slider = el("input", "td-slider");
       this.slider.type = "range";
       this.slider.min = 0;
@@ -75,8 +83,16 @@
       this.drawSpark();
     }
 
+    /* The stream ended (done, stopped or failed): the button now plays back what arrived. */
+    finish() {
+      if (!this.streaming) return;
+      this.streaming = false;
+      this.button.textContent = "▶ play";
+      this.button.title = "";
+    }
+
     play() {
-      if (this.frames.length < 2) return;
+      if (this.streaming || this.frames.length < 2) return;
       if (this.index >= this.frames.length - 1) this.show(0);
       this.button.textContent = "❚❚ pause";
       this.root.classList.add("td-playing");
@@ -89,7 +105,7 @@
     pause() {
       if (this.timer) clearInterval(this.timer);
       this.timer = null;
-      this.button.textContent = "▶ play";
+      if (!this.streaming) this.button.textContent = "▶ play";
       this.root.classList.remove("td-playing");
     }
 
