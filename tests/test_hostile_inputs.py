@@ -214,7 +214,8 @@ def test_a_corpus_whose_name_is_not_utf8_trains_and_resumes(tmp_path, shakespear
     raw = (run_dir / "config.json").read_bytes()
     raw.decode("utf-8")  # valid UTF-8
     assert b"run\\udcff.txt" in raw
-    assert json.loads(raw)["corpus"]["path"] == str(corpus)
+    recorded = json.loads(raw)["corpus"]["path"]  # relative to the run, so a shared run names no local folder
+    assert recorded == f"../{NOT_UTF8}.txt" and (run_dir / recorded).resolve() == corpus.resolve()
     assert main(["train", "--resume", str(run_dir), "--steps", "3", "--no-progress"]) == 0
 
 

@@ -13,6 +13,7 @@ import torch
 
 from textdiffusion.api.image import ImageModel
 from textdiffusion.api.text import TextModel
+from textdiffusion.checkpoint import is_export
 from textdiffusion.config import Config, ConfigError
 from textdiffusion.errors import CheckpointError
 from textdiffusion.records import TrainSummary
@@ -114,6 +115,10 @@ def _holds_run_to_continue(run_dir: Path, if_exists: str) -> bool:
         return False
     if not run_dir.is_dir():
         raise ConfigError(f"{where} is a file; pass a new or empty folder for the run")
+    if is_export(run_dir):
+        raise CheckpointError(f"{where} is an export (weights only, without the optimizer and random-generator "
+                              f"state training needs): it samples and evaluates but cannot be trained or replaced "
+                              f"by train(); pass another run_dir")
     if not (run_dir / "config.json").is_file():
         others = sorted(p.name for p in run_dir.iterdir() if p.name != LOCK_NAME)
         if others:
