@@ -74,3 +74,21 @@ def test_no_frames_is_a_clear_error(tmp_path):
     with pytest.raises(ValueError, match="TrajectoryRecorder"):
         save_denoising_gif([], tmp_path / "x.gif")
     assert not (tmp_path / "x.gif").exists()
+
+
+def test_sample_gif_draws_the_first_samples_denoising(small_corpus, tmp_path, capsys):
+    from helpers import train_tiny
+    from textdiffusion.apps.cli import main
+
+    run = tmp_path / "run"
+    train_tiny("masked", small_corpus, run, steps=2)
+    gif = tmp_path / "d.gif"
+    assert main(["sample", str(run), "--n", "2", "--steps", "6", "--prompt", "RO", "--gif", str(gif),
+                 "--no-progress"]) == 0
+    assert f"the denoising: {gif}" in capsys.readouterr().err
+    pictures = gif_frames(gif)
+    masked = [mask_pixels(p) for p in pictures]
+    assert len(pictures) == 7 and masked[0] > 0 and masked[-1] == 0  # the start and the 6 steps
+    # more samples than one batch holds cannot be recorded: refused before the run is sampled
+    assert main(["sample", str(run), "--n", "100000", "--gif", str(tmp_path / "e.gif")]) == 2
+    assert "use --n <=" in capsys.readouterr().err and not (tmp_path / "e.gif").exists()

@@ -68,6 +68,7 @@ def add(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--show", action="store_true", help="animate the denoising in the terminal (on stderr)")
     s.add_argument("--delay", type=number(float, DELAY), default=0.03, help="seconds per frame of --show")
     s.add_argument("--trajectory", metavar="FILE", help="write every intermediate state to this JSON file")
+    s.add_argument("--gif", metavar="FILE", help="draw the first sample's denoising as an animated GIF")
     s.add_argument("--out", metavar="FILE",
                    help="write the samples to this file instead of stdout, as JSON Lines ({\"text\": ...} a "
                         "line), each batch appended and synced as soon as it is drawn (Ctrl-C keeps them)")
@@ -91,6 +92,7 @@ def run(args: argparse.Namespace) -> int:
     if args.steps:  # the method's own (smaller) limit is checked once the run is open
         limits.check_text_steps(args.steps, True, None)
     trajectory = limits.check_output_file(args.trajectory, "--trajectory") if args.trajectory else None
+    gif = limits.check_output_file(args.gif, "--gif") if args.gif else None
     out = limits.check_output_file(args.out, "--out") if args.out else None
     refuse_image_run(args.run_dir, "sample")
     model = load(args.run_dir, device=args.device, weights=args.weights, overrides=args.overrides)
@@ -105,6 +107,9 @@ def run(args: argparse.Namespace) -> int:
     if trajectory and plan.batches > 1:
         raise ConfigError(f"--trajectory records every step of every sample, at most {plan.batch_size} samples of "
                           f"this length (one batch); use --n <= {plan.batch_size} with --trajectory")
+    if gif and plan.batches > 1:
+        raise ConfigError(f"--gif records every step of the first batch, at most {plan.batch_size} samples of this "
+                          f"length; use --n <= {plan.batch_size} with --gif")
     on_step, recorder = _sample_watchers(args, model.tokenizer)
     with SampleWriter(out) as writer:
         try:
@@ -115,7 +120,12 @@ def run(args: argparse.Namespace) -> int:
             print(f"interrupted after {writer.written} of {args.n} samples; {writer.where()}", file=sys.stderr)
             return 130
         writer.finish()
-    if recorder:
+    if gif:
+        from textdiffusion.viz.text_gif import frames_of, save_denoising_gif
+
+        save_denoising_gif(frames_of(recorder), gif, columns=min(res.length, 64), fixed=res.fixed)
+        print(f"the denoising: {gif}", file=sys.stderr)
+    if recorder and trajectory:
         recorder.write(trajectory, method=model.method, run=str(model.path), sampler=res.sampler, n=len(res.texts),
                        length=res.length, nfe=res.nfe, fixed=[res.fixed] * len(res.texts), final=res.texts)
     where = f", written to {out}" if out else ""
@@ -184,14 +194,15 @@ class SampleWriter:
 
 
 def _sample_watchers(args: argparse.Namespace, tokenizer):
-    """The ``on_step`` callback for ``--show`` and ``--trajectory`` (None when neither is asked, so the sampler
-    does no per-step work), and the trajectory recorder to write afterwards (or None)."""
+    """The ``on_step`` callback for ``--show``, ``--trajectory`` and ``--gif`` (None when none is asked, so the
+    sampler does no per-step work), and the trajectory recorder to write or draw afterwards (or None)."""
     from textdiffusion.viz import TerminalAnimation, TrajectoryRecorder
 
     callbacks = []
     if args.show:
         callbacks.append(TerminalAnimation(tokenizer, delay=args.delay))
-    recorder = TrajectoryRecorder(tokenizer, args.placeholder) if args.trajectory else None
+    recorder = (TrajectoryRecorder(tokenizer, args.placeholder, keep_states=bool(args.gif))
+                if args.trajectory or args.gif else None)
     if recorder:
         callbacks.append(recorder)
 
