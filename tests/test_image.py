@@ -219,6 +219,20 @@ def test_mnist_cli_sample_writes_grid_strip_and_gif(image_run: Path, tmp_path, c
                  "5", "--sampler", "ddim", "--no-gif"]) == 0
 
 
+def test_mnist_sample_shows_a_bar_over_the_denoising_steps(image_run: Path, tmp_path, capsys):
+    """One batch of a many-step sampler takes minutes: the bar counts its steps (none with --no-progress), and
+    drawing with it gives the very images drawn without it."""
+    argv = ["mnist", "sample", str(image_run), "--sampler", "ddim", "--steps", "12", "--n", "10", "--no-gif"]
+    capsys.readouterr()
+    assert main([*argv, "--out", str(tmp_path / "a")]) == 0
+    err = capsys.readouterr().err
+    assert "drawing 10 images" in err and "/12 " in err and "step/s" in err  # a bar over the 12 steps
+    assert main([*argv, "--out", str(tmp_path / "b"), "--no-progress"]) == 0
+    assert "drawing" not in capsys.readouterr().err
+    with Image.open(tmp_path / "a" / "samples.png") as a, Image.open(tmp_path / "b" / "samples.png") as b:
+        assert np.array_equal(np.asarray(a), np.asarray(b))
+
+
 def test_mnist_cli_errors(image_run: Path, tmp_path, capsys):
     assert main(["mnist", "sample", str(image_run), "--digit", "11"]) == 2
     assert "--digit must be 0..9" in capsys.readouterr().err

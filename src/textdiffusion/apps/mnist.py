@@ -93,24 +93,35 @@ def sample_images(run_dir: str | Path, out: str | Path | None = None, n: int = 0
 
 def _draw_layout(run: LoadedRun, layout: _Layout, gen: torch.Generator, progress: bool,
                  **request: Any) -> tuple[torch.Tensor, ReverseProcessRecorder, Any]:
-    """The layout's images drawn batch after batch (a progress bar on stderr when there are several): the
-    images (on the CPU), the reverse process of the strip's samples, and the last batch's result (sampler
-    info and NFE, the same for every batch). Only batches holding a strip sample are recorded."""
+    """The layout's images drawn batch after batch, with a progress bar on stderr over the denoising steps of
+    every batch (a 1,000-step DDPM grid is one batch of minutes): the images (on the CPU), the reverse process
+    of the strip's samples, and the last batch's result (sampler info and NFE, the same for every batch). Only
+    batches holding a strip sample are recorded."""
     from textdiffusion.progress import progress_bar
 
     method = image_method(run)
     parts = limits.batches(layout.n, limits.image_batch_size(method.spec.size))
+    steps = request.get("steps") or method.default_steps(0, method.check_sampler(request.get("sampler", "")))
     images, recorders, res = [], [], None
-    with progress_bar(total=layout.n, unit="image", disable=not progress or len(parts) == 1, leave=False) as bar:
+    with progress_bar(total=(steps or 0) * len(parts) or None, unit="step", disable=not progress,
+                      leave=False, desc=f"drawing {layout.n:,} images") as bar:
         for start, count in parts:
             local = [i - start for i in layout.strip if start <= i < start + count]
             recorder = ReverseProcessRecorder(indices=local) if local else None
+
+            def on_step(step: int, x_t: torch.Tensor, x0_hat: torch.Tensor, info: dict[str, Any],
+                        recorder: ReverseProcessRecorder | None = recorder) -> None:
+                if recorder is not None:
+                    recorder(step, x_t, x0_hat, info)
+                if step:
+                    bar.update(1)
+
             labels = layout.labels[start:start + count] if layout.labels else None
-            res = method.sample(run.model, ImageRequest(n=count, labels=labels, **request), gen, recorder)
+            res = method.sample(run.model, ImageRequest(n=count, labels=labels, **request), gen,
+                                on_step if progress or recorder is not None else None)
             images.append(res.images.cpu())
             if recorder is not None:
                 recorders.append(recorder)
-            bar.update(count)
     return torch.cat(images), ReverseProcessRecorder.joined(recorders), res
 
 
