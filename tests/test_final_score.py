@@ -111,7 +111,7 @@ def test_the_command_line_says_the_score_was_bounded(small_corpus, tmp_path, cap
     out = capsys.readouterr().out
     total = TrainSummary.read(run).score.windows_of
     assert (f"scored 32 of {total:,} validation windows (bounded to 1/1000 of training time; `textdiffusion eval "
-            f"{run}` scores all)") in out
+            f"{run} --val-windows 0` scores all)") in out
 
 
 # ---- eval reuses an identical score -----------------------------------------------------------------------

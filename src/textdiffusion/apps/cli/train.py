@@ -182,7 +182,7 @@ def _print_train_summary(summary: TrainSummary) -> None:
         print(f"done: {summary.step} steps in {summary.elapsed:.1f}s of training, "
               f"{summary.rate:,.0f} chars/s; val {score.bits:.4f} bits/char "
               f"({score.nats:.4f} nats/char, {kind}, EMA weights, {score.windows} windows)")
-        _print_bound(score, "validation windows", f"; `textdiffusion eval {rd}` scores all")
+        _print_bound(score, "validation windows", f"; `textdiffusion eval {rd} --val-windows 0` scores all")
     else:
         print(f"stopped at step {summary.step} (checkpoint saved)")
     print(f"run: {rd}\n  sample: textdiffusion sample {rd} --show\n  eval:   textdiffusion eval {rd}")
