@@ -144,6 +144,33 @@ class FinalScore:
                    ScoreKey.from_json(d.get("val_key")))
 
 
+@dataclass(frozen=True)
+class InitRecord:
+    """Where a run's weights came from when ``train.init_from`` started it from another run: that run's id
+    and the step of its weights, and what training them cost (its steps and training seconds, None when the
+    source recorded no final.json), so a table can count them in this run's cost."""
+
+    run: str  # the source run as it was given
+    run_id: str
+    step: int
+    steps: int | None
+    elapsed: float | None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"run": self.run, "run_id": self.run_id, "step": self.step, "steps": self.steps,
+                "elapsed": self.elapsed}
+
+    @classmethod
+    def from_json(cls, d: Any) -> InitRecord | None:
+        if not isinstance(d, dict):
+            return None
+        return cls(str(d.get("run", "")), str(d.get("run_id", "")), int(d.get("step", 0)), d.get("steps"),
+                   d.get("elapsed"))
+
+    def label(self) -> str:
+        return f"started from {self.run} at step {self.step}"
+
+
 @dataclass
 class TrainSummary:
     """What a training session ends with: where it stopped and why, its throughput, and the final score once
@@ -159,6 +186,7 @@ class TrainSummary:
     unit: str  # the data's unit: "chars" | "images"
     score: FinalScore | None = None
     scoring_interrupted: bool = False  # a signal stopped the final scoring: final.json was not written
+    init: InitRecord | None = None  # the run whose weights this one started from (train.init_from)
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {"run_dir": self.run_dir, "step": self.step, "steps": self.steps,
@@ -168,6 +196,8 @@ class TrainSummary:
             out.update(self.score.to_json())
         if self.scoring_interrupted:
             out["scoring_interrupted"] = True
+        if self.init is not None:
+            out["init_from"] = self.init.to_json()
         return out
 
     @classmethod
@@ -175,7 +205,8 @@ class TrainSummary:
         unit = d.get("unit") or _data_unit_of(d) or "chars"
         return cls(str(d.get("run_dir", "")), d.get("step"), d.get("steps"), d.get("elapsed"),
                    bool(d.get("interrupted")), bool(d.get("out_of_time")), d.get(rate_key(unit)), unit,
-                   FinalScore.from_json(d), bool(d.get("scoring_interrupted")))
+                   FinalScore.from_json(d), bool(d.get("scoring_interrupted")),
+                   InitRecord.from_json(d.get("init_from")))
 
     def write(self, run_dir: Path) -> None:
         """``final.json``, with the run directory as it may be shown elsewhere (never an absolute path)."""

@@ -47,12 +47,21 @@ from textdiffusion.config import Config, ConfigError, validate
 from textdiffusion.data.corpus import DataError
 from textdiffusion.data.sources import SOURCES, Source, as_source, load_source
 from textdiffusion.final_score import budget_count, budget_label, score_key
+from textdiffusion.init_from import load_init_weights
 from textdiffusion.methods import get_method
 from textdiffusion.methods.base import REGISTRY, NLLResult, bits_key, score
 from textdiffusion.network_size import check_network_fits
 from textdiffusion.optim import warmup_cosine
 from textdiffusion.progress import progress_bar
-from textdiffusion.records import METRICS, EvalRow, FinalScore, MetricsRow, TrainSummary, truncate_metrics
+from textdiffusion.records import (
+    METRICS,
+    EvalRow,
+    FinalScore,
+    InitRecord,
+    MetricsRow,
+    TrainSummary,
+    truncate_metrics,
+)
 from textdiffusion.run_dir import RunDirectory
 from textdiffusion.runs import (
     build,
@@ -301,10 +310,18 @@ class Trainer:
             if header is not None:
                 check_checkpoint_config(header, cfg, self.run_id)  # an edited config.json: refused before building
             self._build(cfg, data, resume and (self.run_dir / "tokenizer.json").exists())
+            # the run a train.init_from run started from: recorded in config.json, reloaded only before step 0
+            self.init: InitRecord | None = (InitRecord.from_json(read_run_meta(self.run_dir).get("init_from"))
+                                            if resume else None)
             if header is not None:
                 check_checkpoint_shapes(header, self.model, self.run_dir)
                 self._load(header)
             else:
+                if cfg.train.init_from:
+                    self.init = load_init_weights(cfg.train.init_from, cfg, self.source.vocab, self.model)
+                    self.ema.model.load_state_dict(self.model.state_dict())
+                    if self.progress:
+                        self.log(f"starting from the EMA weights of {self.init.run} (step {self.init.step})")
                 self._start_run(fresh=not resume)
         except BaseException:
             self.dir.abandon()
@@ -407,6 +424,7 @@ class Trainer:
                 "parameters": self.n_parameters, "device": str(self.device),
                 "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "run_id": self.run_id,
                 "precision": self.precision, "tf32": self.tf32,
+                **({"init_from": self.init.to_json()} if self.init is not None else {}),
                 **({"world_size": self.world.size} if self.world.active else {})}
 
     def save(self) -> None:
@@ -713,7 +731,7 @@ class Trainer:
     def _summary(self, stopped: StopReason | None) -> TrainSummary:
         return TrainSummary(str(self.run_dir), self.step, self.cfg.train.steps, self.elapsed,
                             stopped == "interrupted", stopped == "out_of_time",
-                            self.chars_seen / max(self.elapsed, 1e-9), self.source.unit)
+                            self.chars_seen / max(self.elapsed, 1e-9), self.source.unit, init=self.init)
 
     def _final_score(self, summary: TrainSummary) -> None:
         """Score the validation split with the EMA weights, and with the raw weights too if

@@ -96,6 +96,8 @@ class TrainConfig:
     label_dropout: float = option(0.1, Range(0.0, 1.0, hi_open=True), "with labelled data: the fraction of training "
                                   "labels replaced by 'none', so one network learns p(x | label) and p(x) for "
                                   "classifier-free guidance")
+    init_from: str = option("", None, "start from this run's EMA weights (an ar run or an export with the same network "
+                                      "and tokenizer) instead of random ones; the optimizer starts fresh")
 
 
 @dataclass

@@ -26,7 +26,8 @@ examples:
   textdiffusion train --method ar --preset cpu --run-dir runs/ar
   textdiffusion train --method masked --preset tiny --data my_corpus.txt --steps 200
   textdiffusion train --config runs/ar/config.json --set model.n_layer=6 --run-dir runs/ar-deeper
-  textdiffusion train --resume runs/ar --steps 4000      # continue, with a longer schedule"""
+  textdiffusion train --resume runs/ar --steps 4000      # continue, with a longer schedule
+  textdiffusion train --method masked --init-from runs/ar --steps 500   # start from the ar run's weights"""
 
 
 def add(sub: argparse._SubParsersAction) -> None:
@@ -36,6 +37,8 @@ def add(sub: argparse._SubParsersAction) -> None:
                 _TRAIN_EPILOG)
     t.add_argument("--method", metavar="METHOD", help=f"what to train: {', '.join(method_names())}")
     add_new_run_flags(t, image=False)
+    t.add_argument("--init-from", metavar="RUN", help="start from this run's EMA weights (an ar run or its export "
+                                                      "with the same network and tokenizer; sets train.init_from)")
     t.set_defaults(func=run, torchrun=True)
 
 
@@ -84,7 +87,8 @@ def run(args: argparse.Namespace) -> int:
 # the flags of train (and mnist train) that stand for one config field each; applied after --set, so they win
 # the method ``mnist train`` trains when neither --method nor --config names one
 DEFAULT_IMAGE_METHOD = "image"
-_FIELD_FLAGS = {"data": "data.corpus", "steps": "train.steps", "seed": "seed", "device": "train.device"}
+_FIELD_FLAGS = {"data": "data.corpus", "steps": "train.steps", "seed": "seed", "device": "train.device",
+                "init_from": "train.init_from"}
 
 
 def new_run_config(args: argparse.Namespace, image: bool = False):
@@ -139,7 +143,7 @@ def resume_run(args: argparse.Namespace) -> int:
     """``train --resume RUN`` (text or image): the saved config decides everything but the step count."""
     from textdiffusion.trainer import resume_training
 
-    flags = ("method", "preset", "config", "data", "run_dir", "seed", "device")
+    flags = ("method", "preset", "config", "data", "run_dir", "seed", "device", "init_from")
     given = [f"--{name.replace('_', '-')}" for name in flags if getattr(args, name, None) is not None]
     given += ["--set"] if args.overrides else []
     if given:
