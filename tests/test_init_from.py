@@ -166,3 +166,18 @@ def test_the_cli_flag_sets_the_field_and_errors_are_one_line(ar_run, corpus, tmp
     assert err.startswith("error: train.init_from=") and "model.n_embd" in err and "\n" not in err
     assert main(["train", "--resume", str(tmp_path / "r"), "--init-from", str(ar_run)]) == 2
     assert "not --init-from" in capsys.readouterr().err
+
+
+def test_compare_lists_where_a_run_started_and_what_that_cost(ar_run, corpus, tmp_path):
+    from textdiffusion.apps.compare import read_run
+    from textdiffusion.viz.report import _md_run
+
+    cfg = tiny_config("block", corpus, steps=2, **{"train.init_from": ar_run})
+    Trainer(cfg, tmp_path / "r", progress=False).train()
+    record = read_run(tmp_path / "r")
+    elapsed = TrainSummary.read(ar_run).elapsed
+    assert record.init is not None and record.init.step == 300
+    assert record.to_json()["init_from"]["run_id"] == json.loads((ar_run / "config.json").read_text())["run_id"]
+    assert f"Started from {ar_run} at step 300: 300 steps, {elapsed:,.1f} s of training before this run's own." in (
+        _md_run(record))
+    assert read_run(ar_run).init is None and "init_from" not in read_run(ar_run).to_json()

@@ -58,6 +58,7 @@ from textdiffusion.progress import progress_bar
 from textdiffusion.records import (
     EvalRow,
     ImageEval,
+    InitRecord,
     MetricsRow,
     Quality,
     TextEval,
@@ -275,7 +276,7 @@ def read_run(path: str | Path) -> RunRecord:
         train_speed=TrainSpeed(final_speed or (speeds[-1] if speeds else None),
                                "images/s" if image else "chars/s"),
         curves=_curves(metrics, val_key),
-        curve_val_key=val_key, eval=ev, eval_note=eval_note)
+        curve_val_key=val_key, eval=ev, eval_note=eval_note, init=InitRecord.from_json(meta.get("init_from")))
 
 
 def _curves(metrics: list[MetricsRow], val_key: str) -> list[dict[str, float]]:

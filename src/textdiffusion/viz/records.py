@@ -11,7 +11,7 @@ import math
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
-from textdiffusion.records import ImageEval, Quality, TextEval
+from textdiffusion.records import ImageEval, InitRecord, Quality, TextEval
 
 FORMAT = "textdiffusion-comparison/1"
 JUDGE = "character 5-gram, interpolated Witten-Bell (textdiffusion.evaluate.CharNgramJudge)"
@@ -269,6 +269,7 @@ class RunRecord:
     text_results: TextResults | None = None
     images: ImagePictures | None = None
     guidance: list[GuidanceCurve] = field(default_factory=list)  # one per guidance rule; none for unlabelled runs
+    init: InitRecord | None = None  # the run whose weights this one started from (train.init_from)
 
     @property
     def is_text(self) -> bool:
@@ -291,7 +292,7 @@ class RunRecord:
 
     def to_json(self) -> dict[str, Any]:
         out = {f.name: getattr(self, f.name) for f in fields(self)
-               if f.name not in ("text_results", "images", "guidance")}
+               if f.name not in ("text_results", "images", "guidance", "init")}
         out.update(val=asdict(self.val) if self.val else None, train_speed=asdict(self.train_speed))
         if self.text_results is not None:
             out.update(self.text_results.to_json())
@@ -299,6 +300,8 @@ class RunRecord:
             out["images"] = asdict(self.images)
         if self.guidance:
             out["guidance"] = [c.to_json() for c in self.guidance]
+        if self.init is not None:
+            out["init_from"] = self.init.to_json()
         return out
 
 

@@ -24,6 +24,7 @@ from typing import Any
 import jinja2
 from markupsafe import Markup, escape
 
+from textdiffusion.records import InitRecord
 from textdiffusion.viz import web_asset
 from textdiffusion.viz.records import Comparison, GuidanceCurve, Reference, RunRecord, SweepPoint, ValEntry
 
@@ -402,9 +403,20 @@ def _md_text_section(c: Comparison) -> list[str]:
     return [*lines, "", *_md_sweep(c)]
 
 
+def _init_cost(init: InitRecord) -> str:
+    """What training the source run cost, which counts in this run's cost."""
+    if init.steps is None:
+        return "the source's training cost is not recorded (it has no final.json)"
+    seconds = f", {init.elapsed:,.1f} s of training" if init.elapsed is not None else ""
+    return f"{init.steps:,} steps{seconds} before this run's own"
+
+
 def _md_run(r: RunRecord) -> list[str]:
     params = f", {r.parameters:,} parameters" if r.parameters else ""
     lines = [f"### {r.name}", "", f"`{r.path}` — {r.method}, preset {r.preset}, step {r.step:,}{params}.", ""]
+    if r.init is not None:
+        label = r.init.label()
+        lines += [f"{label[0].upper()}{label[1:]}: {_init_cost(r.init)}.", ""]
     if r.eval_note:
         lines += [f"Note: {r.eval_note}.", ""]
     if eval_summary(r):
