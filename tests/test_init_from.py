@@ -15,6 +15,7 @@ from textdiffusion.checkpoint import CheckpointError, read_group
 from textdiffusion.config import ConfigError
 from textdiffusion.export import export_run
 from textdiffusion.records import TrainSummary
+from textdiffusion.sharing import shareable_path
 from textdiffusion.trainer import Trainer, resume_training
 
 
@@ -75,10 +76,12 @@ def test_the_run_records_where_it_started(ar_run, corpus, tmp_path):
     assert meta["config"]["train"]["init_from"] == str(ar_run)
     record = TrainSummary.read(run).init
     assert record is not None
-    assert (record.run, record.run_id, record.step) == (str(ar_run), ar_meta["run_id"], 300)
+    # named as shared records name a path: relative to the working directory inside it, else by its name
+    assert (record.run, record.run_id, record.step) == (shareable_path(ar_run), ar_meta["run_id"], 300)
+    assert not Path(record.run).is_absolute()
     assert (record.steps, record.elapsed) == (300, ar_final.elapsed)
     assert meta["init_from"] == record.to_json()
-    assert record.label() == f"started from {ar_run} at step 300"
+    assert record.label() == f"started from {record.run} at step 300"
 
 
 def test_a_run_without_init_from_records_none(corpus, tmp_path):
@@ -178,6 +181,6 @@ def test_compare_lists_where_a_run_started_and_what_that_cost(ar_run, corpus, tm
     elapsed = TrainSummary.read(ar_run).elapsed
     assert record.init is not None and record.init.step == 300
     assert record.to_json()["init_from"]["run_id"] == json.loads((ar_run / "config.json").read_text())["run_id"]
-    assert f"Started from {ar_run} at step 300: 300 steps, {elapsed:,.1f} s of training before this run's own." in (
-        _md_run(record))
+    line = f"Started from {shareable_path(ar_run)} at step 300: 300 steps, {elapsed:,.1f} s of training before"
+    assert f"{line} this run's own." in _md_run(record)
     assert read_run(ar_run).init is None and "init_from" not in read_run(ar_run).to_json()

@@ -19,6 +19,7 @@ from textdiffusion.checkpoint import check_finite, read_group, read_run_meta
 from textdiffusion.config import Config, ConfigError
 from textdiffusion.data.tokenizer import Tokenizer, load_tokenizer
 from textdiffusion.records import InitRecord, TrainSummary
+from textdiffusion.sharing import shareable_path
 
 # the model fields that decide the network's tensors or what they compute
 NETWORK_FIELDS = ("n_layer", "n_head", "n_embd", "context", "mlp_ratio", "activation", "tie_embeddings", "positions")
@@ -84,5 +85,6 @@ def load_init_weights(run: str, cfg: Config, vocab: Tokenizer, model: torch.nn.M
     model.load_state_dict({k: v.to(own[k].dtype) for k, v in tensors.items()})
     final = TrainSummary.read(path)
     meta = read_run_meta(path)
-    return InitRecord(run, str(meta.get("run_id", "")), step,
+    # the record is shared with the run (final.json, exports, reports): the source named as sharing names paths
+    return InitRecord(shareable_path(run), str(meta.get("run_id", "")), step,
                       final.step if final is not None else None, final.elapsed if final is not None else None)
