@@ -20,8 +20,12 @@ softmax over the symbols); this one feeds the network states that match the time
 The NELBO with t integrated out (:mod:`textdiffusion.diffusion.masking`) is the average of these chain rules
 over uniformly random orders, so averaging :func:`chain_rule_nll` over random permutations estimates it.
 
-All L masked copies of a window (L x L tokens) are built at once; ``copies_per_chunk`` bounds the tokens
-in one forward, so the only loop is over chunks.
+Block diffusion's sampler writes block after block and runs this inside each block given the clean blocks
+before it; with its block-causal paired forward, every block's j-th reveal comes from one forward, so a window
+takes B copies, not L (:meth:`textdiffusion.methods.block.BlockDiffusion.exact_nll`).
+
+All masked copies of a window (L x L tokens for one position per step) are built at once;
+``copies_per_chunk`` bounds the tokens in one forward, so the only loop is over chunks.
 """
 
 from __future__ import annotations
@@ -64,35 +68,49 @@ def chunks(total: int, size: int) -> Iterator[torch.Tensor]:
         yield torch.arange(start, min(start + size, total))
 
 
-@torch.no_grad()
-def chain_rule_nll(network: ChainNetwork, windows: torch.Tensor, order: torch.Tensor, mask_id: int,
-                   schedule: MaskSchedule, copies_per_chunk: int = 64,
-                   on_chunk: Callable[[int, int], None] | None = None) -> torch.Tensor:
-    """-log p_order(x) per window, in nats: (n,) float64 (see the module docstring for the equation).
+def reveal_steps(order: torch.Tensor) -> torch.Tensor:
+    """Reveal orders (n, L) -> the step at which each position is revealed (n, L): their inverse permutations."""
+    return order.argsort(dim=1)
 
-    Copy (w, j) of window w shows the positions revealed before step j and masks the rest; its term is the
-    cross-entropy at position order[w, j]. ``on_chunk(done, total)`` is told the chunks done."""
-    n, L = windows.shape
+
+@torch.no_grad()
+def chain_rule_nll(network: ChainNetwork, windows: torch.Tensor, steps: torch.Tensor, mask_id: int,
+                   times: torch.Tensor, copies_per_chunk: int = 64,
+                   on_chunk: Callable[[int, int], None] | None = None) -> torch.Tensor:
+    """-log p(x) per window, in nats: (n,) float64 (see the module docstring for the equation).
+
+    ``steps[w, p]`` is the step (0..S-1) at which position p of window w is revealed; several positions may
+    share a step when the network predicts them independently given the rest (block diffusion's blocks, each
+    at its own offset). Copy (w, j) shows the positions revealed before step j, masks the rest, and adds the
+    cross-entropies at the positions revealed at step j; the network gets ``times[j]``. ``on_chunk(done,
+    total)`` is told the chunks done."""
+    n = windows.shape[0]
     device = windows.device
-    order = order.to(device)
-    check_orders(order, n, L)
-    rank = order.argsort(dim=1)  # rank[w, p]: the step at which position p is revealed
-    steps = torch.arange(L, device=device)
-    times = schedule.time_at(steps.double() / L).float()
+    steps = steps.to(device)
+    S = int(steps.max()) + 1
     total = torch.zeros(n, dtype=torch.float64, device=device)
-    parts = list(chunks(n * L, copies_per_chunk))
+    parts = list(chunks(n * S, copies_per_chunk))
     if on_chunk:
         on_chunk(0, len(parts))
     for done, idx in enumerate(parts, 1):
         idx = idx.to(device)
-        w, j = idx // L, idx % L
-        visible = rank[w] < j[:, None]
-        z = torch.where(visible, windows[w], torch.full_like(windows[w], mask_id))
-        target = order[w, j]
-        logits = network(z, times[j], w)
-        picked = logits[torch.arange(len(idx), device=device), target]
-        ce = cross_entropy_per_token(picked, windows[w, target])
-        total.index_add_(0, w, ce.double())
+        w, j = idx // S, idx % S
+        x = windows[w]
+        z = torch.where(steps[w] < j[:, None], x, torch.full_like(x, mask_id))
+        now = steps[w] == j[:, None]
+        ce = cross_entropy_per_token(network(z, times.to(device)[j], w), x)
+        total.index_add_(0, w, (ce * now).sum(-1).double())
         if on_chunk:
             on_chunk(done, len(parts))
     return total
+
+
+def order_nll(network: ChainNetwork, windows: torch.Tensor, order: torch.Tensor, mask_id: int,
+              schedule: MaskSchedule, copies_per_chunk: int = 64,
+              on_chunk: Callable[[int, int], None] | None = None) -> torch.Tensor:
+    """-log p_order(x) per window for one position revealed per step in ``order`` (n, L), the network at
+    t_j with alpha(t_j) = j / L."""
+    n, L = windows.shape
+    check_orders(order.to(windows.device), n, L)
+    times = schedule.time_at(torch.arange(L, dtype=torch.float64) / L).float()
+    return chain_rule_nll(network, windows, reveal_steps(order), mask_id, times, copies_per_chunk, on_chunk)

@@ -45,7 +45,7 @@ import torch
 
 from textdiffusion.config import EVAL_TIME_SAMPLES, SAMPLE_STEPS, SEED, Choice, ConfigError, Range, option
 from textdiffusion.data.speakers import LabelledText, split_labels
-from textdiffusion.diffusion.chain_rule import chain_rule_nll, left_to_right
+from textdiffusion.diffusion.chain_rule import left_to_right, order_nll
 from textdiffusion.diffusion.discrete import DiscreteSampler, Forward
 from textdiffusion.diffusion.masking import (
     SCHEDULES,
@@ -202,8 +202,8 @@ class MaskedDiffusion(TextMethod):
         def network(z: torch.Tensor, t: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
             return self._forward(model, z, t, None if labels is None else labels[rows])
 
-        per_window = chain_rule_nll(network, windows, order, self.tok.mask_id, self.schedule, batch_size,
-                                    progress).cpu()
+        per_window = order_nll(network, windows, order, self.tok.mask_id, self.schedule, batch_size,
+                               progress).cpu()
         stderr = float((per_window / L).std() / math.sqrt(n)) if n > 1 else float("nan")
         chars = self.chars_in(windows)
         sampler = "one token per step in the given order" if given else "one token per step, left to right"
