@@ -48,6 +48,11 @@ class MaskSchedule(ABC):
     def weight(self, t: torch.Tensor) -> torch.Tensor:
         """The NELBO weight -alpha'(t) / (1 - alpha(t))."""
 
+    @abstractmethod
+    def time_at(self, alpha: torch.Tensor) -> torch.Tensor:
+        """The time t in [0, 1] whose alpha(t) is ``alpha``: where a state with that clean fraction is typical,
+        the time a time-conditioned network is given for it."""
+
     def alpha_one(self) -> float:
         return float(self.alpha(torch.ones(1))[0])
 
@@ -69,6 +74,9 @@ class LogLinearSchedule(MaskSchedule):
     def weight(self, t: torch.Tensor) -> torch.Tensor:
         return 1.0 / t
 
+    def time_at(self, alpha: torch.Tensor) -> torch.Tensor:
+        return 1.0 - alpha
+
 
 class LinearSchedule(MaskSchedule):
     """sigma(t) = sigma_max * t, alpha(t) = exp(-sigma(t)): total noise rate linear in time (MDLM's
@@ -87,6 +95,10 @@ class LinearSchedule(MaskSchedule):
 
     def weight(self, t: torch.Tensor) -> torch.Tensor:
         return self.sigma_max / torch.expm1(self.sigma_max * t)
+
+    def time_at(self, alpha: torch.Tensor) -> torch.Tensor:
+        # alpha = 0 lies past t = 1 on this schedule; the sampler starts there at t = 1
+        return (-torch.log(alpha) / self.sigma_max).clamp(0.0, 1.0)
 
 
 SCHEDULES = ("loglinear", "linear")

@@ -45,6 +45,7 @@ import torch
 
 from textdiffusion.config import PROBABILITY, SAMPLE_STEPS, ConfigError, Range, option
 from textdiffusion.data.speakers import LabelledText, split_labels
+from textdiffusion.diffusion.chain_rule import chain_rule_nll, check_orders
 from textdiffusion.diffusion.masking import corrupt, corrupt_exactly, counts_from, sample_times, times_from
 from textdiffusion.diffusion.stratified import stratified
 from textdiffusion.diffusion.tokens import cross_entropy_per_token
@@ -193,6 +194,40 @@ class BlockDiffusion(MaskedDiffusion):
                            for xb, db, lb in report_batches(batches, progress)])
         return self._bound_result(windows, terms, K, "Monte-Carlo estimate of the sum of per-block NELBOs (an upper "
                                   "bound on NLL)", block_size=self.B)
+
+    @torch.no_grad()
+    def exact_nll(self, model: Transformer, windows: torch.Tensor | LabelledText, batch_size: int = 64,
+                  progress: NLLProgress | None = None, order: torch.Tensor | None = None) -> NLLResult:
+        """The exact NLL of ``windows`` under the sampler that writes block after block and, inside each block,
+        reveals one token per step in ``order`` (a permutation of 0..B-1; default left to right): the chain
+        rule inside every block given the clean blocks before it. Every block reveals its j-th token in the
+        same paired forward, so a window costs B forwards (``batch_size`` of them at a time); for B = 1 this is
+        the network's autoregressive NLL."""
+        windows, labels = split_labels(windows)
+        self.check_score_window(windows.shape[1])
+        n, L = windows.shape
+        given = order is not None
+        inner = torch.arange(self.B) if order is None else order.reshape(-1).cpu()
+        if inner.numel() != self.B:
+            raise ValueError(f"order has {inner.numel()} entries; give one permutation of 0..{self.B - 1}, the "
+                             f"reveal order inside each block of {self.B}")
+        check_orders(inner[None], 1, self.B)
+        steps = inner.argsort().repeat(L // self.B).to(windows.device).expand(n, L)
+
+        def network(z: torch.Tensor, t: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+            return self._paired_logits(model, z, windows[rows], None if labels is None else labels[rows])
+
+        per_window = chain_rule_nll(network, windows, steps, self.tok.mask_id, torch.zeros(self.B), batch_size,
+                                    progress).cpu()
+        stderr = float((per_window / L).std() / math.sqrt(n)) if n > 1 else float("nan")
+        chars = self.chars_in(windows)
+        inside = "in the given order" if given else "left to right"
+        return NLLResult(
+            nats_per_unit=float(per_window.sum()) / chars, kind="exact", windows=n, units=chars,
+            details={"order": "given" if given else "left-to-right", "block_size": self.B, "stderr_nats": stderr,
+                     "note": f"exact NLL of the sampler that writes block after block, revealing one token per "
+                             f"step {inside} inside each block"},
+        )
 
     # ---- sampling: block by block, the clean prefix in a KV cache ----------------------------------------
     def draw(self, model: Transformer, forward: BlockNetwork, state: torch.Tensor, fixed: torch.Tensor,

@@ -45,6 +45,7 @@ import torch
 
 from textdiffusion.config import EVAL_TIME_SAMPLES, SAMPLE_STEPS, SEED, Choice, ConfigError, Range, option
 from textdiffusion.data.speakers import LabelledText, split_labels
+from textdiffusion.diffusion.chain_rule import left_to_right, order_nll
 from textdiffusion.diffusion.discrete import DiscreteSampler, Forward
 from textdiffusion.diffusion.masking import (
     SCHEDULES,
@@ -185,6 +186,32 @@ class MaskedDiffusion(TextMethod):
         terms = torch.cat([term(model, xb, db, gen, lb) for xb, db, lb in report_batches(batches, progress)])
         return self._bound_result(windows, terms, K, "Monte-Carlo estimate of the continuous-time NELBO (an upper "
                                   "bound on NLL)")
+
+    @torch.no_grad()
+    def exact_nll(self, model: Transformer, windows: torch.Tensor | LabelledText, batch_size: int = 64,
+                  progress: NLLProgress | None = None, order: torch.Tensor | None = None) -> NLLResult:
+        """The exact NLL of ``windows`` under the sampler that reveals one token per step in ``order`` (default:
+        left to right, the sampler a user can run as one step per token): the chain rule of
+        :mod:`textdiffusion.diffusion.chain_rule`, L forwards per window in chunks of ``batch_size`` copies.
+        Unlike :meth:`nll`'s bound it names one sampler, so its number belongs to something that writes text."""
+        windows, labels = split_labels(windows)
+        n, L = windows.shape
+        given = order is not None
+        order = left_to_right(n, L, windows.device) if order is None else order
+
+        def network(z: torch.Tensor, t: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+            return self._forward(model, z, t, None if labels is None else labels[rows])
+
+        per_window = order_nll(network, windows, order, self.tok.mask_id, self.schedule, batch_size,
+                               progress).cpu()
+        stderr = float((per_window / L).std() / math.sqrt(n)) if n > 1 else float("nan")
+        chars = self.chars_in(windows)
+        sampler = "one token per step in the given order" if given else "one token per step, left to right"
+        return NLLResult(
+            nats_per_unit=float(per_window.sum()) / chars, kind="exact", windows=n, units=chars,
+            details={"order": "given" if given else "left-to-right", "stderr_nats": stderr,
+                     "note": f"exact NLL of the sampler that starts from all masks and reveals {sampler}"},
+        )
 
     def _bound_result(self, windows: torch.Tensor, terms: torch.Tensor, K: int, note: str,
                       **details: object) -> NLLResult:
