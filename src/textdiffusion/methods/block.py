@@ -219,15 +219,10 @@ class BlockDiffusion(MaskedDiffusion):
 
         per_window = chain_rule_nll(network, windows, steps, self.tok.mask_id, torch.zeros(self.B), batch_size,
                                     progress).cpu()
-        stderr = float((per_window / L).std() / math.sqrt(n)) if n > 1 else float("nan")
-        chars = self.chars_in(windows)
         inside = "in the given order" if given else "left to right"
-        return NLLResult(
-            nats_per_unit=float(per_window.sum()) / chars, kind="exact", windows=n, units=chars,
-            details={"order": "given" if given else "left-to-right", "block_size": self.B, "stderr_nats": stderr,
-                     "note": f"exact NLL of the sampler that writes block after block, revealing one token per "
-                             f"step {inside} inside each block"},
-        )
+        return self._exact_result(windows, per_window, given,
+                                  f"exact NLL of the sampler that writes block after block, revealing one token per "
+                                  f"step {inside} inside each block", block_size=self.B)
 
     # ---- sampling: block by block, the clean prefix in a KV cache ----------------------------------------
     def draw(self, model: Transformer, forward: BlockNetwork, state: torch.Tensor, fixed: torch.Tensor,

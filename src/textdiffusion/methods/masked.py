@@ -204,13 +204,21 @@ class MaskedDiffusion(TextMethod):
 
         per_window = order_nll(network, windows, order, self.tok.mask_id, self.schedule, batch_size,
                                progress).cpu()
+        sampler = "one token per step in the given order" if given else "one token per step, left to right"
+        return self._exact_result(windows, per_window, given,
+                                  f"exact NLL of the sampler that starts from all masks and reveals {sampler}")
+
+    def _exact_result(self, windows: torch.Tensor, per_window: torch.Tensor, given: bool, note: str,
+                      **details: object) -> NLLResult:
+        """An exact NLL from each window's chain-rule sum (``per_window``: (n,) nats): the total per character,
+        the standard error of the per-token means, and which order was scored."""
+        n, L = windows.shape
         stderr = float((per_window / L).std() / math.sqrt(n)) if n > 1 else float("nan")
         chars = self.chars_in(windows)
-        sampler = "one token per step in the given order" if given else "one token per step, left to right"
         return NLLResult(
             nats_per_unit=float(per_window.sum()) / chars, kind="exact", windows=n, units=chars,
-            details={"order": "given" if given else "left-to-right", "stderr_nats": stderr,
-                     "note": f"exact NLL of the sampler that starts from all masks and reveals {sampler}"},
+            details={"order": "given" if given else "left-to-right", **details, "stderr_nats": stderr,
+                     "note": note},
         )
 
     def _bound_result(self, windows: torch.Tensor, terms: torch.Tensor, K: int, note: str,
