@@ -72,14 +72,19 @@ def server(trained) -> Iterator[Server]:
 def _serve(root: Path, runs: list[Path]) -> Iterator[Server]:
     app = create_app(runs, device="cpu", max_steps=1000, max_concurrent=MAX_CONCURRENT)
     sock = socket.create_server(("127.0.0.1", 0))
-    srv = uvicorn.Server(uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=1))
+    yield from _running(uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=1), sock, root)
+
+
+def _running(config: uvicorn.Config, sock: socket.socket, root: Path) -> Iterator[Server]:
+    """Serve ``config``'s app on ``sock`` in a thread until the caller is done with it."""
+    srv = uvicorn.Server(config)
     thread = threading.Thread(target=srv.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     deadline = time.monotonic() + 20
     while not srv.started:
         assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
         time.sleep(0.01)
-    yield Server("127.0.0.1", sock.getsockname()[1], app, root)
+    yield Server("127.0.0.1", sock.getsockname()[1], config.app, root)
     srv.should_exit = True
     thread.join(10)
 
@@ -308,16 +313,7 @@ def bounded(trained) -> Iterator[Server]:
     bound_send_buffer(sock, 4096)
     config = uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=1, timeout_keep_alive=TIMEOUT,
                             http=bounded_protocol(TIMEOUT, write_buffer=1024))
-    srv = uvicorn.Server(config)
-    thread = threading.Thread(target=srv.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not srv.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.01)
-    yield Server("127.0.0.1", sock.getsockname()[1], app, trained)
-    srv.should_exit = True
-    thread.join(10)
+    yield from _running(config, sock, trained)
 
 
 def _raw(server: Server, request: bytes, receive_buffer: int = 0) -> socket.socket:
