@@ -42,6 +42,7 @@ from textdiffusion.final_score import score_key
 from textdiffusion.methods.base import Method, SampleRequest, TextMethod, score
 from textdiffusion.records import (
     FINAL,
+    FinalScore,
     LabelNote,
     Quality,
     SampleSettings,
@@ -281,13 +282,11 @@ def evaluate_text(run_dir: str | Path | LoadedRun, samples: int = 64, length: in
     data, text, source = run_corpus(run)
     # the validation set training scored: a plain run's tiled validation split; a labelled run's held-out
     # speeches, each window under its speaker's label (the conditional NLL, as in final.json)
-    source_windows = text_source(data, cfg)
-    recorded = recorded_windows(run) if val_windows is None else None
-    windows = source_windows.val_set(run.method.window, recorded or val_windows or 0).to(run.device)
-    val = recorded_val(run, len(windows))
-    if val is None and recorded is not None:  # the recorded score is not this one: score the whole split
-        windows = source_windows.val_set(run.method.window, 0).to(run.device)
-    if val is None and progress and (note := reuse_note(run, len(windows))):
+    final = recorded_final(run)
+    count = final.key.windows if val_windows is None and final is not None else val_windows or 0
+    windows = text_source(data, cfg).val_set(run.method.window, count).to(run.device)
+    val = recorded_val(final, len(windows))
+    if val is None and progress and (note := reuse_note(final, len(windows))):
         print(note, file=sys.stderr)
     with torch.no_grad(), precision.autocast(cfg.train.amp, run.device)():  # the precision it trained in
         if val is None:
@@ -321,38 +320,32 @@ def evaluate_text(run_dir: str | Path | LoadedRun, samples: int = 64, length: in
     return result
 
 
-def recorded_val(run: LoadedRun, windows: int) -> ValScore | None:
-    """The validation score final.json recorded, when it is the very number scoring ``windows`` evenly spread
-    windows here would give (equal :class:`~textdiffusion.records.ScoreKey`: the same weights, windows,
-    options, precision and batch; see :mod:`textdiffusion.final_score`), else None: it is then computed."""
+def recorded_final(run: LoadedRun) -> FinalScore | None:
+    """final.json's validation score when it was made from the weights and settings ``run`` holds (equal
+    :class:`~textdiffusion.records.ScoreKey` at the window count it scored: the same weights, options,
+    precision and batch; see :mod:`textdiffusion.final_score`), else None."""
     recorded = TrainSummary.read(run.path)
     final = recorded.score if recorded is not None else None
-    if final is None or final.key is None or final.key.windows != windows or final.key.step != run.step:
+    if final is None or final.key is None or final.key.step != run.step:
         return None  # cheap refusals first: the digest of the weights reads every tensor
-    if final.key != score_key(run.cfg, run.model, run.step, windows, run.device, SCORE_BATCH):
+    if final.key != score_key(run.cfg, run.model, run.step, final.key.windows, run.device, SCORE_BATCH):
+        return None
+    return final
+
+
+def recorded_val(final: FinalScore | None, windows: int) -> ValScore | None:
+    """The score :func:`recorded_final` found, when it is the very number scoring ``windows`` evenly spread
+    windows here would give (it scored that many), else None: it is then computed."""
+    if final is None or final.key is None or final.key.windows != windows:
         return None
     return ValScore(final.bits, final.nats, final.kind, final.windows, final.units, final.details, FINAL,
                     final.windows_of)
 
 
-def recorded_windows(run: LoadedRun) -> int | None:
-    """How many windows final.json's score covered, when it was scored on the weights ``run`` holds (same
-    step; whether it is reusable is then decided by :func:`recorded_val`), else None."""
-    recorded = TrainSummary.read(run.path)
-    final = recorded.score if recorded is not None else None
-    if final is None or final.key is None or final.key.step != run.step:
-        return None
-    return final.key.windows
-
-
-def reuse_note(run: LoadedRun, windows: int) -> str | None:
+def reuse_note(final: FinalScore | None, windows: int) -> str | None:
     """When final.json holds this very score but of another window count (a bounded final score, and an eval
     of the whole split), a line saying so: the user may want the recorded number rather than wait for a new one."""
-    recorded = TrainSummary.read(run.path)
-    final = recorded.score if recorded is not None else None
-    if final is None or final.key is None or final.key.windows == windows or final.key.step != run.step:
-        return None
-    if final.key != score_key(run.cfg, run.model, run.step, final.key.windows, run.device, SCORE_BATCH):
+    if final is None or final.key is None or final.key.windows == windows:
         return None
     return (f"final.json scored {final.key.windows:,} of these validation windows; scoring {windows:,} "
             f"(--val-windows {final.key.windows} returns its number without scoring)")
