@@ -158,7 +158,8 @@ def test_runs_describe_what_the_page_needs(server):
     assert set(runs) == {"masked", "ar"}
     masked, ar = runs["masked"], runs["ar"]
     assert masked["method"] == "masked" and masked["step"] == 30 and masked["parameters"] > 0
-    assert masked["samplers"] == ["ancestral", "cached", "confidence", "topk"] and masked["sampler"] == "ancestral"
+    assert masked["samplers"] == ["ancestral", "cached", "confidence", "topk", "remdm"]
+    assert masked["sampler"] == "ancestral"
     assert masked["context"] == masked["max_length"] == 32 and masked["steps"] == 32 and not masked["steps_fixed"]
     assert masked["infill"] and masked["tokenizer"] == "char" and "R" in masked["alphabet"]
     assert ar["steps_fixed"] and not ar["infill"] and ar["prompt"] and ar["max_length"] > ar["context"]

@@ -26,6 +26,8 @@ Four rules reveal positions:
   position and reveals the ceil(remaining / steps_left) most confident predictions per sequence.
 * ``confidence``: ``topk``, plus every prediction whose probability is >= ``threshold`` (Fast-dLLM's rule), so
   easy text finishes in fewer steps.
+* ``remdm``: ``ancestral``, but a written position may return to the noise with probability sigma_t (ReMDM,
+  Wang et al. 2025), so more steps keep correcting the text: :mod:`textdiffusion.diffusion.remasking`.
 """
 
 from __future__ import annotations
@@ -36,9 +38,10 @@ from typing import Any
 
 import torch
 
+from textdiffusion.diffusion.remasking import Remasking, remask_run
 from textdiffusion.diffusion.tokens import TokenDraw, gumbel_sample
 
-RULES = ("ancestral", "cached", "confidence", "topk")
+RULES = ("ancestral", "cached", "confidence", "topk", "remdm")
 
 # forward(state, t, rows=None) -> logits (n, L, V): the network on a state (see the module docstring)
 Forward = Callable[..., torch.Tensor]
@@ -56,7 +59,9 @@ class DiscreteSampler:
     """Fills the unknown positions of a state in at most ``steps`` network evaluations by one of :data:`RULES`.
 
     ``alpha(t)`` is the process's survival function (a position is still unknown at t with probability
-    1 - alpha(t)); only the ancestral rules read it, on the time ``grid``. ``threshold`` is the confidence rule's."""
+    1 - alpha(t)); only the ancestral rules read it, on the time ``grid``. ``threshold`` is the confidence rule's;
+    ``remasking`` the remdm rule's, whose loop schedule gives the network the time ``time_at`` names for a clean
+    fraction."""
 
     rule: str
     steps: int
@@ -64,19 +69,25 @@ class DiscreteSampler:
     alpha: Callable[[torch.Tensor], torch.Tensor] | None = None
     threshold: float = 0.9
     grid: Callable[[int, torch.device], torch.Tensor] = uniform_grid
+    remasking: Remasking = field(default_factory=Remasking)
+    time_at: Callable[[torch.Tensor], torch.Tensor] | None = None
 
     def __post_init__(self) -> None:
         if self.rule not in RULES:
             raise ValueError(f"unknown discrete sampler {self.rule!r}; choose one of {', '.join(RULES)}")
         if self.steps < 1:
             raise ValueError("the number of sampling steps must be >= 1")
-        if self.rule in ("ancestral", "cached") and self.alpha is None:
+        if self.rule in ("ancestral", "cached", "remdm") and self.alpha is None:
             raise ValueError(f"the {self.rule} sampler reveals positions by the schedule: give alpha")
 
     def run(self, forward: Forward, state: torch.Tensor, unknown: torch.Tensor, generator: torch.Generator,
             on_step: StepReport | None = None) -> tuple[torch.Tensor, float]:
         """(n, L) ``state`` with ``unknown`` (n, L) positions -> (the filled state, network evaluations per
         sequence). Positions that are known are never changed."""
+        if self.rule == "remdm":
+            assert self.alpha is not None
+            plan = self.remasking.plan(self.grid(self.steps, state.device), self.alpha, self.time_at)
+            return remask_run(plan, self.draw, forward, state, unknown, generator, on_step)
         if self.rule in ("ancestral", "cached"):
             return self._ancestral(forward, state, unknown, generator, on_step)
         return self._by_confidence(forward, state, unknown, generator, on_step)

@@ -238,7 +238,7 @@ class BlockDiffusion(MaskedDiffusion):
         return writer.state, writer.nfe
 
     def sample_info(self, plan: DrawPlan) -> dict[str, object]:
-        return {"steps": plan.steps, "block_size": self.B, "kv_cache": True}
+        return {"steps": plan.steps, "block_size": self.B, "kv_cache": True, **self.remasking_info(plan.sampler)}
 
     # ---- classifier guidance: masked diffusion's Taylor rule, on the states of block-by-block sampling --------
     def classifier_inputs(self, model: Transformer, x: torch.Tensor,

@@ -43,7 +43,7 @@ from dataclasses import dataclass
 
 import torch
 
-from textdiffusion.config import EVAL_TIME_SAMPLES, SAMPLE_STEPS, SEED, Choice, ConfigError, Range, option
+from textdiffusion.config import EVAL_TIME_SAMPLES, PROBABILITY, SAMPLE_STEPS, SEED, Choice, ConfigError, Range, option
 from textdiffusion.data.speakers import LabelledText, split_labels
 from textdiffusion.diffusion.chain_rule import left_to_right, order_nll
 from textdiffusion.diffusion.discrete import DiscreteSampler, Forward
@@ -57,6 +57,8 @@ from textdiffusion.diffusion.masking import (
     sample_times,
     times_from,
 )
+from textdiffusion.diffusion.remasking import SCHEDULES as REMASK_SCHEDULES
+from textdiffusion.diffusion.remasking import Remasking
 from textdiffusion.diffusion.stratified import per_row
 from textdiffusion.diffusion.tokens import TokenDraw, cross_entropy_per_token
 from textdiffusion.guidance.free import LabelledNetwork
@@ -97,11 +99,32 @@ class MaskedConfig(TextMethodConfig):
                                "reveals a token early", sampling=True)
     sample_steps: int = option(0, SAMPLE_STEPS, "default denoising steps (0 = one per token of the output)",
                                sampling=True)
+    # the remdm sampler (diffusion/remasking.py); defaults: the paper's loop settings
+    remdm_schedule: str = option("loop", Choice(REMASK_SCHEDULES), "remdm sampler: how often a written token is "
+                                 "remasked: cap, rescale or loop", sampling=True)
+    remdm_eta: float = option(0.02, PROBABILITY, "remdm sampler: sigma = min(eta, sigma_max) (cap, and loop inside "
+                              "[t_off, t_on]) or eta * sigma_max (rescale); 0 = ancestral", sampling=True)
+    remdm_t_on: float = option(0.55, Range(0.0, 1.0, lo_open=True, hi_open=True), "remdm loop: the time the loop "
+                               "phase starts (alpha held, tokens remasked)", sampling=True)
+    remdm_t_off: float = option(0.05, Range(0.0, 1.0, hi_open=True), "remdm loop: the time the loop phase ends",
+                                sampling=True)
+    remdm_alpha_on: float = option(0.9, Range(0.0, 1.0, lo_open=True, hi_open=True), "remdm loop: the fraction "
+                                   "of tokens written during the loop phase", sampling=True)
 
     def check(self) -> None:
         if self.estimator == "count" and make_schedule(self.schedule, self.sigma_max).alpha_one() > 0:
             raise ConfigError("method.estimator=count integrates t out in closed form, which needs alpha(1) = 0; "
                               "use method.schedule=loglinear or method.estimator=time")
+        if self.remdm_t_off >= self.remdm_t_on:
+            raise ConfigError(f"method.remdm_t_off={self.remdm_t_off} must be below method.remdm_t_on="
+                              f"{self.remdm_t_on}: the loop phase runs from t_on down to t_off")
+        if self.remdm_alpha_on <= make_schedule(self.schedule, self.sigma_max).alpha_one():
+            raise ConfigError(f"method.remdm_alpha_on={self.remdm_alpha_on} must exceed the schedule's alpha(1): "
+                              f"the loop phase holds more written tokens than the start has")
+
+    def remasking(self) -> Remasking:
+        """The remdm sampler's schedule, as these options set it."""
+        return Remasking(self.remdm_schedule, self.remdm_eta, self.remdm_t_on, self.remdm_t_off, self.remdm_alpha_on)
 
 
 @register
@@ -109,7 +132,7 @@ class MaskedDiffusion(TextMethod):
     name = "masked"
     config_class = MaskedConfig
     attention = "bidirectional"
-    samplers = ("ancestral", "cached", "confidence", "topk")
+    samplers = ("ancestral", "cached", "confidence", "topk", "remdm")
     likelihood_kind = "bound"
     loss_is_likelihood = True  # the NELBO per token (block's too)
     supports_labels = True
@@ -280,7 +303,16 @@ class MaskedDiffusion(TextMethod):
         return sampler.run(steered, state, state == self.tok.mask_id, generator, on_step)
 
     def sample_info(self, plan: DrawPlan) -> dict[str, object]:
-        return {"steps": plan.steps}
+        return {"steps": plan.steps, **self.remasking_info(plan.sampler)}
+
+    def remasking_info(self, sampler: str) -> dict[str, object]:
+        """The remdm sampler's settings, which a result must name to be reproduced; nothing for another sampler."""
+        if sampler != "remdm":
+            return {}
+        r = self.cfg.remasking()
+        loop = {"remdm_t_on": r.t_on, "remdm_t_off": r.t_off, "remdm_alpha_on": r.alpha_on} if r.schedule == "loop" \
+            else {}
+        return {"remdm_schedule": r.schedule, "remdm_eta": r.eta, **loop}
 
     def _from_prior(self, state: torch.Tensor, fixed: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         """Start from the prior: a tiny alpha(1) > 0 means a few positions start as uniform symbols."""
@@ -293,4 +325,5 @@ class MaskedDiffusion(TextMethod):
 
     def discrete_sampler(self, sampler: str, steps: int, tokens: TokenDraw) -> DiscreteSampler:
         """The named sampler on this run's mask schedule (:mod:`textdiffusion.diffusion.discrete`)."""
-        return DiscreteSampler(sampler, steps, tokens, alpha=self.schedule.alpha, threshold=self.cfg.confidence)
+        return DiscreteSampler(sampler, steps, tokens, alpha=self.schedule.alpha, threshold=self.cfg.confidence,
+                               remasking=self.cfg.remasking(), time_at=self.schedule.time_at)
