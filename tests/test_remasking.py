@@ -112,6 +112,8 @@ def test_bad_remasking_options_are_one_line_errors(tmp_path):
         make_config("masked", "tiny", ["method.remdm_schedule=loops"])
     with pytest.raises(ConfigError, match=r"remdm_alpha_on must be a number above 0 and below 1"):
         make_config("masked", "tiny", ["method.remdm_alpha_on=1"])
+    with pytest.raises(ConfigError, match=r"method.remdm_alpha_on=0.5 must be above alpha\(1\) = 0.99, the fraction"):
+        make_config("masked", "tiny", ["method.schedule=linear", "method.sigma_max=0.01", "method.remdm_alpha_on=0.5"])
     with pytest.raises(ValueError, match="0 <= t_off < t_on < 1"):
         Remasking("loop", t_on=0.1, t_off=0.2)
 

@@ -11,7 +11,7 @@ and so can a method whose noise is not a mask (``tests/test_toy_method.py`` defi
 time per row; ``rows`` says which sequences of the batch ``state`` holds when only some are re-run (the cached
 sampler), for a forward that keeps per-sequence state (block diffusion's KV cache).
 
-Four rules reveal positions:
+Five rules reveal positions:
 
 * ``ancestral``: MDLM's reverse process (Sahoo et al. 2024, Eq. 7) on a time grid 1 = t_0 > ... > t_S = 0.
   From t to s < t every unknown position is revealed with probability

@@ -118,9 +118,10 @@ class MaskedConfig(TextMethodConfig):
         if self.remdm_t_off >= self.remdm_t_on:
             raise ConfigError(f"method.remdm_t_off={self.remdm_t_off} must be below method.remdm_t_on="
                               f"{self.remdm_t_on}: the loop phase runs from t_on down to t_off")
-        if self.remdm_alpha_on <= make_schedule(self.schedule, self.sigma_max).alpha_one():
-            raise ConfigError(f"method.remdm_alpha_on={self.remdm_alpha_on} must exceed the schedule's alpha(1): "
-                              f"the loop phase holds more written tokens than the start has")
+        start = make_schedule(self.schedule, self.sigma_max).alpha_one()
+        if self.remdm_alpha_on <= start:
+            raise ConfigError(f"method.remdm_alpha_on={self.remdm_alpha_on} must be above alpha(1) = {start:.3g}, the "
+                              f"fraction written at the start: the loop phase is reached by writing more")
 
     def remasking(self) -> Remasking:
         """The remdm sampler's schedule, as these options set it."""
