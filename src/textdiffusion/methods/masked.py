@@ -118,7 +118,8 @@ class MaskedConfig(TextMethodConfig):
         if self.remdm_t_off >= self.remdm_t_on:
             raise ConfigError(f"method.remdm_t_off={self.remdm_t_off} must be below method.remdm_t_on="
                               f"{self.remdm_t_on}: the loop phase runs from t_on down to t_off")
-        start = make_schedule(self.schedule, self.sigma_max).alpha_one()
+        # on the CPU by name: a config is also checked while a network is built on the meta device, unsized
+        start = float(make_schedule(self.schedule, self.sigma_max).alpha(torch.ones(1, device="cpu"))[0])
         if self.remdm_alpha_on <= start:
             raise ConfigError(f"method.remdm_alpha_on={self.remdm_alpha_on} must be above alpha(1) = {start:.3g}, the "
                               f"fraction written at the start: the loop phase is reached by writing more")
