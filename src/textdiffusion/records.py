@@ -171,6 +171,31 @@ class InitRecord:
         return f"started from {self.run} at step {self.step}"
 
 
+@dataclass(frozen=True)
+class DistillRecord:
+    """The teacher of a student trained by ``train.distill_from`` (self-distillation through time): the teacher
+    run as :class:`InitRecord` names a source (the student also starts from its weights), the student's sampling
+    steps and the teacher's steps it learned to match (``steps`` times ``train.distill_substeps``)."""
+
+    teacher: InitRecord
+    steps: int  # the student's sampling steps (per block for block diffusion)
+    teacher_steps: int  # the teacher's steps over the same time: one student step matches teacher_steps / steps
+
+    def to_json(self) -> dict[str, Any]:
+        return {**self.teacher.to_json(), "student_steps": self.steps, "teacher_steps": self.teacher_steps}
+
+    @classmethod
+    def from_json(cls, d: Any) -> DistillRecord | None:
+        teacher = InitRecord.from_json(d)
+        if teacher is None:
+            return None
+        return cls(teacher, int(d.get("student_steps", 0)), int(d.get("teacher_steps", 0)))
+
+    def label(self) -> str:
+        return (f"distilled from {self.teacher.run} at step {self.teacher.step}: {self.steps} sampling steps for "
+                f"its {self.teacher_steps}")
+
+
 @dataclass
 class TrainSummary:
     """What a training session ends with: where it stopped and why, its throughput, and the final score once
@@ -187,6 +212,7 @@ class TrainSummary:
     score: FinalScore | None = None
     scoring_interrupted: bool = False  # a signal stopped the final scoring: final.json was not written
     init: InitRecord | None = None  # the run whose weights this one started from (train.init_from)
+    distill: DistillRecord | None = None  # the teacher of a student (train.distill_from)
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {"run_dir": self.run_dir, "step": self.step, "steps": self.steps,
@@ -198,6 +224,8 @@ class TrainSummary:
             out["scoring_interrupted"] = True
         if self.init is not None:
             out["init_from"] = self.init.to_json()
+        if self.distill is not None:
+            out["distill_from"] = self.distill.to_json()
         return out
 
     @classmethod
@@ -206,7 +234,7 @@ class TrainSummary:
         return cls(str(d.get("run_dir", "")), d.get("step"), d.get("steps"), d.get("elapsed"),
                    bool(d.get("interrupted")), bool(d.get("out_of_time")), d.get(rate_key(unit)), unit,
                    FinalScore.from_json(d), bool(d.get("scoring_interrupted")),
-                   InitRecord.from_json(d.get("init_from")))
+                   InitRecord.from_json(d.get("init_from")), DistillRecord.from_json(d.get("distill_from")))
 
     def write(self, run_dir: Path) -> None:
         """``final.json``, with the run directory as it may be shown elsewhere (never an absolute path)."""

@@ -46,6 +46,13 @@ from textdiffusion.checkpoint import (
 from textdiffusion.config import Config, ConfigError, validate
 from textdiffusion.data.corpus import DataError
 from textdiffusion.data.sources import SOURCES, Source, as_source, load_source
+from textdiffusion.distill_from import (
+    Teacher,
+    check_same_teacher,
+    copy_teacher,
+    distillation_objective,
+    open_teacher,
+)
 from textdiffusion.final_score import budget_count, budget_label, score_key
 from textdiffusion.init_from import load_init_weights
 from textdiffusion.methods import get_method
@@ -55,6 +62,7 @@ from textdiffusion.optim import warmup_cosine
 from textdiffusion.progress import progress_bar
 from textdiffusion.records import (
     METRICS,
+    DistillRecord,
     EvalRow,
     FinalScore,
     InitRecord,
@@ -207,6 +215,8 @@ def _loss_label(method: Any, cfg: Config) -> tuple[str, float]:
     """How the bar shows ``method``'s training loss: its name and the factor from the loss's own unit. A
     likelihood in nats per token becomes bits per character (``train bpc``) with the character tokenizer, whose
     tokens are characters, else bits per token; any other objective is shown as it is."""
+    if cfg.train.distill_from:
+        return "distill KL", 1.0
     if not method.loss_is_likelihood:
         return "objective", 1.0
     per = "train bpc" if cfg.data.tokenizer == "char" else "train bits/token"
@@ -313,10 +323,25 @@ class Trainer:
             # the run a train.init_from run started from: recorded in config.json, reloaded only before step 0
             self.init: InitRecord | None = (InitRecord.from_json(read_run_meta(self.run_dir).get("init_from"))
                                             if resume else None)
+            # a student's teacher (train.distill_from): loaded on every start, the loss needs it at every step
+            self.teacher: Teacher | None = None
+            self.objective = self.method.loss
+            if cfg.train.distill_from:
+                self.teacher = open_teacher(cfg, self.source.vocab, self.method, self.device)
+                self.objective = distillation_objective(self.method, self.teacher, cfg.train.distill_substeps)
+                if resume:
+                    check_same_teacher(self.teacher, DistillRecord.from_json(
+                        read_run_meta(self.run_dir).get("distill_from")), self.run_dir)
             if header is not None:
                 check_checkpoint_shapes(header, self.model, self.run_dir)
                 self._load(header)
             else:
+                if self.teacher is not None:
+                    copy_teacher(self.teacher, self.model, self.ema.model)
+                    if self.progress:
+                        record = self.teacher.record
+                        self.log(f"distilling {record.teacher.run} (step {record.teacher.step}): {record.steps} "
+                                 f"sampling steps to match its {record.teacher_steps}")
                 if cfg.train.init_from:
                     self.init = load_init_weights(cfg.train.init_from, cfg, self.source.vocab, self.model)
                     self.ema.model.load_state_dict(self.model.state_dict())
@@ -425,6 +450,7 @@ class Trainer:
                 "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "run_id": self.run_id,
                 "precision": self.precision, "tf32": self.tf32,
                 **({"init_from": self.init.to_json()} if self.init is not None else {}),
+                **({"distill_from": self.teacher.record.to_json()} if self.teacher is not None else {}),
                 **({"world_size": self.world.size} if self.world.active else {})}
 
     def save(self) -> None:
@@ -662,7 +688,7 @@ class Trainer:
             last = i == len(draws) - 1
             with self.ddp.no_sync() if self.ddp is not None and not last else contextlib.nullcontext():
                 with self.autocast():
-                    loss = self.method.loss(self.forward_model, x, noise_gen) / len(draws)
+                    loss = self.objective(self.forward_model, x, noise_gen) / len(draws)
                 loss.backward()
             total += float(loss.detach())
         total = distributed.all_mean(total, self.world, self.device)
@@ -731,7 +757,8 @@ class Trainer:
     def _summary(self, stopped: StopReason | None) -> TrainSummary:
         return TrainSummary(str(self.run_dir), self.step, self.cfg.train.steps, self.elapsed,
                             stopped == "interrupted", stopped == "out_of_time",
-                            self.chars_seen / max(self.elapsed, 1e-9), self.source.unit, init=self.init)
+                            self.chars_seen / max(self.elapsed, 1e-9), self.source.unit, init=self.init,
+                            distill=self.teacher.record if self.teacher is not None else None)
 
     def _final_score(self, summary: TrainSummary) -> None:
         """Score the validation split with the EMA weights, and with the raw weights too if

@@ -47,6 +47,7 @@ from textdiffusion.config import PROBABILITY, SAMPLE_STEPS, ConfigError, Range, 
 from textdiffusion.data.speakers import LabelledText, split_labels
 from textdiffusion.diffusion.chain_rule import chain_rule_nll, check_orders
 from textdiffusion.diffusion.masking import corrupt, corrupt_exactly, counts_from, sample_times, times_from
+from textdiffusion.diffusion.self_distillation import Denoiser, grid_times
 from textdiffusion.diffusion.stratified import stratified
 from textdiffusion.diffusion.tokens import cross_entropy_per_token
 from textdiffusion.guidance.free import LabelledNetwork
@@ -223,6 +224,19 @@ class BlockDiffusion(MaskedDiffusion):
         return self._exact_result(windows, per_window, given,
                                   f"exact NLL of the sampler that writes block after block, revealing one token per "
                                   f"step {inside} inside each block", block_size=self.B)
+
+    # ---- self-distillation: masked diffusion's loss, every block at its own grid time ------------------------
+    def _distillation_state(self, x: torch.Tensor, steps: int,
+                            generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """z_t with one grid time per block, as the block sampler meets each block (``steps`` per block)."""
+        n, L = x.shape
+        t = grid_times((n * (L // self.B),), steps, generator, x.device)
+        z, masked = corrupt(x.reshape(-1, self.B), self.schedule.alpha(t), self.tok.mask_id, generator)
+        return z.view(n, L), masked.view(n, L), t.view(n, -1).repeat_interleave(self.B, dim=1)
+
+    def _denoiser(self, model: Transformer, x: torch.Tensor, labels: torch.Tensor | None) -> Denoiser:
+        """Every block denoised given the clean blocks before it (the paired forward): the sampler's view."""
+        return lambda z, t: self._paired_logits(model, z, x, labels)
 
     # ---- sampling: block by block, the clean prefix in a KV cache ----------------------------------------
     def draw(self, model: Transformer, forward: BlockNetwork, state: torch.Tensor, fixed: torch.Tensor,

@@ -57,6 +57,7 @@ from textdiffusion.diffusion.masking import (
     sample_times,
     times_from,
 )
+from textdiffusion.diffusion.self_distillation import Denoiser, grid_times, kl_to_targets, teacher_targets
 from textdiffusion.diffusion.stratified import per_row
 from textdiffusion.diffusion.tokens import TokenDraw, cross_entropy_per_token
 from textdiffusion.guidance.free import LabelledNetwork
@@ -237,6 +238,30 @@ class MaskedDiffusion(TextMethod):
                      "estimator": self.cfg.estimator, **details,
                      "prior_kl_per_char": prior, "stderr_nats": stderr, "note": note},
         )
+
+    # ---- a student of fewer steps: self-distillation through time (diffusion/self_distillation.py) ------------
+    def distillation_loss(self, student: Transformer, teacher: Transformer, x: torch.Tensor | LabelledText,
+                          generator: torch.Generator, steps: int, substeps: int) -> torch.Tensor:
+        """SDTT's loss on a batch: the mean KL, over the positions masked in z_t, from what ``teacher`` writes in
+        ``substeps`` steps from t to t - 1/``steps`` to what ``student`` predicts at z_t in one."""
+        x, labels = split_labels(x)
+        labels = self.drop_labels(labels, generator)
+        z, masked, t = self._distillation_state(x, steps, generator)
+        s = (t - 1.0 / steps).clamp(min=0.0)
+        target = teacher_targets(self._denoiser(teacher, x, labels), z, t, s, substeps, self.schedule.alpha,
+                                 self.tok.mask_id, generator)
+        return kl_to_targets(self._denoiser(student, x, labels)(z, t), target, masked)
+
+    def _distillation_state(self, x: torch.Tensor, steps: int,
+                            generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """z_t at one grid time per window: (z, masked, the time of every position)."""
+        t = grid_times((x.shape[0],), steps, generator, x.device)
+        z, masked = corrupt(x, self.schedule.alpha(t), self.tok.mask_id, generator)
+        return z, masked, t[:, None].expand(x.shape)
+
+    def _denoiser(self, model: Transformer, x: torch.Tensor, labels: torch.Tensor | None) -> Denoiser:
+        """The network on a state of ``x``'s windows, every position of a row at the row's time."""
+        return lambda z, t: self._forward(model, z, t[:, 0], labels)
 
     # ---- the states a noisy classifier judges: partly masked windows (the rule: guidance/taylor.py) ----------
     def classifier_network(self, shape: dict[str, int], num_labels: int, model: Transformer) -> ConvTextClassifier:
