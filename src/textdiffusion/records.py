@@ -390,6 +390,40 @@ class Quality:
 
 
 @dataclass
+class SampleDistance:
+    """How far samples are from real held-out text as character n-gram distributions
+    (:func:`textdiffusion.sample_distance.sample_distance`): the Jensen-Shannon divergence in bits averaged
+    over ``orders``, and the floor, the value a second slice of real text of the same size reaches."""
+
+    js_bits: float
+    floor_bits: float
+    orders: list[int]
+    per_order: list[float]  # JS of each order, bits
+    floor_per_order: list[float]
+    texts: int  # samples compared (the first ones, when the held-out text holds fewer than all)
+    texts_of: int  # samples given
+    chars: int  # characters of the samples compared; each real slice has as many
+
+    @property
+    def excess(self) -> float:
+        """What the sampler costs beyond the sampling noise of real text: ``js_bits - floor_bits``."""
+        return self.js_bits - self.floor_bits
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, d: Any) -> SampleDistance | None:
+        """None for a record of another shape (or none)."""
+        if not isinstance(d, dict):
+            return None
+        try:
+            return cls(**{f.name: d[f.name] for f in fields(cls)})
+        except KeyError:
+            return None
+
+
+@dataclass
 class ValScore:
     """eval.json's ``val``: the validation number in bits and nats per character, whether it is exact, what
     was scored, and the method's own terms (``details``, spliced flat into the JSON)."""
