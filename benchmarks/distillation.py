@@ -54,7 +54,23 @@ def timed(model, steps: int, n: int, seed: int) -> tuple[float, int]:
     return speed["seconds"], round(speed["sample_chars_per_s"] * speed["seconds"])
 
 
-def quality(model, ref, steps: int, samples: int, temperature: float) -> dict:
+class Reference:
+    """What samples are scored against: the judge and word list of the training split (``ref``) and the held-out
+    text the n-gram distance compares them with."""
+
+    def __init__(self, train_text: str, held_out: str):
+        from textdiffusion.evaluate import TrainingReference
+
+        self.training, self.held_out = TrainingReference(train_text), held_out
+
+    def quality(self, texts: list[str]) -> dict:
+        from textdiffusion.sample_distance import sample_distance
+
+        distance = sample_distance(texts, self.held_out)
+        return {**self.training.quality(texts), "ngram_js": distance.js_bits, "ngram_js_floor": distance.floor_bits}
+
+
+def quality(model, ref: Reference, steps: int, samples: int, temperature: float) -> dict:
     from textdiffusion.evaluate import generate
     from textdiffusion.methods import SampleRequest
 
@@ -65,7 +81,7 @@ def quality(model, ref, steps: int, samples: int, temperature: float) -> dict:
     return {"temperature": temperature, **ref.quality(texts), "example": texts[0]}
 
 
-def at_entropy(model, ref, steps: int, samples: int, target: float, first: dict) -> dict:
+def at_entropy(model, ref: Reference, steps: int, samples: int, target: float, first: dict) -> dict:
     """Quality at the temperature whose character entropy is within ENTROPY_TOLERANCE of ``target`` (bisection on
     the temperature, which raises entropy monotonically here); ``first`` is the temperature-1 point."""
     if abs(first["char_entropy"] - target) <= ENTROPY_TOLERANCE:
@@ -98,18 +114,22 @@ def markdown(result: dict, cmd: str) -> str:
         f"({teacher['t1']['char_entropy']:.2f} bits).",
         "",
         f"`ar`: {ar['chars_s']:,.0f} chars/s; judge ppl {ar['t1']['judge_ppl']:.1f}, entropy "
-        f"{ar['t1']['char_entropy']:.2f} bits, word validity {ar['t1']['word_validity']:.2f}.",
+        f"{ar['t1']['char_entropy']:.2f} bits, word validity {ar['t1']['word_validity']:.2f}, n-gram JS "
+        f"{ar['t1']['ngram_js']:.3f} bits (real text of the same size: {ar['t1']['ngram_js_floor']:.3f}; "
+        f"`textdiffusion.sample_distance`, orders 1-4).",
         "",
-        "| model | steps | chars/s (x ar) | ppl T=1 | H T=1 | valid T=1 | T at H | ppl at H (x teacher) | H | valid |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| model | steps | chars/s (x ar) | ppl T=1 | H T=1 | valid T=1 | JS T=1 | T at H | ppl at H (x teacher) | H | "
+        "valid | JS |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     base = teacher["at_h"]["judge_ppl"]
     for r in result["rows"]:
         t1, h = r["t1"], r["at_h"]
         lines.append(f"| {r['label']} | {r['steps']} | {r['chars_s']:,.0f} ({r['chars_s'] / ar['chars_s']:.2f}x) | "
                      f"{t1['judge_ppl']:.1f} | {t1['char_entropy']:.2f} | {t1['word_validity']:.2f} | "
-                     f"{h['temperature']:.2f} | {h['judge_ppl']:.1f} ({h['judge_ppl'] / base:.2f}x) | "
-                     f"{h['char_entropy']:.2f} | {h['word_validity']:.2f} |")
+                     f"{t1['ngram_js']:.3f} | {h['temperature']:.2f} | {h['judge_ppl']:.1f} "
+                     f"({h['judge_ppl'] / base:.2f}x) | {h['char_entropy']:.2f} | {h['word_validity']:.2f} | "
+                     f"{h['ngram_js']:.3f} |")
     return "\n".join(lines) + "\n"
 
 
@@ -140,7 +160,7 @@ def main() -> None:
         students.append((student, steps))
         previous = student
 
-    from textdiffusion.evaluate import TrainingReference, run_corpus
+    from textdiffusion.evaluate import run_corpus
     from textdiffusion.runs import open_run
 
     torch.set_num_threads(1)
@@ -164,8 +184,8 @@ def main() -> None:
         print(f"speed turn {turn + 1}/{args.speed_turns}", flush=True)
     rate = {label: chars / seconds for label, (seconds, chars) in clock.items()}
 
-    data, _, _ = run_corpus(teacher)
-    ref = TrainingReference(data.train_text)
+    data, text, _ = run_corpus(teacher)
+    ref = Reference(data.train_text, text[len(data.train_text):])
     ar_t1 = quality(ar, ref, 0, args.samples, 1.0)
     result = {"machine": machine(), "command": cmd, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
               "length": LENGTH, "samples": args.samples, "speed_turns": args.speed_turns,

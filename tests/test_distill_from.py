@@ -199,6 +199,9 @@ def test_a_round_from_the_student_halves_its_steps_again_and_rounds_chain(block_
               "--set", "train.final_eval_windows=8"]
     assert main([*common, "--distill-from", str(block_run), "--run-dir", str(tmp_path / "r1")]) == 0
     assert main([*common, "--distill-from", str(tmp_path / "r1"), "--run-dir", str(tmp_path / "r2")]) == 0
+    out = capsys.readouterr().out
+    assert "distilled from " in out and " at step 30: 2 sampling steps for its 4" in out
+    assert f"the next round: textdiffusion train --distill-from {tmp_path / 'r2'}" in out
     first, second = (TrainSummary.read(tmp_path / r).distill for r in ("r1", "r2"))
     assert (first.steps, first.teacher_steps) == (2, 4)  # block B=4: 4 steps per block, then 2, then 1
     assert (second.steps, second.teacher_steps) == (1, 2)

@@ -200,6 +200,8 @@ def _print_train_summary(summary: TrainSummary) -> None:
         _print_bound(score, "validation windows", f"; `textdiffusion eval {rd} --val-windows 0` scores all")
     else:
         print(f"stopped at step {summary.step} (checkpoint saved)")
+    if summary.distill is not None:
+        print(f"{summary.distill.label()}; the next round: textdiffusion train --distill-from {rd}")
     print(f"run: {rd}\n  sample: textdiffusion sample {rd} --show\n  eval:   textdiffusion eval {rd}")
 
 
