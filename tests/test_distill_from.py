@@ -100,6 +100,22 @@ def test_each_position_takes_the_distribution_of_the_teacher_step_that_revealed_
         assert torch.allclose(target[row][~first[row]], read_at(L - revealed).expand(L - revealed, V), atol=1e-6)
 
 
+def test_several_draws_average_the_probabilities_of_single_draws():
+    """draws=K is the mean of K independent runs' probabilities (the same generator, run after run): a
+    distribution with the expected target of one draw."""
+    V, mask, L = 5, 5, 40
+    z = torch.full((2, L), mask)
+    t, s = torch.ones(z.shape), torch.full(z.shape, 0.5)
+    alpha = make_schedule("loglinear", 10.0).alpha
+    teacher = _counting_teacher(V, mask)
+    averaged = teacher_targets(teacher, z, t, s, 2, alpha, mask, torch.Generator().manual_seed(6), draws=3)
+    gen = torch.Generator().manual_seed(6)
+    singles = [teacher_targets(teacher, z, t, s, 2, alpha, mask, gen) for _ in range(3)]
+    assert not torch.allclose(singles[0], singles[1])  # the runs differ ...
+    assert torch.allclose(averaged.exp(), torch.stack(singles).exp().mean(0), atol=1e-6)  # ... and are averaged
+    assert torch.allclose(averaged.exp().sum(-1), torch.ones(2, L), atol=1e-6)
+
+
 def test_at_one_substep_the_target_is_the_teachers_one_step_output():
     V, mask = 6, 6
     z = torch.randint(0, V + 1, (3, 10), generator=torch.Generator().manual_seed(2))
@@ -199,14 +215,16 @@ def test_a_round_from_the_student_halves_its_steps_again_and_rounds_chain(block_
     common = ["train", "--steps", "2", "--no-progress", "--set", "train.eval_every=2",
               "--set", "train.final_eval_windows=8"]
     assert main([*common, "--distill-from", str(block_run), "--run-dir", str(tmp_path / "r1")]) == 0
-    assert main([*common, "--distill-from", str(tmp_path / "r1"), "--run-dir", str(tmp_path / "r2")]) == 0
+    assert main([*common, "--distill-from", str(tmp_path / "r1"), "--run-dir", str(tmp_path / "r2"),
+                 "--set", "train.distill_draws=2"]) == 0
     out = capsys.readouterr().out
     assert "distilled from " in out and " at step 30: 2 sampling steps for its 4" in out
     assert f"the next round: textdiffusion train --distill-from {tmp_path / 'r2'}" in out
     first, second = (TrainSummary.read(tmp_path / r).distill for r in ("r1", "r2"))
     assert (first.steps, first.teacher_steps) == (2, 4)  # block B=4: 4 steps per block, then 2, then 1
     assert (second.steps, second.teacher_steps) == (1, 2)
-    assert json.loads((tmp_path / "r2" / "config.json").read_text())["config"]["method"]["name"] == "block"
+    config = json.loads((tmp_path / "r2" / "config.json").read_text())["config"]
+    assert config["method"]["name"] == "block" and config["train"]["distill_draws"] == 2
 
 
 def test_resume_continues_a_student_exactly(masked_run, corpus, tmp_path):

@@ -135,12 +135,12 @@ def check_same_teacher(teacher: Teacher, recorded: DistillRecord | None, run_dir
                           f"new student")
 
 
-def distillation_objective(method: Any, teacher: Teacher, substeps: int) -> Objective:
+def distillation_objective(method: Any, teacher: Teacher, substeps: int, draws: int = 1) -> Objective:
     """The student's loss on a batch: the method's SDTT divergence against the frozen teacher."""
     steps = teacher.record.steps
 
     def objective(student: torch.nn.Module, x: Any, generator: torch.Generator) -> torch.Tensor:
-        return method.distillation_loss(student, teacher.network, x, generator, steps, substeps)
+        return method.distillation_loss(student, teacher.network, x, generator, steps, substeps, draws)
 
     return objective
 

@@ -328,7 +328,8 @@ class Trainer:
             self.objective = self.method.loss
             if cfg.train.distill_from:
                 self.teacher = open_teacher(cfg, self.source.vocab, self.method, self.device)
-                self.objective = distillation_objective(self.method, self.teacher, cfg.train.distill_substeps)
+                self.objective = distillation_objective(self.method, self.teacher, cfg.train.distill_substeps,
+                                                        cfg.train.distill_draws)
                 if resume:
                     check_same_teacher(self.teacher, DistillRecord.from_json(
                         read_run_meta(self.run_dir).get("distill_from")), self.run_dir)

@@ -105,6 +105,8 @@ class TrainConfig:
                                 "block; also its method.sample_steps); 0 = the teacher's steps / distill_substeps")
     distill_substeps: int = option(2, Range(1, 64), "with distill_from: teacher steps per student step (SDTT's m); "
                                    "a round divides the steps by it")
+    distill_draws: int = option(1, Range(1, 64), "with distill_from: runs of the teacher averaged into each target "
+                                "(the same expected gradient, less of the variance of the teacher's draws)")
 
 
 @dataclass

@@ -44,11 +44,18 @@ def grid_times(shape: tuple[int, ...], steps: int, generator: torch.Generator, d
 @torch.no_grad()
 def teacher_targets(teacher: Denoiser, z: torch.Tensor, t: torch.Tensor, s: torch.Tensor, substeps: int,
                     alpha: Callable[[torch.Tensor], torch.Tensor], mask_id: int,
-                    generator: torch.Generator) -> torch.Tensor:
+                    generator: torch.Generator, draws: int = 1) -> torch.Tensor:
     """The teacher's log-probabilities (n, L, V) that the student's one step from ``t`` to ``s`` (both (n, L))
     should produce at ``z`` (n, L): ``substeps`` ancestral steps of the teacher over the same interval, each
     position's target the teacher's distribution at the step that revealed it (the last step's for a position
-    still masked at ``s``). Positions not masked in ``z`` carry the first step's output; the loss ignores them."""
+    still masked at ``s``). Positions not masked in ``z`` carry the first step's output; the loss ignores them.
+
+    ``draws`` > 1 averages the probabilities of that many independent runs of the teacher from ``z``. The KL's
+    gradient is linear in the target, so the average has the expected gradient of one draw with less of the
+    variance of the teacher's own draws, which no one-step student can predict."""
+    if draws > 1:
+        runs = [teacher_targets(teacher, z, t, s, substeps, alpha, mask_id, generator) for _ in range(draws)]
+        return (torch.stack(runs).exp().mean(0)).log()
     unknown = z == mask_id
     state, target = z, None
     for k in range(substeps):

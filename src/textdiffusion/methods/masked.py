@@ -241,15 +241,16 @@ class MaskedDiffusion(TextMethod):
 
     # ---- a student of fewer steps: self-distillation through time (diffusion/self_distillation.py) ------------
     def distillation_loss(self, student: Transformer, teacher: Transformer, x: torch.Tensor | LabelledText,
-                          generator: torch.Generator, steps: int, substeps: int) -> torch.Tensor:
+                          generator: torch.Generator, steps: int, substeps: int, draws: int = 1) -> torch.Tensor:
         """SDTT's loss on a batch: the mean KL, over the positions masked in z_t, from what ``teacher`` writes in
-        ``substeps`` steps from t to t - 1/``steps`` to what ``student`` predicts at z_t in one."""
+        ``substeps`` steps from t to t - 1/``steps`` (averaged over ``draws`` runs) to what ``student`` predicts
+        at z_t in one."""
         x, labels = split_labels(x)
         labels = self.drop_labels(labels, generator)
         z, masked, t = self._distillation_state(x, steps, generator)
         s = (t - 1.0 / steps).clamp(min=0.0)
         target = teacher_targets(self._denoiser(teacher, x, labels), z, t, s, substeps, self.schedule.alpha,
-                                 self.tok.mask_id, generator)
+                                 self.tok.mask_id, generator, draws)
         return kl_to_targets(self._denoiser(student, x, labels)(z, t), target, masked)
 
     def _distillation_state(self, x: torch.Tensor, steps: int,
