@@ -1,7 +1,8 @@
 """A few-step student by self-distillation through time (SDTT), against `ar` at batch 1 and its teacher's quality.
 
     python benchmarks/distillation.py [--teacher runs/masked] [--ar runs/ar] [--runs runs/distill]
-                                      [--rounds 32 16 8 4] [--round-steps 500 300] [--samples 128]
+                                      [--rounds 32 16 8 4] [--round-steps 500 300] [--extra-round 8:4]
+                                      [--samples 128]
 
 The teacher (`masked`, cpu preset, 2,000 steps) and `ar` (same) are trained first unless their directories hold
 finished runs. Each round trains a student of the previous round's model with `train --distill-from` (its steps
@@ -12,7 +13,9 @@ halved: 64 -> 32 -> 16 -> ...), kept and reused when it finished. Then, in this 
 * quality: judge perplexity, character entropy and word validity of `--samples` samples at temperature 1, and at
   the temperature whose character entropy is within 0.1 bits of the teacher's at its usual steps (bisection).
 
-The undistilled teacher at each student's steps is the baseline distillation must beat. Writes
+`--extra-round 8:4` adds a student of 8 steps taught by the 16-step one with ``train.distill_draws=4`` (each
+target averaged over 4 runs of the teacher). The undistilled teacher at each student's steps is the baseline
+distillation must beat. Writes
 benchmarks/results/distillation.json and distillation.md (the command beside the table).
 """
 
@@ -130,6 +133,10 @@ def markdown(result: dict, cmd: str) -> str:
                      f"{t1['ngram_js']:.3f} | {h['temperature']:.2f} | {h['judge_ppl']:.1f} "
                      f"({h['judge_ppl'] / base:.2f}x) | {h['char_entropy']:.2f} | {h['word_validity']:.2f} | "
                      f"{h['ngram_js']:.3f} |")
+    students = [r for r in result["rows"] if r["label"].startswith("student")]
+    met = [r["label"] for r in students if r["chars_s"] >= 2 * ar["chars_s"] and r["at_h"]["judge_ppl"] <= 1.2 * base]
+    lines += ["", "Target (a student >= 2x `ar`'s chars/s with judge perplexity <= 1.2x the teacher's at its "
+                  f"entropy): {'met by ' + ', '.join(met) if met else 'not met'}."]
     return "\n".join(lines) + "\n"
 
 
@@ -143,6 +150,8 @@ def main() -> None:
                    help="training steps of each round (the last repeats for the rounds after)")
     p.add_argument("--set", dest="sets", nargs="*", default=["train.lr=3e-4", "train.warmup=50"],
                    help="config fields of every round")
+    p.add_argument("--extra-round", metavar="STEPS:DRAWS", nargs="*", default=[],
+                   help="also a student of STEPS from the round of twice as many, with train.distill_draws=DRAWS")
     p.add_argument("--samples", type=int, default=128)
     p.add_argument("--speed-turns", type=int, default=4)
     p.add_argument("--speed-samples", type=int, default=4)
@@ -159,6 +168,14 @@ def main() -> None:
                                    "--set", f"train.distill_steps={steps}", *args.sets])
         students.append((student, steps))
         previous = student
+    for extra in args.extra_round:
+        steps, draws = (int(v) for v in extra.split(":"))
+        parent = runs / f"masked-s{2 * steps}" if 2 * steps in args.rounds else teacher_dir
+        student = runs / f"masked-s{steps}-k{draws}"
+        train_if_missing(student, ["--distill-from", str(parent), "--steps", str(args.round_steps[-1]),
+                                   "--set", f"train.distill_steps={steps}", f"train.distill_draws={draws}",
+                                   *args.sets])
+        students.append((student, steps))
 
     from textdiffusion.evaluate import run_corpus
     from textdiffusion.runs import open_run
@@ -170,8 +187,9 @@ def main() -> None:
     # (label, model, steps): the teacher at its usual steps first, then each student beside the teacher at its steps
     points = [("teacher", teacher, usual)]
     for student_dir, steps in students:
-        points += [(f"teacher, {steps} steps", teacher, steps),
-                   (f"student {student_dir.name}", open_run(student_dir, device="cpu"), steps)]
+        if not any(label == f"teacher, {steps} steps" for label, _, _ in points):
+            points.append((f"teacher, {steps} steps", teacher, steps))
+        points.append((f"student {student_dir.name}", open_run(student_dir, device="cpu"), steps))
     # speed: alternate ar and every point, so load falls on all alike
     clock = {label: [0.0, 0] for label, _, _ in points} | {"ar": [0.0, 0]}
     for model, steps in [(ar, 0)] + [(m, s) for _, m, s in points]:
