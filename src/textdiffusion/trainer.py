@@ -47,6 +47,7 @@ from textdiffusion.config import Config, ConfigError, validate
 from textdiffusion.data.corpus import DataError
 from textdiffusion.data.sources import SOURCES, Source, as_source, load_source
 from textdiffusion.distill_from import (
+    Objective,
     Teacher,
     check_same_teacher,
     copy_teacher,
@@ -325,7 +326,7 @@ class Trainer:
                                             if resume else None)
             # a student's teacher (train.distill_from): loaded on every start, the loss needs it at every step
             self.teacher: Teacher | None = None
-            self.objective = self.method.loss
+            self.objective: Objective | None = None  # the loss in place of the method's (None: the method's)
             if cfg.train.distill_from:
                 self.teacher = open_teacher(cfg, self.source.vocab, self.method, self.device)
                 self.objective = distillation_objective(self.method, self.teacher, cfg.train.distill_substeps,
@@ -683,13 +684,14 @@ class Trainer:
         self.model.train()
         total = 0.0
         draws = [gens for _ in range(t.grad_accum) for gens in self.shard_gens]
+        objective = self.objective or self.method.loss
         for i, (data_gen, noise_gen) in enumerate(draws):
             x = self.source.train_batch(t.batch_size, self.method.window, data_gen)
             x = x.to(self.device, non_blocking=True)
             last = i == len(draws) - 1
             with self.ddp.no_sync() if self.ddp is not None and not last else contextlib.nullcontext():
                 with self.autocast():
-                    loss = self.objective(self.forward_model, x, noise_gen) / len(draws)
+                    loss = objective(self.forward_model, x, noise_gen) / len(draws)
                 loss.backward()
             total += float(loss.detach())
         total = distributed.all_mean(total, self.world, self.device)
