@@ -20,7 +20,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -56,9 +56,11 @@ from textdiffusion.progress import progress_bar
 from textdiffusion.records import (
     METRICS,
     EvalRow,
+    ExactScore,
     FinalScore,
     InitRecord,
     MetricsRow,
+    ScoreKey,
     TrainSummary,
     truncate_metrics,
 )
@@ -781,7 +783,30 @@ class Trainer:
         if t.final_eval_raw:
             raw_val = self.evaluate(windows, self.model, progress=self.progress, desc="final score, raw weights")
             score.raw_bits, score.raw_nats = raw_val.bits_per_unit, raw_val.nats_per_unit
+        if getattr(self.method, "exact_sampler", "") and t.final_exact_windows:
+            score.exact = self._exact_score(min(t.final_exact_windows, count), total, score.key)
         summary.write(self.run_dir)
+
+    def _exact_score(self, count: int, total: int, key: ScoreKey) -> ExactScore:
+        """Beside a bound, the exact NLL of the method's ``exact_sampler`` (the chain rule, a pass per token of a
+        window) on its own count of evenly spread validation windows, at most the bound's; its time against the
+        training time is logged. ``key`` is the bound's: the same weights and settings, another count."""
+        sampler, window = self.method.exact_sampler, self.method.window
+        if self.progress:
+            self.log(f"scoring the exact NLL of --sampler {sampler} on {count:,} of {total:,} validation windows ...")
+        windows = self.source.val_set(window, count if count < total else 0).to(self.device)
+        tic = time.perf_counter()
+        self.ema.model.eval()
+        with torch.no_grad(), self.autocast():
+            res = score(self.method, self.ema.model, windows, batch_size=self.score_batch_size, progress=self.progress,
+                        desc="final score, exact NLL", exact=True)
+        seconds = time.perf_counter() - tic
+        if self.progress:
+            share = seconds / max(self.elapsed, 1e-9)
+            self.log(f"exact NLL {res.bits_per_unit:.4f} bits/char in {seconds:.1f}s, {share:.0%} of the "
+                     f"{self.elapsed:.1f}s of training")
+        return ExactScore(res.bits_per_unit, res.nats_per_unit, res.windows, res.units, sampler, res.details, total,
+                          replace(key, windows=count))
 
 
 def _grad_norm(parameters: Any) -> torch.Tensor:

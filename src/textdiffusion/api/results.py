@@ -92,6 +92,9 @@ class Score:
     kind: str  # "exact" | "bound"
     chars: int  # characters scored
     windows: int  # the model's context windows the text was cut into, each scored on its own
+    # the sampler an exact number of a diffusion method is the likelihood of (score(exact=True): left_to_right);
+    # None for a bound, and for ar, whose number is its own sampler's
+    sampler: str | None = None
 
     @property
     def nats_per_char(self) -> float:
@@ -100,8 +103,11 @@ class Score:
 
     @property
     def label(self) -> str:
-        """``exact`` or ``upper bound``: how to read :attr:`bits_per_char`."""
-        return "exact" if self.kind == "exact" else "upper bound"
+        """``exact``, ``exact, the likelihood of --sampler S`` or ``upper bound``: how to read
+        :attr:`bits_per_char`."""
+        if self.kind != "exact":
+            return "upper bound"
+        return f"exact, the likelihood of --sampler {self.sampler}" if self.sampler else "exact"
 
     def __str__(self) -> str:
         return f"{self.bits_per_char:.4f} bits/char ({self.label}, {self.chars} chars)"

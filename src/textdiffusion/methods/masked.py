@@ -116,6 +116,7 @@ class MaskedDiffusion(TextMethod):
     supports_labels = True
     chains_windows = True  # past one context: window after window, each starting from the tail before it
     classifier_rule = "taylor"  # Nisonoff et al. 2024's first-order discrete guidance (guidance/taylor.py)
+    exact_sampler = LEFT_TO_RIGHT  # exact_nll is the likelihood of this sampler (block's: inside each block)
 
     def __init__(self, cfg: MaskedConfig, model_cfg, tokenizer):
         super().__init__(cfg, model_cfg, tokenizer)
