@@ -206,8 +206,8 @@ TEXT_COLUMNS = [Column(*c) for c in (
     ("exact", "exact bits/char", "exact negative log-likelihood in bits per character: ar's own; masked and block's "
                                  "that of --sampler left_to_right (one token per step, left to right), on its own "
                                  "count of windows; lower is better", "low"),
-    ("vs_ar", "× ar", "bits per character over the ar run's exact number (the first ar run compared): exact where "
-                      "the run has it, else its bound; lower is better", "low"),
+    ("vs_ar", "× ar", "bits per character over the ar run's exact number (the first run compared whose validation "
+                      "number is exact): exact where the run has it, else its bound; lower is better", "low"),
     ("judge_ppl", "judge ppl", "per-character perplexity of the samples under a character 5-gram judge fitted on "
                                "the training split (an estimate); lower is better", "low"),
     ("word_validity", "word validity", "share of generated words found in the training split; higher is better",
@@ -340,6 +340,7 @@ def _exact_cells(run: RunRecord, ar: RunRecord | None) -> dict[str, Cell]:
 
 
 def text_row(run: RunRecord, run_id: int = 0, ar: RunRecord | None = None) -> Row:
+    """A text run's row; ``ar`` is the run the × ar column divides by (None: the column is blank)."""
     res = run.text_results
     q = default_point(run)
     provenance = (Cell(f"{q.n} × {q.seeds}", q.n,
@@ -368,7 +369,7 @@ def image_row(run: RunRecord, run_id: int = 0) -> Row:
 def _rows(c: Comparison, text: bool) -> list[Row]:
     if not text:
         return [image_row(r, i) for i, r in enumerate(c.runs) if not r.is_text]
-    ar = next((r for r in c.runs if r.is_text and r.method == "ar" and r.exact is not None), None)
+    ar = next((r for r in c.runs if r.is_text and r.val is not None and r.val.kind == "exact"), None)
     return [text_row(r, i, ar) for i, r in enumerate(c.runs) if r.is_text]
 
 
