@@ -139,3 +139,26 @@ def test_score_refuses_exact_for_a_method_without_an_exact_likelihood(runs, tmp_
     assert main(["train", "--method", "embedding", "--data", str(runs / "c.txt"), "--run-dir", str(rd), *STEPS]) == 0
     with pytest.raises(ConfigError, match=r"score\(exact=True\): the embedding method has no exact likelihood"):
         load(rd, device="cpu").score("ROMEO: O Romeo", exact=True)
+
+
+def test_sample_says_what_the_left_to_right_draws_scored(runs, capsys):
+    assert main(["sample", str(runs / "block"), "--sampler", "left_to_right", "--n", "2", "--prompt", "ROMEO:",
+                 "--seed", "1"]) == 0
+    err = capsys.readouterr().err
+    assert "sampler left_to_right" in err and "[exact: -log p of these draws under the draw that wrote them" in err
+    assert main(["sample", str(runs / "block"), "--sampler", "left_to_right", "--steps", "4"]) == 2
+    assert "error: --steps does not apply to block's left_to_right sampler" in capsys.readouterr().err
+    assert main(["sample", str(runs / "masked"), "--sampler", "ancestral", "--steps", "4"]) == 0
+    assert "[exact:" not in capsys.readouterr().err
+
+
+def test_the_api_returns_each_samples_log_prob_and_it_is_the_exact_nll(runs):
+    model = load(runs / "masked", device="cpu")
+    res = model.sample(n=3, sampler="left_to_right", seed=4, progress=False)
+    assert len(res.log_prob) == 3 and res.steps == 32 and res.nfe == 32
+    run = model.run
+    ids = torch.tensor([model.tokenizer.encode(t) for t in res.texts])
+    exact = [run.method.exact_nll(run.model, row[None]).nats_per_unit * 32 for row in ids]
+    assert [-lp for lp in res.log_prob] == pytest.approx(exact, rel=1e-5)
+    assert res.bits_per_token() == pytest.approx(sum(exact) / 3 / 32 / 0.6931471805599453, rel=1e-5)
+    assert model.sample(n=2, sampler="topk", steps=4, progress=False).log_prob is None

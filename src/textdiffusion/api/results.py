@@ -28,6 +28,16 @@ class TextSamples:
     seed: int
     windows: int = 1  # windows drawn one after another (past the context of a method that chains them)
     overlap: int = 0  # tokens each chained window shared with the text before it (0: one window)
+    # per sample, the log-probability (nats) its draws had, for a sampler that keeps it (left_to_right: at
+    # temperature 1 without top-k or top-p, the model's exact log p(text | prompt)); None for the others
+    log_prob: list[float] | None = None
+
+    def bits_per_token(self) -> float | None:
+        """The mean -log p of the draws per generated token, in bits (None without ``log_prob``)."""
+        drawn = self.length - len(self.fixed)
+        if not self.log_prob or drawn <= 0:
+            return None
+        return -sum(self.log_prob) / len(self.log_prob) / drawn / 0.6931471805599453
 
 
 @dataclass(frozen=True)

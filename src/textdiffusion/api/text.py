@@ -170,7 +170,7 @@ class TextModel(Model):
         seconds = time.perf_counter() - tic
         return TextSamples(texts, first.info.get("sampler"), first.info.get("steps"), nfe, seconds,
                            int(first.ids.shape[1]), fixed_positions(first), seed, first.info.get("windows", 1),
-                           first.info.get("overlap", 0))
+                           first.info.get("overlap", 0), first.info.get("log_prob"))
 
     def _ready_plan(self, prompt: str, infill: str | None, placeholder: str, opts: TextOptions,
                     progress: bool) -> SamplingPlan:
@@ -218,6 +218,7 @@ class TextModel(Model):
         texts: list[str] = []
         first: SampleResult | None = None
         bar, nfe_total = None, 0.0
+        log_prob: list[float] = []  # what the draws had, per sample (samplers that keep it: left_to_right)
         tic = time.perf_counter()
         try:
             for i, (start, count) in enumerate(parts):
@@ -227,6 +228,7 @@ class TextModel(Model):
                 batch = [self.tokenizer.decode(row.tolist()) for row in res.ids.cpu()]
                 texts += batch
                 nfe_total += res.nfe * count
+                log_prob += res.info.get("log_prob", [])
                 if first is None:
                     first = res
                 if on_batch is not None:
@@ -240,6 +242,8 @@ class TextModel(Model):
                 if b is not None:
                     b.close()
         assert first is not None  # n >= 1
+        if log_prob:  # the first batch's result speaks for all: it carries every batch's log-probabilities
+            first.info["log_prob"] = log_prob
         return texts, first, first.nfe if len(parts) == 1 else nfe_total / req.n
 
     def plan(self, prompt: str = "", *, infill: str | None = None, placeholder: str = "_",
