@@ -45,7 +45,8 @@ def add(sub: argparse._SubParsersAction) -> None:
                    help="masked, block: validation windows the exact NLL beside the bound takes, the likelihood "
                         "of --sampler left_to_right (0 = the whole split; default: final.json's, reused, else "
                         "train.final_exact_windows). It costs a network pass per token of a window (block: per "
-                        "position of a block)")
+                        "position of a block): on the cpu preset about 2.7x the bound's time per window for "
+                        "masked, 0.25x for block with B = 4")
     e.add_argument("--device", default="auto", help=DEVICE_HELP)
     add_set(e, SET_HELP)
     e.add_argument("--no-progress", action="store_true", help="no progress bars (the results still print)")
