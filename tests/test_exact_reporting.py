@@ -162,3 +162,16 @@ def test_the_api_returns_each_samples_log_prob_and_it_is_the_exact_nll(runs):
     assert [-lp for lp in res.log_prob] == pytest.approx(exact, rel=1e-5)
     assert res.bits_per_token() == pytest.approx(sum(exact) / 3 / 32 / 0.6931471805599453, rel=1e-5)
     assert model.sample(n=2, sampler="topk", steps=4, progress=False).log_prob is None
+
+
+def test_the_final_budget_bounds_the_exact_windows_to_a_timed_probe(tmp_path, shakespeare, capsys):
+    """With train.final_eval_budget bounding the final score, the exact NLL first scores 8 windows, timed,
+    and takes more only when the budget's rest pays for them: a budget of almost nothing keeps the 8."""
+    corpus = tmp_path / "c.txt"
+    corpus.write_text(shakespeare[:30_000], encoding="utf-8")
+    assert main(["train", "--method", "masked", "--data", str(corpus), "--run-dir", str(tmp_path / "r"), *STEPS,
+                 "train.final_eval_windows=0", "train.final_eval_budget=0.0001", "train.eval_windows=16"]) == 0
+    score = TrainSummary.read(tmp_path / "r").score
+    assert score.exact.windows == 8 and score.exact.key.windows == 8 and score.windows == 16
+    assert "exact: the likelihood of --sampler left_to_right; 8 windows)" in capsys.readouterr().out
+    assert evaluate_text(tmp_path / "r", samples=2, progress=False).exact.reused_from == FINAL
