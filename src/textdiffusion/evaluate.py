@@ -1,13 +1,13 @@
 """Evaluation every method is scored by: likelihood, sample quality against a fixed judge, and speed.
 
 * ``val``: the method's own validation number. Exact -log p for ``ar``; the NELBO (an upper bound) for
-  diffusion methods. Both in bits per character on the same tiled validation windows.
-* ``exact`` (masked, block): beside the bound, the exact NLL of the sampler that writes one token per step,
-  left to right (``--sampler left_to_right``): the chain rule, a network pass per token of a window (block:
-  per position of a block), on its own, smaller count of evenly spread windows (``exact_windows``). A run trained on
+  diffusion methods. Both in bits per character on the same tiled validation windows. A run trained on
   speaker labels (``data.labels=speaker``) is scored as it was validated in training: on its speakers'
   held-out speeches, each window under its speaker's label (the conditional NLL); its samples are drawn
   without a label (the unconditional model), and ``eval.json`` says both.
+* ``exact`` (masked, block): beside the bound, the exact NLL of the sampler that writes one token per step,
+  left to right (``--sampler left_to_right``): the chain rule, a network pass per token of a window (block:
+  per position of a block), on its own, smaller count of evenly spread windows (``exact_windows``).
 * Sample quality of N samples of fixed length, scored identically for every method:
   - ``judge_ppl``: per-character perplexity under :class:`CharNgramJudge`, an interpolated Witten-Bell
     character n-gram model fitted on the *training* split (deterministic, no network, built in);
