@@ -527,6 +527,28 @@ def test_page_streams_a_whole_denoising(server, browser):
     assert ink_fraction(player.screenshot_as_png) > 0.01  # the player, not the page: ink_fraction is slow on 1280x1000
 
 
+def test_page_takes_no_steps_for_the_left_to_right_sampler_and_shows_the_exact_number(server, browser):
+    from selenium.webdriver.support.ui import Select
+
+    runs = {r["name"]: r for r in get_json(server, "/api/runs")}
+    assert runs["masked"]["one_per_token"] == ["left_to_right"] and runs["masked"]["exact_sampler"] == "left_to_right"
+    browser.get(server.url + "/")
+    _wait_state(browser, ("idle",))
+    Select(browser.find_element("id", "run")).select_by_value("masked")
+    info = browser.find_element("id", "run-info").text
+    assert f"exact {runs['masked']['exact_bpc']:.3f} bits/char (of the left_to_right sampler)" in info
+    steps = browser.find_element("id", "steps")
+    Select(browser.find_element("id", "sampler")).select_by_value("left_to_right")
+    assert not steps.is_enabled() and "one character per step" in steps.get_attribute("title")
+    _fill(browser, "text", "ROMEO:")
+    _fill(browser, "length", "12")
+    browser.find_element("id", "sample").click()
+    assert _wait_state(browser, ("done", "error")) == "done", browser.find_element("id", "message").text
+    assert browser.find_element("id", "player").get_attribute("data-frames") == "7"  # one per character, + start
+    Select(browser.find_element("id", "sampler")).select_by_value("topk")
+    assert steps.is_enabled() and steps.get_attribute("value") == str(runs["masked"]["steps"])
+
+
 def test_page_fills_blanks_and_stops_on_request(server, browser):
     from selenium.webdriver.support.ui import Select, WebDriverWait
 
