@@ -498,6 +498,7 @@ class TextEval:
     speed: SampleSpeed
     judge: dict[str, Any]  # kind, fitted_on, chars
     labels: LabelNote | None = None
+    distance: SampleDistance | None = None  # n-gram distance from held-out text; None in older files
 
     def to_json(self) -> dict[str, Any]:
         out = {"run": self.run, "method": self.method, "preset": self.preset, "step": self.step,
@@ -508,6 +509,8 @@ class TextEval:
                "speed": self.speed.to_json(), "judge": self.judge}
         if self.labels is not None:
             out["labels"] = asdict(self.labels)
+        if self.distance is not None:
+            out["distance"] = self.distance.to_json()
         return out
 
     @classmethod
@@ -525,7 +528,8 @@ class TextEval:
                    d.get("parameters"), d.get("device"), ValScore.from_json(d["val"]),
                    SampleSettings.from_json(d["samples"]), quality(d.get("quality")), quality(ref),
                    ref.get("what", ""), SampleSpeed.from_json(d.get("speed") or {}), d.get("judge") or {},
-                   LabelNote(**labels) if isinstance(labels, dict) else None)
+                   LabelNote(**labels) if isinstance(labels, dict) else None,
+                   SampleDistance.from_json(d.get("distance")))
 
     def write(self, run_dir: Path) -> None:
         from textdiffusion.checkpoint import write_json
