@@ -265,11 +265,11 @@ def reference_windows(text: str, train_chars: int, length: int, n: int) -> list[
     return [val_text[s:s + length] for s in starts]
 
 
-def distance_from_real(texts: list[str], text: str, train_chars: int) -> SampleDistance | None:
-    """The n-gram distance of ``texts`` from the validation split of ``text`` (it starts at ``train_chars``),
-    with its real-text floor; None when the split cannot hold two real slices of even one sample."""
+def distance_from_real(texts: list[str], held_out: str) -> SampleDistance | None:
+    """The n-gram distance of ``texts`` from ``held_out`` (the validation split), with its real-text floor;
+    None when the split cannot hold two real slices of even one sample."""
     try:
-        return sample_distance(texts, text[train_chars:])
+        return sample_distance(texts, held_out)
     except ValueError:
         return None
 
@@ -326,7 +326,7 @@ def evaluate_text(run_dir: str | Path | LoadedRun, samples: int = 64, length: in
         quality=Quality.from_json(ref.quality(texts)), reference=Quality.from_json(reference),
         reference_what=f"{samples} real validation windows of {ref_len} characters",
         speed=SampleSpeed.from_json(speed),
-        distance=distance_from_real(texts, text, len(data.train_text)),
+        distance=distance_from_real(texts, text[len(data.train_text):]),
         judge={"kind": f"character {ref.judge.order}-gram, interpolated Witten-Bell",
                "fitted_on": f"training split of {public_source(source)}",
                "chars": len(data.train_text)},
