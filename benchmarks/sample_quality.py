@@ -102,9 +102,9 @@ def main() -> None:
     for method in args.methods.split(","):
         name, sets = RUNS[method]
         run_dir = root / name
-        if not (run_dir / "final.json").exists():
+        if not (run_dir / "checkpoint.safetensors").exists():
             if not args.train:
-                raise SystemExit(f"{run_dir} has no final.json; train it or pass --train")
+                raise SystemExit(f"{run_dir} has no checkpoint; train it or pass --train")
             train(method, "cpu", run_dir, 2000, sets)
         measured[method] = rows_of_run(method, run_dir, args.samples, temperatures, args.seed)
     rows = [r for method in RUNS for r in measured.get(method, [r for r in kept if r["method"] == method])]
