@@ -17,6 +17,10 @@
   - ``copy_rate``: fraction of 32-character windows of the samples found verbatim in the training split
     (memorisation).
   The same statistics on real validation text of the same length are reported as ``reference``.
+* ``distance``: the Jensen-Shannon divergence between the character 1-4-gram distributions of the samples and
+  of held-out text of the same size, beside the real-text floor, the value a second slice of held-out text
+  reaches (:mod:`textdiffusion.sample_distance`). Judge perplexity rewards a sampler that collapses onto
+  likely characters; this number charges it for what it stopped writing.
 * Speed: generated characters per second and network evaluations (forward passes) per sample.
 """
 
@@ -50,6 +54,7 @@ from textdiffusion.records import (
     FinalScore,
     LabelNote,
     Quality,
+    SampleDistance,
     SampleSettings,
     SampleSpeed,
     TextEval,
@@ -57,6 +62,7 @@ from textdiffusion.records import (
     ValScore,
 )
 from textdiffusion.runs import LoadedRun, open_run
+from textdiffusion.sample_distance import sample_distance
 from textdiffusion.sharing import public_source, shareable_path
 
 WORD = re.compile(r"[A-Za-z]+(?:'[A-Za-z]+)*")
@@ -264,6 +270,15 @@ def reference_windows(text: str, train_chars: int, length: int, n: int) -> list[
     return [val_text[s:s + length] for s in starts]
 
 
+def distance_from_real(texts: list[str], held_out: str) -> SampleDistance | None:
+    """The n-gram distance of ``texts`` from ``held_out`` (the validation split), with its real-text floor;
+    None when the split cannot hold two real slices of even one sample."""
+    try:
+        return sample_distance(texts, held_out)
+    except ValueError:
+        return None
+
+
 def evaluate_text(run_dir: str | Path | LoadedRun, samples: int = 64, length: int = 0, sampler: str = "",
                   steps: int = 0, temperature: float | None = None, top_k: int | None = None,
                   top_p: float | None = None, seed: int = 0, val_windows: int | None = None, device: str = "auto",
@@ -322,6 +337,7 @@ def evaluate_text(run_dir: str | Path | LoadedRun, samples: int = 64, length: in
         quality=Quality.from_json(ref.quality(texts)), reference=Quality.from_json(reference),
         reference_what=f"{samples} real validation windows of {ref_len} characters",
         speed=SampleSpeed.from_json(speed),
+        distance=distance_from_real(texts, text[len(data.train_text):]),
         judge={"kind": f"character {ref.judge.order}-gram, interpolated Witten-Bell",
                "fitted_on": f"training split of {public_source(source)}",
                "chars": len(data.train_text)},
@@ -401,6 +417,16 @@ def label_note(method: TextMethod) -> LabelNote | None:
                      "conditional NLL on the held-out speeches, each window under its speaker's label")
 
 
+def distance_rows(d: SampleDistance | None) -> list[tuple[str, str, str]]:
+    """The table's row of the n-gram distance: the samples' value, real text's floor and the excess."""
+    if d is None:
+        return []
+    orders = f"{min(d.orders)}-{max(d.orders)}" if len(d.orders) > 1 else str(d.orders[0])
+    of = f" (first {d.texts} of {d.texts_of} samples)" if d.texts < d.texts_of else ""
+    return [(f"n-gram JS ({orders}, bits)", f"{d.js_bits:.4f}",
+             f"real text: {d.floor_bits:.4f}, excess {d.excess:.4f}; {d.chars:,} chars{of}")]
+
+
 def format_table(ev: TextEval, method: type[Method] | None = None) -> str:
     """The human-readable table ``textdiffusion eval`` prints; ``method`` adds its own rows (its
     ``eval_terms`` from the validation details and its ``sample_stats`` from the samples)."""
@@ -421,6 +447,7 @@ def format_table(ev: TextEval, method: type[Method] | None = None) -> str:
         ("repetition", f"{q.repetition:.3f}", f"real text: {r.repetition:.3f}"),
         ("char entropy (bits)", f"{q.char_entropy:.3f}", f"real text: {r.char_entropy:.3f}"),
         ("copy rate (32 chars)", f"{q.copy_rate:.3f}", f"real text: {r.copy_rate:.3f}"),
+        *distance_rows(ev.distance),
         ("sample chars/s", f"{s.sample_chars_per_s:,.0f}", f"{ev.device}"),
         ("network evals/sample", f"{s.nfe_per_sample:.1f}", ""),
         *[(label, f"{s.stats[key]:.4f}", note) for key, (label, note) in stats.items() if key in s.stats],

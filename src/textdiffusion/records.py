@@ -550,6 +550,7 @@ class TextEval:
     judge: dict[str, Any]  # kind, fitted_on, chars
     labels: LabelNote | None = None
     exact: ExactScore | None = None  # beside a bound (masked, block): the exact NLL of the left_to_right sampler
+    distance: SampleDistance | None = None  # n-gram distance from held-out text; None in older files
 
     def to_json(self) -> dict[str, Any]:
         out = {"run": self.run, "method": self.method, "preset": self.preset, "step": self.step,
@@ -561,6 +562,8 @@ class TextEval:
                "speed": self.speed.to_json(), "judge": self.judge}
         if self.labels is not None:
             out["labels"] = asdict(self.labels)
+        if self.distance is not None:
+            out["distance"] = self.distance.to_json()
         return out
 
     @classmethod
@@ -578,7 +581,8 @@ class TextEval:
                    d.get("parameters"), d.get("device"), ValScore.from_json(d["val"]),
                    SampleSettings.from_json(d["samples"]), quality(d.get("quality")), quality(ref),
                    ref.get("what", ""), SampleSpeed.from_json(d.get("speed") or {}), d.get("judge") or {},
-                   LabelNote(**labels) if isinstance(labels, dict) else None, ExactScore.from_json(d.get("exact")))
+                   LabelNote(**labels) if isinstance(labels, dict) else None, ExactScore.from_json(d.get("exact")),
+                   SampleDistance.from_json(d.get("distance")))
 
     def write(self, run_dir: Path) -> None:
         from textdiffusion.checkpoint import write_json
