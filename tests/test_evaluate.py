@@ -66,8 +66,8 @@ def test_eval_writes_the_documented_schema(small_corpus, tmp_path):
     assert json.dumps(json.loads(written)) == json.dumps(TextEval.from_json(json.loads(written)).to_json())
     on_disk = json.loads(written)
     assert on_disk == json.loads(json.dumps(result.to_json()))
-    keys = ["run", "method", "preset", "step", "weights", "parameters", "device", "val", "samples", "quality",
-            "reference", "speed", "judge"]
+    keys = ["run", "method", "preset", "step", "weights", "parameters", "device", "val", "exact", "samples",
+            "quality", "reference", "speed", "judge"]
     assert list(on_disk) == keys  # an unlabelled run has no "labels"
     assert result.val.kind == "bound" and result.val.details["time_samples_per_window"] == 4
     assert {"judge_ppl", "word_validity", "distinct_2", "repetition", "copy_rate"} <= set(on_disk["quality"])

@@ -12,9 +12,9 @@ from __future__ import annotations
 TEXT_METHODS: dict[str, tuple[str, ...]] = {
     "ar": ("ancestral",),
     "bits": ("ddim", "ddpm"),
-    "block": ("ancestral", "cached", "confidence", "topk"),
+    "block": ("ancestral", "cached", "confidence", "topk", "left_to_right"),
     "embedding": ("ddim", "ddpm", "guided"),
-    "masked": ("ancestral", "cached", "confidence", "topk"),
+    "masked": ("ancestral", "cached", "confidence", "topk", "left_to_right"),
 }
 # method -> its samplers, for the image methods (``textdiffusion mnist``)
 IMAGE_METHODS: dict[str, tuple[str, ...]] = {

@@ -1,7 +1,7 @@
 """What each stage leaves in a run directory, as typed records with their JSON form.
 
 * :class:`TrainSummary`: what training returns, and ``final.json`` once the run has finished and scored its
-  validation split (:class:`FinalScore`);
+  validation split (:class:`FinalScore`, with :class:`ExactScore` beside a bound);
 * :class:`EvalRow` and :class:`TrainRow`: the rows of ``metrics.jsonl`` (an evaluation every
   ``train.eval_every`` steps; a train row every ``train.log_every`` steps, marked ``"kind": "train"``);
 * :class:`TextEval`: the ``eval.json`` of ``textdiffusion eval``; :class:`ImageEval`: the one of
@@ -90,6 +90,54 @@ class ScoreKey:
 
 
 @dataclass
+class ExactScore:
+    """The exact NLL of a method whose validation number is a bound (masked, block), scored beside it: the
+    likelihood of the sampler named ``sampler`` (one token per step, left to right), which a user can run. It
+    costs a network pass per token of a window (per position of a block, for block), so it takes its own,
+    smaller count of evenly spread validation windows: ``windows`` of ``windows_of``. ``key`` (final.json) is
+    what the number is a function of; ``reused_from`` (eval.json) names the record it was read from."""
+
+    bits: float  # per character
+    nats: float
+    windows: int
+    chars: int
+    sampler: str
+    details: dict[str, Any] = field(default_factory=dict)  # the method's (order, stderr_nats, note, ...)
+    windows_of: int | None = None
+    key: ScoreKey | None = None
+    reused_from: str | None = None
+
+    @property
+    def label(self) -> str:
+        """How a table names the number: exact, and whose likelihood it is."""
+        return f"exact: the likelihood of --sampler {self.sampler}"
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"bpc": self.bits, "nats_per_char": self.nats, "kind": "exact", "sampler": self.sampler,
+                               "windows": self.windows, "chars": self.chars, "details": self.details}
+        if self.windows_of is not None:
+            out["windows_of"] = self.windows_of
+        if self.key is not None:
+            out["key"] = self.key.to_json()
+        if self.reused_from is not None:
+            out["reused_from"] = self.reused_from
+        return out
+
+    @classmethod
+    def from_json(cls, d: Any) -> ExactScore | None:
+        """None for a record without one (ar's, or written before it was scored) or a damaged one."""
+        if not isinstance(d, dict):
+            return None
+        try:
+            details = d.get("details")
+            return cls(float(d["bpc"]), float(d["nats_per_char"]), int(d["windows"]), int(d["chars"]),
+                       str(d["sampler"]), details if isinstance(details, dict) else {}, d.get("windows_of"),
+                       ScoreKey.from_json(d.get("key")), d.get("reused_from"))
+        except (KeyError, TypeError, ValueError):
+            return None
+
+
+@dataclass
 class FinalScore:
     """The validation split scored at the end of training with the EMA weights (and the raw ones, with
     ``train.final_eval_raw``). ``unit`` is the method's ("char" | "dim"), naming the bits' key. ``windows``
@@ -108,6 +156,7 @@ class FinalScore:
     units: int | None = None  # the characters (text) or images scored
     budget: float | None = None  # the fraction of the training time that bounded the count, if it did
     key: ScoreKey | None = None  # what the number is a function of, so eval can reuse it
+    exact: ExactScore | None = None  # a bound's method (masked, block): the exact NLL of its left_to_right sampler
 
     @property
     def bounded(self) -> bool:
@@ -128,6 +177,8 @@ class FinalScore:
             out["val_budget"] = self.budget
         if self.key is not None:
             out["val_key"] = self.key.to_json()
+        if self.exact is not None:
+            out["val_exact"] = self.exact.to_json()
         return out
 
     @classmethod
@@ -141,7 +192,7 @@ class FinalScore:
         return cls(unit, d[key], d.get("val_nats"), d.get("val_kind"), d.get("val_windows"),
                    details if isinstance(details, dict) else {}, d.get(key + "_raw"), d.get("val_nats_raw"),
                    d.get("val_windows_of"), d.get("val_units"), d.get("val_budget"),
-                   ScoreKey.from_json(d.get("val_key")))
+                   ScoreKey.from_json(d.get("val_key")), ExactScore.from_json(d.get("val_exact")))
 
 
 @dataclass(frozen=True)
@@ -498,11 +549,13 @@ class TextEval:
     speed: SampleSpeed
     judge: dict[str, Any]  # kind, fitted_on, chars
     labels: LabelNote | None = None
+    exact: ExactScore | None = None  # beside a bound (masked, block): the exact NLL of the left_to_right sampler
 
     def to_json(self) -> dict[str, Any]:
         out = {"run": self.run, "method": self.method, "preset": self.preset, "step": self.step,
                "weights": self.weights, "parameters": self.parameters, "device": self.device,
-               "val": self.val.to_json(), "samples": self.samples.to_json(),
+               "val": self.val.to_json(), **({"exact": self.exact.to_json()} if self.exact else {}),
+               "samples": self.samples.to_json(),
                "quality": self.quality.to_json() if self.quality else None,
                "reference": {**(self.reference.to_json() if self.reference else {}), "what": self.reference_what},
                "speed": self.speed.to_json(), "judge": self.judge}
@@ -525,7 +578,7 @@ class TextEval:
                    d.get("parameters"), d.get("device"), ValScore.from_json(d["val"]),
                    SampleSettings.from_json(d["samples"]), quality(d.get("quality")), quality(ref),
                    ref.get("what", ""), SampleSpeed.from_json(d.get("speed") or {}), d.get("judge") or {},
-                   LabelNote(**labels) if isinstance(labels, dict) else None)
+                   LabelNote(**labels) if isinstance(labels, dict) else None, ExactScore.from_json(d.get("exact")))
 
     def write(self, run_dir: Path) -> None:
         from textdiffusion.checkpoint import write_json

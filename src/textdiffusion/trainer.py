@@ -20,7 +20,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -56,9 +56,11 @@ from textdiffusion.progress import progress_bar
 from textdiffusion.records import (
     METRICS,
     EvalRow,
+    ExactScore,
     FinalScore,
     InitRecord,
     MetricsRow,
+    ScoreKey,
     TrainSummary,
     truncate_metrics,
 )
@@ -73,6 +75,8 @@ from textdiffusion.runs import (
 from textdiffusion.sharing import recorded_command, run_corpus_record
 from textdiffusion.training_samples import write_training_samples
 
+# windows the final score's exact NLL takes first, timed, when train.final_eval_budget bounds it
+EXACT_PROBE = 8
 StopReason = Literal["out_of_time", "interrupted"]  # why a loop ended before its target step
 
 class TrainingAborted(KeyboardInterrupt):
@@ -741,6 +745,7 @@ class Trainer:
         (:func:`~textdiffusion.final_score.budget_count`). final.json records the count, the split's count and
         the score's key, which lets ``eval`` return this number instead of computing it again."""
         t, window = self.cfg.train, self.method.window
+        started = time.perf_counter()
         total = len(self.source.val_set(window, 0))
         count = min(t.final_eval_windows, total) if t.final_eval_windows else total
         what = "images" if self.source.unit == "images" else "windows"
@@ -781,7 +786,45 @@ class Trainer:
         if t.final_eval_raw:
             raw_val = self.evaluate(windows, self.model, progress=self.progress, desc="final score, raw weights")
             score.raw_bits, score.raw_nats = raw_val.bits_per_unit, raw_val.nats_per_unit
+        if getattr(self.method, "exact_sampler", "") and t.final_exact_windows:
+            left = budget * self.elapsed - (time.perf_counter() - started) if budget > 0 else None
+            score.exact = self._exact_score(min(t.final_exact_windows, count), total, score.key, left)
         summary.write(self.run_dir)
+
+    def _exact_score(self, most: int, total: int, key: ScoreKey, left: float | None) -> ExactScore:
+        """Beside a bound, the exact NLL of the method's ``exact_sampler`` (the chain rule, a pass per token of a
+        window) on its own count of evenly spread validation windows: ``most`` of them, or with ``left`` (the
+        seconds of ``train.final_eval_budget`` the bound left over) :data:`EXACT_PROBE` timed first, then the
+        largest count of the doubling ladder up to ``most`` that the rest pays for, so a short run's final score
+        stays within its budget (a probe's worth at least). ``key`` is the bound's: the same weights and
+        settings, another count. Its time against the training time is logged."""
+        sampler = self.method.exact_sampler
+        tic = time.perf_counter()
+        count = most if left is None else min(EXACT_PROBE, most)
+        res = self._exact_of(count, total)
+        if count < most:
+            assert left is not None
+            larger = budget_count(most, count, time.perf_counter() - tic, left)
+            if larger > count:
+                count, res = larger, self._exact_of(larger, total)
+        seconds = time.perf_counter() - tic
+        if self.progress:
+            share = seconds / max(self.elapsed, 1e-9)
+            self.log(f"exact NLL {res.bits_per_unit:.4f} bits/char on {count:,} windows in {seconds:.1f}s, {share:.0%} "
+                     f"of the {self.elapsed:.1f}s of training")
+        return ExactScore(res.bits_per_unit, res.nats_per_unit, res.windows, res.units, sampler, res.details, total,
+                          replace(key, windows=count))
+
+    def _exact_of(self, count: int, total: int) -> NLLResult:
+        """The EMA weights' exact NLL of ``count`` evenly spread validation windows."""
+        if self.progress:
+            self.log(f"scoring the exact NLL of --sampler {self.method.exact_sampler} on {count:,} of {total:,} "
+                     f"validation windows ...")
+        windows = self.source.val_set(self.method.window, count if count < total else 0).to(self.device)
+        self.ema.model.eval()
+        with torch.no_grad(), self.autocast():
+            return score(self.method, self.ema.model, windows, batch_size=self.score_batch_size,
+                         progress=self.progress, desc="final score, exact NLL", exact=True)
 
 
 def _grad_norm(parameters: Any) -> torch.Tensor:

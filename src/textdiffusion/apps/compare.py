@@ -240,6 +240,26 @@ def _read_val(ev: dict[str, Any] | None, final: TrainSummary | None, metrics: li
     return next((v for v in candidates() if v is not None), None)
 
 
+def _read_exact(ev: dict[str, Any] | None, final: TrainSummary | None, step: int,
+                val: ValEntry | None) -> ValEntry | None:
+    """The run's exact NLL: its validation number when that is exact (ar); else, beside a bound, the exact NLL
+    of its left_to_right sampler from eval.json, else from final.json (of checkpoint ``step``)."""
+    if val is not None and val.kind == "exact":
+        return val
+    record = _eval_record(ev, False) if ev is not None else None
+    score = final.score if final is not None and final.step == step else None
+    found = [(record.exact, "eval.json")] if isinstance(record, TextEval) and record.exact is not None else []
+    if score is not None and score.exact is not None:
+        found.append((score.exact, "final.json (end of training)"))
+    if not found:
+        return None
+    exact, source = found[0]
+    entry = ValEntry.of(exact.bits, "exact", "bits/char", source, exact.windows, None, exact.details)
+    return None if entry is None else replace(entry, what=f"exact negative log-likelihood of --sampler "
+                                                          f"{exact.sampler} (one token per step, left to right)",
+                                              sampler=exact.sampler)
+
+
 def read_run(path: str | Path) -> RunRecord:
     """Everything ``compare`` needs that is already on disk. Raises a one-line error for a directory that
     is not a run."""
@@ -263,6 +283,7 @@ def read_run(path: str | Path) -> RunRecord:
     speeds = [m.rate for m in metrics if isinstance(m, EvalRow) and m.data_unit == data_unit and m.rate is not None]
     final_speed = final.rate if final is not None and final.unit == data_unit else None
     model = cfg.get("model", {})
+    val = _read_val(ev, final, metrics, step, method_class.unit)
     return RunRecord(
         name=run.name, path=str(run), kind="image" if image else "text", method=method,
         preset=cfg.get("preset", "?"), parameters=meta.get("parameters"), step=step,
@@ -272,11 +293,12 @@ def read_run(path: str | Path) -> RunRecord:
         context=model.get("context") if not image else None,
         corpus=meta.get("corpus") or read_json_object(run / "image.json") or {},
         sampling_config={k: cfg.get("method", {}).get(k) for k in ("sampler", "sample_steps", "timesteps")},
-        val=_read_val(ev, final, metrics, step, method_class.unit),
+        val=val,
         train_speed=TrainSpeed(final_speed or (speeds[-1] if speeds else None),
                                "images/s" if image else "chars/s"),
         curves=_curves(metrics, val_key),
-        curve_val_key=val_key, eval=ev, eval_note=eval_note, init=InitRecord.from_json(meta.get("init_from")))
+        curve_val_key=val_key, eval=ev, eval_note=eval_note, init=InitRecord.from_json(meta.get("init_from")),
+        exact=None if image else _read_exact(ev, final, step, val))
 
 
 def _curves(metrics: list[MetricsRow], val_key: str) -> list[dict[str, float]]:

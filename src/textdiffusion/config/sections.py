@@ -81,6 +81,10 @@ class TrainConfig:
                                       "score takes at most about this fraction of the training time, on an evenly "
                                       "spread subset of the split (0 = score the whole split, whatever it costs)")
     final_eval_raw: bool = option(False, None, "also score the raw (not averaged) weights at the end")
+    final_exact_windows: int = option(64, Range(0, 10**9), "masked, block: the most validation windows the final "
+                                      "score's exact NLL (of the left_to_right sampler) takes, at most the bound's "
+                                      "and, under final_eval_budget, what the budget's rest pays for; a pass per "
+                                      "token of a window (block: per position of a block); 0 = none")
     sample_every_eval: bool = option(True, None, "write a few samples to RUN/samples at each evaluation")
     device: str = option("auto", DEVICE, "where to train: auto (a GPU when there is one), cpu, cuda, cuda:N or mps")
     compile: str = option("auto", Choice(("auto", "on", "off")), "torch.compile the network: auto (on CUDA), on or "

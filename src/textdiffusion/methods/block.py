@@ -46,13 +46,14 @@ import torch
 from textdiffusion.config import PROBABILITY, SAMPLE_STEPS, ConfigError, Range, option
 from textdiffusion.data.speakers import LabelledText, split_labels
 from textdiffusion.diffusion.chain_rule import chain_rule_nll, check_orders
+from textdiffusion.diffusion.discrete import LEFT_TO_RIGHT
 from textdiffusion.diffusion.masking import corrupt, corrupt_exactly, counts_from, sample_times, times_from
 from textdiffusion.diffusion.stratified import stratified
 from textdiffusion.diffusion.tokens import cross_entropy_per_token
 from textdiffusion.guidance.free import LabelledNetwork
 from textdiffusion.guidance.steer import Steer
 from textdiffusion.methods.base import DrawPlan, NLLProgress, NLLResult, StepCallback, register, report_batches
-from textdiffusion.methods.masked import MaskedConfig, MaskedDiffusion
+from textdiffusion.methods.masked import MaskedConfig, MaskedDiffusion, note_log_prob
 from textdiffusion.nn.transformer import KVCache, Transformer
 
 # net(x, cache, rows=None) -> logits: the network as block sampling calls it, on ``x`` (rows of the batch, or the
@@ -115,8 +116,14 @@ class BlockDiffusion(MaskedDiffusion):
                               f"{length % self.B} more; trim or extend it to a multiple of {self.B} tokens")
 
     def default_steps(self, length: int, sampler: str = "") -> int | None:
-        """Denoising steps *per block*: one per token of the block."""
+        """Denoising steps *per block*: one per token of the block (left_to_right's: not a choice, None)."""
+        if sampler == LEFT_TO_RIGHT:
+            return None
         return self.cfg.sample_steps or self.B
+
+    def reveals_per_draw(self, length: int) -> int:
+        """The left_to_right sampler's steps per block: one per token of the block."""
+        return self.B
 
     # ---- training and the bound -------------------------------------------------------------------------
     def _paired_logits(self, model: Transformer, z: torch.Tensor, x: torch.Tensor,
@@ -227,14 +234,21 @@ class BlockDiffusion(MaskedDiffusion):
     # ---- sampling: block by block, the clean prefix in a KV cache ----------------------------------------
     def draw(self, model: Transformer, forward: BlockNetwork, state: torch.Tensor, fixed: torch.Tensor,
              plan: DrawPlan, generator: torch.Generator, on_step: StepCallback | None) -> tuple[torch.Tensor, float]:
-        """Block after block, each filled by masked diffusion's discrete sampler against the cached prefix."""
+        """Block after block, each filled by masked diffusion's discrete sampler against the cached prefix. The
+        left_to_right sampler's blocks start from all masks, and its log-probabilities add up over the blocks."""
         self._check_infill(fixed[0])
         assert plan.steps is not None
         sampler = self.discrete_sampler(plan.sampler, plan.steps, plan.tokens)
-        writer = _BlockWriter(self, model, forward, state, fixed, on_step, plan.steer)
+        writer = _BlockWriter(self, model, forward, state, fixed, on_step, plan.steer,
+                              from_prior=plan.sampler != LEFT_TO_RIGHT)
+
+        def denoise(f: BlockNetwork, block: torch.Tensor, report: Any) -> tuple[torch.Tensor, float]:
+            out = sampler.run(f, block, block == self.tok.mask_id, generator, report)
+            note_log_prob(plan, sampler.log_prob)
+            return out
+
         for start in range(writer.first_block(), state.shape[1], self.B):
-            writer.write_block(start, lambda f, block, report: sampler.run(f, block, block == self.tok.mask_id,
-                                                                           generator, report), generator)
+            writer.write_block(start, denoise, generator)
         return writer.state, writer.nfe
 
     def sample_info(self, plan: DrawPlan) -> dict[str, object]:
@@ -297,11 +311,12 @@ class _BlockWriter:
     guidance); a guided cache holds the conditional and the unconditional copy of every sequence."""
 
     def __init__(self, method: BlockDiffusion, model: Transformer, net: BlockNetwork, state: torch.Tensor,
-                 fixed: torch.Tensor, on_step: StepCallback | None, steer: Steer):
+                 fixed: torch.Tensor, on_step: StepCallback | None, steer: Steer, from_prior: bool = True):
         self.method, self.model, self.net, self.state, self.fixed = method, model, net, state, fixed
         self.on_step = on_step
         # classifier guidance: steer.tilt(logits, whole state, the block's span) -> steered logits
         self.steer = steer
+        self.from_prior = from_prior  # whether a block starts from the schedule's prior, or from all masks
         self.B, self.context, self.length = method.B, method.model_cfg.context, state.shape[1]
         self.cache = KVCache.empty(len(model.blocks), self.context)
         self.cached_until = 0  # state[:, :cached_until] is in the cache (as its last cache.next_pos tokens)
@@ -336,7 +351,8 @@ class _BlockWriter:
         self._encode_prefix(start, keep)
 
     def _initial(self, start: int, end: int, generator: torch.Generator) -> torch.Tensor:
-        return self.method._from_prior(self.state[:, start:end], self.fixed[:, start:end], generator)
+        block = self.state[:, start:end]
+        return self.method._from_prior(block, self.fixed[:, start:end], generator) if self.from_prior else block
 
     def write_block(self, start: int, denoise: Any, generator: torch.Generator) -> None:
         end = min(start + self.B, self.length)

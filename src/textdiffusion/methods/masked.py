@@ -46,7 +46,7 @@ import torch
 from textdiffusion.config import EVAL_TIME_SAMPLES, SAMPLE_STEPS, SEED, Choice, ConfigError, Range, option
 from textdiffusion.data.speakers import LabelledText, split_labels
 from textdiffusion.diffusion.chain_rule import left_to_right, order_nll
-from textdiffusion.diffusion.discrete import DiscreteSampler, Forward
+from textdiffusion.diffusion.discrete import LEFT_TO_RIGHT, DiscreteSampler, Forward
 from textdiffusion.diffusion.masking import (
     SCHEDULES,
     corrupt,
@@ -70,6 +70,7 @@ from textdiffusion.methods.base import (
     register,
     report_batches,
 )
+from textdiffusion.methods.requests import SampleRequest
 from textdiffusion.nn.text_classifier import ConvTextClassifier
 from textdiffusion.nn.transformer import Transformer
 
@@ -109,12 +110,13 @@ class MaskedDiffusion(TextMethod):
     name = "masked"
     config_class = MaskedConfig
     attention = "bidirectional"
-    samplers = ("ancestral", "cached", "confidence", "topk")
+    samplers = ("ancestral", "cached", "confidence", "topk", LEFT_TO_RIGHT)
     likelihood_kind = "bound"
     loss_is_likelihood = True  # the NELBO per token (block's too)
     supports_labels = True
     chains_windows = True  # past one context: window after window, each starting from the tail before it
     classifier_rule = "taylor"  # Nisonoff et al. 2024's first-order discrete guidance (guidance/taylor.py)
+    exact_sampler = LEFT_TO_RIGHT  # exact_nll is the likelihood of this sampler (block's: inside each block)
 
     def __init__(self, cfg: MaskedConfig, model_cfg, tokenizer):
         super().__init__(cfg, model_cfg, tokenizer)
@@ -122,8 +124,24 @@ class MaskedDiffusion(TextMethod):
         self.schedule = make_schedule(cfg.schedule, cfg.sigma_max)
 
     def default_steps(self, length: int, sampler: str = "") -> int | None:
-        """One step per token: every position can be revealed on its own step."""
+        """One step per token: every position can be revealed on its own step. The left_to_right sampler's
+        steps are not a choice (one per token), so it has no default (None)."""
+        if sampler == LEFT_TO_RIGHT:
+            return None
         return self.cfg.sample_steps or length
+
+    def reveals_per_draw(self, length: int) -> int:
+        """Positions one draw loop of ``length`` tokens reveals in turn: the left_to_right sampler's steps."""
+        return length
+
+    def sample_steps(self, req: SampleRequest, length: int) -> int | None:
+        """The left_to_right sampler takes one step per token and no ``--steps``; the others as the template says."""
+        if self.check_sampler(req.sampler) != LEFT_TO_RIGHT:
+            return super().sample_steps(req, length)
+        if req.steps:
+            raise ConfigError(f"--steps does not apply to the {LEFT_TO_RIGHT} sampler: it reveals one token per step, "
+                              f"left to right; leave --steps out")
+        return self.reveals_per_draw(length)
 
     def interactive_samplers(self) -> tuple[str, ...]:
         # cached reuses the network's output when nothing changed: exact only without time conditioning
@@ -267,8 +285,11 @@ class MaskedDiffusion(TextMethod):
 
     def draw(self, model: Transformer, forward: Forward, state: torch.Tensor, fixed: torch.Tensor, plan: DrawPlan,
              generator: torch.Generator, on_step: StepCallback | None) -> tuple[torch.Tensor, float]:
-        """From the prior (all masks), the discrete sampler reveals the masked positions."""
-        state = self._from_prior(state, fixed, generator)
+        """From the prior (all masks), the discrete sampler reveals the masked positions. The left_to_right
+        sampler starts from all masks whatever alpha(1), the state its chain rule starts from; its draws'
+        log-probabilities are reported per sample (``log_prob``)."""
+        if plan.sampler != LEFT_TO_RIGHT:
+            state = self._from_prior(state, fixed, generator)
         if on_step:
             on_step(0, state.clone(), {"t": 1.0, "nfe": 0})
         assert plan.steps is not None
@@ -277,7 +298,9 @@ class MaskedDiffusion(TextMethod):
             return plan.steer.tilt(forward(z, t, rows), z)
 
         sampler = self.discrete_sampler(plan.sampler, plan.steps, plan.tokens)
-        return sampler.run(steered, state, state == self.tok.mask_id, generator, on_step)
+        ids, nfe = sampler.run(steered, state, state == self.tok.mask_id, generator, on_step)
+        note_log_prob(plan, sampler.log_prob)
+        return ids, nfe
 
     def sample_info(self, plan: DrawPlan) -> dict[str, object]:
         return {"steps": plan.steps}
@@ -293,4 +316,15 @@ class MaskedDiffusion(TextMethod):
 
     def discrete_sampler(self, sampler: str, steps: int, tokens: TokenDraw) -> DiscreteSampler:
         """The named sampler on this run's mask schedule (:mod:`textdiffusion.diffusion.discrete`)."""
-        return DiscreteSampler(sampler, steps, tokens, alpha=self.schedule.alpha, threshold=self.cfg.confidence)
+        return DiscreteSampler(sampler, steps, tokens, alpha=self.schedule.alpha, threshold=self.cfg.confidence,
+                               time_at=self.schedule.time_at)
+
+
+def note_log_prob(plan: DrawPlan, log_prob: torch.Tensor | None) -> None:
+    """Add a draw loop's per-sample log-probabilities (the left_to_right sampler's) to the result's ``log_prob``,
+    summed over the windows of a chained sampling; nothing for a sampler that keeps none."""
+    if log_prob is None:
+        return
+    before = plan.notes.get("log_prob")
+    values = log_prob.cpu().tolist()
+    plan.notes["log_prob"] = values if before is None else [a + b for a, b in zip(before, values, strict=True)]

@@ -31,6 +31,7 @@ class ValEntry:
     source: str  # the file it came from
     time_samples: int | None  # diffusion times drawn per window or image (bounds only)
     what: str  # the sentence the report's tooltip shows
+    sampler: str | None = None  # the sampler an exact number of a diffusion method is the likelihood of
 
     @classmethod
     def of(cls, value: float | None, kind: str | None, unit: str, source: str, windows: Any = None,
@@ -270,6 +271,9 @@ class RunRecord:
     images: ImagePictures | None = None
     guidance: list[GuidanceCurve] = field(default_factory=list)  # one per guidance rule; none for unlabelled runs
     init: InitRecord | None = None  # the run whose weights this one started from (train.init_from)
+    # the exact NLL: ar's validation number; masked and block's of their left_to_right sampler (eval.json, else
+    # final.json); None where the run has none
+    exact: ValEntry | None = None
 
     @property
     def is_text(self) -> bool:
@@ -293,7 +297,8 @@ class RunRecord:
     def to_json(self) -> dict[str, Any]:
         out = {f.name: getattr(self, f.name) for f in fields(self)
                if f.name not in ("text_results", "images", "guidance", "init")}
-        out.update(val=asdict(self.val) if self.val else None, train_speed=asdict(self.train_speed))
+        out.update(val=asdict(self.val) if self.val else None, train_speed=asdict(self.train_speed),
+                   exact=asdict(self.exact) if self.exact else None)
         if self.text_results is not None:
             out.update(self.text_results.to_json())
         if self.images is not None:

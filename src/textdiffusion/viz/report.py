@@ -203,6 +203,11 @@ TEXT_COLUMNS = [Column(*c) for c in (
     ("step", "train steps", "optimizer steps of the checkpoint", None),
     ("val", "val bits/char", "validation bits per character: exact for ar, an upper bound (NELBO) for diffusion; "
                              "lower is better", "low"),
+    ("exact", "exact bits/char", "exact negative log-likelihood in bits per character: ar's own; masked and block's "
+                                 "that of --sampler left_to_right (one token per step, left to right), on its own "
+                                 "count of windows; lower is better", "low"),
+    ("vs_ar", "× ar", "bits per character over the ar run's exact number (the first run compared whose validation "
+                      "number is exact): exact where the run has it, else its bound; lower is better", "low"),
     ("judge_ppl", "judge ppl", "per-character perplexity of the samples under a character 5-gram judge fitted on "
                                "the training split (an estimate); lower is better", "low"),
     ("word_validity", "word validity", "share of generated words found in the training split; higher is better",
@@ -321,7 +326,21 @@ def _quality_cells(q: SweepPoint | None, ref: Reference | None, device: str) -> 
     return cells
 
 
-def text_row(run: RunRecord, run_id: int = 0) -> Row:
+def _exact_cells(run: RunRecord, ar: RunRecord | None) -> dict[str, Cell]:
+    """The exact NLL (named by its sampler where it is not the method's own) and the ratio to ar's exact one."""
+    exact = run.exact
+    text = NA if exact is None else f"{exact.value:.3f}" + (f" ({exact.sampler})" if exact.sampler else "")
+    mine = exact or run.val
+    base = ar.exact if ar is not None else None
+    ratio = mine.value / base.value if mine is not None and base is not None and base.value > 0 else None
+    tip = "" if ratio is None or mine is None else \
+        f"{'exact' if mine.kind == 'exact' else 'bound'} over {ar.name if ar else 'ar'}'s exact"
+    return {"exact": Cell(text, exact.value if exact else None, _val_title(exact) if exact else "no exact number"),
+            "vs_ar": Cell(_fmt(ratio, 3), ratio, tip)}
+
+
+def text_row(run: RunRecord, run_id: int = 0, ar: RunRecord | None = None) -> Row:
+    """A text run's row; ``ar`` is the run the × ar column divides by (None: the column is blank)."""
     res = run.text_results
     q = default_point(run)
     provenance = (Cell(f"{q.n} × {q.seeds}", q.n,
@@ -330,7 +349,7 @@ def text_row(run: RunRecord, run_id: int = 0) -> Row:
     cells = {**_common_cells(run), "method": Cell(run.method, run.method),
              "step": Cell(f"{run.step:,}", run.step, f"of {run.train_steps} configured"),
              **_quality_cells(q, res.reference if res else None, res.device_measured if res else "?"),
-             "provenance": provenance}
+             **_exact_cells(run, ar), "provenance": provenance}
     return Row(run_id, cells, run.val.kind if run.val else None)
 
 
@@ -348,8 +367,10 @@ def image_row(run: RunRecord, run_id: int = 0) -> Row:
 
 
 def _rows(c: Comparison, text: bool) -> list[Row]:
-    make = text_row if text else image_row
-    return [make(r, i) for i, r in enumerate(c.runs) if r.is_text == text]
+    if not text:
+        return [image_row(r, i) for i, r in enumerate(c.runs) if not r.is_text]
+    ar = next((r for r in c.runs if r.is_text and r.val is not None and r.val.kind == "exact"), None)
+    return [text_row(r, i, ar) for i, r in enumerate(c.runs) if r.is_text]
 
 
 # ---- markdown ---------------------------------------------------------------------------------------------

@@ -187,6 +187,9 @@ def _print_train_summary(summary: TrainSummary) -> None:
               f"{summary.rate:,.0f} chars/s; val {score.bits:.4f} bits/char "
               f"({score.nats:.4f} nats/char, {kind}, EMA weights, {score.windows} windows)")
         _print_bound(score, "validation windows", f"; `textdiffusion eval {rd} --val-windows 0` scores all")
+        if score.exact is not None:
+            ex = score.exact
+            print(f"exact {ex.bits:.4f} bits/char ({ex.nats:.4f} nats/char, {ex.label}; {ex.windows} windows)")
     else:
         print(f"stopped at step {summary.step} (checkpoint saved)")
     print(f"run: {rd}\n  sample: textdiffusion sample {rd} --show\n  eval:   textdiffusion eval {rd}")
