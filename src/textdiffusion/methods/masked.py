@@ -45,6 +45,7 @@ import torch
 
 from textdiffusion.config import EVAL_TIME_SAMPLES, SAMPLE_STEPS, SEED, Choice, ConfigError, Range, option
 from textdiffusion.data.speakers import LabelledText, split_labels
+from textdiffusion.diffusion.adaptation import anneal_fraction, annealed_mask, shift_inputs
 from textdiffusion.diffusion.chain_rule import left_to_right, order_nll
 from textdiffusion.diffusion.discrete import DiscreteSampler, Forward
 from textdiffusion.diffusion.masking import (
@@ -71,7 +72,7 @@ from textdiffusion.methods.base import (
     report_batches,
 )
 from textdiffusion.nn.text_classifier import ConvTextClassifier
-from textdiffusion.nn.transformer import Transformer
+from textdiffusion.nn.transformer import Transformer, attention_bias
 
 
 @dataclass
@@ -97,6 +98,11 @@ class MaskedConfig(TextMethodConfig):
                                "reveals a token early", sampling=True)
     sample_steps: int = option(0, SAMPLE_STEPS, "default denoising steps (0 = one per token of the output)",
                                sampling=True)
+    # the recipes for a start from an ar run (train.init_from): diffusion/adaptation.py
+    shift: bool = option(False, None, "the logit at i predicts token i + 1, as ar's does: the input moved one place "
+                                      "right behind BOS (keeps what an ar start learned)")
+    anneal_steps: int = option(0, Range(0, 10**9), "relax the attention from causal to the method's over the first N "
+                                                   "training steps (DiffuLLaMA); 0 = the method's from the start")
 
     def check(self) -> None:
         if self.estimator == "count" and make_schedule(self.schedule, self.sigma_max).alpha_one() > 0:
@@ -120,6 +126,7 @@ class MaskedDiffusion(TextMethod):
         super().__init__(cfg, model_cfg, tokenizer)
         cfg.check()
         self.schedule = make_schedule(cfg.schedule, cfg.sigma_max)
+        self.anneal = 1.0  # the share of the method's non-causal attention training uses now (at_training_step)
 
     def default_steps(self, length: int, sampler: str = "") -> int | None:
         """One step per token: every position can be revealed on its own step."""
@@ -134,24 +141,45 @@ class MaskedDiffusion(TextMethod):
         return self.cfg.time_conditioning
 
     def _forward(self, model: Transformer, z: torch.Tensor, t: torch.Tensor,
-                 labels: torch.Tensor | None = None) -> torch.Tensor:
-        return self.call_network(model, labels, z, t if self.time_conditioning else None)
+                 labels: torch.Tensor | None = None, attn_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """The denoiser's logits for ``z``; with ``method.shift`` it reads z moved one place right behind BOS
+        (:mod:`textdiffusion.diffusion.adaptation`), so the logit at i comes from the position reading token i-1."""
+        if self.cfg.shift:
+            z = shift_inputs(z, z, self.tok.bos_id)
+        mask = {} if attn_mask is None else {"attn_mask": attn_mask}
+        return self.call_network(model, labels, z, t if self.time_conditioning else None, **mask)
+
+    def at_training_step(self, step: int) -> None:
+        self.anneal = anneal_fraction(step, self.cfg.anneal_steps)
+
+    def training_mask(self, n: int, length: int, generator: torch.Generator, device: torch.device,
+                      paired: bool = False) -> torch.Tensor | None:
+        """The annealed attention mask of the next training forward over ``n`` windows of ``length`` (``paired``:
+        block's noisy-then-clean layout), or None once annealing is over (the method's own mask, nothing drawn)."""
+        if self.anneal >= 1.0:
+            return None
+        positions = torch.arange(length, device=device).repeat(2 if paired else 1)
+        q = positions.shape[0]
+        target = attention_bias(self.attention, q, q, device, getattr(self, "B", 1), paired)[0]
+        return annealed_mask(target, positions, self.anneal, n, generator)
 
     def _nelbo_terms(self, model: Transformer, x: torch.Tensor, t: torch.Tensor,
-                     generator: torch.Generator, labels: torch.Tensor | None = None) -> torch.Tensor:
+                     generator: torch.Generator, labels: torch.Tensor | None = None,
+                     attn_mask: torch.Tensor | None = None) -> torch.Tensor:
         """Per-window w(t) * sum of masked cross-entropies (nats), one time per row of ``x``."""
         z, masked = corrupt(x, self.schedule.alpha(t), self.tok.mask_id, generator)
-        ce = cross_entropy_per_token(self._forward(model, z, t, labels), x)
+        ce = cross_entropy_per_token(self._forward(model, z, t, labels, attn_mask), x)
         return self.schedule.weight(t) * (ce * masked).sum(-1)
 
     def _count_terms(self, model: Transformer, x: torch.Tensor, k: torch.Tensor,
-                     generator: torch.Generator, labels: torch.Tensor | None = None) -> torch.Tensor:
+                     generator: torch.Generator, labels: torch.Tensor | None = None,
+                     attn_mask: torch.Tensor | None = None) -> torch.Tensor:
         """Per-window L * (1/k) * sum of cross-entropies over exactly k masked positions (nats): the NELBO
         with t integrated out (see :mod:`textdiffusion.diffusion.masking`). The network is given the t
         whose alpha matches the mask fraction, for the time-conditioned variant."""
         z, masked = corrupt_exactly(x, k, self.tok.mask_id, generator)
         t = k.float() / x.shape[1]
-        ce = cross_entropy_per_token(self._forward(model, z, t, labels), x)
+        ce = cross_entropy_per_token(self._forward(model, z, t, labels, attn_mask), x)
         return x.shape[1] * (ce * masked).sum(-1) / k
 
     def loss(self, model: Transformer, x: torch.Tensor | LabelledText, generator: torch.Generator) -> torch.Tensor:
@@ -160,9 +188,11 @@ class MaskedDiffusion(TextMethod):
         n, L = x.shape
         if self.cfg.estimator == "count":
             k = sample_counts(n, L, self.cfg.antithetic, generator, x.device)
-            return self._count_terms(model, x, k, generator, labels).mean() / L
+            mask = self.training_mask(n, L, generator, x.device)
+            return self._count_terms(model, x, k, generator, labels, mask).mean() / L
         t = sample_times(n, self.cfg.antithetic, generator, x.device)
-        return self._nelbo_terms(model, x, t, generator, labels).mean() / L
+        mask = self.training_mask(n, L, generator, x.device)
+        return self._nelbo_terms(model, x, t, generator, labels, mask).mean() / L
 
     @torch.no_grad()
     def nll(self, model: Transformer, windows: torch.Tensor | LabelledText, batch_size: int = 64,
