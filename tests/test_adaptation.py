@@ -158,3 +158,30 @@ def test_the_shifted_block_sampler_reads_what_training_reads(ar, corpus, sampler
         plain = block_sample_without_cache(method, req, torch.Generator().manual_seed(7), model)
     assert torch.equal(cached.ids, reference)
     assert not torch.equal(cached.ids, plain)
+
+
+@pytest.mark.parametrize("method_name", ["masked", "block"])
+def test_the_joint_objective_adds_the_ar_reading_and_reports_its_exact_nll(method_name, ar, corpus):
+    """With ar_weight, the loss is the diffusion loss plus that times the network's ar cross-entropy (causal, clean,
+    shifted), and the bound's details carry the exact NLL of that ar reading: ar's own on ar's weights."""
+    ar_method, ar_model, windows = ar
+    joint, model = _diffusion_on_ar_weights(method_name, ar, corpus, **{"method.shift": True,
+                                                                        "method.ar_weight": 0.5})
+    plain, _ = _diffusion_on_ar_weights(method_name, ar, corpus, **{"method.shift": True})
+    with torch.no_grad():
+        both = joint.loss(model, windows, torch.Generator().manual_seed(3))
+        alone = plain.loss(model, windows, torch.Generator().manual_seed(3))
+        ar_loss = ar_method.loss(ar_model, windows, torch.Generator())
+    assert float(both) == pytest.approx(float(alone) + 0.5 * float(ar_loss), rel=1e-5)
+    bound = joint.nll(model, windows)
+    assert bound.kind == "bound"
+    assert bound.details["ar_nats_per_char"] == pytest.approx(ar_method.nll(ar_model, windows).nats_per_unit,
+                                                              rel=1e-5)
+    assert "ar_nats_per_char" not in plain.nll(model, windows).details
+
+
+def test_the_joint_objective_without_the_shift_is_refused_in_one_line(corpus):
+    from textdiffusion.config import ConfigError
+
+    with pytest.raises(ConfigError, match="method.ar_weight .* set method.shift=true"):
+        Trainer(tiny_config("masked", corpus, **{"method.ar_weight": 1.0}), corpus.parent / "r", progress=False)

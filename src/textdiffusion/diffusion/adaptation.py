@@ -28,6 +28,14 @@ each later key the method's mask allows, kept with probability r = s / N,
 
 so step 0 trains ar's causal mask and step N the method's own, and the draws come from the training noise
 generator (a resumed run draws the same). Validation, the exact NLL and sampling always use the method's mask.
+
+**The joint objective** (``method.ar_weight`` = lambda, with the shift): one network, two readings. Under the
+causal mask on a clean window the shifted denoiser *is* an ar model (``causal_mask``), so training adds lambda
+times its ar cross-entropy to the diffusion loss,
+
+    loss = L_diffusion(x) + lambda * (1/L) sum_i -log p_causal(x_i | x_{<i}),
+
+and validation reports that ar reading's exact NLL beside the bound (``ar_nats_per_char``).
 """
 
 from __future__ import annotations
@@ -64,8 +72,12 @@ def annealed_mask(target: torch.Tensor | None, positions: torch.Tensor, fraction
     causal in the token ``positions`` (Q,) (a paired layout repeats them), each other allowed entry kept with
     probability ``fraction``, drawn per row of the batch."""
     q = positions.shape[0]
-    device = positions.device
+    keep = torch.rand((n, 1, q, q), generator=generator, device=positions.device) < fraction
+    return causal_mask(target, positions) | (keep if target is None else keep & target)
+
+
+def causal_mask(target: torch.Tensor | None, positions: torch.Tensor) -> torch.Tensor:
+    """The causal part of ``target`` ((Q, Q), None = every key) in the token ``positions`` (Q,): (1, 1, Q, Q).
+    With the shift, the network read under it on a clean window is an ar model: the joint objective's."""
     causal = positions[None, :] <= positions[:, None]
-    keep = torch.rand((n, 1, q, q), generator=generator, device=device) < fraction
-    mask = causal | keep
-    return mask if target is None else mask & target
+    return (causal if target is None else causal & target)[None, None]

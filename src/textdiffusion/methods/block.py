@@ -45,7 +45,7 @@ import torch
 
 from textdiffusion.config import PROBABILITY, SAMPLE_STEPS, ConfigError, Range, option
 from textdiffusion.data.speakers import LabelledText, split_labels
-from textdiffusion.diffusion.adaptation import shift_inputs, shift_segment
+from textdiffusion.diffusion.adaptation import causal_mask, shift_inputs, shift_segment
 from textdiffusion.diffusion.chain_rule import chain_rule_nll, check_orders
 from textdiffusion.diffusion.masking import corrupt, corrupt_exactly, counts_from, sample_times, times_from
 from textdiffusion.diffusion.stratified import stratified
@@ -181,7 +181,13 @@ class BlockDiffusion(MaskedDiffusion):
         else:
             u = torch.rand(n, blocks, generator=generator, device=x.device)
         mask = self.training_mask(n, L, generator, x.device, paired=True)
-        return self._block_terms(model, x, self._draws(self.clip(u)), generator, labels, mask).mean() / L
+        return self._block_terms(model, x, self._draws(self.clip(u)), generator, labels, mask).mean() / L + \
+            self._joint(model, x, labels)
+
+    def ar_logits(self, model: Transformer, x: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        """The network read as ar: the paired forward of the clean window under the causal part of the
+        block-causal mask (with the shift, the logit at i is p(x_i | x_{<i}))."""
+        return self._paired_logits(model, x, x, labels, causal_mask(*self._target_mask(x.shape[1], x.device, True)))
 
     @torch.no_grad()
     def nll(self, model: Transformer, windows: torch.Tensor | LabelledText, batch_size: int = 64,
@@ -202,7 +208,8 @@ class BlockDiffusion(MaskedDiffusion):
         terms = torch.cat([self._block_terms(model, xb, db, gen, lb)
                            for xb, db, lb in report_batches(batches, progress)])
         return self._bound_result(windows, terms, K, "Monte-Carlo estimate of the sum of per-block NELBOs (an upper "
-                                  "bound on NLL)", block_size=self.B)
+                                  "bound on NLL)", block_size=self.B,
+                                  **self.joint_details(model, windows, labels, batch_size))
 
     @torch.no_grad()
     def exact_nll(self, model: Transformer, windows: torch.Tensor | LabelledText, batch_size: int = 64,

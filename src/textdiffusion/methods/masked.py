@@ -45,7 +45,7 @@ import torch
 
 from textdiffusion.config import EVAL_TIME_SAMPLES, SAMPLE_STEPS, SEED, Choice, ConfigError, Range, option
 from textdiffusion.data.speakers import LabelledText, split_labels
-from textdiffusion.diffusion.adaptation import anneal_fraction, annealed_mask, shift_inputs
+from textdiffusion.diffusion.adaptation import anneal_fraction, annealed_mask, causal_mask, shift_inputs
 from textdiffusion.diffusion.chain_rule import left_to_right, order_nll
 from textdiffusion.diffusion.discrete import DiscreteSampler, Forward
 from textdiffusion.diffusion.masking import (
@@ -103,8 +103,13 @@ class MaskedConfig(TextMethodConfig):
                                       "right behind BOS (keeps what an ar start learned)")
     anneal_steps: int = option(0, Range(0, 10**9), "relax the attention from causal to the method's over the first N "
                                                    "training steps (DiffuLLaMA); 0 = the method's from the start")
+    ar_weight: float = option(0.0, Range(0.0, 100.0), "the joint objective: add this times the ar loss of the same "
+                                                      "network (causal attention, clean input; needs method.shift)")
 
     def check(self) -> None:
+        if self.ar_weight > 0 and not self.shift:
+            raise ConfigError("method.ar_weight trains the network as ar too, which it reads in ar's layout only "
+                              "with the shift; set method.shift=true")
         if self.estimator == "count" and make_schedule(self.schedule, self.sigma_max).alpha_one() > 0:
             raise ConfigError("method.estimator=count integrates t out in closed form, which needs alpha(1) = 0; "
                               "use method.schedule=loglinear or method.estimator=time")
@@ -158,10 +163,40 @@ class MaskedDiffusion(TextMethod):
         block's noisy-then-clean layout), or None once annealing is over (the method's own mask, nothing drawn)."""
         if self.anneal >= 1.0:
             return None
+        return annealed_mask(*self._target_mask(length, device, paired), self.anneal, n, generator)
+
+    def _target_mask(self, length: int, device: torch.device,
+                     paired: bool) -> tuple[torch.Tensor | None, torch.Tensor]:
+        """The method's own attention mask over a window (None: every key) and the token positions of its rows."""
         positions = torch.arange(length, device=device).repeat(2 if paired else 1)
         q = positions.shape[0]
-        target = attention_bias(self.attention, q, q, device, getattr(self, "B", 1), paired)[0]
-        return annealed_mask(target, positions, self.anneal, n, generator)
+        return attention_bias(self.attention, q, q, device, getattr(self, "B", 1), paired)[0], positions
+
+    def ar_logits(self, model: Transformer, x: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        """The network read as ar (the joint objective's): the clean window, shifted, under the causal mask, so
+        the logit at i is p(x_i | x_{<i})."""
+        n, L = x.shape
+        t = torch.zeros(n, device=x.device)
+        return self._forward(model, x, t, labels, causal_mask(*self._target_mask(L, x.device, False)))
+
+    def _joint(self, model: Transformer, x: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor | float:
+        """ar_weight times the ar cross-entropy per token of the network read as ar (0 without the joint)."""
+        if self.cfg.ar_weight <= 0:
+            return 0.0
+        return self.cfg.ar_weight * cross_entropy_per_token(self.ar_logits(model, x, labels), x).mean()
+
+    def joint_details(self, model: Transformer, windows: torch.Tensor, labels: torch.Tensor | None,
+                      batch_size: int) -> dict[str, float]:
+        """With the joint objective, the exact NLL per character of the network read as ar, for the bound's
+        details; nothing otherwise."""
+        if self.cfg.ar_weight <= 0:
+            return {}
+        total = 0.0
+        for i in range(0, windows.shape[0], batch_size):
+            xb = windows[i:i + batch_size]
+            lb = None if labels is None else labels[i:i + batch_size]
+            total += float(cross_entropy_per_token(self.ar_logits(model, xb, lb), xb).double().sum())
+        return {"ar_nats_per_char": total / self.chars_in(windows)}
 
     def _nelbo_terms(self, model: Transformer, x: torch.Tensor, t: torch.Tensor,
                      generator: torch.Generator, labels: torch.Tensor | None = None,
@@ -189,10 +224,10 @@ class MaskedDiffusion(TextMethod):
         if self.cfg.estimator == "count":
             k = sample_counts(n, L, self.cfg.antithetic, generator, x.device)
             mask = self.training_mask(n, L, generator, x.device)
-            return self._count_terms(model, x, k, generator, labels, mask).mean() / L
+            return self._count_terms(model, x, k, generator, labels, mask).mean() / L + self._joint(model, x, labels)
         t = sample_times(n, self.cfg.antithetic, generator, x.device)
         mask = self.training_mask(n, L, generator, x.device)
-        return self._nelbo_terms(model, x, t, generator, labels, mask).mean() / L
+        return self._nelbo_terms(model, x, t, generator, labels, mask).mean() / L + self._joint(model, x, labels)
 
     @torch.no_grad()
     def nll(self, model: Transformer, windows: torch.Tensor | LabelledText, batch_size: int = 64,
@@ -215,7 +250,7 @@ class MaskedDiffusion(TextMethod):
         batches = list(zip(rows.split(batch_size), draws.split(batch_size), row_labels, strict=True))
         terms = torch.cat([term(model, xb, db, gen, lb) for xb, db, lb in report_batches(batches, progress)])
         return self._bound_result(windows, terms, K, "Monte-Carlo estimate of the continuous-time NELBO (an upper "
-                                  "bound on NLL)")
+                                  "bound on NLL)", **self.joint_details(model, windows, labels, batch_size))
 
     @torch.no_grad()
     def exact_nll(self, model: Transformer, windows: torch.Tensor | LabelledText, batch_size: int = 64,
