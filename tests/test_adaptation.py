@@ -144,7 +144,6 @@ def test_the_shifted_block_sampler_reads_what_training_reads(ar, corpus, sampler
     runs the network on the whole sequence so far moved one place right behind BOS (training's layout)."""
     from helpers import block_sample_without_cache
 
-    ar_method, _, _ = ar
     method, model = _diffusion_on_ar_weights("block", ar, corpus, **{"method.shift": True, "method.block_size": 4})
     req = SampleRequest(n=3, length=32, prompt="First", sampler=sampler)
     cached = method.sample(model, req, torch.Generator().manual_seed(7))
@@ -183,5 +182,5 @@ def test_the_joint_objective_adds_the_ar_reading_and_reports_its_exact_nll(metho
 def test_the_joint_objective_without_the_shift_is_refused_in_one_line(corpus):
     from textdiffusion.config import ConfigError
 
-    with pytest.raises(ConfigError, match="method.ar_weight .* set method.shift=true"):
+    with pytest.raises(ConfigError, match=r"method\.ar_weight .* set method\.shift=true"):
         Trainer(tiny_config("masked", corpus, **{"method.ar_weight": 1.0}), corpus.parent / "r", progress=False)
