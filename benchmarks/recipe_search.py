@@ -146,9 +146,21 @@ def check_settings(rd: Path, method: str, sets: list[str], init: Path | None) ->
                          f"another --runs folder")
 
 
+def wait_for_other_trainer(rd: Path) -> None:
+    """When another copy of this script trains ``rd`` now, wait for it to finish (then the run is reused)."""
+    from textdiffusion.run_lock import training_pid
+
+    pid = training_pid(rd)
+    if pid is not None:
+        log(f"waiting for process {pid}, which trains {rd}")
+    while training_pid(rd) is not None:
+        time.sleep(10)
+
+
 def train(rd: Path, method: str, steps: int, sets: list[str], threads: int, init: Path | None = None) -> None:
     """Train (or resume, or reuse) one run in a child process."""
     sets = [*COMMON, f"train.threads={threads}", *sets]
+    wait_for_other_trainer(rd)
     if finished(rd, steps):
         check_settings(rd, method, sets, init)
         return

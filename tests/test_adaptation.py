@@ -44,7 +44,7 @@ def _diffusion_on_ar_weights(method_name: str, ar, corpus: Path, **sets: object)
 
 
 def test_shift_inputs_read_the_token_before_and_blocks_start_clean():
-    z = torch.tensor([[10, 99, 12, 99, 99, 15]])
+    z = torch.tensor([[10, 99, 12, 99, 99, 15]])  # 99: a mask
     x = torch.tensor([[10, 11, 12, 13, 14, 15]])
     assert shift_inputs(z, x, 0).tolist() == [[0, 10, 99, 12, 99, 99]]
     assert shift_inputs(z, x, 0, block=2).tolist() == [[0, 10, 11, 12, 13, 99]]  # positions 0, 2, 4 read x
@@ -73,6 +73,7 @@ def test_with_the_shift_step_0_of_annealing_is_ars_conditionals(method_name, ar,
             got = method._paired_logits(model, windows, windows, None, causal)
             full = method._paired_logits(model, windows, windows)
         method.cfg.shift = False
+        causal = method.training_mask(n, L, gen, windows.device, paired=method_name == "block")
         unshifted = (method._forward(model, windows, None, None, causal) if method_name == "masked"
                      else method._paired_logits(model, windows, windows, None, causal))
     torch.testing.assert_close(got, expected, atol=2e-5, rtol=1e-4)
@@ -184,3 +185,18 @@ def test_the_joint_objective_without_the_shift_is_refused_in_one_line(corpus):
 
     with pytest.raises(ConfigError, match=r"method\.ar_weight .* set method\.shift=true"):
         Trainer(tiny_config("masked", corpus, **{"method.ar_weight": 1.0}), corpus.parent / "r", progress=False)
+
+
+def test_masked_with_the_shift_reads_every_token_of_the_window(ar, corpus):
+    """Masked diffusion reads [BOS, z]: the window's last token (known text at the end of an infill) still
+    informs the other positions."""
+    _, _, windows = ar
+    method, model = _diffusion_on_ar_weights("masked", ar, corpus, **{"method.shift": True})
+    z = windows.clone()
+    z[:, :-1] = method.tok.mask_id
+    other = z.clone()
+    other[:, -1] = (z[:, -1] + 1) % method.tok.n_symbols
+    with torch.no_grad():
+        a, b = method._forward(model, z, None), method._forward(model, other, None)
+    assert a.shape == (*windows.shape, method.tok.n_symbols)
+    assert (a - b).abs().max() > 1e-4

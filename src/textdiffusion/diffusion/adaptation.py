@@ -8,18 +8,20 @@ what ar learned:
 **The shift** (``method.shift``): the denoiser reads its noisy input moved one place right, behind BOS, and
 its logit at position i predicts token i,
 
-    input_i = z_{i-1} (i >= 1),   input_0 = BOS,                         <- ``shift_inputs``
+    input_i = z_{i-1} (i >= 1),   input_0 = BOS,
 
-exactly ar's layout: with the prefix x_{<i} clean and a causal mask, output i *is* ar's p(x_i | x_{<i}). The
-last noisy token z_{L-1} is read by nothing (a denoiser may ignore part of its input and its bound stays a
-bound). Block diffusion keeps its blocks: block b's logits come from the positions reading tokens bB-1 ..
-bB+B-2, the first of which belongs to the clean block before, so that position reads the *clean* token,
+exactly ar's layout: with the prefix x_{<i} clean and a causal mask, output i *is* ar's p(x_i | x_{<i}). Masked
+diffusion reads [BOS, z_0 .. z_{L-1}] (L + 1 positions, the last output dropped), so no input is lost.
+Block diffusion keeps its blocks and its 2L-token paired layout: block b's logits come from the positions
+reading tokens bB-1 .. bB+B-2, the first of which belongs to the clean block before, so that position reads the
+*clean* token,
 
     input_i = x_{i-1} if i mod B = 0 else z_{i-1},                       <- ``shift_inputs(..., block=B)``
 
-and every block's prediction still sees only the clean blocks before it and its own noisy tokens. Masked
-diffusion is the case B = L; B = 1 is ar itself. The KV-cached block sampler feeds each segment it runs the same
-way: moved one place right behind the clean token before it (``shift_segment``).
+and every block's prediction still sees only the clean blocks before it and its own noisy tokens; the block's
+last noisy token is read by none of them (a denoiser may ignore part of its input and its bound stays a bound).
+B = 1 is ar itself. The KV-cached block sampler feeds each segment it runs the same way: moved one place right
+behind the clean token before it (``shift_segment``).
 
 **Attention-mask annealing** (``method.anneal_steps`` = N): at training step s the mask is the causal one plus
 each later key the method's mask allows, kept with probability r = s / N,

@@ -45,7 +45,7 @@ import torch
 
 from textdiffusion.config import EVAL_TIME_SAMPLES, SAMPLE_STEPS, SEED, Choice, ConfigError, Range, option
 from textdiffusion.data.speakers import LabelledText, split_labels
-from textdiffusion.diffusion.adaptation import anneal_fraction, annealed_mask, causal_mask, shift_inputs
+from textdiffusion.diffusion.adaptation import anneal_fraction, annealed_mask, causal_mask
 from textdiffusion.diffusion.chain_rule import left_to_right, order_nll
 from textdiffusion.diffusion.discrete import DiscreteSampler, Forward
 from textdiffusion.diffusion.masking import (
@@ -147,11 +147,13 @@ class MaskedDiffusion(TextMethod):
 
     def _forward(self, model: Transformer, z: torch.Tensor, t: torch.Tensor,
                  labels: torch.Tensor | None = None, attn_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """The denoiser's logits for ``z``; with ``method.shift`` it reads z moved one place right behind BOS
-        (:mod:`textdiffusion.diffusion.adaptation`), so the logit at i comes from the position reading token i-1."""
-        if self.cfg.shift:
-            z = shift_inputs(z, z, self.tok.bos_id)
+        """The denoiser's logits for ``z``; with ``method.shift`` it reads [BOS, z] and the logit at i comes from
+        the position reading token i-1 (:mod:`textdiffusion.diffusion.adaptation`); the last position's output,
+        which would predict a token after the window, is dropped."""
         mask = {} if attn_mask is None else {"attn_mask": attn_mask}
+        if self.cfg.shift:
+            z = torch.cat((torch.full_like(z[:, :1], self.tok.bos_id), z), dim=1)
+            return self.call_network(model, labels, z, t if self.time_conditioning else None, **mask)[:, :-1]
         return self.call_network(model, labels, z, t if self.time_conditioning else None, **mask)
 
     def at_training_step(self, step: int) -> None:
@@ -167,7 +169,10 @@ class MaskedDiffusion(TextMethod):
 
     def _target_mask(self, length: int, device: torch.device,
                      paired: bool) -> tuple[torch.Tensor | None, torch.Tensor]:
-        """The method's own attention mask over a window (None: every key) and the token positions of its rows."""
+        """The method's own attention mask over the network's input for a window of ``length`` (None: every key)
+        and the token positions of its rows (with the shift, masked diffusion reads BOS too: one more)."""
+        if self.cfg.shift and not paired:
+            length += 1
         positions = torch.arange(length, device=device).repeat(2 if paired else 1)
         q = positions.shape[0]
         return attention_bias(self.attention, q, q, device, getattr(self, "B", 1), paired)[0], positions
