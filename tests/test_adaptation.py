@@ -200,3 +200,22 @@ def test_masked_with_the_shift_reads_every_token_of_the_window(ar, corpus):
         a, b = method._forward(model, z, None), method._forward(model, other, None)
     assert a.shape == (*windows.shape, method.tok.n_symbols)
     assert (a - b).abs().max() > 1e-4
+
+
+def test_a_run_trained_before_the_recipes_existed_still_opens(corpus, tmp_path):
+    """A checkpoint whose recorded config lacks the recipe fields was trained as their defaults behave: it opens;
+    a config.json that claims a recipe it was not trained with is still refused by the field."""
+    import dataclasses
+
+    from textdiffusion.checkpoint import read_header
+    from textdiffusion.runs import check_checkpoint_config
+
+    cfg = tiny_config("masked", corpus, steps=1)
+    Trainer(cfg, tmp_path / "r", progress=False).train()
+    header = read_header(tmp_path / "r")
+    for name in ("shift", "anneal_steps", "ar_weight"):
+        del header.config["method"][name]
+    check_checkpoint_config(header, cfg)
+    claimed = dataclasses.replace(cfg, method=dataclasses.replace(cfg.method, shift=True))
+    with pytest.raises(Exception, match=r"method\.shift: None in the checkpoint, True in config\.json"):
+        check_checkpoint_config(header, claimed)
