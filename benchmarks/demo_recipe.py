@@ -38,8 +38,7 @@ def demo(runs: Path, steps: int) -> float | None:
 def row(name: str, ev: TextEval, ar: TextEval) -> str:
     q = ev.quality
     assert q is not None and ar.quality is not None
-    distance = getattr(ev, "distance", None)
-    dist = f"{distance.value:.4f}" if distance is not None else "-"
+    dist = f"{ev.distance.js_bits:.3f} ({ev.distance.floor_bits:.3f})" if ev.distance is not None else "-"
     return (f"| {name} | {ev.samples.steps} | {q.judge_ppl:.1f} | {q.char_entropy:.2f} | {q.word_validity:.3f} | "
             f"{q.word_validity / ar.quality.word_validity:.2f}x | {dist} |")
 
@@ -68,7 +67,7 @@ def main() -> None:
         f"{args.samples} samples of 64 characters each, temperature 1, seed 0; real validation text scores judge "
         f"perplexity {reference.judge_ppl:.1f}, entropy {reference.char_entropy:.2f} bits, word validity "
         f"{reference.word_validity:.3f}.", "",
-        "| run, sampler | steps | judge ppl | entropy (bits) | word validity | vs ar | n-gram distance |",
+        "| run, sampler | steps | judge ppl | entropy (bits) | word validity | vs ar | n-gram JS (real floor) |",
         "|---|---|---|---|---|---|---|", *rows])
     print(table)
     out = Path("benchmarks/results")
