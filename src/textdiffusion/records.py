@@ -199,24 +199,37 @@ class FinalScore:
 class InitRecord:
     """Where a run's weights came from when ``train.init_from`` started it from another run: that run's id
     and the step of its weights, and what training them cost (its steps and training seconds, None when the
-    source recorded no final.json), so a table can count them in this run's cost."""
+    source recorded no final.json), so a table can count them in this run's cost. ``total_steps`` and
+    ``total_elapsed`` add what the source's own start cost when it too started from a run."""
 
     run: str  # the source run as it was given
     run_id: str
     step: int
     steps: int | None
     elapsed: float | None
+    total_steps: int | None = None
+    total_elapsed: float | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {"run": self.run, "run_id": self.run_id, "step": self.step, "steps": self.steps,
-                "elapsed": self.elapsed}
+                "elapsed": self.elapsed, "total_steps": self.cost_steps, "total_elapsed": self.cost_elapsed}
 
     @classmethod
     def from_json(cls, d: Any) -> InitRecord | None:
         if not isinstance(d, dict):
             return None
         return cls(str(d.get("run", "")), str(d.get("run_id", "")), int(d.get("step", 0)), d.get("steps"),
-                   d.get("elapsed"))
+                   d.get("elapsed"), d.get("total_steps"), d.get("total_elapsed"))
+
+    @property
+    def cost_steps(self) -> int | None:
+        """Training steps behind the source's weights, its own start's included (None: not recorded)."""
+        return self.total_steps if self.total_steps is not None else self.steps
+
+    @property
+    def cost_elapsed(self) -> float | None:
+        """Training seconds behind the source's weights, its own start's included (None: not recorded)."""
+        return self.total_elapsed if self.total_elapsed is not None else self.elapsed
 
     def label(self) -> str:
         return f"started from {self.run} at step {self.step}"
@@ -275,9 +288,25 @@ class TrainSummary:
             out["scoring_interrupted"] = True
         if self.init is not None:
             out["init_from"] = self.init.to_json()
+            out["total_steps"], out["total_elapsed"] = self.total_steps, self.total_elapsed
         if self.distill is not None:
             out["distill_from"] = self.distill.to_json()
         return out
+
+    @property
+    def total_steps(self) -> int | None:
+        """The run's training cost in steps: its own, plus the source's when it started from a run (None when
+        the source's is not recorded)."""
+        if self.init is None:
+            return self.step
+        return None if self.init.cost_steps is None else self.step + self.init.cost_steps
+
+    @property
+    def total_elapsed(self) -> float | None:
+        """Training seconds, the source's counted as :attr:`total_steps` counts its steps."""
+        if self.init is None:
+            return self.elapsed
+        return None if self.init.cost_elapsed is None else self.elapsed + self.init.cost_elapsed
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> TrainSummary:

@@ -686,6 +686,7 @@ class Trainer:
         for group in self.opt.param_groups:
             group["lr"] = lr
         self.model.train()
+        self.method.at_training_step(self.step)
         total = 0.0
         draws = [gens for _ in range(t.grad_accum) for gens in self.shard_gens]
         objective = self.objective or self.method.loss

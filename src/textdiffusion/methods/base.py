@@ -203,6 +203,10 @@ class Method(ABC, Generic[Request, Result]):
     def loss(self, model: Any, x: Any, generator: torch.Generator) -> torch.Tensor:
         """Scalar training loss for a batch of clean data."""
 
+    def at_training_step(self, step: int) -> None:
+        """Told the optimizer step whose loss comes next, before it, by the trainer (a resumed run from where it
+        resumes): a method whose training changes over the steps (annealed attention) reads it; others ignore it."""
+
     @abstractmethod
     def nll(self, model: Any, windows: Any, batch_size: int = 64, progress: NLLProgress | None = None) -> NLLResult:
         """Validation likelihood on fixed data (deterministic given the config). ``progress(done, total)``, if

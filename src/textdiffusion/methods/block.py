@@ -45,6 +45,7 @@ import torch
 
 from textdiffusion.config import PROBABILITY, SAMPLE_STEPS, ConfigError, Range, option
 from textdiffusion.data.speakers import LabelledText, split_labels
+from textdiffusion.diffusion.adaptation import causal_mask, shift_inputs, shift_segment
 from textdiffusion.diffusion.chain_rule import chain_rule_nll, check_orders
 from textdiffusion.diffusion.discrete import LEFT_TO_RIGHT
 from textdiffusion.diffusion.masking import corrupt, corrupt_exactly, counts_from, sample_times, times_from
@@ -128,13 +129,19 @@ class BlockDiffusion(MaskedDiffusion):
 
     # ---- training and the bound -------------------------------------------------------------------------
     def _paired_logits(self, model: Transformer, z: torch.Tensor, x: torch.Tensor,
-                       labels: torch.Tensor | None = None) -> torch.Tensor:
+                       labels: torch.Tensor | None = None, attn_mask: torch.Tensor | None = None) -> torch.Tensor:
         """Every block's denoising logits in one forward over [z | x] (the noisy half's outputs). A window's
-        label is added at all 2L positions: the clean half is the prefix a labelled sampler caches."""
-        return self.call_network(model, labels, torch.cat((z, x), dim=1), paired=True)[:, : x.shape[1]]
+        label is added at all 2L positions: the clean half is the prefix a labelled sampler caches. With
+        ``method.shift`` both halves are moved one place right, each block's first position reading the clean
+        token before it (:func:`~textdiffusion.diffusion.adaptation.shift_inputs`)."""
+        if self.cfg.shift:
+            z, x = shift_inputs(z, x, self.tok.bos_id, self.B), shift_inputs(x, x, self.tok.bos_id, self.B)
+        mask = {} if attn_mask is None else {"attn_mask": attn_mask}
+        return self.call_network(model, labels, torch.cat((z, x), dim=1), paired=True, **mask)[:, : x.shape[1]]
 
     def _block_terms(self, model: Transformer, x: torch.Tensor, draws: torch.Tensor,
-                     generator: torch.Generator, labels: torch.Tensor | None = None) -> torch.Tensor:
+                     generator: torch.Generator, labels: torch.Tensor | None = None,
+                     attn_mask: torch.Tensor | None = None) -> torch.Tensor:
         """Per-window NELBO (nats): the sum over blocks of masked diffusion's per-block term, with
         ``draws`` (n, L / B) the blocks' times (time estimator) or mask counts (count estimator) and
         ``labels`` (n,) the windows' labels (None: plain windows, the "no label" row of a labelled model)."""
@@ -145,7 +152,8 @@ class BlockDiffusion(MaskedDiffusion):
             z, masked = corrupt_exactly(blocks, draws, self.tok.mask_id, generator)
         else:
             z, masked = corrupt(blocks, self.schedule.alpha(draws), self.tok.mask_id, generator)
-        ce = cross_entropy_per_token(self._paired_logits(model, z.view(n, L), x, labels), x).view(-1, self.B)
+        ce = cross_entropy_per_token(self._paired_logits(model, z.view(n, L), x, labels, attn_mask),
+                                     x).view(-1, self.B)
         if self.cfg.estimator == "count":
             per_block = self.B * (ce * masked).sum(-1) / draws
         else:
@@ -180,7 +188,14 @@ class BlockDiffusion(MaskedDiffusion):
             u = stratified(torch.rand(blocks, 1, generator=generator, device=x.device), n).T
         else:
             u = torch.rand(n, blocks, generator=generator, device=x.device)
-        return self._block_terms(model, x, self._draws(self.clip(u)), generator, labels).mean() / L
+        mask = self.training_mask(n, L, generator, x.device, paired=True)
+        return self._block_terms(model, x, self._draws(self.clip(u)), generator, labels, mask).mean() / L + \
+            self._joint(model, x, labels)
+
+    def ar_logits(self, model: Transformer, x: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        """The network read as ar: the paired forward of the clean window under the causal part of the
+        block-causal mask (with the shift, the logit at i is p(x_i | x_{<i}))."""
+        return self._paired_logits(model, x, x, labels, causal_mask(*self._target_mask(x.shape[1], x.device, True)))
 
     @torch.no_grad()
     def nll(self, model: Transformer, windows: torch.Tensor | LabelledText, batch_size: int = 64,
@@ -201,7 +216,8 @@ class BlockDiffusion(MaskedDiffusion):
         terms = torch.cat([self._block_terms(model, xb, db, gen, lb)
                            for xb, db, lb in report_batches(batches, progress)])
         return self._bound_result(windows, terms, K, "Monte-Carlo estimate of the sum of per-block NELBOs (an upper "
-                                  "bound on NLL)", block_size=self.B)
+                                  "bound on NLL)", block_size=self.B,
+                                  **self.joint_details(model, windows, labels, batch_size))
 
     @torch.no_grad()
     def exact_nll(self, model: Transformer, windows: torch.Tensor | LabelledText, batch_size: int = 64,
@@ -351,7 +367,7 @@ class _BlockWriter:
         """A fresh cache holding the last ``keep`` tokens before ``end`` (whole blocks), in one forward."""
         self.cache = KVCache.empty(len(self.model.blocks), self.context)
         if keep > 0:
-            self.net(self.state[:, end - keep:end], self.cache)
+            self.net(self._read(self.state[:, end - keep:end], end - keep), self.cache)
             self.nfe += 1
         self.cached_until = end
 
@@ -363,6 +379,18 @@ class _BlockWriter:
         fits = self.cached_until == 0 and start + length <= self.context
         keep = start if fits else min(start, (self.context // 2 // self.B) * self.B)
         self._encode_prefix(start, keep)
+
+    def _read(self, segment: torch.Tensor, start: int, rows: torch.Tensor | None = None) -> torch.Tensor:
+        """What the network reads for the ``segment`` of the sequences (``rows`` of them) that begins at
+        ``start``: the segment itself, or with ``method.shift`` the segment moved one place right behind the
+        finished token before it (BOS at the start), as training's shifted layout reads it."""
+        if not self.method.cfg.shift:
+            return segment
+        if start == 0:
+            before = torch.full_like(segment[:, 0], self.method.tok.bos_id)
+        else:
+            before = (self.state if rows is None else self.state[rows])[:, start - 1]
+        return shift_segment(segment, before)
 
     def _initial(self, start: int, end: int, generator: torch.Generator) -> torch.Tensor:
         block = self.state[:, start:end]
@@ -384,7 +412,7 @@ class _BlockWriter:
                 logits, first, served = first, None, True
             else:
                 first = None
-                logits = self.net(z, cache.peek(), rows)
+                logits = self.net(self._read(z, start, rows), cache.peek(), rows)
             if not self.steer.active:
                 return logits
             whole = (self.state if rows is None else self.state[rows]).clone()
@@ -411,11 +439,12 @@ class _BlockWriter:
         next_end = min(end + self.B, self.length)
         if self.cache.next_pos + block.shape[1] + (next_end - end) <= self.context:
             upcoming = self._initial(end, next_end, generator)
-            logits = self.net(torch.cat((block, upcoming), dim=1), self.cache)[:, block.shape[1]:]
+            logits = self.net(self._read(torch.cat((block, upcoming), dim=1), end - block.shape[1]),
+                              self.cache)[:, block.shape[1]:]
             self.cache.drop_last(next_end - end)
             self._ahead = (end, upcoming, logits)
         else:
-            self.net(block, self.cache)
+            self.net(self._read(block, end - block.shape[1]), self.cache)
         self.nfe += 1
         self.cached_until = end
 

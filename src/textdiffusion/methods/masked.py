@@ -45,6 +45,7 @@ import torch
 
 from textdiffusion.config import EVAL_TIME_SAMPLES, SAMPLE_STEPS, SEED, Choice, ConfigError, Range, option
 from textdiffusion.data.speakers import LabelledText, split_labels
+from textdiffusion.diffusion.adaptation import anneal_fraction, annealed_mask, causal_mask
 from textdiffusion.diffusion.chain_rule import left_to_right, order_nll
 from textdiffusion.diffusion.discrete import LEFT_TO_RIGHT, DiscreteSampler, Forward
 from textdiffusion.diffusion.masking import (
@@ -73,7 +74,7 @@ from textdiffusion.methods.base import (
 )
 from textdiffusion.methods.requests import SampleRequest
 from textdiffusion.nn.text_classifier import ConvTextClassifier
-from textdiffusion.nn.transformer import Transformer
+from textdiffusion.nn.transformer import Transformer, attention_bias
 
 
 @dataclass
@@ -99,8 +100,18 @@ class MaskedConfig(TextMethodConfig):
                                "reveals a token early", sampling=True)
     sample_steps: int = option(0, SAMPLE_STEPS, "default denoising steps (0 = one per token of the output)",
                                sampling=True)
+    # the recipes for a start from an ar run (train.init_from): diffusion/adaptation.py
+    shift: bool = option(False, None, "the logit at i predicts token i + 1, as ar's does: the input moved one place "
+                                      "right behind BOS (keeps what an ar start learned)")
+    anneal_steps: int = option(0, Range(0, 10**9), "relax the attention from causal to the method's over the first N "
+                                                   "training steps (DiffuLLaMA); 0 = the method's from the start")
+    ar_weight: float = option(0.0, Range(0.0, 100.0), "the joint objective: add this times the ar loss of the same "
+                                                      "network (causal attention, clean input; needs method.shift)")
 
     def check(self) -> None:
+        if self.ar_weight > 0 and not self.shift:
+            raise ConfigError("method.ar_weight trains the network as ar too, which it reads in ar's layout only "
+                              "with the shift; set method.shift=true")
         if self.estimator == "count" and make_schedule(self.schedule, self.sigma_max).alpha_one() > 0:
             raise ConfigError("method.estimator=count integrates t out in closed form, which needs alpha(1) = 0; "
                               "use method.schedule=loglinear or method.estimator=time")
@@ -123,6 +134,7 @@ class MaskedDiffusion(TextMethod):
         super().__init__(cfg, model_cfg, tokenizer)
         cfg.check()
         self.schedule = make_schedule(cfg.schedule, cfg.sigma_max)
+        self.anneal = 1.0  # the share of the method's non-causal attention training uses now (at_training_step)
 
     def default_steps(self, length: int, sampler: str = "") -> int | None:
         """One step per token: every position can be revealed on its own step. The left_to_right sampler's
@@ -153,24 +165,80 @@ class MaskedDiffusion(TextMethod):
         return self.cfg.time_conditioning
 
     def _forward(self, model: Transformer, z: torch.Tensor, t: torch.Tensor,
-                 labels: torch.Tensor | None = None) -> torch.Tensor:
-        return self.call_network(model, labels, z, t if self.time_conditioning else None)
+                 labels: torch.Tensor | None = None, attn_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """The denoiser's logits for ``z``; with ``method.shift`` it reads [BOS, z] and the logit at i comes from
+        the position reading token i-1 (:mod:`textdiffusion.diffusion.adaptation`); the last position's output,
+        which would predict a token after the window, is dropped."""
+        mask = {} if attn_mask is None else {"attn_mask": attn_mask}
+        if self.cfg.shift:
+            z = torch.cat((torch.full_like(z[:, :1], self.tok.bos_id), z), dim=1)
+            return self.call_network(model, labels, z, t if self.time_conditioning else None, **mask)[:, :-1]
+        return self.call_network(model, labels, z, t if self.time_conditioning else None, **mask)
+
+    def at_training_step(self, step: int) -> None:
+        self.anneal = anneal_fraction(step, self.cfg.anneal_steps)
+
+    def training_mask(self, n: int, length: int, generator: torch.Generator, device: torch.device,
+                      paired: bool = False) -> torch.Tensor | None:
+        """The annealed attention mask of the next training forward over ``n`` windows of ``length`` (``paired``:
+        block's noisy-then-clean layout), or None once annealing is over (the method's own mask, nothing drawn)."""
+        if self.anneal >= 1.0:
+            return None
+        return annealed_mask(*self._target_mask(length, device, paired), self.anneal, n, generator)
+
+    def _target_mask(self, length: int, device: torch.device,
+                     paired: bool) -> tuple[torch.Tensor | None, torch.Tensor]:
+        """The method's own attention mask over the network's input for a window of ``length`` (None: every key)
+        and the token positions of its rows (with the shift, masked diffusion reads BOS too: one more)."""
+        if self.cfg.shift and not paired:
+            length += 1
+        positions = torch.arange(length, device=device).repeat(2 if paired else 1)
+        q = positions.shape[0]
+        return attention_bias(self.attention, q, q, device, getattr(self, "B", 1), paired)[0], positions
+
+    def ar_logits(self, model: Transformer, x: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        """The network read as ar (the joint objective's): the clean window, shifted, under the causal mask, so
+        the logit at i is p(x_i | x_{<i})."""
+        n, L = x.shape
+        t = torch.zeros(n, device=x.device)
+        return self._forward(model, x, t, labels, causal_mask(*self._target_mask(L, x.device, False)))
+
+    def _joint(self, model: Transformer, x: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor | float:
+        """ar_weight times the ar cross-entropy per token of the network read as ar (0 without the joint)."""
+        if self.cfg.ar_weight <= 0:
+            return 0.0
+        return self.cfg.ar_weight * cross_entropy_per_token(self.ar_logits(model, x, labels), x).mean()
+
+    def joint_details(self, model: Transformer, windows: torch.Tensor, labels: torch.Tensor | None,
+                      batch_size: int) -> dict[str, float]:
+        """With the joint objective, the exact NLL per character of the network read as ar, for the bound's
+        details; nothing otherwise."""
+        if self.cfg.ar_weight <= 0:
+            return {}
+        total = 0.0
+        for i in range(0, windows.shape[0], batch_size):
+            xb = windows[i:i + batch_size]
+            lb = None if labels is None else labels[i:i + batch_size]
+            total += float(cross_entropy_per_token(self.ar_logits(model, xb, lb), xb).double().sum())
+        return {"ar_nats_per_char": total / self.chars_in(windows)}
 
     def _nelbo_terms(self, model: Transformer, x: torch.Tensor, t: torch.Tensor,
-                     generator: torch.Generator, labels: torch.Tensor | None = None) -> torch.Tensor:
+                     generator: torch.Generator, labels: torch.Tensor | None = None,
+                     attn_mask: torch.Tensor | None = None) -> torch.Tensor:
         """Per-window w(t) * sum of masked cross-entropies (nats), one time per row of ``x``."""
         z, masked = corrupt(x, self.schedule.alpha(t), self.tok.mask_id, generator)
-        ce = cross_entropy_per_token(self._forward(model, z, t, labels), x)
+        ce = cross_entropy_per_token(self._forward(model, z, t, labels, attn_mask), x)
         return self.schedule.weight(t) * (ce * masked).sum(-1)
 
     def _count_terms(self, model: Transformer, x: torch.Tensor, k: torch.Tensor,
-                     generator: torch.Generator, labels: torch.Tensor | None = None) -> torch.Tensor:
+                     generator: torch.Generator, labels: torch.Tensor | None = None,
+                     attn_mask: torch.Tensor | None = None) -> torch.Tensor:
         """Per-window L * (1/k) * sum of cross-entropies over exactly k masked positions (nats): the NELBO
         with t integrated out (see :mod:`textdiffusion.diffusion.masking`). The network is given the t
         whose alpha matches the mask fraction, for the time-conditioned variant."""
         z, masked = corrupt_exactly(x, k, self.tok.mask_id, generator)
         t = k.float() / x.shape[1]
-        ce = cross_entropy_per_token(self._forward(model, z, t, labels), x)
+        ce = cross_entropy_per_token(self._forward(model, z, t, labels, attn_mask), x)
         return x.shape[1] * (ce * masked).sum(-1) / k
 
     def loss(self, model: Transformer, x: torch.Tensor | LabelledText, generator: torch.Generator) -> torch.Tensor:
@@ -179,9 +247,11 @@ class MaskedDiffusion(TextMethod):
         n, L = x.shape
         if self.cfg.estimator == "count":
             k = sample_counts(n, L, self.cfg.antithetic, generator, x.device)
-            return self._count_terms(model, x, k, generator, labels).mean() / L
+            mask = self.training_mask(n, L, generator, x.device)
+            return self._count_terms(model, x, k, generator, labels, mask).mean() / L + self._joint(model, x, labels)
         t = sample_times(n, self.cfg.antithetic, generator, x.device)
-        return self._nelbo_terms(model, x, t, generator, labels).mean() / L
+        mask = self.training_mask(n, L, generator, x.device)
+        return self._nelbo_terms(model, x, t, generator, labels, mask).mean() / L + self._joint(model, x, labels)
 
     @torch.no_grad()
     def nll(self, model: Transformer, windows: torch.Tensor | LabelledText, batch_size: int = 64,
@@ -204,7 +274,7 @@ class MaskedDiffusion(TextMethod):
         batches = list(zip(rows.split(batch_size), draws.split(batch_size), row_labels, strict=True))
         terms = torch.cat([term(model, xb, db, gen, lb) for xb, db, lb in report_batches(batches, progress)])
         return self._bound_result(windows, terms, K, "Monte-Carlo estimate of the continuous-time NELBO (an upper "
-                                  "bound on NLL)")
+                                  "bound on NLL)", **self.joint_details(model, windows, labels, batch_size))
 
     @torch.no_grad()
     def exact_nll(self, model: Transformer, windows: torch.Tensor | LabelledText, batch_size: int = 64,

@@ -391,11 +391,21 @@ def text_row(run: RunRecord, run_id: int = 0, ar: RunRecord | None = None) -> Ro
     provenance = (Cell(f"{q.n} × {q.seeds}", q.n,
                        f"compare (default steps): {q.n} samples of {q.length} characters, {q.seeds} seed")
                   if q else Cell(NA, None, run.eval_note or ""))
-    cells = {**_common_cells(run), "method": Cell(run.method, run.method),
-             "step": Cell(f"{run.step:,}", run.step, f"of {run.train_steps} configured"),
+    cells = {**_common_cells(run), "method": Cell(run.method, run.method), "step": _steps_cell(run),
              **_quality_cells(q, res.reference if res else None, res.device_measured if res else "?"),
              **_exact_cells(run, ar), "provenance": provenance}
     return Row(run_id, cells, run.val.kind if run.val else None)
+
+
+def _steps_cell(run: RunRecord) -> Cell:
+    """The training steps a text run cost: its own, and with the run it started from (train.init_from) the
+    source's too, so a run from ar is not shown cheaper than it was."""
+    own = Cell(f"{run.step:,}", run.step, f"of {run.train_steps} configured")
+    if run.init is None or run.init.cost_steps is None:
+        return own
+    total = run.step + run.init.cost_steps
+    return Cell(f"{total:,} ({run.step:,} own)", total, f"{run.step:,} of its own after {run.init.cost_steps:,} "
+                f"behind the weights it started from ({run.init.run})")
 
 
 def image_row(run: RunRecord, run_id: int = 0) -> Row:
@@ -509,8 +519,8 @@ def _init_cost(init: InitRecord) -> str:
     """What training the source run cost, which counts in this run's cost."""
     if init.steps is None:
         return "the source's training cost is not recorded (it has no final.json)"
-    seconds = f", {init.elapsed:,.1f} s of training" if init.elapsed is not None else ""
-    return f"{init.steps:,} steps{seconds} before this run's own"
+    seconds = f", {init.cost_elapsed:,.1f} s of training" if init.cost_elapsed is not None else ""
+    return f"{init.cost_steps:,} steps{seconds} before this run's own"
 
 
 def _md_run(r: RunRecord) -> list[str]:
@@ -518,7 +528,8 @@ def _md_run(r: RunRecord) -> list[str]:
     lines = [f"### {r.name}", "", f"`{r.path}` — {r.method}, preset {r.preset}, step {r.step:,}{params}.", ""]
     if r.init is not None:
         label = r.init.label()
-        lines += [f"{label[0].upper()}{label[1:]}: {_init_cost(r.init)}.", ""]
+        total = f" ({r.step + r.init.cost_steps:,} steps in all)" if r.init.cost_steps is not None else ""
+        lines += [f"{label[0].upper()}{label[1:]}: {_init_cost(r.init)}{total}.", ""]
     if r.eval_note:
         lines += [f"Note: {r.eval_note}.", ""]
     if eval_summary(r):
