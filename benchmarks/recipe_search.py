@@ -334,7 +334,7 @@ def main() -> None:
     if unknown:
         raise SystemExit(f"error: unknown recipe {unknown[0]!r}; choose from {', '.join(BY_NAME)}")
     if "ar" not in names:
-        names.insert(0, "ar")  # every ratio is to ar of the same budget
+        names.append("ar")  # every ratio is to ar of the same budget
     budgets = [int(b) for b in args.budgets.split(",")]
     runs = Path(args.runs)
     rows: list[Row] = []
