@@ -1,6 +1,7 @@
 """Regenerate the screenshots in docs/images of the comparison report and the live sampling page.
 
     python docs/screenshots.py --report report/report.html --serve runs/masked runs/ar
+    python docs/screenshots.py --frontier report/report.html    # a report written with compare --temperatures
 
 Needs Debian's chromium + chromium-driver and selenium (the dev extra). The report is opened from file://;
 the live page is started with ``textdiffusion serve`` on a free local port, given a prompt and sampled.
@@ -39,6 +40,17 @@ def shoot_report(driver, report: Path, out: Path, height: int) -> None:
     if card is not None:
         time.sleep(0.3)
         card.screenshot(str(out / "compare-denoising.png"))
+
+
+def shoot_frontier(driver, report: Path, out: Path) -> None:
+    """The frontier chart of a report written with ``compare --temperatures``."""
+    driver.set_window_size(1280, 1100)
+    driver.get(report.resolve().as_uri())
+    WebDriverWait(driver, 20).until(lambda d: d.execute_script("return document.body.dataset.ready === '1'"))
+    fig = driver.find_element("id", "plot-frontier")
+    driver.execute_script("arguments[0].scrollIntoView()", fig)
+    time.sleep(0.3)
+    fig.screenshot(str(out / "compare-frontier.png"))
 
 
 def _free_port() -> int:
@@ -83,6 +95,7 @@ def shoot_live(driver, runs: list[str], out: Path, prompt: str, steps: int, pace
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--report", type=Path, help="a report.html written by textdiffusion compare")
+    ap.add_argument("--frontier", type=Path, help="a report.html written with compare --temperatures: its frontier")
     ap.add_argument("--serve", nargs="+", default=[], help="run directories for the live page")
     ap.add_argument("--prompt", default="ROMEO:\n")
     ap.add_argument("--steps", type=int, default=32)
@@ -94,6 +107,8 @@ def main() -> None:
     try:
         if args.report:
             shoot_report(driver, args.report, args.out, args.height)
+        if args.frontier:
+            shoot_frontier(driver, args.frontier, args.out)
         if args.serve:
             shoot_live(driver, args.serve, args.out, args.prompt, args.steps, args.pace)
     finally:

@@ -125,8 +125,8 @@ def test_context_longer_than_corpus(tmp_path, capsys):
 
 def test_a_mistyped_sampler_or_sampling_option_names_the_closest(runs, capsys):
     assert main(["sample", str(runs / "masked"), "--sampler", "cahced"]) == 2
-    assert "no sampler 'cahced'; choose one of ancestral, cached, confidence, topk, remdm; did you mean 'cached'?" in \
-        capsys.readouterr().err
+    assert ("no sampler 'cahced'; choose one of ancestral, cached, confidence, topk, left_to_right, remdm; did you "
+            "mean 'cached'?") in capsys.readouterr().err
     assert main(["sample", str(runs / "masked"), "--set", "method.temprature=0.5"]) == 2
     assert capsys.readouterr().err.strip().endswith("did you mean 'method.temperature'?")
     assert main(["sample", str(runs / "masked"), "--sampler", "zzz"]) == 2  # nothing close: no guess

@@ -15,7 +15,7 @@ import torch
 from helpers import train_tiny
 from textdiffusion.apps import compare as compare_module
 from textdiffusion.apps.cli import main
-from textdiffusion.apps.compare import compare_runs, parse_guidance, parse_sweep
+from textdiffusion.apps.compare import compare_runs, parse_guidance, parse_sweep, parse_temperatures
 from textdiffusion.config import ConfigError
 from textdiffusion.data.tokenizer import BPETokenizer, CharTokenizer
 from textdiffusion.methods.configs import make_config
@@ -457,3 +457,97 @@ def test_eval_of_a_plain_run_says_nothing_of_labels(runs, tmp_path, capsys):
     assert main(["eval", str(run), "--samples", "2", "--no-progress"]) == 0
     assert "labels:" not in capsys.readouterr().out
     assert "labels" not in json.loads((run / "eval.json").read_text())
+
+
+# ---- the n-gram distance and the frontier over temperature --------------------------------------------------
+def test_every_sweep_point_has_the_ngram_distance_beside_its_floor(report):
+    data = json.loads((report / "comparison.json").read_text())
+    text = [r for r in data["runs"] if r["kind"] == "text"]
+    for r in text:
+        for p in r["sweep"]:
+            d = p["distance"]
+            assert d["texts"] == 4 and 0 < d["floor_bits"] < d["js_bits"] <= 1  # 20 steps write far from real text
+    md = (report / "comparison.md").read_text()
+    assert "| n-gram JS | real floor |" in md and "| n-gram JS (floor) |" in md
+    assert "frontier temperatures: none" in md and "## Frontier" not in md  # the frontier is opt-in
+
+
+def test_a_sweep_point_cached_without_the_distance_is_measured_again(runs, report, tmp_path, monkeypatch):
+    import shutil
+
+    run = tmp_path / "ar"
+    shutil.copytree(runs / "ar", run)
+    cache = json.loads((run / "sweep.json").read_text())
+    for p in cache["points"]:
+        del p["result"]["distance"]  # as written before the distance was measured
+    (run / "sweep.json").write_text(json.dumps(cache))
+    measured = []
+    real = compare_module._sweep_point
+    monkeypatch.setattr(compare_module, "_sweep_point", lambda *a: measured.append(a[3]) or real(*a))
+    compare_runs([str(run)], tmp_path / "out", samples=4, sweep="", progress=False, guidance="none")
+    assert measured == [0]
+
+
+@pytest.fixture(scope="module")
+def frontier_report(runs, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("frontier")
+    compare_runs([str(runs / "ar"), str(runs / "masked")], out, samples=4, sweep="", progress=False,
+                 guidance="none", temperatures="1,0.5")
+    return out
+
+
+def test_frontier_draws_each_temperature_and_real_text(frontier_report):
+    data = json.loads((frontier_report / "comparison.json").read_text())
+    assert data["settings"]["temperatures"] == [0.5, 1.0]
+    for r in data["runs"]:
+        points = r["frontier"]
+        assert [p["temperature"] for p in points] == [0.5, 1.0] and all(p["n"] == 4 for p in points)
+        cold, plain = (p["quality"] for p in points)
+        assert cold["char_entropy"] < plain["char_entropy"]  # a colder draw writes fewer kinds of characters
+        default = next(p for p in r["sweep"] if p.get("default"))
+        assert plain["judge_ppl"] == default["judge_ppl"]  # T = 1 is the run's own draw, with the same seed
+        assert points[1]["distance"] == default["distance"]
+    md = (frontier_report / "comparison.md").read_text()
+    assert "## Frontier: judge perplexity vs entropy over temperature" in md
+    assert "| run | T | judge ppl | char entropy | word validity | n-gram JS | real floor | samples |" in md
+    assert "| ar | 0.5 |" in md and "| masked | 1 |" in md and md.count("| real text | — |") == 1
+
+
+def test_frontier_is_cached_and_reused(runs, frontier_report, tmp_path, monkeypatch):
+    assert (runs / "masked" / "frontier.json").exists()
+    monkeypatch.setattr(compare_module, "frontier_point", lambda *a: pytest.fail("the cached frontier is reused"))
+    compare_runs([str(runs / "masked")], tmp_path, samples=4, sweep="", progress=False, guidance="none",
+                 temperatures="0.5,1")
+    again = json.loads((tmp_path / "comparison.json").read_text())["runs"][0]["frontier"]
+    first = json.loads((frontier_report / "comparison.json").read_text())["runs"][1]["frontier"]
+    assert again == first
+
+
+def test_parse_temperatures():
+    assert parse_temperatures("1, 0.6,0.6,") == [0.6, 1.0] and parse_temperatures("none") == []
+    with pytest.raises(ConfigError, match="'hot' is not a number"):
+        parse_temperatures("1,hot")
+    with pytest.raises(ConfigError, match="--temperatures must each be"):
+        parse_temperatures("0")
+    with pytest.raises(ConfigError, match="at most 12"):
+        parse_temperatures(",".join(str(0.1 * i) for i in range(1, 14)))
+
+
+def test_temperatures_flag_errors_are_one_line(runs, tmp_path, capsys):
+    assert main(["compare", str(runs / "ar"), "--out", str(tmp_path / "o"), "--no-progress", "--samples", "2",
+                 "--temperatures", "0.8,warm"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: --temperatures") and "'warm' is not a number" in err and "\n" not in err
+
+
+def test_frontier_chart_in_chromium(frontier_report, browser):
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    browser.get((frontier_report / "report.html").as_uri())
+    WebDriverWait(browser, 10).until(lambda d: d.execute_script("return document.body.dataset.ready === '1'"))
+    fig = browser.find_element("id", "plot-frontier")
+    assert int(fig.get_attribute("data-series")) == 3  # ar, masked and real text
+    assert int(fig.get_attribute("data-points")) == 5
+    labels = [t.get_attribute("textContent") for t in fig.find_elements("css selector", "svg text.point-label")]
+    assert labels.count("T=0.5") == 2 and labels.count("real") == 1
+    assert len(browser.find_elements("css selector", "#frontier-table tbody tr")) == 5

@@ -9,23 +9,41 @@ from textdiffusion.apps.cli import main
 from textdiffusion.data import corpus as corpus_mod
 
 
-def test_demo_trains_animates_and_prints_the_run(small_corpus, tmp_path, capsys):
+def test_demo_trains_ar_adapts_it_animates_and_prints_both_runs(small_corpus, tmp_path, capsys):
     rd = tmp_path / "demo"
     assert main(["demo", "--preset", "tiny", "--steps", "20", "--data", str(small_corpus), "--run-dir", str(rd)]) == 0
     captured = capsys.readouterr()
     assert "step" in captured.err and "░" in captured.err  # the denoising animation
-    assert f"run directory: {rd}" in captured.err
-    assert "Sample:" in captured.out
-    assert (rd / "checkpoint.safetensors").exists()
-    # the run samples as the demo did: `sample` and `eval` on it get the same sampler and steps
-    method = json.loads((rd / "config.json").read_text())["config"]["method"]
-    assert (method["sampler"], method["sample_steps"]) == ("confidence", 16) and "in 16 steps" in captured.err
+    assert f"runs: {rd / 'ar'} (ar), {rd / 'block'}" in captured.err
+    assert "Sample (block diffusion):" in captured.out and "Sample (the ar model" in captured.out
+    # 3/4 of the steps train ar; the rest adapt it, starting from its final weights
+    ar_final = json.loads((rd / "ar" / "final.json").read_text())
+    block_final = json.loads((rd / "block" / "final.json").read_text())
+    assert ar_final["step"] == 15 and block_final["step"] == 5
+    assert block_final["init_from"]["step"] == 15
+    # the block run samples as the demo did: `sample` and `eval` on it get the same sampler and recipe
+    config = json.loads((rd / "block" / "config.json").read_text())["config"]
+    method = config["method"]
+    assert (method["sampler"], method["block_size"], method["shift"], method["estimator"]) == \
+        ("left_to_right", 4, True, "count")
+    assert config["train"]["init_from"] == str(rd / "ar")
+    # both validation numbers, the block run's exact one naming the sampler the demo drew with
+    assert "validation, ar:" in captured.err and "(--sampler left_to_right)" in captured.err
     # the last line names the picture of the denoising: from all masked to the printed sample
-    gif = rd / "samples" / "denoising.gif"
+    gif = rd / "block" / "samples" / "denoising.gif"
     assert captured.err.rstrip().splitlines()[-1] == f"the denoising: {gif}"
     pictures = gif_frames(gif)
     assert len(pictures) > 1 and len({p.shape for p in pictures}) == 1
     assert mask_pixels(pictures[0]) > 0.04 * pictures[0][..., 0].size and mask_pixels(pictures[-1]) == 0
+
+
+def test_the_demo_splits_its_steps_and_refuses_too_few(capsys):
+    from textdiffusion.apps.demo import demo_steps
+
+    assert demo_steps(1500) == (1125, 375) and demo_steps(2) == (1, 1) and demo_steps(3) == (2, 1)
+    assert main(["demo", "--steps", "1"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--steps 2 or more" in err
 
 
 def test_demo_offline_says_how_to_provide_the_corpus(tmp_path, monkeypatch, capsys):

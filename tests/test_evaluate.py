@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 
 import numpy as np
 import pytest
@@ -66,15 +67,20 @@ def test_eval_writes_the_documented_schema(small_corpus, tmp_path):
     assert json.dumps(json.loads(written)) == json.dumps(TextEval.from_json(json.loads(written)).to_json())
     on_disk = json.loads(written)
     assert on_disk == json.loads(json.dumps(result.to_json()))
-    keys = ["run", "method", "preset", "step", "weights", "parameters", "device", "val", "samples", "quality",
-            "reference", "speed", "judge"]
+    keys = ["run", "method", "preset", "step", "weights", "parameters", "device", "val", "exact", "samples",
+            "quality", "reference", "speed", "judge", "distance"]
     assert list(on_disk) == keys  # an unlabelled run has no "labels"
     assert result.val.kind == "bound" and result.val.details["time_samples_per_window"] == 4
     assert {"judge_ppl", "word_validity", "distinct_2", "repetition", "copy_rate"} <= set(on_disk["quality"])
     assert result.speed.nfe_per_sample > 0 and result.speed.sample_chars_per_s > 0
+    d = result.distance  # 20 steps of training write far from real text, which sits at its floor
+    assert (d.texts, d.texts_of, d.chars) == (8, 8, 8 * 32) and 0 < d.floor_bits < d.js_bits <= 1
     table = format_table(result)
     assert "upper bound" in table and "judge perplexity" in table
+    assert re.search(rf"n-gram JS \(1-4, bits\) +{d.js_bits:.4f}  real text: {d.floor_bits:.4f}, excess", table)
     assert format_table(TextEval.from_json(on_disk)) == table  # the file read back prints the same table
+    older = {k: v for k, v in on_disk.items() if k != "distance"}  # eval.json written before the distance
+    assert TextEval.from_json(older).distance is None and "n-gram JS" not in format_table(TextEval.from_json(older))
 
 
 def test_eval_refuses_a_corpus_that_changed_since_training(small_corpus, tmp_path):

@@ -84,6 +84,23 @@ def test_the_run_records_where_it_started(ar_run, corpus, tmp_path):
     assert record.label() == f"started from {record.run} at step 300"
 
 
+def test_the_training_cost_counts_the_sources_steps_down_the_chain(ar_run, corpus, tmp_path):
+    """final.json's total counts the steps behind the weights it started from, and those behind its source's
+    own start: ar 300, then block 4 from it, then masked 3 from the block run."""
+    Trainer(tiny_config("block", corpus, steps=4, **{"train.init_from": ar_run}), tmp_path / "b",
+            progress=False).train()
+    Trainer(tiny_config("masked", corpus, steps=3, **{"train.init_from": tmp_path / "b"}), tmp_path / "m",
+            progress=False).train()
+    block, masked = TrainSummary.read(tmp_path / "b"), TrainSummary.read(tmp_path / "m")
+    assert (block.step, block.total_steps) == (4, 304)
+    assert (masked.step, masked.init.steps, masked.total_steps) == (3, 4, 307)
+    assert masked.total_elapsed == pytest.approx(masked.elapsed + block.elapsed + TrainSummary.read(ar_run).elapsed)
+    written = json.loads((tmp_path / "m" / "final.json").read_text())
+    assert (written["total_steps"], written["init_from"]["total_steps"]) == (307, 304)
+    assert TrainSummary.read(ar_run).total_steps == 300
+    assert "total_steps" not in json.loads((ar_run / "final.json").read_text())  # a plain run's step says it
+
+
 def test_a_run_without_init_from_records_none(corpus, tmp_path):
     Trainer(tiny_config("masked", corpus, steps=2), tmp_path / "r", progress=False).train()
     assert TrainSummary.read(tmp_path / "r").init is None
@@ -182,5 +199,9 @@ def test_compare_lists_where_a_run_started_and_what_that_cost(ar_run, corpus, tm
     assert record.init is not None and record.init.step == 300
     assert record.to_json()["init_from"]["run_id"] == json.loads((ar_run / "config.json").read_text())["run_id"]
     line = f"Started from {shareable_path(ar_run)} at step 300: 300 steps, {elapsed:,.1f} s of training before"
-    assert f"{line} this run's own." in _md_run(record)
+    assert f"{line} this run's own (302 steps in all)." in _md_run(record)
+    from textdiffusion.viz.report import text_row
+
+    steps = text_row(record).cells["step"]
+    assert (steps.text, steps.value) == ("302 (2 own)", 302)  # the table counts the ar steps too
     assert read_run(ar_run).init is None and "init_from" not in read_run(ar_run).to_json()

@@ -158,7 +158,7 @@ def test_runs_describe_what_the_page_needs(server):
     assert set(runs) == {"masked", "ar"}
     masked, ar = runs["masked"], runs["ar"]
     assert masked["method"] == "masked" and masked["step"] == 30 and masked["parameters"] > 0
-    assert masked["samplers"] == ["ancestral", "cached", "confidence", "topk", "remdm"]
+    assert masked["samplers"] == ["ancestral", "cached", "confidence", "topk", "left_to_right", "remdm"]
     assert masked["sampler"] == "ancestral"
     assert masked["context"] == masked["max_length"] == 32 and masked["steps"] == 32 and not masked["steps_fixed"]
     assert masked["infill"] and masked["tokenizer"] == "char" and "R" in masked["alphabet"]
@@ -194,6 +194,17 @@ def test_infill_keeps_the_known_characters(server):
     assert kinds["frame"][0]["masked"] == [9, 10, 11, 12]
 
 
+def test_left_to_right_writes_one_character_per_frame_whatever_the_steps(server):
+    """The masked run's left_to_right sampler takes one step per character left to write; the page's steps
+    field does not apply to it."""
+    params = {"run": "masked", "prompt": "ROMEO:", "length": 12, "sampler": "left_to_right", "steps": 3, "seed": 2}
+    kinds = by_kind(Stream(server, params).events())
+    frames, done = kinds["frame"], kinds["done"][0]
+    assert kinds["start"][0]["steps"] == 6 and [f["step"] for f in frames] == list(range(7))
+    assert [f["masked"][0] for f in frames[:-1]] == list(range(6, 12))  # the leftmost blank is written next
+    assert done["sampler"] == "left_to_right" and done["nfe"] == 6 and done["text"].startswith("ROMEO:")
+
+
 def test_ar_writes_one_character_per_frame(server):
     kinds = by_kind(Stream(server, {"run": "ar", "prompt": "First", "length": 16, "seed": 0}).events())
     frames, done = kinds["frame"], kinds["done"][0]
@@ -209,7 +220,7 @@ def test_ar_writes_one_character_per_frame(server):
     ({"run": "masked", "steps": 10**9}, ["steps", "from 1 to 1000", "--max-steps"]),
     ({"run": "masked", "steps": "abc"}, ["steps must be a whole number", "'abc'"]),
     ({"run": "nope"}, ["unknown run 'nope'", "masked, ar"]),
-    ({"run": "masked", "sampler": "ddim"}, ["no sampler 'ddim'", "ancestral, cached, confidence, topk"]),
+    ({"run": "masked", "sampler": "ddim"}, ["no sampler 'ddim'", "ancestral, cached, confidence, topk, left_to_right"]),
     ({"run": "masked", "prompt": "RO", "infill": "R_"}, ["either a prompt or an infill"]),
     ({"run": "masked", "infill": "ROMEO"}, ["no '_' placeholders"]),
     ({"run": "ar", "infill": "RO__"}, ["can only continue a prompt"]),
@@ -514,6 +525,28 @@ def test_page_streams_a_whole_denoising(server, browser):
     assert "6 steps" in browser.find_element("id", "stats").text
     assert not browser.find_element("id", "message").is_displayed()
     assert ink_fraction(player.screenshot_as_png) > 0.01  # the player, not the page: ink_fraction is slow on 1280x1000
+
+
+def test_page_takes_no_steps_for_the_left_to_right_sampler_and_shows_the_exact_number(server, browser):
+    from selenium.webdriver.support.ui import Select
+
+    runs = {r["name"]: r for r in get_json(server, "/api/runs")}
+    assert runs["masked"]["one_per_token"] == ["left_to_right"] and runs["masked"]["exact_sampler"] == "left_to_right"
+    browser.get(server.url + "/")
+    _wait_state(browser, ("idle",))
+    Select(browser.find_element("id", "run")).select_by_value("masked")
+    info = browser.find_element("id", "run-info").text
+    assert f"exact {runs['masked']['exact_bpc']:.3f} bits/char (of the left_to_right sampler)" in info
+    steps = browser.find_element("id", "steps")
+    Select(browser.find_element("id", "sampler")).select_by_value("left_to_right")
+    assert not steps.is_enabled() and "one character per step" in steps.get_attribute("title")
+    _fill(browser, "text", "ROMEO:")
+    _fill(browser, "length", "12")
+    browser.find_element("id", "sample").click()
+    assert _wait_state(browser, ("done", "error")) == "done", browser.find_element("id", "message").text
+    assert browser.find_element("id", "player").get_attribute("data-frames") == "7"  # one per character, + start
+    Select(browser.find_element("id", "sampler")).select_by_value("topk")
+    assert steps.is_enabled() and steps.get_attribute("value") == str(runs["masked"]["steps"])
 
 
 def test_page_fills_blanks_and_stops_on_request(server, browser):

@@ -12,9 +12,9 @@ from __future__ import annotations
 TEXT_METHODS: dict[str, tuple[str, ...]] = {
     "ar": ("ancestral",),
     "bits": ("ddim", "ddpm"),
-    "block": ("ancestral", "cached", "confidence", "topk", "remdm"),
+    "block": ("ancestral", "cached", "confidence", "topk", "left_to_right", "remdm"),
     "embedding": ("ddim", "ddpm", "guided"),
-    "masked": ("ancestral", "cached", "confidence", "topk", "remdm"),
+    "masked": ("ancestral", "cached", "confidence", "topk", "left_to_right", "remdm"),
 }
 # method -> its samplers, for the image methods (``textdiffusion mnist``)
 IMAGE_METHODS: dict[str, tuple[str, ...]] = {

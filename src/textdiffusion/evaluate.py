@@ -5,6 +5,9 @@
   speaker labels (``data.labels=speaker``) is scored as it was validated in training: on its speakers'
   held-out speeches, each window under its speaker's label (the conditional NLL); its samples are drawn
   without a label (the unconditional model), and ``eval.json`` says both.
+* ``exact`` (masked, block): beside the bound, the exact NLL of the sampler that writes one token per step,
+  left to right (``--sampler left_to_right``): the chain rule, a network pass per token of a window (block:
+  per position of a block), on its own, smaller count of evenly spread windows (``exact_windows``).
 * Sample quality of N samples of fixed length, scored identically for every method:
   - ``judge_ppl``: per-character perplexity under :class:`CharNgramJudge`, an interpolated Witten-Bell
     character n-gram model fitted on the *training* split (deterministic, no network, built in);
@@ -14,6 +17,10 @@
   - ``copy_rate``: fraction of 32-character windows of the samples found verbatim in the training split
     (memorisation).
   The same statistics on real validation text of the same length are reported as ``reference``.
+* ``distance``: the Jensen-Shannon divergence between the character 1-4-gram distributions of the samples and
+  of held-out text of the same size, beside the real-text floor, the value a second slice of held-out text
+  reaches (:mod:`textdiffusion.sample_distance`). Judge perplexity rewards a sampler that collapses onto
+  likely characters; this number charges it for what it stopped writing.
 * Speed: generated characters per second and network evaluations (forward passes) per sample.
 """
 
@@ -26,6 +33,7 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Iterable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -42,9 +50,11 @@ from textdiffusion.final_score import score_key
 from textdiffusion.methods.base import Method, SampleRequest, TextMethod, score
 from textdiffusion.records import (
     FINAL,
+    ExactScore,
     FinalScore,
     LabelNote,
     Quality,
+    SampleDistance,
     SampleSettings,
     SampleSpeed,
     TextEval,
@@ -52,6 +62,7 @@ from textdiffusion.records import (
     ValScore,
 )
 from textdiffusion.runs import LoadedRun, open_run
+from textdiffusion.sample_distance import sample_distance
 from textdiffusion.sharing import public_source, shareable_path
 
 WORD = re.compile(r"[A-Za-z]+(?:'[A-Za-z]+)*")
@@ -259,10 +270,20 @@ def reference_windows(text: str, train_chars: int, length: int, n: int) -> list[
     return [val_text[s:s + length] for s in starts]
 
 
+def distance_from_real(texts: list[str], held_out: str) -> SampleDistance | None:
+    """The n-gram distance of ``texts`` from ``held_out`` (the validation split), with its real-text floor;
+    None when the split cannot hold two real slices of even one sample."""
+    try:
+        return sample_distance(texts, held_out)
+    except ValueError:
+        return None
+
+
 def evaluate_text(run_dir: str | Path | LoadedRun, samples: int = 64, length: int = 0, sampler: str = "",
                   steps: int = 0, temperature: float | None = None, top_k: int | None = None,
                   top_p: float | None = None, seed: int = 0, val_windows: int | None = None, device: str = "auto",
-                  batch: int = 64, overrides: list[str] | None = None, progress: bool = True) -> TextEval:
+                  batch: int = 64, overrides: list[str] | None = None, progress: bool = True,
+                  exact_windows: int | None = None) -> TextEval:
     """Score a run and write ``RUN/eval.json``. Uses the EMA weights, like sampling. ``overrides`` are
     sampling options (``method.field=value``), recorded in the result. ``temperature``, ``top_k`` and
     ``top_p`` left at None take the run's own (``method.*``, ``overrides`` included); the values actually
@@ -274,7 +295,11 @@ def evaluate_text(run_dir: str | Path | LoadedRun, samples: int = 64, length: in
     ``val_windows``: how many evenly spread validation windows to score (0 = the whole split). None (the
     default) returns the score final.json recorded when it is the very number scoring its windows here would
     give (the same weights, windows and settings; a short run's final score may cover a bounded part of the
-    split, which the table then says), and otherwise scores the whole split."""
+    split, which the table then says), and otherwise scores the whole split.
+
+    ``exact_windows`` (masked, block): how many evenly spread windows the exact NLL of the left_to_right sampler
+    takes (0 = the whole split); None: final.json's exact score when it is the very number (reused), else
+    ``train.final_exact_windows`` of them (none when that is 0)."""
     run = run_dir if isinstance(run_dir, LoadedRun) else open_run(run_dir, device=device, overrides=overrides)
     if run.method.family != "text":
         raise ConfigError(f"{run.path} is an image run; use `{run.method.command} eval {run.path}`")
@@ -293,6 +318,7 @@ def evaluate_text(run_dir: str | Path | LoadedRun, samples: int = 64, length: in
             nll = score(run.method, run.model, windows, batch_size=SCORE_BATCH, progress=progress,
                         desc=f"scoring {len(windows):,} validation windows")
             val = ValScore(nll.bits_per_unit, nll.nats_per_unit, nll.kind, nll.windows, nll.units, nll.details)
+        exact = exact_score(run, data, final, exact_windows, progress)
         length = length or cfg.model.context
         decoding = run.method.decoding(temperature, top_k, top_p)
         req = SampleRequest(n=samples, length=length, sampler=sampler, steps=steps, **decoding)
@@ -311,10 +337,11 @@ def evaluate_text(run_dir: str | Path | LoadedRun, samples: int = 64, length: in
         quality=Quality.from_json(ref.quality(texts)), reference=Quality.from_json(reference),
         reference_what=f"{samples} real validation windows of {ref_len} characters",
         speed=SampleSpeed.from_json(speed),
+        distance=distance_from_real(texts, text[len(data.train_text):]),
         judge={"kind": f"character {ref.judge.order}-gram, interpolated Witten-Bell",
                "fitted_on": f"training split of {public_source(source)}",
                "chars": len(data.train_text)},
-        labels=label_note(run.method))
+        labels=label_note(run.method), exact=exact)
     if not is_export(run.path):  # an export is read-only: the result is returned (and printed) only
         result.write(run.path)
     return result
@@ -331,6 +358,31 @@ def recorded_final(run: LoadedRun) -> FinalScore | None:
     if final.key != score_key(run.cfg, run.model, run.step, final.key.windows, run.device, SCORE_BATCH):
         return None
     return final
+
+
+def exact_score(run: LoadedRun, data: TextData, final: FinalScore | None, count: int | None,
+                progress: bool) -> ExactScore | None:
+    """The exact NLL of the run's ``exact_sampler`` (None for a method without one, or no windows asked for) on
+    ``count`` evenly spread validation windows (0 = all; None: final.json's count, else
+    ``train.final_exact_windows``): final.json's number when it is the very one, else scored here."""
+    sampler = run.method.exact_sampler
+    if not sampler:
+        return None
+    recorded = final.exact if final is not None else None
+    if count is None:
+        count = recorded.windows if recorded is not None else run.cfg.train.final_exact_windows
+        if not count:
+            return None
+    source = text_source(data, run.cfg)
+    total = len(source.val_set(run.method.window, 0))
+    windows = source.val_set(run.method.window, count if 0 < count < total else 0).to(run.device)
+    same = final is not None and final.key is not None and recorded is not None and recorded.key is not None
+    if same and recorded.key == replace(final.key, windows=recorded.key.windows) and recorded.windows == len(windows):
+        return replace(recorded, reused_from=FINAL, key=None)
+    with torch.no_grad(), precision.autocast(run.cfg.train.amp, run.device)():
+        nll = score(run.method, run.model, windows, batch_size=SCORE_BATCH, progress=progress, exact=True,
+                    desc=f"exact NLL of --sampler {sampler}, {len(windows):,} windows")
+    return ExactScore(nll.bits_per_unit, nll.nats_per_unit, nll.windows, nll.units, sampler, nll.details, total)
 
 
 def recorded_val(final: FinalScore | None, windows: int) -> ValScore | None:
@@ -365,6 +417,16 @@ def label_note(method: TextMethod) -> LabelNote | None:
                      "conditional NLL on the held-out speeches, each window under its speaker's label")
 
 
+def distance_rows(d: SampleDistance | None) -> list[tuple[str, str, str]]:
+    """The table's row of the n-gram distance: the samples' value, real text's floor and the excess."""
+    if d is None:
+        return []
+    orders = f"{min(d.orders)}-{max(d.orders)}" if len(d.orders) > 1 else str(d.orders[0])
+    of = f" (first {d.texts} of {d.texts_of} samples)" if d.texts < d.texts_of else ""
+    return [(f"n-gram JS ({orders}, bits)", f"{d.js_bits:.4f}",
+             f"real text: {d.floor_bits:.4f}, excess {d.excess:.4f}; {d.chars:,} chars{of}")]
+
+
 def format_table(ev: TextEval, method: type[Method] | None = None) -> str:
     """The human-readable table ``textdiffusion eval`` prints; ``method`` adds its own rows (its
     ``eval_terms`` from the validation details and its ``sample_stats`` from the samples)."""
@@ -385,10 +447,15 @@ def format_table(ev: TextEval, method: type[Method] | None = None) -> str:
         ("repetition", f"{q.repetition:.3f}", f"real text: {r.repetition:.3f}"),
         ("char entropy (bits)", f"{q.char_entropy:.3f}", f"real text: {r.char_entropy:.3f}"),
         ("copy rate (32 chars)", f"{q.copy_rate:.3f}", f"real text: {r.copy_rate:.3f}"),
+        *distance_rows(ev.distance),
         ("sample chars/s", f"{s.sample_chars_per_s:,.0f}", f"{ev.device}"),
         ("network evals/sample", f"{s.nfe_per_sample:.1f}", ""),
         *[(label, f"{s.stats[key]:.4f}", note) for key, (label, note) in stats.items() if key in s.stats],
     ]
+    if ev.exact is not None:  # beside the bound: the exact NLL, and the sampler it is the likelihood of
+        e = ev.exact
+        rows[2:2] = [("exact bits/char", f"{e.bits:.4f}", f"{e.label}; {e.windows} windows, {e.chars:,} chars"),
+                     ("exact nats/char", f"{e.nats:.4f}", "")]
     smp = ev.samples
     head = (f"{ev.method} ({ev.preset}, step {ev.step}, {ev.parameters:,} params) — "
             f"{smp.n} samples x {smp.length} chars, sampler {smp.sampler}, T={smp.temperature}")
@@ -401,6 +468,9 @@ def format_table(ev: TextEval, method: type[Method] | None = None) -> str:
         if v.windows_of is not None and v.windows < v.windows_of:
             lines.append(f"val: {v.windows:,} of the {v.windows_of:,} validation windows (the bounded final "
                          f"score); --val-windows 0 scores them all")
+    if ev.exact is not None and ev.exact.reused_from:
+        lines.append(f"exact: the score {ev.exact.reused_from} recorded for these weights, windows and settings "
+                     f"(reused, not recomputed)")
     if ev.labels is not None:  # a labelled run: say which numbers are conditional and which are not
         names = ev.labels.names
         lines += [f"labels: {len(names)} ({', '.join(names)})",

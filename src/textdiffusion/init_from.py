@@ -86,5 +86,7 @@ def load_init_weights(run: str, cfg: Config, vocab: Tokenizer, model: torch.nn.M
     final = TrainSummary.read(path)
     meta = read_run_meta(path)
     # the record is shared with the run (final.json, exports, reports): the source named as sharing names paths
-    return InitRecord(shareable_path(run), str(meta.get("run_id", "")), step,
-                      final.step if final is not None else None, final.elapsed if final is not None else None)
+    if final is None:
+        return InitRecord(shareable_path(run), str(meta.get("run_id", "")), step, None, None)
+    return InitRecord(shareable_path(run), str(meta.get("run_id", "")), step, final.step, final.elapsed,
+                      final.total_steps, final.total_elapsed)

@@ -1,7 +1,7 @@
 """What each stage leaves in a run directory, as typed records with their JSON form.
 
 * :class:`TrainSummary`: what training returns, and ``final.json`` once the run has finished and scored its
-  validation split (:class:`FinalScore`);
+  validation split (:class:`FinalScore`, with :class:`ExactScore` beside a bound);
 * :class:`EvalRow` and :class:`TrainRow`: the rows of ``metrics.jsonl`` (an evaluation every
   ``train.eval_every`` steps; a train row every ``train.log_every`` steps, marked ``"kind": "train"``);
 * :class:`TextEval`: the ``eval.json`` of ``textdiffusion eval``; :class:`ImageEval`: the one of
@@ -90,6 +90,54 @@ class ScoreKey:
 
 
 @dataclass
+class ExactScore:
+    """The exact NLL of a method whose validation number is a bound (masked, block), scored beside it: the
+    likelihood of the sampler named ``sampler`` (one token per step, left to right), which a user can run. It
+    costs a network pass per token of a window (per position of a block, for block), so it takes its own,
+    smaller count of evenly spread validation windows: ``windows`` of ``windows_of``. ``key`` (final.json) is
+    what the number is a function of; ``reused_from`` (eval.json) names the record it was read from."""
+
+    bits: float  # per character
+    nats: float
+    windows: int
+    chars: int
+    sampler: str
+    details: dict[str, Any] = field(default_factory=dict)  # the method's (order, stderr_nats, note, ...)
+    windows_of: int | None = None
+    key: ScoreKey | None = None
+    reused_from: str | None = None
+
+    @property
+    def label(self) -> str:
+        """How a table names the number: exact, and whose likelihood it is."""
+        return f"exact: the likelihood of --sampler {self.sampler}"
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"bpc": self.bits, "nats_per_char": self.nats, "kind": "exact", "sampler": self.sampler,
+                               "windows": self.windows, "chars": self.chars, "details": self.details}
+        if self.windows_of is not None:
+            out["windows_of"] = self.windows_of
+        if self.key is not None:
+            out["key"] = self.key.to_json()
+        if self.reused_from is not None:
+            out["reused_from"] = self.reused_from
+        return out
+
+    @classmethod
+    def from_json(cls, d: Any) -> ExactScore | None:
+        """None for a record without one (ar's, or written before it was scored) or a damaged one."""
+        if not isinstance(d, dict):
+            return None
+        try:
+            details = d.get("details")
+            return cls(float(d["bpc"]), float(d["nats_per_char"]), int(d["windows"]), int(d["chars"]),
+                       str(d["sampler"]), details if isinstance(details, dict) else {}, d.get("windows_of"),
+                       ScoreKey.from_json(d.get("key")), d.get("reused_from"))
+        except (KeyError, TypeError, ValueError):
+            return None
+
+
+@dataclass
 class FinalScore:
     """The validation split scored at the end of training with the EMA weights (and the raw ones, with
     ``train.final_eval_raw``). ``unit`` is the method's ("char" | "dim"), naming the bits' key. ``windows``
@@ -108,6 +156,7 @@ class FinalScore:
     units: int | None = None  # the characters (text) or images scored
     budget: float | None = None  # the fraction of the training time that bounded the count, if it did
     key: ScoreKey | None = None  # what the number is a function of, so eval can reuse it
+    exact: ExactScore | None = None  # a bound's method (masked, block): the exact NLL of its left_to_right sampler
 
     @property
     def bounded(self) -> bool:
@@ -128,6 +177,8 @@ class FinalScore:
             out["val_budget"] = self.budget
         if self.key is not None:
             out["val_key"] = self.key.to_json()
+        if self.exact is not None:
+            out["val_exact"] = self.exact.to_json()
         return out
 
     @classmethod
@@ -141,34 +192,72 @@ class FinalScore:
         return cls(unit, d[key], d.get("val_nats"), d.get("val_kind"), d.get("val_windows"),
                    details if isinstance(details, dict) else {}, d.get(key + "_raw"), d.get("val_nats_raw"),
                    d.get("val_windows_of"), d.get("val_units"), d.get("val_budget"),
-                   ScoreKey.from_json(d.get("val_key")))
+                   ScoreKey.from_json(d.get("val_key")), ExactScore.from_json(d.get("val_exact")))
 
 
 @dataclass(frozen=True)
 class InitRecord:
     """Where a run's weights came from when ``train.init_from`` started it from another run: that run's id
     and the step of its weights, and what training them cost (its steps and training seconds, None when the
-    source recorded no final.json), so a table can count them in this run's cost."""
+    source recorded no final.json), so a table can count them in this run's cost. ``total_steps`` and
+    ``total_elapsed`` add what the source's own start cost when it too started from a run."""
 
     run: str  # the source run as it was given
     run_id: str
     step: int
     steps: int | None
     elapsed: float | None
+    total_steps: int | None = None
+    total_elapsed: float | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {"run": self.run, "run_id": self.run_id, "step": self.step, "steps": self.steps,
-                "elapsed": self.elapsed}
+                "elapsed": self.elapsed, "total_steps": self.cost_steps, "total_elapsed": self.cost_elapsed}
 
     @classmethod
     def from_json(cls, d: Any) -> InitRecord | None:
         if not isinstance(d, dict):
             return None
         return cls(str(d.get("run", "")), str(d.get("run_id", "")), int(d.get("step", 0)), d.get("steps"),
-                   d.get("elapsed"))
+                   d.get("elapsed"), d.get("total_steps"), d.get("total_elapsed"))
+
+    @property
+    def cost_steps(self) -> int | None:
+        """Training steps behind the source's weights, its own start's included (None: not recorded)."""
+        return self.total_steps if self.total_steps is not None else self.steps
+
+    @property
+    def cost_elapsed(self) -> float | None:
+        """Training seconds behind the source's weights, its own start's included (None: not recorded)."""
+        return self.total_elapsed if self.total_elapsed is not None else self.elapsed
 
     def label(self) -> str:
         return f"started from {self.run} at step {self.step}"
+
+
+@dataclass(frozen=True)
+class DistillRecord:
+    """The teacher of a student trained by ``train.distill_from`` (self-distillation through time): the teacher
+    run as :class:`InitRecord` names a source (the student also starts from its weights), the student's sampling
+    steps and the teacher's steps it learned to match (``steps`` times ``train.distill_substeps``)."""
+
+    teacher: InitRecord
+    steps: int  # the student's sampling steps (per block for block diffusion)
+    teacher_steps: int  # the teacher's steps over the same time: one student step matches teacher_steps / steps
+
+    def to_json(self) -> dict[str, Any]:
+        return {**self.teacher.to_json(), "student_steps": self.steps, "teacher_steps": self.teacher_steps}
+
+    @classmethod
+    def from_json(cls, d: Any) -> DistillRecord | None:
+        teacher = InitRecord.from_json(d)
+        if teacher is None:
+            return None
+        return cls(teacher, int(d.get("student_steps", 0)), int(d.get("teacher_steps", 0)))
+
+    def label(self) -> str:
+        return (f"distilled from {self.teacher.run} at step {self.teacher.step}: {self.steps} sampling steps for "
+                f"its {self.teacher_steps}")
 
 
 @dataclass
@@ -187,6 +276,7 @@ class TrainSummary:
     score: FinalScore | None = None
     scoring_interrupted: bool = False  # a signal stopped the final scoring: final.json was not written
     init: InitRecord | None = None  # the run whose weights this one started from (train.init_from)
+    distill: DistillRecord | None = None  # the teacher of a student (train.distill_from)
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {"run_dir": self.run_dir, "step": self.step, "steps": self.steps,
@@ -198,7 +288,25 @@ class TrainSummary:
             out["scoring_interrupted"] = True
         if self.init is not None:
             out["init_from"] = self.init.to_json()
+            out["total_steps"], out["total_elapsed"] = self.total_steps, self.total_elapsed
+        if self.distill is not None:
+            out["distill_from"] = self.distill.to_json()
         return out
+
+    @property
+    def total_steps(self) -> int | None:
+        """The run's training cost in steps: its own, plus the source's when it started from a run (None when
+        the source's is not recorded)."""
+        if self.init is None:
+            return self.step
+        return None if self.init.cost_steps is None else self.step + self.init.cost_steps
+
+    @property
+    def total_elapsed(self) -> float | None:
+        """Training seconds, the source's counted as :attr:`total_steps` counts its steps."""
+        if self.init is None:
+            return self.elapsed
+        return None if self.init.cost_elapsed is None else self.elapsed + self.init.cost_elapsed
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> TrainSummary:
@@ -206,7 +314,7 @@ class TrainSummary:
         return cls(str(d.get("run_dir", "")), d.get("step"), d.get("steps"), d.get("elapsed"),
                    bool(d.get("interrupted")), bool(d.get("out_of_time")), d.get(rate_key(unit)), unit,
                    FinalScore.from_json(d), bool(d.get("scoring_interrupted")),
-                   InitRecord.from_json(d.get("init_from")))
+                   InitRecord.from_json(d.get("init_from")), DistillRecord.from_json(d.get("distill_from")))
 
     def write(self, run_dir: Path) -> None:
         """``final.json``, with the run directory as it may be shown elsewhere (never an absolute path)."""
@@ -498,16 +606,21 @@ class TextEval:
     speed: SampleSpeed
     judge: dict[str, Any]  # kind, fitted_on, chars
     labels: LabelNote | None = None
+    exact: ExactScore | None = None  # beside a bound (masked, block): the exact NLL of the left_to_right sampler
+    distance: SampleDistance | None = None  # n-gram distance from held-out text; None in older files
 
     def to_json(self) -> dict[str, Any]:
         out = {"run": self.run, "method": self.method, "preset": self.preset, "step": self.step,
                "weights": self.weights, "parameters": self.parameters, "device": self.device,
-               "val": self.val.to_json(), "samples": self.samples.to_json(),
+               "val": self.val.to_json(), **({"exact": self.exact.to_json()} if self.exact else {}),
+               "samples": self.samples.to_json(),
                "quality": self.quality.to_json() if self.quality else None,
                "reference": {**(self.reference.to_json() if self.reference else {}), "what": self.reference_what},
                "speed": self.speed.to_json(), "judge": self.judge}
         if self.labels is not None:
             out["labels"] = asdict(self.labels)
+        if self.distance is not None:
+            out["distance"] = self.distance.to_json()
         return out
 
     @classmethod
@@ -525,7 +638,8 @@ class TextEval:
                    d.get("parameters"), d.get("device"), ValScore.from_json(d["val"]),
                    SampleSettings.from_json(d["samples"]), quality(d.get("quality")), quality(ref),
                    ref.get("what", ""), SampleSpeed.from_json(d.get("speed") or {}), d.get("judge") or {},
-                   LabelNote(**labels) if isinstance(labels, dict) else None)
+                   LabelNote(**labels) if isinstance(labels, dict) else None, ExactScore.from_json(d.get("exact")),
+                   SampleDistance.from_json(d.get("distance")))
 
     def write(self, run_dir: Path) -> None:
         from textdiffusion.checkpoint import write_json

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -92,7 +92,10 @@ def check_checkpoint_config(header: CheckpointHeader, cfg: Config, run_id: str =
         return
     sampling = cfg.method.sampling_fields()
     saved, now = _fixed_fields(header.config, sampling), _fixed_fields(cfg.to_dict(), sampling)
-    changed = sorted((k for k in saved.keys() | now.keys() if saved.get(k) != now.get(k)),
+    # a field added after the checkpoint was written: the weights were trained as its default behaves
+    default = _fixed_fields({"method": asdict(type(cfg.method)())}, sampling)
+    changed = sorted((k for k in saved.keys() | now.keys() if saved.get(k) != now.get(k)
+                      and not (k not in saved and k in default and now.get(k) == default[k])),
                      key=lambda k: (k != "method.name", k))  # a changed method says most
     if changed:
         shown = "; ".join(f"{k}: {saved.get(k)!r} in the checkpoint, {now.get(k)!r} in config.json"

@@ -20,7 +20,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -46,6 +46,14 @@ from textdiffusion.checkpoint import (
 from textdiffusion.config import Config, ConfigError, validate
 from textdiffusion.data.corpus import DataError
 from textdiffusion.data.sources import SOURCES, Source, as_source, load_source
+from textdiffusion.distill_from import (
+    Objective,
+    Teacher,
+    check_same_teacher,
+    copy_teacher,
+    distillation_objective,
+    open_teacher,
+)
 from textdiffusion.final_score import budget_count, budget_label, score_key
 from textdiffusion.init_from import load_init_weights
 from textdiffusion.methods import get_method
@@ -55,10 +63,13 @@ from textdiffusion.optim import warmup_cosine
 from textdiffusion.progress import progress_bar
 from textdiffusion.records import (
     METRICS,
+    DistillRecord,
     EvalRow,
+    ExactScore,
     FinalScore,
     InitRecord,
     MetricsRow,
+    ScoreKey,
     TrainSummary,
     truncate_metrics,
 )
@@ -73,6 +84,8 @@ from textdiffusion.runs import (
 from textdiffusion.sharing import recorded_command, run_corpus_record
 from textdiffusion.training_samples import write_training_samples
 
+# windows the final score's exact NLL takes first, timed, when train.final_eval_budget bounds it
+EXACT_PROBE = 8
 StopReason = Literal["out_of_time", "interrupted"]  # why a loop ended before its target step
 
 class TrainingAborted(KeyboardInterrupt):
@@ -207,6 +220,8 @@ def _loss_label(method: Any, cfg: Config) -> tuple[str, float]:
     """How the bar shows ``method``'s training loss: its name and the factor from the loss's own unit. A
     likelihood in nats per token becomes bits per character (``train bpc``) with the character tokenizer, whose
     tokens are characters, else bits per token; any other objective is shown as it is."""
+    if cfg.train.distill_from:
+        return "distill KL", 1.0
     if not method.loss_is_likelihood:
         return "objective", 1.0
     per = "train bpc" if cfg.data.tokenizer == "char" else "train bits/token"
@@ -313,10 +328,26 @@ class Trainer:
             # the run a train.init_from run started from: recorded in config.json, reloaded only before step 0
             self.init: InitRecord | None = (InitRecord.from_json(read_run_meta(self.run_dir).get("init_from"))
                                             if resume else None)
+            # a student's teacher (train.distill_from): loaded on every start, the loss needs it at every step
+            self.teacher: Teacher | None = None
+            self.objective: Objective | None = None  # the loss in place of the method's (None: the method's)
+            if cfg.train.distill_from:
+                self.teacher = open_teacher(cfg, self.source.vocab, self.method, self.device)
+                self.objective = distillation_objective(self.method, self.teacher, cfg.train.distill_substeps,
+                                                        cfg.train.distill_draws)
+                if resume:
+                    check_same_teacher(self.teacher, DistillRecord.from_json(
+                        read_run_meta(self.run_dir).get("distill_from")), self.run_dir)
             if header is not None:
                 check_checkpoint_shapes(header, self.model, self.run_dir)
                 self._load(header)
             else:
+                if self.teacher is not None:
+                    copy_teacher(self.teacher, self.model, self.ema.model)
+                    if self.progress:
+                        record = self.teacher.record
+                        self.log(f"distilling {record.teacher.run} (step {record.teacher.step}): {record.steps} "
+                                 f"sampling steps to match its {record.teacher_steps}")
                 if cfg.train.init_from:
                     self.init = load_init_weights(cfg.train.init_from, cfg, self.source.vocab, self.model)
                     self.ema.model.load_state_dict(self.model.state_dict())
@@ -425,6 +456,7 @@ class Trainer:
                 "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "run_id": self.run_id,
                 "precision": self.precision, "tf32": self.tf32,
                 **({"init_from": self.init.to_json()} if self.init is not None else {}),
+                **({"distill_from": self.teacher.record.to_json()} if self.teacher is not None else {}),
                 **({"world_size": self.world.size} if self.world.active else {})}
 
     def save(self) -> None:
@@ -654,15 +686,17 @@ class Trainer:
         for group in self.opt.param_groups:
             group["lr"] = lr
         self.model.train()
+        self.method.at_training_step(self.step)
         total = 0.0
         draws = [gens for _ in range(t.grad_accum) for gens in self.shard_gens]
+        objective = self.objective or self.method.loss
         for i, (data_gen, noise_gen) in enumerate(draws):
             x = self.source.train_batch(t.batch_size, self.method.window, data_gen)
             x = x.to(self.device, non_blocking=True)
             last = i == len(draws) - 1
             with self.ddp.no_sync() if self.ddp is not None and not last else contextlib.nullcontext():
                 with self.autocast():
-                    loss = self.method.loss(self.forward_model, x, noise_gen) / len(draws)
+                    loss = objective(self.forward_model, x, noise_gen) / len(draws)
                 loss.backward()
             total += float(loss.detach())
         total = distributed.all_mean(total, self.world, self.device)
@@ -731,7 +765,8 @@ class Trainer:
     def _summary(self, stopped: StopReason | None) -> TrainSummary:
         return TrainSummary(str(self.run_dir), self.step, self.cfg.train.steps, self.elapsed,
                             stopped == "interrupted", stopped == "out_of_time",
-                            self.chars_seen / max(self.elapsed, 1e-9), self.source.unit, init=self.init)
+                            self.chars_seen / max(self.elapsed, 1e-9), self.source.unit, init=self.init,
+                            distill=self.teacher.record if self.teacher is not None else None)
 
     def _final_score(self, summary: TrainSummary) -> None:
         """Score the validation split with the EMA weights, and with the raw weights too if
@@ -741,6 +776,7 @@ class Trainer:
         (:func:`~textdiffusion.final_score.budget_count`). final.json records the count, the split's count and
         the score's key, which lets ``eval`` return this number instead of computing it again."""
         t, window = self.cfg.train, self.method.window
+        started = time.perf_counter()
         total = len(self.source.val_set(window, 0))
         count = min(t.final_eval_windows, total) if t.final_eval_windows else total
         what = "images" if self.source.unit == "images" else "windows"
@@ -781,7 +817,45 @@ class Trainer:
         if t.final_eval_raw:
             raw_val = self.evaluate(windows, self.model, progress=self.progress, desc="final score, raw weights")
             score.raw_bits, score.raw_nats = raw_val.bits_per_unit, raw_val.nats_per_unit
+        if getattr(self.method, "exact_sampler", "") and t.final_exact_windows:
+            left = budget * self.elapsed - (time.perf_counter() - started) if budget > 0 else None
+            score.exact = self._exact_score(min(t.final_exact_windows, count), total, score.key, left)
         summary.write(self.run_dir)
+
+    def _exact_score(self, most: int, total: int, key: ScoreKey, left: float | None) -> ExactScore:
+        """Beside a bound, the exact NLL of the method's ``exact_sampler`` (the chain rule, a pass per token of a
+        window) on its own count of evenly spread validation windows: ``most`` of them, or with ``left`` (the
+        seconds of ``train.final_eval_budget`` the bound left over) :data:`EXACT_PROBE` timed first, then the
+        largest count of the doubling ladder up to ``most`` that the rest pays for, so a short run's final score
+        stays within its budget (a probe's worth at least). ``key`` is the bound's: the same weights and
+        settings, another count. Its time against the training time is logged."""
+        sampler = self.method.exact_sampler
+        tic = time.perf_counter()
+        count = most if left is None else min(EXACT_PROBE, most)
+        res = self._exact_of(count, total)
+        if count < most:
+            assert left is not None
+            larger = budget_count(most, count, time.perf_counter() - tic, left)
+            if larger > count:
+                count, res = larger, self._exact_of(larger, total)
+        seconds = time.perf_counter() - tic
+        if self.progress:
+            share = seconds / max(self.elapsed, 1e-9)
+            self.log(f"exact NLL {res.bits_per_unit:.4f} bits/char on {count:,} windows in {seconds:.1f}s, {share:.0%} "
+                     f"of the {self.elapsed:.1f}s of training")
+        return ExactScore(res.bits_per_unit, res.nats_per_unit, res.windows, res.units, sampler, res.details, total,
+                          replace(key, windows=count))
+
+    def _exact_of(self, count: int, total: int) -> NLLResult:
+        """The EMA weights' exact NLL of ``count`` evenly spread validation windows."""
+        if self.progress:
+            self.log(f"scoring the exact NLL of --sampler {self.method.exact_sampler} on {count:,} of {total:,} "
+                     f"validation windows ...")
+        windows = self.source.val_set(self.method.window, count if count < total else 0).to(self.device)
+        self.ema.model.eval()
+        with torch.no_grad(), self.autocast():
+            return score(self.method, self.ema.model, windows, batch_size=self.score_batch_size,
+                         progress=self.progress, desc="final score, exact NLL", exact=True)
 
 
 def _grad_norm(parameters: Any) -> torch.Tensor:

@@ -28,6 +28,16 @@ class TextSamples:
     seed: int
     windows: int = 1  # windows drawn one after another (past the context of a method that chains them)
     overlap: int = 0  # tokens each chained window shared with the text before it (0: one window)
+    # per sample, the log-probability (nats) its draws had, for a sampler that keeps it (left_to_right: at
+    # temperature 1 without top-k or top-p, the model's exact log p(text | prompt)); None for the others
+    log_prob: list[float] | None = None
+
+    def bits_per_token(self) -> float | None:
+        """The mean -log p of the draws per generated token, in bits (None without ``log_prob``)."""
+        drawn = self.length - len(self.fixed)
+        if not self.log_prob or drawn <= 0:
+            return None
+        return -sum(self.log_prob) / len(self.log_prob) / drawn / 0.6931471805599453
 
 
 @dataclass(frozen=True)
@@ -92,6 +102,9 @@ class Score:
     kind: str  # "exact" | "bound"
     chars: int  # characters scored
     windows: int  # the model's context windows the text was cut into, each scored on its own
+    # the sampler an exact number of a diffusion method is the likelihood of (score(exact=True): left_to_right);
+    # None for a bound, and for ar, whose number is its own sampler's
+    sampler: str | None = None
 
     @property
     def nats_per_char(self) -> float:
@@ -100,8 +113,11 @@ class Score:
 
     @property
     def label(self) -> str:
-        """``exact`` or ``upper bound``: how to read :attr:`bits_per_char`."""
-        return "exact" if self.kind == "exact" else "upper bound"
+        """``exact``, ``exact, the likelihood of --sampler S`` or ``upper bound``: how to read
+        :attr:`bits_per_char`."""
+        if self.kind != "exact":
+            return "upper bound"
+        return f"exact, the likelihood of --sampler {self.sampler}" if self.sampler else "exact"
 
     def __str__(self) -> str:
         return f"{self.bits_per_char:.4f} bits/char ({self.label}, {self.chars} chars)"

@@ -170,7 +170,7 @@ class TextModel(Model):
         seconds = time.perf_counter() - tic
         return TextSamples(texts, first.info.get("sampler"), first.info.get("steps"), nfe, seconds,
                            int(first.ids.shape[1]), fixed_positions(first), seed, first.info.get("windows", 1),
-                           first.info.get("overlap", 0))
+                           first.info.get("overlap", 0), first.info.get("log_prob"))
 
     def _ready_plan(self, prompt: str, infill: str | None, placeholder: str, opts: TextOptions,
                     progress: bool) -> SamplingPlan:
@@ -218,6 +218,7 @@ class TextModel(Model):
         texts: list[str] = []
         first: SampleResult | None = None
         bar, nfe_total = None, 0.0
+        log_prob: list[float] = []  # what the draws had, per sample (samplers that keep it: left_to_right)
         tic = time.perf_counter()
         try:
             for i, (start, count) in enumerate(parts):
@@ -227,6 +228,7 @@ class TextModel(Model):
                 batch = [self.tokenizer.decode(row.tolist()) for row in res.ids.cpu()]
                 texts += batch
                 nfe_total += res.nfe * count
+                log_prob += res.info.get("log_prob", [])
                 if first is None:
                     first = res
                 if on_batch is not None:
@@ -240,6 +242,8 @@ class TextModel(Model):
                 if b is not None:
                     b.close()
         assert first is not None  # n >= 1
+        if log_prob:  # the first batch's result speaks for all: it carries every batch's log-probabilities
+            first.info["log_prob"] = log_prob
         return texts, first, first.nfe if len(parts) == 1 else nfe_total / req.n
 
     def plan(self, prompt: str = "", *, infill: str | None = None, placeholder: str = "_",
@@ -334,14 +338,23 @@ class TextModel(Model):
         return TextStream(self, plan, check_value("seed", opts.seed, int, SEED), mask_char)
 
     # -- likelihood -------------------------------------------------------------------------------------------
-    def score(self, text: str) -> Score:
+    def score(self, text: str, exact: bool = False) -> Score:
         """Bits per character of ``text`` under the model, labelled exact (``ar``) or an upper bound (the
         diffusion methods), measured as the validation number is: the text cut into windows of the model's
         context, each scored on its own (a shorter rest is one more, shorter window), with the method's fixed
-        evaluation seed, so the same text always gets the same number."""
+        evaluation seed, so the same text always gets the same number.
+
+        ``exact=True`` (masked, block) scores the exact NLL instead, the chain rule of the sampler that writes
+        one token per step, left to right, which the result names (``sampler``): a network pass per token
+        (block: per position of a block). ``ar``'s number is exact either way; a method with neither is
+        refused."""
         if not isinstance(text, str) or not text:
             raise ConfigError("score() needs a non-empty text")
         method, run = self.text_method, self.run
+        sampler = method.exact_sampler if exact else ""
+        if exact and not sampler and method.likelihood_kind != "exact":
+            raise ConfigError(f"score(exact=True): the {method.name} method has no exact likelihood, only its bound; "
+                              f"leave exact out (exact likelihoods: ar, masked, block)")
         ids = torch.tensor(self.tokenizer.encode(text), dtype=torch.long)
         window = method.window
         full = len(ids) // window
@@ -354,16 +367,18 @@ class TextModel(Model):
         kind = method.likelihood_kind
         with torch.no_grad(), precision.autocast(run.cfg.train.amp, run.device)():
             for part in parts:
-                res = method.nll(run.model, part.to(run.device))
+                res = method.exact_nll(run.model, part.to(run.device)) if sampler else \
+                    method.nll(run.model, part.to(run.device))
                 nats += res.nats_per_unit * res.units
                 chars += res.units
                 windows += res.windows
                 kind = res.kind
-        return Score(nats / chars / 0.6931471805599453, kind, int(chars), int(windows))
+        return Score(nats / chars / 0.6931471805599453, kind, int(chars), int(windows), sampler or None)
 
     def evaluate(self, samples: int = 64, *, length: int = 0, sampler: str = "", steps: int = 0,
                  temperature: float | None = None, top_k: int | None = None, top_p: float | None = None,
-                 seed: int = 0, val_windows: int | None = None, progress: bool = True) -> TextEval:
+                 seed: int = 0, val_windows: int | None = None, progress: bool = True,
+                 exact_windows: int | None = None) -> TextEval:
         """Score the run as ``textdiffusion eval`` does and return the same result, a
         :class:`~textdiffusion.records.TextEval` (validation bits/char,
         exact or a bound; the quality of ``samples`` samples against the judge, with real text beside it for
@@ -371,7 +386,9 @@ class TextModel(Model):
         ``val_windows`` limits the validation windows (0 = the whole split; None: the score final.json
         recorded for these weights and settings, reused, else the whole split); the other options are
         :meth:`generate`'s. Needs the run's corpus, as training did; scores the EMA weights. ``progress``:
-        bars on stderr over the scoring and the sampling (they change no number)."""
+        bars on stderr over the scoring and the sampling (they change no number). ``exact_windows`` (masked,
+        block): the windows the exact NLL of the left_to_right sampler takes, beside the bound (0 = the whole
+        split; None: final.json's, reused, else ``train.final_exact_windows``); ``result.exact`` holds it."""
         from textdiffusion.evaluate import evaluate_text
 
         self._refuse_raw_weights()
@@ -387,7 +404,9 @@ class TextModel(Model):
                             seed=check_value("seed", seed, int, SEED),
                             val_windows=None if val_windows is None
                             else check_value("val_windows", val_windows, int, Range(0, 10**9)),
-                            overrides=self._overrides, progress=bool(progress))
+                            overrides=self._overrides, progress=bool(progress),
+                            exact_windows=None if exact_windows is None
+                            else check_value("exact_windows", exact_windows, int, Range(0, 10**9)))
 
 
 @contextlib.contextmanager

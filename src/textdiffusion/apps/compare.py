@@ -15,6 +15,9 @@ and measures what a comparison needs and a run does not keep:
   validity, distinct-2); class-conditional image runs give class accuracy against FID
   (:func:`~textdiffusion.image_evaluation.evaluate_images`). Cached in ``RUN/guidance.json`` like the sweep;
   unlabelled runs get no curve and spend nothing on one;
+* with ``temperatures``, each text run's **frontier**: judge perplexity against character entropy over the
+  temperature of the token draw, ``samples`` samples per temperature (cached in ``RUN/frontier.json``), with
+  real held-out text's point beside it;
 * one **denoising trajectory** per text run (the decoded text at every step, thinned to at most
   :data:`MAX_FRAMES` frames), and for image runs a sample grid, a denoising strip and the reverse-process GIF.
 
@@ -50,7 +53,7 @@ from textdiffusion.checkpoint import (
     versions,
     write_json,
 )
-from textdiffusion.config import GUIDANCE, ConfigError
+from textdiffusion.config import GUIDANCE, TEMPERATURE, ConfigError
 from textdiffusion.files import is_symlink_loop, non_utf8_message, symlink_loop_message, write_text
 from textdiffusion.methods import SampleRequest, get_method
 from textdiffusion.methods.base import bits_key
@@ -72,6 +75,7 @@ from textdiffusion.sharing import public_corpus_record, public_source, shareable
 from textdiffusion.viz.records import (
     Comparison,
     Frame,
+    FrontierPoint,
     GuidanceCurve,
     GuidancePoint,
     ImagePictures,
@@ -240,6 +244,26 @@ def _read_val(ev: dict[str, Any] | None, final: TrainSummary | None, metrics: li
     return next((v for v in candidates() if v is not None), None)
 
 
+def _read_exact(ev: dict[str, Any] | None, final: TrainSummary | None, step: int,
+                val: ValEntry | None) -> ValEntry | None:
+    """The run's exact NLL: its validation number when that is exact (ar); else, beside a bound, the exact NLL
+    of its left_to_right sampler from eval.json, else from final.json (of checkpoint ``step``)."""
+    if val is not None and val.kind == "exact":
+        return val
+    record = _eval_record(ev, False) if ev is not None else None
+    score = final.score if final is not None and final.step == step else None
+    found = [(record.exact, "eval.json")] if isinstance(record, TextEval) and record.exact is not None else []
+    if score is not None and score.exact is not None:
+        found.append((score.exact, "final.json (end of training)"))
+    if not found:
+        return None
+    exact, source = found[0]
+    entry = ValEntry.of(exact.bits, "exact", "bits/char", source, exact.windows, None, exact.details)
+    return None if entry is None else replace(entry, what=f"exact negative log-likelihood of --sampler "
+                                                          f"{exact.sampler} (one token per step, left to right)",
+                                              sampler=exact.sampler)
+
+
 def read_run(path: str | Path) -> RunRecord:
     """Everything ``compare`` needs that is already on disk. Raises a one-line error for a directory that
     is not a run."""
@@ -263,6 +287,7 @@ def read_run(path: str | Path) -> RunRecord:
     speeds = [m.rate for m in metrics if isinstance(m, EvalRow) and m.data_unit == data_unit and m.rate is not None]
     final_speed = final.rate if final is not None and final.unit == data_unit else None
     model = cfg.get("model", {})
+    val = _read_val(ev, final, metrics, step, method_class.unit)
     return RunRecord(
         name=run.name, path=str(run), kind="image" if image else "text", method=method,
         preset=cfg.get("preset", "?"), parameters=meta.get("parameters"), step=step,
@@ -272,11 +297,12 @@ def read_run(path: str | Path) -> RunRecord:
         context=model.get("context") if not image else None,
         corpus=meta.get("corpus") or read_json_object(run / "image.json") or {},
         sampling_config={k: cfg.get("method", {}).get(k) for k in ("sampler", "sample_steps", "timesteps")},
-        val=_read_val(ev, final, metrics, step, method_class.unit),
+        val=val,
         train_speed=TrainSpeed(final_speed or (speeds[-1] if speeds else None),
                                "images/s" if image else "chars/s"),
         curves=_curves(metrics, val_key),
-        curve_val_key=val_key, eval=ev, eval_note=eval_note, init=InitRecord.from_json(meta.get("init_from")))
+        curve_val_key=val_key, eval=ev, eval_note=eval_note, init=InitRecord.from_json(meta.get("init_from")),
+        exact=None if image else _read_exact(ev, final, step, val))
 
 
 def _curves(metrics: list[MetricsRow], val_key: str) -> list[dict[str, float]]:
@@ -347,6 +373,11 @@ class _Judges:
                                   f"training split now has {', '.join(judge.speakers)} as the most-spoken; "
                                   f"compare it with --guidance none")
         return judge
+
+    def held_out(self, key: str) -> str:
+        """The validation split of corpus ``key`` (see :meth:`get`): what the n-gram distance compares with."""
+        _judge, text, _source, train_chars = self._corpora[key]
+        return text[train_chars:]
 
     def real_text(self, key: str, length: int, n: int) -> Quality:
         """Scores of ``n`` real validation windows of ``length`` characters of corpus ``key`` (see :meth:`get`)."""
@@ -429,10 +460,12 @@ class _GuidanceCache(_PointCache):
         return float(found)
 
 
-def _sweep_point(model: TextModel, judge, length: int, steps: int, samples: int, seed: int) -> SweepPoint:
+def _sweep_point(model: TextModel, judge, length: int, steps: int, samples: int, seed: int,
+                 held_out: str) -> SweepPoint:
     """One point of the sweep, drawn and timed as ``eval`` draws its samples (:func:`~textdiffusion.evaluate.
-    generate`, batches of 64), so sweep points and eval.json agree."""
-    from textdiffusion.evaluate import generate
+    generate`, batches of 64), so sweep points and eval.json agree; ``held_out``: the validation text the
+    n-gram distance compares with."""
+    from textdiffusion.evaluate import distance_from_real, generate
 
     run = model.run
     req = SampleRequest(n=samples, length=length, steps=steps, **run.method.decoding())  # the run's own draw
@@ -442,7 +475,8 @@ def _sweep_point(model: TextModel, judge, length: int, steps: int, samples: int,
                       sampler=run.method.check_sampler(req.sampler), nfe=speed["nfe_per_sample"],
                       sample_chars_per_s=speed["sample_chars_per_s"], seconds=speed["seconds"],
                       quality=Quality(**judge.quality(texts)), n=samples, seeds=1, seed=seed, length=length,
-                      chars_per_sample=sum(len(t) for t in texts) / max(1, len(texts)), examples=texts[:EXAMPLES])
+                      chars_per_sample=sum(len(t) for t in texts) / max(1, len(texts)), examples=texts[:EXAMPLES],
+                      distance=distance_from_real(texts, held_out))
 
 
 def _trajectory(model: TextModel, length: int, seed: int) -> Trajectory:
@@ -495,7 +529,7 @@ def measure_text_run(record: RunRecord, judges: _Judges, length: int, sweep: lis
         found = cache.get(steps)
         if found is None:
             bar.set_postfix_str(f"{record.name}: {steps or 'default'} steps")
-            found = _sweep_point(model, judge, length, steps, samples, seed)
+            found = _sweep_point(model, judge, length, steps, samples, seed, judges.held_out(judge_key))
             cache.add(steps, found)
         return found
 
@@ -656,6 +690,93 @@ def measure_image_guidance(record: RunRecord, weights: list[float], samples: int
     return curves
 
 
+# ---- the frontier: judge perplexity against entropy over temperature ------------------------------------------
+# Lowering the temperature of the token draw buys judge perplexity with character entropy: a sampler is better
+# than another only at the same entropy. Each point is drawn with the run's default sampler and steps and scored
+# as the sweep's are, the n-gram distance included (which a collapse cannot buy); one draw of ``samples``
+# samples per temperature and text run, as much as one sweep point, cached in ``RUN/frontier.json``.
+FRONTIER_FORMAT = "textdiffusion-frontier/1"
+SUGGESTED_TEMPERATURES = "0.6,0.8,0.9,1,1.1"  # from a clear collapse to a little past the model's own law
+MAX_TEMPERATURES = 12
+
+
+def parse_temperatures(text: str) -> list[float]:
+    """``"0.6,0.8,1"`` -> [0.6, 0.8, 1.0]; empty or ``none`` -> no frontier."""
+    if text.strip().lower() in ("", "none"):
+        return []
+    out: list[float] = []
+    for part in (p.strip() for p in text.split(",")):
+        if not part:
+            continue
+        try:
+            t = float(part)
+        except ValueError:
+            raise ConfigError(f"--temperatures takes comma-separated temperatures like {SUGGESTED_TEMPERATURES} "
+                              f"(or none); {part!r} is not a number") from None
+        if not TEMPERATURE.allows(t):
+            raise ConfigError(f"--temperatures must each be {TEMPERATURE.describe()}; got {part}")
+        out.append(t)
+    out = sorted(set(out))
+    if len(out) > MAX_TEMPERATURES:
+        raise ConfigError(f"--temperatures takes at most {MAX_TEMPERATURES} values (each draws --samples samples "
+                          f"per text run); got {len(out)}")
+    return out
+
+
+class _FrontierCache(_PointCache):
+    """``RUN/frontier.json``: the frontier's points, by temperature."""
+
+    file, format, what = "frontier.json", FRONTIER_FORMAT, "the frontier"
+
+    def get(self, temperature: float) -> FrontierPoint | None:
+        found = self.find({"temperature": temperature})
+        try:
+            return None if found is None else FrontierPoint.from_json(found)
+        except (KeyError, TypeError):  # written in another shape: measure it again
+            return None
+
+    def add(self, point: FrontierPoint) -> None:
+        self.put({"temperature": point.temperature}, point.to_json())
+
+
+def frontier_point(model: TextModel, judge, held_out: str, length: int, temperature: float, samples: int,
+                   seed: int) -> FrontierPoint:
+    """``samples`` samples at ``temperature`` (the run's own sampler, steps, top-k and top-p), drawn as ``eval``
+    draws them, scored by the judge and by the n-gram distance from ``held_out``."""
+    from textdiffusion.evaluate import distance_from_real, generate
+
+    run = model.run
+    req = SampleRequest(n=samples, length=length, **run.method.decoding(temperature=temperature))
+    with torch.no_grad():
+        texts, speed = generate(run, req, seed, batch=min(samples, 64))
+    return FrontierPoint(temperature=temperature, sampler=run.method.check_sampler(req.sampler),
+                         steps=speed.get("steps") or length, n=samples, seed=seed, length=length,
+                         seconds=speed["seconds"], quality=Quality(**judge.quality(texts)),
+                         distance=distance_from_real(texts, held_out), example=texts[0] if texts else "")
+
+
+def measure_frontier(record: RunRecord, model: TextModel, judges: _Judges, temperatures: Sequence[float],
+                     length: int, samples: int, seed: int, refresh: bool, bar: tqdm) -> list[FrontierPoint]:
+    """A point per temperature, from ``RUN/frontier.json`` where it is, else drawn (and cached); none when no
+    temperature is asked for."""
+    if not temperatures:
+        return []
+    judge, judge_key, _source = judges.get(model.run)
+    cache = _FrontierCache(Path(record.path), model.step, {"samples": samples, "length": length, "seed": seed,
+                                                           "judge": judge_key}, refresh)
+    points = []
+    for t in temperatures:
+        point = cache.get(t)
+        if point is None:
+            bar.set_postfix_str(f"{record.name}: temperature {t:g}")
+            point = frontier_point(model, judge, judges.held_out(judge_key), length, t, samples, seed)
+            cache.add(point)
+        points.append(point)
+        bar.update(1)
+    cache.save()
+    return points
+
+
 def measure_image_run(record: RunRecord, out: Path, seed: int, device: str, bar: tqdm) -> ImagePictures:
     """Writes the sample grid, the denoising strip and the GIF of an image run into ``out/assets/NAME``."""
     from textdiffusion.apps.mnist import sample_images
@@ -705,9 +826,11 @@ def _read_runs(run_dirs: list[str], evaluate: bool, device: str) -> list[RunReco
 
 
 def _measure(records: list[RunRecord], out: Path, length: int, sweep: list[int], samples: int, seed: int,
-             device: str, progress: bool, refresh: bool, weights: list[float]) -> None:
-    """Fills in every record's ``text_results`` or ``images``, and the guidance curves of labelled runs."""
-    work = sum(2 + len(sweep) if r.is_text else 1 for r in records)
+             device: str, progress: bool, refresh: bool, weights: list[float],
+             temperatures: Sequence[float] = ()) -> None:
+    """Fills in every record's ``text_results`` or ``images``, the guidance curves of labelled runs and the
+    frontiers of text runs over ``temperatures``."""
+    work = sum(2 + len(sweep) + len(temperatures) if r.is_text else 1 for r in records)
     judges = _Judges()
     with progress_bar(total=work, desc="compare", unit="job", disable=not progress) as bar:
         for r in records:
@@ -715,6 +838,8 @@ def _measure(records: list[RunRecord], out: Path, length: int, sweep: list[int],
                 model = _open_text_run(r, length, device)
                 r.text_results = measure_text_run(r, judges, length, sweep, samples, seed, device, refresh, bar,
                                                   model=model)
+                r.text_results.frontier = measure_frontier(r, model, judges, temperatures, length, samples, seed,
+                                                           refresh, bar)
                 r.guidance = measure_text_guidance(r, model, judges, weights, length, samples, seed, refresh, bar)
             else:
                 r.images = measure_image_run(r, out, seed, device, bar)
@@ -734,10 +859,12 @@ def _shown(record: RunRecord) -> RunRecord:
 def compare_runs(run_dirs: list[str], out: str | Path, samples: int = 32, length: int = 0,
                  sweep: str | list[int] = "4,16,64,256", seed: int = 0, device: str = "auto",
                  evaluate: bool = False, progress: bool = True, refresh: bool = False,
-                 guidance: str | list[float] = DEFAULT_GUIDANCE) -> dict[str, Path]:
+                 guidance: str | list[float] = DEFAULT_GUIDANCE,
+                 temperatures: str | list[float] = "") -> dict[str, Path]:
     """Measure, then write ``comparison.json``, ``comparison.md`` and ``report.html`` into ``out``.
     ``guidance``: the scales of the accuracy-vs-fluency curves of runs trained with labels ("" or "none": no
-    curves)."""
+    curves). ``temperatures``: those of each text run's frontier ("" or "none", the default: no frontier; each
+    temperature costs one draw of ``samples`` samples per text run, as much as one sweep point)."""
     from textdiffusion.extras import require
 
     require(("jinja2", "markupsafe"), "report", "compare's report.html")
@@ -749,6 +876,7 @@ def compare_runs(run_dirs: list[str], out: str | Path, samples: int = 32, length
         raise ConfigError(f"--samples must be at least 1, got {samples}")
     steps_list = parse_sweep(sweep) if isinstance(sweep, str) else sorted(set(sweep))
     weights = parse_guidance(guidance if isinstance(guidance, str) else ",".join(map(str, guidance)))
+    temps = parse_temperatures(temperatures if isinstance(temperatures, str) else ",".join(map(str, temperatures)))
     out = Path(out)
     if is_symlink_loop(out):
         raise ConfigError(f"--out {symlink_loop_message(out)}")
@@ -759,10 +887,10 @@ def compare_runs(run_dirs: list[str], out: str | Path, samples: int = 32, length
     common = length or (min(contexts) if contexts else 0)
     out.mkdir(parents=True, exist_ok=True)
     tic = time.perf_counter()
-    _measure(records, out, common, steps_list, samples, seed, device, progress, refresh, weights)
+    _measure(records, out, common, steps_list, samples, seed, device, progress, refresh, weights, temps)
     settings = Settings(samples=samples, seeds=1, seed=seed, length=common, sweep=steps_list, device=device,
                         image_sampler=IMAGE_SAMPLER, max_frames=MAX_FRAMES,
-                        seconds=round(time.perf_counter() - tic, 2), guidance=weights)
+                        seconds=round(time.perf_counter() - tic, 2), guidance=weights, temperatures=temps)
     comparison = Comparison(created=time.strftime("%Y-%m-%dT%H:%M:%S%z"), versions=versions(), settings=settings,
                             judge_corpora=sorted({r.text_results.judge_corpus for r in records if r.text_results}),
                             runs=[_shown(r) for r in records])

@@ -81,6 +81,10 @@ class TrainConfig:
                                       "score takes at most about this fraction of the training time, on an evenly "
                                       "spread subset of the split (0 = score the whole split, whatever it costs)")
     final_eval_raw: bool = option(False, None, "also score the raw (not averaged) weights at the end")
+    final_exact_windows: int = option(64, Range(0, 10**9), "masked, block: the most validation windows the final "
+                                      "score's exact NLL (of the left_to_right sampler) takes, at most the bound's "
+                                      "and, under final_eval_budget, what the budget's rest pays for; a pass per "
+                                      "token of a window (block: per position of a block); 0 = none")
     sample_every_eval: bool = option(True, None, "write a few samples to RUN/samples at each evaluation")
     device: str = option("auto", DEVICE, "where to train: auto (a GPU when there is one), cpu, cuda, cuda:N or mps")
     compile: str = option("auto", Choice(("auto", "on", "off")), "torch.compile the network: auto (on CUDA), on or "
@@ -98,6 +102,15 @@ class TrainConfig:
                                   "classifier-free guidance")
     init_from: str = option("", None, "start from this run's EMA weights (an ar run or an export with the same network "
                                       "and tokenizer) instead of random ones; the optimizer starts fresh")
+    distill_from: str = option("", None, "train a student of fewer sampling steps from this masked or block run "
+                                         "(self-distillation through time): it starts from the run's EMA weights "
+                                         "and learns to take in one step what the run takes in distill_substeps")
+    distill_steps: int = option(0, Range(0, 2**20), "with distill_from: the student's sampling steps (per block for "
+                                "block; also its method.sample_steps); 0 = the teacher's steps / distill_substeps")
+    distill_substeps: int = option(2, Range(1, 64), "with distill_from: teacher steps per student step (SDTT's m); "
+                                   "a round divides the steps by it")
+    distill_draws: int = option(1, Range(1, 64), "with distill_from: runs of the teacher averaged into each target "
+                                "(the same expected gradient, less of the variance of the teacher's draws)")
 
 
 @dataclass

@@ -11,7 +11,7 @@ and so can a method whose noise is not a mask (``tests/test_toy_method.py`` defi
 time per row; ``rows`` says which sequences of the batch ``state`` holds when only some are re-run (the cached
 sampler), for a forward that keeps per-sequence state (block diffusion's KV cache).
 
-Five rules reveal positions:
+Six rules reveal positions:
 
 * ``ancestral``: MDLM's reverse process (Sahoo et al. 2024, Eq. 7) on a time grid 1 = t_0 > ... > t_S = 0.
   From t to s < t every unknown position is revealed with probability
@@ -26,6 +26,11 @@ Five rules reveal positions:
   position and reveals the ceil(remaining / steps_left) most confident predictions per sequence.
 * ``confidence``: ``topk``, plus every prediction whose probability is >= ``threshold`` (Fast-dLLM's rule), so
   easy text finishes in fewer steps.
+* ``left_to_right``: one position per step, the leftmost unknown of each sequence, its token drawn from the
+  network's prediction there; ``steps`` is not a choice (one per unknown position). Its draws have exactly the
+  probability of the left-to-right chain rule (:mod:`textdiffusion.diffusion.chain_rule`), so the exact NLL
+  that ``exact_nll`` reports is the likelihood of this sampler; ``log_prob`` keeps, per sequence, the
+  log-probability (float64) that the last run's draws had.
 * ``remdm``: ``ancestral``, but a written position may return to the noise with probability sigma_t (ReMDM,
   Wang et al. 2025), so more steps keep correcting the text: :mod:`textdiffusion.diffusion.remasking`.
 """
@@ -41,7 +46,8 @@ import torch
 from textdiffusion.diffusion.remasking import Remasking, remask_run
 from textdiffusion.diffusion.tokens import TokenDraw, gumbel_sample
 
-RULES = ("ancestral", "cached", "confidence", "topk", "remdm")
+RULES = ("ancestral", "cached", "confidence", "topk", "left_to_right", "remdm")
+LEFT_TO_RIGHT = "left_to_right"  # the rule whose likelihood the chain rule computes exactly
 
 # forward(state, t, rows=None) -> logits (n, L, V): the network on a state (see the module docstring)
 Forward = Callable[..., torch.Tensor]
@@ -59,9 +65,11 @@ class DiscreteSampler:
     """Fills the unknown positions of a state in at most ``steps`` network evaluations by one of :data:`RULES`.
 
     ``alpha(t)`` is the process's survival function (a position is still unknown at t with probability
-    1 - alpha(t)); only the ancestral rules read it, on the time ``grid``. ``threshold`` is the confidence rule's;
-    ``remasking`` the remdm rule's, whose loop schedule gives the network the time ``time_at`` names for a clean
-    fraction."""
+    1 - alpha(t)); only the ancestral rules read it, on the time ``grid``. ``threshold`` is the confidence rule's.
+    ``time_at(fraction)`` is the time at which a state with that fraction of known positions is typical: the
+    left_to_right rule gives a time-conditioned network the time the chain rule gives it (None: 1 - fraction,
+    the loglinear schedule's). ``remasking`` is the remdm rule's, whose loop schedule also reads
+    ``time_at``."""
 
     rule: str
     steps: int
@@ -71,6 +79,8 @@ class DiscreteSampler:
     grid: Callable[[int, torch.device], torch.Tensor] = uniform_grid
     remasking: Remasking = field(default_factory=Remasking)
     time_at: Callable[[torch.Tensor], torch.Tensor] | None = None
+    # after a left_to_right run: per sequence, the log-probability of its draws under the draw (float64)
+    log_prob: torch.Tensor | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
         if self.rule not in RULES:
@@ -90,6 +100,8 @@ class DiscreteSampler:
             return remask_run(plan, self.draw, forward, state, unknown, generator, on_step)
         if self.rule in ("ancestral", "cached"):
             return self._ancestral(forward, state, unknown, generator, on_step)
+        if self.rule == LEFT_TO_RIGHT:
+            return self._left_to_right(forward, state, unknown, generator, on_step)
         return self._by_confidence(forward, state, unknown, generator, on_step)
 
     def _ancestral(self, forward: Forward, state: torch.Tensor, unknown: torch.Tensor, generator: torch.Generator,
@@ -149,3 +161,30 @@ class DiscreteSampler:
             if on_step:
                 on_step(i + 1, state.clone(), {"t": float(1 - (i + 1) / self.steps), "nfe": nfe})
         return state, nfe
+
+    def _left_to_right(self, forward: Forward, state: torch.Tensor, unknown: torch.Tensor,
+                       generator: torch.Generator, on_step: StepReport | None) -> tuple[torch.Tensor, float]:
+        """Reveal the leftmost unknown position of every sequence, one per network evaluation, drawn from the
+        prediction there: sequence x is written with probability prod_j p(x^{o_j} | z^j), the chain rule.
+        What each draw had is summed into ``log_prob`` in float64, from the very logits that drew it."""
+        n, L = state.shape
+        rows = torch.arange(n, device=state.device)
+        self.log_prob = torch.zeros(n, dtype=torch.float64, device=state.device)
+        state, unknown = state.clone(), unknown.clone()
+        nfe = 0
+        while bool(unknown.any()):
+            known = (L - unknown.sum(1)).double() / L
+            t = (self.time_at(known) if self.time_at is not None else 1.0 - known).float()
+            active = unknown.any(1)
+            at = unknown.int().argmax(dim=1)  # the leftmost unknown position (0 in a finished row: not written)
+            logits = self.draw.filter(forward(state, t)[rows, at])
+            nfe += 1
+            token = gumbel_sample(logits[:, None], generator)[:, 0]
+            drawn = logits.double().log_softmax(-1).gather(-1, token[:, None])[:, 0]
+            self.log_prob += torch.where(active, drawn, torch.zeros_like(drawn))
+            write = rows[active], at[active]
+            state[write] = token[active]
+            unknown[write] = False
+            if on_step:
+                on_step(nfe, state.clone(), {"t": float(unknown.sum(1).max()) / L, "nfe": nfe})
+        return state, float(nfe)

@@ -101,12 +101,14 @@ def report_batches(batches: Sequence[T], progress: NLLProgress | None) -> Iterat
 
 
 def score(method: Method, model: Any, windows: Any, batch_size: int = 64, progress: bool = False,
-          desc: str = "") -> NLLResult:
-    """``method.nll`` with a progress bar over its batches on stderr when ``progress`` (throttled off a
-    terminal, see :mod:`textdiffusion.progress`). A method whose ``nll`` predates the ``progress`` argument
-    is scored as before, silently, rather than refused."""
-    if not progress or "progress" not in inspect.signature(method.nll).parameters:
-        return method.nll(model, windows, batch_size=batch_size)
+          desc: str = "", exact: bool = False) -> NLLResult:
+    """``method.nll`` (with ``exact``: ``method.exact_nll``, the chain rule of its ``exact_sampler``) with a
+    progress bar over its batches on stderr when ``progress`` (throttled off a terminal, see
+    :mod:`textdiffusion.progress`). A method whose ``nll`` predates the ``progress`` argument is scored as
+    before, silently, rather than refused."""
+    nll = method.exact_nll if exact else method.nll
+    if not progress or "progress" not in inspect.signature(nll).parameters:
+        return nll(model, windows, batch_size=batch_size)
     from textdiffusion.progress import progress_bar
 
     bar = None
@@ -118,7 +120,7 @@ def score(method: Method, model: Any, windows: Any, batch_size: int = 64, progre
         bar.update(done - bar.n)
 
     try:
-        return method.nll(model, windows, batch_size=batch_size, progress=tick)
+        return nll(model, windows, batch_size=batch_size, progress=tick)
     finally:
         if bar is not None:
             bar.close()
@@ -200,6 +202,10 @@ class Method(ABC, Generic[Request, Result]):
     @abstractmethod
     def loss(self, model: Any, x: Any, generator: torch.Generator) -> torch.Tensor:
         """Scalar training loss for a batch of clean data."""
+
+    def at_training_step(self, step: int) -> None:
+        """Told the optimizer step whose loss comes next, before it, by the trainer (a resumed run from where it
+        resumes): a method whose training changes over the steps (annealed attention) reads it; others ignore it."""
 
     @abstractmethod
     def nll(self, model: Any, windows: Any, batch_size: int = 64, progress: NLLProgress | None = None) -> NLLResult:
@@ -284,6 +290,9 @@ class TextMethod(Method[SampleRequest, SampleResult]):
     # the rule by which a noisy classifier (textdiffusion.guidance.classifier) steers this method's sampler, named
     # for docs and results ("" = the method cannot be steered by a classifier); see classifier_network
     classifier_rule: ClassVar[str] = ""
+    # the sampler whose exact likelihood ``exact_nll`` scores beside the bound ``nll`` reports ("" = none: ar's
+    # ``nll`` is exact itself); eval, final.json, compare and score show it labelled with this name
+    exact_sampler: ClassVar[str] = ""
 
     def __init__(self, cfg: Any, model_cfg: ModelConfig, tokenizer: Tokenizer):
         self.cfg = cfg

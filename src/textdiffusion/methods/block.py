@@ -45,14 +45,17 @@ import torch
 
 from textdiffusion.config import PROBABILITY, SAMPLE_STEPS, ConfigError, Range, option
 from textdiffusion.data.speakers import LabelledText, split_labels
+from textdiffusion.diffusion.adaptation import causal_mask, shift_inputs, shift_segment
 from textdiffusion.diffusion.chain_rule import chain_rule_nll, check_orders
+from textdiffusion.diffusion.discrete import LEFT_TO_RIGHT
 from textdiffusion.diffusion.masking import corrupt, corrupt_exactly, counts_from, sample_times, times_from
+from textdiffusion.diffusion.self_distillation import Denoiser, grid_times
 from textdiffusion.diffusion.stratified import stratified
 from textdiffusion.diffusion.tokens import cross_entropy_per_token
 from textdiffusion.guidance.free import LabelledNetwork
 from textdiffusion.guidance.steer import Steer
 from textdiffusion.methods.base import DrawPlan, NLLProgress, NLLResult, StepCallback, register, report_batches
-from textdiffusion.methods.masked import MaskedConfig, MaskedDiffusion
+from textdiffusion.methods.masked import MaskedConfig, MaskedDiffusion, note_log_prob
 from textdiffusion.nn.transformer import KVCache, Transformer
 
 # net(x, cache, rows=None) -> logits: the network as block sampling calls it, on ``x`` (rows of the batch, or the
@@ -115,18 +118,30 @@ class BlockDiffusion(MaskedDiffusion):
                               f"{length % self.B} more; trim or extend it to a multiple of {self.B} tokens")
 
     def default_steps(self, length: int, sampler: str = "") -> int | None:
-        """Denoising steps *per block*: one per token of the block."""
+        """Denoising steps *per block*: one per token of the block (left_to_right's: not a choice, None)."""
+        if sampler == LEFT_TO_RIGHT:
+            return None
         return self.cfg.sample_steps or self.B
+
+    def reveals_per_draw(self, length: int) -> int:
+        """The left_to_right sampler's steps per block: one per token of the block."""
+        return self.B
 
     # ---- training and the bound -------------------------------------------------------------------------
     def _paired_logits(self, model: Transformer, z: torch.Tensor, x: torch.Tensor,
-                       labels: torch.Tensor | None = None) -> torch.Tensor:
+                       labels: torch.Tensor | None = None, attn_mask: torch.Tensor | None = None) -> torch.Tensor:
         """Every block's denoising logits in one forward over [z | x] (the noisy half's outputs). A window's
-        label is added at all 2L positions: the clean half is the prefix a labelled sampler caches."""
-        return self.call_network(model, labels, torch.cat((z, x), dim=1), paired=True)[:, : x.shape[1]]
+        label is added at all 2L positions: the clean half is the prefix a labelled sampler caches. With
+        ``method.shift`` both halves are moved one place right, each block's first position reading the clean
+        token before it (:func:`~textdiffusion.diffusion.adaptation.shift_inputs`)."""
+        if self.cfg.shift:
+            z, x = shift_inputs(z, x, self.tok.bos_id, self.B), shift_inputs(x, x, self.tok.bos_id, self.B)
+        mask = {} if attn_mask is None else {"attn_mask": attn_mask}
+        return self.call_network(model, labels, torch.cat((z, x), dim=1), paired=True, **mask)[:, : x.shape[1]]
 
     def _block_terms(self, model: Transformer, x: torch.Tensor, draws: torch.Tensor,
-                     generator: torch.Generator, labels: torch.Tensor | None = None) -> torch.Tensor:
+                     generator: torch.Generator, labels: torch.Tensor | None = None,
+                     attn_mask: torch.Tensor | None = None) -> torch.Tensor:
         """Per-window NELBO (nats): the sum over blocks of masked diffusion's per-block term, with
         ``draws`` (n, L / B) the blocks' times (time estimator) or mask counts (count estimator) and
         ``labels`` (n,) the windows' labels (None: plain windows, the "no label" row of a labelled model)."""
@@ -137,7 +152,8 @@ class BlockDiffusion(MaskedDiffusion):
             z, masked = corrupt_exactly(blocks, draws, self.tok.mask_id, generator)
         else:
             z, masked = corrupt(blocks, self.schedule.alpha(draws), self.tok.mask_id, generator)
-        ce = cross_entropy_per_token(self._paired_logits(model, z.view(n, L), x, labels), x).view(-1, self.B)
+        ce = cross_entropy_per_token(self._paired_logits(model, z.view(n, L), x, labels, attn_mask),
+                                     x).view(-1, self.B)
         if self.cfg.estimator == "count":
             per_block = self.B * (ce * masked).sum(-1) / draws
         else:
@@ -172,7 +188,14 @@ class BlockDiffusion(MaskedDiffusion):
             u = stratified(torch.rand(blocks, 1, generator=generator, device=x.device), n).T
         else:
             u = torch.rand(n, blocks, generator=generator, device=x.device)
-        return self._block_terms(model, x, self._draws(self.clip(u)), generator, labels).mean() / L
+        mask = self.training_mask(n, L, generator, x.device, paired=True)
+        return self._block_terms(model, x, self._draws(self.clip(u)), generator, labels, mask).mean() / L + \
+            self._joint(model, x, labels)
+
+    def ar_logits(self, model: Transformer, x: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        """The network read as ar: the paired forward of the clean window under the causal part of the
+        block-causal mask (with the shift, the logit at i is p(x_i | x_{<i}))."""
+        return self._paired_logits(model, x, x, labels, causal_mask(*self._target_mask(x.shape[1], x.device, True)))
 
     @torch.no_grad()
     def nll(self, model: Transformer, windows: torch.Tensor | LabelledText, batch_size: int = 64,
@@ -193,7 +216,8 @@ class BlockDiffusion(MaskedDiffusion):
         terms = torch.cat([self._block_terms(model, xb, db, gen, lb)
                            for xb, db, lb in report_batches(batches, progress)])
         return self._bound_result(windows, terms, K, "Monte-Carlo estimate of the sum of per-block NELBOs (an upper "
-                                  "bound on NLL)", block_size=self.B)
+                                  "bound on NLL)", block_size=self.B,
+                                  **self.joint_details(model, windows, labels, batch_size))
 
     @torch.no_grad()
     def exact_nll(self, model: Transformer, windows: torch.Tensor | LabelledText, batch_size: int = 64,
@@ -224,17 +248,37 @@ class BlockDiffusion(MaskedDiffusion):
                                   f"exact NLL of the sampler that writes block after block, revealing one token per "
                                   f"step {inside} inside each block", block_size=self.B)
 
+    # ---- self-distillation: masked diffusion's loss, every block at its own grid time ------------------------
+    def _distillation_state(self, x: torch.Tensor, steps: int,
+                            generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """z_t with one grid time per block, as the block sampler meets each block (``steps`` per block)."""
+        n, L = x.shape
+        t = grid_times((n * (L // self.B),), steps, generator, x.device)
+        z, masked = corrupt(x.reshape(-1, self.B), self.schedule.alpha(t), self.tok.mask_id, generator)
+        return z.view(n, L), masked.view(n, L), t.view(n, -1).repeat_interleave(self.B, dim=1)
+
+    def _denoiser(self, model: Transformer, x: torch.Tensor, labels: torch.Tensor | None) -> Denoiser:
+        """Every block denoised given the clean blocks before it (the paired forward): the sampler's view."""
+        return lambda z, t: self._paired_logits(model, z, x, labels)
+
     # ---- sampling: block by block, the clean prefix in a KV cache ----------------------------------------
     def draw(self, model: Transformer, forward: BlockNetwork, state: torch.Tensor, fixed: torch.Tensor,
              plan: DrawPlan, generator: torch.Generator, on_step: StepCallback | None) -> tuple[torch.Tensor, float]:
-        """Block after block, each filled by masked diffusion's discrete sampler against the cached prefix."""
+        """Block after block, each filled by masked diffusion's discrete sampler against the cached prefix. The
+        left_to_right sampler's blocks start from all masks, and its log-probabilities add up over the blocks."""
         self._check_infill(fixed[0])
         assert plan.steps is not None
         sampler = self.discrete_sampler(plan.sampler, plan.steps, plan.tokens)
-        writer = _BlockWriter(self, model, forward, state, fixed, on_step, plan.steer)
+        writer = _BlockWriter(self, model, forward, state, fixed, on_step, plan.steer,
+                              from_prior=plan.sampler != LEFT_TO_RIGHT)
+
+        def denoise(f: BlockNetwork, block: torch.Tensor, report: Any) -> tuple[torch.Tensor, float]:
+            out = sampler.run(f, block, block == self.tok.mask_id, generator, report)
+            note_log_prob(plan, sampler.log_prob)
+            return out
+
         for start in range(writer.first_block(), state.shape[1], self.B):
-            writer.write_block(start, lambda f, block, report: sampler.run(f, block, block == self.tok.mask_id,
-                                                                           generator, report), generator)
+            writer.write_block(start, denoise, generator)
         return writer.state, writer.nfe
 
     def sample_info(self, plan: DrawPlan) -> dict[str, object]:
@@ -297,11 +341,12 @@ class _BlockWriter:
     guidance); a guided cache holds the conditional and the unconditional copy of every sequence."""
 
     def __init__(self, method: BlockDiffusion, model: Transformer, net: BlockNetwork, state: torch.Tensor,
-                 fixed: torch.Tensor, on_step: StepCallback | None, steer: Steer):
+                 fixed: torch.Tensor, on_step: StepCallback | None, steer: Steer, from_prior: bool = True):
         self.method, self.model, self.net, self.state, self.fixed = method, model, net, state, fixed
         self.on_step = on_step
         # classifier guidance: steer.tilt(logits, whole state, the block's span) -> steered logits
         self.steer = steer
+        self.from_prior = from_prior  # whether a block starts from the schedule's prior, or from all masks
         self.B, self.context, self.length = method.B, method.model_cfg.context, state.shape[1]
         self.cache = KVCache.empty(len(model.blocks), self.context)
         self.cached_until = 0  # state[:, :cached_until] is in the cache (as its last cache.next_pos tokens)
@@ -322,7 +367,7 @@ class _BlockWriter:
         """A fresh cache holding the last ``keep`` tokens before ``end`` (whole blocks), in one forward."""
         self.cache = KVCache.empty(len(self.model.blocks), self.context)
         if keep > 0:
-            self.net(self.state[:, end - keep:end], self.cache)
+            self.net(self._read(self.state[:, end - keep:end], end - keep), self.cache)
             self.nfe += 1
         self.cached_until = end
 
@@ -335,8 +380,21 @@ class _BlockWriter:
         keep = start if fits else min(start, (self.context // 2 // self.B) * self.B)
         self._encode_prefix(start, keep)
 
+    def _read(self, segment: torch.Tensor, start: int, rows: torch.Tensor | None = None) -> torch.Tensor:
+        """What the network reads for the ``segment`` of the sequences (``rows`` of them) that begins at
+        ``start``: the segment itself, or with ``method.shift`` the segment moved one place right behind the
+        finished token before it (BOS at the start), as training's shifted layout reads it."""
+        if not self.method.cfg.shift:
+            return segment
+        if start == 0:
+            before = torch.full_like(segment[:, 0], self.method.tok.bos_id)
+        else:
+            before = (self.state if rows is None else self.state[rows])[:, start - 1]
+        return shift_segment(segment, before)
+
     def _initial(self, start: int, end: int, generator: torch.Generator) -> torch.Tensor:
-        return self.method._from_prior(self.state[:, start:end], self.fixed[:, start:end], generator)
+        block = self.state[:, start:end]
+        return self.method._from_prior(block, self.fixed[:, start:end], generator) if self.from_prior else block
 
     def write_block(self, start: int, denoise: Any, generator: torch.Generator) -> None:
         end = min(start + self.B, self.length)
@@ -354,7 +412,7 @@ class _BlockWriter:
                 logits, first, served = first, None, True
             else:
                 first = None
-                logits = self.net(z, cache.peek(), rows)
+                logits = self.net(self._read(z, start, rows), cache.peek(), rows)
             if not self.steer.active:
                 return logits
             whole = (self.state if rows is None else self.state[rows]).clone()
@@ -381,11 +439,12 @@ class _BlockWriter:
         next_end = min(end + self.B, self.length)
         if self.cache.next_pos + block.shape[1] + (next_end - end) <= self.context:
             upcoming = self._initial(end, next_end, generator)
-            logits = self.net(torch.cat((block, upcoming), dim=1), self.cache)[:, block.shape[1]:]
+            logits = self.net(self._read(torch.cat((block, upcoming), dim=1), end - block.shape[1]),
+                              self.cache)[:, block.shape[1]:]
             self.cache.drop_last(next_end - end)
             self._ahead = (end, upcoming, logits)
         else:
-            self.net(block, self.cache)
+            self.net(self._read(block, end - block.shape[1]), self.cache)
         self.nfe += 1
         self.cached_until = end
 

@@ -45,8 +45,9 @@ import torch
 
 from textdiffusion.config import EVAL_TIME_SAMPLES, PROBABILITY, SAMPLE_STEPS, SEED, Choice, ConfigError, Range, option
 from textdiffusion.data.speakers import LabelledText, split_labels
+from textdiffusion.diffusion.adaptation import anneal_fraction, annealed_mask, causal_mask
 from textdiffusion.diffusion.chain_rule import left_to_right, order_nll
-from textdiffusion.diffusion.discrete import DiscreteSampler, Forward
+from textdiffusion.diffusion.discrete import LEFT_TO_RIGHT, DiscreteSampler, Forward
 from textdiffusion.diffusion.masking import (
     SCHEDULES,
     corrupt,
@@ -59,6 +60,7 @@ from textdiffusion.diffusion.masking import (
 )
 from textdiffusion.diffusion.remasking import SCHEDULES as REMASK_SCHEDULES
 from textdiffusion.diffusion.remasking import Remasking
+from textdiffusion.diffusion.self_distillation import Denoiser, grid_times, kl_to_targets, teacher_targets
 from textdiffusion.diffusion.stratified import per_row
 from textdiffusion.diffusion.tokens import TokenDraw, cross_entropy_per_token
 from textdiffusion.guidance.free import LabelledNetwork
@@ -72,8 +74,9 @@ from textdiffusion.methods.base import (
     register,
     report_batches,
 )
+from textdiffusion.methods.requests import SampleRequest
 from textdiffusion.nn.text_classifier import ConvTextClassifier
-from textdiffusion.nn.transformer import Transformer
+from textdiffusion.nn.transformer import Transformer, attention_bias
 
 
 @dataclass
@@ -99,6 +102,13 @@ class MaskedConfig(TextMethodConfig):
                                "reveals a token early", sampling=True)
     sample_steps: int = option(0, SAMPLE_STEPS, "default denoising steps (0 = one per token of the output)",
                                sampling=True)
+    # the recipes for a start from an ar run (train.init_from): diffusion/adaptation.py
+    shift: bool = option(False, None, "the logit at i predicts token i + 1, as ar's does: the input moved one place "
+                                      "right behind BOS (keeps what an ar start learned)")
+    anneal_steps: int = option(0, Range(0, 10**9), "relax the attention from causal to the method's over the first N "
+                                                   "training steps (DiffuLLaMA); 0 = the method's from the start")
+    ar_weight: float = option(0.0, Range(0.0, 100.0), "the joint objective: add this times the ar loss of the same "
+                                                      "network (causal attention, clean input; needs method.shift)")
     # the remdm sampler (diffusion/remasking.py); defaults: the paper's loop settings
     remdm_schedule: str = option("loop", Choice(REMASK_SCHEDULES), "remdm sampler: how often a written token is "
                                  "remasked: cap, rescale or loop", sampling=True)
@@ -112,6 +122,9 @@ class MaskedConfig(TextMethodConfig):
                                    "of tokens written during the loop phase", sampling=True)
 
     def check(self) -> None:
+        if self.ar_weight > 0 and not self.shift:
+            raise ConfigError("method.ar_weight trains the network as ar too, which it reads in ar's layout only "
+                              "with the shift; set method.shift=true")
         if self.estimator == "count" and make_schedule(self.schedule, self.sigma_max).alpha_one() > 0:
             raise ConfigError("method.estimator=count integrates t out in closed form, which needs alpha(1) = 0; "
                               "use method.schedule=loglinear or method.estimator=time")
@@ -134,21 +147,39 @@ class MaskedDiffusion(TextMethod):
     name = "masked"
     config_class = MaskedConfig
     attention = "bidirectional"
-    samplers = ("ancestral", "cached", "confidence", "topk", "remdm")
+    samplers = ("ancestral", "cached", "confidence", "topk", LEFT_TO_RIGHT, "remdm")
     likelihood_kind = "bound"
     loss_is_likelihood = True  # the NELBO per token (block's too)
     supports_labels = True
     chains_windows = True  # past one context: window after window, each starting from the tail before it
     classifier_rule = "taylor"  # Nisonoff et al. 2024's first-order discrete guidance (guidance/taylor.py)
+    exact_sampler = LEFT_TO_RIGHT  # exact_nll is the likelihood of this sampler (block's: inside each block)
 
     def __init__(self, cfg: MaskedConfig, model_cfg, tokenizer):
         super().__init__(cfg, model_cfg, tokenizer)
         cfg.check()
         self.schedule = make_schedule(cfg.schedule, cfg.sigma_max)
+        self.anneal = 1.0  # the share of the method's non-causal attention training uses now (at_training_step)
 
     def default_steps(self, length: int, sampler: str = "") -> int | None:
-        """One step per token: every position can be revealed on its own step."""
+        """One step per token: every position can be revealed on its own step. The left_to_right sampler's
+        steps are not a choice (one per token), so it has no default (None)."""
+        if sampler == LEFT_TO_RIGHT:
+            return None
         return self.cfg.sample_steps or length
+
+    def reveals_per_draw(self, length: int) -> int:
+        """Positions one draw loop of ``length`` tokens reveals in turn: the left_to_right sampler's steps."""
+        return length
+
+    def sample_steps(self, req: SampleRequest, length: int) -> int | None:
+        """The left_to_right sampler takes one step per token and no ``--steps``; the others as the template says."""
+        if self.check_sampler(req.sampler) != LEFT_TO_RIGHT:
+            return super().sample_steps(req, length)
+        if req.steps:
+            raise ConfigError(f"--steps does not apply to the {LEFT_TO_RIGHT} sampler: it reveals one token per step, "
+                              f"left to right; leave --steps out")
+        return self.reveals_per_draw(length)
 
     def interactive_samplers(self) -> tuple[str, ...]:
         # cached reuses the network's output when nothing changed: exact only without time conditioning
@@ -159,24 +190,80 @@ class MaskedDiffusion(TextMethod):
         return self.cfg.time_conditioning
 
     def _forward(self, model: Transformer, z: torch.Tensor, t: torch.Tensor,
-                 labels: torch.Tensor | None = None) -> torch.Tensor:
-        return self.call_network(model, labels, z, t if self.time_conditioning else None)
+                 labels: torch.Tensor | None = None, attn_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """The denoiser's logits for ``z``; with ``method.shift`` it reads [BOS, z] and the logit at i comes from
+        the position reading token i-1 (:mod:`textdiffusion.diffusion.adaptation`); the last position's output,
+        which would predict a token after the window, is dropped."""
+        mask = {} if attn_mask is None else {"attn_mask": attn_mask}
+        if self.cfg.shift:
+            z = torch.cat((torch.full_like(z[:, :1], self.tok.bos_id), z), dim=1)
+            return self.call_network(model, labels, z, t if self.time_conditioning else None, **mask)[:, :-1]
+        return self.call_network(model, labels, z, t if self.time_conditioning else None, **mask)
+
+    def at_training_step(self, step: int) -> None:
+        self.anneal = anneal_fraction(step, self.cfg.anneal_steps)
+
+    def training_mask(self, n: int, length: int, generator: torch.Generator, device: torch.device,
+                      paired: bool = False) -> torch.Tensor | None:
+        """The annealed attention mask of the next training forward over ``n`` windows of ``length`` (``paired``:
+        block's noisy-then-clean layout), or None once annealing is over (the method's own mask, nothing drawn)."""
+        if self.anneal >= 1.0:
+            return None
+        return annealed_mask(*self._target_mask(length, device, paired), self.anneal, n, generator)
+
+    def _target_mask(self, length: int, device: torch.device,
+                     paired: bool) -> tuple[torch.Tensor | None, torch.Tensor]:
+        """The method's own attention mask over the network's input for a window of ``length`` (None: every key)
+        and the token positions of its rows (with the shift, masked diffusion reads BOS too: one more)."""
+        if self.cfg.shift and not paired:
+            length += 1
+        positions = torch.arange(length, device=device).repeat(2 if paired else 1)
+        q = positions.shape[0]
+        return attention_bias(self.attention, q, q, device, getattr(self, "B", 1), paired)[0], positions
+
+    def ar_logits(self, model: Transformer, x: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        """The network read as ar (the joint objective's): the clean window, shifted, under the causal mask, so
+        the logit at i is p(x_i | x_{<i})."""
+        n, L = x.shape
+        t = torch.zeros(n, device=x.device)
+        return self._forward(model, x, t, labels, causal_mask(*self._target_mask(L, x.device, False)))
+
+    def _joint(self, model: Transformer, x: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor | float:
+        """ar_weight times the ar cross-entropy per token of the network read as ar (0 without the joint)."""
+        if self.cfg.ar_weight <= 0:
+            return 0.0
+        return self.cfg.ar_weight * cross_entropy_per_token(self.ar_logits(model, x, labels), x).mean()
+
+    def joint_details(self, model: Transformer, windows: torch.Tensor, labels: torch.Tensor | None,
+                      batch_size: int) -> dict[str, float]:
+        """With the joint objective, the exact NLL per character of the network read as ar, for the bound's
+        details; nothing otherwise."""
+        if self.cfg.ar_weight <= 0:
+            return {}
+        total = 0.0
+        for i in range(0, windows.shape[0], batch_size):
+            xb = windows[i:i + batch_size]
+            lb = None if labels is None else labels[i:i + batch_size]
+            total += float(cross_entropy_per_token(self.ar_logits(model, xb, lb), xb).double().sum())
+        return {"ar_nats_per_char": total / self.chars_in(windows)}
 
     def _nelbo_terms(self, model: Transformer, x: torch.Tensor, t: torch.Tensor,
-                     generator: torch.Generator, labels: torch.Tensor | None = None) -> torch.Tensor:
+                     generator: torch.Generator, labels: torch.Tensor | None = None,
+                     attn_mask: torch.Tensor | None = None) -> torch.Tensor:
         """Per-window w(t) * sum of masked cross-entropies (nats), one time per row of ``x``."""
         z, masked = corrupt(x, self.schedule.alpha(t), self.tok.mask_id, generator)
-        ce = cross_entropy_per_token(self._forward(model, z, t, labels), x)
+        ce = cross_entropy_per_token(self._forward(model, z, t, labels, attn_mask), x)
         return self.schedule.weight(t) * (ce * masked).sum(-1)
 
     def _count_terms(self, model: Transformer, x: torch.Tensor, k: torch.Tensor,
-                     generator: torch.Generator, labels: torch.Tensor | None = None) -> torch.Tensor:
+                     generator: torch.Generator, labels: torch.Tensor | None = None,
+                     attn_mask: torch.Tensor | None = None) -> torch.Tensor:
         """Per-window L * (1/k) * sum of cross-entropies over exactly k masked positions (nats): the NELBO
         with t integrated out (see :mod:`textdiffusion.diffusion.masking`). The network is given the t
         whose alpha matches the mask fraction, for the time-conditioned variant."""
         z, masked = corrupt_exactly(x, k, self.tok.mask_id, generator)
         t = k.float() / x.shape[1]
-        ce = cross_entropy_per_token(self._forward(model, z, t, labels), x)
+        ce = cross_entropy_per_token(self._forward(model, z, t, labels, attn_mask), x)
         return x.shape[1] * (ce * masked).sum(-1) / k
 
     def loss(self, model: Transformer, x: torch.Tensor | LabelledText, generator: torch.Generator) -> torch.Tensor:
@@ -185,9 +272,11 @@ class MaskedDiffusion(TextMethod):
         n, L = x.shape
         if self.cfg.estimator == "count":
             k = sample_counts(n, L, self.cfg.antithetic, generator, x.device)
-            return self._count_terms(model, x, k, generator, labels).mean() / L
+            mask = self.training_mask(n, L, generator, x.device)
+            return self._count_terms(model, x, k, generator, labels, mask).mean() / L + self._joint(model, x, labels)
         t = sample_times(n, self.cfg.antithetic, generator, x.device)
-        return self._nelbo_terms(model, x, t, generator, labels).mean() / L
+        mask = self.training_mask(n, L, generator, x.device)
+        return self._nelbo_terms(model, x, t, generator, labels, mask).mean() / L + self._joint(model, x, labels)
 
     @torch.no_grad()
     def nll(self, model: Transformer, windows: torch.Tensor | LabelledText, batch_size: int = 64,
@@ -210,7 +299,7 @@ class MaskedDiffusion(TextMethod):
         batches = list(zip(rows.split(batch_size), draws.split(batch_size), row_labels, strict=True))
         terms = torch.cat([term(model, xb, db, gen, lb) for xb, db, lb in report_batches(batches, progress)])
         return self._bound_result(windows, terms, K, "Monte-Carlo estimate of the continuous-time NELBO (an upper "
-                                  "bound on NLL)")
+                                  "bound on NLL)", **self.joint_details(model, windows, labels, batch_size))
 
     @torch.no_grad()
     def exact_nll(self, model: Transformer, windows: torch.Tensor | LabelledText, batch_size: int = 64,
@@ -263,6 +352,31 @@ class MaskedDiffusion(TextMethod):
                      "prior_kl_per_char": prior, "stderr_nats": stderr, "note": note},
         )
 
+    # ---- a student of fewer steps: self-distillation through time (diffusion/self_distillation.py) ------------
+    def distillation_loss(self, student: Transformer, teacher: Transformer, x: torch.Tensor | LabelledText,
+                          generator: torch.Generator, steps: int, substeps: int, draws: int = 1) -> torch.Tensor:
+        """SDTT's loss on a batch: the mean KL, over the positions masked in z_t, from what ``teacher`` writes in
+        ``substeps`` steps from t to t - 1/``steps`` (averaged over ``draws`` runs) to what ``student`` predicts
+        at z_t in one."""
+        x, labels = split_labels(x)
+        labels = self.drop_labels(labels, generator)
+        z, masked, t = self._distillation_state(x, steps, generator)
+        s = (t - 1.0 / steps).clamp(min=0.0)
+        target = teacher_targets(self._denoiser(teacher, x, labels), z, t, s, substeps, self.schedule.alpha,
+                                 self.tok.mask_id, generator, draws)
+        return kl_to_targets(self._denoiser(student, x, labels)(z, t), target, masked)
+
+    def _distillation_state(self, x: torch.Tensor, steps: int,
+                            generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """z_t at one grid time per window: (z, masked, the time of every position)."""
+        t = grid_times((x.shape[0],), steps, generator, x.device)
+        z, masked = corrupt(x, self.schedule.alpha(t), self.tok.mask_id, generator)
+        return z, masked, t[:, None].expand(x.shape)
+
+    def _denoiser(self, model: Transformer, x: torch.Tensor, labels: torch.Tensor | None) -> Denoiser:
+        """The network on a state of ``x``'s windows, every position of a row at the row's time."""
+        return lambda z, t: self._forward(model, z, t[:, 0], labels)
+
     # ---- the states a noisy classifier judges: partly masked windows (the rule: guidance/taylor.py) ----------
     def classifier_network(self, shape: dict[str, int], num_labels: int, model: Transformer) -> ConvTextClassifier:
         """A classifier of token states, [MASK] included (no time input: the masks say how noisy a state is, as
@@ -292,8 +406,11 @@ class MaskedDiffusion(TextMethod):
 
     def draw(self, model: Transformer, forward: Forward, state: torch.Tensor, fixed: torch.Tensor, plan: DrawPlan,
              generator: torch.Generator, on_step: StepCallback | None) -> tuple[torch.Tensor, float]:
-        """From the prior (all masks), the discrete sampler reveals the masked positions."""
-        state = self._from_prior(state, fixed, generator)
+        """From the prior (all masks), the discrete sampler reveals the masked positions. The left_to_right
+        sampler starts from all masks whatever alpha(1), the state its chain rule starts from; its draws'
+        log-probabilities are reported per sample (``log_prob``)."""
+        if plan.sampler != LEFT_TO_RIGHT:
+            state = self._from_prior(state, fixed, generator)
         if on_step:
             on_step(0, state.clone(), {"t": 1.0, "nfe": 0})
         assert plan.steps is not None
@@ -302,7 +419,9 @@ class MaskedDiffusion(TextMethod):
             return plan.steer.tilt(forward(z, t, rows), z)
 
         sampler = self.discrete_sampler(plan.sampler, plan.steps, plan.tokens)
-        return sampler.run(steered, state, state == self.tok.mask_id, generator, on_step)
+        ids, nfe = sampler.run(steered, state, state == self.tok.mask_id, generator, on_step)
+        note_log_prob(plan, sampler.log_prob)
+        return ids, nfe
 
     def sample_info(self, plan: DrawPlan) -> dict[str, object]:
         return {"steps": plan.steps, **self.remasking_info(plan.sampler)}
@@ -329,3 +448,13 @@ class MaskedDiffusion(TextMethod):
         """The named sampler on this run's mask schedule (:mod:`textdiffusion.diffusion.discrete`)."""
         return DiscreteSampler(sampler, steps, tokens, alpha=self.schedule.alpha, threshold=self.cfg.confidence,
                                remasking=self.cfg.remasking(), time_at=self.schedule.time_at)
+
+
+def note_log_prob(plan: DrawPlan, log_prob: torch.Tensor | None) -> None:
+    """Add a draw loop's per-sample log-probabilities (the left_to_right sampler's) to the result's ``log_prob``,
+    summed over the windows of a chained sampling; nothing for a sampler that keeps none."""
+    if log_prob is None:
+        return
+    before = plan.notes.get("log_prob")
+    values = log_prob.cpu().tolist()
+    plan.notes["log_prob"] = values if before is None else [a + b for a, b in zip(before, values, strict=True)]

@@ -312,13 +312,16 @@ class Transformer(nn.Module):
         return sum(p.numel() for p in self.parameters())
 
     def forward(self, x: torch.Tensor, t: torch.Tensor | None = None, cache: KVCache | None = None,
-                paired: bool = False, labels: torch.Tensor | None = None) -> torch.Tensor:
+                paired: bool = False, labels: torch.Tensor | None = None,
+                attn_mask: torch.Tensor | None = None) -> torch.Tensor:
         """``x``: (B, L) ids, or (B, L, input_dim) vectors.
         ``t``: (B,) noise levels when time-conditioned. Returns (B, L, out_dim).
         ``paired``: block diffusion's training layout, a noisy sequence then its clean copy (see
         :func:`attention_bias`); both halves get the same positions.
         ``labels``: (B,) class labels in [0, num_labels] (num_labels = none) of a label-conditioned backbone;
-        the label's embedding is added at every position, so a causal model sees it from the first token."""
+        the label's embedding is added at every position, so a causal model sees it from the first token.
+        ``attn_mask``: a boolean mask (B, 1, Q, K) that replaces the attention mode's for this forward (True = may
+        attend): training's annealed attention (:mod:`textdiffusion.diffusion.adaptation`)."""
         h = self.input(x)
         if self.label is not None:
             if labels is None:
@@ -332,7 +335,8 @@ class Transformer(nn.Module):
         if paired:
             positions = positions.repeat(2)
         rope = self.rotary.tables(positions, h.dtype) if self.cfg.positions != "none" else None
-        bias = attention_bias(self.attention, h.shape[1], start + h.shape[1], h.device, self.block_size, paired)
+        bias = (attn_mask, False) if attn_mask is not None else \
+            attention_bias(self.attention, h.shape[1], start + h.shape[1], h.device, self.block_size, paired)
         temb = None
         if self.time is not None:
             if t is None:

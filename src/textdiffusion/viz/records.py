@@ -11,7 +11,7 @@ import math
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
-from textdiffusion.records import ImageEval, InitRecord, Quality, TextEval
+from textdiffusion.records import ImageEval, InitRecord, Quality, SampleDistance, TextEval
 
 FORMAT = "textdiffusion-comparison/1"
 JUDGE = "character 5-gram, interpolated Witten-Bell (textdiffusion.evaluate.CharNgramJudge)"
@@ -31,6 +31,7 @@ class ValEntry:
     source: str  # the file it came from
     time_samples: int | None  # diffusion times drawn per window or image (bounds only)
     what: str  # the sentence the report's tooltip shows
+    sampler: str | None = None  # the sampler an exact number of a diffusion method is the likelihood of
 
     @classmethod
     def of(cls, value: float | None, kind: str | None, unit: str, source: str, windows: Any = None,
@@ -80,6 +81,7 @@ class SweepPoint:
     length: int
     chars_per_sample: float
     examples: list[str]
+    distance: SampleDistance | None = None  # n-gram distance from held-out text (None: the split was too small)
 
     @property
     def default(self) -> bool:
@@ -90,13 +92,52 @@ class SweepPoint:
         out: dict[str, Any] = {}
         for f in fields(self):
             value = getattr(self, f.name)
-            out.update(asdict(value) if f.name == "quality" else {f.name: value})
+            if f.name == "distance":
+                out["distance"] = value.to_json() if value is not None else None
+            else:
+                out.update(asdict(value) if f.name == "quality" else {f.name: value})
         return {**out, "default": True} if self.default else out
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> SweepPoint:
+        """Raises KeyError or TypeError for a point written in another shape (one without ``distance``
+        included: it was measured before the distance was)."""
+        def read(name: str) -> Any:
+            if name == "quality":
+                return Quality.from_json(data)
+            return SampleDistance.from_json(data["distance"]) if name == "distance" else data[name]
+
+        return cls(**{f.name: read(f.name) for f in fields(cls)})
+
+
+@dataclass
+class FrontierPoint:
+    """One temperature of a run's frontier (``compare --temperatures``): ``n`` samples drawn with the run's
+    default sampler and steps at ``temperature``, scored like the sweep's points. Lowering the temperature
+    buys judge perplexity with character entropy; the n-gram distance says what the trade cost."""
+
+    temperature: float
+    sampler: str
+    steps: int
+    n: int
+    seed: int
+    length: int
+    seconds: float  # sampling only
+    quality: Quality
+    distance: SampleDistance | None
+    example: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {**{f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("quality", "distance")},
+                "quality": self.quality.to_json(),
+                "distance": self.distance.to_json() if self.distance is not None else None}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> FrontierPoint:
         """Raises KeyError or TypeError for a point written in another shape."""
-        return cls(**{f.name: Quality.from_json(data) if f.name == "quality" else data[f.name] for f in fields(cls)})
+        plain = {f.name: data[f.name] for f in fields(cls) if f.name not in ("quality", "distance")}
+        return cls(**plain, quality=Quality.from_json(data["quality"]),
+                   distance=SampleDistance.from_json(data["distance"]))
 
 
 @dataclass
@@ -154,6 +195,7 @@ class TextResults:
     # not in the JSON: the method takes no step count (ar writes one token per network evaluation), so the
     # sweep has one point and the trajectory grows left to right
     steps_fixed: bool = False
+    frontier: list[FrontierPoint] = field(default_factory=list)  # by temperature; empty unless asked for
 
     @property
     def default_point(self) -> SweepPoint:
@@ -161,8 +203,9 @@ class TextResults:
 
     def to_json(self) -> dict[str, Any]:
         skipped = {"sweep_skipped": [asdict(s) for s in self.sweep_skipped]} if self.sweep_skipped else {}
+        frontier = {"frontier": [p.to_json() for p in self.frontier]} if self.frontier else {}
         return {"judge_corpus": self.judge_corpus, "reference": self.reference.to_json(), **skipped,
-                "sweep": [p.to_json() for p in self.sweep], "samples": asdict(self.samples),
+                "sweep": [p.to_json() for p in self.sweep], **frontier, "samples": asdict(self.samples),
                 "trajectory": asdict(self.trajectory), "device_measured": self.device_measured}
 
 
@@ -270,6 +313,9 @@ class RunRecord:
     images: ImagePictures | None = None
     guidance: list[GuidanceCurve] = field(default_factory=list)  # one per guidance rule; none for unlabelled runs
     init: InitRecord | None = None  # the run whose weights this one started from (train.init_from)
+    # the exact NLL: ar's validation number; masked and block's of their left_to_right sampler (eval.json, else
+    # final.json); None where the run has none
+    exact: ValEntry | None = None
 
     @property
     def is_text(self) -> bool:
@@ -293,7 +339,8 @@ class RunRecord:
     def to_json(self) -> dict[str, Any]:
         out = {f.name: getattr(self, f.name) for f in fields(self)
                if f.name not in ("text_results", "images", "guidance", "init")}
-        out.update(val=asdict(self.val) if self.val else None, train_speed=asdict(self.train_speed))
+        out.update(val=asdict(self.val) if self.val else None, train_speed=asdict(self.train_speed),
+                   exact=asdict(self.exact) if self.exact else None)
         if self.text_results is not None:
             out.update(self.text_results.to_json())
         if self.images is not None:
@@ -317,6 +364,7 @@ class Settings:
     max_frames: int
     seconds: float
     guidance: list[float] = field(default_factory=list)  # the scales of the guidance curves (labelled runs)
+    temperatures: list[float] = field(default_factory=list)  # the frontier's temperatures (none: no frontier)
 
 
 @dataclass

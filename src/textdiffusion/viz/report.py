@@ -26,7 +26,15 @@ from markupsafe import Markup, escape
 
 from textdiffusion.records import InitRecord
 from textdiffusion.viz import web_asset
-from textdiffusion.viz.records import Comparison, GuidanceCurve, Reference, RunRecord, SweepPoint, ValEntry
+from textdiffusion.viz.records import (
+    Comparison,
+    FrontierPoint,
+    GuidanceCurve,
+    Reference,
+    RunRecord,
+    SweepPoint,
+    ValEntry,
+)
 
 WEB_ASSETS = ("player.js", "plot.js", "report.js")
 TEMPLATE = "report.html.j2"
@@ -51,6 +59,14 @@ GUIDANCE_NOTE = ("For every run trained with labels, the guidance scale w steers
                  "is the same judge on real data, so a point on it is as recognisable as the real thing. Fluency is "
                  "judge perplexity for text and FID for images (both lower is better); each point is labelled by "
                  "its w.")
+DISTANCE_NOTE = ("*n-gram JS* is the Jensen-Shannon divergence (bits, 0 to 1) between the character 1-4-gram "
+                 "distributions of the samples and of held-out text of the same size; *real floor* is what a second "
+                 "slice of held-out text reaches, so a perfect sampler scores the floor. Unlike judge perplexity, a "
+                 "sampler cannot lower it by collapsing onto likely characters.")
+FRONTIER_TITLE = "Frontier: judge perplexity vs entropy over temperature"
+FRONTIER_NOTE = ("Each run sampled with its default sampler and steps at every temperature: lowering it buys judge "
+                 "perplexity with character entropy, so compare runs *at the same entropy*; real held-out text is "
+                 "the point to reach. The n-gram distance says what each trade cost.")
 GROWTH = {  # how a trajectory unfolds, shown above its player
     "sequential": "left-to-right growth, one character per network evaluation",
     "unmasking": "masked positions (grey) fill in",
@@ -67,7 +83,7 @@ def inline_html(text: str) -> Markup:
 
 def legend_markdown() -> str:
     kinds = " ".join(f"*{kind}*: {text}" for kind, text in VAL_KINDS.items())
-    return f"**{LEGEND_TITLE}** {kinds} {ESTIMATES}"
+    return f"**{LEGEND_TITLE}** {kinds} {ESTIMATES} {DISTANCE_NOTE}"
 
 
 # ---- numbers as text ---------------------------------------------------------------------------------------
@@ -157,6 +173,7 @@ def settings_lines(c: Comparison) -> list[str]:
             f"guidance scales: {scales} (runs trained with labels; {s.samples} samples per point: split evenly over "
             f"the speakers of a text run, the digits in turn for an image run)",
             f"samples per point: {s.samples}, seeds: {s.seeds} (seed {s.seed}), length {_length(c)}",
+            f"frontier temperatures: {', '.join(f'{t:g}' for t in s.temperatures) or 'none'}",
             f"judge: {c.judge_kind}, fitted on the training split of "
             f"{', '.join(c.judge_corpora) or NA}",
             f"image runs: {s.image_sampler['sampler']} {s.image_sampler['steps']} steps for the grids",
@@ -203,6 +220,11 @@ TEXT_COLUMNS = [Column(*c) for c in (
     ("step", "train steps", "optimizer steps of the checkpoint", None),
     ("val", "val bits/char", "validation bits per character: exact for ar, an upper bound (NELBO) for diffusion; "
                              "lower is better", "low"),
+    ("exact", "exact bits/char", "exact negative log-likelihood in bits per character: ar's own; masked and block's "
+                                 "that of --sampler left_to_right (one token per step, left to right), on its own "
+                                 "count of windows; lower is better", "low"),
+    ("vs_ar", "× ar", "bits per character over the ar run's exact number (the first run compared whose validation "
+                      "number is exact): exact where the run has it, else its bound; lower is better", "low"),
     ("judge_ppl", "judge ppl", "per-character perplexity of the samples under a character 5-gram judge fitted on "
                                "the training split (an estimate); lower is better", "low"),
     ("word_validity", "word validity", "share of generated words found in the training split; higher is better",
@@ -212,6 +234,11 @@ TEXT_COLUMNS = [Column(*c) for c in (
     ("char_entropy", "char entropy", "bits per character of the samples' character distribution: near real text's "
                                      "is right, far below it means the sampler bought its judge perplexity by "
                                      "collapsing onto frequent characters", None),
+    ("ngram_js", "n-gram JS", "Jensen-Shannon divergence (bits) between the character 1-4-gram distributions of "
+                              "the samples and of held-out text of the same size; lower is better, the real "
+                              "floor is the best reachable", "low"),
+    ("ngram_floor", "real floor", "the same divergence for a second slice of held-out text of the same size: "
+                                  "what a sampler indistinguishable from real text scores", None),
     ("nfe", "NFE", "network evaluations per sample at the method's default step count (the quality columns)",
      "low"),
     ("train_speed", "train chars/s", "training throughput recorded by the trainer", "high"),
@@ -234,6 +261,18 @@ IMAGE_COLUMNS = [Column(*c) for c in (
 )]
 
 QUALITY_COLUMNS = ("judge_ppl", "word_validity", "distinct_2", "repetition", "char_entropy")
+DISTANCE_COLUMNS = ("ngram_js", "ngram_floor")
+
+FRONTIER_COLUMNS = [
+    *[Column(*c) for c in (
+        ("run", "run", "run directory", None),
+        ("temperature", "T", "temperature of the token draw (the run's default sampler and steps)", None),
+        ("judge_ppl", "judge ppl", "per-character perplexity under the evaluation judge; lower is better", "low"),
+        ("char_entropy", "char entropy", "bits per character of the samples' character distribution", None),
+        ("word_validity", "word validity", "share of generated words found in the training split", "high"))],
+    *[c for c in TEXT_COLUMNS if c.key in DISTANCE_COLUMNS],
+    Column("samples", "samples", "samples behind the point", None),
+]
 
 
 GUIDANCE_TEXT_COLUMNS = [Column(*c) for c in (
@@ -307,31 +346,66 @@ def _common_cells(run: RunRecord) -> dict[str, Cell]:
     }
 
 
+def distance_cells(point: SweepPoint | FrontierPoint | None) -> dict[str, Cell]:
+    """The n-gram distance and its real-text floor, blank when the point has none."""
+    d = point.distance if point is not None else None
+    if d is None:
+        return {key: Cell(NA, None) for key in DISTANCE_COLUMNS}
+    of = f" (the first {d.texts} of {d.texts_of} samples)" if d.texts < d.texts_of else ""
+    return {"ngram_js": Cell(_fmt(d.js_bits), d.js_bits, f"excess over real text {_fmt(d.excess)}; orders "
+                                                          f"{', '.join(map(str, d.orders))}; {d.chars:,} chars{of}"),
+            "ngram_floor": Cell(_fmt(d.floor_bits), d.floor_bits, f"a second slice of {d.chars:,} held-out chars")}
+
+
 def _quality_cells(q: SweepPoint | None, ref: Reference | None, device: str) -> dict[str, Cell]:
     """The text table's sample columns, from the default sweep point (blank when there is none)."""
     if q is None:
         return {"nfe": Cell(NA, None), "sample_speed": Cell(NA, None),
-                **{key: Cell(NA, None) for key in QUALITY_COLUMNS}}
+                **{key: Cell(NA, None) for key in (*QUALITY_COLUMNS, *DISTANCE_COLUMNS)}}
     cells = {"nfe": Cell(_fmt(q.nfe, 1), q.nfe, f"sampler {q.sampler}, {q.steps} steps"),
              "sample_speed": Cell(_fmt(q.sample_chars_per_s, 0), q.sample_chars_per_s,
                                   f"batch of {q.n} on {device}")}
     for key in QUALITY_COLUMNS:
         value, real = getattr(q.quality, key), getattr(ref.quality, key) if ref else None
         cells[key] = Cell(_fmt(value), value, f"real text: {_fmt(real)}" if real is not None else "")
-    return cells
+    return cells | distance_cells(q)
 
 
-def text_row(run: RunRecord, run_id: int = 0) -> Row:
+def _exact_cells(run: RunRecord, ar: RunRecord | None) -> dict[str, Cell]:
+    """The exact NLL (named by its sampler where it is not the method's own) and the ratio to ar's exact one."""
+    exact = run.exact
+    text = NA if exact is None else f"{exact.value:.3f}" + (f" ({exact.sampler})" if exact.sampler else "")
+    mine = exact or run.val
+    base = ar.exact if ar is not None else None
+    ratio = mine.value / base.value if mine is not None and base is not None and base.value > 0 else None
+    tip = "" if ratio is None or mine is None else \
+        f"{'exact' if mine.kind == 'exact' else 'bound'} over {ar.name if ar else 'ar'}'s exact"
+    return {"exact": Cell(text, exact.value if exact else None, _val_title(exact) if exact else "no exact number"),
+            "vs_ar": Cell(_fmt(ratio, 3), ratio, tip)}
+
+
+def text_row(run: RunRecord, run_id: int = 0, ar: RunRecord | None = None) -> Row:
+    """A text run's row; ``ar`` is the run the × ar column divides by (None: the column is blank)."""
     res = run.text_results
     q = default_point(run)
     provenance = (Cell(f"{q.n} × {q.seeds}", q.n,
                        f"compare (default steps): {q.n} samples of {q.length} characters, {q.seeds} seed")
                   if q else Cell(NA, None, run.eval_note or ""))
-    cells = {**_common_cells(run), "method": Cell(run.method, run.method),
-             "step": Cell(f"{run.step:,}", run.step, f"of {run.train_steps} configured"),
+    cells = {**_common_cells(run), "method": Cell(run.method, run.method), "step": _steps_cell(run),
              **_quality_cells(q, res.reference if res else None, res.device_measured if res else "?"),
-             "provenance": provenance}
+             **_exact_cells(run, ar), "provenance": provenance}
     return Row(run_id, cells, run.val.kind if run.val else None)
+
+
+def _steps_cell(run: RunRecord) -> Cell:
+    """The training steps a text run cost: its own, and with the run it started from (train.init_from) the
+    source's too, so a run from ar is not shown cheaper than it was."""
+    own = Cell(f"{run.step:,}", run.step, f"of {run.train_steps} configured")
+    if run.init is None or run.init.cost_steps is None:
+        return own
+    total = run.step + run.init.cost_steps
+    return Cell(f"{total:,} ({run.step:,} own)", total, f"{run.step:,} of its own after {run.init.cost_steps:,} "
+                f"behind the weights it started from ({run.init.run})")
 
 
 def image_row(run: RunRecord, run_id: int = 0) -> Row:
@@ -348,8 +422,10 @@ def image_row(run: RunRecord, run_id: int = 0) -> Row:
 
 
 def _rows(c: Comparison, text: bool) -> list[Row]:
-    make = text_row if text else image_row
-    return [make(r, i) for i, r in enumerate(c.runs) if r.is_text == text]
+    if not text:
+        return [image_row(r, i) for i, r in enumerate(c.runs) if not r.is_text]
+    ar = next((r for r in c.runs if r.is_text and r.val is not None and r.val.kind == "exact"), None)
+    return [text_row(r, i, ar) for i, r in enumerate(c.runs) if r.is_text]
 
 
 # ---- markdown ---------------------------------------------------------------------------------------------
@@ -369,18 +445,54 @@ def _md_table(columns: list[Column], rows: list[Row], left_aligned: int = LEFT_A
 
 def _md_sweep(c: Comparison) -> list[str]:
     lines = ["### Quality vs sampling steps", "", sweep_line(c), "",
-             "| run | steps | NFE | judge ppl | word validity | distinct-2 | sample chars/s |",
-             "|---|---:|---:|---:|---:|---:|---:|"]
+             "| run | steps | NFE | judge ppl | word validity | distinct-2 | n-gram JS (floor) | sample chars/s |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for r in c.text_runs:
         res = r.text_results
         for p in res.sweep if res else []:
             mark = " (default)" if p.default else ""
             q = p.quality
+            d = distance_cells(p)
             lines.append(f"| {r.name} | {p.steps}{mark} | {_fmt(p.nfe, 1)} | {_fmt(q.judge_ppl)} | "
-                         f"{_fmt(q.word_validity)} | {_fmt(q.distinct_2)} | {_fmt(p.sample_chars_per_s, 0)} |")
+                         f"{_fmt(q.word_validity)} | {_fmt(q.distinct_2)} | {d['ngram_js'].text} "
+                         f"({d['ngram_floor'].text}) | {_fmt(p.sample_chars_per_s, 0)} |")
         for sk in res.sweep_skipped if res else []:
-            lines.append(f"| {r.name} | {sk.steps} | — | skipped: {sk.why} | | | |")
+            lines.append(f"| {r.name} | {sk.steps} | — | skipped: {sk.why} | | | | |")
     return lines
+
+
+def frontier_rows(c: Comparison) -> list[Row]:
+    """A row per run and temperature, then real held-out text's own row per distinct reference (blank T)."""
+    rows, refs = [], {}
+    for i, r in enumerate(c.runs):
+        res = r.text_results
+        for p in res.frontier if res else []:
+            q = p.quality
+            cells = {"run": Cell(r.name, r.name, r.path),
+                     "temperature": Cell(f"{p.temperature:g}", p.temperature, f"{p.sampler}, {p.steps} steps"),
+                     "judge_ppl": Cell(_fmt(q.judge_ppl), q.judge_ppl),
+                     "char_entropy": Cell(_fmt(q.char_entropy), q.char_entropy),
+                     "word_validity": Cell(_fmt(q.word_validity), q.word_validity),
+                     **distance_cells(p), "samples": Cell(f"{p.n:,}", p.n, f"seed {p.seed}, {p.seconds:.1f} s")}
+            rows.append(Row(i, cells, None))
+        if res and res.frontier:
+            refs.setdefault(json.dumps(res.reference.to_json(), sort_keys=True), (i, res.reference))
+    for i, ref in refs.values():
+        q = ref.quality
+        what = f"{q.words:,} words of held-out windows of {ref.chars} characters"
+        cells = {"run": Cell("real text", "real text", what), "temperature": Cell(NA, None),
+                 "judge_ppl": Cell(_fmt(q.judge_ppl), q.judge_ppl),
+                 "char_entropy": Cell(_fmt(q.char_entropy), q.char_entropy),
+                 "word_validity": Cell(_fmt(q.word_validity), q.word_validity),
+                 **{key: Cell(NA, None) for key in DISTANCE_COLUMNS}, "samples": Cell(NA, None)}
+        rows.append(Row(i, cells, None))
+    return rows
+
+
+def _md_frontier(c: Comparison) -> list[str]:
+    if not any(r.text_results and r.text_results.frontier for r in c.runs):
+        return []
+    return [f"## {FRONTIER_TITLE}", "", FRONTIER_NOTE, "", *_md_table(FRONTIER_COLUMNS, frontier_rows(c), 1), ""]
 
 
 def _md_guidance(c: Comparison) -> list[str]:
@@ -407,8 +519,8 @@ def _init_cost(init: InitRecord) -> str:
     """What training the source run cost, which counts in this run's cost."""
     if init.steps is None:
         return "the source's training cost is not recorded (it has no final.json)"
-    seconds = f", {init.elapsed:,.1f} s of training" if init.elapsed is not None else ""
-    return f"{init.steps:,} steps{seconds} before this run's own"
+    seconds = f", {init.cost_elapsed:,.1f} s of training" if init.cost_elapsed is not None else ""
+    return f"{init.cost_steps:,} steps{seconds} before this run's own"
 
 
 def _md_run(r: RunRecord) -> list[str]:
@@ -416,7 +528,8 @@ def _md_run(r: RunRecord) -> list[str]:
     lines = [f"### {r.name}", "", f"`{r.path}` — {r.method}, preset {r.preset}, step {r.step:,}{params}.", ""]
     if r.init is not None:
         label = r.init.label()
-        lines += [f"{label[0].upper()}{label[1:]}: {_init_cost(r.init)}.", ""]
+        total = f" ({r.step + r.init.cost_steps:,} steps in all)" if r.init.cost_steps is not None else ""
+        lines += [f"{label[0].upper()}{label[1:]}: {_init_cost(r.init)}{total}.", ""]
     if r.eval_note:
         lines += [f"Note: {r.eval_note}.", ""]
     if eval_summary(r):
@@ -450,6 +563,8 @@ def render_markdown(c: Comparison) -> str:
         out += ["", "## Image runs", "", *_md_table(IMAGE_COLUMNS, _rows(c, text=False))]
     if any(r.guidance for r in c.runs):
         out += ["", *_md_guidance(c)]
+    if frontier := _md_frontier(c):
+        out += ["", *frontier]
     out += ["", "## Runs", ""]
     for r in c.runs:
         out += _md_run(r)
@@ -578,6 +693,7 @@ def _page_data(c: Comparison) -> dict[str, Any]:
                      "curve_val_key": r.curve_val_key, "sweep": [p.to_json() for p in res.sweep] if res else [],
                      "reference": res.reference.to_json() if res else None,
                      "guidance": [curve.to_json() for curve in r.guidance],
+                     "frontier": [p.to_json() for p in res.frontier] if res else [],
                      "trajectory": asdict(res.trajectory) if res else None})
     return {"runs": runs, "settings": asdict(c.settings)}
 
@@ -594,13 +710,17 @@ def render_html(c: Comparison, out: Path) -> str:
     """The page; ``out`` is the folder holding the image runs' pictures (they are inlined)."""
     ref = shared_reference(c)
     return _template().render(
-        c=c, legend_title=LEGEND_TITLE, legend_kinds=VAL_KINDS, estimates=ESTIMATES, sweep_line=sweep_line(c),
+        c=c, legend_title=LEGEND_TITLE, legend_kinds=VAL_KINDS, estimates=f"{ESTIMATES} {DISTANCE_NOTE}",
+        sweep_line=sweep_line(c),
         real_text=real_text_line(ref) if ref else None, settings_lines=settings_lines(c),
         text_table=_html_table("text-table", TEXT_COLUMNS, _rows(c, text=True)) if c.text_runs else None,
         image_table=_html_table("image-table", IMAGE_COLUMNS, _rows(c, text=False)) if c.image_runs else None,
         cards=[_card(i, r, out) for i, r in enumerate(c.runs)],
         guidance_title=GUIDANCE_TITLE, guidance_note=GUIDANCE_NOTE, guidance_tables=_guidance_tables(c),
         guidance_kinds=[kind for kind in ("text", "image") if any(r.guidance for r in c.runs if r.kind == kind)],
+        frontier_title=FRONTIER_TITLE, frontier_note=FRONTIER_NOTE,
+        frontier_table=(_html_table("frontier-table", FRONTIER_COLUMNS, frontier_rows(c), left=1)
+                        if any(r.text_results and r.text_results.frontier for r in c.runs) else None),
         # trusted package files and JSON made safe for a script element: inserted as they are
         style=Markup(web_asset("td.css")), scripts=[Markup(web_asset(name)) for name in WEB_ASSETS],
         page_data=Markup(_script_json(_page_data(c))))

@@ -24,8 +24,13 @@ def add(sub: argparse._SubParsersAction) -> None:
     c.add_argument("--guidance", default="0,1,2,3,5",
                    help="comma-separated guidance scales w for the accuracy-vs-fluency curve of every run trained "
                         "with labels ('' or none = no curves); --samples is split over the labels")
+    c.add_argument("--temperatures", default="none",
+                   help="comma-separated temperatures, e.g. 0.6,0.8,0.9,1,1.1: each text run's judge perplexity "
+                        "against character entropy (its frontier) beside real text's; each costs one draw of "
+                        "--samples samples per text run, like a sweep point (default none)")
     c.add_argument("--refresh", action="store_true",
-                   help="recompute sweeps and guidance curves instead of reusing RUN/sweep.json and RUN/guidance.json")
+                   help="recompute sweeps, guidance curves and frontiers instead of reusing RUN/sweep.json, "
+                        "RUN/guidance.json and RUN/frontier.json")
     c.add_argument("--device", default="auto", help=DEVICE_HELP)
     c.add_argument("--no-progress", action="store_true", help="no progress bars")
     c.set_defaults(func=run)
@@ -36,7 +41,8 @@ def run(args: argparse.Namespace) -> int:
 
     paths = compare_runs(args.run_dirs, args.out, samples=args.samples, length=args.length or 0,
                          sweep=args.sweep, seed=args.seed, device=args.device, evaluate=args.evaluate,
-                         progress=not args.no_progress, refresh=args.refresh, guidance=args.guidance)
+                         progress=not args.no_progress, refresh=args.refresh, guidance=args.guidance,
+                         temperatures=args.temperatures)
     for kind, path in paths.items():
         print(f"{kind}: {path}")
     return 0

@@ -1,4 +1,4 @@
-"""``textdiffusion demo``: train a small masked-diffusion model on Tiny Shakespeare and watch it write."""
+"""``textdiffusion demo``: train a small ar model on Tiny Shakespeare, turn it into block diffusion, watch it write."""
 
 from __future__ import annotations
 
@@ -9,12 +9,14 @@ from textdiffusion.config import PRESETS
 
 
 def add(sub: argparse._SubParsersAction) -> None:
-    d = command(sub, "demo", "train a small masked-diffusion model on Tiny Shakespeare and watch it write")
+    d = command(sub, "demo", "train a small ar model on Tiny Shakespeare, turn it into a block-diffusion model "
+                                  "and watch it write")
     d.add_argument("--steps", type=number(int, TRAIN_STEPS), default=None,
-                   help="training steps (default: 1500, a few minutes on a CPU)")
+                   help="training steps of both runs together, 3/4 for ar (default: 1500, about 2 minutes on a CPU)")
     d.add_argument("--data", default="tinyshakespeare", help="the corpus: a name, a UTF-8 file or a directory")
     d.add_argument("--preset", choices=sorted(PRESETS), default=DEFAULT_PRESET, help=PRESET_HELP)
-    d.add_argument("--run-dir", help="where to write the run (default: runs/masked-PRESET-TIME)")
+    d.add_argument("--run-dir", help="the folder of its two runs, DIR/ar and DIR/block "
+                                     "(default: runs/demo-PRESET-TIME)")
     d.set_defaults(func=run)
 
 

@@ -132,6 +132,9 @@ def run(args: argparse.Namespace) -> int:
     chained = f" in {res.windows} windows overlapping by {res.overlap}" if res.windows > 1 else ""
     print(f"[{model.method} step {model.step}: {len(res.texts)} x {res.length} chars{chained}, sampler "
           f"{res.sampler}, {res.nfe:g} network evaluations per sample, {res.seconds:.2f}s{where}]", file=sys.stderr)
+    if (bits := res.bits_per_token()) is not None:
+        print(f"[exact: -log p of these draws under the draw that wrote them, {bits:.4f} bits per generated "
+              f"{'character' if model.tokenizer.kind == 'char' else 'token'} on average]", file=sys.stderr)
     return 0
 
 

@@ -27,7 +27,8 @@ examples:
   textdiffusion train --method masked --preset tiny --data my_corpus.txt --steps 200
   textdiffusion train --config runs/ar/config.json --set model.n_layer=6 --run-dir runs/ar-deeper
   textdiffusion train --resume runs/ar --steps 4000      # continue, with a longer schedule
-  textdiffusion train --method masked --init-from runs/ar --steps 500   # start from the ar run's weights"""
+  textdiffusion train --method masked --init-from runs/ar --steps 500   # start from the ar run's weights
+  textdiffusion train --distill-from runs/masked --steps 500   # a student of half the teacher's steps"""
 
 
 def add(sub: argparse._SubParsersAction) -> None:
@@ -39,6 +40,10 @@ def add(sub: argparse._SubParsersAction) -> None:
     add_new_run_flags(t, image=False)
     t.add_argument("--init-from", metavar="RUN", help="start from this run's EMA weights (an ar run or its export "
                                                       "with the same network and tokenizer; sets train.init_from)")
+    t.add_argument("--distill-from", metavar="RUN", help="train a student of this masked or block run that samples "
+                                                         "in half its steps (train.distill_substeps: SDTT); without "
+                                                         "--method or --config, with the teacher's config (sets "
+                                                         "train.distill_from)")
     t.set_defaults(func=run, torchrun=True)
 
 
@@ -88,7 +93,7 @@ def run(args: argparse.Namespace) -> int:
 # the method ``mnist train`` trains when neither --method nor --config names one
 DEFAULT_IMAGE_METHOD = "image"
 _FIELD_FLAGS = {"data": "data.corpus", "steps": "train.steps", "seed": "seed", "device": "train.device",
-                "init_from": "train.init_from"}
+                "init_from": "train.init_from", "distill_from": "train.distill_from"}
 
 
 def new_run_config(args: argparse.Namespace, image: bool = False):
@@ -105,6 +110,12 @@ def new_run_config(args: argparse.Namespace, image: bool = False):
         if getattr(args, attr, None) is not None:
             overrides.append(f"{key}={getattr(args, attr)}")
     method = args.method
+    if not args.config and not method and getattr(args, "distill_from", None):
+        from textdiffusion.distill_from import student_config, teacher_config
+
+        if not args.preset:  # a new round of the teacher's own config
+            return student_config(args.distill_from, overrides)
+        method = teacher_config(args.distill_from).method.name
     if not args.config:
         if image:
             method = method or DEFAULT_IMAGE_METHOD
@@ -143,7 +154,7 @@ def resume_run(args: argparse.Namespace) -> int:
     """``train --resume RUN`` (text or image): the saved config decides everything but the step count."""
     from textdiffusion.trainer import resume_training
 
-    flags = ("method", "preset", "config", "data", "run_dir", "seed", "device", "init_from")
+    flags = ("method", "preset", "config", "data", "run_dir", "seed", "device", "init_from", "distill_from")
     given = [f"--{name.replace('_', '-')}" for name in flags if getattr(args, name, None) is not None]
     given += ["--set"] if args.overrides else []
     if given:
@@ -187,8 +198,13 @@ def _print_train_summary(summary: TrainSummary) -> None:
               f"{summary.rate:,.0f} chars/s; val {score.bits:.4f} bits/char "
               f"({score.nats:.4f} nats/char, {kind}, EMA weights, {score.windows} windows)")
         _print_bound(score, "validation windows", f"; `textdiffusion eval {rd} --val-windows 0` scores all")
+        if score.exact is not None:
+            ex = score.exact
+            print(f"exact {ex.bits:.4f} bits/char ({ex.nats:.4f} nats/char, {ex.label}; {ex.windows} windows)")
     else:
         print(f"stopped at step {summary.step} (checkpoint saved)")
+    if summary.distill is not None:
+        print(f"{summary.distill.label()}; the next round: textdiffusion train --distill-from {rd}")
     print(f"run: {rd}\n  sample: textdiffusion sample {rd} --show\n  eval:   textdiffusion eval {rd}")
 
 

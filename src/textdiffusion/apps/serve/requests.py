@@ -309,10 +309,10 @@ def _describe_chars(chars: list[str]) -> str:
 
 def _steps(parsed: Parsed, generated: int, max_steps: int) -> int:
     """The steps the sampling takes, also set on the request where they are a choice. A method whose step
-    count is not a choice takes one per generated token (any ``steps`` asked for was checked but is not
-    used; the request keeps 0), which must fit in the server's limit."""
+    count is not a choice (or a sampler's: masked's left_to_right) takes one per generated token (any ``steps``
+    asked for was checked but is not used; the request keeps 0), which must fit in the server's limit."""
     served, req = parsed.served, parsed.req
-    if served.default_steps is not None:
+    if served.default_steps is not None and served.method.default_steps(generated, req.sampler) is not None:
         req.steps = req.steps or served.default_steps
         return req.steps
     req.steps = 0

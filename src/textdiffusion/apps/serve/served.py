@@ -126,6 +126,10 @@ def describe(served: ServedRun) -> dict[str, Any]:
         "val_bpc": score.bits if score is not None else None, "val_kind": score.kind if score is not None else None,
         "samplers": list(served.samplers), "sampler": served.default_sampler,
         "steps": served.default_steps, "steps_fixed": served.default_steps is None, "max_steps": served.max_steps,
+        # samplers that write one token per step whatever the steps asked for (masked, block: left_to_right)
+        "one_per_token": [s for s in served.samplers if method.default_steps(method.model_cfg.context, s) is None],
+        "exact_bpc": score.exact.bits if score is not None and score.exact is not None else None,
+        "exact_sampler": score.exact.sampler if score is not None and score.exact is not None else None,
         "context": method.model_cfg.context, "length": served.default_length, "max_length": served.max_length,
         "max_chars": served.max_chars, "tokenizer": tok.kind, "unit": served.unit,
         "alphabet": "".join(tok.chars) if isinstance(tok, CharTokenizer) else None,

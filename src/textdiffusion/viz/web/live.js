@@ -50,6 +50,9 @@
     if (run.val_bpc !== null && run.val_bpc !== undefined) {
       parts.push(`val ${(+run.val_bpc).toFixed(3)} bits/char${run.val_kind ? ` (${run.val_kind})` : ""}`);
     }
+    if (run.exact_bpc !== null && run.exact_bpc !== undefined) {
+      parts.push(`exact ${(+run.exact_bpc).toFixed(3)} bits/char (of the ${run.exact_sampler} sampler)`);
+    }
     return parts.join(" · ");
   }
 
@@ -63,10 +66,9 @@
       o.selected = s === run.sampler;
       return o;
     }));
-    steps.disabled = run.steps_fixed;
     steps.max = run.max_steps;
     steps.value = run.steps_fixed ? "" : run.steps;
-    steps.title = run.steps_fixed ? "an ar model writes one character per step" : `1 to ${run.max_steps}`;
+    onSamplerChange();
     length.max = run.max_length;
     length.value = run.length;
     temperature.value = run.temperature;
@@ -86,6 +88,19 @@
     modeInfill.disabled = !run.infill;
     if (!run.infill) modePrompt.checked = true;
     onModeChange();
+  }
+
+  // steps apply to a sampler that takes a number of them; one that writes a token per step takes none
+  function onSamplerChange() {
+    const run = current();
+    if (!run) return;
+    const perToken = !run.steps_fixed && (run.one_per_token || []).includes(samplerSel.value);
+    const was = steps.disabled;
+    steps.disabled = run.steps_fixed || perToken;
+    if (steps.disabled) steps.value = "";
+    else if (was) steps.value = run.steps;  // back from a sampler that took none: the run's default
+    steps.title = run.steps_fixed ? "an ar model writes one character per step"
+      : perToken ? `the ${samplerSel.value} sampler writes one character per step` : `1 to ${run.max_steps}`;
   }
 
   function onSpeakerChange() {
@@ -262,6 +277,7 @@
   }
 
   runSel.addEventListener("change", onRunChange);
+  samplerSel.addEventListener("change", onSamplerChange);
   speaker.addEventListener("change", onSpeakerChange);
   guidance.addEventListener("input", onSpeakerChange);
   modePrompt.addEventListener("change", onModeChange);

@@ -93,6 +93,26 @@
                                            xLabel: a.xLabel, yLabel: a.yLabel, logX: a.logX, refs, series});
   }
 
+  /* ---- frontier: judge perplexity against character entropy over temperature, real text as a point ---- */
+  if (fig("plot-frontier")) {
+    const series = text.filter((r) => r.frontier.length).map((r) => ({
+      name: r.name, color: color(r), markers: true,
+      points: r.frontier.map((p) => [p.quality.char_entropy, p.quality.judge_ppl,
+                                     `T = ${p.temperature}, ${p.n} samples` +
+                                     (p.distance ? `, n-gram JS ${TD.fmt(p.distance.js_bits)} (real ${TD.fmt(p.distance.floor_bits)})` : ""),
+                                     `T=${p.temperature}`])}));
+    const seen = new Set();
+    for (const r of text.filter((x) => x.frontier.length && x.reference)) {
+      const key = `${r.reference.char_entropy},${r.reference.judge_ppl}`;
+      if (seen.has(key)) continue;
+      seen.add(key);
+      series.push({name: "real text", color: "#888", markers: true,
+                   points: [[r.reference.char_entropy, r.reference.judge_ppl, `held-out windows of ${r.reference.chars} characters`, "real"]]});
+    }
+    TD.plot(fig("plot-frontier"), {title: "judge perplexity vs character entropy over temperature",
+                                   xLabel: "character entropy (bits)", yLabel: "judge perplexity", logY: true, series});
+  }
+
   /* ---- denoising players: start playing when scrolled into view, once ---- */
   const players = [];
   for (const slot of document.querySelectorAll(".td-player-slot")) {
