@@ -62,8 +62,9 @@ def main() -> None:
     assert reference is not None
     command = shlex.join(["python", "benchmarks/demo_recipe.py", "--runs", str(args.runs), "--steps",
                           str(args.steps), "--samples", str(args.samples)])
+    took = f"the demo took {wall:.0f} s" if wall else "the runs of an earlier demo, reused"
     table = "\n".join([
-        f"`{command}` ({machine()}; the demo took {f'{wall:.0f} s' if wall else 'an earlier run'})", "",
+        f"`{command}` ({machine()}; {took})", "",
         f"{args.samples} samples of 64 characters each, temperature 1, seed 0; real validation text scores judge "
         f"perplexity {reference.judge_ppl:.1f}, entropy {reference.char_entropy:.2f} bits, word validity "
         f"{reference.word_validity:.3f}.", "",

@@ -304,7 +304,8 @@ def picture(rows: list[Row], path: Path, cmd: str) -> None:
            fill="black")
     d.text((left, 12), f"recipe search: {cmd}", fill="black")
     colours = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75),
-               (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207)]
+               (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207), (0, 0, 128), (128, 0, 0),
+               (0, 100, 0), (255, 0, 255), (0, 0, 0), (170, 110, 40), (0, 128, 128), (128, 128, 0)]
     names = sorted({r.recipe for r in pts}, key=lambda n: min(r.ratio for r in pts if r.recipe == n))
     for i, name in enumerate(names):
         colour = colours[i % len(colours)]
@@ -327,6 +328,8 @@ def main() -> None:
     p.add_argument("--ar-share", type=float, default=0.75, help="share of an ar+ recipe's budget spent on ar")
     p.add_argument("--threads", type=int, default=1, help="torch threads per training run")
     p.add_argument("--out", default=str(RESULTS / "recipe_search"), help="results stem (.json, .md, .png)")
+    p.add_argument("--finished-only", action="store_true",
+                   help="train nothing: table the (recipe, budget) runs already finished under --runs")
     args = p.parse_args()
     cmd = "python benchmarks/recipe_search.py " + " ".join(sys.argv[1:])
     names = list(BY_NAME) if args.recipes == "all" else args.recipes.split(",")
@@ -339,6 +342,8 @@ def main() -> None:
     runs = Path(args.runs)
     rows: list[Row] = []
     todo = [(b, BY_NAME[n]) for b in budgets for n in names]
+    if args.finished_only:
+        todo = [(b, r) for b, r in todo if finished(run_dir(runs, r, b), r.steps(b, args.ar_share)[1])]
     for i, (budget, recipe) in enumerate(todo, 1):
         log(f"({i}/{len(todo)}) {recipe.name} at {budget} steps")
         rows.append(measure(recipe, budget, runs, args.windows, args.ar_share, args.threads))
