@@ -223,6 +223,9 @@ def test_a_round_from_the_student_halves_its_steps_again_and_rounds_chain(block_
     first, second = (TrainSummary.read(tmp_path / r).distill for r in ("r1", "r2"))
     assert (first.steps, first.teacher_steps) == (2, 4)  # block B=4: 4 steps per block, then 2, then 1
     assert (second.steps, second.teacher_steps) == (1, 2)
+    # a student's training cost counts its teacher's, and its teacher's teacher's, steps
+    assert [TrainSummary.read(tmp_path / r).total_steps for r in ("r1", "r2")] == [2 + 30, 2 + 2 + 30]
+    assert json.loads((tmp_path / "r2" / "final.json").read_text())["total_steps"] == 34
     config = json.loads((tmp_path / "r2" / "config.json").read_text())["config"]
     assert config["method"]["name"] == "block" and config["train"]["distill_draws"] == 2
 

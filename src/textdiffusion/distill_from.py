@@ -120,7 +120,9 @@ def open_teacher(cfg: Config, vocab: Tokenizer, method: Any, device: torch.devic
         p.requires_grad_(False)
     final = TrainSummary.read(Path(run))
     source = InitRecord(shareable_path(run), str(read_run_meta(Path(run)).get("run_id", "")), step,
-                        final.step if final is not None else None, final.elapsed if final is not None else None)
+                        final.step if final is not None else None, final.elapsed if final is not None else None,
+                        final.total_steps if final is not None else None,
+                        final.total_elapsed if final is not None else None)
     steps = cfg.train.distill_steps
     return Teacher(network, DistillRecord(source, steps, steps * cfg.train.distill_substeps))
 

@@ -288,25 +288,33 @@ class TrainSummary:
             out["scoring_interrupted"] = True
         if self.init is not None:
             out["init_from"] = self.init.to_json()
-            out["total_steps"], out["total_elapsed"] = self.total_steps, self.total_elapsed
         if self.distill is not None:
             out["distill_from"] = self.distill.to_json()
+        if self.source is not None:
+            out["total_steps"], out["total_elapsed"] = self.total_steps, self.total_elapsed
         return out
+
+    @property
+    def source(self) -> InitRecord | None:
+        """The run whose weights this one started from: train.init_from's, or a student's teacher."""
+        if self.init is not None:
+            return self.init
+        return self.distill.teacher if self.distill is not None else None
 
     @property
     def total_steps(self) -> int | None:
         """The run's training cost in steps: its own, plus the source's when it started from a run (None when
         the source's is not recorded)."""
-        if self.init is None:
+        if self.source is None:
             return self.step
-        return None if self.init.cost_steps is None else self.step + self.init.cost_steps
+        return None if self.source.cost_steps is None else self.step + self.source.cost_steps
 
     @property
     def total_elapsed(self) -> float | None:
         """Training seconds, the source's counted as :attr:`total_steps` counts its steps."""
-        if self.init is None:
+        if self.source is None:
             return self.elapsed
-        return None if self.init.cost_elapsed is None else self.elapsed + self.init.cost_elapsed
+        return None if self.source.cost_elapsed is None else self.elapsed + self.source.cost_elapsed
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> TrainSummary:

@@ -301,7 +301,8 @@ def read_run(path: str | Path) -> RunRecord:
         train_speed=TrainSpeed(final_speed or (speeds[-1] if speeds else None),
                                "images/s" if image else "chars/s"),
         curves=_curves(metrics, val_key),
-        curve_val_key=val_key, eval=ev, eval_note=eval_note, init=InitRecord.from_json(meta.get("init_from")),
+        curve_val_key=val_key, eval=ev, eval_note=eval_note,
+        init=InitRecord.from_json(meta.get("init_from") or meta.get("distill_from")),
         exact=None if image else _read_exact(ev, final, step, val))
 
 
