@@ -413,6 +413,11 @@ LEGAL: dict[str, tuple[Callable[[float], bool], bool]] = {
     "method.rounding_weight": (_GE0, False), "method.guide_weight": (_UNIT, False), "method.bit_scale": (_GT0, False),
     "method.block_size": (_GE1, False), "method.clip_low": (_UNIT, False),
     "method.clip_high": (lambda v: 0 < v <= 1, False), "method.guidance": (_GE0, True),
+    "train.final_exact_windows": (_GE0, True), "train.distill_steps": (lambda v: 0 <= v <= 2 ** 20, False),
+    "train.distill_substeps": (lambda v: 1 <= v <= 64, False), "train.distill_draws": (lambda v: 1 <= v <= 64, False),
+    "method.anneal_steps": (_GE0, True), "method.ar_weight": (lambda v: 0 <= v <= 100, False),
+    "method.remdm_eta": (_UNIT, False), "method.remdm_t_on": (lambda v: 0 < v < 1, False),
+    "method.remdm_t_off": (lambda v: 0 <= v < 0.55, False), "method.remdm_alpha_on": (lambda v: 0 < v < 1, False),
     "unet.base_channels": (_GE1, False), "unet.num_res_blocks": (_GE0, False), "unet.heads": (_GE1, False),
     "unet.dropout": (_FRAC, False), "unet.groups": (_GE1, False), "unet.label_dropout": (_FRAC, False),
 }
