@@ -53,7 +53,7 @@ from textdiffusion.checkpoint import (
     versions,
     write_json,
 )
-from textdiffusion.config import GUIDANCE, TEMPERATURE, ConfigError
+from textdiffusion.config import GUIDANCE, TEMPERATURE, ConfigError, Range
 from textdiffusion.files import is_symlink_loop, non_utf8_message, symlink_loop_message, write_text
 from textdiffusion.methods import SampleRequest, get_method
 from textdiffusion.methods.base import bits_key
@@ -124,6 +124,14 @@ def parse_sweep(text: str) -> list[int]:
 
 def parse_guidance(text: str) -> list[float]:
     """``"0,1,2,3,5"`` -> [0.0, 1.0, 2.0, 3.0, 5.0]; empty or ``none`` -> no guidance curves."""
+    return _parse_values(text, "--guidance", "guidance scales", DEFAULT_GUIDANCE, GUIDANCE, MAX_GUIDANCE_POINTS,
+                         "scales (each draws --samples samples per labelled run)", "--guidance scales")
+
+
+def _parse_values(text: str, flag: str, what: str, example: str, allowed: Range, most: int, most_what: str,
+                  each: str) -> list[float]:
+    """A flag's comma-separated numbers, each inside ``allowed``, sorted without repeats, at most ``most`` of
+    them; empty or ``none`` -> none. Errors are one line naming the flag and the value."""
     if text.strip().lower() in ("", "none"):
         return []
     out: list[float] = []
@@ -131,17 +139,16 @@ def parse_guidance(text: str) -> list[float]:
         if not part:
             continue
         try:
-            w = float(part)
+            v = float(part)
         except ValueError:
-            raise ConfigError(f"--guidance takes comma-separated guidance scales like {DEFAULT_GUIDANCE} (or none); "
-                              f"{part!r} is not a number") from None
-        if not GUIDANCE.allows(w):
-            raise ConfigError(f"--guidance scales must each be {GUIDANCE.describe()}; got {part}")
-        out.append(w)
+            raise ConfigError(f"{flag} takes comma-separated {what} like {example} (or none); {part!r} is not a "
+                              f"number") from None
+        if not allowed.allows(v):
+            raise ConfigError(f"{each} must each be {allowed.describe()}; got {part}")
+        out.append(v)
     out = sorted(set(out))
-    if len(out) > MAX_GUIDANCE_POINTS:
-        raise ConfigError(f"--guidance takes at most {MAX_GUIDANCE_POINTS} scales (each draws --samples samples per "
-                          f"labelled run); got {len(out)}")
+    if len(out) > most:
+        raise ConfigError(f"{flag} takes at most {most} {most_what}; got {len(out)}")
     return out
 
 
@@ -703,25 +710,8 @@ MAX_TEMPERATURES = 12
 
 def parse_temperatures(text: str) -> list[float]:
     """``"0.6,0.8,1"`` -> [0.6, 0.8, 1.0]; empty or ``none`` -> no frontier."""
-    if text.strip().lower() in ("", "none"):
-        return []
-    out: list[float] = []
-    for part in (p.strip() for p in text.split(",")):
-        if not part:
-            continue
-        try:
-            t = float(part)
-        except ValueError:
-            raise ConfigError(f"--temperatures takes comma-separated temperatures like {SUGGESTED_TEMPERATURES} "
-                              f"(or none); {part!r} is not a number") from None
-        if not TEMPERATURE.allows(t):
-            raise ConfigError(f"--temperatures must each be {TEMPERATURE.describe()}; got {part}")
-        out.append(t)
-    out = sorted(set(out))
-    if len(out) > MAX_TEMPERATURES:
-        raise ConfigError(f"--temperatures takes at most {MAX_TEMPERATURES} values (each draws --samples samples "
-                          f"per text run); got {len(out)}")
-    return out
+    return _parse_values(text, "--temperatures", "temperatures", SUGGESTED_TEMPERATURES, TEMPERATURE,
+                         MAX_TEMPERATURES, "values (each draws --samples samples per text run)", "--temperatures")
 
 
 class _FrontierCache(_PointCache):
