@@ -18,12 +18,11 @@ from typing import Any
 
 import torch
 
-from textdiffusion.checkpoint import check_finite, read_group, read_run_meta
+from textdiffusion.checkpoint import check_finite, read_group
 from textdiffusion.config import Config, ConfigError
 from textdiffusion.data.tokenizer import Tokenizer, load_tokenizer
-from textdiffusion.init_from import NETWORK_FIELDS
-from textdiffusion.records import DistillRecord, InitRecord, TrainSummary
-from textdiffusion.sharing import shareable_path
+from textdiffusion.init_from import NETWORK_FIELDS, source_record
+from textdiffusion.records import DistillRecord
 
 # the method fields that decide what the network computes or which times its steps cover
 METHOD_FIELDS = ("schedule", "sigma_max", "time_conditioning", "block_size")
@@ -118,13 +117,8 @@ def open_teacher(cfg: Config, vocab: Tokenizer, method: Any, device: torch.devic
     network.to(device).eval()
     for p in network.parameters():
         p.requires_grad_(False)
-    final = TrainSummary.read(Path(run))
-    source = InitRecord(shareable_path(run), str(read_run_meta(Path(run)).get("run_id", "")), step,
-                        final.step if final is not None else None, final.elapsed if final is not None else None,
-                        final.total_steps if final is not None else None,
-                        final.total_elapsed if final is not None else None)
     steps = cfg.train.distill_steps
-    return Teacher(network, DistillRecord(source, steps, steps * cfg.train.distill_substeps))
+    return Teacher(network, DistillRecord(source_record(run, step), steps, steps * cfg.train.distill_substeps))
 
 
 def check_same_teacher(teacher: Teacher, recorded: DistillRecord | None, run_dir: Path) -> None:

@@ -83,10 +83,17 @@ def load_init_weights(run: str, cfg: Config, vocab: Tokenizer, model: torch.nn.M
             raise ConfigError(f"train.init_from={run}: tensor {name} has shape {tuple(tensors[name].shape)} there "
                               f"and {tuple(t.shape)} here; start from a run with the same network and tokenizer")
     model.load_state_dict({k: v.to(own[k].dtype) for k, v in tensors.items()})
+    return source_record(run, step)
+
+
+def source_record(run: str, step: int) -> InitRecord:
+    """Where weights at ``step`` of ``run`` came from and what training them cost (its final.json's steps and
+    seconds, its own source's included; None when it has no final.json). The record is shared with the run
+    (final.json, exports, reports), so the source is named as sharing names paths."""
+    path = Path(run)
     final = TrainSummary.read(path)
-    meta = read_run_meta(path)
-    # the record is shared with the run (final.json, exports, reports): the source named as sharing names paths
+    run_id = str(read_run_meta(path).get("run_id", ""))
     if final is None:
-        return InitRecord(shareable_path(run), str(meta.get("run_id", "")), step, None, None)
-    return InitRecord(shareable_path(run), str(meta.get("run_id", "")), step, final.step, final.elapsed,
-                      final.total_steps, final.total_elapsed)
+        return InitRecord(shareable_path(run), run_id, step, None, None)
+    return InitRecord(shareable_path(run), run_id, step, final.step, final.elapsed, final.total_steps,
+                      final.total_elapsed)
