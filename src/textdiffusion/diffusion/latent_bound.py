@@ -89,7 +89,8 @@ def latent_diffusion_term(schedule: NoiseSchedule, t_min: float, z: torch.Tensor
 @dataclass(frozen=True)
 class LSGMTerms:
     """The bound and its terms, in nats per unit (character): ``total`` = ``reconstruction`` + ``latent`` -
-    ``entropy``, and ``latent`` = ``latent_decoder`` + ``latent_prior`` + ``latent_diffusion`` (VDM on z)."""
+    ``entropy``, and ``latent`` = ``latent_decoder`` + ``latent_prior`` + ``latent_diffusion`` (VDM on x = s z, its
+    decoder term a density of z: -D log s for the change of variables)."""
 
     total: float
     reconstruction: float
@@ -107,8 +108,9 @@ class LSGMBound:
     ``samples`` stratified noise levels, :func:`latent_diffusion_term`) and the encoder's entropy (the same for
     every window: sigma is fixed)."""
 
-    def __init__(self, schedule: NoiseSchedule, t_min: float, samples: int, sigma: float):
+    def __init__(self, schedule: NoiseSchedule, t_min: float, samples: int, sigma: float, scale: float = 1.0):
         self.schedule, self.t_min, self.samples, self.sigma = schedule, t_min, max(1, samples), sigma
+        self.scale = scale  # the diffusion models x = scale * z
         self.abar0 = float(schedule.alpha_bar(torch.tensor(t_min)))
         self.terms: dict[str, list[torch.Tensor]] = {k: [] for k in ("reconstruction", "decoder", "prior",
                                                                      "diffusion", "entropy")}
@@ -116,14 +118,18 @@ class LSGMBound:
     def add(self, reconstruction: torch.Tensor, z: torch.Tensor,
             predict_z: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor],
             generator: torch.Generator) -> None:
-        """One batch: ``reconstruction`` (B,) is -log p(x | z) of the draws ``z`` (B, k, d); ``predict_z(z_t, t,
-        eps)`` the denoiser's estimate of z. Random numbers are drawn in a fixed order."""
+        """One batch: ``reconstruction`` (B,) is -log p(x | z) of the draws ``z`` (B, k, d); ``predict_z(x_t, t,
+        eps)`` the denoiser's estimate of x = scale * z. Random numbers are drawn in a fixed order. The density of
+        z is that of x times the Jacobian scale^D: -log p(z) = -log p(x) - D log scale."""
         n, dims = z.shape[0], z[0].numel()
+        z = self.scale * z
         u = per_row(n, self.samples, generator, z.device)
         diffusion = torch.stack([latent_diffusion_term(self.schedule, self.t_min, z, u[:, j], predict_z, generator)
                                  for j in range(self.samples)], 1).mean(1)
         abar_one = self.schedule.alpha_bar(torch.tensor(1.0, device=z.device))
-        found = {"reconstruction": reconstruction, "decoder": torch.full((n,), gaussian_decoder_nats(self.abar0, dims)),
+        # the decoder term at t_min as a density of z: p(x | x_tmin) scale^D, the change of variables x = scale z
+        decoder = gaussian_decoder_nats(self.abar0, dims) - dims * math.log(self.scale)
+        found = {"reconstruction": reconstruction, "decoder": torch.full((n,), decoder),
                  "prior": gaussian_prior_kl(z.flatten(1), abar_one), "diffusion": diffusion,
                  "entropy": torch.full((n,), gaussian_entropy(self.sigma, dims))}
         for key, value in found.items():

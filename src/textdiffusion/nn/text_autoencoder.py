@@ -56,6 +56,10 @@ class TextAutoencoder(nn.Module):
         mu = self.to_latent(h.reshape(b, k, self.c * h.shape[-1]))
         return F.layer_norm(mu, (self.d,))
 
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        """The decoder (:meth:`logits`): what a functional call with other parameters runs."""
+        return self.logits(z)
+
     def logits(self, z: torch.Tensor) -> torch.Tensor:
         """p(x | z): (B, k, d) latents -> (B, k * c, n_symbols) logits over every position of the window."""
         b, k, _ = z.shape
