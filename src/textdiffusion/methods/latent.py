@@ -133,6 +133,9 @@ class LatentDiffusion(GaussianMethod[torch.Tensor], TextMethod):
     likelihood_kind = "bound"
     # each phase trains one part of the network and leaves the other without a gradient
     leaves_parameters_unused = True
+    # the loss runs the autoencoder directly, outside the network's forward (the denoiser): the trainer averages
+    # gradients after backward, which DDP's hooks on the forward could not
+    parameters_in_forward_only = False
     eval_terms: ClassVar[dict[str, str | tuple[str, str]]] = {
         "reconstruction_nats_per_char": ("bound: E_q[-log p(x|z)]", "nats/char, the decoder on z ~ q(z|x)"),
         "latent_nats_per_char": ("bound: E_q[-log p(z)]", "nats/char, VDM's bound on the latent's density"),
