@@ -16,6 +16,7 @@ TEXT_METHODS: dict[str, tuple[str, ...]] = {
     "embedding": ("ddim", "ddpm", "guided"),
     "latent": ("ddim", "ddpm"),
     "masked": ("ancestral", "cached", "confidence", "topk", "left_to_right", "remdm"),
+    "uniform": ("ancestral", "confidence", "topk", "redraw"),
 }
 # method -> its samplers, for the image methods (``textdiffusion mnist``)
 IMAGE_METHODS: dict[str, tuple[str, ...]] = {
