@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from textdiffusion.config import ModelConfig
+from textdiffusion.diffusion.consistency import KL_DIRECTIONS, consistency_kl, teacher_time
 from textdiffusion.diffusion.gaussian_view import (
     DiffusionTransform,
     argmax_accuracy,
@@ -93,3 +94,30 @@ def test_the_backbone_reads_a_distribution_as_its_expected_embedding() -> None:
     soft = torch.softmax(torch.randn(2, 8, 7), -1)
     mixed = net.input(soft)
     assert torch.allclose(mixed, soft @ net.input.embed.weight[:7], atol=1e-6)
+
+
+# ---- Discrete Consistency Distillation's pieces (diffusion/consistency.py) --------------------------------------
+def test_the_teacher_reads_the_students_state_at_one_substep_and_the_midpoint_at_two() -> None:
+    t, s = torch.tensor([1.0, 0.5]), torch.tensor([0.875, 0.375])
+    assert torch.equal(teacher_time(t, s, 1), t)
+    assert torch.allclose(teacher_time(t, s, 2), (t + s) / 2)
+    assert torch.allclose(teacher_time(t, s, 4), t - 3 * (t - s) / 4)
+
+
+def test_the_consistency_kl_is_zero_only_between_equal_predictions() -> None:
+    g = torch.Generator().manual_seed(3)
+    a, b = torch.randn(2, 5, 7, generator=g), torch.randn(2, 5, 7, generator=g)
+    for direction in KL_DIRECTIONS:
+        assert float(consistency_kl(a, a, direction)) == pytest.approx(0.0, abs=1e-6)
+        assert float(consistency_kl(a, b, direction)) > 0.01
+    p, q = a.log_softmax(-1), b.log_softmax(-1)
+    assert float(consistency_kl(a, b, "reverse")) == pytest.approx(float((p.exp() * (p - q)).sum(-1).mean()),
+                                                                   rel=1e-5)
+    assert float(consistency_kl(a, b, "forward")) == pytest.approx(float((q.exp() * (q - p)).sum(-1).mean()),
+                                                                   rel=1e-5)
+    where = torch.zeros(2, 5)
+    where[0, 1] = 1
+    assert float(consistency_kl(a, b, "reverse", where)) == pytest.approx(
+        float((p.exp() * (p - q)).sum(-1)[0, 1]), rel=1e-5)
+    with pytest.raises(ValueError, match="unknown KL direction"):
+        consistency_kl(a, b, "sideways")
