@@ -13,6 +13,7 @@ from textdiffusion.diffusion.consistency import KL_DIRECTIONS, consistency_kl, t
 from textdiffusion.diffusion.gaussian_view import (
     DiffusionTransform,
     argmax_accuracy,
+    curriculum_state,
     curriculum_temperature,
     draw_eps,
     gaussian_latent,
@@ -64,17 +65,27 @@ def test_two_symbols_have_a_closed_form() -> None:
 
 def test_a_trajectory_shares_its_noise_and_has_the_process_marginals() -> None:
     K, n = 65, 100_000
-    T = DiffusionTransform(K)
     g = torch.Generator().manual_seed(2)
     x = torch.randint(0, K, (n, 1), generator=g)
-    at, as_ = T.alpha_tilde(torch.tensor([0.3, 0.6]))
-    z_t, z_s = trajectory(x, at.expand(n), as_.expand(n), K, g)
+    z_t, z_s = trajectory(x, torch.full((n,), 0.3), torch.full((n,), 0.6), K, g)
     for z, alpha in ((z_t, 0.3), (z_s, 0.6)):
         hit = float((z == x).double().mean())
         assert abs(hit - (alpha + (1 - alpha) / K)) < 0.01
     # coupled: a position right at t stays right at s far more often than independent draws would
     right_t = z_t == x
     assert float((z_s == x)[right_t].double().mean()) > 0.95
+
+
+def test_the_curriculum_state_is_the_process_with_a_soft_input_around_it() -> None:
+    K, n = 65, 50_000
+    g = torch.Generator().manual_seed(4)
+    x = torch.randint(0, K, (n, 1), generator=g)
+    alpha = torch.full((n,), 0.4)
+    z, soft = curriculum_state(x, alpha, K, 0.1, g)
+    assert abs(float((z == x).double().mean()) - (0.4 + 0.6 / K)) < 0.01
+    assert soft.shape == (n, 1, K) and torch.allclose(soft.sum(-1), torch.ones(n, 1))
+    assert torch.equal(soft.argmax(-1), z)  # the soft input peaks where the discrete state is
+    assert float(soft.max(-1).values.mean()) < 0.99  # ... without being its one-hot at tau = 0.1
 
 
 def test_the_curriculum_anneals_then_ends_in_the_argmax() -> None:

@@ -57,7 +57,7 @@ def argmax_accuracy(nu: torch.Tensor, K: int) -> torch.Tensor:
 
 class DiffusionTransform:
     """alpha = T(alpha~) for K symbols, tabulated on the log-SNR grid, and its inverse. Tensors in, tensors out,
-    on the input's device and dtype."""
+    on the input's device and dtype. The table is built once per K in a process (about a second)."""
 
     def __init__(self, K: int):
         if K < 2:
@@ -111,13 +111,23 @@ def draw_eps(x: torch.Tensor, K: int, generator: torch.Generator) -> torch.Tenso
     return torch.randn((*x.shape, K), generator=generator, device=x.device)
 
 
-def trajectory(x: torch.Tensor, alpha_tilde_t: torch.Tensor, alpha_tilde_s: torch.Tensor, K: int,
+def trajectory(x: torch.Tensor, alpha_t: torch.Tensor, alpha_s: torch.Tensor, K: int,
                generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """(z_t, z_s): the argmaxes of one Gaussian trajectory from ``x`` at two times, each distributed as the
-    uniform-state process there, coupled through their shared eps (Discrete Consistency Distillation)."""
+    """(z_t, z_s): the argmaxes of one Gaussian trajectory from ``x`` at two uniform-state alphas (one per row
+    or per position), each distributed as the process there, coupled through their shared eps (Discrete
+    Consistency Distillation)."""
+    T = DiffusionTransform(K)
     eps = draw_eps(x, K, generator)
-    return (gaussian_latent(x, alpha_tilde_t, K, eps).argmax(-1),
-            gaussian_latent(x, alpha_tilde_s, K, eps).argmax(-1))
+    return (gaussian_latent(x, T.alpha_tilde(alpha_t.double()).float(), K, eps).argmax(-1),
+            gaussian_latent(x, T.alpha_tilde(alpha_s.double()).float(), K, eps).argmax(-1))
+
+
+def curriculum_state(x: torch.Tensor, alpha: torch.Tensor, K: int, tau: float,
+                     generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """(z_t, softmax(w_t / tau)) for (n, L) tokens at the uniform-state ``alpha`` of each row (n,): the discrete
+    state the NELBO is taken at, distributed as q(z_t | x), and the soft input the curriculum feeds the network."""
+    w = gaussian_latent(x, DiffusionTransform(K).alpha_tilde(alpha.double()).float(), K, draw_eps(x, K, generator))
+    return w.argmax(-1), tempered(w, tau)
 
 
 def curriculum_temperature(step: int, steps: int, tau_start: float, tau_end: float) -> float:
