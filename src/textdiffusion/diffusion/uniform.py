@@ -14,7 +14,8 @@ exact posterior, for every symbol y of z_s and the observed symbol z of z_t:
                               / [alpha_t x_z + (1 - alpha_t) / N]                <- ``posterior``
 
 The formula is a function of the vector x, so a network's predicted distribution x_theta(z_t) can stand in for
-the one-hot x: p_theta(z_s | z_t) = q(z_s | z_t, x = x_theta). That is the reverse step of the ancestral sampler.
+the one-hot x: p_theta(z_s | z_t) = q(z_s | z_t, x = x_theta). That is the reverse step of the ancestral sampler
+(:class:`UniformSampler`, which also holds tiny-diffusion's heuristic ``redraw`` loop).
 
 The continuous-time NELBO. The forward process is a Markov chain with rate beta_t = -alpha'_t / alpha_t of
 jumping to a uniform symbol, so a jump y -> z has rate beta_t / N. Conditioned on x, the reverse chain jumps
@@ -43,10 +44,14 @@ the true reverse step is); ``tests/test_uniform.py`` shows both by enumeration.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
 from textdiffusion.diffusion.masking import MaskSchedule
+from textdiffusion.diffusion.tokens import TokenDraw, gumbel_sample
 
 ALPHA_MIN = 1e-6  # alpha_t at the noisy end: beta_t = -alpha'/alpha stays finite and the integrand ~ alpha_t there
 
@@ -79,7 +84,8 @@ def posterior(z: torch.Tensor, x_probs: torch.Tensor, alpha_t: torch.Tensor, alp
     Bayes' rule (module docstring): the kernel from s to t times q(z_s | x), normalised. The normaliser is
     q(z_t | x) analytically; it is computed as the sum, which keeps the result a distribution in floating point."""
     n = x_probs.shape[-1]
-    a_ts = (alpha_t / alpha_s)[..., None]
+    # two times with nothing left of x (alpha_s = 0, a linear schedule's far end): nothing happens between them
+    a_ts = torch.where(alpha_s > 0, alpha_t / alpha_s, torch.ones_like(alpha_s))[..., None]
     stay = torch.nn.functional.one_hot(z, n).to(x_probs.dtype)
     kernel = a_ts * stay + (1.0 - a_ts) / n  # q(z_t = z | z_s = y) for every y
     joint = kernel * marginal(x_probs, alpha_s)
@@ -139,3 +145,61 @@ def time_before(schedule: MaskSchedule, t: torch.Tensor) -> torch.Tensor:
     finite; for alpha(1) = 0 that leaves out a sliver of [0, 1] where the integrand is itself ~ alpha_t."""
     limit = schedule.time_at(torch.full_like(t, ALPHA_MIN))
     return torch.minimum(t, limit)
+
+
+ANCESTRAL, REDRAW = "ancestral", "redraw"
+
+# forward(state, t, rows=None) -> logits (n, L, N): the network on a state, as the shared discrete sampler's
+Forward = Callable[..., torch.Tensor]
+# on_step(step, state, info): called after every step with a copy of the state
+StepReport = Callable[[int, torch.Tensor, dict[str, Any]], None]
+
+
+@dataclass
+class UniformSampler:
+    """The draw loops of uniform-state noise, apart from any network: every free position is redrawn at every
+    step, on the time grid 1 = t_0 > ... > t_steps = 0.
+
+    * ``ancestral``: z_s ~ p_theta(z_s | z_t) = q(z_s | z_t, x_theta) (:func:`posterior`), x_theta the network's
+      distribution after the token draw's temperature, top-k and top-p. The last step, to s = 0, is the same
+      formula at alpha_s = 1: a draw from x_theta reweighted by the chance of having seen z_t from each symbol,
+      q(z_t | z_0) x_theta(z_0). It is the reverse step the bound scores (its reconstruction term), and a draw
+      rather than an argmax, so the sampler keeps the distribution the bound is a bound for.
+    * ``redraw``: tiny-diffusion's heuristic: each step replaces every free position by a draw from x_theta itself,
+      keeping nothing of z_t but what the network reads. It is no reverse process of the forward one, so no
+      likelihood belongs to it.
+    """
+
+    rule: str
+    steps: int
+    draw: TokenDraw = field(default_factory=TokenDraw)
+    alpha: Callable[[torch.Tensor], torch.Tensor] | None = None
+
+    def __post_init__(self) -> None:
+        if self.rule not in (ANCESTRAL, REDRAW):
+            raise ValueError(f"unknown uniform sampler {self.rule!r}; choose {ANCESTRAL} or {REDRAW}")
+        if self.steps < 1:
+            raise ValueError("the number of sampling steps must be >= 1")
+        if self.rule == ANCESTRAL and self.alpha is None:
+            raise ValueError("the ancestral sampler steps through the schedule: give alpha")
+
+    def run(self, forward: Forward, state: torch.Tensor, fixed: torch.Tensor, generator: torch.Generator,
+            on_step: StepReport | None = None) -> tuple[torch.Tensor, float]:
+        """(n, L) ``state`` -> (the state at t = 0, network evaluations per sequence). ``fixed`` positions are
+        never changed."""
+        grid = torch.linspace(1.0, 0.0, self.steps + 1, device=state.device)
+        n = state.shape[0]
+        for i in range(self.steps):
+            t, s = grid[i], grid[i + 1]
+            logits = self.draw.filter(forward(state, t.expand(n)))
+            if self.rule == REDRAW:
+                drawn = gumbel_sample(logits, generator)
+            else:
+                assert self.alpha is not None
+                x_theta = logits.double().softmax(-1)
+                step = posterior(state, x_theta, self.alpha(t.double()), self.alpha(s.double()))
+                drawn = gumbel_sample(step.log(), generator)
+            state = torch.where(fixed, state, drawn)
+            if on_step:
+                on_step(i + 1, state.clone(), {"t": float(s), "nfe": i + 1})
+        return state, float(self.steps)
