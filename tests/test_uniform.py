@@ -14,6 +14,7 @@ from helpers import tiny_config, train_tiny
 from test_methods import _markov_corpus, _true_nll
 from textdiffusion.api import load
 from textdiffusion.apps.cli import main
+from textdiffusion.apps.compare import compare_runs
 from textdiffusion.checkpoint import read_group
 from textdiffusion.data import TextData
 from textdiffusion.diffusion.masking import make_schedule
@@ -447,3 +448,12 @@ def test_a_noisy_classifier_steers_the_ancestral_sampler(plays):
     assert zero.texts == plain
     steered = model.sample(label="MENENIUS", guidance=40, rule="classifier", **options)
     assert steered.texts != plain
+
+
+def test_compare_carries_a_bounds_sampler_note_into_the_report(uniform_runs, tmp_path):
+    root, _ = uniform_runs
+    compare_runs([str(root / "nelbo"), str(root / "heuristic")], tmp_path, samples=2, sweep="", guidance="none",
+                 progress=False)
+    page = (tmp_path / "comparison.md").read_text(encoding="utf-8")
+    assert page.count("Validation number: the NELBO of this network") == 1  # the heuristic's card only
+    assert "redraw sampler has no likelihood" in (tmp_path / "report.html").read_text(encoding="utf-8")
