@@ -55,7 +55,8 @@ def test_each_target_is_judged_with_its_margin(families):
             row(families, "uniform-s8", 2.4, "bound", [pt(families, "uniform-s8", 8, 13.0, 4.45, 700, True)]),
             row(families, "latent", 2.5, "bound", [pt(families, "latent", 50, 20.0, 4.0, 500, True,
                                                       validity=0.6, js=0.4)],
-                {"reconstruction_accuracy": 0.985, "recon_nll": 0.1, "diffusion_nll": 2.0, "entropy": -0.2})]
+                {"reconstruction_accuracy": 0.985, "reconstruction_nats_per_char": 0.1,
+                 "latent_nats_per_char": 2.7, "entropy_nats_per_char": 0.3})]
     families.ratios(rows)
     assert rows[3].likelihood.x_masked == pytest.approx(1.15) and rows[0].likelihood.x_ar == 1.0
     got = {t.name: t for t in families.targets(rows, real)}
@@ -67,7 +68,10 @@ def test_each_target_is_judged_with_its_margin(families):
     assert speed.passed is True and speed.measured == "7.00x"
     recon = got["latent: reconstruction >= 99% of validation characters"]
     assert recon.passed is False and recon.margin == "-0.0050"
-    assert got["latent: bound reported with its three terms"].passed is True
+    assert got["latent: bound reported with its three terms"].passed is True  # 0.1 + 2.7 - 0.3 = 2.5
+    rows[-1].likelihood.terms["entropy_nats_per_char"] = 0.2
+    assert {t.name: t for t in families.targets(rows, real)}["latent: bound reported with its three terms"].passed \
+        is False  # terms that do not add up to the bound
     assert got["latent: >= 4x masked's chars/s at batch 64"].passed is True
     assert all(got[f"latent better than embedding: {m}"].passed for m in
                ("judge ppl", "word validity", "n-gram JS", "entropy, distance from real text's"))
