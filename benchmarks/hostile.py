@@ -72,8 +72,8 @@ CASE_LIMIT_S = 10.0  # a working command on a tiny run answers in well under 3 s
 UNBOUNDED_LIMIT_S = 8.0  # huge --n/--steps/--length: refused, bounded, or (past this) unbounded
 WORKER_START_S = 90.0
 BIG_N_WAIT_S = 15.0  # --n 100000: refused, finished, or still making progress in bounded memory after this
-TEXT_METHODS = ("ar", "masked", "embedding", "bits", "block")
-FIXTURES = ("ar", "masked", "masked2", "embedding", "bits", "block", "image")
+TEXT_METHODS = ("ar", "masked", "embedding", "bits", "block", "uniform")
+FIXTURES = ("ar", "masked", "masked2", "embedding", "bits", "block", "uniform", "image")
 NOBODY_PREFIX = ["setpriv", "--bounding-set=-dac_override,-dac_read_search", "--"]
 
 

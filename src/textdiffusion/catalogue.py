@@ -15,6 +15,7 @@ TEXT_METHODS: dict[str, tuple[str, ...]] = {
     "block": ("ancestral", "cached", "confidence", "topk", "left_to_right", "remdm"),
     "embedding": ("ddim", "ddpm", "guided"),
     "masked": ("ancestral", "cached", "confidence", "topk", "left_to_right", "remdm"),
+    "uniform": ("ancestral", "confidence", "topk", "redraw"),
 }
 # method -> its samplers, for the image methods (``textdiffusion mnist``)
 IMAGE_METHODS: dict[str, tuple[str, ...]] = {

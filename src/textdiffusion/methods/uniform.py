@@ -1,0 +1,204 @@
+r"""Uniform-state discrete diffusion: UDLM (Schiff et al., ICLR 2025), on the shared backbone.
+
+Corruption: each character is redrawn, with probability 1 - alpha(t), as a uniformly random character (see
+:mod:`textdiffusion.diffusion.uniform`, where the maths lives). There is no [MASK]: a noisy window is ordinary
+text, and every position may still change until the last step, which is what lets a sampler correct itself
+and what Duo (Sahoo et al., ICML 2025) ties to Gaussian diffusion by an argmax.
+
+Read it beside :mod:`textdiffusion.methods.masked`. What differs is four pieces:
+
+* inputs: the window with each character redrawn uniformly with          <- ``_terms`` (``corrupt``)
+  probability 1 - alpha(t) (masked: replaced by [MASK])
+* time: the network is told t (masked: not, the masks say how noisy the  <- ``UniformConfig.time_conditioning``
+  input is; here noise looks like text, and the optimal denoiser
+  p(x^l | z_t^{-l}) depends on alpha_t)
+* loss: UDLM's continuous-time NELBO on *every* position, each weighted  <- ``loss``, ``nll``
+  by how the model's reverse rates miss the true ones (masked: a
+  w(t)-weighted cross-entropy on the masked positions)
+* draw loop: from uniform noise, every free position redrawn from the    <- ``draw``
+  exact posterior q(z_s | z_t, x_theta) at every step (masked: masks
+  revealed, never changed again)
+
+``method.objective=heuristic`` is tiny-diffusion's ``uniform.py``: cross-entropy on every position with no
+weighting, and a sampler that redraws every position from x_theta each step (``redraw``). Neither is a
+likelihood; its validation number is still the NELBO of its network, an honest bound for the ``ancestral``
+sampler on that network, and the results say that its own sampler has none.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from textdiffusion.config import EVAL_TIME_SAMPLES, SAMPLE_STEPS, SEED, Choice, Range, option
+from textdiffusion.data.speakers import LabelledText, split_labels
+from textdiffusion.diffusion.discrete import DiscreteSampler, Forward
+from textdiffusion.diffusion.masking import SCHEDULES, make_schedule, sample_times, times_from
+from textdiffusion.diffusion.stratified import per_row
+from textdiffusion.diffusion.tokens import cross_entropy_per_token
+from textdiffusion.diffusion.uniform import (
+    REDRAW,
+    UniformSampler,
+    corrupt,
+    nelbo_terms,
+    prior_kl,
+    time_before,
+)
+from textdiffusion.guidance.free import LabelledNetwork
+from textdiffusion.methods.base import (
+    DrawPlan,
+    NLLProgress,
+    NLLResult,
+    StepCallback,
+    TextMethod,
+    TextMethodConfig,
+    register,
+    report_batches,
+)
+from textdiffusion.nn.transformer import Transformer
+
+OBJECTIVES = ("nelbo", "heuristic")
+BY_CONFIDENCE = ("confidence", "topk")  # the shared discrete sampler's rules that fix positions one by one
+HEURISTIC_NOTE = ("the NELBO of this network, a bound for its ancestral sampler; the heuristic objective's own "
+                  "redraw sampler has no likelihood")
+
+
+@dataclass
+class UniformConfig(TextMethodConfig):
+    """Options of uniform-state diffusion; those marked ``sampling`` may change on a trained run."""
+
+    name: str = "uniform"
+    objective: str = option("nelbo", Choice(OBJECTIVES), "nelbo (UDLM's continuous-time bound) or heuristic "
+                                                         "(tiny-diffusion's cross-entropy on every position: no bound)")
+    schedule: str = option("loglinear", Choice(SCHEDULES), "noise schedule: loglinear (alpha = 1 - t) or linear in "
+                                                           "sigma")
+    sigma_max: float = option(10.0, Range(0.0, 1000.0, lo_open=True), "sigma at t = 1 of the linear schedule")
+    antithetic: bool = option(True, None, "stratify a batch's times from one random offset: a lower-variance loss")
+    time_conditioning: bool = option(True, None, "give the network the time t (uniform noise looks like text, so "
+                                                 "the input alone says less about how noisy it is)")
+    eval_time_samples: int = option(16, EVAL_TIME_SAMPLES, "stratified time draws per validation window: more = a "
+                                    "tighter estimate of the bound", sampling=True)
+    eval_seed: int = option(1234, SEED, "seed of the validation bound's Monte-Carlo draws (fixed, so scores "
+                                        "compare)", sampling=True)
+    confidence: float = option(0.9, Range(0.0, 1.0, lo_open=True), "probability above which the confidence sampler "
+                               "fixes a character early", sampling=True)
+    sample_steps: int = option(0, SAMPLE_STEPS, "default denoising steps (0 = one per token of the output)",
+                               sampling=True)
+
+
+@register
+class UniformDiffusion(TextMethod):
+    name = "uniform"
+    config_class = UniformConfig
+    attention = "bidirectional"
+    samplers = ("ancestral", "confidence", "topk", REDRAW)
+    likelihood_kind = "bound"
+    loss_is_likelihood = True  # the NELBO per token; the heuristic objective says otherwise (instance attribute)
+    supports_labels = True
+    chains_windows = True  # fixed positions stay fixed in every draw loop, so windows chain as for masked
+
+    def __init__(self, cfg: UniformConfig, model_cfg, tokenizer):
+        super().__init__(cfg, model_cfg, tokenizer)
+        self.schedule = make_schedule(cfg.schedule, cfg.sigma_max)
+        self.loss_is_likelihood = cfg.objective == "nelbo"
+
+    @property
+    def time_conditioning(self) -> bool:
+        return self.cfg.time_conditioning
+
+    @property
+    def default_sampler(self) -> str:
+        """The run's sampler, else the objective's own: ancestral for the NELBO, redraw for the heuristic."""
+        return self.cfg.sampler or (REDRAW if self.cfg.objective == "heuristic" else "ancestral")
+
+    def default_steps(self, length: int, sampler: str = "") -> int | None:
+        return self.cfg.sample_steps or length
+
+    def _forward(self, model: Transformer, z: torch.Tensor, t: torch.Tensor,
+                 labels: torch.Tensor | None = None) -> torch.Tensor:
+        return self.call_network(model, labels, z, t if self.time_conditioning else None)
+
+    # ---- training and the bound ------------------------------------------------------------------
+    def _terms(self, model: Transformer, x: torch.Tensor, t: torch.Tensor, generator: torch.Generator,
+               labels: torch.Tensor | None = None) -> torch.Tensor:
+        """Per window, one sample of the NELBO's time integral summed over positions (nats), at each row's t."""
+        t = time_before(self.schedule, t)
+        z, _ = corrupt(x, self.schedule.alpha(t), self.tok.n_symbols, generator)
+        return nelbo_terms(self._forward(model, z, t, labels), x, z, t, self.schedule)
+
+    def loss(self, model: Transformer, x: torch.Tensor | LabelledText, generator: torch.Generator) -> torch.Tensor:
+        x, labels = split_labels(x)
+        labels = self.drop_labels(labels, generator)
+        n, L = x.shape
+        t = sample_times(n, self.cfg.antithetic, generator, x.device)
+        if self.cfg.objective == "heuristic":
+            # tiny-diffusion's: a noise level per window, cross-entropy against the clean text at every position
+            t = time_before(self.schedule, t)
+            z, _ = corrupt(x, self.schedule.alpha(t), self.tok.n_symbols, generator)
+            return cross_entropy_per_token(self._forward(model, z, t, labels), x).mean()
+        return (self._terms(model, x, t, generator, labels).mean() / L).float()
+
+    @torch.no_grad()
+    def nll(self, model: Transformer, windows: torch.Tensor | LabelledText, batch_size: int = 64,
+            progress: NLLProgress | None = None) -> NLLResult:
+        """The NELBO of ``windows`` (whatever the objective trained): K stratified times per window from a fixed
+        seed; of labelled windows, the conditional one."""
+        windows, labels = split_labels(windows)
+        K = max(1, self.cfg.eval_time_samples)
+        gen = torch.Generator(device=windows.device).manual_seed(self.cfg.eval_seed)
+        n, L = windows.shape
+        times = times_from(per_row(n, K, gen, windows.device).flatten())
+        rows = windows.repeat_interleave(K, dim=0)
+        row_labels = [None] * len(rows.split(batch_size)) if labels is None else \
+            labels.repeat_interleave(K).split(batch_size)
+        batches = list(zip(rows.split(batch_size), times.split(batch_size), row_labels, strict=True))
+        terms = torch.cat([self._terms(model, xb, tb, gen, lb) for xb, tb, lb in report_batches(batches, progress)])
+        per_window = terms.view(n, K).mean(1).cpu() / L
+        prior = prior_kl(self.schedule.alpha_one(), self.tok.n_symbols)
+        stderr = float(per_window.std() / math.sqrt(n)) if n > 1 else float("nan")
+        chars = self.chars_in(windows)
+        heuristic = {"sampler_note": HEURISTIC_NOTE} if self.cfg.objective == "heuristic" else {}
+        return NLLResult(
+            nats_per_unit=(float(per_window.mean()) + prior) * (n * L) / chars, kind="bound", windows=n, units=chars,
+            details={"time_samples_per_window": K, "seed": self.cfg.eval_seed, "schedule": self.schedule.name,
+                     "objective": self.cfg.objective, **heuristic, "prior_kl_per_char": prior,
+                     "stderr_nats": stderr, "note": "Monte-Carlo estimate of UDLM's continuous-time NELBO (an "
+                                                    "upper bound on NLL)"},
+        )
+
+    # ---- the draw loop: every free position redrawn, from uniform noise ----------------------------------
+    def labelled_network(self, model: Transformer, n: int) -> LabelledNetwork:
+        """The denoiser ``(z, t, rows=None)`` -> logits at every position; a doubled batch repeats a per-row time."""
+
+        def double(t: torch.Tensor, rows: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+            return (torch.cat((t, t)) if torch.is_tensor(t) and t.dim() > 0 else t), rows
+
+        return LabelledNetwork(lambda labels, z, t, rows=None: self._forward(model, z, t, labels), double)
+
+    def draw(self, model: Transformer, forward: Forward, state: torch.Tensor, fixed: torch.Tensor, plan: DrawPlan,
+             generator: torch.Generator, on_step: StepCallback | None) -> tuple[torch.Tensor, float]:
+        """From the prior (a uniform character at every free position), the named sampler; fixed positions (a
+        prompt, an infill template's known characters, a chained window's overlap) are never changed."""
+        noise = torch.randint(0, self.tok.n_symbols, state.shape, generator=generator, device=state.device)
+        state = torch.where(fixed, state, noise)
+        if on_step:
+            on_step(0, state.clone(), {"t": 1.0, "nfe": 0})
+        assert plan.steps is not None
+
+        def steered(z: torch.Tensor, t: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
+            return plan.steer.tilt(forward(z, t, rows), z)
+
+        if plan.sampler in BY_CONFIDENCE:
+            # the shared rule passes 1 - (the fraction fixed) as t: the loglinear time of a state that clean
+            def timed(z: torch.Tensor, t: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
+                return steered(z, self.schedule.time_at(1.0 - t), rows)
+
+            sampler = DiscreteSampler(plan.sampler, plan.steps, plan.tokens, threshold=self.cfg.confidence)
+            return sampler.run(timed, state, ~fixed, generator, on_step)
+        sampler = UniformSampler(plan.sampler, plan.steps, plan.tokens, self.schedule.alpha)
+        return sampler.run(steered, state, fixed, generator, on_step)
+
+    def sample_info(self, plan: DrawPlan) -> dict[str, object]:
+        return {"steps": plan.steps}
