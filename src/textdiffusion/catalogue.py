@@ -14,6 +14,7 @@ TEXT_METHODS: dict[str, tuple[str, ...]] = {
     "bits": ("ddim", "ddpm"),
     "block": ("ancestral", "cached", "confidence", "topk", "left_to_right", "remdm"),
     "embedding": ("ddim", "ddpm", "guided"),
+    "latent": ("ddim", "ddpm"),
     "masked": ("ancestral", "cached", "confidence", "topk", "left_to_right", "remdm"),
     "uniform": ("ancestral", "confidence", "topk", "redraw"),
 }

@@ -427,6 +427,13 @@ def distance_rows(d: SampleDistance | None) -> list[tuple[str, str, str]]:
              f"real text: {d.floor_bits:.4f}, excess {d.excess:.4f}; {d.chars:,} chars{of}")]
 
 
+def term_row(label: str | tuple[str, str], value: float) -> tuple[str, str, str]:
+    """A row of a method's ``eval_terms``: a bare label is a training-loss term; a (label, note) says its own."""
+    name, note = label if isinstance(label, tuple) else (label, "a training-loss term on validation windows, "
+                                                                "not a likelihood")
+    return name, f"{value:.4f}", note
+
+
 def format_table(ev: TextEval, method: type[Method] | None = None) -> str:
     """The human-readable table ``textdiffusion eval`` prints; ``method`` adds its own rows (its
     ``eval_terms`` from the validation details and its ``sample_stats`` from the samples)."""
@@ -439,8 +446,7 @@ def format_table(ev: TextEval, method: type[Method] | None = None) -> str:
     rows = [
         ("val bits/char", f"{v.bpc:.4f}", f"{kind}; {v.windows} windows, {v.chars:,} chars"),
         ("val nats/char", f"{v.nats_per_char:.4f}", ""),
-        *[(label, f"{v.details[key]:.4f}", "a training-loss term on validation windows, not a likelihood")
-          for key, label in terms.items() if key in v.details],
+        *[term_row(label, v.details[key]) for key, label in terms.items() if key in v.details],
         ("judge perplexity", f"{q.judge_ppl:.3f}", f"real text: {r.judge_ppl:.3f}"),
         ("word validity", f"{q.word_validity:.3f}", f"real text: {r.word_validity:.3f}"),
         ("distinct-2", f"{q.distinct_2:.3f}", f"real text: {r.distinct_2:.3f}"),

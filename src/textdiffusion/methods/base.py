@@ -181,8 +181,9 @@ class Method(ABC, Generic[Request, Result]):
     forward_tokens_per_unit: ClassVar[int] = 1
     # per-sample numbers a sampler reports in ``info`` that ``eval`` averages, as key: (label, explanation)
     sample_stats: ClassVar[dict[str, tuple[str, str]]] = {}
-    # validation ``details`` keys ``eval`` shows as rows, with their labels (training terms, not likelihoods)
-    eval_terms: ClassVar[dict[str, str]] = {}
+    # validation ``details`` keys ``eval`` shows as rows, with their labels (training terms, not likelihoods), or
+    # with (label, note) where the note says what the number is (a term of the bound)
+    eval_terms: ClassVar[dict[str, str | tuple[str, str]]] = {}
 
     cfg: Any  # the method's own config class
 
