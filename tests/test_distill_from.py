@@ -263,7 +263,7 @@ def test_an_incompatible_teacher_is_refused_by_the_field(sets, field, masked_run
 def test_the_cli_refuses_other_methods_and_two_starts_in_one_line(masked_run, block_run, corpus, tmp_path, capsys):
     common = ["train", "--preset", "tiny", "--data", str(corpus), "--steps", "2", "--no-progress"]
     cases = [(["--method", "masked", "--distill-from", str(block_run)], "method.name=block"),
-             (["--method", "ar", "--distill-from", str(masked_run)], "masked or block"),
+             (["--method", "ar", "--distill-from", str(masked_run)], "masked, block or uniform"),
              (["--method", "masked", "--distill-from", str(tmp_path / "nope")], "not a run directory"),
              (["--method", "masked", "--distill-from", str(masked_run), "--init-from", str(masked_run)],
               "leave train.init_from empty")]

@@ -1,5 +1,7 @@
 """A student of fewer sampling steps (``train.distill_from``, ``train --distill-from RUN``): self-distillation
-through time (SDTT; the maths in :mod:`textdiffusion.diffusion.self_distillation`).
+through time (SDTT; the maths in :mod:`textdiffusion.diffusion.self_distillation`) for masked and block, Discrete
+Consistency Distillation for uniform (:mod:`textdiffusion.diffusion.consistency`): the method's
+``distillation_loss`` says which, and its ``check_distillation`` (where it has one) refuses what it cannot use.
 
 The student is a run like any other of the teacher's method: it starts from the teacher's EMA weights and trains
 with the trainer, checkpoints and resume of every run; only its loss differs, the divergence to what the frozen
@@ -37,7 +39,7 @@ def teacher_config(run: str) -> Config:
 
     if not (Path(run) / "config.json").is_file():
         raise ConfigError(f"train.distill_from={run} is not a run directory (no config.json); pass the directory of "
-                          f"a trained masked or block run")
+                          f"a trained masked, block or uniform run")
     return read_config_file(Path(run) / "config.json")
 
 
@@ -48,8 +50,12 @@ def check_teacher(teacher: Config, cfg: Config, run: str) -> None:
 
     name = cfg.method.name
     if not hasattr(get_method(name), "distillation_loss"):
-        raise ConfigError(f"train.distill_from trains a student of masked or block diffusion; this run is {name}: "
-                          f"use --method masked or block (or leave --method out to take the teacher's)")
+        raise ConfigError(f"train.distill_from trains a student of masked, block or uniform diffusion; this run is "
+                          f"{name}: use --method masked, block or uniform (or leave --method out to take the "
+                          f"teacher's)")
+    check = getattr(get_method(name), "check_distillation", None)
+    if check is not None:
+        check(cfg.train)
     if teacher.method.name != name:
         raise ConfigError(f"train.distill_from={run} has method.name={teacher.method.name} but this run has "
                           f"method.name={name}; a student learns its teacher's method: use --method "

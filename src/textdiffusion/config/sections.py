@@ -102,8 +102,9 @@ class TrainConfig:
                                   "classifier-free guidance")
     init_from: str = option("", None, "start from this run's EMA weights (an ar run or an export with the same network "
                                       "and tokenizer) instead of random ones; the optimizer starts fresh")
-    distill_from: str = option("", None, "train a student of fewer sampling steps from this masked or block run "
-                                         "(self-distillation through time): it starts from the run's EMA weights "
+    distill_from: str = option("", None, "train a student of fewer sampling steps from this masked, block or uniform "
+                                         "run (self-distillation through time; consistency distillation for "
+                                         "uniform): it starts from the run's EMA weights "
                                          "and learns to take in one step what the run takes in distill_substeps")
     distill_steps: int = option(0, Range(0, 2**20), "with distill_from: the student's sampling steps (per block for "
                                 "block; also its method.sample_steps); 0 = the teacher's steps / distill_substeps")

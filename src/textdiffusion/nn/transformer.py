@@ -242,6 +242,10 @@ class TokenInput(nn.Module):
         self.embed = nn.Embedding(vocab_size, dim)
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        """(B, L) ids -> their rows; (B, L, K) distributions over the first K ids -> the expected row, a soft
+        input (uniform-state diffusion's curriculum feeds a tempered softmax of its Gaussian view)."""
+        if ids.is_floating_point():
+            return ids.to(self.embed.weight.dtype) @ self.embed.weight[: ids.shape[-1]]
         return self.embed(ids)
 
 
@@ -314,7 +318,8 @@ class Transformer(nn.Module):
     def forward(self, x: torch.Tensor, t: torch.Tensor | None = None, cache: KVCache | None = None,
                 paired: bool = False, labels: torch.Tensor | None = None,
                 attn_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """``x``: (B, L) ids, or (B, L, input_dim) vectors.
+        """``x``: (B, L) ids, (B, L, K) distributions over the first K ids (token input), or (B, L, input_dim)
+        vectors.
         ``t``: (B,) noise levels when time-conditioned. Returns (B, L, out_dim).
         ``paired``: block diffusion's training layout, a noisy sequence then its clean copy (see
         :func:`attention_bias`); both halves get the same positions.

@@ -40,8 +40,9 @@ def add(sub: argparse._SubParsersAction) -> None:
     add_new_run_flags(t, image=False)
     t.add_argument("--init-from", metavar="RUN", help="start from this run's EMA weights (an ar run or its export "
                                                       "with the same network and tokenizer; sets train.init_from)")
-    t.add_argument("--distill-from", metavar="RUN", help="train a student of this masked or block run that samples "
-                                                         "in half its steps (train.distill_substeps: SDTT); without "
+    t.add_argument("--distill-from", metavar="RUN", help="train a student of this masked, block or uniform run that "
+                                                         "samples in half its steps (train.distill_substeps: SDTT; "
+                                                         "uniform: consistency distillation); without "
                                                          "--method or --config, with the teacher's config (sets "
                                                          "train.distill_from)")
     t.set_defaults(func=run, torchrun=True)
