@@ -63,6 +63,13 @@ def test_guidance_toward_a_speaker_of_a_plain_run_is_refused_in_one_line(runs, m
     with pytest.raises(ConfigError) as refused:
         model.generate(n=1, length=LENGTH, steps=steps_of(model), label="ROMEO", guidance=2.0, progress=False)
     assert "\n" not in str(refused.value) and "label" in str(refused.value)
+    # a noisy classifier steers a plain run: the plan says it will train one, or the method refuses in one line
+    try:
+        plan = model.plan(n=1, length=LENGTH, steps=steps_of(model), label="ROMEO", guidance=2.0, rule="classifier")
+    except ConfigError as refusal:
+        assert "\n" not in str(refusal) and "classifier" in str(refusal)
+    else:
+        assert plan.classifier == "train"
 
 
 @pytest.mark.parametrize("method", TEXT)
