@@ -477,6 +477,8 @@ def format_table(ev: TextEval, method: type[Method] | None = None) -> str:
     if ev.exact is not None and ev.exact.reused_from:
         lines.append(f"exact: the score {ev.exact.reused_from} recorded for these weights, windows and settings "
                      f"(reused, not recomputed)")
+    if "sampler_note" in v.details:  # the bound belongs to another sampler than the run's own
+        lines.append(f"val: {v.details['sampler_note']}")
     if ev.labels is not None:  # a labelled run: say which numbers are conditional and which are not
         names = ev.labels.names
         lines += [f"labels: {len(names)} ({', '.join(names)})",

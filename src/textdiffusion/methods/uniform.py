@@ -57,6 +57,7 @@ from textdiffusion.methods.base import (
     register,
     report_batches,
 )
+from textdiffusion.nn.text_classifier import ConvTextClassifier
 from textdiffusion.nn.transformer import Transformer
 
 OBJECTIVES = ("nelbo", "heuristic")
@@ -98,6 +99,7 @@ class UniformDiffusion(TextMethod):
     loss_is_likelihood = True  # the NELBO per token; the heuristic objective says otherwise (instance attribute)
     supports_labels = True
     chains_windows = True  # fixed positions stay fixed in every draw loop, so windows chain as for masked
+    classifier_rule = "taylor"  # Nisonoff et al. 2024's first-order guidance holds for any discrete states
 
     def __init__(self, cfg: UniformConfig, model_cfg, tokenizer):
         super().__init__(cfg, model_cfg, tokenizer)
@@ -167,6 +169,18 @@ class UniformDiffusion(TextMethod):
                      "stderr_nats": stderr, "note": "Monte-Carlo estimate of UDLM's continuous-time NELBO (an "
                                                     "upper bound on NLL)"},
         )
+
+    # ---- the states a noisy classifier judges: windows with uniform noise (the rule: guidance/taylor.py) -----
+    def classifier_network(self, shape: dict[str, int], num_labels: int, model: Transformer) -> ConvTextClassifier:
+        """A classifier of token states, as masked's; no time input (the denoiser's own is not shared with it)."""
+        return ConvTextClassifier(num_labels, vocab_size=self.tok.vocab_size, **shape)
+
+    def classifier_inputs(self, model: Transformer, x: torch.Tensor,
+                          generator: torch.Generator) -> tuple[torch.Tensor, None]:
+        """The corruption at t ~ U(0, 1): the states the ancestral sampler passes through. The Taylor rule then
+        tilts x_theta before the posterior step, so it steers what a position becomes, as it does for masked."""
+        t = time_before(self.schedule, sample_times(x.shape[0], False, generator, x.device))
+        return corrupt(x, self.schedule.alpha(t), self.tok.n_symbols, generator)[0], None
 
     # ---- the draw loop: every free position redrawn, from uniform noise ----------------------------------
     def labelled_network(self, model: Transformer, n: int) -> LabelledNetwork:

@@ -32,6 +32,7 @@ class ValEntry:
     time_samples: int | None  # diffusion times drawn per window or image (bounds only)
     what: str  # the sentence the report's tooltip shows
     sampler: str | None = None  # the sampler an exact number of a diffusion method is the likelihood of
+    sampler_note: str | None = None  # a bound that belongs to another sampler than the run's own says so here
 
     @classmethod
     def of(cls, value: float | None, kind: str | None, unit: str, source: str, windows: Any = None,
@@ -44,7 +45,10 @@ class ValEntry:
         samples = details.get("time_samples_per_window") or details.get("time_samples_per_image")
         what = ("exact negative log-likelihood" if kind == "exact" else
                 "upper bound on the negative log-likelihood (NELBO), a Monte-Carlo estimate")
-        return cls(value, kind, unit, stderr, windows, source, samples, what)
+        note = details.get("sampler_note")
+        if note:
+            what += f"; {note}"
+        return cls(value, kind, unit, stderr, windows, source, samples, what, sampler_note=note)
 
 
 @dataclass

@@ -532,6 +532,8 @@ def _md_run(r: RunRecord) -> list[str]:
         lines += [f"{label[0].upper()}{label[1:]}: {_init_cost(r.init)}{total}.", ""]
     if r.eval_note:
         lines += [f"Note: {r.eval_note}.", ""]
+    if r.val is not None and r.val.sampler_note:
+        lines += [f"Validation number: {r.val.sampler_note}.", ""]
     if eval_summary(r):
         lines += [f"{eval_summary(r)}.", ""]
     if r.text_results:
