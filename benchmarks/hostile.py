@@ -411,6 +411,8 @@ LEGAL: dict[str, tuple[Callable[[float], bool], bool]] = {
     "method.eta": (_UNIT, False), "method.time_difference": (_GE0, False), "method.x0_ce_weight": (_GE0, False),
     "method.probs_mse_weight": (_GE0, False), "method.embed_dim": (_GE1, False), "method.embed_scale": (_GT0, False),
     "method.rounding_weight": (_GE0, False), "method.guide_weight": (_UNIT, False), "method.bit_scale": (_GT0, False),
+    "method.curriculum_steps": (_GE0, True), "method.curriculum_tau": (lambda v: 0 < v <= 100, False),
+    "method.curriculum_tau_end": (lambda v: 0 < v <= 100, False),
     "method.block_size": (_GE1, False), "method.clip_low": (_UNIT, False),
     "method.clip_high": (lambda v: 0 < v <= 1, False), "method.guidance": (_GE0, True),
     "train.final_exact_windows": (_GE0, True), "train.distill_steps": (lambda v: 0 <= v <= 2 ** 20, False),

@@ -32,10 +32,22 @@ from dataclasses import dataclass
 
 import torch
 
-from textdiffusion.config import EVAL_TIME_SAMPLES, SAMPLE_STEPS, SEED, Choice, Range, option
+from textdiffusion.config import (
+    EVAL_TIME_SAMPLES,
+    SAMPLE_STEPS,
+    SEED,
+    Choice,
+    ConfigError,
+    Range,
+    TrainConfig,
+    option,
+)
 from textdiffusion.data.speakers import LabelledText, split_labels
+from textdiffusion.diffusion.consistency import KL_DIRECTIONS, consistency_kl, teacher_time
 from textdiffusion.diffusion.discrete import DiscreteSampler, Forward
+from textdiffusion.diffusion.gaussian_view import curriculum_state, curriculum_temperature, trajectory
 from textdiffusion.diffusion.masking import SCHEDULES, make_schedule, sample_times, times_from
+from textdiffusion.diffusion.self_distillation import grid_times
 from textdiffusion.diffusion.stratified import per_row
 from textdiffusion.diffusion.tokens import cross_entropy_per_token
 from textdiffusion.diffusion.uniform import (
@@ -87,6 +99,21 @@ class UniformConfig(TextMethodConfig):
                                "fixes a character early", sampling=True)
     sample_steps: int = option(0, SAMPLE_STEPS, "default denoising steps (0 = one per token of the output)",
                                sampling=True)
+    # Duo's Gaussian view (diffusion/gaussian_view.py): the curriculum, and the few-step student's divergence
+    curriculum_steps: int = option(0, Range(0, 10**9), "feed the network a tempered softmax of the Gaussian view's "
+                                   "latent instead of its argmax for the first N training steps (Duo's curriculum: "
+                                   "a lower-variance start); 0 = off")
+    curriculum_tau: float = option(0.1, Range(0.0, 100.0, lo_open=True), "the curriculum's softmax temperature "
+                                   "at its first step")
+    curriculum_tau_end: float = option(0.01, Range(0.0, 100.0, lo_open=True), "the curriculum's temperature at its "
+                                       "last step (annealed log-linearly; the argmax after it)")
+    distill_kl: str = option("reverse", Choice(KL_DIRECTIONS), "with train.distill_from: the consistency "
+                             "distillation's divergence, reverse KL(student || teacher) (Duo's) or forward")
+
+    def check(self) -> None:
+        if self.curriculum_steps and self.objective != "nelbo":
+            raise ConfigError("method.curriculum_steps trains the NELBO on the Gaussian view; the heuristic objective "
+                              "has none: set method.objective=nelbo or method.curriculum_steps=0")
 
 
 @register
@@ -99,6 +126,7 @@ class UniformDiffusion(TextMethod):
     loss_is_likelihood = True  # the NELBO per token; the heuristic objective says otherwise (instance attribute)
     supports_labels = True
     chains_windows = True  # fixed positions stay fixed in every draw loop, so windows chain as for masked
+    tau = 0.0  # the curriculum's temperature at this training step (at_training_step); 0 = the argmax, no curriculum
     classifier_rule = "taylor"  # Nisonoff et al. 2024's first-order guidance holds for any discrete states
 
     def __init__(self, cfg: UniformConfig, model_cfg, tokenizer):
@@ -140,6 +168,8 @@ class UniformDiffusion(TextMethod):
             t = time_before(self.schedule, t)
             z, _ = corrupt(x, self.schedule.alpha(t), self.tok.n_symbols, generator)
             return cross_entropy_per_token(self._forward(model, z, t, labels), x).mean()
+        if self.tau > 0:
+            return (self._curriculum_terms(model, x, t, generator, labels).mean() / L).float()
         return (self._terms(model, x, t, generator, labels).mean() / L).float()
 
     @torch.no_grad()
@@ -216,3 +246,39 @@ class UniformDiffusion(TextMethod):
 
     def sample_info(self, plan: DrawPlan) -> dict[str, object]:
         return {"steps": plan.steps}
+
+    # ---- Duo: the Gaussian view's curriculum and a few-step student (diffusion/gaussian_view.py, consistency.py) --
+    def at_training_step(self, step: int) -> None:
+        self.tau = curriculum_temperature(step, self.cfg.curriculum_steps, self.cfg.curriculum_tau,
+                                          self.cfg.curriculum_tau_end)
+
+    def _curriculum_terms(self, model: Transformer, x: torch.Tensor, t: torch.Tensor, generator: torch.Generator,
+                          labels: torch.Tensor | None = None) -> torch.Tensor:
+        """``_terms`` with z_t the argmax of the Gaussian view's latent (distributed as q(z_t | x)), the network
+        reading the latent's softmax at temperature ``tau`` instead of z_t: Duo's curriculum. The loss is not a
+        bound while it runs (the input says more than z_t); validation scores the discrete process throughout."""
+        t = time_before(self.schedule, t)
+        z, soft = curriculum_state(x, self.schedule.alpha(t), self.tok.n_symbols, self.tau, generator)
+        return nelbo_terms(self._forward(model, soft, t, labels), x, z, t, self.schedule)
+
+    @classmethod
+    def check_distillation(cls, train: TrainConfig) -> None:
+        """Refuse what consistency distillation cannot use: its teacher reads one deterministic state per draw."""
+        if train.distill_draws > 1:
+            raise ConfigError(f"train.distill_draws={train.distill_draws} averages runs of a teacher's random steps; "
+                              f"a uniform student's teacher reads one state of a deterministic trajectory: leave "
+                              f"train.distill_draws=1")
+
+    def distillation_loss(self, student: Transformer, teacher: Transformer, x: torch.Tensor | LabelledText,
+                          generator: torch.Generator, steps: int, substeps: int, draws: int = 1) -> torch.Tensor:
+        """Discrete Consistency Distillation (:mod:`textdiffusion.diffusion.consistency`): the mean KL, over every
+        position, between the student at z_t and the teacher at z_u, further along the same Gaussian trajectory
+        (u: the last time the teacher's ``substeps`` steps over the student's one from t read)."""
+        x, labels = split_labels(x)
+        labels = self.drop_labels(labels, generator)
+        t = grid_times((x.shape[0],), steps, generator, x.device)
+        u = teacher_time(t, (t - 1.0 / steps).clamp(min=0.0), substeps)
+        z_t, z_u = trajectory(x, self.schedule.alpha(t), self.schedule.alpha(u), self.tok.n_symbols, generator)
+        with torch.no_grad():
+            target = self._forward(teacher, z_u, u, labels)
+        return consistency_kl(self._forward(student, z_t, t, labels), target, self.cfg.distill_kl)
