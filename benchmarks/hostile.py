@@ -72,7 +72,7 @@ CASE_LIMIT_S = 10.0  # a working command on a tiny run answers in well under 3 s
 UNBOUNDED_LIMIT_S = 8.0  # huge --n/--steps/--length: refused, bounded, or (past this) unbounded
 WORKER_START_S = 90.0
 BIG_N_WAIT_S = 15.0  # --n 100000: refused, finished, or still making progress in bounded memory after this
-TEXT_METHODS = ("ar", "masked", "embedding", "bits", "block", "uniform")
+TEXT_METHODS = ("ar", "masked", "embedding", "bits", "block", "uniform", "latent")
 FIXTURES = ("ar", "masked", "masked2", "embedding", "bits", "block", "uniform", "image")
 NOBODY_PREFIX = ["setpriv", "--bounding-set=-dac_override,-dac_read_search", "--"]
 
@@ -420,6 +420,9 @@ LEGAL: dict[str, tuple[Callable[[float], bool], bool]] = {
     "method.anneal_steps": (_GE0, True), "method.ar_weight": (lambda v: 0 <= v <= 100, False),
     "method.remdm_eta": (_UNIT, False), "method.remdm_t_on": (lambda v: 0 < v < 1, False),
     "method.remdm_t_off": (lambda v: 0 <= v < 0.55, False), "method.remdm_alpha_on": (lambda v: 0 < v < 1, False),
+    "method.compression": (_GE1, False), "method.latent_dim": (_GE1, False), "method.latent_noise": (_GT0, False),
+    "method.latent_scale": (_GT0, False), "method.decoder_ce_weight": (_GE0, False),
+    "method.autoencoder_steps": (_GE0, False), "method.autoencoder_layers": (_GE1, False),
     "unet.base_channels": (_GE1, False), "unet.num_res_blocks": (_GE0, False), "unet.heads": (_GE1, False),
     "unet.dropout": (_FRAC, False), "unet.groups": (_GE1, False), "unet.label_dropout": (_FRAC, False),
 }

@@ -78,7 +78,8 @@ def test_eval_prints_a_table(runs, capsys):
     (["sample", "/no/such/run"], "does not exist"),
     # a mistyped name from a fixed set names the closest one
     (["train", "--method", "mask", "--preset", "tiny"], "unknown method 'mask'; choose one of ar, bits, block, "
-                                                          "embedding, image, masked, uniform; did you mean 'masked'?"),
+                                                          "embedding, image, latent, masked, uniform; did you mean "
+                                                          "'masked'?"),
     (["train", "--method", "masked", "--preset", "tiny", "--set", "train.lrr=1e-3"], "did you mean 'lr'?"),
     (["train", "--method", "masked", "--preset", "tiny", "--set", "trian.lr=1e-3"], "did you mean 'train'?"),
     (["train", "--method", "masked", "--preset", "tiny", "--set", "method.sampler=cahced"],

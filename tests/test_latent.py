@@ -60,7 +60,7 @@ def test_latent_j_reads_only_its_own_chunk(corpus, tmp_path):
 
 
 def test_each_phase_trains_its_own_part(corpus, tmp_path):
-    cfg = tiny_config("latent", corpus, steps=10, **{"method.autoencoder_steps": 4})
+    cfg = tiny_config("latent", corpus, steps=10, **{"method.autoencoder_steps": 4, "method.decoder_ce_weight": 1})
     method, model = _built(cfg, tmp_path)
     x = torch.randint(0, method.tok.n_symbols, (2, method.window))
     for step, trained, untouched in ((3, "autoencoder", "denoiser"), (4, "denoiser", "autoencoder")):
@@ -162,3 +162,23 @@ def test_compare_and_serve_take_latent_runs(run, tmp_path):
     assert "latent" in Path(paths["json"]).read_text()
     served = load_runs([str(run)], device="cpu")
     assert [s.method.name for s in served.values()] == ["latent"]
+
+
+def test_the_denoiser_sees_every_noise_draw_and_its_own_estimate(corpus, tmp_path):
+    cfg = tiny_config("latent", corpus, steps=10, **{"method.autoencoder_steps": 2, "method.diffusion_draws": 3})
+    method, model = _built(cfg, tmp_path)
+    seen: list[tuple[int, bool]] = []
+    model.denoiser.register_forward_hook(lambda _m, args, _out: seen.append((args[0].shape[0], bool(args[0][
+        ..., method.cfg.latent_dim:].abs().sum() > 0))))
+    method.at_training_step(5)
+    x = torch.randint(0, method.tok.n_symbols, (2, method.window))
+    for seed in range(6):
+        method.loss(model, x, torch.Generator().manual_seed(seed))
+    assert {rows for rows, _ in seen} == {6}  # 2 windows x 3 draws
+    assert len(seen) > 6 and any(fed for _, fed in seen)  # some steps ran a first pass and fed its estimate back
+    seen.clear()
+    z_t, t = torch.randn(2, method.chunks, method.cfg.latent_dim), torch.full((2,), 0.5)
+    with torch.no_grad():
+        first = method.split(model(z_t, t), z_t, method.schedule.alpha_bar(t))[0]
+        second = method.split(model(z_t, t, first), z_t, method.schedule.alpha_bar(t))[0]
+        assert torch.equal(method.predict_z(model, z_t, t), second)  # the bound scores the two-pass estimate

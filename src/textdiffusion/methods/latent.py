@@ -77,7 +77,11 @@ class LatentConfig(GaussianConfig, TextMethodConfig):
                                                                       "sigma^2), against means of unit variance")
     latent_scale: float = option(1.0, Range(0.0, 100.0, lo_open=True), "the diffusion runs on latent_scale * z: "
                                                                         "above 1 the noise reaches the latent later")
-    decoder_ce_weight: float = option(1.0, LOSS_WEIGHT, "weight of the frozen decoder's cross-entropy on the "
+    self_condition: bool = option(True, None, "feed the previous z0 estimate back to the denoiser (Chen et al. 2022)")
+    diffusion_draws: int = option(4, Range(1, 64), "noise draws (t, eps) per window in each diffusion step: the "
+                                                   "denoiser sees k = L / c positions, so a draw costs 1/c of one on "
+                                                   "characters")
+    decoder_ce_weight: float = option(0.0, LOSS_WEIGHT, "weight of the frozen decoder's cross-entropy on the "
                                                         "denoiser's z0_hat, beside its squared error")
     autoencoder_steps: int = option(0, Range(0, 10**9), "the first training steps, the autoencoder's alone; the "
                                                         "rest train the diffusion (0 = 30% of train.steps)")
@@ -94,10 +98,14 @@ class LatentDiffusionModel(nn.Module):
                                            cfg.autoencoder_layers)
         self.denoiser = Transformer(dataclasses.replace(model_cfg, tie_embeddings=False), vocab_size=0,
                                     out_dim=cfg.latent_dim, attention="bidirectional", time_conditioning=True,
-                                    input_dim=cfg.latent_dim)
+                                    input_dim=cfg.latent_dim * (2 if cfg.self_condition else 1))
+        self.self_condition = cfg.self_condition
 
-    def forward(self, z_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        """The denoiser's raw output at (z_t, t), read through ``method.target`` by the method."""
+    def forward(self, z_t: torch.Tensor, t: torch.Tensor, z0_prev: torch.Tensor | None = None) -> torch.Tensor:
+        """The denoiser's raw output at (z_t, t), read through ``method.target`` by the method; with
+        self-conditioning also given the previous estimate of z_0 (zeros when there is none)."""
+        if self.self_condition:
+            z_t = torch.cat((z_t, z0_prev if z0_prev is not None else torch.zeros_like(z_t)), dim=-1)
         return self.denoiser(z_t, t)
 
     def num_parameters(self) -> int:
@@ -189,7 +197,11 @@ class LatentDiffusion(GaussianMethod[torch.Tensor], TextMethod):
 
     def predict_z(self, model: LatentDiffusionModel, z_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """The denoiser's estimate of z at (z_t, t), in float."""
-        return self.split(model(z_t, t), z_t, self.schedule.alpha_bar(t))[0]
+        abar = self.schedule.alpha_bar(t)
+        z0_hat = self.split(model(z_t, t), z_t, abar)[0]
+        if self.cfg.self_condition:  # the second pass on the first's estimate, as the sampler's steps run it
+            z0_hat = self.split(model(z_t, t, z0_hat.to(z_t.dtype)), z_t, abar)[0]
+        return z0_hat
 
     # ---- training: two phases ---------------------------------------------------------------------
     def at_training_step(self, step: int) -> None:
@@ -213,8 +225,16 @@ class LatentDiffusion(GaussianMethod[torch.Tensor], TextMethod):
         (Wiener) estimate of z in 1,400 steps, while the characters say which of the thousands of chunks z is."""
         with torch.no_grad():
             x0 = self.cfg.latent_scale * self.draw_latent(model.autoencoder.mean(x).float(), generator)
+        x0 = x0.repeat(self.cfg.diffusion_draws, 1, 1)
+        x = x.repeat(self.cfg.diffusion_draws, 1)
         t, abar, eps, x_t = self.forward_draw(x0, generator)
-        out = model(x_t, t).float()
+        prev = None
+        # self-conditioning (Chen et al. 2022, Sec. 3.2): on half the steps, a first pass without gradient gives
+        # the estimate the second pass is conditioned on, as at sampling time
+        if self.cfg.self_condition and bool(torch.rand(1, generator=generator, device=x0.device) < 0.5):
+            with torch.no_grad():
+                prev = self.split(model(x_t, t).float(), x_t, abar)[0].to(x_t.dtype)
+        out = model(x_t, t, prev).float()
         loss = (out - training_target(x0, eps, abar, self.cfg.target)).pow(2).mean()
         if self.cfg.decoder_ce_weight:
             # the decoder with its weights detached: the gradient reaches the denoiser, never the autoencoder
@@ -295,8 +315,8 @@ class LatentDiffusion(GaussianMethod[torch.Tensor], TextMethod):
         known = self.cfg.latent_scale * self.draw_latent(model.autoencoder.mean(full).float(), generator)
         sampler = self.make_sampler(plan.sampler, plan.steps)
 
-        def denoise(z_t: torch.Tensor, t: torch.Tensor, _prev: torch.Tensor | None):
-            x0_hat, eps_hat = self.split(model(z_t, t), z_t, self.schedule.alpha_bar(t))
+        def denoise(z_t: torch.Tensor, t: torch.Tensor, prev: torch.Tensor | None):
+            x0_hat, eps_hat = self.split(model(z_t, t, prev), z_t, self.schedule.alpha_bar(t))
             return x0_hat, eps_hat
 
         def report(step: int, _z: torch.Tensor, z0_hat: torch.Tensor, s: float) -> None:
