@@ -343,7 +343,7 @@ def targets(rows: list[Row], real: dict) -> list[Target]:
     def missing(name: str, need: str, *entries: str) -> bool:
         absent = [e for e in entries if e not in by]
         if absent:
-            out.append(Target(name, f"not measured ({', '.join(absent)} not trained)", need, None))
+            out.append(Target(name, f"not measured ({', '.join(absent)} not in the table)", need, None))
         return bool(absent)
 
     name = "uniform: bound <= 1.10x masked's"

@@ -81,7 +81,7 @@ def test_a_target_whose_runs_are_missing_says_so(families):
     rows = [row(families, "masked", 2.0, "bound", [pt(families, "masked", 64, 12.0, 4.4, 100, True)])]
     got = {t.name: t for t in families.targets(rows, {"char_entropy": 4.4})}
     missing = got["uniform: bound <= 1.10x masked's"]
-    assert missing.passed is None and missing.measured == "not measured (uniform not trained)"
+    assert missing.passed is None and missing.measured == "not measured (uniform not in the table)"
     assert "latent" in got["latent: >= 4x masked's chars/s at batch 64"].measured
 
 
