@@ -332,7 +332,7 @@ def bound_terms(lik: Likelihood) -> Target:
         return Target(name, f"terms {', '.join(sorted(lik.terms)) or 'none'}", ", ".join(LSGM_TERMS), False)
     recon, latent, entropy = (lik.terms[k] for k in LSGM_TERMS)
     gap = recon + latent - entropy - lik.nats
-    return Target(name, f"{recon:.4f} + {latent:.4f} - {entropy:.4f} nats/char", f"= {lik.nats:.4f}",
+    return Target(name, f"{recon:.4f} + {latent:.4f} - ({entropy:.4f}) nats/char", f"= {lik.nats:.4f}",
                   abs(gap) < 1e-3, f"{gap:+.1e}")
 
 
@@ -377,15 +377,17 @@ def targets(rows: list[Row], real: dict) -> list[Target]:
         out.append(Target(name, f"{x:.2f}x", ">= 4x", x >= 4, f"{x - 4:+.2f}x"))
     if not missing("latent: better than embedding on each sample metric", "each", "latent", "embedding"):
         lat, emb = point(rows, "latent"), point(rows, "embedding")
-        checks = [("judge ppl", lat.judge_ppl, emb.judge_ppl, lat.judge_ppl < emb.judge_ppl),
-                  ("word validity", lat.word_validity, emb.word_validity, lat.word_validity > emb.word_validity),
-                  ("n-gram JS", lat.ngram_js, emb.ngram_js, lat.ngram_js < emb.ngram_js),
+        # (metric, latent's, embedding's, +1 where higher is better, -1 where lower is): the margin is latent's
+        # relative gain, positive when it is better
+        checks = [("judge ppl", lat.judge_ppl, emb.judge_ppl, -1),
+                  ("word validity", lat.word_validity, emb.word_validity, 1),
+                  ("n-gram JS", lat.ngram_js, emb.ngram_js, -1),
                   ("entropy, distance from real text's", abs(lat.char_entropy - real["char_entropy"]),
-                   abs(emb.char_entropy - real["char_entropy"]),
-                   abs(lat.char_entropy - real["char_entropy"]) < abs(emb.char_entropy - real["char_entropy"]))]
-        for what, a, b, ok in checks:
-            out.append(Target(f"latent better than embedding: {what}", f"{a:.3f} vs {b:.3f}", "better", ok,
-                              f"{(b - a) / b:+.1%}" if b else ""))
+                   abs(emb.char_entropy - real["char_entropy"]), -1)]
+        for what, a, b, sign in checks:
+            out.append(Target(f"latent better than embedding: {what}", f"{a:.3f} vs {b:.3f}",
+                              "higher" if sign > 0 else "lower", sign * (a - b) > 0,
+                              f"{sign * (a - b) / b:+.1%}" if b else ""))
     return out
 
 
@@ -506,12 +508,16 @@ def main() -> None:
     p.add_argument("--windows", type=int, default=256, help="validation windows every run's likelihood takes")
     p.add_argument("--speed-turns", type=int, default=3, help="times every point is timed, in turn")
     p.add_argument("--out", default=str(RESULTS / "missing_families"), help="results stem (.json, .md, .png)")
+    p.add_argument("--render", action="store_true", help="rewrite the .md and .png from the .json; measure nothing")
     args = p.parse_args()
+    if args.render:
+        render(Path(args.out))
+        return
     only = [n for n in args.only.split(",") if n]
     unknown = [n for n in only if n not in BY_NAME]
     if unknown:
         raise SystemExit(f"error: --only {','.join(unknown)}: no such entry; the entries are {', '.join(BY_NAME)}")
-    cmd = "python benchmarks/missing_families.py " + " ".join(sys.argv[1:])
+    cmd = " ".join(["python benchmarks/missing_families.py", *sys.argv[1:]])
     runs, out = Path(args.runs), Path(args.out)
     os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = "1"
     import torch
@@ -556,10 +562,7 @@ def main() -> None:
     if only and out.with_suffix(".json").is_file():
         old = json.loads(out.with_suffix(".json").read_text())
         if old.get("settings") == key:
-            for r in old["rows"]:
-                if r["entry"] not in only and r["entry"] in BY_NAME:
-                    kept.append(Row(**{**r, "likelihood": Likelihood(**r["likelihood"]),
-                                       "points": [Point(**q) for q in r["points"]]}))
+            kept = [r for r in rows_of(old) if r.entry not in only and r.entry in BY_NAME]
     order = {e.name: i for i, e in enumerate(ENTRIES)}
     rows = sorted(rows + kept, key=lambda r: order[r.entry])
     ratios(rows)
@@ -574,10 +577,34 @@ def main() -> None:
               "targets": [asdict(t) for t in tgts]}
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps(result, indent=1) + "\n")
+    write_report(result, rows, tgts, out)
+
+
+def rows_of(result: dict) -> list[Row]:
+    """The rows of a results file, as records."""
+    return [Row(**{**r, "likelihood": Likelihood(**r["likelihood"]), "points": [Point(**q) for q in r["points"]]})
+            for r in result["rows"]]
+
+
+def write_report(result: dict, rows: list[Row], tgts: list[Target], out: Path) -> None:
+    """The .md (printed too) and .png of a result."""
     text = markdown(result, rows, tgts)
     out.with_suffix(".md").write_text(f"![judge perplexity against chars/s]({out.with_suffix('.png').name})\n\n{text}")
-    picture(rows, real, out.with_suffix(".png"), cmd)
+    picture(rows, result["real"], out.with_suffix(".png"), result["command"])
     print(text)
+
+
+def render(out: Path) -> None:
+    """Rewrite the .md and .png from the .json, measuring nothing: the verdicts are judged again."""
+    if not out.with_suffix(".json").is_file():
+        raise SystemExit(f"error: --render: {out.with_suffix('.json')} does not exist; run the script without "
+                         f"--render first")
+    result = json.loads(out.with_suffix(".json").read_text())
+    rows = rows_of(result)
+    tgts = targets(rows, result["real"])
+    result["targets"] = [asdict(t) for t in tgts]
+    out.with_suffix(".json").write_text(json.dumps(result, indent=1) + "\n")
+    write_report(result, rows, tgts, out)
 
 
 if __name__ == "__main__":

@@ -75,6 +75,8 @@ def test_each_target_is_judged_with_its_margin(families):
     assert got["latent: >= 4x masked's chars/s at batch 64"].passed is True
     assert all(got[f"latent better than embedding: {m}"].passed for m in
                ("judge ppl", "word validity", "n-gram JS", "entropy, distance from real text's"))
+    assert got["latent better than embedding: word validity"].margin == "+100.0%"  # 0.6 against 0.3, higher is better
+    assert got["latent better than embedding: judge ppl"].margin == "+33.3%"  # 20 against 30, lower is better
 
 
 def test_a_target_whose_runs_are_missing_says_so(families):
