@@ -32,7 +32,7 @@ def runs(tmp_path_factory, shakespeare):
 def test_which_methods_chain():
     chaining = {name for name, cls in REGISTRY.items() if issubclass(cls, TextMethod) and cls.chains_windows}
     sliding = {name for name, cls in REGISTRY.items() if issubclass(cls, TextMethod) and cls.extends_past_context}
-    assert chaining == {"masked", "embedding", "bits"} and sliding == {"ar", "block"}
+    assert chaining == {"masked", "embedding", "bits", "uniform"} and sliding == {"ar", "block"}
 
 
 def test_windows_advance_by_window_minus_overlap_and_end_at_the_length():

@@ -128,7 +128,7 @@ def test_a_label_on_a_plain_run_and_labels_where_they_cannot_be(small_corpus, tm
             with pytest.raises(ConfigError, match="trained without labels") as e:
                 load(plain.run_dir, device="cpu").generate(progress=False, **ask)
             assert "\n" not in str(e.value)
-    with pytest.raises(DataError, match="does not build; use ar, block or masked"):
+    with pytest.raises(DataError, match="does not build; use ar, block, masked or uniform"):
         train_tiny("embedding", small_corpus, tmp_path / "embedding", steps=2, **{"data.labels": "speaker"})
     prose = tmp_path / "prose.txt"
     prose.write_text("no speakers here, only prose.\n" * 400, encoding="utf-8")
