@@ -73,7 +73,7 @@ UNBOUNDED_LIMIT_S = 8.0  # huge --n/--steps/--length: refused, bounded, or (past
 WORKER_START_S = 90.0
 BIG_N_WAIT_S = 15.0  # --n 100000: refused, finished, or still making progress in bounded memory after this
 TEXT_METHODS = ("ar", "masked", "embedding", "bits", "block", "uniform", "latent")
-FIXTURES = ("ar", "masked", "masked2", "embedding", "bits", "block", "uniform", "image")
+FIXTURES = ("ar", "masked", "masked2", "embedding", "bits", "block", "uniform", "latent", "image")
 NOBODY_PREFIX = ["setpriv", "--bounding-set=-dac_override,-dac_read_search", "--"]
 
 

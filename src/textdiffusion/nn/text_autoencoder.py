@@ -12,9 +12,9 @@ The encoder's mean is normalised, every latent vector to zero mean and unit vari
 once and for all: without it, reconstruction alone would let the encoder grow its means until the fixed
 encoder noise ``sigma`` no longer mattered, and the diffusion's noise levels would mean something different at
 every step of training. With it, the stochastic encoder q(z | x) = N(mu(x), sigma^2 I) has a signal-to-noise
-ratio of 1 / sigma^2 per coordinate by construction, and the decoder, trained on draws from it, must decode
-a neighbourhood of each mean: the latent space is smooth (Cosmos, Meshchaninov et al. 2025, for the same
-reason adds noise to its latents).
+ratio of 1 / sigma^2 per coordinate by construction (8 at the default sigma of 0.35), and the decoder, trained
+on draws from it, must decode a neighbourhood of each mean: the latent space is smooth (Cosmos, Meshchaninov et
+al. 2025, for the same reason adds noise to its latents).
 """
 
 from __future__ import annotations
