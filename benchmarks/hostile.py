@@ -1218,6 +1218,46 @@ def output_cases() -> list[Case]:
     return cases
 
 
+def clobber_cases() -> list[Case]:
+    """Output names that are not plain files: a link is written through and stays a link, a named pipe is
+    never replaced by a regular file."""
+    cases = []
+
+    def _node(path: Path) -> tuple[int, int]:
+        st = os.lstat(path)
+        return st.st_mode, st.st_ino
+
+    def fifo(ctx: Ctx, linked: bool) -> tuple[str, str]:
+        os.mkfifo(ctx.path("pipe"))
+        name = ctx.path("t.json")
+        if linked:
+            name.symlink_to(ctx.path("pipe"))
+        else:
+            name = ctx.path("pipe")
+        before = _node(ctx.path("pipe")), _node(name)
+        call = ctx.cli(*sample_argv(ctx.fixture("masked"), "--trajectory", str(name)))
+        if (_node(ctx.path("pipe")), _node(name)) != before:
+            return "lost", "the named pipe (or the link to it) was replaced by a regular file"
+        return refused(call, what="--trajectory a named pipe")
+
+    def link(ctx: Ctx) -> tuple[str, str]:
+        target = ctx.path("target.json")
+        target.write_text("old")
+        ctx.path("t.json").symlink_to(target)
+        call = ctx.cli(*sample_argv(ctx.fixture("masked"), "--trajectory", str(ctx.path("t.json"))))
+        if not ctx.path("t.json").is_symlink():
+            return "lost", "the link was replaced by a regular file; its target never got the trajectory"
+        if call.kind == "exit0" and target.read_text() == "old":
+            return "silent-wrong", "the target of the link was not written"
+        return works(call)
+
+    for name, fn in (("--trajectory a named pipe", lambda ctx: fifo(ctx, False)),
+                     ("--trajectory a link to a named pipe", lambda ctx: fifo(ctx, True)),
+                     ("--trajectory a symlink to a file", link)):
+        cases.append(Case(f"clobber:{name}", "1", "clobber", fn))
+    return cases
+
+
 # ---- the issue's own list, one case each ---------------------------------------------------------------
 # the Gaussian methods sample 200 steps by default (0.4 s); a few are enough to see an option's effect
 FEW_STEPS = {"embedding": ["--steps=8"], "bits": ["--steps=8"]}
@@ -2026,7 +2066,7 @@ def all_cases() -> list[Case]:
         return _CASES
     cases = [*issue_cases(), *set_field_cases(), *set_syntax_cases(), *sample_set_cases(), *flag_cases(),
              *config_file_cases(), *checkpoint_cases(), *run_dir_cases(), *data_cases(), *output_cases(),
-             *audit_cases(), *proc_cases()]
+             *clobber_cases(), *audit_cases(), *proc_cases()]
     seen: set[str] = set()
     unique = []
     for c in cases:

@@ -5,6 +5,11 @@ pictures) goes through :func:`atomic_write`: the bytes go to a temporary file in
 flushed to disk, and the file is renamed over the target. A rename within one file system is atomic, so a
 reader (or a resume after Ctrl-C, a kill or a full disk) sees either the old file or the new one.
 
+The rename replaces whatever the name is, so every write first asks :func:`write_target` where the bytes go:
+a symbolic link is written through (the temporary file sits beside the file it leads to, which the rename
+replaces, and the link stays a link), and a name that is not a regular file (a folder, a device such as
+``/dev/full``, a named pipe) is refused rather than turned into one. Run as root, nothing else would stop it.
+
 Beside it, the one-line errors for paths that cannot be used whatever their contents: a symbolic link loop
 (:func:`is_symlink_loop`) and a name that is not UTF-8 (:func:`non_utf8_message`), worded the same wherever
 a command took the path.
@@ -14,14 +19,47 @@ from __future__ import annotations
 
 import errno
 import os
+import stat
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
+from textdiffusion.errors import ConfigError
+
+
+def not_regular_message(path: str | Path) -> str | None:
+    """The one-line error for a name a write would destroy (it exists and is not a regular file, after
+    following symbolic links), or None when a file may be written there."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return None  # missing (or a dangling link, whose target the write creates): nothing to destroy
+    if stat.S_ISREG(mode):
+        return None
+    kind = ("a folder" if stat.S_ISDIR(mode) else "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode)
+            else "a named pipe (FIFO)" if stat.S_ISFIFO(mode) else "a socket" if stat.S_ISSOCK(mode)
+            else "not a regular file")
+    return f"{path} is {kind}, which writing a file there would replace; pick a file name"
+
+
+def write_target(path: str | Path) -> Path:
+    """Where a write of ``path`` puts its bytes: the file a symbolic link leads to (however many links deep),
+    else ``path`` itself. Raises ConfigError (:func:`not_regular_message`) for a name that is not a regular
+    file, and OSError ELOOP for a link that leads back to itself."""
+    path = Path(path)
+    if (problem := not_regular_message(path)) is not None:
+        raise ConfigError(problem)
+    if not path.is_symlink():
+        return path
+    if is_symlink_loop(path):
+        raise OSError(errno.ELOOP, os.strerror(errno.ELOOP), str(path))
+    return Path(os.path.realpath(path))
+
 
 def atomic_write(path: str | Path, write: Callable[[str], object]) -> None:
-    """Create or replace ``path`` with what ``write(tmp_path)`` writes to a temporary path beside it."""
-    path = Path(path)
+    """Create or replace ``path`` (through a symbolic link, the file it leads to: :func:`write_target`) with
+    what ``write(tmp_path)`` writes to a temporary path beside it."""
+    path = write_target(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)

@@ -18,7 +18,7 @@ import os
 from pathlib import Path
 
 from textdiffusion.config import ConfigError
-from textdiffusion.files import is_symlink_loop, symlink_loop_message
+from textdiffusion.files import is_symlink_loop, not_regular_message, symlink_loop_message, write_target
 
 #: text ``sample --n``: samples are held (and printed) as text, so a million is a few hundred MB at most
 MAX_TEXT_SAMPLES = 1_000_000
@@ -140,13 +140,17 @@ def _writable(folder: Path) -> bool:
 
 def check_output_file(path: str | Path, flag: str) -> Path:
     """A file the command will write at the end (e.g. ``--trajectory``): its folder must exist already (no
-    folders are made for it) and be writable, and the path must not be a folder."""
+    folders are made for it) and be writable, and the path must not be a folder or any other name that is not
+    a regular file (:func:`textdiffusion.files.write_target`, the rule every write follows). A symbolic link
+    is checked where it leads, as that is where the file is written; the path given is returned."""
     p = Path(path).expanduser()
     if is_symlink_loop(p):
         raise ConfigError(f"{flag} {symlink_loop_message(p)}")
     if p.is_dir():
         raise ConfigError(f"{flag} {p} is a folder; pass a file name, e.g. {p / 'trajectory.json'}")
-    parent = p.parent
+    if (problem := not_regular_message(p)) is not None:
+        raise ConfigError(f"{flag} {problem}")
+    parent = write_target(p).parent
     if not parent.exists():
         raise ConfigError(f"{flag} {p}: the folder {parent} does not exist; create it first or pick another path")
     if not parent.is_dir():

@@ -1,0 +1,99 @@
+"""Where a file a command writes on request goes: a symbolic link is written through to its target and stays
+a link; a name that is not a regular file (a folder, a device, a named pipe) is refused in one line, by the
+one rule every write follows (:func:`textdiffusion.files.write_target`)."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from helpers import train_tiny
+from textdiffusion.apps.cli import main
+from textdiffusion.errors import ConfigError
+from textdiffusion.files import write_text
+from textdiffusion.limits import check_output_file
+
+
+def test_a_write_through_a_symlink_replaces_the_target_and_keeps_the_link(tmp_path):
+    target = tmp_path / "data" / "target.json"
+    target.parent.mkdir()
+    target.write_text("old")
+    link = tmp_path / "t.json"
+    link.symlink_to(Path("data") / "target.json")  # relative, as `ln -s` makes them
+    write_text(link, "new")
+    assert link.is_symlink() and os.readlink(link) == str(Path("data") / "target.json")
+    assert target.read_text() == "new"
+    assert sorted(p.name for p in target.parent.iterdir()) == ["target.json"]  # no temporary left beside it
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data", "t.json"]
+
+
+def test_a_chain_of_links_and_a_dangling_link_write_the_final_target(tmp_path):
+    final = tmp_path / "final.txt"
+    (tmp_path / "b").symlink_to(final)  # dangling: the write creates what it leads to
+    (tmp_path / "a").symlink_to(tmp_path / "b")
+    write_text(tmp_path / "a", "x")
+    assert final.read_text() == "x" and (tmp_path / "a").is_symlink() and (tmp_path / "b").is_symlink()
+
+
+@pytest.mark.parametrize("kind", ["folder", "fifo", "device", "link to a fifo"])
+def test_a_name_that_is_not_a_regular_file_is_never_replaced(tmp_path, kind):
+    path = tmp_path / "out"
+    if kind == "folder":
+        path.mkdir()
+    elif kind == "fifo":
+        os.mkfifo(path)
+    elif kind == "link to a fifo":
+        os.mkfifo(tmp_path / "pipe")
+        path.symlink_to(tmp_path / "pipe")
+    else:
+        path = Path("/dev/null")
+    before = os.lstat(path)
+    with pytest.raises(ConfigError, match="which writing a file there would replace; pick a file name"):
+        write_text(path, "x")
+    after = os.lstat(path)
+    assert (after.st_mode, after.st_ino) == (before.st_mode, before.st_ino)
+    if kind != "device":
+        left = sorted(p.name for p in tmp_path.iterdir())  # and no temporary left beside it
+        assert left == (["out", "pipe"] if kind == "link to a fifo" else ["out"])
+
+
+def test_the_output_check_refuses_a_device_and_a_fifo_and_follows_links(tmp_path):
+    with pytest.raises(ConfigError, match=r"^--trajectory /dev/null is a device, which writing"):
+        check_output_file("/dev/null", "--trajectory")
+    os.mkfifo(tmp_path / "p")
+    with pytest.raises(ConfigError, match="is a named pipe"):
+        check_output_file(tmp_path / "p", "--out")
+    (tmp_path / "gone").symlink_to(tmp_path / "missing" / "t.json")
+    with pytest.raises(ConfigError, match="missing does not exist"):  # the folder where the bytes would go
+        check_output_file(tmp_path / "gone", "--trajectory")
+
+
+@pytest.fixture(scope="module")
+def masked_run(tmp_path_factory, shakespeare_file):
+    run = tmp_path_factory.mktemp("runs") / "masked"
+    train_tiny("masked", shakespeare_file, run, steps=2)
+    return run
+
+
+def test_sample_trajectory_and_out_through_links_and_onto_devices(masked_run, tmp_path, capsys):
+    target, out = tmp_path / "target.json", tmp_path / "samples.jsonl"
+    target.write_text("old")
+    out.write_text("old")
+    (tmp_path / "t.json").symlink_to(target)
+    (tmp_path / "o.jsonl").symlink_to(out)
+    rc = main(["sample", str(masked_run), "--n", "2", "--length", "16", "--no-progress",
+               "--trajectory", str(tmp_path / "t.json"), "--out", str(tmp_path / "o.jsonl")])
+    assert rc == 0
+    assert (tmp_path / "t.json").is_symlink() and (tmp_path / "o.jsonl").is_symlink()
+    assert json.loads(target.read_text())["format"] == "textdiffusion-trajectory/1"
+    assert len(out.read_text().splitlines()) == 2
+    capsys.readouterr()
+    for flag in ("--trajectory", "--out"):
+        assert main(["sample", str(masked_run), "--n", "1", "--length", "16", flag, "/dev/null"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err == f"error: {flag} /dev/null is a device, which writing a file there would replace; pick a " \
+                      f"file name"
+    assert Path("/dev/null").is_char_device()
