@@ -1258,6 +1258,40 @@ def clobber_cases() -> list[Case]:
     return cases
 
 
+def stale_temp_cases() -> list[Case]:
+    """A new run killed during its first config.json write: the directory holds the lock file and the
+    trainer's own temporary config.json (whole, or cut short). Both ``train --run-dir`` and ``--resume``
+    must take it (a cut record cannot be resumed: a one-line refusal that points at ``--run-dir`` is fine)."""
+    cases = []
+
+    def killed(ctx: Ctx, whole: bool) -> Path:
+        run = ctx.path("run")
+        run.mkdir()
+        (run / ".lock").touch()  # run_lock.LOCK_NAME
+        record = (ctx.fixture("masked") / "config.json").read_bytes()
+        (run / ".config.json.k1ll3d.tmp").write_bytes(record if whole else record[:40])
+        return run
+
+    def new_run(ctx: Ctx, whole: bool) -> tuple[str, str]:
+        killed(ctx, whole)
+        return works(ctx.cli(*train_argv(ctx, "masked")), what="train --run-dir after a killed start")
+
+    def resume(ctx: Ctx, whole: bool) -> tuple[str, str]:
+        call = ctx.cli(*resume_argv(killed(ctx, whole), steps=2))
+        if whole:
+            return works(call, what="--resume after a killed start")
+        if call.kind == "error" and "--run-dir" not in call.message:
+            return "silent-wrong", f"refused without pointing at train --run-dir: {call.message}"
+        return refused(call, what="--resume of a cut config.json")
+
+    for name, fn in (("train --run-dir, whole temporary", lambda ctx: new_run(ctx, True)),
+                     ("train --run-dir, cut temporary", lambda ctx: new_run(ctx, False)),
+                     ("--resume, whole temporary", lambda ctx: resume(ctx, True)),
+                     ("--resume, cut temporary", lambda ctx: resume(ctx, False))):
+        cases.append(Case(f"stale-temp:{name}", "5", "stale-temp", fn))
+    return cases
+
+
 # ---- the issue's own list, one case each ---------------------------------------------------------------
 # the Gaussian methods sample 200 steps by default (0.4 s); a few are enough to see an option's effect
 FEW_STEPS = {"embedding": ["--steps=8"], "bits": ["--steps=8"]}
@@ -2066,7 +2100,7 @@ def all_cases() -> list[Case]:
         return _CASES
     cases = [*issue_cases(), *set_field_cases(), *set_syntax_cases(), *sample_set_cases(), *flag_cases(),
              *config_file_cases(), *checkpoint_cases(), *run_dir_cases(), *data_cases(), *output_cases(),
-             *clobber_cases(), *audit_cases(), *proc_cases()]
+             *clobber_cases(), *stale_temp_cases(), *audit_cases(), *proc_cases()]
     seen: set[str] = set()
     unique = []
     for c in cases:

@@ -22,6 +22,7 @@ from textdiffusion.checkpoint import (
     has_checkpoint,
     has_weights,
     is_export,
+    read_json,
     write_json,
 )
 from textdiffusion.files import (
@@ -31,7 +32,7 @@ from textdiffusion.files import (
     symlink_loop_message,
 )
 from textdiffusion.records import FINAL, METRICS
-from textdiffusion.run_lock import LOCK_NAME, RunLock
+from textdiffusion.run_lock import LOCK_NAME, RunLock, training_pid
 
 # what the trainer writes into a run directory: its leftover temporaries are the trainer's to clean up
 TRAINER_FILES = (CHECKPOINT, "config.json", "tokenizer.json", "image.json", METRICS, FINAL, *LEGACY_FILES)
@@ -43,6 +44,33 @@ def trained_records(rd: Path) -> bool:
     metrics, samples = rd / METRICS, rd / "samples"
     return ((rd / FINAL).exists() or (metrics.is_file() and metrics.stat().st_size > 0)
             or (samples.is_dir() and any(samples.iterdir())))
+
+
+def finish_first_config(rd: Path) -> bool:
+    """Finish the config.json write a new run was killed in (``train --resume`` of a directory that holds the
+    trainer's temporary config.json and no config.json), or say in one line why it cannot be finished.
+
+    The temporary file is the whole record when the kill came after its bytes were written and before the
+    rename: renaming it is the step the trainer did not get to, and the run then starts from step 0 with the
+    settings it was given. A cut temporary file holds no settings to resume with, so the directory is left
+    for ``train --run-dir`` (which ignores the trainer's own temporaries). Nothing is touched while a live
+    trainer holds the directory. Returns whether config.json was written."""
+    if not rd.is_dir() or (rd / "config.json").exists() or training_pid(rd) is not None:
+        return False
+    temps = stale_temporaries(rd, ("config.json",))
+    if not temps:
+        return False
+    for tmp in sorted(temps, key=lambda p: p.stat().st_mtime, reverse=True):
+        try:
+            meta = read_json(tmp)
+        except CheckpointError:
+            continue
+        if isinstance(meta, dict) and isinstance(meta.get("config"), dict):
+            tmp.replace(rd / "config.json")
+            return True
+    raise CheckpointError(f"{rd} has no config.json, only a cut copy left by a trainer stopped while starting the "
+                          f"run (nothing was trained): start it again with `train --run-dir {rd}` and its "
+                          f"settings, which accepts the directory")
 
 
 class RunDirectory:
@@ -127,7 +155,8 @@ class RunDirectory:
                                       f"another --run-dir")
             raise CheckpointError(f"{rd} holds a run that stopped before its first checkpoint; `{resume}` starts "
                                   f"it again from step 0 with its saved config, or pick another --run-dir")
-        others = sorted(p.name for p in rd.iterdir() if p.name != LOCK_NAME)
+        own = {p.name for p in stale_temporaries(rd, TRAINER_FILES)}  # a killed trainer's: claiming removes them
+        others = sorted(p.name for p in rd.iterdir() if p.name != LOCK_NAME and p.name not in own)
         if others:
             shown = ", ".join(others[:3]) + (", ..." if len(others) > 3 else "")
             raise CheckpointError(f"{rd} is not empty ({shown}) and is not a run directory; pick a new or empty "

@@ -73,7 +73,7 @@ from textdiffusion.records import (
     TrainSummary,
     truncate_metrics,
 )
-from textdiffusion.run_dir import RunDirectory
+from textdiffusion.run_dir import RunDirectory, finish_first_config
 from textdiffusion.runs import (
     build,
     check_checkpoint_config,
@@ -901,7 +901,11 @@ def resume_training(run_dir: Path, progress: bool = True, steps: int | None = No
     """Continue a run from its last checkpoint (``textdiffusion train --resume``); ``steps`` changes the length
     of its schedule. A run that stopped before its first checkpoint starts again from step 0; a run that was
     interrupted while scoring its final result is scored. config.json is rewritten (for a new ``steps``)
-    only once the run is locked, loaded and known to accept it."""
+    only once the run is locked, loaded and known to accept it. A run killed while writing its first
+    config.json gets that write finished (:func:`~textdiffusion.run_dir.finish_first_config`)."""
+    if finish_first_config(Path(run_dir)):
+        print(f"{run_dir}: finished writing config.json, which a stopped trainer left as a temporary file",
+              file=sys.stderr)
     run_dir, meta, cfg = read_run_config(run_dir)
     recorded_steps = cfg.train.steps
     if steps is not None:
