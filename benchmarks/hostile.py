@@ -1292,6 +1292,28 @@ def stale_temp_cases() -> list[Case]:
     return cases
 
 
+def read_only_eval_cases() -> list[Case]:
+    """``eval`` of a run it cannot write into: the results must be printed, with one line saying that
+    eval.json was not written and why (not minutes of scoring, then nothing)."""
+
+    def read_only(ctx: Ctx) -> tuple[str, str]:
+        run = ctx.run("masked")
+        run.chmod(0o555)
+        try:
+            call = ctx.cli(*eval_argv(run))
+        finally:
+            run.chmod(0o755)
+        if call.kind == "traceback":
+            return "traceback", call.message
+        if "bits/char" not in call.out:
+            return "lost", f"the results were computed and never printed: {call.message}"
+        if "eval.json was not written" not in call.out + call.err:
+            return "silent-wrong", "printed the results without saying eval.json was not written"
+        return "ok", "printed, and said why eval.json was not written"
+
+    return [Case("read-only-eval:eval of a read-only run", "7", "read-only-eval", read_only)]
+
+
 # ---- the issue's own list, one case each ---------------------------------------------------------------
 # the Gaussian methods sample 200 steps by default (0.4 s); a few are enough to see an option's effect
 FEW_STEPS = {"embedding": ["--steps=8"], "bits": ["--steps=8"]}
@@ -2100,7 +2122,8 @@ def all_cases() -> list[Case]:
         return _CASES
     cases = [*issue_cases(), *set_field_cases(), *set_syntax_cases(), *sample_set_cases(), *flag_cases(),
              *config_file_cases(), *checkpoint_cases(), *run_dir_cases(), *data_cases(), *output_cases(),
-             *clobber_cases(), *stale_temp_cases(), *audit_cases(), *proc_cases()]
+             *clobber_cases(), *stale_temp_cases(),
+             *read_only_eval_cases(), *audit_cases(), *proc_cases()]
     seen: set[str] = set()
     unique = []
     for c in cases:

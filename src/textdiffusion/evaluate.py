@@ -343,7 +343,10 @@ def evaluate_text(run_dir: str | Path | LoadedRun, samples: int = 64, length: in
                "chars": len(data.train_text)},
         labels=label_note(run.method), exact=exact)
     if not is_export(run.path):  # an export is read-only: the result is returned (and printed) only
-        result.write(run.path)
+        try:
+            result.write(run.path)
+        except OSError as e:  # a read-only run or a full disk: minutes of scoring are still worth printing
+            result.not_written = e.strerror or str(e)
     return result
 
 

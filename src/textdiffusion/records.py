@@ -616,6 +616,7 @@ class TextEval:
     labels: LabelNote | None = None
     exact: ExactScore | None = None  # beside a bound (masked, block): the exact NLL of the left_to_right sampler
     distance: SampleDistance | None = None  # n-gram distance from held-out text; None in older files
+    not_written: str = ""  # why eval.json could not be written (a read-only run, a full disk); not in the file
 
     def to_json(self) -> dict[str, Any]:
         out = {"run": self.run, "method": self.method, "preset": self.preset, "step": self.step,

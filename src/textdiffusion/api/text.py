@@ -382,7 +382,8 @@ class TextModel(Model):
         """Score the run as ``textdiffusion eval`` does and return the same result, a
         :class:`~textdiffusion.records.TextEval` (validation bits/char,
         exact or a bound; the quality of ``samples`` samples against the judge, with real text beside it for
-        scale; speed). Like the command it writes the result to ``RUN/eval.json``, which ``compare`` reads.
+        scale; speed). Like the command it writes the result to ``RUN/eval.json``, which ``compare`` reads
+        (where it cannot, a read-only run or a full disk, ``result.not_written`` says why).
         ``val_windows`` limits the validation windows (0 = the whole split; None: the score final.json
         recorded for these weights and settings, reused, else the whole split); the other options are
         :meth:`generate`'s. Needs the run's corpus, as training did; scores the EMA weights. ``progress``:

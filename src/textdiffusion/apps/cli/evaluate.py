@@ -74,5 +74,9 @@ def run(args: argparse.Namespace) -> int:
                             top_p=args.top_p, seed=args.seed, val_windows=args.val_windows,
                             progress=not args.no_progress, exact_windows=args.exact_windows)
     print(format_table(result, get_method(result.method)))
-    print(read_only_note(args.run_dir) or f"wrote {Path(args.run_dir) / 'eval.json'}")
+    if result.not_written:
+        print(f"{Path(args.run_dir) / 'eval.json'} was not written ({result.not_written}): the results above are "
+              f"printed only")
+    else:
+        print(read_only_note(args.run_dir) or f"wrote {Path(args.run_dir) / 'eval.json'}")
     return 0
