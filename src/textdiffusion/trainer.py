@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import errno
 import inspect
 import json
 import math
+import re
 import signal
 import sys
 import threading
@@ -30,6 +32,7 @@ from tqdm.auto import tqdm
 
 from textdiffusion import distributed, files, loggers, precision
 from textdiffusion.checkpoint import (
+    CHECKPOINT,
     CheckpointError,
     CheckpointHeader,
     TrainingCounters,
@@ -285,6 +288,10 @@ class _StopFlag:
         return False
 
 
+# the errors of a write that a full or read-only disk gives, named as such by :meth:`Trainer._write_failed`
+WRITE_FAILURES = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS)
+
+
 class Trainer:
     """One run: builds the method, model, EMA and optimizer from a config, owns the run directory and trains.
 
@@ -480,9 +487,9 @@ class Trainer:
                 write_checkpoint(self.run_dir, groups, state, self.cfg.to_dict(), self.run_id)
             except (OSError, SafetensorError) as e:  # a full disk, a file-size limit, a vanished directory
                 kept = "no checkpoint" if self.saved_step is None else f"the checkpoint at step {self.saved_step}"
-                raise CheckpointError(f"could not write the checkpoint of step {self.step} into {self.run_dir} "
-                                      f"({getattr(e, 'strerror', None) or e}); {kept} is intact: free space "
-                                      f"and run `{self.resume_command}`") from None
+                raise CheckpointError(f"could not write the checkpoint of step {self.step} to "
+                                      f"{self.run_dir / CHECKPOINT} ({getattr(e, 'strerror', None) or e}); {kept} "
+                                      f"is intact: free space and run `{self.resume_command}`") from None
             self.saved_step = self.step
             self._saved_at = time.monotonic()
 
@@ -641,10 +648,26 @@ class Trainer:
                     except KeyboardInterrupt:
                         summary.interrupted = summary.scoring_interrupted = True
             return summary
+        except OSError as e:
+            if e.errno not in WRITE_FAILURES:
+                raise
+            raise CheckpointError(self._write_failed(e)) from None
         finally:
             self._stop = None
             self.logger.close()
             self.lock.release()
+
+    def _write_failed(self, e: OSError) -> str:
+        """The one line for a record that could not be written mid-run (metrics.jsonl, a sample file,
+        final.json): the file (the target, not the atomic write's temporary), why, and what is intact."""
+        name = Path(e.filename) if e.filename else None
+        if name is not None and (own := re.fullmatch(r"\.(.+)\.[^.]+\.tmp", name.name)):
+            name = name.with_name(own.group(1))  # atomic_write's temporary ``.NAME.XXXX.tmp``
+        where = str(name) if name is not None else f"a file in {self.run_dir}"
+        if self.saved_step is None:
+            return f"could not write {where} ({e.strerror}); no checkpoint was written yet: free space and train again"
+        return (f"could not write {where} ({e.strerror}); the checkpoint at step {self.saved_step} is intact: free "
+                f"space and run `{self.resume_command}`")
 
     def _abort_hint(self) -> str:
         if self.saved_step is None:
