@@ -1296,22 +1296,24 @@ def read_only_eval_cases() -> list[Case]:
     """``eval`` of a run it cannot write into: the results must be printed, with one line saying that
     eval.json was not written and why (not minutes of scoring, then nothing)."""
 
-    def read_only(ctx: Ctx) -> tuple[str, str]:
-        run = ctx.run("masked")
+    def read_only(ctx: Ctx, fixture: str) -> tuple[str, str]:
+        run = ctx.run(fixture)
         run.chmod(0o555)
         try:
-            call = ctx.cli(*eval_argv(run))
+            call = ctx.cli(*(mnist_eval_argv(run) if fixture == "image" else eval_argv(run)))
         finally:
             run.chmod(0o755)
         if call.kind == "traceback":
             return "traceback", call.message
-        if "bits/char" not in call.out:
+        if ("FID" if fixture == "image" else "bits/char") not in call.out:
             return "lost", f"the results were computed and never printed: {call.message}"
         if "eval.json was not written" not in call.out + call.err:
             return "silent-wrong", "printed the results without saying eval.json was not written"
         return "ok", "printed, and said why eval.json was not written"
 
-    return [Case("read-only-eval:eval of a read-only run", "7", "read-only-eval", read_only)]
+    return [Case(f"read-only-eval:{command} of a read-only run", "7", "read-only-eval",
+                 lambda ctx, fixture=fixture: read_only(ctx, fixture))
+            for command, fixture in (("eval", "masked"), ("mnist eval", "image"))]
 
 
 # ---- the issue's own list, one case each ---------------------------------------------------------------

@@ -284,6 +284,29 @@ def test_mnist_eval_says_its_cost_then_shows_one_quiet_bar(image_run: Path, tmp_
     assert row["steps"] == 50 and row["sampler"] == "ddpm" and row["samples"] == 4
 
 
+def test_mnist_eval_prints_its_results_when_eval_json_cannot_be_written(image_run: Path, tmp_path, monkeypatch,
+                                                                         capsys):
+    import errno
+
+    import textdiffusion.image_evaluation as image_evaluation
+
+    monkeypatch.setenv("TEXTDIFFUSION_CACHE", str(tmp_path))
+    _quick_classifier(image_run, tmp_path)
+    before = (image_run / "eval.json").read_bytes() if (image_run / "eval.json").exists() else None
+
+    def read_only(path, record):
+        raise OSError(errno.EROFS, "Read-only file system", str(path))
+
+    monkeypatch.setattr(image_evaluation, "write_json", read_only)
+    capsys.readouterr()
+    assert main(["mnist", "eval", str(image_run), "--samples", "4", "--steps", "2", "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "FID" in out
+    assert out.rstrip().splitlines()[-1] == (f"{image_run / 'eval.json'} was not written (Read-only file "
+                                             f"system): the results above are printed only")
+    assert ((image_run / "eval.json").read_bytes() if (image_run / "eval.json").exists() else None) == before
+
+
 @pytest.mark.parametrize("target", ["eps", "x0", "v"])
 @pytest.mark.parametrize("schedule", ["linear", "cosine"])
 def test_every_target_and_schedule_trains_and_samples(target, schedule):

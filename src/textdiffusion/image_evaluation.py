@@ -174,11 +174,15 @@ def evaluate_images(run_dir: str | Path | LoadedRun, samples: int = EVAL_SAMPLES
            "offline_fallback": data.offline_fallback,
            "fid_feature_space": "penultimate layer of the evaluation classifier (FID computed there, not in "
                                 "Inception features: compare only within this project)"}
+    result = ImageEval.from_json(row)
     if write and not is_export(run.path):  # an export is read-only: the result is returned (and printed) only
-        write_json(run.path / "eval.json", row)
-        with open(run.path / "evals.jsonl", "a", encoding="utf-8") as f:
-            f.write(json.dumps(row) + "\n")
-    return ImageEval.from_json(row)
+        try:
+            write_json(run.path / "eval.json", row)
+            with open(run.path / "evals.jsonl", "a", encoding="utf-8") as f:
+                f.write(json.dumps(row) + "\n")
+        except OSError as e:  # a read-only run or a full disk: the sampling is still worth printing
+            result.not_written = e.strerror or str(e)
+    return result
 
 
 def _eval_cost(method: ImageDiffusion, samples: int, batch_size: int, sampler: str, steps: int,

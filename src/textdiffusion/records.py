@@ -677,16 +677,17 @@ class ImageEval:
     device: str | None
     info: dict[str, Any] = field(default_factory=dict)
     keys: tuple[str, ...] = ()  # the record's keys in the order it was written, so a re-write keeps it
+    not_written: str = ""  # why eval.json could not be written (a read-only run, a full disk); not in the file
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> ImageEval:
-        names = [f.name for f in fields(cls) if f.name not in ("info", "keys")]
+        names = [f.name for f in fields(cls) if f.name not in ("info", "keys", "not_written")]
         return cls(**{k: d.get(k) for k in names}, info={k: v for k, v in d.items() if k not in names},
                    keys=tuple(d))
 
     def to_json(self) -> dict[str, Any]:
         """The record as written: its keys in their order, each named field's value, the rest from ``info``."""
-        own = {f.name for f in fields(self)} - {"info", "keys"}
+        own = {f.name for f in fields(self)} - {"info", "keys", "not_written"}
         return {k: getattr(self, k) if k in own else self.info[k] for k in self.keys}
 
 

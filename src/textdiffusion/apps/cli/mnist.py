@@ -158,7 +158,12 @@ def evaluate(args: argparse.Namespace) -> int:
                           eta=args.eta, guidance=args.guidance, seed=args.seed, device=args.device,
                           overrides=args.overrides, progress=not args.no_progress)
     print(format_eval(ev))
-    print(read_only_note(args.run_dir) or f"wrote {Path(args.run_dir) / 'eval.json'} (and appended to evals.jsonl)")
+    if ev.not_written:
+        print(f"{Path(args.run_dir) / 'eval.json'} was not written ({ev.not_written}): the results above are "
+              f"printed only")
+    else:
+        print(read_only_note(args.run_dir) or f"wrote {Path(args.run_dir) / 'eval.json'} (and appended to "
+                                              f"evals.jsonl)")
     return 0
 
 
