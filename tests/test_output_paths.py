@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 from pathlib import Path
 
 import pytest
@@ -14,7 +15,7 @@ from helpers import train_tiny
 from textdiffusion.apps.cli import main
 from textdiffusion.errors import ConfigError
 from textdiffusion.files import write_text
-from textdiffusion.limits import check_output_file
+from textdiffusion.limits import check_output_file, check_output_folder
 
 
 def test_a_write_through_a_symlink_replaces_the_target_and_keeps_the_link(tmp_path):
@@ -97,3 +98,25 @@ def test_sample_trajectory_and_out_through_links_and_onto_devices(masked_run, tm
         assert err == f"error: {flag} /dev/null is a device, which writing a file there would replace; pick a " \
                       f"file name"
     assert Path("/dev/null").is_char_device()
+
+
+def test_compare_refuses_a_report_name_that_is_not_a_file_before_measuring(masked_run, tmp_path, capsys,
+                                                                           monkeypatch):
+    import textdiffusion.apps.compare as compare_module
+
+    out = tmp_path / "cmp"
+    out.mkdir()
+    os.mkfifo(out / "report.html")
+    monkeypatch.setattr(compare_module, "_read_runs", lambda *a, **k: pytest.fail("measured before refusing"))
+    assert main(["compare", str(masked_run), "--out", str(out), "--samples", "2", "--no-progress"]) == 2
+    assert capsys.readouterr().err.strip() == (f"error: --out {out / 'report.html'} is a named pipe (FIFO), which "
+                                               f"writing a file there would replace; pick a file name")
+    assert stat.S_ISFIFO(os.lstat(out / "report.html").st_mode)
+
+
+def test_an_output_folder_refuses_a_file_name_that_is_a_device_link(tmp_path):
+    out = tmp_path / "pictures"
+    out.mkdir()
+    (out / "samples.png").symlink_to("/dev/null")
+    with pytest.raises(ConfigError, match=r"^--out .*samples\.png is a device"):
+        check_output_folder(out, "--out", ("samples.png",))

@@ -182,4 +182,6 @@ def check_output_folder(path: str | Path, flag: str, files: tuple[str, ...] = ()
         if (p / name).is_dir():
             raise ConfigError(f"{flag} {p}: {p / name} is a folder, so the file cannot be written; remove it "
                               f"or pick another folder")
+        if (problem := not_regular_message(p / name)) is not None:
+            raise ConfigError(f"{flag} {problem}")
     return p

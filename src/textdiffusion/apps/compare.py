@@ -54,7 +54,7 @@ from textdiffusion.checkpoint import (
     write_json,
 )
 from textdiffusion.config import GUIDANCE, TEMPERATURE, ConfigError, Range
-from textdiffusion.files import is_symlink_loop, non_utf8_message, symlink_loop_message, write_text
+from textdiffusion.files import is_symlink_loop, non_utf8_message, not_regular_message, symlink_loop_message, write_text
 from textdiffusion.methods import SampleRequest, get_method
 from textdiffusion.methods.base import bits_key
 from textdiffusion.progress import progress_bar
@@ -98,6 +98,7 @@ MAX_GUIDANCE_POINTS = 16
 SPEAKER_JUDGE = "speaker judge: naive Bayes over per-speaker character 4-gram models fitted on the training " \
                 "speeches (textdiffusion.speaker_judge.SpeakerJudge)"
 IMAGE_JUDGE = "the evaluation classifier of `mnist eval` (textdiffusion.image_metrics)"
+REPORT_FILES = ("report.html", "comparison.md", "comparison.json")  # what compare writes into --out
 MAX_FRAMES = 240  # trajectory frames kept per run for the page
 MAX_SWEEP_STEPS = 100_000
 EXAMPLES = 3  # samples shown per run
@@ -873,6 +874,9 @@ def compare_runs(run_dirs: list[str], out: str | Path, samples: int = 32, length
         raise ConfigError(f"--out {symlink_loop_message(out)}")
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out {out} is a file; give a folder (it is created if missing)")
+    for name in REPORT_FILES:  # refused now, not after the measuring
+        if (problem := not_regular_message(out / name)) is not None:
+            raise ConfigError(f"--out {problem}")
     records = _read_runs(run_dirs, evaluate, device)
     contexts = [r.context for r in records if r.is_text and r.context]
     common = length or (min(contexts) if contexts else 0)
@@ -885,7 +889,7 @@ def compare_runs(run_dirs: list[str], out: str | Path, samples: int = 32, length
     comparison = Comparison(created=time.strftime("%Y-%m-%dT%H:%M:%S%z"), versions=versions(), settings=settings,
                             judge_corpora=sorted({r.text_results.judge_corpus for r in records if r.text_results}),
                             runs=[_shown(r) for r in records])
-    paths = {"report": out / "report.html", "markdown": out / "comparison.md", "json": out / "comparison.json"}
+    paths = {key: out / name for key, name in zip(("report", "markdown", "json"), REPORT_FILES, strict=True)}
     write_json(paths["json"], comparison.to_json())
     md = render_markdown(comparison)
     html = render_html(comparison, out)
