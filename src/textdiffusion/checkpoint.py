@@ -54,7 +54,9 @@ from textdiffusion.files import atomic_write
 from textdiffusion.json_reading import JSONProblem, parse_json
 
 
-def write_json(path: Path, obj: Any) -> None:
+def write_json(path: Path, obj: Any, *, through_links: bool = False) -> None:
+    """Atomically write ``obj`` as JSON (``through_links``: see :func:`textdiffusion.files.atomic_write`)."""
+
     def write(tmp: str) -> None:
         # a path whose name is not UTF-8 holds lone surrogates (Python's surrogateescape); backslashreplace
         # writes one as \udcff, which is JSON's own escape for it, so the file stays UTF-8 and reads back equal
@@ -62,7 +64,7 @@ def write_json(path: Path, obj: Any) -> None:
             json.dump(obj, f, indent=2, ensure_ascii=False)
             f.write("\n")
 
-    atomic_write(path, write)
+    atomic_write(path, write, through_links=through_links)
 
 
 def read_json(path: Path) -> Any:

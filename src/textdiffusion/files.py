@@ -5,10 +5,14 @@ pictures) goes through :func:`atomic_write`: the bytes go to a temporary file in
 flushed to disk, and the file is renamed over the target. A rename within one file system is atomic, so a
 reader (or a resume after Ctrl-C, a kill or a full disk) sees either the old file or the new one.
 
-The rename replaces whatever the name is, so every write first asks :func:`write_target` where the bytes go:
-a symbolic link is written through (the temporary file sits beside the file it leads to, which the rename
-replaces, and the link stays a link), and a name that is not a regular file (a folder, a device such as
-``/dev/full``, a named pipe) is refused rather than turned into one. Run as root, nothing else would stop it.
+The rename replaces whatever the name is, so every write first asks where the bytes go. A name that is not a
+regular file (a folder, a device such as ``/dev/full``, a named pipe) is refused rather than turned into one;
+run as root, nothing else would stop it. A symbolic link is treated by who chose the name:
+- a file the user named (``--trajectory``, ``--gif``, ``compare --out``, ``mnist sample --out``) is written
+  through the link (:func:`write_target`: the temporary file sits beside the file it leads to, which the
+  rename replaces, and the link stays a link), as the user pointed the name there;
+- a file the package keeps inside a run or a data folder (checkpoints, ``config.json``, ``eval.json``) replaces
+  the link with a file of its own, so a run copied as links (``cp -rs``) never writes into the run it came from.
 
 Beside it, the one-line errors for paths that cannot be used whatever their contents: a symbolic link loop
 (:func:`is_symlink_loop`) and a name that is not UTF-8 (:func:`non_utf8_message`), worded the same wherever
@@ -56,10 +60,11 @@ def write_target(path: str | Path) -> Path:
     return Path(os.path.realpath(path))
 
 
-def atomic_write(path: str | Path, write: Callable[[str], object]) -> None:
-    """Create or replace ``path`` (through a symbolic link, the file it leads to: :func:`write_target`) with
-    what ``write(tmp_path)`` writes to a temporary path beside it."""
-    path = write_target(path)
+def atomic_write(path: str | Path, write: Callable[[str], object], *, through_links: bool = False) -> None:
+    """Create or replace ``path`` with what ``write(tmp_path)`` writes to a temporary path beside it. A name that
+    is not a regular file is refused; a symbolic link is written through (``through_links``, for a name the user
+    gave: :func:`write_target`) or replaced by the file (a name the package keeps)."""
+    path = write_target(path) if through_links else _own_target(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
@@ -76,6 +81,15 @@ def atomic_write(path: str | Path, write: Callable[[str], object]) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def _own_target(path: str | Path) -> Path:
+    """``path`` itself, for a file the package keeps: the rename replaces a symbolic link there (never what it
+    leads to), and a name that is not a regular file or a link is refused."""
+    path = Path(path)
+    if not path.is_symlink() and (problem := not_regular_message(path)) is not None:
+        raise ConfigError(problem)
+    return path
 
 
 def _sync_dir(folder: Path) -> None:
@@ -109,15 +123,16 @@ def append_line(path: str | Path, line: str) -> None:
         os.fsync(f.fileno())
 
 
-def write_text(path: str | Path, text: str) -> None:
+def write_text(path: str | Path, text: str, *, through_links: bool = False) -> None:
     """Atomically write UTF-8 text. A lone surrogate (a file name that is not UTF-8, as Python decodes it) is
     written as its escape ``\\udcff``: UTF-8 has no bytes for it, and a report must not fail over a name."""
-    atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8", errors="backslashreplace"))
+    atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8", errors="backslashreplace"),
+                 through_links=through_links)
 
 
-def write_bytes(path: str | Path, payload: bytes) -> None:
+def write_bytes(path: str | Path, payload: bytes, *, through_links: bool = False) -> None:
     """Atomically write bytes."""
-    atomic_write(path, lambda tmp: Path(tmp).write_bytes(payload))
+    atomic_write(path, lambda tmp: Path(tmp).write_bytes(payload), through_links=through_links)
 
 
 def is_symlink_loop(path: str | Path) -> bool:

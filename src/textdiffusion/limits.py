@@ -138,16 +138,23 @@ def _writable(folder: Path) -> bool:
     return os.access(folder, os.W_OK | os.X_OK)
 
 
-def check_output_file(path: str | Path, flag: str) -> Path:
+def check_output_file(path: str | Path, flag: str, stream: bool = False) -> Path:
     """A file the command will write at the end (e.g. ``--trajectory``): its folder must exist already (no
     folders are made for it) and be writable, and the path must not be a folder or any other name that is not
     a regular file (:func:`textdiffusion.files.write_target`, the rule every write follows). A symbolic link
-    is checked where it leads, as that is where the file is written; the path given is returned."""
+    is checked where it leads, as that is where the file is written; the path given is returned.
+
+    ``stream``: the command writes into the file as it goes instead of replacing it (``sample --out``), so a
+    device or a named pipe it may write to is fine too (``/dev/null``, ``/dev/stdout``, a pipe to a reader)."""
     p = Path(path).expanduser()
     if is_symlink_loop(p):
         raise ConfigError(f"{flag} {symlink_loop_message(p)}")
     if p.is_dir():
         raise ConfigError(f"{flag} {p} is a folder; pass a file name, e.g. {p / 'trajectory.json'}")
+    if stream and (p.is_char_device() or p.is_fifo()):
+        if not os.access(p, os.W_OK):
+            raise ConfigError(f"{flag} {p}: cannot write to it (permission denied); pick a file you can write to")
+        return p
     if (problem := not_regular_message(p)) is not None:
         raise ConfigError(f"{flag} {problem}")
     parent = write_target(p).parent

@@ -890,9 +890,9 @@ def compare_runs(run_dirs: list[str], out: str | Path, samples: int = 32, length
                             judge_corpora=sorted({r.text_results.judge_corpus for r in records if r.text_results}),
                             runs=[_shown(r) for r in records])
     paths = {key: out / name for key, name in zip(("report", "markdown", "json"), REPORT_FILES, strict=True)}
-    write_json(paths["json"], comparison.to_json())
+    write_json(paths["json"], comparison.to_json(), through_links=True)
     md = render_markdown(comparison)
     html = render_html(comparison, out)
     for key, content in (("markdown", md), ("report", html)):
-        write_text(paths[key], content)
+        write_text(paths[key], content, through_links=True)
     return paths

@@ -82,11 +82,13 @@ def sample_images(run_dir: str | Path, out: str | Path | None = None, n: int = 0
     images, recorder, res = _draw_layout(run, layout, gen, progress, sampler=sampler, steps=steps, eta=eta,
                                          guidance=guidance)
     seconds = time.perf_counter() - tic
+    chosen = bool(out)  # pictures in a folder the user named are written through links there; the run's own are not
     written = {"grid": str(save_grid(images, out_dir / "samples.png", nrow=layout.nrow,
-                                     row_labels=layout.row_labels)),
-               "strip": str(recorder.save_strip(out_dir / "denoising.png"))}
+                                     row_labels=layout.row_labels, through_links=chosen)),
+               "strip": str(recorder.save_strip(out_dir / "denoising.png", through_links=chosen))}
     if gif:
-        written["gif"] = str(recorder.save_gif(out_dir / "reverse.gif", nrow=len(layout.strip)))
+        written["gif"] = str(recorder.save_gif(out_dir / "reverse.gif", nrow=len(layout.strip),
+                                               through_links=chosen))
     return {"n": layout.n, "seconds": seconds, "seconds_per_image": seconds / layout.n, "nfe": res.nfe, **res.info,
             "files": written}
 

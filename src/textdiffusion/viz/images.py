@@ -48,14 +48,15 @@ def _to_image(arr: np.ndarray, scale: int) -> Image.Image:
     return img.resize((arr.shape[1] * scale, arr.shape[0] * scale), Image.NEAREST) if scale > 1 else img
 
 
-def _save_atomic(path: Path, save: Any) -> Path:
-    atomic_write(Path(path), save)
+def _save_atomic(path: Path, save: Any, through_links: bool) -> Path:
+    atomic_write(Path(path), save, through_links=through_links)
     return Path(path)
 
 
 def save_grid(images: torch.Tensor | np.ndarray, path: Path, nrow: int = 8, scale: int = 3,
-              row_labels: Sequence[str] | None = None) -> Path:
-    """A PNG grid of samples; ``row_labels`` writes a caption at the left of each row (e.g. the digit)."""
+              row_labels: Sequence[str] | None = None, through_links: bool = False) -> Path:
+    """A PNG grid of samples; ``row_labels`` writes a caption at the left of each row (e.g. the digit).
+    ``through_links``: a symbolic link at ``path`` is written through (a name the user chose), not replaced."""
     arr = mosaic(images, nrow)
     img = _to_image(arr, scale)
     if row_labels:
@@ -67,7 +68,7 @@ def save_grid(images: torch.Tensor | np.ndarray, path: Path, nrow: int = 8, scal
         for r, text in enumerate(row_labels):
             draw.text((4, (2 + r * (h + 2) + h // 2) * scale - 6), str(text), fill=230)
         img = canvas
-    return _save_atomic(path, lambda tmp: img.save(tmp, format="PNG"))
+    return _save_atomic(path, lambda tmp: img.save(tmp, format="PNG"), through_links)
 
 
 class ReverseProcessRecorder:
@@ -108,16 +109,17 @@ class ReverseProcessRecorder:
         targets = np.linspace(ts[0], ts[-1], columns)
         return [int(np.argmin(np.abs(ts - target))) for target in targets]
 
-    def save_strip(self, path: Path, columns: int = 10, scale: int = 3) -> Path:
+    def save_strip(self, path: Path, columns: int = 10, scale: int = 3, through_links: bool = False) -> Path:
         """Rows = samples, columns = x_t at evenly spaced t from noise (left) to the sample (right)."""
         if not self.x_t:
             raise ValueError("nothing recorded: pass the recorder as on_step to sample()")
         idx = self.frame_indices(columns)
         n = self.x_t[0].shape[0]
         tiles = np.stack([self.x_t[j][i] for i in range(n) for j in idx])
-        return save_grid(tiles, path, nrow=len(idx), scale=scale)
+        return save_grid(tiles, path, nrow=len(idx), scale=scale, through_links=through_links)
 
-    def save_gif(self, path: Path, frames: int = 40, scale: int = 3, nrow: int = 4, ms: int = 80) -> Path:
+    def save_gif(self, path: Path, frames: int = 40, scale: int = 3, nrow: int = 4, ms: int = 80,
+                 through_links: bool = False) -> Path:
         """The reverse process as an animation of x_t, holding the final frame for a second."""
         if not self.x_t:
             raise ValueError("nothing recorded: pass the recorder as on_step to sample()")
@@ -125,4 +127,5 @@ class ReverseProcessRecorder:
         pics = [_to_image(mosaic(self.x_t[j], nrow), scale) for j in idx]
         durations = [ms] * (len(pics) - 1) + [1000]
         return _save_atomic(path, lambda tmp: pics[0].save(tmp, format="GIF", save_all=True,
-                                                            append_images=pics[1:], duration=durations, loop=0))
+                                                            append_images=pics[1:], duration=durations, loop=0),
+                            through_links)

@@ -108,5 +108,5 @@ def save_denoising_gif(frames: Sequence[TextFrame], path: Path | str, columns: i
     durations = [ms] * (len(pictures) - 1) + [hold_ms]
     path = Path(path)
     atomic_write(path, lambda tmp: pictures[0].save(tmp, format="GIF", save_all=True, append_images=pictures[1:],
-                                                    duration=durations, loop=0))
+                                                    duration=durations, loop=0), through_links=True)
     return path

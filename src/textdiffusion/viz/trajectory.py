@@ -85,4 +85,4 @@ class TrajectoryRecorder:
         return {"format": "textdiffusion-trajectory/1", "mask_char": self.mask_char, **meta, "frames": self.frames}
 
     def write(self, path: Path, **meta: Any) -> None:
-        write_json(Path(path), self.to_dict(**meta))
+        write_json(Path(path), self.to_dict(**meta), through_links=True)

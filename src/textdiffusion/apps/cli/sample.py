@@ -93,7 +93,7 @@ def run(args: argparse.Namespace) -> int:
         limits.check_text_steps(args.steps, True, None)
     trajectory = limits.check_output_file(args.trajectory, "--trajectory") if args.trajectory else None
     gif = limits.check_output_file(args.gif, "--gif") if args.gif else None
-    out = limits.check_output_file(args.out, "--out") if args.out else None
+    out = limits.check_output_file(args.out, "--out", stream=True) if args.out else None
     refuse_image_run(args.run_dir, "sample")
     model = load(args.run_dir, device=args.device, weights=args.weights, overrides=args.overrides)
     if not isinstance(model, TextModel):
@@ -169,7 +169,8 @@ class SampleWriter:
         if self._file is not None:
             self._file.write("".join(json.dumps({"text": t}, ensure_ascii=False) + "\n" for t in batch.texts))
             self._file.flush()
-            os.fsync(self._file.fileno())
+            if os.path.isfile(self.path):  # a device or a pipe has nothing to sync (fsync raises EINVAL there)
+                os.fsync(self._file.fileno())
         else:
             sys.stdout.write("".join((self.SEPARATOR if batch.start + i else "") + t
                                      for i, t in enumerate(batch.texts)))
