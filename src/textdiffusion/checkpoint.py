@@ -363,6 +363,9 @@ class TrainingCounters:
     chars_seen: int  # data units seen: characters or images
     world_size: int  # processes that trained the last session
     log_interval: dict[str, Any]  # the steps since the last train row (textdiffusion.loggers.Interval)
+    # the moving average of the training loss that evaluation rows report as train_loss: a resumed run goes on
+    # averaging where it stopped, so its rows read as an uninterrupted run's (None: no step taken yet)
+    smoothed_loss: float | None = None
 
 
 def training_state(model: torch.nn.Module, ema_model: torch.nn.Module, opt: torch.optim.Optimizer,
@@ -372,7 +375,8 @@ def training_state(model: torch.nn.Module, ema_model: torch.nn.Module, opt: torc
     optimizer moments with every process's generator states ``rng``) and the state metadata."""
     opt_tensors, opt_meta = optimizer_to_flat(opt)
     state = {"step": counters.step, "elapsed": counters.elapsed, "chars_seen": counters.chars_seen,
-             "optimizer": opt_meta, "world_size": counters.world_size, "log_interval": counters.log_interval}
+             "optimizer": opt_meta, "world_size": counters.world_size, "log_interval": counters.log_interval,
+             "smoothed_loss": counters.smoothed_loss}
     groups = {"model": model.state_dict(), "ema": ema_model.state_dict(), "trainer": {**opt_tensors, **rng}}
     return groups, state
 
