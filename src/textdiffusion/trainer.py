@@ -331,7 +331,7 @@ class Trainer:
                            else distributed.broadcast(uuid.uuid4().hex, self.world))
             header = read_header(self.run_dir) if resume and has_checkpoint(self.run_dir) else None
             if header is not None:
-                check_checkpoint_config(header, cfg, self.run_id)  # an edited config.json: refused before building
+                check_checkpoint_config(header, cfg, self.run_id, resume=True)  # an edited config.json: refused
             self._build(cfg, data, resume and (self.run_dir / "tokenizer.json").exists())
             # the run a train.init_from run started from: recorded in config.json, reloaded only before step 0
             self.init: InitRecord | None = (InitRecord.from_json(read_run_meta(self.run_dir).get("init_from"))
