@@ -3,6 +3,7 @@
 config.json edited by hand after the checkpoint was written (a learning rate, a batch, a seed, a data split) is
 refused by name, and the checkpoint's record is never rewritten with the edit; what a resume may change (the
 step count, sampling options, the machine) still resumes, and so does a run recorded before a field existed.
+An optimizer state that lost any of AdamW's moments is refused rather than restarted from zero.
 """
 
 from __future__ import annotations
@@ -124,3 +125,32 @@ def test_a_run_recorded_before_a_field_existed_or_after_one_was_dropped_resumes(
         resume_training(claimed, progress=False)
     summary = resume_training(stopped, progress=False)
     assert summary.step == 6
+
+
+# ---- optimizer moments ---------------------------------------------------------------------------------------
+@pytest.mark.parametrize("drop", [".exp_avg", ".exp_avg_sq", "trainer.opt.0.", "trainer.opt."])
+def test_a_resume_without_every_optimizer_moment_is_refused(stopped, drop, capsys):
+    """One parameter's average, every squared average, every tensor of one parameter, or all of them."""
+    _rewrite_checkpoint(stopped, drop=(drop,))
+    assert main(["train", "--resume", str(stopped), "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    assert "lacks" in err and "restart AdamW from zero" in err, err
+
+
+def test_an_older_checkpoint_without_its_moment_record_is_checked_on_what_it_holds(stopped):
+    header = read_header(stopped)
+    state = json.loads(json.dumps(header.state))
+    del state["optimizer"]["with_moments"]
+    _rewrite_checkpoint(stopped, state=state)
+    assert resume_training(_copy(stopped, "intact"), progress=False).step == 6
+    _rewrite_checkpoint(stopped, state=state, drop=("trainer.opt.",))
+    with pytest.raises(CheckpointError, match="lacks every moment"):
+        resume_training(stopped, progress=False)
+
+
+def test_a_step_0_checkpoint_has_no_moments_and_resumes(small_corpus, tmp_path):
+    run = tmp_path / "r"
+    Trainer(tiny_config("masked", small_corpus, 2), run, progress=False)  # writes the step-0 checkpoint
+    assert not [k for k in read_group(run, "trainer")[0] if k.startswith("opt.")]
+    assert resume_training(run, progress=False).step == 2
