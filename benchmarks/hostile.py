@@ -794,6 +794,101 @@ def config_file_cases() -> list[Case]:
 
             cases.append(Case(f"config:model.{key}={value}/{command}", "6", "config.json", fn, risky=value == 4096,
                               limit=30.0 if value == 4096 else CASE_LIMIT_S))
+    return cases + resume_cases()
+
+
+# ---- what a resume goes on with: the recorded settings, AdamW's moments, the smoothed loss ----------------------
+# settings edited in config.json between a checkpoint and its resume: each would go on as another run
+RESUME_EDITS = {"train.lr": 0.002, "train.batch_size": 3, "train.ema_decay": 0.5, "seed": 7,
+                "data.val_fraction": 0.5, "train.weight_decay": 0.0, "train.warmup": 1, "train.grad_accum": 2,
+                "train.eval_every": 7, "train.eval_windows": 3, "method.estimator": "count", "preset": "gpu"}
+# what a resume may change (sampling options, where it runs): the run goes on as it was
+RESUME_CHANGES = {"method.sample_steps": 7, "method.eval_seed": 5, "train.device": "cpu", "train.logger": "",
+                  "train.save_every_s": 5.0, "train.threads": 1}
+
+
+def _set_recorded(meta: dict, key: str, value: Any) -> None:
+    section, _, name = key.partition(".")
+    if name:
+        meta["config"][section][name] = value
+    else:
+        meta["config"][section] = value
+
+
+def _without_tensors(path: Path, drop: Callable[[str], bool]) -> None:
+    """Save a checkpoint again without the tensors ``drop`` names, keeping its metadata."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata()
+    save_file({k: v for k, v in load_file(str(path)).items() if not drop(k)}, str(path), metadata=meta)
+
+
+def resume_cases() -> list[Case]:
+    """A resume must go on with the run its checkpoint recorded: config.json edited by hand is refused by name
+    (and neither the record nor the edit is rewritten), what a resume may change still resumes, an optimizer
+    state without all of AdamW's moments is refused, and the evaluation rows after a resume are an
+    uninterrupted run's."""
+    cases = []
+    for key, value in {**RESUME_EDITS, **RESUME_CHANGES}.items():
+        def fn(ctx: Ctx, key=key, value=value) -> tuple[str, str]:
+            run = ctx.run("masked")
+            before = (run / CKPT).read_bytes()
+            _edit_config(run, lambda meta: _set_recorded(meta, key, value))
+            edited = (run / "config.json").read_bytes()
+            call = ctx.cli(*resume_argv(run))
+            if key in RESUME_CHANGES:
+                return works(call, what=f"{key}={value!r} may change on a resume")
+            judged = refused(call, what=f"{key}={value!r} edited in config.json, then resumed")
+            if judged[0] == "ok" and key not in call.message:
+                judged = "silent-wrong", f"refused without naming {key}: {call.message}"
+            if call.kind == "error" and ((run / CKPT).read_bytes() != before
+                                         or (run / "config.json").read_bytes() != edited):
+                judged = "lost", "a refused resume rewrote the run"
+            return judged
+
+        cases.append(Case(f"resume:edited {key}={value!r}", "2", "resume-edits", fn))
+
+    moments = {"every exp_avg": lambda k: k.endswith(".exp_avg"),
+               "every exp_avg_sq": lambda k: k.endswith(".exp_avg_sq"),
+               "one parameter": lambda k: k.startswith("trainer.opt.0."),
+               "every moment": lambda k: k.startswith("trainer.opt.")}
+    for label, drop in moments.items():
+        def fn(ctx: Ctx, drop=drop, label=label) -> tuple[str, str]:
+            run = ctx.run("masked")
+            _without_tensors(run / CKPT, drop)
+            return refused(ctx.cli(*resume_argv(run)), what=f"a checkpoint without {label} of AdamW resumed")
+
+        cases.append(Case(f"resume:optimizer without {label}", "6", "optimizer-moments", fn))
+
+    def intact(ctx: Ctx) -> tuple[str, str]:
+        return works(ctx.cli(*resume_argv(ctx.run("masked"))), what="an intact checkpoint")
+
+    cases.append(Case("resume:optimizer intact", "6", "optimizer-moments", intact))
+
+    def train_loss(ctx: Ctx, stop_at: int) -> tuple[str, str]:
+        from textdiffusion.methods.configs import config_from_dict
+        from textdiffusion.trainer import Trainer
+
+        steps = sets("train.steps=6", "train.eval_every=2", "train.log_every=0")
+        whole = ctx.cli(*train_argv(ctx, "masked", "whole", *steps))
+        if whole.kind != "exit0":
+            return works(whole, what="the uninterrupted run")
+        cfg = config_from_dict(json.loads(ctx.path("whole", "config.json").read_text())["config"])
+        Trainer(cfg, ctx.path("parts"), progress=False).train(stop_at=stop_at)  # as after a Ctrl-C
+        resumed = ctx.cli(*resume_argv(ctx.path("parts"), None))
+        if resumed.kind != "exit0":
+            return works(resumed, what="the resume")
+        rows = [[(r["step"], r.get("train_loss")) for r in map(json.loads, lines)]
+                for lines in (ctx.path(run, "metrics.jsonl").read_text().splitlines() for run in ("whole", "parts"))]
+        if rows[0] != rows[1]:
+            return "silent-wrong", f"train_loss after a resume at step {stop_at}: {rows[1]} against {rows[0]}"
+        return "ok", "the evaluation rows of an uninterrupted run"
+
+    for stop_at in (1, 3, 4):
+        cases.append(Case(f"resume:train_loss after a stop at step {stop_at}", "7", "resume-train-loss",
+                          lambda ctx, stop_at=stop_at: train_loss(ctx, stop_at), limit=30.0))
     return cases
 
 

@@ -155,6 +155,34 @@ def test_resume_leaves_the_rows_of_an_uninterrupted_run(small_corpus, tmp_path):
     assert [r["step"] for r in metric_rows(run, "train")] == [5, 10, 15, 20, 24]
     assert _untimed(metric_rows(run, "train")) == _untimed(metric_rows(whole, "train"))
     assert [r["step"] for r in metric_rows(run)] == [8, 16, 24]
+    # the evaluation rows' train_loss is a moving average over every step so far: it travels too
+    assert _untimed(metric_rows(run)) == _untimed(metric_rows(whole))
+
+
+def test_a_checkpoint_without_the_smoothed_loss_resumes_and_starts_it_afresh(small_corpus, tmp_path):
+    """Checkpoints written before the smoothed loss was kept still resume; their average restarts at the resume
+    step, which is why the record must carry it (the rows then differ from an uninterrupted run's)."""
+    from safetensors.torch import save_file
+
+    from textdiffusion.checkpoint import CHECKPOINT, read_header
+
+    sets = {"train.eval_every": 8}
+    whole = _train(small_corpus, tmp_path / "whole", steps=16, **sets).run_dir
+    run = tmp_path / "old"
+    Trainer(tiny_config("masked", small_corpus, 16, **sets), run, progress=False).train(stop_at=5)
+    header = read_header(run)
+    assert header.state["smoothed_loss"] is not None
+    state = {k: v for k, v in header.state.items() if k != "smoothed_loss"}
+    tensors = {f"{g}.{k}": v for g in ("model", "ema", "trainer") for k, v in read_group(run, g)[0].items()}
+    save_file(tensors, str(run / CHECKPOINT), metadata={"format": "pt", "step": str(header.step),
+                                                         "state": json.dumps(state),
+                                                         "config": json.dumps(header.config), "run_id": header.run_id})
+    resume_training(run, progress=False)
+    _same_weights(whole, run)
+    ours, theirs = metric_rows(run), metric_rows(whole)
+    assert [r["step"] for r in ours] == [8, 16]
+    assert [r["val_bpc"] for r in ours] == [r["val_bpc"] for r in theirs]
+    assert ours[0]["train_loss"] != theirs[0]["train_loss"]
 
 
 # ---- TensorBoard, end to end ---------------------------------------------------------------------------------

@@ -322,10 +322,38 @@ def optimizer_to_flat(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tenso
                 tensors[f"opt.{idx}.{key}"] = value
             else:
                 scalars[f"{idx}.{key}"] = value
-    return tensors, {"param_groups": sd["param_groups"], "scalars": scalars}
+    # the parameters that hold moments: a checkpoint that lost one of them entirely still says so
+    return tensors, {"param_groups": sd["param_groups"], "scalars": scalars, "with_moments": sorted(sd["state"])}
 
 
-def optimizer_from_flat(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
+# AdamW's running averages of each parameter's gradient and squared gradient (amsgrad adds their maximum)
+MOMENTS = ("exp_avg", "exp_avg_sq")
+
+
+def check_moments(state: dict[int, dict[str, Any]], meta: dict[str, Any], step: int, path: Path) -> None:
+    """Refuse an optimizer state that lacks any moment of a parameter it holds (or, after step 0, all of them):
+    loaded as it is, AdamW would restart those averages from zero, a different run that says nothing. Which
+    parameters hold moments is recorded since they are checked; an older checkpoint is checked on the ones
+    it holds."""
+    if not isinstance(meta, dict):
+        raise ValueError("the optimizer record is not an object")
+    groups = meta.get("param_groups") or []
+    want = MOMENTS + (("max_exp_avg_sq",) if any(g.get("amsgrad") for g in groups if isinstance(g, dict)) else ())
+    holders = meta.get("with_moments")
+    expected = ({int(i) for i in holders} if isinstance(holders, list) else set()) | set(state)
+    missing = [f"{key} of parameter {i}" for i in sorted(expected) for key in want if key not in state.get(i, {})]
+    if step > 0 and not expected:
+        missing = ["every moment"]
+    if missing:
+        more = f" and {len(missing) - 1} more" if len(missing) > 1 else ""
+        raise CheckpointError(f"the optimizer state in {path} lacks {missing[0]}{more}: resuming would restart AdamW "
+                              f"from zero; restore the checkpoint from a copy, or retrain (its weights still sample)")
+
+
+def optimizer_from_flat(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], meta: dict[str, Any],
+                        step: int = 0, path: Path = Path(CHECKPOINT)) -> None:
+    """Load :func:`optimizer_to_flat`'s output into ``opt``, refusing one whose moments are not all there
+    (:func:`check_moments`; ``step`` and ``path`` are the checkpoint's)."""
     state: dict[int, dict[str, Any]] = {}
     for name, value in tensors.items():
         if name.startswith("opt."):
@@ -334,6 +362,7 @@ def optimizer_from_flat(opt: torch.optim.Optimizer, tensors: dict[str, torch.Ten
     for name, value in meta.get("scalars", {}).items():
         idx, key = name.split(".", 1)
         state.setdefault(int(idx), {})[key] = value
+    check_moments(state, meta, step, path)
     opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
 
 
@@ -365,6 +394,9 @@ class TrainingCounters:
     chars_seen: int  # data units seen: characters or images
     world_size: int  # processes that trained the last session
     log_interval: dict[str, Any]  # the steps since the last train row (textdiffusion.loggers.Interval)
+    # the moving average of the training loss that evaluation rows report as train_loss: a resumed run goes on
+    # averaging where it stopped, so its rows read as an uninterrupted run's (None: no step taken yet)
+    smoothed_loss: float | None = None
 
 
 def training_state(model: torch.nn.Module, ema_model: torch.nn.Module, opt: torch.optim.Optimizer,
@@ -374,7 +406,8 @@ def training_state(model: torch.nn.Module, ema_model: torch.nn.Module, opt: torc
     optimizer moments with every process's generator states ``rng``) and the state metadata."""
     opt_tensors, opt_meta = optimizer_to_flat(opt)
     state = {"step": counters.step, "elapsed": counters.elapsed, "chars_seen": counters.chars_seen,
-             "optimizer": opt_meta, "world_size": counters.world_size, "log_interval": counters.log_interval}
+             "optimizer": opt_meta, "world_size": counters.world_size, "log_interval": counters.log_interval,
+             "smoothed_loss": counters.smoothed_loss}
     groups = {"model": model.state_dict(), "ema": ema_model.state_dict(), "trainer": {**opt_tensors, **rng}}
     return groups, state
 
@@ -390,13 +423,15 @@ def restore_training_state(header: CheckpointHeader, model: torch.nn.Module, ema
     ema_model.load_state_dict(read_group(rd, "ema")[0])
     tr_t, _ = read_group(rd, "trainer")
     try:
-        optimizer_from_flat(opt, tr_t, header.state["optimizer"])
+        optimizer_from_flat(opt, tr_t, header.state["optimizer"], header.step, header.path)
         for s, (data_gen, noise_gen) in zip(shards, gens, strict=True):
             data_gen.set_state(tr_t[f"rng.data{shard_suffix(s)}"])
             noise_gen.set_state(tr_t[f"rng.noise{shard_suffix(s)}"])
         own = f"rng.torch{shard_suffix(rank)}"
         if own in tr_t:
             torch.set_rng_state(tr_t[own])
+    except CheckpointError:
+        raise
     except (KeyError, ValueError, RuntimeError) as e:
         raise CheckpointError(f"the optimizer state in {header.path} does not fit this run ({e}); the "
                               f"checkpoint is damaged: restore it or retrain") from None

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -66,42 +66,73 @@ def build(cfg: Config, vocab: Any) -> tuple[Method, torch.nn.Module]:
     return method, method.build_model()
 
 
-def _fixed_fields(d: dict[str, Any], sampling: tuple[str, ...]) -> dict[str, Any]:
-    """The parts of a config dict that shaped the weights: the method's non-sampling fields, its network
-    section and the tokenizer. The schedule (``train``) may change on resume and sampling options per call."""
+# What a resume may change in config.json: where and how the run goes on, never what it learns. Everything else
+# the checkpoint recorded must read the same, or the run would go on as another run than its record says.
+RESUME_MAY_CHANGE = frozenset({
+    "train.steps",  # --steps lengthens (or shortens) the schedule
+    "train.time_budget_s",  # where a run stops, as train.steps
+    "data.corpus",  # the data moved: its recorded fingerprint decides whether it is the same data
+    "train.device", "train.threads",  # another machine
+    "train.logger",  # the way on without the logger's package (see textdiffusion.loggers.require)
+    "train.save_every_s",  # when checkpoints are written: a resume is exact from any of them
+})
+
+
+def _flat_fields(d: dict[str, Any]) -> dict[str, Any]:
+    """A config dict as ``section.field`` -> value (``seed`` and ``preset`` as they are)."""
     out: dict[str, Any] = {}
-    method = d.get("method") if isinstance(d.get("method"), dict) else {}
-    out.update({f"method.{k}": v for k, v in method.items() if k not in sampling})
-    for section in ("model", "unet"):
-        if isinstance(d.get(section), dict):
-            out.update({f"{section}.{k}": v for k, v in d[section].items()})
-    data = d.get("data") if isinstance(d.get("data"), dict) else {}
-    out.update({f"data.{k}": data.get(k) for k in ("tokenizer", "vocab_size") if k in data})
+    for key, value in d.items():
+        if isinstance(value, dict):
+            out.update({f"{key}.{k}": v for k, v in value.items()})
+        else:
+            out[key] = value
     return out
 
 
-def check_checkpoint_config(header: CheckpointHeader, cfg: Config, run_id: str = "") -> None:
+def _fixed_fields(d: dict[str, Any], sampling: tuple[str, ...], resume: bool = False) -> dict[str, Any]:
+    """The parts of a config dict a run may not change. For sampling: what shaped the weights (the method's
+    non-sampling fields, its network section and the tokenizer). For a resume: every field but the method's
+    sampling options and :data:`RESUME_MAY_CHANGE`, since the schedule, the data split and the seed decide the
+    steps still to come."""
+    flat = _flat_fields(d)
+    method = {f"method.{k}" for k in sampling}
+    if resume:
+        return {k: v for k, v in flat.items() if k not in method and k not in RESUME_MAY_CHANGE}
+    network = ("method.", "model.", "unet.")
+    return {k: v for k, v in flat.items()
+            if (k.startswith(network) and k not in method) or k in ("data.tokenizer", "data.vocab_size")}
+
+
+def check_checkpoint_config(header: CheckpointHeader, cfg: Config, run_id: str = "", resume: bool = False) -> None:
     """Refuse a config.json that no longer describes the weights (an edited method, shape or tokenizer): such a
     run would build a different network, or sample garbage from the right one. Checked before anything is
-    built. Runs of 0.1, whose checkpoints do not record their config, are checked by shape instead. A checkpoint
-    whose ``run_id`` differs from config.json's was copied in from another run (same shapes, other weights)."""
+    built. ``resume``: refuse an edit of any field the checkpoint recorded but the few a resume may change
+    (:data:`RESUME_MAY_CHANGE`, sampling options): an edited learning rate, batch, seed or data split would go
+    on as another run under this one's record. Runs of 0.1, whose checkpoints do not record their config, are
+    checked by shape instead. A checkpoint whose ``run_id`` differs from config.json's was copied in from
+    another run (same shapes, other weights)."""
     if header.run_id and run_id and header.run_id != run_id:
         raise CheckpointError(f"{header.path} belongs to another run (run id {header.run_id[:8]}…, config.json says "
                               f"{run_id[:8]}…): files of two runs were mixed; restore this run's own checkpoint")
     if header.config is None:
         return
     sampling = cfg.method.sampling_fields()
-    saved, now = _fixed_fields(header.config, sampling), _fixed_fields(cfg.to_dict(), sampling)
-    # a field added after the checkpoint was written: the weights were trained as its default behaves
-    default = _fixed_fields({"method": asdict(type(cfg.method)())}, sampling)
-    changed = sorted((k for k in saved.keys() | now.keys() if saved.get(k) != now.get(k)
+    saved, now = _fixed_fields(header.config, sampling, resume), _fixed_fields(cfg.to_dict(), sampling, resume)
+    # a field added after the checkpoint was written: the run was trained as its default behaves; a field this
+    # version no longer has cannot differ
+    default = _fixed_fields(Config(method=type(cfg.method)()).to_dict(), sampling, resume)
+    changed = sorted((k for k in saved.keys() | now.keys() if saved.get(k) != now.get(k) and k in now
                       and not (k not in saved and k in default and now.get(k) == default[k])),
                      key=lambda k: (k != "method.name", k))  # a changed method says most
     if changed:
         shown = "; ".join(f"{k}: {saved.get(k)!r} in the checkpoint, {now.get(k)!r} in config.json"
                           for k in changed[:3])
-        raise CheckpointError(f"config.json of {header.path.parent} does not match the config its checkpoint was "
-                              f"trained with ({shown}); undo the edit to config.json")
+        more = f" and {len(changed) - 3} more" if len(changed) > 3 else ""
+        run = header.path.parent
+        fix = (f"; to train with the new settings, start a new run from it: `textdiffusion train --config "
+               f"{run / 'config.json'} --run-dir NEW_DIR`") if resume else ""
+        raise CheckpointError(f"config.json of {run} does not match the config its checkpoint was "
+                              f"trained with ({shown}{more}); undo the edit to config.json{fix}")
 
 
 def check_checkpoint_shapes(header: CheckpointHeader, model: torch.nn.Module, run_dir: Path,

@@ -231,6 +231,14 @@ def _loss_label(method: Any, cfg: Config) -> tuple[str, float]:
     return per, 1 / math.log(2)
 
 
+def _saved_loss(value: Any) -> float | None:
+    """The smoothed training loss a checkpoint recorded; a checkpoint written before it was kept (or one whose
+    record is not a finite number) starts the average afresh, as those versions did."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+        return float(value)
+    return None
+
+
 class _StopFlag:
     """Ctrl-C (SIGINT) and SIGTERM (what ``timeout``, Slurm and docker send) both ask the loop to save and stop
     at the next step boundary, and say so at once. A second signal aborts without saving, except while a
@@ -330,7 +338,7 @@ class Trainer:
                            else distributed.broadcast(uuid.uuid4().hex, self.world))
             header = read_header(self.run_dir) if resume and has_checkpoint(self.run_dir) else None
             if header is not None:
-                check_checkpoint_config(header, cfg, self.run_id)  # an edited config.json: refused before building
+                check_checkpoint_config(header, cfg, self.run_id, resume=True)  # an edited config.json: refused
             self._build(cfg, data, resume and (self.run_dir / "tokenizer.json").exists())
             # the run a train.init_from run started from: recorded in config.json, reloaded only before step 0
             self.init: InitRecord | None = (InitRecord.from_json(read_run_meta(self.run_dir).get("init_from"))
@@ -416,6 +424,7 @@ class Trainer:
         self.elapsed = 0.0  # training seconds, summed over resumes, evaluation excluded
         self.chars_seen = 0  # units seen: characters for text, images for images
         self.interval = loggers.Interval()  # the steps since the last train row (checkpointed)
+        self.smoothed_loss: float | None = None  # the bar's and the evaluation rows' train_loss (checkpointed)
         self.logger = loggers.RunLogger(None)  # train.logger, opened by train() on rank 0
         self.val_windows = self.source.val_set(self.method.window, cfg.train.eval_windows).to(self.device)
 
@@ -479,7 +488,7 @@ class Trainer:
             self.saved_step, self._saved_at = self.step, time.monotonic()
             return
         counters = TrainingCounters(self.step, self.elapsed, self.chars_seen, self.world.size,
-                                    self.interval.to_state())
+                                    self.interval.to_state(), self.smoothed_loss)
         groups, state = training_state(self.model, self.ema.model, self.opt, rng, counters)
         guard = self._stop.saving() if self._stop is not None else contextlib.nullcontext()
         with guard:
@@ -516,6 +525,7 @@ class Trainer:
                      f"{self.cfg.train.data_shards} data shards draw exactly as before; dropout draws differ")
         self.step, self.elapsed, self.chars_seen = state["step"], state["elapsed"], state.get("chars_seen", 0)
         self.interval = loggers.Interval.from_state(state.get("log_interval"))
+        self.smoothed_loss = _saved_loss(state.get("smoothed_loss"))
         self.saved_step = self.step
         if self.progress:
             self.log(f"resuming {rd} from its checkpoint at step {self.step} ({header.path.name})")
@@ -590,7 +600,8 @@ class Trainer:
         meter = _Meter(val_name=bits_key(self.method.unit)[4:],
                        unit_name="chars" if self.source.unit == "chars" else "img",
                        loss_name=loss_name, loss_scale=loss_scale,
-                       flops_per_unit=self.flops_per_unit, peak_flops=self.peak_flops, devices=self.world.size)
+                       flops_per_unit=self.flops_per_unit, peak_flops=self.peak_flops, devices=self.world.size,
+                       loss=self.smoothed_loss)
         stopped: StopReason | None = None
         if self.world.is_main:
             self.lock.acquire()
@@ -617,6 +628,7 @@ class Trainer:
                         self.elapsed += dt
                         self.chars_seen += units_per_step
                         meter.record(loss, units_per_step, dt)
+                        self.smoothed_loss = meter.loss
                         # -- a train row every train.log_every steps (and at the last)
                         if t.log_every:
                             self.interval.add(loss, grad_norm, units_per_step, dt)
