@@ -6,8 +6,9 @@ Layout of a run directory::
     tokenizer.json            the tokenizer, so sampling needs no corpus (image runs: image.json)
     checkpoint.safetensors    the whole training state in one file: raw weights (``model.*``), EMA weights
                               (``ema.*``, what sampling and eval use), optimizer moments and RNG states
-                              (``trainer.*``); its metadata holds the step, the trainer's counters and the
-                              config the weights were trained with
+                              (``trainer.*``); its metadata holds the step, the trainer's counters, the
+                              config the weights were trained with and the digests that prove the file
+                              whole (:mod:`textdiffusion.digests`)
     .lock                     held (``flock``) by the one process training the run
     metrics.jsonl             one line per evaluation
     samples/step_NNNNNN.txt   samples written at each evaluation
