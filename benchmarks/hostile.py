@@ -51,6 +51,7 @@ import resource
 import selectors
 import shutil
 import signal
+import struct
 import subprocess
 import sys
 import tempfile
@@ -1046,6 +1047,84 @@ def checkpoint_cases() -> list[Case]:
                     return no_traceback(ctx.cli(*argv))
 
                 cases.append(Case(f"ckpt:{name}/{how}/{command}", "6", "checkpoint", fn))
+    return cases + digest_cases()
+
+
+def _flip_a_bit(path: Path, prefix: str) -> None:
+    """Flip one bit in the middle of the first tensor whose name starts with ``prefix``; the header, all that
+    safetensors checks, stays as it was."""
+    data = bytearray(path.read_bytes())
+    (n,) = struct.unpack("<Q", data[:8])
+    header = json.loads(data[8:8 + n])
+    begin, end = header[sorted(k for k in header if k.startswith(prefix))[0]]["data_offsets"]
+    data[8 + n + (begin + end) // 2] ^= 0x10
+    path.write_bytes(bytes(data))
+
+
+def _damage(run: Path, how: str) -> None:
+    """Damage safetensors cannot see: a bit flipped in the data section, tensors re-saved as int64 with the
+    file's own metadata, two symbols of tokenizer.json swapped; or a harmless change (tokenizer.json
+    re-indented, its keys reordered)."""
+    import torch
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    path = run / CKPT
+    if how.startswith("bit-"):
+        _flip_a_bit(path, {"bit-ema": "ema.", "bit-model": "model.", "bit-moment": "trainer.opt."}[how])
+    elif how.endswith("-int64"):
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata()
+        prefix = how.removesuffix("-int64") + "."
+        save_file({k: v.to(torch.int64) if k.startswith(prefix) and v.is_floating_point() else v
+                   for k, v in load_file(str(path)).items()}, str(path), metadata=meta)
+    elif how == "tokenizer-swapped":
+        tok = json.loads((run / "tokenizer.json").read_text())
+        tok["chars"][1], tok["chars"][2] = tok["chars"][2], tok["chars"][1]
+        (run / "tokenizer.json").write_text(json.dumps(tok))
+    elif how == "tokenizer-reindented":
+        tok = json.loads((run / "tokenizer.json").read_text())
+        (run / "tokenizer.json").write_text(json.dumps(dict(reversed(list(tok.items()))), indent=5))
+    else:
+        raise ValueError(how)
+
+
+def _unused_port() -> int:
+    """A port nothing listens on now, so that a serve that gets as far as binding is not stopped by another."""
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+# which tensors each command reads (damage elsewhere must not stop it); every command reads tokenizer.json
+DIGEST_READS = {"sample": ("ema",), "sample-raw": ("model",), "eval": ("ema",), "resume": ("ema", "model", "moment"),
+                "compare": ("ema",), "serve": ("ema",), "export": ("ema",)}
+
+
+def digest_cases() -> list[Case]:
+    """A checkpoint must prove it is whole: damage in the bytes, dtypes or tokenizer is refused by every command
+    that reads the damaged part, and only by those."""
+    cases = []
+    for how in ("bit-ema", "bit-model", "bit-moment", "ema-int64", "model-int64", "tokenizer-swapped",
+                "tokenizer-reindented"):
+        for command, reads in DIGEST_READS.items():
+            def fn(ctx: Ctx, how=how, command=command, reads=reads) -> tuple[str, str]:
+                run = ctx.run("masked")
+                _damage(run, how)
+                argv = {"sample": sample_argv(run), "sample-raw": sample_argv(run, "--weights=model"),
+                        "eval": eval_argv(run), "resume": resume_argv(run), "compare": compare_argv(ctx, run),
+                        "serve": ["serve", str(run), "--port", str(_unused_port())],
+                        "export": ["export", str(run), str(ctx.path("export"))]
+                        }[command]
+                call = ctx.cli(*argv)
+                part = how.removeprefix("bit-").removesuffix("-int64")
+                if how == "tokenizer-reindented" or (part in ("ema", "model", "moment") and part not in reads):
+                    return works(call, "lost", f"{how} is harmless to {command}")
+                return refused(call, what=f"{how} read by {command}")
+
+            cases.append(Case(f"digest:{how}/{command}", "6", "digest", fn, limit=WORK_LIMIT_S))
     return cases
 
 

@@ -6,8 +6,9 @@ Layout of a run directory::
     tokenizer.json            the tokenizer, so sampling needs no corpus (image runs: image.json)
     checkpoint.safetensors    the whole training state in one file: raw weights (``model.*``), EMA weights
                               (``ema.*``, what sampling and eval use), optimizer moments and RNG states
-                              (``trainer.*``); its metadata holds the step, the trainer's counters and the
-                              config the weights were trained with
+                              (``trainer.*``); its metadata holds the step, the trainer's counters, the
+                              config the weights were trained with and the digests that prove the file
+                              whole (:mod:`textdiffusion.digests`)
     .lock                     held (``flock``) by the one process training the run
     metrics.jsonl             one line per evaluation
     samples/step_NNNNNN.txt   samples written at each evaluation
@@ -49,6 +50,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from textdiffusion import __version__
+from textdiffusion.digests import Integrity, integrity_record, verify_tensors, verify_vocab
 from textdiffusion.errors import CheckpointError
 from textdiffusion.files import atomic_write
 from textdiffusion.json_reading import JSONProblem, parse_json
@@ -118,28 +120,30 @@ def is_export(run_dir: Path | str) -> bool:
 
 
 def write_weights(path: Path, tensors: dict[str, torch.Tensor], weights: str, state: dict[str, Any],
-                  config: dict[str, Any], run_id: str) -> None:
+                  config: dict[str, Any], run_id: str, vocab: dict[str, Any] | None = None) -> None:
     """An export's weights file: the ``tensors`` of one group (``weights``: which one they were in the run),
     with the trainer's counters (``state``, no optimizer), the training config and the run id, so that the
-    checks a run's checkpoint gets (:func:`read_header`) apply to it unchanged. One atomic write."""
+    checks a run's checkpoint gets (:func:`read_header`) apply to it unchanged; ``vocab`` is the tokenizer's
+    record the weights belong to (see :func:`integrity_record`). One atomic write."""
     clean = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
     meta = {"format": "pt", "weights": weights, "step": str(state["step"]), "state": json.dumps(state),
-            "config": json.dumps(config, sort_keys=True), "run_id": run_id}
+            "config": json.dumps(config, sort_keys=True), "run_id": run_id, **integrity_record(clean, vocab)}
     atomic_write(path, lambda tmp: save_file(clean, tmp, metadata=meta))
 
 
 def write_checkpoint(run_dir: Path, groups: dict[str, dict[str, torch.Tensor]], state: dict[str, Any],
-                     config: dict[str, Any], run_id: str = "") -> None:
+                     config: dict[str, Any], run_id: str = "", vocab: dict[str, Any] | None = None) -> None:
     """Replace the run's checkpoint with ``groups`` (``{"model": state_dict, "ema": ..., "trainer": ...}``),
-    the trainer's ``state`` (step, counters, optimizer hyper-parameters), the ``config`` it trains with and the
-    ``run_id`` config.json records (so a checkpoint copied in from another run is recognised).
+    the trainer's ``state`` (step, counters, optimizer hyper-parameters), the ``config`` it trains with, the
+    ``run_id`` config.json records (so a checkpoint copied in from another run is recognised) and the
+    tokenizer's record ``vocab`` (None for image runs), whose digest ties tokenizer.json to these weights.
 
     One atomic write: see the module docstring. Files of the 0.1 layout are removed once the new file is in
     place, so a run never holds two checkpoints that disagree."""
     tensors = {f"{group}.{name}": t.detach().contiguous().cpu()
                for group, sd in groups.items() for name, t in sd.items()}
     meta = {"format": "pt", "step": str(state["step"]), "state": json.dumps(state),
-            "config": json.dumps(config, sort_keys=True), "run_id": run_id}
+            "config": json.dumps(config, sort_keys=True), "run_id": run_id, **integrity_record(tensors, vocab)}
     path = Path(run_dir) / CHECKPOINT
     atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=meta))
     for name in LEGACY_FILES:
@@ -206,6 +210,7 @@ def read_header(run_dir: Path) -> CheckpointHeader:
             raise ValueError("inconsistent metadata")
     except (SafetensorError, OSError, ValueError, KeyError, TypeError) as e:
         raise _corrupt(path, e) from None
+    verify_vocab(path, Integrity.from_metadata(meta, path))
     return CheckpointHeader(path, step, state, config, shapes, str(meta.get("run_id", "")))
 
 
@@ -254,14 +259,18 @@ def read_group(run_dir: Path, group: str) -> tuple[dict[str, torch.Tensor], int]
     prefix = group + "."
     try:
         with safe_open(str(path), framework="pt") as f:
-            step = int((f.metadata() or {}).get("step", -1))
+            meta = f.metadata() or {}
+            step = int(meta.get("step", -1))
             names = f.keys()
-            tensors = {k[len(prefix):]: f.get_tensor(k) for k in names if k.startswith(prefix)}
+            stored = {k: f.get_tensor(k) for k in names if k.startswith(prefix)}
     except (SafetensorError, OSError, ValueError) as e:
         raise _corrupt(path, e) from None
-    if not tensors:
+    if not stored:
         raise _corrupt(path, f"no {group} tensors")
-    return tensors, step
+    integrity = Integrity.from_metadata(meta, path)
+    verify_vocab(path, integrity)
+    verify_tensors(path, integrity, stored, prefix)
+    return {k[len(prefix):]: t for k, t in stored.items()}, step
 
 
 def _read_exported(path: Path, group: str) -> tuple[dict[str, torch.Tensor], int]:
@@ -289,7 +298,8 @@ def write_tensors(path: Path, tensors: dict[str, torch.Tensor], step: int) -> No
 
 
 def read_tensors(path: Path) -> tuple[dict[str, torch.Tensor], int]:
-    """Return ``(tensors, step)``; a missing or corrupt file is a one-line :class:`CheckpointError`."""
+    """Return ``(tensors, step)``, checked against the digests the file records (:mod:`textdiffusion.digests`);
+    a missing, corrupt or damaged file is a one-line :class:`CheckpointError`."""
     if not path.exists():
         raise CheckpointError(f"{path} is missing; is {path.parent} a finished or checkpointed run?")
     try:
@@ -297,10 +307,14 @@ def read_tensors(path: Path) -> tuple[dict[str, torch.Tensor], int]:
 
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
-        return load_file(str(path)), int(meta.get("step", -1))
+        tensors, step = load_file(str(path)), int(meta.get("step", -1))
     except (SafetensorError, OSError, ValueError) as e:
         raise CheckpointError(f"{path} is not a readable safetensors file ({e}); the checkpoint is corrupt, "
                               f"restore it or retrain") from None
+    integrity = Integrity.from_metadata(meta, path)
+    verify_vocab(path, integrity)
+    verify_tensors(path, integrity, tensors, "")
+    return tensors, step
 
 
 def versions() -> dict[str, str]:

@@ -52,6 +52,7 @@ from textdiffusion.checkpoint import (
 )
 from textdiffusion.config import Config
 from textdiffusion.data.sources import load_vocab
+from textdiffusion.digests import VOCAB_FILE
 from textdiffusion.files import write_text
 from textdiffusion.methods import get_method
 from textdiffusion.records import FINAL, FinalScore, TrainSummary
@@ -107,8 +108,9 @@ def export_run(run_dir: str | Path, out: str | Path, force: bool = False) -> Exp
         mask = os.umask(0)
         os.umask(mask)
         staging.chmod(0o777 & ~mask)  # mkdtemp makes a private folder; an export is meant to be shared
+        tokenizer = _public_vocab(run / VOCAB_FILE) if (run / VOCAB_FILE).is_file() else None
         write_weights(staging / WEIGHTS, tensors, group, state, _public_config(header.config or cfg.to_dict()),
-                      str(meta.get("run_id", "")))
+                      str(meta.get("run_id", "")), tokenizer)
         write_json(staging / "config.json", _export_meta(meta, run, group, step))
         for vocab_file in VOCAB_FILES:
             if (run / vocab_file).is_file():

@@ -49,6 +49,7 @@ from textdiffusion.checkpoint import (
 from textdiffusion.config import Config, ConfigError, validate
 from textdiffusion.data.corpus import DataError
 from textdiffusion.data.sources import SOURCES, Source, as_source, load_source
+from textdiffusion.digests import VOCAB_FILE
 from textdiffusion.distill_from import (
     Objective,
     Teacher,
@@ -493,7 +494,7 @@ class Trainer:
         guard = self._stop.saving() if self._stop is not None else contextlib.nullcontext()
         with guard:
             try:
-                write_checkpoint(self.run_dir, groups, state, self.cfg.to_dict(), self.run_id)
+                write_checkpoint(self.run_dir, groups, state, self.cfg.to_dict(), self.run_id, self._vocab_record())
             except (OSError, SafetensorError) as e:  # a full disk, a file-size limit, a vanished directory
                 kept = "no checkpoint" if self.saved_step is None else f"the checkpoint at step {self.saved_step}"
                 raise CheckpointError(f"could not write the checkpoint of step {self.step} to "
@@ -501,6 +502,10 @@ class Trainer:
                                       f"is intact: free space and run `{self.resume_command}`") from None
             self.saved_step = self.step
             self._saved_at = time.monotonic()
+
+    def _vocab_record(self) -> dict[str, Any] | None:
+        """The tokenizer the weights are trained with, whose digest the checkpoint records (image runs: None)."""
+        return self.source.vocab.to_dict() if self.source.vocab_file == VOCAB_FILE else None
 
     def _check_finite(self) -> None:
         for label, net in (("weights", self.model), ("EMA weights", self.ema.model)):
