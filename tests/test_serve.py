@@ -705,6 +705,13 @@ def test_serve_refuses_what_it_cannot_serve(server, tmp_path, capsys):
         taken.close()
 
 
+def test_a_stream_event_writes_nan_as_null():
+    from textdiffusion.apps.serve.app import _sse
+
+    event = _sse("frame", {"step": 3, "confidence": float("nan")})
+    assert event == 'event: frame\ndata: {"step":3,"confidence":null}\n\n'
+
+
 def test_an_empty_host_is_refused_before_anything_listens(server, monkeypatch, capsys):
     import textdiffusion.apps.serve.app as serve_app
 

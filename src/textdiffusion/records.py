@@ -442,6 +442,16 @@ def read_metrics(run_dir: Path | str) -> list[MetricsRow]:
     return [parse_row(row) for _, row in _row_lines(Path(run_dir) / METRICS)]
 
 
+def held_nonfinite(row: MetricsRow) -> bool:
+    """Whether ``row`` held a NaN or an infinity: one still bare in a file written before they were written as
+    null, or a null where the row always has a number (a train row's loss, a measured evaluation's value)."""
+    if any(isinstance(v, float) and not math.isfinite(v) for v in asdict(row).values()):
+        return True
+    if isinstance(row, TrainRow):
+        return row.train_loss is None or row.grad_norm is None
+    return row.kind is not None and (row.bits is None or row.nats is None)
+
+
 def truncate_metrics(run_dir: Path, step: int) -> None:
     """Keep the rows up to ``step`` (the checkpoint a run resumes from: later ones will be recomputed), as
     they were written, and drop a last line cut short by a kill. One atomic rewrite, so a crash mid-write

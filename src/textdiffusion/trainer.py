@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import inspect
-import json
 import math
 import signal
 import sys
@@ -56,6 +55,7 @@ from textdiffusion.distill_from import (
 )
 from textdiffusion.final_score import budget_count, budget_label, score_key
 from textdiffusion.init_from import load_init_weights
+from textdiffusion.json_writing import to_json
 from textdiffusion.methods import get_method
 from textdiffusion.methods.base import REGISTRY, NLLResult, bits_key, score
 from textdiffusion.network_size import check_network_fits
@@ -754,7 +754,7 @@ class Trainer:
     def _log_metrics(self, row: MetricsRow) -> None:
         """Append a row to metrics.jsonl (the record) and then hand it to ``train.logger``."""
         data = row.to_json()
-        files.append_line(self.run_dir / METRICS, json.dumps(data))
+        files.append_line(self.run_dir / METRICS, to_json(data))
         self.logger.log(data)
 
     def _log_final(self, summary: TrainSummary) -> None:

@@ -4,7 +4,6 @@ under uvicorn. The routes are thin: :mod:`.requests` checks a request, :mod:`.jo
 from __future__ import annotations
 
 import contextlib
-import json
 import socket
 import sys
 from collections.abc import AsyncIterator, Mapping, Sequence
@@ -23,6 +22,7 @@ from starlette.types import Receive, Scope, Send
 
 from textdiffusion.config import ConfigError
 from textdiffusion.json_reading import JSONProblem, parse_json
+from textdiffusion.json_writing import to_json
 from textdiffusion.limits import CLIENT_TIMEOUT_S
 from textdiffusion.viz import web_asset
 
@@ -167,7 +167,7 @@ def _log_hang_up(request: Request, received: int, declared: str | None) -> None:
 
 
 def _sse(event: str, data: dict[str, Any]) -> str:
-    return f"event: {event}\ndata: {json.dumps(data, ensure_ascii=False, separators=(',', ':'))}\n\n"
+    return f"event: {event}\ndata: {to_json(data, ensure_ascii=False, separators=(',', ':'))}\n\n"
 
 
 async def _sse_events(job: Job) -> AsyncIterator[str]:
