@@ -134,3 +134,16 @@ def test_a_row_knows_when_it_held_a_non_finite_value():
     assert held_nonfinite(EvalRow(10, 2.0, "char", None, None, "bound", 4))  # measured, written as null
     assert not held_nonfinite(EvalRow(0, None, "char", None, None, None, None))  # nothing measured
     assert held_nonfinite(TrainRow(5, None, 1e-3, 0.5, 0.9, "chars", 100.0, 1.0))  # type: ignore[arg-type]
+
+
+def test_a_score_written_as_null_reads_back_as_nan():
+    import math
+
+    from textdiffusion.records import FinalScore, ValScore
+
+    final = FinalScore.from_json({"unit": "chars", "val_bpc": None, "val_nats": None, "val_kind": "bound"})
+    assert final is not None and math.isnan(final.bits) and math.isnan(final.nats)
+    older = FinalScore.from_json({"unit": "chars", "val_bpc": 2.5})  # written before val_nats existed
+    assert older is not None and older.nats is None
+    val = ValScore.from_json({"bpc": None, "nats_per_char": None, "kind": "exact", "windows": 4, "chars": 64})
+    assert math.isnan(val.bpc) and math.isnan(val.nats_per_char) and val.windows == 4
