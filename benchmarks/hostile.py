@@ -2289,6 +2289,137 @@ def audit_cases() -> list[Case]:
     return cases
 
 
+def _strict_json(text: str) -> bool:
+    """Whether ``text`` is JSON a browser's ``JSON.parse`` takes (no bare NaN or Infinity)."""
+    def refuse(name: str) -> Any:
+        raise ValueError(name)
+
+    try:
+        json.loads(text, parse_constant=refuse)
+    except ValueError:
+        return False
+    return True
+
+
+def _nan_row(path: Path) -> None:
+    """Put a bare NaN (a diverged step, or an older writer) into the first evaluation row of a metrics file."""
+    lines = path.read_text().splitlines()
+    i = next(i for i, ln in enumerate(lines) if '"kind": "train"' not in ln)
+    row = json.loads(lines[i])
+    row.update(train_loss=float("nan"), val_bpc=float("nan"))
+    lines[i] = json.dumps(row)
+    path.write_text("\n".join(lines) + "\n")
+
+
+def edge_cases() -> list[Case]:
+    """The live page's bind (an empty host, a public one, IPv6 loopback), clients that hang up mid-request,
+    and NaN in the records a report is made from."""
+    cases: list[Case] = []
+    for label, host in (("empty", ""), ("blank", "  ")):
+        def empty(ctx: Ctx, host=host) -> tuple[str, str]:
+            call = ctx.cli("serve", ctx.fixture("masked"), "--host", host)
+            if call.kind == "error" and "--host" not in call.message:
+                return "silent-wrong", f"refused without naming --host: {call.message}"
+            return refused(call, what="an empty --host listens on every interface with no Host check")
+
+        cases.append(Case(f"audit:serve --host {label}", AUDIT, "serve-host", empty))
+
+    def public(ctx: Ctx) -> tuple[str, str]:
+        call = ctx.cli("serve", ctx.fixture("masked"), "--host", "0.0.0.0", "--port", "0")
+        warned = [ln for ln in call.err.splitlines() if ln.startswith("warning:")]
+        if call.kind == "exit0" and not (len(warned) == 1 and "every interface" in warned[0]):
+            return "silent-wrong", f"a public bind without one line naming what it exposes: {warned}"
+        return works(call)
+
+    cases.append(Case("audit:serve --host 0.0.0.0 names what it exposes", AUDIT, "serve-host", public))
+
+    def ipv6(ctx: Ctx) -> tuple[str, str]:
+        import http.client
+
+        p = ctx.popen(["serve", ctx.fixture("masked"), "--host", "::1", "--port", "0", "--device", "cpu"], "serve")
+        found: list[int] = []
+
+        def listening() -> bool:
+            m = re.search(r"http://\[::1\]:(\d+)/", ctx.path("serve.out").read_text(errors="replace"))
+            found[:] = [int(m.group(1))] if m else []
+            return bool(m)
+
+        if not _wait_for(listening, 60, p, poll=0.1):
+            p.send_signal(signal.SIGINT)
+            return worst(no_traceback(ctx.finish(p, 15)), ("silent-wrong", "no [::1] URL printed"))
+        statuses = []
+        try:
+            for host in (None, "attacker.example"):
+                conn = http.client.HTTPConnection("::1", found[0], timeout=30)
+                conn.request("GET", "/api/runs", headers={"Host": host} if host else {})
+                statuses.append(conn.getresponse().status)
+                conn.close()
+        finally:
+            p.send_signal(signal.SIGINT)
+        call = ctx.finish(p, 15, note=f"statuses {statuses}")
+        return worst(no_traceback(call), ("ok" if statuses == [200, 400] else "silent-wrong",
+                                          f"the printed URL answered {statuses[0]}, a foreign Host {statuses[1]}"))
+
+    cases.append(Case("audit:serve --host ::1 answers at its URL", AUDIT, "serve-host", ipv6, proc=True,
+                      limit=90.0))
+
+    def hang_up(ctx: Ctx) -> tuple[str, str]:
+        p, port = _serve_process(ctx, ctx.fixture("masked"), 5.0)
+        if port is None:
+            return no_traceback(ctx.finish(p, 5))
+        try:
+            for _ in range(3):
+                sock = _raw_client(port, b"POST /api/sample HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 90"
+                                         b"\r\n\r\n{\"run\": ")
+                time.sleep(0.3)
+                sock.close()
+            time.sleep(1.0)
+            alive = _http(port, "/api/status")[0] == 200
+        finally:
+            p.send_signal(signal.SIGINT)
+        call = ctx.finish(p, 15)
+        lines = [ln for ln in call.err.splitlines() if ln.strip() and ln.strip() != "stopped"]
+        if "Traceback" in call.err or len(lines) > 3:
+            return "traceback", f"{len(lines)} console lines for three hang-ups"
+        return worst(no_traceback(call), ("ok" if alive else "silent-wrong", f"{len(lines)} console lines"))
+
+    cases.append(Case("audit:serve/three clients hang up mid-body", AUDIT, "serve-hangup", hang_up, proc=True,
+                      limit=60.0))
+
+    def nan_metrics(ctx: Ctx) -> tuple[str, str]:
+        run = ctx.run("masked")
+        _nan_row(run / "metrics.jsonl")
+        call = ctx.cli(*compare_argv(ctx, run, "--sweep="))
+        if call.kind != "exit0":
+            return works(call)
+        page = ctx.path("cmp", "report.html").read_text()
+        data = re.search(r'<script type="application/json" id="td-data">(.*?)</script>', page, re.S)
+        bad = [name for name, ok in (("comparison.json", _strict_json(ctx.path("cmp", "comparison.json").read_text())),
+                                     ("report.html's data", bool(data) and _strict_json(data.group(1)))) if not ok]
+        if bad:
+            return "silent-wrong", f"bare NaN in {' and '.join(bad)}"
+        if not any(ln.startswith("note:") and "non-finite" in ln for ln in call.err.splitlines()):
+            return "silent-wrong", "compare said nothing of the NaN in metrics.jsonl"
+        return "ok", "null written, and said"
+
+    cases.append(Case("audit:NaN in metrics.jsonl/compare", AUDIT, "nan-json", nan_metrics, limit=WORK_LIMIT_S))
+
+    def nan_final(ctx: Ctx) -> tuple[str, str]:
+        run = ctx.run("masked")
+        final = json.loads((run / "final.json").read_text())
+        final.update(val_bpc=float("nan"), val_nats=float("inf"))
+        (run / "final.json").write_text(json.dumps(final))
+        (run / "eval.json").unlink(missing_ok=True)
+        call = ctx.cli(*compare_argv(ctx, run, "--sweep="))
+        if call.kind != "exit0":
+            return no_traceback(call)
+        return ("ok", "strict JSON") if _strict_json(ctx.path("cmp", "comparison.json").read_text()) else \
+            ("silent-wrong", "bare NaN in comparison.json")
+
+    cases.append(Case("audit:NaN in final.json/compare", AUDIT, "nan-json", nan_final, limit=WORK_LIMIT_S))
+    return cases
+
+
 _CASES: list[Case] = []
 
 
@@ -2300,6 +2431,7 @@ def all_cases() -> list[Case]:
              *config_file_cases(), *checkpoint_cases(), *run_dir_cases(), *data_cases(), *output_cases(),
              *clobber_cases(), *stale_temp_cases(),
              *read_only_eval_cases(), *audit_cases(), *proc_cases()]
+    cases += edge_cases()
     seen: set[str] = set()
     unique = []
     for c in cases:

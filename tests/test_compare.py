@@ -551,3 +551,57 @@ def test_frontier_chart_in_chromium(frontier_report, browser):
     labels = [t.get_attribute("textContent") for t in fig.find_elements("css selector", "svg text.point-label")]
     assert labels.count("T=0.5") == 2 and labels.count("real") == 1
     assert len(browser.find_elements("css selector", "#frontier-table tbody tr")) == 5
+
+
+@pytest.fixture(scope="module")
+def nan_report(runs, tmp_path_factory) -> tuple[Path, str]:
+    """A report of a run whose metrics.jsonl holds a bare NaN (as a diverged step or an older writer leaves
+    it) in its first evaluation row, and what compare printed."""
+    import shutil
+
+    root = tmp_path_factory.mktemp("nan")
+    run = root / "diverged"
+    shutil.copytree(runs / "masked", run)
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    first_eval = next(i for i, ln in enumerate(lines) if '"kind": "train"' not in ln)
+    row = json.loads(lines[first_eval])
+    row.update(train_loss=float("nan"), val_bpc=float("inf"))
+    lines[first_eval] = json.dumps(row)
+    (run / "metrics.jsonl").write_text("\n".join(lines) + "\n")
+    import contextlib
+    import io
+
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        compare_runs([str(run)], root / "out", samples=2, sweep="", progress=False)
+    return root / "out", err.getvalue()
+
+
+def _strict(text: str) -> object:
+    def refuse(name: str) -> object:
+        raise ValueError(f"bare {name} is not JSON")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+def test_a_nan_in_the_metrics_is_written_as_null_and_said(nan_report):
+    out, err = nan_report
+    _strict((out / "comparison.json").read_text())
+    page = (out / "report.html").read_text()
+    data = _strict(re.search(r'<script type="application/json" id="td-data">(.*?)</script>', page, re.S).group(1))
+    curves = data["runs"][0]["curves"]
+    assert curves and all(isinstance(v, (int, float)) for point in curves for v in point.values())
+    rows = (out.parent / "diverged" / "metrics.jsonl").read_text().splitlines()
+    evaluations = sum('"kind": "train"' not in ln for ln in rows)
+    assert sum("val_bpc" in p for p in curves) == evaluations - 1 > 0  # the infinite one skipped
+    notes = [ln for ln in err.splitlines() if ln.startswith("note:")]
+    assert len(notes) == 1 and "metrics.jsonl holds non-finite values" in notes[0] and "first at step" in notes[0]
+
+
+def test_a_report_with_a_nan_still_draws_its_charts(nan_report, browser):
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    browser.get((nan_report[0] / "report.html").as_uri())
+    WebDriverWait(browser, 10).until(lambda d: d.execute_script("return document.body.dataset.ready === '1'"))
+    for fig_id in ("plot-val-step", "plot-loss-step"):
+        assert int(browser.find_element("id", fig_id).get_attribute("data-points")) > 0, fig_id

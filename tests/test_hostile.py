@@ -80,7 +80,8 @@ def test_case_ids_are_unique_and_every_case_names_its_issue_item():
     assert {c.item for c in cases} <= {"1", "2", "3", "4", "5", "6", "7", hostile.AUDIT}
     assert {"1", "2", "3", "4", "5", "6", "7", hostile.AUDIT} <= {c.item for c in cases}
     assert {c.family for c in cases if c.item == hostile.AUDIT} == {"deep-json", "symlink-loop", "encoding",
-                                                                   "non-utf8", "memory", "live-page"}
+                                                                   "non-utf8", "memory", "live-page",
+                                                                   "serve-host", "serve-hangup", "nan-json"}
     assert {c.family for c in _slice()} == {"config.json", "set-syntax", "flags"}
 
 

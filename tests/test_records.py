@@ -109,3 +109,41 @@ def test_image_eval_reads_its_fields_and_keeps_the_rest():
                "fid": 12.5, "class_accuracy": 0.9, "classifier_test_accuracy": 0.98, "seconds": 1.0,
                "seconds_per_image": 0.01, "device": "cpu"}
     _same(written, ImageEval.from_json(written).to_json())  # the same keys, values and order
+
+
+def test_non_finite_numbers_are_written_as_null_and_nothing_else_changes(tmp_path):
+    from textdiffusion.checkpoint import read_json, write_json
+    from textdiffusion.json_writing import to_json
+
+    nan, inf = float("nan"), float("inf")
+    assert to_json({"a": nan, "b": [inf, 1.5, (-inf,)], "c": {"d": "NaN"}}) == \
+        '{"a": null, "b": [null, 1.5, [null]], "c": {"d": "NaN"}}'
+    finite = {"x": [1.0, 2, "é"], "y": None}
+    assert to_json(finite, ensure_ascii=False, indent=2) == json.dumps(finite, ensure_ascii=False, indent=2)
+    write_json(tmp_path / "final.json", {"val": {"bpc": nan}})
+    assert json.loads((tmp_path / "final.json").read_text(), parse_constant=lambda c: pytest.fail(c)) == \
+        {"val": {"bpc": None}} == read_json(tmp_path / "final.json")
+
+
+def test_a_row_knows_when_it_held_a_non_finite_value():
+    from textdiffusion.records import EvalRow, TrainRow, held_nonfinite
+
+    measured = EvalRow(10, 2.0, "char", 3.0, 2.1, "bound", 4)
+    assert not held_nonfinite(measured)
+    assert held_nonfinite(EvalRow(10, float("nan"), "char", 3.0, 2.1, "bound", 4))  # bare, from an older file
+    assert held_nonfinite(EvalRow(10, 2.0, "char", None, None, "bound", 4))  # measured, written as null
+    assert not held_nonfinite(EvalRow(0, None, "char", None, None, None, None))  # nothing measured
+    assert held_nonfinite(TrainRow(5, None, 1e-3, 0.5, 0.9, "chars", 100.0, 1.0))  # type: ignore[arg-type]
+
+
+def test_a_score_written_as_null_reads_back_as_nan():
+    import math
+
+    from textdiffusion.records import FinalScore, ValScore
+
+    final = FinalScore.from_json({"unit": "chars", "val_bpc": None, "val_nats": None, "val_kind": "bound"})
+    assert final is not None and math.isnan(final.bits) and math.isnan(final.nats)
+    older = FinalScore.from_json({"unit": "chars", "val_bpc": 2.5})  # written before val_nats existed
+    assert older is not None and older.nats is None
+    val = ValScore.from_json({"bpc": None, "nats_per_char": None, "kind": "exact", "windows": 4, "chars": 64})
+    assert math.isnan(val.bpc) and math.isnan(val.nats_per_char) and val.windows == 4

@@ -397,6 +397,24 @@ def test_a_half_sent_request_is_closed_within_the_timeout(bounded, request_bytes
     assert bounded.status()["active"] == 0  # and the server goes on answering
 
 
+def test_a_client_that_hangs_up_mid_body_is_one_console_line(bounded, capsys):
+    """A client that announces a body and closes before sending it: the server console gets one line that
+    says so, no ASGI traceback, and the server goes on answering."""
+    capsys.readouterr()
+    sock = _raw(bounded, b'POST /api/sample HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 90\r\n\r\n{"run": ')
+    time.sleep(0.2)
+    sock.close()
+    deadline, err = time.monotonic() + 10, ""
+    while "hung up" not in err and time.monotonic() < deadline:
+        time.sleep(0.05)
+        err += capsys.readouterr().err
+    time.sleep(0.3)  # anything printed after the line would be part of a traceback
+    err += capsys.readouterr().err
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert len(lines) == 1 and "hung up after 8 of 90 bytes" in lines[0], err
+    assert get_json(bounded, "/api/status")["active"] == 0
+
+
 def test_a_trickled_request_does_not_move_its_deadline(bounded):
     """One byte of headers every 0.3 s: each arrives, none moves the deadline set by the first."""
     sock = _raw(bounded, b"G")
@@ -685,6 +703,89 @@ def test_serve_refuses_what_it_cannot_serve(server, tmp_path, capsys):
             assert err.startswith("error:") and words in err and "\n" not in err, err
     finally:
         taken.close()
+
+
+def test_a_stream_event_writes_nan_as_null():
+    from textdiffusion.apps.serve.app import _sse
+
+    event = _sse("frame", {"step": 3, "confidence": float("nan")})
+    assert event == 'event: frame\ndata: {"step":3,"confidence":null}\n\n'
+
+
+def test_an_empty_host_is_refused_before_anything_listens(server, monkeypatch, capsys):
+    import textdiffusion.apps.serve.app as serve_app
+
+    monkeypatch.setattr(serve_app, "_uvicorn_server", lambda *a: pytest.fail("serve --host '' started serving"))
+    for host in ("", "  "):
+        assert main(["serve", str(server.root / "masked"), "--host", host]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("error: --host is empty") and "127.0.0.1" in err and "\n" not in err, err
+
+
+def _serve_and_ask(monkeypatch, capsys, run: Path, host: str, asked_as: list[str | None]) -> tuple[str, list[int]]:
+    """``serve(run, host=host)`` with its uvicorn server run in a thread just long enough to ask ``/api/runs``
+    at the printed URL once per Host header in ``asked_as`` (None: the URL's own); what it printed to stderr
+    and the statuses."""
+    import urllib.error
+    import urllib.request
+
+    import textdiffusion.apps.serve.app as serve_app
+
+    statuses: list[int] = []
+    printed: list[str] = []
+
+    class Probe:
+        def __init__(self, app, service, client_timeout):
+            self.app = app
+
+        def run(self, sockets):
+            srv = uvicorn.Server(uvicorn.Config(self.app, log_level="warning"))
+            thread = threading.Thread(target=srv.run, kwargs={"sockets": sockets}, daemon=True)
+            thread.start()
+            while not srv.started:
+                assert thread.is_alive()
+                time.sleep(0.01)
+            out = capsys.readouterr()
+            printed.append(out.err)
+            url = out.out.split(" at ")[1].split()[0]
+            try:
+                for name in asked_as:
+                    request = urllib.request.Request(url + "api/runs", headers={"Host": name} if name else {})
+                    try:
+                        with urllib.request.urlopen(request, timeout=10) as response:
+                            statuses.append(response.status)
+                    except urllib.error.HTTPError as e:
+                        statuses.append(e.code)
+            finally:
+                srv.should_exit = True
+                thread.join(10)
+
+    monkeypatch.setattr(serve_app, "_uvicorn_server", Probe)
+    assert serve_app.serve([run], host=host, port=0, device="cpu") == 0
+    return printed[0], statuses
+
+
+def test_ipv6_loopback_is_served_at_a_url_that_works(server, monkeypatch, capsys):
+    err, statuses = _serve_and_ask(monkeypatch, capsys, server.root / "masked", "::1", [None, "attacker.example"])
+    assert statuses == [200, 400] and "warning" not in err  # the printed [::1] URL answers; rebinding does not
+
+
+def test_a_public_host_is_named_and_keeps_the_host_check(server, monkeypatch, capsys):
+    own = socket.gethostname()
+    err, statuses = _serve_and_ask(monkeypatch, capsys, server.root / "masked", "0.0.0.0",
+                                   [None, own, "attacker.example"])
+    assert statuses == [200, 200, 400]
+    warned = [ln for ln in err.splitlines() if ln.strip()]
+    assert len(warned) == 1 and warned[0].startswith("warning: 0.0.0.0 is every interface"), err
+    assert "sample these runs" in warned[0]
+
+
+def test_an_explicit_host_is_answered_by_its_own_name_only():
+    from textdiffusion.apps.serve.app import allowed_host_names
+
+    names = allowed_host_names("10.1.2.3")
+    assert "10.1.2.3" in names and "127.0.0.1" in names and "*" not in names and "attacker.example" not in names
+    assert {"fe80::1", "[fe80::1]", "[::1]"} <= set(allowed_host_names("fe80::1"))
 
 
 def test_a_speaker_run_takes_a_label_and_guidance(trained, tmp_path):

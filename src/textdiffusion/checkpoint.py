@@ -54,6 +54,7 @@ from textdiffusion.digests import Integrity, integrity_record, verify_tensors, v
 from textdiffusion.errors import CheckpointError
 from textdiffusion.files import atomic_write
 from textdiffusion.json_reading import JSONProblem, parse_json
+from textdiffusion.json_writing import to_json
 
 
 def write_json(path: Path, obj: Any, *, through_links: bool = False) -> None:
@@ -63,7 +64,7 @@ def write_json(path: Path, obj: Any, *, through_links: bool = False) -> None:
         # a path whose name is not UTF-8 holds lone surrogates (Python's surrogateescape); backslashreplace
         # writes one as \udcff, which is JSON's own escape for it, so the file stays UTF-8 and reads back equal
         with open(tmp, "w", encoding="utf-8", errors="backslashreplace") as f:
-            json.dump(obj, f, indent=2, ensure_ascii=False)
+            f.write(to_json(obj, indent=2, ensure_ascii=False))
             f.write("\n")
 
     atomic_write(path, write, through_links=through_links)

@@ -9,7 +9,6 @@ was trained on (its test split is FID's reference), draws the samples in batches
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 from pathlib import Path
@@ -21,6 +20,7 @@ from textdiffusion import limits
 from textdiffusion.checkpoint import CheckpointError, is_export, write_json
 from textdiffusion.data.corpus import DataError, cache_dir
 from textdiffusion.data.images import to_unit_range
+from textdiffusion.json_writing import to_json
 from textdiffusion.methods.image import ImageDiffusion, ImageRequest
 from textdiffusion.records import ImageEval
 from textdiffusion.runs import LoadedRun, open_run
@@ -179,7 +179,7 @@ def evaluate_images(run_dir: str | Path | LoadedRun, samples: int = EVAL_SAMPLES
         try:
             write_json(run.path / "eval.json", row)
             with open(run.path / "evals.jsonl", "a", encoding="utf-8") as f:
-                f.write(json.dumps(row) + "\n")
+                f.write(to_json(row) + "\n")
         except OSError as e:  # a read-only run or a full disk: the sampling is still worth printing
             result.not_written = e.strerror or str(e)
     return result

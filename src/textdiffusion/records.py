@@ -50,6 +50,12 @@ def _data_unit_of(row: dict[str, Any]) -> str | None:
     return next((u for u in ("chars", "images") if rate_key(u) in row), None)
 
 
+def _measured(d: dict[str, Any], key: str) -> Any:
+    """``d[key]``, a measured number: written as null (json_writing writes NaN and infinity so), it is read back
+    as NaN, which every printer and comparison takes; a missing key stays None."""
+    return math.nan if key in d and d[key] is None else d.get(key)
+
+
 def read_json_object(path: Path) -> dict[str, Any] | None:
     """A JSON object file, or None when it is missing or unreadable (a reader then shows no number)."""
     from textdiffusion.checkpoint import read_json
@@ -189,7 +195,7 @@ class FinalScore:
             return None
         key = val_key(unit)
         details = d.get("val_details")
-        return cls(unit, d[key], d.get("val_nats"), d.get("val_kind"), d.get("val_windows"),
+        return cls(unit, _measured(d, key), _measured(d, "val_nats"), d.get("val_kind"), d.get("val_windows"),
                    details if isinstance(details, dict) else {}, d.get(key + "_raw"), d.get("val_nats_raw"),
                    d.get("val_windows_of"), d.get("val_units"), d.get("val_budget"),
                    ScoreKey.from_json(d.get("val_key")), ExactScore.from_json(d.get("val_exact")))
@@ -442,6 +448,16 @@ def read_metrics(run_dir: Path | str) -> list[MetricsRow]:
     return [parse_row(row) for _, row in _row_lines(Path(run_dir) / METRICS)]
 
 
+def held_nonfinite(row: MetricsRow) -> bool:
+    """Whether ``row`` held a NaN or an infinity: one still bare in a file written before they were written as
+    null, or a null where the row always has a number (a train row's loss, a measured evaluation's value)."""
+    if any(isinstance(v, float) and not math.isfinite(v) for v in asdict(row).values()):
+        return True
+    if isinstance(row, TrainRow):
+        return row.train_loss is None or row.grad_norm is None
+    return row.kind is not None and (row.bits is None or row.nats is None)
+
+
 def truncate_metrics(run_dir: Path, step: int) -> None:
     """Keep the rows up to ``step`` (the checkpoint a run resumes from: later ones will be recomputed), as
     they were written, and drop a last line cut short by a kill. One atomic rewrite, so a crash mid-write
@@ -538,7 +554,7 @@ class ValScore:
     def from_json(cls, d: dict[str, Any]) -> ValScore:
         names = ("bpc", "nats_per_char", "kind", "windows", "chars")
         extra = (*names, "reused_from", "windows_of")
-        return cls(*(d.get(k) for k in names), {k: v for k, v in d.items() if k not in extra},
+        return cls(*(_measured(d, k) for k in names), {k: v for k, v in d.items() if k not in extra},
                    d.get("reused_from"), d.get("windows_of"))
 
 

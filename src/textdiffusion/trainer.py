@@ -13,7 +13,6 @@ import contextlib
 import copy
 import errno
 import inspect
-import json
 import math
 import re
 import signal
@@ -60,6 +59,7 @@ from textdiffusion.distill_from import (
 )
 from textdiffusion.final_score import budget_count, budget_label, score_key
 from textdiffusion.init_from import load_init_weights
+from textdiffusion.json_writing import to_json
 from textdiffusion.methods import get_method
 from textdiffusion.methods.base import REGISTRY, NLLResult, bits_key, score
 from textdiffusion.network_size import check_network_fits
@@ -794,7 +794,7 @@ class Trainer:
     def _log_metrics(self, row: MetricsRow) -> None:
         """Append a row to metrics.jsonl (the record) and then hand it to ``train.logger``."""
         data = row.to_json()
-        files.append_line(self.run_dir / METRICS, json.dumps(data))
+        files.append_line(self.run_dir / METRICS, to_json(data))
         self.logger.log(data)
 
     def _log_final(self, summary: TrainSummary) -> None:

@@ -30,6 +30,7 @@ stated number of samples and seeds.
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 import time
@@ -59,6 +60,7 @@ from textdiffusion.methods import SampleRequest, get_method
 from textdiffusion.methods.base import bits_key
 from textdiffusion.progress import progress_bar
 from textdiffusion.records import (
+    METRICS,
     EvalRow,
     ImageEval,
     InitRecord,
@@ -67,6 +69,7 @@ from textdiffusion.records import (
     TextEval,
     TrainRow,
     TrainSummary,
+    held_nonfinite,
     read_eval,
     read_json_object,
     read_metrics,
@@ -283,6 +286,7 @@ def read_run(path: str | Path) -> RunRecord:
     image = method_class.family == "image"
     final = TrainSummary.read(run)
     metrics = read_metrics(run)
+    _note_nonfinite(run, metrics)
     if not has_checkpoint(run) and not is_export(run):
         raise CheckpointError(f"{run} has no checkpoint (training stopped before its first save); resume it with "
                               f"`textdiffusion train --resume {run}` or leave it out")
@@ -320,7 +324,7 @@ def _curves(metrics: list[MetricsRow], val_key: str) -> list[dict[str, float]]:
     smoothed loss, so the two kinds of loss never zigzag on one curve."""
     def point(row: MetricsRow, *keys: str) -> dict[str, float]:
         d = row.to_json()
-        return {k: d[k] for k in ("step", "elapsed", *keys) if d.get(k) is not None}
+        return {k: d[k] for k in ("step", "elapsed", *keys) if _is_number(d.get(k))}  # NaN or null: skipped
 
     evals = [m for m in metrics if isinstance(m, EvalRow)]
     trained = [m for m in metrics if isinstance(m, TrainRow)]
@@ -328,6 +332,20 @@ def _curves(metrics: list[MetricsRow], val_key: str) -> list[dict[str, float]]:
         return [point(m, "train_loss", val_key) for m in evals]
     points = [point(m, "train_loss") for m in trained] + [point(m, val_key) for m in evals]
     return sorted(points, key=lambda p: p["step"])  # stable: a step's train point before its evaluation
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and math.isfinite(v)
+
+
+def _note_nonfinite(run: Path, metrics: list[MetricsRow]) -> None:
+    """One line when a run's metrics held NaN or infinity: its curves leave those points out, which a reader
+    would otherwise take for a run that was never measured there."""
+    steps = [m.step for m in metrics if held_nonfinite(m)]
+    if steps:
+        print(f"note: {run / METRICS} holds non-finite values (NaN or infinity, written as null) in {len(steps)} "
+              f"of {len(metrics)} rows, first at step {steps[0]}; the curves leave those points out",
+              file=sys.stderr)
 
 
 def _unique_names(records: list[RunRecord]) -> list[RunRecord]:

@@ -24,6 +24,7 @@ from typing import Any
 import jinja2
 from markupsafe import Markup, escape
 
+from textdiffusion.json_writing import to_json
 from textdiffusion.records import InitRecord
 from textdiffusion.viz import web_asset
 from textdiffusion.viz.records import (
@@ -682,7 +683,7 @@ def _card(i: int, run: RunRecord, out: Path) -> Card:
 
 def _script_json(obj: Any) -> str:
     """JSON safe inside <script>: no '</' that could close the tag, no HTML comment openers."""
-    return json.dumps(obj, ensure_ascii=False).replace("</", "<\\/").replace("<!--", "<\\!--")
+    return to_json(obj, ensure_ascii=False).replace("</", "<\\/").replace("<!--", "<\\!--")
 
 
 def _page_data(c: Comparison) -> dict[str, Any]:

@@ -4,7 +4,6 @@ under uvicorn. The routes are thin: :mod:`.requests` checks a request, :mod:`.jo
 from __future__ import annotations
 
 import contextlib
-import json
 import socket
 import sys
 from collections.abc import AsyncIterator, Mapping, Sequence
@@ -23,6 +22,7 @@ from starlette.types import Receive, Scope, Send
 
 from textdiffusion.config import ConfigError
 from textdiffusion.json_reading import JSONProblem, parse_json
+from textdiffusion.json_writing import to_json
 from textdiffusion.limits import CLIENT_TIMEOUT_S
 from textdiffusion.viz import web_asset
 
@@ -33,6 +33,7 @@ from .served import load_runs
 
 MAX_BODY = 64 * 1024  # the longest text any run accepts is far shorter
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
+WILDCARD_HOSTS = ("0.0.0.0", "::")  # every interface, IPv4 and IPv6
 PAGE = "live.html"
 ICON = "favicon.svg"  # at /favicon.ico, where browsers (and the page's <link rel=icon>) ask for it
 STATIC = {"td.css": "text/css", "player.js": "text/javascript", "live.js": "text/javascript"}
@@ -47,12 +48,13 @@ def create_app(run_dirs: Sequence[str | Path], device: str = "auto", max_steps: 
 
     ``max_chars`` caps input texts in characters (default: what fits in each run's context).
     ``allowed_hosts`` are the Host headers answered (default: loopback names only, which stops another web
-    site from reaching this server through DNS rebinding); None answers any, for a server bound to a
-    public interface."""
+    site from reaching this server through DNS rebinding; ``serve`` passes :func:`allowed_host_names`); None
+    answers any."""
     if max_steps < 1 or max_concurrent < 1:
         raise ConfigError("--max-steps and --max-concurrent must be >= 1")
     service = SamplingService(load_runs(run_dirs, device, max_steps, max_chars), max_steps, max_concurrent)
-    middleware = [Middleware(TrustedHostMiddleware, allowed_hosts=list(allowed_hosts))] if allowed_hosts else []
+    middleware = [Middleware(TrustedHostMiddleware, allowed_hosts=list(_url_forms(allowed_hosts)))] \
+        if allowed_hosts else []
     routes = [Route("/", _index), Route("/static/{name}", _asset), Route("/api/runs", _api_runs),
               Route("/api/status", _api_status), Route("/api/sample", _api_sample, methods=["GET", "POST"]),
               Route("/favicon.ico", _favicon)]
@@ -141,6 +143,7 @@ async def _read_params(request: Request) -> Mapping[str, Any]:
             if len(body) > MAX_BODY:
                 raise too_big
     except ClientDisconnect:  # gone mid-body (or dropped by the request deadline): nobody reads an answer
+        _log_hang_up(request, len(body), declared)
         raise RequestError("the client disconnected before its request was whole", status=400) from None
     try:
         params = parse_json(body or b"{}")
@@ -151,12 +154,20 @@ async def _read_params(request: Request) -> Mapping[str, Any]:
     return params
 
 
+def _log_hang_up(request: Request, received: int, declared: str | None) -> None:
+    """One console line for a client gone mid-request: the operator sees that it happened, and nothing more is
+    worth knowing (no answer can reach it)."""
+    client = f"{request.client.host}:{request.client.port}" if request.client else "a client"
+    print(f"{client} hung up after {received} of {declared or 'an unknown number of'} bytes of its request body; "
+          "nothing was answered", file=sys.stderr, flush=True)
+
+
 # ----------------------------------------------------------------------------------------------------------
 # the event stream
 
 
 def _sse(event: str, data: dict[str, Any]) -> str:
-    return f"event: {event}\ndata: {json.dumps(data, ensure_ascii=False, separators=(',', ':'))}\n\n"
+    return f"event: {event}\ndata: {to_json(data, ensure_ascii=False, separators=(',', ':'))}\n\n"
 
 
 async def _sse_events(job: Job) -> AsyncIterator[str]:
@@ -202,22 +213,73 @@ def serve(run_dirs: Sequence[str | Path], host: str = "127.0.0.1", port: int = 8
     """Load the runs, serve the page until Ctrl+C; 0 on a clean stop. ``client_timeout``: seconds a client may
     take to send a whole request or to accept more of a stream before it is disconnected (its sampling
     stopped); see :mod:`.connections`."""
-    loopback = host in LOOPBACK_HOSTS or host.startswith("127.")
+    host = bind_host(host)
     app = create_app(run_dirs, device=device, max_steps=max_steps, max_concurrent=max_concurrent,
-                     max_chars=max_chars, allowed_hosts=(*LOOPBACK_HOSTS, host) if loopback else None)
+                     max_chars=max_chars, allowed_hosts=allowed_host_names(host))
     sock = _listen(host, port)
     bound_send_buffer(sock)
     service: SamplingService = app.state.service
     shown = f"[{host}]" if ":" in host else host
+    bound_port = sock.getsockname()[1]
     print(f"serving {len(service.runs)} run(s) ({', '.join(service.runs)}) at "
-          f"http://{shown}:{sock.getsockname()[1]}/ (Ctrl+C to stop)", flush=True)
-    if not loopback:
-        print(f"warning: {host} is reachable from other machines; anyone who can reach it can use this CPU/GPU",
-              file=sys.stderr)
+          f"http://{shown}:{bound_port}/ (Ctrl+C to stop)", flush=True)
+    if not is_loopback(host):
+        print(f"warning: {exposure(host, bound_port)}", file=sys.stderr)
     with contextlib.suppress(KeyboardInterrupt):  # uvicorn shuts down cleanly, then re-raises the signal
         _uvicorn_server(app, service, client_timeout).run(sockets=[sock])
     print("stopped", file=sys.stderr)
     return 0
+
+
+def bind_host(host: str) -> str:
+    """``host`` as the socket takes it (an IPv6 address without the brackets a URL puts around it). An empty
+    one is refused: the socket would read it as every interface, so an unset ``$HOST`` in a script would
+    publish the page."""
+    bare = host.strip()
+    if bare.startswith("[") and bare.endswith("]"):
+        bare = bare[1:-1]
+    if not bare:
+        raise ConfigError("--host is empty, which would listen on every interface; give 127.0.0.1 (this machine "
+                          "only), or 0.0.0.0 to publish the page on purpose")
+    return bare
+
+
+def is_loopback(host: str) -> bool:
+    return host in LOOPBACK_HOSTS or host.startswith("127.")
+
+
+def exposure(host: str, port: int) -> str:
+    """What a server bound to the non-loopback ``host`` exposes, and to whom, in one sentence."""
+    if host in WILDCARD_HOSTS:
+        return (f"{host} is every interface: anyone on any network this machine is on can reach port {port} and "
+                "sample these runs on its CPU/GPU (requests addressed to another name than this machine's are "
+                "refused)")
+    return (f"{host} is reachable from other machines: anyone who can reach it can use port {port} to sample "
+            f"these runs on this machine's CPU/GPU (requests addressed to another name than {host} are refused)")
+
+
+def allowed_host_names(host: str) -> tuple[str, ...]:
+    """The Host headers a server bound to ``host`` answers: the loopback names, ``host`` itself and, for a
+    wildcard bind, this machine's own names and addresses. Any other name is refused, which stops a web site
+    from reaching the server through DNS rebinding whatever interface it listens on."""
+    names = [*LOOPBACK_HOSTS, host]
+    if host in WILDCARD_HOSTS:
+        names += _own_names()
+    return _url_forms(names)
+
+
+def _url_forms(names: Sequence[str]) -> tuple[str, ...]:
+    """``names`` with each IPv6 address also in brackets, as a URL (and so the Host header) writes it."""
+    forms = (form for name in names for form in ((name, f"[{name}]") if ":" in name else (name,)))
+    return tuple(dict.fromkeys(forms))
+
+
+def _own_names() -> list[str]:
+    """This machine's host names and the addresses they resolve to (none when the resolver has no answer)."""
+    names = [socket.gethostname(), socket.getfqdn()]
+    with contextlib.suppress(OSError):
+        names += [str(info[4][0]) for info in socket.getaddrinfo(names[0], None)]
+    return [n.lower() for n in names if n]
 
 
 def _uvicorn_server(app: Starlette, service: SamplingService, client_timeout: float = CLIENT_TIMEOUT_S) -> Any:

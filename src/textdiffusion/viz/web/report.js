@@ -37,8 +37,8 @@
   const images = runs.filter((r) => r.kind === "image");
   const curve = (rs, x, y) => rs.map((r) => ({
     name: r.name + (y === r.curve_val_key && r.val_kind ? ` (${r.val_kind})` : ""), color: color(r),
-    markers: r.curves.filter((c) => c[y] !== undefined).length < 3,
-    points: r.curves.filter((c) => c[x] !== undefined && c[y] !== undefined).map((c) => [c[x], c[y], `step ${c.step}`]),
+    markers: r.curves.filter((c) => c[y] != null).length < 3,
+    points: r.curves.filter((c) => c[x] != null && c[y] != null).map((c) => [c[x], c[y], `step ${c.step}`]),
   }));
   const fig = (id) => document.getElementById(id);
   if (fig("plot-val-step")) {
