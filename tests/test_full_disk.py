@@ -46,13 +46,13 @@ def test_a_full_disk_on_an_atomic_write_names_the_target_not_the_temporary(small
     run = tmp_path / "run"
     real = checkpoint_module.atomic_write
 
-    def full_for_final(path, write):
+    def full_for_final(path, write, **how):
         if Path(path).name != "final.json":
-            return real(path, write)
+            return real(path, write, **how)
 
         def fail(tmp):
             raise OSError(errno.ENOSPC, FULL, tmp)  # as the write of the temporary file reports it
-        return real(path, fail)
+        return real(path, fail, **how)
 
     monkeypatch.setattr(checkpoint_module, "atomic_write", full_for_final)
     with pytest.raises(CheckpointError, match=rf"^could not write {run / 'final.json'} \({FULL}\); the "

@@ -14,7 +14,7 @@ def test_eval_prints_its_results_when_eval_json_cannot_be_written(small_corpus, 
     run = tmp_path / "run"
     train_tiny("masked", small_corpus, run, steps=2)
 
-    def read_only(path, write):
+    def read_only(path, write, **how):
         raise OSError(errno.EROFS, "Read-only file system", str(path))
 
     monkeypatch.setattr(checkpoint_module, "atomic_write", read_only)

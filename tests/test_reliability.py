@@ -72,9 +72,9 @@ def _count_writes(monkeypatch, corpus, run: Path) -> list[str]:
     names: list[str] = []
     real, real_append = files_module.atomic_write, files_module.append_line
 
-    def spy(path, write):
+    def spy(path, write, **how):
         names.append(Path(path).name)
-        return real(path, write)
+        return real(path, write, **how)
 
     def append_spy(path, line):
         names.append(Path(path).name)
@@ -121,9 +121,9 @@ class _CrashAt:
         self.calls += 1
         return self.calls - 1 == self.k
 
-    def write(self, path, write):
+    def write(self, path, write, **how):
         if not self._due():
-            return self.real_write(path, write)
+            return self.real_write(path, write, **how)
 
         def half(tmp):
             write(tmp)
@@ -131,7 +131,7 @@ class _CrashAt:
                 f.truncate(max(1, os.path.getsize(tmp) // 2))
             raise Crash
 
-        return self.real_write(path, half)
+        return self.real_write(path, half, **how)
 
     def append(self, path, line):
         if not self._due():
