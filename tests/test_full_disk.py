@@ -76,3 +76,20 @@ def test_a_full_disk_on_a_checkpoint_names_the_checkpoint_file(small_corpus, tmp
     with pytest.raises(CheckpointError, match=rf"^could not write the checkpoint of step 2 to {run / CHECKPOINT} "
                                               rf"\({FULL}\); the checkpoint at step 0 is intact"):
         Trainer(_cfg(small_corpus), run, progress=False).train()
+
+
+def test_a_full_disk_before_any_checkpoint_says_nothing_is_saved_and_the_resume_starts_over(small_corpus, tmp_path,
+                                                                                         monkeypatch):
+    run = tmp_path / "run"
+
+    def full(*args, **kw):
+        raise OSError(errno.ENOSPC, FULL, str(run / f".{CHECKPOINT}.x1y2.tmp"))
+
+    monkeypatch.setattr(train_module, "write_checkpoint", full)
+    with pytest.raises(CheckpointError) as info:
+        Trainer(_cfg(small_corpus), run, progress=False).train()
+    assert str(info.value) == (f"could not write the checkpoint of step 0 to {run / CHECKPOINT} ({FULL}); no "
+                               f"checkpoint was written yet: free space and run `textdiffusion train --resume {run}` "
+                               f"(it starts again from step 0)")
+    monkeypatch.undo()
+    assert resume_training(run, progress=False).step == 4

@@ -496,10 +496,13 @@ class Trainer:
             try:
                 write_checkpoint(self.run_dir, groups, state, self.cfg.to_dict(), self.run_id, self._vocab_record())
             except (OSError, SafetensorError) as e:  # a full disk, a file-size limit, a vanished directory
-                kept = "no checkpoint" if self.saved_step is None else f"the checkpoint at step {self.saved_step}"
-                raise CheckpointError(f"could not write the checkpoint of step {self.step} to "
-                                      f"{self.run_dir / CHECKPOINT} ({getattr(e, 'strerror', None) or e}); {kept} "
-                                      f"is intact: free space and run `{self.resume_command}`") from None
+                why = f"could not write the checkpoint of step {self.step} to {self.run_dir / CHECKPOINT} " \
+                      f"({getattr(e, 'strerror', None) or e})"
+                if self.saved_step is None:  # a resume of this run starts again from step 0
+                    raise CheckpointError(f"{why}; no checkpoint was written yet: free space and run "
+                                          f"`{self.resume_command}` (it starts again from step 0)") from None
+                raise CheckpointError(f"{why}; the checkpoint at step {self.saved_step} is intact: free space and "
+                                      f"run `{self.resume_command}`") from None
             self.saved_step = self.step
             self._saved_at = time.monotonic()
 
@@ -682,7 +685,8 @@ class Trainer:
             name = name.with_name(own.group(1))  # atomic_write's temporary ``.NAME.XXXX.tmp``
         where = str(name) if name is not None else f"a file in {self.run_dir}"
         if self.saved_step is None:
-            return f"could not write {where} ({e.strerror}); no checkpoint was written yet: free space and train again"
+            return (f"could not write {where} ({e.strerror}); no checkpoint was written yet: free space and run "
+                    f"`{self.resume_command}` (it starts again from step 0)")
         return (f"could not write {where} ({e.strerror}); the checkpoint at step {self.saved_step} is intact: free "
                 f"space and run `{self.resume_command}`")
 
