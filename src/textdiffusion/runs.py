@@ -129,7 +129,7 @@ def check_checkpoint_config(header: CheckpointHeader, cfg: Config, run_id: str =
                           for k in changed[:3])
         more = f" and {len(changed) - 3} more" if len(changed) > 3 else ""
         run = header.path.parent
-        fix = (f"; to train with the new settings, start a new run from it: `textdiffusion train --config "
+        fix = (f"; to train with the new settings, start a new run with them: `textdiffusion train --config "
                f"{run / 'config.json'} --run-dir NEW_DIR`") if resume else ""
         raise CheckpointError(f"config.json of {run} does not match the config its checkpoint was "
                               f"trained with ({shown}{more}); undo the edit to config.json{fix}")
