@@ -143,7 +143,8 @@ class TextModel(Model):
         opts = self._options("infill", options, chosen)
         if not self.supports_infill:
             raise ConfigError(f"{self.path} is a {self.method} run, which only continues a prompt and cannot fill "
-                              f"blanks; use generate(prompt=...), or a run of a method such as masked")
+                              f"blanks; use generate(prompt=...), or a run of a method such as masked"
+                              f"{self.text_method.infill_hint}")
         return self.sample(infill=template, placeholder=placeholder, options=opts, progress=progress).texts
 
     def sample(self, prompt: str = "", *, infill: str | None = None, placeholder: str = "_",
@@ -273,7 +274,7 @@ class TextModel(Model):
                     for name, value in opts.decoding().items()}
         if infill is not None and not self.supports_infill:
             raise ConfigError(f"{self.path} is a {self.method} run, which only continues a prompt and cannot fill "
-                              f"blanks; give a prompt instead")
+                              f"blanks; give a prompt instead{self.text_method.infill_hint}")
         method = self.text_method
         if not isinstance(label, str):
             raise ConfigError(f"label must be a name (a string), got {label!r}")
