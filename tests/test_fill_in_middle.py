@@ -134,7 +134,7 @@ def test_blank_requests_an_ar_cannot_fill_are_refused_in_one_line():
 def test_span_nll_is_the_sum_of_the_middle_log_probs_and_a_distribution():
     method, model = ar(chars="abc", context=8)
     x = torch.randint(0, 3, (3, 8), generator=torch.Generator().manual_seed(0))
-    starts = torch.tensor([0, 3, 6])
+    starts = torch.tensor([0, 3, 5])
     result = method.span_nll(model, x, span_mask(starts, 2, 8), batch_size=2)
     assert result.kind == "exact" and result.units == 6
     for w in range(3):
@@ -148,6 +148,11 @@ def test_span_nll_is_the_sum_of_the_middle_log_probs_and_a_distribution():
             want -= float(model(torch.tensor([seq]))[0, -1].double().log_softmax(-1)[tok])
             seq.append(tok)
         assert float(result.nats[w]) == pytest.approx(want, rel=1e-5)
+    end = span_mask(torch.tensor([6, 6, 6]), 2, 8)  # nothing after the blank: the plain left-to-right NLL
+    bos = torch.full((3, 1), method.tok.bos_id)
+    plain = torch.nn.functional.cross_entropy(model(torch.cat((bos, x[:, :-1]), 1)).flatten(0, 1), x.flatten(),
+                                              reduction="none").view(3, 8)
+    assert method.span_nll(model, x, end).nats.tolist() == pytest.approx(plain[:, 6:].sum(1).tolist(), rel=1e-5)
     every = torch.tensor([[0, 1, *pair, 2, 0, 1, 2] for pair in itertools.product(range(3), repeat=2)])
     nats = method.span_nll(model, every, span_mask(torch.full((9,), 2), 2, 8)).nats
     assert float(torch.exp(-nats).sum()) == pytest.approx(1.0, abs=1e-6)

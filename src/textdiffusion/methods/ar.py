@@ -262,9 +262,10 @@ class AutoRegressive(TextMethod):
                  batch_size: int = 64) -> SpanNLL:
         """Exact -log p(middle | left, right) of a fill-in-the-middle run: the sum of the middle's next-token
         cross-entropies after [PRE] left [SUF] right [MID], one forward per window (the middle's own tokens
-        teacher-forced), which is exactly the probability that :meth:`draw_middle` writes it at temperature 1.
-        Each span must be one run of positions; context beyond the network's reach is dropped from the far ends,
-        as when infilling."""
+        teacher-forced), which is exactly the probability that :meth:`draw_middle` writes it at temperature 1. A
+        span that ends the window has nothing after it, and is what the plain left-to-right draw would write after
+        the text before it: its NLL is that one's, as :meth:`draw` continues such a blank. Each span must be one
+        run of positions; context beyond the network's reach is dropped from the far ends, as when infilling."""
         if self.fim is None:
             raise ConfigError("this ar run was trained left to right only and has no likelihood of a blank given the "
                               "text after it; train with --set method.fim_rate=0.5 (fill-in-the-middle)")
@@ -276,11 +277,15 @@ class AutoRegressive(TextMethod):
             raise ValueError(f"a span of {int((b - a).max())} positions is longer than the {most} this run's middle "
                              f"can hold")
         seq, middle = psm(windows, a, b, self.fim, most)
+        at_end = (b == windows.shape[1]).cpu()  # nothing after the blank: continued left to right, as draw does
         nats = []
         for rows in torch.arange(len(windows), device=windows.device).split(batch_size):
             lab = None if labels is None else labels[rows]
             ce = cross_entropy_per_token(self._forward(model, seq[rows, :-1], lab),
                                          seq[rows, 1:].clamp(max=self.tok.n_symbols - 1))
-            nats.append((ce.double() * middle[rows, 1:]).sum(-1).cpu())
+            plain = cross_entropy_per_token(self._forward(model, self._inputs(windows[rows]), lab), windows[rows])
+            nats.append(torch.where(at_end[rows.cpu()], (plain.double() * span[rows]).sum(-1).cpu(),
+                                    (ce.double() * middle[rows, 1:]).sum(-1).cpu()))
         return SpanNLL(torch.cat(nats), "exact", units,
-                       "exact -log p(middle | [PRE] left [SUF] right [MID]) of the fill-in-the-middle ar")
+                       "exact -log p(middle | [PRE] left [SUF] right [MID]) of the fill-in-the-middle ar (a blank "
+                       "at the end: -log p(end | text before it), left to right)")
