@@ -125,6 +125,8 @@ def test_blank_requests_an_ar_cannot_fill_are_refused_in_one_line():
         method.sample(model, SampleRequest(infill="a_b_c"), torch.Generator())
     with pytest.raises(ConfigError, match="at most 10"):
         method.sample(model, SampleRequest(infill="a" + "_" * 11 + "b"), torch.Generator())
+    with pytest.raises(ConfigError, match="--guidance-rule free"):  # FUDGE's classifier reads prefixes only
+        method.prepare(SampleRequest(infill="ab__cd", rule="classifier"), torch.device("cpu"))
     # blanks at the end only are a prompt: continued left to right, past the context too
     out = method.sample(model, SampleRequest(infill="ab" + "_" * 20), torch.Generator().manual_seed(0))
     assert out.ids.shape == (1, 22)

@@ -138,8 +138,8 @@ class TextModel(Model):
         """``n`` copies of ``template`` with every ``placeholder`` character filled in (one token per
         placeholder; the known text is never changed): ``model.infill("ROMEO:\\nO ____ art thou")``. A
         ``length`` longer than the template adds blanks at the end. Only methods that fill blanks anywhere
-        can (``ar`` continues a prompt only, and is refused). Other options as in :meth:`generate`; returns
-        the filled texts."""
+        can (``ar`` only when trained with ``method.fim_rate``, and one blank; else it is refused). Other
+        options as in :meth:`generate`; returns the filled texts."""
         opts = self._options("infill", options, chosen)
         if not self.supports_infill:
             raise ConfigError(f"{self.path} is a {self.method} run, which only continues a prompt and cannot fill "

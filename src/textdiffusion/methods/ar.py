@@ -39,7 +39,7 @@ from textdiffusion.methods.base import (
     report_batches,
 )
 from textdiffusion.methods.fill_in_middle import SENTINELS, Sentinels, draw_splits, psm, room
-from textdiffusion.methods.requests import SampleRequest
+from textdiffusion.methods.requests import SampleRequest, unit_name
 from textdiffusion.methods.spans import SpanNLL, check_span, contiguous_bounds
 from textdiffusion.nn.text_classifier import ConvTextClassifier
 from textdiffusion.nn.transformer import KVCache, Transformer
@@ -116,7 +116,7 @@ class AutoRegressive(TextMethod):
         n, L = x.shape
         fim = torch.rand(n, generator=generator, device=x.device) < self.cfg.fim_rate
         a, b = draw_splits(n, L, generator, x.device)
-        seq, _ = psm(x, a, b, self.fim, L - len(SENTINELS) + 1)
+        seq, _ = psm(x, a, b, self.fim, room(L))
         ordinary = seq[:, 1:] < self.tok.n_symbols
         inputs = torch.where(fim[:, None], seq[:, :-1], self._inputs(x))
         targets = torch.where(fim[:, None], torch.where(ordinary, seq[:, 1:], 0), x)
@@ -213,16 +213,12 @@ class AutoRegressive(TextMethod):
             return state, fixed  # blanks at the end only: a prompt to continue, left to right as always
         most = room(self.model_cfg.context)
         if int(blank.sum()) > most:
-            raise ConfigError(f"the blank has {int(blank.sum())} {self.unit_name} but this ar run writes a middle of "
-                              f"at most {most} (its context less two); use a shorter blank")
+            raise ConfigError(f"the blank has {int(blank.sum())} {unit_name(self.tok)} but this ar run writes a "
+                              f"middle of at most {most} (its context less two); use a shorter blank")
         if req.rule == "classifier":
             raise ConfigError("classifier guidance steers ar left to right from a prefix; a blank with text after "
-                              "it is written by fill-in-the-middle, which it cannot steer; use --rule free")
+                              "it is written by fill-in-the-middle, which it cannot steer; use --guidance-rule free")
         return state, fixed
-
-    @property
-    def unit_name(self) -> str:
-        return "characters" if self.tok.kind == "char" else "tokens"
 
     @staticmethod
     def middle_between(fixed: torch.Tensor) -> bool:
