@@ -414,7 +414,7 @@ LEGAL: dict[str, tuple[Callable[[float], bool], bool]] = {
     "method.rounding_weight": (_GE0, False), "method.guide_weight": (_UNIT, False), "method.bit_scale": (_GT0, False),
     "method.curriculum_steps": (_GE0, True), "method.curriculum_tau": (lambda v: 0 < v <= 100, False),
     "method.curriculum_tau_end": (lambda v: 0 < v <= 100, False),
-    "method.block_size": (_GE1, False), "method.clip_low": (_UNIT, False),
+    "method.block_size": (_GE1, False), "method.clip_low": (_UNIT, False), "method.fim_rate": (_UNIT, False),
     "method.clip_high": (lambda v: 0 < v <= 1, False), "method.guidance": (_GE0, True),
     "train.final_exact_windows": (_GE0, True), "train.distill_steps": (lambda v: 0 <= v <= 2 ** 20, False),
     "train.distill_substeps": (lambda v: 1 <= v <= 64, False), "train.distill_draws": (lambda v: 1 <= v <= 64, False),

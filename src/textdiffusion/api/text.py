@@ -138,12 +138,13 @@ class TextModel(Model):
         """``n`` copies of ``template`` with every ``placeholder`` character filled in (one token per
         placeholder; the known text is never changed): ``model.infill("ROMEO:\\nO ____ art thou")``. A
         ``length`` longer than the template adds blanks at the end. Only methods that fill blanks anywhere
-        can (``ar`` continues a prompt only, and is refused). Other options as in :meth:`generate`; returns
-        the filled texts."""
+        can (``ar`` only when trained with ``method.fim_rate``, and one blank; else it is refused). Other
+        options as in :meth:`generate`; returns the filled texts."""
         opts = self._options("infill", options, chosen)
         if not self.supports_infill:
             raise ConfigError(f"{self.path} is a {self.method} run, which only continues a prompt and cannot fill "
-                              f"blanks; use generate(prompt=...), or a run of a method such as masked")
+                              f"blanks; use generate(prompt=...), or a run of a method such as masked"
+                              f"{self.text_method.infill_hint}")
         return self.sample(infill=template, placeholder=placeholder, options=opts, progress=progress).texts
 
     def sample(self, prompt: str = "", *, infill: str | None = None, placeholder: str = "_",
@@ -273,7 +274,7 @@ class TextModel(Model):
                     for name, value in opts.decoding().items()}
         if infill is not None and not self.supports_infill:
             raise ConfigError(f"{self.path} is a {self.method} run, which only continues a prompt and cannot fill "
-                              f"blanks; give a prompt instead")
+                              f"blanks; give a prompt instead{self.text_method.infill_hint}")
         method = self.text_method
         if not isinstance(label, str):
             raise ConfigError(f"label must be a name (a string), got {label!r}")

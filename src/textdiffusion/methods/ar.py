@@ -9,6 +9,11 @@ This file holds what makes ``ar`` itself: the causal attention, the shifted inpu
 the draw loop. The sampling preamble (request checks, prompt, steps) is :meth:`TextMethod.sample`'s, and guidance
 wraps the network from outside (:mod:`textdiffusion.guidance`). :mod:`textdiffusion.methods.masked` lists what
 differs on its side.
+
+With ``method.fim_rate > 0`` the same model also fills blanks: a fraction of the training windows is rearranged
+by the fill-in-the-middle transformation (:mod:`textdiffusion.methods.fill_in_middle`), and an infill request is
+answered by generating the middle after [PRE] left [SUF] right [MID]. The validation number stays the plain
+left-to-right NLL of untransformed windows, so it compares with every other ``ar`` run.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from typing import Any
 
 import torch
 
+from textdiffusion.config import PROBABILITY, ConfigError, option
 from textdiffusion.data.speakers import LabelledText, split_labels
 from textdiffusion.diffusion.tokens import cross_entropy_per_token
 from textdiffusion.guidance.free import LabelledNetwork
@@ -32,15 +38,22 @@ from textdiffusion.methods.base import (
     register,
     report_batches,
 )
+from textdiffusion.methods.fill_in_middle import SENTINELS, Sentinels, draw_splits, psm, room
+from textdiffusion.methods.requests import SampleRequest, unit_name
+from textdiffusion.methods.spans import SpanNLL, check_span, contiguous_bounds
 from textdiffusion.nn.text_classifier import ConvTextClassifier
 from textdiffusion.nn.transformer import KVCache, Transformer
 
 
 @dataclass
 class ARConfig(TextMethodConfig):
-    """``ar`` has nothing of its own to configure: the backbone and the token draw say it all."""
+    """``ar``'s one option of its own is whether it learns to fill in the middle; the backbone and the token draw
+    say the rest."""
 
     name: str = "ar"
+    fim_rate: float = option(0.0, PROBABILITY, "fraction of training windows rearranged as [PRE] prefix [SUF] "
+                                               "suffix [MID] middle (fill-in-the-middle), so the run can infill; "
+                                               "0 = left to right only")
 
 
 @register
@@ -51,10 +64,27 @@ class AutoRegressive(TextMethod):
     samplers = ("ancestral",)
     likelihood_kind = "exact"
     loss_is_likelihood = True  # the cross-entropy of the next token
-    supports_infill = False
+    supports_infill = False  # a run trained with method.fim_rate > 0 can (set per run in __init__)
+    infill_hint = ("; an ar run fills a blank only when trained with fill-in-the-middle: "
+                   "--set method.fim_rate=0.5")
     extends_past_context = True  # the KV cache slides: any --length
     supports_labels = True
     classifier_rule = "fudge"  # a prefix classifier reweights the next token's candidates (guidance/fudge.py)
+
+    def __init__(self, cfg: ARConfig, model_cfg, tokenizer):
+        super().__init__(cfg, model_cfg, tokenizer)
+        self.fim = Sentinels.after(tokenizer) if cfg.fim_rate > 0 else None
+        self.supports_infill = self.fim is not None
+        if self.fim is not None and model_cfg.context < len(SENTINELS):
+            raise ConfigError(f"method.fim_rate needs model.context >= {len(SENTINELS)} (its sequences carry three "
+                              f"sentinels), got {model_cfg.context}; raise model.context or set method.fim_rate=0")
+
+    def build_model(self) -> Transformer:
+        """The backbone; a fill-in-the-middle run reads the three sentinels too (inputs only: never predicted)."""
+        if self.fim is None:
+            return super().build_model()
+        return Transformer(self.model_cfg, self.tok.vocab_size + len(SENTINELS), out_dim=self.tok.n_symbols,
+                           attention=self.attention, num_labels=self.num_labels)
 
     def _inputs(self, x: torch.Tensor) -> torch.Tensor:
         bos = torch.full_like(x[:, :1], self.tok.bos_id)
@@ -67,7 +97,30 @@ class AutoRegressive(TextMethod):
     def loss(self, model: Transformer, x: torch.Tensor | LabelledText, generator: torch.Generator) -> torch.Tensor:
         x, labels = split_labels(x)
         labels = self.drop_labels(labels, generator)
-        return cross_entropy_per_token(self._forward(model, self._inputs(x), labels), x).mean()
+        if self.fim is None:
+            return cross_entropy_per_token(self._forward(model, self._inputs(x), labels), x).mean()
+        inputs, targets, scored = self._fim_batch(x, generator)
+        ce = cross_entropy_per_token(self._forward(model, inputs, labels), targets)
+        return (ce * scored).sum() / scored.sum()
+
+    def _fim_batch(self, x: torch.Tensor,
+                   generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Training inputs, targets and the targets scored, with a ``fim_rate`` fraction of the windows in PSM
+        order (cut at two uniform points, :func:`~textdiffusion.methods.fill_in_middle.psm`, two far characters of
+        context dropped so the sequence's inputs are as long as the window) and the rest as always.
+
+        The loss is the next-token cross-entropy on the rearranged sequence at every ordinary character, prefix
+        and suffix included, as in the paper; unlike the paper the sentinels themselves are never targets (the
+        network outputs ordinary symbols only): an infill places them and then writes exactly the blank's length,
+        so no sentinel is ever drawn."""
+        n, L = x.shape
+        fim = torch.rand(n, generator=generator, device=x.device) < self.cfg.fim_rate
+        a, b = draw_splits(n, L, generator, x.device)
+        seq, _ = psm(x, a, b, self.fim, room(L))
+        ordinary = seq[:, 1:] < self.tok.n_symbols
+        inputs = torch.where(fim[:, None], seq[:, :-1], self._inputs(x))
+        targets = torch.where(fim[:, None], torch.where(ordinary, seq[:, 1:], 0), x)
+        return inputs, targets, (ordinary | ~fim[:, None]).float()
 
     @torch.no_grad()
     def nll(self, model: Transformer, windows: torch.Tensor | LabelledText, batch_size: int = 64,
@@ -109,7 +162,10 @@ class AutoRegressive(TextMethod):
     def draw(self, model: Transformer, forward: Callable[..., torch.Tensor], state: torch.Tensor,
              fixed: torch.Tensor, plan: DrawPlan, generator: torch.Generator,
              on_step: StepCallback | None) -> tuple[torch.Tensor, float]:
-        """BOS and the prompt in one forward (prefill), then one token per forward with the KV cache."""
+        """BOS and the prompt in one forward (prefill), then one token per forward with the KV cache; a blank with
+        known text after it is a middle, filled by :meth:`draw_middle`."""
+        if self.fim is not None and self.middle_between(fixed):
+            return self.draw_middle(model, forward, state, fixed, plan, generator, on_step)
         n, length = state.shape
         start = int(fixed[0].sum())  # prompt length
         ctx = self.model_cfg.context
@@ -138,3 +194,94 @@ class AutoRegressive(TextMethod):
 
     def sample_info(self, plan: DrawPlan) -> dict[str, Any]:
         return {"kv_cache": True}
+
+    # ---- fill in the middle: a blank between known text -------------------------------------------------------
+    def prepare(self, req: SampleRequest, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """The template's state, as for any method; a fill-in-the-middle run takes one blank that fits the context
+        (one middle per sequence), and no classifier steer (FUDGE's classifier judges prefixes, and a middle is
+        not one)."""
+        state, fixed = super().prepare(req, device)
+        if req.infill is None:
+            return state, fixed
+        blank = ~fixed[0]
+        runs = int((blank[1:] & ~blank[:-1]).sum()) + int(blank[0])
+        if runs > 1:
+            raise ConfigError(f"an ar run fills one blank (fill-in-the-middle writes one middle), but the --infill "
+                              f"text has {runs} separate runs of {req.placeholder!r}; leave one, or use a run of "
+                              f"--method masked")
+        if not self.middle_between(fixed):
+            return state, fixed  # blanks at the end only: a prompt to continue, left to right as always
+        most = room(self.model_cfg.context)
+        if int(blank.sum()) > most:
+            raise ConfigError(f"the blank has {int(blank.sum())} {unit_name(self.tok)} but this ar run writes a "
+                              f"middle of at most {most} (its context less two); use a shorter blank")
+        if req.rule == "classifier":
+            raise ConfigError("classifier guidance steers ar left to right from a prefix; a blank with text after "
+                              "it is written by fill-in-the-middle, which it cannot steer; use --guidance-rule free")
+        return state, fixed
+
+    @staticmethod
+    def middle_between(fixed: torch.Tensor) -> bool:
+        """Whether known text follows the first blank: a middle to fill, not a prompt to continue."""
+        blank = (~fixed[0]).nonzero().flatten()
+        return bool(len(blank)) and bool(fixed[0, int(blank[0]):].any())
+
+    def draw_middle(self, model: Transformer, forward: Callable[..., torch.Tensor], state: torch.Tensor,
+                    fixed: torch.Tensor, plan: DrawPlan, generator: torch.Generator,
+                    on_step: StepCallback | None) -> tuple[torch.Tensor, float]:
+        """[PRE] left [SUF] right [MID] in one forward (prefill), then the middle one token per forward with the
+        KV cache, exactly the blank's length; context beyond what fits is dropped from the far ends."""
+        assert self.fim is not None
+        n = state.shape[0]
+        blank = (~fixed[0]).nonzero().flatten()
+        a, b = int(blank[0]), int(blank[-1]) + 1
+        cut = torch.tensor([a], device=state.device), torch.tensor([b], device=state.device)
+        seq, middle = psm(state[:1], *cut, self.fim, room(self.model_cfg.context))
+        prompt = seq[:, :int(middle[0].nonzero()[0])].expand(n, -1)
+        cache = KVCache.empty(len(model.blocks), self.model_cfg.context)
+        logits = forward(prompt, cache)
+        nfe = 1
+        if on_step:
+            on_step(0, state.clone(), {"nfe": nfe})
+        for pos in range(a, b):
+            state[:, pos] = plan.tokens(logits, generator)
+            if on_step:
+                on_step(pos - a + 1, state.clone(), {"nfe": nfe})
+            if pos + 1 < b:
+                logits = forward(state[:, pos:pos + 1], cache)
+                nfe += 1
+        return state, nfe
+
+    # ---- the likelihood of a span given both sides ------------------------------------------------------------
+    @torch.no_grad()
+    def span_nll(self, model: Transformer, windows: torch.Tensor | LabelledText, span: torch.Tensor,
+                 batch_size: int = 64) -> SpanNLL:
+        """Exact -log p(middle | left, right) of a fill-in-the-middle run: the sum of the middle's next-token
+        cross-entropies after [PRE] left [SUF] right [MID], one forward per window (the middle's own tokens
+        teacher-forced), which is exactly the probability that :meth:`draw_middle` writes it at temperature 1. A
+        span that ends the window has nothing after it, and is what the plain left-to-right draw would write after
+        the text before it: its NLL is that one's, as :meth:`draw` continues such a blank. Each span must be one
+        run of positions; context beyond the network's reach is dropped from the far ends, as when infilling."""
+        if self.fim is None:
+            raise ConfigError("this ar run was trained left to right only and has no likelihood of a blank given the "
+                              "text after it; train with --set method.fim_rate=0.5 (fill-in-the-middle)")
+        windows, labels = split_labels(windows)
+        units = check_span(windows, span)
+        a, b = contiguous_bounds(span)
+        most = room(self.model_cfg.context)
+        if int((b - a).max()) > most:
+            raise ValueError(f"a span of {int((b - a).max())} positions is longer than the {most} this run's middle "
+                             f"can hold")
+        seq, middle = psm(windows, a, b, self.fim, most)
+        at_end = (b == windows.shape[1]).cpu()  # nothing after the blank: continued left to right, as draw does
+        nats = []
+        for rows in torch.arange(len(windows), device=windows.device).split(batch_size):
+            lab = None if labels is None else labels[rows]
+            ce = cross_entropy_per_token(self._forward(model, seq[rows, :-1], lab),
+                                         seq[rows, 1:].clamp(max=self.tok.n_symbols - 1))
+            plain = cross_entropy_per_token(self._forward(model, self._inputs(windows[rows]), lab), windows[rows])
+            nats.append(torch.where(at_end[rows.cpu()], (plain.double() * span[rows]).sum(-1).cpu(),
+                                    (ce.double() * middle[rows, 1:]).sum(-1).cpu()))
+        return SpanNLL(torch.cat(nats), "exact", units,
+                       "exact -log p(middle | [PRE] left [SUF] right [MID]) of the fill-in-the-middle ar (a blank "
+                       "at the end: -log p(end | text before it), left to right)")

@@ -46,6 +46,7 @@ from textdiffusion.guidance.free import FreeGuidance, LabelledNetwork
 from textdiffusion.guidance.steer import Steer
 from textdiffusion.methods import requests
 from textdiffusion.methods.requests import SampleRequest, SampleResult, StepCallback
+from textdiffusion.methods.spans import SpanNLL
 from textdiffusion.nn.transformer import Transformer
 from textdiffusion.precision import transformer_flops_per_token
 
@@ -280,6 +281,7 @@ class TextMethod(Method[SampleRequest, SampleResult]):
     family = "text"
     attention: ClassVar[str]  # the backbone's attention mode
     supports_infill: ClassVar[bool] = True  # fills blanks anywhere (False: continues a prompt only)
+    infill_hint: ClassVar[str] = ""  # how a run of this method could fill blanks, ending a refusal of --infill
     extends_past_context: ClassVar[bool] = False  # can write more than one context window
     # writes past its context by chaining windows in the template (:meth:`draw_chained`): each window after the
     # first starts with the tail of the text so far fixed, as a prompt; for methods whose draw loop respects
@@ -419,6 +421,12 @@ class TextMethod(Method[SampleRequest, SampleResult]):
     def nll(self, model: Any, windows: torch.Tensor, batch_size: int = 64,
             progress: NLLProgress | None = None) -> NLLResult:
         """Validation nats per character on fixed windows (deterministic given the config)."""
+
+    def span_nll(self, model: Any, windows: torch.Tensor, span: torch.Tensor, batch_size: int = 64) -> SpanNLL:
+        """-log p(x on ``span`` | x elsewhere) per window (``span``: (n, L) bool), exact or a bound as the result
+        says (:mod:`textdiffusion.methods.spans`): what infilling scores. A method without such a likelihood
+        refuses."""
+        raise ConfigError(f"the {self.name} method has no likelihood of a span given the text on both sides")
 
     def check_score_window(self, length: int) -> None:
         """Refuse a window of ``length`` tokens, shorter than the context, that :meth:`nll` cannot score (the
@@ -573,7 +581,8 @@ class TextMethod(Method[SampleRequest, SampleResult]):
     def prepare(self, req: SampleRequest, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         """The initial state from prompt / infill (:func:`textdiffusion.methods.requests.initial_state`): (n,
         length) ids with masks at unknown positions, and a bool tensor of the positions fixed by the user."""
-        return requests.initial_state(req, self.tok, self.model_cfg.context, device, self.name, self.supports_infill)
+        return requests.initial_state(req, self.tok, self.model_cfg.context, device, self.name, self.supports_infill,
+                                      self.infill_hint)
 
     @property
     def writes_past_context(self) -> bool:

@@ -46,7 +46,7 @@ import torch
 from textdiffusion.config import PROBABILITY, SAMPLE_STEPS, ConfigError, Range, option
 from textdiffusion.data.speakers import LabelledText, split_labels
 from textdiffusion.diffusion.adaptation import causal_mask, shift_inputs, shift_segment
-from textdiffusion.diffusion.chain_rule import chain_rule_nll, check_orders
+from textdiffusion.diffusion.chain_rule import ChainNetwork, chain_rule_nll, check_orders
 from textdiffusion.diffusion.discrete import LEFT_TO_RIGHT
 from textdiffusion.diffusion.masking import corrupt, corrupt_exactly, counts_from, sample_times, times_from
 from textdiffusion.diffusion.self_distillation import Denoiser, grid_times
@@ -56,6 +56,7 @@ from textdiffusion.guidance.free import LabelledNetwork
 from textdiffusion.guidance.steer import Steer
 from textdiffusion.methods.base import DrawPlan, NLLProgress, NLLResult, StepCallback, register, report_batches
 from textdiffusion.methods.masked import MaskedConfig, MaskedDiffusion, note_log_prob
+from textdiffusion.methods.spans import SpanNLL, check_span
 from textdiffusion.nn.transformer import KVCache, Transformer
 
 # net(x, cache, rows=None) -> logits: the network as block sampling calls it, on ``x`` (rows of the batch, or the
@@ -247,6 +248,29 @@ class BlockDiffusion(MaskedDiffusion):
         return self._exact_result(windows, per_window, given,
                                   f"exact NLL of the sampler that writes block after block, revealing one token per "
                                   f"step {inside} inside each block", block_size=self.B)
+
+    def _span_network(self, model: Transformer, windows: torch.Tensor, labels: torch.Tensor | None) -> ChainNetwork:
+        """Every block given the clean blocks before it (the paired forward): a span's likelihood is then given the
+        text before it and inside its own blocks only, which is what block sampling can fill; a span followed by
+        known text in a later block is refused, as its infill is (the later text would be ignored)."""
+        def network(z: torch.Tensor, t: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+            return self._paired_logits(model, z, windows[rows], None if labels is None else labels[rows])
+        return network
+
+    @torch.no_grad()
+    def span_nll(self, model: Transformer, windows: torch.Tensor | LabelledText, span: torch.Tensor,
+                 batch_size: int = 64) -> SpanNLL:
+        """Masked diffusion's exact left-to-right span likelihood, through the paired forward; only for spans that
+        block sampling can fill (no known text after the span outside the span's last block)."""
+        plain, _ = split_labels(windows)
+        check_span(plain, span)
+        block = torch.arange(plain.shape[1], device=span.device) // self.B
+        last = torch.where(span, block, -1).max(1).values
+        if bool(((~span) & (block[None] > last[:, None])).any()):
+            raise ConfigError(f"block diffusion writes blocks left to right and a block never sees later ones, so it "
+                              f"has no likelihood of a span given the text after it beyond its block of {self.B}; "
+                              f"use --method masked")
+        return super().span_nll(model, windows, span, batch_size)
 
     # ---- self-distillation: masked diffusion's loss, every block at its own grid time ------------------------
     def _distillation_state(self, x: torch.Tensor, steps: int,

@@ -46,7 +46,7 @@ import torch
 from textdiffusion.config import EVAL_TIME_SAMPLES, PROBABILITY, SAMPLE_STEPS, SEED, Choice, ConfigError, Range, option
 from textdiffusion.data.speakers import LabelledText, split_labels
 from textdiffusion.diffusion.adaptation import anneal_fraction, annealed_mask, causal_mask
-from textdiffusion.diffusion.chain_rule import left_to_right, order_nll
+from textdiffusion.diffusion.chain_rule import ChainNetwork, chain_rule_nll, left_to_right, order_nll
 from textdiffusion.diffusion.discrete import LEFT_TO_RIGHT, DiscreteSampler, Forward
 from textdiffusion.diffusion.masking import (
     SCHEDULES,
@@ -75,6 +75,7 @@ from textdiffusion.methods.base import (
     report_batches,
 )
 from textdiffusion.methods.requests import SampleRequest
+from textdiffusion.methods.spans import SpanNLL, check_span, equal_counts
 from textdiffusion.nn.text_classifier import ConvTextClassifier
 from textdiffusion.nn.transformer import Transformer, attention_bias
 
@@ -321,6 +322,32 @@ class MaskedDiffusion(TextMethod):
         sampler = "one token per step in the given order" if given else "one token per step, left to right"
         return self._exact_result(windows, per_window, given,
                                   f"exact NLL of the sampler that starts from all masks and reveals {sampler}")
+
+    @torch.no_grad()
+    def span_nll(self, model: Transformer, windows: torch.Tensor | LabelledText, span: torch.Tensor,
+                 batch_size: int = 64) -> SpanNLL:
+        r"""Exact -log p(x on the span | x elsewhere) under the left_to_right sampler asked to fill the span: the
+        chain rule of :mod:`textdiffusion.diffusion.chain_rule` over the span's m positions only, every other
+        position given (revealed "before step 0"), the span's j-th position from the left revealed at step j:
+
+            -log p(span | rest) = sum_j -log p_theta(x^{s_j} | rest, x^{s_0..s_{j-1}}, masks on s_j..s_{m-1}),
+
+        the time of step j the one whose clean fraction is (L - m + j) / L. m forwards per window, ``batch_size``
+        at a time; every window's span must hold the same m (the steps share their times)."""
+        windows, labels = split_labels(windows)
+        units = check_span(windows, span)
+        L = windows.shape[1]
+        m = equal_counts(span)
+        steps = torch.where(span, span.long().cumsum(1) - 1, -1)
+        times = self.schedule.time_at(torch.arange(L - m, L, dtype=torch.float64) / L).float()
+        nats = chain_rule_nll(self._span_network(model, windows, labels), windows, steps, self.tok.mask_id, times,
+                              batch_size).cpu()
+        return SpanNLL(nats, "exact", units, f"exact -log p(span | both sides) of the {LEFT_TO_RIGHT} sampler "
+                                             f"filling the span")
+
+    def _span_network(self, model: Transformer, windows: torch.Tensor, labels: torch.Tensor | None) -> ChainNetwork:
+        """The denoiser as :meth:`span_nll`'s chain rule calls it: every position sees every other."""
+        return lambda z, t, rows: self._forward(model, z, t, None if labels is None else labels[rows])
 
     def _exact_result(self, windows: torch.Tensor, per_window: torch.Tensor, given: bool, note: str,
                       **details: object) -> NLLResult:

@@ -57,14 +57,16 @@ def unit_name(tok: Tokenizer) -> str:
 
 
 def initial_state(req: SampleRequest, tok: Tokenizer, context: int, device: torch.device, method: str,
-                  supports_infill: bool) -> tuple[torch.Tensor, torch.Tensor]:
+                  supports_infill: bool, hint: str = "") -> tuple[torch.Tensor, torch.Tensor]:
     """The initial state from the prompt or the infill template: (n, length) ids with masks at unknown positions,
     and a bool tensor of the positions that are fixed by the user.
 
     Lengths count tokens (characters for a char tokenizer). In an infill template every placeholder character
     is one masked token, and each run of known text between placeholders is encoded as a whole: a
-    multi-character tokenizer (BPE, WordPiece) can only tokenise text, not single characters."""
-    ids = infill_ids(req, tok, method, supports_infill) if req.infill is not None else prompt_ids(req, tok, context)
+    multi-character tokenizer (BPE, WordPiece) can only tokenise text, not single characters. ``hint`` ends the
+    refusal of an infill by a method that cannot (how a run of it could)."""
+    ids = (infill_ids(req, tok, method, supports_infill, hint) if req.infill is not None
+           else prompt_ids(req, tok, context))
     state = torch.tensor(ids, dtype=torch.long, device=device).repeat(req.n, 1)
     return state, state != tok.mask_id
 
@@ -79,12 +81,12 @@ def prompt_ids(req: SampleRequest, tok: Tokenizer, context: int) -> list[int]:
     return ids + [tok.mask_id] * (length - len(ids))
 
 
-def infill_ids(req: SampleRequest, tok: Tokenizer, method: str, supports_infill: bool) -> list[int]:
+def infill_ids(req: SampleRequest, tok: Tokenizer, method: str, supports_infill: bool, hint: str = "") -> list[int]:
     """The template's ids with a mask per placeholder, then masks up to ``req.length`` if that is longer."""
     assert req.infill is not None
     if not supports_infill:
         raise ConfigError(f"the {method} method only continues a prefix; --infill needs a bidirectional "
-                          f"method such as --method masked (use --prompt here)")
+                          f"method such as --method masked (use --prompt here){hint}")
     if req.prompt:
         raise ConfigError("use either --prompt or --infill, not both (a prompt is an infill template "
                           "whose blanks are all at the end)")

@@ -54,6 +54,8 @@ from textdiffusion.diffusion.uniform import (
     REDRAW,
     UniformSampler,
     corrupt,
+    jump_rate,
+    nelbo_integrand,
     nelbo_terms,
     prior_kl,
     time_before,
@@ -69,6 +71,7 @@ from textdiffusion.methods.base import (
     register,
     report_batches,
 )
+from textdiffusion.methods.spans import SpanNLL, check_span
 from textdiffusion.nn.text_classifier import ConvTextClassifier
 from textdiffusion.nn.transformer import Transformer
 
@@ -261,6 +264,39 @@ class UniformDiffusion(TextMethod):
         z, soft = curriculum_state(x, self.schedule.alpha(t), self.tok.n_symbols, self.tau, generator)
         return nelbo_terms(self._forward(model, soft, t, labels), x, z, t, self.schedule)
 
+
+    @torch.no_grad()
+    def span_nll(self, model: Transformer, windows: torch.Tensor | LabelledText, span: torch.Tensor,
+                 batch_size: int = 64) -> SpanNLL:
+        r"""UDLM's NELBO restricted to the span, an upper bound on -log p(span | rest) for the ancestral sampler
+        that fills it (the rest held fixed, as an infill holds it): the forward process redraws only the span's
+        characters, so z_t is the window with the span noised, and
+
+            -log p(span | rest) <= E_t [ sum_{l in span} integrand_l(z_t, t) ] + m * KL(q(z_1 | x) || Uniform),
+
+        the integrand of :func:`~textdiffusion.diffusion.uniform.nelbo_integrand` at the span's positions. The
+        same K stratified times per window from ``method.eval_seed`` as :meth:`nll`, so a span of the whole window
+        gives :meth:`nll`'s per-window bound."""
+        windows, labels = split_labels(windows)
+        units = check_span(windows, span)
+        K = max(1, self.cfg.eval_time_samples)
+        gen = torch.Generator(device=windows.device).manual_seed(self.cfg.eval_seed)
+        n = windows.shape[0]
+        times = times_from(per_row(n, K, gen, windows.device).flatten())
+        rows = torch.arange(n, device=windows.device).repeat_interleave(K)
+        terms = []
+        for part, tb in zip(rows.split(batch_size), times.split(batch_size), strict=True):
+            x, inside = windows[part], span[part]
+            t = time_before(self.schedule, tb)
+            z, _ = corrupt(x, self.schedule.alpha(t), self.tok.n_symbols, gen)
+            z = torch.where(inside, z, x)
+            log_x = self._forward(model, z, t, None if labels is None else labels[part])
+            a, rate = self.schedule.alpha(t.double()), jump_rate(self.schedule, t.double())
+            terms.append((nelbo_integrand(log_x, x, z, a[:, None], rate[:, None]) * inside).sum(-1))
+        prior = prior_kl(self.schedule.alpha_one(), self.tok.n_symbols)
+        nats = torch.cat(terms).view(n, K).mean(1).cpu() + prior * span.sum(1).cpu()
+        return SpanNLL(nats.double(), "bound", units, "UDLM's NELBO restricted to the span (Monte-Carlo, "
+                       f"{K} times per window): an upper bound for the ancestral sampler filling it")
     @classmethod
     def check_distillation(cls, train: TrainConfig) -> None:
         """Refuse what consistency distillation cannot use: its teacher reads one deterministic state per draw."""

@@ -156,7 +156,7 @@ def _parse_text(params: Mapping[str, Any], served: ServedRun) -> tuple[str, str 
                            f"{served.max_chars:,}; shorten it")
     if infill is not None and not served.method.supports_infill:
         raise RequestError(f"run {served.name} ({served.method.name}) can only continue a prompt; use a prompt, "
-                           f"or pick a {_infill_methods()} run to fill blanks")
+                           f"or pick a {_infill_methods()} run to fill blanks{served.method.infill_hint}")
     return prompt, infill, placeholder
 
 

@@ -1,0 +1,104 @@
+"""benchmarks/infilling.py's bookkeeping: the blanks it draws, how fills are scored, how the target is judged, that
+a run's scores are cached per span length, and what it says of a bad flag; one end-to-end smoke run (slow)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def infilling():
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    spec = importlib.util.spec_from_file_location("infilling", ROOT / "benchmarks" / "infilling.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["infilling"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_blanks_are_one_span_per_window_at_a_seeded_position(infilling):
+    windows = torch.zeros(50, 16, dtype=torch.long)
+    span = infilling.blanked(windows, 4, seed=3)
+    assert (span.sum(1) == 4).all()
+    starts = span.float().argmax(1)
+    assert (span.long().diff(dim=1).abs().sum(1) <= 2).all() and len(set(starts.tolist())) > 5
+    assert torch.equal(span, infilling.blanked(windows, 4, seed=3))
+    assert not torch.equal(span, infilling.blanked(windows, 4, seed=4))
+
+
+def test_fills_are_scored_by_exact_match_and_character_accuracy(infilling):
+    truth = ["abcdef", "abcdef"]
+    filled = ["abXdef", "abcdef"]
+    assert infilling.match_scores(filled, truth, [1, 1], 3) == (0.5, 5 / 6)
+
+
+def score(infilling, entry, span, exact, bits, kind):
+    return infilling.SpanScore(entry, span, 10, exact, exact, bits, kind, 9.0, 1.0)
+
+
+def test_the_target_needs_a_diffusion_method_better_on_both_counts(infilling):
+    scores = [score(infilling, "ar-fim", 8, 0.10, 2.0, "exact"), score(infilling, "masked", 8, 0.20, 1.9, "exact"),
+              score(infilling, "ar-fim", 16, 0.10, 2.0, "exact"), score(infilling, "masked", 16, 0.20, 2.1, "exact"),
+              score(infilling, "uniform", 16, 0.05, 1.5, "bound"), score(infilling, "ar-fim", 4, 0.5, 9.0, "exact")]
+    tgts = {t.span: t for t in infilling.targets(scores)}
+    assert set(tgts) == {8, 16}  # spans of 8+ only
+    assert tgts[8].passed and "beaten by masked" in tgts[8].measured
+    assert tgts[16].passed is False  # masked matches more but scores worse; uniform the reverse
+    assert infilling.targets([score(infilling, "masked", 8, 0.2, 1.0, "exact")])[0].passed is None
+
+
+def test_scores_are_cached_per_span_length_and_reused(infilling, tmp_path, monkeypatch):
+    calls = []
+
+    def fake(entry, run, windows, length, seed, judge):
+        calls.append(length)
+        return score(infilling, entry, length, 0.5, 1.0, "exact")
+
+    monkeypatch.setattr(infilling, "score_span", fake)
+    run = type("Run", (), {"path": tmp_path, "step": 7})()
+    args = type("Args", (), {"preset": "tiny", "steps": 7, "windows": 4, "seed": 0, "lengths": [1, 2]})()
+    entry = infilling.BY_NAME["masked"]
+    assert [s.span for s in infilling.scores_of(entry, run, None, args, None)] == [1, 2]
+    args.lengths = [1, 2, 4]
+    infilling.scores_of(entry, run, None, args, None)
+    assert calls == [1, 2, 4]  # the second pass measured only the new length
+    run.step = 8  # new weights: everything again
+    infilling.scores_of(entry, run, None, args, None)
+    assert calls == [1, 2, 4, 1, 2, 4]
+    assert json.loads((tmp_path / "infilling_score.json").read_text())["key"].startswith("step=8 ")
+
+
+@pytest.mark.parametrize(("flags", "message"), [
+    (["--lengths", "1,x"], "--lengths '1,x': give span lengths as whole numbers"),
+    (["--lengths", "0,2"], "every span length must be at least 1"),
+    (["--windows", "0"], "--windows 0: score at least one window"),
+    (["--only", "nope"], "--only nope: no such entry"),
+])
+def test_bad_flags_are_refused_in_one_line(flags, message, tmp_path):
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "infilling.py"), "--runs", str(tmp_path),
+                           *flags], capture_output=True, text=True)
+    assert proc.returncode != 0 and message in proc.stderr and proc.stderr.count("\n") == 1
+
+
+@pytest.mark.slow
+def test_a_tiny_run_of_the_script_writes_its_tables(tmp_path):
+    out = tmp_path / "infilling"
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "infilling.py"), "--runs", str(tmp_path / "r"),
+                           "--preset", "tiny", "--steps", "10", "--windows", "3", "--lengths", "1,8", "--out",
+                           str(out)], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(out.with_suffix(".json").read_text())
+    assert {(s["entry"], s["span"]) for s in result["scores"]} == \
+        {(e, m) for e in ("ar-fim", "masked", "uniform", "embedding") for m in (1, 8)}
+    kinds = {s["entry"]: s["span_kind"] for s in result["scores"]}
+    assert kinds == {"ar-fim": "exact", "masked": "exact", "uniform": "bound", "embedding": ""}
+    assert "### Span of 8 characters" in out.with_suffix(".md").read_text() and out.with_suffix(".png").is_file()
