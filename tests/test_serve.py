@@ -411,7 +411,9 @@ def test_a_client_that_hangs_up_mid_body_is_one_console_line(bounded, capsys):
     time.sleep(0.3)  # anything printed after the line would be part of a traceback
     err += capsys.readouterr().err
     lines = [ln for ln in err.splitlines() if ln.strip()]
-    assert len(lines) == 1 and "hung up after 8 of 90 bytes" in lines[0], err
+    # a client of the test before (closed as it ended) may be logged here too, on a loaded machine
+    assert all(" hung up after " in ln and ln.endswith("nothing was answered") for ln in lines), err
+    assert sum("hung up after 8 of 90 bytes" in ln for ln in lines) == 1, err
     assert get_json(bounded, "/api/status")["active"] == 0
 
 
