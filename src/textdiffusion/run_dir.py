@@ -11,6 +11,7 @@ directory cannot both pass.
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -114,6 +115,9 @@ class RunDirectory:
         if resume and has_weights(rd) and vocab_file is not None and not (rd / vocab_file).is_file():
             raise CheckpointError(f"{rd} has no {vocab_file}, which its weights need; restore it from a copy of "
                                   f"the run")
+        if resume and not os.access(rd, os.W_OK | os.X_OK):  # refused before training, not at its first save
+            raise CheckpointError(f"cannot write in {rd} (permission denied), where resuming saves its checkpoint "
+                                  f"and records; make it writable (chmod u+w {rd}), or resume a copy of the run")
         if not resume and rd.is_dir():
             self._refuse_occupied()  # before anything is written into it
         self.created = not rd.exists()
