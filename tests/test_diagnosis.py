@@ -46,6 +46,26 @@ def run(tmp_path_factory, shakespeare) -> Path:
     return root / "run"
 
 
+@pytest.mark.parametrize("argv", [
+    ["sample", "{f}"], ["eval", "{f}"], ["train", "--resume", "{f}"], ["mnist", "sample", "{f}"],
+    ["compare", "{f}", "--out", "{tmp}/cmp"], ["serve", "{f}"], ["export", "{f}", "{tmp}/exp"],
+])
+def test_a_run_given_as_a_file_is_named_as_one(run, tmp_path, capsys, argv):
+    config = run / "config.json"
+    assert main([a.format(f=config, tmp=tmp_path) for a in argv]) == 2
+    line = error_line(capsys)
+    assert line == f"error: {config} is a file, not a run directory; pass the folder that holds it: {run}"
+    assert "does not exist" not in line and OLD_GUESS not in line
+
+
+def test_a_file_that_is_no_run_names_the_folder_train_prints(tmp_path, capsys):
+    notes = tmp_path / "notes.txt"
+    notes.write_text("x")
+    assert main(["sample", str(notes)]) == 2
+    assert error_line(capsys) == (f"error: {notes} is a file, not a run directory; pass the folder `textdiffusion "
+                                  f"train` printed (it holds config.json)")
+
+
 def test_a_name_too_long_is_not_a_permission_or_disk_problem(run, tmp_path, capsys):
     out = tmp_path / ("a" * 300 + ".txt")
     assert main(["sample", str(run), "--n", "1", "--out", str(out)]) == 2

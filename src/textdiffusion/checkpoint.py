@@ -54,7 +54,7 @@ from safetensors.torch import load_file, save_file
 from textdiffusion import __version__
 from textdiffusion.digests import Integrity, integrity_record, verify_tensors, verify_vocab
 from textdiffusion.errors import CheckpointError, os_error_message
-from textdiffusion.files import atomic_write
+from textdiffusion.files import atomic_write, file_as_run_message
 from textdiffusion.json_reading import JSONProblem, parse_json
 from textdiffusion.json_writing import to_json
 
@@ -89,6 +89,8 @@ def read_json(path: Path) -> Any:
 def read_run_meta(run_dir: Path) -> dict[str, Any]:
     """A run's ``config.json`` as written by the trainer: an object with a ``config`` object in it. Anything else
     (an empty, edited or foreign file) is a one-line :class:`CheckpointError`."""
+    if (problem := file_as_run_message(run_dir)) is not None:
+        raise CheckpointError(problem)
     path = Path(run_dir) / "config.json"
     meta = read_json(path)
     if not isinstance(meta, dict) or not isinstance(meta.get("config"), dict):

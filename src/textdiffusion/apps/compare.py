@@ -55,7 +55,14 @@ from textdiffusion.checkpoint import (
     write_json,
 )
 from textdiffusion.config import GUIDANCE, TEMPERATURE, ConfigError, Range
-from textdiffusion.files import is_symlink_loop, non_utf8_message, not_regular_message, symlink_loop_message, write_text
+from textdiffusion.files import (
+    file_as_run_message,
+    is_symlink_loop,
+    non_utf8_message,
+    not_regular_message,
+    symlink_loop_message,
+    write_text,
+)
 from textdiffusion.methods import SampleRequest, get_method
 from textdiffusion.methods.base import bits_key
 from textdiffusion.progress import progress_bar
@@ -191,6 +198,8 @@ def _read_meta(run: Path) -> dict[str, Any]:
     if not run.is_dir() and is_symlink_loop(run):
         raise CheckpointError(symlink_loop_message(run))
     if (problem := non_utf8_message(run, "run directory")) is not None:
+        raise CheckpointError(problem)
+    if (problem := file_as_run_message(run)) is not None:
         raise CheckpointError(problem)
     if not run.is_dir():
         raise CheckpointError(f"run directory {run} does not exist; pass directories written by "
