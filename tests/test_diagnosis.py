@@ -66,6 +66,32 @@ def test_a_file_that_is_no_run_names_the_folder_train_prints(tmp_path, capsys):
                                   f"train` printed (it holds config.json)")
 
 
+@pytest.mark.parametrize("argv, fix", [
+    (["compare", "{run}", "--out", "{tmp}/cmp"], "leave the run out"),
+    (["export", "{run}", "{tmp}/exp"], "export another run"),
+    (["train", "--resume", "{run}"], "train a new run"),
+])
+def test_a_deleted_checkpoint_is_not_sent_to_resume(run, tmp_path, capsys, argv, fix):
+    """The old advice (``train --resume``, "resume or finish it") fails: resume refuses the same run."""
+    lost = tmp_path / "lost"
+    shutil.copytree(run, lost)
+    (lost / "checkpoint.safetensors").unlink()
+    assert main([a.format(run=lost, tmp=tmp_path) for a in argv]) == 2
+    line = error_line(capsys)
+    assert line == (f"error: {lost} has no checkpoint.safetensors, but its records show training beyond step 0: "
+                    f"the checkpoint was deleted or moved; restore it, or {fix}")
+    assert "before its first" not in line and "resume it with" not in line
+
+
+def test_a_run_that_stopped_before_its_first_save_is_still_sent_to_resume(run, tmp_path, capsys):
+    young = tmp_path / "young"
+    young.mkdir()
+    shutil.copy(run / "config.json", young / "config.json")
+    assert main(["compare", str(young), "--out", str(tmp_path / "cmp")]) == 2
+    assert error_line(capsys) == (f"error: {young} has no checkpoint (training stopped before its first save); "
+                                  f"resume it with `textdiffusion train --resume {young}` or leave it out")
+
+
 def test_a_name_too_long_is_not_a_permission_or_disk_problem(run, tmp_path, capsys):
     out = tmp_path / ("a" * 300 + ".txt")
     assert main(["sample", str(run), "--n", "1", "--out", str(out)]) == 2

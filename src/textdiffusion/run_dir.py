@@ -47,6 +47,13 @@ def trained_records(rd: Path) -> bool:
             or (samples.is_dir() and any(samples.iterdir())))
 
 
+def lost_checkpoint_message(rd: Path, fix: str) -> str:
+    """The one-line error for a run whose records show training but whose checkpoint is gone: resuming it
+    cannot help (it refuses the same run), so the fix is the checkpoint's copy, or ``fix``."""
+    return (f"{rd} has no {CHECKPOINT}, but its records show training beyond step 0: the checkpoint was deleted "
+            f"or moved; restore it, or {fix}")
+
+
 def finish_first_config(rd: Path) -> bool:
     """Finish the config.json write a new run was killed in (``train --resume`` of a directory that holds the
     trainer's temporary config.json and no config.json), or say in one line why it cannot be finished.
@@ -110,8 +117,7 @@ class RunDirectory:
             raise CheckpointError(f"{rd} holds weights but no trainer state (trainer.safetensors, trainer.json): "
                                   f"it samples and evaluates, but cannot be resumed; train a new run")
         if resume and not has_weights(rd) and trained_records(rd):
-            raise CheckpointError(f"{rd} has no {CHECKPOINT}, but its records show training beyond step 0: the "
-                                  f"checkpoint was deleted or moved; restore it, or train a new run")
+            raise CheckpointError(lost_checkpoint_message(rd, "train a new run"))
         if resume and has_weights(rd) and vocab_file is not None and not (rd / vocab_file).is_file():
             raise CheckpointError(f"{rd} has no {vocab_file}, which its weights need; restore it from a copy of "
                                   f"the run")

@@ -81,6 +81,7 @@ from textdiffusion.records import (
     read_json_object,
     read_metrics,
 )
+from textdiffusion.run_dir import lost_checkpoint_message, trained_records
 from textdiffusion.sharing import public_corpus_record, public_source, shareable_path
 from textdiffusion.viz.records import (
     Comparison,
@@ -296,6 +297,8 @@ def read_run(path: str | Path) -> RunRecord:
     final = TrainSummary.read(run)
     metrics = read_metrics(run)
     _note_nonfinite(run, metrics)
+    if not has_checkpoint(run) and not is_export(run) and trained_records(run):
+        raise CheckpointError(lost_checkpoint_message(run, "leave the run out"))
     if not has_checkpoint(run) and not is_export(run):
         raise CheckpointError(f"{run} has no checkpoint (training stopped before its first save); resume it with "
                               f"`textdiffusion train --resume {run}` or leave it out")
