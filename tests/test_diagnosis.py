@@ -92,6 +92,14 @@ def test_a_run_that_stopped_before_its_first_save_is_still_sent_to_resume(run, t
                                   f"resume it with `textdiffusion train --resume {young}` or leave it out")
 
 
+def test_a_set_item_without_equals_is_a_syntax_error_on_a_trained_run(run, capsys):
+    for command in ("sample", "eval"):
+        assert main([command, str(run), "--set", "temperature"]) == 2
+        line = error_line(capsys)
+        assert line == "error: --set expects key=value (e.g. method.temperature=0.8), got 'temperature'"
+        assert "can only change its sampling options" not in line
+
+
 def test_a_name_too_long_is_not_a_permission_or_disk_problem(run, tmp_path, capsys):
     out = tmp_path / ("a" * 300 + ".txt")
     assert main(["sample", str(run), "--n", "1", "--out", str(out)]) == 2
