@@ -100,6 +100,19 @@ def test_a_set_item_without_equals_is_a_syntax_error_on_a_trained_run(run, capsy
         assert "can only change its sampling options" not in line
 
 
+def test_compare_names_a_config_without_a_method_name(run, tmp_path, capsys):
+    broken = tmp_path / "broken"
+    shutil.copytree(run, broken)
+    meta = json.loads((broken / "config.json").read_text())
+    del meta["config"]["method"]["name"]
+    (broken / "config.json").write_text(json.dumps(meta))
+    assert main(["compare", str(broken), "--out", str(tmp_path / "cmp")]) == 2
+    line = error_line(capsys)
+    assert line == (f"error: {broken / 'config.json'} records no method name; it was not written by textdiffusion, "
+                    f"or was edited: restore it or retrain")
+    assert "'?'" not in line
+
+
 def test_a_name_too_long_is_not_a_permission_or_disk_problem(run, tmp_path, capsys):
     out = tmp_path / ("a" * 300 + ".txt")
     assert main(["sample", str(run), "--n", "1", "--out", str(out)]) == 2

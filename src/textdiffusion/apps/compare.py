@@ -211,7 +211,10 @@ def _read_meta(run: Path) -> dict[str, Any]:
     return read_run_meta(run)
 
 
-def _method_class(run: Path, name: str) -> type:
+def _method_class(run: Path, name: object) -> type:
+    if not isinstance(name, str):  # no name to call unknown: the record itself is incomplete
+        raise CheckpointError(f"{run / 'config.json'} records no method name; it was not written by textdiffusion, "
+                              f"or was edited: restore it or retrain")
     try:
         return get_method(name)
     except ConfigError as e:
@@ -291,7 +294,8 @@ def read_run(path: str | Path) -> RunRecord:
     run = Path(path)
     meta = _read_meta(run)
     cfg = meta["config"]
-    method = cfg.get("method", {}).get("name", "?")
+    section = cfg.get("method")
+    method = section.get("name") if isinstance(section, dict) else None
     method_class = _method_class(run, method)
     image = method_class.family == "image"
     final = TrainSummary.read(run)
