@@ -21,7 +21,8 @@ from pathlib import Path
 import pytest
 
 from textdiffusion.apps.cli import main
-from textdiffusion.errors import os_error_message
+from textdiffusion.data.batches import TextData
+from textdiffusion.errors import DataError, os_error_message
 
 ROOT = hasattr(os, "geteuid") and os.geteuid() == 0
 NOBODY = ["setpriv", "--bounding-set=-dac_override,-dac_read_search", "--"]
@@ -128,6 +129,21 @@ def test_config_given_a_symlink_loop_says_so(tmp_path, capsys):
     assert main(["train", "--config", str(loop), "--run-dir", str(tmp_path / "r")]) == 2
     assert error_line(capsys) == (f"error: --config {loop}: {loop} is a symbolic link loop (a link that leads "
                                   f"back to itself); fix or remove the link")
+
+
+def test_a_corpus_too_short_for_any_context_offers_only_a_longer_one():
+    data = TextData.from_text("x")
+    with pytest.raises(DataError) as e:
+        data.check_window(32)
+    assert str(e.value) == ("the training split has 0 characters but one training window needs 32; use a longer "
+                            "corpus (no context fits an empty split)")
+
+
+def test_the_context_offered_for_a_short_corpus_fits():
+    data = TextData.from_text("a short corpus\n" * 2)
+    with pytest.raises(DataError, match=r"--set model.context=(\d+) fits both splits") as e:
+        data.check_window(32)
+    data.check_window(int(e.value.args[0].split("model.context=")[1].split()[0]))  # the offered one passes
 
 
 def test_os_errors_are_diagnosed_by_their_errno(tmp_path):
