@@ -1490,6 +1490,135 @@ def read_only_eval_cases() -> list[Case]:
             for command, fixture in (("eval", "masked"), ("mnist eval", "image"))]
 
 
+def diagnosed(call: Call, cause: Iterable[str], wrong: Iterable[str] = ()) -> tuple[str, str]:
+    """The command must be refused in one line that names the real ``cause`` (every fragment) and none of the
+    ``wrong`` ones a past message blamed instead: a refusal for the wrong reason is judged silent-wrong."""
+    kind = call.kind
+    if kind != "error":
+        return refused(call)
+    message = next((ln.strip() for ln in reversed(call.err.splitlines()) if "error:" in ln), call.message)  # whole
+    blamed = [w for w in wrong if w in message]
+    if blamed:
+        return "silent-wrong", f"wrong diagnosis ({', '.join(map(repr, blamed))}): {message}"
+    missing = [c for c in cause if c not in message]
+    if missing:
+        return "silent-wrong", f"does not name the cause ({', '.join(map(repr, missing))}): {message}"
+    return "ok", message
+
+
+def diagnosis_cases() -> list[Case]:
+    """Common mistakes whose one-line error once named the wrong cause or a fix that fails the same way: a run
+    given as a file, a deleted or unreadable checkpoint, unreadable records and folders, a read-only run
+    resumed, names too long for the file system, ``--set`` without ``=`` on a trained run, a config.json
+    without a method name, a corpus too short for any context, ``--config`` given a symbolic link loop."""
+    cases: list[Case] = []
+    guess = "free disk space"
+
+    def add(name: str, fn: Callable[[Ctx], tuple[str, str]]) -> None:
+        cases.append(Case(f"diagnosis:{name}", "7", "diagnosis", fn))
+
+    def commands(ctx: Ctx, run: Path) -> dict[str, list[Any]]:
+        return {**_commands(ctx, run), "export": ["export", run, ctx.path("export")],
+                "mnist sample": mnist_sample_argv(ctx, run)}
+
+    for command in ("sample", "eval", "resume", "compare", "serve", "export", "mnist sample"):
+        def as_file(ctx: Ctx, command=command) -> tuple[str, str]:
+            config = ctx.run("masked") / "config.json"
+            return diagnosed(ctx.cli(*commands(ctx, config)[command]), ["is a file, not a run directory"],
+                             ["does not exist", guess])
+
+        add(f"a run given as its config.json/{command}", as_file)
+
+    for command in ("compare", "export"):
+        def deleted(ctx: Ctx, command=command) -> tuple[str, str]:
+            run = ctx.run("masked")
+            (run / CKPT).unlink()
+            return diagnosed(ctx.cli(*commands(ctx, run)[command]), ["deleted or moved"],
+                             ["--resume", "resume or", "before its first"])
+
+        add(f"a run whose checkpoint was deleted/{command}", deleted)
+
+    for name in (CKPT, "config.json", "tokenizer.json", "final.json"):
+        for command in {CKPT: ("sample", "resume", "compare", "export"), "final.json": ("compare",)}.get(
+                name, ("sample", "compare")):  # sample reads no final.json
+            def unreadable(ctx: Ctx, name=name, command=command) -> tuple[str, str]:
+                run = ctx.run("masked")
+                (run / name).chmod(0)
+                return diagnosed(ctx.cli(*commands(ctx, run)[command]),
+                                 ["cannot read", name, "permission denied", "chmod u+r"], ["damaged", guess])
+
+            add(f"unreadable {name}/{command}", unreadable)
+
+    for command in ("train --run-dir", "sample"):
+        def closed(ctx: Ctx, command=command) -> tuple[str, str]:
+            run = ctx.run("masked")
+            run.chmod(0)
+            try:
+                argv = train_argv(ctx, "masked", "masked") if command == "train --run-dir" else sample_argv(run)
+                call = ctx.cli(*argv)
+            finally:
+                run.chmod(0o755)
+            return diagnosed(call, ["cannot open the folder", "chmod u+rx"], ["weights.safetensors", guess])
+
+        add(f"an unreadable run folder/{command}", closed)
+
+    def read_only_resume(ctx: Ctx) -> tuple[str, str]:
+        run = ctx.run("masked")
+        run.chmod(0o555)
+        try:
+            call = ctx.cli(*resume_argv(run))
+        finally:
+            run.chmod(0o755)
+        return diagnosed(call, [f"cannot write in {run}", "chmod u+w"], [".tmp", guess])
+
+    add("resume of a read-only run", read_only_resume)
+
+    long_name = "n" * 300
+    for command in ("sample --out", "compare --out", "export", "train --run-dir"):
+        def too_long(ctx: Ctx, command=command) -> tuple[str, str]:
+            run, where = ctx.fixture("masked"), ctx.path(long_name)
+            argv = {"sample --out": sample_argv(run, "--out", f"{where}.txt"),
+                    "compare --out": ["compare", run, "--out", where, "--sweep="],
+                    "export": ["export", run, where],
+                    "train --run-dir": train_argv(ctx, "masked", long_name)}[command]
+            return diagnosed(ctx.cli(*argv), ["too long"], ["permission", guess])
+
+        add(f"a name too long for the file system/{command}", too_long)
+
+    for command in ("sample", "eval"):
+        def no_equals(ctx: Ctx, command=command) -> tuple[str, str]:
+            run = ctx.fixture("masked")
+            argv = sample_argv(run, "--set", "temperature") if command == "sample" else \
+                eval_argv(run, "--set", "temperature")
+            return diagnosed(ctx.cli(*argv), ["key=value"], ["sampling options"])
+
+        add(f"--set without '='/{command}", no_equals)
+
+    def no_method_name(ctx: Ctx) -> tuple[str, str]:
+        run = ctx.run("masked")
+        _edit_config(run, lambda meta: meta["config"]["method"].pop("name"))
+        return diagnosed(ctx.cli(*commands(ctx, run)["compare"]), ["no method name"], ["'?'"])
+
+    add("config.json without a method name/compare", no_method_name)
+
+    def one_char(ctx: Ctx) -> tuple[str, str]:
+        corpus = ctx.path("one.txt")
+        corpus.write_text("x", encoding="utf-8")
+        return diagnosed(ctx.cli(*train_argv(ctx, "masked", data=str(corpus))), ["longer corpus"],
+                         ["smaller context"])
+
+    add("a one-character corpus/train", one_char)
+
+    def config_loop(ctx: Ctx) -> tuple[str, str]:
+        loop = ctx.path("loop.json")
+        loop.symlink_to(loop)
+        return diagnosed(ctx.cli("train", "--config", loop, "--run-dir", ctx.path("new")), ["symbolic link loop"],
+                         ["permissions"])
+
+    add("a symbolic link loop/train --config", config_loop)
+    return cases
+
+
 # ---- the issue's own list, one case each ---------------------------------------------------------------
 # the Gaussian methods sample 200 steps by default (0.4 s); a few are enough to see an option's effect
 FEW_STEPS = {"embedding": ["--steps=8"], "bits": ["--steps=8"]}
@@ -2434,7 +2563,7 @@ def all_cases() -> list[Case]:
     cases = [*issue_cases(), *set_field_cases(), *set_syntax_cases(), *sample_set_cases(), *flag_cases(),
              *config_file_cases(), *checkpoint_cases(), *run_dir_cases(), *data_cases(), *output_cases(),
              *clobber_cases(), *stale_temp_cases(),
-             *read_only_eval_cases(), *audit_cases(), *proc_cases()]
+             *read_only_eval_cases(), *diagnosis_cases(), *audit_cases(), *proc_cases()]
     cases += edge_cases()
     seen: set[str] = set()
     unique = []

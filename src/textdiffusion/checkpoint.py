@@ -39,7 +39,9 @@ exactly what an uninterrupted one draws; the counters (:class:`TrainingCounters`
 
 from __future__ import annotations
 
+import errno
 import json
+import os
 import platform
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,8 +53,8 @@ from safetensors.torch import load_file, save_file
 
 from textdiffusion import __version__
 from textdiffusion.digests import Integrity, integrity_record, verify_tensors, verify_vocab
-from textdiffusion.errors import CheckpointError
-from textdiffusion.files import atomic_write
+from textdiffusion.errors import CheckpointError, os_error_message
+from textdiffusion.files import atomic_write, file_as_run_message
 from textdiffusion.json_reading import JSONProblem, parse_json
 from textdiffusion.json_writing import to_json
 
@@ -87,6 +89,8 @@ def read_json(path: Path) -> Any:
 def read_run_meta(run_dir: Path) -> dict[str, Any]:
     """A run's ``config.json`` as written by the trainer: an object with a ``config`` object in it. Anything else
     (an empty, edited or foreign file) is a one-line :class:`CheckpointError`."""
+    if (problem := file_as_run_message(run_dir)) is not None:
+        raise CheckpointError(problem)
     path = Path(run_dir) / "config.json"
     meta = read_json(path)
     if not isinstance(meta, dict) or not isinstance(meta.get("config"), dict):
@@ -179,8 +183,18 @@ def has_weights(run_dir: Path) -> bool:
 
 
 def _corrupt(path: Path, why: object) -> CheckpointError:
+    if isinstance(why, OSError) and (denied := _denied(path)) is not None:
+        return denied
     return CheckpointError(f"{path} is not a readable checkpoint ({why}); the file is damaged: restore it from a "
                            f"copy or retrain")
+
+
+def _denied(path: Path) -> CheckpointError | None:
+    """A file that failed to open because it may not be read, said so: safetensors reports one as missing
+    (FileNotFoundError), and "damaged, restore it" would send its owner to replace a whole file."""
+    if os.path.exists(path) and not os.access(path, os.R_OK):
+        return CheckpointError(os_error_message(PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(path))))
+    return None
 
 
 def read_header(run_dir: Path) -> CheckpointHeader:
@@ -310,6 +324,8 @@ def read_tensors(path: Path) -> tuple[dict[str, torch.Tensor], int]:
             meta = f.metadata() or {}
         tensors, step = load_file(str(path)), int(meta.get("step", -1))
     except (SafetensorError, OSError, ValueError) as e:
+        if isinstance(e, OSError) and (denied := _denied(path)) is not None:
+            raise denied from None
         raise CheckpointError(f"{path} is not a readable safetensors file ({e}); the checkpoint is corrupt, "
                               f"restore it or retrain") from None
     integrity = Integrity.from_metadata(meta, path)

@@ -56,6 +56,7 @@ from textdiffusion.digests import VOCAB_FILE
 from textdiffusion.files import write_text
 from textdiffusion.methods import get_method
 from textdiffusion.records import FINAL, FinalScore, TrainSummary
+from textdiffusion.run_dir import lost_checkpoint_message, trained_records
 from textdiffusion.runs import _shape_only_model, check_checkpoint_config, check_checkpoint_shapes, read_run_config
 from textdiffusion.sharing import public_config, public_corpus_record, shareable_argv, shareable_path
 
@@ -84,6 +85,8 @@ def export_run(run_dir: str | Path, out: str | Path, force: bool = False) -> Exp
     except a run directory. Raises a one-line :class:`CheckpointError` for a folder that is not a run, a run
     without weights, or an ``out`` that may not be replaced."""
     run, meta, cfg = read_run_config(run_dir)
+    if not has_weights(run) and trained_records(run):
+        raise CheckpointError(lost_checkpoint_message(run, "export another run"))
     if not has_weights(run):
         raise CheckpointError(f"{run} has no weights yet (training stopped before its first checkpoint); resume or "
                               f"finish it, then export it")

@@ -162,3 +162,15 @@ def non_utf8_message(path: str | Path, what: str) -> str | None:
         return (f"{what} {shown} has a name that is not valid UTF-8, which the checkpoint library cannot open; "
                 f"rename it (or pick a name) in UTF-8")
     return None
+
+
+def file_as_run_message(path: str | Path) -> str | None:
+    """The one-line error for a run directory given as a file (``runs/masked/config.json`` for ``runs/masked``),
+    or None when ``path`` is not a file. Said before anything reads ``PATH/config.json``, whose "not a directory"
+    would otherwise read as a problem with the disk, and before "does not exist", which it is not."""
+    p = Path(path)
+    if not os.path.exists(p) or os.path.isdir(p):
+        return None
+    if os.path.isfile(p.parent / "config.json"):
+        return f"{p} is a file, not a run directory; pass the folder that holds it: {p.parent}"
+    return f"{p} is a file, not a run directory; pass the folder `textdiffusion train` printed (it holds config.json)"

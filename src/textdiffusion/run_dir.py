@@ -11,6 +11,7 @@ directory cannot both pass.
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -44,6 +45,13 @@ def trained_records(rd: Path) -> bool:
     metrics, samples = rd / METRICS, rd / "samples"
     return ((rd / FINAL).exists() or (metrics.is_file() and metrics.stat().st_size > 0)
             or (samples.is_dir() and any(samples.iterdir())))
+
+
+def lost_checkpoint_message(rd: Path, fix: str) -> str:
+    """The one-line error for a run whose records show training but whose checkpoint is gone: resuming it
+    cannot help (it refuses the same run), so the fix is the checkpoint's copy, or ``fix``."""
+    return (f"{rd} has no {CHECKPOINT}, but its records show training beyond step 0: the checkpoint was deleted "
+            f"or moved; restore it, or {fix}")
 
 
 def finish_first_config(rd: Path) -> bool:
@@ -109,11 +117,13 @@ class RunDirectory:
             raise CheckpointError(f"{rd} holds weights but no trainer state (trainer.safetensors, trainer.json): "
                                   f"it samples and evaluates, but cannot be resumed; train a new run")
         if resume and not has_weights(rd) and trained_records(rd):
-            raise CheckpointError(f"{rd} has no {CHECKPOINT}, but its records show training beyond step 0: the "
-                                  f"checkpoint was deleted or moved; restore it, or train a new run")
+            raise CheckpointError(lost_checkpoint_message(rd, "train a new run"))
         if resume and has_weights(rd) and vocab_file is not None and not (rd / vocab_file).is_file():
             raise CheckpointError(f"{rd} has no {vocab_file}, which its weights need; restore it from a copy of "
                                   f"the run")
+        if resume and not os.access(rd, os.W_OK | os.X_OK):  # refused before training, not at its first save
+            raise CheckpointError(f"cannot write in {rd} (permission denied), where resuming saves its checkpoint "
+                                  f"and records; make it writable (chmod u+w {rd}), or resume a copy of the run")
         if not resume and rd.is_dir():
             self._refuse_occupied()  # before anything is written into it
         self.created = not rd.exists()

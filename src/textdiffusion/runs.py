@@ -25,7 +25,7 @@ from textdiffusion.config import DEVICE, Config, ConfigError, apply_sampling_ove
 from textdiffusion.config.reading import warn_ignored_fields
 from textdiffusion.data.sources import load_vocab
 from textdiffusion.data.tokenizer import Tokenizer
-from textdiffusion.files import is_symlink_loop, non_utf8_message, symlink_loop_message
+from textdiffusion.files import file_as_run_message, is_symlink_loop, non_utf8_message, symlink_loop_message
 from textdiffusion.methods import Method, get_method
 from textdiffusion.methods.configs import config_from_dict
 from textdiffusion.run_lock import training_pid
@@ -183,6 +183,8 @@ def read_run_config(path: str | Path) -> tuple[Path, dict[str, Any], Config]:
     if not run.is_dir() and is_symlink_loop(run):
         raise CheckpointError(symlink_loop_message(run))
     if (problem := non_utf8_message(run, "run directory")) is not None:
+        raise CheckpointError(problem)
+    if (problem := file_as_run_message(run)) is not None:
         raise CheckpointError(problem)
     if not run.is_dir():
         raise CheckpointError(f"run directory {run} does not exist; pass the directory `textdiffusion train` "

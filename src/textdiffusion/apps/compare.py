@@ -55,7 +55,14 @@ from textdiffusion.checkpoint import (
     write_json,
 )
 from textdiffusion.config import GUIDANCE, TEMPERATURE, ConfigError, Range
-from textdiffusion.files import is_symlink_loop, non_utf8_message, not_regular_message, symlink_loop_message, write_text
+from textdiffusion.files import (
+    file_as_run_message,
+    is_symlink_loop,
+    non_utf8_message,
+    not_regular_message,
+    symlink_loop_message,
+    write_text,
+)
 from textdiffusion.methods import SampleRequest, get_method
 from textdiffusion.methods.base import bits_key
 from textdiffusion.progress import progress_bar
@@ -74,6 +81,7 @@ from textdiffusion.records import (
     read_json_object,
     read_metrics,
 )
+from textdiffusion.run_dir import lost_checkpoint_message, trained_records
 from textdiffusion.sharing import public_corpus_record, public_source, shareable_path
 from textdiffusion.viz.records import (
     Comparison,
@@ -192,6 +200,8 @@ def _read_meta(run: Path) -> dict[str, Any]:
         raise CheckpointError(symlink_loop_message(run))
     if (problem := non_utf8_message(run, "run directory")) is not None:
         raise CheckpointError(problem)
+    if (problem := file_as_run_message(run)) is not None:
+        raise CheckpointError(problem)
     if not run.is_dir():
         raise CheckpointError(f"run directory {run} does not exist; pass directories written by "
                               f"`textdiffusion train` (they hold config.json)")
@@ -201,7 +211,10 @@ def _read_meta(run: Path) -> dict[str, Any]:
     return read_run_meta(run)
 
 
-def _method_class(run: Path, name: str) -> type:
+def _method_class(run: Path, name: object) -> type:
+    if not isinstance(name, str):  # no name to call unknown: the record itself is incomplete
+        raise CheckpointError(f"{run / 'config.json'} records no method name; it was not written by textdiffusion, "
+                              f"or was edited: restore it or retrain")
     try:
         return get_method(name)
     except ConfigError as e:
@@ -281,12 +294,15 @@ def read_run(path: str | Path) -> RunRecord:
     run = Path(path)
     meta = _read_meta(run)
     cfg = meta["config"]
-    method = cfg.get("method", {}).get("name", "?")
+    section = cfg.get("method")
+    method = section.get("name") if isinstance(section, dict) else None
     method_class = _method_class(run, method)
     image = method_class.family == "image"
     final = TrainSummary.read(run)
     metrics = read_metrics(run)
     _note_nonfinite(run, metrics)
+    if not has_checkpoint(run) and not is_export(run) and trained_records(run):
+        raise CheckpointError(lost_checkpoint_message(run, "leave the run out"))
     if not has_checkpoint(run) and not is_export(run):
         raise CheckpointError(f"{run} has no checkpoint (training stopped before its first save); resume it with "
                               f"`textdiffusion train --resume {run}` or leave it out")

@@ -137,6 +137,8 @@ def apply_sampling_overrides(cfg: Config, overrides: list[str]) -> Config:
     ``sampling`` on its config class) may change."""
     allowed = cfg.method.sampling_fields()
     for item in overrides:
+        if "=" not in item:  # a malformed item, before it is judged as a key a trained run may not change
+            raise ConfigError(f"--set expects key=value (e.g. method.temperature=0.8), got {show(item)}")
         key = _canonical(item).split("=", 1)[0]
         section, _, name = key.partition(".")
         if section != "method" or name not in allowed:

@@ -18,7 +18,7 @@ from typing import Any
 from textdiffusion.config.options import show
 from textdiffusion.config.sections import SECTIONS, Config, MethodConfig
 from textdiffusion.config.validation import validate
-from textdiffusion.errors import ConfigError, ConfigWarning, did_you_mean
+from textdiffusion.errors import ConfigError, ConfigWarning, did_you_mean, os_error_message
 from textdiffusion.json_reading import JSONProblem, parse_json
 
 # a method's name -> its config class; raises ConfigError for a name no method has
@@ -150,7 +150,7 @@ def read_config_file(path: str | Path, config_class: ConfigClassOf) -> Config:
     except UnicodeDecodeError:
         raise ConfigError(f"{where} is not UTF-8 text; pass a JSON config") from None
     except OSError as e:
-        raise ConfigError(f"{where}: cannot read it ({e.strerror or e}); check the path and its permissions") from None
+        raise ConfigError(f"{where}: {os_error_message(e)}") from None
     try:
         d = parse_json(text)
     except JSONProblem as e:

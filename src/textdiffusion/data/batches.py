@@ -57,14 +57,16 @@ class TextData:
         return data
 
     def check_window(self, window: int) -> None:
-        """Both splits must hold at least one full window of ``window`` tokens."""
+        """Both splits must hold at least one full window of ``window`` tokens. The fix offered is one that
+        works: a context no longer than the shorter split, or, when a split is empty, only a longer corpus."""
         unit = "characters" if self.tokenizer.kind == "char" else "tokens"
+        fits = min(self.train_ids.numel(), self.val_ids.numel())
         for name, ids in (("training", self.train_ids), ("validation", self.val_ids)):
             if ids.numel() < window:
-                raise DataError(
-                    f"the {name} split has {ids.numel()} {unit} but one training window needs {window}; "
-                    f"use a longer corpus or a smaller context (--set model.context=N)"
-                )
+                fix = (f"use a longer corpus or a smaller context (--set model.context={fits} fits both splits)"
+                       if fits else "use a longer corpus (no context fits an empty split)")
+                raise DataError(f"the {name} split has {ids.numel()} {unit} but one training window needs {window}; "
+                                f"{fix}")
 
     @staticmethod
     def random_windows(ids: torch.Tensor, batch: int, window: int, generator: torch.Generator) -> torch.Tensor:

@@ -34,7 +34,7 @@ from textdiffusion.apps.cli.checks import check_flags_agree
 from textdiffusion.apps.cli.flags import HelpFormatter
 from textdiffusion.catalogue import IMAGE_METHODS, TEXT_METHODS
 from textdiffusion.config import ConfigError
-from textdiffusion.errors import CheckpointError, ConfigWarning, DataError, did_you_mean
+from textdiffusion.errors import CheckpointError, ConfigWarning, DataError, did_you_mean, os_error_message
 from textdiffusion.files import symlink_loop_message
 from textdiffusion.sharing import command_line
 
@@ -222,9 +222,7 @@ def _run(argv: list[str] | None) -> int:
         if e.errno == errno.ELOOP:  # a path the user gave, not the machine
             print(f"error: {symlink_loop_message(e.filename or 'a path')}", file=sys.stderr)
             return 2
-        where = f" ({e.filename})" if e.filename else ""
-        print(f"error: {e.strerror or e}{where}; check the path, its permissions and the free disk space",
-              file=sys.stderr)
+        print(f"error: {os_error_message(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as e:  # the trainer's says which checkpoint is intact
         print(f"interrupted{': ' + str(e) if str(e) else ''}", file=sys.stderr)

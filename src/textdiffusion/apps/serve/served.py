@@ -13,7 +13,7 @@ from textdiffusion.api import ImageModel, TextModel, load
 from textdiffusion.checkpoint import CheckpointError, recorded_method
 from textdiffusion.config import ConfigError
 from textdiffusion.data.tokenizer import CharTokenizer, Tokenizer
-from textdiffusion.files import is_symlink_loop, symlink_loop_message
+from textdiffusion.files import file_as_run_message, is_symlink_loop, symlink_loop_message
 from textdiffusion.methods import REGISTRY, TextMethod
 from textdiffusion.records import TrainSummary
 
@@ -71,6 +71,8 @@ def _check_run_dir(path: Path) -> None:
     text, is a one-line error naming the command to use instead."""
     if not path.is_dir() and is_symlink_loop(path):
         raise CheckpointError(symlink_loop_message(path))
+    if (problem := file_as_run_message(path)) is not None:
+        raise CheckpointError(problem)
     if not path.is_dir():
         raise CheckpointError(f"run directory {path} does not exist; pass the directory `textdiffusion train` "
                               f"printed (it holds config.json)")
