@@ -213,3 +213,11 @@ def test_permissions_name_what_may_not_be_read_or_written(run, tmp_path):
         f"make it writable (chmod u+w {read_only}), or resume a copy of the run",
     ]
     assert not any("damaged" in ln or OLD_GUESS in ln or "weights.safetensors" in ln or ".tmp" in ln for ln in lines)
+
+
+@pytest.mark.parametrize("argv", [["sample"], ["mnist", "sample"], ["mnist", "eval"], ["eval"]])
+def test_a_missing_run_names_both_trainers_that_print_one(tmp_path, capsys, argv):
+    assert main([*argv, str(tmp_path / "nope")]) == 2
+    assert error_line(capsys) == (f"error: run directory {tmp_path / 'nope'} does not exist; pass the directory "
+                                  f"`textdiffusion train` or `textdiffusion mnist train` printed (it holds "
+                                  f"config.json)")

@@ -173,4 +173,5 @@ def file_as_run_message(path: str | Path) -> str | None:
         return None
     if os.path.isfile(p.parent / "config.json"):
         return f"{p} is a file, not a run directory; pass the folder that holds it: {p.parent}"
-    return f"{p} is a file, not a run directory; pass the folder `textdiffusion train` printed (it holds config.json)"
+    return (f"{p} is a file, not a run directory; pass the folder `textdiffusion train` or `textdiffusion mnist "
+            f"train` printed (it holds config.json)")

@@ -187,8 +187,8 @@ def read_run_config(path: str | Path) -> tuple[Path, dict[str, Any], Config]:
     if (problem := file_as_run_message(run)) is not None:
         raise CheckpointError(problem)
     if not run.is_dir():
-        raise CheckpointError(f"run directory {run} does not exist; pass the directory `textdiffusion train` "
-                              f"printed (it holds config.json)")
+        raise CheckpointError(f"run directory {run} does not exist; pass the directory `textdiffusion train` or "
+                              f"`textdiffusion mnist train` printed (it holds config.json)")
     meta = read_run_meta(run)
     cfg = config_from_dict(meta["config"])
     warn_ignored_fields(run / "config.json", meta)

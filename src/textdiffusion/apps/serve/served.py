@@ -74,8 +74,8 @@ def _check_run_dir(path: Path) -> None:
     if (problem := file_as_run_message(path)) is not None:
         raise CheckpointError(problem)
     if not path.is_dir():
-        raise CheckpointError(f"run directory {path} does not exist; pass the directory `textdiffusion train` "
-                              f"printed (it holds config.json)")
+        raise CheckpointError(f"run directory {path} does not exist; pass the directory `textdiffusion train` or "
+                              f"`textdiffusion mnist train` printed (it holds config.json)")
     method = recorded_method(path)
     # the registry, not the name, says what a method samples
     if method in REGISTRY and REGISTRY[method].family != "text":
