@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 import pytest
 import torch
 
 from helpers import tiny_config, train_tiny
 from textdiffusion.apps.cli import main
+from textdiffusion.checkpoint import CheckpointError
 from textdiffusion.config import ConfigError
 from textdiffusion.data.batches import TextData
 from textdiffusion.data.tokenizer import CharTokenizer
@@ -135,6 +139,10 @@ def test_guided_needs_an_ar_run(trained):
         run.method.sample(run.model, SampleRequest(sampler="guided", steps=2), torch.Generator())
     with pytest.raises(ConfigError, match="it must be ar"):  # checked when the run (and its guide) is opened
         open_run(trained["emb"], device="cpu", overrides=[f"method.guide_run={trained['emb']}"])
+    missing = Path(trained["emb"]).parent / "no-such-run"
+    with pytest.raises(CheckpointError, match=rf"^method.guide_run={re.escape(str(missing))}: run directory .* does "
+                                              rf"not exist"):  # the option that named the path is said
+        open_run(trained["emb"], device="cpu", overrides=[f"method.guide_run={missing}"])
 
 
 def test_validation_reports_a_bound_whose_terms_match_independent_estimates(trained):

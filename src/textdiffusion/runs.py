@@ -195,6 +195,15 @@ def read_run_config(path: str | Path) -> tuple[Path, dict[str, Any], Config]:
     return run, meta, cfg
 
 
+def _open_companion(option: str, path: str, device: torch.device) -> LoadedRun:
+    """The run an option names (``method.guide_run``), opened for sampling; an error opening it names the option,
+    since the path came from a setting rather than from the command line."""
+    try:
+        return open_run(path, device=str(device))
+    except (CheckpointError, ConfigError) as e:
+        raise type(e)(f"{option}={path}: {e}") from None
+
+
 def _warn(message: str) -> None:
     print(f"warning: {message}", file=sys.stderr)
 
@@ -245,6 +254,6 @@ def open_run(path: str | Path, weights: str = "ema", device: str = "auto",
     method.take_label_names(corpus.get("labels"))
     companions = method.companion_runs()
     if companions:
-        method.attach_companions({key: open_run(path, device=str(dev)) for key, path in companions.items()})
+        method.attach_companions({key: _open_companion(key, path, dev) for key, path in companions.items()})
     tok = vocab if isinstance(vocab, Tokenizer) else None
     return LoadedRun(run, cfg, meta, tok, method, model, step, dev, vocab)
