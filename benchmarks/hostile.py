@@ -1971,7 +1971,7 @@ def proc_cases() -> list[Case]:
                 "--no-progress", *sets("train.steps=20", "train.eval_every=10", "train.final_eval_windows=2")]
         call = ctx.finish(ctx.popen(argv, "full", preexec=limit), 60)
         first = refused(call, what="training on a full disk")
-        if call.kind == "error" and not ("ckpt.safetensors" in call.message and "no checkpoint was written yet"
+        if call.kind == "error" and not ("checkpoint.safetensors" in call.message and "no checkpoint was written yet"
                                          in call.message):
             first = worst(first, ("silent-wrong", f"a full disk before any checkpoint, not named with the file and "
                                                   f"that nothing is saved yet: {call.message}"))
