@@ -13,7 +13,7 @@ from textdiffusion.config import ConfigError
 from textdiffusion.corruption import CONFUSABLE, ChannelSteer, character_errors, make_channel
 from textdiffusion.data.tokenizer import CharTokenizer
 from textdiffusion.diffusion.masking import make_schedule
-from textdiffusion.diffusion.uniform import corrupt, time_for_rate
+from textdiffusion.diffusion.uniform import UniformSampler, corrupt, posterior, time_for_rate
 from textdiffusion.nn.transformer import KVCache
 from textdiffusion.noisy_channel import beam_decode
 from textdiffusion.suspicion import clean_probability, group_masks, suspects
@@ -98,6 +98,25 @@ def test_the_matched_time_changes_that_fraction_of_characters(schedule, rate):
     assert abs(float((z != x).float().mean()) - rate) < 4 * math.sqrt(rate * (1 - rate) / x.numel())
     with pytest.raises(ValueError, match="uniform noise"):
         time_for_rate(sched, 0.99, n)
+
+
+def test_a_one_step_greedy_repair_is_the_channels_bayes_rule():
+    """From t* straight to 0, the greedy end takes argmax_y q(z | y) x_theta(y): the posterior at alpha_s = 1."""
+    sched, n = make_schedule("loglinear", 10.0), 7
+    t = time_for_rate(sched, 0.2, n)
+    z = torch.randint(0, n, (3, 9), generator=torch.Generator().manual_seed(0))
+    logits = torch.randn(3, 9, n, generator=torch.Generator().manual_seed(1)) * 3
+
+    def forward(state, times):
+        assert torch.allclose(times, torch.full((3,), t))  # the network is asked at the matched time
+        return logits
+
+    sampler = UniformSampler("ancestral", 1, alpha=sched.alpha, start=t, greedy_end=True)
+    out, nfe = sampler.run(forward, z, torch.zeros_like(z, dtype=torch.bool), torch.Generator().manual_seed(2))
+    a_t = sched.alpha(torch.tensor(t, dtype=torch.float64))
+    expected = posterior(z, logits.double().softmax(-1), a_t, torch.tensor(1.0, dtype=torch.float64)).argmax(-1)
+    assert torch.equal(out, expected) and nfe == 1.0
+    assert (out != z).any() and (out == z).any()  # it keeps some characters and changes others
 
 
 def test_groups_cover_every_position_once():

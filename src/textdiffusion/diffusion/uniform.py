@@ -190,6 +190,9 @@ class UniformSampler:
     draw: TokenDraw = field(default_factory=TokenDraw)
     alpha: Callable[[torch.Tensor], torch.Tensor] | None = None
     start: float = 1.0  # the time the state is at: 1 from the prior, earlier to repair a partly noisy text
+    # ancestral: the last step, to t = 0, takes the posterior's likeliest symbol instead of a draw (a repair wants
+    # the likeliest text; the steps before still draw, so the chain can move away from what it read)
+    greedy_end: bool = False
 
     def __post_init__(self) -> None:
         if self.rule not in (ANCESTRAL, REDRAW):
@@ -214,7 +217,8 @@ class UniformSampler:
                 assert self.alpha is not None
                 x_theta = logits.double().softmax(-1)
                 step = posterior(state, x_theta, self.alpha(t.double()), self.alpha(s.double()))
-                drawn = gumbel_sample(step.log(), generator)
+                last = self.greedy_end and i == self.steps - 1
+                drawn = step.argmax(-1) if last else gumbel_sample(step.log(), generator)
             state = torch.where(fixed, state, drawn)
             if on_step:
                 on_step(i + 1, state.clone(), {"t": float(s), "nfe": i + 1})

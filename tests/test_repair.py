@@ -1,0 +1,155 @@
+"""Repairing corrupted text with a run: each family's repairer on the method contract, the windows of a long text,
+the refusals, and the ``textdiffusion repair`` command."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from helpers import train_tiny
+from textdiffusion.api import load
+from textdiffusion.config import ConfigError
+from textdiffusion.corruption import make_channel
+from textdiffusion.diffusion import uniform as uniform_maths
+from textdiffusion.methods.requests import window_starts
+
+CONTEXT = 32  # the tiny preset's
+REPAIRERS = ("ar", "masked", "block", "uniform")
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory, shakespeare):
+    root = tmp_path_factory.mktemp("repair")
+    corpus = root / "c.txt"
+    corpus.write_text(shakespeare[:30_000], encoding="utf-8")
+    for method in (*REPAIRERS, "embedding"):
+        train_tiny(method, corpus, root / method, steps=2)
+    return root
+
+
+@pytest.fixture(scope="module")
+def held_out(shakespeare) -> str:
+    return shakespeare[-(3 * CONTEXT + 5):]
+
+
+def noisy_copy(model, text: str, rate: float = 0.2, seed: int = 0) -> str:
+    ids = torch.tensor(model.tokenizer.encode(text))
+    noisy, _ = make_channel("uniform", rate, model.tokenizer).corrupt(ids, torch.Generator().manual_seed(seed))
+    return model.tokenizer.decode(noisy.tolist())
+
+
+@pytest.mark.parametrize("method", REPAIRERS)
+def test_every_repairer_keeps_the_length_window_after_window(runs, held_out, method):
+    model = load(runs / method)
+    noisy = noisy_copy(model, held_out)
+    res = model.repair(noisy, rate=0.2, progress=False)
+    assert len(res.text) == len(noisy) and set(res.text) <= set(model.tokenizer.chars)
+    assert res.windows == len(window_starts(len(noisy), CONTEXT, CONTEXT // 2))
+    assert res.changed == sum(a != b for a, b in zip(res.text, noisy, strict=True))
+    again = model.repair(noisy, rate=0.2, progress=False)
+    assert again.text == res.text  # a seed gives the same repair
+
+
+def test_each_window_keeps_what_the_windows_before_repaired(runs, held_out, monkeypatch):
+    model = load(runs / "masked")
+    method = model.text_method
+    seen = []
+    repair = type(method).repair
+
+    def recording(self, model_, state, fixed, channel, req, generator):
+        out = repair(self, model_, state, fixed, channel, req, generator)
+        seen.append((state.clone(), fixed.clone(), out.clone()))
+        return out
+
+    monkeypatch.setattr(type(method), "repair", recording)
+    res = model.repair(noisy_copy(model, held_out), rate=0.2, progress=False)
+    ids = torch.tensor(model.tokenizer.encode(res.text))
+    done = 0
+    for start, (state, fixed, out) in zip(window_starts(len(ids), CONTEXT, CONTEXT // 2), seen, strict=True):
+        assert int(fixed.sum()) == max(0, done - start) and bool(fixed[0, :done - start].all())
+        assert torch.equal(out[fixed], state[fixed])  # what an earlier window repaired is kept
+        assert torch.equal(out[0], ids[start:start + CONTEXT])
+        done = start + CONTEXT
+
+
+@pytest.mark.parametrize("method", ["masked", "block"])
+def test_masked_repair_masks_the_rates_share_of_the_free_positions(runs, held_out, method, monkeypatch):
+    """The rate's share of the free characters, those least likely clean, are masked and filled; every other
+    character comes back as it was read."""
+    model = load(runs / method)
+    cls = type(model.text_method)
+    filled = []
+    fill = cls.fill
+
+    def recording(self, model_, forward, state, fixed, plan, generator):
+        before = state.clone()
+        out = fill(self, model_, forward, state, fixed, plan, generator)
+        filled.append((before, fixed.clone(), out.clone()))
+        return out
+
+    monkeypatch.setattr(cls, "fill", recording)
+    text = held_out[:CONTEXT]
+    noisy = noisy_copy(model, text, rate=0.25)
+    res = model.repair(noisy, rate=0.25, progress=False)
+    (state, fixed, out), = filled
+    masks = state == model.tokenizer.mask_id
+    assert torch.equal(masks, ~fixed) and int(masks.sum()) == round(0.25 * CONTEXT)
+    read = torch.tensor([model.tokenizer.encode(noisy)])
+    assert torch.equal(out[fixed], read[fixed]) and res.text == model.tokenizer.decode(out[0].tolist())
+
+
+def test_block_repair_fills_blanks_followed_by_later_blocks(runs, held_out):
+    """Sampling refuses a blank with known text in a later block (a block never sees it); repair's fill writes
+    such blanks, reading the blocks before and its own."""
+    model = load(runs / "block")
+    with pytest.raises(ConfigError, match="known text follows"):
+        model.infill("ab_d" * 8, progress=False)
+    res = model.repair(noisy_copy(model, held_out[:CONTEXT], rate=0.3), rate=0.3, progress=False)
+    assert len(res.text) == CONTEXT
+
+
+def test_uniform_repair_starts_at_the_time_its_rate_matches(runs, held_out, monkeypatch):
+    model = load(runs / "uniform")
+    method = model.text_method
+    starts = []
+    run = uniform_maths.UniformSampler.run
+
+    def recording(self, *args, **kwargs):
+        starts.append((self.start, self.steps, self.greedy_end))
+        return run(self, *args, **kwargs)
+
+    monkeypatch.setattr(uniform_maths.UniformSampler, "run", recording)
+    model.repair(noisy_copy(model, held_out[:CONTEXT], 0.1), rate=0.1, progress=False)
+    model.repair(noisy_copy(model, held_out[:CONTEXT], 0.1), rate=0.1, steps=5, progress=False)
+    t = uniform_maths.time_for_rate(method.schedule, 0.1, model.tokenizer.n_symbols)
+    assert starts == [(t, 1, True), (t, 5, True)]
+
+
+def test_a_method_that_cannot_repair_says_so(runs):
+    model = load(runs / "embedding")
+    with pytest.raises(ConfigError, match="the embedding method cannot repair text; use a run of ar, masked"):
+        model.repair("hello", progress=False)
+
+
+def test_bad_requests_are_refused_in_one_line(runs):
+    masked, ar = load(runs / "masked"), load(runs / "ar")
+    with pytest.raises(ConfigError, match="--beam applies to ar's noisy-channel decoder, not to the masked"):
+        masked.repair("hello", beam=2, progress=False)
+    with pytest.raises(ConfigError, match="--groups applies to masked and block's scoring, not to the ar"):
+        ar.repair("hello", groups=2, progress=False)
+    with pytest.raises(ConfigError, match="repair has no setting 'width'"):
+        ar.repair("hello", width=2, progress=False)
+    with pytest.raises(ConfigError, match="the text to repair is empty"):
+        ar.repair("", progress=False)
+    with pytest.raises(ConfigError, match=r"outside .*'s vocabulary: 'é', '€'; remove or replace them"):
+        ar.repair("café for €", progress=False)
+    for rate in (0.0, 1.0, 1.5):
+        with pytest.raises(ConfigError, match="--rate must be between 0 and 1"):
+            ar.repair("hello", rate=rate, progress=False)
+    with pytest.raises(ConfigError, match="unknown channel 'ocr'"):
+        ar.repair("hello", channel="ocr", progress=False)
+    with pytest.raises(ConfigError, match="--beam must be between 1 and 64"):
+        ar.repair("hello", beam=0, progress=False)
+    with pytest.raises(ConfigError, match="uniform repair needs a smaller rate"):
+        load(runs / "uniform").repair("hello", rate=0.99, progress=False)
+
