@@ -1,4 +1,5 @@
-"""A text run loaded for sampling: :class:`TextModel` (generate, infill, sample, plan, stream, score, evaluate).
+"""A text run loaded for sampling: :class:`TextModel` (generate, infill, sample, plan, stream, score, evaluate,
+repair).
 
 Every sampling call goes the same way: :meth:`TextModel.plan` checks the request (the prompt or infill
 template and the :class:`~textdiffusion.api.options.TextOptions`) against the run and the limits of one call,
