@@ -64,12 +64,16 @@ def test_each_window_keeps_what_the_windows_before_repaired(runs, held_out, monk
     monkeypatch.setattr(type(method), "repair", recording)
     res = model.repair(noisy_copy(model, held_out), rate=0.2, progress=False)
     ids = torch.tensor(model.tokenizer.encode(res.text))
+    starts = window_starts(len(ids), CONTEXT, CONTEXT // 2)
     done = 0
-    for start, (state, fixed, out) in zip(window_starts(len(ids), CONTEXT, CONTEXT // 2), seen, strict=True):
+    for k, (start, (state, fixed, out)) in enumerate(zip(starts, seen, strict=True)):
         assert int(fixed.sum()) == max(0, done - start) and bool(fixed[0, :done - start].all())
-        assert torch.equal(out[fixed], state[fixed])  # what an earlier window repaired is kept
-        assert torch.equal(out[0], ids[start:start + CONTEXT])
-        done = start + CONTEXT
+        assert torch.equal(out[fixed], state[fixed])  # what an earlier window kept stays
+        # a window keeps its repair up to the middle of its overlap with the next (the last: all of it)
+        keep = len(ids) if k + 1 == len(starts) else (starts[k + 1] + start + CONTEXT) // 2
+        assert torch.equal(out[0, :keep - start], ids[start:keep])
+        done = keep
+    assert done == len(ids)
 
 
 @pytest.mark.parametrize("method", ["masked", "block"])

@@ -10,7 +10,7 @@ Each method family repairs in its own way, on the method contract (:meth:`TextMe
 * ``ar`` decodes the prior times the channel with a small beam (:mod:`textdiffusion.noisy_channel`).
 
 A text longer than the context is repaired window after window, as sampling chains windows: each window after
-the first starts with the last half context already repaired, fixed, so every window is read whole.
+the first starts with what the window before kept, fixed, so every window is read whole.
 """
 
 from __future__ import annotations
@@ -84,7 +84,9 @@ def check_text(text: str, tok, run_dir: str = "the run") -> None:
 def repair_ids(method, model, noisy: torch.Tensor, channel: Channel, req: RepairRequest,
                progress: bool = False) -> tuple[torch.Tensor, int]:
     """(L,) noisy ids -> (repaired ids, windows), window after window (the method's ``window``, overlapping by half
-    of it), each repaired by ``method.repair`` with what the windows before repaired fixed."""
+    of it), each repaired by ``method.repair`` with what the windows before kept fixed. A window keeps its repair
+    up to the middle of its overlap with the next one, and leaves the rest to it: every character kept was read
+    with a quarter window or more of text after it (but the text's last), which a bidirectional model reads."""
     window = method.window
     starts = window_starts(noisy.shape[0], window, max(1, window // 2))
     generator = torch.Generator(device=noisy.device).manual_seed(req.seed)
@@ -96,12 +98,14 @@ def repair_ids(method, model, noisy: torch.Tensor, channel: Channel, req: Repair
 
         bar = progress_bar(total=len(starts), desc=f"repairing {noisy.shape[0]:,} chars", unit="window")
     try:
-        for start in starts:
+        for k, start in enumerate(starts):
             span = slice(start, min(start + window, noisy.shape[0]))
             state = ids[span][None].clone()
             fixed = torch.arange(span.start, span.stop, device=ids.device)[None] < done
-            ids[span] = method.repair(model, state, fixed, channel, req, generator)[0]
-            done = span.stop
+            out = method.repair(model, state, fixed, channel, req, generator)[0]
+            keep = span.stop if k + 1 == len(starts) else (starts[k + 1] + span.stop) // 2
+            ids[start:keep] = out[:keep - start]
+            done = keep
             if bar is not None:
                 bar.update(1)
     finally:
