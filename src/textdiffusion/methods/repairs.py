@@ -23,6 +23,8 @@ import torch
 
 from textdiffusion.config import SEED, ConfigError
 from textdiffusion.corruption import CHANNELS, Channel, make_channel
+from textdiffusion.data.tokenizer import Tokenizer
+from textdiffusion.methods.base import TextMethod
 from textdiffusion.methods.requests import window_starts
 
 MAX_BEAM = 64
@@ -70,7 +72,7 @@ class Repaired:
     seconds: float
 
 
-def check_text(text: str, tok, run_dir: str = "the run") -> None:
+def check_text(text: str, tok: Tokenizer, run_dir: str = "the run") -> None:
     """Refuse an empty text or one holding characters the run never saw (named, at most five)."""
     if not text:
         raise ConfigError("the text to repair is empty; give a file with the noisy text in it")
@@ -81,7 +83,7 @@ def check_text(text: str, tok, run_dir: str = "the run") -> None:
                           f"them (a repairer only writes characters it was trained on)")
 
 
-def repair_ids(method, model, noisy: torch.Tensor, channel: Channel, req: RepairRequest,
+def repair_ids(method: TextMethod, model: torch.nn.Module, noisy: torch.Tensor, channel: Channel, req: RepairRequest,
                progress: bool = False) -> tuple[torch.Tensor, int]:
     """(L,) noisy ids -> (repaired ids, windows), window after window (the method's ``window``, overlapping by half
     of it), each repaired by ``method.repair`` with what the windows before kept fixed. A window keeps its repair
@@ -119,9 +121,10 @@ METHOD_OF = {"beam": "ar's noisy-channel decoder", "candidates": "ar's noisy-cha
              "groups": "masked and block's scoring", "steps": "uniform's reverse process"}
 
 
-def check_settings(method, given: Iterable[str]) -> None:
-    """Refuse a setting the method's repair would ignore (``--beam`` for a masked run), or one that is no
-    setting at all."""
+def check_settings(method: TextMethod, given: Iterable[str]) -> None:
+    """Refuse a method that cannot repair, a setting its repair would ignore (``--beam`` for a masked run), or one
+    that is no setting at all."""
+    method.check_repair()
     for name in given:
         if name not in SETTINGS:
             raise ConfigError(f"repair has no setting {name!r}; choose from rate, channel, {', '.join(SETTINGS)}")
@@ -130,8 +133,8 @@ def check_settings(method, given: Iterable[str]) -> None:
                               f"leave it out")
 
 
-def repair_text(method, model, tok, text: str, req: RepairRequest, progress: bool = False,
-                run_dir: str = "the run") -> Repaired:
+def repair_text(method: TextMethod, model: torch.nn.Module, tok: Tokenizer, text: str, req: RepairRequest,
+                progress: bool = False, run_dir: str = "the run") -> Repaired:
     """The repaired ``text`` under a run's method and network: checks, the channel, the windows."""
     method.check_repair()
     req.check()
