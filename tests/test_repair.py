@@ -157,3 +157,28 @@ def test_bad_requests_are_refused_in_one_line(runs):
     with pytest.raises(ConfigError, match="uniform repair needs a smaller rate"):
         load(runs / "uniform").repair("hello", rate=0.99, progress=False)
 
+
+
+@pytest.mark.parametrize("method", ["masked", "uniform"])
+@pytest.mark.parametrize("channel", ["uniform", "keyboard"])
+def test_a_network_that_knows_the_text_puts_back_every_change(runs, held_out, method, channel, monkeypatch):
+    """With an oracle for a network (the clean text's character, certain, at every position), the masked repairer
+    masks exactly the changed characters and fills them back, and uniform's one step puts each back: what remains
+    is the repairers' logic, not the network."""
+    model = load(runs / method)
+    tok = model.tokenizer
+    clean_text = held_out[:CONTEXT]
+    clean = torch.tensor([tok.encode(clean_text)])
+    noisy = clean.clone()
+    where = [3, 11, 12, 25]  # 4 of 32 changed, below round(0.2 * 32) = 6
+    table = make_channel(channel, 0.2, tok).confusion
+    for i in where:
+        noisy[0, i] = int(table[clean[0, i]].argmax())  # a change the channel can make
+
+    def oracle(self, model_, z, t, labels=None, attn_mask=None):
+        logits = torch.full((*z.shape, tok.n_symbols), -12.0)
+        return logits.scatter(-1, clean.expand(z.shape[0], -1)[..., None], 12.0)
+
+    monkeypatch.setattr(type(model.text_method), "_forward", oracle)
+    res = model.repair(tok.decode(noisy[0].tolist()), rate=0.2, channel=channel, progress=False)
+    assert res.text == clean_text and res.changed == len(where)
