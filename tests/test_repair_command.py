@@ -81,3 +81,15 @@ def test_the_commands_channels_are_the_librarys():
     assert command.CHANNELS == CHANNELS
     tops = {field: bound.hi for field, bound in command.SETTINGS.values()}
     assert tops == {"beam": MAX_BEAM, "candidates": MAX_CANDIDATES, "groups": MAX_GROUPS, "steps": MAX_STEPS}
+
+
+def test_a_dash_reads_the_noisy_text_from_standard_input(runs, monkeypatch, capsys):
+    import io
+
+    monkeypatch.setattr("sys.stdin", io.StringIO("First Citizen:\nBefore we proceed"))
+    assert main(["repair", str(runs / "ar"), "-", "--no-progress", "--beam", "2"]) == 0
+    out, err = capsys.readouterr()
+    assert len(out) == len("First Citizen:\nBefore we proceed") and "[ar step 2: 32 chars in 1 window," in err
+    monkeypatch.setattr("sys.stdin", io.StringIO(""))
+    assert main(["repair", str(runs / "ar"), "-"]) == 2
+    assert "error: standard input is empty; there is nothing to repair" in capsys.readouterr().err

@@ -72,7 +72,7 @@ def read_noisy(file: str) -> str:
         except UnicodeDecodeError:
             raise ConfigError(f"{file} is not UTF-8 text; convert it (e.g. iconv -t UTF-8) and try again") from None
     if not text:
-        raise ConfigError(f"{file} is empty; there is nothing to repair")
+        raise ConfigError(f"{'standard input' if file == '-' else file} is empty; there is nothing to repair")
     return text
 
 
