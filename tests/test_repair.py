@@ -182,3 +182,28 @@ def test_a_network_that_knows_the_text_puts_back_every_change(runs, held_out, me
     monkeypatch.setattr(type(model.text_method), "_forward", oracle)
     res = model.repair(tok.decode(noisy[0].tolist()), rate=0.2, channel=channel, progress=False)
     assert res.text == clean_text and res.changed == len(where)
+
+
+def test_a_threshold_masks_every_character_less_likely_clean(runs, held_out, monkeypatch):
+    """At a rate whose share (round(0.05 * 32) = 2) is below the 4 characters changed, the rate leaves two of them
+    and a threshold of 0.5 puts all four back (the oracle network of the test above)."""
+    model = load(runs / "masked")
+    tok = model.tokenizer
+    clean_text = held_out[:CONTEXT]
+    clean = torch.tensor([tok.encode(clean_text)])
+    noisy = clean.clone()
+    for i in (3, 11, 12, 25):
+        noisy[0, i] = (int(clean[0, i]) + 1) % tok.n_symbols
+
+    def oracle(self, model_, z, t, labels=None, attn_mask=None):
+        logits = torch.full((*z.shape, tok.n_symbols), -12.0)
+        return logits.scatter(-1, clean.expand(z.shape[0], -1)[..., None], 12.0)
+
+    monkeypatch.setattr(type(model.text_method), "_forward", oracle)
+    text = tok.decode(noisy[0].tolist())
+    assert model.repair(text, rate=0.05, progress=False).changed == 2
+    assert model.repair(text, rate=0.05, threshold=0.5, progress=False).text == clean_text
+    with pytest.raises(ConfigError, match="--threshold must be between 0 and 1"):
+        model.repair(text, threshold=1.0, progress=False)
+    with pytest.raises(ConfigError, match="--threshold applies to masked and block's scoring, not to the uniform"):
+        load(runs / "uniform").repair(text, threshold=0.5, progress=False)

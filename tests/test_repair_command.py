@@ -80,7 +80,8 @@ def test_the_commands_channels_are_the_librarys():
 
     assert command.CHANNELS == CHANNELS
     tops = {field: bound.hi for field, bound in command.SETTINGS.values()}
-    assert tops == {"beam": MAX_BEAM, "candidates": MAX_CANDIDATES, "groups": MAX_GROUPS, "steps": MAX_STEPS}
+    assert tops == {"beam": MAX_BEAM, "candidates": MAX_CANDIDATES, "groups": MAX_GROUPS, "threshold": 1.0,
+                    "steps": MAX_STEPS}
 
 
 def test_a_dash_reads_the_noisy_text_from_standard_input(runs, monkeypatch, capsys):

@@ -379,10 +379,11 @@ class TextModel(Model):
 
     def repair(self, text: str, *, rate: float = 0.1, channel: str = "uniform", progress: bool = True,
                **settings: Any) -> Repaired:
-        """``text`` with the characters a channel corrupted put back (:mod:`textdiffusion.methods.repairs`): ``rate`` is
-        the fraction believed changed, ``channel`` ``uniform`` or ``keyboard``; ``settings`` are the method's own
-        (:class:`~textdiffusion.methods.repairs.RepairRequest`: ``beam``, ``candidates`` for ar, ``groups`` for masked
-        and block, ``steps`` for uniform; ``seed``). Any length: past the context, window after window."""
+        """``text`` with the characters a channel corrupted put back (:mod:`textdiffusion.methods.repairs`):
+        ``rate`` is the fraction believed changed, ``channel`` ``uniform`` or ``keyboard``; ``settings`` are the
+        method's own (:class:`~textdiffusion.methods.repairs.RepairRequest`: ``beam``, ``candidates`` for ar,
+        ``groups``, ``threshold`` for masked and block, ``steps`` for uniform; ``seed``). Any length: past the
+        context, window after window."""
         from textdiffusion.methods.repairs import RepairRequest, check_settings, repair_text
 
         if not isinstance(text, str):

@@ -584,7 +584,7 @@ class TextMethod(Method[SampleRequest, SampleResult]):
         """One window at a time, unless the method can slide past its context or chains windows."""
         requests.check_length(length, self.tok, self.model_cfg.context, self.name, self.writes_past_context)
 
-    # ---- repair: corrupted text back to clean (textdiffusion.methods.repairs) ----------------------------------------
+    # ---- repair: corrupted text back to clean (textdiffusion.methods.repairs) ---------------------------------
     # the RepairRequest fields this method's repair reads (None: it cannot repair)
     repair_options: ClassVar[tuple[str, ...] | None] = None
 

@@ -434,7 +434,7 @@ class MaskedDiffusion(TextMethod):
         return {"steps": plan.steps, **self.remasking_info(plan.sampler)}
 
     # ---- repair: mask the characters least likely clean, then fill them with the rest fixed -----------------
-    repair_options = ("groups",)
+    repair_options = ("groups", "threshold")
     repair_sampler = "topk"  # the fill: the most confident masked position first, one per step
 
     def leave_out_logits(self, model: Transformer, z: torch.Tensor, state: torch.Tensor) -> torch.Tensor:
@@ -452,13 +452,17 @@ class MaskedDiffusion(TextMethod):
                req: RepairRequest, generator: torch.Generator) -> torch.Tensor:
         """Score every free character by the probability it is clean (:func:`~textdiffusion.suspicion.
         clean_probability`, ``req.groups`` forwards), mask the rate's share of the free positions least likely
-        clean, and fill them most-confident first, each draw from the network's prediction times the channel's
-        q(x_i | y) (:class:`~textdiffusion.corruption.ChannelSteer`): a masked character may come back unchanged."""
+        clean (with ``req.threshold``: every one less likely clean than that), and fill them most-confident first,
+        each draw from the network's prediction times the channel's q(x_i | y)
+        (:class:`~textdiffusion.corruption.ChannelSteer`): a masked character may come back unchanged."""
         log_q = channel.log_likelihood(state)
         clean = clean_probability(lambda z: self.leave_out_logits(model, z, state), state, log_q, self.tok.mask_id,
                                   req.groups)
         free = ~fixed
-        masked = suspects(clean, free, round(channel.rate * int(free.sum())))
+        if req.threshold > 0:
+            masked = free & (clean < req.threshold)
+        else:
+            masked = suspects(clean, free, round(channel.rate * int(free.sum())))
         if not masked.any():
             return state
         z = state.masked_fill(masked, self.tok.mask_id)

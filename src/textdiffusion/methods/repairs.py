@@ -42,6 +42,7 @@ class RepairRequest:
     beam: int = 4  # ar: prefixes the beam keeps
     candidates: int = 8  # ar: characters tried per position, the likeliest under the prior (plus the observed one)
     groups: int = 8  # masked, block: disjoint groups of positions, one forward each, to score every character
+    threshold: float = 0.0  # masked, block: mask the characters less likely clean than this (0 = the rate's share)
     steps: int = 0  # uniform: reverse steps from the matched time to 0 (0 = one: the posterior's argmax)
     seed: int = 0
 
@@ -56,6 +57,9 @@ class RepairRequest:
                                  ("groups", self.groups, MAX_GROUPS)):
             if not 1 <= value <= top:
                 raise ConfigError(f"--{name} must be between 1 and {top}, got {value}")
+        if not 0.0 <= self.threshold < 1.0:
+            raise ConfigError(f"--threshold must be between 0 and 1, a probability of being clean (0 = mask the "
+                              f"rate's share), got {self.threshold}")
         if not 0 <= self.steps <= MAX_STEPS:
             raise ConfigError(f"--steps must be between 1 and {MAX_STEPS} (or 0 for the default), got {self.steps}")
         if not SEED.allows(self.seed):
@@ -116,9 +120,11 @@ def repair_ids(method: TextMethod, model: torch.nn.Module, noisy: torch.Tensor, 
     return ids, len(starts)
 
 
-SETTINGS = ("beam", "candidates", "groups", "steps", "seed")  # what a caller may set beside the rate and channel
+# what a caller may set beside the rate and the channel
+SETTINGS = ("beam", "candidates", "groups", "threshold", "steps", "seed")
 METHOD_OF = {"beam": "ar's noisy-channel decoder", "candidates": "ar's noisy-channel decoder",
-             "groups": "masked and block's scoring", "steps": "uniform's reverse process"}
+             "groups": "masked and block's scoring", "threshold": "masked and block's scoring",
+             "steps": "uniform's reverse process"}
 
 
 def check_settings(method: TextMethod, given: Iterable[str]) -> None:

@@ -18,7 +18,8 @@ CHANNELS = ("uniform", "keyboard")  # textdiffusion.corruption.CHANNELS, named h
 RATE = Range(0.0, 1.0, lo_open=True, hi_open=True)
 # the settings each family reads: flag -> (RepairRequest field, range)
 SETTINGS = {"--beam": ("beam", Range(1, 64)), "--candidates": ("candidates", Range(1, 1024)),
-            "--groups": ("groups", Range(1, 64)), "--steps": ("steps", Range(1, 100_000))}
+            "--groups": ("groups", Range(1, 64)), "--threshold": ("threshold", RATE),
+            "--steps": ("steps", Range(1, 100_000))}
 
 
 def add(sub: argparse._SubParsersAction) -> None:
@@ -47,6 +48,9 @@ def add(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--groups", type=number(int, SETTINGS["--groups"][1]),
                    help="masked, block: disjoint groups of positions masked in turn to score every character "
                         "(default: 8)")
+    r.add_argument("--threshold", type=number(float, SETTINGS["--threshold"][1]),
+                   help="masked, block: mask every character less likely clean than this probability, instead of "
+                        "the --rate's share of them")
     r.add_argument("--steps", type=number(int, SETTINGS["--steps"][1]),
                    help="uniform: reverse steps from the matched noise level to clean text (default: 1)")
     r.add_argument("--seed", type=number(int, SEED), default=0, help="seed of the draws a repairer makes")
