@@ -1,4 +1,5 @@
-"""A text run loaded for sampling: :class:`TextModel` (generate, infill, sample, plan, stream, score, evaluate).
+"""A text run loaded for sampling: :class:`TextModel` (generate, infill, sample, plan, stream, score, evaluate,
+repair).
 
 Every sampling call goes the same way: :meth:`TextModel.plan` checks the request (the prompt or infill
 template and the :class:`~textdiffusion.api.options.TextOptions`) against the run and the limits of one call,
@@ -36,6 +37,7 @@ from textdiffusion.config import (
 )
 from textdiffusion.data.tokenizer import Tokenizer
 from textdiffusion.methods.base import SampleRequest, SampleResult, StepCallback, TextMethod
+from textdiffusion.methods.repairs import Repaired
 from textdiffusion.records import TextEval
 from textdiffusion.viz.trajectory import decode_masked
 
@@ -375,6 +377,23 @@ class TextModel(Model):
                 windows += res.windows
                 kind = res.kind
         return Score(nats / chars / 0.6931471805599453, kind, int(chars), int(windows), sampler or None)
+
+    def repair(self, text: str, *, rate: float = 0.1, channel: str = "uniform", progress: bool = True,
+               **settings: Any) -> Repaired:
+        """``text`` with the characters a channel corrupted put back (:mod:`textdiffusion.methods.repairs`):
+        ``rate`` is the fraction believed changed, ``channel`` ``uniform`` or ``keyboard``; ``settings`` are the
+        method's own (:class:`~textdiffusion.methods.repairs.RepairRequest`: ``beam``, ``candidates`` for ar,
+        ``groups``, ``threshold`` for masked and block, ``steps`` for uniform; ``seed``). Any length: past the
+        context, window after window."""
+        from textdiffusion.methods.repairs import RepairRequest, check_settings, repair_text
+
+        if not isinstance(text, str):
+            raise ConfigError("repair() needs a text (a str)")
+        check_settings(self.text_method, settings)
+        req = RepairRequest(rate=rate, channel=channel, **settings)
+        run = self.run
+        with precision.autocast(run.cfg.train.amp, run.device)():
+            return repair_text(self.text_method, run.model, self.tokenizer, text, req, progress, str(self.path))
 
     def evaluate(self, samples: int = 64, *, length: int = 0, sampler: str = "", steps: int = 0,
                  temperature: float | None = None, top_k: int | None = None, top_p: float | None = None,

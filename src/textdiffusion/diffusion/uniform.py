@@ -147,6 +147,21 @@ def time_before(schedule: MaskSchedule, t: torch.Tensor) -> torch.Tensor:
     return torch.minimum(t, limit)
 
 
+def time_for_rate(schedule: MaskSchedule, rate: float, n_symbols: int) -> float:
+    """The time t at which the forward process has changed a fraction ``rate`` of the characters. A position is
+    redrawn with probability 1 - alpha_t and the draw lands on another symbol with probability (N - 1)/N, so
+
+        (1 - alpha_t) (N - 1) / N = p   =>   alpha_t = 1 - p N / (N - 1),   t = schedule.time_at(alpha_t)
+
+    A text corrupted at rate p is then a typical z_t, from which the reverse process repairs it. Rates of
+    (N - 1)/N and above are noise through and through (alpha_t <= 0): no time matches them."""
+    alpha = 1.0 - rate * n_symbols / (n_symbols - 1)
+    if not 0.0 < alpha < 1.0:
+        raise ValueError(f"a rate of {rate} changes no character or more than uniform noise does (at most "
+                         f"{(n_symbols - 1) / n_symbols:.3f} of {n_symbols} symbols)")
+    return float(schedule.time_at(torch.tensor(alpha, dtype=torch.float64)))
+
+
 ANCESTRAL, REDRAW = "ancestral", "redraw"
 
 # forward(state, t, rows=None) -> logits (n, L, N): the network on a state, as the shared discrete sampler's
@@ -158,7 +173,7 @@ StepReport = Callable[[int, torch.Tensor, dict[str, Any]], None]
 @dataclass
 class UniformSampler:
     """The draw loops of uniform-state noise, apart from any network: every free position is redrawn at every
-    step, on the time grid 1 = t_0 > ... > t_steps = 0.
+    step, on the time grid 1 = t_0 > ... > t_steps = 0 (``start`` = t_0 < 1: from a state already part clean).
 
     * ``ancestral``: z_s ~ p_theta(z_s | z_t) = q(z_s | z_t, x_theta) (:func:`posterior`), x_theta the network's
       distribution after the token draw's temperature, top-k and top-p. The last step, to s = 0, is the same
@@ -174,6 +189,10 @@ class UniformSampler:
     steps: int
     draw: TokenDraw = field(default_factory=TokenDraw)
     alpha: Callable[[torch.Tensor], torch.Tensor] | None = None
+    start: float = 1.0  # the time the state is at: 1 from the prior, earlier to repair a partly noisy text
+    # ancestral: the last step, to t = 0, takes the posterior's likeliest symbol instead of a draw (a repair wants
+    # the likeliest text; the steps before still draw, so the chain can move away from what it read)
+    greedy_end: bool = False
 
     def __post_init__(self) -> None:
         if self.rule not in (ANCESTRAL, REDRAW):
@@ -187,7 +206,7 @@ class UniformSampler:
             on_step: StepReport | None = None) -> tuple[torch.Tensor, float]:
         """(n, L) ``state`` -> (the state at t = 0, network evaluations per sequence). ``fixed`` positions are
         never changed."""
-        grid = torch.linspace(1.0, 0.0, self.steps + 1, device=state.device)
+        grid = torch.linspace(self.start, 0.0, self.steps + 1, device=state.device)
         n = state.shape[0]
         for i in range(self.steps):
             t, s = grid[i], grid[i + 1]
@@ -198,7 +217,8 @@ class UniformSampler:
                 assert self.alpha is not None
                 x_theta = logits.double().softmax(-1)
                 step = posterior(state, x_theta, self.alpha(t.double()), self.alpha(s.double()))
-                drawn = gumbel_sample(step.log(), generator)
+                last = self.greedy_end and i == self.steps - 1
+                drawn = step.argmax(-1) if last else gumbel_sample(step.log(), generator)
             state = torch.where(fixed, state, drawn)
             if on_step:
                 on_step(i + 1, state.clone(), {"t": float(s), "nfe": i + 1})

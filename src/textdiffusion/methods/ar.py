@@ -20,14 +20,14 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from textdiffusion.config import PROBABILITY, ConfigError, option
 from textdiffusion.data.speakers import LabelledText, split_labels
 from textdiffusion.diffusion.tokens import cross_entropy_per_token
-from textdiffusion.guidance.free import LabelledNetwork
+from textdiffusion.guidance.free import FreeGuidance, LabelledNetwork
 from textdiffusion.methods.base import (
     DrawPlan,
     NLLProgress,
@@ -43,6 +43,11 @@ from textdiffusion.methods.requests import SampleRequest, unit_name
 from textdiffusion.methods.spans import SpanNLL, check_span, contiguous_bounds
 from textdiffusion.nn.text_classifier import ConvTextClassifier
 from textdiffusion.nn.transformer import KVCache, Transformer
+from textdiffusion.noisy_channel import beam_decode
+
+if TYPE_CHECKING:
+    from textdiffusion.corruption import Channel
+    from textdiffusion.methods.repairs import RepairRequest
 
 
 @dataclass
@@ -285,3 +290,16 @@ class AutoRegressive(TextMethod):
         return SpanNLL(torch.cat(nats), "exact", units,
                        "exact -log p(middle | [PRE] left [SUF] right [MID]) of the fill-in-the-middle ar (a blank "
                        "at the end: -log p(end | text before it), left to right)")
+
+    # ---- repair: the prior times the channel, decoded left to right with a beam (noisy_channel.py) -----------
+    repair_options = ("beam", "candidates")
+
+    def repair(self, model: Transformer, state: torch.Tensor, fixed: torch.Tensor, channel: Channel,
+               req: RepairRequest, generator: torch.Generator) -> torch.Tensor:
+        """argmax_y log p(y) + log q(x | y) by :func:`~textdiffusion.noisy_channel.beam_decode`, the fixed
+        positions (a prefix: what earlier windows repaired) read as the prompt."""
+        prefix = int(fixed[0].sum())
+        forward = FreeGuidance(None, 1.0, self.num_labels).wrap(self.labelled_network(model, req.beam))
+        ids = beam_decode(forward, channel.log_likelihood(state[0]), state[0], prefix, self.tok.bos_id,
+                          len(model.blocks), self.model_cfg.context, req.beam, req.candidates)
+        return ids[None]

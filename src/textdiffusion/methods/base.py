@@ -593,6 +593,23 @@ class TextMethod(Method[SampleRequest, SampleResult]):
         """One window at a time, unless the method can slide past its context or chains windows."""
         requests.check_length(length, self.tok, self.model_cfg.context, self.name, self.writes_past_context)
 
+    # ---- repair: corrupted text back to clean (textdiffusion.methods.repairs) ---------------------------------
+    # the RepairRequest fields this method's repair reads (None: it cannot repair)
+    repair_options: ClassVar[tuple[str, ...] | None] = None
+
+    def check_repair(self) -> None:
+        """Refuse a repair this method cannot make."""
+        if self.repair_options is None:
+            raise ConfigError(f"the {self.name} method cannot repair text; use a run of ar, masked, block or uniform")
+
+    def repair(self, model: Any, state: torch.Tensor, fixed: torch.Tensor, channel: Any, req: Any,
+               generator: torch.Generator) -> torch.Tensor:
+        """The (1, L) noisy window ``state`` repaired, ``fixed`` positions (what earlier windows repaired) kept,
+        knowing the ``channel`` (:class:`~textdiffusion.corruption.Channel`) that corrupted it and the
+        :class:`~textdiffusion.methods.repairs.RepairRequest`; -> (1, L) ids."""
+        self.check_repair()
+        raise NotImplementedError(f"the {self.name} method names repair options but has no repair")
+
 
 class WindowWatch:
     """The ``on_step`` of one window of a chained draw (:meth:`TextMethod.draw_chained`): hands the watcher the

@@ -291,6 +291,23 @@ class BlockDiffusion(MaskedDiffusion):
         """Block after block, each filled by masked diffusion's discrete sampler against the cached prefix. The
         left_to_right sampler's blocks start from all masks, and its log-probabilities add up over the blocks."""
         self._check_infill(fixed[0])
+        return self._write_blocks(model, forward, state, fixed, plan, generator, on_step)
+
+    def fill(self, model: Transformer, forward: BlockNetwork, state: torch.Tensor, fixed: torch.Tensor,
+             plan: DrawPlan, generator: torch.Generator) -> torch.Tensor:
+        """Repair's fill: the blocks written in turn, as sampling writes them, with known text anywhere; a blank's
+        block reads the blocks before it and its own known characters, never a later block."""
+        return self._write_blocks(model, forward, state, fixed, plan, generator, None)[0]
+
+    def leave_out_logits(self, model: Transformer, z: torch.Tensor, state: torch.Tensor) -> torch.Tensor:
+        """Every block's prediction of its masked positions from its own visible ones and the blocks before it as
+        ``state`` holds them (the paired forward, ``state`` as the clean half)."""
+        return self._paired_logits(model, z, state.expand_as(z))
+
+    def _write_blocks(self, model: Transformer, forward: BlockNetwork, state: torch.Tensor, fixed: torch.Tensor,
+                      plan: DrawPlan, generator: torch.Generator,
+                      on_step: StepCallback | None) -> tuple[torch.Tensor, float]:
+        """Block after block from the first with a blank (:class:`_BlockWriter`)."""
         assert plan.steps is not None
         sampler = self.discrete_sampler(plan.sampler, plan.steps, plan.tokens)
         writer = _BlockWriter(self, model, forward, state, fixed, on_step, plan.steer,

@@ -40,10 +40,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
 from textdiffusion.config import EVAL_TIME_SAMPLES, PROBABILITY, SAMPLE_STEPS, SEED, Choice, ConfigError, Range, option
+from textdiffusion.corruption import ChannelSteer
 from textdiffusion.data.speakers import LabelledText, split_labels
 from textdiffusion.diffusion.adaptation import anneal_fraction, annealed_mask, causal_mask
 from textdiffusion.diffusion.chain_rule import ChainNetwork, chain_rule_nll, left_to_right, order_nll
@@ -63,7 +65,7 @@ from textdiffusion.diffusion.remasking import Remasking
 from textdiffusion.diffusion.self_distillation import Denoiser, grid_times, kl_to_targets, teacher_targets
 from textdiffusion.diffusion.stratified import per_row
 from textdiffusion.diffusion.tokens import TokenDraw, cross_entropy_per_token
-from textdiffusion.guidance.free import LabelledNetwork
+from textdiffusion.guidance.free import FreeGuidance, LabelledNetwork
 from textdiffusion.methods.base import (
     DrawPlan,
     NLLProgress,
@@ -78,6 +80,11 @@ from textdiffusion.methods.requests import SampleRequest
 from textdiffusion.methods.spans import SpanNLL, check_span, equal_counts
 from textdiffusion.nn.text_classifier import ConvTextClassifier
 from textdiffusion.nn.transformer import Transformer, attention_bias
+from textdiffusion.suspicion import clean_probability, suspects
+
+if TYPE_CHECKING:
+    from textdiffusion.corruption import Channel
+    from textdiffusion.methods.repairs import RepairRequest
 
 
 @dataclass
@@ -452,6 +459,43 @@ class MaskedDiffusion(TextMethod):
 
     def sample_info(self, plan: DrawPlan) -> dict[str, object]:
         return {"steps": plan.steps, **self.remasking_info(plan.sampler)}
+
+    # ---- repair: mask the characters least likely clean, then fill them with the rest fixed -----------------
+    repair_options = ("groups", "threshold")
+    repair_sampler = "topk"  # the fill: the most confident masked position first, one per step
+
+    def leave_out_logits(self, model: Transformer, z: torch.Tensor, state: torch.Tensor) -> torch.Tensor:
+        """The prediction at every position of ``z`` (``state`` with some positions masked), as training saw
+        such a state: the time is the one whose alpha is the fraction left unmasked."""
+        kept = (z != self.tok.mask_id).float().mean(1)
+        return self._forward(model, z, self.schedule.time_at(kept))
+
+    def fill(self, model: Transformer, forward: Forward, state: torch.Tensor, fixed: torch.Tensor, plan: DrawPlan,
+             generator: torch.Generator) -> torch.Tensor:
+        """Fill ``state``'s masked positions, the others fixed: the method's draw loop."""
+        return self.draw(model, forward, state, fixed, plan, generator, None)[0]
+
+    def repair(self, model: Transformer, state: torch.Tensor, fixed: torch.Tensor, channel: Channel,
+               req: RepairRequest, generator: torch.Generator) -> torch.Tensor:
+        """Score every free character by the probability it is clean (:func:`~textdiffusion.suspicion.
+        clean_probability`, ``req.groups`` forwards), mask the rate's share of the free positions least likely
+        clean (with ``req.threshold``: every one less likely clean than that), and fill them most-confident first,
+        each draw from the network's prediction times the channel's q(x_i | y)
+        (:class:`~textdiffusion.corruption.ChannelSteer`): a masked character may come back unchanged."""
+        log_q = channel.log_likelihood(state)
+        clean = clean_probability(lambda z: self.leave_out_logits(model, z, state), state, log_q, self.tok.mask_id,
+                                  req.groups)
+        free = ~fixed
+        if req.threshold > 0:
+            masked = free & (clean < req.threshold)
+        else:
+            masked = suspects(clean, free, round(channel.rate * int(free.sum())))
+        if not masked.any():
+            return state
+        z = state.masked_fill(masked, self.tok.mask_id)
+        plan = DrawPlan(self.repair_sampler, z.shape[1], TokenDraw(top_k=1), ChannelSteer(log_q))
+        forward = FreeGuidance(None, 1.0, self.num_labels).wrap(self.labelled_network(model, z.shape[0]))
+        return self.fill(model, forward, z, ~masked, plan, generator)
 
     def remasking_info(self, sampler: str) -> dict[str, object]:
         """The remdm sampler's settings, which a result must name to be reproduced; nothing for another sampler."""

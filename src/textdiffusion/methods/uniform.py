@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -49,7 +50,7 @@ from textdiffusion.diffusion.gaussian_view import curriculum_state, curriculum_t
 from textdiffusion.diffusion.masking import SCHEDULES, make_schedule, sample_times, times_from
 from textdiffusion.diffusion.self_distillation import grid_times
 from textdiffusion.diffusion.stratified import per_row
-from textdiffusion.diffusion.tokens import cross_entropy_per_token
+from textdiffusion.diffusion.tokens import TokenDraw, cross_entropy_per_token
 from textdiffusion.diffusion.uniform import (
     REDRAW,
     UniformSampler,
@@ -59,8 +60,9 @@ from textdiffusion.diffusion.uniform import (
     nelbo_terms,
     prior_kl,
     time_before,
+    time_for_rate,
 )
-from textdiffusion.guidance.free import LabelledNetwork
+from textdiffusion.guidance.free import FreeGuidance, LabelledNetwork
 from textdiffusion.methods.base import (
     DrawPlan,
     NLLProgress,
@@ -74,6 +76,10 @@ from textdiffusion.methods.base import (
 from textdiffusion.methods.spans import SpanNLL, check_span
 from textdiffusion.nn.text_classifier import ConvTextClassifier
 from textdiffusion.nn.transformer import Transformer
+
+if TYPE_CHECKING:
+    from textdiffusion.corruption import Channel
+    from textdiffusion.methods.repairs import RepairRequest
 
 OBJECTIVES = ("nelbo", "heuristic")
 BY_CONFIDENCE = ("confidence", "topk")  # the shared discrete sampler's rules that fix positions one by one
@@ -249,6 +255,26 @@ class UniformDiffusion(TextMethod):
 
     def sample_info(self, plan: DrawPlan) -> dict[str, object]:
         return {"steps": plan.steps}
+
+    # ---- repair: the noisy text is z_t at the time its rate matches; the reverse process from there ----------
+    repair_options = ("steps",)
+
+    def repair(self, model: Transformer, state: torch.Tensor, fixed: torch.Tensor, channel: Channel,
+               req: RepairRequest, generator: torch.Generator) -> torch.Tensor:
+        """The ancestral sampler from t* (:func:`~textdiffusion.diffusion.uniform.time_for_rate`: the time whose
+        changed fraction is the rate) to 0, the noisy text as z_{t*}, ``fixed`` positions kept, its last step the
+        posterior's likeliest symbol. By default in one step: argmax_y q(z_{t*} | y) x_theta(y), the channel's
+        Bayes rule with the network's prediction as the prior; more ``steps`` draw between t* and 0 first, which
+        adds the network's own errors when it is unsure (benchmarks/repair.py measures both)."""
+        try:
+            t = time_for_rate(self.schedule, channel.rate, self.tok.n_symbols)
+        except ValueError as e:
+            raise ConfigError(f"--rate {channel.rate}: {e}; uniform repair needs a smaller rate") from None
+        steps = req.steps or 1
+        draw = TokenDraw(**self.decoding())
+        sampler = UniformSampler("ancestral", steps, draw, self.schedule.alpha, start=t, greedy_end=True)
+        forward = FreeGuidance(None, 1.0, self.num_labels).wrap(self.labelled_network(model, state.shape[0]))
+        return sampler.run(forward, state, fixed, generator)[0]
 
     # ---- Duo: the Gaussian view's curriculum and a few-step student (diffusion/gaussian_view.py, consistency.py) --
     def at_training_step(self, step: int) -> None:

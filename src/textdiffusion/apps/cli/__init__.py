@@ -7,6 +7,7 @@
     textdiffusion demo | compare RUN_DIR... --out DIR | serve RUN_DIR... | export RUN_DIR OUT
     textdiffusion mnist train|sample|eval|demo ...
     textdiffusion data [--check]
+    textdiffusion repair RUN_DIR FILE [--rate P] [--channel uniform|keyboard] [--out FILE]
 
 Each command module (:mod:`.train`, :mod:`.sample`, :mod:`.evaluate`, :mod:`.config`, :mod:`.demo`,
 :mod:`.compare`, :mod:`.serve`, :mod:`.mnist`) has ``add(sub)``, which declares the command's flags, and the
@@ -29,7 +30,7 @@ import re
 import sys
 import warnings
 
-from textdiffusion.apps.cli import compare, config, data, demo, evaluate, export, mnist, sample, serve, train
+from textdiffusion.apps.cli import compare, config, data, demo, evaluate, export, mnist, repair, sample, serve, train
 from textdiffusion.apps.cli.checks import check_flags_agree
 from textdiffusion.apps.cli.flags import HelpFormatter
 from textdiffusion.catalogue import IMAGE_METHODS, TEXT_METHODS
@@ -142,7 +143,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"textdiffusion {__version__}",
                    help="print the version and exit")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND", help="one of:")
-    for command in (train, sample, evaluate, config, demo, compare, serve, export, mnist, data):
+    for command in (train, sample, evaluate, config, demo, compare, serve, export, mnist, data, repair):
         command.add(sub)
     return p
 
