@@ -64,7 +64,7 @@ def test_a_file_that_is_no_run_names_the_folder_train_prints(tmp_path, capsys):
     notes.write_text("x")
     assert main(["sample", str(notes)]) == 2
     assert error_line(capsys) == (f"error: {notes} is a file, not a run directory; pass the folder `textdiffusion "
-                                  f"train` printed (it holds config.json)")
+                                  f"train` or `textdiffusion mnist train` printed (it holds config.json)")
 
 
 @pytest.mark.parametrize("argv, fix", [
