@@ -123,6 +123,10 @@ class DataConfig:
                                                   "files; images: mnist, digits or a path to mnist.npz")
     val_fraction: float = option(0.1, Range(0.0, 1.0, lo_open=True, hi_open=True),
                                  "the corpus's last fraction, held out for validation")
+    # at most the largest corpus read (textdiffusion.data.corpus.MAX_CORPUS_BYTES); the split checks the rest
+    train_chars: int = option(0, Range(0, 2**32), "train on the first N characters of the training split only "
+                              "(0 = all of it); validation is still the whole held-out split, so runs on "
+                              "prefixes of any size score the same text")
     tokenizer: str = option("char", Choice(TOKENIZER_KINDS),
                             "char, bpe (byte-level, trained on the training split) or wordpiece (MiniLM's)")
     vocab_size: int = option(512, Range(1, 2**20),
