@@ -105,3 +105,64 @@ def test_a_resume_goes_on_with_the_prefix(prefix_run):
     summary = resume_training(prefix_run, progress=False)
     assert summary.step == 4
     assert json.loads((prefix_run / "config.json").read_text())["corpus"]["train_chars"] == 5000
+
+
+# ---- what a curve against epochs needs: the x axis from the record, the exact NLL beside the bound ------------
+def test_epochs_follow_from_the_runs_record(prefix_run):
+    from textdiffusion.epochs import Epochs
+
+    epochs = Epochs.of_run(prefix_run)
+    assert epochs == Epochs(8 * 32, 5000)  # the tiny preset's batch of 8 windows of 32 on a 5,000-char prefix
+    assert epochs.at(2) == pytest.approx(2 * 256 / 5000)
+    assert epochs.steps_for(epochs.at(40)) == 40 and epochs.steps_for(0.0) == 1
+    doubled = tiny_config("ar", "x", 4, **{"train.grad_accum": 2})
+    assert Epochs.of_config(doubled, 5000).at(2) == pytest.approx(2 * epochs.at(2))
+
+
+def test_epochs_of_a_directory_without_a_corpus_record_is_a_one_line_error(prefix_run):
+    from textdiffusion.epochs import Epochs
+    from textdiffusion.errors import CheckpointError
+
+    meta = json.loads((prefix_run / "config.json").read_text())
+    del meta["corpus"]
+    (prefix_run / "config.json").write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError, match=r"records no training split size \(corpus.train_chars\)"):
+        Epochs.of_run(prefix_run)
+
+
+@pytest.mark.parametrize("method", ["masked", "block"])
+def test_each_evaluation_can_score_the_exact_nll_beside_the_bound(method, small_corpus, tmp_path):
+    """With train.eval_exact_windows the evaluation rows carry the exact NLL of the left_to_right sampler, the very
+    number scoring those windows after training gives; without it the rows are as they were."""
+    from helpers import metric_rows
+    from textdiffusion.data.sources import text_source
+    from textdiffusion.evaluate import run_corpus
+    from textdiffusion.methods.base import score
+    from textdiffusion.runs import open_run
+
+    sets = {"train.eval_every": 2, "data.train_chars": 4000}
+    if method == "block":
+        sets["method.block_size"] = 4
+    Trainer(tiny_config(method, small_corpus, 4, **sets, **{"train.eval_exact_windows": 3}), tmp_path / "exact",
+            progress=False).train(stop_at=4)
+    rows = metric_rows(tmp_path / "exact")
+    assert [r["step"] for r in rows] == [2, 4]
+    assert all(r["val_kind"] == "bound" and r["val_exact_windows"] == 3 for r in rows)
+    assert all(0 < r["val_exact_nats"] < 10 and r["val_exact_nats"] != r["val_nats"] for r in rows)
+    run = open_run(tmp_path / "exact", device="cpu")
+    data, _, _ = run_corpus(run)
+    windows = text_source(data, run.cfg).val_set(run.method.window, 3)
+    again = score(run.method, run.model, windows, batch_size=64, exact=True)
+    assert again.nats_per_unit == pytest.approx(rows[-1]["val_exact_nats"], rel=1e-5)
+
+    Trainer(tiny_config(method, small_corpus, 4, **sets), tmp_path / "plain", progress=False).train(stop_at=2)
+    assert all("val_exact_nats" not in r for r in metric_rows(tmp_path / "plain"))
+
+
+def test_ar_needs_no_exact_score_beside_its_number(small_corpus, tmp_path):
+    from helpers import metric_rows
+
+    cfg = tiny_config("ar", small_corpus, 2, **{"train.eval_every": 2, "train.eval_exact_windows": 3})
+    Trainer(cfg, tmp_path / "ar", progress=False).train()
+    row = metric_rows(tmp_path / "ar")[0]
+    assert row["val_kind"] == "exact" and "val_exact_nats" not in row

@@ -75,6 +75,9 @@ class TrainConfig:
     eval_every: int = option(250, Range(1, 10**9), "score the validation windows, write samples and checkpoint "
                                                    "every this many steps")
     eval_windows: int = option(256, WINDOWS, "validation windows scored at each evaluation (0 = all)")
+    eval_exact_windows: int = option(0, Range(0, 10**9), "masked, block: at each evaluation also score the exact NLL "
+                                     "of the left_to_right sampler on this many evenly spread validation windows, "
+                                     "beside the bound (a pass per token of a window; 0 = none)")
     final_eval_windows: int = option(0, WINDOWS, "validation windows scored once training ends (0 = the whole "
                                                  "split, or what train.final_eval_budget allows of it)")
     final_eval_budget: float = option(0.33, Range(0.0, 100.0), "with final_eval_windows=0: the end-of-training "
