@@ -336,7 +336,7 @@ def train_run(entry: Entry, size: int, args: argparse.Namespace, label: str) -> 
     try:
         log(f"{label}: {'resuming at step ' + format(trainer.step, ',') if resume else 'training'} "
             f"({steps:,} steps at most, {rate.at(steps):.1f} epochs; an evaluation every {eval_every:,} steps = "
-            f"{rate.at(eval_every):g} epochs)")
+            f"{rate.at(eval_every):.3g} epochs)")
         while True:
             curve = read_curve(rd, entry, size, args.patience)
             if curve.stopped:

@@ -31,6 +31,9 @@ def test_a_prefix_shrinks_the_training_text_and_leaves_validation_where_it_was(s
         # the char vocabulary is the corpus alphabet whatever the prefix, so every run's ids mean the same
         assert part.tokenizer.to_dict() == whole.tokenizer.to_dict()
     assert TextData.from_text(text, train_chars=0).train_text == whole.train_text == text[:split]
+    # built directly, without a prefix: validation begins where the training text ends
+    direct = TextData(whole.train_ids, whole.val_ids, whole.tokenizer, "x", whole.train_text)
+    assert direct.val_start == split
 
 
 def test_a_bpe_prefix_is_encoded_from_the_prefix_and_validation_is_unchanged(small_corpus):

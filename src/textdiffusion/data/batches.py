@@ -23,8 +23,13 @@ class TextData:
     train_text: str
     path: Path | None = None  # the resolved corpus file or directory, when it came from disk
     #: the character of the whole text where validation begins: the held-out text is ``text[val_start:]``
-    #: whether or not the training text is a prefix of the training split (``train_chars``)
-    val_start: int = 0
+    #: whether or not the training text is a prefix of the training split (``train_chars``); left out, the
+    #: training text is taken to be the whole split, which ends there
+    val_start: int = -1
+
+    def __post_init__(self) -> None:
+        if self.val_start < 0:
+            self.val_start = len(self.train_text)
 
     @classmethod
     def from_text(cls, text: str, tokenizer: Tokenizer | None = None, val_fraction: float = 0.1,
