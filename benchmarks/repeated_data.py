@@ -13,10 +13,11 @@ on the same windows, by the exact NLL of the left-to-right sampler (``train.eval
 ``steps x batch x window / U`` (:mod:`textdiffusion.epochs`).
 
 A run stops once ``--patience`` evaluations in a row have been above its best validation NLL (the bound, for
-diffusion), or at its step budget: ``--max-steps``, fewer with ``--max-epochs``, and with ``--hours-per-size``
-that many hours of training time per size, shared evenly by its runs (``train.time_budget_s``; a time budget
-makes where a run stops depend on the machine). The learning rate follows the preset's warm-up and cosine decay
-over the step budget.
+diffusion), though never in the first tenth of its budget (at least twice the warm-up), where a curve may stall
+without having overfitted; or at its step budget: ``--max-steps``, fewer with ``--max-epochs``, and with
+``--hours-per-size`` that many hours of training time per size, shared evenly by its runs
+(``train.time_budget_s``; a time budget makes where a run stops depend on the machine). The learning rate
+follows the preset's warm-up and cosine decay over the step budget.
 
 Resumable: every run is a run directory ``RUNS/U<size>/<entry>`` trained in this process in pieces of one
 evaluation; a killed study (Ctrl-C, a lost machine) resumes each run from its last checkpoint, and a run that
@@ -188,9 +189,19 @@ def evaluations_above_best(points: list[Point]) -> int:
     return len(points) - 1 - best
 
 
-def stop_reason(points: list[Point], patience: int, step: int, steps: int, finished: bool) -> str | None:
-    """Why a run is done: ``patience`` evaluations in a row above its best, or its budget spent; None: go on."""
-    if patience and evaluations_above_best(points) >= patience:
+def protected_steps(steps: int, warmup: int) -> int:
+    """The first steps of a run that never stop it on patience: a tenth of its budget and at least twice the
+    learning-rate warm-up. Early on a curve can stall for a few evaluations (masked diffusion sits near the
+    unigram entropy before it learns more) without having overfitted anything."""
+    return max(steps // 10, 2 * warmup)
+
+
+def stop_reason(points: list[Point], patience: int, step: int, steps: int, finished: bool,
+                protected: int = 0) -> str | None:
+    """Why a run is done: ``patience`` evaluations in a row above its best once past its ``protected`` first
+    steps, or its budget spent; None: go on."""
+    past = bool(points) and points[-1].step >= protected
+    if patience and past and evaluations_above_best(points) >= patience:
         return "patience"
     if finished or step >= steps:
         return "budget"
@@ -284,8 +295,9 @@ def read_curve(rd: Path, entry: Entry, size: int, patience: int) -> Curve:
     step = header.step if header is not None else 0
     finished = (rd / FINAL).is_file()
     train_s = evals[-1].elapsed if evals else None
+    protected = protected_steps(cfg.train.steps, cfg.train.warmup)
     return Curve(entry.name, size, str(rd), entry.autoregressive, points, cfg.train.steps,
-                 stop_reason(points, patience, step, cfg.train.steps, finished), train_s)
+                 stop_reason(points, patience, step, cfg.train.steps, finished, protected), train_s)
 
 
 def wait_for_other_trainer(rd: Path, label: str) -> None:
@@ -428,7 +440,8 @@ def markdown(results: list[SizeResult], scales: dict[str, dict], cmd: str, windo
              "whole validation split (nats per character): `ar` by its exact NLL, diffusion by its bound and by the "
              "exact NLL of the left-to-right sampler. Ratio: to the best `ar` NLL over dropout 0, 0.1 and 0.2. "
              "Crossover: the first evaluation at which the entry is at or below that best. A run stops after "
-             f"{patience} evaluations in a row above its best, or at its budget. Predicted: where the power-law fit "
+             f"{patience} evaluations in a row above its best (not in the first tenth of its budget), or at its "
+             "budget. Predicted: where the power-law fit "
              "of a curve still falling at its budget reaches `ar`'s best (never: its asymptote stays above it; "
              "bottomed out: the curve rose again above its best, which is final).", ""]
     for r in results:

@@ -64,6 +64,15 @@ def test_a_run_stops_after_patience_evaluations_above_its_best(study):
     assert study.evaluations_above_best(points(study, [3.0, 2.5, 2.6, 2.7, 2.4])) == 0
 
 
+def test_a_stall_early_in_a_run_does_not_stop_it(study):
+    """masked diffusion can sit near the unigram entropy for a few evaluations before it learns more: no patience
+    stop in the first tenth of the budget (at least twice the warm-up)."""
+    assert study.protected_steps(6000, 100) == 600 and study.protected_steps(300, 100) == 200
+    stall = points(study, [3.5, 3.39, 3.40, 3.41, 3.40, 3.42])  # evaluations at steps 10 to 60
+    assert study.stop_reason(stall, 4, step=60, steps=1000, finished=False, protected=200) is None
+    assert study.stop_reason(stall, 4, step=60, steps=1000, finished=False, protected=60) == "patience"
+
+
 def test_the_crossover_is_where_an_entry_reaches_ars_best(study):
     masked = curve(study, "masked", [4.0, 2.5, 2.0, 1.7, 1.6], exact=[3.9, 2.4, 1.9, 1.65, 1.55])
     # early, every model is near uniform: being below ar's first evaluations is no crossover
