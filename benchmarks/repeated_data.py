@@ -127,14 +127,52 @@ class Curve:
 
 
 @dataclass
+class Judged:
+    """One curve's best by one measure (the bound, or the exact NLL), against ar's best."""
+
+    nats: float
+    epoch: float
+    step: int
+    ratio: float | None = None  # to ar's best
+    crossover_epoch: float | None = None  # the first evaluation at or below ar's best
+    bottomed_out: bool = False  # no crossover, and the run stopped on patience: its best is final
+    fit: Fit | None = None  # no crossover and still falling: the power law of its falling part
+    predicted_crossover_epoch: float | None = None  # where the fit reaches ar's best (None: never)
+
+    def crossover_text(self) -> str:
+        if self.crossover_epoch is not None:
+            return f"{self.crossover_epoch:,.1f}"
+        if self.bottomed_out:
+            return "none (bottomed out)"
+        if self.fit is None:
+            return "none (too few points to fit)"
+        pred = self.predicted_crossover_epoch
+        return "none; predicted " + (f"{pred:,.0f}" if pred else "never")
+
+
+@dataclass
+class Row:
+    """An entry's line of a size's table: where its run stands and its best by each measure it has."""
+
+    entry: str
+    autoregressive: bool
+    stopped: str | None
+    evaluations: int
+    last_epoch: float | None
+    train_s: float | None
+    bound: Judged | None = None  # diffusion only
+    exact: Judged | None = None
+
+
+@dataclass
 class SizeResult:
-    """One U: its curves, ar's best, and per diffusion entry its ratios, crossover and fit."""
+    """One U: its curves, ar's best, and a row per entry."""
 
     size: int
     curves: list[Curve]
     ar_best: float | None
     ar_best_entry: str | None = None
-    rows: list[dict] = field(default_factory=list)
+    rows: list[Row] = field(default_factory=list)
 
 
 def log(msg: str) -> None:
@@ -385,56 +423,89 @@ def progress_line(label: str, curve: Curve, step: int, epoch: float, wall: float
 
 
 # ---- the tables and the picture ------------------------------------------------------------------------------
+def judge(curve: Curve, exact: bool, ar_best: float | None, warmup_steps: int) -> Judged | None:
+    """``curve``'s best by one measure and, for a diffusion curve, its crossover or the fit that predicts one."""
+    best = curve.best(exact)
+    if best is None:
+        return None
+    got = Judged(best.exact if exact else best.nats, best.epoch, best.step)
+    if ar_best is None:
+        return got
+    got.ratio = got.nats / ar_best
+    if curve.autoregressive:
+        return got
+    got.crossover_epoch = crossover(curve, ar_best, exact)
+    if got.crossover_epoch is None:
+        # a curve that has turned up has its best behind it: no fit can take it lower
+        got.bottomed_out = curve.stopped == "patience"
+        got.fit = None if got.bottomed_out else fit_power_law(falling_part(curve, warmup_steps, exact))
+        got.predicted_crossover_epoch = None if got.fit is None else got.fit.reaches(ar_best)
+    return got
+
+
 def analyse(size: int, curves: list[Curve], warmup_steps: int) -> SizeResult:
+    """ar's best over its dropouts, and each entry judged against it."""
     bests = [(b.nats, c.entry) for c in curves if c.autoregressive and (b := c.best()) is not None]
     best = min(bests) if bests else (None, None)
     result = SizeResult(size, curves, best[0], best[1])
     for c in curves:
-        row: dict = {"entry": c.entry, "stopped": c.stopped, "evaluations": len(c.points),
-                     "last_epoch": c.points[-1].epoch if c.points else None, "train_s": c.train_s}
-        for kind, exact in (("bound", False), ("exact", True)) if not c.autoregressive else (("exact", False),):
-            best = c.best(exact)
-            row[kind] = None if best is None else {"nats": best.exact if exact else best.nats, "epoch": best.epoch,
-                                                   "step": best.step}
-            if best is None or result.ar_best is None:
-                continue
-            row[kind]["ratio"] = row[kind]["nats"] / result.ar_best
-            if c.autoregressive:
-                continue
-            row[kind]["crossover_epoch"] = crossed = crossover(c, result.ar_best, exact)
-            if crossed is None:
-                # a curve that has turned up has its best behind it: no fit can take it lower
-                row[kind]["bottomed_out"] = bottomed = c.stopped == "patience"
-                fit = None if bottomed else fit_power_law(falling_part(c, warmup_steps, exact))
-                row[kind]["fit"] = None if fit is None else asdict(fit)
-                row[kind]["predicted_crossover_epoch"] = None if fit is None else fit.reaches(result.ar_best)
+        row = Row(c.entry, c.autoregressive, c.stopped, len(c.points), c.points[-1].epoch if c.points else None,
+                  c.train_s)
+        if c.autoregressive:  # its headline number is exact
+            row.exact = judge(c, False, result.ar_best, warmup_steps)
+        else:
+            row.bound = judge(c, False, result.ar_best, warmup_steps)
+            row.exact = judge(c, True, result.ar_best, warmup_steps)
         result.rows.append(row)
     return result
 
 
-def scaling(results: list[SizeResult]) -> dict[str, dict]:
-    """Per diffusion entry and kind: the crossover epoch (measured, else predicted) per U and the exponent."""
-    out: dict[str, dict] = {}
+@dataclass
+class Scaling:
+    """How one diffusion entry's crossover (by one measure) moves with U: e* ~ U^beta."""
+
+    name: str
+    epochs: dict[int, float]  # U -> the crossover epoch, measured or predicted
+    beta: float | None
+    compute_exponent: float | None  # 1 + beta: the tokens trained to the crossover grow as U^(1 + beta)
+
+
+def scaling(results: list[SizeResult]) -> list[Scaling]:
+    """Per diffusion entry and measure: the crossover epoch (measured, else predicted) per U and the exponent."""
+    epochs: dict[str, dict[int, float]] = {}
     for r in results:
         for row in r.rows:
-            for kind in ("bound", "exact"):
-                got = row.get(kind)
-                if not isinstance(got, dict) or "crossover_epoch" not in got:
+            for kind, got in (("bound", row.bound), ("exact", row.exact)):
+                if row.autoregressive or got is None or got.ratio is None:
                     continue
-                epoch = got.get("crossover_epoch") or got.get("predicted_crossover_epoch")
-                entry = out.setdefault(f"{row['entry']} ({kind})", {"epochs": {}})
-                if epoch:
-                    entry["epochs"][r.size] = epoch
-    for entry in out.values():
-        beta = scaling_exponent(entry["epochs"])
-        entry["beta"], entry["compute_exponent"] = beta, None if beta is None else 1 + beta
+                per = epochs.setdefault(f"{row.entry} ({kind})", {})
+                if at := got.crossover_epoch or got.predicted_crossover_epoch:
+                    per[r.size] = at
+    out = []
+    for name, per in epochs.items():
+        beta = scaling_exponent(per)
+        out.append(Scaling(name, per, beta, None if beta is None else 1 + beta))
     return out
 
 
-def markdown(results: list[SizeResult], scales: dict[str, dict], cmd: str, windows: int, patience: int,
+def f4(value: float | None) -> str:
+    return "—" if value is None else f"{value:.4f}"
+
+
+def ep(value: float | None) -> str:
+    return "—" if value is None else f"{value:,.1f}"
+
+
+def ratio(got: Judged | None) -> str:
+    return "—" if got is None or got.ratio is None else f"{got.ratio:.3f}x"
+
+
+def cross(row: Row, got: Judged | None) -> str:
+    return "—" if row.autoregressive or got is None or got.ratio is None else got.crossover_text()
+
+
+def markdown(results: list[SizeResult], scales: list[Scaling], cmd: str, windows: int, patience: int,
              preset: str) -> str:
-    f4 = lambda v: "—" if v is None else f"{v:.4f}"  # noqa: E731
-    ep = lambda v: "—" if v is None else f"{v:,.1f}"  # noqa: E731
     lines = [f"Command: `{cmd}`", "",
              f"`{preset}` preset, seed {SEED}; every run scored on the same {windows} evenly spread windows of the "
              "whole validation split (nats per character): `ar` by its exact NLL, diffusion by its bound and by the "
@@ -453,33 +524,20 @@ def markdown(results: list[SizeResult], scales: dict[str, dict], cmd: str, windo
                   "| crossover (bound) | crossover (exact) | stopped |",
                   "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
         for row in r.rows:
-            b, x = row.get("bound"), row.get("exact")
-
-            def cross(got: dict | None) -> str:
-                if not isinstance(got, dict) or "crossover_epoch" not in got:
-                    return "—"
-                if got["crossover_epoch"] is not None:
-                    return f"{got['crossover_epoch']:,.1f}"
-                if got.get("bottomed_out"):
-                    return "none (bottomed out)"
-                if got.get("fit") is None:
-                    return "none (too few points to fit)"
-                pred = got.get("predicted_crossover_epoch")
-                return "none; predicted " + (f"{pred:,.0f}" if pred else "never")
-
-            ratio = lambda got: "—" if not got or "ratio" not in got else f"{got['ratio']:.3f}x"  # noqa: E731
-            stopped = (row["stopped"] or "running") + (f" at {ep(row['last_epoch'])} ep" if row["last_epoch"] else "")
-            lines.append(f"| {row['entry']} | {f4(b and b['nats'])} | {ep(b and b['epoch'])} | {f4(x and x['nats'])} "
-                         f"| {ep(x and x['epoch'])} | {ratio(b)} | {ratio(x)} | {cross(b)} | {cross(x)} | {stopped} |")
+            b, x = row.bound, row.exact
+            stopped = (row.stopped or "running") + (f" at {ep(row.last_epoch)} ep" if row.last_epoch else "")
+            lines.append(f"| {row.entry} | {f4(b and b.nats)} | {ep(b and b.epoch)} | {f4(x and x.nats)} "
+                         f"| {ep(x and x.epoch)} | {ratio(b)} | {ratio(x)} | {cross(row, b)} | {cross(row, x)} "
+                         f"| {stopped} |")
         lines.append("")
     lines += ["### How the crossover scales with U", "",
               "| entry | crossover epoch per U (measured or predicted) | beta (e* ~ U^beta) "
               "| compute exponent 1 + beta | published |", "|---|---|---:|---:|---:|"]
-    for name, s in scales.items():
-        per = ", ".join(f"{u:,}: {e:,.0f}" for u, e in sorted(s["epochs"].items())) or "—"
-        beta = "—" if s["beta"] is None else f"{s['beta']:.2f}"
-        comp = "—" if s["compute_exponent"] is None else f"{s['compute_exponent']:.2f}"
-        lines.append(f"| {name} | {per} | {beta} | {comp} | {PUBLISHED_COMPUTE_EXPONENT} |")
+    for sc in scales:
+        per = ", ".join(f"{u:,}: {e:,.0f}" for u, e in sorted(sc.epochs.items())) or "—"
+        beta = "—" if sc.beta is None else f"{sc.beta:.2f}"
+        comp = "—" if sc.compute_exponent is None else f"{sc.compute_exponent:.2f}"
+        lines.append(f"| {sc.name} | {per} | {beta} | {comp} | {PUBLISHED_COMPUTE_EXPONENT} |")
     return "\n".join(lines) + "\n"
 
 
@@ -539,11 +597,9 @@ def panel(d, r: SizeResult, ox: int, oy: int, width: int, height: int) -> None:
         for p in c.points if not c.autoregressive else ():
             if p.exact is not None and p.epoch > 0:
                 d.ellipse((ax.x(p.epoch) - 2, ax.y(p.exact) - 2, ax.x(p.epoch) + 2, ax.y(p.exact) + 2), fill=colour)
-        row = next((w for w in r.rows if w["entry"] == c.entry), {})
-        bound = row.get("bound")
-        fit = bound.get("fit") if isinstance(bound, dict) else None
-        if fit and c.points and r.ar_best is not None:
-            f = Fit(**fit)
+        row = next((w for w in r.rows if w.entry == c.entry), None)
+        f = row.bound.fit if row is not None and row.bound is not None else None
+        if f is not None and r.ar_best is not None:
             start = f.first_epoch
             end = min(10 ** x1, max(start * 1.01, f.reaches(r.ar_best) or 10 ** x1))
             xs = [start * (end / start) ** (k / 40) for k in range(41)]
@@ -633,8 +689,7 @@ def main(argv: list[str] | None = None) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     record = {"command": cmd, "seed": SEED, "windows": args.windows, "patience": args.patience,
               "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-              "sizes": [{"size": r.size, "ar_best": r.ar_best, "ar_best_entry": r.ar_best_entry, "rows": r.rows,
-                         "curves": [asdict(c) for c in r.curves]} for r in analysed], "scaling": scales}
+              "sizes": [asdict(r) for r in analysed], "scaling": [asdict(sc) for sc in scales]}
     out.with_suffix(".json").write_text(json.dumps(record, indent=1) + "\n")
     out.with_suffix(".md").write_text(f"![validation NLL against epochs]({out.with_suffix('.png').name})\n\n{text}")
     picture(analysed, out.with_suffix(".png"), cmd)

@@ -106,16 +106,20 @@ def test_each_size_is_judged_against_the_best_ar_and_only_falling_curves_are_fit
               curve(study, "block4", [3.0, 2.4, 2.2, 2.3, 2.4, 2.5], "patience", exact=[2.9, 2.3, 2.1, 2.2, 2.3, 2.4])]
     r = study.analyse(1000, curves, warmup_steps=0)
     assert r.ar_best == 1.7 and r.ar_best_entry == "ar-d0.1"
-    rows = {row["entry"]: row for row in r.rows}
-    assert rows["ar-d0"]["exact"]["ratio"] == pytest.approx(1.8 / 1.7)
-    masked = rows["masked"]["bound"]
-    assert masked["crossover_epoch"] is None and not masked["bottomed_out"]
-    assert masked["predicted_crossover_epoch"] > 12 and masked["fit"]["points"] == 12
-    assert rows["masked"]["exact"]["nats"] == pytest.approx(falling[-1] - 0.05)
-    block = rows["block4"]["bound"]
-    assert block["bottomed_out"] and block["fit"] is None and block["predicted_crossover_epoch"] is None
+    rows = {row.entry: row for row in r.rows}
+    assert rows["ar-d0"].exact.ratio == pytest.approx(1.8 / 1.7) and rows["ar-d0"].bound is None
+    masked = rows["masked"].bound
+    assert masked.crossover_epoch is None and not masked.bottomed_out
+    assert masked.predicted_crossover_epoch > 12 and masked.fit.points == 12
+    assert rows["masked"].exact.nats == pytest.approx(falling[-1] - 0.05)
+    block = rows["block4"].bound
+    assert block.bottomed_out and block.fit is None and block.predicted_crossover_epoch is None
+    scales = {sc.name: sc for sc in study.scaling([r])}
+    assert scales["masked (bound)"].epochs == {1000: masked.predicted_crossover_epoch}
+    assert scales["block4 (bound)"].epochs == {} and scales["block4 (bound)"].beta is None
     text = study.markdown([r], study.scaling([r]), "cmd", 64, 4, "cpu")
     assert "| block4 | 2.2000 | 3.0 | 2.1000 | 3.0 | 1.294x | 1.235x | none (bottomed out) |" in text
+    assert f"| masked | {falling[-1]:.4f} | 12.0 |" in text and "none; predicted" in text
     assert "### U = 1,000 characters (ar's best 1.7000, ar-d0.1)" in text
 
 
