@@ -165,3 +165,18 @@ def test_a_study_with_another_budget_is_refused_not_mixed(study, tmp_path):
         study.main([*argv[:6], "--max-steps", "5", *argv[8:]])
     with pytest.raises(SystemExit, match=r"^error: \(1/1\) U=2,000,000 ar-d0: data.train_chars=2,000,000 is more "):
         study.main([*argv[:3], "2M", *argv[4:]])
+
+
+def test_hours_per_size_share_out_a_time_budget_that_ends_a_run(study, tmp_path, capsys):
+    argv = ["--preset", "tiny", "--sizes", "3k", "--entries", "ar-d0,masked", "--max-steps", "400", "--windows", "4",
+            "--hours-per-size", "0.000002", "--eval-epochs", "1", "--runs", str(tmp_path / "runs"), "--out",
+            str(tmp_path / "out" / "rd")]
+    args = study.parse_args(argv)
+    cfg, _ = study.run_config(study.BY_NAME["ar-d0"], 3000, args)
+    assert cfg.train.time_budget_s == pytest.approx(0.000002 * 3600 / 2)
+    assert study.main(argv) == 0
+    capsys.readouterr()
+    curves = json.loads((tmp_path / "out" / "rd.json").read_text())["sizes"][0]["curves"]
+    assert [c["stopped"] for c in curves] == ["budget", "budget"]
+    final = json.loads((study.run_dir(tmp_path / "runs", 3000, study.BY_NAME["ar-d0"]) / "final.json").read_text())
+    assert final["out_of_time"] and final["step"] < 400
