@@ -406,6 +406,7 @@ LEGAL: dict[str, tuple[Callable[[float], bool], bool]] = {
     "train.final_eval_budget": (lambda v: 0 <= v <= 100, False), "train.save_every_s": (_GE0, True),
     "data.label_top": (lambda v: 2 <= v <= 4096, False),
     "data.val_fraction": (lambda v: 0 < v < 1, False), "data.vocab_size": (_GE1, False),
+    "data.train_chars": (_GE0, False), "train.eval_exact_windows": (_GE0, True),
     "method.temperature": (_GT0, True), "method.top_k": (_GE0, True), "method.top_p": (lambda v: 0 < v <= 1, False),
     "method.sigma_max": (_GT0, False), "method.eval_time_samples": (_GE1, False), "method.eval_seed": (_SEED, False),
     "method.confidence": (_UNIT, False), "method.sample_steps": (_GE0, False), "method.timesteps": (_GE0, False),

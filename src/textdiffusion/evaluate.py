@@ -258,14 +258,16 @@ def run_corpus(run) -> tuple[TextData, str, str]:
     path = resolve_corpus(corpus_location(run.cfg.data.corpus, recorded, run.path))
     check_identity(recorded, corpus_fingerprint(path), run.path)
     text, source = read_corpus(path)
-    data = TextData.from_text(text, run.tokenizer, run.cfg.data.val_fraction, source)
+    data = TextData.from_text(text, run.tokenizer, run.cfg.data.val_fraction, source,
+                              train_chars=run.cfg.data.train_chars)
     data.path = path
     return data, text, source
 
 
-def reference_windows(text: str, train_chars: int, length: int, n: int) -> list[str]:
-    """``n`` real validation windows of ``length`` characters, evenly spread over the validation split."""
-    val_text = text[train_chars:]
+def reference_windows(text: str, val_start: int, length: int, n: int) -> list[str]:
+    """``n`` real validation windows of ``length`` characters, evenly spread over the validation split (which
+    begins at ``val_start``)."""
+    val_text = text[val_start:]
     starts = np.linspace(0, max(0, len(val_text) - length), n).astype(int)
     return [val_text[s:s + length] for s in starts]
 
@@ -326,7 +328,7 @@ def evaluate_text(run_dir: str | Path | LoadedRun, samples: int = 64, length: in
     ref = TrainingReference(data.train_text)
     # real text of the same length, evenly spread over the validation split, for scale
     ref_len = round(float(np.mean([len(t) for t in texts]))) if texts else length  # tokens may be > 1 char
-    reference = ref.quality(reference_windows(text, len(data.train_text), ref_len, samples))
+    reference = ref.quality(reference_windows(text, data.val_start, ref_len, samples))
     taken = speed.pop("steps", None) or steps or run.method.default_steps(length) or length
     result = TextEval(
         run=shareable_path(run.path), method=cfg.method.name, preset=cfg.preset, step=run.step, weights="ema",
@@ -337,7 +339,7 @@ def evaluate_text(run_dir: str | Path | LoadedRun, samples: int = 64, length: in
         quality=Quality.from_json(ref.quality(texts)), reference=Quality.from_json(reference),
         reference_what=f"{samples} real validation windows of {ref_len} characters",
         speed=SampleSpeed.from_json(speed),
-        distance=distance_from_real(texts, text[len(data.train_text):]),
+        distance=distance_from_real(texts, text[data.val_start:]),
         judge={"kind": f"character {ref.judge.order}-gram, interpolated Witten-Bell",
                "fitted_on": f"training split of {public_source(source)}",
                "chars": len(data.train_text)},

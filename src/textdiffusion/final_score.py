@@ -63,7 +63,10 @@ def settings_digest(cfg: Config, device: torch.device, batch_size: int) -> str:
     forward passes (TF32 included, on a GPU) and the batch the windows are scored in."""
     d = cfg.to_dict()
     tf32 = device.type == "cuda" and torch.backends.cuda.matmul.allow_tf32
-    what = {"method": d["method"], "network": d[cfg.method.network], "data": d["data"], "device": device.type,
+    # data.train_chars=0 trains on the whole split, as every run did before the option: left out, the keys those
+    # runs recorded still name their scores
+    data = {k: v for k, v in d["data"].items() if not (k == "train_chars" and not v)}
+    what = {"method": d["method"], "network": d[cfg.method.network], "data": data, "device": device.type,
             "precision": precision.resolve(cfg.train.amp, device), "tf32": tf32, "batch": batch_size}
     return hashlib.sha256(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()
 

@@ -362,6 +362,9 @@ class EvalRow:
     rate: float | None = None
     elapsed: float | None = None
     mfu: float | None = None  # model FLOPs utilisation, on a GPU whose peak is known
+    # beside a bound, the exact NLL of the method's exact_sampler on its own windows (train.eval_exact_windows)
+    exact_nats: float | None = None
+    exact_windows: int | None = None
 
     def to_json(self) -> dict[str, Any]:
         out = {"step": self.step, "train_loss": self.train_loss, val_key(self.unit): self.bits,
@@ -369,6 +372,8 @@ class EvalRow:
                rate_key(self.data_unit): self.rate, "elapsed": self.elapsed}
         if self.mfu is not None:
             out["mfu"] = self.mfu
+        if self.exact_nats is not None:
+            out["val_exact_nats"], out["val_exact_windows"] = self.exact_nats, self.exact_windows
         return out
 
     @classmethod
@@ -376,7 +381,7 @@ class EvalRow:
         unit, data_unit = _unit_of(d) or "char", _data_unit_of(d) or "chars"
         return cls(d["step"], d.get("train_loss"), unit, d.get(val_key(unit)), d.get("val_nats"), d.get("val_kind"),
                    d.get("val_windows"), d.get("lr"), data_unit, d.get(rate_key(data_unit)), d.get("elapsed"),
-                   d.get("mfu"))
+                   d.get("mfu"), d.get("val_exact_nats"), d.get("val_exact_windows"))
 
 
 @dataclass

@@ -428,6 +428,9 @@ class Trainer:
         self.smoothed_loss: float | None = None  # the bar's and the evaluation rows' train_loss (checkpointed)
         self.logger = loggers.RunLogger(None)  # train.logger, opened by train() on rank 0
         self.val_windows = self.source.val_set(self.method.window, cfg.train.eval_windows).to(self.device)
+        # train.eval_exact_windows: the windows of the exact NLL beside a bound at each evaluation (None: none)
+        self.exact_windows = (self.source.val_set(self.method.window, cfg.train.eval_exact_windows).to(self.device)
+                              if cfg.train.eval_exact_windows and getattr(self.method, "exact_sampler", "") else None)
 
         # how the forward pass runs (compiled and in bf16 on CUDA by default)
         self.ddp = None
@@ -542,13 +545,15 @@ class Trainer:
 
     # ---- evaluation ------------------------------------------------------------------------------------
     def evaluate(self, windows: torch.Tensor, model: torch.nn.Module | None = None, progress: bool = False,
-                 desc: str = "") -> NLLResult:
+                 desc: str = "", exact: bool = False) -> NLLResult:
         """The method's validation NLL of ``windows`` under ``model`` (default: the EMA weights); ``progress``:
-        a bar over its batches on stderr (the evaluations inside the loop have the training bar instead)."""
+        a bar over its batches on stderr (the evaluations inside the loop have the training bar instead);
+        ``exact``: the exact NLL of the method's ``exact_sampler`` instead of its bound."""
         model = model or self.ema.model
         model.eval()
         with self.autocast():
-            return score(self.method, model, windows, batch_size=self.score_batch_size, progress=progress, desc=desc)
+            return score(self.method, model, windows, batch_size=self.score_batch_size, progress=progress, desc=desc,
+                         exact=exact)
 
     def _score_within(self, windows: Any, deadline: float) -> NLLResult | None:
         """The EMA weights' score of ``windows``, or None once ``time.perf_counter()`` passes ``deadline``
@@ -777,8 +782,10 @@ class Trainer:
             self.save()
             return float("nan")
         val = self.evaluate(self.val_windows)
+        exact = self.evaluate(self.exact_windows, exact=True) if self.exact_windows is not None else None
         self._log_metrics(EvalRow(self.step, train_loss, val.unit, val.bits_per_unit, val.nats_per_unit, val.kind,
-                                  val.windows, lr, self.source.unit, rate, self.elapsed, mfu))
+                                  val.windows, lr, self.source.unit, rate, self.elapsed, mfu,
+                                  exact.nats_per_unit if exact else None, exact.windows if exact else None))
         if self.cfg.train.sample_every_eval:
             self.write_samples()
         self.save()

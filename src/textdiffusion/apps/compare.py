@@ -381,13 +381,14 @@ class _Judges:
     and the real-text scores per corpus, length and count. A corpus is read, checked and split once."""
 
     def __init__(self) -> None:
-        self._corpora: dict[str, tuple[Any, str, str, int]] = {}  # key -> (judge, text, source, train chars)
+        self._corpora: dict[str, tuple[Any, str, str, int]] = {}  # key -> (judge, text, source, validation start)
         self._real: dict[tuple[str, int, int], Quality] = {}
         self._speakers: dict[tuple[str, int], Any] = {}  # (corpus key, speakers) -> SpeakerJudge
 
     @staticmethod
     def key(run) -> str:
-        return f"{run.meta.get('corpus', {}).get('sha256') or run.cfg.data.corpus}:{run.cfg.data.val_fraction}"
+        prefix = f":{run.cfg.data.train_chars}" if run.cfg.data.train_chars else ""  # another training text
+        return f"{run.meta.get('corpus', {}).get('sha256') or run.cfg.data.corpus}:{run.cfg.data.val_fraction}{prefix}"
 
     def get(self, run) -> tuple[Any, str, str]:
         """(judge, its cache key, the corpus source)."""
@@ -396,8 +397,8 @@ class _Judges:
         key = self.key(run)
         if key not in self._corpora:
             data, text, source = run_corpus(run)
-            self._corpora[key] = (TrainingReference(data.train_text), text, source, len(data.train_text))
-        judge, _text, source, _train_chars = self._corpora[key]
+            self._corpora[key] = (TrainingReference(data.train_text), text, source, data.val_start)
+        judge, _text, source, _val_start = self._corpora[key]
         return judge, key, source
 
     def speakers(self, run, labels: Sequence[str]):
@@ -408,8 +409,9 @@ class _Judges:
 
         _judge, key, _source = self.get(run)
         if (key, len(labels)) not in self._speakers:
-            _, text, _, train_chars = self._corpora[key]
-            self._speakers[(key, len(labels))] = SpeakerJudge(split_speakers(text[:train_chars], top=len(labels)))
+            _, text, _, val_start = self._corpora[key]
+            trained = text[:run.cfg.data.train_chars or val_start]
+            self._speakers[(key, len(labels))] = SpeakerJudge(split_speakers(trained, top=len(labels)))
         judge = self._speakers[(key, len(labels))]
         if [s.lower() for s in judge.speakers] != [s.lower() for s in labels]:
             raise CheckpointError(f"{run.path} was trained on the speakers {', '.join(labels)} but its corpus's "
@@ -419,16 +421,16 @@ class _Judges:
 
     def held_out(self, key: str) -> str:
         """The validation split of corpus ``key`` (see :meth:`get`): what the n-gram distance compares with."""
-        _judge, text, _source, train_chars = self._corpora[key]
-        return text[train_chars:]
+        _judge, text, _source, val_start = self._corpora[key]
+        return text[val_start:]
 
     def real_text(self, key: str, length: int, n: int) -> Quality:
         """Scores of ``n`` real validation windows of ``length`` characters of corpus ``key`` (see :meth:`get`)."""
         from textdiffusion.evaluate import reference_windows
 
         if (key, length, n) not in self._real:
-            judge, text, _source, train_chars = self._corpora[key]
-            self._real[(key, length, n)] = Quality(**judge.quality(reference_windows(text, train_chars, length, n)))
+            judge, text, _source, val_start = self._corpora[key]
+            self._real[(key, length, n)] = Quality(**judge.quality(reference_windows(text, val_start, length, n)))
         return self._real[(key, length, n)]
 
 

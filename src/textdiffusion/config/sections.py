@@ -75,6 +75,9 @@ class TrainConfig:
     eval_every: int = option(250, Range(1, 10**9), "score the validation windows, write samples and checkpoint "
                                                    "every this many steps")
     eval_windows: int = option(256, WINDOWS, "validation windows scored at each evaluation (0 = all)")
+    eval_exact_windows: int = option(0, Range(0, 10**9), "masked, block: at each evaluation also score the exact NLL "
+                                     "of the left_to_right sampler on this many evenly spread validation windows, "
+                                     "beside the bound (a pass per token of a window; 0 = none)")
     final_eval_windows: int = option(0, WINDOWS, "validation windows scored once training ends (0 = the whole "
                                                  "split, or what train.final_eval_budget allows of it)")
     final_eval_budget: float = option(0.33, Range(0.0, 100.0), "with final_eval_windows=0: the end-of-training "
@@ -123,6 +126,10 @@ class DataConfig:
                                                   "files; images: mnist, digits or a path to mnist.npz")
     val_fraction: float = option(0.1, Range(0.0, 1.0, lo_open=True, hi_open=True),
                                  "the corpus's last fraction, held out for validation")
+    # at most the largest corpus read (textdiffusion.data.corpus.MAX_CORPUS_BYTES); the split checks the rest
+    train_chars: int = option(0, Range(0, 2**32), "train on the first N characters of the training split only "
+                              "(0 = all of it); validation is still the whole held-out split, so runs on "
+                              "prefixes of any size score the same text")
     tokenizer: str = option("char", Choice(TOKENIZER_KINDS),
                             "char, bpe (byte-level, trained on the training split) or wordpiece (MiniLM's)")
     vocab_size: int = option(512, Range(1, 2**20),

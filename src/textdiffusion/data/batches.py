@@ -22,10 +22,19 @@ class TextData:
     source: str
     train_text: str
     path: Path | None = None  # the resolved corpus file or directory, when it came from disk
+    #: the character of the whole text where validation begins: the held-out text is ``text[val_start:]``
+    #: whether or not the training text is a prefix of the training split (``train_chars``); left out, the
+    #: training text is taken to be the whole split, which ends there
+    val_start: int = -1
+
+    def __post_init__(self) -> None:
+        if self.val_start < 0:
+            self.val_start = len(self.train_text)
 
     @classmethod
     def from_text(cls, text: str, tokenizer: Tokenizer | None = None, val_fraction: float = 0.1,
-                  source: str = "<text>", tokenizer_kind: str = "char", vocab_size: int = 512) -> TextData:
+                  source: str = "<text>", tokenizer_kind: str = "char", vocab_size: int = 512,
+                  train_chars: int = 0) -> TextData:
         """Split ``text`` and tokenise each part. A given ``tokenizer`` is used as is (a resumed or
         evaluated run must reuse its own); otherwise one of ``tokenizer_kind`` is built.
 
@@ -33,9 +42,17 @@ class TextData:
         two parts are encoded separately: for a multi-character tokenizer a character index is not a
         token index, and a token must not straddle the boundary. Consequently the split is the same
         characters whatever the tokenizer, which keeps bits-per-character comparable across tokenizers.
+
+        ``train_chars`` > 0 trains on the first ``train_chars`` characters of the training split only
+        (``data.train_chars``). The split point is computed from the whole text first and does not move with it,
+        so runs on prefixes of any size are scored on the same validation text; the char vocabulary is still the
+        whole corpus's alphabet, so their tokenizers agree too.
         """
         split = int(len(text) * (1.0 - val_fraction))
-        train_text, val_text = text[:split], text[split:]
+        if train_chars > split:
+            raise DataError(f"data.train_chars={train_chars:,} is more than the training split's {split:,} "
+                            f"characters; pick at most {split:,} (0 = the whole split)")
+        train_text, val_text = text[:train_chars or split], text[split:]
         tok = tokenizer
         if tok is None:
             # A char vocabulary is the corpus alphabet (nanoGPT's convention; an unseen validation
@@ -44,15 +61,15 @@ class TextData:
             tok = make_tokenizer(tokenizer_kind, text if tokenizer_kind == "char" else train_text, vocab_size)
         train_ids = torch.from_numpy(tok.encode_array(train_text))
         val_ids = torch.from_numpy(tok.encode_array(val_text))
-        return cls(train_ids, val_ids, tok, source, train_text)
+        return cls(train_ids, val_ids, tok, source, train_text, val_start=split)
 
     @classmethod
     def load(cls, corpus: str, tokenizer: Tokenizer | None = None, val_fraction: float = 0.1,
-             tokenizer_kind: str = "char", vocab_size: int = 512) -> TextData:
+             tokenizer_kind: str = "char", vocab_size: int = 512, train_chars: int = 0) -> TextData:
         """Resolve and read ``corpus`` (a path or a named corpus), then :meth:`from_text`."""
         path = resolve_corpus(corpus)
         text, source = read_corpus(path)
-        data = cls.from_text(text, tokenizer, val_fraction, source, tokenizer_kind, vocab_size)
+        data = cls.from_text(text, tokenizer, val_fraction, source, tokenizer_kind, vocab_size, train_chars)
         data.path = path
         return data
 

@@ -163,7 +163,8 @@ def load_source(cfg: Config, run_dir: Path | None = None, kind: str = "text") ->
         check_identity(recorded, corpus_fingerprint(path), run_dir)
     tokenizer = load_tokenizer(run_dir / "tokenizer.json") if run_dir is not None else None
     text, where = read_corpus(path)
-    data = TextData.from_text(text, tokenizer, cfg.data.val_fraction, where, cfg.data.tokenizer, cfg.data.vocab_size)
+    data = TextData.from_text(text, tokenizer, cfg.data.val_fraction, where, cfg.data.tokenizer, cfg.data.vocab_size,
+                              cfg.data.train_chars)
     data.path = path
     return text_source(data, cfg)
 
