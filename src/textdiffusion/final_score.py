@@ -57,16 +57,25 @@ def weights_digest(model: torch.nn.Module) -> str:
     return h.hexdigest()
 
 
+# Options added after runs had recorded score keys, at the value that behaves as those runs did (the whole
+# training split; no fill-in-the-middle windows): left out of the digest, so the keys in existing final.json
+# files still name their scores and `eval` goes on reusing them.
+NEUTRAL_ADDITIONS: dict[str, dict[str, object]] = {"data": {"train_chars": 0}, "method": {"fim_rate": 0.0}}
+
+
+def _without_neutral(section: dict[str, object], name: str) -> dict[str, object]:
+    neutral = NEUTRAL_ADDITIONS.get(name, {})
+    return {k: v for k, v in section.items() if not (k in neutral and v == neutral[k])}
+
+
 def settings_digest(cfg: Config, device: torch.device, batch_size: int) -> str:
     """A sha256 of everything besides the weights and the windows that can move a validation number: the
     method's options (its estimator, draws and seed), the network and data sections, the precision of the
     forward passes (TF32 included, on a GPU) and the batch the windows are scored in."""
     d = cfg.to_dict()
     tf32 = device.type == "cuda" and torch.backends.cuda.matmul.allow_tf32
-    # data.train_chars=0 trains on the whole split, as every run did before the option: left out, the keys those
-    # runs recorded still name their scores
-    data = {k: v for k, v in d["data"].items() if not (k == "train_chars" and not v)}
-    what = {"method": d["method"], "network": d[cfg.method.network], "data": data, "device": device.type,
+    method, data = _without_neutral(d["method"], "method"), _without_neutral(d["data"], "data")
+    what = {"method": method, "network": d[cfg.method.network], "data": data, "device": device.type,
             "precision": precision.resolve(cfg.train.amp, device), "tf32": tf32, "batch": batch_size}
     return hashlib.sha256(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()
 
