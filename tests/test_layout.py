@@ -241,7 +241,8 @@ def test_a_0_1_0_config_drops_other_methods_fields_and_refuses_unknown_ones():
     legacy = json.loads((OLD_RUNS / "ar" / "config.json").read_text())["config"]
     assert set(legacy["method"]) == LEGACY_METHOD_FIELDS  # the 0.1.0 union, every method's fields
     cfg = config_from_dict(legacy)
-    assert set(cfg.to_dict()["method"]) == {"name", "sampler", "temperature", "top_k", "top_p", "fim_rate"}
+    assert set(cfg.to_dict()["method"]) == {"name", "sampler", "temperature", "top_k", "top_p", "fim_rate",
+                                            "fim_mode"}
     assert cfg.method.fim_rate == 0.0  # a run from before fill-in-the-middle trains and samples as it did
     assert "unet" not in cfg.to_dict()
     edited = {**legacy, "method": {**legacy["method"], "temperatur": 0.5}}

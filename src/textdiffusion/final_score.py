@@ -58,9 +58,10 @@ def weights_digest(model: torch.nn.Module) -> str:
 
 
 # Options added after runs had recorded score keys, at the value that behaves as those runs did (the whole
-# training split; no fill-in-the-middle windows): left out of the digest, so the keys in existing final.json
-# files still name their scores and `eval` goes on reusing them.
-NEUTRAL_ADDITIONS: dict[str, dict[str, object]] = {"data": {"train_chars": 0}, "method": {"fim_rate": 0.0}}
+# training split; no fill-in-the-middle windows; their PSM order): left out of the digest, so the keys in existing
+# final.json files still name their scores and `eval` goes on reusing them.
+NEUTRAL_ADDITIONS: dict[str, dict[str, object]] = {"data": {"train_chars": 0},
+                                                   "method": {"fim_rate": 0.0, "fim_mode": "psm"}}
 
 
 def _without_neutral(section: dict[str, object], name: str) -> dict[str, object]:

@@ -11,8 +11,9 @@ wraps the network from outside (:mod:`textdiffusion.guidance`). :mod:`textdiffus
 differs on its side.
 
 With ``method.fim_rate > 0`` the same model also fills blanks: a fraction of the training windows is rearranged
-by the fill-in-the-middle transformation (:mod:`textdiffusion.methods.fill_in_middle`), and an infill request is
-answered by generating the middle after [PRE] left [SUF] right [MID]. The validation number stays the plain
+by the fill-in-the-middle transformation (:mod:`textdiffusion.methods.fill_in_middle`; ``method.fim_mode`` picks
+the order), and an infill request is answered by generating the middle after [PRE] left [SUF] right [MID] (PSM) or
+[PRE] [SUF] right [MID] left (SPM). The validation number stays the plain
 left-to-right NLL of untransformed windows, so it compares with every other ``ar`` run.
 """
 
@@ -24,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from textdiffusion.config import PROBABILITY, ConfigError, option
+from textdiffusion.config import PROBABILITY, Choice, ConfigError, option
 from textdiffusion.data.speakers import LabelledText, split_labels
 from textdiffusion.diffusion.tokens import cross_entropy_per_token
 from textdiffusion.guidance.free import FreeGuidance, LabelledNetwork
@@ -38,7 +39,7 @@ from textdiffusion.methods.base import (
     register,
     report_batches,
 )
-from textdiffusion.methods.fill_in_middle import SENTINELS, Sentinels, draw_splits, psm, room
+from textdiffusion.methods.fill_in_middle import MODES, SENTINELS, Sentinels, draw_splits, rearrange, room
 from textdiffusion.methods.requests import SampleRequest, unit_name
 from textdiffusion.methods.spans import SpanNLL, check_span, contiguous_bounds
 from textdiffusion.nn.text_classifier import ConvTextClassifier
@@ -52,13 +53,17 @@ if TYPE_CHECKING:
 
 @dataclass
 class ARConfig(TextMethodConfig):
-    """``ar``'s one option of its own is whether it learns to fill in the middle; the backbone and the token draw
-    say the rest."""
+    """``ar``'s options of its own say whether it learns to fill in the middle, and in which order; the backbone
+    and the token draw say the rest."""
 
     name: str = "ar"
     fim_rate: float = option(0.0, PROBABILITY, "fraction of training windows rearranged as [PRE] prefix [SUF] "
                                                "suffix [MID] middle (fill-in-the-middle), so the run can infill; "
                                                "0 = left to right only")
+    fim_mode: str = option("psm", Choice(MODES), "order of a fill-in-the-middle window: psm ([PRE] prefix [SUF] "
+                                                 "suffix [MID] middle), spm ([PRE] [SUF] suffix [MID] prefix "
+                                                 "middle: the middle continues the prefix) or both (each window "
+                                                 "draws one; infills as spm)")
 
 
 @register
@@ -83,6 +88,9 @@ class AutoRegressive(TextMethod):
         if self.fim is not None and model_cfg.context < len(SENTINELS):
             raise ConfigError(f"method.fim_rate needs model.context >= {len(SENTINELS)} (its sequences carry three "
                               f"sentinels), got {model_cfg.context}; raise model.context or set method.fim_rate=0")
+        if self.fim is None and cfg.fim_mode != "psm":
+            raise ConfigError(f"method.fim_mode={cfg.fim_mode} orders fill-in-the-middle windows, but method.fim_rate "
+                              f"is 0 (none are trained); set method.fim_rate=0.5 too, or leave method.fim_mode out")
 
     def build_model(self) -> Transformer:
         """The backbone; a fill-in-the-middle run reads the three sentinels too (inputs only: never predicted)."""
@@ -110,9 +118,10 @@ class AutoRegressive(TextMethod):
 
     def _fim_batch(self, x: torch.Tensor,
                    generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Training inputs, targets and the targets scored, with a ``fim_rate`` fraction of the windows in PSM
-        order (cut at two uniform points, :func:`~textdiffusion.methods.fill_in_middle.psm`, two far characters of
-        context dropped so the sequence's inputs are as long as the window) and the rest as always.
+        """Training inputs, targets and the targets scored, with a ``fim_rate`` fraction of the windows in
+        ``fim_mode``'s order (cut at two uniform points, :func:`~textdiffusion.methods.fill_in_middle.rearrange`, two
+        far characters of context dropped so the sequence's inputs are as long as the window) and the rest as always.
+        ``both`` draws each window's order after the cuts, so ``psm`` draws exactly what it always did.
 
         The loss is the next-token cross-entropy on the rearranged sequence at every ordinary character, prefix
         and suffix included, as in the paper; unlike the paper the sentinels themselves are never targets (the
@@ -121,7 +130,12 @@ class AutoRegressive(TextMethod):
         n, L = x.shape
         fim = torch.rand(n, generator=generator, device=x.device) < self.cfg.fim_rate
         a, b = draw_splits(n, L, generator, x.device)
-        seq, _ = psm(x, a, b, self.fim, room(L))
+        in_spm = None  # psm
+        if self.cfg.fim_mode == "both":
+            in_spm = torch.rand(n, generator=generator, device=x.device) < 0.5
+        elif self.cfg.fim_mode == "spm":
+            in_spm = torch.ones(n, dtype=torch.bool, device=x.device)
+        seq, _ = rearrange(x, a, b, self.fim, room(L), in_spm)
         ordinary = seq[:, 1:] < self.tok.n_symbols
         inputs = torch.where(fim[:, None], seq[:, :-1], self._inputs(x))
         targets = torch.where(fim[:, None], torch.where(ordinary, seq[:, 1:], 0), x)
@@ -225,6 +239,19 @@ class AutoRegressive(TextMethod):
                               "it is written by fill-in-the-middle, which it cannot steer; use --guidance-rule free")
         return state, fixed
 
+    @property
+    def infill_order(self) -> str:
+        """What an infill reads before the middle: SPM's order for a run trained with it (``both`` too, as the
+        paper recommends: there the middle continues the prefix), else PSM's."""
+        return "[PRE] [SUF] right [MID] left" if self.cfg.fim_mode != "psm" else "[PRE] left [SUF] right [MID]"
+
+    def _arranged(self, x: torch.Tensor, a: torch.Tensor, b: torch.Tensor,
+                  carry: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Windows cut at ``a <= b`` in the order this run infills in (:attr:`infill_order`)."""
+        assert self.fim is not None
+        in_spm = None if self.cfg.fim_mode == "psm" else torch.ones(len(x), dtype=torch.bool, device=x.device)
+        return rearrange(x, a, b, self.fim, carry, in_spm)
+
     @staticmethod
     def middle_between(fixed: torch.Tensor) -> bool:
         """Whether known text follows the first blank: a middle to fill, not a prompt to continue."""
@@ -234,14 +261,15 @@ class AutoRegressive(TextMethod):
     def draw_middle(self, model: Transformer, forward: Callable[..., torch.Tensor], state: torch.Tensor,
                     fixed: torch.Tensor, plan: DrawPlan, generator: torch.Generator,
                     on_step: StepCallback | None) -> tuple[torch.Tensor, float]:
-        """[PRE] left [SUF] right [MID] in one forward (prefill), then the middle one token per forward with the
-        KV cache, exactly the blank's length; context beyond what fits is dropped from the far ends."""
+        """The sequence up to the middle ([PRE] left [SUF] right [MID], or [PRE] [SUF] right [MID] left in SPM) in
+        one forward (prefill), then the middle one token per forward with the KV cache, exactly the blank's length;
+        context beyond what fits is dropped from the far ends."""
         assert self.fim is not None
         n = state.shape[0]
         blank = (~fixed[0]).nonzero().flatten()
         a, b = int(blank[0]), int(blank[-1]) + 1
         cut = torch.tensor([a], device=state.device), torch.tensor([b], device=state.device)
-        seq, middle = psm(state[:1], *cut, self.fim, room(self.model_cfg.context))
+        seq, middle = self._arranged(state[:1], *cut, room(self.model_cfg.context))
         prompt = seq[:, :int(middle[0].nonzero()[0])].expand(n, -1)
         cache = KVCache.empty(len(model.blocks), self.model_cfg.context)
         logits = forward(prompt, cache)
@@ -262,11 +290,12 @@ class AutoRegressive(TextMethod):
     def span_nll(self, model: Transformer, windows: torch.Tensor | LabelledText, span: torch.Tensor,
                  batch_size: int = 64) -> SpanNLL:
         """Exact -log p(middle | left, right) of a fill-in-the-middle run: the sum of the middle's next-token
-        cross-entropies after [PRE] left [SUF] right [MID], one forward per window (the middle's own tokens
-        teacher-forced), which is exactly the probability that :meth:`draw_middle` writes it at temperature 1. A
-        span that ends the window has nothing after it, and is what the plain left-to-right draw would write after
-        the text before it: its NLL is that one's, as :meth:`draw` continues such a blank. Each span must be one
-        run of positions; context beyond the network's reach is dropped from the far ends, as when infilling."""
+        cross-entropies after the sequence up to the middle (in the run's :attr:`infill_order`), one forward per
+        window (the middle's own tokens teacher-forced), which is exactly the probability that :meth:`draw_middle`
+        writes it at temperature 1. A span that ends the window has nothing after it, and is what the plain
+        left-to-right draw would write after the text before it: its NLL is that one's, as :meth:`draw` continues
+        such a blank. Each span must be one run of positions; context beyond the network's reach is dropped from the
+        far ends, as when infilling."""
         if self.fim is None:
             raise ConfigError("this ar run was trained left to right only and has no likelihood of a blank given the "
                               "text after it; train with --set method.fim_rate=0.5 (fill-in-the-middle)")
@@ -277,7 +306,7 @@ class AutoRegressive(TextMethod):
         if int((b - a).max()) > most:
             raise ValueError(f"a span of {int((b - a).max())} positions is longer than the {most} this run's middle "
                              f"can hold")
-        seq, middle = psm(windows, a, b, self.fim, most)
+        seq, middle = self._arranged(windows, a, b, most)
         at_end = (b == windows.shape[1]).cpu()  # nothing after the blank: continued left to right, as draw does
         nats = []
         for rows in torch.arange(len(windows), device=windows.device).split(batch_size):
@@ -288,7 +317,7 @@ class AutoRegressive(TextMethod):
             nats.append(torch.where(at_end[rows.cpu()], (plain.double() * span[rows]).sum(-1).cpu(),
                                     (ce.double() * middle[rows, 1:]).sum(-1).cpu()))
         return SpanNLL(torch.cat(nats), "exact", units,
-                       "exact -log p(middle | [PRE] left [SUF] right [MID]) of the fill-in-the-middle ar (a blank "
+                       f"exact -log p(middle | {self.infill_order}) of the fill-in-the-middle ar (a blank "
                        "at the end: -log p(end | text before it), left to right)")
 
     # ---- repair: the prior times the channel, decoded left to right with a beam (noisy_channel.py) -----------
