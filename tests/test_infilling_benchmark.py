@@ -56,6 +56,18 @@ def test_the_target_needs_a_diffusion_method_better_on_both_counts(infilling):
     assert infilling.targets([score(infilling, "masked", 8, 0.2, 1.0, "exact")])[0].passed is None
 
 
+def test_the_target_is_judged_against_the_strongest_fim_ar(infilling):
+    masked = score(infilling, "masked", 8, 0.20, 1.9, "exact")
+    psm = score(infilling, "ar-fim", 8, 0.10, 2.0, "exact")
+    assert infilling.targets([psm, masked])[0].passed
+    spm = score(infilling, "ar-fim-spm", 8, 0.15, 1.5, "exact")  # lower NLL than masked: masked no longer wins
+    tgt = infilling.targets([psm, spm, masked])[0]
+    assert tgt.passed is False and "ar-fim-spm span NLL 1.500" in tgt.measured
+    matches = score(infilling, "ar-fim-both", 8, 0.30, 2.5, "exact")  # more exact matches than masked
+    assert infilling.targets([psm, matches, masked])[0].passed is False
+    assert set(infilling.FIM_ARS) == {"ar-fim", "ar-fim-spm", "ar-fim-both", "ar-fim-spm-0.9"}
+
+
 def test_scores_are_cached_per_span_length_and_reused(infilling, tmp_path, monkeypatch):
     calls = []
 
@@ -89,6 +101,9 @@ def test_bad_flags_are_refused_in_one_line(flags, message, tmp_path):
     assert proc.returncode != 0 and message in proc.stderr and proc.stderr.count("\n") == 1
 
 
+FIM_ARS = ("ar-fim", "ar-fim-spm", "ar-fim-both", "ar-fim-spm-0.9")
+
+
 @pytest.mark.slow
 def test_a_tiny_run_of_the_script_writes_its_tables(tmp_path):
     out = tmp_path / "infilling"
@@ -98,7 +113,8 @@ def test_a_tiny_run_of_the_script_writes_its_tables(tmp_path):
     assert proc.returncode == 0, proc.stderr
     result = json.loads(out.with_suffix(".json").read_text())
     assert {(s["entry"], s["span"]) for s in result["scores"]} == \
-        {(e, m) for e in ("ar-fim", "masked", "uniform", "embedding") for m in (1, 8)}
+        {(e, m) for e in (*FIM_ARS, "masked", "uniform", "embedding") for m in (1, 8)}
     kinds = {s["entry"]: s["span_kind"] for s in result["scores"]}
-    assert kinds == {"ar-fim": "exact", "masked": "exact", "uniform": "bound", "embedding": ""}
+    assert kinds == {**dict.fromkeys(FIM_ARS, "exact"), "masked": "exact", "uniform": "bound",
+                     "embedding": ""}
     assert "### Span of 8 characters" in out.with_suffix(".md").read_text() and out.with_suffix(".png").is_file()
