@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -87,6 +88,38 @@ def test_scores_are_cached_per_span_length_and_reused(infilling, tmp_path, monke
     infilling.scores_of(entry, run, None, args, None)
     assert calls == [1, 2, 4, 1, 2, 4]
     assert json.loads((tmp_path / "infilling_score.json").read_text())["key"].startswith("step=8 ")
+
+
+def test_a_fim_ar_gets_its_left_only_nll_once_beside_cached_scores(infilling, tmp_path, monkeypatch):
+    from textdiffusion.config import ModelConfig
+    from textdiffusion.data.tokenizer import CharTokenizer
+    from textdiffusion.methods import get_method
+    from textdiffusion.methods.ar import ARConfig
+
+    torch.manual_seed(0)
+    cfg = ModelConfig(n_layer=1, n_head=2, n_embd=16, context=8)
+    method = get_method("ar")(ARConfig(fim_rate=0.5, fim_mode="spm"), cfg, CharTokenizer(list("abc")))
+    run = type("Run", (), {"path": tmp_path, "step": 3, "method": method, "model": method.build_model().eval()})()
+    windows = torch.randint(0, 3, (5, 8), generator=torch.Generator().manual_seed(1))
+    span = infilling.blanked(windows, 2, seed=2)
+    bos = torch.full((5, 1), method.tok.bos_id)
+    with torch.no_grad():
+        ce = torch.nn.functional.cross_entropy(run.model(torch.cat((bos, windows[:, :-1]), 1)).transpose(1, 2),
+                                               windows, reduction="none")
+    want = float(ce[span].mean()) / math.log(2)
+    assert infilling.left_only_bits(run, windows, span) == pytest.approx(want, rel=1e-5)
+    monkeypatch.setattr(infilling, "score_span", lambda e, r, w, length, seed, j: score(infilling, e, length, 0.5,
+                                                                                         1.0, "exact"))
+    calls = []
+    monkeypatch.setattr(infilling, "left_only_bits", lambda r, w, s: calls.append(s) or 2.5)
+    args = type("Args", (), {"preset": "tiny", "steps": 3, "windows": 5, "seed": 0, "lengths": [2]})()
+    masked = infilling.scores_of(infilling.BY_NAME["masked"], run, windows, args, None)
+    assert masked[0].left_bits is None and not calls  # only a FIM ar has a left-to-right reading
+    (tmp_path / "infilling_score.json").unlink()
+    got = infilling.scores_of(infilling.BY_NAME["ar-fim-spm"], run, windows, args, None)
+    assert got[0].left_bits == 2.5 and len(calls) == 1 and torch.equal(calls[0], span)
+    infilling.scores_of(infilling.BY_NAME["ar-fim-spm"], run, windows, args, None)
+    assert len(calls) == 1  # kept in the cache
 
 
 @pytest.mark.parametrize(("flags", "message"), [
