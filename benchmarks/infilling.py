@@ -157,6 +157,19 @@ def left_only_bits(run, windows, span) -> float:
     return float((ce * span).sum() / span.sum()) / math.log(2)
 
 
+def left_to_right(runs: Path, fim_ars: list[str]) -> dict[str, float]:
+    """Each FIM ar's final validation NLL (bits/char, exact, plain windows: what FIM training costs left to
+    right), beside plain ``ar``'s from the same directory when it is there."""
+    from textdiffusion.records import TrainSummary
+
+    out = {}
+    for name in ("ar", *fim_ars) if fim_ars else ():
+        summary = TrainSummary.read(runs / name)
+        if summary is not None and summary.score is not None:
+            out[name] = summary.score.bits
+    return out
+
+
 def settings_key(args: argparse.Namespace) -> str:
     return f"preset={args.preset} steps={args.steps} windows={args.windows} seed={args.seed}"
 
@@ -254,6 +267,13 @@ def markdown(result: dict, scores: list[SpanScore], tgts: list[Target]) -> str:
     for t in tgts:
         verdict = "not measured" if t.passed is None else "pass" if t.passed else "**miss**"
         lines.append(f"| {t.span} | {t.measured} | {verdict} |")
+    if result.get("left_to_right"):
+        lines += ["", "Left to right: each run's final validation NLL on plain windows (`final.json`, all the split's "
+                      "windows, exact), what fill-in-the-middle training costs the ordinary reading.", "",
+                  "| run | val bits/char | vs ar |", "|---|---:|---:|"]
+        plain = result["left_to_right"].get("ar")
+        for name, bits in result["left_to_right"].items():
+            lines.append(f"| {name} | {bits:.3f} | {'' if plain is None else format(bits - plain, '+.3f')} |")
     if result["skipped"]:
         lines += ["", "Skipped: " + "; ".join(f"{k} ({v})" for k, v in result["skipped"].items()) + "."]
     notes = {s.entry: s.span_note for s in scores if s.span_kind == ""}
@@ -388,7 +408,8 @@ def main() -> None:
     result = {"command": cmd, "machine": machine(), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
               "settings": settings_key(args), "preset": args.preset, "steps": args.steps, "windows": len(windows),
               "length": length, "seed": args.seed, "lengths": args.lengths, "skipped": skipped,
-              "real_judge_ppl": real, "scores": [asdict(s) for s in scores], "targets": [asdict(t) for t in tgts]}
+              "real_judge_ppl": real, "scores": [asdict(s) for s in scores], "targets": [asdict(t) for t in tgts],
+              "left_to_right": left_to_right(runs, [e.name for e in todo if e.name in FIM_ARS])}
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps(result, indent=1) + "\n")
     text = markdown(result, scores, tgts)

@@ -69,6 +69,21 @@ def test_the_target_is_judged_against_the_strongest_fim_ar(infilling):
     assert set(infilling.FIM_ARS) == {"ar-fim", "ar-fim-spm", "ar-fim-both", "ar-fim-spm-0.9"}
 
 
+def test_the_left_to_right_cost_of_each_fim_ar_is_tabled_against_plain_ar(infilling, tmp_path):
+    for name, bits in (("ar", 2.5), ("ar-fim", 2.6), ("ar-fim-spm", 2.55)):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "final.json").write_text(json.dumps({
+            "run_dir": name, "step": 5, "steps": 5, "elapsed": 1.0, "chars_per_s": 1.0, "unit": "chars",
+            "val_bpc": bits, "val_nats": bits * math.log(2), "val_kind": "exact", "val_windows": 3}))
+    got = infilling.left_to_right(tmp_path, ["ar-fim", "ar-fim-spm", "ar-fim-both"])  # ar-fim-both: not trained
+    assert got == {"ar": 2.5, "ar-fim": 2.6, "ar-fim-spm": 2.55}
+    assert infilling.left_to_right(tmp_path, []) == {}  # no FIM ar measured: no table
+    result = {"command": "c", "machine": "m", "date": "d", "preset": "cpu", "steps": 5, "windows": 3, "length": 8,
+              "seed": 0, "real_judge_ppl": 5.0, "skipped": {}, "left_to_right": got}
+    md = infilling.markdown(result, [score(infilling, "ar-fim", 8, 0.1, 2.0, "exact")], [])
+    assert "| ar-fim | 2.600 | +0.100 |" in md and "| ar-fim-spm | 2.550 | +0.050 |" in md
+
+
 def test_scores_are_cached_per_span_length_and_reused(infilling, tmp_path, monkeypatch):
     calls = []
 
