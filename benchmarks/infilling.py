@@ -298,7 +298,8 @@ def picture(scores: list[SpanScore], path: Path, cmd: str) -> None:
     d.text((gap, 12), cmd, fill="black")
     lengths = sorted({s.span for s in scores})
     entries = list(dict.fromkeys(s.entry for s in scores))
-    colours = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75)]
+    colours = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75),
+               (227, 119, 194), (127, 127, 127), (188, 189, 34)]
     x_lo, x_hi = math.log2(lengths[0]) - 0.3, math.log2(lengths[-1]) + 0.3
     bits = [s.span_bits for s in scores if s.span_bits is not None]
     panels = [("exact match of the span", lambda s: s.exact_match, 0.0, 1.0, "{:.0%}"),
