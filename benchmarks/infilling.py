@@ -36,7 +36,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from missing_families import SEED, STEPS, Entry, finished, log, skip_reason, train
+from missing_families import SEED, STEPS, Entry, log, pick_entries, train
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -359,29 +359,13 @@ def main() -> None:
     args.lengths = parse_lengths(args.lengths)
     if args.windows < 1:
         raise SystemExit(f"error: --windows {args.windows}: score at least one window")
-    only = [n for n in args.only.split(",") if n]
-    unknown = [n for n in only if n not in BY_NAME]
-    if unknown:
-        raise SystemExit(f"error: --only {','.join(unknown)}: no such entry; the entries are {', '.join(BY_NAME)}")
     cmd = " ".join(["python benchmarks/infilling.py", *sys.argv[1:]])
     runs, out = Path(args.runs), Path(args.out)
+    todo, skipped = pick_entries(ENTRIES, args.only, runs, args.finished_only)
     os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = "1"
     import torch
 
     torch.set_num_threads(1)
-    skipped: dict[str, str] = {}
-    todo: list[Entry] = []
-    for entry in ENTRIES:
-        if only and entry.name not in only:
-            continue
-        reason = skip_reason(entry, set(skipped))
-        if reason is None and args.finished_only and not finished(runs / entry.name):
-            reason = "not finished (--finished-only)"
-        if reason is not None:
-            skipped[entry.name] = reason
-            print(f"skipping {entry.name}: {reason}", flush=True)
-            continue
-        todo.append(entry)
     args.round_steps = [0]  # no students here (missing_families.train reads it only for them)
     for entry in todo:
         train(entry, runs, args)

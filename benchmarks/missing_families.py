@@ -493,6 +493,31 @@ def picture(rows: list[Row], real: dict, path: Path, cmd: str) -> None:
     img.save(path)
 
 
+def pick_entries(entries: list[Entry], only_arg: str, runs: Path,
+                 finished_only: bool) -> tuple[list[Entry], dict[str, str]]:
+    """The entries a pass trains and measures (``--only``, comma-separated; every one when empty), less those
+    that cannot run here or, with ``--finished-only``, are not trained yet: (to do, {skipped name: why}).
+    An unknown name in ``--only`` ends the script with a one-line error."""
+    names = [e.name for e in entries]
+    only = [n for n in only_arg.split(",") if n]
+    if unknown := [n for n in only if n not in names]:
+        raise SystemExit(f"error: --only {','.join(unknown)}: no such entry; the entries are {', '.join(names)}")
+    skipped: dict[str, str] = {}
+    todo: list[Entry] = []
+    for entry in entries:
+        if only and entry.name not in only:
+            continue
+        reason = skip_reason(entry, set(skipped))
+        if reason is None and finished_only and not finished(runs / entry.name):
+            reason = "not finished (--finished-only)"
+        if reason is not None:
+            skipped[entry.name] = reason
+            print(f"skipping {entry.name}: {reason}", flush=True)
+            continue
+        todo.append(entry)
+    return todo, skipped
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--runs", default="runs/missing-families", help="one run directory per entry, reused")
@@ -513,29 +538,14 @@ def main() -> None:
     if args.render:
         render(Path(args.out))
         return
-    only = [n for n in args.only.split(",") if n]
-    unknown = [n for n in only if n not in BY_NAME]
-    if unknown:
-        raise SystemExit(f"error: --only {','.join(unknown)}: no such entry; the entries are {', '.join(BY_NAME)}")
     cmd = " ".join(["python benchmarks/missing_families.py", *sys.argv[1:]])
     runs, out = Path(args.runs), Path(args.out)
+    todo, skipped = pick_entries(ENTRIES, args.only, runs, args.finished_only)
+    only = [n for n in args.only.split(",") if n]
     os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = "1"
     import torch
 
     torch.set_num_threads(1)
-    skipped: dict[str, str] = {}
-    todo: list[Entry] = []
-    for entry in ENTRIES:
-        if only and entry.name not in only:
-            continue
-        reason = skip_reason(entry, set(skipped))
-        if reason is None and args.finished_only and not finished(runs / entry.name):
-            reason = "not finished (--finished-only)"
-        if reason is not None:
-            skipped[entry.name] = reason
-            print(f"skipping {entry.name}: {reason}", flush=True)
-            continue
-        todo.append(entry)
     for entry in todo:
         train(entry, runs, args)
     if args.train_only:
