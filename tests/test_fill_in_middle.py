@@ -299,31 +299,3 @@ def test_a_fim_run_trains_infills_and_keeps_its_plain_validation(small_corpus, t
     assert main(["sample", str(tmp_path / "plain"), "--infill", "RO__O"]) != 0
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "method.fim_rate" in err
-
-
-def test_an_ar_score_key_recorded_before_fim_still_names_its_score(monkeypatch):
-    """method.fim_rate=0 (and fim_mode=psm) trains as every ar run did before the options: final.json's key must
-    read the same with the fields as without them (or `eval` would score such a run again); a fill-in-the-middle
-    run changes it, and so does its order."""
-    from helpers import tiny_config
-    from textdiffusion.config import Config
-    from textdiffusion.final_score import settings_digest
-
-    cfg = tiny_config("ar", "x")
-    cpu = torch.device("cpu")
-    now = settings_digest(cfg, cpu, 64)
-    to_dict = Config.to_dict
-
-    def before_the_option(self):
-        d = to_dict(self)
-        del d["method"]["fim_rate"], d["method"]["fim_mode"]
-        return d
-
-    monkeypatch.setattr(Config, "to_dict", before_the_option)
-    assert settings_digest(cfg, cpu, 64) == now
-    monkeypatch.undo()
-    cfg.method.fim_rate = 0.5
-    psm_key = settings_digest(cfg, cpu, 64)
-    assert psm_key != now
-    cfg.method.fim_mode = "spm"
-    assert settings_digest(cfg, cpu, 64) not in (now, psm_key)

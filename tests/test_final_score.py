@@ -11,9 +11,11 @@ import torch
 from helpers import tiny_config, train_tiny
 from textdiffusion import evaluate
 from textdiffusion.apps.cli import main
+from textdiffusion.catalogue import TEXT_METHODS
 from textdiffusion.checkpoint import read_header
+from textdiffusion.config import Config
 from textdiffusion.evaluate import evaluate_text, format_table
-from textdiffusion.final_score import budget_count, budget_label, weights_digest
+from textdiffusion.final_score import NEUTRAL_ADDITIONS, budget_count, budget_label, settings_digest, weights_digest
 from textdiffusion.records import FinalScore, TrainSummary
 from textdiffusion.runs import open_run
 from textdiffusion.trainer import Trainer, resume_training
@@ -208,3 +210,30 @@ def test_the_weights_digest_sees_every_weight(small_corpus, tmp_path):
     with torch.no_grad():
         next(iter(loaded.parameters())).view(-1)[0] += 1e-6
     assert weights_digest(loaded) != weights_digest(trainer.ema.model)
+
+
+# a value other than the neutral one, for every option NEUTRAL_ADDITIONS names (a new entry must add its own)
+OTHER_VALUE = {"train_chars": 5000, "fim_rate": 0.5, "fim_mode": "spm"}
+
+
+@pytest.mark.parametrize("section, field", [(s, f) for s, fields in NEUTRAL_ADDITIONS.items() for f in fields])
+def test_an_option_added_at_its_neutral_value_keeps_old_score_keys(monkeypatch, section, field):
+    """An option added after runs recorded final.json keys, at the value that behaves as those runs did: the
+    settings digest must read the same with the field as without it (or `eval` would score such a run again
+    instead of reusing its final score); any other value is other training and changes it."""
+    method = next(m for m in TEXT_METHODS if hasattr(getattr(tiny_config(m, "x"), section), field))
+    cfg = tiny_config(method, "x")
+    cpu = torch.device("cpu")
+    now = settings_digest(cfg, cpu, 64)
+    to_dict = Config.to_dict
+
+    def before_the_option(self):
+        d = to_dict(self)
+        del d[section][field]
+        return d
+
+    monkeypatch.setattr(Config, "to_dict", before_the_option)
+    assert settings_digest(cfg, cpu, 64) == now
+    monkeypatch.undo()
+    setattr(getattr(cfg, section), field, OTHER_VALUE[field])
+    assert settings_digest(cfg, cpu, 64) != now

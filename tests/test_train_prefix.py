@@ -169,29 +169,3 @@ def test_ar_needs_no_exact_score_beside_its_number(small_corpus, tmp_path):
     Trainer(cfg, tmp_path / "ar", progress=False).train()
     row = metric_rows(tmp_path / "ar")[0]
     assert row["val_kind"] == "exact" and "val_exact_nats" not in row
-
-
-def test_a_score_key_recorded_before_the_option_still_names_its_score(monkeypatch):
-    """The whole split (data.train_chars=0) is what every run trained on before the option existed: the settings
-    digest of final.json's key must read the same with the field as without it, or `eval` would score such a run
-    again instead of reusing its final score; a prefix is other data and changes it."""
-    import torch
-
-    from textdiffusion.config import Config
-    from textdiffusion.final_score import settings_digest
-
-    cfg = tiny_config("masked", "x")
-    cpu = torch.device("cpu")
-    now = settings_digest(cfg, cpu, 64)
-    to_dict = Config.to_dict
-
-    def before_the_option(self):
-        d = to_dict(self)
-        del d["data"]["train_chars"]
-        return d
-
-    monkeypatch.setattr(Config, "to_dict", before_the_option)
-    assert settings_digest(cfg, cpu, 64) == now
-    monkeypatch.undo()
-    cfg.data.train_chars = 5000
-    assert settings_digest(cfg, cpu, 64) != now
