@@ -25,6 +25,16 @@ def train_tiny(method: str, corpus: Path | str, run_dir: Path, steps: int = 40, 
     return trainer
 
 
+def assert_same_weights(a: Path | str, b: Path | str) -> None:
+    """Two runs' checkpoints hold the same tensors, bit for bit, in the raw weights and the EMA: what a run
+    stopped and resumed must end with, against one trained whole."""
+    from textdiffusion.checkpoint import read_group
+
+    for group in ("model", "ema"):
+        x, y = read_group(Path(a), group)[0], read_group(Path(b), group)[0]
+        assert x.keys() == y.keys() and all(torch.equal(x[k], y[k]) for k in x), group
+
+
 def metric_rows(run_dir: Path | str, kind: str = "eval") -> list[dict]:
     """A run's ``metrics.jsonl`` rows of one kind: "eval" (the evaluation rows, which carry no "kind") or
     "train" (the ``train.log_every`` rows)."""

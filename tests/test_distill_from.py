@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from helpers import tiny_config
+from helpers import assert_same_weights, tiny_config
 from textdiffusion.apps.cli import main
 from textdiffusion.checkpoint import read_group
 from textdiffusion.config import Config, ConfigError
@@ -235,9 +235,7 @@ def test_resume_continues_a_student_exactly(masked_run, corpus, tmp_path):
     Trainer(cfg(), tmp_path / "whole", progress=False).train()
     Trainer(cfg(), tmp_path / "parts", progress=False).train(stop_at=3)
     resume_training(tmp_path / "parts", progress=False)
-    for group in ("model", "ema"):
-        a, b = read_group(tmp_path / "whole", group)[0], read_group(tmp_path / "parts", group)[0]
-        assert all(torch.equal(a[k], b[k]) for k in a)
+    assert_same_weights(tmp_path / "whole", tmp_path / "parts")
     assert TrainSummary.read(tmp_path / "parts").distill == TrainSummary.read(tmp_path / "whole").distill
 
 

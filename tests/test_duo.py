@@ -11,9 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from helpers import tiny_config
+from helpers import assert_same_weights, tiny_config
 from textdiffusion.apps.cli import main
-from textdiffusion.checkpoint import read_group
 from textdiffusion.config import Config
 from textdiffusion.records import TrainSummary
 from textdiffusion.trainer import Trainer, resume_training
@@ -86,9 +85,7 @@ def test_a_curriculum_run_records_its_settings_and_resumes_exactly(corpus, tmp_p
     Trainer(tiny_config("uniform", corpus, steps=6, **sets), tmp_path / "whole", progress=False).train()
     Trainer(tiny_config("uniform", corpus, steps=6, **sets), tmp_path / "parts", progress=False).train(stop_at=3)
     resume_training(tmp_path / "parts", progress=False)
-    for group in ("model", "ema"):
-        a, b = read_group(tmp_path / "whole", group)[0], read_group(tmp_path / "parts", group)[0]
-        assert all(torch.equal(a[k], b[k]) for k in a)
+    assert_same_weights(tmp_path / "whole", tmp_path / "parts")
     method = json.loads((tmp_path / "whole" / "config.json").read_text())["config"]["method"]
     assert (method["curriculum_steps"], method["curriculum_tau"], method["curriculum_tau_end"]) == (4, 0.2, 0.01)
 
@@ -129,9 +126,7 @@ def test_a_student_is_a_run_that_samples_in_its_steps_and_resumes_exactly(teache
     Trainer(cfg(), tmp_path / "whole", progress=False).train()
     Trainer(cfg(), tmp_path / "parts", progress=False).train(stop_at=3)
     resume_training(tmp_path / "parts", progress=False)
-    for group in ("model", "ema"):
-        a, b = read_group(tmp_path / "whole", group)[0], read_group(tmp_path / "parts", group)[0]
-        assert all(torch.equal(a[k], b[k]) for k in a)
+    assert_same_weights(tmp_path / "whole", tmp_path / "parts")
     record = TrainSummary.read(tmp_path / "whole").distill
     assert record is not None and (record.steps, record.teacher_steps) == (16, 32)
     assert TrainSummary.read(tmp_path / "parts").distill == record

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from helpers import metric_rows, tiny_config
+from helpers import assert_same_weights, metric_rows, tiny_config
 from textdiffusion import loggers
 from textdiffusion.apps.cli import main
 from textdiffusion.checkpoint import read_group
@@ -42,12 +42,6 @@ def _all_rows(run: Path) -> list[dict]:
 
 def _untimed(rows: list[dict]) -> list[dict]:
     return [{k: v for k, v in r.items() if k not in TIMING} for r in rows]
-
-
-def _same_weights(a: Path, b: Path) -> None:
-    for group in ("model", "ema"):
-        x, y = read_group(a, group)[0], read_group(b, group)[0]
-        assert x.keys() == y.keys() and all(torch.equal(x[k], y[k]) for k in x), group
 
 
 # ---- the train rows -----------------------------------------------------------------------------------------
@@ -108,7 +102,7 @@ def test_logging_changes_no_number(small_corpus, tmp_path, clip):
     base = {"train.grad_clip": clip, "train.eval_every": 10}
     off = _train(small_corpus, tmp_path / "off", **base, **{"train.log_every": 0}).run_dir
     on = _train(small_corpus, tmp_path / "on", **base, **{"train.log_every": 3, "train.logger": "tensorboard"}).run_dir
-    _same_weights(off, on)
+    assert_same_weights(off, on)
     assert metric_rows(off, "train") == [] and len(metric_rows(on, "train")) == 7  # 3, 6, ..., 18 and 20
     assert _untimed(metric_rows(off)) == _untimed(metric_rows(on))
     final = [json.loads((r / "final.json").read_text()) for r in (off, on)]
@@ -151,7 +145,7 @@ def test_resume_leaves_the_rows_of_an_uninterrupted_run(small_corpus, tmp_path):
                 progress=False).train(on_step=_crash_at(21))
     assert [r["step"] for r in _all_rows(run)][-1] == 20
     resume_training(run, progress=False)  # ... so it is dropped and written again
-    _same_weights(whole, run)
+    assert_same_weights(whole, run)
     assert [r["step"] for r in metric_rows(run, "train")] == [5, 10, 15, 20, 24]
     assert _untimed(metric_rows(run, "train")) == _untimed(metric_rows(whole, "train"))
     assert [r["step"] for r in metric_rows(run)] == [8, 16, 24]
@@ -178,7 +172,7 @@ def test_a_checkpoint_without_the_smoothed_loss_resumes_and_starts_it_afresh(sma
                                                          "state": json.dumps(state),
                                                          "config": json.dumps(header.config), "run_id": header.run_id})
     resume_training(run, progress=False)
-    _same_weights(whole, run)
+    assert_same_weights(whole, run)
     ours, theirs = metric_rows(run), metric_rows(whole)
     assert [r["step"] for r in ours] == [8, 16]
     assert [r["val_bpc"] for r in ours] == [r["val_bpc"] for r in theirs]
@@ -377,7 +371,7 @@ def test_a_failing_logger_is_reported_once_and_the_run_goes_on(small_corpus, tmp
     assert warnings[0].startswith("warning: the wandb logger could not log a row (OSError: No space left on device)")
     assert len(fake.logged) == 2 and fake.finished == 0  # dropped at the failure, never called again
     assert (run / "final.json").exists() and [r["step"] for r in metric_rows(run, "train")] == [5, 10, 15, 20]
-    _same_weights(run, _train(small_corpus, tmp_path / "plain", **{**sets, "train.logger": ""}).run_dir)
+    assert_same_weights(run, _train(small_corpus, tmp_path / "plain", **{**sets, "train.logger": ""}).run_dir)
 
 
 def test_a_logger_that_cannot_start_is_reported_and_training_goes_on(small_corpus, tmp_path, monkeypatch):
