@@ -33,6 +33,8 @@ a power law plus constant, L(e) = E + A e^-alpha (least squares: alpha on a log 
 alpha), and the epoch where the fit reaches ar's best is reported as the predicted crossover. Across U the
 measured or predicted crossover epochs give an exponent beta (e* ~ U^beta, so the tokens trained to the
 crossover grow as U^(1 + beta)), printed beside the published compute exponent 2.17 (Prabhudesai et al. 2025).
+Where every curve bottoms out above ar's best, no epoch fit predicts a crossover; the gap table then fits each
+entry's ratio to ar's best against U (ratio ~ c U^gamma) and reports U*, the size where that fit reaches 1.
 An extrapolation past the step budget assumes the curve keeps its shape, which the cosine schedule (the
 learning rate falls to its floor at the budget's end) does not promise: read it as an order of magnitude.
 """
@@ -488,6 +490,48 @@ def scaling(results: list[SizeResult]) -> list[Scaling]:
     return out
 
 
+@dataclass
+class Gap:
+    """How one diffusion entry's best (by one measure) compares with ar's best as U changes: ratio ~ c U^gamma,
+    by least squares in log-log. Where no curve crosses in epochs (every run bottoms out above ar's best, so no
+    epoch fit can predict a crossover), the size U* where the fitted ratio comes down to 1 says in which
+    direction, and how far, the unique data would have to move for the entry to match ar at this preset."""
+
+    name: str
+    ratios: dict[int, float]  # U -> best / ar's best
+    gamma: float | None
+    crossover_size: float | None  # U* where the fitted ratio is 1 (an extrapolation outside the sizes measured)
+
+
+def ratio_fit(ratios: dict[int, float]) -> tuple[float | None, float | None]:
+    """gamma and U* of log ratio = log c + gamma log U over two or more sizes; U* = exp(-log c / gamma), the size
+    where the fit reaches a ratio of 1 (None when gamma is 0)."""
+    pts = [(math.log(u), math.log(r)) for u, r in ratios.items() if u > 0 and r > 0]
+    if len(pts) < 2:
+        return None, None
+    mx, my = sum(x for x, _ in pts) / len(pts), sum(y for _, y in pts) / len(pts)
+    sxx = sum((x - mx) ** 2 for x, _ in pts)
+    if sxx <= 0:
+        return None, None
+    gamma = sum((x - mx) * (y - my) for x, y in pts) / sxx
+    if gamma == 0:
+        return gamma, None
+    log_c = my - gamma * mx
+    return gamma, math.exp(-log_c / gamma)
+
+
+def gaps(results: list[SizeResult]) -> list[Gap]:
+    """Per diffusion entry and measure: its ratio to ar's best per U, and the fit of that ratio against U."""
+    ratios: dict[str, dict[int, float]] = {}
+    for r in results:
+        for row in r.rows:
+            for kind, got in (("bound", row.bound), ("exact", row.exact)):
+                if row.autoregressive or got is None or got.ratio is None:
+                    continue
+                ratios.setdefault(f"{row.entry} ({kind})", {})[r.size] = got.ratio
+    return [Gap(name, per, *ratio_fit(per)) for name, per in ratios.items()]
+
+
 def f4(value: float | None) -> str:
     return "—" if value is None else f"{value:.4f}"
 
@@ -505,7 +549,7 @@ def cross(row: Row, got: Judged | None) -> str:
 
 
 def markdown(results: list[SizeResult], scales: list[Scaling], cmd: str, windows: int, patience: int,
-             preset: str) -> str:
+             preset: str, gap_fits: list[Gap] | None = None) -> str:
     lines = [f"Command: `{cmd}`", "",
              f"`{preset}` preset, seed {SEED}; every run scored on the same {windows} evenly spread windows of the "
              "whole validation split (nats per character): `ar` by its exact NLL, diffusion by its bound and by the "
@@ -538,6 +582,16 @@ def markdown(results: list[SizeResult], scales: list[Scaling], cmd: str, windows
         beta = "—" if sc.beta is None else f"{sc.beta:.2f}"
         comp = "—" if sc.compute_exponent is None else f"{sc.compute_exponent:.2f}"
         lines.append(f"| {sc.name} | {per} | {beta} | {comp} | {PUBLISHED_COMPUTE_EXPONENT} |")
+    if gap_fits:
+        lines += ["", "### The gap to ar across U", "",
+                  "Each entry's best over ar's best per U, fitted as ratio ~ c U^gamma (log-log least squares); U*: "
+                  "where the fit reaches a ratio of 1, an extrapolation whenever it lies outside the sizes measured.",
+                  "", "| entry | ratio per U | gamma | U* (fitted ratio = 1) |", "|---|---|---:|---:|"]
+        for g in gap_fits:
+            per = ", ".join(f"{u:,}: {v:.3f}x" for u, v in sorted(g.ratios.items())) or "—"
+            gamma = "—" if g.gamma is None else f"{g.gamma:+.3f}"
+            star = "—" if g.crossover_size is None else f"{g.crossover_size:,.0f}"
+            lines.append(f"| {g.name} | {per} | {gamma} | {star} |")
     return "\n".join(lines) + "\n"
 
 
@@ -684,12 +738,14 @@ def main(argv: list[str] | None = None) -> int:
     warmup = make_config("ar", args.preset).train.warmup
     analysed = [analyse(size, curves, warmup) for size, curves in results]
     scales = scaling(analysed)
-    text = markdown(analysed, scales, cmd, args.windows, args.patience, args.preset)
+    gap_fits = gaps(analysed)
+    text = markdown(analysed, scales, cmd, args.windows, args.patience, args.preset, gap_fits)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     record = {"command": cmd, "seed": SEED, "windows": args.windows, "patience": args.patience,
               "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-              "sizes": [asdict(r) for r in analysed], "scaling": [asdict(sc) for sc in scales]}
+              "sizes": [asdict(r) for r in analysed], "scaling": [asdict(sc) for sc in scales],
+              "gaps": [asdict(g) for g in gap_fits]}
     out.with_suffix(".json").write_text(json.dumps(record, indent=1) + "\n")
     out.with_suffix(".md").write_text(f"![validation NLL against epochs]({out.with_suffix('.png').name})\n\n{text}")
     picture(analysed, out.with_suffix(".png"), cmd)

@@ -180,3 +180,31 @@ def test_hours_per_size_share_out_a_time_budget_that_ends_a_run(study, tmp_path,
     assert [c["stopped"] for c in curves] == ["budget", "budget"]
     final = json.loads((study.run_dir(tmp_path / "runs", 3000, study.BY_NAME["ar-d0"]) / "final.json").read_text())
     assert final["out_of_time"] and final["step"] < 400
+
+
+def test_the_gap_to_ar_is_fitted_across_sizes_and_names_where_it_closes(study):
+    sizes = (25_000, 100_000, 400_000)
+    c, gamma = 0.5, 0.07
+    gamma_got, star = study.ratio_fit({u: c * u ** gamma for u in sizes})
+    assert gamma_got == pytest.approx(gamma)
+    assert star == pytest.approx(c ** (-1 / gamma), rel=1e-6)  # where c U^gamma = 1
+    assert 0.5 * star ** 0.07 == pytest.approx(1.0)
+    assert study.ratio_fit({25_000: 1.1}) == (None, None)
+    flat, where = study.ratio_fit({25_000: 1.1, 100_000: 1.1})
+    assert flat == 0 and where is None  # a gap that does not move with U never closes
+
+    def size_result(size, masked_best):
+        curves = [curve(study, "ar-d0", [2.5, 2.0, 2.1, 2.2, 2.3, 2.4], "patience", autoregressive=True),
+                  curve(study, "masked", [3.0, masked_best, 2.9, 3.0, 3.1, 3.2], "patience")]
+        return study.analyse(size, curves, warmup_steps=0)
+
+    results = [size_result(25_000, 2.08), size_result(100_000, 2.24)]
+    gaps = {g.name: g for g in study.gaps(results)}
+    assert set(gaps) == {"masked (bound)"}  # ar is the reference; no exact column without exact values
+    g = gaps["masked (bound)"]
+    assert g.ratios == {25_000: pytest.approx(1.04), 100_000: pytest.approx(1.12)}
+    assert g.gamma == pytest.approx(math.log(1.12 / 1.04) / math.log(4))
+    assert g.crossover_size < 25_000  # the gap narrows toward smaller U
+    text = study.markdown(results, study.scaling(results), "cmd", 64, 4, "cpu", study.gaps(results))
+    assert "### The gap to ar across U" in text
+    assert f"| masked (bound) | 25,000: 1.040x, 100,000: 1.120x | {g.gamma:+.3f} | {g.crossover_size:,.0f} |" in text
