@@ -137,7 +137,7 @@ class Judged:
     step: int
     ratio: float | None = None  # to ar's best
     crossover_epoch: float | None = None  # the first evaluation at or below ar's best
-    bottomed_out: bool = False  # no crossover, and the run stopped on patience: its best is final
+    bottomed_out: bool = False  # no crossover, and the run overfitted (:func:`bottomed_out`): its best is final
     fit: Fit | None = None  # no crossover and still falling: the power law of its falling part
     predicted_crossover_epoch: float | None = None  # where the fit reaches ar's best (None: never)
 
@@ -425,6 +425,19 @@ def progress_line(label: str, curve: Curve, step: int, epoch: float, wall: float
 
 
 # ---- the tables and the picture ------------------------------------------------------------------------------
+#: a patience stop after this share of the step budget is a plateau at the cosine schedule's floor (the learning
+#: rate is within a tenth of its range of the minimum), not overfitting: such a curve is fitted like one that ran
+#: to its budget
+FLOOR_SHARE = 0.8
+
+
+def bottomed_out(curve: Curve) -> bool:
+    """Whether ``curve`` stopped on patience while its learning rate was still well above the floor: its best is
+    behind it because it overfitted, so no fit may predict it lower."""
+    last = curve.points[-1].step if curve.points else 0
+    return curve.stopped == "patience" and last < FLOOR_SHARE * curve.steps
+
+
 def judge(curve: Curve, exact: bool, ar_best: float | None, warmup_steps: int) -> Judged | None:
     """``curve``'s best by one measure and, for a diffusion curve, its crossover or the fit that predicts one."""
     best = curve.best(exact)
@@ -438,8 +451,8 @@ def judge(curve: Curve, exact: bool, ar_best: float | None, warmup_steps: int) -
         return got
     got.crossover_epoch = crossover(curve, ar_best, exact)
     if got.crossover_epoch is None:
-        # a curve that has turned up has its best behind it: no fit can take it lower
-        got.bottomed_out = curve.stopped == "patience"
+        # a curve that turned up before the schedule's floor has its best behind it: no fit can take it lower
+        got.bottomed_out = bottomed_out(curve)
         got.fit = None if got.bottomed_out else fit_power_law(falling_part(curve, warmup_steps, exact))
         got.predicted_crossover_epoch = None if got.fit is None else got.fit.reaches(ar_best)
     return got
@@ -558,7 +571,8 @@ def markdown(results: list[SizeResult], scales: list[Scaling], cmd: str, windows
              f"{patience} evaluations in a row above its best (not in the first tenth of its budget), or at its "
              "budget. Predicted: where the power-law fit "
              "of a curve still falling at its budget reaches `ar`'s best (never: its asymptote stays above it; "
-             "bottomed out: the curve rose again above its best, which is final).", ""]
+             "bottomed out: the curve rose again above its best before 80% of its budget, which is final; a "
+             "patience stop later than that is a plateau at the schedule's floor and is fitted).", ""]
     for r in results:
         ar = next((c for c in r.curves if c.entry == r.ar_best_entry), None)
         falling = ar is not None and ar.stopped != "patience"

@@ -208,3 +208,16 @@ def test_the_gap_to_ar_is_fitted_across_sizes_and_names_where_it_closes(study):
     text = study.markdown(results, study.scaling(results), "cmd", 64, 4, "cpu", study.gaps(results))
     assert "### The gap to ar across U" in text
     assert f"| masked (bound) | 25,000: 1.040x, 100,000: 1.120x | {g.gamma:+.3f} | {g.crossover_size:,.0f} |" in text
+
+
+def test_a_patience_stop_at_the_schedules_floor_is_a_plateau_and_is_fitted(study):
+    falling = [3.0 - math.log(i + 1) * 0.2 for i in range(9)]
+    plateau = falling + [falling[-1] + 0.001] * 4  # 13 evaluations of 10 steps: it stops at step 130 of 150
+    early = falling + [falling[-1] + 0.001] * 4
+    ar = curve(study, "ar-d0", [2.5, 2.0, 1.8, 1.9, 2.0, 2.1], "patience", autoregressive=True)
+    late_stop = study.Curve("masked", 1000, "runs/masked", False, points(study, plateau), 150, "patience")
+    early_stop = study.Curve("block4", 1000, "runs/block4", False, points(study, early), 1000, "patience")
+    assert not study.bottomed_out(late_stop) and study.bottomed_out(early_stop)
+    rows = {row.entry: row for row in study.analyse(1000, [ar, late_stop, early_stop], warmup_steps=0).rows}
+    assert rows["masked"].bound.fit is not None and rows["masked"].bound.fit.points == 9
+    assert rows["block4"].bound.fit is None and rows["block4"].bound.crossover_text() == "none (bottomed out)"
