@@ -237,6 +237,26 @@ def test_sigterm_saves_and_stops_like_ctrl_c(small_corpus, tmp_path):
     assert step >= EVERY and not (run / "final.json").exists()
 
 
+def test_a_signal_during_the_last_step_of_a_piece_still_stops_the_caller(small_corpus, tmp_path):
+    """A caller that trains in pieces (train(stop_at=...)) learns of a SIGTERM that came during the piece's last
+    step, its evaluation included, instead of starting the next piece; at the run's last step it skips scoring."""
+    run = tmp_path / "r"
+    trainer = Trainer(_cfg(small_corpus, steps=6), run, progress=False, log=lambda m: None)
+
+    def term_at(step: int):
+        def hook(now: int) -> None:
+            if now == step:
+                os.kill(os.getpid(), signal.SIGTERM)
+        return hook
+
+    summary = trainer.train(stop_at=EVERY, on_step=term_at(EVERY))
+    assert summary.interrupted and trainer.step == EVERY == read_header(run).step
+    summary = trainer.train(on_step=term_at(6))
+    assert summary.interrupted and read_header(run).step == 6
+    assert not (run / "final.json").exists()  # left to the resume, as any signal leaves it
+    assert not trainer.train().interrupted and (run / "final.json").exists()
+
+
 def test_a_second_signal_during_a_save_waits_for_the_save(small_corpus, tmp_path, monkeypatch):
     run = tmp_path / "r"
     trainer = Trainer(_cfg(small_corpus, steps=6), run, progress=False, log=lambda m: None)

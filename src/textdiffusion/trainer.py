@@ -658,6 +658,10 @@ class Trainer:
                             on_step(self.step)
                 finally:
                     bar.close()
+                if stopped is None and stop.requested:
+                    # the signal came during the loop's last step (its evaluation, or the caller's hook): the
+                    # loop ended on its target, and the stop still has to reach the caller and skip final scoring
+                    stopped = "interrupted"
 
                 # checkpoint where the loop ended, unless the last step's evaluation just did
                 if self.saved_step != self.step:
