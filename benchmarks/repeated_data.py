@@ -737,6 +737,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     from textdiffusion.errors import CheckpointError, ConfigError, DataError
     from textdiffusion.methods.configs import make_config
+    from textdiffusion.trainer import TrainingAborted
 
     results = []
     todo = [(u, e) for u in args.size_list for e in args.entry_list]
@@ -746,6 +747,8 @@ def main(argv: list[str] | None = None) -> int:
             curve = train_run(entry, size, args, label)
         except (ConfigError, DataError, CheckpointError) as e:
             raise SystemExit(f"error: {label}: {e}") from None
+        except TrainingAborted as e:  # a second Ctrl-C or SIGTERM: the last checkpoint is intact
+            raise SystemExit(f"{label}: {e}; the same command resumes the study") from None
         if not results or results[-1][0] != size:
             results.append((size, []))
         results[-1][1].append(curve)

@@ -221,3 +221,17 @@ def test_a_patience_stop_at_the_schedules_floor_is_a_plateau_and_is_fitted(study
     rows = {row.entry: row for row in study.analyse(1000, [ar, late_stop, early_stop], warmup_steps=0).rows}
     assert rows["masked"].bound.fit is not None and rows["masked"].bound.fit.points == 9
     assert rows["block4"].bound.fit is None and rows["block4"].bound.crossover_text() == "none (bottomed out)"
+
+
+def test_an_aborted_study_ends_in_one_line_that_says_how_to_resume(study, tmp_path, monkeypatch):
+    from textdiffusion.trainer import TrainingAborted
+
+    def aborted(*a, **k):
+        raise TrainingAborted("aborted without saving; the checkpoint at step 4 is intact")
+
+    monkeypatch.setattr(study, "train_run", aborted)
+    with pytest.raises(SystemExit) as e:
+        study.main(["--preset", "tiny", "--sizes", "3k", "--entries", "ar-d0", "--runs", str(tmp_path / "r"),
+                    "--out", str(tmp_path / "o" / "rd")])
+    assert str(e.value) == ("(1/1) U=3,000 ar-d0: aborted without saving; the checkpoint at step 4 is intact; the "
+                            "same command resumes the study")
