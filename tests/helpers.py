@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -62,3 +64,14 @@ def block_sample_without_cache(method, req, generator: torch.Generator,
         block = method._from_prior(state[:, start:end], fixed[:, start:end], generator)
         state[:, start:end], _ = sampler.run(forward, block, block == method.tok.mask_id, generator)
     return state
+
+
+def benchmark_module(name: str):
+    """``benchmarks/NAME.py`` imported as a module (the benchmarks are scripts, not a package), registered in
+    ``sys.modules`` so its dataclasses resolve their own annotations."""
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module

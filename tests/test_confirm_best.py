@@ -2,23 +2,16 @@
 
 from __future__ import annotations
 
-import importlib.util
 import math
-import sys
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+from helpers import benchmark_module
 
 
 @pytest.fixture(scope="module")
 def confirm():
-    spec = importlib.util.spec_from_file_location("confirm_best", ROOT / "benchmarks" / "confirm_best.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["confirm_best"] = module
-    spec.loader.exec_module(module)
-    return module
+    return benchmark_module("confirm_best")
 
 
 def test_the_standard_error_is_the_sample_deviation_over_root_n(confirm):

@@ -3,22 +3,16 @@ target of the table is judged, and what it says of a bad flag."""
 
 from __future__ import annotations
 
-import importlib.util
 import sys
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+from helpers import benchmark_module
 
 
 @pytest.fixture(scope="module")
 def families():
-    spec = importlib.util.spec_from_file_location("missing_families", ROOT / "benchmarks" / "missing_families.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["missing_families"] = module
-    spec.loader.exec_module(module)
-    return module
+    return benchmark_module("missing_families")
 
 
 def test_an_entry_this_code_cannot_run_is_skipped_with_its_reason(families):

@@ -2,22 +2,14 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+from helpers import benchmark_module
 
 
 @pytest.fixture(scope="module")
 def nearby():
-    spec = importlib.util.spec_from_file_location("nearby_text", ROOT / "benchmarks" / "nearby_text.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["nearby_text"] = module
-    spec.loader.exec_module(module)
-    return module
+    return benchmark_module("nearby_text")
 
 
 def test_the_stretches_split_seen_nearby_unseen_and_validation_text(nearby):

@@ -3,23 +3,16 @@ the best diffusion recipe is picked and what the table says of the cost."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+from helpers import benchmark_module
 
 
 @pytest.fixture(scope="module")
 def search():
-    spec = importlib.util.spec_from_file_location("recipe_search", ROOT / "benchmarks" / "recipe_search.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["recipe_search"] = module
-    spec.loader.exec_module(module)
-    return module
+    return benchmark_module("recipe_search")
 
 
 def test_an_ar_recipe_spends_the_share_on_ar_and_the_rest_on_itself(search):

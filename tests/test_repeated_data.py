@@ -3,24 +3,17 @@ study that resumes where it was killed, on the tiny preset."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
-import sys
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+from helpers import benchmark_module
 
 
 @pytest.fixture(scope="module")
 def study():
-    spec = importlib.util.spec_from_file_location("repeated_data", ROOT / "benchmarks" / "repeated_data.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["repeated_data"] = module
-    spec.loader.exec_module(module)
-    return module
+    return benchmark_module("repeated_data")
 
 
 def points(study, values, exact=None, per_epoch=10):
