@@ -66,12 +66,13 @@ def block_sample_without_cache(method, req, generator: torch.Generator,
     return state
 
 
-def benchmark_module(name: str):
+def benchmark_module(name: str, module_name: str = ""):
     """``benchmarks/NAME.py`` imported as a module (the benchmarks are scripts, not a package), registered in
-    ``sys.modules`` so its dataclasses resolve their own annotations."""
+    ``sys.modules`` as ``module_name`` (default: NAME) so its dataclasses resolve their own annotations."""
     path = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
-    spec = importlib.util.spec_from_file_location(name, path)
+    module_name = module_name or name
+    spec = importlib.util.spec_from_file_location(module_name, path)
     module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
+    sys.modules[module_name] = module
     spec.loader.exec_module(module)
     return module

@@ -9,26 +9,14 @@ wins) is tested too.
 
 from __future__ import annotations
 
-import importlib.util
 import re
-import sys
 from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+from helpers import benchmark_module
 
-
-def _load_harness():
-    spec = importlib.util.spec_from_file_location("hostile", REPO / "benchmarks" / "hostile.py")
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["hostile"] = module  # dataclasses look their module up by name
-    spec.loader.exec_module(module)
-    return module
-
-
-hostile = _load_harness()
+hostile = benchmark_module("hostile")
 
 # the in-process families the slice takes, and the fixture runs they need (only `masked`)
 SLICE = re.compile(r"^(config:(?!method\.name).*/sample|set-syntax:|flag:sample/--[a-z-]+=(nan|inf|-1|0)$)")

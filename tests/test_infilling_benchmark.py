@@ -3,7 +3,6 @@ a run's scores are cached per span length, and what it says of a bad flag; one e
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import subprocess
@@ -13,17 +12,14 @@ from pathlib import Path
 import pytest
 import torch
 
+from helpers import benchmark_module
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
 def infilling():
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    spec = importlib.util.spec_from_file_location("infilling", ROOT / "benchmarks" / "infilling.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["infilling"] = module
-    spec.loader.exec_module(module)
-    return module
+    return benchmark_module("infilling")
 
 
 def test_blanks_are_one_span_per_window_at_a_seeded_position(infilling):

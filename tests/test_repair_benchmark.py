@@ -3,28 +3,19 @@ resumable, and how each target is judged."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
-from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 
+from helpers import benchmark_module
 from textdiffusion.data.tokenizer import CharTokenizer
 from textdiffusion.methods.repairs import Repaired
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
 def bench():
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    spec = importlib.util.spec_from_file_location("repair_benchmark", ROOT / "benchmarks" / "repair.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["repair_benchmark"] = module  # dataclasses look their module up by name
-    spec.loader.exec_module(module)
-    return module
+    return benchmark_module("repair", "repair_benchmark")
 
 
 def test_every_repairer_reads_the_same_noisy_text_at_the_rate(bench):
