@@ -15,22 +15,14 @@ standard error and every entry's paired difference from the first (same windows)
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import math
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def study_module():
-    spec = importlib.util.spec_from_file_location("repeated_data", ROOT / "benchmarks" / "repeated_data.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["repeated_data"] = module
-    spec.loader.exec_module(module)
-    return module
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import repeated_data as study
 
 
 @dataclass
@@ -76,7 +68,6 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--runs", default="runs/repeated-data", help="the study's run folder")
     p.add_argument("--scratch", default="runs/repeated-data-confirm", help="where the runs are retrained")
     args = p.parse_args(argv)
-    study = study_module()
     size = study.parse_size(args.size)
     entries = study.parse_entries(args.entries)
     if len(entries) < 2 or args.windows < 2:

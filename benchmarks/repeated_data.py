@@ -46,6 +46,7 @@ import json
 import math
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -293,14 +294,24 @@ def falling_part(curve: Curve, warmup_steps: int, exact: bool = False) -> list[t
             if p.step >= warmup_steps and p.step <= best.step and (p.exact if exact else p.nats) is not None]
 
 
-def scaling_exponent(crossings: dict[int, float]) -> float | None:
-    """beta of e* ~ U^beta by least squares in log-log over the sizes with a (measured or predicted) crossover."""
-    pts = [(math.log(u), math.log(e)) for u, e in crossings.items() if e and e > 0]
+def log_log_line(values: dict[int, float]) -> tuple[float, float] | None:
+    """Slope and intercept of log value = intercept + slope log U by least squares, over the sizes U whose value
+    is positive; None with fewer than two distinct such sizes."""
+    pts = [(math.log(u), math.log(v)) for u, v in values.items() if u > 0 and v and v > 0]
     if len(pts) < 2:
         return None
     mx, my = sum(x for x, _ in pts) / len(pts), sum(y for _, y in pts) / len(pts)
     sxx = sum((x - mx) ** 2 for x, _ in pts)
-    return sum((x - mx) * (y - my) for x, y in pts) / sxx if sxx > 0 else None
+    if sxx <= 0:
+        return None
+    slope = sum((x - mx) * (y - my) for x, y in pts) / sxx
+    return slope, my - slope * mx
+
+
+def scaling_exponent(crossings: dict[int, float]) -> float | None:
+    """beta of e* ~ U^beta by least squares in log-log over the sizes with a (measured or predicted) crossover."""
+    line = log_log_line(crossings)
+    return None if line is None else line[0]
 
 
 # ---- training and reading runs -------------------------------------------------------------------------------
@@ -485,17 +496,22 @@ class Scaling:
     compute_exponent: float | None  # 1 + beta: the tokens trained to the crossover grow as U^(1 + beta)
 
 
-def scaling(results: list[SizeResult]) -> list[Scaling]:
-    """Per diffusion entry and measure: the crossover epoch (measured, else predicted) per U and the exponent."""
-    epochs: dict[str, dict[int, float]] = {}
+def judged_diffusion(results: list[SizeResult]) -> Iterator[tuple[str, int, Judged]]:
+    """Every diffusion entry's judgement against ar, by measure: ("masked (bound)", U, its Judged), in order."""
     for r in results:
         for row in r.rows:
             for kind, got in (("bound", row.bound), ("exact", row.exact)):
-                if row.autoregressive or got is None or got.ratio is None:
-                    continue
-                per = epochs.setdefault(f"{row.entry} ({kind})", {})
-                if at := got.crossover_epoch or got.predicted_crossover_epoch:
-                    per[r.size] = at
+                if not row.autoregressive and got is not None and got.ratio is not None:
+                    yield f"{row.entry} ({kind})", r.size, got
+
+
+def scaling(results: list[SizeResult]) -> list[Scaling]:
+    """Per diffusion entry and measure: the crossover epoch (measured, else predicted) per U and the exponent."""
+    epochs: dict[str, dict[int, float]] = {}
+    for name, size, got in judged_diffusion(results):
+        per = epochs.setdefault(name, {})
+        if at := got.crossover_epoch or got.predicted_crossover_epoch:
+            per[size] = at
     out = []
     for name, per in epochs.items():
         beta = scaling_exponent(per)
@@ -519,29 +535,18 @@ class Gap:
 def ratio_fit(ratios: dict[int, float]) -> tuple[float | None, float | None]:
     """gamma and U* of log ratio = log c + gamma log U over two or more sizes; U* = exp(-log c / gamma), the size
     where the fit reaches a ratio of 1 (None when gamma is 0)."""
-    pts = [(math.log(u), math.log(r)) for u, r in ratios.items() if u > 0 and r > 0]
-    if len(pts) < 2:
+    line = log_log_line(ratios)
+    if line is None:
         return None, None
-    mx, my = sum(x for x, _ in pts) / len(pts), sum(y for _, y in pts) / len(pts)
-    sxx = sum((x - mx) ** 2 for x, _ in pts)
-    if sxx <= 0:
-        return None, None
-    gamma = sum((x - mx) * (y - my) for x, y in pts) / sxx
-    if gamma == 0:
-        return gamma, None
-    log_c = my - gamma * mx
-    return gamma, math.exp(-log_c / gamma)
+    gamma, log_c = line
+    return gamma, (None if gamma == 0 else math.exp(-log_c / gamma))
 
 
 def gaps(results: list[SizeResult]) -> list[Gap]:
     """Per diffusion entry and measure: its ratio to ar's best per U, and the fit of that ratio against U."""
     ratios: dict[str, dict[int, float]] = {}
-    for r in results:
-        for row in r.rows:
-            for kind, got in (("bound", row.bound), ("exact", row.exact)):
-                if row.autoregressive or got is None or got.ratio is None:
-                    continue
-                ratios.setdefault(f"{row.entry} ({kind})", {})[r.size] = got.ratio
+    for name, size, got in judged_diffusion(results):
+        ratios.setdefault(name, {})[size] = got.ratio
     return [Gap(name, per, *ratio_fit(per)) for name, per in ratios.items()]
 
 
